@@ -1,0 +1,620 @@
+//! Configuration: the TOML file an operator writes, validated once at start.
+//!
+//! Every section rejects unknown keys, and every invalid value is reported with the key that
+//! holds it, so a typo fails loudly at start instead of silently running with a default.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type).
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value is present but not usable.
+    #[error("invalid config value for `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key path, e.g. `accounts[1].base_url`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A secret value (an API key). Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret string.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole configuration, as loaded and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener, shards and client-facing limits.
+    pub server: ServerConfig,
+    /// Upstream dialing, pooling and timeouts.
+    pub upstream: UpstreamConfig,
+    /// Keys clients authenticate with.
+    pub client_keys: Vec<ClientKey>,
+    /// Upstream accounts sessions are spread over.
+    pub accounts: Vec<Account>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`: the client-facing side.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address every shard binds with `SO_REUSEPORT`.
+    pub listen: SocketAddr,
+    /// Number of shards (one per CPU of the affinity mask by default).
+    pub shards: usize,
+    /// Largest WebSocket message or HTTP body accepted from a client.
+    pub max_message_bytes: usize,
+    /// How long a new WebSocket session may wait before its first `response.create`.
+    pub first_message_timeout: Duration,
+    /// How long a session may sit idle between turns before it is closed with 1000.
+    pub idle_timeout: Duration,
+    /// Concurrent WebSocket sessions allowed per client key on one shard (0 = no cap).
+    pub max_sessions_per_key: usize,
+}
+
+/// `[upstream]`: how the gateway talks to the accounts.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// TCP connect deadline.
+    pub dial_timeout: Duration,
+    /// TLS + WebSocket handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Longest silence from upstream while a turn is in flight.
+    pub event_timeout: Duration,
+    /// Connections older than this are retired before their next turn (upstream ends them at 60 min).
+    pub max_conn_age: Duration,
+    /// Waiters allowed per connection of a slice when its budget is used up.
+    pub queue_per_conn: usize,
+    /// Longest wait for a connection from a full slice.
+    pub acquire_timeout: Duration,
+    /// Largest WebSocket message accepted from upstream.
+    pub max_message_bytes: usize,
+}
+
+/// `[[client_keys]]`: one key a client may present.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    /// A name for the key that is safe to log and bill by.
+    pub id: String,
+    /// The key itself.
+    pub key: Secret,
+    /// The group whose accounts and state the key may use.
+    pub group: String,
+}
+
+/// How requests for an account travel upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// WebSocket mode (default).
+    Ws,
+    /// HTTP/SSE.
+    Http,
+}
+
+/// `[[accounts]]`: one upstream account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Stable name, used in logs, stats and usage records.
+    pub id: String,
+    /// The client group it serves.
+    pub group: String,
+    /// Parsed `base_url`.
+    pub endpoint: Endpoint,
+    /// The account's API key.
+    pub api_key: Secret,
+    /// Upstream connection budget for the whole process, split over the shards.
+    pub max_conns: usize,
+    /// Extra trusted root certificates (PEM), for upstreams with a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// How requests travel upstream.
+    pub transport: Transport,
+    /// Client model → upstream model.
+    pub model_map: HashMap<String, String>,
+}
+
+/// An upstream base URL, split into what dialing needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `true` for https/wss.
+    pub tls: bool,
+    /// Host name or address literal (no brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Path prefix without a trailing slash, e.g. `/v1`.
+    pub path: String,
+}
+
+impl Endpoint {
+    /// Parses `http(s)://host[:port][/path]` (or `ws(s)://`).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            return Err("must start with https://, http://, wss:// or ws://".into());
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err("has no host".into());
+        }
+        if authority.contains('@') {
+            return Err("must not carry credentials".into());
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let end = v6.find(']').ok_or("has an unclosed IPv6 bracket")?;
+            let host = &v6[..end];
+            let port = match &v6[end + 1..] {
+                "" => default_port,
+                p => p
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or("has an invalid port")?,
+            };
+            (host.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| "has an invalid port")?),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        if path.contains(['?', '#']) {
+            return Err("must not carry a query or fragment".into());
+        }
+        Ok(Endpoint {
+            tls,
+            host,
+            port,
+            path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The `Host` header value.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// The WebSocket URL of the Responses endpoint.
+    pub fn responses_ws_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{}/responses", self.authority(), self.path)
+    }
+}
+
+/// `[log]`: log format and level.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Emit JSON lines instead of text.
+    pub json: bool,
+    /// Default filter when `RUST_LOG` is not set.
+    pub level: String,
+}
+
+// ---- the file as written -------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    client_keys: Vec<RawClientKey>,
+    #[serde(default)]
+    accounts: Vec<RawAccount>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    shards: Option<usize>,
+    max_message_bytes: Option<usize>,
+    first_message_timeout_secs: Option<f64>,
+    idle_timeout_secs: Option<f64>,
+    max_sessions_per_key: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    dial_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    event_timeout_secs: Option<f64>,
+    max_conn_age_secs: Option<f64>,
+    queue_per_conn: Option<usize>,
+    acquire_timeout_ms: Option<u64>,
+    max_message_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientKey {
+    id: Option<String>,
+    key: Option<String>,
+    key_env: Option<String>,
+    group: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    id: String,
+    group: Option<String>,
+    base_url: Option<String>,
+    api_key: Option<String>,
+    api_key_env: Option<String>,
+    max_conns: Option<usize>,
+    ca_file: Option<PathBuf>,
+    transport: Option<Transport>,
+    #[serde(default)]
+    model_map: HashMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+/// Default message limit in both directions: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+fn secs(key: &str, v: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
+    let v = v.unwrap_or(default);
+    if !v.is_finite() || v <= 0.0 {
+        return Err(invalid(key, "must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn millis(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    match v.unwrap_or(default) {
+        0 => Err(invalid(key, "must be greater than 0")),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+fn secret(
+    key_path: &str,
+    inline: Option<String>,
+    env_path: &str,
+    env: Option<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, ConfigError> {
+    match (inline, env) {
+        (Some(_), Some(_)) => Err(invalid(
+            key_path,
+            format!("set either it or `{env_path}`, not both"),
+        )),
+        (Some(v), None) if v.is_empty() => Err(invalid(key_path, "must not be empty")),
+        (Some(v), None) => Ok(Secret(v)),
+        (None, Some(name)) => match lookup(&name) {
+            Some(v) if !v.is_empty() => Ok(Secret(v)),
+            _ => Err(invalid(
+                env_path,
+                format!("environment variable {name} is not set or empty"),
+            )),
+        },
+        (None, None) => Err(invalid(key_path, format!("required (or `{env_path}`)"))),
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file, taking `*_env` secrets from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `env` resolves `*_env` names (injectable for tests).
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Self::validate(raw, env)
+    }
+
+    fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let s = raw.server;
+        let listen = s.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| invalid("server.listen", format!("`{listen}` is not an ip:port")))?;
+        let shards = match s.shards {
+            Some(0) => return Err(invalid("server.shards", "must be at least 1")),
+            Some(n) => n,
+            None => crate::runtime::allowed_cpus().map(|c| c.len()).unwrap_or(1).max(1),
+        };
+        let max_message_bytes = s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        if max_message_bytes < 1024 {
+            return Err(invalid("server.max_message_bytes", "must be at least 1024"));
+        }
+        let server = ServerConfig {
+            listen,
+            shards,
+            max_message_bytes,
+            first_message_timeout: secs(
+                "server.first_message_timeout_secs",
+                s.first_message_timeout_secs,
+                30.0,
+            )?,
+            idle_timeout: secs("server.idle_timeout_secs", s.idle_timeout_secs, 300.0)?,
+            max_sessions_per_key: s.max_sessions_per_key.unwrap_or(0),
+        };
+
+        let u = raw.upstream;
+        let queue_per_conn = u.queue_per_conn.unwrap_or(16);
+        let upstream = UpstreamConfig {
+            dial_timeout: millis("upstream.dial_timeout_ms", u.dial_timeout_ms, 10_000)?,
+            handshake_timeout: millis(
+                "upstream.handshake_timeout_ms",
+                u.handshake_timeout_ms,
+                10_000,
+            )?,
+            event_timeout: secs("upstream.event_timeout_secs", u.event_timeout_secs, 600.0)?,
+            max_conn_age: secs("upstream.max_conn_age_secs", u.max_conn_age_secs, 55.0 * 60.0)?,
+            queue_per_conn,
+            acquire_timeout: millis("upstream.acquire_timeout_ms", u.acquire_timeout_ms, 30_000)?,
+            max_message_bytes: u.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+        };
+        if upstream.max_conn_age > Duration::from_secs(3600) {
+            return Err(invalid(
+                "upstream.max_conn_age_secs",
+                "must be below 3600: upstream ends connections at 60 minutes",
+            ));
+        }
+
+        let mut client_keys = Vec::with_capacity(raw.client_keys.len());
+        for (i, k) in raw.client_keys.into_iter().enumerate() {
+            let at = format!("client_keys[{i}]");
+            let key = secret(
+                &format!("{at}.key"),
+                k.key,
+                &format!("{at}.key_env"),
+                k.key_env,
+                env,
+            )?;
+            if client_keys.iter().any(|c: &ClientKey| c.key == key) {
+                return Err(invalid(format!("{at}.key"), "duplicates an earlier key"));
+            }
+            let id = k.id.unwrap_or_else(|| format!("key-{i}"));
+            if client_keys.iter().any(|c: &ClientKey| c.id == id) {
+                return Err(invalid(format!("{at}.id"), format!("`{id}` is used twice")));
+            }
+            client_keys.push(ClientKey {
+                id,
+                key,
+                group: k.group.unwrap_or_else(|| "default".into()),
+            });
+        }
+        if client_keys.is_empty() {
+            return Err(invalid("client_keys", "at least one client key is required"));
+        }
+
+        let mut accounts: Vec<Account> = Vec::with_capacity(raw.accounts.len());
+        for (i, a) in raw.accounts.into_iter().enumerate() {
+            let at = format!("accounts[{i}]");
+            if a.id.is_empty() || accounts.iter().any(|x| x.id == a.id) {
+                return Err(invalid(format!("{at}.id"), "must be non-empty and unique"));
+            }
+            let base_url = a
+                .base_url
+                .unwrap_or_else(|| "https://api.openai.com/v1".into());
+            let endpoint =
+                Endpoint::parse(&base_url).map_err(|r| invalid(format!("{at}.base_url"), r))?;
+            let api_key = secret(
+                &format!("{at}.api_key"),
+                a.api_key,
+                &format!("{at}.api_key_env"),
+                a.api_key_env,
+                env,
+            )?;
+            let max_conns = a.max_conns.unwrap_or(64);
+            if max_conns == 0 {
+                return Err(invalid(format!("{at}.max_conns"), "must be at least 1"));
+            }
+            if let Some(ca) = &a.ca_file {
+                if !ca.is_file() {
+                    return Err(invalid(
+                        format!("{at}.ca_file"),
+                        format!("{} is not a readable file", ca.display()),
+                    ));
+                }
+            }
+            accounts.push(Account {
+                id: a.id,
+                group: a.group.unwrap_or_else(|| "default".into()),
+                endpoint,
+                api_key,
+                max_conns,
+                ca_file: a.ca_file,
+                transport: a.transport.unwrap_or(Transport::Ws),
+                model_map: a.model_map,
+            });
+        }
+        if accounts.is_empty() {
+            return Err(invalid("accounts", "at least one account is required"));
+        }
+        for (i, k) in client_keys.iter().enumerate() {
+            if !accounts.iter().any(|a| a.group == k.group) {
+                return Err(invalid(
+                    format!("client_keys[{i}].group"),
+                    format!("no account serves group `{}`", k.group),
+                ));
+            }
+        }
+
+        let log = LogConfig {
+            json: match raw.log.format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(invalid(
+                        "log.format",
+                        format!("`{other}` is not `text` or `json`"),
+                    ))
+                }
+            },
+            level: raw.log.level.unwrap_or_else(|| "info".into()),
+        };
+
+        Ok(Config {
+            server,
+            upstream,
+            client_keys,
+            accounts,
+            log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const MINIMAL: &str = r#"
+        [[client_keys]]
+        key = "sk-gw-local"
+        [[accounts]]
+        id = "acct-1"
+        base_url = "http://127.0.0.1:9000/v1"
+        api_key = "sk-up"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, &no_env).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(c.server.shards >= 1);
+        assert_eq!(c.accounts[0].max_conns, 64);
+        assert_eq!(c.accounts[0].transport, Transport::Ws);
+        assert_eq!(c.client_keys[0].group, "default");
+        assert_eq!(
+            c.accounts[0].endpoint.responses_ws_url(),
+            "ws://127.0.0.1:9000/v1/responses"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse(&format!("{MINIMAL}\n[server]\nlisen = \"x\""), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_is_named() {
+        let text = MINIMAL.replace("http://127.0.0.1:9000/v1", "ftp://x");
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("accounts[0].base_url"), "{err}");
+    }
+
+    #[test]
+    fn env_secrets_resolve_and_never_print() {
+        let text = MINIMAL.replace("api_key = \"sk-up\"", "api_key_env = \"UP_KEY\"");
+        let c = Config::parse(&text, &|n| (n == "UP_KEY").then(|| "sk-secret-up".into())).unwrap();
+        assert_eq!(c.accounts[0].api_key.expose(), "sk-secret-up");
+        assert!(!format!("{c:?}").contains("sk-secret-up"));
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("accounts[0].api_key_env") && err.contains("UP_KEY"), "{err}");
+    }
+
+    #[test]
+    fn group_without_account_is_rejected() {
+        let text = MINIMAL.replace("key = \"sk-gw-local\"", "key = \"k\"\ngroup = \"other\"");
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("client_keys[0].group"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_parsing() {
+        let e = Endpoint::parse("https://api.openai.com/v1/").unwrap();
+        assert_eq!((e.tls, e.port, e.path.as_str()), (true, 443, "/v1"));
+        assert_eq!(e.responses_ws_url(), "wss://api.openai.com/v1/responses");
+        let e = Endpoint::parse("http://[::1]:9000").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("::1", 9000));
+        assert_eq!(e.authority(), "[::1]:9000");
+        assert!(Endpoint::parse("http://u:p@h/").is_err());
+        assert!(Endpoint::parse("http://h:99999/").is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! shardgate: a thread-per-core gateway for the OpenAI Responses API, WebSocket mode first.
+//!
+//! # Layout
+//! - [`runtime`]: the thin layer over glommio (executors, sockets, timers).
+//! - [`config`]: the operator's TOML file, validated at start.
+//! - [`protocol`]: the wire vocabulary shared by every thread: lazy client-frame fields, upstream
+//!   event classification, usage extraction, OpenAI-style error bodies.
+//! - [`net`]: transports below WebSocket: plain TCP or TLS upstream streams.
+//! - [`shard`]: the data plane. One per core: listener and HTTP/WebSocket ingress, the relay loop
+//!   of each client session, the upstream WebSocket client and the per-account connection pools.
+//! - [`mock`]: a scriptable upstream that speaks the Responses WebSocket protocol, for tests and
+//!   `perf/`.
+
+pub mod config;
+pub mod mock;
+pub mod net;
+pub mod protocol;
+pub mod runtime;
+pub mod shard;

@@ -1,0 +1,1 @@
+//! Transports below WebSocket.

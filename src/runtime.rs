@@ -1,0 +1,124 @@
+//! The thin layer between shardgate and its thread-per-core runtime.
+//!
+//! Everything the data plane needs from glommio (executors pinned to cores, listeners with
+//! `SO_REUSEPORT`, outbound connections, timers, task spawning) goes through this module, so that
+//! a fork of glommio or another thread-per-core runtime can replace it without touching the relay.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use glommio::net::{TcpListener, TcpStream};
+pub use glommio::task::JoinHandle;
+
+/// Registered io_uring buffer memory per executor. glommio uses it for storage DMA only; network
+/// sockets do not touch it, so we keep it at the minimum and stay under a low `RLIMIT_MEMLOCK`.
+const IO_MEMORY_BYTES: usize = 64 * 1024;
+
+/// The CPUs this process may run on, from `sched_getaffinity` (not the CPUs online), so that a
+/// restricted cgroup or container never pins a shard to a CPU it cannot use.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the calling thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|cpu| unsafe { libc::CPU_ISSET(*cpu, &set) })
+        .collect())
+}
+
+/// Starts a thread running a local executor, pinned to `cpu` when given, and runs `fut_gen`'s
+/// future on it to completion.
+pub fn spawn_executor<G, F, T>(
+    name: &str,
+    cpu: Option<usize>,
+    fut_gen: G,
+) -> io::Result<std::thread::JoinHandle<T>>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let placement = match cpu {
+        Some(cpu) => glommio::Placement::Fixed(cpu),
+        None => glommio::Placement::Unbound,
+    };
+    let builder = glommio::LocalExecutorBuilder::new(placement)
+        .name(name)
+        .io_memory(IO_MEMORY_BYTES);
+    let name = name.to_string();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let executor = builder
+                .make()
+                .unwrap_or_else(|e| panic!("cannot start executor {name}: {e}"));
+            executor.run(fut_gen())
+        })
+}
+
+/// Spawns a task on the current shard; the task is detached and runs until it finishes.
+pub fn spawn_local<F>(fut: F)
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    glommio::spawn_local(fut).detach();
+}
+
+/// Spawns a task on the current shard and returns a handle to await its result.
+pub fn spawn_local_handle<F>(fut: F) -> glommio::task::JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    glommio::spawn_local(fut).detach()
+}
+
+/// Binds a listener with `SO_REUSEPORT`, so that every shard can bind the same address and the
+/// kernel spreads connections over them.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(io::Error::from)
+}
+
+/// Accepts one connection and turns Nagle off on it.
+pub async fn accept(listener: &TcpListener) -> io::Result<TcpStream> {
+    let stream = listener.accept().await.map_err(io::Error::from)?;
+    stream.set_nodelay(true).map_err(io::Error::from)?;
+    Ok(stream)
+}
+
+/// Connects with a deadline and turns Nagle off (glommio's `connect` does not).
+pub async fn connect(addr: SocketAddr, deadline: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(addr, deadline)
+        .await
+        .map_err(io::Error::from)?;
+    stream.set_nodelay(true).map_err(io::Error::from)?;
+    Ok(stream)
+}
+
+/// Runs `fut` with a deadline; `None` when the deadline passed first.
+pub async fn timeout<F: Future>(dur: Duration, fut: F) -> Option<F::Output> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(dur).await;
+        None
+    })
+    .await
+}
+
+/// Sleeps on the current shard's timer wheel.
+pub async fn sleep(dur: Duration) {
+    glommio::timer::sleep(dur).await
+}
+
+/// Runs blocking work (DNS resolution) on the executor's helper thread, off the shard.
+pub async fn blocking<F, R>(f: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    glommio::executor().spawn_blocking(f).await
+}
