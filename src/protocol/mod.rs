@@ -1,1 +1,15 @@
-//! The wire vocabulary.
+//! The wire vocabulary shared by every thread: what a client frame asks for, what an upstream
+//! event is, how usage is read, and how errors are written back in OpenAI's shape.
+//!
+//! Everything here reads JSON lazily with sonic-rs and borrows from the frame it was given: a
+//! frame that is only relayed is scanned, never copied or fully parsed.
+
+pub mod client_frame;
+pub mod error_body;
+mod lazy;
+pub mod upstream_event;
+pub mod usage;
+
+pub use client_frame::{ClientFrame, ClientFrameError};
+pub use upstream_event::{EventKind, TerminalKind, UpstreamError, UpstreamEvent};
+pub use usage::Usage;

@@ -1,0 +1,194 @@
+//! What a client frame asks for, read lazily.
+//!
+//! Only the fields the gateway routes and rewrites by are looked at: `type`, `model`,
+//! `previous_response_id`, `store`, `generate`, and the `call_id`s of tool outputs in `input`.
+//! Values are borrowed from the frame; the frame itself is forwarded as the bytes it came in.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use sonic_rs::{JsonType, JsonValueTrait};
+
+use super::lazy::{is_null, range_of, str_in};
+
+/// Why a client frame was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientFrameError {
+    /// The frame is not a JSON object.
+    #[error("frame is not a valid JSON object: {0}")]
+    InvalidJson(String),
+    /// A known field has the wrong JSON type.
+    #[error("field `{0}` has the wrong type")]
+    WrongType(&'static str),
+}
+
+/// The kinds of client event the gateway acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEventKind {
+    /// `response.create` (also a frame without `type`, as the reference gateway accepts).
+    ResponseCreate,
+    /// Any other `type`.
+    Other,
+}
+
+/// Item types that carry a tool's output back to the model.
+const TOOL_OUTPUT_TYPES: [&str; 4] = [
+    "function_call_output",
+    "custom_tool_call_output",
+    "mcp_tool_call_output",
+    "tool_search_output",
+];
+
+/// The fields of one client frame that routing and the normalizer need.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFrame<'a> {
+    /// The raw `type`, if any.
+    pub event_type: Option<Cow<'a, str>>,
+    /// `model`, if given.
+    pub model: Option<Cow<'a, str>>,
+    /// Byte range of the `model` string value (quotes included) in the frame, for a rewrite.
+    pub model_span: Option<Range<usize>>,
+    /// `previous_response_id`; JSON `null` reads as absent.
+    pub previous_response_id: Option<Cow<'a, str>>,
+    /// `store`; absent means upstream's default (stored).
+    pub store: Option<bool>,
+    /// `generate`; `Some(false)` is a warm-up.
+    pub generate: Option<bool>,
+    /// `call_id`s of tool-output items in `input`.
+    pub tool_output_call_ids: Vec<Cow<'a, str>>,
+}
+
+impl<'a> ClientFrame<'a> {
+    /// Reads the routing fields of `frame` in one pass over its top-level keys.
+    pub fn parse(frame: &'a [u8]) -> Result<Self, ClientFrameError> {
+        let mut out = ClientFrame::default();
+        let mut saw_any = false;
+        for item in sonic_rs::to_object_iter(frame) {
+            let (key, value) = item.map_err(|e| ClientFrameError::InvalidJson(e.to_string()))?;
+            saw_any = true;
+            match &*key {
+                "type" => {
+                    out.event_type =
+                        Some(str_in(frame, &value).ok_or(ClientFrameError::WrongType("type"))?);
+                }
+                "model" if !is_null(&value) => {
+                    out.model =
+                        Some(str_in(frame, &value).ok_or(ClientFrameError::WrongType("model"))?);
+                    out.model_span = range_of(frame, value.as_raw_str().as_bytes());
+                }
+                "previous_response_id" if !is_null(&value) => {
+                    out.previous_response_id = Some(
+                        str_in(frame, &value)
+                            .ok_or(ClientFrameError::WrongType("previous_response_id"))?,
+                    );
+                }
+                "store" if !is_null(&value) => {
+                    out.store = Some(value.as_bool().ok_or(ClientFrameError::WrongType("store"))?);
+                }
+                "generate" if !is_null(&value) => {
+                    out.generate =
+                        Some(value.as_bool().ok_or(ClientFrameError::WrongType("generate"))?);
+                }
+                "input" if value.get_type() == JsonType::Array => {
+                    for item in sonic_rs::to_array_iter(value.as_raw_str()) {
+                        let item = item.map_err(|e| ClientFrameError::InvalidJson(e.to_string()))?;
+                        let is_output = item
+                            .get("type")
+                            .and_then(|t| t.as_str().map(|t| TOOL_OUTPUT_TYPES.contains(&t)))
+                            .unwrap_or(false);
+                        if !is_output {
+                            continue;
+                        }
+                        if let Some(id) = item.get("call_id").and_then(|c| c.as_str().map(str::to_owned)) {
+                            out.tool_output_call_ids.push(Cow::Owned(id));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !saw_any && !is_empty_object(frame) {
+            return Err(ClientFrameError::InvalidJson("expected a JSON object".into()));
+        }
+        Ok(out)
+    }
+
+    /// What the frame asks for.
+    pub fn kind(&self) -> ClientEventKind {
+        match self.event_type.as_deref() {
+            None | Some("response.create") => ClientEventKind::ResponseCreate,
+            Some(_) => ClientEventKind::Other,
+        }
+    }
+
+    /// `true` for a `generate: false` warm-up.
+    pub fn is_warmup(&self) -> bool {
+        self.generate == Some(false)
+    }
+
+    /// `true` when upstream keeps this response only on its connection.
+    pub fn is_store_disabled(&self) -> bool {
+        self.store == Some(false)
+    }
+}
+
+fn is_empty_object(frame: &[u8]) -> bool {
+    frame
+        .iter()
+        .filter(|b| !b.is_ascii_whitespace())
+        .eq(b"{}".iter())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_routing_fields_and_borrows() {
+        let f = br#"{"type":"response.create","model":"gpt-5","store":false,"previous_response_id":"resp_1","input":[{"type":"message","role":"user","content":"hi"},{"type":"function_call_output","call_id":"call_9","output":"ok"}]}"#;
+        let c = ClientFrame::parse(f).unwrap();
+        assert_eq!(c.kind(), ClientEventKind::ResponseCreate);
+        assert_eq!(c.model.as_deref(), Some("gpt-5"));
+        assert!(matches!(c.model, Some(Cow::Borrowed(_))));
+        assert_eq!(&f[c.model_span.clone().unwrap()], b"\"gpt-5\"");
+        assert_eq!(c.previous_response_id.as_deref(), Some("resp_1"));
+        assert!(c.is_store_disabled());
+        assert_eq!(c.tool_output_call_ids, vec![Cow::Borrowed("call_9")]);
+        assert!(!c.is_warmup());
+    }
+
+    #[test]
+    fn null_previous_id_is_absent_and_warmup_detected() {
+        let c = ClientFrame::parse(
+            br#"{"type":"response.create","previous_response_id":null,"generate":false}"#,
+        )
+        .unwrap();
+        assert!(c.previous_response_id.is_none());
+        assert!(c.is_warmup());
+    }
+
+    #[test]
+    fn invalid_json_and_wrong_types_are_errors() {
+        assert!(matches!(
+            ClientFrame::parse(b"{\"type\":"),
+            Err(ClientFrameError::InvalidJson(_))
+        ));
+        assert!(ClientFrame::parse(b"[1,2]").is_err());
+        assert!(ClientFrame::parse(b"not json").is_err());
+        assert_eq!(
+            ClientFrame::parse(br#"{"store":"no"}"#).unwrap_err(),
+            ClientFrameError::WrongType("store")
+        );
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped() {
+        let c = ClientFrame::parse(br#"{"model":"gpt\u002d5"}"#).unwrap();
+        assert_eq!(c.model.as_deref(), Some("gpt-5"));
+        assert!(ClientFrame::parse(b"{}").is_ok());
+        assert_eq!(
+            ClientFrame::parse(br#"{"type":"session.update"}"#).unwrap().kind(),
+            ClientEventKind::Other
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! What an upstream event is, read from its `type` with the least work possible.
+//!
+//! Every relayed event is classified (to find the first token and the terminal event); only
+//! terminal and error events are read further, for usage, ids and error codes.
+
+use std::borrow::Cow;
+
+use sonic_rs::{JsonValueTrait, LazyValue};
+
+use super::lazy::str_in;
+use super::usage::Usage;
+
+/// How a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TerminalKind {
+    /// `response.completed` / `response.done`: usage is billable.
+    Completed,
+    /// `response.failed`.
+    Failed,
+    /// `response.incomplete`.
+    Incomplete,
+    /// `response.cancelled` / `response.canceled`.
+    Cancelled,
+}
+
+impl TerminalKind {
+    /// Label for counters and usage records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminalKind::Completed => "completed",
+            TerminalKind::Failed => "failed",
+            TerminalKind::Incomplete => "incomplete",
+            TerminalKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The role an upstream event plays in a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// `response.created`: carries the response id.
+    Created,
+    /// A delta or output event: the first one marks time to first token.
+    Token,
+    /// A terminal event: the turn is over.
+    Terminal(TerminalKind),
+    /// An `error` event: the turn is over and the connection is no longer trusted.
+    Error,
+    /// Anything else (relayed untouched).
+    Other,
+}
+
+impl EventKind {
+    /// Classifies an event by its `type` string.
+    pub fn of_type(t: &str) -> EventKind {
+        match t {
+            "response.created" => EventKind::Created,
+            "response.completed" | "response.done" => EventKind::Terminal(TerminalKind::Completed),
+            "response.failed" => EventKind::Terminal(TerminalKind::Failed),
+            "response.incomplete" => EventKind::Terminal(TerminalKind::Incomplete),
+            "response.cancelled" | "response.canceled" => {
+                EventKind::Terminal(TerminalKind::Cancelled)
+            }
+            "error" => EventKind::Error,
+            "response.in_progress" | "response.output_item.added" | "response.output_item.done" => {
+                EventKind::Other
+            }
+            t if t.ends_with(".delta") || t.starts_with("response.output") => EventKind::Token,
+            _ => EventKind::Other,
+        }
+    }
+
+    /// `true` when the turn is over after this event.
+    pub fn ends_turn(self) -> bool {
+        matches!(self, EventKind::Terminal(_) | EventKind::Error)
+    }
+}
+
+/// One upstream event frame, classified. Borrows the frame.
+#[derive(Debug, Clone)]
+pub struct UpstreamEvent<'a> {
+    /// The frame.
+    pub raw: &'a [u8],
+    /// Its `type`.
+    pub event_type: Cow<'a, str>,
+    /// Its role in the turn.
+    pub kind: EventKind,
+}
+
+/// Why an upstream frame could not be classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("upstream event is not a JSON object with a string `type`")]
+pub struct MalformedEvent;
+
+impl<'a> UpstreamEvent<'a> {
+    /// Reads only `type`, which upstream sends first: the scan stops there.
+    pub fn classify(raw: &'a [u8]) -> Result<Self, MalformedEvent> {
+        for item in sonic_rs::to_object_iter(raw) {
+            let (key, value) = item.map_err(|_| MalformedEvent)?;
+            if &*key == "type" {
+                let event_type = str_in(raw, &value).ok_or(MalformedEvent)?;
+                let kind = EventKind::of_type(&event_type);
+                return Ok(UpstreamEvent {
+                    raw,
+                    event_type,
+                    kind,
+                });
+            }
+        }
+        Err(MalformedEvent)
+    }
+
+    /// The `response` object of a lifecycle event, if present.
+    fn response(&self) -> Option<LazyValue<'a>> {
+        sonic_rs::get_from_slice(self.raw, ["response"]).ok()
+    }
+
+    /// `response.id` (or the top-level `id`) of a created or terminal event.
+    pub fn response_id(&self) -> Option<Cow<'a, str>> {
+        if let Some(resp) = self.response() {
+            if let Some(id) = resp.get("id") {
+                return str_in(self.raw, &id).map(|c| Cow::Owned(c.into_owned()));
+            }
+        }
+        let id = sonic_rs::get_from_slice(self.raw, ["id"]).ok()?;
+        str_in(self.raw, &id)
+    }
+
+    /// Usage of a completed response: read from `response.completed` only.
+    pub fn usage(&self) -> Option<Usage> {
+        if self.kind != EventKind::Terminal(TerminalKind::Completed) {
+            return None;
+        }
+        let usage = sonic_rs::get_from_slice(self.raw, ["response", "usage"]).ok()?;
+        Usage::from_lazy(&usage)
+    }
+
+    /// The error carried by an `error` event (or a failed response).
+    pub fn error(&self) -> Option<UpstreamError> {
+        let (err, status) = match self.kind {
+            EventKind::Error => (
+                sonic_rs::get_from_slice(self.raw, ["error"]).ok(),
+                sonic_rs::get_from_slice(self.raw, ["status"])
+                    .ok()
+                    .and_then(|s| s.as_u64()),
+            ),
+            EventKind::Terminal(TerminalKind::Failed) => (
+                sonic_rs::get_from_slice(self.raw, ["response", "error"]).ok(),
+                None,
+            ),
+            _ => return None,
+        };
+        let field = |name: &str| {
+            err.as_ref()
+                .and_then(|e| e.get(name))
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let mut e = UpstreamError {
+            status: status.and_then(|s| u16::try_from(s).ok()),
+            error_type: field("type"),
+            code: field("code"),
+            message: field("message"),
+        };
+        if e.status.is_none() {
+            e.status = Some(e.http_status());
+        }
+        Some(e)
+    }
+}
+
+/// An error reported by upstream inside an event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamError {
+    /// The event's `status`, when given.
+    pub status: Option<u16>,
+    /// `error.type`.
+    pub error_type: String,
+    /// `error.code`.
+    pub code: String,
+    /// `error.message`.
+    pub message: String,
+}
+
+/// What the gateway makes of an upstream error (the reference gateway's classification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorReason {
+    /// The chained response is not on this connection (or anywhere).
+    PreviousResponseNotFound,
+    /// A tool output names a call upstream does not know.
+    ToolOutputNotFound,
+    /// The connection reached its 60-minute limit.
+    ConnectionLimitReached,
+    /// Rate or usage limit of the account.
+    RateLimited,
+    /// A server-side failure.
+    ServerError,
+    /// Anything else (a request error).
+    Other,
+}
+
+impl ErrorReason {
+    /// Label for counters and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorReason::PreviousResponseNotFound => "previous_response_not_found",
+            ErrorReason::ToolOutputNotFound => "tool_output_not_found",
+            ErrorReason::ConnectionLimitReached => "connection_limit_reached",
+            ErrorReason::RateLimited => "rate_limited",
+            ErrorReason::ServerError => "server_error",
+            ErrorReason::Other => "other",
+        }
+    }
+}
+
+impl UpstreamError {
+    /// Classifies the error by code, type and message (compared lower-cased).
+    pub fn reason(&self) -> ErrorReason {
+        let code = self.code.to_ascii_lowercase();
+        let ty = self.error_type.to_ascii_lowercase();
+        let msg = self.message.to_ascii_lowercase();
+        if code == "previous_response_not_found"
+            || (msg.contains("previous response") && msg.contains("not found"))
+        {
+            ErrorReason::PreviousResponseNotFound
+        } else if code == "tool_output_not_found" || msg.contains("no tool call found") {
+            ErrorReason::ToolOutputNotFound
+        } else if code == "websocket_connection_limit_reached"
+            || (msg.contains("connection limit") && msg.contains("websocket"))
+        {
+            ErrorReason::ConnectionLimitReached
+        } else if ty.contains("rate_limit")
+            || ty.contains("usage_limit")
+            || code.contains("rate_limit")
+            || code.contains("usage_limit")
+            || code.contains("insufficient_quota")
+            || self.status == Some(429)
+        {
+            ErrorReason::RateLimited
+        } else if ty.contains("server_error")
+            || code.contains("server_error")
+            || self.status.is_some_and(|s| s >= 500)
+        {
+            ErrorReason::ServerError
+        } else {
+            ErrorReason::Other
+        }
+    }
+
+    /// The HTTP status this error maps to.
+    pub fn http_status(&self) -> u16 {
+        if let Some(s) = self.status {
+            return s;
+        }
+        let code = self.code.to_ascii_lowercase();
+        let ty = self.error_type.to_ascii_lowercase();
+        match self.reason() {
+            ErrorReason::RateLimited => 429,
+            ErrorReason::PreviousResponseNotFound | ErrorReason::ToolOutputNotFound => 400,
+            _ if ty.contains("invalid_request") || code.contains("invalid_request") => 400,
+            _ if ty.contains("authentication") || code.contains("invalid_api_key") => 401,
+            _ if ty.contains("permission") || code.contains("forbidden") => 403,
+            _ => 502,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_by_type() {
+        let e = UpstreamEvent::classify(
+            br#"{"type":"response.output_text.delta","delta":"hi","sequence_number":4}"#,
+        )
+        .unwrap();
+        assert_eq!(e.kind, EventKind::Token);
+        assert!(matches!(e.event_type, Cow::Borrowed(_)));
+        for (t, k) in [
+            ("response.created", EventKind::Created),
+            ("response.in_progress", EventKind::Other),
+            ("response.output_item.added", EventKind::Other),
+            ("response.function_call_arguments.delta", EventKind::Token),
+            ("response.completed", EventKind::Terminal(TerminalKind::Completed)),
+            ("response.done", EventKind::Terminal(TerminalKind::Completed)),
+            ("response.incomplete", EventKind::Terminal(TerminalKind::Incomplete)),
+            ("error", EventKind::Error),
+            ("rate_limits.updated", EventKind::Other),
+        ] {
+            assert_eq!(EventKind::of_type(t), k, "{t}");
+        }
+        assert!(UpstreamEvent::classify(b"{\"delta\":1}").is_err());
+        assert!(UpstreamEvent::classify(b"garbage").is_err());
+    }
+
+    #[test]
+    fn reads_usage_and_id_from_completed_only() {
+        let raw = br#"{"type":"response.completed","sequence_number":9,"response":{"id":"resp_abc","status":"completed","usage":{"input_tokens":120,"input_tokens_details":{"cached_tokens":100},"output_tokens":30,"output_tokens_details":{"reasoning_tokens":12},"total_tokens":150}}}"#;
+        let e = UpstreamEvent::classify(raw).unwrap();
+        assert_eq!(e.response_id().as_deref(), Some("resp_abc"));
+        assert_eq!(
+            e.usage(),
+            Some(Usage {
+                input_tokens: 120,
+                cached_tokens: 100,
+                output_tokens: 30,
+                reasoning_tokens: 12,
+                total_tokens: 150
+            })
+        );
+        let failed = br#"{"type":"response.failed","response":{"id":"resp_x","usage":{"input_tokens":1,"output_tokens":1}}}"#;
+        assert_eq!(UpstreamEvent::classify(failed).unwrap().usage(), None);
+        let bad = br#"{"type":"response.completed","response":{"usage":{"input_tokens":"1","output_tokens":1}}}"#;
+        assert_eq!(UpstreamEvent::classify(bad).unwrap().usage(), None);
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let raw = br#"{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"Previous response with id 'resp_x' not found.","param":"previous_response_id"}}"#;
+        let err = UpstreamEvent::classify(raw).unwrap().error().unwrap();
+        assert_eq!(err.reason(), ErrorReason::PreviousResponseNotFound);
+        assert_eq!(err.http_status(), 400);
+        let rl = br#"{"type":"error","error":{"type":"rate_limit_error","code":"rate_limit_exceeded","message":"slow down"}}"#;
+        let err = UpstreamEvent::classify(rl).unwrap().error().unwrap();
+        assert_eq!((err.reason(), err.http_status()), (ErrorReason::RateLimited, 429));
+        let se = br#"{"type":"error","error":{"type":"server_error","message":"boom"}}"#;
+        let err = UpstreamEvent::classify(se).unwrap().error().unwrap();
+        assert_eq!((err.reason(), err.http_status()), (ErrorReason::ServerError, 502));
+        let lim = br#"{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"websocket_connection_limit_reached","message":"Responses websocket connection limit reached (60 minutes)."}}"#;
+        let err = UpstreamEvent::classify(lim).unwrap().error().unwrap();
+        assert_eq!(err.reason(), ErrorReason::ConnectionLimitReached);
+    }
+}
