@@ -12,6 +12,7 @@
 //!   `perf/`.
 
 pub mod config;
+pub mod gateway;
 pub mod mock;
 pub mod net;
 pub mod protocol;

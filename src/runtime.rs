@@ -78,10 +78,41 @@ where
     glommio::spawn_local(fut).detach()
 }
 
-/// Binds a listener with `SO_REUSEPORT`, so that every shard can bind the same address and the
-/// kernel spreads connections over them.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(io::Error::from)
+/// A listening socket bound with `SO_REUSEPORT`, created on any thread and adopted by the shard
+/// that serves it ([`adopt_listener`]). Every shard binds the same address; the kernel spreads
+/// connections over them.
+pub struct BoundListener {
+    socket: socket2::Socket,
+}
+
+impl BoundListener {
+    /// Binds and listens.
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let domain = socket2::Domain::for_address(addr);
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        socket.set_reuse_port(true)?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        Ok(BoundListener { socket })
+    }
+
+    /// The bound address (the real port when asked for port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("listener has no IP address"))
+    }
+}
+
+/// Turns a bound listener into the current shard's listener. Must run on the shard's executor.
+pub fn adopt_listener(listener: BoundListener) -> TcpListener {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fd = listener.socket.into_raw_fd();
+    // SAFETY: `fd` is a bound, listening TCP socket that nothing else owns any more.
+    unsafe { TcpListener::from_raw_fd(fd) }
 }
 
 /// Accepts one connection and turns Nagle off on it.

@@ -1,1 +1,157 @@
-//! The data plane.
+//! The data plane: one shard per core.
+//!
+//! A shard owns its listener (bound with `SO_REUSEPORT`), the client sessions the kernel hands
+//! it, and one connection pool per upstream account (its slice of each account's budget). All of
+//! it is `Rc`/`Cell` state touched only by the shard's own thread: no locks on the per-frame path.
+
+pub mod account;
+pub mod auth;
+pub mod counters;
+pub mod http_head;
+pub mod ingress;
+pub mod normalizer;
+pub mod pool;
+pub mod scheduler;
+pub mod session;
+pub mod upstream;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+
+use crate::config::{Config, UpstreamConfig};
+use crate::runtime::{self, TcpListener};
+
+use account::{AccountRuntime, AccountSetupError};
+use auth::ClientAuth;
+use counters::{bump, ShardCounters};
+use pool::Pool;
+
+/// Everything one shard owns.
+pub struct Shard {
+    /// Shard number, 0-based.
+    pub id: usize,
+    /// The configuration it was started with.
+    pub config: Arc<Config>,
+    /// Client key table.
+    pub auth: ClientAuth,
+    /// One pool per account, indexed like `config.accounts`.
+    pub pools: Vec<Rc<Pool>>,
+    /// Group name → indices of its accounts.
+    pub groups: HashMap<String, Vec<usize>>,
+    /// Counters.
+    pub counters: ShardCounters,
+    sessions_per_key: RefCell<HashMap<String, usize>>,
+    rr: Cell<usize>,
+}
+
+/// This shard's share of a process-wide budget: an even split, the remainder to the lowest
+/// shards, and at least one connection so every shard can serve every account.
+pub fn budget_share(total: usize, shards: usize, shard: usize) -> usize {
+    let base = total / shards;
+    let extra = usize::from(shard < total % shards);
+    (base + extra).max(1)
+}
+
+impl Shard {
+    /// Builds shard `id`'s state: key table, accounts and pools.
+    pub fn new(id: usize, config: Arc<Config>) -> Result<Self, AccountSetupError> {
+        let upstream: Rc<UpstreamConfig> = Rc::new(config.upstream.clone());
+        let next_conn_id = Rc::new(Cell::new((id as u64) << 48));
+        let mut pools = Vec::with_capacity(config.accounts.len());
+        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, account) in config.accounts.iter().enumerate() {
+            let runtime = Rc::new(AccountRuntime::new(i, account.clone())?);
+            let budget = budget_share(account.max_conns, config.server.shards, id);
+            pools.push(Rc::new(Pool::new(
+                runtime,
+                budget,
+                upstream.clone(),
+                next_conn_id.clone(),
+            )));
+            groups.entry(account.group.clone()).or_default().push(i);
+        }
+        Ok(Shard {
+            id,
+            auth: ClientAuth::new(&config.client_keys),
+            pools,
+            groups,
+            counters: ShardCounters::default(),
+            sessions_per_key: RefCell::new(HashMap::new()),
+            rr: Cell::new(0),
+            config,
+        })
+    }
+
+    /// A rotating start index for round-robin among equally loaded accounts.
+    pub fn next_rr(&self) -> usize {
+        let v = self.rr.get();
+        self.rr.set(v.wrapping_add(1));
+        v
+    }
+
+    /// Counts a new session for `key_id`; `false` when the per-key cap is reached.
+    pub fn try_open_session(&self, key_id: &str) -> bool {
+        let cap = self.config.server.max_sessions_per_key;
+        let mut map = self.sessions_per_key.borrow_mut();
+        let n = map.entry(key_id.to_string()).or_insert(0);
+        if cap != 0 && *n >= cap {
+            return false;
+        }
+        *n += 1;
+        self.counters.sessions_open.set(self.counters.sessions_open.get() + 1);
+        true
+    }
+
+    /// Counts a session of `key_id` as closed.
+    pub fn close_session(&self, key_id: &str) {
+        let mut map = self.sessions_per_key.borrow_mut();
+        if let Some(n) = map.get_mut(key_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(key_id);
+            }
+        }
+        self.counters
+            .sessions_open
+            .set(self.counters.sessions_open.get().saturating_sub(1));
+    }
+}
+
+/// Accepts connections until `shutdown` fires; each connection runs in its own task, and a
+/// panic in one is contained there.
+pub async fn run(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    shutdown: futures_channel::oneshot::Receiver<()>,
+) {
+    let accept_loop = async {
+        loop {
+            let stream = match runtime::accept(&listener).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                    runtime::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            bump(&shard.counters.connections);
+            let shard = shard.clone();
+            runtime::spawn_local(async move {
+                let task = AssertUnwindSafe(ingress::serve_connection(shard.clone(), stream));
+                if task.catch_unwind().await.is_err() {
+                    bump(&shard.counters.session_panics);
+                    tracing::error!(shard = shard.id, "a client connection panicked; it was closed, the shard goes on");
+                }
+            });
+        }
+    };
+    futures_lite::future::or(accept_loop, async {
+        let _ = shutdown.await;
+    })
+    .await;
+}

@@ -1,0 +1,133 @@
+//! Starting and stopping the gateway: one executor thread per shard, pinned to the CPUs of the
+//! process affinity mask.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::runtime;
+use crate::shard::{self, Shard};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The failure.
+        source: io::Error,
+    },
+    /// A shard could not be prepared (TLS setup of an account).
+    #[error("shard setup failed: {0}")]
+    Setup(String),
+    /// A shard thread could not be started.
+    #[error("cannot start shard thread: {0}")]
+    Thread(io::Error),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    stops: Vec<futures_channel::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts every shard and returns once all of them listen.
+    pub fn start(config: Config) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        let shards = config.server.shards;
+        let cpus = runtime::allowed_cpus().unwrap_or_default();
+        // Bind the first listener here so port 0 resolves to one real port every shard shares.
+        let first = runtime::BoundListener::bind(config.server.listen).map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+        let addr = first.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+        let mut listeners = vec![Some(first)];
+        for _ in 1..shards {
+            let l = runtime::BoundListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+            listeners.push(Some(l));
+        }
+        // Check every shard can be built before starting any (a bad CA file fails here).
+        Shard::new(0, config.clone()).map_err(|e| StartError::Setup(e.to_string()))?;
+
+        let mut stops = Vec::with_capacity(shards);
+        let mut threads = Vec::with_capacity(shards);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        for (id, listener) in listeners.iter_mut().enumerate() {
+            let listener = listener.take().expect("one listener per shard");
+            let (stop_tx, stop_rx) = futures_channel::oneshot::channel();
+            stops.push(stop_tx);
+            let cfg = config.clone();
+            let ready = ready_tx.clone();
+            let cpu = (shards <= cpus.len()).then(|| cpus[id]);
+            let handle = runtime::spawn_executor(&format!("shard-{id}"), cpu, move || async move {
+                let listener = runtime::adopt_listener(listener);
+                let shard = match Shard::new(id, cfg) {
+                    Ok(s) => Rc::new(s),
+                    Err(e) => {
+                        let _ = ready.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(()));
+                shard::run(shard, listener, stop_rx).await;
+            })
+            .map_err(StartError::Thread)?;
+            threads.push(handle);
+        }
+        drop(ready_tx);
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(StartError::Setup(e)),
+                Err(_) => return Err(StartError::Setup("a shard thread died at start".into())),
+            }
+        }
+        Ok(Gateway {
+            addr,
+            stops,
+            threads,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and waits for every shard thread to finish.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    /// Blocks until the shards stop (they stop only through [`Gateway::stop`] or a signal).
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for s in self.stops.drain(..) {
+            let _ = s.send(());
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

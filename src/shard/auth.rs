@@ -1,0 +1,106 @@
+//! Client authentication: the presented key is checked against every configured key in
+//! constant time, and resolves to the key's id and group.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::ClientKey;
+
+/// Who a client is, once authenticated: safe to log and bill by (never the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The key's configured id.
+    pub key_id: String,
+    /// The group whose accounts and state it uses.
+    pub group: String,
+}
+
+/// The table of client keys, stored as SHA-256 digests.
+pub struct ClientAuth {
+    entries: Vec<([u8; 32], ClientIdentity)>,
+}
+
+impl ClientAuth {
+    /// Builds the table from the configured keys.
+    pub fn new(keys: &[ClientKey]) -> Self {
+        ClientAuth {
+            entries: keys
+                .iter()
+                .map(|k| {
+                    (
+                        Sha256::digest(k.key.expose().as_bytes()).into(),
+                        ClientIdentity {
+                            key_id: k.id.clone(),
+                            group: k.group.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Looks the key up. Every entry is compared, in constant time, whatever matches: the time
+    /// taken says nothing about which key, or how much of one, was right.
+    pub fn authenticate(&self, presented: &[u8]) -> Option<&ClientIdentity> {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        let mut found = None;
+        for (i, (d, _)) in self.entries.iter().enumerate() {
+            if bool::from(d.ct_eq(&digest)) {
+                found = Some(i);
+            }
+        }
+        found.map(|i| &self.entries[i].1)
+    }
+}
+
+/// The key a request presents: `Authorization: Bearer <key>` (scheme case-insensitive), else
+/// `x-api-key`.
+pub fn presented_key<'a>(authorization: Option<&'a [u8]>, x_api_key: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    if let Some(v) = authorization {
+        let v = v.trim_ascii();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+            return Some(v[7..].trim_ascii());
+        }
+        return None;
+    }
+    x_api_key.map(<[u8]>::trim_ascii)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn table() -> ClientAuth {
+        ClientAuth::new(&[
+            ClientKey {
+                id: "a".into(),
+                key: Secret::new("sk-a".into()),
+                group: "g1".into(),
+            },
+            ClientKey {
+                id: "b".into(),
+                key: Secret::new("sk-b".into()),
+                group: "g2".into(),
+            },
+        ])
+    }
+
+    #[test]
+    fn resolves_keys_to_identities() {
+        let t = table();
+        assert_eq!(t.authenticate(b"sk-b").unwrap().group, "g2");
+        assert_eq!(t.authenticate(b"sk-a").unwrap().key_id, "a");
+        assert!(t.authenticate(b"sk-").is_none());
+        assert!(t.authenticate(b"").is_none());
+    }
+
+    #[test]
+    fn reads_bearer_then_x_api_key() {
+        assert_eq!(presented_key(Some(b"Bearer sk-a"), None), Some(&b"sk-a"[..]));
+        assert_eq!(presented_key(Some(b"bearer  sk-a "), None), Some(&b"sk-a"[..]));
+        assert_eq!(presented_key(Some(b"Basic xyz"), Some(b"sk-a")), None);
+        assert_eq!(presented_key(None, Some(b"sk-a")), Some(&b"sk-a"[..]));
+        assert_eq!(presented_key(None, None), None);
+    }
+}

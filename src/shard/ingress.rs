@@ -1,0 +1,230 @@
+//! HTTP/1.1 ingress on a shard's listener: routes a request, checks the client key, and turns
+//! `GET /v1/responses` with `Upgrade: websocket` into a client session.
+
+use std::rc::Rc;
+
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::WebSocketStream;
+use futures_lite::AsyncWriteExt;
+use http::{HeaderName, HeaderValue};
+
+use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::runtime::TcpStream;
+
+use super::auth::{presented_key, ClientIdentity};
+use super::counters::bump;
+use super::http_head::{self, HeadError, RequestHead};
+use super::session::Session;
+use super::Shard;
+
+/// How long a client may take to send a request head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Paths that serve the Responses API (as the reference gateway accepts them).
+fn is_responses_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/v1/responses" | "/responses" | "/backend-api/codex/responses"
+    )
+}
+
+/// Client headers passed on to upstream: session and Codex metadata, never credentials.
+fn is_forwarded_header(name: &str) -> bool {
+    matches!(
+        name,
+        "session-id"
+            | "session_id"
+            | "thread-id"
+            | "conversation_id"
+            | "x-client-request-id"
+            | "originator"
+            | "user-agent"
+            | "accept-language"
+    ) || name.starts_with("x-codex-")
+}
+
+/// Serves one accepted connection until it is closed or upgraded.
+pub async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
+    let mut buf = Vec::new();
+    loop {
+        let head = match http_head::read_head(&mut stream, &mut buf, HEAD_TIMEOUT).await {
+            Ok(h) => h,
+            Err(HeadError::Closed | HeadError::Io(_)) => return,
+            Err(HeadError::Timeout) => {
+                let err = GatewayError::new(408, ErrorType::InvalidRequest, "request_timeout", "request head not received in time");
+                let _ = http_head::write_error(&mut stream, &err, &[], false).await;
+                return;
+            }
+            Err(e @ (HeadError::Malformed(_) | HeadError::TooLarge)) => {
+                bump(&shard.counters.bad_requests);
+                let status = if matches!(e, HeadError::TooLarge) { 431 } else { 400 };
+                let err = GatewayError::new(status, ErrorType::InvalidRequest, "bad_request", e.to_string());
+                let _ = http_head::write_error(&mut stream, &err, &[], false).await;
+                return;
+            }
+        };
+        match route(&shard, &mut stream, head).await {
+            Routed::KeepAlive => continue,
+            Routed::Done => return,
+            Routed::Upgrade(identity, forward) => {
+                let limit = shard.config.server.max_message_bytes;
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(limit))
+                    .max_frame_size(Some(limit));
+                let ws =
+                    WebSocketStream::from_partially_read(stream, buf, Role::Server, Some(config))
+                        .await;
+                run_session(shard, ws, identity, forward).await;
+                return;
+            }
+        }
+    }
+}
+
+enum Routed {
+    KeepAlive,
+    Done,
+    /// The 101 was written; the connection becomes a session.
+    Upgrade(ClientIdentity, Vec<(HeaderName, HeaderValue)>),
+}
+
+async fn route(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> Routed {
+    let has_body = head.header("content-length").is_some_and(|v| v != b"0")
+        || head.header("transfer-encoding").is_some();
+    let keep_alive = head.keep_alive() && !has_body;
+    let done = |ok: std::io::Result<()>| match ok {
+        Ok(()) if keep_alive => Routed::KeepAlive,
+        _ => Routed::Done,
+    };
+    match (head.method.as_str(), head.path.as_str()) {
+        ("GET", "/healthz") => done(
+            http_head::write_json(stream, 200, r#"{"status":"ok"}"#, &[], keep_alive).await,
+        ),
+        ("GET", p) if is_responses_path(p) => upgrade(shard, stream, head).await,
+        (_, p) if is_responses_path(p) => {
+            let err = GatewayError::new(
+                405,
+                ErrorType::InvalidRequest,
+                "method_not_allowed",
+                format!("{} {p} is not served here; use GET with Upgrade: websocket", head.method),
+            );
+            done(http_head::write_error(stream, &err, &[("allow", "GET")], keep_alive).await)
+        }
+        (_, p) => {
+            bump(&shard.counters.not_found);
+            let err = GatewayError::new(
+                404,
+                ErrorType::InvalidRequest,
+                "not_found",
+                format!("unknown route {} {p}", head.method),
+            );
+            done(http_head::write_error(stream, &err, &[], keep_alive).await)
+        }
+    }
+}
+
+async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> Routed {
+    if let Some(q) = &head.query {
+        if q.split('&').any(|kv| {
+            let k = kv.split('=').next().unwrap_or("");
+            k == "key" || k == "api_key"
+        }) {
+            bump(&shard.counters.bad_requests);
+            let err = GatewayError::new(
+                400,
+                ErrorType::InvalidRequest,
+                "api_key_in_query",
+                "API keys in the query string are refused; send Authorization: Bearer <key>",
+            );
+            let _ = http_head::write_error(stream, &err, &[], false).await;
+            return Routed::Done;
+        }
+    }
+    let identity = match presented_key(head.header("authorization"), head.header("x-api-key"))
+        .and_then(|k| shard.auth.authenticate(k))
+    {
+        Some(id) => id.clone(),
+        None => {
+            bump(&shard.counters.auth_failures);
+            let err = GatewayError::new(
+                401,
+                ErrorType::Authentication,
+                "invalid_api_key",
+                "missing or invalid API key; send Authorization: Bearer <key>",
+            );
+            let _ = http_head::write_error(stream, &err, &[("www-authenticate", "Bearer")], false).await;
+            return Routed::Done;
+        }
+    };
+    let is_upgrade = head.header_has_token("connection", "upgrade")
+        && head
+            .header("upgrade")
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    if !is_upgrade {
+        let err = GatewayError::new(
+            426,
+            ErrorType::InvalidRequest,
+            "upgrade_required",
+            "WebSocket upgrade required (Upgrade: websocket)",
+        );
+        let _ = http_head::write_error(stream, &err, &[("upgrade", "websocket")], false).await;
+        return Routed::Done;
+    }
+    let key = head.header("sec-websocket-key");
+    let version_ok = head.header("sec-websocket-version").is_some_and(|v| v.trim_ascii() == b"13");
+    let Some(key) = key.filter(|_| version_ok) else {
+        bump(&shard.counters.bad_requests);
+        let err = GatewayError::new(
+            400,
+            ErrorType::InvalidRequest,
+            "bad_websocket_handshake",
+            "Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are required",
+        );
+        let _ = http_head::write_error(stream, &err, &[("sec-websocket-version", "13")], false).await;
+        return Routed::Done;
+    };
+    if !shard.try_open_session(&identity.key_id) {
+        bump(&shard.counters.session_cap_rejections);
+        let err = GatewayError::new(
+            429,
+            ErrorType::RateLimit,
+            "too_many_sessions",
+            "Too many open WebSocket connections for this key, please retry later",
+        );
+        let _ = http_head::write_error(stream, &err, &[("retry-after", "5")], false).await;
+        return Routed::Done;
+    }
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
+        derive_accept_key(key.trim_ascii())
+    );
+    if stream.write_all(response.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+        shard.close_session(&identity.key_id);
+        return Routed::Done;
+    }
+    let forward = head
+        .headers
+        .iter()
+        .filter(|(n, _)| is_forwarded_header(n))
+        .filter_map(|(n, v)| {
+            Some((
+                HeaderName::from_bytes(n.as_bytes()).ok()?,
+                HeaderValue::from_bytes(v).ok()?,
+            ))
+        })
+        .collect();
+    Routed::Upgrade(identity, forward)
+}
+
+async fn run_session(
+    shard: Rc<Shard>,
+    ws: WebSocketStream<TcpStream>,
+    identity: ClientIdentity,
+    forward: Vec<(HeaderName, HeaderValue)>,
+) {
+    bump(&shard.counters.sessions);
+    let key_id = identity.key_id.clone();
+    Session::new(shard.clone(), ws, identity, forward).run().await;
+    shard.close_session(&key_id);
+}

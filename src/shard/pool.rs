@@ -1,0 +1,288 @@
+//! The upstream connection pool of one account slice on one shard.
+//!
+//! Shard-local and lock-free: an idle stack (most recently used first, O(1) acquire), a
+//! connection budget, and a bounded FIFO of waiters. A connection goes back on the stack only
+//! through [`Lease::release`], after a clean terminal event; a lease dropped any other way closes
+//! its connection, so a connection in an unknown state is never reused.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use futures_channel::oneshot;
+use http::{HeaderName, HeaderValue};
+
+use crate::config::UpstreamConfig;
+use crate::runtime;
+
+use super::account::AccountRuntime;
+use super::upstream::{self, DialError, UpstreamConn};
+
+/// Why no connection could be leased.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// Dialing a new connection failed.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The budget is used up and the wait queue is full.
+    #[error("connection pool is full and its wait queue too")]
+    QueueFull,
+    /// The budget stayed used up for the whole acquire timeout.
+    #[error("timed out waiting for an upstream connection")]
+    Timeout,
+}
+
+/// What a waiter is handed when capacity frees up.
+enum Grant {
+    /// A clean idle connection.
+    Conn(UpstreamConn),
+    /// A budget slot, already counted as open: the waiter dials.
+    Dial,
+}
+
+/// Pool counters, read by the stats snapshot.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    /// Leases served from the idle stack.
+    pub reused: Cell<u64>,
+    /// Connections dialed successfully.
+    pub dialed: Cell<u64>,
+    /// Dials that failed.
+    pub dial_failures: Cell<u64>,
+    /// Acquires refused because the wait queue was full.
+    pub queue_rejections: Cell<u64>,
+    /// Acquires that timed out in the wait queue.
+    pub acquire_timeouts: Cell<u64>,
+    /// Connections closed because their state was unknown or broken.
+    pub discarded: Cell<u64>,
+    /// Connections closed because they reached the age limit.
+    pub retired: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+/// The pool of one account on one shard.
+pub struct Pool {
+    /// The account it dials.
+    pub account: Rc<AccountRuntime>,
+    budget: usize,
+    max_waiters: usize,
+    open: Cell<usize>,
+    idle: RefCell<Vec<UpstreamConn>>,
+    waiters: RefCell<VecDeque<oneshot::Sender<Grant>>>,
+    next_id: Rc<Cell<u64>>,
+    config: Rc<UpstreamConfig>,
+    /// Counters.
+    pub counters: PoolCounters,
+}
+
+impl Pool {
+    /// A pool allowed `budget` connections; `next_id` numbers connections across the shard.
+    pub fn new(
+        account: Rc<AccountRuntime>,
+        budget: usize,
+        config: Rc<UpstreamConfig>,
+        next_id: Rc<Cell<u64>>,
+    ) -> Self {
+        Pool {
+            account,
+            budget,
+            max_waiters: budget.saturating_mul(config.queue_per_conn),
+            open: Cell::new(0),
+            idle: RefCell::new(Vec::new()),
+            waiters: RefCell::new(VecDeque::new()),
+            next_id,
+            config,
+            counters: PoolCounters::default(),
+        }
+    }
+
+    /// Connections this shard may hold for the account.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Connections currently leased out.
+    pub fn in_use(&self) -> usize {
+        self.open.get() - self.idle.borrow().len()
+    }
+
+    /// Connections open (leased or idle).
+    pub fn open(&self) -> usize {
+        self.open.get()
+    }
+
+    /// Share of the budget in use, for least-loaded scheduling.
+    pub fn load(&self) -> f64 {
+        (self.in_use() + self.waiters.borrow().len()) as f64 / self.budget as f64
+    }
+
+    /// Leases a connection: an idle one if any, else a new dial under budget, else a place in the
+    /// bounded wait queue.
+    pub async fn acquire(
+        self: &Rc<Self>,
+        forward: &[(HeaderName, HeaderValue)],
+    ) -> Result<Lease, AcquireError> {
+        if let Some(conn) = self.pop_idle() {
+            bump(&self.counters.reused);
+            return Ok(self.lease(conn, true));
+        }
+        if self.open.get() < self.budget {
+            self.open.set(self.open.get() + 1);
+            return self.dial_counted(forward).await;
+        }
+        if self.waiters.borrow().len() >= self.max_waiters {
+            bump(&self.counters.queue_rejections);
+            return Err(AcquireError::QueueFull);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().push_back(tx);
+        match runtime::timeout(self.config.acquire_timeout, rx).await {
+            Some(Ok(Grant::Conn(conn))) => {
+                bump(&self.counters.reused);
+                Ok(self.lease(conn, true))
+            }
+            Some(Ok(Grant::Dial)) => self.dial_counted(forward).await,
+            Some(Err(_)) | None => {
+                bump(&self.counters.acquire_timeouts);
+                Err(AcquireError::Timeout)
+            }
+        }
+    }
+
+    /// Dials a new connection outside the idle stack (a retry that must not reuse), under budget.
+    pub async fn acquire_fresh(
+        self: &Rc<Self>,
+        forward: &[(HeaderName, HeaderValue)],
+    ) -> Result<Lease, AcquireError> {
+        if self.open.get() >= self.budget {
+            // Make room by closing one idle connection, if there is one.
+            match self.idle.borrow_mut().pop() {
+                Some(_) => self.open.set(self.open.get() - 1),
+                None => return self.acquire(forward).await,
+            }
+        }
+        self.open.set(self.open.get() + 1);
+        self.dial_counted(forward).await
+    }
+
+    fn pop_idle(&self) -> Option<UpstreamConn> {
+        loop {
+            let conn = self.idle.borrow_mut().pop()?;
+            if conn.is_expired(self.config.max_conn_age) {
+                bump(&self.counters.retired);
+                self.slot_freed();
+                continue;
+            }
+            return Some(conn);
+        }
+    }
+
+    /// Dials with a budget slot already counted in `open`.
+    async fn dial_counted(
+        self: &Rc<Self>,
+        forward: &[(HeaderName, HeaderValue)],
+    ) -> Result<Lease, AcquireError> {
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        match upstream::dial(&self.account, &self.config, forward, id).await {
+            Ok(conn) => {
+                bump(&self.counters.dialed);
+                Ok(self.lease(conn, false))
+            }
+            Err(e) => {
+                bump(&self.counters.dial_failures);
+                self.slot_freed();
+                Err(e.into())
+            }
+        }
+    }
+
+    fn lease(self: &Rc<Self>, conn: UpstreamConn, reused: bool) -> Lease {
+        Lease {
+            conn: Some(conn),
+            pool: self.clone(),
+            reused,
+        }
+    }
+
+    /// A clean connection comes back: to the first live waiter, else onto the idle stack.
+    fn give_back(&self, mut conn: UpstreamConn) {
+        if conn.is_expired(self.config.max_conn_age) {
+            bump(&self.counters.retired);
+            self.slot_freed();
+            return;
+        }
+        loop {
+            let Some(waiter) = self.waiters.borrow_mut().pop_front() else {
+                break;
+            };
+            let Err(Grant::Conn(back)) = waiter.send(Grant::Conn(conn)) else {
+                return;
+            };
+            conn = back;
+        }
+        self.idle.borrow_mut().push(conn);
+    }
+
+    /// A connection was closed: its budget slot goes to the first live waiter, else is freed.
+    fn slot_freed(&self) {
+        loop {
+            let Some(waiter) = self.waiters.borrow_mut().pop_front() else {
+                break;
+            };
+            if waiter.send(Grant::Dial).is_ok() {
+                return;
+            }
+        }
+        self.open.set(self.open.get() - 1);
+    }
+}
+
+/// Exclusive use of one upstream connection. Release it after a clean terminal event; dropping
+/// it any other way closes the connection.
+pub struct Lease {
+    conn: Option<UpstreamConn>,
+    pool: Rc<Pool>,
+    /// `true` when the connection came from the idle stack (it may have gone stale while idle).
+    pub reused: bool,
+}
+
+impl Lease {
+    /// The connection.
+    pub fn conn(&mut self) -> &mut UpstreamConn {
+        self.conn.as_mut().expect("lease holds its connection until consumed")
+    }
+
+    /// The pool it came from.
+    pub fn pool(&self) -> &Rc<Pool> {
+        &self.pool
+    }
+
+    /// Returns a connection known to be clean (last turn ended with a terminal event).
+    pub fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.give_back(conn);
+        }
+    }
+
+    /// Closes the connection: its state is broken or unknown.
+    pub fn discard(mut self) {
+        self.close_conn();
+    }
+
+    fn close_conn(&mut self) {
+        if self.conn.take().is_some() {
+            bump(&self.pool.counters.discarded);
+            self.pool.slot_freed();
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.close_conn();
+    }
+}

@@ -1,0 +1,30 @@
+//! Picks the account slice a new upstream connection comes from: least loaded first, among the
+//! group's WebSocket accounts that have budget on this shard, round-robin among equals.
+
+use std::rc::Rc;
+
+use super::pool::Pool;
+use super::Shard;
+
+/// The least-loaded usable pool of `group` on this shard, skipping `exclude`d accounts.
+pub fn pick(shard: &Shard, group: &str, exclude: &[usize]) -> Option<Rc<Pool>> {
+    let candidates = shard.groups.get(group)?;
+    let n = candidates.len();
+    let start = shard.next_rr();
+    let mut best: Option<(&Rc<Pool>, f64)> = None;
+    for i in 0..n {
+        let idx = candidates[(start + i) % n];
+        if exclude.contains(&idx) {
+            continue;
+        }
+        let pool = &shard.pools[idx];
+        if pool.budget() == 0 || !pool.account.uses_ws() {
+            continue;
+        }
+        let load = pool.load();
+        if best.is_none_or(|(_, b)| load < b) {
+            best = Some((pool, load));
+        }
+    }
+    best.map(|(p, _)| p.clone())
+}

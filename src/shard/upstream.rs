@@ -1,0 +1,175 @@
+//! The upstream WebSocket client: dial, TLS, handshake, and the connection object the pool keeps.
+
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::handshake::client::generate_key;
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tungstenite::Error as WsError;
+use async_tungstenite::WebSocketStream;
+use http::{HeaderName, HeaderValue, Request};
+
+use crate::config::UpstreamConfig;
+use crate::net::UpstreamStream;
+use crate::runtime;
+
+use super::account::AccountRuntime;
+
+/// The `OpenAI-Beta` value that selects the Responses WebSocket protocol.
+pub const OPENAI_BETA_WS: &str = "responses_websockets=2026-02-06";
+
+/// Why a dial failed. Every variant says on which step, so the failure can be classified.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// DNS resolution failed.
+    #[error("resolve failed: {0}")]
+    Resolve(std::io::Error),
+    /// TCP connect failed.
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    /// TCP connect took longer than the dial timeout.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// TLS handshake failed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    /// TLS or WebSocket handshake took longer than the handshake timeout.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// Upstream answered the upgrade with another status.
+    #[error("upgrade refused with HTTP {status}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// `Retry-After` in seconds, when given.
+        retry_after: Option<u64>,
+    },
+    /// Any other WebSocket handshake failure.
+    #[error("websocket handshake failed: {0}")]
+    Handshake(String),
+}
+
+/// One upstream WebSocket connection.
+pub struct UpstreamConn {
+    /// Shard-local id, for logs and tests.
+    pub id: u64,
+    /// Index of the account it belongs to.
+    pub account: usize,
+    /// The WebSocket.
+    pub ws: WebSocketStream<UpstreamStream>,
+    /// When it was opened; connections are retired before upstream's 60-minute limit.
+    pub born: Instant,
+    /// Turns it has carried.
+    pub turns: u64,
+}
+
+impl UpstreamConn {
+    /// `true` when the connection is too old to start another turn on.
+    pub fn is_expired(&self, max_age: Duration) -> bool {
+        self.born.elapsed() >= max_age
+    }
+}
+
+/// The WebSocket limits used toward upstream.
+pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// Opens a WebSocket to the account's Responses endpoint with the account's key.
+///
+/// `forward` holds the client headers worth passing on (session ids, Codex metadata); the
+/// client's own `Authorization` is never among them.
+pub async fn dial(
+    account: &AccountRuntime,
+    cfg: &UpstreamConfig,
+    forward: &[(HeaderName, HeaderValue)],
+    id: u64,
+) -> Result<UpstreamConn, DialError> {
+    let addr = account.address().await.map_err(DialError::Resolve)?;
+    let tcp = match runtime::timeout(cfg.dial_timeout, runtime::connect(addr, cfg.dial_timeout)).await
+    {
+        None => {
+            account.forget_address();
+            return Err(DialError::ConnectTimeout);
+        }
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            account.forget_address();
+            return Err(DialError::ConnectTimeout);
+        }
+        Some(Err(e)) => {
+            account.forget_address();
+            return Err(DialError::Connect(e));
+        }
+        Some(Ok(s)) => s,
+    };
+    let handshake = async {
+        let stream = match &account.tls {
+            Some((config, name)) => {
+                let connector = futures_rustls::TlsConnector::from(config.clone());
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(DialError::Tls)?;
+                UpstreamStream::Tls(Box::new(tls))
+            }
+            None => UpstreamStream::Plain(tcp),
+        };
+        let request = handshake_request(account, forward)?;
+        async_tungstenite::client_async_with_config(
+            request,
+            stream,
+            Some(ws_config(cfg.max_message_bytes)),
+        )
+        .await
+        .map_err(classify_handshake_error)
+    };
+    let (ws, _response) = runtime::timeout(cfg.handshake_timeout, handshake)
+        .await
+        .ok_or(DialError::HandshakeTimeout)??;
+    Ok(UpstreamConn {
+        id,
+        account: account.index,
+        ws,
+        born: Instant::now(),
+        turns: 0,
+    })
+}
+
+fn handshake_request(
+    account: &AccountRuntime,
+    forward: &[(HeaderName, HeaderValue)],
+) -> Result<Request<()>, DialError> {
+    let mut builder = Request::get(account.ws_url.as_str())
+        .header("Host", account.config.endpoint.authority())
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", generate_key())
+        .header("Authorization", account.authorization.clone())
+        .header("OpenAI-Beta", OPENAI_BETA_WS);
+    for (name, value) in forward {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(())
+        .map_err(|e| DialError::Handshake(e.to_string()))
+}
+
+fn classify_handshake_error(e: WsError) -> DialError {
+    match e {
+        WsError::Http(response) => {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
+            DialError::Refused {
+                status: response.status().as_u16(),
+                retry_after,
+            }
+        }
+        WsError::Io(e) => DialError::Handshake(e.to_string()),
+        other => DialError::Handshake(other.to_string()),
+    }
+}
