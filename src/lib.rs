@@ -18,3 +18,6 @@ pub mod net;
 pub mod protocol;
 pub mod runtime;
 pub mod shard;
+
+/// The WebSocket implementation, re-exported so tests and tools use the same version.
+pub use async_tungstenite::tungstenite;
