@@ -160,8 +160,8 @@ impl Directives {
     fn bounded(mut self) -> Self {
         self.deltas = self.deltas.min(MAX_DELTAS);
         self.delta_bytes = self.delta_bytes.min(MAX_DELTA_BYTES);
-        if self.delta_bytes > 0 {
-            self.deltas = self.deltas.min(MAX_TEXT_BYTES / self.delta_bytes);
+        if let Some(most) = MAX_TEXT_BYTES.checked_div(self.delta_bytes) {
+            self.deltas = self.deltas.min(most);
         }
         self.ttft = self.ttft.min(MAX_DELAY);
         self.delay = self.delay.min(MAX_DELAY);
