@@ -1075,3 +1075,49 @@ fn delays_are_applied() {
         - events[first_delta - 1]["mock_ts_us"].as_u64().unwrap_or(0);
     assert!(gap >= 150_000, "{gap}");
 }
+
+#[test]
+fn websocket_ids_follow_upgrade_order() {
+    let h = plain();
+    let mut first = ws(&h);
+    let mut second = ws(&h);
+    let b = response_id(&turn(&mut second, json!({})));
+    let a = response_id(&turn(&mut first, json!({})));
+    assert_eq!((conn_of(&a), conn_of(&b)), (1, 2));
+}
+
+#[test]
+fn a_peer_vanishing_mid_turn_ends_only_its_connection() {
+    let h = plain();
+    let mut leaving = ws(&h);
+    send(
+        &mut leaving,
+        create(json!({"metadata": {"mock": "deltas=200,delay_ms=5"}})),
+    );
+    next_event(&mut leaving);
+    drop(leaving);
+    let mut staying = ws(&h);
+    wait_for("the vanished peer's task to end", || {
+        h.stats().connections_open == 1
+    });
+    let ok = turn(&mut staying, json!({}));
+    assert_eq!(kind(ok.last().expect("event")), "response.completed");
+}
+
+#[test]
+fn stop_ends_open_and_stalled_connections() {
+    let h = plain();
+    let mut stalled = ws(&h);
+    send(&mut stalled, create(json!({"metadata": {"mock": "stall"}})));
+    let mut idle = connect(h.addr());
+    idle.write_all(b"POST /v1/responses HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+        .expect("partial request");
+    wait_for("both connections", || h.stats().connections_open == 2);
+    let started = Instant::now();
+    h.stop();
+    // Both sockets are closed by the stop itself, well before the clients' read timeouts.
+    assert!(stalled.read().is_err());
+    let mut rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut rest).expect("eof"), 0);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}

@@ -58,6 +58,7 @@ where
                     {
                         return;
                     }
+                    conn.id(shared);
                     let (stream, read_ahead) = reader.into_parts();
                     ws::session(stream, read_ahead, shared, conn).await;
                     return;

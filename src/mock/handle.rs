@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -12,6 +13,7 @@ use super::conn;
 use super::script::Script;
 use super::state::Shared;
 use super::stats::MockStats;
+use super::tasks::Tasks;
 use super::tls;
 use crate::runtime;
 
@@ -75,10 +77,11 @@ async fn run_shard(
             return;
         }
     };
+    let tasks = Rc::new(Tasks::default());
     let accept_loop = async {
         loop {
             match runtime::accept(&listener).await {
-                Ok(stream) => runtime::spawn_local(conn::serve_tcp(stream, shared.clone())),
+                Ok(stream) => tasks.spawn(conn::serve_tcp(stream, shared.clone())),
                 Err(e) => {
                     tracing::warn!(error = %e, "mock: accept failed");
                     runtime::sleep(ACCEPT_BACKOFF).await;
@@ -87,6 +90,8 @@ async fn run_shard(
         }
     };
     futures_lite::future::or(accept_loop, shared.stop.wait()).await;
+    drop(listener);
+    tasks.abort_all().await;
 }
 
 impl MockHandle {

@@ -19,6 +19,7 @@
 //! - `errors`: OpenAI-style error events and bodies.
 //! - `tls`: the self-signed certificate.
 //! - `stop`: the cross-thread stop signal.
+//! - `tasks`: a shard's connection tasks, aborted when it stops.
 //! - `cli`: the command line.
 
 mod cli;
@@ -36,6 +37,7 @@ mod script;
 mod state;
 mod stats;
 mod stop;
+mod tasks;
 mod tls;
 mod turn;
 mod ws;

@@ -141,8 +141,9 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    /// The connection's upstream id, taken from the shared counter on first use, so that only
-    /// connections that serve turns consume ids.
+    /// The connection's upstream id, taken from the shared counter on first use (the upgrade of a
+    /// WebSocket, the first turn of an HTTP connection), so that refused handshakes and control
+    /// requests consume no ids.
     pub fn id(&mut self, shared: &Shared) -> u64 {
         *self.id.get_or_insert_with(|| shared.next_conn_id())
     }
