@@ -1119,5 +1119,9 @@ fn stop_ends_open_and_stalled_connections() {
     assert!(stalled.read().is_err());
     let mut rest = Vec::new();
     assert_eq!(idle.read_to_end(&mut rest).expect("eof"), 0);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
