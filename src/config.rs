@@ -398,7 +398,10 @@ impl Config {
         let shards = match s.shards {
             Some(0) => return Err(invalid("server.shards", "must be at least 1")),
             Some(n) => n,
-            None => crate::runtime::allowed_cpus().map(|c| c.len()).unwrap_or(1).max(1),
+            None => crate::runtime::allowed_cpus()
+                .map(|c| c.len())
+                .unwrap_or(1)
+                .max(1),
         };
         let max_message_bytes = s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
         if max_message_bytes < 1024 {
@@ -427,7 +430,11 @@ impl Config {
                 10_000,
             )?,
             event_timeout: secs("upstream.event_timeout_secs", u.event_timeout_secs, 600.0)?,
-            max_conn_age: secs("upstream.max_conn_age_secs", u.max_conn_age_secs, 55.0 * 60.0)?,
+            max_conn_age: secs(
+                "upstream.max_conn_age_secs",
+                u.max_conn_age_secs,
+                55.0 * 60.0,
+            )?,
             queue_per_conn,
             acquire_timeout: millis("upstream.acquire_timeout_ms", u.acquire_timeout_ms, 30_000)?,
             max_message_bytes: u.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
@@ -463,7 +470,10 @@ impl Config {
             });
         }
         if client_keys.is_empty() {
-            return Err(invalid("client_keys", "at least one client key is required"));
+            return Err(invalid(
+                "client_keys",
+                "at least one client key is required",
+            ));
         }
 
         let mut accounts: Vec<Account> = Vec::with_capacity(raw.accounts.len());
@@ -596,7 +606,10 @@ mod tests {
         assert_eq!(c.accounts[0].api_key.expose(), "sk-secret-up");
         assert!(!format!("{c:?}").contains("sk-secret-up"));
         let err = Config::parse(&text, &no_env).unwrap_err().to_string();
-        assert!(err.contains("accounts[0].api_key_env") && err.contains("UP_KEY"), "{err}");
+        assert!(
+            err.contains("accounts[0].api_key_env") && err.contains("UP_KEY"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -43,9 +43,11 @@ impl Gateway {
         let shards = config.server.shards;
         let cpus = runtime::allowed_cpus().unwrap_or_default();
         // Bind the first listener here so port 0 resolves to one real port every shard shares.
-        let first = runtime::BoundListener::bind(config.server.listen).map_err(|source| StartError::Bind {
-            addr: config.server.listen,
-            source,
+        let first = runtime::BoundListener::bind(config.server.listen).map_err(|source| {
+            StartError::Bind {
+                addr: config.server.listen,
+                source,
+            }
         })?;
         let addr = first.local_addr().map_err(|source| StartError::Bind {
             addr: config.server.listen,
@@ -53,7 +55,8 @@ impl Gateway {
         })?;
         let mut listeners = vec![Some(first)];
         for _ in 1..shards {
-            let l = runtime::BoundListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+            let l = runtime::BoundListener::bind(addr)
+                .map_err(|source| StartError::Bind { addr, source })?;
             listeners.push(Some(l));
         }
         // Check every shard can be built before starting any (a bad CA file fails here).

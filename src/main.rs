@@ -15,7 +15,11 @@ use shardgate::gateway::Gateway;
 static GLOBAL: MiMalloc = MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "shardgate", version, about = "Thread-per-core gateway for the OpenAI Responses API")]
+#[command(
+    name = "shardgate",
+    version,
+    about = "Thread-per-core gateway for the OpenAI Responses API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +44,9 @@ enum Command {
 fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if log.json {
         builder.json().init();
     } else {

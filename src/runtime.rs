@@ -21,7 +21,8 @@ const IO_MEMORY_BYTES: usize = 64 * 1024;
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the calling thread.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -89,7 +90,8 @@ impl BoundListener {
     /// Binds and listens.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let domain = socket2::Domain::for_address(addr);
-        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        let socket =
+            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
         socket.set_reuse_port(true)?;
         socket.set_reuse_address(true)?;
         socket.set_nonblocking(true)?;

@@ -15,13 +15,19 @@ fn store_false_chain_stays_on_one_upstream_connection() {
     let t1 = c.turn(&create("gpt-5", "hello", false, None));
     assert_eq!(t1.last_type(), "response.completed", "{:?}", t1.types());
     assert_eq!(t1.types()[0], "response.created");
-    assert!(t1.types().contains(&"response.output_text.delta".to_string()));
+    assert!(t1
+        .types()
+        .contains(&"response.output_text.delta".to_string()));
     let mut prev = t1.response_id().unwrap();
     let conn = t1.conn_id().unwrap();
     for i in 0..4 {
         let t = c.turn(&create("gpt-5", &format!("turn {i}"), false, Some(&prev)));
         assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
-        assert_eq!(t.conn_id(), Some(conn), "chain moved to another upstream connection");
+        assert_eq!(
+            t.conn_id(),
+            Some(conn),
+            "chain moved to another upstream connection"
+        );
         prev = t.response_id().unwrap();
     }
     let stats = up.stats();
@@ -46,7 +52,10 @@ fn warmup_then_chained_turn() {
 #[test]
 fn many_concurrent_sessions_over_two_shards() {
     let up = mock();
-    let gw = gateway(config_for(&[up.base_url()], "[upstream]\nqueue_per_conn = 64"));
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "[upstream]\nqueue_per_conn = 64",
+    ));
     let addr = gw.addr();
     let threads: Vec<_> = (0..40)
         .map(|i| {
@@ -54,7 +63,12 @@ fn many_concurrent_sessions_over_two_shards() {
                 let mut c = connect(addr);
                 let mut prev: Option<String> = None;
                 for t in 0..3 {
-                    let turn = c.turn(&create("gpt-5", &format!("s{i} t{t}"), false, prev.as_deref()));
+                    let turn = c.turn(&create(
+                        "gpt-5",
+                        &format!("s{i} t{t}"),
+                        false,
+                        prev.as_deref(),
+                    ));
                     assert_eq!(turn.last_type(), "response.completed", "{:?}", turn.events);
                     prev = turn.response_id();
                 }
@@ -76,7 +90,8 @@ fn bad_or_missing_key_gets_401_before_upgrade() {
     match connect_with_key(gw.addr(), "sk-wrong") {
         Err(shardgate::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status().as_u16(), 401);
-            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+            let body =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
             let v: sonic_rs::Value = sonic_rs::from_str(&body).unwrap();
             assert_eq!(v["error"]["type"].as_str(), Some("authentication_error"));
         }
@@ -87,16 +102,26 @@ fn bad_or_missing_key_gets_401_before_upgrade() {
         "GET /v1/responses HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     );
     assert_eq!(status, 401, "{text}");
-    assert_eq!(up.stats().connections_total, 0, "no upstream work for a refused client");
+    assert_eq!(
+        up.stats().connections_total,
+        0,
+        "no upstream work for a refused client"
+    );
 }
 
 #[test]
 fn routes_health_404_and_malformed() {
     let up = mock();
     let gw = gateway(config_for(&[up.base_url()], ""));
-    let (status, text) = http(gw.addr(), "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, text) = http(
+        gw.addr(),
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status, 200, "{text}");
-    let (status, text) = http(gw.addr(), "GET /v2/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, text) = http(
+        gw.addr(),
+        "GET /v2/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status, 404);
     let v: sonic_rs::Value = sonic_rs::from_str(body_of(&text)).unwrap();
     assert_eq!(v["error"]["code"].as_str(), Some("not_found"));
@@ -109,7 +134,9 @@ fn routes_health_404_and_malformed() {
     assert_eq!(status, 400, "keys in the query string are refused");
     let (status, _) = http(
         gw.addr(),
-        &format!("GET /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\r\n"),
+        &format!(
+            "GET /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\r\n"
+        ),
     );
     assert_eq!(status, 426, "a GET without upgrade is told to upgrade");
 }
@@ -126,7 +153,11 @@ fn invalid_json_and_unknown_event_get_error_events_and_session_survives() {
     assert_eq!(t.error_code().as_deref(), Some("unsupported_event_type"));
     let t = c.turn(&create("gpt-5", "still here", false, None));
     assert_eq!(t.last_type(), "response.completed");
-    assert_eq!(up.stats().ws_turns_total, 1, "bad frames never reached upstream");
+    assert_eq!(
+        up.stats().ws_turns_total,
+        1,
+        "bad frames never reached upstream"
+    );
 }
 
 #[test]
@@ -142,7 +173,12 @@ fn oversize_client_frame_is_closed_with_1009() {
     assert_eq!(c.expect_close(), Some(1009));
     // Other sessions are unaffected.
     let mut other = connect(gw.addr());
-    assert_eq!(other.turn(&create("gpt-5", "fine", false, None)).last_type(), "response.completed");
+    assert_eq!(
+        other
+            .turn(&create("gpt-5", "fine", false, None))
+            .last_type(),
+        "response.completed"
+    );
 }
 
 #[test]
@@ -163,7 +199,12 @@ fn oversize_upstream_message_gives_error_event_and_next_turn_works() {
     let gw = gateway(config_for(&[up.base_url()], ""));
     let mut c = connect(gw.addr());
     let t = c.turn(&create("gpt-5", "[[mock:oversize]]", false, None));
-    assert_eq!(t.error_code().as_deref(), Some("upstream_message_too_big"), "{:?}", t.types());
+    assert_eq!(
+        t.error_code().as_deref(),
+        Some("upstream_message_too_big"),
+        "{:?}",
+        t.types()
+    );
     let t2 = c.turn(&create("gpt-5", "after", false, None));
     assert_eq!(t2.last_type(), "response.completed");
 }
@@ -181,7 +222,10 @@ fn upstream_down_gives_error_event_not_a_hang() {
     assert_eq!(t.error_code().as_deref(), Some("upstream_unavailable"));
     assert!(started.elapsed() < Duration::from_secs(5));
     // The session is still usable (and still fails cleanly).
-    assert_eq!(c.turn(&create("gpt-5", "again", false, None)).last_type(), "error");
+    assert_eq!(
+        c.turn(&create("gpt-5", "again", false, None)).last_type(),
+        "error"
+    );
 }
 
 #[test]
@@ -191,12 +235,21 @@ fn upstream_error_event_is_relayed_and_connection_not_reused() {
     let mut c = connect(gw.addr());
     let t1 = c.turn(&create("gpt-5", "first", false, None));
     let conn1 = t1.conn_id().unwrap();
-    let t2 = c.turn(&create("gpt-5", "[[mock:error=server_error,after=2]]", false, None));
+    let t2 = c.turn(&create(
+        "gpt-5",
+        "[[mock:error=server_error,after=2]]",
+        false,
+        None,
+    ));
     assert_eq!(t2.last_type(), "error", "{:?}", t2.types());
     assert_eq!(t2.error_code().as_deref(), Some("server_error"));
     let t3 = c.turn(&create("gpt-5", "third", false, None));
     assert_eq!(t3.last_type(), "response.completed");
-    assert_ne!(t3.conn_id().unwrap(), conn1, "a connection that sent an error event was reused");
+    assert_ne!(
+        t3.conn_id().unwrap(),
+        conn1,
+        "a connection that sent an error event was reused"
+    );
     // And no other session gets it from the pool either.
     drop(c);
     std::thread::sleep(Duration::from_millis(100));
@@ -210,16 +263,30 @@ fn client_key_is_never_forwarded_and_beta_header_is_sent() {
     let up = mock();
     let gw = gateway(config_for(&[up.base_url()], ""));
     let mut c = connect(gw.addr());
-    assert_eq!(c.turn(&create("gpt-5", "hi", false, None)).last_type(), "response.completed");
-    let stats = up.stats();
-    assert!(stats.authorizations_seen.contains(&format!("Bearer {ACCOUNT_KEY}")));
-    assert!(stats.authorizations_seen.iter().all(|a| !a.contains(CLIENT_KEY)));
     assert_eq!(
-        stats.last_handshake_headers.get("openai-beta").map(String::as_str),
+        c.turn(&create("gpt-5", "hi", false, None)).last_type(),
+        "response.completed"
+    );
+    let stats = up.stats();
+    assert!(stats
+        .authorizations_seen
+        .contains(&format!("Bearer {ACCOUNT_KEY}")));
+    assert!(stats
+        .authorizations_seen
+        .iter()
+        .all(|a| !a.contains(CLIENT_KEY)));
+    assert_eq!(
+        stats
+            .last_handshake_headers
+            .get("openai-beta")
+            .map(String::as_str),
         Some("responses_websockets=2026-02-06")
     );
     assert_eq!(
-        stats.last_handshake_headers.get("session-id").map(String::as_str),
+        stats
+            .last_handshake_headers
+            .get("session-id")
+            .map(String::as_str),
         Some("sess-test")
     );
 }
@@ -233,7 +300,12 @@ fn new_create_mid_turn_preempts() {
     std::thread::sleep(Duration::from_millis(200));
     c.send(&create("gpt-5", "instead", false, None));
     let first = c.read_turn();
-    assert_eq!(first.error_code().as_deref(), Some("response_preempted"), "{:?}", first.types());
+    assert_eq!(
+        first.error_code().as_deref(),
+        Some("response_preempted"),
+        "{:?}",
+        first.types()
+    );
     let second = c.read_turn();
     assert_eq!(second.last_type(), "response.completed");
 }
@@ -249,7 +321,10 @@ fn client_disconnect_mid_turn_releases_upstream_connection() {
     drop(c);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while up.stats().connections_open != 0 {
-        assert!(std::time::Instant::now() < deadline, "upstream connection left open");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream connection left open"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -261,8 +336,18 @@ fn restart_close_mid_session_gives_error_then_fresh_connection() {
         let gw = gateway(config_for(&[up.base_url()], ""));
         let mut c = connect(gw.addr());
         let t1 = c.turn(&create("gpt-5", "one", false, None));
-        let t2 = c.turn(&create("gpt-5", &format!("[[mock:close={code},after=2]]"), false, None));
-        assert_eq!(t2.error_code().as_deref(), Some("upstream_unavailable"), "{code}: {:?}", t2.types());
+        let t2 = c.turn(&create(
+            "gpt-5",
+            &format!("[[mock:close={code},after=2]]"),
+            false,
+            None,
+        ));
+        assert_eq!(
+            t2.error_code().as_deref(),
+            Some("upstream_unavailable"),
+            "{code}: {:?}",
+            t2.types()
+        );
         let t3 = c.turn(&create("gpt-5", "three", false, None));
         assert_eq!(t3.last_type(), "response.completed");
         assert_ne!(t3.conn_id(), t1.conn_id());
@@ -272,17 +357,31 @@ fn restart_close_mid_session_gives_error_then_fresh_connection() {
 #[test]
 fn stalled_upstream_times_out_with_error_event() {
     let up = mock();
-    let gw = gateway(config_for(&[up.base_url()], "[upstream]\nevent_timeout_secs = 0.5"));
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "[upstream]\nevent_timeout_secs = 0.5",
+    ));
     let mut c = connect(gw.addr());
     let t = c.turn(&create("gpt-5", "[[mock:stall,after=2]]", false, None));
-    assert_eq!(t.error_code().as_deref(), Some("upstream_timeout"), "{:?}", t.types());
-    assert_eq!(c.turn(&create("gpt-5", "next", false, None)).last_type(), "response.completed");
+    assert_eq!(
+        t.error_code().as_deref(),
+        Some("upstream_timeout"),
+        "{:?}",
+        t.types()
+    );
+    assert_eq!(
+        c.turn(&create("gpt-5", "next", false, None)).last_type(),
+        "response.completed"
+    );
 }
 
 #[test]
 fn missing_first_message_closes_with_1008() {
     let up = mock();
-    let gw = gateway(config_for(&[up.base_url()], "first_message_timeout_secs = 0.3"));
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "first_message_timeout_secs = 0.3",
+    ));
     let mut c = connect(gw.addr());
     assert_eq!(c.expect_close(), Some(1008));
 }
@@ -295,7 +394,10 @@ fn stale_pooled_connection_is_retried_once_on_a_fresh_one() {
     let t1 = c.turn(&create("gpt-5", "one", true, None));
     // Upstream drops the session's connection when the next turn arrives (as a stale one does).
     up.script(shardgate::mock::Script {
-        turns: vec![shardgate::mock::Rule { value: "drop".into(), times: 1 }],
+        turns: vec![shardgate::mock::Rule {
+            value: "drop".into(),
+            times: 1,
+        }],
         ..Default::default()
     });
     let t2 = c.turn(&create("gpt-5", "two", true, None));
@@ -320,5 +422,8 @@ fn tls_upstream_with_private_ca() {
     );
     let gw = gateway(parse_config(&text));
     let mut c = connect(gw.addr());
-    assert_eq!(c.turn(&create("gpt-5", "secure", false, None)).last_type(), "response.completed");
+    assert_eq!(
+        c.turn(&create("gpt-5", "secure", false, None)).last_type(),
+        "response.completed"
+    );
 }

@@ -83,15 +83,23 @@ impl<'a> ClientFrame<'a> {
                     );
                 }
                 "store" if !is_null(&value) => {
-                    out.store = Some(value.as_bool().ok_or(ClientFrameError::WrongType("store"))?);
+                    out.store = Some(
+                        value
+                            .as_bool()
+                            .ok_or(ClientFrameError::WrongType("store"))?,
+                    );
                 }
                 "generate" if !is_null(&value) => {
-                    out.generate =
-                        Some(value.as_bool().ok_or(ClientFrameError::WrongType("generate"))?);
+                    out.generate = Some(
+                        value
+                            .as_bool()
+                            .ok_or(ClientFrameError::WrongType("generate"))?,
+                    );
                 }
                 "input" if value.get_type() == JsonType::Array => {
                     for item in sonic_rs::to_array_iter(value.as_raw_str()) {
-                        let item = item.map_err(|e| ClientFrameError::InvalidJson(e.to_string()))?;
+                        let item =
+                            item.map_err(|e| ClientFrameError::InvalidJson(e.to_string()))?;
                         let is_output = item
                             .get("type")
                             .and_then(|t| t.as_str().map(|t| TOOL_OUTPUT_TYPES.contains(&t)))
@@ -99,7 +107,10 @@ impl<'a> ClientFrame<'a> {
                         if !is_output {
                             continue;
                         }
-                        if let Some(id) = item.get("call_id").and_then(|c| c.as_str().map(str::to_owned)) {
+                        if let Some(id) = item
+                            .get("call_id")
+                            .and_then(|c| c.as_str().map(str::to_owned))
+                        {
                             out.tool_output_call_ids.push(Cow::Owned(id));
                         }
                     }
@@ -108,7 +119,9 @@ impl<'a> ClientFrame<'a> {
             }
         }
         if !saw_any && !is_empty_object(frame) {
-            return Err(ClientFrameError::InvalidJson("expected a JSON object".into()));
+            return Err(ClientFrameError::InvalidJson(
+                "expected a JSON object".into(),
+            ));
         }
         Ok(out)
     }
@@ -187,7 +200,9 @@ mod tests {
         assert_eq!(c.model.as_deref(), Some("gpt-5"));
         assert!(ClientFrame::parse(b"{}").is_ok());
         assert_eq!(
-            ClientFrame::parse(br#"{"type":"session.update"}"#).unwrap().kind(),
+            ClientFrame::parse(br#"{"type":"session.update"}"#)
+                .unwrap()
+                .kind(),
             ClientEventKind::Other
         );
     }

@@ -112,7 +112,12 @@ mod tests {
 
     #[test]
     fn bodies_are_openai_shaped_and_escaped() {
-        let e = GatewayError::new(401, ErrorType::Authentication, "invalid_api_key", "bad \"key\"");
+        let e = GatewayError::new(
+            401,
+            ErrorType::Authentication,
+            "invalid_api_key",
+            "bad \"key\"",
+        );
         let v: sonic_rs::Value = sonic_rs::from_str(&e.to_http_body()).unwrap();
         assert_eq!(v["error"]["type"].as_str(), Some("authentication_error"));
         assert_eq!(v["error"]["message"].as_str(), Some("bad \"key\""));

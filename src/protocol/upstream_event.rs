@@ -282,9 +282,18 @@ mod tests {
             ("response.in_progress", EventKind::Other),
             ("response.output_item.added", EventKind::Other),
             ("response.function_call_arguments.delta", EventKind::Token),
-            ("response.completed", EventKind::Terminal(TerminalKind::Completed)),
-            ("response.done", EventKind::Terminal(TerminalKind::Completed)),
-            ("response.incomplete", EventKind::Terminal(TerminalKind::Incomplete)),
+            (
+                "response.completed",
+                EventKind::Terminal(TerminalKind::Completed),
+            ),
+            (
+                "response.done",
+                EventKind::Terminal(TerminalKind::Completed),
+            ),
+            (
+                "response.incomplete",
+                EventKind::Terminal(TerminalKind::Incomplete),
+            ),
             ("error", EventKind::Error),
             ("rate_limits.updated", EventKind::Other),
         ] {
@@ -323,10 +332,16 @@ mod tests {
         assert_eq!(err.http_status(), 400);
         let rl = br#"{"type":"error","error":{"type":"rate_limit_error","code":"rate_limit_exceeded","message":"slow down"}}"#;
         let err = UpstreamEvent::classify(rl).unwrap().error().unwrap();
-        assert_eq!((err.reason(), err.http_status()), (ErrorReason::RateLimited, 429));
+        assert_eq!(
+            (err.reason(), err.http_status()),
+            (ErrorReason::RateLimited, 429)
+        );
         let se = br#"{"type":"error","error":{"type":"server_error","message":"boom"}}"#;
         let err = UpstreamEvent::classify(se).unwrap().error().unwrap();
-        assert_eq!((err.reason(), err.http_status()), (ErrorReason::ServerError, 502));
+        assert_eq!(
+            (err.reason(), err.http_status()),
+            (ErrorReason::ServerError, 502)
+        );
         let lim = br#"{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"websocket_connection_limit_reached","message":"Responses websocket connection limit reached (60 minutes)."}}"#;
         let err = UpstreamEvent::classify(lim).unwrap().error().unwrap();
         assert_eq!(err.reason(), ErrorReason::ConnectionLimitReached);

@@ -55,11 +55,12 @@ impl AccountRuntime {
                     source,
                 }
             })?;
-            let name =
-                tls::server_name(&config.endpoint.host).map_err(|source| AccountSetupError::Tls {
+            let name = tls::server_name(&config.endpoint.host).map_err(|source| {
+                AccountSetupError::Tls {
                     account: config.id.clone(),
                     source,
-                })?;
+                }
+            })?;
             Some((cfg, name))
         } else {
             None

@@ -55,7 +55,10 @@ impl ClientAuth {
 
 /// The key a request presents: `Authorization: Bearer <key>` (scheme case-insensitive), else
 /// `x-api-key`.
-pub fn presented_key<'a>(authorization: Option<&'a [u8]>, x_api_key: Option<&'a [u8]>) -> Option<&'a [u8]> {
+pub fn presented_key<'a>(
+    authorization: Option<&'a [u8]>,
+    x_api_key: Option<&'a [u8]>,
+) -> Option<&'a [u8]> {
     if let Some(v) = authorization {
         let v = v.trim_ascii();
         if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
@@ -97,8 +100,14 @@ mod tests {
 
     #[test]
     fn reads_bearer_then_x_api_key() {
-        assert_eq!(presented_key(Some(b"Bearer sk-a"), None), Some(&b"sk-a"[..]));
-        assert_eq!(presented_key(Some(b"bearer  sk-a "), None), Some(&b"sk-a"[..]));
+        assert_eq!(
+            presented_key(Some(b"Bearer sk-a"), None),
+            Some(&b"sk-a"[..])
+        );
+        assert_eq!(
+            presented_key(Some(b"bearer  sk-a "), None),
+            Some(&b"sk-a"[..])
+        );
         assert_eq!(presented_key(Some(b"Basic xyz"), Some(b"sk-a")), None);
         assert_eq!(presented_key(None, Some(b"sk-a")), Some(&b"sk-a"[..]));
         assert_eq!(presented_key(None, None), None);

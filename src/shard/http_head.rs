@@ -59,10 +59,13 @@ impl RequestHead {
 
     /// `true` when a comma-separated header contains `token` (case-insensitive).
     pub fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.headers.iter().filter(|(n, _)| n == name).any(|(_, v)| {
-            v.split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .any(|(_, v)| {
+                v.split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            })
     }
 
     /// `true` when the client asked to keep the connection open after this request.
@@ -87,7 +90,10 @@ pub async fn read_head(
         .unwrap_or(Err(HeadError::Timeout))
 }
 
-async fn read_head_inner(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<RequestHead, HeadError> {
+async fn read_head_inner(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<RequestHead, HeadError> {
     let mut chunk = [0u8; 4096];
     loop {
         if !buf.is_empty() {
@@ -176,7 +182,14 @@ pub async fn write_error(
     extra_headers: &[(&str, &str)],
     keep_alive: bool,
 ) -> std::io::Result<()> {
-    write_json(stream, err.status, &err.to_http_body(), extra_headers, keep_alive).await
+    write_json(
+        stream,
+        err.status,
+        &err.to_http_body(),
+        extra_headers,
+        keep_alive,
+    )
+    .await
 }
 
 #[cfg(test)]

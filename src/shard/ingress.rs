@@ -52,14 +52,28 @@ pub async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             Ok(h) => h,
             Err(HeadError::Closed | HeadError::Io(_)) => return,
             Err(HeadError::Timeout) => {
-                let err = GatewayError::new(408, ErrorType::InvalidRequest, "request_timeout", "request head not received in time");
+                let err = GatewayError::new(
+                    408,
+                    ErrorType::InvalidRequest,
+                    "request_timeout",
+                    "request head not received in time",
+                );
                 let _ = http_head::write_error(&mut stream, &err, &[], false).await;
                 return;
             }
             Err(e @ (HeadError::Malformed(_) | HeadError::TooLarge)) => {
                 bump(&shard.counters.bad_requests);
-                let status = if matches!(e, HeadError::TooLarge) { 431 } else { 400 };
-                let err = GatewayError::new(status, ErrorType::InvalidRequest, "bad_request", e.to_string());
+                let status = if matches!(e, HeadError::TooLarge) {
+                    431
+                } else {
+                    400
+                };
+                let err = GatewayError::new(
+                    status,
+                    ErrorType::InvalidRequest,
+                    "bad_request",
+                    e.to_string(),
+                );
                 let _ = http_head::write_error(&mut stream, &err, &[], false).await;
                 return;
             }
@@ -98,16 +112,19 @@ async fn route(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> 
         _ => Routed::Done,
     };
     match (head.method.as_str(), head.path.as_str()) {
-        ("GET", "/healthz") => done(
-            http_head::write_json(stream, 200, r#"{"status":"ok"}"#, &[], keep_alive).await,
-        ),
+        ("GET", "/healthz") => {
+            done(http_head::write_json(stream, 200, r#"{"status":"ok"}"#, &[], keep_alive).await)
+        }
         ("GET", p) if is_responses_path(p) => upgrade(shard, stream, head).await,
         (_, p) if is_responses_path(p) => {
             let err = GatewayError::new(
                 405,
                 ErrorType::InvalidRequest,
                 "method_not_allowed",
-                format!("{} {p} is not served here; use GET with Upgrade: websocket", head.method),
+                format!(
+                    "{} {p} is not served here; use GET with Upgrade: websocket",
+                    head.method
+                ),
             );
             done(http_head::write_error(stream, &err, &[("allow", "GET")], keep_alive).await)
         }
@@ -153,7 +170,8 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
                 "invalid_api_key",
                 "missing or invalid API key; send Authorization: Bearer <key>",
             );
-            let _ = http_head::write_error(stream, &err, &[("www-authenticate", "Bearer")], false).await;
+            let _ = http_head::write_error(stream, &err, &[("www-authenticate", "Bearer")], false)
+                .await;
             return Routed::Done;
         }
     };
@@ -172,7 +190,9 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
         return Routed::Done;
     }
     let key = head.header("sec-websocket-key");
-    let version_ok = head.header("sec-websocket-version").is_some_and(|v| v.trim_ascii() == b"13");
+    let version_ok = head
+        .header("sec-websocket-version")
+        .is_some_and(|v| v.trim_ascii() == b"13");
     let Some(key) = key.filter(|_| version_ok) else {
         bump(&shard.counters.bad_requests);
         let err = GatewayError::new(
@@ -181,7 +201,8 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
             "bad_websocket_handshake",
             "Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are required",
         );
-        let _ = http_head::write_error(stream, &err, &[("sec-websocket-version", "13")], false).await;
+        let _ =
+            http_head::write_error(stream, &err, &[("sec-websocket-version", "13")], false).await;
         return Routed::Done;
     };
     if !shard.try_open_session(&identity.key_id) {
@@ -225,6 +246,8 @@ async fn run_session(
 ) {
     bump(&shard.counters.sessions);
     let key_id = identity.key_id.clone();
-    Session::new(shard.clone(), ws, identity, forward).run().await;
+    Session::new(shard.clone(), ws, identity, forward)
+        .run()
+        .await;
     shard.close_session(&key_id);
 }

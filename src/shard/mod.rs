@@ -103,7 +103,9 @@ impl Shard {
             return false;
         }
         *n += 1;
-        self.counters.sessions_open.set(self.counters.sessions_open.get() + 1);
+        self.counters
+            .sessions_open
+            .set(self.counters.sessions_open.get() + 1);
         true
     }
 
@@ -145,7 +147,10 @@ pub async fn run(
                 let task = AssertUnwindSafe(ingress::serve_connection(shard.clone(), stream));
                 if task.catch_unwind().await.is_err() {
                     bump(&shard.counters.session_panics);
-                    tracing::error!(shard = shard.id, "a client connection panicked; it was closed, the shard goes on");
+                    tracing::error!(
+                        shard = shard.id,
+                        "a client connection panicked; it was closed, the shard goes on"
+                    );
                 }
             });
         }

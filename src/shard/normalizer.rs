@@ -110,7 +110,8 @@ mod tests {
 
     #[test]
     fn maps_model_up_and_back() {
-        let frame = Bytes::from_static(br#"{"type":"response.create","model":"gpt-5","input":"hi"}"#);
+        let frame =
+            Bytes::from_static(br#"{"type":"response.create","model":"gpt-5","input":"hi"}"#);
         let parsed = ClientFrame::parse(&frame).unwrap();
         let map = HashMap::from([("gpt-5".to_string(), "gpt-5-2026".to_string())]);
         let (out, rw) = normalize(&frame, &parsed, &map);

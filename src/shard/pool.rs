@@ -253,7 +253,9 @@ pub struct Lease {
 impl Lease {
     /// The connection.
     pub fn conn(&mut self) -> &mut UpstreamConn {
-        self.conn.as_mut().expect("lease holds its connection until consumed")
+        self.conn
+            .as_mut()
+            .expect("lease holds its connection until consumed")
     }
 
     /// The pool it came from.

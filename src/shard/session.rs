@@ -110,7 +110,8 @@ impl Session {
                     return Err(End::ClientGone);
                 }
                 None => {
-                    self.close(CloseCode::Normal, "websocket idle timeout").await;
+                    self.close(CloseCode::Normal, "websocket idle timeout")
+                        .await;
                     return Err(End::ClientGone);
                 }
                 Some(None) => return Err(End::ClientGone),
@@ -140,7 +141,12 @@ impl Session {
             Ok(p) => p,
             Err(e) => {
                 bump(&self.shard.counters.client_frame_errors);
-                let err = GatewayError::new(400, ErrorType::InvalidRequest, "invalid_json", e.to_string());
+                let err = GatewayError::new(
+                    400,
+                    ErrorType::InvalidRequest,
+                    "invalid_json",
+                    e.to_string(),
+                );
                 self.send_event(err.to_event()).await?;
                 return Ok(None);
             }
@@ -159,7 +165,8 @@ impl Session {
         }
         bump(&self.shard.counters.turns);
         let turn_started = Instant::now();
-        let depends_on_connection = parsed.is_store_disabled() && parsed.previous_response_id.is_some();
+        let depends_on_connection =
+            parsed.is_store_disabled() && parsed.previous_response_id.is_some();
 
         // A turn is tried at most twice: the second time only on a fresh connection, only when a
         // reused one failed before the client saw anything.
@@ -259,14 +266,15 @@ impl Session {
             }
         }
         if self.lease.is_none() {
-            let pool = scheduler::pick(&self.shard, &self.identity.group, &[]).ok_or_else(|| {
-                GatewayError::new(
-                    503,
-                    ErrorType::Server,
-                    "no_available_account",
-                    "no upstream account is available for this key's group",
-                )
-            })?;
+            let pool =
+                scheduler::pick(&self.shard, &self.identity.group, &[]).ok_or_else(|| {
+                    GatewayError::new(
+                        503,
+                        ErrorType::Server,
+                        "no_available_account",
+                        "no upstream account is available for this key's group",
+                    )
+                })?;
             let lease = if fresh {
                 pool.acquire_fresh(&self.forward).await
             } else {
@@ -475,13 +483,15 @@ fn classify_upstream(msg: Option<Result<Message, WsError>>, rewrite: &Rewrite) -
         _ => None,
     };
     let out = match kind {
-        EventKind::Created | EventKind::Terminal(_) => match normalizer::map_back(text.as_bytes(), rewrite) {
-            Some(mapped) => match Utf8Bytes::try_from(Bytes::from(mapped)) {
-                Ok(t) => Message::Text(t),
-                Err(_) => Message::Text(text),
-            },
-            None => Message::Text(text),
-        },
+        EventKind::Created | EventKind::Terminal(_) => {
+            match normalizer::map_back(text.as_bytes(), rewrite) {
+                Some(mapped) => match Utf8Bytes::try_from(Bytes::from(mapped)) {
+                    Ok(t) => Message::Text(t),
+                    Err(_) => Message::Text(text),
+                },
+                None => Message::Text(text),
+            }
+        }
         _ => Message::Text(text),
     };
     Step::Relay(out, outcome)
@@ -507,7 +517,12 @@ async fn mid_turn_frame(
             }
         }
         Err(e) => {
-            let err = GatewayError::new(400, ErrorType::InvalidRequest, "invalid_json", e.to_string());
+            let err = GatewayError::new(
+                400,
+                ErrorType::InvalidRequest,
+                "invalid_json",
+                e.to_string(),
+            );
             match client.send(Message::text(err.to_event())).await {
                 Ok(()) => None,
                 Err(_) => Some(TurnOutcome::ClientGone),

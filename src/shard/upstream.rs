@@ -87,22 +87,22 @@ pub async fn dial(
     id: u64,
 ) -> Result<UpstreamConn, DialError> {
     let addr = account.address().await.map_err(DialError::Resolve)?;
-    let tcp = match runtime::timeout(cfg.dial_timeout, runtime::connect(addr, cfg.dial_timeout)).await
-    {
-        None => {
-            account.forget_address();
-            return Err(DialError::ConnectTimeout);
-        }
-        Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-            account.forget_address();
-            return Err(DialError::ConnectTimeout);
-        }
-        Some(Err(e)) => {
-            account.forget_address();
-            return Err(DialError::Connect(e));
-        }
-        Some(Ok(s)) => s,
-    };
+    let tcp =
+        match runtime::timeout(cfg.dial_timeout, runtime::connect(addr, cfg.dial_timeout)).await {
+            None => {
+                account.forget_address();
+                return Err(DialError::ConnectTimeout);
+            }
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                account.forget_address();
+                return Err(DialError::ConnectTimeout);
+            }
+            Some(Err(e)) => {
+                account.forget_address();
+                return Err(DialError::Connect(e));
+            }
+            Some(Ok(s)) => s,
+        };
     let handshake = async {
         let stream = match &account.tls {
             Some((config, name)) => {

@@ -58,9 +58,7 @@ pub fn connect(addr: SocketAddr) -> Client {
 pub fn connect_with_key(addr: SocketAddr, key: &str) -> Result<Client, tungstenite::Error> {
     let stream = TcpStream::connect(addr).expect("tcp connect");
     stream.set_nodelay(true).ok();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .ok();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
     let mut req = format!("ws://{addr}/v1/responses").into_client_request()?;
     req.headers_mut()
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
@@ -105,7 +103,11 @@ impl Turn {
         use sonic_rs::JsonValueTrait;
         self.events.iter().find_map(|e| {
             (event_type(e) == "error")
-                .then(|| e.get("error").and_then(|x| x.get("code")).and_then(|c| c.as_str().map(str::to_owned)))
+                .then(|| {
+                    e.get("error")
+                        .and_then(|x| x.get("code"))
+                        .and_then(|c| c.as_str().map(str::to_owned))
+                })
                 .flatten()
         })
     }
@@ -137,7 +139,11 @@ pub fn event_type(e: &sonic_rs::Value) -> String {
 fn is_terminal(t: &str) -> bool {
     matches!(
         t,
-        "response.completed" | "response.failed" | "response.incomplete" | "response.cancelled" | "error"
+        "response.completed"
+            | "response.failed"
+            | "response.incomplete"
+            | "response.cancelled"
+            | "error"
     )
 }
 
@@ -211,5 +217,8 @@ pub fn http(addr: SocketAddr, raw: &str) -> (u16, String) {
 
 /// The body of an HTTP response text.
 pub fn body_of(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("")
 }

@@ -1,0 +1,444 @@
+//! The server side of HTTP/1.1, as much as the mock needs: request heads (httparse), bodies by
+//! `Content-Length` or chunked, `Expect: 100-continue`, and responses (whole or chunked).
+
+use std::io;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest request head accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Largest request body (and WebSocket message) accepted.
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+/// Headers per request.
+const MAX_HEADERS: usize = 128;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a request could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The peer closed the connection in the middle of a request.
+    #[error("connection closed mid-request")]
+    UnexpectedEof,
+    /// Not HTTP/1.x, or a broken header, length or chunk.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// The head is over [`MAX_HEAD`].
+    #[error("request head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    /// The body is over [`MAX_BODY`].
+    #[error("request body larger than {MAX_BODY} bytes")]
+    BodyTooLarge,
+}
+
+impl HttpError {
+    /// The status to answer with before closing, when the peer can still read one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HttpError::Io(_) | HttpError::UnexpectedEof => None,
+            HttpError::Malformed(_) => Some(400),
+            HttpError::HeadTooLarge => Some(431),
+            HttpError::BodyTooLarge => Some(413),
+        }
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The path without its query string.
+    pub path: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Headers in order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether header `name` lists `token` (comma-separated, case-insensitive).
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// Whether the connection stays open after this request.
+    pub fn keep_alive(&self) -> bool {
+        if self.minor_version == 0 {
+            self.has_token("connection", "keep-alive")
+        } else {
+            !self.has_token("connection", "close")
+        }
+    }
+}
+
+/// A socket with a read buffer: the bytes read past the current request stay for the next one
+/// (or for the WebSocket after an upgrade).
+pub struct Reader<S> {
+    stream: S,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
+    /// Wraps a fresh connection.
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream,
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The socket, to write responses.
+    pub fn stream(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// The socket and the bytes read but not consumed.
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        let rest = self.buf[self.start..self.end].to_vec();
+        (self.stream, rest)
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start >= self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Makes room for at least `want` unconsumed bytes in the buffer.
+    fn reserve(&mut self, want: usize) {
+        if self.buf.len() - self.start >= want {
+            return;
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+    }
+
+    /// Reads more bytes; 0 at end of stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.end == self.buf.len() {
+            let unconsumed = self.end - self.start;
+            self.reserve((unconsumed + READ_CHUNK).max(self.buf.len()));
+            if self.end == self.buf.len() {
+                let grown = self.buf.len() + READ_CHUNK;
+                self.buf.resize(grown, 0);
+            }
+        }
+        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Reads bytes until at least `n` are buffered.
+    async fn fill_to(&mut self, n: usize) -> Result<(), HttpError> {
+        self.reserve(n);
+        while self.end - self.start < n {
+            if self.fill().await? == 0 {
+                return Err(HttpError::UnexpectedEof);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next request head; `None` when the peer closed between requests.
+    pub async fn read_head(&mut self) -> Result<Option<Head>, HttpError> {
+        loop {
+            if self.end > self.start {
+                if let Some((head, used)) = parse_head(self.data())? {
+                    self.consume(used);
+                    return Ok(Some(head));
+                }
+                if self.end - self.start > MAX_HEAD {
+                    return Err(HttpError::HeadTooLarge);
+                }
+            }
+            if self.fill().await? == 0 {
+                return if self.end == self.start {
+                    Ok(None)
+                } else {
+                    Err(HttpError::UnexpectedEof)
+                };
+            }
+        }
+    }
+
+    /// Reads the body of `head` (empty when it has none), answering `Expect: 100-continue`.
+    pub async fn read_body(&mut self, head: &Head) -> Result<Vec<u8>, HttpError> {
+        let chunked = head.has_token("transfer-encoding", "chunked");
+        let length = match head.header("content-length") {
+            Some(v) if !chunked => Some(
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|_| HttpError::Malformed(format!("bad content-length {v:?}")))?,
+            ),
+            _ => None,
+        };
+        if !chunked && length.unwrap_or(0) == 0 {
+            return Ok(Vec::new());
+        }
+        if length.is_some_and(|n| n > MAX_BODY) {
+            return Err(HttpError::BodyTooLarge);
+        }
+        if head.has_token("expect", "100-continue") {
+            self.stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await?;
+            self.stream.flush().await?;
+        }
+        match length {
+            Some(n) => {
+                self.fill_to(n).await?;
+                let body = self.data()[..n].to_vec();
+                self.consume(n);
+                Ok(body)
+            }
+            None => self.read_chunked().await,
+        }
+    }
+
+    async fn read_chunked(&mut self) -> Result<Vec<u8>, HttpError> {
+        let mut body = Vec::new();
+        loop {
+            let (used, size) = loop {
+                match httparse::parse_chunk_size(self.data()) {
+                    Ok(httparse::Status::Complete(found)) => break found,
+                    Ok(httparse::Status::Partial) if self.end - self.start < MAX_HEAD => {
+                        if self.fill().await? == 0 {
+                            return Err(HttpError::UnexpectedEof);
+                        }
+                    }
+                    _ => return Err(HttpError::Malformed("bad chunk size".into())),
+                }
+            };
+            self.consume(used);
+            let size = usize::try_from(size).map_err(|_| HttpError::BodyTooLarge)?;
+            if size == 0 {
+                self.skip_trailers().await?;
+                return Ok(body);
+            }
+            if body.len().saturating_add(size) > MAX_BODY {
+                return Err(HttpError::BodyTooLarge);
+            }
+            self.fill_to(size + 2).await?;
+            if &self.data()[size..size + 2] != b"\r\n" {
+                return Err(HttpError::Malformed("chunk not followed by CRLF".into()));
+            }
+            body.extend_from_slice(&self.data()[..size]);
+            self.consume(size + 2);
+        }
+    }
+
+    /// Skips the trailer section after the last chunk, up to its empty line.
+    async fn skip_trailers(&mut self) -> Result<(), HttpError> {
+        let mut skipped = 0;
+        loop {
+            match self.data().windows(2).position(|w| w == b"\r\n") {
+                Some(0) => {
+                    self.consume(2);
+                    return Ok(());
+                }
+                Some(line) => {
+                    skipped += line + 2;
+                    self.consume(line + 2);
+                }
+                None => {
+                    if self.fill().await? == 0 {
+                        return Err(HttpError::UnexpectedEof);
+                    }
+                }
+            }
+            if skipped > MAX_HEAD {
+                return Err(HttpError::HeadTooLarge);
+            }
+        }
+    }
+
+    /// Reads and discards until the peer closes (or the socket fails).
+    pub async fn drain_until_eof(&mut self) {
+        while let Ok(n) = self.fill().await {
+            if n == 0 {
+                return;
+            }
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+/// Parses a complete head from `data`; `None` when more bytes are needed.
+fn parse_head(data: &[u8]) -> Result<Option<(Head, usize)>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let used = match req.parse(data) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+    };
+    let target = req.path.unwrap_or("/");
+    let head = Head {
+        method: req.method.unwrap_or("GET").to_string(),
+        path: target.split('?').next().unwrap_or(target).to_string(),
+        minor_version: req.version.unwrap_or(1),
+        headers: req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+    };
+    Ok(Some((head, used)))
+}
+
+/// The reason phrase of `status`.
+pub fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
+}
+
+/// Writes a whole response with `Content-Length`.
+pub async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    content_type: &str,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+    keep_alive: bool,
+) -> io::Result<()> {
+    let mut out = response_head(status, extra_headers, keep_alive);
+    out.push_str(&format!(
+        "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await?;
+    stream.flush().await
+}
+
+/// Writes the head of a chunked streaming response (e.g. SSE).
+pub async fn respond_chunked_head<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    content_type: &str,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let mut out = response_head(status, &[], keep_alive);
+    out.push_str(&format!(
+        "Content-Type: {content_type}\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ));
+    stream.write_all(out.as_bytes()).await?;
+    stream.flush().await
+}
+
+/// Writes one chunk of a chunked response (nothing for empty data).
+pub async fn write_chunk<S: AsyncWrite + Unpin>(stream: &mut S, data: &[u8]) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.reserve(data.len() + 2);
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// Ends a chunked response.
+pub async fn finish_chunks<S: AsyncWrite + Unpin>(stream: &mut S) -> io::Result<()> {
+    stream.write_all(b"0\r\n\r\n").await?;
+    stream.flush().await
+}
+
+fn response_head(status: u16, extra_headers: &[(&str, &str)], keep_alive: bool) -> String {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (name, value) in extra_headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(if keep_alive {
+        "Connection: keep-alive\r\n"
+    } else {
+        "Connection: close\r\n"
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+    use futures_lite::io::Cursor;
+
+    fn reader(bytes: &[u8]) -> Reader<Cursor<Vec<u8>>> {
+        Reader::new(Cursor::new(bytes.to_vec()))
+    }
+
+    #[test]
+    fn reads_pipelined_requests_with_both_body_framings() {
+        let raw = b"POST /v1/responses?x=1 HTTP/1.1\r\nContent-Length: 5\r\nHost: a\r\n\r\nhello\
+POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nX-T: 1\r\n\r\n";
+        let mut r = reader(raw);
+        block_on(async {
+            let head = r.read_head().await.expect("head").expect("some");
+            assert_eq!(head.path, "/v1/responses");
+            assert_eq!(r.read_body(&head).await.expect("body"), b"hello");
+            let head = r.read_head().await.expect("head").expect("some");
+            assert_eq!(r.read_body(&head).await.expect("body"), b"abcde");
+            assert!(r.read_head().await.expect("eof").is_none());
+        });
+    }
+
+    #[test]
+    fn refuses_garbage_and_truncation() {
+        block_on(async {
+            let mut r = reader(b"\x01\x02 nonsense\r\n\r\n");
+            assert!(matches!(r.read_head().await, Err(HttpError::Malformed(_))));
+            let mut r = reader(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+            let head = r.read_head().await.expect("head").expect("some");
+            assert!(matches!(
+                r.read_body(&head).await,
+                Err(HttpError::UnexpectedEof)
+            ));
+            let mut r = reader(b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n");
+            let head = r.read_head().await.expect("head").expect("some");
+            assert!(matches!(
+                r.read_body(&head).await,
+                Err(HttpError::BodyTooLarge)
+            ));
+        });
+    }
+}

@@ -1,0 +1,47 @@
+//! The counters a mock keeps, as tests and load scripts read them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of what the mock has seen and done since it started (or since the last reset).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MockStats {
+    /// TCP connections accepted.
+    pub connections_total: u64,
+    /// TCP connections currently open (not cleared by a reset).
+    pub connections_open: u64,
+    /// Connections upgraded to WebSocket.
+    pub ws_connections_total: u64,
+    /// WebSocket handshake answers by status (101 for an accepted upgrade).
+    pub handshakes: BTreeMap<u16, u64>,
+    /// `response.create` frames handled as turns over WebSocket.
+    pub ws_turns_total: u64,
+    /// `POST …/responses` requests received.
+    pub http_requests_total: u64,
+    /// `POST …/responses` requests handled as turns (past auth, scripted statuses and parsing).
+    pub http_turns_total: u64,
+    /// Turns by upstream connection id (WebSocket and HTTP share the id space).
+    pub turns_by_conn: BTreeMap<u64, u64>,
+    /// Close frames the mock initiated, by close code.
+    pub close_codes_sent: BTreeMap<u16, u64>,
+    /// Requests refused for a missing or wrong key.
+    pub auth_failures: u64,
+    /// Distinct `Authorization` header values seen on handshakes and `POST …/responses`.
+    pub authorizations_seen: BTreeSet<String>,
+    /// Headers of the latest WebSocket handshake request, names lower-cased.
+    pub last_handshake_headers: BTreeMap<String, String>,
+    /// Warm-up turns (`generate: false`).
+    pub generate_false_total: u64,
+    /// Turns refused with `previous_response_not_found`.
+    pub previous_response_not_found_total: u64,
+    /// Turns refused because a `function_call_output` had no matching call.
+    pub tool_output_not_found_total: u64,
+    /// HTTP requests refused for carrying `generate`.
+    pub http_generate_rejected_total: u64,
+    /// Frames or bodies refused as invalid (not JSON, wrong type).
+    pub invalid_requests_total: u64,
+    /// Faults injected by directives, by kind (`error`, `close`, `drop`, `stall`, `oversize`, …).
+    pub faults: BTreeMap<String, u64>,
+}
