@@ -27,12 +27,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway.
+    /// Run the gateway. Without `--config`, runs an offline demo: the bundled mock upstream
+    /// in-process and a built-in config (listen 127.0.0.1:8080, client key `sk-gw-local`).
     Serve {
         /// Config file (TOML).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Listen address for the offline demo.
+        #[arg(long, default_value = "127.0.0.1:8080", conflicts_with = "config")]
+        demo_listen: String,
     },
+    /// Run the scriptable mock upstream (for tests, perf and trying the gateway offline).
+    MockUpstream(shardgate::mock::MockArgs),
     /// Check a config file and exit.
     CheckConfig {
         /// Config file (TOML).
@@ -54,6 +60,26 @@ fn init_logging(log: &LogConfig) {
     }
 }
 
+/// The offline demo: the mock upstream in this process and a config pointing at it.
+fn demo(listen: &str) -> anyhow::Result<()> {
+    let mock = shardgate::mock::start(shardgate::mock::MockConfig::default())
+        .context("starting the bundled mock upstream")?;
+    let text = format!(
+        "[server]\nlisten = \"{listen}\"\n[[client_keys]]\nkey = \"sk-gw-local\"\nid = \"demo\"\n\
+         [[accounts]]\nid = \"mock\"\nbase_url = \"{}\"\napi_key = \"sk-mock\"\nmax_conns = 64\n",
+        mock.base_url()
+    );
+    let config = Config::parse(&text, &|_| None).context("building the demo config")?;
+    eprintln!(
+        "shardgate: no --config given, running the offline demo against the bundled mock upstream at {}\n\
+         shardgate: point a client at http://{listen}/v1 with API key sk-gw-local",
+        mock.base_url()
+    );
+    let result = serve(config);
+    mock.stop();
+    result
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config.log);
     let shards = config.server.shards;
@@ -73,9 +99,20 @@ fn serve(config: Config) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => Config::load(&config)
+        Command::Serve {
+            config: Some(config),
+            ..
+        } => Config::load(&config)
             .with_context(|| format!("loading {}", config.display()))
             .and_then(serve),
+        Command::Serve {
+            config: None,
+            demo_listen,
+        } => demo(&demo_listen),
+        Command::MockUpstream(args) => {
+            tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+            shardgate::mock::run_cli(args)
+        }
         Command::CheckConfig { config } => Config::load(&config)
             .with_context(|| format!("loading {}", config.display()))
             .map(|c| {
