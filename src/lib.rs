@@ -8,11 +8,13 @@
 //! - [`net`]: transports below WebSocket: plain TCP or TLS upstream streams.
 //! - [`shard`]: the data plane. One per core: listener and HTTP/WebSocket ingress, the relay loop
 //!   of each client session, the upstream WebSocket client and the per-account connection pools.
+//! - [`load`]: the load generator (`shardgate load`): client sessions measured with HdrHistogram.
 //! - [`mock`]: a scriptable upstream that speaks the Responses WebSocket protocol, for tests and
 //!   `perf/`.
 
 pub mod config;
 pub mod gateway;
+pub mod load;
 pub mod mock;
 pub mod net;
 pub mod protocol;

@@ -39,6 +39,8 @@ enum Command {
     },
     /// Run the scriptable mock upstream (for tests, perf and trying the gateway offline).
     MockUpstream(shardgate::mock::MockArgs),
+    /// Drive a Responses WebSocket endpoint with many client connections and report latencies.
+    Load(shardgate::load::LoadArgs),
     /// Check a config file and exit.
     CheckConfig {
         /// Config file (TOML).
@@ -110,9 +112,12 @@ fn main() -> ExitCode {
             demo_listen,
         } => demo(&demo_listen),
         Command::MockUpstream(args) => {
-            tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .init();
             shardgate::mock::run_cli(args)
         }
+        Command::Load(args) => shardgate::load::run_cli(args),
         Command::CheckConfig { config } => Config::load(&config)
             .with_context(|| format!("loading {}", config.display()))
             .map(|c| {

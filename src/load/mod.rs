@@ -1,0 +1,41 @@
+//! The load generator: many client sessions speaking the Responses API in WebSocket mode to a
+//! gateway (or straight to the mock), measured with HdrHistogram.
+//!
+//! [`run`] drives a [`LoadConfig`] to completion and returns a [`Report`]; [`run_cli`] is the
+//! `shardgate load` command around it. Every number is measured on the client:
+//! - TTFT: from just before a turn's frame is written to the first `*.delta` event received.
+//! - Event latency: one-way, receive wall clock minus the event's `mock_ts_us` (the mock's send
+//!   stamp; only meaningful when the mock runs on the same host).
+//! - Turn time: from just before the frame is written to the terminal event.
+//! - Warm-up time (with `--warmup`): the same for the `generate:false` warm-up.
+//!
+//! Layout:
+//! - `cli`: the command-line options and their validation into a [`LoadConfig`].
+//! - `config`: what a run is started with.
+//! - `frame`: the `response.create` frames the client sends, padded to a size.
+//! - `event`: the few fields read from each server event.
+//! - `transport`: the seam between a session and the wire (the [`Transport`] trait an HTTP SSE
+//!   transport would also implement); `ws` is the WebSocket one.
+//! - `session`: one client connection running its turns, reconnecting after failures.
+//! - `pace`: the optional overall turn-rate cap.
+//! - `stats`: histograms and counters, merged across threads into a [`Report`].
+//! - `report`: the human table and the JSON shape.
+//! - `run`: threads, connections, the stop condition.
+
+mod cli;
+mod config;
+mod event;
+mod frame;
+mod pace;
+mod report;
+mod run;
+mod session;
+mod stats;
+mod transport;
+mod ws;
+
+pub use cli::{run_cli, LoadArgs};
+pub use config::{ConfigError, LoadConfig, Stop, Target};
+pub use report::{HistogramSummary, Report};
+pub use run::{run, RunError};
+pub use transport::{Transport, TransportError};

@@ -1,0 +1,207 @@
+//! One client connection running its turns.
+//!
+//! A session opens its connection lazily, runs turns one after another, and after any failed
+//! turn (error event, close, timeout) drops the connection and forgets its chain, opening a new
+//! one for the next turn, as Codex does. A failed connect consumes the turn it was for, so a run
+//! against a dead server still ends.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::runtime;
+
+use super::config::{LoadConfig, Stop};
+use super::event::{Event, Terminal};
+use super::frame::{self, FrameSpec};
+use super::pace::Pacer;
+use super::stats::{record, Stats};
+use super::transport::Transport;
+
+/// Pause after a failed connect before the next attempt.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What the sessions of one executor thread share.
+pub struct ThreadState {
+    /// The run's configuration.
+    pub config: Arc<LoadConfig>,
+    /// This thread's measurements.
+    pub stats: RefCell<Stats>,
+    /// This thread's share of the rate cap.
+    pub pacer: Option<Pacer>,
+    /// When duration-bounded sessions stop starting turns.
+    pub deadline: Option<Instant>,
+}
+
+/// What one exchange (a turn or a warm-up) measured.
+struct Exchange {
+    response_id: Option<String>,
+    ttft: Option<Duration>,
+    elapsed: Duration,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Sends `frame` and reads events up to the terminal one. `Err` carries the error key.
+async fn exchange<T: Transport>(
+    conn: &mut T,
+    frame: String,
+    state: &ThreadState,
+) -> Result<Exchange, String> {
+    let start = Instant::now();
+    let run = async {
+        conn.send(frame).await.map_err(|e| e.key())?;
+        let mut ttft = None;
+        loop {
+            let text = conn.recv().await.map_err(|e| e.key())?;
+            let received_us = now_us();
+            let event = Event::parse(&text);
+            let mut stats = state.stats.borrow_mut();
+            stats.events += 1;
+            let Some(event) = event else {
+                return Err("bad_event".to_string());
+            };
+            if let Some(sent_us) = event.mock_ts_us {
+                record(
+                    &mut stats.event_latency_us,
+                    received_us.saturating_sub(sent_us),
+                );
+            }
+            if ttft.is_none() && event.is_delta() {
+                ttft = Some(start.elapsed());
+            }
+            match event.terminal() {
+                None => continue,
+                Some(Terminal::Completed(response_id)) => {
+                    return Ok(Exchange {
+                        response_id,
+                        ttft,
+                        elapsed: start.elapsed(),
+                    })
+                }
+                Some(Terminal::Failed(key)) => return Err(key),
+            }
+        }
+    };
+    runtime::timeout(state.config.turn_timeout, run)
+        .await
+        .unwrap_or_else(|| Err("turn_timeout".to_string()))
+}
+
+fn build(spec: &FrameSpec<'_>) -> Result<String, String> {
+    frame::build(spec).map_err(|_| "frame_build".to_string())
+}
+
+/// One turn: the optional warm-up, then the turn itself. Returns the id to chain from.
+async fn turn<T: Transport>(
+    conn: &mut T,
+    state: &ThreadState,
+    text: &str,
+    previous: Option<&str>,
+) -> Result<Option<String>, String> {
+    let config = &state.config;
+    let warm_id: Option<String>;
+    let mut spec = FrameSpec {
+        model: &config.model,
+        text,
+        previous,
+        warmup: false,
+        pad_to: config.payload_bytes,
+    };
+    if config.warmup {
+        let warm = exchange(
+            conn,
+            build(&FrameSpec {
+                warmup: true,
+                ..spec
+            })?,
+            state,
+        )
+        .await?;
+        let mut stats = state.stats.borrow_mut();
+        stats.warmups_ok += 1;
+        record(&mut stats.warmup_us, micros(warm.elapsed));
+        warm_id = warm.response_id;
+        spec.previous = warm_id.as_deref();
+    }
+    let done = exchange(conn, build(&spec)?, state).await?;
+    let mut stats = state.stats.borrow_mut();
+    stats.turns_ok += 1;
+    record(&mut stats.turn_us, micros(done.elapsed));
+    if let Some(ttft) = done.ttft {
+        record(&mut stats.ttft_us, micros(ttft));
+    }
+    Ok(done.response_id)
+}
+
+/// Runs session `id` until its stop condition.
+pub async fn run<T: Transport>(id: usize, state: &ThreadState) {
+    let config = &state.config;
+    let mut conn: Option<T> = None;
+    let mut previous: Option<String> = None;
+    let mut n: u64 = 0;
+    loop {
+        let past_deadline = || state.deadline.is_some_and(|d| Instant::now() >= d);
+        match config.stop {
+            Stop::Turns(turns) if n >= turns => break,
+            Stop::Duration(_) if past_deadline() => break,
+            _ => {}
+        }
+        if let Some(pacer) = &state.pacer {
+            let now = Instant::now();
+            let slot = pacer.reserve(now);
+            if slot > now {
+                runtime::sleep(slot - now).await;
+            }
+            if past_deadline() {
+                break;
+            }
+        }
+        n += 1;
+        let mut open = match conn.take() {
+            Some(c) => c,
+            None => match T::open(config).await {
+                Ok(c) => {
+                    state.stats.borrow_mut().connects += 1;
+                    c
+                }
+                Err(e) => {
+                    let mut stats = state.stats.borrow_mut();
+                    stats.turns_failed += 1;
+                    stats.error(e.key());
+                    drop(stats);
+                    previous = None;
+                    runtime::sleep(CONNECT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let text = format!("load turn {n} on connection {id}");
+        let chain_from = if config.chain {
+            previous.as_deref()
+        } else {
+            None
+        };
+        match turn(&mut open, state, &text, chain_from).await {
+            Ok(response_id) => {
+                previous = response_id;
+                conn = Some(open);
+            }
+            Err(key) => {
+                let mut stats = state.stats.borrow_mut();
+                stats.turns_failed += 1;
+                stats.error(key);
+                previous = None;
+            }
+        }
+    }
+}
