@@ -139,7 +139,7 @@ mod tests {
             Stop::Turns(10)
         );
         assert!(Cli::try_parse_from(["load", "--turns", "1", "--duration-secs", "1"]).is_err());
-        assert!(Cli::parse_from(["load", "--duration-secs", "-1"])
+        assert!(Cli::parse_from(["load", "--duration-secs=-1"])
             .load
             .config()
             .is_err());
