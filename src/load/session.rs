@@ -175,10 +175,11 @@ pub async fn run<T: Transport>(id: usize, state: &ThreadState) {
                     c
                 }
                 Err(e) => {
-                    let mut stats = state.stats.borrow_mut();
-                    stats.turns_failed += 1;
-                    stats.error(e.key());
-                    drop(stats);
+                    {
+                        let mut stats = state.stats.borrow_mut();
+                        stats.turns_failed += 1;
+                        stats.error(e.key());
+                    }
                     previous = None;
                     runtime::sleep(CONNECT_BACKOFF).await;
                     continue;
