@@ -110,7 +110,9 @@ fn main() -> ExitCode {
             demo_listen,
         } => demo(&demo_listen),
         Command::MockUpstream(args) => {
-            tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .init();
             shardgate::mock::run_cli(args)
         }
         Command::CheckConfig { config } => Config::load(&config)
