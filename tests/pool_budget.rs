@@ -64,3 +64,27 @@ fn full_queue_and_timeout_are_clear_errors() {
     );
     assert_eq!(up.stats().connections_total, 2);
 }
+
+#[test]
+fn stored_sessions_share_connections_between_turns() {
+    let up = mock();
+    let gw = one_shard_two_conns(&up, "queue_per_conn = 1\nacquire_timeout_ms = 300");
+    // Four idle sessions, two connections: stored (store=true) chains do not hold a connection
+    // between turns, so none of them waits.
+    let mut sessions: Vec<_> = (0..4).map(|_| connect(gw.addr())).collect();
+    let mut prev: Vec<Option<String>> = vec![None; 4];
+    for round in 0..3 {
+        for (i, s) in sessions.iter_mut().enumerate() {
+            let t = s.turn(&create(
+                "gpt-5",
+                &format!("r{round}"),
+                true,
+                prev[i].as_deref(),
+            ));
+            assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
+            prev[i] = t.response_id();
+        }
+    }
+    assert!(up.stats().connections_total <= 2);
+    assert_eq!(up.stats().previous_response_not_found_total, 0);
+}
