@@ -28,7 +28,7 @@ if [[ ! -x "$codex" ]]; then
 fi
 
 cargo build --quiet
-bin=target/debug/shardgate
+bin="${CARGO_TARGET_DIR:-target}/debug/shardgate"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mock_port=$(free_port)
 gw_port=$(free_port)
@@ -50,11 +50,15 @@ max_conns = 8
 TOML
 "$bin" serve --config "$work/gw.toml" >"$work/gw.log" 2>&1 &
 pids+=($!)
+up=0
 for _ in $(seq 1 100); do
   if curl -fsS "http://127.0.0.1:$gw_port/healthz" >/dev/null 2>&1 &&
-     curl -fsS "http://127.0.0.1:$mock_port/_mock/stats" >/dev/null 2>&1; then break; fi
+     curl -fsS "http://127.0.0.1:$mock_port/_mock/stats" >/dev/null 2>&1; then up=1; break; fi
   sleep 0.1
 done
+if [[ $up != 1 ]]; then
+  echo "gateway or mock did not come up"; cat "$work/mock.log" "$work/gw.log"; exit 1
+fi
 
 stats() { curl -fsS "http://127.0.0.1:$mock_port/_mock/stats"; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }

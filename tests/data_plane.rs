@@ -427,3 +427,48 @@ fn tls_upstream_with_private_ca() {
         "response.completed"
     );
 }
+
+#[test]
+fn connections_are_retired_at_the_age_limit() {
+    let up = mock();
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "[upstream]\nmax_conn_age_secs = 0.4",
+    ));
+    let mut c = connect(gw.addr());
+    let t1 = c.turn(&create("gpt-5", "young", true, None));
+    let t2 = c.turn(&create("gpt-5", "still young", true, None));
+    assert_eq!(t1.conn_id(), t2.conn_id());
+    std::thread::sleep(Duration::from_millis(500));
+    let t3 = c.turn(&create("gpt-5", "old now", true, None));
+    assert_eq!(t3.last_type(), "response.completed");
+    assert_ne!(
+        t3.conn_id(),
+        t1.conn_id(),
+        "an expired connection started another turn"
+    );
+}
+
+#[test]
+fn silent_upstream_handshake_times_out() {
+    // Accepts TCP, never answers the WebSocket upgrade.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", silent.local_addr().unwrap());
+    let holder = std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(2));
+        drop(held);
+    });
+    let gw = gateway(config_for(&[url], "[upstream]\nhandshake_timeout_ms = 300"));
+    let mut c = connect(gw.addr());
+    let started = std::time::Instant::now();
+    let t = c.turn(&create("gpt-5", "hello?", false, None));
+    assert_eq!(
+        t.error_code().as_deref(),
+        Some("upstream_timeout"),
+        "{:?}",
+        t.events
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    holder.join().unwrap();
+}

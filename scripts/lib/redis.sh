@@ -4,7 +4,7 @@ PRIVATE_REDIS_PID=""
 PRIVATE_REDIS_DIR=""
 
 redis_answers() { # host port
-  exec 3<>"/dev/tcp/$1/$2" 2>/dev/null || return 1
+  { exec 3<>"/dev/tcp/$1/$2"; } 2>/dev/null || return 1
   printf 'PING\r\n' >&3
   local reply
   read -r -t 2 reply <&3 || true

@@ -154,8 +154,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
                 "api_key_in_query",
                 "API keys in the query string are refused; send Authorization: Bearer <key>",
             );
-            let _ = http_head::write_error(stream, &err, &[], false).await;
-            return Routed::Done;
+            return refuse(stream, &err, &[]).await;
         }
     }
     let identity = match presented_key(head.header("authorization"), head.header("x-api-key"))
@@ -170,9 +169,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
                 "invalid_api_key",
                 "missing or invalid API key; send Authorization: Bearer <key>",
             );
-            let _ = http_head::write_error(stream, &err, &[("www-authenticate", "Bearer")], false)
-                .await;
-            return Routed::Done;
+            return refuse(stream, &err, &[("www-authenticate", "Bearer")]).await;
         }
     };
     let is_upgrade = head.header_has_token("connection", "upgrade")
@@ -186,8 +183,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
             "upgrade_required",
             "WebSocket upgrade required (Upgrade: websocket)",
         );
-        let _ = http_head::write_error(stream, &err, &[("upgrade", "websocket")], false).await;
-        return Routed::Done;
+        return refuse(stream, &err, &[("upgrade", "websocket")]).await;
     }
     let key = head.header("sec-websocket-key");
     let version_ok = head
@@ -201,9 +197,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
             "bad_websocket_handshake",
             "Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are required",
         );
-        let _ =
-            http_head::write_error(stream, &err, &[("sec-websocket-version", "13")], false).await;
-        return Routed::Done;
+        return refuse(stream, &err, &[("sec-websocket-version", "13")]).await;
     };
     if !shard.try_open_session(&identity.key_id) {
         bump(&shard.counters.session_cap_rejections);
@@ -213,8 +207,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
             "too_many_sessions",
             "Too many open WebSocket connections for this key, please retry later",
         );
-        let _ = http_head::write_error(stream, &err, &[("retry-after", "5")], false).await;
-        return Routed::Done;
+        return refuse(stream, &err, &[("retry-after", "5")]).await;
     }
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
@@ -236,6 +229,12 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
         })
         .collect();
     Routed::Upgrade(identity, forward)
+}
+
+/// Answers with an error and ends the connection.
+async fn refuse(stream: &mut TcpStream, err: &GatewayError, headers: &[(&str, &str)]) -> Routed {
+    let _ = http_head::write_error(stream, err, headers, false).await;
+    Routed::Done
 }
 
 async fn run_session(

@@ -35,7 +35,7 @@ pub enum AcquireError {
 /// What a waiter is handed when capacity frees up.
 enum Grant {
     /// A clean idle connection.
-    Conn(UpstreamConn),
+    Conn(Box<UpstreamConn>),
     /// A budget slot, already counted as open: the waiter dials.
     Dial,
 }
@@ -142,7 +142,7 @@ impl Pool {
         match runtime::timeout(self.config.acquire_timeout, rx).await {
             Some(Ok(Grant::Conn(conn))) => {
                 bump(&self.counters.reused);
-                Ok(self.lease(conn, true))
+                Ok(self.lease(*conn, true))
             }
             Some(Ok(Grant::Dial)) => self.dial_counted(forward).await,
             Some(Err(_)) | None => {
@@ -159,7 +159,8 @@ impl Pool {
     ) -> Result<Lease, AcquireError> {
         if self.open.get() >= self.budget {
             // Make room by closing one idle connection, if there is one.
-            match self.idle.borrow_mut().pop() {
+            let closed = self.idle.borrow_mut().pop();
+            match closed {
                 Some(_) => self.open.set(self.open.get() - 1),
                 None => return self.acquire(forward).await,
             }
@@ -219,10 +220,10 @@ impl Pool {
             let Some(waiter) = self.waiters.borrow_mut().pop_front() else {
                 break;
             };
-            let Err(Grant::Conn(back)) = waiter.send(Grant::Conn(conn)) else {
+            let Err(Grant::Conn(back)) = waiter.send(Grant::Conn(Box::new(conn))) else {
                 return;
             };
-            conn = back;
+            conn = *back;
         }
         self.idle.borrow_mut().push(conn);
     }

@@ -1,7 +1,8 @@
 //! The relay loop of one client WebSocket session.
 //!
-//! A session reads `response.create` frames, leases an upstream connection (kept for the whole
-//! session, so `store=false` chains stay on the connection that holds their state), forwards each
+//! A session reads `response.create` frames, leases an upstream connection (kept across turns
+//! while the session chains `store=false` responses, which live only on the connection that
+//! produced them; given back between turns otherwise), forwards each
 //! frame, and relays every upstream event back in order until the turn's terminal event. While a
 //! turn runs it also watches the client: a disconnect ends the turn at once, a new
 //! `response.create` preempts it.
@@ -210,6 +211,14 @@ impl Session {
                     );
                     if response_id.is_some() {
                         self.last_response_id = response_id;
+                    }
+                    // Only a store=false response lives on its connection alone; a session whose
+                    // last turn was stored gives the clean connection back between turns, so idle
+                    // sessions do not hold the account's budget.
+                    if !parsed.is_store_disabled() {
+                        if let Some(lease) = self.lease.take() {
+                            lease.release();
+                        }
                     }
                     return Ok(None);
                 }

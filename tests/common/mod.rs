@@ -79,10 +79,7 @@ pub struct Turn {
 
 impl Turn {
     pub fn last_type(&self) -> String {
-        self.events
-            .last()
-            .map(|e| event_type(e))
-            .unwrap_or_default()
+        self.events.last().map(event_type).unwrap_or_default()
     }
     pub fn types(&self) -> Vec<String> {
         self.events.iter().map(event_type).collect()
