@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use shardgate::config::Config;
 use shardgate::gateway::Gateway;
 use shardgate::load::{LoadConfig, Stop, Target};
-use shardgate::mock::MockConfig;
+use shardgate::mock::{MockConfig, Rule, Script};
 
 const CLIENT_KEY: &str = "sk-gw-load";
 
@@ -48,5 +48,39 @@ fn four_connections_five_turns_each() {
     assert!(report.turn_us.max >= report.ttft_us.min);
 
     gateway.stop();
+    mock.stop();
+}
+
+#[test]
+fn failures_are_counted_and_never_hang() {
+    let mock = shardgate::mock::start(MockConfig::default()).expect("mock starts");
+    let rule = |value: &str| Rule {
+        value: value.to_string(),
+        times: 1,
+    };
+    mock.script(Script {
+        turns: vec![
+            rule("stall"),
+            rule("error=server_error"),
+            rule("close=1011"),
+        ],
+        ..Script::default()
+    });
+    let target = Target::parse(&format!("ws://{}/v1/responses", mock.addr())).expect("url");
+    let mut load = LoadConfig::new(target, "sk-any");
+    load.stop = Stop::Turns(4);
+    load.chain = true;
+    load.turn_timeout = Duration::from_millis(300);
+    let report = shardgate::load::run(load).expect("load runs");
+    let summary = report.table();
+    assert_eq!(report.turns_ok, 1, "{summary}");
+    assert_eq!(report.turns_failed, 3, "{summary}");
+    assert_eq!(report.errors.get("turn_timeout"), Some(&1), "{summary}");
+    assert_eq!(report.errors.get("server_error"), Some(&1), "{summary}");
+    assert_eq!(report.errors.get("close_1011"), Some(&1), "{summary}");
+    assert_eq!(
+        report.connects, 4,
+        "a failed turn drops its connection: {summary}"
+    );
     mock.stop();
 }
