@@ -44,6 +44,7 @@ fn four_connections_five_turns_each() {
     assert_eq!(report.turn_us.count, 20);
     assert_eq!(report.ttft_us.count, 20);
     assert_eq!(report.warmup_us.count, 20);
+    assert_eq!(report.connect_us.count, 4);
     assert!(report.event_latency_us.count >= report.events / 2);
     assert!(report.turn_us.max >= report.ttft_us.min);
 

@@ -8,6 +8,7 @@
 //!   stamp; only meaningful when the mock runs on the same host).
 //! - Turn time: from just before the frame is written to the terminal event.
 //! - Warm-up time (with `--warmup`): the same for the `generate:false` warm-up.
+//! - Connect time: TCP connect plus WebSocket handshake, for every connection opened.
 //!
 //! Layout:
 //! - `cli`: the command-line options and their validation into a [`LoadConfig`].

@@ -109,6 +109,8 @@ pub struct Report {
     pub turn_us: HistogramSummary,
     /// Frame written → terminal event of a warm-up.
     pub warmup_us: HistogramSummary,
+    /// TCP connect plus WebSocket handshake.
+    pub connect_us: HistogramSummary,
 }
 
 fn per_sec(n: u64, secs: f64) -> f64 {
@@ -152,6 +154,7 @@ impl Report {
             event_latency_us: HistogramSummary::of(&stats.event_latency_us),
             turn_us: HistogramSummary::of(&stats.turn_us),
             warmup_us: HistogramSummary::of(&stats.warmup_us),
+            connect_us: HistogramSummary::of(&stats.connect_us),
         }
     }
 
@@ -202,6 +205,7 @@ impl Report {
             ("event one-way", &self.event_latency_us),
             ("turn", &self.turn_us),
             ("warm-up", &self.warmup_us),
+            ("connect", &self.connect_us),
         ] {
             let _ = writeln!(
                 out,

@@ -167,11 +167,14 @@ pub async fn run<T: Transport>(id: usize, state: &ThreadState) {
             }
         }
         n += 1;
+        let connect_started = Instant::now();
         let mut open = match conn.take() {
             Some(c) => c,
             None => match T::open(config).await {
                 Ok(c) => {
-                    state.stats.borrow_mut().connects += 1;
+                    let mut stats = state.stats.borrow_mut();
+                    stats.connects += 1;
+                    record(&mut stats.connect_us, micros(connect_started.elapsed()));
                     c
                 }
                 Err(e) => {

@@ -24,6 +24,8 @@ pub struct Stats {
     pub turn_us: Histogram<u64>,
     /// Frame written → terminal event of a warm-up, µs.
     pub warmup_us: Histogram<u64>,
+    /// TCP connect plus WebSocket handshake of successful connects, µs.
+    pub connect_us: Histogram<u64>,
     /// Turns ended by `response.completed`.
     pub turns_ok: u64,
     /// Turns that failed (error event, close, timeout, failed connect or warm-up).
@@ -45,6 +47,7 @@ impl Default for Stats {
             event_latency_us: histogram(),
             turn_us: histogram(),
             warmup_us: histogram(),
+            connect_us: histogram(),
             turns_ok: 0,
             turns_failed: 0,
             warmups_ok: 0,
@@ -72,6 +75,7 @@ impl Stats {
         self.event_latency_us.add(&other.event_latency_us)?;
         self.turn_us.add(&other.turn_us)?;
         self.warmup_us.add(&other.warmup_us)?;
+        self.connect_us.add(&other.connect_us)?;
         self.turns_ok += other.turns_ok;
         self.turns_failed += other.turns_failed;
         self.warmups_ok += other.warmups_ok;
@@ -99,6 +103,7 @@ mod tests {
         let mut b = Stats::default();
         record(&mut b.ttft_us, 300);
         record(&mut b.event_latency_us, u64::MAX);
+        record(&mut b.connect_us, 50);
         b.turns_ok = 3;
         b.turns_failed = 1;
         b.connects = 4;
@@ -107,6 +112,7 @@ mod tests {
         a.merge(&b).unwrap();
         assert_eq!(a.ttft_us.len(), 2);
         assert_eq!(a.turn_us.min(), 1);
+        assert_eq!(a.connect_us.len(), 1);
         assert!(a.event_latency_us.max() >= MAX_US);
         assert_eq!(
             (a.turns_ok, a.turns_failed, a.events, a.connects),
