@@ -48,7 +48,10 @@ unsafe impl GlobalAlloc for Counting {
 
 /// Allocations and bytes counted so far.
 pub fn snapshot() -> (u64, u64) {
-    (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed))
+    (
+        ALLOCS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    )
 }
 
 /// Runs `f` `iters` times (after one untimed warm-up call) and returns the allocations and bytes

@@ -97,7 +97,9 @@ fn client_frame(c: &mut Criterion) {
     c.bench_function(&name, |b| {
         b.iter(|| ClientFrame::parse(black_box(SMALL_FRAME)).unwrap())
     });
-    report_allocs(&name, || ClientFrame::parse(black_box(SMALL_FRAME)).unwrap());
+    report_allocs(&name, || {
+        ClientFrame::parse(black_box(SMALL_FRAME)).unwrap()
+    });
 }
 
 fn upstream_event(c: &mut Criterion) {
@@ -105,10 +107,28 @@ fn upstream_event(c: &mut Criterion) {
     assert_eq!(ev.kind, EventKind::Token);
     let name = "upstream/classify_output_text_delta";
     c.bench_function(name, |b| {
-        b.iter(|| UpstreamEvent::classify(black_box(DELTA_EVENT)).unwrap().kind)
+        b.iter(|| {
+            UpstreamEvent::classify(black_box(DELTA_EVENT))
+                .unwrap()
+                .kind
+        })
     });
     report_allocs(name, || {
-        UpstreamEvent::classify(black_box(DELTA_EVENT)).unwrap().kind
+        UpstreamEvent::classify(black_box(DELTA_EVENT))
+            .unwrap()
+            .kind
+    });
+
+    // Where the delta's allocations come from: sonic-rs's object iterator, which `classify`
+    // uses to find `type`. Creating it allocates its key buffer; each key it yields is a
+    // `Cow::Owned` copy (sonic-rs 0.5 turns even borrowed keys into owned strings).
+    report_allocs("sonic_rs/to_object_iter_new", || {
+        sonic_rs::to_object_iter(black_box(DELTA_EVENT))
+    });
+    report_allocs("sonic_rs/to_object_iter_first_key", || {
+        sonic_rs::to_object_iter(black_box(DELTA_EVENT))
+            .next()
+            .map(|r| r.map(|(k, _)| k.len()).ok())
     });
 
     let name = "upstream/classify_completed";
@@ -160,7 +180,11 @@ fn normalizer(c: &mut Criterion) {
     let empty = HashMap::new();
     let (out, rw) = normalize(&frame, &parsed, &empty);
     assert_eq!(rw, Rewrite::None);
-    assert_eq!(out.as_ptr(), frame.as_ptr(), "unmapped frame must not be copied");
+    assert_eq!(
+        out.as_ptr(),
+        frame.as_ptr(),
+        "unmapped frame must not be copied"
+    );
     let name = "normalizer/normalize_no_map";
     c.bench_function(name, |b| {
         b.iter(|| normalize(black_box(&frame), &parsed, &empty))
@@ -178,9 +202,7 @@ fn normalizer(c: &mut Criterion) {
     report_allocs(name, || normalize(black_box(&frame), &parsed, &map));
 
     let back = map_back(COMPLETED_EVENT, &rw).expect("completed event carries the model");
-    assert!(back
-        .windows(22)
-        .any(|w| w == br#""model":"gpt-5-codex","#));
+    assert!(back.windows(22).any(|w| w == br#""model":"gpt-5-codex","#));
     let name = "normalizer/map_back_completed";
     c.bench_function(name, |b| {
         b.iter(|| map_back(black_box(COMPLETED_EVENT), &rw))
