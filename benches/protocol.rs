@@ -1,0 +1,224 @@
+//! Hot-path benches for the wire vocabulary and the pre-send normalizer.
+//!
+//! Each bench is timed by criterion, then run again under the counting allocator and reported as
+//! one line: `ALLOC <name>: <allocs>/op <bytes> B/op`. See `benches/README.md`.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use shardgate::protocol::{ClientFrame, EventKind, UpstreamEvent};
+use shardgate::shard::normalizer::{map_back, normalize, Rewrite};
+
+#[path = "alloc_counter.rs"]
+mod alloc_counter;
+
+#[global_allocator]
+static ALLOC: alloc_counter::Counting = alloc_counter::Counting;
+
+/// Iterations of the allocation measurement after each timed bench.
+const ALLOC_ITERS: u64 = 10_000;
+
+fn report_allocs<R>(name: &str, f: impl FnMut() -> R) {
+    let (allocs, bytes) = alloc_counter::measure(ALLOC_ITERS, f);
+    println!("ALLOC {name}: {allocs}/op {bytes} B/op");
+}
+
+/// One Codex-style function tool definition.
+fn tool(i: usize) -> String {
+    format!(
+        r#"{{"type":"function","name":"tool_{i}","description":"Runs a shell command and returns its output. Use for builds, tests, file listings and searches in the workspace; prefer rg over grep. Always set workdir; never cd.","strict":false,"parameters":{{"type":"object","properties":{{"command":{{"type":"array","items":{{"type":"string"}},"description":"The command to execute"}},"workdir":{{"type":"string","description":"The working directory to execute the command in"}},"timeout_ms":{{"type":"number","description":"The timeout for the command in milliseconds"}},"with_escalated_permissions":{{"type":"boolean","description":"Whether to request escalated permissions"}},"justification":{{"type":"string","description":"Only set if with_escalated_permissions is true"}}}},"required":["command"],"additionalProperties":false}}}}"#
+    )
+}
+
+/// A Codex-shaped `response.create` of at least `target` bytes: long instructions, a tools array
+/// repeated until the size is reached, input items including a `function_call` and its
+/// `function_call_output`, `store: false` and a `previous_response_id` near the end.
+fn codex_frame(target: usize) -> Bytes {
+    let instructions = "You are Codex, a coding agent running in a terminal. ".repeat(40);
+    let input = concat!(
+        r#"[{"type":"message","role":"developer","content":[{"type":"input_text","text":"<environment_context><cwd>/home/dev/project</cwd><approval_policy>on-request</approval_policy><sandbox_mode>workspace-write</sandbox_mode><network_access>restricted</network_access><shell>bash</shell></environment_context>"}]},"#,
+        r#"{"type":"message","role":"user","content":[{"type":"input_text","text":"Run the test suite and fix the failing test in src/shard/pool.rs."}]},"#,
+        r#"{"type":"reasoning","summary":[{"type":"summary_text","text":"**Running tests**"}],"encrypted_content":"gAAAAABo_4kPqR2xYbT0m3vZcW9nE1fH8sLdK7uJ6aQ5iO4pG2yX0tB3eN9rM1wV8zC7kF6jD5hS4gA2lU0oI9yT8rE7wQ6"},"#,
+        r#"{"type":"function_call","name":"shell","arguments":"{\"command\":[\"bash\",\"-lc\",\"cargo test --quiet\"],\"workdir\":\"/home/dev/project\"}","call_id":"call_Xr4kq9ZpV2mN8sT1"},"#,
+        r#"{"type":"function_call_output","call_id":"call_Xr4kq9ZpV2mN8sT1","output":"{\"output\":\"running 42 tests\\ntest shard::pool::tests::evicts_idle ... FAILED\\n\\nfailures:\\n    left: 2\\n   right: 1\\n\",\"metadata\":{\"exit_code\":101,\"duration_seconds\":3.2}}"}]"#
+    );
+    let head = format!(
+        r#"{{"type":"response.create","model":"gpt-5-codex","instructions":"{instructions}","input":{input},"tools":["#
+    );
+    let tail = r#"],"tool_choice":"auto","parallel_tool_calls":false,"reasoning":{"effort":"medium","summary":"auto"},"store":false,"stream":true,"include":["reasoning.encrypted_content"],"prompt_cache_key":"0199f3c2-7d1e-7a40-b8f5-3c9a2e6d1f07","previous_response_id":"resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e"}"#;
+    let mut s = head;
+    let mut i = 0;
+    while s.len() + tail.len() < target {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&tool(i));
+        i += 1;
+    }
+    s.push_str(tail);
+    Bytes::from(s)
+}
+
+const SMALL_FRAME: &[u8] = br#"{"type":"response.create","model":"gpt-5-codex","store":false,"previous_response_id":"resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"continue"}]}]}"#;
+
+const DELTA_EVENT: &[u8] = br#"{"type":"response.output_text.delta","sequence_number":57,"item_id":"msg_68f0c2a9e1d4819cb1f27a3e5d6c8b90","output_index":1,"content_index":0,"delta":" the","logprobs":[],"obfuscation":"Qm3xT9kLp2"}"#;
+
+const COMPLETED_EVENT: &[u8] = br#"{"type":"response.completed","sequence_number":212,"response":{"id":"resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e","object":"response","created_at":1760608929,"status":"completed","background":false,"error":null,"incomplete_details":null,"instructions":null,"max_output_tokens":null,"max_tool_calls":null,"model":"gpt-5-codex-2026-01","output":[{"id":"rs_68f0c2a4f1a0819c8e","type":"reasoning","summary":[]},{"id":"msg_68f0c2a9e1d4819cb1f27a3e5d6c8b90","type":"message","status":"completed","content":[{"type":"output_text","annotations":[],"logprobs":[],"text":"The failing test expected one idle connection after eviction; the pool kept two because the deadline check used <= instead of <. Fixed and re-ran: 42 passed."}],"role":"assistant"}],"parallel_tool_calls":false,"previous_response_id":"resp_68f0c29e7c10819ca4","prompt_cache_key":"0199f3c2-7d1e-7a40-b8f5-3c9a2e6d1f07","reasoning":{"effort":"medium","summary":"auto"},"safety_identifier":null,"service_tier":"default","store":false,"temperature":1.0,"text":{"format":{"type":"text"},"verbosity":"medium"},"tool_choice":"auto","tools":[],"top_logprobs":0,"top_p":1.0,"truncation":"disabled","usage":{"input_tokens":28411,"input_tokens_details":{"cached_tokens":27648},"output_tokens":412,"output_tokens_details":{"reasoning_tokens":256},"total_tokens":28823},"user":null,"metadata":{}}}"#;
+
+fn config() -> Criterion {
+    Criterion::default()
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20)
+}
+
+fn client_frame(c: &mut Criterion) {
+    let big = codex_frame(30 * 1024);
+    let parsed = ClientFrame::parse(&big).expect("codex frame parses");
+    assert_eq!(parsed.model.as_deref(), Some("gpt-5-codex"));
+    assert!(parsed.is_store_disabled());
+    assert_eq!(
+        parsed.previous_response_id.as_deref(),
+        Some("resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e")
+    );
+    assert_eq!(parsed.tool_output_call_ids.len(), 1);
+    let name = format!("client_frame/parse_codex_{}k", big.len() / 1024);
+    c.bench_function(&name, |b| {
+        b.iter(|| ClientFrame::parse(black_box(&big)).unwrap())
+    });
+    report_allocs(&name, || ClientFrame::parse(black_box(&big)).unwrap());
+
+    let small = ClientFrame::parse(SMALL_FRAME).expect("small frame parses");
+    assert!(small.tool_output_call_ids.is_empty());
+    let name = format!("client_frame/parse_small_{}b", SMALL_FRAME.len());
+    c.bench_function(&name, |b| {
+        b.iter(|| ClientFrame::parse(black_box(SMALL_FRAME)).unwrap())
+    });
+    report_allocs(&name, || {
+        ClientFrame::parse(black_box(SMALL_FRAME)).unwrap()
+    });
+}
+
+fn upstream_event(c: &mut Criterion) {
+    let ev = UpstreamEvent::classify(DELTA_EVENT).unwrap();
+    assert_eq!(ev.kind, EventKind::Token);
+    let name = "upstream/classify_output_text_delta";
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            UpstreamEvent::classify(black_box(DELTA_EVENT))
+                .unwrap()
+                .kind
+        })
+    });
+    report_allocs(name, || {
+        UpstreamEvent::classify(black_box(DELTA_EVENT))
+            .unwrap()
+            .kind
+    });
+
+    // Where the delta's allocations come from: sonic-rs's object iterator, which `classify`
+    // uses to find `type`. Creating it allocates its key buffer; each key it yields is a
+    // `Cow::Owned` copy (sonic-rs 0.5 turns even borrowed keys into owned strings).
+    report_allocs("sonic_rs/to_object_iter_new", || {
+        sonic_rs::to_object_iter(black_box(DELTA_EVENT))
+    });
+    report_allocs("sonic_rs/to_object_iter_first_key", || {
+        sonic_rs::to_object_iter(black_box(DELTA_EVENT))
+            .next()
+            .map(|r| r.map(|(k, _)| k.len()).ok())
+    });
+
+    let name = "upstream/classify_completed";
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            UpstreamEvent::classify(black_box(COMPLETED_EVENT))
+                .unwrap()
+                .kind
+        })
+    });
+    report_allocs(name, || {
+        UpstreamEvent::classify(black_box(COMPLETED_EVENT))
+            .unwrap()
+            .kind
+    });
+
+    let done = UpstreamEvent::classify(COMPLETED_EVENT).unwrap();
+    let usage = done.usage().expect("completed event has usage");
+    assert_eq!(usage.input_tokens, 28411);
+    assert_eq!(usage.cached_tokens, 27648);
+    assert_eq!(usage.reasoning_tokens, 256);
+    assert_eq!(
+        done.response_id().as_deref(),
+        Some("resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e")
+    );
+
+    let name = "upstream/completed_usage";
+    c.bench_function(name, |b| b.iter(|| black_box(&done).usage()));
+    report_allocs(name, || black_box(&done).usage());
+
+    let name = "upstream/completed_response_id";
+    c.bench_function(name, |b| b.iter(|| black_box(&done).response_id()));
+    report_allocs(name, || black_box(&done).response_id());
+
+    // What the relay does once per terminal event: classify, then read usage and id.
+    let name = "upstream/completed_classify_usage_id";
+    let all = || {
+        let ev = UpstreamEvent::classify(black_box(COMPLETED_EVENT)).unwrap();
+        (ev.usage(), ev.response_id().map(|c| c.len()))
+    };
+    c.bench_function(name, |b| b.iter(all));
+    report_allocs(name, all);
+}
+
+fn normalizer(c: &mut Criterion) {
+    let frame = codex_frame(30 * 1024);
+    let parsed = ClientFrame::parse(&frame).unwrap();
+
+    let empty = HashMap::new();
+    let (out, rw) = normalize(&frame, &parsed, &empty);
+    assert_eq!(rw, Rewrite::None);
+    assert_eq!(
+        out.as_ptr(),
+        frame.as_ptr(),
+        "unmapped frame must not be copied"
+    );
+    let name = "normalizer/normalize_no_map";
+    c.bench_function(name, |b| {
+        b.iter(|| normalize(black_box(&frame), &parsed, &empty))
+    });
+    report_allocs(name, || normalize(black_box(&frame), &parsed, &empty));
+
+    let map = HashMap::from([("gpt-5-codex".to_string(), "gpt-5-codex-2026-01".to_string())]);
+    let (out, rw) = normalize(&frame, &parsed, &map);
+    assert!(matches!(rw, Rewrite::ModelMapped { .. }));
+    assert!(out.len() > frame.len());
+    let name = "normalizer/normalize_mapped_30k";
+    c.bench_function(name, |b| {
+        b.iter(|| normalize(black_box(&frame), &parsed, &map))
+    });
+    report_allocs(name, || normalize(black_box(&frame), &parsed, &map));
+
+    let back = map_back(COMPLETED_EVENT, &rw).expect("completed event carries the model");
+    assert!(back.windows(22).any(|w| w == br#""model":"gpt-5-codex","#));
+    let name = "normalizer/map_back_completed";
+    c.bench_function(name, |b| {
+        b.iter(|| map_back(black_box(COMPLETED_EVENT), &rw))
+    });
+    report_allocs(name, || map_back(black_box(COMPLETED_EVENT), &rw));
+
+    // The per-event cost for every non-lifecycle event of a mapped session.
+    assert!(map_back(DELTA_EVENT, &rw).is_none());
+    let name = "normalizer/map_back_delta";
+    c.bench_function(name, |b| b.iter(|| map_back(black_box(DELTA_EVENT), &rw)));
+    report_allocs(name, || map_back(black_box(DELTA_EVENT), &rw));
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = client_frame, upstream_event, normalizer
+}
+criterion_main!(benches);
