@@ -93,8 +93,17 @@ pub struct UpstreamEvent<'a> {
 pub struct MalformedEvent;
 
 impl<'a> UpstreamEvent<'a> {
-    /// Reads only `type`, which upstream sends first: the scan stops there.
+    /// Reads only `type`, which upstream sends first: the scan stops there. Frames that start
+    /// with `{"type":"` and an unescaped value (every event upstream sends) are read without
+    /// touching the JSON parser, so classifying a delta allocates nothing.
     pub fn classify(raw: &'a [u8]) -> Result<Self, MalformedEvent> {
+        if let Some(event_type) = leading_type(raw) {
+            return Ok(UpstreamEvent {
+                raw,
+                kind: EventKind::of_type(event_type),
+                event_type: Cow::Borrowed(event_type),
+            });
+        }
         for item in sonic_rs::to_object_iter(raw) {
             let (key, value) = item.map_err(|_| MalformedEvent)?;
             if &*key == "type" {
@@ -167,6 +176,17 @@ impl<'a> UpstreamEvent<'a> {
         }
         Some(e)
     }
+}
+
+/// The value of a leading `"type"` key when it is a plain (unescaped) string.
+fn leading_type(raw: &[u8]) -> Option<&str> {
+    const PREFIX: &[u8] = b"{\"type\":\"";
+    let rest = raw.strip_prefix(PREFIX)?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    if rest[end] != b'"' {
+        return None;
+    }
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// An error reported by upstream inside an event.
@@ -300,6 +320,11 @@ mod tests {
             assert_eq!(EventKind::of_type(t), k, "{t}");
         }
         assert!(UpstreamEvent::classify(b"{\"delta\":1}").is_err());
+        let escaped =
+            UpstreamEvent::classify(br#"{"type":"response.output_text.del\u0074a"}"#).unwrap();
+        assert_eq!(escaped.kind, EventKind::Token);
+        let spaced = UpstreamEvent::classify(br#"{ "type" : "error" }"#).unwrap();
+        assert_eq!(spaced.kind, EventKind::Error);
         assert!(UpstreamEvent::classify(b"garbage").is_err());
     }
 
