@@ -6,10 +6,11 @@
 #
 #   perf/steady.sh [--rounds 3] [--connections 32] [--secs 5] [--payload 30000] [--shards 2]
 #                  [--rate TURNS_PER_SEC]   (open-loop cap; without it the load is closed-loop)
+#                  [--warmup]               (a generate:false warm-up before each turn, as Codex does)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ROUNDS=3 CONNS=32 SECS=5 PAYLOAD=30000 SHARDS=2 RATE=""
+ROUNDS=3 CONNS=32 SECS=5 PAYLOAD=30000 SHARDS=2 RATE="" WARMUP="" NAME=steady
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -18,6 +19,8 @@ while [[ $# -gt 0 ]]; do
     --payload) PAYLOAD=$2; shift 2 ;;
     --shards) SHARDS=$2; shift 2 ;;
     --rate) RATE=$2; shift 2 ;;
+    --warmup) WARMUP=1; shift ;;
+    --name) NAME=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -26,7 +29,7 @@ build
 start_mock --shards 1
 start_gateway "$SHARDS"
 start_nginx
-OUT="$ROOT/perf/out/steady-$(date +%Y%m%dT%H%M%S)"
+OUT="$ROOT/perf/out/$NAME-$(date +%Y%m%dT%H%M%S)"
 mkdir -p "$OUT"
 
 nginx_cpu() { local t=0; for p in $(pgrep -f "nginx: worker process" || true); do t=$(awk -v t="$t" '{print t + ($14 + $15) / 100}' "/proc/$p/stat"); done; echo "$t"; }
@@ -35,7 +38,7 @@ run_one() { # name url key round
   local before_gw before_ng
   before_gw=$(cpu_secs "$GW_PID"); before_ng=$(nginx_cpu)
   "$BIN" load --url "$2" --key "$3" --connections "$CONNS" --duration-secs "$SECS" \
-    --store-false-chain --payload-bytes "$PAYLOAD" ${RATE:+--rate "$RATE"} --json-out "$OUT/$1-$4.json" >/dev/null
+    --store-false-chain --payload-bytes "$PAYLOAD" ${RATE:+--rate "$RATE"} ${WARMUP:+--warmup} --json-out "$OUT/$1-$4.json" >/dev/null
   python3 - "$OUT/$1-$4.json" "$(cpu_secs "$GW_PID")" "$before_gw" "$(nginx_cpu)" "$before_ng" "$1" <<'PY'
 import json, sys
 path, gw_after, gw_before, ng_after, ng_before, name = sys.argv[1:]
@@ -59,7 +62,7 @@ names = ["direct", "nginx", "shardgate"]
 runs = {n: [json.load(open(f"{out}/{n}-{i}.json")) for i in range(1, rounds + 1)] for n in names}
 def med(n, f): return st.median(f(r) for r in runs[n])
 rows = []
-print(f"steady: {runs['direct'][0]['connections']} connections, {rounds} alternating rounds, payload {runs['direct'][0]['payload_bytes']} B (medians over rounds)")
+print(f"{out.rsplit('/', 1)[-1]}: {runs['direct'][0]['connections']} connections, {rounds} alternating rounds, payload {runs['direct'][0]['payload_bytes']} B (medians over rounds)")
 print(f"{'target':<10} {'turns/s':>9} {'ttft p50':>9} {'p95~p90':>9} {'p99':>8} {'p99.9':>8} {'evt p50':>8} {'evt p99':>8} {'errors':>7} {'cpu s/1k turns':>15}")
 summary = {}
 for n in names:
