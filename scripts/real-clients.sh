@@ -102,4 +102,4 @@ assert s["auth_failures"] == 0, s
 print("mock saw %d WebSocket turns, %d warm-ups, 0 previous_response_not_found" % (s["ws_turns_total"], s["generate_false_total"]))
 '
 if grep -q "sk-upstream-real\|sk-gw-real" "$work/gw.log"; then echo "a key appeared in the gateway log"; exit 1; fi
-echo "real clients: 2 passed, 0 failed"
+echo "real-clients: 2 passed, 0 failed"
