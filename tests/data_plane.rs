@@ -472,3 +472,30 @@ fn silent_upstream_handshake_times_out() {
     assert!(started.elapsed() < Duration::from_secs(2));
     holder.join().unwrap();
 }
+
+#[test]
+fn non_utf8_binary_frame_gets_error_event_and_keeps_the_connection() {
+    let up = mock();
+    let gw = gateway(config_for(&[up.base_url()], ""));
+    let mut c = connect(gw.addr());
+    let t1 = c.turn(&create("gpt-5", "one", false, None));
+    let mut bad = br#"{"type":"response.create","model":"gpt-5","input":""#.to_vec();
+    bad.extend_from_slice(&[0xff, 0xfe]);
+    bad.extend_from_slice(br#""}"#);
+    c.ws.send(shardgate::tungstenite::Message::binary(bad))
+        .unwrap();
+    let t = c.read_turn();
+    assert_eq!(
+        t.error_code().as_deref(),
+        Some("invalid_json"),
+        "{:?}",
+        t.events
+    );
+    let t2 = c.turn(&create("gpt-5", "two", false, t1.response_id().as_deref()));
+    assert_eq!(t2.last_type(), "response.completed");
+    assert_eq!(
+        t2.conn_id(),
+        t1.conn_id(),
+        "a client's bad frame cost the session its connection"
+    );
+}

@@ -138,16 +138,14 @@ impl Session {
 
     /// Handles one client frame between turns; returns a frame that preempted the turn, if any.
     async fn turn(&mut self, frame: Bytes) -> Result<Option<Bytes>, End> {
-        let parsed = match ClientFrame::parse(&frame) {
+        let parsed = match std::str::from_utf8(&frame)
+            .map_err(|_| "frame is not valid UTF-8".to_string())
+            .and_then(|_| ClientFrame::parse(&frame).map_err(|e| e.to_string()))
+        {
             Ok(p) => p,
             Err(e) => {
                 bump(&self.shard.counters.client_frame_errors);
-                let err = GatewayError::new(
-                    400,
-                    ErrorType::InvalidRequest,
-                    "invalid_json",
-                    e.to_string(),
-                );
+                let err = GatewayError::new(400, ErrorType::InvalidRequest, "invalid_json", e);
                 self.send_event(err.to_event()).await?;
                 return Ok(None);
             }
