@@ -499,3 +499,30 @@ fn non_utf8_binary_frame_gets_error_event_and_keeps_the_connection() {
         "a client's bad frame cost the session its connection"
     );
 }
+
+#[test]
+fn model_is_mapped_upstream_and_back_for_the_client() {
+    let up = mock();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\n[[accounts]]\nid = \"a\"\nbase_url = \"{}\"\napi_key = \"{ACCOUNT_KEY}\"\nmodel_map = {{ \"gpt-5\" = \"gpt-5-upstream\" }}\n",
+        up.base_url()
+    );
+    let gw = gateway(parse_config(&text));
+    let mut c = connect(gw.addr());
+    let t = c.turn(&create("gpt-5", "mapped", false, None));
+    assert_eq!(t.last_type(), "response.completed");
+    let last = t.events.last().unwrap();
+    assert_eq!(
+        last["response"]["model"].as_str(),
+        Some("gpt-5"),
+        "client sees its own model"
+    );
+    for e in t.events.iter().filter(|e| e.get("response").is_some()) {
+        assert_eq!(e["response"]["model"].as_str(), Some("gpt-5"), "{e:?}");
+    }
+    let seen = up.stats().models_seen;
+    assert!(
+        seen.contains("gpt-5-upstream") && !seen.contains("gpt-5"),
+        "{seen:?}"
+    );
+}

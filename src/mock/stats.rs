@@ -34,6 +34,8 @@ pub struct MockStats {
     pub last_handshake_headers: BTreeMap<String, String>,
     /// Warm-up turns (`generate: false`).
     pub generate_false_total: u64,
+    /// Distinct `model` values of the turns received (to check model mapping upstream).
+    pub models_seen: BTreeSet<String>,
     /// Turns refused with `previous_response_not_found`.
     pub previous_response_not_found_total: u64,
     /// Turns refused because a `function_call_output` had no matching call.

@@ -95,6 +95,9 @@ pub fn begin(
         if !req.generate {
             s.generate_false_total += 1;
         }
+        if !s.models_seen.contains(&req.model) {
+            s.models_seen.insert(req.model.clone());
+        }
     });
     let mut directives = Directives::defaults(&shared.cfg);
     directives.apply_in_band(req.mock_directives.as_deref(), &req.input_json);

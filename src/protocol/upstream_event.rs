@@ -119,6 +119,12 @@ impl<'a> UpstreamEvent<'a> {
         Err(MalformedEvent)
     }
 
+    /// `true` for lifecycle events that carry the `response` object (and so its `model`).
+    pub fn carries_response(&self) -> bool {
+        matches!(self.kind, EventKind::Created | EventKind::Terminal(_))
+            || self.event_type == "response.in_progress"
+    }
+
     /// The `response` object of a lifecycle event, if present.
     fn response(&self) -> Option<LazyValue<'a>> {
         sonic_rs::get_from_slice(self.raw, ["response"]).ok()

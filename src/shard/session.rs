@@ -138,10 +138,15 @@ impl Session {
 
     /// Handles one client frame between turns; returns a frame that preempted the turn, if any.
     async fn turn(&mut self, frame: Bytes) -> Result<Option<Bytes>, End> {
-        let parsed = match std::str::from_utf8(&frame)
+        // Validated once here, before any lease: a bad frame never costs the session its
+        // connection, and an unrewritten frame goes upstream as this very buffer.
+        let parsed = match Utf8Bytes::try_from(frame.clone())
             .map_err(|_| "frame is not valid UTF-8".to_string())
-            .and_then(|_| ClientFrame::parse(&frame).map_err(|e| e.to_string()))
-        {
+            .and_then(|text| {
+                ClientFrame::parse(&frame)
+                    .map(|p| (text, p))
+                    .map_err(|e| e.to_string())
+            }) {
             Ok(p) => p,
             Err(e) => {
                 bump(&self.shard.counters.client_frame_errors);
@@ -150,6 +155,7 @@ impl Session {
                 return Ok(None);
             }
         };
+        let (text, parsed) = parsed;
         if parsed.kind() != ClientEventKind::ResponseCreate {
             bump(&self.shard.counters.client_frame_errors);
             let t = parsed.event_type.as_deref().unwrap_or_default();
@@ -182,6 +188,22 @@ impl Session {
             let model_map = &lease.pool().account.config.model_map;
             let (payload, rewrite) = normalizer::normalize(&frame, &parsed, model_map);
             let reused = lease.reused || lease.conn().turns > 0;
+            let payload = match rewrite {
+                Rewrite::None => text.clone(),
+                Rewrite::ModelMapped { .. } => match Utf8Bytes::try_from(payload) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        let err = GatewayError::new(
+                            500,
+                            ErrorType::Server,
+                            "rewrite_failed",
+                            "the rewritten frame is not valid UTF-8",
+                        );
+                        self.send_event(err.to_event()).await?;
+                        return Ok(None);
+                    }
+                },
+            };
             let outcome = self.relay(payload, &rewrite).await;
             match outcome {
                 TurnOutcome::Terminal {
@@ -300,7 +322,7 @@ impl Session {
     }
 
     /// Sends one frame upstream and relays events until the turn ends.
-    async fn relay(&mut self, payload: Bytes, rewrite: &Rewrite) -> TurnOutcome {
+    async fn relay(&mut self, text: Utf8Bytes, rewrite: &Rewrite) -> TurnOutcome {
         let event_timeout = self.shard.config.upstream.event_timeout;
         let Some(lease) = self.lease.as_mut() else {
             return TurnOutcome::UpstreamFailed {
@@ -309,20 +331,6 @@ impl Session {
             };
         };
         let upstream = &mut lease.conn().ws;
-        let text = match Utf8Bytes::try_from(payload) {
-            Ok(t) => t,
-            Err(_) => {
-                return TurnOutcome::UpstreamFailed {
-                    relayed: false,
-                    error: GatewayError::new(
-                        400,
-                        ErrorType::InvalidRequest,
-                        "invalid_json",
-                        "frame is not valid UTF-8",
-                    ),
-                }
-            }
-        };
         if let Err(e) = upstream.send(Message::Text(text)).await {
             return TurnOutcome::UpstreamFailed {
                 relayed: false,
@@ -489,18 +497,13 @@ fn classify_upstream(msg: Option<Result<Message, WsError>>, rewrite: &Rewrite) -
         EventKind::Error => Some(TurnOutcome::UpstreamErrorEvent),
         _ => None,
     };
-    let out = match kind {
-        EventKind::Created | EventKind::Terminal(_) => {
-            match normalizer::map_back(text.as_bytes(), rewrite) {
-                Some(mapped) => match Utf8Bytes::try_from(Bytes::from(mapped)) {
-                    Ok(t) => Message::Text(t),
-                    Err(_) => Message::Text(text),
-                },
-                None => Message::Text(text),
-            }
-        }
-        _ => Message::Text(text),
+    let mapped = if event.carries_response() {
+        normalizer::map_back(text.as_bytes(), rewrite)
+            .and_then(|m| Utf8Bytes::try_from(Bytes::from(m)).ok())
+    } else {
+        None
     };
+    let out = Message::Text(mapped.unwrap_or(text));
     Step::Relay(out, outcome)
 }
 
