@@ -54,6 +54,8 @@ api_key = "sk-mock"
 max_conns = 4096
 [log]
 level = "warn"
+[usage]
+path = "$WORK/usage.jsonl"
 TOML
   "$BIN" serve --config "$WORK/gw.toml" >"$WORK/gw.log" 2>&1 &
   PIDS+=($!)

@@ -82,6 +82,10 @@ pub struct Config {
     pub accounts: Vec<Account>,
     /// Logging.
     pub log: LogConfig,
+    /// Sticky state (response bindings, session chains, pending calls).
+    pub state: StateConfig,
+    /// Usage records (billing).
+    pub usage: UsageConfig,
 }
 
 /// `[server]`: the client-facing side.
@@ -99,6 +103,14 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Concurrent WebSocket sessions allowed per client key on one shard (0 = no cap).
     pub max_sessions_per_key: usize,
+    /// Unix socket for `shardgate stats` (created with mode 0600); `None` = off.
+    pub stats_socket: Option<PathBuf>,
+    /// Admin HTTP listener serving `GET /metrics`; `None` = off.
+    pub admin_listen: Option<SocketAddr>,
+    /// How often shards ship their measurements to the control thread.
+    pub stats_interval: Duration,
+    /// Length of the rolling window the control thread keeps next to the totals.
+    pub stats_window: Duration,
 }
 
 /// `[upstream]`: how the gateway talks to the accounts.
@@ -118,6 +130,94 @@ pub struct UpstreamConfig {
     pub acquire_timeout: Duration,
     /// Largest WebSocket message accepted from upstream.
     pub max_message_bytes: usize,
+    /// Send every account's requests over HTTP/SSE (rollback switch).
+    pub force_http: bool,
+    /// Retry policy for retryable upstream failures.
+    pub retry: RetryConfig,
+    /// Per-account-slice circuit breaker.
+    pub breaker: BreakerConfig,
+}
+
+/// `[upstream]` retry keys: exponential backoff with full jitter.
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    /// Attempts per request, the first one included.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt (upper bound of the jitter).
+    pub base: Duration,
+    /// Largest backoff.
+    pub cap: Duration,
+}
+
+/// `[upstream]` breaker keys.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub consecutive_failures: u32,
+    /// Failure share over `window` that opens it (with at least `min_requests` requests seen).
+    pub failure_rate: f64,
+    /// Window the failure share is measured over.
+    pub window: Duration,
+    /// Requests the window needs before the rate counts.
+    pub min_requests: u32,
+    /// How long an open breaker stays open before one probe is let through.
+    pub cooldown: Duration,
+}
+
+/// Where sticky state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// In the control thread's memory: one host, nothing to install.
+    Embedded,
+    /// In Redis, shared by every gateway host.
+    Redis,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// Which store.
+    pub backend: StateBackend,
+    /// Redis URL (used when `backend = "redis"`, and by the Redis usage sink by default).
+    pub redis_url: Option<Secret>,
+    /// Lifetime of a binding (a response lives upstream about this long).
+    pub ttl: Duration,
+    /// Timeout of one Redis call.
+    pub redis_timeout: Duration,
+    /// This host's name in bindings (defaults to the hostname).
+    pub instance: String,
+}
+
+/// Where usage records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageSinkKind {
+    /// Append-only JSONL file.
+    File,
+    /// A Redis stream.
+    Redis,
+}
+
+/// `[usage]`.
+#[derive(Debug, Clone)]
+pub struct UsageConfig {
+    /// Which sink.
+    pub sink: UsageSinkKind,
+    /// JSONL file for `sink = "file"`.
+    pub path: PathBuf,
+    /// Rotate the file when it grows past this many bytes.
+    pub rotate_bytes: u64,
+    /// Longest time a written record waits for its fsync.
+    pub fsync_interval: Duration,
+    /// Redis URL for `sink = "redis"` (defaults to `[state] redis_url`).
+    pub redis_url: Option<Secret>,
+    /// Stream key for `sink = "redis"`.
+    pub stream: String,
+    /// Directory of the on-disk spool used while the sink is down.
+    pub spool_dir: PathBuf,
+    /// Largest spool size; past it the oldest spooled records are kept and new ones counted as dropped.
+    pub spool_max_bytes: u64,
 }
 
 /// `[[client_keys]]`: one key a client may present.
@@ -274,6 +374,10 @@ struct RawConfig {
     accounts: Vec<RawAccount>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    usage: RawUsage,
 }
 
 #[derive(Deserialize, Default)]
@@ -285,6 +389,10 @@ struct RawServer {
     first_message_timeout_secs: Option<f64>,
     idle_timeout_secs: Option<f64>,
     max_sessions_per_key: Option<usize>,
+    stats_socket: Option<PathBuf>,
+    admin_listen: Option<String>,
+    stats_interval_ms: Option<u64>,
+    stats_window_secs: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -297,6 +405,40 @@ struct RawUpstream {
     queue_per_conn: Option<usize>,
     acquire_timeout_ms: Option<u64>,
     max_message_bytes: Option<usize>,
+    force_http: Option<bool>,
+    retry_max_attempts: Option<u32>,
+    retry_base_ms: Option<u64>,
+    retry_cap_ms: Option<u64>,
+    breaker_failures: Option<u32>,
+    breaker_failure_rate: Option<f64>,
+    breaker_window_secs: Option<f64>,
+    breaker_min_requests: Option<u32>,
+    breaker_cooldown_secs: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    backend: Option<StateBackend>,
+    redis_url: Option<String>,
+    redis_url_env: Option<String>,
+    ttl_secs: Option<f64>,
+    redis_timeout_ms: Option<u64>,
+    instance: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUsage {
+    sink: Option<UsageSinkKind>,
+    path: Option<PathBuf>,
+    rotate_bytes: Option<u64>,
+    fsync_interval_ms: Option<u64>,
+    redis_url: Option<String>,
+    redis_url_env: Option<String>,
+    stream: Option<String>,
+    spool_dir: Option<PathBuf>,
+    spool_max_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -373,6 +515,27 @@ fn secret(
     }
 }
 
+fn optional_secret(
+    key_path: &str,
+    inline: Option<String>,
+    env_path: &str,
+    env: Option<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, ConfigError> {
+    if inline.is_none() && env.is_none() {
+        return Ok(None);
+    }
+    secret(key_path, inline, env_path, env, lookup).map(Some)
+}
+
+fn default_instance() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "shardgate".into())
+}
+
 impl Config {
     /// Reads and validates a config file, taking `*_env` secrets from the process environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -418,6 +581,15 @@ impl Config {
             )?,
             idle_timeout: secs("server.idle_timeout_secs", s.idle_timeout_secs, 300.0)?,
             max_sessions_per_key: s.max_sessions_per_key.unwrap_or(0),
+            stats_socket: s.stats_socket,
+            admin_listen: match s.admin_listen.as_deref() {
+                None | Some("") | Some("off") => None,
+                Some(a) => Some(a.parse().map_err(|_| {
+                    invalid("server.admin_listen", format!("`{a}` is not an ip:port"))
+                })?),
+            },
+            stats_interval: millis("server.stats_interval_ms", s.stats_interval_ms, 1_000)?,
+            stats_window: secs("server.stats_window_secs", s.stats_window_secs, 60.0)?,
         };
 
         let u = raw.upstream;
@@ -438,7 +610,44 @@ impl Config {
             queue_per_conn,
             acquire_timeout: millis("upstream.acquire_timeout_ms", u.acquire_timeout_ms, 30_000)?,
             max_message_bytes: u.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            force_http: u.force_http.unwrap_or(false),
+            retry: RetryConfig {
+                max_attempts: match u.retry_max_attempts.unwrap_or(3) {
+                    0 => return Err(invalid("upstream.retry_max_attempts", "must be at least 1")),
+                    n => n,
+                },
+                base: millis("upstream.retry_base_ms", u.retry_base_ms, 100)?,
+                cap: millis("upstream.retry_cap_ms", u.retry_cap_ms, 2_000)?,
+            },
+            breaker: BreakerConfig {
+                consecutive_failures: match u.breaker_failures.unwrap_or(5) {
+                    0 => return Err(invalid("upstream.breaker_failures", "must be at least 1")),
+                    n => n,
+                },
+                failure_rate: match u.breaker_failure_rate.unwrap_or(0.5) {
+                    r if r > 0.0 && r <= 1.0 => r,
+                    _ => {
+                        return Err(invalid(
+                            "upstream.breaker_failure_rate",
+                            "must be in (0, 1]",
+                        ))
+                    }
+                },
+                window: secs("upstream.breaker_window_secs", u.breaker_window_secs, 10.0)?,
+                min_requests: u.breaker_min_requests.unwrap_or(20),
+                cooldown: secs(
+                    "upstream.breaker_cooldown_secs",
+                    u.breaker_cooldown_secs,
+                    30.0,
+                )?,
+            },
         };
+        if upstream.retry.cap < upstream.retry.base {
+            return Err(invalid(
+                "upstream.retry_cap_ms",
+                "must not be below upstream.retry_base_ms",
+            ));
+        }
         if upstream.max_conn_age > Duration::from_secs(3600) {
             return Err(invalid(
                 "upstream.max_conn_age_secs",
@@ -543,12 +752,65 @@ impl Config {
             level: raw.log.level.unwrap_or_else(|| "info".into()),
         };
 
+        let st = raw.state;
+        let state_redis = optional_secret(
+            "state.redis_url",
+            st.redis_url,
+            "state.redis_url_env",
+            st.redis_url_env,
+            env,
+        )?;
+        let state = StateConfig {
+            backend: st.backend.unwrap_or(StateBackend::Embedded),
+            redis_url: state_redis,
+            ttl: secs("state.ttl_secs", st.ttl_secs, 3600.0)?,
+            redis_timeout: millis("state.redis_timeout_ms", st.redis_timeout_ms, 3_000)?,
+            instance: st.instance.unwrap_or_else(default_instance),
+        };
+        if state.backend == StateBackend::Redis && state.redis_url.is_none() {
+            return Err(invalid(
+                "state.redis_url",
+                "required when state.backend = \"redis\"",
+            ));
+        }
+
+        let us = raw.usage;
+        let usage_redis = optional_secret(
+            "usage.redis_url",
+            us.redis_url,
+            "usage.redis_url_env",
+            us.redis_url_env,
+            env,
+        )?
+        .or_else(|| state.redis_url.clone());
+        let usage = UsageConfig {
+            sink: us.sink.unwrap_or(UsageSinkKind::File),
+            path: us.path.unwrap_or_else(|| PathBuf::from("usage.jsonl")),
+            rotate_bytes: us.rotate_bytes.unwrap_or(256 * 1024 * 1024),
+            fsync_interval: millis("usage.fsync_interval_ms", us.fsync_interval_ms, 200)?,
+            redis_url: usage_redis,
+            stream: us.stream.unwrap_or_else(|| "shardgate:usage".into()),
+            spool_dir: us.spool_dir.unwrap_or_else(|| PathBuf::from("usage-spool")),
+            spool_max_bytes: us.spool_max_bytes.unwrap_or(1024 * 1024 * 1024),
+        };
+        if usage.sink == UsageSinkKind::Redis && usage.redis_url.is_none() {
+            return Err(invalid(
+                "usage.redis_url",
+                "required when usage.sink = \"redis\" (or set state.redis_url)",
+            ));
+        }
+        if usage.rotate_bytes < 4096 {
+            return Err(invalid("usage.rotate_bytes", "must be at least 4096"));
+        }
+
         Ok(Config {
             server,
             upstream,
             client_keys,
             accounts,
             log,
+            state,
+            usage,
         })
     }
 }

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::control::{ControlHandle, ControlThread};
 use crate::runtime;
 use crate::shard::{self, Shard};
 
@@ -24,6 +25,9 @@ pub enum StartError {
     /// A shard could not be prepared (TLS setup of an account).
     #[error("shard setup failed: {0}")]
     Setup(String),
+    /// The control thread could not be started.
+    #[error("control thread: {0}")]
+    Control(#[from] crate::control::ControlError),
     /// A shard thread could not be started.
     #[error("cannot start shard thread: {0}")]
     Thread(io::Error),
@@ -34,6 +38,8 @@ pub struct Gateway {
     addr: SocketAddr,
     stops: Vec<futures_channel::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    control: Option<ControlThread>,
+    handle: ControlHandle,
 }
 
 impl Gateway {
@@ -59,8 +65,10 @@ impl Gateway {
                 .map_err(|source| StartError::Bind { addr, source })?;
             listeners.push(Some(l));
         }
+        let (handle, control) = ControlThread::start(config.clone())?;
         // Check every shard can be built before starting any (a bad CA file fails here).
-        Shard::new(0, config.clone()).map_err(|e| StartError::Setup(e.to_string()))?;
+        Shard::new(0, config.clone(), handle.clone())
+            .map_err(|e| StartError::Setup(e.to_string()))?;
 
         let mut stops = Vec::with_capacity(shards);
         let mut threads = Vec::with_capacity(shards);
@@ -70,11 +78,12 @@ impl Gateway {
             let (stop_tx, stop_rx) = futures_channel::oneshot::channel();
             stops.push(stop_tx);
             let cfg = config.clone();
+            let to_control = handle.clone();
             let ready = ready_tx.clone();
             let cpu = (shards <= cpus.len()).then(|| cpus[id]);
             let handle = runtime::spawn_executor(&format!("shard-{id}"), cpu, move || async move {
                 let listener = runtime::adopt_listener(listener);
-                let shard = match Shard::new(id, cfg) {
+                let shard = match Shard::new(id, cfg, to_control) {
                     Ok(s) => Rc::new(s),
                     Err(e) => {
                         let _ = ready.send(Err(e.to_string()));
@@ -99,12 +108,19 @@ impl Gateway {
             addr,
             stops,
             threads,
+            control: Some(control),
+            handle,
         })
     }
 
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The queue to the control thread (for tools and tests that read its counters).
+    pub fn control(&self) -> &ControlHandle {
+        &self.handle
     }
 
     /// Stops accepting and waits for every shard thread to finish.
@@ -117,6 +133,9 @@ impl Gateway {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
     }
 
     fn shutdown(&mut self) {
@@ -125,6 +144,9 @@ impl Gateway {
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        if let Some(c) = self.control.take() {
+            c.stop();
         }
     }
 }

@@ -8,18 +8,25 @@
 //! - [`net`]: transports below WebSocket: plain TCP or TLS upstream streams.
 //! - [`shard`]: the data plane. One per core: listener and HTTP/WebSocket ingress, the relay loop
 //!   of each client session, the upstream WebSocket client and the per-account connection pools.
+//! - [`control`]: the control thread: usage sink, stats aggregation (and, later, state), fed
+//!   by shards through a non-blocking queue.
+//! - [`metrics`]: per-shard HdrHistograms and the snapshots shards ship to the control thread.
+//! - [`usage`]: usage records (billing) and their durable sink.
 //! - [`load`]: the load generator (`shardgate load`): client sessions measured with HdrHistogram.
 //! - [`mock`]: a scriptable upstream that speaks the Responses WebSocket protocol, for tests and
 //!   `perf/`.
 
 pub mod config;
+pub mod control;
 pub mod gateway;
 pub mod load;
+pub mod metrics;
 pub mod mock;
 pub mod net;
 pub mod protocol;
 pub mod runtime;
 pub mod shard;
+pub mod usage;
 
 /// The WebSocket implementation, re-exported so tests and tools use the same version.
 pub use async_tungstenite::tungstenite;

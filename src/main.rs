@@ -66,16 +66,21 @@ fn init_logging(log: &LogConfig) {
 fn demo(listen: &str) -> anyhow::Result<()> {
     let mock = shardgate::mock::start(shardgate::mock::MockConfig::default())
         .context("starting the bundled mock upstream")?;
+    let usage = std::env::temp_dir().join("shardgate-demo-usage.jsonl");
     let text = format!(
         "[server]\nlisten = \"{listen}\"\n[[client_keys]]\nkey = \"sk-gw-local\"\nid = \"demo\"\n\
-         [[accounts]]\nid = \"mock\"\nbase_url = \"{}\"\napi_key = \"sk-mock\"\nmax_conns = 64\n",
-        mock.base_url()
+         [[accounts]]\nid = \"mock\"\nbase_url = \"{}\"\napi_key = \"sk-mock\"\nmax_conns = 64\n\
+         [usage]\npath = \"{}\"\n",
+        mock.base_url(),
+        usage.display()
     );
     let config = Config::parse(&text, &|_| None).context("building the demo config")?;
     eprintln!(
         "shardgate: no --config given, running the offline demo against the bundled mock upstream at {}\n\
-         shardgate: point a client at http://{listen}/v1 with API key sk-gw-local",
-        mock.base_url()
+         shardgate: point a client at http://{listen}/v1 with API key sk-gw-local\n\
+         shardgate: usage records go to {}",
+        mock.base_url(),
+        usage.display()
     );
     let result = serve(config);
     mock.stop();

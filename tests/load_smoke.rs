@@ -12,10 +12,13 @@ const CLIENT_KEY: &str = "sk-gw-load";
 #[test]
 fn four_connections_five_turns_each() {
     let mock = shardgate::mock::start(MockConfig::default()).expect("mock starts");
+    let dir = tempfile::tempdir().expect("tempdir");
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"load\"\n\
-         [[accounts]]\nid = \"acct-0\"\nbase_url = \"{}\"\napi_key = \"sk-upstream\"\nmax_conns = 8\n",
-        mock.base_url()
+         [[accounts]]\nid = \"acct-0\"\nbase_url = \"{}\"\napi_key = \"sk-upstream\"\nmax_conns = 8\n\
+         [usage]\npath = \"{}\"\n",
+        mock.base_url(),
+        dir.path().join("usage.jsonl").display()
     );
     let config = Config::parse(&text, &|_| None).expect("config is valid");
     let gateway = Gateway::start(config).expect("gateway starts");

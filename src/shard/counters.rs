@@ -1,51 +1,119 @@
 //! Per-shard counters: plain cells, touched only by the shard's own thread.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
-/// Events a shard counts. Read by stats snapshots; never shared across threads.
-#[derive(Debug, Default)]
-pub struct ShardCounters {
+macro_rules! shard_counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// Events a shard counts. Read by stats snapshots; never shared across threads.
+        #[derive(Debug, Default)]
+        pub struct ShardCounters {
+            $($(#[doc = $doc])* pub $name: Cell<u64>,)*
+            /// Counters with a label (reason, account, close code): `(family, label) → count`.
+            /// Bumped on failures and dials only, never per event.
+            pub labeled: RefCell<HashMap<(&'static str, String), u64>>,
+        }
+
+        impl ShardCounters {
+            /// Every plain counter by name, for snapshots.
+            pub fn values(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.get()),)*]
+            }
+        }
+    };
+}
+
+shard_counters! {
     /// Client connections accepted.
-    pub connections: Cell<u64>,
+    connections,
     /// WebSocket sessions started.
-    pub sessions: Cell<u64>,
+    sessions,
     /// WebSocket sessions currently open.
-    pub sessions_open: Cell<u64>,
+    sessions_open,
     /// Requests refused before upgrade for a missing or wrong key.
-    pub auth_failures: Cell<u64>,
+    auth_failures,
     /// Requests refused as malformed (HTTP or WebSocket handshake).
-    pub bad_requests: Cell<u64>,
+    bad_requests,
     /// Requests for unknown routes.
-    pub not_found: Cell<u64>,
+    not_found,
     /// Sessions refused by the per-key cap.
-    pub session_cap_rejections: Cell<u64>,
+    session_cap_rejections,
     /// Turns started.
-    pub turns: Cell<u64>,
+    turns,
     /// Turns that ended with `response.completed`.
-    pub turns_completed: Cell<u64>,
+    turns_completed,
     /// Turns that ended with another terminal event.
-    pub turns_other_terminal: Cell<u64>,
+    turns_other_terminal,
     /// Turns that ended with an upstream `error` event.
-    pub turns_upstream_error: Cell<u64>,
+    turns_upstream_error,
     /// Turns that failed on the gateway's side of upstream (dial, I/O, close, timeout).
-    pub turns_failed: Cell<u64>,
+    turns_failed,
     /// Turns cut short because the client left.
-    pub turns_client_gone: Cell<u64>,
+    turns_client_gone,
     /// Turns ended early by a new `response.create`.
-    pub turns_preempted: Cell<u64>,
+    turns_preempted,
     /// Turns retried once on a fresh connection after a stale pooled one failed.
-    pub stale_retries: Cell<u64>,
+    stale_retries,
     /// Client frames answered with an error event (invalid JSON, unknown type).
-    pub client_frame_errors: Cell<u64>,
+    client_frame_errors,
     /// Messages over the size limit (either side).
-    pub oversize_messages: Cell<u64>,
+    oversize_messages,
     /// Upstream events relayed to clients.
-    pub events_relayed: Cell<u64>,
+    events_relayed,
     /// Sessions that panicked (contained; the shard went on).
-    pub session_panics: Cell<u64>,
+    session_panics,
+    /// Messages to the control thread dropped because its queue was full.
+    control_queue_drops,
 }
 
 /// Adds one to a counter.
 pub fn bump(c: &Cell<u64>) {
     c.set(c.get() + 1);
+}
+
+impl ShardCounters {
+    /// Adds one to the labeled counter `family{label}` (e.g. `retries{timeout}`).
+    pub fn bump_labeled(&self, family: &'static str, label: &str) {
+        let mut map = self.labeled.borrow_mut();
+        match map.get_mut(&(family, label.to_string())) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert((family, label.to_string()), 1);
+            }
+        }
+    }
+
+    /// Every labeled counter, for snapshots.
+    pub fn labeled_values(&self) -> Vec<(&'static str, String, u64)> {
+        self.labeled
+            .borrow()
+            .iter()
+            .map(|((f, l), n)| (*f, l.clone(), *n))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_name_every_counter_and_labels_add_up() {
+        let c = ShardCounters::default();
+        bump(&c.turns);
+        bump(&c.turns);
+        c.bump_labeled("retries", "timeout");
+        c.bump_labeled("retries", "timeout");
+        c.bump_labeled("retries", "5xx");
+        assert!(c.values().contains(&("turns", 2)));
+        let mut l = c.labeled_values();
+        l.sort();
+        assert_eq!(
+            l,
+            vec![
+                ("retries", "5xx".to_string(), 1),
+                ("retries", "timeout".to_string(), 2)
+            ]
+        );
+    }
 }

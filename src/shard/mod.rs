@@ -24,6 +24,8 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 
 use crate::config::{Config, UpstreamConfig};
+use crate::control::{ControlHandle, ShardMsg};
+use crate::metrics::{ShardMetrics, ShardSnapshot};
 use crate::runtime::{self, TcpListener};
 
 use account::{AccountRuntime, AccountSetupError};
@@ -45,6 +47,10 @@ pub struct Shard {
     pub groups: HashMap<String, Vec<usize>>,
     /// Counters.
     pub counters: ShardCounters,
+    /// Latency histograms.
+    pub metrics: ShardMetrics,
+    /// The queue to the control thread.
+    pub control: ControlHandle,
     sessions_per_key: RefCell<HashMap<String, usize>>,
     rr: Cell<usize>,
 }
@@ -59,7 +65,11 @@ pub fn budget_share(total: usize, shards: usize, shard: usize) -> usize {
 
 impl Shard {
     /// Builds shard `id`'s state: key table, accounts and pools.
-    pub fn new(id: usize, config: Arc<Config>) -> Result<Self, AccountSetupError> {
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        control: ControlHandle,
+    ) -> Result<Self, AccountSetupError> {
         let upstream: Rc<UpstreamConfig> = Rc::new(config.upstream.clone());
         let next_conn_id = Rc::new(Cell::new((id as u64) << 48));
         let mut pools = Vec::with_capacity(config.accounts.len());
@@ -81,6 +91,8 @@ impl Shard {
             pools,
             groups,
             counters: ShardCounters::default(),
+            metrics: ShardMetrics::default(),
+            control,
             sessions_per_key: RefCell::new(HashMap::new()),
             rr: Cell::new(0),
             config,
@@ -107,6 +119,19 @@ impl Shard {
             .sessions_open
             .set(self.counters.sessions_open.get() + 1);
         true
+    }
+
+    /// Ships this interval's histograms and the counter totals to the control thread.
+    pub fn ship_snapshot(&self) {
+        let snap = ShardSnapshot {
+            shard: self.id,
+            hists: self.metrics.take_interval(),
+            counters: self.counters.values(),
+            labeled: self.counters.labeled_values(),
+        };
+        if !self.control.send(ShardMsg::Snapshot(Box::new(snap))) {
+            bump(&self.counters.control_queue_drops);
+        }
     }
 
     /// Counts a session of `key_id` as closed.
@@ -155,8 +180,16 @@ pub async fn run(
             });
         }
     };
-    futures_lite::future::or(accept_loop, async {
+    let interval = shard.config.server.stats_interval;
+    let ship_loop = async {
+        loop {
+            runtime::sleep(interval).await;
+            shard.ship_snapshot();
+        }
+    };
+    futures_lite::future::or(futures_lite::future::or(accept_loop, ship_loop), async {
         let _ = shutdown.await;
     })
     .await;
+    shard.ship_snapshot();
 }

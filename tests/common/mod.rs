@@ -31,12 +31,32 @@ pub fn config_for(base_urls: &[String], extra: &str) -> Config {
             "[[accounts]]\nid = \"acct-{i}\"\nbase_url = \"{url}\"\napi_key = \"{ACCOUNT_KEY}\"\nmax_conns = 8\n"
         ));
     }
-    Config::parse(&text, &|_| None).expect("test config is valid")
+    parse_config(&text)
+}
+
+/// A path in a fresh scratch directory of this test process (never the working directory).
+pub fn scratch_file(name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "shardgate-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir.join(name)
 }
 
 /// Parses a config text as-is.
 pub fn parse_config(text: &str) -> Config {
-    Config::parse(text, &|_| None).expect("test config is valid")
+    let mut text = text.to_string();
+    if !text.contains("[usage]") {
+        text.push_str(&format!(
+            "\n[usage]\npath = \"{}\"\n",
+            scratch_file("usage.jsonl").display()
+        ));
+    }
+    Config::parse(&text, &|_| None).expect("test config is valid")
 }
 
 /// Starts a gateway in this process.

@@ -1,0 +1,165 @@
+//! The control thread: everything slow or global, kept off the shards.
+//!
+//! Shards talk to it only through [`ControlHandle::send`], a non-blocking `try_send` on a bounded
+//! crossbeam queue: a full queue is counted and the message dropped, a shard never waits. The
+//! thread owns the usage sink and the stats aggregation; it ticks on a timer to flush and roll
+//! windows, and drains everything on shutdown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
+
+use crate::config::Config;
+use crate::metrics::aggregate::Aggregator;
+use crate::metrics::ShardSnapshot;
+use crate::usage::writer::{UsageWriter, UsageWriterError};
+use crate::usage::UsageRecord;
+
+/// Capacity of the shard → control queue.
+pub const QUEUE_CAPACITY: usize = 65_536;
+
+/// A message from a shard.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A turn ended: write its usage record.
+    Usage(Box<UsageRecord>),
+    /// A shard's measurements for the last interval.
+    Snapshot(Box<ShardSnapshot>),
+}
+
+/// Why the control thread could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The usage sink could not be opened.
+    #[error("usage sink: {0}")]
+    Usage(#[from] UsageWriterError),
+    /// The thread could not be spawned.
+    #[error("cannot start the control thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The shards' side of the control queue. Cheap to clone.
+#[derive(Clone)]
+pub struct ControlHandle {
+    tx: Sender<ShardMsg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl ControlHandle {
+    /// Queues `msg` without waiting; `false` (and one more counted drop) when the queue is full
+    /// or the control thread is gone.
+    pub fn send(&self, msg: ShardMsg) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Messages dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The running control thread.
+pub struct ControlThread {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlThread {
+    /// Opens the usage sink and starts the thread.
+    pub fn start(config: Arc<Config>) -> Result<(ControlHandle, ControlThread), ControlError> {
+        let (tx, rx) = bounded(QUEUE_CAPACITY);
+        let (stop_tx, stop_rx) = bounded(1);
+        let usage = UsageWriter::open(&config.usage)?;
+        let aggregator = Aggregator::new(config.server.shards, config.server.stats_window);
+        let mut control = Control {
+            usage,
+            aggregator,
+            tick: config.server.stats_interval.min(Duration::from_millis(200)),
+        };
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control.run(rx, stop_rx))
+            .map_err(ControlError::Thread)?;
+        let handle = ControlHandle {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        Ok((
+            handle,
+            ControlThread {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// Drains the queue, flushes the sink and joins the thread. Call after the shards stopped.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ControlThread {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Control {
+    usage: UsageWriter,
+    aggregator: Aggregator,
+    tick: Duration,
+}
+
+impl Control {
+    fn run(&mut self, rx: Receiver<ShardMsg>, stop: Receiver<()>) {
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            select! {
+                recv(rx) -> msg => match msg {
+                    Ok(msg) => self.handle(msg),
+                    Err(_) => break,
+                },
+                recv(stop) -> _ => break,
+                default(wait) => {}
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.usage.tick(now);
+                self.aggregator.tick(now);
+                next_tick = now + self.tick;
+            }
+        }
+        // Whatever the shards queued before they stopped is still written.
+        while let Ok(msg) = rx.try_recv() {
+            self.handle(msg);
+        }
+        self.usage.shutdown();
+    }
+
+    fn handle(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Usage(rec) => self.usage.push(*rec),
+            ShardMsg::Snapshot(snap) => self.aggregator.merge(*snap),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Latency measurement: per-shard HdrHistograms recorded without locks, shipped to the control
+//! thread as interval snapshots.
+//!
+//! A shard records into plain `RefCell`s it alone touches. Every `[server] stats_interval` it
+//! takes the interval's histograms (leaving empty ones behind) and its counters, and sends them
+//! to the control thread, which merges them into totals and a rolling window.
+
+pub mod aggregate;
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Largest value recorded: one hour in microseconds (larger values are clamped).
+pub const MAX_US: u64 = 3_600_000_000;
+
+macro_rules! hists {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// The histograms a shard keeps. All values are microseconds.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Hist {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Hist {
+            /// Every histogram, in index order.
+            pub const ALL: &'static [Hist] = &[$(Hist::$variant,)*];
+
+            /// The name used in stats output and `/metrics`.
+            pub fn name(self) -> &'static str {
+                match self { $(Hist::$variant => $name,)* }
+            }
+
+            /// Looks a histogram up by its name.
+            pub fn from_name(name: &str) -> Option<Hist> {
+                match name { $($name => Some(Hist::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+hists! {
+    /// Gateway-added latency per relayed event over a WebSocket upstream: upstream frame read →
+    /// client write done.
+    EventAddedWs => "event_added_ws",
+    /// The same over an HTTP/SSE upstream.
+    EventAddedHttp => "event_added_http",
+    /// Client TTFT: client frame read → first event written to the client.
+    ClientTtft => "client_ttft",
+    /// Upstream TTFT over WebSocket: frame sent upstream → first event read.
+    UpstreamTtftWs => "upstream_ttft_ws",
+    /// Upstream TTFT over HTTP/SSE: request sent → first event read.
+    UpstreamTtftHttp => "upstream_ttft_http",
+    /// Turn duration: client frame read → terminal event written.
+    TurnDuration => "turn_duration",
+    /// Wait for a pooled connection (idle pop, dial or queue).
+    AcquireWait => "acquire_wait",
+    /// TCP connect + TLS + WebSocket handshake of a new upstream connection.
+    DialWs => "dial_ws",
+    /// TCP connect + TLS of a new HTTP upstream connection.
+    DialHttp => "dial_http",
+}
+
+/// A fresh histogram with the gateway's bounds: 1 µs .. 1 h, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// One shard's histograms. Not `Sync`: only the owning shard records.
+pub struct ShardMetrics {
+    hists: RefCell<Vec<Histogram<u64>>>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        ShardMetrics {
+            hists: RefCell::new(Hist::ALL.iter().map(|_| new_histogram()).collect()),
+        }
+    }
+}
+
+impl ShardMetrics {
+    /// Records a duration (clamped to 1 µs ..= [`MAX_US`]). No allocation.
+    pub fn record(&self, hist: Hist, d: Duration) {
+        self.record_us(hist, d.as_micros().min(u128::from(MAX_US)) as u64);
+    }
+
+    /// Records a value in microseconds (clamped to 1 ..= [`MAX_US`]). No allocation.
+    pub fn record_us(&self, hist: Hist, us: u64) {
+        let v = us.clamp(1, MAX_US);
+        // In bounds by the clamp, so this cannot fail.
+        let _ = self.hists.borrow_mut()[hist as usize].record(v);
+    }
+
+    /// Takes this interval's histograms, leaving empty ones in their place.
+    pub fn take_interval(&self) -> Vec<Histogram<u64>> {
+        let mut hists = self.hists.borrow_mut();
+        hists
+            .iter_mut()
+            .map(|h| {
+                let out = h.clone();
+                h.reset();
+                out
+            })
+            .collect()
+    }
+}
+
+/// What a shard ships to the control thread each interval.
+#[derive(Debug, Clone)]
+pub struct ShardSnapshot {
+    /// The shard.
+    pub shard: usize,
+    /// Interval histograms, indexed like [`Hist::ALL`].
+    pub hists: Vec<Histogram<u64>>,
+    /// Plain counters, totals since start.
+    pub counters: Vec<(&'static str, u64)>,
+    /// Labeled counters, totals since start.
+    pub labeled: Vec<(&'static str, String, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_takes_intervals() {
+        let m = ShardMetrics::default();
+        m.record(Hist::ClientTtft, Duration::from_micros(150));
+        m.record_us(Hist::ClientTtft, 0);
+        m.record_us(Hist::DialWs, u64::MAX);
+        let first = m.take_interval();
+        assert_eq!(first[Hist::ClientTtft as usize].len(), 2);
+        assert_eq!(
+            first[Hist::DialWs as usize].max(),
+            first[Hist::DialWs as usize].highest_equivalent(MAX_US)
+        );
+        let second = m.take_interval();
+        assert!(second.iter().all(|h| h.is_empty()));
+        assert_eq!(Hist::from_name("dial_ws"), Some(Hist::DialWs));
+    }
+}

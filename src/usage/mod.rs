@@ -1,0 +1,56 @@
+//! Usage records: one per terminal turn, the basis of billing.
+//!
+//! Shards build a [`UsageRecord`] when a turn ends and send it to the control thread, which
+//! writes it to the configured durable sink. The response id is the idempotency key.
+
+pub mod writer;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::Usage;
+
+/// How the client made the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestType {
+    /// A turn on a WebSocket session.
+    Ws,
+    /// `POST /v1/responses` with `"stream": true`.
+    Stream,
+    /// `POST /v1/responses` without streaming.
+    Sync,
+}
+
+/// One billed turn. Never carries a key: clients are named by group and key id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// The upstream response id (idempotency key).
+    pub response_id: String,
+    /// Wall-clock time the turn ended, Unix milliseconds.
+    pub ts_ms: u64,
+    /// Client group.
+    pub group: String,
+    /// Client key id (the configured name, never the key).
+    pub key_id: String,
+    /// Upstream account id.
+    pub account: String,
+    /// Model as the client asked for it.
+    pub model: String,
+    /// How the client made the request.
+    pub request_type: RequestType,
+    /// Token counts from `response.completed` (zero when the terminal carried none).
+    #[serde(flatten)]
+    pub usage: Usage,
+    /// Client-side time to first event, µs (absent when no event reached the client).
+    pub ttft_us: Option<u64>,
+    /// Client frame read → terminal written, µs.
+    pub duration_us: u64,
+    /// Upstream attempts the request took.
+    pub attempts: u32,
+    /// Terminal kind: `completed`, `failed`, `incomplete`, `cancelled`.
+    pub status: String,
+    /// Gateway host that served the turn.
+    pub instance: String,
+    /// Shard that served the turn.
+    pub shard: usize,
+}
