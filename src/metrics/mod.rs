@@ -93,6 +93,12 @@ impl ShardMetrics {
         let _ = self.hists.borrow_mut()[hist as usize].record(v);
     }
 
+    /// Records `count` occurrences of one value (a batch of events written together).
+    pub fn record_n(&self, hist: Hist, d: Duration, count: u64) {
+        let v = (d.as_micros().min(u128::from(MAX_US)) as u64).max(1);
+        let _ = self.hists.borrow_mut()[hist as usize].record_n(v, count);
+    }
+
     /// Takes this interval's histograms, leaving empty ones in their place.
     pub fn take_interval(&self) -> Vec<Histogram<u64>> {
         let mut hists = self.hists.borrow_mut();

@@ -11,7 +11,7 @@
 //! buffer to the client socket; ready frames are batched into one write.
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
@@ -21,10 +21,13 @@ use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 
+use crate::control::ShardMsg;
+use crate::metrics::Hist;
 use crate::protocol::client_frame::ClientEventKind;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::{ClientFrame, EventKind, TerminalKind, UpstreamEvent, Usage};
 use crate::runtime::{self, TcpStream};
+use crate::usage::{RequestType, UsageRecord};
 
 use super::auth::ClientIdentity;
 use super::counters::bump;
@@ -50,6 +53,8 @@ enum TurnOutcome {
         kind: TerminalKind,
         response_id: Option<String>,
         usage: Option<Usage>,
+        /// When the first event reached the client.
+        first_event_at: Option<Instant>,
     },
     /// Upstream sent an `error` event (relayed): the connection is not trusted any more.
     UpstreamErrorEvent,
@@ -138,6 +143,7 @@ impl Session {
 
     /// Handles one client frame between turns; returns a frame that preempted the turn, if any.
     async fn turn(&mut self, frame: Bytes) -> Result<Option<Bytes>, End> {
+        let received = Instant::now();
         // Validated once here, before any lease: a bad frame never costs the session its
         // connection, and an unrewritten frame goes upstream as this very buffer.
         let parsed = match Utf8Bytes::try_from(frame.clone())
@@ -169,14 +175,16 @@ impl Session {
             return Ok(None);
         }
         bump(&self.shard.counters.turns);
-        let turn_started = Instant::now();
+        let turn_started = received;
         let depends_on_connection =
             parsed.is_store_disabled() && parsed.previous_response_id.is_some();
 
         // A turn is tried at most twice: the second time only on a fresh connection, only when a
         // reused one failed before the client saw anything.
         let mut fresh = false;
+        let mut attempts = 0u32;
         loop {
+            attempts += 1;
             let lease = match self.ensure_lease(depends_on_connection, fresh).await {
                 Ok(l) => l,
                 Err(err) => {
@@ -210,6 +218,7 @@ impl Session {
                     kind,
                     response_id,
                     usage,
+                    first_event_at,
                 } => {
                     if let Some(lease) = self.lease.as_mut() {
                         lease.conn().turns += 1;
@@ -229,6 +238,22 @@ impl Session {
                         duration_us = turn_started.elapsed().as_micros() as u64,
                         "turn"
                     );
+                    let metrics = &self.shard.metrics;
+                    let duration = turn_started.elapsed();
+                    metrics.record(Hist::TurnDuration, duration);
+                    let ttft = first_event_at.map(|t| t.duration_since(turn_started));
+                    if let Some(ttft) = ttft {
+                        metrics.record(Hist::ClientTtft, ttft);
+                    }
+                    self.record_usage(UsageFacts {
+                        kind,
+                        response_id: response_id.as_deref(),
+                        usage,
+                        model: parsed.model.as_deref().unwrap_or_default(),
+                        ttft,
+                        duration,
+                        attempts,
+                    });
                     if response_id.is_some() {
                         self.last_response_id = response_id;
                     }
@@ -304,11 +329,15 @@ impl Session {
                         "no upstream account is available for this key's group",
                     )
                 })?;
+            let asked = Instant::now();
             let lease = if fresh {
                 pool.acquire_fresh(&self.forward).await
             } else {
                 pool.acquire(&self.forward).await
             };
+            self.shard
+                .metrics
+                .record(Hist::AcquireWait, asked.elapsed());
             let lease = lease.map_err(|e| acquire_error(&pool.account.config.id, e))?;
             self.lease = Some(lease);
         }
@@ -337,9 +366,12 @@ impl Session {
                 error: upstream_io_error(&e),
             };
         }
+        let sent_at = Instant::now();
         let client = &mut self.client;
         let counters = &self.shard.counters;
+        let metrics = &self.shard.metrics;
         let mut relayed = false;
+        let mut first_event_at: Option<Instant> = None;
         let mut last_activity = Instant::now();
         let mut timer = Box::pin(runtime::sleep(event_timeout));
         loop {
@@ -358,8 +390,13 @@ impl Session {
             .await;
             match next {
                 Next::Up(msg) => {
-                    last_activity = Instant::now();
+                    let read_at = Instant::now();
+                    last_activity = read_at;
+                    if !relayed {
+                        metrics.record(Hist::UpstreamTtftWs, read_at - sent_at);
+                    }
                     let mut msg = msg;
+                    let mut batch = 0u64;
                     // Relay this frame and every frame already buffered, then flush once.
                     loop {
                         match classify_upstream(msg, rewrite) {
@@ -369,9 +406,19 @@ impl Session {
                                 }
                                 bump(&counters.events_relayed);
                                 relayed = true;
-                                if let Some(outcome) = info {
+                                batch += 1;
+                                if let Some(mut outcome) = info {
                                     if client.flush().await.is_err() {
                                         return TurnOutcome::ClientGone;
+                                    }
+                                    let done = Instant::now();
+                                    metrics.record_n(Hist::EventAddedWs, done - read_at, batch);
+                                    if let TurnOutcome::Terminal {
+                                        first_event_at: first,
+                                        ..
+                                    } = &mut outcome
+                                    {
+                                        *first = Some(first_event_at.unwrap_or(done));
                                     }
                                     return outcome;
                                 }
@@ -400,6 +447,11 @@ impl Session {
                     }
                     if client.flush().await.is_err() {
                         return TurnOutcome::ClientGone;
+                    }
+                    if batch > 0 {
+                        let done = Instant::now();
+                        metrics.record_n(Hist::EventAddedWs, done - read_at, batch);
+                        first_event_at.get_or_insert(done);
                     }
                 }
                 Next::Client(msg) => match msg {
@@ -442,6 +494,53 @@ impl Session {
         }
     }
 
+    /// Sends the turn's usage record to the control thread (never waits; a full queue is counted).
+    fn record_usage(&self, f: UsageFacts<'_>) {
+        let shard = &self.shard;
+        let response_id = match f.response_id {
+            Some(id) => id.to_string(),
+            None => {
+                shard
+                    .counters
+                    .bump_labeled("usage_without_response_id", f.kind.as_str());
+                format!(
+                    "gw-{}-{}-{}-{}",
+                    shard.config.state.instance,
+                    shard.id,
+                    unix_ms(),
+                    shard.counters.turns.get()
+                )
+            }
+        };
+        let record = UsageRecord {
+            response_id,
+            ts_ms: unix_ms(),
+            group: self.identity.group.clone(),
+            key_id: self.identity.key_id.clone(),
+            account: self
+                .lease
+                .as_ref()
+                .map(|l| l.pool().account.config.id.clone())
+                .unwrap_or_default(),
+            model: f.model.to_string(),
+            request_type: RequestType::Ws,
+            usage: f.usage.unwrap_or_default(),
+            ttft_us: f.ttft.map(|d| d.as_micros() as u64),
+            duration_us: f.duration.as_micros() as u64,
+            attempts: f.attempts,
+            status: f.kind.as_str().to_string(),
+            instance: shard.config.state.instance.clone(),
+            shard: shard.id,
+        };
+        if !shard.control.send(ShardMsg::Usage(Box::new(record))) {
+            bump(&shard.counters.control_queue_drops);
+            tracing::error!(
+                shard = shard.id,
+                "control queue full: a usage record was dropped"
+            );
+        }
+    }
+
     async fn send_event(&mut self, json: String) -> Result<(), End> {
         self.client
             .send(Message::text(json))
@@ -459,6 +558,24 @@ impl Session {
     async fn close(&mut self, code: CloseCode, reason: &str) {
         close_with(&mut self.client, code, reason).await;
     }
+}
+
+/// What a usage record is built from.
+struct UsageFacts<'a> {
+    kind: TerminalKind,
+    response_id: Option<&'a str>,
+    usage: Option<Usage>,
+    model: &'a str,
+    ttft: Option<std::time::Duration>,
+    duration: std::time::Duration,
+    attempts: u32,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// What to do with one upstream message.
@@ -493,6 +610,7 @@ fn classify_upstream(msg: Option<Result<Message, WsError>>, rewrite: &Rewrite) -
             kind: t,
             response_id: event.response_id().map(|s| s.into_owned()),
             usage: event.usage(),
+            first_event_at: None,
         }),
         EventKind::Error => Some(TurnOutcome::UpstreamErrorEvent),
         _ => None,
