@@ -7,6 +7,7 @@
 pub mod client_frame;
 pub mod error_body;
 mod lazy;
+pub mod sse;
 pub mod upstream_event;
 pub mod usage;
 
