@@ -88,3 +88,103 @@ fn failures_are_counted_and_never_hang() {
     );
     mock.stop();
 }
+
+fn mock_target(mock: &shardgate::mock::MockHandle, scheme: &str) -> Target {
+    Target::parse(&format!("{scheme}://{}/v1/responses", mock.addr())).expect("url")
+}
+
+#[test]
+fn sse_turns_reuse_one_keep_alive_connection_each() {
+    let mock = shardgate::mock::start(MockConfig::default()).expect("mock starts");
+    let mut load = LoadConfig::new(mock_target(&mock, "http"), "sk-any");
+    load.connections = 3;
+    load.stop = Stop::Turns(4);
+    load.payload_bytes = 8192;
+    load.turn_timeout = Duration::from_secs(10);
+    let report = shardgate::load::run(load).expect("load runs");
+    let summary = report.table();
+    assert_eq!(report.transport, "sse");
+    assert_eq!(report.turns_ok, 12, "{summary}");
+    assert_eq!(report.errors_total, 0, "{summary}");
+    assert_eq!(report.connects, 3, "{summary}");
+    assert_eq!(report.ttft_us.count, 12, "{summary}");
+    assert_eq!(report.first_turn_us.count, 3, "{summary}");
+    assert!(
+        report.event_latency_us.count >= 12 * 8,
+        "SSE events carry the mock's stamp: {summary}"
+    );
+    let stats = mock.stats();
+    assert_eq!(stats.http_turns_total, 12);
+    assert_eq!(stats.ws_turns_total, 0);
+    assert_eq!(
+        stats.connections_total, 3,
+        "every turn after the first rode the same connection"
+    );
+    mock.stop();
+}
+
+#[test]
+fn sse_failures_are_counted_and_the_next_turn_reconnects() {
+    let mock = shardgate::mock::start(MockConfig::default()).expect("mock starts");
+    let rule = |value: &str| Rule {
+        value: value.to_string(),
+        times: 1,
+    };
+    mock.script(Script {
+        turns: vec![
+            rule("error=server_error"),
+            rule("after=3,error=server_error"),
+            rule("after=3,drop"),
+            rule("stall"),
+        ],
+        ..Script::default()
+    });
+    let mut load = LoadConfig::new(mock_target(&mock, "http"), "sk-any");
+    load.stop = Stop::Turns(5);
+    load.turn_timeout = Duration::from_millis(300);
+    let report = shardgate::load::run(load).expect("load runs");
+    let summary = report.table();
+    assert_eq!(report.turns_ok, 1, "{summary}");
+    assert_eq!(report.turns_failed, 4, "{summary}");
+    assert_eq!(report.errors.get("http_500"), Some(&1), "{summary}");
+    assert_eq!(report.errors.get("server_error"), Some(&1), "{summary}");
+    assert_eq!(report.errors.get("close_1006"), Some(&1), "{summary}");
+    assert_eq!(report.errors.get("turn_timeout"), Some(&1), "{summary}");
+    assert_eq!(
+        report.connects, 5,
+        "a failed turn drops its connection: {summary}"
+    );
+    mock.stop();
+}
+
+#[test]
+fn reconnect_every_opens_a_connection_per_turn() {
+    let mock = shardgate::mock::start(MockConfig::default()).expect("mock starts");
+    let mut load = LoadConfig::new(mock_target(&mock, "ws"), "sk-any");
+    load.connections = 2;
+    load.stop = Stop::Turns(3);
+    load.reconnect_every = Some(1);
+    let report = shardgate::load::run(load).expect("load runs");
+    let summary = report.table();
+    assert_eq!(report.turns_ok, 6, "{summary}");
+    assert_eq!(report.connects, 6, "{summary}");
+    assert_eq!(report.first_turn_us.count, 6, "{summary}");
+    assert_eq!(mock.stats().ws_connections_total, 6);
+    mock.stop();
+}
+
+#[test]
+fn idle_mode_holds_connections_without_turns() {
+    let mock = shardgate::mock::start(MockConfig::default()).expect("mock starts");
+    let mut load = LoadConfig::new(mock_target(&mock, "ws"), "sk-any");
+    load.connections = 5;
+    load.idle_hold = Some(Duration::from_millis(200));
+    let report = shardgate::load::run(load).expect("load runs");
+    let summary = report.table();
+    assert_eq!(report.idle_open, 5, "{summary}");
+    assert_eq!(report.turns_ok + report.turns_failed, 0, "{summary}");
+    let stats = mock.stats();
+    assert_eq!(stats.ws_connections_total, 5);
+    assert_eq!(stats.ws_turns_total, 0);
+    mock.stop();
+}

@@ -11,7 +11,7 @@ use super::run::run;
 /// Command-line options of the load generator.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LoadArgs {
-    /// WebSocket URL of the Responses endpoint.
+    /// URL of the Responses endpoint: `ws://` for WebSocket mode, `http://` for `POST` with SSE.
     #[arg(long, default_value = "ws://127.0.0.1:8080/v1/responses")]
     pub url: String,
     /// Client key, sent as `Authorization: Bearer <KEY>`.
@@ -47,9 +47,22 @@ pub struct LoadArgs {
     /// A turn or warm-up not finished after this many seconds counts as an error.
     #[arg(long, default_value_t = 30.0)]
     pub turn_timeout_secs: f64,
+    /// Close each connection after this many turns and open a new one (connect storms).
+    #[arg(long)]
+    pub reconnect_every: Option<u64>,
+    /// Idle mode: open this many connections, hold them --hold-secs without traffic, close.
+    /// Prints `idle sessions open: N` once every connection has been attempted.
+    #[arg(long, conflicts_with_all = ["turns", "duration_secs", "connections"])]
+    pub idle_sessions: Option<usize>,
+    /// Idle mode: how long each connection is held.
+    #[arg(long, default_value_t = 5.0, requires = "idle_sessions")]
+    pub hold_secs: f64,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
+    /// Write the percentile distribution of every histogram as CSV to this file.
+    #[arg(long)]
+    pub hist_out: Option<PathBuf>,
 }
 
 fn secs(option: &'static str, value: f64) -> anyhow::Result<Duration> {
@@ -74,6 +87,11 @@ impl LoadArgs {
         config.payload_bytes = self.payload_bytes;
         config.threads = self.threads;
         config.turn_timeout = secs("--turn-timeout-secs", self.turn_timeout_secs)?;
+        config.reconnect_every = self.reconnect_every;
+        if let Some(n) = self.idle_sessions {
+            config.connections = n;
+            config.idle_hold = Some(secs("--hold-secs", self.hold_secs)?);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -87,6 +105,10 @@ pub fn run_cli(args: LoadArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json_out {
         let json = report.to_json().context("serializing the report")?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.hist_out {
+        std::fs::write(path, report.distribution_csv())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -139,6 +161,19 @@ mod tests {
             Stop::Turns(10)
         );
         assert!(Cli::try_parse_from(["load", "--turns", "1", "--duration-secs", "1"]).is_err());
+        let storm = Cli::parse_from(["load", "--reconnect-every", "1"])
+            .load
+            .config()
+            .unwrap();
+        assert_eq!(storm.reconnect_every, Some(1));
+        let idle = Cli::parse_from(["load", "--idle-sessions", "500", "--hold-secs", "2"])
+            .load
+            .config()
+            .unwrap();
+        assert_eq!(idle.connections, 500);
+        assert_eq!(idle.idle_hold, Some(Duration::from_secs(2)));
+        assert!(Cli::try_parse_from(["load", "--hold-secs", "2"]).is_err());
+        assert!(Cli::try_parse_from(["load", "--idle-sessions", "2", "--turns", "1"]).is_err());
         assert!(Cli::parse_from(["load", "--duration-secs=-1"])
             .load
             .config()

@@ -6,7 +6,7 @@ use std::time::Duration;
 /// Why options could not be turned into a [`LoadConfig`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The URL is not `ws://host:port/path`.
+    /// The URL is not `ws://host:port/path` or `http://host:port/path`.
     #[error("bad --url {url:?}: {reason}")]
     Url {
         /// The URL given.
@@ -32,17 +32,42 @@ pub enum ConfigError {
     },
 }
 
+/// How the sessions talk to the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// WebSocket mode: one socket, `response.create` frames, many turns (`ws://`).
+    WebSocket,
+    /// HTTP: one `POST` with `"stream": true` per turn, events as SSE (`http://`).
+    Sse,
+}
+
+impl Wire {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wire::WebSocket => "websocket",
+            Wire::Sse => "sse",
+        }
+    }
+}
+
 /// Where the sessions connect: a resolved address and the request target.
 #[derive(Clone, Debug)]
 pub struct Target {
     /// The address to dial.
     pub addr: SocketAddr,
-    /// The URL the WebSocket handshake is made for (`ws://host:port/path`).
+    /// The URL as given (`ws://host:port/path` or `http://host:port/path`).
     pub url: String,
+    /// The wire the scheme selects.
+    pub wire: Wire,
+    /// `host[:port]` for the `Host` header.
+    pub authority: String,
+    /// The request path (with query, if any).
+    pub path: String,
 }
 
 impl Target {
-    /// Parses and resolves a `ws://host[:port]/path` URL (port 80 when absent).
+    /// Parses and resolves a `ws://` (WebSocket) or `http://` (SSE) URL (port 80 when absent).
     pub fn parse(url: &str) -> Result<Target, ConfigError> {
         let bad = |reason: &str| ConfigError::Url {
             url: url.to_string(),
@@ -51,11 +76,12 @@ impl Target {
         let uri: http::Uri = url
             .parse()
             .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => return Err(bad("wss:// is not supported, use ws://")),
-            _ => return Err(bad("the scheme must be ws://")),
-        }
+        let wire = match uri.scheme_str() {
+            Some("ws") => Wire::WebSocket,
+            Some("http") => Wire::Sse,
+            Some("wss" | "https") => return Err(bad("TLS is not supported, use ws:// or http://")),
+            _ => return Err(bad("the scheme must be ws:// or http://")),
+        };
         let host = uri.host().ok_or_else(|| bad("no host"))?;
         let port = uri.port_u16().unwrap_or(80);
         let host_port = format!(
@@ -73,9 +99,18 @@ impl Target {
                 host: host_port,
                 source: std::io::Error::other("no address"),
             })?;
+        let authority = uri
+            .authority()
+            .map_or_else(|| host.to_string(), |a| a.as_str().to_string());
+        let path = uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
         Ok(Target {
             addr,
             url: url.to_string(),
+            wire,
+            authority,
+            path,
         })
     }
 }
@@ -116,6 +151,11 @@ pub struct LoadConfig {
     pub turn_timeout: Duration,
     /// TCP connect plus WebSocket handshake deadline.
     pub connect_timeout: Duration,
+    /// Close the connection after this many turns and open a new one for the next (connect
+    /// storms); `None` keeps each connection for the whole run.
+    pub reconnect_every: Option<u64>,
+    /// Idle mode: open every connection, hold it this long without sending anything, close.
+    pub idle_hold: Option<Duration>,
 }
 
 impl LoadConfig {
@@ -135,6 +175,8 @@ impl LoadConfig {
             threads: 1,
             turn_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            reconnect_every: None,
+            idle_hold: None,
         }
     }
 
@@ -158,6 +200,18 @@ impl LoadConfig {
         if self.turn_timeout.is_zero() {
             return range("--turn-timeout-secs", "must be positive");
         }
+        if self.target.wire == Wire::Sse && (self.warmup || self.chain) {
+            return range(
+                "--warmup/--store-false-chain",
+                "need a ws:// URL: HTTP refuses generate:false and cannot chain store=false turns",
+            );
+        }
+        if self.reconnect_every == Some(0) {
+            return range("--reconnect-every", "must be at least 1");
+        }
+        if self.idle_hold.is_some_and(|d| d.is_zero()) {
+            return range("--hold-secs", "must be positive");
+        }
         if let Stop::Duration(d) = self.stop {
             if d.is_zero() {
                 return range("--duration-secs", "must be positive");
@@ -177,8 +231,13 @@ mod tests {
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(t.url, "ws://127.0.0.1:8080/v1/responses");
         assert_eq!(Target::parse("ws://127.0.0.1/v1").unwrap().addr.port(), 80);
+        assert_eq!(t.wire, Wire::WebSocket);
         assert!(Target::parse("wss://127.0.0.1/v1").is_err());
-        assert!(Target::parse("http://127.0.0.1/v1").is_err());
+        assert!(Target::parse("https://127.0.0.1/v1").is_err());
+        let h = Target::parse("http://localhost:8081/v1/responses?x=1").unwrap();
+        assert_eq!(h.wire, Wire::Sse);
+        assert_eq!(h.authority, "localhost:8081");
+        assert_eq!(h.path, "/v1/responses?x=1");
         assert!(Target::parse("not a url").is_err());
     }
 
@@ -195,5 +254,17 @@ mod tests {
         c.rate = Some(5.0);
         c.stop = Stop::Duration(Duration::ZERO);
         assert!(c.validate().is_err());
+        c.stop = Stop::Turns(1);
+        c.reconnect_every = Some(0);
+        assert!(c.validate().is_err());
+        c.reconnect_every = Some(1);
+        assert!(c.validate().is_ok());
+        let mut sse = LoadConfig::new(
+            Target::parse("http://127.0.0.1:1/v1/responses").unwrap(),
+            "k",
+        );
+        assert!(sse.validate().is_ok());
+        sse.chain = true;
+        assert!(sse.validate().is_err());
     }
 }

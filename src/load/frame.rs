@@ -15,12 +15,14 @@ pub struct FrameSpec<'a> {
     pub warmup: bool,
     /// Pad the frame to this many bytes (no padding when the frame is already larger).
     pub pad_to: usize,
+    /// `true` for an HTTP request body: no `type`, and `"stream": true`.
+    pub http: bool,
 }
 
 #[derive(Serialize)]
 struct Create<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
     model: &'a str,
     store: bool,
     input: [Message<'a>; 1],
@@ -28,6 +30,8 @@ struct Create<'a> {
     previous_response_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     generate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -50,7 +54,7 @@ const FILLER: &[u8] = b"the quick brown fox jumps over the lazy dog ";
 
 fn serialize(spec: &FrameSpec<'_>, text: &str) -> Result<String, sonic_rs::Error> {
     sonic_rs::to_string(&Create {
-        kind: "response.create",
+        kind: (!spec.http).then_some("response.create"),
         model: spec.model,
         store: false,
         input: [Message {
@@ -63,10 +67,11 @@ fn serialize(spec: &FrameSpec<'_>, text: &str) -> Result<String, sonic_rs::Error
         }],
         previous_response_id: spec.previous,
         generate: spec.warmup.then_some(false),
+        stream: spec.http.then_some(true),
     })
 }
 
-/// Builds the frame: `store:false`, one user message, padded with ASCII filler appended to the
+/// Builds the frame (or, with `http`, the request body): `store:false`, one user message, padded with ASCII filler appended to the
 /// text so the frame is exactly `pad_to` bytes when it would otherwise be shorter.
 pub fn build(spec: &FrameSpec<'_>) -> Result<String, sonic_rs::Error> {
     let plain = serialize(spec, spec.text)?;
@@ -90,6 +95,7 @@ mod tests {
             previous,
             warmup,
             pad_to,
+            http: false,
         }
     }
 
@@ -116,6 +122,22 @@ mod tests {
         use sonic_rs::JsonValueTrait;
         assert_eq!(v.get("generate").as_bool(), Some(false));
         assert_eq!(v.get("previous_response_id").as_str(), Some("resp_\"x"));
+    }
+
+    #[test]
+    fn http_body_streams_and_has_no_type() {
+        let f = build(&FrameSpec {
+            http: true,
+            ..spec(None, false, 0)
+        })
+        .unwrap();
+        let v: sonic_rs::Value = sonic_rs::from_str(&f).unwrap();
+        use sonic_rs::JsonValueTrait;
+        assert!(v.get("type").is_none());
+        assert_eq!(v.get("stream").as_bool(), Some(true));
+        assert!(build(&spec(None, false, 0))
+            .unwrap()
+            .contains("\"type\":\"response.create\""));
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl HistogramSummary {
 /// Everything a run measured, with the settings it ran with.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// The wire used (`websocket`).
+    /// The wire used (`websocket` or `sse`).
     pub transport: &'static str,
     /// The URL driven.
     pub url: String,
@@ -81,6 +81,12 @@ pub struct Report {
     pub warmup: bool,
     /// Frame padding target.
     pub payload_bytes: usize,
+    /// Connections closed and reopened after this many turns (connect storms).
+    pub reconnect_every: Option<u64>,
+    /// Idle mode: seconds each connection was held open without traffic.
+    pub idle_hold_secs: Option<f64>,
+    /// Idle mode: connections that opened and were held.
+    pub idle_open: u64,
     /// Wall time of the run, seconds.
     pub elapsed_secs: f64,
     /// Turns ended by `response.completed`.
@@ -111,6 +117,37 @@ pub struct Report {
     pub warmup_us: HistogramSummary,
     /// TCP connect plus WebSocket handshake.
     pub connect_us: HistogramSummary,
+    /// Connect start → end of the first turn on that connection.
+    pub first_turn_us: HistogramSummary,
+    /// Percentile distributions of the histograms, for [`Report::distribution_csv`].
+    #[serde(skip)]
+    pub distribution: Vec<(&'static str, Vec<PercentilePoint>)>,
+}
+
+/// One point of a percentile distribution.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PercentilePoint {
+    /// The percentile, 0–100.
+    pub percentile: f64,
+    /// The value at it, µs.
+    pub value_us: u64,
+}
+
+/// Steps of the distribution per halving of the distance to 100 % (HdrHistogram's usual 5).
+const TICKS_PER_HALF_DISTANCE: u32 = 5;
+
+/// The percentile distribution of `h`, up to (not including) 100 %.
+fn distribution(h: &Histogram<u64>) -> Vec<PercentilePoint> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    h.iter_quantiles(TICKS_PER_HALF_DISTANCE)
+        .map(|v| PercentilePoint {
+            percentile: v.quantile_iterated_to() * 100.0,
+            value_us: v.value_iterated_to(),
+        })
+        .take_while(|p| p.percentile < 100.0)
+        .collect()
 }
 
 fn per_sec(n: u64, secs: f64) -> f64 {
@@ -129,8 +166,16 @@ impl Report {
             Stop::Turns(n) => (Some(n), None),
             Stop::Duration(d) => (None, Some(d.as_secs_f64())),
         };
+        let histograms = [
+            ("ttft", &stats.ttft_us),
+            ("event", &stats.event_latency_us),
+            ("turn", &stats.turn_us),
+            ("warmup", &stats.warmup_us),
+            ("connect", &stats.connect_us),
+            ("first_turn", &stats.first_turn_us),
+        ];
         Report {
-            transport: "websocket",
+            transport: config.target.wire.name(),
             url: config.target.url.clone(),
             connections: config.connections,
             threads: config.threads,
@@ -140,6 +185,9 @@ impl Report {
             chain: config.chain,
             warmup: config.warmup,
             payload_bytes: config.payload_bytes,
+            reconnect_every: config.reconnect_every,
+            idle_hold_secs: config.idle_hold.map(|d| d.as_secs_f64()),
+            idle_open: stats.idle_open,
             elapsed_secs: secs,
             turns_ok: stats.turns_ok,
             turns_failed: stats.turns_failed,
@@ -155,7 +203,30 @@ impl Report {
             turn_us: HistogramSummary::of(&stats.turn_us),
             warmup_us: HistogramSummary::of(&stats.warmup_us),
             connect_us: HistogramSummary::of(&stats.connect_us),
+            first_turn_us: HistogramSummary::of(&stats.first_turn_us),
+            distribution: histograms
+                .iter()
+                .map(|(name, h)| (*name, distribution(h)))
+                .collect(),
         }
+    }
+
+    /// The percentile distributions as CSV: `histogram,percentile,value_us,inverse_tail`, where
+    /// `inverse_tail` is 1/(1 − percentile/100), the usual x axis of a percentile plot.
+    pub fn distribution_csv(&self) -> String {
+        let mut out = String::from("histogram,percentile,value_us,inverse_tail\n");
+        for (name, points) in &self.distribution {
+            for p in points {
+                let _ = writeln!(
+                    out,
+                    "{name},{:.5},{},{:.3}",
+                    p.percentile,
+                    p.value_us,
+                    1.0 / (1.0 - p.percentile / 100.0)
+                );
+            }
+        }
+        out
     }
 
     /// The report as pretty JSON.
@@ -195,6 +266,13 @@ impl Report {
             self.warmups_ok,
             self.connects,
         );
+        if let Some(hold) = self.idle_hold_secs {
+            let _ = writeln!(
+                out,
+                "idle: {} of {} connections held open {hold:.1} s",
+                self.idle_open, self.connections
+            );
+        }
         let _ = writeln!(
             out,
             "{:<18}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
@@ -206,6 +284,7 @@ impl Report {
             ("turn", &self.turn_us),
             ("warm-up", &self.warmup_us),
             ("connect", &self.connect_us),
+            ("first turn", &self.first_turn_us),
         ] {
             let _ = writeln!(
                 out,
@@ -263,5 +342,33 @@ mod tests {
                 .as_u64(),
             Some(1)
         );
+        assert_eq!(json.get("transport").as_str(), Some("websocket"));
+    }
+
+    #[test]
+    fn distribution_is_monotonic_and_names_each_histogram() {
+        let config = LoadConfig::new(Target::parse("ws://127.0.0.1:9/v1/responses").unwrap(), "k");
+        let mut stats = Stats::default();
+        for v in 1..=10_000 {
+            record(&mut stats.ttft_us, v);
+        }
+        let r = Report::new(&config, &stats, Duration::from_secs(1));
+        let csv = r.distribution_csv();
+        let ttft: Vec<(f64, u64)> = csv
+            .lines()
+            .filter_map(|l| l.strip_prefix("ttft,"))
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[0].parse().unwrap(), f[1].parse().unwrap())
+            })
+            .collect();
+        assert!(ttft.len() > 20, "{csv}");
+        assert!(ttft
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        assert!(ttft.iter().all(|(p, _)| *p < 100.0));
+        let median = ttft.iter().find(|(p, _)| *p >= 50.0).unwrap().1;
+        assert!((4900..=5100).contains(&median), "{median}");
+        assert!(!csv.contains("\nturn,"), "empty histograms have no rows");
     }
 }

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,11 +10,13 @@ use hdrhistogram::errors::AdditionError;
 
 use crate::runtime;
 
-use super::config::{ConfigError, LoadConfig, Stop};
+use super::config::{ConfigError, LoadConfig, Stop, Wire};
 use super::pace::Pacer;
 use super::report::Report;
 use super::session::{self, ThreadState};
+use super::sse::SseTransport;
 use super::stats::Stats;
+use super::transport::Transport;
 use super::ws::WsTransport;
 
 /// Why a run could not be carried out (failures of the server under test are not among them:
@@ -34,6 +37,14 @@ pub enum RunError {
     Merge(#[from] AdditionError),
 }
 
+/// One session over transport `T`: turns, or in idle mode an open connection held.
+async fn session<T: Transport>(id: usize, state: &ThreadState) {
+    match state.config.idle_hold {
+        Some(hold) => session::hold::<T>(state, hold).await,
+        None => session::run::<T>(id, state).await,
+    }
+}
+
 /// Runs `config` to its stop condition and returns what it measured.
 ///
 /// Connections are spread round-robin over `config.threads` executor threads (not pinned to
@@ -47,6 +58,7 @@ pub fn run(config: LoadConfig) -> Result<Report, RunError> {
         Stop::Duration(d) => Some(start + d),
         Stop::Turns(_) => None,
     };
+    let idle_attempts = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::with_capacity(config.threads);
     for t in 0..config.threads {
         let ids: Vec<usize> = (t..config.connections).step_by(config.threads).collect();
@@ -54,19 +66,24 @@ pub fn run(config: LoadConfig) -> Result<Report, RunError> {
             .rate
             .map(|r| r * ids.len() as f64 / config.connections as f64);
         let cfg = config.clone();
+        let idle_attempts = idle_attempts.clone();
         let handle = runtime::spawn_executor(&format!("load-{t}"), None, move || async move {
             let state = Rc::new(ThreadState {
                 config: cfg,
                 stats: RefCell::new(Stats::default()),
                 pacer: pacer_rate.map(Pacer::new),
                 deadline,
+                idle_attempts,
             });
             let tasks: Vec<_> = ids
                 .into_iter()
                 .map(|id| {
                     let state = state.clone();
                     runtime::spawn_local_handle(async move {
-                        session::run::<WsTransport>(id, &state).await
+                        match state.config.target.wire {
+                            Wire::WebSocket => session::<WsTransport>(id, &state).await,
+                            Wire::Sse => session::<SseTransport>(id, &state).await,
+                        }
                     })
                 })
                 .collect();

@@ -3,15 +3,18 @@
 //! A session opens its connection lazily, runs turns one after another, and after any failed
 //! turn (error event, close, timeout) drops the connection and forgets its chain, opening a new
 //! one for the next turn, as Codex does. A failed connect consumes the turn it was for, so a run
-//! against a dead server still ends.
+//! against a dead server still ends. With `reconnect_every` it also closes the connection after
+//! that many turns (connect storms); in idle mode ([`hold`]) it only opens and holds it.
 
 use std::cell::RefCell;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::runtime;
 
-use super::config::{LoadConfig, Stop};
+use super::config::{LoadConfig, Stop, Wire};
 use super::event::{Event, Terminal};
 use super::frame::{self, FrameSpec};
 use super::pace::Pacer;
@@ -31,6 +34,8 @@ pub struct ThreadState {
     pub pacer: Option<Pacer>,
     /// When duration-bounded sessions stop starting turns.
     pub deadline: Option<Instant>,
+    /// Idle mode: connection attempts so far, over every thread.
+    pub idle_attempts: Arc<AtomicUsize>,
 }
 
 /// What one exchange (a turn or a warm-up) measured.
@@ -116,6 +121,7 @@ async fn turn<T: Transport>(
         previous,
         warmup: false,
         pad_to: config.payload_bytes,
+        http: config.target.wire == Wire::Sse,
     };
     if config.warmup {
         let warm = exchange(
@@ -149,6 +155,8 @@ pub async fn run<T: Transport>(id: usize, state: &ThreadState) {
     let mut conn: Option<T> = None;
     let mut previous: Option<String> = None;
     let mut n: u64 = 0;
+    let mut on_conn: u64 = 0;
+    let mut opened_at: Option<Instant> = None;
     loop {
         let past_deadline = || state.deadline.is_some_and(|d| Instant::now() >= d);
         match config.stop {
@@ -175,6 +183,8 @@ pub async fn run<T: Transport>(id: usize, state: &ThreadState) {
                     let mut stats = state.stats.borrow_mut();
                     stats.connects += 1;
                     record(&mut stats.connect_us, micros(connect_started.elapsed()));
+                    on_conn = 0;
+                    opened_at = Some(connect_started);
                     c
                 }
                 Err(e) => {
@@ -198,14 +208,54 @@ pub async fn run<T: Transport>(id: usize, state: &ThreadState) {
         match turn(&mut open, state, &text, chain_from).await {
             Ok(response_id) => {
                 previous = response_id;
-                conn = Some(open);
+                on_conn += 1;
+                if let Some(opened) = opened_at.take() {
+                    let mut stats = state.stats.borrow_mut();
+                    record(&mut stats.first_turn_us, micros(opened.elapsed()));
+                }
+                if config.reconnect_every.is_some_and(|every| on_conn >= every) {
+                    previous = None;
+                } else {
+                    conn = Some(open);
+                }
             }
             Err(key) => {
                 let mut stats = state.stats.borrow_mut();
                 stats.turns_failed += 1;
                 stats.error(key);
                 previous = None;
+                opened_at = None;
             }
         }
     }
+}
+
+/// Idle mode: opens the connection, holds it for `hold` without sending anything, closes it.
+/// The attempt that completes the set prints `idle sessions open: N` on stdout, so a script can
+/// read the server's memory while every connection is held.
+pub async fn hold<T: Transport>(state: &ThreadState, hold: Duration) {
+    let config = &state.config;
+    let started = Instant::now();
+    let conn = match T::open(config).await {
+        Ok(c) => {
+            let mut stats = state.stats.borrow_mut();
+            stats.connects += 1;
+            stats.idle_open += 1;
+            record(&mut stats.connect_us, micros(started.elapsed()));
+            Some(c)
+        }
+        Err(e) => {
+            state.stats.borrow_mut().error(e.key());
+            None
+        }
+    };
+    if state.idle_attempts.fetch_add(1, Ordering::AcqRel) + 1 == config.connections {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "idle sessions open: {}", config.connections);
+        let _ = out.flush();
+    }
+    if conn.is_some() {
+        runtime::sleep(hold).await;
+    }
+    drop(conn);
 }

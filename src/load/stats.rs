@@ -26,6 +26,8 @@ pub struct Stats {
     pub warmup_us: Histogram<u64>,
     /// TCP connect plus WebSocket handshake of successful connects, µs.
     pub connect_us: Histogram<u64>,
+    /// Connect start → terminal event of the first turn on that connection, µs.
+    pub first_turn_us: Histogram<u64>,
     /// Turns ended by `response.completed`.
     pub turns_ok: u64,
     /// Turns that failed (error event, close, timeout, failed connect or warm-up).
@@ -36,6 +38,8 @@ pub struct Stats {
     pub events: u64,
     /// Connections opened (the first of each session and every reconnect).
     pub connects: u64,
+    /// Idle mode: connections that were open at the same time.
+    pub idle_open: u64,
     /// Errors by key: `error.code`, `close_<code>`, `connect_*`, `turn_timeout`, ...
     pub errors: BTreeMap<String, u64>,
 }
@@ -48,11 +52,13 @@ impl Default for Stats {
             turn_us: histogram(),
             warmup_us: histogram(),
             connect_us: histogram(),
+            first_turn_us: histogram(),
             turns_ok: 0,
             turns_failed: 0,
             warmups_ok: 0,
             events: 0,
             connects: 0,
+            idle_open: 0,
             errors: BTreeMap::new(),
         }
     }
@@ -76,11 +82,13 @@ impl Stats {
         self.turn_us.add(&other.turn_us)?;
         self.warmup_us.add(&other.warmup_us)?;
         self.connect_us.add(&other.connect_us)?;
+        self.first_turn_us.add(&other.first_turn_us)?;
         self.turns_ok += other.turns_ok;
         self.turns_failed += other.turns_failed;
         self.warmups_ok += other.warmups_ok;
         self.events += other.events;
         self.connects += other.connects;
+        self.idle_open += other.idle_open;
         for (key, n) in &other.errors {
             *self.errors.entry(key.clone()).or_default() += n;
         }

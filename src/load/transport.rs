@@ -2,8 +2,8 @@
 //!
 //! A session only needs to open a connection, write a `response.create` body and read the events
 //! of the turn back as JSON texts. The WebSocket transport (`ws`) keeps one socket for many turns;
-//! an HTTP SSE transport would implement the same trait with one `POST /v1/responses` per
-//! [`Transport::send`] and the `data:` lines of its event stream as [`Transport::recv`].
+//! the HTTP SSE transport (`sse`) makes one `POST /v1/responses` per [`Transport::send`] on a
+//! keep-alive connection and returns the `data:` of its event stream from [`Transport::recv`].
 
 use std::future::Future;
 
@@ -27,6 +27,12 @@ pub enum TransportError {
     /// The server closed the connection, with the close code when it sent one (1006 otherwise).
     #[error("closed by the server with code {0}")]
     Closed(u16),
+    /// An HTTP request was answered with a non-200 status (a JSON error, not a stream).
+    #[error("answered with HTTP {0}")]
+    Status(u16),
+    /// An event stream ended cleanly before the turn's terminal event.
+    #[error("the event stream ended before a terminal event")]
+    StreamEnded,
     /// Reading or writing failed.
     #[error("i/o failed: {0}")]
     Io(String),
@@ -41,6 +47,8 @@ impl TransportError {
             TransportError::Refused(status) => format!("handshake_http_{status}"),
             TransportError::Handshake(_) => "handshake".to_string(),
             TransportError::Closed(code) => format!("close_{code}"),
+            TransportError::Status(status) => format!("http_{status}"),
+            TransportError::StreamEnded => "stream_ended".to_string(),
             TransportError::Io(_) => "io".to_string(),
         }
     }
@@ -66,6 +74,7 @@ mod tests {
     fn keys_name_the_failure() {
         assert_eq!(TransportError::Closed(1006).key(), "close_1006");
         assert_eq!(TransportError::Refused(401).key(), "handshake_http_401");
+        assert_eq!(TransportError::Status(405).key(), "http_405");
         assert_eq!(
             TransportError::Connect(std::io::ErrorKind::ConnectionRefused.into()).key(),
             "connect_ConnectionRefused"

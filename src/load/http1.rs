@@ -1,0 +1,316 @@
+//! The client side of an HTTP/1.1 response, as much as the SSE transport needs: the status line
+//! and framing headers, and a body decoder for `Content-Length`, chunked and read-to-close bodies.
+
+/// Headers parsed per response.
+const MAX_HEADERS: usize = 64;
+
+/// Why a response could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Http1Error {
+    /// Not an HTTP/1.x response head.
+    #[error("malformed response head: {0}")]
+    Head(String),
+    /// A `Content-Length` that is not a number.
+    #[error("bad content-length")]
+    Length,
+    /// A chunk size line or chunk terminator that is not valid.
+    #[error("malformed chunked body")]
+    Chunk,
+}
+
+/// How the body of a response is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// Neither: the body runs to the end of the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// The status code.
+    pub status: u16,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// The server will close the connection after this response.
+    pub close: bool,
+}
+
+/// Parses a response head from the start of `data`: `None` when more bytes are needed, else the
+/// head and the bytes it took.
+pub fn parse_head(data: &[u8]) -> Result<Option<(ResponseHead, usize)>, Http1Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let used = match resp.parse(data) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Http1Error::Head(e.to_string())),
+    };
+    let status = resp.code.unwrap_or(0);
+    let mut chunked = false;
+    let mut length = None;
+    let mut close = resp.version == Some(0);
+    for h in resp.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("");
+        let tokens = || value.split(',').map(str::trim);
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked |= tokens().any(|t| t.eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| Http1Error::Length)?,
+            );
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            if tokens().any(|t| t.eq_ignore_ascii_case("close")) {
+                close = true;
+            } else if tokens().any(|t| t.eq_ignore_ascii_case("keep-alive")) {
+                close = false;
+            }
+        }
+    }
+    // 1xx, 204 and 304 have no body whatever the headers say.
+    let bodyless = status < 200 || status == 204 || status == 304;
+    let framing = match (bodyless, chunked, length) {
+        (true, _, _) => Framing::Length(0),
+        (false, true, _) => Framing::Chunked,
+        (false, false, Some(n)) => Framing::Length(n),
+        (false, false, None) => Framing::UntilClose,
+    };
+    let close = close || framing == Framing::UntilClose;
+    Ok(Some((
+        ResponseHead {
+            status,
+            framing,
+            close,
+        },
+        used,
+    )))
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk size line.
+    Size,
+    /// Inside a chunk, this many data bytes left.
+    Data(u64),
+    /// After a chunk's data, expecting its CRLF.
+    DataEnd,
+    /// After the last chunk, skipping trailer lines up to the empty one.
+    Trailers,
+}
+
+/// Decodes one response body incrementally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyDecoder {
+    state: State,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Chunked(Chunk),
+    Length(u64),
+    UntilClose,
+    Done,
+}
+
+impl BodyDecoder {
+    /// A decoder for a body framed as `framing`.
+    pub fn new(framing: Framing) -> BodyDecoder {
+        let state = match framing {
+            Framing::Chunked => State::Chunked(Chunk::Size),
+            Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::UntilClose => State::UntilClose,
+        };
+        BodyDecoder { state }
+    }
+
+    /// The whole body has been decoded.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The connection ended: fine for a read-to-close body (it is now complete), `false` when
+    /// the body was cut short.
+    pub fn end_of_stream(&mut self) -> bool {
+        match self.state {
+            State::UntilClose | State::Done => {
+                self.state = State::Done;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Decodes from `input`, handing body bytes to `out`; returns how many input bytes were
+    /// used. Bytes left unused are an incomplete size line or terminator (or the next response).
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        mut out: impl FnMut(&[u8]),
+    ) -> Result<usize, Http1Error> {
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            match self.state {
+                State::Done => return Ok(used),
+                State::UntilClose => {
+                    out(rest);
+                    return Ok(input.len());
+                }
+                State::Length(left) => {
+                    let n = take(left, rest.len());
+                    out(&rest[..n]);
+                    used += n;
+                    let left = left - n as u64;
+                    self.state = if left == 0 {
+                        State::Done
+                    } else {
+                        State::Length(left)
+                    };
+                    return Ok(used);
+                }
+                State::Chunked(chunk) => {
+                    let Some((n, next)) = step_chunk(chunk, rest, &mut out)? else {
+                        return Ok(used);
+                    };
+                    used += n;
+                    self.state = next;
+                }
+            }
+        }
+    }
+}
+
+/// `min(left, available)` as a `usize`.
+fn take(left: u64, available: usize) -> usize {
+    usize::try_from(left).map_or(available, |l| l.min(available))
+}
+
+/// One step of the chunked state machine: `None` when `rest` does not hold enough to move on.
+fn step_chunk(
+    chunk: Chunk,
+    rest: &[u8],
+    out: &mut impl FnMut(&[u8]),
+) -> Result<Option<(usize, State)>, Http1Error> {
+    match chunk {
+        Chunk::Size => match httparse::parse_chunk_size(rest) {
+            Ok(httparse::Status::Complete((n, 0))) => {
+                Ok(Some((n, State::Chunked(Chunk::Trailers))))
+            }
+            Ok(httparse::Status::Complete((n, size))) => {
+                Ok(Some((n, State::Chunked(Chunk::Data(size)))))
+            }
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(_) => Err(Http1Error::Chunk),
+        },
+        Chunk::Data(left) => {
+            if rest.is_empty() {
+                return Ok(None);
+            }
+            let n = take(left, rest.len());
+            out(&rest[..n]);
+            let left = left - n as u64;
+            let next = if left == 0 {
+                Chunk::DataEnd
+            } else {
+                Chunk::Data(left)
+            };
+            Ok(Some((n, State::Chunked(next))))
+        }
+        Chunk::DataEnd => match rest {
+            [b'\r', b'\n', ..] => Ok(Some((2, State::Chunked(Chunk::Size)))),
+            [] | [b'\r'] => Ok(None),
+            _ => Err(Http1Error::Chunk),
+        },
+        Chunk::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
+            Some(0) => Ok(Some((2, State::Done))),
+            Some(line) => Ok(Some((line + 2, State::Chunked(Chunk::Trailers)))),
+            None => Ok(None),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(framing: Framing, wire: &[u8], cut: usize) -> (Vec<u8>, bool, usize) {
+        let mut d = BodyDecoder::new(framing);
+        let mut body = Vec::new();
+        let mut pending = wire[..cut].to_vec();
+        let used = d.decode(&pending, |b| body.extend_from_slice(b)).unwrap();
+        pending.drain(..used);
+        pending.extend_from_slice(&wire[cut..]);
+        let used = d.decode(&pending, |b| body.extend_from_slice(b)).unwrap();
+        (body, d.is_done(), pending.len() - used)
+    }
+
+    #[test]
+    fn parses_heads() {
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nrest";
+        let (h, used) = parse_head(wire).unwrap().unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(!h.close);
+        assert_eq!(&wire[used..], b"rest");
+        let (h, _) = parse_head(
+            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (h.status, h.framing, h.close),
+            (405, Framing::Length(5), true)
+        );
+        let (h, _) = parse_head(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!((h.framing, h.close), (Framing::UntilClose, true));
+        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nA: b\r\n").unwrap(), None);
+        assert!(parse_head(b"garbage\r\n\r\n").is_err());
+        assert_eq!(
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
+            Err(Http1Error::Length)
+        );
+    }
+
+    #[test]
+    fn chunked_body_across_any_split_leaves_the_next_response() {
+        let wire = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\nHTTP/1.1";
+        for cut in 0..wire.len() {
+            let (body, done, left) = decode_all(Framing::Chunked, wire, cut);
+            assert_eq!(body, b"hello, world", "cut at {cut}");
+            assert!(done, "cut at {cut}");
+            assert_eq!(left, b"HTTP/1.1".len(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn length_and_close_bodies() {
+        let (body, done, left) = decode_all(Framing::Length(3), b"abcdef", 1);
+        assert_eq!((body.as_slice(), done, left), (&b"abc"[..], true, 3));
+        let mut d = BodyDecoder::new(Framing::UntilClose);
+        let mut body = Vec::new();
+        assert_eq!(d.decode(b"xyz", |b| body.extend_from_slice(b)).unwrap(), 3);
+        assert!(!d.is_done());
+        assert!(d.end_of_stream());
+        assert!(d.is_done());
+        let mut cut = BodyDecoder::new(Framing::Chunked);
+        assert!(!cut.end_of_stream());
+        assert!(BodyDecoder::new(Framing::Length(0)).is_done());
+    }
+
+    #[test]
+    fn bad_chunks_are_errors() {
+        let mut d = BodyDecoder::new(Framing::Chunked);
+        assert_eq!(d.decode(b"zz\r\n", |_| {}), Err(Http1Error::Chunk));
+        let mut d = BodyDecoder::new(Framing::Chunked);
+        assert_eq!(d.decode(b"1\r\naXY", |_| {}), Err(Http1Error::Chunk));
+    }
+}
