@@ -1,4 +1,4 @@
-//! Hot-path benches for the wire vocabulary and the pre-send normalizer.
+//! Hot-path benches for the wire vocabulary, SSE framing and the pre-send normalizer.
 //!
 //! Each bench is timed by criterion, then run again under the counting allocator and reported as
 //! one line: `ALLOC <name>: <allocs>/op <bytes> B/op`. See `benches/README.md`.
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
+use shardgate::protocol::sse::{write_event, SseParser};
 use shardgate::protocol::{ClientFrame, EventKind, UpstreamEvent};
 use shardgate::shard::normalizer::{map_back, normalize, Rewrite};
 
@@ -216,9 +217,89 @@ fn normalizer(c: &mut Criterion) {
     report_allocs(name, || map_back(black_box(DELTA_EVENT), &rw));
 }
 
+/// One Responses stream as SSE: `response.created`, `deltas` text deltas, `response.completed`.
+fn sse_stream(deltas: usize) -> Vec<u8> {
+    let mut wire = Vec::new();
+    write_event(
+        &mut wire,
+        "response.created",
+        br#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e","status":"in_progress"}}"#,
+    );
+    for _ in 0..deltas {
+        write_event(&mut wire, "response.output_text.delta", DELTA_EVENT);
+    }
+    write_event(&mut wire, "response.completed", COMPLETED_EVENT);
+    wire
+}
+
+fn sse(c: &mut Criterion) {
+    // Framing one delta for an SSE client, into a buffer reused across events (as a writer
+    // that flushes and clears its buffer would).
+    let mut out = Vec::with_capacity(4096);
+    write_event(&mut out, "response.output_text.delta", DELTA_EVENT);
+    assert!(out.starts_with(b"event: response.output_text.delta\ndata: {"));
+    assert!(out.ends_with(b"}\n\n"));
+    let name = "sse/write_event_delta";
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            out.clear();
+            write_event(&mut out, "response.output_text.delta", black_box(DELTA_EVENT));
+            out.len()
+        })
+    });
+    report_allocs(name, || {
+        out.clear();
+        write_event(&mut out, "response.output_text.delta", black_box(DELTA_EVENT));
+        out.len()
+    });
+
+    // Parsing: one delta event fed and taken per operation, the parser kept across operations
+    // (its buffer is reused once the previous event's bytes are released).
+    let mut one = Vec::new();
+    write_event(&mut one, "response.output_text.delta", DELTA_EVENT);
+    let mut parser = SseParser::new(1 << 20);
+    parser.feed(&one);
+    let ev = parser.next_event().unwrap().expect("one event");
+    assert_eq!(&ev.data[..], DELTA_EVENT, "single-line data comes back as-is");
+    assert_eq!(parser.buffered(), 0);
+    let name = "sse/parse_one_delta";
+    let mut step = || {
+        parser.feed(black_box(&one));
+        parser.next_event().unwrap().map(|e| e.data.len())
+    };
+    c.bench_function(name, |b| b.iter(&mut step));
+    report_allocs(name, &mut step);
+
+    // A whole 100-event stream fed in 16 KiB reads, as the upstream reader sees it.
+    let wire = sse_stream(98);
+    let mut count = 0;
+    let mut parser = SseParser::new(1 << 20);
+    for chunk in wire.chunks(16 * 1024) {
+        parser.feed(chunk);
+        while parser.next_event().unwrap().is_some() {
+            count += 1;
+        }
+    }
+    assert_eq!(count, 100);
+    let name = format!("sse/parse_stream_100_events_{}k", wire.len() / 1024);
+    let whole = || {
+        let mut parser = SseParser::new(1 << 20);
+        let mut n = 0;
+        for chunk in black_box(&wire).chunks(16 * 1024) {
+            parser.feed(chunk);
+            while let Ok(Some(_)) = parser.next_event() {
+                n += 1;
+            }
+        }
+        n
+    };
+    c.bench_function(&name, |b| b.iter(whole));
+    report_allocs(&name, whole);
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = client_frame, upstream_event, normalizer
+    targets = client_frame, upstream_event, normalizer, sse
 }
 criterion_main!(benches);

@@ -1,6 +1,8 @@
 # Shared plumbing for perf scenarios: builds the release binary, starts the mock upstream, the
-# gateway and nginx (installing Debian's nginx if missing) on free loopback ports, and stops
-# everything it started on exit. Source it; then use $MOCK_URL, $NGINX_URL, $GW_URL, $KEY.
+# gateway and nginx (installing Debian's nginx if missing) on free loopback ports, runs the same
+# load against direct / nginx / shardgate in alternating rounds, and stops everything it started
+# on exit. Source it, set the scenario's defaults, then call `parse_common "$@"` and
+# `compare_main`; see steady.sh.
 set -euo pipefail
 PERF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$PERF_DIR/.." && pwd)
@@ -33,9 +35,11 @@ start_mock() { # extra mock args...
   MOCK_PID=$!
   wait_http "http://127.0.0.1:$MOCK_PORT/_mock/stats"
   MOCK_URL="ws://127.0.0.1:$MOCK_PORT/v1/responses"
+  MOCK_HTTP_URL="http://127.0.0.1:$MOCK_PORT/v1/responses"
+  MOCK_BASE="http://127.0.0.1:$MOCK_PORT"
 }
 
-start_gateway() { # shards
+start_gateway() { # shards; extra [upstream] keys in $GW_UPSTREAM_EXTRA
   GW_PORT=$(free_port)
   KEY=sk-perf
   cat >"$WORK/gw.toml" <<TOML
@@ -44,6 +48,7 @@ listen = "127.0.0.1:$GW_PORT"
 shards = ${1:-2}
 [upstream]
 queue_per_conn = 64
+${GW_UPSTREAM_EXTRA:-}
 [[client_keys]]
 key = "$KEY"
 id = "perf"
@@ -62,6 +67,7 @@ TOML
   GW_PID=$!
   wait_http "http://127.0.0.1:$GW_PORT/healthz"
   GW_URL="ws://127.0.0.1:$GW_PORT/v1/responses"
+  GW_HTTP_URL="http://127.0.0.1:$GW_PORT/v1/responses"
 }
 
 start_nginx() {
@@ -75,9 +81,200 @@ start_nginx() {
   nginx -c "$WORK/nginx.conf" -p "$WORK"
   for _ in $(seq 1 50); do [[ -f "$WORK/nginx.pid" ]] && break; sleep 0.1; done
   NGINX_URL="ws://127.0.0.1:$NGINX_PORT/v1/responses"
+  NGINX_HTTP_URL="http://127.0.0.1:$NGINX_PORT/v1/responses"
 }
 
 # CPU seconds (user+sys) a process has used so far.
 cpu_secs() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 # Peak RSS in KiB.
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# RSS now, in KiB.
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+nginx_workers() { pgrep -f "nginx: worker process" || true; }
+nginx_cpu() { local t=0; for p in $(nginx_workers); do t=$(awk -v t="$t" '{print t + ($14 + $15) / 100}' "/proc/$p/stat"); done; echo "$t"; }
+nginx_rss_kib() { local t=0; for p in $(nginx_workers); do t=$((t + $(rss_kib "$p"))); done; echo "$t"; }
+nginx_peak_rss_kib() { local t=0; for p in $(nginx_workers); do t=$((t + $(peak_rss_kib "$p"))); done; echo "$t"; }
+
+# Mock control: reset its counters and script queue; append a script (JSON); read its counters.
+mock_reset() { curl -fsS -X POST "$MOCK_BASE/_mock/reset" >/dev/null; }
+mock_script() { curl -fsS -X POST -H 'content-type: application/json' --data-binary "$1" "$MOCK_BASE/_mock/script" >/dev/null; }
+mock_stats() { curl -fsS "$MOCK_BASE/_mock/stats"; }
+
+# ---- the side-by-side runner -------------------------------------------------------------------
+# Scenario knobs (set before parse_common; options override): ROUNDS CONNS SECS PAYLOAD SHARDS RATE
+# WARMUP CHAIN WIRE (ws|http) NAME IDLE (idle sessions for the RSS probe, 0: skip) HOLD, LOAD_EXTRA
+# (more `shardgate load` options), TARGETS (subset of "direct nginx shardgate"), and the hook
+# `mock_round_script` (prints a mock script JSON to post after each reset, or nothing).
+ROUNDS=${ROUNDS:-3} CONNS=${CONNS:-32} SECS=${SECS:-5} PAYLOAD=${PAYLOAD:-30000} SHARDS=${SHARDS:-2}
+RATE=${RATE:-} WARMUP=${WARMUP:-} CHAIN=${CHAIN-1} WIRE=${WIRE:-ws} NAME=${NAME:-steady}
+IDLE=${IDLE:-1000} HOLD=${HOLD:-3} LOAD_EXTRA=${LOAD_EXTRA:-} TARGETS=${TARGETS:-"direct nginx shardgate"}
+MOCK_ARGS=${MOCK_ARGS:-}
+mock_round_script() { :; }
+
+common_usage() {
+  cat >&2 <<USAGE
+options: [--rounds N] [--connections N] [--secs S] [--payload BYTES] [--shards N]
+         [--rate TURNS_PER_SEC] (open-loop cap; without it the load is closed-loop)
+         [--warmup] [--no-chain] [--idle-sessions N] (0 skips the idle RSS probe) [--hold-secs S]
+         [--targets "direct nginx shardgate"] [--name NAME]
+USAGE
+}
+
+parse_common() {
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --rounds) ROUNDS=$2; shift 2 ;;
+      --connections) CONNS=$2; shift 2 ;;
+      --secs) SECS=$2; shift 2 ;;
+      --payload) PAYLOAD=$2; shift 2 ;;
+      --shards) SHARDS=$2; shift 2 ;;
+      --rate) RATE=$2; shift 2 ;;
+      --warmup) WARMUP=1; shift ;;
+      --no-chain) CHAIN=""; shift ;;
+      --idle-sessions) IDLE=$2; shift 2 ;;
+      --hold-secs) HOLD=$2; shift 2 ;;
+      --targets) TARGETS=$2; shift 2 ;;
+      --name) NAME=$2; shift 2 ;;
+      -h|--help) common_usage; exit 0 ;;
+      *) echo "unknown option $1" >&2; common_usage; exit 2 ;;
+    esac
+  done
+}
+
+# The URL and key of a target on the scenario's wire.
+target_url() {
+  case "$1:$WIRE" in
+    direct:ws) echo "$MOCK_URL" ;; direct:http) echo "$MOCK_HTTP_URL" ;;
+    nginx:ws) echo "$NGINX_URL" ;; nginx:http) echo "$NGINX_HTTP_URL" ;;
+    shardgate:ws) echo "$GW_URL" ;; shardgate:http) echo "$GW_HTTP_URL" ;;
+  esac
+}
+target_key() { if [[ $1 == shardgate ]]; then echo "$KEY"; else echo sk-mock; fi; }
+relay_cpu() { case "$1" in shardgate) cpu_secs "$GW_PID" ;; nginx) nginx_cpu ;; *) echo 0 ;; esac; }
+relay_peak_rss() { case "$1" in shardgate) peak_rss_kib "$GW_PID" ;; nginx) nginx_peak_rss_kib ;; *) echo 0 ;; esac; }
+relay_rss() { case "$1" in shardgate) rss_kib "$GW_PID" ;; nginx) nginx_rss_kib ;; *) echo 0 ;; esac; }
+
+# One round against one target: reset the mock (and post the round's script), run the load, add
+# the relay's CPU and the mock's counters to the JSON, plot its percentile distribution.
+run_round() { # target round
+  local name=$1 round=$2 base="$OUT/$1-$2" script control=1 cpu0
+  mock_reset
+  script=$(mock_round_script)
+  if [[ -n $script ]]; then mock_script "$script"; control=2; fi
+  cpu0=$(relay_cpu "$name")
+  # shellcheck disable=SC2086
+  "$BIN" load --url "$(target_url "$name")" --key "$(target_key "$name")" --connections "$CONNS" \
+    --duration-secs "$SECS" --payload-bytes "$PAYLOAD" ${CHAIN:+--store-false-chain} \
+    ${RATE:+--rate "$RATE"} ${WARMUP:+--warmup} $LOAD_EXTRA \
+    --json-out "$base.json" --hist-out "$base.csv" >"$base.txt"
+  python3 - "$base.json" "$(relay_cpu "$name")" "$cpu0" "$(relay_peak_rss "$name")" "$control" "$(mock_stats)" <<'PY'
+import json, sys
+path, cpu1, cpu0, rss, control, mock = sys.argv[1:]
+r, m = json.load(open(path)), json.loads(mock)
+r["relay_cpu_secs"] = float(cpu1) - float(cpu0)
+r["relay_peak_rss_kib"] = int(rss)
+# Each curl is one mock connection: the reset's is cleared by the reset itself; the script's and
+# this stats request's are counted ($control of them), and are not upstream connections.
+r["mock"] = {
+    "upstream_conns": m["connections_total"] - int(control),
+    "upstream_turns": m["ws_turns_total"] + m["http_turns_total"],
+    "ws_connections": m["ws_connections_total"],
+    "faults": m["faults"],
+    "close_codes_sent": m["close_codes_sent"],
+}
+json.dump(r, open(path, "w"))
+PY
+  plot_run "$base"
+}
+
+# RSS per idle session of a relay: RSS before, N idle WebSocket sessions held, RSS while held.
+idle_probe() { # target
+  local name=$1 before after log="$OUT/idle-$1.txt"
+  [[ $IDLE -gt 0 ]] || return 0
+  before=$(relay_rss "$name")
+  "$BIN" load --url "$(target_url "$name" | sed 's#^http://#ws://#')" --key "$(target_key "$name")" \
+    --idle-sessions "$IDLE" --hold-secs "$HOLD" --json-out "$OUT/idle-$name-load.json" >"$log" &
+  local pid=$!
+  for _ in $(seq 1 200); do grep -q "idle sessions open" "$log" 2>/dev/null && break; sleep 0.05; done
+  sleep 0.3
+  after=$(relay_rss "$name")
+  wait "$pid"
+  python3 - "$OUT/idle-$name-load.json" "$before" "$after" >"$OUT/idle-$name.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(json.dumps({"idle_open": r["idle_open"], "rss_before_kib": int(sys.argv[2]), "rss_after_kib": int(sys.argv[3]), "errors": r["errors"]}))
+PY
+}
+
+# gnuplot: the percentile distribution of one run (<base>.csv → <base>.png).
+plot_run() { # base
+  command -v gnuplot >/dev/null || return 0
+  local base=$1 series="" h
+  for h in ttft event first_turn; do
+    grep -q "^$h," "$base.csv" || continue
+    series+="${series:+, }\"< grep '^$h,' $base.csv\" using 4:3 with lines lw 2 title '$h'"
+  done
+  [[ -n $series ]] || return 0
+  gnuplot <<GP || echo "gnuplot failed: no plot" >&2
+set terminal pngcairo size 900,520 noenhanced
+set output "$base.png"
+set datafile separator ","
+set title "$(basename "$base"): latency by percentile (µs)"
+set logscale xy
+set xtics ("0%%" 1, "90%%" 10, "99%%" 100, "99.9%%" 1000, "99.99%%" 10000, "99.999%%" 100000)
+set xlabel "percentile"
+set ylabel "µs"
+set grid
+set key top left
+plot $series
+GP
+}
+
+# One TTFT curve per target (last round) in one picture.
+plot_compare() {
+  command -v gnuplot >/dev/null || return 0
+  local series="" t f
+  for t in $TARGETS; do
+    f="$OUT/$t-$ROUNDS.csv"
+    [[ -s $f ]] && grep -q '^ttft,' "$f" || continue
+    series+="${series:+, }\"< grep '^ttft,' $f\" using 4:3 with lines lw 2 title '$t TTFT'"
+  done
+  [[ -n $series ]] || return 0
+  gnuplot <<GP || echo "gnuplot failed: no plot" >&2
+set terminal pngcairo size 900,520 noenhanced
+set output "$OUT/ttft-by-target.png"
+set datafile separator ","
+set title "$NAME: TTFT by percentile, round $ROUNDS (µs)"
+set logscale xy
+set xtics ("0%%" 1, "90%%" 10, "99%%" 100, "99.9%%" 1000, "99.99%%" 10000, "99.999%%" 100000)
+set grid
+set key top left
+plot $series
+GP
+}
+
+ensure_gnuplot() {
+  if ! command -v gnuplot >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnuplot-nox) >&2 ||
+      echo "gnuplot unavailable: no plots" >&2
+  fi
+}
+
+# Build, start everything, alternate rounds, probe idle RSS, summarize.
+compare_main() {
+  build
+  ensure_gnuplot
+  # shellcheck disable=SC2086
+  start_mock --shards 1 $MOCK_ARGS
+  start_gateway "$SHARDS"
+  start_nginx
+  OUT="$ROOT/perf/out/$NAME-$(date +%Y%m%dT%H%M%S)"
+  mkdir -p "$OUT"
+  local round t
+  for round in $(seq 1 "$ROUNDS"); do
+    for t in $TARGETS; do run_round "$t" "$round"; done
+  done
+  for t in $TARGETS; do [[ $t == direct ]] || idle_probe "$t"; done
+  plot_compare
+  python3 "$PERF_DIR/summarize.py" "$OUT" "$ROUNDS" "$NAME" | tee "$OUT/summary.txt"
+}

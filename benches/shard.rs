@@ -1,0 +1,151 @@
+//! Per-turn shard costs: pool acquire/release on the idle stack, histogram recording, and the
+//! serialization of a usage record.
+//!
+//! Each bench is timed by criterion, then run again under the counting allocator and reported as
+//! one line: `ALLOC <name>: <allocs>/op <bytes> B/op`. See `benches/README.md`.
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::rc::Rc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use shardgate::config::Config;
+use shardgate::metrics::{Hist, ShardMetrics};
+use shardgate::protocol::Usage;
+use shardgate::shard::account::AccountRuntime;
+use shardgate::shard::pool::Pool;
+use shardgate::usage::{RequestType, UsageRecord};
+
+#[path = "alloc_counter.rs"]
+mod alloc_counter;
+
+#[global_allocator]
+static ALLOC: alloc_counter::Counting = alloc_counter::Counting;
+
+/// Iterations of the allocation measurement after each timed bench.
+const ALLOC_ITERS: u64 = 10_000;
+
+fn report_allocs<R>(name: &str, f: impl FnMut() -> R) {
+    let (allocs, bytes) = alloc_counter::measure(ALLOC_ITERS, f);
+    println!("ALLOC {name}: {allocs}/op {bytes} B/op");
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20)
+}
+
+/// The pool's idle-stack path, through its public API: one real upstream connection (dialed to
+/// an in-process mock on a glommio executor), then `acquire` (pops it) and `Lease::release`
+/// (pushes it back) per operation. The acquire future completes on its first poll on this path,
+/// so it is driven with `block_on` inside the executor.
+fn pool(c: &mut Criterion) {
+    let mock = shardgate::mock::start(shardgate::mock::MockConfig::default()).expect("mock starts");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\n[[client_keys]]\nkey = \"sk-bench\"\nid = \"bench\"\n\
+         [[accounts]]\nid = \"acct\"\nbase_url = \"{}\"\napi_key = \"sk-upstream\"\nmax_conns = 4\n\
+         [usage]\npath = \"/dev/null\"\n",
+        mock.base_url()
+    );
+    let config = Config::parse(&text, &|_| None).expect("bench config is valid");
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(64 * 1024)
+        .make()
+        .expect("executor starts");
+    executor.run(async {
+        let account = Rc::new(
+            AccountRuntime::new(0, config.accounts[0].clone()).expect("account is valid"),
+        );
+        let pool = Rc::new(Pool::new(
+            account,
+            4,
+            Rc::new(config.upstream.clone()),
+            Rc::new(Cell::new(0)),
+        ));
+        let lease = pool.acquire(&[]).await.expect("first acquire dials the mock");
+        assert!(!lease.reused);
+        lease.release();
+        let cycle = || {
+            let lease = futures_lite::future::block_on(pool.acquire(&[]))
+                .expect("an idle connection is there");
+            let reused = lease.reused;
+            lease.release();
+            reused
+        };
+        assert!(cycle(), "the second acquire reuses the idle connection");
+        assert_eq!(pool.open(), 1);
+        let name = "pool/acquire_release_idle";
+        c.bench_function(name, |b| b.iter(cycle));
+        report_allocs(name, cycle);
+        assert_eq!(pool.counters.dialed.get(), 1, "no dial after the first");
+    });
+    mock.stop();
+}
+
+fn histograms(c: &mut Criterion) {
+    let metrics = ShardMetrics::default();
+    let mut us = 1u64;
+    let mut next = move || {
+        // A spread of values so recording touches different buckets.
+        us = (us * 7 + 13) % 50_000 + 1;
+        Duration::from_micros(us)
+    };
+    let name = "metrics/record";
+    c.bench_function(name, |b| {
+        b.iter(|| metrics.record(black_box(Hist::EventAddedWs), next()))
+    });
+    report_allocs(name, || metrics.record(black_box(Hist::EventAddedWs), next()));
+    let name = "metrics/record_n_8";
+    c.bench_function(name, |b| {
+        b.iter(|| metrics.record_n(black_box(Hist::EventAddedWs), next(), 8))
+    });
+    report_allocs(name, || {
+        metrics.record_n(black_box(Hist::EventAddedWs), next(), 8)
+    });
+    let taken = metrics.take_interval();
+    assert_eq!(taken.len(), Hist::ALL.len());
+    assert!(taken.iter().map(|h| h.len()).sum::<u64>() > 0);
+}
+
+fn usage_record(c: &mut Criterion) {
+    let record = UsageRecord {
+        response_id: "resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e".to_string(),
+        ts_ms: 1_763_900_000_000,
+        group: "default".to_string(),
+        key_id: "team-a".to_string(),
+        account: "acct-0".to_string(),
+        model: "gpt-5-codex".to_string(),
+        request_type: RequestType::Ws,
+        usage: Usage {
+            input_tokens: 28411,
+            cached_tokens: 27648,
+            output_tokens: 412,
+            reasoning_tokens: 256,
+            total_tokens: 28823,
+        },
+        ttft_us: Some(1834),
+        duration_us: 5_210_000,
+        attempts: 1,
+        status: "completed".to_string(),
+        instance: "gw-1".to_string(),
+        shard: 0,
+    };
+    let json = sonic_rs::to_vec(&record).expect("usage record serializes");
+    let back: UsageRecord = sonic_rs::from_slice(&json).expect("and parses back");
+    assert_eq!(back, record);
+    let name = "usage/to_vec";
+    c.bench_function(name, |b| {
+        b.iter(|| sonic_rs::to_vec(black_box(&record)).unwrap())
+    });
+    report_allocs(name, || sonic_rs::to_vec(black_box(&record)).unwrap());
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = pool, histograms, usage_record
+}
+criterion_main!(benches);

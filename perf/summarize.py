@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Summarizes one perf run: the per-round JSON reports of `shardgate load` (augmented by lib.sh
+with relay CPU and mock counters) for each target, medians over rounds, the added latency and CPU
+of nginx and shardgate over direct, pool reuse, attempts per request, error share, idle RSS.
+
+    summarize.py OUT_DIR ROUNDS SCENARIO
+
+Reads OUT_DIR/<target>-<round>.json and OUT_DIR/idle-<target>.json; writes OUT_DIR/summary.json.
+"""
+import json
+import os
+import statistics as st
+import sys
+
+out, rounds, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+names = [n for n in ("direct", "nginx", "shardgate") if os.path.exists(f"{out}/{n}-1.json")]
+runs = {n: [json.load(open(f"{out}/{n}-{i}.json")) for i in range(1, rounds + 1)] for n in names}
+
+
+def med(n, f):
+    return st.median(f(r) for r in runs[n])
+
+
+def requests(r):
+    """Client requests that reached the server: turns and warm-ups, minus failed connects."""
+    refused = sum(v for k, v in r["errors"].items() if k.startswith(("connect_", "handshake")))
+    return max(r["turns_ok"] + r["warmups_ok"] + r["turns_failed"] - refused, 0)
+
+
+def reuse(r):
+    m = r.get("mock", {})
+    turns = m.get("upstream_turns", 0)
+    return 1 - m.get("upstream_conns", 0) / turns if turns else float("nan")
+
+
+def attempts(r):
+    req = requests(r)
+    return r.get("mock", {}).get("upstream_turns", 0) / req if req else float("nan")
+
+
+def error_share(r):
+    total = r["turns_ok"] + r["turns_failed"]
+    return r["turns_failed"] / total if total else float("nan")
+
+
+first = runs[names[0]][0]
+print(
+    f"{scenario} ({out.rsplit('/', 1)[-1]}): {first['transport']}, {first['connections']} connections, "
+    f"{rounds} alternating rounds of {first.get('duration_secs') or '?'} s, payload {first['payload_bytes']} B, "
+    f"rate cap {first['rate_cap'] or 'none'} (medians over rounds)"
+)
+unavailable = {}
+for n in names:
+    errs = {}
+    for r in runs[n]:
+        for k, v in r["errors"].items():
+            errs[k] = errs.get(k, 0) + v
+    ok = sum(r["turns_ok"] for r in runs[n])
+    if ok == 0:
+        unavailable[n] = errs
+for n, errs in unavailable.items():
+    refused = sorted(k for k in errs if k in ("http_404", "http_405", "handshake_http_404", "handshake_http_405"))
+    if refused:
+        print(
+            f"!! {n} answered {', '.join(refused)}: it does not serve this endpoint "
+            f"(for shardgate: POST /v1/responses is not in this build yet); its figures are left out."
+        )
+    else:
+        print(f"!! no turn through {n} succeeded (errors {errs}); its figures are left out.")
+names = [n for n in names if n not in unavailable]
+
+header = (
+    f"{'target':<10} {'turns/s':>8} {'ttft p50':>9} {'p90':>7} {'p99':>7} {'p99.9':>7} {'evt p50':>8} "
+    f"{'evt p99':>8} {'evt p99.9':>9} {'err %':>6} {'cpu s/1k':>9} {'reuse':>6} {'att/req':>7}"
+)
+print(header)
+summary = {"scenario": scenario, "rounds": rounds, "targets": {}}
+for n in names:
+    s = {
+        "turns_per_sec": med(n, lambda r: r["turns_per_sec"]),
+        "ttft_p50": med(n, lambda r: r["ttft_us"]["p50"]),
+        "ttft_p90": med(n, lambda r: r["ttft_us"]["p90"]),
+        "ttft_p99": med(n, lambda r: r["ttft_us"]["p99"]),
+        "ttft_p999": med(n, lambda r: r["ttft_us"]["p999"]),
+        "evt_p50": med(n, lambda r: r["event_latency_us"]["p50"]),
+        "evt_p99": med(n, lambda r: r["event_latency_us"]["p99"]),
+        "evt_p999": med(n, lambda r: r["event_latency_us"]["p999"]),
+        "error_share": med(n, error_share),
+        "errors": {},
+        "cpu_per_1k": med(n, lambda r: 1000 * r.get("relay_cpu_secs", 0) / max(r["turns_ok"], 1)),
+        "reuse": med(n, reuse),
+        "attempts_per_request": med(n, attempts),
+        "connects_per_sec": med(n, lambda r: r["connects"] / r["elapsed_secs"]),
+        "first_turn_p50": med(n, lambda r: r["first_turn_us"]["p50"]),
+        "first_turn_p99": med(n, lambda r: r["first_turn_us"]["p99"]),
+        "connect_p50": med(n, lambda r: r["connect_us"]["p50"]),
+        "connect_p99": med(n, lambda r: r["connect_us"]["p99"]),
+        "upstream_conns": [r.get("mock", {}).get("upstream_conns", 0) for r in runs[n]],
+        "turns_failed": sum(r["turns_failed"] for r in runs[n]),
+        "peak_rss_kib": max(r.get("relay_peak_rss_kib", 0) for r in runs[n]),
+    }
+    for r in runs[n]:
+        for k, v in r["errors"].items():
+            s["errors"][k] = s["errors"].get(k, 0) + v
+    summary["targets"][n] = s
+    print(
+        f"{n:<10} {s['turns_per_sec']:>8.0f} {s['ttft_p50']:>9} {s['ttft_p90']:>7} {s['ttft_p99']:>7} "
+        f"{s['ttft_p999']:>7} {s['evt_p50']:>8} {s['evt_p99']:>8} {s['evt_p999']:>9} "
+        f"{100 * s['error_share']:>6.2f} {s['cpu_per_1k']:>9.3f} {s['reuse']:>6.3f} {s['attempts_per_request']:>7.3f}"
+    )
+
+print("\nconnections: connects/s, connect p50/p99, connect+first turn p50/p99 (µs), upstream connections opened per round")
+for n in names:
+    s = summary["targets"][n]
+    print(
+        f"  {n:<10} {s['connects_per_sec']:>8.0f}/s  connect {s['connect_p50']:>6}/{s['connect_p99']:<6} "
+        f"first turn {s['first_turn_p50']:>6}/{s['first_turn_p99']:<6} upstream conns {s['upstream_conns']}"
+    )
+for n in names:
+    if summary["targets"][n]["errors"]:
+        print(f"  errors {n}: {summary['targets'][n]['errors']}")
+
+if "direct" in summary["targets"] and len(names) > 1:
+    d = summary["targets"]["direct"]
+    others = [n for n in names if n != "direct"]
+    print(f"\nadded over direct (µs){' and ratio shardgate/nginx' if len(others) == 2 else ''}:")
+    for k, label in [("ttft_p50", "TTFT p50"), ("ttft_p90", "TTFT p90"), ("ttft_p99", "TTFT p99"),
+                     ("ttft_p999", "TTFT p99.9"), ("evt_p50", "event p50"), ("evt_p99", "event p99"),
+                     ("evt_p999", "event p99.9")]:
+        added = {n: summary["targets"][n][k] - d[k] for n in others}
+        line = "  ".join(f"{n} +{added[n]:>6}" for n in others)
+        if len(others) == 2:
+            ng, sg = added["nginx"], added["shardgate"]
+            line += f"  ratio {sg / ng:.2f}" if ng > 0 else "  ratio n/a"
+        print(f"  {label:<11} {line}")
+    summary["added_over_direct"] = {n: {k: summary["targets"][n][k] - d[k] for k in ("ttft_p50", "ttft_p99", "evt_p50", "evt_p99")} for n in others}
+    if len(others) == 2:
+        ng, sg = summary["targets"]["nginx"]["cpu_per_1k"], summary["targets"]["shardgate"]["cpu_per_1k"]
+        ratio = f"{sg / ng:.2f}" if ng else "n/a"
+        print(f"  relay CPU s per 1000 turns: nginx {ng:.3f}  shardgate {sg:.3f}  ratio {ratio}")
+
+for n in names:
+    if n != "direct" and summary["targets"][n]["peak_rss_kib"]:
+        print(f"  {n} peak RSS: {summary['targets'][n]['peak_rss_kib'] / 1024:.1f} MiB")
+for n in ("nginx", "shardgate"):
+    path = f"{out}/idle-{n}.json"
+    if os.path.exists(path):
+        idle = json.load(open(path))
+        per = (idle["rss_after_kib"] - idle["rss_before_kib"]) / max(idle["idle_open"], 1)
+        summary.setdefault("idle", {})[n] = dict(idle, kib_per_session=per)
+        print(
+            f"  {n} RSS per idle session: {per:.1f} KiB ({idle['idle_open']} sessions held, "
+            f"{idle['rss_before_kib'] / 1024:.1f} → {idle['rss_after_kib'] / 1024:.1f} MiB)"
+        )
+json.dump(summary, open(f"{out}/summary.json", "w"), indent=2)
+print(f"\nJSON, CSV and plots: {out}")
