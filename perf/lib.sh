@@ -167,10 +167,13 @@ run_round() { # target round
     --duration-secs "$SECS" --payload-bytes "$PAYLOAD" ${CHAIN:+--store-false-chain} \
     ${RATE:+--rate "$RATE"} ${WARMUP:+--warmup} $LOAD_EXTRA \
     --json-out "$base.json" --hist-out "$base.csv" >"$base.txt"
-  python3 - "$base.json" "$(relay_cpu "$name")" "$cpu0" "$(relay_peak_rss "$name")" "$control" "$(mock_stats)" <<'PY'
+  local cpu1
+  cpu1=$(relay_cpu "$name")
+  mock_stats >"$WORK/mock-stats.json"
+  python3 - "$base.json" "$cpu1" "$cpu0" "$(relay_peak_rss "$name")" "$control" "$WORK/mock-stats.json" <<'PY'
 import json, sys
 path, cpu1, cpu0, rss, control, mock = sys.argv[1:]
-r, m = json.load(open(path)), json.loads(mock)
+r, m = json.load(open(path)), json.load(open(mock))
 r["relay_cpu_secs"] = float(cpu1) - float(cpu0)
 r["relay_peak_rss_kib"] = int(rss)
 # Each curl is one mock connection: the reset's is cleared by the reset itself; the script's and

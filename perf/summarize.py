@@ -21,6 +21,11 @@ def med(n, f):
     return st.median(f(r) for r in runs[n])
 
 
+def med_us(n, f):
+    """Median over rounds of a µs figure, rounded to whole µs."""
+    return round(med(n, f))
+
+
 def requests(r):
     """Client requests that reached the server: turns and warm-ups, minus failed connects."""
     refused = sum(v for k, v in r["errors"].items() if k.startswith(("connect_", "handshake")))
@@ -78,23 +83,23 @@ summary = {"scenario": scenario, "rounds": rounds, "targets": {}}
 for n in names:
     s = {
         "turns_per_sec": med(n, lambda r: r["turns_per_sec"]),
-        "ttft_p50": med(n, lambda r: r["ttft_us"]["p50"]),
-        "ttft_p90": med(n, lambda r: r["ttft_us"]["p90"]),
-        "ttft_p99": med(n, lambda r: r["ttft_us"]["p99"]),
-        "ttft_p999": med(n, lambda r: r["ttft_us"]["p999"]),
-        "evt_p50": med(n, lambda r: r["event_latency_us"]["p50"]),
-        "evt_p99": med(n, lambda r: r["event_latency_us"]["p99"]),
-        "evt_p999": med(n, lambda r: r["event_latency_us"]["p999"]),
+        "ttft_p50": med_us(n, lambda r: r["ttft_us"]["p50"]),
+        "ttft_p90": med_us(n, lambda r: r["ttft_us"]["p90"]),
+        "ttft_p99": med_us(n, lambda r: r["ttft_us"]["p99"]),
+        "ttft_p999": med_us(n, lambda r: r["ttft_us"]["p999"]),
+        "evt_p50": med_us(n, lambda r: r["event_latency_us"]["p50"]),
+        "evt_p99": med_us(n, lambda r: r["event_latency_us"]["p99"]),
+        "evt_p999": med_us(n, lambda r: r["event_latency_us"]["p999"]),
         "error_share": med(n, error_share),
         "errors": {},
         "cpu_per_1k": med(n, lambda r: 1000 * r.get("relay_cpu_secs", 0) / max(r["turns_ok"], 1)),
         "reuse": med(n, reuse),
         "attempts_per_request": med(n, attempts),
         "connects_per_sec": med(n, lambda r: r["connects"] / r["elapsed_secs"]),
-        "first_turn_p50": med(n, lambda r: r["first_turn_us"]["p50"]),
-        "first_turn_p99": med(n, lambda r: r["first_turn_us"]["p99"]),
-        "connect_p50": med(n, lambda r: r["connect_us"]["p50"]),
-        "connect_p99": med(n, lambda r: r["connect_us"]["p99"]),
+        "first_turn_p50": med_us(n, lambda r: r["first_turn_us"]["p50"]),
+        "first_turn_p99": med_us(n, lambda r: r["first_turn_us"]["p99"]),
+        "connect_p50": med_us(n, lambda r: r["connect_us"]["p50"]),
+        "connect_p99": med_us(n, lambda r: r["connect_us"]["p99"]),
         "upstream_conns": [r.get("mock", {}).get("upstream_conns", 0) for r in runs[n]],
         "turns_failed": sum(r["turns_failed"] for r in runs[n]),
         "peak_rss_kib": max(r.get("relay_peak_rss_kib", 0) for r in runs[n]),
@@ -131,7 +136,7 @@ if "direct" in summary["targets"] and len(names) > 1:
         line = "  ".join(f"{n} +{added[n]:>6}" for n in others)
         if len(others) == 2:
             ng, sg = added["nginx"], added["shardgate"]
-            line += f"  ratio {sg / ng:.2f}" if ng > 0 else "  ratio n/a"
+            line += f"  ratio {sg / ng:.2f}" if ng > 0 and sg > 0 else "  ratio n/a"
         print(f"  {label:<11} {line}")
     summary["added_over_direct"] = {n: {k: summary["targets"][n][k] - d[k] for k in ("ttft_p50", "ttft_p99", "evt_p50", "evt_p99")} for n in others}
     if len(others) == 2:
