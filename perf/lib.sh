@@ -214,7 +214,9 @@ plot_run() { # base
   command -v gnuplot >/dev/null || return 0
   local base=$1 series="" h
   for h in ttft event first_turn; do
-    grep -q "^$h," "$base.csv" || continue
+    # A curve needs points: skip histograms with few distinct percentiles (e.g. one first turn
+    # per connection in a steady run).
+    [[ $(grep -c "^$h," "$base.csv") -ge 40 ]] || continue
     series+="${series:+, }\"< grep '^$h,' $base.csv\" using 4:3 with lines lw 2 title '$h'"
   done
   [[ -n $series ]] || return 0
