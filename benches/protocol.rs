@@ -243,13 +243,21 @@ fn sse(c: &mut Criterion) {
     c.bench_function(name, |b| {
         b.iter(|| {
             out.clear();
-            write_event(&mut out, "response.output_text.delta", black_box(DELTA_EVENT));
+            write_event(
+                &mut out,
+                "response.output_text.delta",
+                black_box(DELTA_EVENT),
+            );
             out.len()
         })
     });
     report_allocs(name, || {
         out.clear();
-        write_event(&mut out, "response.output_text.delta", black_box(DELTA_EVENT));
+        write_event(
+            &mut out,
+            "response.output_text.delta",
+            black_box(DELTA_EVENT),
+        );
         out.len()
     });
 
@@ -260,7 +268,11 @@ fn sse(c: &mut Criterion) {
     let mut parser = SseParser::new(1 << 20);
     parser.feed(&one);
     let ev = parser.next_event().unwrap().expect("one event");
-    assert_eq!(&ev.data[..], DELTA_EVENT, "single-line data comes back as-is");
+    assert_eq!(
+        &ev.data[..],
+        DELTA_EVENT,
+        "single-line data comes back as-is"
+    );
     assert_eq!(parser.buffered(), 0);
     let name = "sse/parse_one_delta";
     let mut step = || {

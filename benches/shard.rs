@@ -56,16 +56,18 @@ fn pool(c: &mut Criterion) {
         .make()
         .expect("executor starts");
     executor.run(async {
-        let account = Rc::new(
-            AccountRuntime::new(0, config.accounts[0].clone()).expect("account is valid"),
-        );
+        let account =
+            Rc::new(AccountRuntime::new(0, config.accounts[0].clone()).expect("account is valid"));
         let pool = Rc::new(Pool::new(
             account,
             4,
             Rc::new(config.upstream.clone()),
             Rc::new(Cell::new(0)),
         ));
-        let lease = pool.acquire(&[]).await.expect("first acquire dials the mock");
+        let lease = pool
+            .acquire(&[])
+            .await
+            .expect("first acquire dials the mock");
         assert!(!lease.reused);
         lease.release();
         let cycle = || {
@@ -97,7 +99,9 @@ fn histograms(c: &mut Criterion) {
     c.bench_function(name, |b| {
         b.iter(|| metrics.record(black_box(Hist::EventAddedWs), next()))
     });
-    report_allocs(name, || metrics.record(black_box(Hist::EventAddedWs), next()));
+    report_allocs(name, || {
+        metrics.record(black_box(Hist::EventAddedWs), next())
+    });
     let name = "metrics/record_n_8";
     c.bench_function(name, |b| {
         b.iter(|| metrics.record_n(black_box(Hist::EventAddedWs), next(), 8))

@@ -23,6 +23,8 @@ pub struct HistogramSummary {
     pub p50: u64,
     /// 90th percentile.
     pub p90: u64,
+    /// 95th percentile.
+    pub p95: u64,
     /// 99th percentile.
     pub p99: u64,
     /// 99.9th percentile.
@@ -40,6 +42,7 @@ impl HistogramSummary {
                 mean: 0.0,
                 p50: 0,
                 p90: 0,
+                p95: 0,
                 p99: 0,
                 p999: 0,
                 max: 0,
@@ -51,6 +54,7 @@ impl HistogramSummary {
             mean: h.mean(),
             p50: h.value_at_quantile(0.5),
             p90: h.value_at_quantile(0.9),
+            p95: h.value_at_quantile(0.95),
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             max: h.max(),
@@ -275,8 +279,8 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "{:<18}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
-            "µs", "count", "p50", "p90", "p99", "p99.9", "max", "mean"
+            "{:<18}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+            "µs", "count", "p50", "p90", "p95", "p99", "p99.9", "max", "mean"
         );
         for (name, h) in [
             ("ttft", &self.ttft_us),
@@ -288,8 +292,8 @@ impl Report {
         ] {
             let _ = writeln!(
                 out,
-                "{:<18}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10.0}",
-                name, h.count, h.p50, h.p90, h.p99, h.p999, h.max, h.mean
+                "{:<18}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10.0}",
+                name, h.count, h.p50, h.p90, h.p95, h.p99, h.p999, h.max, h.mean
             );
         }
         if self.errors.is_empty() {
@@ -325,6 +329,7 @@ mod tests {
         assert_eq!(r.events_per_sec, 50.0);
         assert_eq!(r.turn_us.count, 1000);
         assert_eq!(r.turn_us.p50, 500);
+        assert_eq!(r.turn_us.p95, 950);
         assert_eq!(r.turn_us.max, 1000);
         assert_eq!(r.ttft_us.count, 0);
         assert_eq!(r.errors_total, 1);
