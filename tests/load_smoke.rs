@@ -188,3 +188,88 @@ fn idle_mode_holds_connections_without_turns() {
     assert_eq!(stats.ws_turns_total, 0);
     mock.stop();
 }
+
+/// A one-request-per-connection HTTP server: answers every `POST` with a three-event SSE body and
+/// closes, alternating a `Content-Length` body and a body delimited by the close itself. Returns
+/// its address and a counter of the connections it served.
+fn closing_sse_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            let head_end = loop {
+                let Ok(n) = stream.read(&mut buf) else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                req.extend_from_slice(&buf[..n]);
+                if let Some(p) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(p + 4);
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            let head = String::from_utf8_lossy(&req[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while req.len() < head_end + length {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let body = format!(
+                "event: response.created\ndata: {{\"type\":\"response.created\",\"response\":{{\"id\":\"r{n}\"}}}}\n\n\
+                 event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}}\n\n\
+                 event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"id\":\"r{n}\"}}}}\n\n"
+            );
+            let head = if n % 2 == 0 {
+                format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+            } else {
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body.as_bytes());
+        }
+    });
+    (addr, served)
+}
+
+#[test]
+fn sse_reopens_a_connection_the_server_closes_after_each_response() {
+    let (addr, served) = closing_sse_server();
+    let target = Target::parse(&format!("http://{addr}/v1/responses")).expect("url");
+    let mut load = LoadConfig::new(target, "sk-any");
+    load.stop = Stop::Turns(4);
+    load.turn_timeout = Duration::from_secs(5);
+    let report = shardgate::load::run(load).expect("load runs");
+    let summary = report.table();
+    assert_eq!(report.turns_ok, 4, "{summary}");
+    assert_eq!(report.errors_total, 0, "{summary}");
+    assert_eq!(
+        report.connects, 1,
+        "reopening is the transport's business: {summary}"
+    );
+    assert_eq!(report.ttft_us.count, 4, "{summary}");
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "one connection per request"
+    );
+}
