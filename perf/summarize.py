@@ -89,6 +89,7 @@ for n in names:
         "ttft_p99": med_us(n, lambda r: r["ttft_us"]["p99"]),
         "ttft_p999": med_us(n, lambda r: r["ttft_us"]["p999"]),
         "evt_p50": med_us(n, lambda r: r["event_latency_us"]["p50"]),
+        "evt_p95": med_us(n, lambda r: r["event_latency_us"].get("p95", r["event_latency_us"]["p90"])),
         "evt_p99": med_us(n, lambda r: r["event_latency_us"]["p99"]),
         "evt_p999": med_us(n, lambda r: r["event_latency_us"]["p999"]),
         "error_share": med(n, error_share),
@@ -131,7 +132,7 @@ if "direct" in summary["targets"] and len(names) > 1:
     others = [n for n in names if n != "direct"]
     print(f"\nadded over direct (µs){' and ratio shardgate/nginx' if len(others) == 2 else ''}:")
     for k, label in [("ttft_p50", "TTFT p50"), ("ttft_p95", "TTFT p95"), ("ttft_p99", "TTFT p99"),
-                     ("ttft_p999", "TTFT p99.9"), ("evt_p50", "event p50"), ("evt_p99", "event p99"),
+                     ("ttft_p999", "TTFT p99.9"), ("evt_p50", "event p50"), ("evt_p95", "event p95"), ("evt_p99", "event p99"),
                      ("evt_p999", "event p99.9")]:
         added = {n: summary["targets"][n][k] - d[k] for n in others}
         line = "  ".join(f"{n} +{added[n]:>6}" for n in others)
