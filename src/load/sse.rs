@@ -227,10 +227,9 @@ impl Transport for SseTransport {
     }
 
     async fn send(&mut self, frame: String) -> Result<(), TransportError> {
-        match self.phase {
-            Phase::Idle => {}
-            Phase::AwaitingHead => self.read_head().await?,
-            Phase::Body(_) => {}
+        // The previous exchange may not have been read to its end: finish it first.
+        if matches!(self.phase, Phase::AwaitingHead) {
+            self.read_head().await?;
         }
         if matches!(self.phase, Phase::Body(_)) {
             self.drain().await?;
