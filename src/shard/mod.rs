@@ -6,14 +6,21 @@
 
 pub mod account;
 pub mod auth;
+pub mod breaker;
 pub mod counters;
+pub mod http_front;
 pub mod http_head;
+pub mod http_upstream;
 pub mod ingress;
 pub mod normalizer;
 pub mod pool;
+pub mod relay;
+pub mod retry;
 pub mod scheduler;
 pub mod session;
+pub mod turn;
 pub mod upstream;
+pub mod warmup;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -51,6 +58,8 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     /// The queue to the control thread.
     pub control: ControlHandle,
+    /// Warm-ups answered by the gateway (HTTP upstream), by gateway-issued response id.
+    pub warmups: RefCell<warmup::WarmupCache>,
     sessions_per_key: RefCell<HashMap<String, usize>>,
     rr: Cell<usize>,
 }
@@ -93,6 +102,7 @@ impl Shard {
             counters: ShardCounters::default(),
             metrics: ShardMetrics::default(),
             control,
+            warmups: RefCell::new(warmup::WarmupCache::default()),
             sessions_per_key: RefCell::new(HashMap::new()),
             rr: Cell::new(0),
             config,

@@ -8,6 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_channel::oneshot;
 use http::{HeaderName, HeaderValue};
@@ -16,6 +17,8 @@ use crate::config::UpstreamConfig;
 use crate::runtime;
 
 use super::account::AccountRuntime;
+use super::breaker::Breaker;
+use super::http_upstream::HttpConn;
 use super::upstream::{self, DialError, UpstreamConn};
 
 /// Why no connection could be leased.
@@ -76,6 +79,12 @@ pub struct Pool {
     config: Rc<UpstreamConfig>,
     /// Counters.
     pub counters: PoolCounters,
+    /// The account slice's circuit breaker.
+    pub breaker: Breaker,
+    /// Idle keep-alive HTTP connections, most recently used last.
+    http_idle: RefCell<Vec<HttpConn>>,
+    /// Until when upstream refuses WebSocket upgrades for this account (then HTTP is used).
+    ws_refused_until: Cell<Option<Instant>>,
 }
 
 impl Pool {
@@ -94,8 +103,56 @@ impl Pool {
             idle: RefCell::new(Vec::new()),
             waiters: RefCell::new(VecDeque::new()),
             next_id,
+            breaker: Breaker::new(config.breaker.clone()),
             config,
             counters: PoolCounters::default(),
+            http_idle: RefCell::new(Vec::new()),
+            ws_refused_until: Cell::new(None),
+        }
+    }
+
+    /// `true` while upstream is known to refuse WebSocket upgrades for this account.
+    pub fn ws_refused(&self, now: Instant) -> bool {
+        self.ws_refused_until.get().is_some_and(|t| now < t)
+    }
+
+    /// Remembers that an upgrade was refused: requests use HTTP for one breaker cooldown.
+    pub fn mark_ws_refused(&self, now: Instant) {
+        self.ws_refused_until
+            .set(Some(now + self.config.breaker.cooldown));
+    }
+
+    /// An HTTP connection: an idle keep-alive one (`true`) or a new dial (`false`).
+    pub async fn http_conn(&self) -> Result<(HttpConn, bool), DialError> {
+        loop {
+            let Some(conn) = self.http_idle.borrow_mut().pop() else {
+                break;
+            };
+            if conn.born.elapsed() < self.config.max_conn_age {
+                bump(&self.counters.reused);
+                return Ok((conn, true));
+            }
+            bump(&self.counters.retired);
+        }
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        match HttpConn::dial(&self.account, &self.config, id).await {
+            Ok(conn) => {
+                bump(&self.counters.dialed);
+                Ok((conn, false))
+            }
+            Err(e) => {
+                bump(&self.counters.dial_failures);
+                Err(e)
+            }
+        }
+    }
+
+    /// A keep-alive HTTP connection whose last response was read to its end.
+    pub fn http_give_back(&self, conn: HttpConn) {
+        let mut idle = self.http_idle.borrow_mut();
+        if idle.len() < self.budget {
+            idle.push(conn);
         }
     }
 
