@@ -47,7 +47,10 @@ fn keep_alive_carries_two_requests_and_aliases_are_served() {
     let mut c = HttpConn::open(gw.addr());
     let a = c.post("/v1/responses", &post_body("gpt-5", "one", false));
     let b = c.post("/responses", &post_body("gpt-5", "two", true));
-    let d = c.post("/backend-api/codex/responses", &post_body("gpt-5", "three", false));
+    let d = c.post(
+        "/backend-api/codex/responses",
+        &post_body("gpt-5", "three", false),
+    );
     assert_eq!((a.status, b.status, d.status), (200, 200, 200));
     assert_eq!(b.sse().last().unwrap().0, "response.completed");
     assert_eq!(up.stats().ws_turns_total, 3);
@@ -76,19 +79,25 @@ fn chunked_request_body_is_read() {
 #[test]
 fn oversize_body_is_413_and_malformed_is_400_and_bad_key_is_401() {
     let up = mock();
-    let gw = gateway(config_for(
-        &[up.base_url()],
-        "max_message_bytes = 1024",
-    ));
+    let gw = gateway(config_for(&[up.base_url()], "max_message_bytes = 1024"));
     let mut c = HttpConn::open(gw.addr());
-    let r = c.post("/v1/responses", &format!("{{\"input\":\"{}\"}}", "x".repeat(2000)));
+    let r = c.post(
+        "/v1/responses",
+        &format!("{{\"input\":\"{}\"}}", "x".repeat(2000)),
+    );
     assert_eq!(r.status, 413);
-    assert_eq!(r.json()["error"]["code"].as_str(), Some("request_too_large"));
+    assert_eq!(
+        r.json()["error"]["code"].as_str(),
+        Some("request_too_large")
+    );
 
     let mut c = HttpConn::open(gw.addr());
     let r = c.post("/v1/responses", "{not json");
     assert_eq!(r.status, 400, "{}", r.body);
-    assert_eq!(r.json()["error"]["type"].as_str(), Some("invalid_request_error"));
+    assert_eq!(
+        r.json()["error"]["type"].as_str(),
+        Some("invalid_request_error")
+    );
     // A malformed body does not cost the connection.
     let r = c.post("/v1/responses", &post_body("gpt-5", "ok", false));
     assert_eq!(r.status, 200);
@@ -97,13 +106,20 @@ fn oversize_body_is_413_and_malformed_is_400_and_bad_key_is_401() {
     let (status, text) = http(gw.addr(), raw);
     assert_eq!(status, 401, "{text}");
     assert!(!text.contains("nope"));
-    assert_eq!(up.stats().ws_turns_total + up.stats().http_requests_total, 1);
+    assert_eq!(
+        up.stats().ws_turns_total + up.stats().http_requests_total,
+        1
+    );
 }
 
 #[test]
 fn http_account_streams_sse_from_upstream() {
     let up = mock();
-    let gw = gateway(config_accounts(&[up.base_url()], "", "transport = \"http\""));
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        "",
+        "transport = \"http\"",
+    ));
     let mut c = HttpConn::open(gw.addr());
     let r = c.post("/v1/responses", &post_body("gpt-5", "over http", true));
     assert_eq!(r.status, 200, "{}", r.body);
@@ -140,26 +156,42 @@ fn upstream_http_error_maps_to_status_and_openai_body() {
     let r = c.post("/v1/responses", &post_body("gpt-5", "bad", false));
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.json()["error"]["message"].as_str().is_some());
-    assert_eq!(up.stats().http_requests_total, 1, "a 400 is final: no retry");
+    assert_eq!(
+        up.stats().http_requests_total,
+        1,
+        "a 400 is final: no retry"
+    );
 }
 
 #[test]
 fn warmup_over_http_is_answered_by_the_gateway_and_the_chained_turn_carries_its_context() {
     let up = mock();
-    let gw = gateway(config_accounts(&[up.base_url()], "", "transport = \"http\""));
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        "",
+        "transport = \"http\"",
+    ));
     let mut c = connect(gw.addr());
     let warm = c.turn(r#"{"type":"response.create","model":"gpt-5","store":false,"generate":false,"instructions":"be brief","tools":[{"type":"function","name":"shell","parameters":{}}],"input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"context-from-warmup"}]}]}"#);
     assert_eq!(warm.types(), vec!["response.created", "response.completed"]);
     let id = warm.response_id().unwrap();
     assert!(id.starts_with("resp_gw_"), "{id}");
-    assert_eq!(up.stats().http_requests_total, 0, "the warm-up never reached upstream");
+    assert_eq!(
+        up.stats().http_requests_total,
+        0,
+        "the warm-up never reached upstream"
+    );
     let t = c.turn(&create("gpt-5", "now answer", false, Some(&id)));
     assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
     let stats = up.stats();
     assert_eq!(stats.http_generate_rejected_total, 0);
     assert_eq!(stats.previous_response_not_found_total, 0);
     let sent: sonic_rs::Value = sonic_rs::from_str(&stats.last_http_body).unwrap();
-    assert!(sent.get("previous_response_id").is_none(), "{}", stats.last_http_body);
+    assert!(
+        sent.get("previous_response_id").is_none(),
+        "{}",
+        stats.last_http_body
+    );
     assert!(sent.get("generate").is_none());
     assert_eq!(sent["instructions"].as_str(), Some("be brief"));
     assert_eq!(sent["tools"].as_array().unwrap().len(), 1);
@@ -179,9 +211,16 @@ fn warmup_over_http_is_answered_by_the_gateway_and_the_chained_turn_carries_its_
     assert!(wid.starts_with("resp_gw_"));
     let r = h.post(
         "/v1/responses",
-        &format!(r#"{{"model":"gpt-5","stream":true,"previous_response_id":"{wid}","input":"go"}}"#),
+        &format!(
+            r#"{{"model":"gpt-5","stream":true,"previous_response_id":"{wid}","input":"go"}}"#
+        ),
     );
-    assert_eq!(r.sse().last().unwrap().0, "response.completed", "{}", r.body);
+    assert_eq!(
+        r.sse().last().unwrap().0,
+        "response.completed",
+        "{}",
+        r.body
+    );
     let stats = up.stats();
     assert!(stats.last_http_body.contains("ctx-post"));
     assert_eq!(stats.http_generate_rejected_total, 0);
@@ -190,7 +229,10 @@ fn warmup_over_http_is_answered_by_the_gateway_and_the_chained_turn_carries_its_
 #[test]
 fn force_http_turns_every_account_to_http_and_ws_sessions_keep_working() {
     let up = mock();
-    let gw = gateway(config_for(&[up.base_url()], "[upstream]\nforce_http = true"));
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "[upstream]\nforce_http = true",
+    ));
     let mut c = connect(gw.addr());
     for i in 0..3 {
         let t = c.turn(&create("gpt-5", &format!("turn {i}"), true, None));
