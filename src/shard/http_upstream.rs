@@ -73,6 +73,15 @@ enum Framing {
     UntilClose,
 }
 
+/// What the response head says.
+struct ResponseHead {
+    status: u16,
+    retry_after: Option<Duration>,
+    is_sse: bool,
+    framing: Framing,
+    keep_alive: bool,
+}
+
 /// Where the chunked decoder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
@@ -159,10 +168,15 @@ impl HttpConn {
             .await
             .ok_or(HttpUpError::Timeout)??;
         let read_timeout = cfg.event_timeout;
-        let (status, retry_after, is_sse, framing, keep_alive) =
-            runtime::timeout(read_timeout, self.read_head())
-                .await
-                .ok_or(HttpUpError::Timeout)??;
+        let ResponseHead {
+            status,
+            retry_after,
+            is_sse,
+            framing,
+            keep_alive,
+        } = runtime::timeout(read_timeout, self.read_head())
+            .await
+            .ok_or(HttpUpError::Timeout)??;
         let remaining = match framing {
             Framing::Length(n) => n,
             _ => 0,
@@ -197,10 +211,7 @@ impl HttpConn {
         Ok(n)
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn read_head(
-        &mut self,
-    ) -> Result<(u16, Option<Duration>, bool, Framing, bool), HttpUpError> {
+    async fn read_head(&mut self) -> Result<ResponseHead, HttpUpError> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut resp = httparse::Response::new(&mut headers);
@@ -241,7 +252,13 @@ impl HttpConn {
                         }
                     };
                     self.buf.drain(..used);
-                    return Ok((status, retry_after, is_sse, framing, keep_alive));
+                    return Ok(ResponseHead {
+                        status,
+                        retry_after,
+                        is_sse,
+                        framing,
+                        keep_alive,
+                    });
                 }
                 Ok(httparse::Status::Partial) => {
                     if self.buf.len() > MAX_HEAD {
@@ -365,65 +382,76 @@ impl HttpResponse {
                 }
             }
             Framing::Chunked => {
-                let mut at = 0;
-                while !self.done {
-                    let rest = &buf[at..];
-                    match self.chunk {
-                        ChunkState::Size => match httparse::parse_chunk_size(rest) {
-                            Ok(httparse::Status::Complete((used, size))) => {
-                                at += used;
-                                let size = usize::try_from(size).map_err(|_| {
-                                    HttpUpError::Malformed("chunk too large".into())
-                                })?;
-                                self.chunk = if size == 0 {
-                                    ChunkState::Trailers
-                                } else {
-                                    ChunkState::Data(size)
-                                };
-                            }
-                            Ok(httparse::Status::Partial) => break,
-                            Err(_) => return Err(HttpUpError::Malformed("bad chunk size".into())),
-                        },
-                        ChunkState::Data(left) => {
-                            if rest.is_empty() {
-                                break;
-                            }
-                            let take = left.min(rest.len());
-                            out.extend_from_slice(&rest[..take]);
-                            at += take;
-                            self.chunk = if take == left {
-                                ChunkState::DataEnd
-                            } else {
-                                ChunkState::Data(left - take)
-                            };
-                        }
-                        ChunkState::DataEnd => {
-                            if rest.len() < 2 {
-                                break;
-                            }
-                            if &rest[..2] != b"\r\n" {
-                                return Err(HttpUpError::Malformed(
-                                    "chunk not followed by CRLF".into(),
-                                ));
-                            }
-                            at += 2;
-                            self.chunk = ChunkState::Size;
-                        }
-                        ChunkState::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
-                            Some(0) => {
-                                at += 2;
-                                self.done = true;
-                            }
-                            Some(line) => at += line + 2,
-                            None => break,
-                        },
-                    }
+                if decode_chunks(&mut self.chunk, buf, out)? {
+                    self.done = true;
                 }
-                buf.drain(..at);
             }
         }
         Ok(())
     }
+}
+
+/// Decodes the chunked body bytes at the front of `buf` into `out`, consuming what it used;
+/// `true` once the last chunk and its trailers were read.
+fn decode_chunks(
+    state: &mut ChunkState,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<bool, HttpUpError> {
+    let mut at = 0;
+    let mut done = false;
+    while !done {
+        let rest = &buf[at..];
+        match *state {
+            ChunkState::Size => match httparse::parse_chunk_size(rest) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    at += used;
+                    let size = usize::try_from(size)
+                        .map_err(|_| HttpUpError::Malformed("chunk too large".into()))?;
+                    *state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                Ok(httparse::Status::Partial) => break,
+                Err(_) => return Err(HttpUpError::Malformed("bad chunk size".into())),
+            },
+            ChunkState::Data(left) => {
+                if rest.is_empty() {
+                    break;
+                }
+                let take = left.min(rest.len());
+                out.extend_from_slice(&rest[..take]);
+                at += take;
+                *state = if take == left {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(left - take)
+                };
+            }
+            ChunkState::DataEnd => {
+                if rest.len() < 2 {
+                    break;
+                }
+                if &rest[..2] != b"\r\n" {
+                    return Err(HttpUpError::Malformed("chunk not followed by CRLF".into()));
+                }
+                at += 2;
+                *state = ChunkState::Size;
+            }
+            ChunkState::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
+                Some(0) => {
+                    at += 2;
+                    done = true;
+                }
+                Some(line) => at += line + 2,
+                None => break,
+            },
+        }
+    }
+    buf.drain(..at);
+    Ok(done)
 }
 
 /// Turns a `response.create` frame into the body of `POST /responses`: without `type` and
@@ -441,6 +469,26 @@ pub fn http_body(frame: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let wire = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        for cut in 0..wire.len() {
+            let mut state = ChunkState::Size;
+            let mut buf = wire[..cut].to_vec();
+            let mut out = Vec::new();
+            let mut done = decode_chunks(&mut state, &mut buf, &mut out).unwrap();
+            buf.extend_from_slice(&wire[cut..]);
+            if !done {
+                done = decode_chunks(&mut state, &mut buf, &mut out).unwrap();
+            }
+            assert!(done, "cut at {cut}");
+            assert_eq!(out, b"hello, world", "cut at {cut}");
+            assert_eq!(buf, b"NEXT", "cut at {cut}");
+        }
+        let mut state = ChunkState::Size;
+        assert!(decode_chunks(&mut state, &mut b"zz\r\n".to_vec(), &mut Vec::new()).is_err());
+    }
 
     #[test]
     fn http_body_drops_type_and_generate_and_streams() {

@@ -159,12 +159,12 @@ async fn route(
     }
 }
 
+/// An error to answer before closing, with its extra headers.
+type Refusal = (GatewayError, &'static [(&'static str, &'static str)]);
+
 /// Checks the client key (and refuses keys in the query string); the error and its extra headers
 /// otherwise.
-fn check_client(
-    shard: &Shard,
-    head: &RequestHead,
-) -> Result<ClientIdentity, (GatewayError, &'static [(&'static str, &'static str)])> {
+fn check_client(shard: &Shard, head: &RequestHead) -> Result<ClientIdentity, Refusal> {
     if let Some(q) = &head.query {
         if q.split('&').any(|kv| {
             let k = kv.split('=').next().unwrap_or("");

@@ -289,18 +289,14 @@ enum Step {
     Fail(Failure),
 }
 
-/// Where a borrowed `type` value sits inside `text`.
-fn type_range(text: &str, event_type: &std::borrow::Cow<'_, str>) -> std::ops::Range<usize> {
-    match event_type {
-        std::borrow::Cow::Borrowed(t) => {
-            let start = (t.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
-            if start <= text.len() && start + t.len() <= text.len() {
-                start..start + t.len()
-            } else {
-                0..0
-            }
-        }
-        std::borrow::Cow::Owned(_) => 0..0,
+/// Where `event_type` sits inside `text`, when it is a slice of it (an unescaped `type`);
+/// otherwise an empty range.
+fn type_range(text: &str, event_type: &str) -> std::ops::Range<usize> {
+    let start = (event_type.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    if start <= text.len() && text.len() - start >= event_type.len() {
+        start..start + event_type.len()
+    } else {
+        0..0
     }
 }
 
