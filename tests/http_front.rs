@@ -242,3 +242,53 @@ fn force_http_turns_every_account_to_http_and_ws_sessions_keep_working() {
     assert_eq!(stats.ws_turns_total, 0);
     assert_eq!(stats.http_turns_total, 3);
 }
+
+#[test]
+fn http_upstream_over_tls_with_private_ca() {
+    let up = shardgate::mock::start(shardgate::mock::MockConfig {
+        tls_self_signed: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let ca = scratch_file("ca.pem");
+    std::fs::write(&ca, up.ca_pem().unwrap()).unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\n[[accounts]]\nid = \"tls\"\nbase_url = \"{}\"\napi_key = \"{ACCOUNT_KEY}\"\nca_file = \"{}\"\ntransport = \"http\"\n",
+        up.base_url(),
+        ca.display()
+    );
+    let gw = gateway(parse_config(&text));
+    let mut c = HttpConn::open(gw.addr());
+    for _ in 0..2 {
+        let r = c.post("/v1/responses", &post_body("gpt-5", "secure", true));
+        assert_eq!(
+            r.sse().last().unwrap().0,
+            "response.completed",
+            "{}",
+            r.body
+        );
+    }
+    let stats = up.stats();
+    assert_eq!(stats.http_turns_total, 2);
+    assert_eq!(
+        stats.turns_by_conn.len(),
+        1,
+        "one kept-alive TLS connection"
+    );
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let up = mock();
+    let gw = gateway(config_for(&[up.base_url()], ""));
+    let body = post_body("gpt-5", "continue", false);
+    let mut c = HttpConn::open(gw.addr());
+    let head = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let interim = c.raw(head.as_bytes());
+    assert_eq!(interim.status, 100);
+    let r = c.raw(body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+}

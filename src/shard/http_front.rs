@@ -156,6 +156,16 @@ async fn read_body(
     limit: usize,
 ) -> Result<Vec<u8>, BodyError> {
     let chunked = head.header_has_token("transfer-encoding", "chunked");
+    let len = match head.header("content-length") {
+        Some(v) if !chunked => std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .ok_or(BodyError::Malformed("bad content-length"))?,
+        _ => 0,
+    };
+    if len > limit {
+        return Err(BodyError::TooLarge(limit));
+    }
     if head.header_has_token("expect", "100-continue") {
         stream
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -163,16 +173,6 @@ async fn read_body(
             .map_err(|_| BodyError::Closed)?;
     }
     if !chunked {
-        let len = match head.header("content-length") {
-            None => 0,
-            Some(v) => std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or(BodyError::Malformed("bad content-length"))?,
-        };
-        if len > limit {
-            return Err(BodyError::TooLarge(limit));
-        }
         while buf.len() < len {
             fill(stream, buf).await?;
         }

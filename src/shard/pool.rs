@@ -122,9 +122,10 @@ impl Pool {
             .set(Some(now + self.config.breaker.cooldown));
     }
 
-    /// An HTTP connection: an idle keep-alive one (`true`) or a new dial (`false`).
-    pub async fn http_conn(&self) -> Result<(HttpConn, bool), DialError> {
-        loop {
+    /// An HTTP connection: an idle keep-alive one (`true`) or a new dial (`false`, and always
+    /// when `fresh` is asked for, e.g. after a reused one failed).
+    pub async fn http_conn(&self, fresh: bool) -> Result<(HttpConn, bool), DialError> {
+        while !fresh {
             let Some(conn) = self.http_idle.borrow_mut().pop() else {
                 break;
             };

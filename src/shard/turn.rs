@@ -183,7 +183,7 @@ impl Driver {
             bump(&self.shard.counters.attempts);
             pool.breaker.begin(now);
             let attempt = if use_http {
-                self.attempt_http(sink, &pool, &frame, &parsed).await
+                self.attempt_http(sink, &pool, &frame, &parsed, fresh).await
             } else {
                 self.attempt_ws(
                     sink,
@@ -571,6 +571,7 @@ impl Driver {
         pool: &Rc<Pool>,
         frame: &Bytes,
         parsed: &ClientFrame<'_>,
+        fresh: bool,
     ) -> Attempt {
         let failed = |failure: Failure, reused: bool| Attempt {
             outcome: Outcome::Failed {
@@ -592,7 +593,7 @@ impl Driver {
             );
             return failed(Failure::new(err, FailureClass::Final), false);
         };
-        let (conn, reused) = match pool.http_conn().await {
+        let (conn, reused) = match pool.http_conn(fresh).await {
             Ok(c) => c,
             Err(e) => return failed(dial_failure(&e), false),
         };

@@ -347,7 +347,9 @@ impl HttpConn {
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
         let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        let body = if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let body = if (100..200).contains(&status) || status == 204 {
+            Vec::new()
+        } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             let mut body = Vec::new();
             loop {
                 let line_end = loop {
