@@ -223,6 +223,7 @@ impl Driver {
                         account = %pool.account.config.id,
                         response_id = response_id.as_deref().unwrap_or(""),
                         terminal = kind.as_str(),
+                        request = request_label(self.request_type),
                         transport = if use_http { "http" } else { "ws" },
                         attempts,
                         input_tokens = usage.map(|u| u.input_tokens).unwrap_or(0),
@@ -382,6 +383,12 @@ impl Driver {
     ) -> TurnEnd {
         bump(&self.shard.counters.warmups_answered);
         let id = warmup::new_id();
+        tracing::info!(
+            key_id = %self.identity.key_id,
+            account = %pool.account.config.id,
+            response_id = %id,
+            "warm-up answered by the gateway (HTTP upstream)"
+        );
         self.shard
             .warmups
             .borrow_mut()
@@ -688,6 +695,15 @@ impl Driver {
                 "control queue full: a usage record was dropped"
             );
         }
+    }
+}
+
+/// The request type as logs show it.
+fn request_label(t: RequestType) -> &'static str {
+    match t {
+        RequestType::Ws => "ws",
+        RequestType::Stream => "stream",
+        RequestType::Sync => "sync",
     }
 }
 
