@@ -292,3 +292,50 @@ fn expect_100_continue_is_answered_before_the_body() {
     let r = c.raw(body.as_bytes());
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+#[test]
+fn client_leaving_mid_stream_releases_the_upstream_connection() {
+    for stream in [true, false] {
+        let up = mock();
+        let gw = gateway(config_for(&[up.base_url()], ""));
+        let mut c = HttpConn::open(gw.addr());
+        let body = post_body("gpt-5", "[[mock:stall,after=1]]", stream);
+        let raw = format!(
+            "POST /v1/responses HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        use std::io::Write;
+        c.stream.write_all(raw.as_bytes()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(up.stats().connections_open, 1);
+        drop(c);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while up.stats().connections_open != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "upstream connection left open (stream={stream})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let up = mock();
+    let gw = gateway(config_for(&[up.base_url()], ""));
+    let one = post_body("gpt-5", "[[mock:ttft_ms=100]] first", true);
+    let two = post_body("gpt-5", "second", false);
+    let req = |b: &str| {
+        format!(
+            "POST /v1/responses HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{b}",
+            b.len()
+        )
+    };
+    let mut c = HttpConn::open(gw.addr());
+    let first = c.raw(format!("{}{}", req(&one), req(&two)).as_bytes());
+    assert_eq!(first.sse().last().unwrap().0, "response.completed");
+    let second = c.read_reply();
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.json()["status"].as_str(), Some("completed"));
+}

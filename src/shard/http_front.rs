@@ -97,6 +97,7 @@ pub async fn serve(
     let ok = if streaming {
         let mut sink = SseSink {
             stream,
+            inbuf: buf,
             counters: &shard.counters,
             pending: Vec::new(),
             started: false,
@@ -106,9 +107,13 @@ pub async fn serve(
         let end = driver.run(&mut sink, frame, received).await;
         sink.finish(end).await
     } else {
-        let mut sink = JsonSink::default();
+        let mut sink = JsonSink {
+            stream,
+            inbuf: buf,
+            result: None,
+        };
         let end = driver.run(&mut sink, frame, received).await;
-        let (status, body) = sink.result.unwrap_or_else(|| {
+        let (status, body) = sink.result.take().unwrap_or_else(|| {
             let err: TurnError = GatewayError::new(
                 502,
                 ErrorType::Server,
@@ -120,7 +125,7 @@ pub async fn serve(
         });
         add(&shard.counters.bytes_out, body.len() as u64);
         matches!(end, TurnEnd::Done)
-            && http_head::write_json(stream, status, &body, &[], keep_alive)
+            && http_head::write_json(sink.stream, status, &body, &[], keep_alive)
                 .await
                 .is_ok()
     };
@@ -231,10 +236,27 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), BodyError
     }
 }
 
+/// Most bytes of a pipelined next request kept while a response is in flight.
+const MAX_PIPELINED: usize = 64 * 1024;
+
+/// Watches an HTTP client while its request runs: end of stream (or a socket error) means it
+/// left, so the turn stops at once. Bytes of a pipelined next request are kept in `inbuf`.
+async fn watch_client(stream: &mut TcpStream, inbuf: &mut Vec<u8>) -> ClientSignal {
+    let mut chunk = [0u8; 4096];
+    while inbuf.len() < MAX_PIPELINED {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return ClientSignal::Gone,
+            Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    futures_lite::future::pending().await
+}
+
 /// Events as SSE records on a chunked `200 text/event-stream` response. The head goes out with
 /// the first events, so a failure before any event can still be answered as a JSON error.
 struct SseSink<'a> {
     stream: &'a mut TcpStream,
+    inbuf: &'a mut Vec<u8>,
     counters: &'a ShardCounters,
     pending: Vec<u8>,
     started: bool,
@@ -295,7 +317,7 @@ impl ClientSink for SseSink<'_> {
     }
 
     async fn signal(&mut self) -> ClientSignal {
-        futures_lite::future::pending().await
+        watch_client(self.stream, self.inbuf).await
     }
 
     async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
@@ -317,12 +339,13 @@ impl ClientSink for SseSink<'_> {
 }
 
 /// Collects the final response object (or error) of a non-streaming request.
-#[derive(Default)]
-struct JsonSink {
+struct JsonSink<'a> {
+    stream: &'a mut TcpStream,
+    inbuf: &'a mut Vec<u8>,
     result: Option<(u16, String)>,
 }
 
-impl ClientSink for JsonSink {
+impl ClientSink for JsonSink<'_> {
     async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone> {
         let raw = event.as_bytes();
         match event_type {
@@ -371,7 +394,7 @@ impl ClientSink for JsonSink {
     }
 
     async fn signal(&mut self) -> ClientSignal {
-        futures_lite::future::pending().await
+        watch_client(self.stream, self.inbuf).await
     }
 
     async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
