@@ -122,10 +122,16 @@ impl Pool {
             .set(Some(now + self.config.breaker.cooldown));
     }
 
-    /// An HTTP connection: an idle keep-alive one (`true`) or a new dial (`false`, and always
-    /// when `fresh` is asked for, e.g. after a reused one failed).
+    /// An HTTP connection: an idle keep-alive one (`true`) or a new dial (`false`). `fresh`
+    /// (after a reused one failed) closes the idle ones, which have likely gone stale alike.
     pub async fn http_conn(&self, fresh: bool) -> Result<(HttpConn, bool), DialError> {
-        while !fresh {
+        if fresh {
+            let stale = std::mem::take(&mut *self.http_idle.borrow_mut());
+            self.counters
+                .discarded
+                .set(self.counters.discarded.get() + stale.len() as u64);
+        }
+        loop {
             let Some(conn) = self.http_idle.borrow_mut().pop() else {
                 break;
             };
