@@ -100,6 +100,7 @@ pub async fn serve(
             inbuf: buf,
             counters: &shard.counters,
             pending: Vec::new(),
+            wire: Vec::new(),
             started: false,
             answered: false,
             keep_alive,
@@ -258,7 +259,10 @@ struct SseSink<'a> {
     stream: &'a mut TcpStream,
     inbuf: &'a mut Vec<u8>,
     counters: &'a ShardCounters,
+    /// SSE records not yet written.
     pending: Vec<u8>,
+    /// The chunk being written (kept to reuse its allocation).
+    wire: Vec<u8>,
     started: bool,
     answered: bool,
     keep_alive: bool,
@@ -269,7 +273,8 @@ impl SseSink<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let mut out = Vec::with_capacity(self.pending.len() + 160);
+        let mut out = std::mem::take(&mut self.wire);
+        out.clear();
         if !self.started {
             out.extend_from_slice(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n",
@@ -286,7 +291,9 @@ impl SseSink<'_> {
         out.extend_from_slice(b"\r\n");
         add(&self.counters.bytes_out, self.pending.len() as u64);
         self.pending.clear();
-        self.stream.write_all(&out).await.map_err(|_| Gone)?;
+        let written = self.stream.write_all(&out).await;
+        self.wire = out;
+        written.map_err(|_| Gone)?;
         self.stream.flush().await.map_err(|_| Gone)
     }
 

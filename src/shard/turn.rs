@@ -114,25 +114,34 @@ impl Driver {
         received: Instant,
     ) -> TurnEnd {
         // Validated once here, before any lease: a bad frame never costs the session its
-        // connection, and an unrewritten frame goes upstream as this very buffer.
-        let frame = match self.expand_warmup_chain(frame) {
-            Ok(f) => f,
-            Err(f) => f,
-        };
-        let checked = Utf8Bytes::try_from(frame.clone())
-            .map_err(|_| "frame is not valid UTF-8".to_string())
-            .and_then(|text| {
-                ClientFrame::parse(&frame)
-                    .map(|p| (text, p))
-                    .map_err(|e| e.to_string())
-            });
-        let (text, parsed) = match checked {
-            Ok(p) => p,
-            Err(e) => {
-                bump(&self.shard.counters.client_frame_errors);
-                let err = GatewayError::new(400, ErrorType::InvalidRequest, "invalid_json", e);
-                return self.report(sink, &err.into()).await;
+        // connection, and an unrewritten frame goes upstream as this very buffer. A turn chained
+        // to a warm-up the gateway answered is expanded once, then validated again.
+        let mut frame = frame;
+        let mut expanded = false;
+        let (text, parsed) = loop {
+            let checked = Utf8Bytes::try_from(frame.clone())
+                .map_err(|_| "frame is not valid UTF-8".to_string())
+                .and_then(|text| {
+                    ClientFrame::parse(&frame)
+                        .map(|p| (text, p))
+                        .map_err(|e| e.to_string())
+                });
+            let (text, parsed) = match checked {
+                Ok(p) => p,
+                Err(e) => {
+                    bump(&self.shard.counters.client_frame_errors);
+                    let err = GatewayError::new(400, ErrorType::InvalidRequest, "invalid_json", e);
+                    return self.report(sink, &err.into()).await;
+                }
+            };
+            if !expanded {
+                if let Some(merged) = self.expand_warmup_chain(&parsed, &frame) {
+                    expanded = true;
+                    frame = merged;
+                    continue;
+                }
             }
+            break (text, parsed);
         };
         if parsed.kind() != ClientEventKind::ResponseCreate {
             bump(&self.shard.counters.client_frame_errors);
@@ -347,29 +356,17 @@ impl Driver {
         }
     }
 
-    /// A turn chained to a gateway-issued warm-up id goes upstream with the warm-up merged in.
-    /// `Ok` with the merged frame, `Err` with the frame unchanged.
-    fn expand_warmup_chain(&self, frame: Bytes) -> Result<Bytes, Bytes> {
-        if !warmup::may_chain(&frame) {
-            return Err(frame);
-        }
-        let Some(id) = ClientFrame::parse(&frame)
-            .ok()
-            .and_then(|p| p.previous_response_id.map(|c| c.into_owned()))
-            .filter(|id| id.starts_with(warmup::ID_PREFIX))
-        else {
-            return Err(frame);
-        };
-        let Some(warm) = self.shard.warmups.borrow().get(&id) else {
-            return Err(frame);
-        };
-        match warmup::merge(&warm, &frame) {
-            Some(merged) => {
-                bump(&self.shard.counters.warmup_chains_merged);
-                Ok(merged)
-            }
-            None => Err(frame),
-        }
+    /// The turn `frame` with the warm-up it chains to merged in, when its `previous_response_id`
+    /// is a warm-up the gateway answered (and still remembers).
+    fn expand_warmup_chain(&self, parsed: &ClientFrame<'_>, frame: &[u8]) -> Option<Bytes> {
+        let id = parsed
+            .previous_response_id
+            .as_deref()
+            .filter(|id| id.starts_with(warmup::ID_PREFIX))?;
+        let warm = self.shard.warmups.borrow().get(id)?;
+        let merged = warmup::merge(&warm, frame)?;
+        bump(&self.shard.counters.warmup_chains_merged);
+        Some(merged)
     }
 
     /// Answers a warm-up itself (its transport is HTTP, which rejects `generate`).
