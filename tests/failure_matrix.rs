@@ -331,3 +331,40 @@ fn retryable_error_event_before_any_output_is_retried_on_a_fresh_connection() {
     );
     assert_eq!(usage_records(&usage, 1)[0]["attempts"].as_u64(), Some(2));
 }
+
+#[test]
+fn rate_limited_account_is_left_for_another_without_waiting_out_its_retry_after() {
+    let limited = mock();
+    let other = mock();
+    let (extra, _) = fast("");
+    let gw = gateway(config_accounts(
+        &[limited.base_url(), other.base_url()],
+        &extra,
+        "transport = \"http\"",
+    ));
+    limited.script(Script {
+        http: vec![Rule {
+            value: 429,
+            times: 10,
+        }],
+        ..Default::default()
+    });
+    let mut h = HttpConn::open(gw.addr());
+    for i in 0..4 {
+        let started = Instant::now();
+        let r = h.post(
+            "/v1/responses",
+            &post_body("gpt-5", &format!("r{i}"), false),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the other account was used without waiting for retry-after: 1"
+        );
+    }
+    assert_eq!(other.stats().http_turns_total, 4);
+    assert!(
+        limited.stats().http_requests_total >= 1,
+        "the limited account was tried"
+    );
+}

@@ -85,6 +85,18 @@ pub struct Pool {
     http_idle: RefCell<Vec<HttpConn>>,
     /// Until when upstream refuses WebSocket upgrades for this account (then HTTP is used).
     ws_refused_until: Cell<Option<Instant>>,
+    /// HTTP requests in flight.
+    http_in_flight: Cell<usize>,
+}
+
+/// One HTTP request in flight on a pool (see [`Pool::http_request`]).
+pub struct HttpInFlight(Rc<Pool>);
+
+impl Drop for HttpInFlight {
+    fn drop(&mut self) {
+        let n = &self.0.http_in_flight;
+        n.set(n.get().saturating_sub(1));
+    }
 }
 
 impl Pool {
@@ -108,6 +120,7 @@ impl Pool {
             counters: PoolCounters::default(),
             http_idle: RefCell::new(Vec::new()),
             ws_refused_until: Cell::new(None),
+            http_in_flight: Cell::new(0),
         }
     }
 
@@ -178,9 +191,17 @@ impl Pool {
         self.open.get()
     }
 
-    /// Share of the budget in use, for least-loaded scheduling.
+    /// Share of the budget in use (WebSocket leases, waiters and HTTP requests in flight), for
+    /// least-loaded scheduling.
     pub fn load(&self) -> f64 {
-        (self.in_use() + self.waiters.borrow().len()) as f64 / self.budget as f64
+        let busy = self.in_use() + self.waiters.borrow().len() + self.http_in_flight.get();
+        busy as f64 / self.budget as f64
+    }
+
+    /// Counts an HTTP request in flight until the guard is dropped.
+    pub fn http_request(self: &Rc<Self>) -> HttpInFlight {
+        self.http_in_flight.set(self.http_in_flight.get() + 1);
+        HttpInFlight(self.clone())
     }
 
     /// Leases a connection: an idle one if any, else a new dial under budget, else a place in the

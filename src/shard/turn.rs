@@ -323,6 +323,15 @@ impl Driver {
                                 bump(&counters.breaker_opens);
                                 tracing::warn!(account = %pool.account.config.id, "circuit breaker opened");
                             }
+                            if !tried.contains(&pool.account.index) {
+                                tried.push(pool.account.index);
+                            }
+                            // `retry-after` binds the account that said it: another healthy
+                            // account is tried after the plain backoff.
+                            let elsewhere =
+                                scheduler::pick(&self.shard, &self.identity.group, &tried)
+                                    .is_some();
+                            let retry_after = retry_after.filter(|_| !elsewhere);
                             let too_long = retry_after.is_some_and(|ra| ra > MAX_RETRY_AFTER);
                             if retries + 1 >= retry_cfg.max_attempts || too_long {
                                 bump(&counters.retries_exhausted);
@@ -331,7 +340,6 @@ impl Driver {
                             }
                             retries += 1;
                             counters.bump_labeled("retries", reason);
-                            tried.push(pool.account.index);
                             runtime::sleep(backoff(&retry_cfg, retries, retry_after)).await;
                             continue;
                         }
@@ -586,6 +594,7 @@ impl Driver {
         };
         // A session moving to HTTP gives its WebSocket back.
         self.release();
+        let _in_flight = pool.http_request();
         let (payload, rewrite) =
             normalizer::normalize(frame, parsed, &pool.account.config.model_map);
         let Some(body) = http_body(&payload) else {
