@@ -791,3 +791,49 @@ fn acquire_failure(account: &str, e: AcquireError) -> Failure {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn dial_failures_are_classified() {
+        let refused = |status, retry_after| {
+            dial_failure(&DialError::Refused {
+                status,
+                retry_after,
+            })
+        };
+        assert_eq!(
+            refused(426, None).class,
+            FailureClass::Fallback {
+                reason: "upgrade_refused"
+            }
+        );
+        assert_eq!(
+            refused(403, None).class,
+            FailureClass::Fallback {
+                reason: "upgrade_refused"
+            }
+        );
+        assert_eq!(refused(503, None).class, FailureClass::retryable("5xx"));
+        assert_eq!(
+            refused(429, Some(2)).class,
+            FailureClass::Retryable {
+                reason: "429",
+                retry_after: Some(Duration::from_secs(2))
+            }
+        );
+        assert_eq!(refused(429, None).error.status, 429);
+        assert_eq!(
+            dial_failure(&DialError::ConnectTimeout).class,
+            FailureClass::retryable("dial_timeout")
+        );
+        let refused_conn = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            dial_failure(&DialError::Connect(refused_conn)).class,
+            FailureClass::retryable("connect")
+        );
+    }
+}
