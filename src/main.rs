@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use shardgate::config::{Config, LogConfig};
+use shardgate::config::Config;
 use shardgate::gateway::Gateway;
 
 #[global_allocator]
@@ -41,25 +41,24 @@ enum Command {
     MockUpstream(shardgate::mock::MockArgs),
     /// Drive a Responses WebSocket endpoint with many client connections and report latencies.
     Load(shardgate::load::LoadArgs),
+    /// Show a running gateway's latency histograms and counters, read from its stats socket.
+    Stats {
+        /// The gateway's stats socket (`[server] stats_socket`).
+        #[arg(long)]
+        socket: PathBuf,
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+        /// Print the raw JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file and exit.
     CheckConfig {
         /// Config file (TOML).
         #[arg(long)]
         config: PathBuf,
     },
-}
-
-fn init_logging(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if log.json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 /// The offline demo: the mock upstream in this process and a config pointing at it.
@@ -88,7 +87,8 @@ fn demo(listen: &str) -> anyhow::Result<()> {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    init_logging(&config.log);
+    shardgate::logging::init(&config.log);
+    let drain = config.server.drain_timeout;
     let shards = config.server.shards;
     let accounts = config.accounts.len();
     let gateway = Gateway::start(config).context("starting the gateway")?;
@@ -97,9 +97,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .context("installing signal handlers")?;
     if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "stopping");
+        tracing::info!(
+            signal = sig,
+            drain_timeout_secs = drain.as_secs_f64(),
+            "stopping: no new connections, waiting for in-flight turns, then flushing usage records"
+        );
     }
     gateway.stop();
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -123,6 +128,11 @@ fn main() -> ExitCode {
             shardgate::mock::run_cli(args)
         }
         Command::Load(args) => shardgate::load::run_cli(args),
+        Command::Stats {
+            socket,
+            watch,
+            json,
+        } => shardgate::stats::client::run(&socket, watch, json).map_err(anyhow::Error::from),
         Command::CheckConfig { config } => Config::load(&config)
             .with_context(|| format!("loading {}", config.display()))
             .map(|c| {
