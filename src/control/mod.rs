@@ -91,18 +91,19 @@ impl ControlThread {
             s.stats_window,
         )));
         let stats = StatsServices::start(s, &aggregator)?;
-        let dropped = Arc::new(AtomicU64::new(0));
         let mut control = Control {
             usage,
             aggregator,
-            dropped: dropped.clone(),
             tick: config.server.stats_interval.min(Duration::from_millis(200)),
         };
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || control.run(rx, stop_rx))
             .map_err(ControlError::Thread)?;
-        let handle = ControlHandle { tx, dropped };
+        let handle = ControlHandle {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
         Ok((
             handle,
             ControlThread {
@@ -143,7 +144,6 @@ impl Drop for ControlThread {
 struct Control {
     usage: UsageWriter,
     aggregator: SharedAggregator,
-    dropped: Arc<AtomicU64>,
     tick: Duration,
 }
 
@@ -175,16 +175,11 @@ impl Control {
         self.publish(Instant::now());
     }
 
-    /// Rolls the stats window and publishes the control thread's own counters.
+    /// Rolls the stats window and publishes the usage writer's counters.
     fn publish(&mut self, now: Instant) {
-        let mut counters = self.usage.counters();
-        counters.insert(
-            "control_queue_drops".into(),
-            self.dropped.load(Ordering::Relaxed),
-        );
         let mut agg = aggregate::lock(&self.aggregator);
         agg.tick(now);
-        agg.set_control(counters);
+        agg.set_control(self.usage.counters());
     }
 
     fn handle(&mut self, msg: ShardMsg) {

@@ -8,7 +8,7 @@
 //!   client libraries, quantiles cover the rolling window while `_sum` / `_count` are totals
 //!   since start (`_sum` is mean × count, at the histogram's 3-digit precision).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write;
 
 use super::export::{is_gauge, StatsDoc};
@@ -66,8 +66,18 @@ pub fn render(doc: &StatsDoc) -> String {
         }
     }
 
+    let declared: HashSet<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
     for (name, v) in &doc.control {
         let metric = format!("shardgate_{}_total", sanitize(name));
+        if declared.contains(&metric) {
+            // A shard counter of the same name already carries it.
+            continue;
+        }
         header(
             &mut out,
             &metric,

@@ -143,6 +143,7 @@ impl Session {
 
     /// Handles one client frame between turns; returns a frame that preempted the turn, if any.
     async fn turn(&mut self, frame: Bytes) -> Result<Option<Bytes>, End> {
+        let _in_flight = self.shard.turn_guard();
         let received = Instant::now();
         // Validated once here, before any lease: a bad frame never costs the session its
         // connection, and an unrewritten frame goes upstream as this very buffer.
