@@ -842,6 +842,7 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(c.server.shards >= 1);
         assert_eq!(c.accounts[0].max_conns, 64);
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.accounts[0].transport, Transport::Ws);
         assert_eq!(c.client_keys[0].group, "default");
         assert_eq!(

@@ -103,6 +103,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
             "stopping: no new connections, waiting for in-flight turns, then flushing usage records"
         );
     }
+    // A second signal while draining means "now": exit without waiting for turns. Records the
+    // control thread still holds in memory are lost then; everything already written is kept.
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::warn!(signal = sig, "second signal: exiting without draining");
+            std::process::exit(130);
+        }
+    });
     gateway.stop();
     tracing::info!("stopped");
     Ok(())

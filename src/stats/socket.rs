@@ -9,7 +9,7 @@
 //! - anything else → one line starting with `error:`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,17 +90,29 @@ fn clear_stale(path: &Path) -> Result<(), StatsError> {
     })
 }
 
-/// Binds with a umask of 0177, so the socket file is 0600 from the moment it exists (no window
-/// in which another user could connect), then sets the mode again explicitly.
+/// Binds the socket inside a fresh 0700 directory next to `path`, makes it 0600, then renames
+/// it into place: nobody else can reach it before its mode is final, and no process-wide
+/// `umask` is touched (other threads may be creating files meanwhile).
 fn bind_private(path: &Path) -> io::Result<UnixListener> {
-    // SAFETY: umask only swaps the process file-creation mask; it is restored right after.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    let listener = bound?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let staging = parent.join(format!(".sg-stats-{}", std::process::id()));
+    let staged = staging.join("s");
+    if staging.exists() {
+        let _ = std::fs::remove_file(&staged);
+        std::fs::remove_dir(&staging)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&staging);
+    bound
 }
 
 fn serve(stream: UnixStream, agg: &SharedAggregator, stop: &AtomicBool) {
