@@ -307,7 +307,7 @@ fn redis_outage_spools_and_replays_without_loss_or_duplicates() {
     redis.kill();
     seen.extend(run_turns(gw.addr(), 15, "during"));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while stats_doc(&socket)["control"]["usage_spooled"].as_u64() < Some(15) {
+    while stats_doc(&socket)["control"]["counters"]["usage_spooled"].as_u64() < Some(15) {
         assert!(Instant::now() < deadline, "records were not spooled");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -318,7 +318,7 @@ fn redis_outage_spools_and_replays_without_loss_or_duplicates() {
         assert!(Instant::now() < deadline, "the spool was not replayed");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let control = stats_doc(&socket)["control"].clone();
+    let control = stats_doc(&socket)["control"]["counters"].clone();
     gw.stop();
     let records = redis_records(&url, &stream);
     assert_exactly(&records, &seen);
@@ -620,7 +620,20 @@ fn stats_socket_cli_hist_logs_and_metrics_after_load() {
         assert_eq!(doc[scope]["per_shard"].as_array().map(|a| a.len()), Some(2));
     }
     assert!(doc["total"]["merged"]["hists"]["event_added_ws"]["count"].as_u64() > Some(0));
-    assert_eq!(doc["control"]["usage_written"].as_u64(), Some(turns as u64));
+    let control = &doc["control"];
+    assert_eq!(
+        control["counters"]["usage_written"].as_u64(),
+        Some(turns as u64)
+    );
+    assert_eq!(
+        control["labeled"]["usage_by_type"]["ws"].as_u64(),
+        Some(turns as u64)
+    );
+    assert_eq!(
+        control["labeled"]["usage_by_status"]["completed"].as_u64(),
+        Some(turns as u64)
+    );
+    assert_eq!(control["derived"]["attempts_per_turn"].as_f64(), Some(1.0));
 
     // The CLI, as an operator runs it: a table, and the raw document.
     let out = Command::new(env!("CARGO_BIN_EXE_shardgate"))

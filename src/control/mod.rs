@@ -179,7 +179,7 @@ impl Control {
     fn publish(&mut self, now: Instant) {
         let mut agg = aggregate::lock(&self.aggregator);
         agg.tick(now);
-        agg.set_control(self.usage.counters());
+        agg.set_control(self.usage.counters(), self.usage.labeled());
     }
 
     fn handle(&mut self, msg: ShardMsg) {

@@ -43,7 +43,7 @@ pub struct Aggregator {
     totals: Vec<Vec<Histogram<u64>>>,
     latest: Vec<CounterSet>,
     window: Window,
-    control: CounterMap,
+    control: Section,
 }
 
 impl Aggregator {
@@ -58,7 +58,7 @@ impl Aggregator {
                 .collect(),
             latest: vec![CounterSet::default(); shards],
             window: Window::new(shards, interval, window, now),
-            control: CounterMap::new(),
+            control: Section::default(),
         }
     }
 
@@ -94,8 +94,8 @@ impl Aggregator {
     }
 
     /// Replaces the control thread's own counters.
-    pub fn set_control(&mut self, counters: CounterMap) {
-        self.control = counters;
+    pub fn set_control(&mut self, counters: CounterMap, labeled: LabeledMap) {
+        self.control = Section::new(&[], counters, labeled);
     }
 
     /// The stats document as of `now`.

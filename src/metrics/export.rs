@@ -116,8 +116,9 @@ pub struct StatsDoc {
     pub total: Scope,
     /// The rolling window (`[server] stats_window_secs`, or less since start or a reset).
     pub window: Scope,
-    /// Counters of the control thread itself: usage sink and control queue.
-    pub control: CounterMap,
+    /// Counters of the control thread: the usage writer (records by request type and status,
+    /// attempts, sink and spool outcomes). No histograms.
+    pub control: Section,
 }
 
 /// A shard's totals as maps.
@@ -171,7 +172,8 @@ pub fn add_into(into: &mut (CounterMap, LabeledMap), from: &(CounterMap, Labeled
 
 /// Ratios an operator asks for first, from the counters that carry them (when present):
 /// upstream connection reuse (`pool_reuses` / (`pool_reuses` + `pool_dials`)) and attempts per
-/// turn (`attempts` / `turns`).
+/// turn (`attempts` / `turns` from shards, or `usage_attempts` / `usage_records` from the
+/// usage records).
 pub fn derived(counters: &CounterMap) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     let get = |k: &str| counters.get(k).copied();
@@ -183,12 +185,14 @@ pub fn derived(counters: &CounterMap) -> BTreeMap<String, f64> {
             );
         }
     }
-    if let (Some(attempts), Some(turns)) = (get("attempts"), get("turns")) {
-        if turns > 0 {
-            out.insert(
-                "attempts_per_turn".to_string(),
-                attempts as f64 / turns as f64,
-            );
+    for (attempts, turns) in [("attempts", "turns"), ("usage_attempts", "usage_records")] {
+        if let (Some(attempts), Some(turns)) = (get(attempts), get(turns)) {
+            if turns > 0 {
+                out.insert(
+                    "attempts_per_turn".to_string(),
+                    attempts as f64 / turns as f64,
+                );
+            }
         }
     }
     out

@@ -72,7 +72,7 @@ pub fn render(doc: &StatsDoc) -> String {
         .filter_map(|l| l.split(' ').next())
         .map(str::to_string)
         .collect();
-    for (name, v) in &doc.control {
+    for (name, v) in &doc.control.counters {
         let metric = format!("shardgate_{}_total", sanitize(name));
         if declared.contains(&metric) {
             // A shard counter of the same name already carries it.
@@ -85,6 +85,21 @@ pub fn render(doc: &StatsDoc) -> String {
             &format!("Control thread counter {name}."),
         );
         let _ = writeln!(out, "{metric} {v}");
+    }
+    for (family, labels) in &doc.control.labeled {
+        let metric = format!("shardgate_{}_total", sanitize(family));
+        if declared.contains(&metric) {
+            continue;
+        }
+        header(
+            &mut out,
+            &metric,
+            "counter",
+            &format!("Control thread counter {family}, by label."),
+        );
+        for (label, v) in labels {
+            let _ = writeln!(out, "{metric}{{label=\"{}\"}} {v}", escape(label));
+        }
     }
 
     for (name, total) in &doc.total.merged.hists {
@@ -175,7 +190,12 @@ mod tests {
             .insert("10\"12".into(), 2);
         let mut doc = StatsDoc::default();
         doc.total.per_shard = vec![shard];
-        doc.control.insert("usage_written".into(), 3);
+        doc.control.counters.insert("usage_written".into(), 3);
+        doc.control
+            .labeled
+            .entry("usage_by_type".into())
+            .or_default()
+            .insert("ws".into(), 3);
         let h = HistSummary {
             count: 2,
             p50: 1_000,
@@ -199,6 +219,7 @@ mod tests {
         assert!(text.contains("shardgate_sessions_open{shard=\"0\"} 1\n"));
         assert!(text.contains("shardgate_close_codes_total{shard=\"0\",label=\"10\\\"12\"} 2\n"));
         assert!(text.contains("shardgate_usage_written_total 3\n"));
+        assert!(text.contains("shardgate_usage_by_type_total{label=\"ws\"} 3\n"));
         assert!(text.contains("shardgate_client_ttft_seconds{quantile=\"0.5\"} 0.001\n"));
         assert!(text.contains("shardgate_client_ttft_seconds_sum 0.003\n"));
         assert!(text.contains("shardgate_client_ttft_seconds_count 2\n"));

@@ -181,9 +181,14 @@ impl Window {
                         sparse.add_to(&mut h);
                     }
                 }
-                (self.slot_len * slot.index as u32, h)
+                (self.slot_start(slot.index), h)
             })
             .collect()
+    }
+
+    /// Where slot `index` starts, from the window's epoch.
+    fn slot_start(&self, index: u64) -> Duration {
+        Duration::from_nanos((self.slot_len.as_nanos() as u64).saturating_mul(index))
     }
 
     /// The window's epoch (slot 0 starts here).

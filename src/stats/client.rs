@@ -189,10 +189,20 @@ pub fn render(doc: &StatsDoc) -> String {
             let _ = writeln!(s, "{name:<36} {w:>12.3} {total:>12.3}");
         }
     }
-    if !doc.control.is_empty() {
-        let _ = writeln!(s, "\n{:<36} {:>12}", "control", "total");
-        for (name, v) in &doc.control {
+    let c = &doc.control;
+    if !c.counters.is_empty() {
+        let _ = writeln!(s, "\n{:<36} {:>12}", "usage writer", "total");
+        for (name, v) in &c.counters {
             let _ = writeln!(s, "{name:<36} {v:>12}");
+        }
+        for (family, labels) in &c.labeled {
+            for (label, v) in labels {
+                let key = format!("{family}{{{label}}}");
+                let _ = writeln!(s, "{key:<36} {v:>12}");
+            }
+        }
+        for (name, v) in &c.derived {
+            let _ = writeln!(s, "{name:<36} {v:>12.3}");
         }
     }
     s
@@ -240,7 +250,7 @@ mod tests {
             .entry("retries".into())
             .or_default()
             .insert("timeout".into(), 4);
-        doc.control.insert("usage_written".into(), 7);
+        doc.control.counters.insert("usage_written".into(), 7);
         let t = render(&doc);
         assert!(t.contains("client_ttft"), "{t}");
         assert!(t.contains("1.500") && t.contains("9.000"), "{t}");

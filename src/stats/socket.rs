@@ -155,7 +155,8 @@ fn serve(stream: UnixStream, agg: &SharedAggregator, stop: &AtomicBool) {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if stop.load(Ordering::Relaxed) || last.elapsed() > IDLE {
+                let too_long = line.len() as u64 >= MAX_LINE;
+                if too_long || stop.load(Ordering::Relaxed) || last.elapsed() > IDLE {
                     return;
                 }
             }

@@ -25,6 +25,17 @@ pub enum RequestType {
     Sync,
 }
 
+impl RequestType {
+    /// The name used in records and stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestType::Ws => "ws",
+            RequestType::Stream => "stream",
+            RequestType::Sync => "sync",
+        }
+    }
+}
+
 /// One billed turn. Never carries a key: clients are named by group and key id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {

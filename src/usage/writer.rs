@@ -8,13 +8,13 @@
 use std::time::{Duration, Instant};
 
 use crate::config::{UsageConfig, UsageSinkKind};
-use crate::metrics::export::CounterMap;
+use crate::metrics::export::{CounterMap, LabeledMap};
 
 use super::file::FileSink;
 use super::redis_stream::RedisStreamSink;
 use super::sink::{Line, Sink, SinkError};
 use super::spool::Spool;
-use super::UsageRecord;
+use super::{RequestType, UsageRecord};
 
 /// Records buffered before a write without waiting for the tick.
 const BATCH: usize = 256;
@@ -45,6 +45,8 @@ pub enum UsageWriterError {
 pub struct UsageStats {
     /// Records received.
     pub records: u64,
+    /// Upstream attempts over all records.
+    pub attempts: u64,
     /// Records the sink took directly.
     pub written: u64,
     /// Records put in the spool.
@@ -69,6 +71,9 @@ pub struct UsageWriter {
     retry_at: Option<Instant>,
     backoff: Duration,
     stats: UsageStats,
+    /// Records by request type and by terminal status.
+    by_type: [u64; 3],
+    by_status: std::collections::BTreeMap<String, u64>,
 }
 
 impl UsageWriter {
@@ -113,12 +118,22 @@ impl UsageWriter {
             retry_at: None,
             backoff: BACKOFF_MIN,
             stats: UsageStats::default(),
+            by_type: [0; 3],
+            by_status: std::collections::BTreeMap::new(),
         }
     }
 
     /// Takes one record; writes a batch when enough are buffered.
     pub fn push(&mut self, rec: UsageRecord) {
         self.stats.records += 1;
+        self.stats.attempts += u64::from(rec.attempts);
+        self.by_type[rec.request_type as usize] += 1;
+        match self.by_status.get_mut(rec.status.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                self.by_status.insert(rec.status.clone(), 1);
+            }
+        }
         match sonic_rs::to_string(&rec) {
             Ok(json) => self.pending.push(Line {
                 id: rec.response_id,
@@ -167,6 +182,7 @@ impl UsageWriter {
         let s = self.stats;
         [
             ("usage_records", s.records),
+            ("usage_attempts", s.attempts),
             ("usage_written", s.written),
             ("usage_spooled", s.spooled),
             ("usage_replayed", s.replayed),
@@ -176,6 +192,18 @@ impl UsageWriter {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
+    }
+
+    /// Records by request type (`usage_by_type`) and terminal status (`usage_by_status`).
+    pub fn labeled(&self) -> LabeledMap {
+        let types = [RequestType::Ws, RequestType::Stream, RequestType::Sync]
+            .into_iter()
+            .map(|t| (t.as_str().to_string(), self.by_type[t as usize]))
+            .collect();
+        let mut out = LabeledMap::new();
+        out.insert("usage_by_type".into(), types);
+        out.insert("usage_by_status".into(), self.by_status.clone());
+        out
     }
 
     fn flush(&mut self, now: Instant) {
