@@ -200,3 +200,29 @@ pub fn respond(agg: &SharedAggregator, line: &str) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::aggregate::Aggregator;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn each_request_gets_its_reply() {
+        let agg: SharedAggregator = Arc::new(Mutex::new(Aggregator::new(
+            2,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        )));
+        let stats = respond(&agg, "stats\n");
+        assert!(stats.ends_with('\n') && stats.lines().count() == 1);
+        let doc: crate::metrics::export::StatsDoc = sonic_rs::from_str(&stats).unwrap();
+        assert_eq!(doc.shards, 2);
+        let log = respond(&agg, "hist client_ttft total");
+        assert!(log.starts_with('#') && log.ends_with("\n\n"), "{log:?}");
+        assert!(respond(&agg, "hist nope").starts_with("error: unknown histogram"));
+        assert_eq!(respond(&agg, " reset-window \r\n"), "ok\n");
+        assert!(respond(&agg, "stats please").starts_with("error: unknown request"));
+        assert!(respond(&agg, "").starts_with("error: empty request"));
+    }
+}
