@@ -52,6 +52,13 @@ enum Command {
         /// Print the raw JSON document instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print one histogram as an HdrHistogram V2 interval log (for HdrHistogram's tools):
+        /// one interval per window slot.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["watch", "json"])]
+        hist: Option<String>,
+        /// With `--hist`: one interval with the totals since start instead.
+        #[arg(long, requires = "hist")]
+        total: bool,
     },
     /// Check a config file and exit.
     CheckConfig {
@@ -138,8 +145,17 @@ fn main() -> ExitCode {
         Command::Load(args) => shardgate::load::run_cli(args),
         Command::Stats {
             socket,
+            hist: Some(name),
+            total,
+            ..
+        } => {
+            shardgate::stats::client::print_hist(&socket, &name, total).map_err(anyhow::Error::from)
+        }
+        Command::Stats {
+            socket,
             watch,
             json,
+            ..
         } => shardgate::stats::client::run(&socket, watch, json).map_err(anyhow::Error::from),
         Command::CheckConfig { config } => Config::load(&config)
             .with_context(|| format!("loading {}", config.display()))

@@ -656,7 +656,16 @@ fn stats_socket_cli_hist_logs_and_metrics_after_load() {
     let json: sonic_rs::Value = sonic_rs::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(json["shards"].as_u64(), Some(2));
 
-    // HdrHistogram logs decode with the hdrhistogram crate.
+    // HdrHistogram logs decode with the hdrhistogram crate, from the CLI and from the socket.
+    let out = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["stats", "--hist", "turn_duration", "--total", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("stats cli runs");
+    assert!(out.status.success());
+    let from_cli = decode_log(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(from_cli.len(), 1);
+    assert_eq!(from_cli[0].len(), turns as u64);
     let mut client = StatsClient::connect(&socket).unwrap();
     let window = decode_log(&client.hist("client_ttft", false).unwrap());
     assert_eq!(window.iter().map(Histogram::len).sum::<u64>(), turns as u64);

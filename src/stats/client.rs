@@ -107,6 +107,15 @@ impl StatsClient {
     }
 }
 
+/// Runs `stats --hist NAME [--total]`: prints the histogram's interval log.
+pub fn print_hist(socket: &Path, name: &str, total: bool) -> Result<(), ClientError> {
+    let log = StatsClient::connect(socket)?.hist(name, total)?;
+    let mut out = io::stdout();
+    out.write_all(log.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
 /// Runs the `stats` command: prints the document once, or every second with `watch`.
 pub fn run(socket: &Path, watch: bool, json: bool) -> Result<(), ClientError> {
     let mut client = StatsClient::connect(socket)?;
