@@ -717,3 +717,32 @@ fn stats_socket_cli_hist_logs_and_metrics_after_load() {
     assert!(!socket.exists(), "socket removed at stop");
     up.stop();
 }
+
+#[test]
+fn redis_sink_writes_a_replayed_record_once() {
+    use shardgate::usage::redis_stream::RedisStreamSink;
+    use shardgate::usage::sink::{Line, Sink};
+    let url = "redis://127.0.0.1:6379/";
+    let stream = unique("dedup");
+    let line = |i: u64| Line {
+        id: format!("resp_dedup_{i}"),
+        json: format!(
+            r#"{{"response_id":"resp_dedup_{i}","key_id":"test-key","request_type":"ws","status":"completed","input_tokens":{i},"output_tokens":1,"total_tokens":{}}}"#,
+            i + 1
+        ),
+    };
+    let mut sink = RedisStreamSink::new(
+        &shardgate::config::Secret::new(url.into()),
+        &stream,
+        Duration::from_secs(2),
+    )
+    .expect("sink");
+    sink.write(&[line(1), line(2)]).expect("first batch");
+    sink.write(&[line(2), line(3), line(1)])
+        .expect("replayed batch");
+    let records = redis_records(url, &stream);
+    redis_cleanup(url, &stream, &records);
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["resp_dedup_1", "resp_dedup_2", "resp_dedup_3"]);
+    assert_eq!(sink.duplicates, 2);
+}
