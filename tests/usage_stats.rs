@@ -687,6 +687,21 @@ fn stats_socket_cli_hist_logs_and_metrics_after_load() {
         .expect("stats cli runs");
     let json: sonic_rs::Value = sonic_rs::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(json["shards"].as_u64(), Some(2));
+    // --watch redraws every second until stopped.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["stats", "--watch", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("stats --watch runs");
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let mut frames = 0;
+    while frames < 2 {
+        let line = lines.next().expect("watch keeps printing").expect("utf-8");
+        frames += usize::from(line.contains("shardgate: up"));
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
 
     // HdrHistogram logs decode with the hdrhistogram crate, from the CLI and from the socket.
     let out = Command::new(env!("CARGO_BIN_EXE_shardgate"))

@@ -31,6 +31,12 @@ impl AdminServer {
         let listener = TcpListener::bind(addr).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
         let bound = listener.local_addr().map_err(err)?;
+        if !bound.ip().is_loopback() {
+            tracing::warn!(
+                addr = %bound,
+                "admin listener is not on loopback; /metrics has no authentication"
+            );
+        }
         let server = Server::spawn(
             "stats-admin",
             move || listener.accept().map(|(s, _)| s),
