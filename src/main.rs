@@ -72,21 +72,28 @@ enum Command {
 fn demo(listen: &str) -> anyhow::Result<()> {
     let mock = shardgate::mock::start(shardgate::mock::MockConfig::default())
         .context("starting the bundled mock upstream")?;
-    let usage = std::env::temp_dir().join("shardgate-demo-usage.jsonl");
+    let tmp = std::env::temp_dir();
+    let usage = tmp.join("shardgate-demo-usage.jsonl");
+    let stats = tmp.join("shardgate-demo-stats.sock");
     let text = format!(
-        "[server]\nlisten = \"{listen}\"\n[[client_keys]]\nkey = \"sk-gw-local\"\nid = \"demo\"\n\
+        "[server]\nlisten = \"{listen}\"\nstats_socket = \"{}\"\n\
+         [[client_keys]]\nkey = \"sk-gw-local\"\nid = \"demo\"\n\
          [[accounts]]\nid = \"mock\"\nbase_url = \"{}\"\napi_key = \"sk-mock\"\nmax_conns = 64\n\
-         [usage]\npath = \"{}\"\n",
+         [usage]\npath = \"{}\"\nspool_dir = \"{}\"\n",
+        stats.display(),
         mock.base_url(),
-        usage.display()
+        usage.display(),
+        tmp.join("shardgate-demo-usage-spool").display()
     );
     let config = Config::parse(&text, &|_| None).context("building the demo config")?;
     eprintln!(
         "shardgate: no --config given, running the offline demo against the bundled mock upstream at {}\n\
          shardgate: point a client at http://{listen}/v1 with API key sk-gw-local\n\
-         shardgate: usage records go to {}",
+         shardgate: usage records go to {}\n\
+         shardgate: see its measurements with `shardgate stats --watch --socket {}`",
         mock.base_url(),
-        usage.display()
+        usage.display(),
+        stats.display()
     );
     let result = serve(config);
     mock.stop();
