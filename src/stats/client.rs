@@ -155,7 +155,12 @@ pub fn render(doc: &StatsDoc) -> String {
         "\n{:<20} {:<6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "histogram (ms)", "scope", "count", "p50", "p90", "p95", "p99", "p99.9", "max"
     );
+    let mut empty = vec![];
     for (name, total) in &doc.total.merged.hists {
+        if total.count == 0 {
+            empty.push(name.as_str());
+            continue;
+        }
         let window = doc
             .window
             .merged
@@ -178,6 +183,9 @@ pub fn render(doc: &StatsDoc) -> String {
                 ms(h.max)
             );
         }
+    }
+    if !empty.is_empty() {
+        let _ = writeln!(s, "(no values yet: {})", empty.join(", "));
     }
     let _ = writeln!(s, "\n{:<36} {:>12} {:>12}", "counter", "window", "total");
     for (name, total) in &doc.total.merged.counters {
@@ -250,6 +258,10 @@ mod tests {
             ..HistSummary::default()
         };
         doc.total.merged.hists.insert("client_ttft".into(), h);
+        doc.total
+            .merged
+            .hists
+            .insert("dial_ws".into(), HistSummary::default());
         doc.window.merged.hists.insert("client_ttft".into(), h);
         doc.total.merged.counters.insert("turns".into(), 7);
         doc.window.merged.counters.insert("turns".into(), 2);
@@ -266,6 +278,7 @@ mod tests {
         assert!(t.lines().any(|l| l.starts_with("turns")
             && l.split_whitespace().collect::<Vec<_>>() == ["turns", "2", "7"]));
         assert!(t.contains("retries{timeout}"), "{t}");
+        assert!(t.contains("(no values yet: dial_ws)"), "{t}");
         assert!(t.contains("usage_written"), "{t}");
     }
 }
