@@ -111,6 +111,8 @@ pub struct ServerConfig {
     pub stats_interval: Duration,
     /// Length of the rolling window the control thread keeps next to the totals.
     pub stats_window: Duration,
+    /// On shutdown, how long shards wait for in-flight turns before stopping anyway.
+    pub drain_timeout: Duration,
 }
 
 /// `[upstream]`: how the gateway talks to the accounts.
@@ -393,6 +395,7 @@ struct RawServer {
     admin_listen: Option<String>,
     stats_interval_ms: Option<u64>,
     stats_window_secs: Option<f64>,
+    drain_timeout_secs: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -590,6 +593,7 @@ impl Config {
             },
             stats_interval: millis("server.stats_interval_ms", s.stats_interval_ms, 1_000)?,
             stats_window: secs("server.stats_window_secs", s.stats_window_secs, 60.0)?,
+            drain_timeout: secs("server.drain_timeout_secs", s.drain_timeout_secs, 30.0)?,
         };
 
         let u = raw.upstream;
@@ -838,6 +842,7 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(c.server.shards >= 1);
         assert_eq!(c.accounts[0].max_conns, 64);
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.accounts[0].transport, Transport::Ws);
         assert_eq!(c.client_keys[0].group, "default");
         assert_eq!(

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 
 use crate::config::Config;
-use crate::metrics::aggregate::Aggregator;
+use crate::metrics::aggregate::{self, Aggregator, SharedAggregator};
 use crate::metrics::ShardSnapshot;
+use crate::stats::{StatsError, StatsServices};
 use crate::usage::writer::{UsageWriter, UsageWriterError};
 use crate::usage::UsageRecord;
 
@@ -39,6 +40,9 @@ pub enum ControlError {
     /// The thread could not be spawned.
     #[error("cannot start the control thread: {0}")]
     Thread(std::io::Error),
+    /// The stats socket or admin listener could not start.
+    #[error("{0}")]
+    Stats(#[from] StatsError),
 }
 
 /// The shards' side of the control queue. Cheap to clone.
@@ -71,6 +75,7 @@ impl ControlHandle {
 pub struct ControlThread {
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    stats: StatsServices,
 }
 
 impl ControlThread {
@@ -78,8 +83,14 @@ impl ControlThread {
     pub fn start(config: Arc<Config>) -> Result<(ControlHandle, ControlThread), ControlError> {
         let (tx, rx) = bounded(QUEUE_CAPACITY);
         let (stop_tx, stop_rx) = bounded(1);
-        let usage = UsageWriter::open(&config.usage)?;
-        let aggregator = Aggregator::new(config.server.shards, config.server.stats_window);
+        let usage = UsageWriter::open(&config.usage, config.state.redis_timeout)?;
+        let s = &config.server;
+        let aggregator: SharedAggregator = Arc::new(std::sync::Mutex::new(Aggregator::new(
+            s.shards,
+            s.stats_interval,
+            s.stats_window,
+        )));
+        let stats = StatsServices::start(s, &aggregator)?;
         let mut control = Control {
             usage,
             aggregator,
@@ -98,8 +109,14 @@ impl ControlThread {
             ControlThread {
                 stop: Some(stop_tx),
                 thread: Some(thread),
+                stats,
             },
         ))
+    }
+
+    /// The admin listener's address, when one is configured (the real port for port 0).
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.stats.admin_addr()
     }
 
     /// Drains the queue, flushes the sink and joins the thread. Call after the shards stopped.
@@ -114,6 +131,7 @@ impl ControlThread {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.stats.stop();
     }
 }
 
@@ -125,7 +143,7 @@ impl Drop for ControlThread {
 
 struct Control {
     usage: UsageWriter,
-    aggregator: Aggregator,
+    aggregator: SharedAggregator,
     tick: Duration,
 }
 
@@ -145,7 +163,7 @@ impl Control {
             let now = Instant::now();
             if now >= next_tick {
                 self.usage.tick(now);
-                self.aggregator.tick(now);
+                self.publish(now);
                 next_tick = now + self.tick;
             }
         }
@@ -154,12 +172,20 @@ impl Control {
             self.handle(msg);
         }
         self.usage.shutdown();
+        self.publish(Instant::now());
+    }
+
+    /// Rolls the stats window and publishes the usage writer's counters.
+    fn publish(&mut self, now: Instant) {
+        let mut agg = aggregate::lock(&self.aggregator);
+        agg.tick(now);
+        agg.set_control(self.usage.counters(), self.usage.labeled());
     }
 
     fn handle(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Usage(rec) => self.usage.push(*rec),
-            ShardMsg::Snapshot(snap) => self.aggregator.merge(*snap),
+            ShardMsg::Snapshot(snap) => aggregate::lock(&self.aggregator).merge(*snap),
         }
     }
 }

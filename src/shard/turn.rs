@@ -113,6 +113,8 @@ impl Driver {
         frame: Bytes,
         received: Instant,
     ) -> TurnEnd {
+        // Counted as in flight (a graceful shutdown waits for it) until this returns.
+        let _in_flight = self.shard.turn_guard();
         // Validated once here, before any lease: a bad frame never costs the session its
         // connection, and an unrewritten frame goes upstream as this very buffer. A turn chained
         // to a warm-up the gateway answered is expanded once, then validated again.
