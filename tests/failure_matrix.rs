@@ -368,3 +368,88 @@ fn rate_limited_account_is_left_for_another_without_waiting_out_its_retry_after(
         "the limited account was tried"
     );
 }
+
+/// One sample of the gateway's Prometheus text, 0 when absent.
+fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("admin connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        .expect("admin write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("admin reply");
+    out.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until `series` reaches `want` (snapshots ship every stats interval).
+fn wait_metric(admin: std::net::SocketAddr, series: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = metric(admin, series);
+        if v == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} = {v}, expected {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn counters_show_attempts_retries_fallbacks_and_close_codes() {
+    let up = mock();
+    let (extra, _) = fast("");
+    let extra = format!("admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n{extra}");
+    let gw = gateway(config_accounts(&[up.base_url()], &extra, ""));
+    let admin = gw.admin_addr().expect("admin listener");
+    let mut c = connect(gw.addr());
+    script_turns(&up, "close=1008", 1);
+    assert_eq!(
+        c.turn(&create("gpt-5", "a", true, None)).last_type(),
+        "response.completed"
+    );
+    script_turns(&up, "error=server_error", 1);
+    assert_eq!(
+        c.turn(&create("gpt-5", "b", true, None)).last_type(),
+        "response.completed"
+    );
+    let mut h = HttpConn::open(gw.addr());
+    assert_eq!(
+        h.post("/v1/responses", &post_body("gpt-5", "c", true))
+            .status,
+        200
+    );
+    assert_eq!(
+        h.post("/v1/responses", &post_body("gpt-5", "d", false))
+            .status,
+        200
+    );
+    let s = "{shard=\"0\"}";
+    wait_metric(admin, &format!("shardgate_requests_ws_total{s}"), 2.0);
+    wait_metric(admin, &format!("shardgate_requests_stream_total{s}"), 1.0);
+    wait_metric(admin, &format!("shardgate_requests_sync_total{s}"), 1.0);
+    // a: WS then HTTP; b: error event then a fresh connection; c, d: one each.
+    wait_metric(admin, &format!("shardgate_attempts_total{s}"), 6.0);
+    wait_metric(
+        admin,
+        "shardgate_fallbacks_total{shard=\"0\",label=\"close_1008\"}",
+        1.0,
+    );
+    wait_metric(
+        admin,
+        "shardgate_close_codes_total{shard=\"0\",label=\"1008\"}",
+        1.0,
+    );
+    wait_metric(
+        admin,
+        "shardgate_terminal_total{shard=\"0\",label=\"completed\"}",
+        4.0,
+    );
+    let retried = metric(admin, "shardgate_retries_total{shard=\"0\",label=\"5xx\"}")
+        + metric(admin, &format!("shardgate_stale_retries_total{s}"));
+    assert_eq!(retried, 1.0, "the 5xx error event was retried once");
+    assert_eq!(
+        metric(admin, &format!("shardgate_retries_exhausted_total{s}")),
+        0.0
+    );
+}
