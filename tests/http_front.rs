@@ -339,3 +339,52 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(second.status, 200, "{}", second.body);
     assert_eq!(second.json()["status"].as_str(), Some("completed"));
 }
+
+#[test]
+fn store_false_chain_with_tool_calls_keeps_working_over_http_upstream() {
+    let up = mock();
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "[upstream]\nforce_http = true",
+    ));
+    let mut c = connect(gw.addr());
+    let t1 = c.turn(&create(
+        "gpt-5",
+        "[[mock:tool=shell]] list files",
+        false,
+        None,
+    ));
+    assert_eq!(t1.last_type(), "response.completed", "{:?}", t1.events);
+    let last = t1.events.last().unwrap();
+    let call_id = last["response"]["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|i| i["call_id"].as_str().map(str::to_string))
+        .expect("a function call");
+    let mut prev = t1.response_id().unwrap();
+    for i in 0..2 {
+        let frame = format!(
+            r#"{{"type":"response.create","model":"gpt-5","store":false,"previous_response_id":"{prev}","input":[{{"type":"function_call_output","call_id":"{call_id}","output":"ok {i}"}}]}}"#
+        );
+        let t = c.turn(&frame);
+        assert_eq!(
+            t.last_type(),
+            "response.completed",
+            "turn {i}: {:?}",
+            t.events
+        );
+        prev = t.response_id().unwrap();
+    }
+    let stats = up.stats();
+    assert_eq!(stats.previous_response_not_found_total, 0);
+    assert_eq!(stats.tool_output_not_found_total, 0);
+    assert_eq!(stats.http_turns_total, 3);
+    let sent: sonic_rs::Value = sonic_rs::from_str(&stats.last_http_body).unwrap();
+    assert!(sent.get("previous_response_id").is_none());
+    assert!(
+        sent["input"].as_array().unwrap().len() >= 5,
+        "the whole conversation was sent: {}",
+        stats.last_http_body
+    );
+}

@@ -115,6 +115,8 @@ pub enum Outcome {
         response_id: Option<String>,
         /// Usage of a completed response.
         usage: Option<Usage>,
+        /// The response's `output` items (raw JSON array), when [`RelayEnv::capture_output`].
+        output: Option<String>,
         /// When the first event reached the client.
         first_event_at: Option<Instant>,
     },
@@ -308,6 +310,8 @@ pub struct RelayEnv<'a> {
     pub metrics: &'a ShardMetrics,
     /// Longest upstream silence inside a turn.
     pub event_timeout: Duration,
+    /// Keep the terminal event's `output` items (for chains upstream does not store).
+    pub capture_output: bool,
 }
 
 /// Relays one attempt's events from `source` to `sink` until the turn ends.
@@ -350,7 +354,7 @@ pub async fn relay<S: ClientSink>(
                 // Relay this event and every event already buffered, then flush once.
                 loop {
                     let step = match item {
-                        Item::Event(text) => classify(text, rewrite, relayed),
+                        Item::Event(text) => classify(text, rewrite, relayed, env.capture_output),
                         Item::Skip => Step::Skip,
                         Item::Fail(f) => Step::Fail(f),
                     };
@@ -444,7 +448,7 @@ pub async fn relay<S: ClientSink>(
 
 /// Classifies one upstream event: relay it (ending the turn or not), or fail the attempt when it
 /// is a retryable `error` event that no client has seen anything of yet.
-fn classify(text: Utf8Bytes, rewrite: &Rewrite, relayed: bool) -> Step {
+fn classify(text: Utf8Bytes, rewrite: &Rewrite, relayed: bool, capture_output: bool) -> Step {
     let Ok(event) = UpstreamEvent::classify(text.as_bytes()) else {
         // Not ours to judge: relay it untouched.
         return Step::Relay(text, 0..0, None);
@@ -454,6 +458,10 @@ fn classify(text: Utf8Bytes, rewrite: &Rewrite, relayed: bool) -> Step {
             kind: t,
             response_id: event.response_id().map(|s| s.into_owned()),
             usage: event.usage(),
+            output: capture_output
+                .then(|| sonic_rs::get_from_slice(text.as_bytes(), ["response", "output"]).ok())
+                .flatten()
+                .map(|v| v.as_raw_str().to_string()),
             first_event_at: None,
         }),
         EventKind::Error => {
@@ -597,14 +605,14 @@ mod tests {
             r#"{"type":"error","status":500,"error":{"type":"server_error","code":"server_error","message":"x"}}"#,
         );
         assert!(matches!(
-            classify(ev.clone(), &Rewrite::None, false),
+            classify(ev.clone(), &Rewrite::None, false, false),
             Step::Fail(Failure {
                 class: FailureClass::Retryable { reason: "5xx", .. },
                 ..
             })
         ));
         assert!(matches!(
-            classify(ev, &Rewrite::None, true),
+            classify(ev, &Rewrite::None, true, false),
             Step::Relay(_, _, Some(Outcome::UpstreamErrorEvent))
         ));
     }

@@ -213,9 +213,17 @@ impl Driver {
                     kind,
                     response_id,
                     usage,
+                    output,
                     first_event_at,
                 } => {
                     pool.breaker.on_success(Instant::now());
+                    if let (Some(id), Some(output)) = (&response_id, &output) {
+                        // Upstream keeps no store=false response over HTTP: the gateway keeps
+                        // the context, so the next turn can chain from it on any transport.
+                        if let Some(ctx) = warmup::continuation(&frame, output) {
+                            self.shard.warmups.borrow_mut().insert(id.clone(), ctx);
+                        }
+                    }
                     self.shard.counters.bump_labeled("terminal", kind.as_str());
                     if kind == TerminalKind::Completed {
                         bump(&self.shard.counters.turns_completed);
@@ -366,14 +374,17 @@ impl Driver {
         }
     }
 
-    /// The turn `frame` with the warm-up it chains to merged in, when its `previous_response_id`
-    /// is a warm-up the gateway answered (and still remembers).
+    /// The turn `frame` with the context it chains to merged in, when its `previous_response_id`
+    /// is a warm-up the gateway answered or a store=false response carried over HTTP (and the
+    /// gateway still remembers it).
     fn expand_warmup_chain(&self, parsed: &ClientFrame<'_>, frame: &[u8]) -> Option<Bytes> {
-        let id = parsed
-            .previous_response_id
-            .as_deref()
-            .filter(|id| id.starts_with(warmup::ID_PREFIX))?;
-        let warm = self.shard.warmups.borrow().get(id)?;
+        let id = parsed.previous_response_id.as_deref()?;
+        let cache = self.shard.warmups.borrow();
+        if cache.is_empty() {
+            return None;
+        }
+        let warm = cache.get(id)?;
+        drop(cache);
         let merged = warmup::merge(&warm, frame)?;
         bump(&self.shard.counters.warmup_chains_merged);
         Some(merged)
@@ -568,6 +579,7 @@ impl Driver {
             counters: &self.shard.counters,
             metrics: &self.shard.metrics,
             event_timeout: self.shard.config.upstream.event_timeout,
+            capture_output: false,
         };
         let outcome = relay::relay(&env, Source::Ws(ws), sink, &rewrite, sent_at).await;
         if matches!(outcome, Outcome::Terminal { .. }) {
@@ -652,6 +664,7 @@ impl Driver {
             counters: &self.shard.counters,
             metrics: &self.shard.metrics,
             event_timeout: cfg.event_timeout,
+            capture_output: parsed.is_store_disabled(),
         };
         let outcome = relay::relay(&env, Source::Http(&mut resp), sink, &rewrite, sent_at).await;
         if matches!(outcome, Outcome::Terminal { .. }) {

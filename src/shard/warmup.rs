@@ -1,6 +1,13 @@
-//! Warm-ups over HTTP. `generate:false` must never reach an HTTP upstream (it rejects the
-//! parameter), so the gateway answers it itself with a gateway-issued response id and remembers
-//! the request; a turn chained to that id is sent upstream with the warm-up's context merged in.
+//! Conversation context for turns that travel over HTTP, where upstream keeps no `store=false`
+//! response to chain from.
+//!
+//! - Warm-ups: `generate:false` must never reach an HTTP upstream (it rejects the parameter), so
+//!   the gateway answers it itself with a gateway-issued response id and remembers the request.
+//! - `store=false` turns carried over HTTP: the gateway remembers the request with the response's
+//!   output items appended to its input.
+//!
+//! A turn chained to such an id is sent upstream with that context merged in and without the
+//! `previous_response_id`, so the chain works whichever transport carries the next turn.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -10,28 +17,43 @@ use sonic_rs::{JsonContainerTrait, JsonValueMutTrait, JsonValueTrait, Value};
 
 /// Prefix of gateway-issued response ids.
 pub const ID_PREFIX: &str = "resp_gw_";
-/// Warm-ups remembered per shard at most (oldest forgotten first).
+/// Contexts remembered per shard at most (oldest forgotten first).
 const CAPACITY: usize = 4096;
-/// How long a warm-up can be chained from.
+/// Bytes of contexts remembered per shard at most (oldest forgotten first).
+const CAPACITY_BYTES: usize = 64 << 20;
+/// How long a context can be chained from.
 const TTL: Duration = Duration::from_secs(3600);
 
-/// Shard-local warm-up requests by gateway-issued id.
+/// Shard-local request contexts by response id.
 #[derive(Default)]
 pub struct WarmupCache {
     map: HashMap<String, (Instant, Bytes)>,
     order: VecDeque<String>,
+    bytes: usize,
 }
 
 impl WarmupCache {
-    /// Remembers warm-up `frame` under `id`.
+    /// Remembers `frame` as the context of response `id`.
     pub fn insert(&mut self, id: String, frame: Bytes) {
-        self.order.push_back(id.clone());
-        self.map.insert(id, (Instant::now(), frame));
-        while self.order.len() > CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+        self.bytes += frame.len();
+        if let Some((_, old)) = self.map.insert(id.clone(), (Instant::now(), frame)) {
+            self.bytes -= old.len();
+        } else {
+            self.order.push_back(id);
+        }
+        while self.order.len() > CAPACITY || self.bytes > CAPACITY_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, f)) = self.map.remove(&old) {
+                self.bytes -= f.len();
             }
         }
+    }
+
+    /// `true` when nothing is remembered (the common case: no lookup needed).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// The warm-up request remembered under `id`, while fresh.
@@ -110,6 +132,35 @@ pub fn merge(warm: &[u8], turn: &[u8]) -> Option<Bytes> {
     sonic_rs::to_vec(&turn).ok().map(Bytes::from)
 }
 
+/// The context a `store=false` turn leaves behind: the request `frame` it was sent as, with the
+/// response's `output` items (a JSON array) appended to its input. Item ids are dropped (upstream
+/// does not persist store=false items) and reasoning items without encrypted content are left
+/// out (they cannot be replayed).
+pub fn continuation(frame: &[u8], output: &str) -> Option<Bytes> {
+    let mut v: Value = sonic_rs::from_slice(frame).ok()?;
+    let out: Value = sonic_rs::from_str(output).ok()?;
+    let obj = v.as_object_mut()?;
+    let mut input = as_items(obj.get(&"input"));
+    for item in out.as_array()?.iter() {
+        let mut item = item.clone();
+        let Some(fields) = item.as_object_mut() else {
+            continue;
+        };
+        let is_reasoning = fields.get(&"type").and_then(|t| t.as_str()) == Some("reasoning");
+        if is_reasoning && fields.get(&"encrypted_content").is_none() {
+            continue;
+        }
+        if !is_reasoning {
+            fields.remove(&"id");
+        }
+        fields.remove(&"status");
+        input.push(item);
+    }
+    obj.insert(&"input", Value::from(input));
+    obj.remove(&"previous_response_id");
+    sonic_rs::to_vec(&v).ok().map(Bytes::from)
+}
+
 /// `input` as a list of items (a string becomes one user message).
 fn as_items(input: Option<&Value>) -> Vec<Value> {
     match input {
@@ -158,6 +209,40 @@ mod tests {
             Some("ctx")
         );
         assert!(new_id().starts_with(ID_PREFIX));
+    }
+
+    #[test]
+    fn continuation_appends_output_items_without_ids() {
+        let sent = br#"{"type":"response.create","model":"m","store":false,"previous_response_id":"x","input":"hi"}"#;
+        let output = r#"[{"type":"reasoning","id":"rs_1","summary":[]},{"type":"function_call","id":"fc_1","call_id":"call_1","name":"shell","arguments":"{}","status":"completed"}]"#;
+        let ctx = continuation(sent, output).unwrap();
+        let v: Value = sonic_rs::from_slice(&ctx).unwrap();
+        assert!(v.get("previous_response_id").is_none());
+        let input = v.get("input").and_then(|i| i.as_array()).unwrap();
+        assert_eq!(input.len(), 2, "{v:?}");
+        assert_eq!(
+            input[1].get("call_id").and_then(|c| c.as_str()),
+            Some("call_1")
+        );
+        assert!(input[1].get("id").is_none());
+        let turn = br#"{"type":"response.create","model":"m","store":false,"previous_response_id":"resp_1","input":[{"type":"function_call_output","call_id":"call_1","output":"ok"}]}"#;
+        let merged = merge(&ctx, turn).unwrap();
+        let v: Value = sonic_rs::from_slice(&merged).unwrap();
+        assert_eq!(v.get("input").and_then(|i| i.as_array()).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn cache_replaces_and_bounds_bytes() {
+        let mut c = WarmupCache::default();
+        c.insert("a".into(), Bytes::from(vec![b' '; 10]));
+        c.insert("a".into(), Bytes::from(vec![b' '; 20]));
+        assert_eq!(c.bytes, 20);
+        c.insert("big".into(), Bytes::from(vec![b' '; CAPACITY_BYTES]));
+        assert!(
+            c.get("a").is_none(),
+            "the oldest goes first when over the byte cap"
+        );
+        assert!(!c.is_empty());
     }
 
     #[test]
