@@ -388,3 +388,26 @@ fn store_false_chain_with_tool_calls_keeps_working_over_http_upstream() {
         stats.last_http_body
     );
 }
+
+#[test]
+fn a_websocket_turn_over_http_upstream_can_be_preempted() {
+    let up = mock();
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "[upstream]\nforce_http = true",
+    ));
+    let mut c = connect(gw.addr());
+    c.send(&create("gpt-5", "[[mock:stall,after=1]]", false, None));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    c.send(&create("gpt-5", "instead", false, None));
+    let first = c.read_turn();
+    assert_eq!(
+        first.error_code().as_deref(),
+        Some("response_preempted"),
+        "{:?}",
+        first.types()
+    );
+    let second = c.read_turn();
+    assert_eq!(second.last_type(), "response.completed");
+    assert_eq!(up.stats().http_turns_total, 2);
+}

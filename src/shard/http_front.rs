@@ -365,24 +365,10 @@ impl ClientSink for JsonSink<'_> {
                 let e = TurnError::from_upstream(status, raw);
                 self.result = Some((e.status, e.http_body));
             }
-            "response.failed" => {
-                let status = 500;
-                let error = sonic_rs::get_from_slice(raw, ["response", "error"])
-                    .ok()
-                    .filter(|v| v.is_object())
-                    .map(|v| format!("{{\"error\":{}}}", v.as_raw_str()));
-                let body = error.unwrap_or_else(|| {
-                    GatewayError::new(
-                        500,
-                        ErrorType::Server,
-                        "response_failed",
-                        "the response failed",
-                    )
-                    .to_http_body()
-                });
-                self.result = Some((status, body));
-            }
-            "response.completed"
+            // As upstream's own non-streaming answer: 200 with the response object, whose
+            // `status` (and `error`) says how it ended.
+            "response.failed"
+            | "response.completed"
             | "response.done"
             | "response.incomplete"
             | "response.cancelled"
