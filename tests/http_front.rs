@@ -405,7 +405,7 @@ fn a_websocket_turn_over_http_upstream_can_be_preempted() {
         first.error_code().as_deref(),
         Some("response_preempted"),
         "{:?}",
-        first.types()
+        first.events
     );
     let second = c.read_turn();
     assert_eq!(second.last_type(), "response.completed");

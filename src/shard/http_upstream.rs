@@ -56,7 +56,10 @@ pub struct HttpConn {
     /// Shard-local id, for logs.
     pub id: u64,
     stream: UpstreamStream,
+    /// Bytes read and not yet consumed.
     buf: Vec<u8>,
+    /// Where reads land before they are appended to `buf`.
+    scratch: Box<[u8]>,
     /// Responses fully read on it.
     pub requests: u64,
     /// When it was opened.
@@ -127,6 +130,7 @@ impl HttpConn {
             id,
             stream,
             buf: Vec::with_capacity(READ_CHUNK),
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             requests: 0,
             born: Instant::now(),
             dial_time: started.elapsed(),
@@ -196,18 +200,11 @@ impl HttpConn {
         })
     }
 
+    /// Reads more bytes onto `buf`. Cancel-safe: a read abandoned mid-way (the relay races it
+    /// against the client and polls it once for batching) leaves `buf` as it was.
     async fn fill(&mut self) -> Result<usize, HttpUpError> {
-        let start = self.buf.len();
-        self.buf.resize(start + READ_CHUNK, 0);
-        let n = self.stream.read(&mut self.buf[start..]).await;
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
-                self.buf.truncate(start);
-                return Err(e.into());
-            }
-        };
-        self.buf.truncate(start + n);
+        let n = self.stream.read(&mut self.scratch).await?;
+        self.buf.extend_from_slice(&self.scratch[..n]);
         Ok(n)
     }
 
