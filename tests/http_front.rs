@@ -411,3 +411,62 @@ fn a_websocket_turn_over_http_upstream_can_be_preempted() {
     assert_eq!(second.last_type(), "response.completed");
     assert_eq!(up.stats().http_turns_total, 2);
 }
+
+#[test]
+fn slow_and_large_events_over_http_upstream_arrive_whole_and_in_order() {
+    let up = mock();
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        "",
+        "transport = \"http\"",
+    ));
+    let mut c = HttpConn::open(gw.addr());
+    for directives in [
+        "deltas=30,delay_ms=3,delta_bytes=700",
+        "deltas=3,delta_bytes=100000",
+    ] {
+        let r = c.post(
+            "/v1/responses",
+            &post_body("gpt-5", &format!("[[mock:{directives}]]"), true),
+        );
+        let events = r.sse();
+        assert_eq!(
+            events.last().unwrap().0,
+            "response.completed",
+            "{directives}"
+        );
+        let deltas: Vec<_> = events
+            .iter()
+            .filter(|(t, _)| t == "response.output_text.delta")
+            .collect();
+        let (n, size) = if directives.starts_with("deltas=30") {
+            (30, 700)
+        } else {
+            (3, 100000)
+        };
+        assert_eq!(deltas.len(), n, "{directives}");
+        assert!(deltas
+            .iter()
+            .all(|(_, d)| d["delta"].as_str().unwrap().len() == size));
+        let seqs: Vec<u64> = events
+            .iter()
+            .filter_map(|(_, d)| d["sequence_number"].as_u64())
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    }
+    let mut ws = connect(gw.addr());
+    let t = ws.turn(&create(
+        "gpt-5",
+        "[[mock:deltas=20,delay_ms=2,delta_bytes=5000]]",
+        true,
+        None,
+    ));
+    assert_eq!(t.last_type(), "response.completed");
+    assert_eq!(
+        t.types()
+            .iter()
+            .filter(|t| *t == "response.output_text.delta")
+            .count(),
+        20
+    );
+}
