@@ -453,3 +453,19 @@ fn counters_show_attempts_retries_fallbacks_and_close_codes() {
         0.0
     );
 }
+
+#[test]
+fn restart_close_on_a_reused_idle_connection_is_retried_on_a_fresh_one() {
+    let up = mock();
+    let (extra, usage) = fast("");
+    let gw = gateway(config_accounts(&[up.base_url()], &extra, ""));
+    let mut c = connect(gw.addr());
+    let t1 = c.turn(&create("gpt-5", "one", true, None));
+    assert_eq!(t1.last_type(), "response.completed");
+    // The next turn on the pooled connection meets a restart close before any event.
+    script_turns(&up, "close=1012", 1);
+    let t2 = c.turn(&create("gpt-5", "two", true, None));
+    assert_eq!(t2.last_type(), "response.completed", "{:?}", t2.events);
+    assert_ne!(t2.conn_id(), t1.conn_id());
+    assert_eq!(usage_records(&usage, 2)[1]["attempts"].as_u64(), Some(2));
+}

@@ -307,6 +307,18 @@ impl Driver {
                         failure.class
                     };
                     let now = Instant::now();
+                    // A connection failure on a reused connection before the client saw anything
+                    // says more about the connection than the request (an idle pooled
+                    // connection closed by an upstream restart, 1012): once, on a fresh one, at
+                    // once.
+                    let connection_failure = matches!(class, FailureClass::Retryable { .. })
+                        || (!relayed && matches!(failure.close_code, Some(1012 | 1013)));
+                    if connection_failure && attempt.reused && !stale_used {
+                        bump(&counters.stale_retries);
+                        stale_used = true;
+                        fresh = true;
+                        continue;
+                    }
                     match class {
                         FailureClass::Fallback { reason } if !fallback_http => {
                             counters.bump_labeled("fallbacks", reason);
@@ -321,14 +333,6 @@ impl Driver {
                             reason,
                             retry_after,
                         } => {
-                            if attempt.reused && !stale_used {
-                                // A failure on a reused connection says more about the
-                                // connection than the request: once, on a fresh one, at once.
-                                bump(&counters.stale_retries);
-                                stale_used = true;
-                                fresh = true;
-                                continue;
-                            }
                             if pool.breaker.on_failure(now) {
                                 bump(&counters.breaker_opens);
                                 tracing::warn!(account = %pool.account.config.id, "circuit breaker opened");
