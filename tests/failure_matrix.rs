@@ -452,6 +452,11 @@ fn counters_show_attempts_retries_fallbacks_and_close_codes() {
         metric(admin, &format!("shardgate_retries_exhausted_total{s}")),
         0.0
     );
+    // Turn a went over HTTP once: its dial, upstream TTFT and per-event latency are recorded.
+    wait_metric(admin, "shardgate_dial_http_seconds_count", 1.0);
+    wait_metric(admin, "shardgate_upstream_ttft_http_seconds_count", 1.0);
+    assert!(metric(admin, "shardgate_event_added_http_seconds_count") > 0.0);
+    assert!(metric(admin, "shardgate_dial_ws_seconds_count") >= 1.0);
 }
 
 #[test]
