@@ -474,3 +474,42 @@ fn restart_close_on_a_reused_idle_connection_is_retried_on_a_fresh_one() {
     assert_ne!(t2.conn_id(), t1.conn_id());
     assert_eq!(usage_records(&usage, 2)[1]["attempts"].as_u64(), Some(2));
 }
+
+#[test]
+fn a_half_open_probe_that_ends_in_a_request_error_does_not_wedge_the_breaker() {
+    let up = mock();
+    let (extra, _) = fast("retry_max_attempts = 2");
+    let extra = extra.replace("breaker_cooldown_secs = 60", "breaker_cooldown_secs = 0.3");
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        &extra,
+        "transport = \"http\"",
+    ));
+    up.script(Script {
+        http: vec![
+            Rule {
+                value: 503,
+                times: 2,
+            },
+            Rule {
+                value: 400,
+                times: 1,
+            },
+        ],
+        ..Default::default()
+    });
+    let mut h = HttpConn::open(gw.addr());
+    let r = h.post("/v1/responses", &post_body("gpt-5", "a", false));
+    assert_eq!(r.status, 503, "{}", r.body);
+    let r = h.post("/v1/responses", &post_body("gpt-5", "b", false));
+    assert_eq!(
+        r.json()["error"]["code"].as_str(),
+        Some("no_available_account")
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let r = h.post("/v1/responses", &post_body("gpt-5", "probe", false));
+    assert_eq!(r.status, 400, "the probe met a request error: {}", r.body);
+    let r = h.post("/v1/responses", &post_body("gpt-5", "after", false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.stats().http_requests_total, 4);
+}

@@ -68,6 +68,14 @@ impl Breaker {
         }
     }
 
+    /// An attempt ended without saying anything about the account (the client left, a fallback,
+    /// a request error): a half-open probe slot is given back.
+    pub fn abandon(&self) {
+        if self.state.get() == BreakerState::HalfOpen(true) {
+            self.state.set(BreakerState::HalfOpen(false));
+        }
+    }
+
     /// An attempt succeeded: the breaker closes.
     pub fn on_success(&self, now: Instant) {
         self.count(now, false);
@@ -145,6 +153,22 @@ mod tests {
         b.on_success(again);
         assert_eq!(b.state(again), BreakerState::Closed);
         assert!(b.is_available(again));
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_the_half_open_slot() {
+        let b = Breaker::new(cfg());
+        let t = Instant::now();
+        for _ in 0..3 {
+            b.on_failure(t);
+        }
+        let later = t + Duration::from_secs(30);
+        b.begin(later);
+        assert!(!b.is_available(later));
+        b.abandon();
+        assert!(b.is_available(later));
+        b.abandon();
+        assert_eq!(b.state(later), BreakerState::HalfOpen(false));
     }
 
     #[test]

@@ -277,6 +277,7 @@ impl Driver {
                     return TurnEnd::Done;
                 }
                 Outcome::Preempted(next) => {
+                    pool.breaker.abandon();
                     bump(&self.shard.counters.turns_preempted);
                     self.drop_lease();
                     let err = GatewayError::new(
@@ -291,6 +292,7 @@ impl Driver {
                     };
                 }
                 Outcome::ClientGone => {
+                    pool.breaker.abandon();
                     bump(&self.shard.counters.turns_client_gone);
                     self.drop_lease();
                     return TurnEnd::ClientGone;
@@ -314,6 +316,7 @@ impl Driver {
                     let connection_failure = matches!(class, FailureClass::Retryable { .. })
                         || (!relayed && matches!(failure.close_code, Some(1012 | 1013)));
                     if connection_failure && attempt.reused && !stale_used {
+                        pool.breaker.abandon();
                         bump(&counters.stale_retries);
                         stale_used = true;
                         fresh = true;
@@ -321,6 +324,7 @@ impl Driver {
                     }
                     match class {
                         FailureClass::Fallback { reason } if !fallback_http => {
+                            pool.breaker.abandon();
                             counters.bump_labeled("fallbacks", reason);
                             if reason == "upgrade_refused" {
                                 pool.mark_ws_refused(now);
@@ -358,7 +362,11 @@ impl Driver {
                             continue;
                         }
                         _ => {
-                            if relayed && pool.breaker.on_failure(now) {
+                            if !relayed {
+                                // A request error or a busy slice says nothing about the
+                                // account's health.
+                                pool.breaker.abandon();
+                            } else if pool.breaker.on_failure(now) {
                                 bump(&counters.breaker_opens);
                             }
                             bump(&counters.turns_failed);
