@@ -2,8 +2,10 @@
 //!
 //! Shards talk to it only through [`ControlHandle::send`], a non-blocking `try_send` on a bounded
 //! crossbeam queue: a full queue is counted and the message dropped, a shard never waits. The
-//! thread owns the usage sink and the stats aggregation; it ticks on a timer to flush and roll
-//! windows, and drains everything on shutdown.
+//! thread owns the usage sink, the stats aggregation and the sticky-state store
+//! ([`StateService`]); it ticks on a timer to flush and roll windows, and drains everything on
+//! shutdown. State lookups are answered through the one-shot sender inside the message; a Redis
+//! call may hold this thread for at most `[state] redis_timeout_ms`, never a shard.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +17,8 @@ use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use crate::config::Config;
 use crate::metrics::aggregate::Aggregator;
 use crate::metrics::ShardSnapshot;
+use crate::state::service::{StateMsg, StateService};
+use crate::state::{StateError, StateStats};
 use crate::usage::writer::{UsageWriter, UsageWriterError};
 use crate::usage::UsageRecord;
 
@@ -28,6 +32,8 @@ pub enum ShardMsg {
     Usage(Box<UsageRecord>),
     /// A shard's measurements for the last interval.
     Snapshot(Box<ShardSnapshot>),
+    /// A sticky-state write or lookup.
+    State(StateMsg),
 }
 
 /// Why the control thread could not start.
@@ -36,6 +42,9 @@ pub enum ControlError {
     /// The usage sink could not be opened.
     #[error("usage sink: {0}")]
     Usage(#[from] UsageWriterError),
+    /// The state store could not be opened.
+    #[error("state store: {0}")]
+    State(#[from] StateError),
     /// The thread could not be spawned.
     #[error("cannot start the control thread: {0}")]
     Thread(std::io::Error),
@@ -46,6 +55,7 @@ pub enum ControlError {
 pub struct ControlHandle {
     tx: Sender<ShardMsg>,
     dropped: Arc<AtomicU64>,
+    state_stats: Arc<StateStats>,
 }
 
 impl ControlHandle {
@@ -65,6 +75,11 @@ impl ControlHandle {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// The state store's health counters (Redis errors, fallbacks), for stats.
+    pub fn state_stats(&self) -> &Arc<StateStats> {
+        &self.state_stats
+    }
 }
 
 /// The running control thread.
@@ -80,9 +95,12 @@ impl ControlThread {
         let (stop_tx, stop_rx) = bounded(1);
         let usage = UsageWriter::open(&config.usage)?;
         let aggregator = Aggregator::new(config.server.shards, config.server.stats_window);
+        let state = StateService::open(&config.state)?;
+        let state_stats = state.stats();
         let mut control = Control {
             usage,
             aggregator,
+            state,
             tick: config.server.stats_interval.min(Duration::from_millis(200)),
         };
         let thread = std::thread::Builder::new()
@@ -92,6 +110,7 @@ impl ControlThread {
         let handle = ControlHandle {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            state_stats,
         };
         Ok((
             handle,
@@ -126,6 +145,7 @@ impl Drop for ControlThread {
 struct Control {
     usage: UsageWriter,
     aggregator: Aggregator,
+    state: StateService,
     tick: Duration,
 }
 
@@ -146,6 +166,7 @@ impl Control {
             if now >= next_tick {
                 self.usage.tick(now);
                 self.aggregator.tick(now);
+                self.state.tick(now);
                 next_tick = now + self.tick;
             }
         }
@@ -154,12 +175,14 @@ impl Control {
             self.handle(msg);
         }
         self.usage.shutdown();
+        self.state.shutdown();
     }
 
     fn handle(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Usage(rec) => self.usage.push(*rec),
             ShardMsg::Snapshot(snap) => self.aggregator.merge(*snap),
+            ShardMsg::State(msg) => self.state.handle(msg),
         }
     }
 }
