@@ -13,6 +13,7 @@ pub mod normalizer;
 pub mod pool;
 pub mod scheduler;
 pub mod session;
+pub mod sticky;
 pub mod upstream;
 
 use std::cell::{Cell, RefCell};
@@ -51,6 +52,8 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     /// The queue to the control thread.
     pub control: ControlHandle,
+    /// Hot cache of sticky state, write-through to the control thread.
+    pub sticky: sticky::Sticky,
     sessions_per_key: RefCell<HashMap<String, usize>>,
     rr: Cell<usize>,
 }
@@ -92,6 +95,7 @@ impl Shard {
             groups,
             counters: ShardCounters::default(),
             metrics: ShardMetrics::default(),
+            sticky: sticky::Sticky::new(control.clone(), &config.state),
             control,
             sessions_per_key: RefCell::new(HashMap::new()),
             rr: Cell::new(0),

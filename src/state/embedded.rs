@@ -127,11 +127,12 @@ impl EmbeddedStore {
 
     /// Drops every entry that expired by `now`.
     pub fn expire(&mut self, now: Instant) {
-        while let Some((_, at)) = self.order.front() {
-            if *at > now {
-                break;
+        while self.order.front().is_some_and(|(_, at)| *at <= now) {
+            if let Some((key, at)) = self.order.pop_front() {
+                if self.map.get(&key).is_some_and(|s| s.expires == at) {
+                    self.map.remove(&key);
+                }
             }
-            self.pop_oldest(false);
         }
     }
 
@@ -148,7 +149,7 @@ impl EmbeddedStore {
         let expires = now + self.ttl;
         if !self.map.contains_key(&key) {
             self.expire(now);
-            while self.map.len() >= self.capacity && self.pop_oldest(true) {}
+            while self.map.len() >= self.capacity && self.evict_oldest() {}
         }
         self.order.push_back((key.clone(), expires));
         self.map.insert(key, Slot { value, expires });
@@ -160,14 +161,11 @@ impl EmbeddedStore {
     }
 
     /// Removes the oldest live entry (skipping stale queue elements); `false` when empty.
-    fn pop_oldest(&mut self, count_eviction: bool) -> bool {
+    fn evict_oldest(&mut self) -> bool {
         while let Some((key, at)) = self.order.pop_front() {
-            let live = self.map.get(&key).is_some_and(|s| s.expires == at);
-            if live {
+            if self.map.get(&key).is_some_and(|s| s.expires == at) {
                 self.map.remove(&key);
-                if count_eviction {
-                    self.evictions += 1;
-                }
+                self.evictions += 1;
                 return true;
             }
         }
@@ -257,7 +255,10 @@ mod tests {
         s.put_session_last_at("g1", &sess, "resp_1", now);
         s.put_pending_at("g1", "resp_1", &["call_a".into(), "call_b".into()], now);
         assert_eq!(s.binding_at("g1", "resp_1", now), Some(binding(7)));
-        assert_eq!(s.session_last_at("g1", &sess, now).as_deref(), Some("resp_1"));
+        assert_eq!(
+            s.session_last_at("g1", &sess, now).as_deref(),
+            Some("resp_1")
+        );
         assert_eq!(
             s.pending_at("g1", "resp_1", now).unwrap(),
             vec!["call_a".to_string(), "call_b".to_string()]

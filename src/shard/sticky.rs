@@ -1,0 +1,231 @@
+//! The shard's hot cache of sticky state, in front of the control thread's store.
+//!
+//! Writes land in the cache and are sent on to the control thread without waiting (a full
+//! queue is counted, the cache still has the entry). Lookups hit the cache first; a miss asks
+//! the control thread and awaits its one-shot answer for at most [`LOOKUP_TIMEOUT`], after which
+//! the turn goes on as if nothing were known. Only this shard's own writes are cached: another
+//! shard's or host's bindings are always read from the store, which knows the latest.
+//!
+//! Counted in the `sticky` labeled family: `hit`, `store_hit`, `store_miss`, `timeout`,
+//! `queue_full`, `write_dropped`.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+
+use crate::config::StateConfig;
+use crate::control::{ControlHandle, ShardMsg};
+use crate::runtime;
+use crate::state::embedded::EmbeddedStore;
+use crate::state::service::StateMsg;
+use crate::state::{Binding, Keys, SessionKey};
+
+use super::counters::ShardCounters;
+
+/// Entries one shard's cache holds at most.
+pub const CACHE_CAPACITY: usize = 65_536;
+/// Longest a lookup waits for the control thread before the turn goes on without it.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Labeled-counter family of the cache's outcomes.
+const FAMILY: &str = "sticky";
+
+/// A shard's sticky-state cache, write-through to the control thread.
+pub struct Sticky {
+    control: ControlHandle,
+    cache: RefCell<EmbeddedStore>,
+    lookup_timeout: Duration,
+}
+
+impl Sticky {
+    /// A cache with the store's TTL and key scheme.
+    pub fn new(control: ControlHandle, cfg: &StateConfig) -> Self {
+        Self::with_limits(control, cfg, CACHE_CAPACITY, LOOKUP_TIMEOUT)
+    }
+
+    /// Same, with an explicit size and lookup deadline (tests, tuning).
+    pub fn with_limits(
+        control: ControlHandle,
+        cfg: &StateConfig,
+        capacity: usize,
+        lookup_timeout: Duration,
+    ) -> Self {
+        Sticky {
+            control,
+            cache: RefCell::new(EmbeddedStore::new(
+                Keys::new(&cfg.key_prefix),
+                cfg.ttl,
+                capacity,
+            )),
+            lookup_timeout,
+        }
+    }
+
+    /// Records that `response_id` lives on `binding` (call when a turn produced a response id).
+    pub fn bind_response(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        response_id: &str,
+        binding: Binding,
+    ) {
+        self.cache
+            .borrow_mut()
+            .put_binding_at(group, response_id, &binding, Instant::now());
+        self.write(
+            counters,
+            StateMsg::Bind {
+                group: group.to_string(),
+                response_id: response_id.to_string(),
+                binding,
+            },
+        );
+    }
+
+    /// Records the session's last response (call after every turn that produced one).
+    pub fn set_session_last(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        session: SessionKey,
+        response_id: &str,
+    ) {
+        self.cache
+            .borrow_mut()
+            .put_session_last_at(group, &session, response_id, Instant::now());
+        self.write(
+            counters,
+            StateMsg::SessionLast {
+                group: group.to_string(),
+                session,
+                response_id: response_id.to_string(),
+            },
+        );
+    }
+
+    /// Records the function calls `response_id` left waiting for outputs (call on a terminal
+    /// event whose output holds `function_call` items; an empty list is worth recording too:
+    /// it says "nothing pending", which is not the same as "unknown").
+    pub fn set_pending(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        response_id: &str,
+        call_ids: Vec<String>,
+    ) {
+        self.cache
+            .borrow_mut()
+            .put_pending_at(group, response_id, &call_ids, Instant::now());
+        self.write(
+            counters,
+            StateMsg::Pending {
+                group: group.to_string(),
+                response_id: response_id.to_string(),
+                call_ids,
+            },
+        );
+    }
+
+    /// Where `response_id` lives: this shard's cache, else the store.
+    pub async fn binding(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        response_id: &str,
+    ) -> Option<Binding> {
+        let cached = self
+            .cache
+            .borrow_mut()
+            .binding_at(group, response_id, Instant::now());
+        if cached.is_some() {
+            counters.bump_labeled(FAMILY, "hit");
+            return cached;
+        }
+        self.ask(counters, |reply| StateMsg::LookupBinding {
+            group: group.to_string(),
+            response_id: response_id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// The session's last response: this shard's cache, else the store.
+    pub async fn session_last(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        session: SessionKey,
+    ) -> Option<String> {
+        let cached = self
+            .cache
+            .borrow_mut()
+            .session_last_at(group, &session, Instant::now());
+        if cached.is_some() {
+            counters.bump_labeled(FAMILY, "hit");
+            return cached;
+        }
+        self.ask(counters, |reply| StateMsg::LookupSessionLast {
+            group: group.to_string(),
+            session,
+            reply,
+        })
+        .await
+    }
+
+    /// The calls `response_id` left pending: this shard's cache, else the store. `None` means
+    /// unknown (never recorded, expired, or the store could not answer in time).
+    pub async fn pending(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        response_id: &str,
+    ) -> Option<Vec<String>> {
+        let cached = self
+            .cache
+            .borrow_mut()
+            .pending_at(group, response_id, Instant::now());
+        if cached.is_some() {
+            counters.bump_labeled(FAMILY, "hit");
+            return cached;
+        }
+        self.ask(counters, |reply| StateMsg::LookupPending {
+            group: group.to_string(),
+            response_id: response_id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    fn write(&self, counters: &ShardCounters, msg: StateMsg) {
+        if !self.control.send(ShardMsg::State(msg)) {
+            counters.bump_labeled(FAMILY, "write_dropped");
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        counters: &ShardCounters,
+        msg: impl FnOnce(oneshot::Sender<Option<T>>) -> StateMsg,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        if !self.control.send(ShardMsg::State(msg(tx))) {
+            counters.bump_labeled(FAMILY, "queue_full");
+            return None;
+        }
+        match runtime::timeout(self.lookup_timeout, rx).await {
+            Some(Ok(Some(found))) => {
+                counters.bump_labeled(FAMILY, "store_hit");
+                Some(found)
+            }
+            Some(Ok(None)) | Some(Err(oneshot::Canceled)) => {
+                counters.bump_labeled(FAMILY, "store_miss");
+                None
+            }
+            None => {
+                counters.bump_labeled(FAMILY, "timeout");
+                None
+            }
+        }
+    }
+}
