@@ -11,6 +11,7 @@ pub mod http_head;
 pub mod ingress;
 pub mod normalizer;
 pub mod pool;
+pub mod recovery;
 pub mod scheduler;
 pub mod session;
 pub mod sticky;
