@@ -7,6 +7,7 @@
 pub mod account;
 pub mod auth;
 pub mod counters;
+pub mod handoff;
 pub mod http_head;
 pub mod ingress;
 pub mod normalizer;
