@@ -31,6 +31,63 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 /// Labeled-counter family of the cache's outcomes.
 const FAMILY: &str = "sticky";
 
+/// Where a turn chained to an earlier response should run, from that response's binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Affinity {
+    /// Nothing known about the response: the scheduler picks.
+    Unbound,
+    /// The response's connection is on this shard: continue on it if it is still alive and
+    /// idle, else on the same account.
+    ThisShard {
+        /// Account id.
+        account: String,
+        /// Connection id in that account's pool.
+        connection: u64,
+    },
+    /// The connection is on another shard of this host: hand the client connection over.
+    OtherShard {
+        /// The owner shard.
+        shard: usize,
+        /// Account id (for the fallback when the handoff cannot happen).
+        account: String,
+    },
+    /// The response was made on another host: same account if it is healthy (store=true
+    /// chains work there), else the scheduler, and the recovery matrix on a chain error.
+    OtherHost {
+        /// Account id.
+        account: String,
+    },
+}
+
+impl Affinity {
+    /// Counter label (family `affinity`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Affinity::Unbound => "unbound",
+            Affinity::ThisShard { .. } => "this_shard",
+            Affinity::OtherShard { .. } => "other_shard",
+            Affinity::OtherHost { .. } => "other_host",
+        }
+    }
+}
+
+/// Decides where a chained turn runs from its previous response's binding, as seen from
+/// shard `shard` of host `instance`.
+pub fn affinity(binding: Option<Binding>, instance: &str, shard: usize) -> Affinity {
+    match binding {
+        None => Affinity::Unbound,
+        Some(b) if b.instance != instance => Affinity::OtherHost { account: b.account },
+        Some(b) if b.shard == shard => Affinity::ThisShard {
+            account: b.account,
+            connection: b.connection,
+        },
+        Some(b) => Affinity::OtherShard {
+            shard: b.shard,
+            account: b.account,
+        },
+    }
+}
+
 /// A shard's sticky-state cache, write-through to the control thread.
 pub struct Sticky {
     control: ControlHandle,
@@ -227,5 +284,48 @@ impl Sticky {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(instance: &str, shard: usize) -> Option<Binding> {
+        Some(Binding {
+            account: "acct-1".into(),
+            instance: instance.into(),
+            shard,
+            connection: 42,
+        })
+    }
+
+    #[test]
+    fn affinity_follows_the_binding() {
+        assert_eq!(affinity(None, "host-a", 0), Affinity::Unbound);
+        assert_eq!(
+            affinity(bound("host-a", 0), "host-a", 0),
+            Affinity::ThisShard {
+                account: "acct-1".into(),
+                connection: 42
+            }
+        );
+        assert_eq!(
+            affinity(bound("host-a", 3), "host-a", 0),
+            Affinity::OtherShard {
+                shard: 3,
+                account: "acct-1".into()
+            }
+        );
+        assert_eq!(
+            affinity(bound("host-b", 0), "host-a", 0),
+            Affinity::OtherHost {
+                account: "acct-1".into()
+            }
+        );
+        assert_eq!(
+            affinity(bound("host-b", 0), "host-a", 0).label(),
+            "other_host"
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! The Redis backend: shared by every gateway host, with a local copy for when Redis is not.
 //!
 //! Runs on the control thread with redis-rs's synchronous connection: every call carries the
-//! `[state] redis_timeout_ms` deadline (3 s by default), so a slow Redis delays the control
-//! thread by at most one timeout, after which Redis is marked down for a backoff period
-//! (100 ms doubling to 5 s) and every read is served from the local copy without waiting.
+//! `[state] redis_timeout_ms` deadline (3 s by default; a connect waits at most 1 s of it), so a
+//! slow Redis delays the control thread by at most one timeout, after which Redis is marked
+//! down for a backoff period (100 ms doubling to 10 s) and every read is served from the local
+//! copy without waiting.
 //! Shards never wait on this: their lookups have their own, shorter deadline.
 //!
 //! Writes go to the local copy at once and into a pipeline that is sent on the next tick (or
@@ -24,7 +25,10 @@ pub const FLUSH_AT: usize = 256;
 /// First pause after a failure before Redis is tried again.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between reconnect attempts.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Longest wait for a TCP connect to Redis (a reachable Redis answers in milliseconds; an
+/// unreachable one should not hold the control thread for a whole call timeout).
+const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 /// At most one warning per this interval while Redis fails.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -103,7 +107,9 @@ impl RedisStore {
     }
 
     fn connect(&self) -> ::redis::RedisResult<::redis::Connection> {
-        let con = self.client.get_connection_with_timeout(self.timeout)?;
+        let con = self
+            .client
+            .get_connection_with_timeout(self.timeout.min(CONNECT_TIMEOUT_MAX))?;
         con.set_read_timeout(Some(self.timeout))?;
         con.set_write_timeout(Some(self.timeout))?;
         Ok(con)
