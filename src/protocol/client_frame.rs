@@ -41,7 +41,7 @@ const TOOL_OUTPUT_TYPES: [&str; 4] = [
 ];
 
 /// Item types that carry a tool call (the context a tool output pairs with).
-const TOOL_CALL_TYPES: [&str; 6] = [
+pub(crate) const TOOL_CALL_TYPES: [&str; 6] = [
     "function_call",
     "tool_call",
     "local_shell_call",

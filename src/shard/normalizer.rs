@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use bytes::Bytes;
+use sonic_rs::JsonValueTrait;
 
+use crate::protocol::client_frame::TOOL_CALL_TYPES;
 use crate::protocol::ClientFrame;
 
 use super::counters::ShardCounters;
@@ -176,6 +178,33 @@ pub fn decide_pairing<'a>(facts: &PairingFacts<'a>) -> Pairing<'a> {
             },
         },
     }
+}
+
+/// The `call_id`s of the tool calls a terminal event's response left waiting for outputs (its
+/// `response.output` items of a tool-call type), to record with `Sticky::set_pending` so the
+/// next turn's outputs can be paired. Read once per turn, on the terminal event only.
+pub fn pending_calls(terminal_event: &[u8]) -> Vec<String> {
+    let Ok(output) = sonic_rs::get(terminal_event, &["response", "output"]) else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for item in sonic_rs::to_array_iter(output.as_raw_str()) {
+        let Ok(item) = item else {
+            break;
+        };
+        let is_call = item
+            .get("type")
+            .and_then(|t| t.as_str().map(|t| TOOL_CALL_TYPES.contains(&t)))
+            .unwrap_or(false);
+        if let Some(id) = item
+            .get("call_id")
+            .filter(|_| is_call)
+            .and_then(|c| c.as_str().map(str::to_owned))
+        {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 /// A frame ready to go upstream.
@@ -578,6 +607,16 @@ mod tests {
             counters.labeled_values(),
             vec![("normalizer", "inject_unverified".to_string(), 1)]
         );
+    }
+
+    #[test]
+    fn pending_calls_are_the_tool_calls_of_the_final_output() {
+        let ev = br#"{"type":"response.completed","response":{"id":"r1","output":[{"type":"reasoning","id":"rs"},{"type":"function_call","call_id":"c1","name":"f"},{"type":"message","id":"m"},{"type":"custom_tool_call","call_id":"c2"}]}}"#;
+        assert_eq!(pending_calls(ev), ids(&["c1", "c2"]));
+        let none = br#"{"type":"response.completed","response":{"id":"r1","output":[{"type":"message"}]}}"#;
+        assert!(pending_calls(none).is_empty());
+        assert!(pending_calls(br#"{"type":"error"}"#).is_empty());
+        assert!(pending_calls(b"not json").is_empty());
     }
 
     #[test]

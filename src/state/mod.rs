@@ -52,6 +52,18 @@ impl SessionKey {
         SessionKey(Sha256::digest(raw).into())
     }
 
+    /// The session of a client key (its configured id, never the key) and a client-supplied
+    /// session id (Codex's `session-id` header): each part length-prefixed, then hashed, so
+    /// two different pairs can never produce the same input.
+    pub fn of_client(key_id: &str, session_id: &str) -> Self {
+        let mut h = Sha256::new();
+        for part in [key_id, session_id] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        SessionKey(h.finalize().into())
+    }
+
     /// Lower-case hex of the hash, as used in store keys.
     pub fn hex(&self) -> String {
         let mut s = String::with_capacity(64);
@@ -208,6 +220,18 @@ mod tests {
         assert!(k.response("g", "").is_none());
         assert!(k.response("g", &"x".repeat(MAX_ID_LEN + 1)).is_none());
         assert!(k.pending("g", &"x".repeat(MAX_ID_LEN)).is_some());
+    }
+
+    #[test]
+    fn client_sessions_do_not_collide_across_part_boundaries() {
+        assert_ne!(
+            SessionKey::of_client("ab", "c"),
+            SessionKey::of_client("a", "bc")
+        );
+        assert_eq!(
+            SessionKey::of_client("k", "s"),
+            SessionKey::of_client("k", "s")
+        );
     }
 
     #[test]
