@@ -174,34 +174,29 @@ pub fn adopt_stream(fd: std::os::fd::OwnedFd) -> TcpStream {
     unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }
 }
 
+/// A shard's bound end of a [`shard_channel`] for receiving.
+pub use glommio::channels::shared_channel::ConnectedReceiver as ShardReceiver;
+/// A shard's bound end of a [`shard_channel`] for sending.
+pub use glommio::channels::shared_channel::ConnectedSender as ShardSender;
+/// A shard channel's receiving end before it is bound to its shard (`Send`).
+pub use glommio::channels::shared_channel::SharedReceiver as UnboundShardReceiver;
+/// A shard channel's sending end before it is bound to its shard (`Send`).
+pub use glommio::channels::shared_channel::SharedSender as UnboundShardSender;
+
 /// One-way channel between two shards: create both ends anywhere, move each to its shard, and
-/// connect them there ([`connect_sender`], [`connect_receiver`]).
-pub fn shard_channel<T: Send>(
-    capacity: usize,
-) -> (
-    glommio::channels::shared_channel::SharedSender<T>,
-    glommio::channels::shared_channel::SharedReceiver<T>,
-) {
+/// bind them there ([`connect_sender`], [`connect_receiver`]).
+pub fn shard_channel<T: Send>(capacity: usize) -> (UnboundShardSender<T>, UnboundShardReceiver<T>) {
     glommio::channels::shared_channel::new_bounded(capacity)
 }
 
-/// A shard's end of a [`shard_channel`] for receiving.
-pub use glommio::channels::shared_channel::ConnectedReceiver as ShardReceiver;
-/// A shard's end of a [`shard_channel`] for sending.
-pub use glommio::channels::shared_channel::ConnectedSender as ShardSender;
-
-/// Binds the sending end to the current shard. Completes once the receiving shard connected
-/// its end too, so connect every end of a mesh concurrently.
-pub async fn connect_sender<T: Send + 'static>(
-    tx: glommio::channels::shared_channel::SharedSender<T>,
-) -> ShardSender<T> {
+/// Binds the sending end to the current shard. Completes once the receiving shard bound its
+/// end too, so bind every end of a mesh concurrently.
+pub async fn connect_sender<T: Send + 'static>(tx: UnboundShardSender<T>) -> ShardSender<T> {
     tx.connect().await
 }
 
 /// Binds the receiving end to the current shard (see [`connect_sender`]).
-pub async fn connect_receiver<T: Send + 'static>(
-    rx: glommio::channels::shared_channel::SharedReceiver<T>,
-) -> ShardReceiver<T> {
+pub async fn connect_receiver<T: Send + 'static>(rx: UnboundShardReceiver<T>) -> ShardReceiver<T> {
     rx.connect().await
 }
 

@@ -18,9 +18,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
-use crate::runtime::{self, ShardReceiver, ShardSendError, ShardSender, TcpStream};
+use crate::runtime::{
+    self, ShardReceiver, ShardSendError, ShardSender, TcpStream, UnboundShardReceiver,
+    UnboundShardSender,
+};
 
 /// Connections that may wait in one shard-to-shard channel.
 pub const CHANNEL_CAPACITY: usize = 256;
@@ -79,8 +81,8 @@ pub enum HandoffError {
 /// into the shard's executor, connected there.
 pub struct HandoffPort<M: Send> {
     shard: usize,
-    senders: Vec<Option<SharedSender<HandedConn<M>>>>,
-    receivers: Vec<SharedReceiver<HandedConn<M>>>,
+    senders: Vec<Option<UnboundShardSender<HandedConn<M>>>>,
+    receivers: Vec<UnboundShardReceiver<HandedConn<M>>>,
 }
 
 /// Builds the handoff mesh of `shards` shards: element `i` is shard `i`'s port.
