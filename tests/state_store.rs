@@ -266,17 +266,26 @@ fn redis_entries_expire() {
 /// A redis-server of this test's own, on a free port, killed and restarted at will.
 struct PrivateRedis {
     port: u16,
+    extra: &'static [&'static str],
     child: Option<Child>,
 }
 
 impl PrivateRedis {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &'static [&'static str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut r = PrivateRedis { port, child: None };
+        let mut r = PrivateRedis {
+            port,
+            extra,
+            child: None,
+        };
         r.restart();
         r
     }
@@ -295,6 +304,7 @@ impl PrivateRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -461,4 +471,29 @@ fn gateway_state_survives_redis_dying_and_says_so_in_its_counters() {
     assert_eq!(last.as_deref(), Some("resp_1"));
     assert!(stats.redis_errors.load(Ordering::Relaxed) > 0);
     assert!(stats.local_fallback_reads.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn slow_redis_is_paused_and_reads_go_local() {
+    use std::io::Write;
+    let server = PrivateRedis::start_with(&["--enable-debug-command", "yes"]);
+    let cfg = redis_state(&server.url(), "sg", "");
+    let mut svc = StateService::open(&cfg).unwrap();
+    let stats = svc.stats();
+    let sess = SessionKey::of_client("k", "s");
+    set_last(&mut svc, "g", sess, "resp_1");
+    svc.tick(Instant::now());
+    // Block the server for a while from another connection, then read through the store.
+    let mut blocker = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    blocker.write_all(b"DEBUG SLEEP 0.8\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(get_last(&mut svc, "g", sess).as_deref(), Some("resp_1"));
+    assert_eq!(stats.redis_slow_calls.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.local_fallback_reads.load(Ordering::Relaxed), 0);
+    // Paused: the next read does not ask Redis at all.
+    set_last(&mut svc, "g", sess, "resp_2");
+    assert_eq!(get_last(&mut svc, "g", sess).as_deref(), Some("resp_2"));
+    assert_eq!(stats.local_fallback_reads.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.redis_writes_dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.redis_errors.load(Ordering::Relaxed), 0);
 }

@@ -177,6 +177,8 @@ state_stats! {
     redis_errors,
     /// Redis calls that hit `[state] redis_timeout_ms`.
     redis_timeouts,
+    /// Redis calls that answered, but too late to help a shard (Redis is then paused).
+    redis_slow_calls,
     /// Successful (re)connections to Redis.
     redis_connects,
     /// Writes that never reached Redis (it was down); they are kept in the local copy.

@@ -1,10 +1,11 @@
 //! The Redis backend: shared by every gateway host, with a local copy for when Redis is not.
 //!
 //! Runs on the control thread with redis-rs's synchronous connection: every call carries the
-//! `[state] redis_timeout_ms` deadline (3 s by default; a connect waits at most 1 s of it), so a
-//! slow Redis delays the control thread by at most one timeout, after which Redis is marked
-//! down for a backoff period (100 ms doubling to 10 s) and every read is served from the local
-//! copy without waiting.
+//! `[state] redis_timeout_ms` deadline (3 s by default; a connect waits at most 1 s of it). A
+//! call that fails, times out, or answers slower than the shards' lookup deadline pauses Redis
+//! for a backoff period (100 ms doubling to 10 s) during which every read is served from the
+//! local copy without waiting, so a slow or dead Redis costs the control thread one call per
+//! pause, not one per lookup.
 //! Shards never wait on this: their lookups have their own, shorter deadline.
 //!
 //! Writes go to the local copy at once and into a pipeline that is sent on the next tick (or
@@ -29,6 +30,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Longest wait for a TCP connect to Redis (a reachable Redis answers in milliseconds; an
 /// unreachable one should not hold the control thread for a whole call timeout).
 const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
+/// A call slower than this (the shards' lookup deadline) is no use to them: Redis is then
+/// treated as down for a backoff period.
+const SLOW_CALL: Duration = Duration::from_millis(250);
 /// At most one warning per this interval while Redis fails.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -77,24 +81,19 @@ impl RedisStore {
         })
     }
 
-    /// `true` when a connection is open (a reconnect is attempted when the backoff allows).
-    pub fn connected(&mut self) -> bool {
-        self.connection().is_some()
-    }
-
+    /// The open connection, connecting if needed; `None` while Redis is paused (down or slow)
+    /// or when the connect fails.
     fn connection(&mut self) -> Option<&mut ::redis::Connection> {
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
         if self.con.is_none() {
-            let now = Instant::now();
-            if self.retry_at.is_some_and(|at| now < at) {
-                return None;
-            }
             match self.connect() {
                 Ok(con) => {
                     add(&self.stats.redis_connects, 1);
-                    if self.retry_at.take().is_some() {
+                    if self.retry_at.is_some() {
                         tracing::info!("state store: Redis is reachable again");
                     }
-                    self.backoff = BACKOFF_MIN;
                     self.con = Some(con);
                 }
                 Err(e) => {
@@ -115,39 +114,70 @@ impl RedisStore {
         Ok(con)
     }
 
-    /// Counts a failed call, drops the connection and backs off.
+    /// Runs one call on the connection. A failure drops the connection and pauses Redis; a
+    /// call slower than [`SLOW_CALL`] keeps its answer but pauses Redis too, so a slow Redis
+    /// costs the control thread one slow call per pause, not one per lookup.
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut ::redis::Connection) -> ::redis::RedisResult<T>,
+    ) -> Option<T> {
+        let con = self.connection()?;
+        let started = Instant::now();
+        match f(con) {
+            Ok(v) => {
+                if started.elapsed() > SLOW_CALL {
+                    add(&self.stats.redis_slow_calls, 1);
+                    self.pause("slow");
+                } else {
+                    self.retry_at = None;
+                    self.backoff = BACKOFF_MIN;
+                }
+                Some(v)
+            }
+            Err(e) => {
+                self.failed(&e);
+                None
+            }
+        }
+    }
+
+    /// Counts a failed call, drops the connection and pauses Redis.
     fn failed(&mut self, e: &::redis::RedisError) {
         add(&self.stats.redis_errors, 1);
         if e.is_timeout() {
             add(&self.stats.redis_timeouts, 1);
         }
         self.con = None;
-        self.retry_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        self.errors_since_log += 1;
-        let now = Instant::now();
-        if self
-            .last_log
-            .is_none_or(|at| now.duration_since(at) >= LOG_INTERVAL)
-        {
-            tracing::warn!(
-                kind = ?e.kind(),
-                timeout = e.is_timeout(),
-                errors = self.errors_since_log,
-                "state store: Redis failed; serving from local state until it is back"
-            );
-            self.last_log = Some(now);
-            self.errors_since_log = 0;
-        }
         let lost = self.pipe.len() as u64;
         if lost > 0 {
             add(&self.stats.redis_writes_dropped, lost);
             self.pipe.clear();
         }
+        self.pause(if e.is_timeout() { "timeout" } else { "error" });
+    }
+
+    /// Serves from the local copy for the next backoff period; logs at most once per interval.
+    fn pause(&mut self, why: &'static str) {
+        let now = Instant::now();
+        self.retry_at = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.errors_since_log += 1;
+        if self
+            .last_log
+            .is_none_or(|at| now.duration_since(at) >= LOG_INTERVAL)
+        {
+            tracing::warn!(
+                why,
+                failures = self.errors_since_log,
+                "state store: Redis is failing or slow; serving from local state until it is back"
+            );
+            self.last_log = Some(now);
+            self.errors_since_log = 0;
+        }
     }
 
     fn queue_set(&mut self, key: String, value: &[u8]) {
-        if self.con.is_none() && self.retry_at.is_some_and(|at| Instant::now() < at) {
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
             add(&self.stats.redis_writes_dropped, 1);
             return;
         }
@@ -169,29 +199,15 @@ impl RedisStore {
         }
         let pipe = std::mem::replace(&mut self.pipe, ::redis::pipe());
         let n = pipe.len() as u64;
-        let Some(con) = self.connection() else {
+        if self.call(|con| pipe.query::<()>(con)).is_none() {
             add(&self.stats.redis_writes_dropped, n);
-            return;
-        };
-        if let Err(e) = pipe.query::<()>(con) {
-            add(&self.stats.redis_writes_dropped, n);
-            self.failed(&e);
         }
     }
 
-    /// GET `key` from Redis; `Err(())` when Redis could not be asked (already counted).
-    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, ()> {
+    /// GET `key` from Redis; `None` when Redis could not be asked (already counted).
+    fn get(&mut self, key: &str) -> Option<Option<Vec<u8>>> {
         self.send_pipeline();
-        let Some(con) = self.connection() else {
-            return Err(());
-        };
-        match ::redis::cmd("GET").arg(key).query::<Option<Vec<u8>>>(con) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                self.failed(&e);
-                Err(())
-            }
-        }
+        self.call(|con| ::redis::cmd("GET").arg(key).query::<Option<Vec<u8>>>(con))
     }
 
     fn fallback(&self) {
@@ -219,13 +235,13 @@ impl StateStore for RedisStore {
         }
         let key = self.keys.response(group, response_id)?;
         match self.get(&key) {
-            Ok(Some(raw)) => {
+            Some(Some(raw)) => {
                 let b: Binding = sonic_rs::from_slice(&raw).ok()?;
                 self.local.put_binding_at(group, response_id, &b, now);
                 Some(b)
             }
-            Ok(None) => None,
-            Err(()) => {
+            Some(None) => None,
+            None => {
                 self.fallback();
                 None
             }
@@ -245,9 +261,9 @@ impl StateStore for RedisStore {
     fn session_last(&mut self, group: &str, session: &SessionKey) -> Option<String> {
         let key = self.keys.session(group, session);
         match self.get(&key) {
-            Ok(Some(raw)) => String::from_utf8(raw).ok(),
-            Ok(None) => self.local.session_last_at(group, session, Instant::now()),
-            Err(()) => {
+            Some(Some(raw)) => String::from_utf8(raw).ok(),
+            Some(None) => self.local.session_last_at(group, session, Instant::now()),
+            None => {
                 self.fallback();
                 self.local.session_last_at(group, session, Instant::now())
             }
@@ -273,13 +289,13 @@ impl StateStore for RedisStore {
         }
         let key = self.keys.pending(group, response_id)?;
         match self.get(&key) {
-            Ok(Some(raw)) => {
+            Some(Some(raw)) => {
                 let ids: Vec<String> = sonic_rs::from_slice(&raw).ok()?;
                 self.local.put_pending_at(group, response_id, &ids, now);
                 Some(ids)
             }
-            Ok(None) => None,
-            Err(()) => {
+            Some(None) => None,
+            None => {
                 self.fallback();
                 None
             }
@@ -289,9 +305,9 @@ impl StateStore for RedisStore {
     fn tick(&mut self, now: Instant) {
         self.local.expire(now);
         if self.pipe.is_empty() {
-            // Reconnect in the background of the tick, not on a shard's lookup.
+            // Reconnect on the tick, not on a shard's lookup.
             if self.con.is_none() && self.retry_at.is_some_and(|at| now >= at) {
-                self.connection();
+                let _ = self.call(|con| ::redis::cmd("PING").query::<()>(con));
             }
         } else {
             self.send_pipeline();
