@@ -497,3 +497,34 @@ fn slow_redis_is_paused_and_reads_go_local() {
     assert_eq!(stats.redis_writes_dropped.load(Ordering::Relaxed), 1);
     assert_eq!(stats.redis_errors.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn sticky_lookups_do_not_wait_when_the_control_thread_cannot_take_them() {
+    let config = Arc::new(config(""));
+    let (handle, control) = ControlThread::start(config.clone()).unwrap();
+    control.stop();
+    let state_cfg = config.state.clone();
+    let shard = runtime::spawn_executor("sticky-gone", None, move || async move {
+        let sticky = Sticky::new(handle.clone(), &state_cfg);
+        let counters = ShardCounters::default();
+        sticky.bind_response(&counters, "g", "resp_1", binding(1));
+        let cached = sticky.binding(&counters, "g", "resp_1").await;
+        let missing = sticky.binding(&counters, "g", "resp_2").await;
+        let mut labels = counters.labeled_values();
+        labels.sort();
+        (cached, missing, labels, counters.control_queue_drops.get())
+    })
+    .unwrap();
+    let (cached, missing, labels, drops) = shard.join().unwrap();
+    assert_eq!(cached, Some(binding(1)));
+    assert_eq!(missing, None);
+    assert_eq!(
+        labels,
+        vec![
+            ("sticky", "hit".to_string(), 1),
+            ("sticky", "queue_full".to_string(), 1),
+            ("sticky", "write_dropped".to_string(), 1),
+        ]
+    );
+    assert_eq!(drops, 2);
+}

@@ -7,7 +7,7 @@
 //! shard's or host's bindings are always read from the store, which knows the latest.
 //!
 //! Counted in the `sticky` labeled family: `hit`, `store_hit`, `store_miss`, `timeout`,
-//! `queue_full`, `write_dropped`.
+//! `queue_full`, `write_dropped` (the last two also in `control_queue_drops`).
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use crate::state::embedded::EmbeddedStore;
 use crate::state::service::StateMsg;
 use crate::state::{Binding, Keys, SessionKey};
 
-use super::counters::ShardCounters;
+use super::counters::{bump, ShardCounters};
 
 /// Entries one shard's cache holds at most.
 pub const CACHE_CAPACITY: usize = 65_536;
@@ -256,6 +256,7 @@ impl Sticky {
 
     fn write(&self, counters: &ShardCounters, msg: StateMsg) {
         if !self.control.send(ShardMsg::State(msg)) {
+            bump(&counters.control_queue_drops);
             counters.bump_labeled(FAMILY, "write_dropped");
         }
     }
@@ -267,6 +268,7 @@ impl Sticky {
     ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         if !self.control.send(ShardMsg::State(msg(tx))) {
+            bump(&counters.control_queue_drops);
             counters.bump_labeled(FAMILY, "queue_full");
             return None;
         }
