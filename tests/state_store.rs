@@ -14,9 +14,11 @@ use futures_channel::oneshot;
 use futures_lite::future::block_on;
 use shardgate::config::{Config, StateConfig};
 use shardgate::control::ControlThread;
+use shardgate::protocol::ClientFrame;
 use shardgate::runtime;
 use shardgate::shard::counters::ShardCounters;
-use shardgate::shard::sticky::Sticky;
+use shardgate::shard::normalizer::{self, PairingReason, PreviousId};
+use shardgate::shard::sticky::{ChainInputs, Sticky};
 use shardgate::state::service::{StateMsg, StateService};
 use shardgate::state::{Binding, SessionKey};
 
@@ -527,4 +529,53 @@ fn sticky_lookups_do_not_wait_when_the_control_thread_cannot_take_them() {
         ]
     );
     assert_eq!(drops, 2);
+}
+
+#[test]
+fn chain_inputs_feed_the_normalizer_after_a_reconnect() {
+    let config = Arc::new(config(""));
+    let (handle, control) = ControlThread::start(config.clone()).unwrap();
+    let state_cfg = config.state.clone();
+    let shard = runtime::spawn_executor("chain-inputs", None, move || async move {
+        let first_conn = Sticky::new(handle.clone(), &state_cfg);
+        let reconnect = Sticky::new(handle.clone(), &state_cfg);
+        let counters = ShardCounters::default();
+        let sess = SessionKey::of_client("test-key", "session-1");
+        // The first connection's turn ended with a function call pending.
+        first_conn.set_pending(&counters, "g", "resp_1", vec!["call_1".into()]);
+        first_conn.set_session_last(&counters, "g", sess, "resp_1");
+        // A plain frame on the reconnect looks nothing up.
+        let plain = ClientFrame::parse(br#"{"type":"response.create","input":"hi"}"#).unwrap();
+        let none = reconnect
+            .chain_inputs(&counters, "g", Some(sess), None, &plain)
+            .await;
+        let calls_before = counters.labeled_values().len();
+        // Its tool output arrives on a new connection, store=false, without an id.
+        let frame = br#"{"type":"response.create","store":false,"input":[{"type":"function_call_output","call_id":"call_1","output":"ok"}]}"#;
+        let parsed = ClientFrame::parse(frame).unwrap();
+        let inputs = reconnect
+            .chain_inputs(&counters, "g", Some(sess), None, &parsed)
+            .await;
+        (none, calls_before, inputs)
+    })
+    .unwrap();
+    let (none, calls_before, inputs) = shard.join().unwrap();
+    control.stop();
+    assert_eq!(none, ChainInputs::default());
+    assert_eq!(calls_before, 0);
+    assert_eq!(
+        inputs,
+        ChainInputs {
+            session_last: Some("resp_1".into()),
+            pending_of_previous: None,
+            pending_of_last: Some(vec!["call_1".into()]),
+        }
+    );
+    let frame = bytes::Bytes::from_static(
+        br#"{"type":"response.create","store":false,"input":[{"type":"function_call_output","call_id":"call_1","output":"ok"}]}"#,
+    );
+    let parsed = ClientFrame::parse(&frame).unwrap();
+    let pairing = normalizer::decide_pairing(&inputs.facts(&parsed));
+    assert_eq!(pairing.previous, PreviousId::Set("resp_1"));
+    assert_eq!(pairing.reason, PairingReason::InjectVerified);
 }

@@ -16,12 +16,14 @@ use futures_channel::oneshot;
 
 use crate::config::StateConfig;
 use crate::control::{ControlHandle, ShardMsg};
+use crate::protocol::ClientFrame;
 use crate::runtime;
 use crate::state::embedded::EmbeddedStore;
 use crate::state::service::StateMsg;
 use crate::state::{Binding, Keys, SessionKey};
 
 use super::counters::{bump, ShardCounters};
+use super::normalizer::{PairingFacts, Pending};
 
 /// Entries one shard's cache holds at most.
 pub const CACHE_CAPACITY: usize = 65_536;
@@ -85,6 +87,34 @@ pub fn affinity(binding: Option<Binding>, instance: &str, shard: usize) -> Affin
             shard: b.shard,
             account: b.account,
         },
+    }
+}
+
+/// What the normalizer's pairing decision needs about a turn's chain, owned so it can be
+/// looked up before the (borrowing) decision is made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainInputs {
+    /// The session's last response id.
+    pub session_last: Option<String>,
+    /// Pending calls of the frame's `previous_response_id`.
+    pub pending_of_previous: Option<Vec<String>>,
+    /// Pending calls of `session_last`.
+    pub pending_of_last: Option<Vec<String>>,
+}
+
+impl ChainInputs {
+    /// The facts for `normalizer::decide_pairing` / `normalize_turn`.
+    pub fn facts<'a>(&'a self, frame: &'a ClientFrame<'a>) -> PairingFacts<'a> {
+        let pending = |p: &'a Option<Vec<String>>| match p {
+            Some(ids) => Pending::Known(ids),
+            None => Pending::Unknown,
+        };
+        PairingFacts {
+            frame,
+            session_last: self.session_last.as_deref(),
+            pending_of_previous: pending(&self.pending_of_previous),
+            pending_of_last: pending(&self.pending_of_last),
+        }
     }
 }
 
@@ -252,6 +282,49 @@ impl Sticky {
             reply,
         })
         .await
+    }
+
+    /// Gathers [`ChainInputs`] for a `response.create`. `known_last` is the session's own
+    /// memory of its last response (a live session has it); the store is asked for it only
+    /// when it is missing (a reconnect) and the frame chains or carries tool outputs. Pending
+    /// calls are looked up only for frames with tool outputs, so a plain turn costs nothing.
+    pub async fn chain_inputs(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        session: Option<SessionKey>,
+        known_last: Option<&str>,
+        frame: &ClientFrame<'_>,
+    ) -> ChainInputs {
+        let has_outputs = !frame.tool_output_call_ids.is_empty();
+        let previous = frame.previous_response_id.as_deref();
+        let session_last = match (known_last, session) {
+            (Some(last), _) => Some(last.to_string()),
+            (None, Some(session)) if has_outputs || previous.is_some() => {
+                self.session_last(counters, group, session).await
+            }
+            _ => None,
+        };
+        if !has_outputs {
+            return ChainInputs {
+                session_last,
+                ..ChainInputs::default()
+            };
+        }
+        let pending_of_previous = match previous {
+            Some(id) => self.pending(counters, group, id).await,
+            None => None,
+        };
+        let pending_of_last = match session_last.as_deref() {
+            Some(last) if Some(last) == previous => pending_of_previous.clone(),
+            Some(last) => self.pending(counters, group, last).await,
+            None => None,
+        };
+        ChainInputs {
+            session_last,
+            pending_of_previous,
+            pending_of_last,
+        }
     }
 
     fn write(&self, counters: &ShardCounters, msg: StateMsg) {
