@@ -158,13 +158,18 @@ where
 
 /// Takes the socket out of a shard's `TcpStream` so another shard can adopt it
 /// ([`adopt_stream`]). The stream is closed on this shard; the returned descriptor (a duplicate)
-/// keeps the connection open. Bytes the caller already read are its own to pass along.
-pub fn detach_stream(stream: TcpStream) -> io::Result<std::os::fd::OwnedFd> {
+/// keeps the connection open. Bytes the caller already read are its own to pass along. When the
+/// descriptor cannot be duplicated (descriptor limit), the stream comes back untouched.
+pub fn detach_stream(stream: TcpStream) -> Result<std::os::fd::OwnedFd, (io::Error, TcpStream)> {
     use std::os::fd::{AsRawFd, BorrowedFd};
     // SAFETY: the descriptor belongs to `stream`, which is alive for the whole borrow.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()?;
-    drop(stream);
-    Ok(fd)
+    match unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned() {
+        Ok(fd) => {
+            drop(stream);
+            Ok(fd)
+        }
+        Err(e) => Err((e, stream)),
+    }
 }
 
 /// Adopts a connected TCP socket detached on another shard. Must run on the adopting shard.

@@ -37,17 +37,22 @@ pub struct HandedConn<M> {
 
 impl<M> HandedConn<M> {
     /// Detaches `stream` from this shard; `prefix` holds the bytes already read from it, in
-    /// order, that the owner must see first.
-    pub fn new(stream: TcpStream, prefix: Vec<u8>, meta: M) -> io::Result<Self> {
-        Ok(HandedConn {
-            fd: runtime::detach_stream(stream)?,
-            prefix,
-            meta,
-        })
+    /// order, that the owner must see first. On failure everything comes back, so the caller
+    /// serves the connection itself.
+    pub fn new(stream: TcpStream, prefix: Vec<u8>, meta: M) -> Result<Self, DetachFailed<M>> {
+        match runtime::detach_stream(stream) {
+            Ok(fd) => Ok(HandedConn { fd, prefix, meta }),
+            Err((error, stream)) => Err(DetachFailed {
+                error,
+                stream,
+                prefix,
+                meta,
+            }),
+        }
     }
 
     /// Adopts the connection on the current shard: the stream replays the prefix, then reads
-    /// the socket.
+    /// the socket. Also how a connection whose handoff failed is served where it is.
     pub fn resume(self) -> (PrefixedStream<TcpStream>, M) {
         let stream = runtime::adopt_stream(self.fd);
         (PrefixedStream::new(self.prefix, stream), self.meta)
@@ -61,6 +66,18 @@ impl<M> std::fmt::Debug for HandedConn<M> {
             .field("prefix_len", &self.prefix.len())
             .finish_non_exhaustive()
     }
+}
+
+/// A connection that could not be detached, handed back whole.
+pub struct DetachFailed<M> {
+    /// Why (the descriptor could not be duplicated).
+    pub error: io::Error,
+    /// The connection, still on this shard.
+    pub stream: TcpStream,
+    /// The bytes already read.
+    pub prefix: Vec<u8>,
+    /// The metadata.
+    pub meta: M,
 }
 
 /// Why a handoff did not happen; the connection comes back with it.
@@ -145,7 +162,7 @@ impl<M: Send> Handoff<M> {
     }
 
     /// Hands `conn` to shard `to` without waiting; on failure the connection comes back so the
-    /// caller can serve it here.
+    /// caller can serve it here ([`HandedConn::resume`]).
     pub fn send(
         &self,
         to: usize,
