@@ -160,7 +160,9 @@ where
 /// ([`adopt_stream`]). The stream is closed on this shard; the returned descriptor (a duplicate)
 /// keeps the connection open. Bytes the caller already read are its own to pass along. When the
 /// descriptor cannot be duplicated (descriptor limit), the stream comes back untouched.
-pub fn detach_stream(stream: TcpStream) -> Result<std::os::fd::OwnedFd, (io::Error, TcpStream)> {
+pub fn detach_stream(
+    stream: TcpStream,
+) -> Result<std::os::fd::OwnedFd, (io::Error, Box<TcpStream>)> {
     use std::os::fd::{AsRawFd, BorrowedFd};
     // SAFETY: the descriptor belongs to `stream`, which is alive for the whole borrow.
     match unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned() {
@@ -168,7 +170,7 @@ pub fn detach_stream(stream: TcpStream) -> Result<std::os::fd::OwnedFd, (io::Err
             drop(stream);
             Ok(fd)
         }
-        Err(e) => Err((e, stream)),
+        Err(e) => Err((e, Box::new(stream))),
     }
 }
 

@@ -39,15 +39,15 @@ impl<M> HandedConn<M> {
     /// Detaches `stream` from this shard; `prefix` holds the bytes already read from it, in
     /// order, that the owner must see first. On failure everything comes back, so the caller
     /// serves the connection itself.
-    pub fn new(stream: TcpStream, prefix: Vec<u8>, meta: M) -> Result<Self, DetachFailed<M>> {
+    pub fn new(stream: TcpStream, prefix: Vec<u8>, meta: M) -> Result<Self, Box<DetachFailed<M>>> {
         match runtime::detach_stream(stream) {
             Ok(fd) => Ok(HandedConn { fd, prefix, meta }),
-            Err((error, stream)) => Err(DetachFailed {
+            Err((error, stream)) => Err(Box::new(DetachFailed {
                 error,
-                stream,
+                stream: *stream,
                 prefix,
                 meta,
-            }),
+            })),
         }
     }
 
