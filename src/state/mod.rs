@@ -189,7 +189,7 @@ state_stats! {
     lookups,
     /// Lookups that found something.
     lookup_hits,
-    /// Entries evicted from the embedded store because it was full.
+    /// Entries evicted from the embedded store (or Redis's local copy) because it was full.
     evictions,
 }
 

@@ -50,6 +50,7 @@ pub struct RedisStore {
     stats: Arc<StateStats>,
     last_log: Option<Instant>,
     errors_since_log: u64,
+    reported_evictions: u64,
 }
 
 impl RedisStore {
@@ -78,6 +79,7 @@ impl RedisStore {
             stats,
             last_log: None,
             errors_since_log: 0,
+            reported_evictions: 0,
         })
     }
 
@@ -304,6 +306,9 @@ impl StateStore for RedisStore {
 
     fn tick(&mut self, now: Instant) {
         self.local.expire(now);
+        let ev = self.local.evictions();
+        add(&self.stats.evictions, ev - self.reported_evictions);
+        self.reported_evictions = ev;
         if self.pipe.is_empty() {
             // Reconnect on the tick, not on a shard's lookup.
             if self.con.is_none() && self.retry_at.is_some_and(|at| now >= at) {
