@@ -189,6 +189,8 @@ pub struct StateConfig {
     pub redis_timeout: Duration,
     /// This host's name in bindings (defaults to the hostname).
     pub instance: String,
+    /// Namespace of every store key (`{prefix}:{group}:resp:{id}`); hosts sharing state share it.
+    pub key_prefix: String,
 }
 
 /// Where usage records go.
@@ -428,6 +430,7 @@ struct RawState {
     ttl_secs: Option<f64>,
     redis_timeout_ms: Option<u64>,
     instance: Option<String>,
+    key_prefix: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -770,6 +773,7 @@ impl Config {
             ttl: secs("state.ttl_secs", st.ttl_secs, 3600.0)?,
             redis_timeout: millis("state.redis_timeout_ms", st.redis_timeout_ms, 3_000)?,
             instance: st.instance.unwrap_or_else(default_instance),
+            key_prefix: st.key_prefix.unwrap_or_else(|| "sg".into()),
         };
         if state.backend == StateBackend::Redis && state.redis_url.is_none() {
             return Err(invalid(

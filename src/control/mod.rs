@@ -2,8 +2,10 @@
 //!
 //! Shards talk to it only through [`ControlHandle::send`], a non-blocking `try_send` on a bounded
 //! crossbeam queue: a full queue is counted and the message dropped, a shard never waits. The
-//! thread owns the usage sink and the stats aggregation; it ticks on a timer to flush and roll
-//! windows, and drains everything on shutdown.
+//! thread owns the usage sink, the stats aggregation and the sticky-state store
+//! ([`StateService`]); it ticks on a timer to flush and roll windows, and drains everything on
+//! shutdown. State lookups are answered through the one-shot sender inside the message; a Redis
+//! call may hold this thread for at most `[state] redis_timeout_ms`, never a shard.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +17,8 @@ use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use crate::config::Config;
 use crate::metrics::aggregate::{self, Aggregator, SharedAggregator};
 use crate::metrics::ShardSnapshot;
+use crate::state::service::{StateMsg, StateService};
+use crate::state::{StateError, StateStats};
 use crate::stats::{StatsError, StatsServices};
 use crate::usage::writer::{UsageWriter, UsageWriterError};
 use crate::usage::UsageRecord;
@@ -29,6 +33,8 @@ pub enum ShardMsg {
     Usage(Box<UsageRecord>),
     /// A shard's measurements for the last interval.
     Snapshot(Box<ShardSnapshot>),
+    /// A sticky-state write or lookup.
+    State(StateMsg),
 }
 
 /// Why the control thread could not start.
@@ -37,6 +43,9 @@ pub enum ControlError {
     /// The usage sink could not be opened.
     #[error("usage sink: {0}")]
     Usage(#[from] UsageWriterError),
+    /// The state store could not be opened.
+    #[error("state store: {0}")]
+    State(#[from] StateError),
     /// The thread could not be spawned.
     #[error("cannot start the control thread: {0}")]
     Thread(std::io::Error),
@@ -50,6 +59,7 @@ pub enum ControlError {
 pub struct ControlHandle {
     tx: Sender<ShardMsg>,
     dropped: Arc<AtomicU64>,
+    state_stats: Arc<StateStats>,
 }
 
 impl ControlHandle {
@@ -68,6 +78,11 @@ impl ControlHandle {
     /// Messages dropped so far because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The state store's health counters (Redis errors, fallbacks), for stats.
+    pub fn state_stats(&self) -> &Arc<StateStats> {
+        &self.state_stats
     }
 }
 
@@ -90,10 +105,13 @@ impl ControlThread {
             s.stats_interval,
             s.stats_window,
         )));
+        let state = StateService::open(&config.state)?;
+        let state_stats = state.stats();
         let stats = StatsServices::start(s, &aggregator)?;
         let mut control = Control {
             usage,
             aggregator,
+            state,
             tick: config.server.stats_interval.min(Duration::from_millis(200)),
         };
         let thread = std::thread::Builder::new()
@@ -103,6 +121,7 @@ impl ControlThread {
         let handle = ControlHandle {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            state_stats,
         };
         Ok((
             handle,
@@ -144,6 +163,7 @@ impl Drop for ControlThread {
 struct Control {
     usage: UsageWriter,
     aggregator: SharedAggregator,
+    state: StateService,
     tick: Duration,
 }
 
@@ -164,6 +184,7 @@ impl Control {
             if now >= next_tick {
                 self.usage.tick(now);
                 self.publish(now);
+                self.state.tick(now);
                 next_tick = now + self.tick;
             }
         }
@@ -172,6 +193,7 @@ impl Control {
             self.handle(msg);
         }
         self.usage.shutdown();
+        self.state.shutdown();
         self.publish(Instant::now());
     }
 
@@ -179,13 +201,18 @@ impl Control {
     fn publish(&mut self, now: Instant) {
         let mut agg = aggregate::lock(&self.aggregator);
         agg.tick(now);
-        agg.set_control(self.usage.counters(), self.usage.labeled());
+        let mut counters = self.usage.counters();
+        for (name, v) in self.state.stats().values() {
+            counters.insert(name.to_string(), v);
+        }
+        agg.set_control(counters, self.usage.labeled());
     }
 
     fn handle(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Usage(rec) => self.usage.push(*rec),
             ShardMsg::Snapshot(snap) => aggregate::lock(&self.aggregator).merge(*snap),
+            ShardMsg::State(msg) => self.state.handle(msg),
         }
     }
 }

@@ -8,16 +8,19 @@ pub mod account;
 pub mod auth;
 pub mod breaker;
 pub mod counters;
+pub mod handoff;
 pub mod http_front;
 pub mod http_head;
 pub mod http_upstream;
 pub mod ingress;
 pub mod normalizer;
 pub mod pool;
+pub mod recovery;
 pub mod relay;
 pub mod retry;
 pub mod scheduler;
 pub mod session;
+pub mod sticky;
 pub mod turn;
 pub mod upstream;
 pub mod warmup;
@@ -60,6 +63,8 @@ pub struct Shard {
     pub control: ControlHandle,
     /// Warm-ups answered by the gateway (HTTP upstream), by gateway-issued response id.
     pub warmups: RefCell<warmup::WarmupCache>,
+    /// Hot cache of sticky state, write-through to the control thread.
+    pub sticky: sticky::Sticky,
     sessions_per_key: RefCell<HashMap<String, usize>>,
     rr: Cell<usize>,
     in_flight: Rc<Cell<usize>>,
@@ -115,6 +120,7 @@ impl Shard {
             groups,
             counters: ShardCounters::default(),
             metrics: ShardMetrics::default(),
+            sticky: sticky::Sticky::new(control.clone(), &config.state),
             control,
             warmups: RefCell::new(warmup::WarmupCache::default()),
             sessions_per_key: RefCell::new(HashMap::new()),
