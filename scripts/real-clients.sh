@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Unmodified real clients through the gateway against the mock upstream:
-#   - openai-python `client.responses.connect()`: a warm-up and chained store=false turns;
-#   - Codex CLI `codex exec` with a provider entry `supports_websockets = true`, then
-#     `codex exec resume --last` for a second turn.
-# Each check asserts on the mock's own counters (no previous_response_not_found, warm-ups seen,
-# the client key never reached upstream). Installs the clients if missing.
-set -euo pipefail
+# Unmodified real clients through the gateway against the mock upstream. Two gateways share one
+# mock: "ws" uses the upstream WebSocket pool (the default), "http" has `force_http = true`.
+#   1. openai-python `client.responses.connect()`: a warm-up and chained store=false turns (ws);
+#   2. openai-python `responses.create(stream=True)` and non-stream over POST (ws);
+#   3. Codex CLI `codex exec` with `supports_websockets = true`, then `exec resume --last` (ws);
+#   4. Codex CLI `codex exec` with a provider WITHOUT `supports_websockets` (POST + SSE) (ws);
+#   5. Codex CLI over WebSocket to the "http" gateway: its warm-ups are answered by the gateway
+#      and never reach the HTTP upstream (which refuses `generate`);
+#   6. openai-python stream and non-stream to the "http" gateway (HTTP upstream end to end).
+# Each check asserts on the mock's own counters. Installs the clients if missing. The last line
+# is `real-clients: N passed, M failed`.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
 work=$(mktemp -d)
@@ -13,7 +18,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  [[ -n "${KEEP_WORK:-}" ]] || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -27,18 +32,22 @@ if [[ ! -x "$codex" ]]; then
   (cd "$codex_dir" && npm install --silent --no-audit --no-fund @openai/codex >&2)
 fi
 
-cargo build --quiet
+cargo build --quiet || exit 1
 bin="${CARGO_TARGET_DIR:-target}/debug/shardgate"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mock_port=$(free_port)
 gw_port=$(free_port)
+gw_http_port=$(free_port)
 
 "$bin" mock-upstream --listen "127.0.0.1:$mock_port" --require-key sk-upstream-real >"$work/mock.log" 2>&1 &
 pids+=($!)
-cat >"$work/gw.toml" <<TOML
+gateway_config() { # port, extra [upstream] lines
+  cat <<TOML
 [server]
-listen = "127.0.0.1:$gw_port"
+listen = "127.0.0.1:$1"
 shards = 2
+[upstream]
+$2
 [[client_keys]]
 key = "sk-gw-real"
 id = "real-clients"
@@ -48,58 +57,126 @@ base_url = "http://127.0.0.1:$mock_port/v1"
 api_key = "sk-upstream-real"
 max_conns = 8
 TOML
+}
+gateway_config "$gw_port" "" >"$work/gw.toml"
+gateway_config "$gw_http_port" "force_http = true" >"$work/gw-http.toml"
 "$bin" serve --config "$work/gw.toml" >"$work/gw.log" 2>&1 &
+pids+=($!)
+"$bin" serve --config "$work/gw-http.toml" >"$work/gw-http.log" 2>&1 &
 pids+=($!)
 up=0
 for _ in $(seq 1 100); do
   if curl -fsS "http://127.0.0.1:$gw_port/healthz" >/dev/null 2>&1 &&
+     curl -fsS "http://127.0.0.1:$gw_http_port/healthz" >/dev/null 2>&1 &&
      curl -fsS "http://127.0.0.1:$mock_port/_mock/stats" >/dev/null 2>&1; then up=1; break; fi
   sleep 0.1
 done
 if [[ $up != 1 ]]; then
-  echo "gateway or mock did not come up"; cat "$work/mock.log" "$work/gw.log"; exit 1
+  echo "gateways or mock did not come up"; cat "$work/mock.log" "$work/gw.log" "$work/gw-http.log"
+  echo "real-clients: 0 passed, 1 failed"; exit 1
 fi
 
 stats() { curl -fsS "http://127.0.0.1:$mock_port/_mock/stats"; }
-field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+field() { stats | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
-echo "== openai-python responses.connect()"
-python3 scripts/real_clients/python_ws.py "http://127.0.0.1:$gw_port/v1" sk-gw-real
+passed=0
+failed=0
+check() { # name, command...
+  local name=$1; shift
+  echo "== $name"
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $name"; fi
+}
 
-echo "== Codex CLI codex exec (supports_websockets = true)"
+# Asserts on the mock counters: `expect FIELD OP VALUE` (OP: -eq -ge -gt).
+expect() {
+  local v; v=$(field "$1")
+  if [ "$v" "$2" "$3" ]; then return 0; fi
+  echo "mock $1 = $v, expected $2 $3"; return 1
+}
+
 export CODEX_HOME="$work/codex-home"
-mkdir -p "$CODEX_HOME"
-cat >"$CODEX_HOME/config.toml" <<TOML
+mkdir -p "$CODEX_HOME" "$work/proj"
+export SHARDGATE_KEY=sk-gw-real
+codex_config() { # port, supports_websockets
+  cat >"$CODEX_HOME/config.toml" <<TOML
 model = "gpt-5"
 model_provider = "shardgate"
 [model_providers.shardgate]
 name = "shardgate"
-base_url = "http://127.0.0.1:$gw_port/v1"
+base_url = "http://127.0.0.1:$1/v1"
 env_key = "SHARDGATE_KEY"
 wire_api = "responses"
-supports_websockets = true
+supports_websockets = $2
 TOML
-export SHARDGATE_KEY=sk-gw-real
-mkdir -p "$work/proj"
-before=$(stats | field "['ws_turns_total']")
-(cd "$work/proj" && timeout 120 "$codex" exec --skip-git-repo-check "say hi" </dev/null >"$work/codex1.log" 2>&1) ||
-  { cat "$work/codex1.log"; echo "codex exec failed"; exit 1; }
-(cd "$work/proj" && timeout 120 "$codex" exec --skip-git-repo-check resume --last "and again" </dev/null >"$work/codex2.log" 2>&1) ||
-  { cat "$work/codex2.log"; echo "codex exec resume failed"; exit 1; }
-grep -q "lorem" "$work/codex1.log" || { cat "$work/codex1.log"; echo "codex printed no model text"; exit 1; }
-after=$(stats | field "['ws_turns_total']")
-echo "codex turns over WebSocket: $((after - before))"
+}
+codex_exec() { # log, args...
+  local log=$1; shift
+  (cd "$work/proj" && timeout 120 "$codex" exec --skip-git-repo-check "$@" </dev/null >"$log" 2>&1) ||
+    { cat "$log"; echo "codex exec failed"; return 1; }
+  grep -q "lorem" "$log" || { cat "$log"; echo "codex printed no model text"; return 1; }
+}
 
-s=$(stats)
-echo "$s" | python3 -c '
+python_ws() {
+  local before; before=$(field ws_turns_total)
+  python3 scripts/real_clients/python_ws.py "http://127.0.0.1:$gw_port/v1" sk-gw-real &&
+    expect ws_turns_total -ge $((before + 4)) && expect previous_response_not_found_total -eq 0
+}
+
+python_http_ws_pool() {
+  local ws http; ws=$(field ws_turns_total); http=$(field http_requests_total)
+  python3 scripts/real_clients/python_http.py "http://127.0.0.1:$gw_port/v1" sk-gw-real &&
+    expect ws_turns_total -eq $((ws + 2)) && expect http_requests_total -eq "$http"
+}
+
+codex_ws() {
+  local before; before=$(field ws_turns_total)
+  codex_config "$gw_port" true
+  codex_exec "$work/codex1.log" "say hi" &&
+    codex_exec "$work/codex2.log" resume --last "and again" &&
+    expect ws_turns_total -gt "$before" && expect previous_response_not_found_total -eq 0
+}
+
+codex_sse() {
+  local before; before=$(field ws_turns_total)
+  codex_config "$gw_port" false
+  local posts; posts=$(grep -c 'request[^ ]*"stream"' "$work/gw.log")
+  codex_exec "$work/codex3.log" "say hi over http" &&
+    expect ws_turns_total -gt "$before" && expect previous_response_not_found_total -eq 0 || return 1
+  local now; now=$(grep -c 'request[^ ]*"stream"' "$work/gw.log")
+  [[ $now -gt $posts ]] || { echo "the gateway logged no streaming POST turn for codex"; return 1; }
+}
+
+codex_ws_to_http_upstream() {
+  local http; http=$(field http_turns_total)
+  codex_config "$gw_http_port" true
+  codex_exec "$work/codex4.log" "say hi via http upstream" &&
+    expect http_turns_total -gt "$http" && expect http_generate_rejected_total -eq 0 &&
+    expect previous_response_not_found_total -eq 0 || return 1
+  grep -q "warm-up answered by the gateway" "$work/gw-http.log" ||
+    { echo "codex sent no warm-up for the gateway to answer"; return 1; }
+}
+
+python_http_upstream() {
+  local http; http=$(field http_turns_total)
+  python3 scripts/real_clients/python_http.py "http://127.0.0.1:$gw_http_port/v1" sk-gw-real &&
+    expect http_turns_total -eq $((http + 2)) && expect http_generate_rejected_total -eq 0
+}
+
+check "openai-python responses.connect() (WebSocket)" python_ws
+check "openai-python responses.create stream and non-stream (POST, WS pool)" python_http_ws_pool
+check "Codex CLI with supports_websockets = true" codex_ws
+check "Codex CLI without supports_websockets (POST + SSE)" codex_sse
+check "Codex CLI over WebSocket, HTTP upstream (warm-ups answered by the gateway)" codex_ws_to_http_upstream
+check "openai-python stream and non-stream, HTTP upstream" python_http_upstream
+
+check "no key in the mock's view or the gateway logs" bash -c "
+  curl -fsS http://127.0.0.1:$mock_port/_mock/stats | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-assert s["previous_response_not_found_total"] == 0, s
-assert s["generate_false_total"] >= 2, "warm-ups (python + codex) not seen: %r" % s
-assert s["ws_turns_total"] >= 8, s
-assert all("sk-gw-real" not in a for a in s["authorizations_seen"]), "client key leaked upstream"
-assert s["auth_failures"] == 0, s
-print("mock saw %d WebSocket turns, %d warm-ups, 0 previous_response_not_found" % (s["ws_turns_total"], s["generate_false_total"]))
-'
-if grep -q "sk-upstream-real\|sk-gw-real" "$work/gw.log"; then echo "a key appeared in the gateway log"; exit 1; fi
-echo "real-clients: 2 passed, 0 failed"
+assert all(\"sk-gw-real\" not in a for a in s[\"authorizations_seen\"]), \"client key leaked upstream\"
+assert s[\"auth_failures\"] == 0, s
+print(\"mock saw %d WebSocket turns, %d HTTP turns, %d warm-ups\" % (s[\"ws_turns_total\"], s[\"http_turns_total\"], s[\"generate_false_total\"]))
+' && ! grep -q 'sk-upstream-real\|sk-gw-real' '$work/gw.log' '$work/gw-http.log'"
+
+echo "real-clients: $passed passed, $failed failed"
+[[ $failed == 0 ]]

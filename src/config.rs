@@ -111,6 +111,8 @@ pub struct ServerConfig {
     pub stats_interval: Duration,
     /// Length of the rolling window the control thread keeps next to the totals.
     pub stats_window: Duration,
+    /// On shutdown, how long shards wait for in-flight turns before stopping anyway.
+    pub drain_timeout: Duration,
 }
 
 /// `[upstream]`: how the gateway talks to the accounts.
@@ -187,6 +189,8 @@ pub struct StateConfig {
     pub redis_timeout: Duration,
     /// This host's name in bindings (defaults to the hostname).
     pub instance: String,
+    /// Namespace of every store key (`{prefix}:{group}:resp:{id}`); hosts sharing state share it.
+    pub key_prefix: String,
 }
 
 /// Where usage records go.
@@ -393,6 +397,7 @@ struct RawServer {
     admin_listen: Option<String>,
     stats_interval_ms: Option<u64>,
     stats_window_secs: Option<f64>,
+    drain_timeout_secs: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -425,6 +430,7 @@ struct RawState {
     ttl_secs: Option<f64>,
     redis_timeout_ms: Option<u64>,
     instance: Option<String>,
+    key_prefix: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -590,6 +596,7 @@ impl Config {
             },
             stats_interval: millis("server.stats_interval_ms", s.stats_interval_ms, 1_000)?,
             stats_window: secs("server.stats_window_secs", s.stats_window_secs, 60.0)?,
+            drain_timeout: secs("server.drain_timeout_secs", s.drain_timeout_secs, 30.0)?,
         };
 
         let u = raw.upstream;
@@ -766,6 +773,7 @@ impl Config {
             ttl: secs("state.ttl_secs", st.ttl_secs, 3600.0)?,
             redis_timeout: millis("state.redis_timeout_ms", st.redis_timeout_ms, 3_000)?,
             instance: st.instance.unwrap_or_else(default_instance),
+            key_prefix: st.key_prefix.unwrap_or_else(|| "sg".into()),
         };
         if state.backend == StateBackend::Redis && state.redis_url.is_none() {
             return Err(invalid(
@@ -838,6 +846,7 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(c.server.shards >= 1);
         assert_eq!(c.accounts[0].max_conns, 64);
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.accounts[0].transport, Transport::Ws);
         assert_eq!(c.client_keys[0].group, "default");
         assert_eq!(

@@ -123,6 +123,11 @@ impl Gateway {
         &self.handle
     }
 
+    /// The admin (`/metrics`) listener's address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().and_then(ControlThread::admin_addr)
+    }
+
     /// Stops accepting and waits for every shard thread to finish.
     pub fn stop(mut self) {
         self.shutdown();

@@ -8,10 +8,15 @@
 //! - [`net`]: transports below WebSocket: plain TCP or TLS upstream streams.
 //! - [`shard`]: the data plane. One per core: listener and HTTP/WebSocket ingress, the relay loop
 //!   of each client session, the upstream WebSocket client and the per-account connection pools.
-//! - [`control`]: the control thread: usage sink, stats aggregation (and, later, state), fed
+//! - [`control`]: the control thread: usage sink, stats aggregation and the state store, fed
 //!   by shards through a non-blocking queue.
 //! - [`metrics`]: per-shard HdrHistograms and the snapshots shards ship to the control thread.
-//! - [`usage`]: usage records (billing) and their durable sink.
+//! - [`usage`]: usage records (billing) and their durable sinks (JSONL file, Redis stream) with
+//!   an on-disk spool for outages.
+//! - [`stats`]: the stats socket, the admin `/metrics` listener and the `shardgate stats` client.
+//! - [`logging`]: log setup and rate-limited error lines.
+//! - [`state`]: sticky state (response → connection, session → last response, pending calls),
+//!   embedded or in Redis, owned by the control thread.
 //! - [`load`]: the load generator (`shardgate load`): client sessions measured with HdrHistogram.
 //! - [`mock`]: a scriptable upstream that speaks the Responses WebSocket protocol, for tests and
 //!   `perf/`.
@@ -20,12 +25,15 @@ pub mod config;
 pub mod control;
 pub mod gateway;
 pub mod load;
+pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod net;
 pub mod protocol;
 pub mod runtime;
 pub mod shard;
+pub mod state;
+pub mod stats;
 pub mod usage;
 
 /// The WebSocket implementation, re-exported so tests and tools use the same version.

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use shardgate::config::{Config, LogConfig};
+use shardgate::config::Config;
 use shardgate::gateway::Gateway;
 
 #[global_allocator]
@@ -41,6 +41,25 @@ enum Command {
     MockUpstream(shardgate::mock::MockArgs),
     /// Drive a Responses WebSocket endpoint with many client connections and report latencies.
     Load(shardgate::load::LoadArgs),
+    /// Show a running gateway's latency histograms and counters, read from its stats socket.
+    Stats {
+        /// The gateway's stats socket (`[server] stats_socket`).
+        #[arg(long)]
+        socket: PathBuf,
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+        /// Print the raw JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Print one histogram as an HdrHistogram V2 interval log (for HdrHistogram's tools):
+        /// one interval per window slot.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["watch", "json"])]
+        hist: Option<String>,
+        /// With `--hist`: one interval with the totals since start instead.
+        #[arg(long, requires = "hist")]
+        total: bool,
+    },
     /// Check a config file and exit.
     CheckConfig {
         /// Config file (TOML).
@@ -49,38 +68,32 @@ enum Command {
     },
 }
 
-fn init_logging(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if log.json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// The offline demo: the mock upstream in this process and a config pointing at it.
 fn demo(listen: &str) -> anyhow::Result<()> {
     let mock = shardgate::mock::start(shardgate::mock::MockConfig::default())
         .context("starting the bundled mock upstream")?;
-    let usage = std::env::temp_dir().join("shardgate-demo-usage.jsonl");
+    let tmp = std::env::temp_dir();
+    let usage = tmp.join("shardgate-demo-usage.jsonl");
+    let stats = tmp.join("shardgate-demo-stats.sock");
     let text = format!(
-        "[server]\nlisten = \"{listen}\"\n[[client_keys]]\nkey = \"sk-gw-local\"\nid = \"demo\"\n\
+        "[server]\nlisten = \"{listen}\"\nstats_socket = \"{}\"\n\
+         [[client_keys]]\nkey = \"sk-gw-local\"\nid = \"demo\"\n\
          [[accounts]]\nid = \"mock\"\nbase_url = \"{}\"\napi_key = \"sk-mock\"\nmax_conns = 64\n\
-         [usage]\npath = \"{}\"\n",
+         [usage]\npath = \"{}\"\nspool_dir = \"{}\"\n",
+        stats.display(),
         mock.base_url(),
-        usage.display()
+        usage.display(),
+        tmp.join("shardgate-demo-usage-spool").display()
     );
     let config = Config::parse(&text, &|_| None).context("building the demo config")?;
     eprintln!(
         "shardgate: no --config given, running the offline demo against the bundled mock upstream at {}\n\
          shardgate: point a client at http://{listen}/v1 with API key sk-gw-local\n\
-         shardgate: usage records go to {}",
+         shardgate: usage records go to {}\n\
+         shardgate: see its measurements with `shardgate stats --watch --socket {}`",
         mock.base_url(),
-        usage.display()
+        usage.display(),
+        stats.display()
     );
     let result = serve(config);
     mock.stop();
@@ -88,7 +101,8 @@ fn demo(listen: &str) -> anyhow::Result<()> {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    init_logging(&config.log);
+    shardgate::logging::init(&config.log);
+    let drain = config.server.drain_timeout;
     let shards = config.server.shards;
     let accounts = config.accounts.len();
     let gateway = Gateway::start(config).context("starting the gateway")?;
@@ -97,9 +111,22 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .context("installing signal handlers")?;
     if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "stopping");
+        tracing::info!(
+            signal = sig,
+            drain_timeout_secs = drain.as_secs_f64(),
+            "stopping: no new connections, waiting for in-flight turns, then flushing usage records"
+        );
     }
+    // A second signal while draining means "now": exit without waiting for turns. Records the
+    // control thread still holds in memory are lost then; everything already written is kept.
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::warn!(signal = sig, "second signal: exiting without draining");
+            std::process::exit(130);
+        }
+    });
     gateway.stop();
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -123,6 +150,20 @@ fn main() -> ExitCode {
             shardgate::mock::run_cli(args)
         }
         Command::Load(args) => shardgate::load::run_cli(args),
+        Command::Stats {
+            socket,
+            hist: Some(name),
+            total,
+            ..
+        } => {
+            shardgate::stats::client::print_hist(&socket, &name, total).map_err(anyhow::Error::from)
+        }
+        Command::Stats {
+            socket,
+            watch,
+            json,
+            ..
+        } => shardgate::stats::client::run(&socket, watch, json).map_err(anyhow::Error::from),
         Command::CheckConfig { config } => Config::load(&config)
             .with_context(|| format!("loading {}", config.display()))
             .map(|c| {

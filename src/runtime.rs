@@ -155,3 +155,79 @@ where
 {
     glommio::executor().spawn_blocking(f).await
 }
+
+/// Takes the socket out of a shard's `TcpStream` so another shard can adopt it
+/// ([`adopt_stream`]). The stream is closed on this shard; the returned descriptor (a duplicate)
+/// keeps the connection open. Bytes the caller already read are its own to pass along. When the
+/// descriptor cannot be duplicated (descriptor limit), the stream comes back untouched.
+pub fn detach_stream(
+    stream: TcpStream,
+) -> Result<std::os::fd::OwnedFd, (io::Error, Box<TcpStream>)> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor belongs to `stream`, which is alive for the whole borrow.
+    match unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned() {
+        Ok(fd) => {
+            drop(stream);
+            Ok(fd)
+        }
+        Err(e) => Err((e, Box::new(stream))),
+    }
+}
+
+/// Adopts a connected TCP socket detached on another shard. Must run on the adopting shard.
+pub fn adopt_stream(fd: std::os::fd::OwnedFd) -> TcpStream {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: `fd` is an owned, connected TCP socket; ownership moves into the stream.
+    unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// A shard's bound end of a [`shard_channel`] for receiving.
+pub use glommio::channels::shared_channel::ConnectedReceiver as ShardReceiver;
+/// A shard's bound end of a [`shard_channel`] for sending.
+pub use glommio::channels::shared_channel::ConnectedSender as ShardSender;
+/// A shard channel's receiving end before it is bound to its shard (`Send`).
+pub use glommio::channels::shared_channel::SharedReceiver as UnboundShardReceiver;
+/// A shard channel's sending end before it is bound to its shard (`Send`).
+pub use glommio::channels::shared_channel::SharedSender as UnboundShardSender;
+
+/// One-way channel between two shards: create both ends anywhere, move each to its shard, and
+/// bind them there ([`connect_sender`], [`connect_receiver`]).
+pub fn shard_channel<T: Send>(capacity: usize) -> (UnboundShardSender<T>, UnboundShardReceiver<T>) {
+    glommio::channels::shared_channel::new_bounded(capacity)
+}
+
+/// Binds the sending end to the current shard. Completes once the receiving shard bound its
+/// end too, so bind every end of a mesh concurrently.
+pub async fn connect_sender<T: Send + 'static>(tx: UnboundShardSender<T>) -> ShardSender<T> {
+    tx.connect().await
+}
+
+/// Binds the receiving end to the current shard (see [`connect_sender`]).
+pub async fn connect_receiver<T: Send + 'static>(rx: UnboundShardReceiver<T>) -> ShardReceiver<T> {
+    rx.connect().await
+}
+
+/// Why a cross-shard send did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardSendError {
+    /// The channel is full.
+    Full,
+    /// The receiving shard is gone.
+    Closed,
+}
+
+/// Sends without waiting; on failure the item comes back with the reason.
+pub fn try_send_to_shard<T: Send>(tx: &ShardSender<T>, item: T) -> Result<(), (ShardSendError, T)> {
+    use glommio::{GlommioError, ResourceType};
+    match tx.try_send(item) {
+        Ok(()) => Ok(()),
+        Err(GlommioError::WouldBlock(ResourceType::Channel(item))) => {
+            Err((ShardSendError::Full, item))
+        }
+        Err(GlommioError::Closed(ResourceType::Channel(item))) => {
+            Err((ShardSendError::Closed, item))
+        }
+        // glommio's `try_send` fails only with `WouldBlock` or `Closed`, both carrying the item.
+        Err(other) => unreachable!("shared channel try_send failed with {other:?}"),
+    }
+}

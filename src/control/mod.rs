@@ -2,8 +2,10 @@
 //!
 //! Shards talk to it only through [`ControlHandle::send`], a non-blocking `try_send` on a bounded
 //! crossbeam queue: a full queue is counted and the message dropped, a shard never waits. The
-//! thread owns the usage sink and the stats aggregation; it ticks on a timer to flush and roll
-//! windows, and drains everything on shutdown.
+//! thread owns the usage sink, the stats aggregation and the sticky-state store
+//! ([`StateService`]); it ticks on a timer to flush and roll windows, and drains everything on
+//! shutdown. State lookups are answered through the one-shot sender inside the message; a Redis
+//! call may hold this thread for at most `[state] redis_timeout_ms`, never a shard.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,8 +15,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 
 use crate::config::Config;
-use crate::metrics::aggregate::Aggregator;
+use crate::metrics::aggregate::{self, Aggregator, SharedAggregator};
 use crate::metrics::ShardSnapshot;
+use crate::state::service::{StateMsg, StateService};
+use crate::state::{StateError, StateStats};
+use crate::stats::{StatsError, StatsServices};
 use crate::usage::writer::{UsageWriter, UsageWriterError};
 use crate::usage::UsageRecord;
 
@@ -28,6 +33,8 @@ pub enum ShardMsg {
     Usage(Box<UsageRecord>),
     /// A shard's measurements for the last interval.
     Snapshot(Box<ShardSnapshot>),
+    /// A sticky-state write or lookup.
+    State(StateMsg),
 }
 
 /// Why the control thread could not start.
@@ -36,9 +43,15 @@ pub enum ControlError {
     /// The usage sink could not be opened.
     #[error("usage sink: {0}")]
     Usage(#[from] UsageWriterError),
+    /// The state store could not be opened.
+    #[error("state store: {0}")]
+    State(#[from] StateError),
     /// The thread could not be spawned.
     #[error("cannot start the control thread: {0}")]
     Thread(std::io::Error),
+    /// The stats socket or admin listener could not start.
+    #[error("{0}")]
+    Stats(#[from] StatsError),
 }
 
 /// The shards' side of the control queue. Cheap to clone.
@@ -46,6 +59,7 @@ pub enum ControlError {
 pub struct ControlHandle {
     tx: Sender<ShardMsg>,
     dropped: Arc<AtomicU64>,
+    state_stats: Arc<StateStats>,
 }
 
 impl ControlHandle {
@@ -65,12 +79,18 @@ impl ControlHandle {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// The state store's health counters (Redis errors, fallbacks), for stats.
+    pub fn state_stats(&self) -> &Arc<StateStats> {
+        &self.state_stats
+    }
 }
 
 /// The running control thread.
 pub struct ControlThread {
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    stats: StatsServices,
 }
 
 impl ControlThread {
@@ -78,11 +98,20 @@ impl ControlThread {
     pub fn start(config: Arc<Config>) -> Result<(ControlHandle, ControlThread), ControlError> {
         let (tx, rx) = bounded(QUEUE_CAPACITY);
         let (stop_tx, stop_rx) = bounded(1);
-        let usage = UsageWriter::open(&config.usage)?;
-        let aggregator = Aggregator::new(config.server.shards, config.server.stats_window);
+        let usage = UsageWriter::open(&config.usage, config.state.redis_timeout)?;
+        let s = &config.server;
+        let aggregator: SharedAggregator = Arc::new(std::sync::Mutex::new(Aggregator::new(
+            s.shards,
+            s.stats_interval,
+            s.stats_window,
+        )));
+        let state = StateService::open(&config.state)?;
+        let state_stats = state.stats();
+        let stats = StatsServices::start(s, &aggregator)?;
         let mut control = Control {
             usage,
             aggregator,
+            state,
             tick: config.server.stats_interval.min(Duration::from_millis(200)),
         };
         let thread = std::thread::Builder::new()
@@ -92,14 +121,21 @@ impl ControlThread {
         let handle = ControlHandle {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            state_stats,
         };
         Ok((
             handle,
             ControlThread {
                 stop: Some(stop_tx),
                 thread: Some(thread),
+                stats,
             },
         ))
+    }
+
+    /// The admin listener's address, when one is configured (the real port for port 0).
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.stats.admin_addr()
     }
 
     /// Drains the queue, flushes the sink and joins the thread. Call after the shards stopped.
@@ -114,6 +150,7 @@ impl ControlThread {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.stats.stop();
     }
 }
 
@@ -125,7 +162,8 @@ impl Drop for ControlThread {
 
 struct Control {
     usage: UsageWriter,
-    aggregator: Aggregator,
+    aggregator: SharedAggregator,
+    state: StateService,
     tick: Duration,
 }
 
@@ -145,7 +183,8 @@ impl Control {
             let now = Instant::now();
             if now >= next_tick {
                 self.usage.tick(now);
-                self.aggregator.tick(now);
+                self.publish(now);
+                self.state.tick(now);
                 next_tick = now + self.tick;
             }
         }
@@ -154,12 +193,26 @@ impl Control {
             self.handle(msg);
         }
         self.usage.shutdown();
+        self.state.shutdown();
+        self.publish(Instant::now());
+    }
+
+    /// Rolls the stats window and publishes the usage writer's counters.
+    fn publish(&mut self, now: Instant) {
+        let mut agg = aggregate::lock(&self.aggregator);
+        agg.tick(now);
+        let mut counters = self.usage.counters();
+        for (name, v) in self.state.stats().values() {
+            counters.insert(name.to_string(), v);
+        }
+        agg.set_control(counters, self.usage.labeled());
     }
 
     fn handle(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Usage(rec) => self.usage.push(*rec),
-            ShardMsg::Snapshot(snap) => self.aggregator.merge(*snap),
+            ShardMsg::Snapshot(snap) => aggregate::lock(&self.aggregator).merge(*snap),
+            ShardMsg::State(msg) => self.state.handle(msg),
         }
     }
 }

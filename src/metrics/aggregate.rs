@@ -1,43 +1,267 @@
-//! Merging shard snapshots into totals and a rolling window (control thread only).
+//! Merging shard snapshots into totals and a rolling window (control thread).
+//!
+//! Shards never share their histograms: each ships an interval snapshot and the control thread
+//! adds it here. The stats socket and the admin listener read the aggregator through a mutex
+//! ([`SharedAggregator`]); they are off the data plane, and a lock lets them answer even while
+//! the control loop is busy with a slow usage sink.
 
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 
+use super::export::{add_into, delta, totals, CounterMap, LabeledMap, Scope, Section, StatsDoc};
+use super::window::{CounterSet, Window};
 use super::{new_histogram, Hist, ShardSnapshot};
 
-/// Totals since start, per shard and merged.
+/// The aggregator as shared between the control thread and the stats readers.
+pub type SharedAggregator = Arc<Mutex<Aggregator>>;
+
+/// Locks a shared aggregator; a panic elsewhere while holding it leaves plain data behind, so a
+/// poisoned lock is still used.
+pub fn lock(shared: &SharedAggregator) -> MutexGuard<'_, Aggregator> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why a histogram log could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum HistLogError {
+    /// No histogram has that name.
+    #[error("unknown histogram `{0}`")]
+    Unknown(String),
+    /// Encoding failed.
+    #[error("cannot encode the histogram: {0}")]
+    Encode(String),
+}
+
+/// Totals since start and the rolling window, per shard and merged.
 pub struct Aggregator {
+    started: Instant,
+    started_wall: SystemTime,
     totals: Vec<Vec<Histogram<u64>>>,
-    counters: Vec<Vec<(&'static str, u64)>>,
-    window: Duration,
+    latest: Vec<CounterSet>,
+    window: Window,
+    control: Section,
 }
 
 impl Aggregator {
-    /// An aggregator for `shards` shards keeping a `window`-long rolling window.
-    pub fn new(shards: usize, window: Duration) -> Self {
+    /// An aggregator for `shards` shards that ship every `interval`, keeping a `window`.
+    pub fn new(shards: usize, interval: Duration, window: Duration) -> Self {
+        let now = Instant::now();
         Aggregator {
+            started: now,
+            started_wall: SystemTime::now(),
             totals: (0..shards)
                 .map(|_| Hist::ALL.iter().map(|_| new_histogram()).collect())
                 .collect(),
-            counters: vec![Vec::new(); shards],
-            window,
+            latest: vec![CounterSet::default(); shards],
+            window: Window::new(shards, interval, window, now),
+            control: Section::default(),
         }
     }
 
     /// Adds one shard's interval.
     pub fn merge(&mut self, snap: ShardSnapshot) {
+        self.merge_at(snap, Instant::now());
+    }
+
+    /// [`Aggregator::merge`] at a given time.
+    pub fn merge_at(&mut self, snap: ShardSnapshot, now: Instant) {
         let Some(totals) = self.totals.get_mut(snap.shard) else {
             return;
         };
         for (t, h) in totals.iter_mut().zip(&snap.hists) {
             let _ = t.add(h);
         }
-        self.counters[snap.shard] = snap.counters;
+        let counters = CounterSet {
+            plain: snap.counters,
+            labeled: snap.labeled,
+        };
+        self.window.add(snap.shard, &snap.hists, &counters, now);
+        self.latest[snap.shard] = counters;
     }
 
     /// Rolls the window.
-    pub fn tick(&mut self, _now: Instant) {
-        let _ = self.window;
+    pub fn tick(&mut self, now: Instant) {
+        self.window.advance(now);
+    }
+
+    /// Empties the window (`reset-window` on the stats socket).
+    pub fn reset_window(&mut self, now: Instant) {
+        self.window.reset(&self.latest, now);
+    }
+
+    /// Replaces the control thread's own counters.
+    pub fn set_control(&mut self, counters: CounterMap, labeled: LabeledMap) {
+        self.control = Section::new(&[], counters, labeled);
+    }
+
+    /// The stats document as of `now`.
+    pub fn document(&self, now: Instant) -> StatsDoc {
+        let shards = self.totals.len();
+        let mut total = Scope {
+            secs: now.saturating_duration_since(self.started).as_secs_f64(),
+            ..Scope::default()
+        };
+        let mut window = Scope {
+            secs: self.window.covered(now).as_secs_f64(),
+            ..Scope::default()
+        };
+        let mut total_merged = (CounterMap::new(), LabeledMap::new());
+        let mut window_merged = (CounterMap::new(), LabeledMap::new());
+        let mut total_hists = empty();
+        let mut window_hists = empty();
+        let empty_base = CounterSet::default();
+        for shard in 0..shards {
+            let t = totals(&self.latest[shard]);
+            let base = self.window.baseline(shard).unwrap_or(&empty_base);
+            let w = delta(&self.latest[shard], base);
+            add_into(&mut total_merged, &t);
+            add_into(&mut window_merged, &w);
+            let wh = self.window.shard_hists(shard);
+            for (m, h) in total_hists.iter_mut().zip(&self.totals[shard]) {
+                let _ = m.add(h);
+            }
+            for (m, h) in window_hists.iter_mut().zip(&wh) {
+                let _ = m.add(h);
+            }
+            total
+                .per_shard
+                .push(Section::new(&self.totals[shard], t.0, t.1));
+            window.per_shard.push(Section::new(&wh, w.0, w.1));
+        }
+        total.merged = Section::new(&total_hists, total_merged.0, total_merged.1);
+        window.merged = Section::new(&window_hists, window_merged.0, window_merged.1);
+        StatsDoc {
+            uptime_secs: total.secs,
+            shards,
+            total,
+            window,
+            control: self.control.clone(),
+        }
+    }
+
+    /// One histogram, merged over shards, as an HdrHistogram V2 interval log (base64 of the
+    /// deflate-compressed V2 encoding, as `HistogramLogReader` and `hdrhistogram`'s
+    /// `IntervalLogIterator` read it). With `total`, one interval covering the whole uptime;
+    /// otherwise one interval per window slot, for plotting. Values are microseconds.
+    pub fn hist_log(&self, name: &str, total: bool, now: Instant) -> Result<String, HistLogError> {
+        let hist = Hist::from_name(name).ok_or_else(|| HistLogError::Unknown(name.to_string()))?;
+        let intervals: Vec<(Duration, Duration, Histogram<u64>)> = if total {
+            let mut h = new_histogram();
+            for shard in &self.totals {
+                let _ = h.add(&shard[hist as usize]);
+            }
+            vec![(
+                Duration::ZERO,
+                now.saturating_duration_since(self.started),
+                h,
+            )]
+        } else {
+            let offset = self.window.epoch().saturating_duration_since(self.started);
+            self.window
+                .intervals(hist)
+                .into_iter()
+                .map(|(start, h)| (offset + start, self.window.slot_len(), h))
+                .collect()
+        };
+        let mut out = Vec::new();
+        let mut serializer = V2DeflateSerializer::new();
+        let mut writer = IntervalLogWriterBuilder::new()
+            .add_comment(&format!(
+                "shardgate histogram {name}, values in microseconds"
+            ))
+            .with_start_time(self.started_wall)
+            .with_base_time(self.started_wall)
+            .begin_log_with(&mut out, &mut serializer)
+            .map_err(|e| HistLogError::Encode(e.to_string()))?;
+        for (start, len, h) in &intervals {
+            writer
+                .write_histogram(h, *start, *len, None)
+                .map_err(|e| HistLogError::Encode(e.to_string()))?;
+        }
+        String::from_utf8(out).map_err(|e| HistLogError::Encode(e.to_string()))
+    }
+}
+
+fn empty() -> Vec<Histogram<u64>> {
+    Hist::ALL.iter().map(|_| new_histogram()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use hdrhistogram::serialization::Deserializer;
+
+    fn snap(shard: usize, ttft_us: &[u64], turns: u64) -> ShardSnapshot {
+        let mut hists = empty();
+        for v in ttft_us {
+            hists[Hist::ClientTtft as usize].record(*v).unwrap();
+        }
+        ShardSnapshot {
+            shard,
+            hists,
+            counters: vec![("turns", turns), ("sessions_open", 1)],
+            labeled: vec![("retries", "timeout".into(), turns)],
+        }
+    }
+
+    #[test]
+    fn document_merges_shards_and_windows() {
+        let mut a = Aggregator::new(2, Duration::from_secs(1), Duration::from_secs(60));
+        let t = Instant::now();
+        a.merge_at(snap(0, &[100, 200], 2), t);
+        a.merge_at(snap(1, &[300], 1), t);
+        a.merge_at(snap(0, &[400], 3), t);
+        let doc = a.document(t);
+        assert_eq!(doc.total.merged.hists["client_ttft"].count, 4);
+        assert_eq!(doc.total.per_shard[0].hists["client_ttft"].count, 3);
+        assert_eq!(doc.total.merged.counters["turns"], 4);
+        assert_eq!(doc.total.merged.counters["sessions_open"], 2);
+        assert_eq!(doc.total.merged.labeled["retries"]["timeout"], 4);
+        assert_eq!(doc.window.merged.counters["turns"], 4);
+        assert_eq!(doc.window.merged.hists["client_ttft"].count, 4);
+
+        a.reset_window(t);
+        a.merge_at(snap(0, &[500], 5), t);
+        let doc = a.document(t);
+        assert_eq!(doc.window.merged.counters["turns"], 2);
+        assert_eq!(doc.window.merged.hists["client_ttft"].count, 1);
+        assert_eq!(doc.total.merged.counters["turns"], 6);
+        assert_eq!(doc.total.merged.hists["client_ttft"].count, 5);
+    }
+
+    #[test]
+    fn hist_log_decodes_with_the_hdrhistogram_reader() {
+        let mut a = Aggregator::new(1, Duration::from_secs(1), Duration::from_secs(60));
+        let t = Instant::now();
+        a.merge_at(snap(0, &[100, 200, 300], 3), t);
+        for total in [false, true] {
+            let log = a.hist_log("client_ttft", total, t).unwrap();
+            let mut seen = 0;
+            for entry in IntervalLogIterator::new(log.as_bytes()) {
+                if let LogEntry::Interval(i) = entry.unwrap() {
+                    let bytes = base64::Engine::decode(
+                        &base64::engine::general_purpose::STANDARD,
+                        i.encoded_histogram(),
+                    )
+                    .unwrap();
+                    let h: Histogram<u64> = Deserializer::new()
+                        .deserialize(&mut bytes.as_slice())
+                        .unwrap();
+                    assert_eq!(h.len(), 3);
+                    assert_eq!(h.max(), h.highest_equivalent(300));
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, 1);
+        }
+        assert!(matches!(
+            a.hist_log("nope", false, t),
+            Err(HistLogError::Unknown(_))
+        ));
     }
 }

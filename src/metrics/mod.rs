@@ -6,6 +6,9 @@
 //! to the control thread, which merges them into totals and a rolling window.
 
 pub mod aggregate;
+pub mod export;
+pub mod prometheus;
+pub mod window;
 
 use std::cell::RefCell;
 use std::time::Duration;

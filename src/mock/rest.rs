@@ -34,6 +34,7 @@ where
     let keep_alive = head.keep_alive();
     shared.record(|s| {
         s.http_requests_total += 1;
+        s.last_http_body = String::from_utf8_lossy(body).into_owned();
         if let Some(auth) = head.header("authorization") {
             s.authorizations_seen.insert(auth.to_string());
         }

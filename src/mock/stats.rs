@@ -44,6 +44,8 @@ pub struct MockStats {
     pub http_generate_rejected_total: u64,
     /// Frames or bodies refused as invalid (not JSON, wrong type).
     pub invalid_requests_total: u64,
+    /// Body of the latest `POST …/responses` request (to check what the gateway sent upstream).
+    pub last_http_body: String,
     /// Faults injected by directives, by kind (`error`, `close`, `drop`, `stall`, `oversize`, …).
     pub faults: BTreeMap<String, u64>,
 }

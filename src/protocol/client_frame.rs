@@ -1,7 +1,8 @@
 //! What a client frame asks for, read lazily.
 //!
 //! Only the fields the gateway routes and rewrites by are looked at: `type`, `model`,
-//! `previous_response_id`, `store`, `generate`, and the `call_id`s of tool outputs in `input`.
+//! `previous_response_id`, `store`, `generate`, and the `call_id`s of tool outputs and tool calls
+//! in `input`.
 //! Values are borrowed from the frame; the frame itself is forwarded as the bytes it came in.
 
 use std::borrow::Cow;
@@ -39,6 +40,16 @@ const TOOL_OUTPUT_TYPES: [&str; 4] = [
     "tool_search_output",
 ];
 
+/// Item types that carry a tool call (the context a tool output pairs with).
+pub(crate) const TOOL_CALL_TYPES: [&str; 6] = [
+    "function_call",
+    "tool_call",
+    "local_shell_call",
+    "tool_search_call",
+    "custom_tool_call",
+    "mcp_tool_call",
+];
+
 /// The fields of one client frame that routing and the normalizer need.
 #[derive(Debug, Clone, Default)]
 pub struct ClientFrame<'a> {
@@ -50,12 +61,18 @@ pub struct ClientFrame<'a> {
     pub model_span: Option<Range<usize>>,
     /// `previous_response_id`; JSON `null` reads as absent.
     pub previous_response_id: Option<Cow<'a, str>>,
+    /// Byte range of the `previous_response_id` value (quotes included, or `null`), for a
+    /// rewrite that replaces or clears it.
+    pub previous_response_id_span: Option<Range<usize>>,
     /// `store`; absent means upstream's default (stored).
     pub store: Option<bool>,
     /// `generate`; `Some(false)` is a warm-up.
     pub generate: Option<bool>,
     /// `call_id`s of tool-output items in `input`.
     pub tool_output_call_ids: Vec<Cow<'a, str>>,
+    /// `call_id`s of tool-call items in `input` (a frame that carries the calls its outputs
+    /// answer does not need `previous_response_id` for them).
+    pub tool_call_ids: Vec<Cow<'a, str>>,
 }
 
 impl<'a> ClientFrame<'a> {
@@ -76,11 +93,14 @@ impl<'a> ClientFrame<'a> {
                         Some(str_in(frame, &value).ok_or(ClientFrameError::WrongType("model"))?);
                     out.model_span = range_of(frame, value.as_raw_str().as_bytes());
                 }
-                "previous_response_id" if !is_null(&value) => {
-                    out.previous_response_id = Some(
-                        str_in(frame, &value)
-                            .ok_or(ClientFrameError::WrongType("previous_response_id"))?,
-                    );
+                "previous_response_id" => {
+                    out.previous_response_id_span = range_of(frame, value.as_raw_str().as_bytes());
+                    if !is_null(&value) {
+                        out.previous_response_id = Some(
+                            str_in(frame, &value)
+                                .ok_or(ClientFrameError::WrongType("previous_response_id"))?,
+                        );
+                    }
                 }
                 "store" if !is_null(&value) => {
                     out.store = Some(
@@ -100,18 +120,23 @@ impl<'a> ClientFrame<'a> {
                     for item in sonic_rs::to_array_iter(value.as_raw_str()) {
                         let item =
                             item.map_err(|e| ClientFrameError::InvalidJson(e.to_string()))?;
-                        let is_output = item
-                            .get("type")
-                            .and_then(|t| t.as_str().map(|t| TOOL_OUTPUT_TYPES.contains(&t)))
-                            .unwrap_or(false);
-                        if !is_output {
+                        let Some(list) = item.get("type").and_then(|t| {
+                            let t = t.as_str()?;
+                            if TOOL_OUTPUT_TYPES.contains(&t) {
+                                Some(&mut out.tool_output_call_ids)
+                            } else if TOOL_CALL_TYPES.contains(&t) {
+                                Some(&mut out.tool_call_ids)
+                            } else {
+                                None
+                            }
+                        }) else {
                             continue;
-                        }
+                        };
                         if let Some(id) = item
                             .get("call_id")
                             .and_then(|c| c.as_str().map(str::to_owned))
                         {
-                            out.tool_output_call_ids.push(Cow::Owned(id));
+                            list.push(Cow::Owned(id));
                         }
                     }
                 }
@@ -167,7 +192,23 @@ mod tests {
         assert_eq!(c.previous_response_id.as_deref(), Some("resp_1"));
         assert!(c.is_store_disabled());
         assert_eq!(c.tool_output_call_ids, vec![Cow::Borrowed("call_9")]);
+        assert!(c.tool_call_ids.is_empty());
+        assert_eq!(
+            &f[c.previous_response_id_span.clone().unwrap()],
+            b"\"resp_1\""
+        );
         assert!(!c.is_warmup());
+    }
+
+    #[test]
+    fn reads_tool_call_ids_beside_outputs() {
+        let f = br#"{"input":[{"type":"function_call","call_id":"c1","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"c1","output":"ok"},{"type":"custom_tool_call","call_id":"c2"}]}"#;
+        let c = ClientFrame::parse(f).unwrap();
+        assert_eq!(
+            c.tool_call_ids,
+            vec![Cow::Borrowed("c1"), Cow::Borrowed("c2")]
+        );
+        assert_eq!(c.tool_output_call_ids, vec![Cow::Borrowed("c1")]);
     }
 
     #[test]
@@ -177,6 +218,7 @@ mod tests {
         )
         .unwrap();
         assert!(c.previous_response_id.is_none());
+        assert!(c.previous_response_id_span.is_some());
         assert!(c.is_warmup());
     }
 

@@ -64,11 +64,44 @@ shard_counters! {
     session_panics,
     /// Messages to the control thread dropped because its queue was full.
     control_queue_drops,
+    /// Requests from WebSocket sessions (`response.create` turns).
+    requests_ws,
+    /// `POST /v1/responses` requests with `"stream": true`.
+    requests_stream,
+    /// `POST /v1/responses` requests without streaming.
+    requests_sync,
+    /// Upstream attempts (all transports); attempts per request = attempts / turns.
+    attempts,
+    /// Requests that failed after using up their retry budget.
+    retries_exhausted,
+    /// Attempts served by an idle pooled connection (WebSocket or HTTP keep-alive).
+    pool_reuses,
+    /// Attempts that dialed a new upstream connection.
+    pool_dials,
+    /// Acquires refused because the account slice's wait queue was full.
+    queue_rejections,
+    /// Circuit breakers opened.
+    breaker_opens,
+    /// Request bytes received from clients (frames and bodies).
+    bytes_in,
+    /// Event bytes written to clients.
+    bytes_out,
+    /// Warm-ups the gateway answered itself (their transport was HTTP).
+    warmups_answered,
+    /// Turns chained to a gateway-answered warm-up, sent upstream with its context merged in.
+    warmup_chains_merged,
+    /// `POST /v1/responses` bodies refused (malformed, too large).
+    http_body_errors,
 }
 
 /// Adds one to a counter.
 pub fn bump(c: &Cell<u64>) {
     c.set(c.get() + 1);
+}
+
+/// Adds `n` to a counter.
+pub fn add(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
 }
 
 impl ShardCounters {

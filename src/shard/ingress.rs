@@ -1,5 +1,6 @@
-//! HTTP/1.1 ingress on a shard's listener: routes a request, checks the client key, and turns
-//! `GET /v1/responses` with `Upgrade: websocket` into a client session.
+//! HTTP/1.1 ingress on a shard's listener: routes a request, checks the client key, turns
+//! `GET /v1/responses` with `Upgrade: websocket` into a client session and hands
+//! `POST /v1/responses` to the HTTP front door.
 
 use std::rc::Rc;
 
@@ -14,6 +15,7 @@ use crate::runtime::TcpStream;
 
 use super::auth::{presented_key, ClientIdentity};
 use super::counters::bump;
+use super::http_front::{self, After};
 use super::http_head::{self, HeadError, RequestHead};
 use super::session::Session;
 use super::Shard;
@@ -78,7 +80,7 @@ pub async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
                 return;
             }
         };
-        match route(&shard, &mut stream, head).await {
+        match route(&shard, &mut stream, head, &mut buf).await {
             Routed::KeepAlive => continue,
             Routed::Done => return,
             Routed::Upgrade(identity, forward) => {
@@ -103,7 +105,12 @@ enum Routed {
     Upgrade(ClientIdentity, Vec<(HeaderName, HeaderValue)>),
 }
 
-async fn route(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> Routed {
+async fn route(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    head: RequestHead,
+    buf: &mut Vec<u8>,
+) -> Routed {
     let has_body = head.header("content-length").is_some_and(|v| v != b"0")
         || head.header("transfer-encoding").is_some();
     let keep_alive = head.keep_alive() && !has_body;
@@ -116,17 +123,28 @@ async fn route(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> 
             done(http_head::write_json(stream, 200, r#"{"status":"ok"}"#, &[], keep_alive).await)
         }
         ("GET", p) if is_responses_path(p) => upgrade(shard, stream, head).await,
+        ("POST", p) if is_responses_path(p) => {
+            let identity = match check_client(shard, &head) {
+                Ok(id) => id,
+                Err((err, headers)) => return refuse(stream, &err, headers).await,
+            };
+            let forward = forwarded(&head);
+            match http_front::serve(shard, stream, &head, buf, identity, forward).await {
+                After::KeepAlive => Routed::KeepAlive,
+                After::Close => Routed::Done,
+            }
+        }
         (_, p) if is_responses_path(p) => {
             let err = GatewayError::new(
                 405,
                 ErrorType::InvalidRequest,
                 "method_not_allowed",
                 format!(
-                    "{} {p} is not served here; use GET with Upgrade: websocket",
+                    "{} {p} is not served here; use POST, or GET with Upgrade: websocket",
                     head.method
                 ),
             );
-            done(http_head::write_error(stream, &err, &[("allow", "GET")], keep_alive).await)
+            done(http_head::write_error(stream, &err, &[("allow", "GET, POST")], keep_alive).await)
         }
         (_, p) => {
             bump(&shard.counters.not_found);
@@ -141,7 +159,12 @@ async fn route(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> 
     }
 }
 
-async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> Routed {
+/// An error to answer before closing, with its extra headers.
+type Refusal = (GatewayError, &'static [(&'static str, &'static str)]);
+
+/// Checks the client key (and refuses keys in the query string); the error and its extra headers
+/// otherwise.
+fn check_client(shard: &Shard, head: &RequestHead) -> Result<ClientIdentity, Refusal> {
     if let Some(q) = &head.query {
         if q.split('&').any(|kv| {
             let k = kv.split('=').next().unwrap_or("");
@@ -154,13 +177,13 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
                 "api_key_in_query",
                 "API keys in the query string are refused; send Authorization: Bearer <key>",
             );
-            return refuse(stream, &err, &[]).await;
+            return Err((err, &[]));
         }
     }
-    let identity = match presented_key(head.header("authorization"), head.header("x-api-key"))
+    match presented_key(head.header("authorization"), head.header("x-api-key"))
         .and_then(|k| shard.auth.authenticate(k))
     {
-        Some(id) => id.clone(),
+        Some(id) => Ok(id.clone()),
         None => {
             bump(&shard.counters.auth_failures);
             let err = GatewayError::new(
@@ -169,8 +192,29 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
                 "invalid_api_key",
                 "missing or invalid API key; send Authorization: Bearer <key>",
             );
-            return refuse(stream, &err, &[("www-authenticate", "Bearer")]).await;
+            Err((err, &[("www-authenticate", "Bearer")]))
         }
+    }
+}
+
+/// The client headers passed on to upstream.
+fn forwarded(head: &RequestHead) -> Vec<(HeaderName, HeaderValue)> {
+    head.headers
+        .iter()
+        .filter(|(n, _)| is_forwarded_header(n))
+        .filter_map(|(n, v)| {
+            Some((
+                HeaderName::from_bytes(n.as_bytes()).ok()?,
+                HeaderValue::from_bytes(v).ok()?,
+            ))
+        })
+        .collect()
+}
+
+async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> Routed {
+    let identity = match check_client(shard, &head) {
+        Ok(id) => id,
+        Err((err, headers)) => return refuse(stream, &err, headers).await,
     };
     let is_upgrade = head.header_has_token("connection", "upgrade")
         && head
@@ -217,18 +261,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
         shard.close_session(&identity.key_id);
         return Routed::Done;
     }
-    let forward = head
-        .headers
-        .iter()
-        .filter(|(n, _)| is_forwarded_header(n))
-        .filter_map(|(n, v)| {
-            Some((
-                HeaderName::from_bytes(n.as_bytes()).ok()?,
-                HeaderValue::from_bytes(v).ok()?,
-            ))
-        })
-        .collect();
-    Routed::Upgrade(identity, forward)
+    Routed::Upgrade(identity, forwarded(&head))
 }
 
 /// Answers with an error and ends the connection.

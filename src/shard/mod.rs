@@ -6,14 +6,24 @@
 
 pub mod account;
 pub mod auth;
+pub mod breaker;
 pub mod counters;
+pub mod handoff;
+pub mod http_front;
 pub mod http_head;
+pub mod http_upstream;
 pub mod ingress;
 pub mod normalizer;
 pub mod pool;
+pub mod recovery;
+pub mod relay;
+pub mod retry;
 pub mod scheduler;
 pub mod session;
+pub mod sticky;
+pub mod turn;
 pub mod upstream;
+pub mod warmup;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -51,8 +61,26 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     /// The queue to the control thread.
     pub control: ControlHandle,
+    /// Warm-ups answered by the gateway (HTTP upstream), by gateway-issued response id.
+    pub warmups: RefCell<warmup::WarmupCache>,
+    /// Hot cache of sticky state, write-through to the control thread.
+    pub sticky: sticky::Sticky,
     sessions_per_key: RefCell<HashMap<String, usize>>,
     rr: Cell<usize>,
+    in_flight: Rc<Cell<usize>>,
+    draining: Cell<bool>,
+}
+
+/// Counts one turn as in flight for as long as it lives, so a graceful shutdown can wait for
+/// running turns. Take one at the start of a turn ([`Shard::turn_guard`]).
+pub struct TurnGuard {
+    in_flight: Rc<Cell<usize>>,
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+    }
 }
 
 /// This shard's share of a process-wide budget: an even split, the remainder to the lowest
@@ -92,9 +120,13 @@ impl Shard {
             groups,
             counters: ShardCounters::default(),
             metrics: ShardMetrics::default(),
+            sticky: sticky::Sticky::new(control.clone(), &config.state),
             control,
+            warmups: RefCell::new(warmup::WarmupCache::default()),
             sessions_per_key: RefCell::new(HashMap::new()),
             rr: Cell::new(0),
+            in_flight: Rc::new(Cell::new(0)),
+            draining: Cell::new(false),
             config,
         })
     }
@@ -121,12 +153,33 @@ impl Shard {
         true
     }
 
+    /// Marks a turn as in flight until the guard drops.
+    pub fn turn_guard(&self) -> TurnGuard {
+        self.in_flight.set(self.in_flight.get() + 1);
+        TurnGuard {
+            in_flight: self.in_flight.clone(),
+        }
+    }
+
+    /// Turns in flight on this shard.
+    pub fn turns_in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    /// The shard is shutting down: it accepts no connections and waits for in-flight turns.
+    /// Sessions may check it to refuse a new turn.
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
     /// Ships this interval's histograms and the counter totals to the control thread.
     pub fn ship_snapshot(&self) {
+        let mut counters = self.counters.values();
+        counters.push(("turns_in_flight", self.in_flight.get() as u64));
         let snap = ShardSnapshot {
             shard: self.id,
             hists: self.metrics.take_interval(),
-            counters: self.counters.values(),
+            counters,
             labeled: self.counters.labeled_values(),
         };
         if !self.control.send(ShardMsg::Snapshot(Box::new(snap))) {
@@ -150,7 +203,9 @@ impl Shard {
 }
 
 /// Accepts connections until `shutdown` fires; each connection runs in its own task, and a
-/// panic in one is contained there.
+/// panic in one is contained there. On shutdown the listener is closed, then the shard waits
+/// for its in-flight turns (up to `[server] drain_timeout_secs`) so their usage records are
+/// sent, ships a last snapshot and returns.
 pub async fn run(
     shard: Rc<Shard>,
     listener: TcpListener,
@@ -191,5 +246,32 @@ pub async fn run(
         let _ = shutdown.await;
     })
     .await;
+    drop(listener);
+    drain(&shard).await;
     shard.ship_snapshot();
+}
+
+/// Waits until no turn is in flight or the drain timeout passed.
+async fn drain(shard: &Shard) {
+    shard.draining.set(true);
+    let started = std::time::Instant::now();
+    let deadline = shard.config.server.drain_timeout;
+    if shard.turns_in_flight() > 0 {
+        tracing::info!(
+            shard = shard.id,
+            in_flight = shard.turns_in_flight(),
+            "draining in-flight turns"
+        );
+    }
+    while shard.turns_in_flight() > 0 {
+        if started.elapsed() >= deadline {
+            tracing::warn!(
+                shard = shard.id,
+                in_flight = shard.turns_in_flight(),
+                "drain timeout: stopping with turns in flight"
+            );
+            return;
+        }
+        runtime::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

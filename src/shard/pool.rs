@@ -8,6 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_channel::oneshot;
 use http::{HeaderName, HeaderValue};
@@ -16,6 +17,8 @@ use crate::config::UpstreamConfig;
 use crate::runtime;
 
 use super::account::AccountRuntime;
+use super::breaker::Breaker;
+use super::http_upstream::HttpConn;
 use super::upstream::{self, DialError, UpstreamConn};
 
 /// Why no connection could be leased.
@@ -76,6 +79,24 @@ pub struct Pool {
     config: Rc<UpstreamConfig>,
     /// Counters.
     pub counters: PoolCounters,
+    /// The account slice's circuit breaker.
+    pub breaker: Breaker,
+    /// Idle keep-alive HTTP connections, most recently used last.
+    http_idle: RefCell<Vec<HttpConn>>,
+    /// Until when upstream refuses WebSocket upgrades for this account (then HTTP is used).
+    ws_refused_until: Cell<Option<Instant>>,
+    /// HTTP requests in flight.
+    http_in_flight: Cell<usize>,
+}
+
+/// One HTTP request in flight on a pool (see [`Pool::http_request`]).
+pub struct HttpInFlight(Rc<Pool>);
+
+impl Drop for HttpInFlight {
+    fn drop(&mut self) {
+        let n = &self.0.http_in_flight;
+        n.set(n.get().saturating_sub(1));
+    }
 }
 
 impl Pool {
@@ -94,8 +115,64 @@ impl Pool {
             idle: RefCell::new(Vec::new()),
             waiters: RefCell::new(VecDeque::new()),
             next_id,
+            breaker: Breaker::new(config.breaker.clone()),
             config,
             counters: PoolCounters::default(),
+            http_idle: RefCell::new(Vec::new()),
+            ws_refused_until: Cell::new(None),
+            http_in_flight: Cell::new(0),
+        }
+    }
+
+    /// `true` while upstream is known to refuse WebSocket upgrades for this account.
+    pub fn ws_refused(&self, now: Instant) -> bool {
+        self.ws_refused_until.get().is_some_and(|t| now < t)
+    }
+
+    /// Remembers that an upgrade was refused: requests use HTTP for one breaker cooldown.
+    pub fn mark_ws_refused(&self, now: Instant) {
+        self.ws_refused_until
+            .set(Some(now + self.config.breaker.cooldown));
+    }
+
+    /// An HTTP connection: an idle keep-alive one (`true`) or a new dial (`false`). `fresh`
+    /// (after a reused one failed) closes the idle ones, which have likely gone stale alike.
+    pub async fn http_conn(&self, fresh: bool) -> Result<(HttpConn, bool), DialError> {
+        if fresh {
+            let stale = std::mem::take(&mut *self.http_idle.borrow_mut());
+            self.counters
+                .discarded
+                .set(self.counters.discarded.get() + stale.len() as u64);
+        }
+        loop {
+            let Some(conn) = self.http_idle.borrow_mut().pop() else {
+                break;
+            };
+            if conn.born.elapsed() < self.config.max_conn_age {
+                bump(&self.counters.reused);
+                return Ok((conn, true));
+            }
+            bump(&self.counters.retired);
+        }
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        match HttpConn::dial(&self.account, &self.config, id).await {
+            Ok(conn) => {
+                bump(&self.counters.dialed);
+                Ok((conn, false))
+            }
+            Err(e) => {
+                bump(&self.counters.dial_failures);
+                Err(e)
+            }
+        }
+    }
+
+    /// A keep-alive HTTP connection whose last response was read to its end.
+    pub fn http_give_back(&self, conn: HttpConn) {
+        let mut idle = self.http_idle.borrow_mut();
+        if idle.len() < self.budget {
+            idle.push(conn);
         }
     }
 
@@ -114,9 +191,17 @@ impl Pool {
         self.open.get()
     }
 
-    /// Share of the budget in use, for least-loaded scheduling.
+    /// Share of the budget in use (WebSocket leases, waiters and HTTP requests in flight), for
+    /// least-loaded scheduling.
     pub fn load(&self) -> f64 {
-        (self.in_use() + self.waiters.borrow().len()) as f64 / self.budget as f64
+        let busy = self.in_use() + self.waiters.borrow().len() + self.http_in_flight.get();
+        busy as f64 / self.budget as f64
+    }
+
+    /// Counts an HTTP request in flight until the guard is dropped.
+    pub fn http_request(self: &Rc<Self>) -> HttpInFlight {
+        self.http_in_flight.set(self.http_in_flight.get() + 1);
+        HttpInFlight(self.clone())
     }
 
     /// Leases a connection: an idle one if any, else a new dial under budget, else a place in the

@@ -1,7 +1,9 @@
 //! Picks the account slice a new upstream connection comes from: least loaded first, among the
-//! group's WebSocket accounts that have budget on this shard, round-robin among equals.
+//! group's accounts that have budget on this shard and whose breaker is not open, round-robin
+//! among equals.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use super::pool::Pool;
 use super::Shard;
@@ -11,6 +13,7 @@ pub fn pick(shard: &Shard, group: &str, exclude: &[usize]) -> Option<Rc<Pool>> {
     let candidates = shard.groups.get(group)?;
     let n = candidates.len();
     let start = shard.next_rr();
+    let now = Instant::now();
     let mut best: Option<(&Rc<Pool>, f64)> = None;
     for i in 0..n {
         let idx = candidates[(start + i) % n];
@@ -18,7 +21,7 @@ pub fn pick(shard: &Shard, group: &str, exclude: &[usize]) -> Option<Rc<Pool>> {
             continue;
         }
         let pool = &shard.pools[idx];
-        if pool.budget() == 0 || !pool.account.uses_ws() {
+        if pool.budget() == 0 || !pool.breaker.is_available(now) {
             continue;
         }
         let load = pool.load();

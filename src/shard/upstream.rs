@@ -60,6 +60,8 @@ pub struct UpstreamConn {
     pub born: Instant,
     /// Turns it has carried.
     pub turns: u64,
+    /// How long the dial took (TCP, TLS, upgrade), recorded once when first leased.
+    pub dial_time: Duration,
 }
 
 impl UpstreamConn {
@@ -86,35 +88,10 @@ pub async fn dial(
     forward: &[(HeaderName, HeaderValue)],
     id: u64,
 ) -> Result<UpstreamConn, DialError> {
-    let addr = account.address().await.map_err(DialError::Resolve)?;
-    let tcp =
-        match runtime::timeout(cfg.dial_timeout, runtime::connect(addr, cfg.dial_timeout)).await {
-            None => {
-                account.forget_address();
-                return Err(DialError::ConnectTimeout);
-            }
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                account.forget_address();
-                return Err(DialError::ConnectTimeout);
-            }
-            Some(Err(e)) => {
-                account.forget_address();
-                return Err(DialError::Connect(e));
-            }
-            Some(Ok(s)) => s,
-        };
+    let started = Instant::now();
+    let tcp = connect_tcp(account, cfg).await?;
     let handshake = async {
-        let stream = match &account.tls {
-            Some((config, name)) => {
-                let connector = futures_rustls::TlsConnector::from(config.clone());
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(DialError::Tls)?;
-                UpstreamStream::Tls(Box::new(tls))
-            }
-            None => UpstreamStream::Plain(tcp),
-        };
+        let stream = wrap_tls(account, tcp).await?;
         let request = handshake_request(account, forward)?;
         async_tungstenite::client_async_with_config(
             request,
@@ -133,7 +110,59 @@ pub async fn dial(
         ws,
         born: Instant::now(),
         turns: 0,
+        dial_time: started.elapsed(),
     })
+}
+
+/// Opens the byte stream to the account's endpoint (TCP, then TLS for https/wss accounts),
+/// each step under its timeout. Used by the HTTP client; the WebSocket dial does the same steps.
+pub async fn connect_stream(
+    account: &AccountRuntime,
+    cfg: &UpstreamConfig,
+) -> Result<UpstreamStream, DialError> {
+    let tcp = connect_tcp(account, cfg).await?;
+    runtime::timeout(cfg.handshake_timeout, wrap_tls(account, tcp))
+        .await
+        .ok_or(DialError::HandshakeTimeout)?
+}
+
+async fn connect_tcp(
+    account: &AccountRuntime,
+    cfg: &UpstreamConfig,
+) -> Result<runtime::TcpStream, DialError> {
+    let addr = account.address().await.map_err(DialError::Resolve)?;
+    match runtime::timeout(cfg.dial_timeout, runtime::connect(addr, cfg.dial_timeout)).await {
+        None => {
+            account.forget_address();
+            Err(DialError::ConnectTimeout)
+        }
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            account.forget_address();
+            Err(DialError::ConnectTimeout)
+        }
+        Some(Err(e)) => {
+            account.forget_address();
+            Err(DialError::Connect(e))
+        }
+        Some(Ok(s)) => Ok(s),
+    }
+}
+
+async fn wrap_tls(
+    account: &AccountRuntime,
+    tcp: runtime::TcpStream,
+) -> Result<UpstreamStream, DialError> {
+    match &account.tls {
+        Some((config, name)) => {
+            let connector = futures_rustls::TlsConnector::from(config.clone());
+            let tls = connector
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(DialError::Tls)?;
+            Ok(UpstreamStream::Tls(Box::new(tls)))
+        }
+        None => Ok(UpstreamStream::Plain(tcp)),
+    }
 }
 
 fn handshake_request(

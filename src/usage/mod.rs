@@ -3,6 +3,10 @@
 //! Shards build a [`UsageRecord`] when a turn ends and send it to the control thread, which
 //! writes it to the configured durable sink. The response id is the idempotency key.
 
+pub mod file;
+pub mod redis_stream;
+pub mod sink;
+pub mod spool;
 pub mod writer;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +23,17 @@ pub enum RequestType {
     Stream,
     /// `POST /v1/responses` without streaming.
     Sync,
+}
+
+impl RequestType {
+    /// The name used in records and stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestType::Ws => "ws",
+            RequestType::Stream => "stream",
+            RequestType::Sync => "sync",
+        }
+    }
 }
 
 /// One billed turn. Never carries a key: clients are named by group and key id.

@@ -239,3 +239,173 @@ pub fn body_of(response: &str) -> &str {
         .map(|(_, b)| b)
         .unwrap_or("")
 }
+
+/// One HTTP response read off a keep-alive connection.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> sonic_rs::Value {
+        sonic_rs::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// The SSE records of the body: (event, data as JSON).
+    pub fn sse(&self) -> Vec<(String, sonic_rs::Value)> {
+        let mut out = Vec::new();
+        for block in self.body.split("\n\n") {
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            if !data.is_empty() {
+                let v = sonic_rs::from_str(&data).unwrap_or_else(|e| panic!("{e}: {data}"));
+                out.push((event, v));
+            }
+        }
+        out
+    }
+}
+
+/// A blocking HTTP/1.1 client connection that can carry several requests.
+pub struct HttpConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    pub fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        HttpConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends `POST path` with a JSON body (Content-Length) and the test key.
+    pub fn post(&mut self, path: &str, body: &str) -> HttpReply {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.raw(raw.as_bytes())
+    }
+
+    /// Writes raw bytes and reads one response.
+    pub fn raw(&mut self, bytes: &[u8]) -> HttpReply {
+        self.stream.write_all(bytes).expect("write");
+        self.read_reply()
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16384];
+        match self.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// Reads one response (Content-Length, chunked, or until close).
+    pub fn read_reply(&mut self) -> HttpReply {
+        let head_end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p;
+            }
+            assert!(self.fill(), "connection closed before a response head");
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
+        self.buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let body = if (100..200).contains(&status) || status == 204 {
+            Vec::new()
+        } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let line_end = loop {
+                    if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break p;
+                    }
+                    assert!(self.fill(), "closed mid-chunk");
+                };
+                let size_line = String::from_utf8_lossy(&self.buf[..line_end]).to_string();
+                let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+                    .expect("chunk size");
+                self.buf.drain(..line_end + 2);
+                while self.buf.len() < size + 2 {
+                    assert!(self.fill(), "closed mid-chunk");
+                }
+                body.extend_from_slice(&self.buf[..size]);
+                self.buf.drain(..size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+            body
+        } else if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            while self.buf.len() < len {
+                assert!(self.fill(), "closed mid-body");
+            }
+            self.buf.drain(..len).collect()
+        } else {
+            while self.fill() {}
+            std::mem::take(&mut self.buf)
+        };
+        HttpReply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).to_string(),
+        }
+    }
+}
+
+/// A POST body for `/v1/responses`.
+pub fn post_body(model: &str, input: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"{model}","stream":{stream},"input":[{{"type":"message","role":"user","content":[{{"type":"input_text","text":"{input}"}}]}}]}}"#
+    )
+}
+
+/// A config with one account per base URL, each with its own key (`sk-upstream-<i>`) and extra
+/// account lines (e.g. `transport = "http"`).
+pub fn config_accounts(base_urls: &[String], extra: &str, account_extra: &str) -> Config {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\n{extra}\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n"
+    );
+    for (i, url) in base_urls.iter().enumerate() {
+        text.push_str(&format!(
+            "[[accounts]]\nid = \"acct-{i}\"\nbase_url = \"{url}\"\napi_key = \"sk-upstream-{i}\"\nmax_conns = 4\n{account_extra}\n"
+        ));
+    }
+    parse_config(&text)
+}

@@ -1,0 +1,101 @@
+//! Log setup and rate-limited error lines.
+//!
+//! A failing dependency (a Redis outage, a full disk) fails every record or request the same way;
+//! logging each one would drown the log and cost more than the failure. A [`RateLimit`] per call
+//! site lets one line through per interval and reports how many were suppressed in between.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::config::LogConfig;
+
+/// Installs the global tracing subscriber: text or JSON lines on stderr, `RUST_LOG` overriding
+/// the configured level. Does nothing when one is already installed (tests).
+pub fn init(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if log.json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// The process-wide origin of [`RateLimit`] clocks.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// At most one line per interval from one call site; `static`-constructible and lock-free.
+pub struct RateLimit {
+    interval_ms: u64,
+    /// Milliseconds since [`epoch`] + 1 of the last line let through (0 = never).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimit {
+    /// A limiter letting one line through per `interval_ms` milliseconds.
+    pub const fn per_ms(interval_ms: u64) -> Self {
+        RateLimit {
+            interval_ms,
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when a line may be written now, `n` being the lines suppressed since the last
+    /// one; `None` (and one more suppressed) otherwise.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(epoch().elapsed())
+    }
+
+    fn allow_at(&self, since_epoch: Duration) -> Option<u64> {
+        let now = since_epoch.as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= self.interval_ms;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// Logs an error line through a per-call-site [`RateLimit`] (one line per 10 s), adding a
+/// `suppressed` field that counts the lines skipped since the last one.
+#[macro_export]
+macro_rules! error_limited {
+    ($($arg:tt)+) => {{
+        static LIMIT: $crate::logging::RateLimit = $crate::logging::RateLimit::per_ms(10_000);
+        if let Some(suppressed) = LIMIT.allow() {
+            tracing::error!(suppressed, $($arg)+);
+        }
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_per_interval_with_the_suppressed_count() {
+        let l = RateLimit::per_ms(1_000);
+        assert_eq!(l.allow_at(Duration::from_millis(0)), Some(0));
+        assert_eq!(l.allow_at(Duration::from_millis(10)), None);
+        assert_eq!(l.allow_at(Duration::from_millis(999)), None);
+        assert_eq!(l.allow_at(Duration::from_millis(1_001)), Some(2));
+        assert_eq!(l.allow_at(Duration::from_millis(1_500)), None);
+        assert_eq!(l.allow_at(Duration::from_millis(2_100)), Some(1));
+    }
+}

@@ -1,0 +1,412 @@
+//! The HTTP front door: `POST /v1/responses` (and its aliases) on the same listener as the
+//! WebSocket upgrade, with the same client keys. `"stream": true` answers `text/event-stream`
+//! with one `event:`/`data:` record per upstream event; otherwise the final response object comes
+//! back as JSON, its status taken from the terminal event. Requests run through the same turn
+//! driver as WebSocket turns, so they use the upstream WebSocket pool by default.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::Utf8Bytes;
+use bytes::Bytes;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use http::{HeaderName, HeaderValue};
+use sonic_rs::JsonValueTrait;
+
+use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::sse::write_event;
+use crate::runtime::{self, TcpStream};
+use crate::usage::RequestType;
+
+use super::auth::ClientIdentity;
+use super::counters::{add, bump, ShardCounters};
+use super::http_head::{self, RequestHead};
+use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
+use super::turn::{Driver, TurnEnd};
+use super::Shard;
+
+/// How long a client may take to send a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Over the size limit.
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    /// Bad `Content-Length` or chunk framing.
+    #[error("malformed request body: {0}")]
+    Malformed(&'static str),
+    /// The client closed or the socket failed mid-body.
+    #[error("connection closed mid-body")]
+    Closed,
+    /// The body did not arrive in time.
+    #[error("timed out reading the request body")]
+    Timeout,
+}
+
+/// What the connection does after a request.
+pub enum After {
+    /// Read the next request.
+    KeepAlive,
+    /// Close the connection.
+    Close,
+}
+
+/// Serves one `POST` to a Responses path. `buf` holds the bytes read past the request head and
+/// keeps whatever follows this request's body.
+pub async fn serve(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+    identity: ClientIdentity,
+    forward: Vec<(HeaderName, HeaderValue)>,
+) -> After {
+    let keep_alive = head.keep_alive();
+    let limit = shard.config.server.max_message_bytes;
+    let body = match runtime::timeout(BODY_TIMEOUT, read_body(stream, buf, head, limit)).await {
+        Some(Ok(b)) => b,
+        Some(Err(BodyError::Closed)) => return After::Close,
+        outcome => {
+            bump(&shard.counters.http_body_errors);
+            let e = outcome.map_or(BodyError::Timeout, |r| r.err().unwrap_or(BodyError::Closed));
+            let (status, code) = match e {
+                BodyError::TooLarge(_) => (413, "request_too_large"),
+                BodyError::Timeout => (408, "request_timeout"),
+                _ => (400, "bad_request"),
+            };
+            let err = GatewayError::new(status, ErrorType::InvalidRequest, code, e.to_string());
+            let _ = http_head::write_error(stream, &err, &[], false).await;
+            return After::Close;
+        }
+    };
+    add(&shard.counters.bytes_in, body.len() as u64);
+    let streaming = sonic_rs::get_from_slice(&body, ["stream"])
+        .ok()
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let frame = to_frame(&body);
+    let request_type = if streaming {
+        RequestType::Stream
+    } else {
+        RequestType::Sync
+    };
+    let mut driver = Driver::new(shard.clone(), identity, forward, request_type);
+    let received = Instant::now();
+    let ok = if streaming {
+        let mut sink = SseSink {
+            stream,
+            inbuf: buf,
+            counters: &shard.counters,
+            pending: Vec::new(),
+            wire: Vec::new(),
+            started: false,
+            answered: false,
+            keep_alive,
+        };
+        let end = driver.run(&mut sink, frame, received).await;
+        sink.finish(end).await
+    } else {
+        let mut sink = JsonSink {
+            stream,
+            inbuf: buf,
+            result: None,
+        };
+        let end = driver.run(&mut sink, frame, received).await;
+        let (status, body) = sink.result.take().unwrap_or_else(|| {
+            let err: TurnError = GatewayError::new(
+                502,
+                ErrorType::Server,
+                "upstream_error",
+                "the response ended without a result",
+            )
+            .into();
+            (err.status, err.http_body)
+        });
+        add(&shard.counters.bytes_out, body.len() as u64);
+        matches!(end, TurnEnd::Done)
+            && http_head::write_json(sink.stream, status, &body, &[], keep_alive)
+                .await
+                .is_ok()
+    };
+    if ok && keep_alive {
+        After::KeepAlive
+    } else {
+        After::Close
+    }
+}
+
+/// The POST body as a `response.create` frame (the body with a leading `type`).
+fn to_frame(body: &[u8]) -> Bytes {
+    let trimmed = body.trim_ascii_start();
+    let Some(rest) = trimmed.strip_prefix(b"{") else {
+        // Not an object: passed on as-is so the driver answers 400.
+        return Bytes::copy_from_slice(body);
+    };
+    let empty = rest.trim_ascii_start().starts_with(b"}");
+    let mut out = Vec::with_capacity(body.len() + 28);
+    out.extend_from_slice(br#"{"type":"response.create""#);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
+/// Reads a request body framed by `Content-Length` or chunked, up to `limit` bytes.
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head: &RequestHead,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    let chunked = head.header_has_token("transfer-encoding", "chunked");
+    let len = match head.header("content-length") {
+        Some(v) if !chunked => std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .ok_or(BodyError::Malformed("bad content-length"))?,
+        _ => 0,
+    };
+    if len > limit {
+        return Err(BodyError::TooLarge(limit));
+    }
+    if head.header_has_token("expect", "100-continue") {
+        stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| BodyError::Closed)?;
+    }
+    if !chunked {
+        while buf.len() < len {
+            fill(stream, buf).await?;
+        }
+        let rest = buf.split_off(len);
+        return Ok(std::mem::replace(buf, rest));
+    }
+    let mut body = Vec::new();
+    loop {
+        let (used, size) = loop {
+            match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete(found)) => break found,
+                Ok(httparse::Status::Partial) if buf.len() < 4096 => fill(stream, buf).await?,
+                _ => return Err(BodyError::Malformed("bad chunk size")),
+            }
+        };
+        buf.drain(..used);
+        let size = usize::try_from(size).map_err(|_| BodyError::TooLarge(limit))?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                match buf.windows(2).position(|w| w == b"\r\n") {
+                    Some(0) => {
+                        buf.drain(..2);
+                        return Ok(body);
+                    }
+                    Some(n) => {
+                        buf.drain(..n + 2);
+                    }
+                    None if buf.len() < 8192 => fill(stream, buf).await?,
+                    None => return Err(BodyError::Malformed("trailers too large")),
+                }
+            }
+        }
+        if body.len().saturating_add(size) > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        while buf.len() < size + 2 {
+            fill(stream, buf).await?;
+        }
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(BodyError::Malformed("chunk not followed by CRLF"));
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), BodyError> {
+    let mut chunk = [0u8; 16 * 1024];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => Err(BodyError::Closed),
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+    }
+}
+
+/// Most bytes of a pipelined next request kept while a response is in flight.
+const MAX_PIPELINED: usize = 64 * 1024;
+
+/// Watches an HTTP client while its request runs: end of stream (or a socket error) means it
+/// left, so the turn stops at once. Bytes of a pipelined next request are kept in `inbuf`.
+async fn watch_client(stream: &mut TcpStream, inbuf: &mut Vec<u8>) -> ClientSignal {
+    let mut chunk = [0u8; 4096];
+    while inbuf.len() < MAX_PIPELINED {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return ClientSignal::Gone,
+            Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    futures_lite::future::pending().await
+}
+
+/// Events as SSE records on a chunked `200 text/event-stream` response. The head goes out with
+/// the first events, so a failure before any event can still be answered as a JSON error.
+struct SseSink<'a> {
+    stream: &'a mut TcpStream,
+    inbuf: &'a mut Vec<u8>,
+    counters: &'a ShardCounters,
+    /// SSE records not yet written.
+    pending: Vec<u8>,
+    /// The chunk being written (kept to reuse its allocation).
+    wire: Vec<u8>,
+    started: bool,
+    answered: bool,
+    keep_alive: bool,
+}
+
+impl SseSink<'_> {
+    async fn write_pending(&mut self) -> Result<(), Gone> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut out = std::mem::take(&mut self.wire);
+        out.clear();
+        if !self.started {
+            out.extend_from_slice(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n",
+            );
+            out.extend_from_slice(if self.keep_alive {
+                b"connection: keep-alive\r\n\r\n"
+            } else {
+                b"connection: close\r\n\r\n"
+            });
+            self.started = true;
+        }
+        out.extend_from_slice(format!("{:x}\r\n", self.pending.len()).as_bytes());
+        out.extend_from_slice(&self.pending);
+        out.extend_from_slice(b"\r\n");
+        add(&self.counters.bytes_out, self.pending.len() as u64);
+        self.pending.clear();
+        let written = self.stream.write_all(&out).await;
+        self.wire = out;
+        written.map_err(|_| Gone)?;
+        self.stream.flush().await.map_err(|_| Gone)
+    }
+
+    /// Ends the response; `true` when the connection may carry another request.
+    async fn finish(mut self, end: TurnEnd) -> bool {
+        if !matches!(end, TurnEnd::Done) {
+            return false;
+        }
+        if self.write_pending().await.is_err() {
+            return false;
+        }
+        if self.started {
+            return self.stream.write_all(b"0\r\n\r\n").await.is_ok()
+                && self.stream.flush().await.is_ok();
+        }
+        self.answered
+    }
+}
+
+impl ClientSink for SseSink<'_> {
+    async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone> {
+        write_event(&mut self.pending, event_type, event.as_bytes());
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        self.write_pending().await
+    }
+
+    async fn signal(&mut self) -> ClientSignal {
+        watch_client(self.stream, self.inbuf).await
+    }
+
+    async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
+        if self.started {
+            write_event(&mut self.pending, "error", error.event.as_bytes());
+            return self.write_pending().await;
+        }
+        self.answered = true;
+        http_head::write_json(
+            self.stream,
+            error.status,
+            &error.http_body,
+            &[],
+            self.keep_alive,
+        )
+        .await
+        .map_err(|_| Gone)
+    }
+}
+
+/// Collects the final response object (or error) of a non-streaming request.
+struct JsonSink<'a> {
+    stream: &'a mut TcpStream,
+    inbuf: &'a mut Vec<u8>,
+    result: Option<(u16, String)>,
+}
+
+impl ClientSink for JsonSink<'_> {
+    async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone> {
+        let raw = event.as_bytes();
+        match event_type {
+            "error" => {
+                let status = sonic_rs::get_from_slice(raw, ["status"])
+                    .ok()
+                    .and_then(|s| s.as_u64())
+                    .and_then(|s| u16::try_from(s).ok())
+                    .unwrap_or(500);
+                let e = TurnError::from_upstream(status, raw);
+                self.result = Some((e.status, e.http_body));
+            }
+            // As upstream's own non-streaming answer: 200 with the response object, whose
+            // `status` (and `error`) says how it ended.
+            "response.failed"
+            | "response.completed"
+            | "response.done"
+            | "response.incomplete"
+            | "response.cancelled"
+            | "response.canceled" => {
+                if let Ok(resp) = sonic_rs::get_from_slice(raw, ["response"]) {
+                    self.result = Some((200, resp.as_raw_str().to_string()));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        Ok(())
+    }
+
+    async fn signal(&mut self) -> ClientSignal {
+        watch_client(self.stream, self.inbuf).await
+    }
+
+    async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
+        self.result = Some((error.status, error.http_body.clone()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_becomes_a_create_frame() {
+        assert_eq!(
+            &to_frame(br#" {"model":"m"}"#)[..],
+            br#"{"type":"response.create","model":"m"}"#
+        );
+        assert_eq!(&to_frame(b"{ }")[..], br#"{"type":"response.create" }"#);
+        assert_eq!(&to_frame(b"[1]")[..], b"[1]");
+    }
+}

@@ -1,0 +1,504 @@
+//! The HTTP/1.1 upstream client: `POST {base_url}/responses` over plain TCP or rustls, the
+//! response head read with httparse, chunked or content-length bodies decoded incrementally into
+//! the SSE parser. Connections are kept alive per account slice and reused only after a response
+//! was read to its end.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use http::{HeaderName, HeaderValue};
+
+use crate::config::UpstreamConfig;
+use crate::net::UpstreamStream;
+use crate::protocol::sse::{SseError, SseParser};
+use crate::runtime;
+
+use super::account::AccountRuntime;
+use super::retry::parse_retry_after;
+use super::upstream::{connect_stream, DialError};
+
+/// Largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest error body read from a non-200 answer.
+const MAX_ERROR_BODY: usize = 256 * 1024;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// How long the tail of a finished response (the last chunk) may take before the connection is
+/// dropped instead of kept.
+const TAIL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why an HTTP exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpUpError {
+    /// The connection could not be opened.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The socket failed or closed early.
+    #[error("upstream connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// Upstream closed before the response ended.
+    #[error("upstream closed the connection mid-response")]
+    Eof,
+    /// Nothing arrived in time.
+    #[error("upstream sent nothing in time")]
+    Timeout,
+    /// The response is not valid HTTP/1.1 or SSE.
+    #[error("malformed upstream response: {0}")]
+    Malformed(String),
+    /// One event exceeded the size limit.
+    #[error(transparent)]
+    TooLarge(#[from] SseError),
+}
+
+/// One keep-alive connection to an account's HTTP endpoint.
+pub struct HttpConn {
+    /// Shard-local id, for logs.
+    pub id: u64,
+    stream: UpstreamStream,
+    /// Bytes read and not yet consumed.
+    buf: Vec<u8>,
+    /// Where reads land before they are appended to `buf`.
+    scratch: Box<[u8]>,
+    /// Responses fully read on it.
+    pub requests: u64,
+    /// When it was opened.
+    pub born: Instant,
+    /// How long the dial took.
+    pub dial_time: Duration,
+}
+
+/// How the body of a response is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// What the response head says.
+struct ResponseHead {
+    status: u16,
+    retry_after: Option<Duration>,
+    is_sse: bool,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Where the chunked decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk with this many bytes left.
+    Data(usize),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Expecting trailers up to the final empty line.
+    Trailers,
+}
+
+/// An upstream response in flight: its status and, for a 200, its SSE body.
+pub struct HttpResponse {
+    conn: HttpConn,
+    /// HTTP status.
+    pub status: u16,
+    /// `retry-after`, when given.
+    pub retry_after: Option<Duration>,
+    /// `true` when the body is an event stream.
+    pub is_sse: bool,
+    framing: Framing,
+    chunk: ChunkState,
+    /// Body bytes still to read (content-length framing).
+    remaining: usize,
+    done: bool,
+    keep_alive: bool,
+    parser: SseParser,
+    read_timeout: Duration,
+}
+
+impl HttpConn {
+    /// Opens a connection to the account.
+    pub async fn dial(
+        account: &AccountRuntime,
+        cfg: &UpstreamConfig,
+        id: u64,
+    ) -> Result<HttpConn, DialError> {
+        let started = Instant::now();
+        let stream = connect_stream(account, cfg).await?;
+        Ok(HttpConn {
+            id,
+            stream,
+            buf: Vec::with_capacity(READ_CHUNK),
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            requests: 0,
+            born: Instant::now(),
+            dial_time: started.elapsed(),
+        })
+    }
+
+    /// Sends `body` to `POST {base}/responses` and reads the response head.
+    pub async fn send(
+        mut self,
+        account: &AccountRuntime,
+        cfg: &UpstreamConfig,
+        forward: &[(HeaderName, HeaderValue)],
+        body: &[u8],
+    ) -> Result<HttpResponse, HttpUpError> {
+        let ep = &account.config.endpoint;
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(b"POST ");
+        head.extend_from_slice(ep.path.as_bytes());
+        head.extend_from_slice(b"/responses HTTP/1.1\r\nhost: ");
+        head.extend_from_slice(ep.authority().as_bytes());
+        head.extend_from_slice(b"\r\nauthorization: ");
+        head.extend_from_slice(account.authorization.as_bytes());
+        head.extend_from_slice(
+            b"\r\ncontent-type: application/json\r\naccept: text/event-stream\r\nconnection: keep-alive\r\n",
+        );
+        for (name, value) in forward {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        let write = async {
+            self.stream.write_all(&head).await?;
+            self.stream.write_all(body).await?;
+            self.stream.flush().await
+        };
+        runtime::timeout(cfg.event_timeout, write)
+            .await
+            .ok_or(HttpUpError::Timeout)??;
+        let read_timeout = cfg.event_timeout;
+        let ResponseHead {
+            status,
+            retry_after,
+            is_sse,
+            framing,
+            keep_alive,
+        } = runtime::timeout(read_timeout, self.read_head())
+            .await
+            .ok_or(HttpUpError::Timeout)??;
+        let remaining = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        Ok(HttpResponse {
+            conn: self,
+            status,
+            retry_after,
+            is_sse,
+            framing,
+            chunk: ChunkState::Size,
+            remaining,
+            done: framing == Framing::Length(0),
+            keep_alive,
+            parser: SseParser::new(cfg.max_message_bytes),
+            read_timeout,
+        })
+    }
+
+    /// Reads more bytes onto `buf`. Cancel-safe: a read abandoned mid-way (the relay races it
+    /// against the client and polls it once for batching) leaves `buf` as it was.
+    async fn fill(&mut self) -> Result<usize, HttpUpError> {
+        let n = self.stream.read(&mut self.scratch).await?;
+        self.buf.extend_from_slice(&self.scratch[..n]);
+        Ok(n)
+    }
+
+    async fn read_head(&mut self) -> Result<ResponseHead, HttpUpError> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&self.buf) {
+                Ok(httparse::Status::Complete(used)) => {
+                    let status = resp.code.unwrap_or(0);
+                    let mut retry_after = None;
+                    let mut is_sse = false;
+                    let mut length = None;
+                    let mut chunked = false;
+                    let mut keep_alive = resp.version == Some(1);
+                    for h in resp.headers.iter() {
+                        let v = h.value;
+                        if h.name.eq_ignore_ascii_case("retry-after") {
+                            retry_after = parse_retry_after(v);
+                        } else if h.name.eq_ignore_ascii_case("content-type") {
+                            is_sse = contains_ci(v, b"text/event-stream");
+                        } else if h.name.eq_ignore_ascii_case("content-length") {
+                            length = std::str::from_utf8(v)
+                                .ok()
+                                .and_then(|s| s.trim().parse::<usize>().ok());
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            chunked = contains_ci(v, b"chunked");
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            if contains_ci(v, b"close") {
+                                keep_alive = false;
+                            } else if contains_ci(v, b"keep-alive") {
+                                keep_alive = true;
+                            }
+                        }
+                    }
+                    let framing = match (chunked, length) {
+                        (true, _) => Framing::Chunked,
+                        (false, Some(n)) => Framing::Length(n),
+                        (false, None) => {
+                            keep_alive = false;
+                            Framing::UntilClose
+                        }
+                    };
+                    self.buf.drain(..used);
+                    return Ok(ResponseHead {
+                        status,
+                        retry_after,
+                        is_sse,
+                        framing,
+                        keep_alive,
+                    });
+                }
+                Ok(httparse::Status::Partial) => {
+                    if self.buf.len() > MAX_HEAD {
+                        return Err(HttpUpError::Malformed("response head too large".into()));
+                    }
+                }
+                Err(e) => return Err(HttpUpError::Malformed(e.to_string())),
+            }
+            if self.fill().await? == 0 {
+                return Err(HttpUpError::Eof);
+            }
+        }
+    }
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+impl HttpResponse {
+    /// The next SSE event's data; `None` at the clean end of the body.
+    pub async fn next_event(&mut self) -> Result<Option<Bytes>, HttpUpError> {
+        loop {
+            if let Some(ev) = self.parser.next_event()? {
+                return Ok(Some(ev.data));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Reads the whole (non-SSE) body, bounded; used for error answers.
+    pub async fn read_all(&mut self) -> Result<Vec<u8>, HttpUpError> {
+        let mut out = Vec::new();
+        loop {
+            self.decode_into(&mut out)?;
+            if self.done || out.len() > MAX_ERROR_BODY {
+                return Ok(out);
+            }
+            let n = runtime::timeout(self.read_timeout, self.conn.fill())
+                .await
+                .ok_or(HttpUpError::Timeout)??;
+            if n == 0 {
+                if self.framing == Framing::UntilClose {
+                    self.done = true;
+                    continue;
+                }
+                return Err(HttpUpError::Eof);
+            }
+        }
+    }
+
+    /// The connection back, when the response was read to its end and may carry another one.
+    /// Reads the body's tail (e.g. the last chunk after a terminal event) for a short while.
+    pub async fn finish(mut self) -> Option<HttpConn> {
+        if !self.keep_alive {
+            return None;
+        }
+        let drained = runtime::timeout(TAIL_TIMEOUT, async {
+            while !self.done {
+                let mut sink = Vec::new();
+                self.decode_into(&mut sink)?;
+                if self.done {
+                    break;
+                }
+                if self.conn.fill().await? == 0 {
+                    return Err(HttpUpError::Eof);
+                }
+            }
+            Ok::<(), HttpUpError>(())
+        })
+        .await;
+        match drained {
+            Some(Ok(())) if self.conn.buf.is_empty() && self.parser.buffered() == 0 => {
+                self.conn.requests += 1;
+                Some(self.conn)
+            }
+            _ => None,
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<(), HttpUpError> {
+        let mut decoded = Vec::new();
+        loop {
+            self.decode_into(&mut decoded)?;
+            if !decoded.is_empty() || self.done {
+                self.parser.feed(&decoded);
+                return Ok(());
+            }
+            let n = runtime::timeout(self.read_timeout, self.conn.fill())
+                .await
+                .ok_or(HttpUpError::Timeout)??;
+            if n == 0 {
+                if self.framing == Framing::UntilClose {
+                    self.done = true;
+                    continue;
+                }
+                return Err(HttpUpError::Eof);
+            }
+        }
+    }
+
+    /// Moves the body bytes buffered on the connection into `out`, decoding chunks.
+    fn decode_into(&mut self, out: &mut Vec<u8>) -> Result<(), HttpUpError> {
+        let buf = &mut self.conn.buf;
+        match self.framing {
+            Framing::UntilClose => {
+                out.extend_from_slice(buf);
+                buf.clear();
+            }
+            Framing::Length(_) => {
+                let take = self.remaining.min(buf.len());
+                out.extend_from_slice(&buf[..take]);
+                buf.drain(..take);
+                self.remaining -= take;
+                if self.remaining == 0 {
+                    self.done = true;
+                }
+            }
+            Framing::Chunked => {
+                if decode_chunks(&mut self.chunk, buf, out)? {
+                    self.done = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes the chunked body bytes at the front of `buf` into `out`, consuming what it used;
+/// `true` once the last chunk and its trailers were read.
+fn decode_chunks(
+    state: &mut ChunkState,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<bool, HttpUpError> {
+    let mut at = 0;
+    let mut done = false;
+    while !done {
+        let rest = &buf[at..];
+        match *state {
+            ChunkState::Size => match httparse::parse_chunk_size(rest) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    at += used;
+                    let size = usize::try_from(size)
+                        .map_err(|_| HttpUpError::Malformed("chunk too large".into()))?;
+                    *state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                Ok(httparse::Status::Partial) => break,
+                Err(_) => return Err(HttpUpError::Malformed("bad chunk size".into())),
+            },
+            ChunkState::Data(left) => {
+                if rest.is_empty() {
+                    break;
+                }
+                let take = left.min(rest.len());
+                out.extend_from_slice(&rest[..take]);
+                at += take;
+                *state = if take == left {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(left - take)
+                };
+            }
+            ChunkState::DataEnd => {
+                if rest.len() < 2 {
+                    break;
+                }
+                if &rest[..2] != b"\r\n" {
+                    return Err(HttpUpError::Malformed("chunk not followed by CRLF".into()));
+                }
+                at += 2;
+                *state = ChunkState::Size;
+            }
+            ChunkState::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
+                Some(0) => {
+                    at += 2;
+                    done = true;
+                }
+                Some(line) => at += line + 2,
+                None => break,
+            },
+        }
+    }
+    buf.drain(..at);
+    Ok(done)
+}
+
+/// Turns a `response.create` frame into the body of `POST /responses`: without `type` and
+/// `generate`, with `stream: true`. Returns `None` when the frame is not a JSON object.
+pub fn http_body(frame: &[u8]) -> Option<Vec<u8>> {
+    use sonic_rs::JsonValueMutTrait;
+    let mut v: sonic_rs::Value = sonic_rs::from_slice(frame).ok()?;
+    let obj = v.as_object_mut()?;
+    obj.remove(&"type");
+    obj.remove(&"generate");
+    obj.insert(&"stream", sonic_rs::Value::from(true));
+    sonic_rs::to_vec(&v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let wire = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        for cut in 0..wire.len() {
+            let mut state = ChunkState::Size;
+            let mut buf = wire[..cut].to_vec();
+            let mut out = Vec::new();
+            let mut done = decode_chunks(&mut state, &mut buf, &mut out).unwrap();
+            buf.extend_from_slice(&wire[cut..]);
+            if !done {
+                done = decode_chunks(&mut state, &mut buf, &mut out).unwrap();
+            }
+            assert!(done, "cut at {cut}");
+            assert_eq!(out, b"hello, world", "cut at {cut}");
+            assert_eq!(buf, b"NEXT", "cut at {cut}");
+        }
+        let mut state = ChunkState::Size;
+        assert!(decode_chunks(&mut state, &mut b"zz\r\n".to_vec(), &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn http_body_drops_type_and_generate_and_streams() {
+        let body = http_body(
+            br#"{"type":"response.create","model":"m","generate":false,"stream":false,"input":[]}"#,
+        )
+        .unwrap();
+        let v: sonic_rs::Value = sonic_rs::from_slice(&body).unwrap();
+        use sonic_rs::JsonValueTrait;
+        assert!(v.get("type").is_none());
+        assert!(v.get("generate").is_none());
+        assert_eq!(v.get("stream").and_then(|s| s.as_bool()), Some(true));
+        assert_eq!(v.get("model").and_then(|s| s.as_str()), Some("m"));
+        assert!(http_body(b"[1]").is_none());
+    }
+}

@@ -1,0 +1,619 @@
+//! The relay of one attempt: upstream events (WebSocket frames or SSE records) go to a client
+//! sink (a client WebSocket, an SSE response or a JSON collector) in order until the turn's
+//! terminal event, while the client is watched for a new `response.create` or its departure.
+//!
+//! Per event the loop classifies the frame by its `type` only and hands the very same buffer to
+//! the sink; ready events are batched into one flush.
+
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use async_tungstenite::WebSocketStream;
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use sonic_rs::JsonValueTrait;
+
+use crate::metrics::{Hist, ShardMetrics};
+use crate::net::UpstreamStream;
+use crate::protocol::client_frame::ClientEventKind;
+use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::upstream_event::ErrorReason;
+use crate::protocol::{ClientFrame, EventKind, TerminalKind, UpstreamEvent, Usage};
+use crate::runtime;
+
+use super::counters::{bump, ShardCounters};
+use super::http_upstream::{HttpResponse, HttpUpError};
+use super::normalizer::{self, Rewrite};
+use super::retry::FailureClass;
+
+/// An error as the client receives it: HTTP status, `{"error":…}` body and `error` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnError {
+    /// HTTP status.
+    pub status: u16,
+    /// The JSON body of an HTTP error response.
+    pub http_body: String,
+    /// The JSON of an `error` event.
+    pub event: String,
+    /// Stable code, for logs and tests.
+    pub code: String,
+}
+
+impl From<GatewayError> for TurnError {
+    fn from(e: GatewayError) -> Self {
+        TurnError {
+            status: e.status,
+            http_body: e.to_http_body(),
+            event: e.to_event(),
+            code: e.code.to_string(),
+        }
+    }
+}
+
+impl TurnError {
+    /// An error upstream answered with: its `error` object is passed on as it came.
+    pub fn from_upstream(status: u16, body: &[u8]) -> Self {
+        let inner = sonic_rs::get_from_slice(body, ["error"])
+            .ok()
+            .filter(|v| v.is_object())
+            .map(|v| v.as_raw_str().to_string());
+        match inner {
+            Some(inner) => {
+                let code = sonic_rs::get_from_slice(inner.as_bytes(), ["code"])
+                    .ok()
+                    .and_then(|c| c.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                TurnError {
+                    status,
+                    http_body: format!("{{\"error\":{inner}}}"),
+                    event: format!("{{\"type\":\"error\",\"status\":{status},\"error\":{inner}}}"),
+                    code,
+                }
+            }
+            None => GatewayError::new(
+                if status >= 400 { status } else { 502 },
+                ErrorType::Server,
+                "upstream_error",
+                format!("upstream answered HTTP {status}"),
+            )
+            .into(),
+        }
+    }
+}
+
+/// A failed attempt: what the client would be told and what may happen next.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The error for the client.
+    pub error: TurnError,
+    /// Retry, fall back or report.
+    pub class: FailureClass,
+    /// The WebSocket close code, when upstream closed.
+    pub close_code: Option<u16>,
+}
+
+impl Failure {
+    /// A failure of `class` reported as `error`.
+    pub fn new(error: impl Into<TurnError>, class: FailureClass) -> Self {
+        Failure {
+            error: error.into(),
+            class,
+            close_code: None,
+        }
+    }
+}
+
+/// How one relayed attempt ended.
+pub enum Outcome {
+    /// A terminal event was relayed: the connection is clean.
+    Terminal {
+        /// Which terminal event.
+        kind: TerminalKind,
+        /// The response id.
+        response_id: Option<String>,
+        /// Usage of a completed response.
+        usage: Option<Usage>,
+        /// The response's `output` items (raw JSON array), when [`RelayEnv::capture_output`].
+        output: Option<String>,
+        /// When the first event reached the client.
+        first_event_at: Option<Instant>,
+    },
+    /// Upstream sent an `error` event (relayed): the connection is not trusted any more.
+    UpstreamErrorEvent,
+    /// The attempt failed; `relayed` says whether the client saw events.
+    Failed {
+        /// Events reached the client.
+        relayed: bool,
+        /// What failed.
+        failure: Failure,
+    },
+    /// The client sent a new `response.create`.
+    Preempted(Bytes),
+    /// The client left.
+    ClientGone,
+}
+
+/// The client went away.
+#[derive(Debug, Clone, Copy)]
+pub struct Gone;
+
+/// What a client does while a turn runs.
+pub enum ClientSignal {
+    /// A frame (WebSocket clients only).
+    Frame(Bytes),
+    /// The client closed or vanished.
+    Gone,
+}
+
+/// Where a turn's events go: a client WebSocket, an SSE response or a JSON collector.
+#[allow(async_fn_in_trait)]
+pub trait ClientSink {
+    /// Queues one event for the client (`event_type` is its `type`).
+    async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone>;
+    /// Writes what was queued.
+    async fn flush(&mut self) -> Result<(), Gone>;
+    /// The client's next frame while a turn runs; never resolves for clients that send none.
+    async fn signal(&mut self) -> ClientSignal;
+    /// Tells the client its turn failed.
+    async fn fail(&mut self, error: &TurnError) -> Result<(), Gone>;
+}
+
+/// Where the events come from.
+pub enum Source<'a> {
+    /// A leased upstream WebSocket.
+    Ws(&'a mut WebSocketStream<UpstreamStream>),
+    /// An HTTP response streaming SSE.
+    Http(&'a mut HttpResponse),
+}
+
+/// One item read from upstream.
+enum Item {
+    Event(Utf8Bytes),
+    Skip,
+    Fail(Failure),
+}
+
+impl Source<'_> {
+    async fn next(&mut self) -> Item {
+        match self {
+            Source::Ws(ws) => ws_item(ws.next().await),
+            Source::Http(resp) => http_item(resp.next_event().await),
+        }
+    }
+
+    fn next_ready(&mut self) -> Option<Item> {
+        match self {
+            Source::Ws(ws) => ws.next().now_or_never().map(ws_item),
+            Source::Http(resp) => resp.next_event().now_or_never().map(http_item),
+        }
+    }
+
+    fn hists(&self) -> (Hist, Hist) {
+        match self {
+            Source::Ws(_) => (Hist::UpstreamTtftWs, Hist::EventAddedWs),
+            Source::Http(_) => (Hist::UpstreamTtftHttp, Hist::EventAddedHttp),
+        }
+    }
+}
+
+fn ws_item(msg: Option<Result<Message, WsError>>) -> Item {
+    match msg {
+        Some(Ok(Message::Text(t))) => Item::Event(t),
+        // The Responses API sends text only; anything else is not an event.
+        Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+            Item::Skip
+        }
+        Some(Ok(Message::Close(frame))) => {
+            let code = frame.map(|f| u16::from(f.code));
+            let mut f = Failure::new(upstream_closed(code), FailureClass::of_close(code));
+            f.close_code = code;
+            Item::Fail(f)
+        }
+        None => Item::Fail(Failure::new(
+            upstream_closed(None),
+            FailureClass::retryable("reset"),
+        )),
+        Some(Err(WsError::Capacity(_))) => Item::Fail(Failure::new(
+            GatewayError::new(
+                502,
+                ErrorType::Server,
+                "upstream_message_too_big",
+                "upstream sent a message over the size limit",
+            ),
+            FailureClass::Final,
+        )),
+        Some(Err(_)) => Item::Fail(Failure::new(
+            upstream_failed("upstream connection failed mid-response"),
+            FailureClass::retryable("reset"),
+        )),
+    }
+}
+
+fn http_item(r: Result<Option<Bytes>, HttpUpError>) -> Item {
+    match r {
+        Ok(Some(data)) => match Utf8Bytes::try_from(data) {
+            Ok(t) => Item::Event(t),
+            Err(_) => Item::Fail(Failure::new(
+                upstream_failed("upstream sent an event that is not UTF-8"),
+                FailureClass::Final,
+            )),
+        },
+        Ok(None) => Item::Fail(Failure::new(
+            upstream_failed("upstream ended the response before a terminal event"),
+            FailureClass::retryable("reset"),
+        )),
+        Err(e) => Item::Fail(http_failure(&e)),
+    }
+}
+
+/// The failure an HTTP exchange error stands for.
+pub fn http_failure(e: &HttpUpError) -> Failure {
+    match e {
+        HttpUpError::Dial(d) => super::turn::dial_failure(d),
+        HttpUpError::Timeout => Failure::new(
+            GatewayError::new(
+                504,
+                ErrorType::Server,
+                "upstream_timeout",
+                "upstream sent nothing in time",
+            ),
+            FailureClass::retryable("timeout"),
+        ),
+        HttpUpError::TooLarge(_) => Failure::new(
+            GatewayError::new(
+                502,
+                ErrorType::Server,
+                "upstream_message_too_big",
+                "upstream sent an event over the size limit",
+            ),
+            FailureClass::Final,
+        ),
+        HttpUpError::Malformed(_) => Failure::new(
+            upstream_failed("upstream sent a malformed HTTP response"),
+            FailureClass::retryable("malformed"),
+        ),
+        HttpUpError::Io(_) | HttpUpError::Eof => Failure::new(
+            upstream_failed("upstream closed the connection mid-response"),
+            FailureClass::retryable("reset"),
+        ),
+    }
+}
+
+/// What to do with one event.
+enum Step {
+    /// Relay the text (its `type` at this byte range), ending the turn when `Some`.
+    Relay(Utf8Bytes, std::ops::Range<usize>, Option<Outcome>),
+    /// Nothing to relay (ping, pong, binary).
+    Skip,
+    /// The attempt failed.
+    Fail(Failure),
+}
+
+/// Where `event_type` sits inside `text`, when it is a slice of it (an unescaped `type`);
+/// otherwise an empty range.
+fn type_range(text: &str, event_type: &str) -> std::ops::Range<usize> {
+    let start = (event_type.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    if start <= text.len() && text.len() - start >= event_type.len() {
+        start..start + event_type.len()
+    } else {
+        0..0
+    }
+}
+
+/// What the relay needs from its shard.
+pub struct RelayEnv<'a> {
+    /// Counters.
+    pub counters: &'a ShardCounters,
+    /// Histograms.
+    pub metrics: &'a ShardMetrics,
+    /// Longest upstream silence inside a turn.
+    pub event_timeout: Duration,
+    /// Keep the terminal event's `output` items (for chains upstream does not store).
+    pub capture_output: bool,
+}
+
+/// Relays one attempt's events from `source` to `sink` until the turn ends.
+pub async fn relay<S: ClientSink>(
+    env: &RelayEnv<'_>,
+    mut source: Source<'_>,
+    sink: &mut S,
+    rewrite: &Rewrite,
+    sent_at: Instant,
+) -> Outcome {
+    let event_timeout = env.event_timeout;
+    let (ttft_hist, added_hist) = source.hists();
+    let mut relayed = false;
+    let mut first_event_at: Option<Instant> = None;
+    let mut last_activity = Instant::now();
+    let mut timer = Box::pin(runtime::sleep(event_timeout));
+    loop {
+        enum Next {
+            Up(Item),
+            Client(ClientSignal),
+            Tick,
+        }
+        let next = futures_lite::future::or(
+            async { Next::Up(source.next().await) },
+            futures_lite::future::or(async { Next::Client(sink.signal().await) }, async {
+                timer.as_mut().await;
+                Next::Tick
+            }),
+        )
+        .await;
+        match next {
+            Next::Up(item) => {
+                let read_at = Instant::now();
+                last_activity = read_at;
+                if !relayed {
+                    env.metrics.record(ttft_hist, read_at - sent_at);
+                }
+                let mut item = item;
+                let mut batch = 0u64;
+                // Relay this event and every event already buffered, then flush once.
+                loop {
+                    let step = match item {
+                        Item::Event(text) => classify(text, rewrite, relayed, env.capture_output),
+                        Item::Skip => Step::Skip,
+                        Item::Fail(f) => Step::Fail(f),
+                    };
+                    match step {
+                        Step::Relay(text, range, info) => {
+                            let et = text.as_str().get(range).unwrap_or("message");
+                            let et: &str = if et.is_empty() { "message" } else { et };
+                            // The sink gets its own handle on the same buffer (no copy).
+                            if sink.feed(text.clone(), et).await.is_err() {
+                                return Outcome::ClientGone;
+                            }
+                            bump(&env.counters.events_relayed);
+                            relayed = true;
+                            batch += 1;
+                            if let Some(mut outcome) = info {
+                                if sink.flush().await.is_err() {
+                                    return Outcome::ClientGone;
+                                }
+                                let done = Instant::now();
+                                env.metrics.record_n(added_hist, done - read_at, batch);
+                                if let Outcome::Terminal {
+                                    first_event_at: first,
+                                    ..
+                                } = &mut outcome
+                                {
+                                    *first = Some(first_event_at.unwrap_or(done));
+                                }
+                                return outcome;
+                            }
+                        }
+                        Step::Skip => {}
+                        Step::Fail(failure) => {
+                            let _ = sink.flush().await;
+                            if failure.error.code == "upstream_message_too_big" {
+                                bump(&env.counters.oversize_messages);
+                                if let Source::Ws(ws) = &mut source {
+                                    let _ = runtime::timeout(
+                                        Duration::from_secs(1),
+                                        (**ws).close(Some(CloseFrame {
+                                            code: CloseCode::Size,
+                                            reason: "message too big".into(),
+                                        })),
+                                    )
+                                    .await;
+                                }
+                            }
+                            return Outcome::Failed { relayed, failure };
+                        }
+                    }
+                    match source.next_ready() {
+                        Some(i) => item = i,
+                        None => break,
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return Outcome::ClientGone;
+                }
+                if batch > 0 {
+                    let done = Instant::now();
+                    env.metrics.record_n(added_hist, done - read_at, batch);
+                    first_event_at.get_or_insert(done);
+                }
+            }
+            Next::Client(ClientSignal::Gone) => return Outcome::ClientGone,
+            Next::Client(ClientSignal::Frame(frame)) => {
+                if let Some(o) = mid_turn_frame(frame, &mut source, sink, env.counters).await {
+                    return o;
+                }
+            }
+            Next::Tick => {
+                let idle = last_activity.elapsed();
+                if idle >= event_timeout {
+                    return Outcome::Failed {
+                        relayed,
+                        failure: Failure::new(
+                            GatewayError::new(
+                                504,
+                                ErrorType::Server,
+                                "upstream_timeout",
+                                format!("upstream sent nothing for {} s", event_timeout.as_secs()),
+                            ),
+                            FailureClass::retryable("timeout"),
+                        ),
+                    };
+                }
+                timer = Box::pin(runtime::sleep(event_timeout - idle));
+            }
+        }
+    }
+}
+
+/// Classifies one upstream event: relay it (ending the turn or not), or fail the attempt when it
+/// is a retryable `error` event that no client has seen anything of yet.
+fn classify(text: Utf8Bytes, rewrite: &Rewrite, relayed: bool, capture_output: bool) -> Step {
+    let Ok(event) = UpstreamEvent::classify(text.as_bytes()) else {
+        // Not ours to judge: relay it untouched.
+        return Step::Relay(text, 0..0, None);
+    };
+    let outcome = match event.kind {
+        EventKind::Terminal(t) => Some(Outcome::Terminal {
+            kind: t,
+            response_id: event.response_id().map(|s| s.into_owned()),
+            usage: event.usage(),
+            output: capture_output
+                .then(|| sonic_rs::get_from_slice(text.as_bytes(), ["response", "output"]).ok())
+                .flatten()
+                .map(|v| v.as_raw_str().to_string()),
+            first_event_at: None,
+        }),
+        EventKind::Error => {
+            if !relayed {
+                if let Some(class) = event.error().and_then(|e| match e.reason() {
+                    ErrorReason::RateLimited => Some(FailureClass::retryable("429")),
+                    ErrorReason::ServerError => Some(FailureClass::retryable("5xx")),
+                    _ => None,
+                }) {
+                    let status = event.error().map(|e| e.http_status()).unwrap_or(502);
+                    let error = TurnError::from_upstream(status, text.as_bytes());
+                    let error = TurnError {
+                        event: text.as_str().to_string(),
+                        ..error
+                    };
+                    return Step::Fail(Failure {
+                        error,
+                        class,
+                        close_code: None,
+                    });
+                }
+            }
+            Some(Outcome::UpstreamErrorEvent)
+        }
+        _ => None,
+    };
+    let mapped = if event.carries_response() {
+        normalizer::map_back(text.as_bytes(), rewrite)
+            .and_then(|m| Utf8Bytes::try_from(Bytes::from(m)).ok())
+    } else {
+        None
+    };
+    match mapped {
+        Some(m) => {
+            let range = UpstreamEvent::classify(m.as_bytes())
+                .map(|e| type_range(m.as_str(), &e.event_type))
+                .unwrap_or(0..0);
+            Step::Relay(m, range, outcome)
+        }
+        None => {
+            let range = type_range(text.as_str(), &event.event_type);
+            Step::Relay(text, range, outcome)
+        }
+    }
+}
+
+/// A client frame that arrives while a turn is in flight.
+async fn mid_turn_frame<S: ClientSink>(
+    frame: Bytes,
+    source: &mut Source<'_>,
+    sink: &mut S,
+    counters: &ShardCounters,
+) -> Option<Outcome> {
+    match ClientFrame::parse(&frame) {
+        Ok(p) if p.kind() == ClientEventKind::ResponseCreate => Some(Outcome::Preempted(frame)),
+        Ok(_) => {
+            // Other events (e.g. `response.steer`) belong to the response in flight; an HTTP
+            // upstream has no channel for them.
+            let Source::Ws(ws) = source else {
+                bump(&counters.client_frame_errors);
+                return None;
+            };
+            let text = Utf8Bytes::try_from(frame).ok()?;
+            match ws.send(Message::Text(text)).await {
+                Ok(()) => None,
+                Err(_) => Some(Outcome::Failed {
+                    relayed: true,
+                    failure: Failure::new(
+                        upstream_failed("upstream connection failed mid-response"),
+                        FailureClass::Final,
+                    ),
+                }),
+            }
+        }
+        Err(e) => {
+            let err = GatewayError::new(
+                400,
+                ErrorType::InvalidRequest,
+                "invalid_json",
+                e.to_string(),
+            );
+            match sink.fail(&err.into()).await {
+                Ok(()) => None,
+                Err(Gone) => Some(Outcome::ClientGone),
+            }
+        }
+    }
+}
+
+/// A generic upstream failure.
+pub fn upstream_failed(message: &str) -> GatewayError {
+    GatewayError::new(502, ErrorType::Server, "upstream_error", message)
+}
+
+fn upstream_closed(code: Option<u16>) -> GatewayError {
+    match code {
+        Some(1009) => GatewayError::new(
+            502,
+            ErrorType::Server,
+            "upstream_message_too_big",
+            "upstream closed the connection: message too big (1009)",
+        ),
+        Some(code @ (1012 | 1013)) => GatewayError::new(
+            503,
+            ErrorType::Server,
+            "upstream_unavailable",
+            format!("upstream is restarting or overloaded (close {code}); retry the request"),
+        ),
+        Some(code) => GatewayError::new(
+            502,
+            ErrorType::Server,
+            "upstream_closed",
+            format!("upstream closed the connection mid-response (close {code})"),
+        ),
+        None => upstream_failed("upstream closed the connection mid-response"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_error_bodies_pass_through() {
+        let e = TurnError::from_upstream(
+            429,
+            br#"{"error":{"type":"rate_limit_error","code":"rate_limit_exceeded","message":"slow"}}"#,
+        );
+        assert_eq!(e.status, 429);
+        assert_eq!(e.code, "rate_limit_exceeded");
+        assert!(e
+            .event
+            .starts_with(r#"{"type":"error","status":429,"error":{"type""#));
+        let e = TurnError::from_upstream(502, b"<html>");
+        assert_eq!(e.code, "upstream_error");
+    }
+
+    #[test]
+    fn retryable_error_event_before_any_relay_fails_the_attempt() {
+        let ev = Utf8Bytes::from_static(
+            r#"{"type":"error","status":500,"error":{"type":"server_error","code":"server_error","message":"x"}}"#,
+        );
+        assert!(matches!(
+            classify(ev.clone(), &Rewrite::None, false, false),
+            Step::Fail(Failure {
+                class: FailureClass::Retryable { reason: "5xx", .. },
+                ..
+            })
+        ));
+        assert!(matches!(
+            classify(ev, &Rewrite::None, true, false),
+            Step::Relay(_, _, Some(Outcome::UpstreamErrorEvent))
+        ));
+    }
+}

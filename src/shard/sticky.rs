@@ -1,0 +1,406 @@
+//! The shard's hot cache of sticky state, in front of the control thread's store.
+//!
+//! Writes land in the cache and are sent on to the control thread without waiting (a full
+//! queue is counted, the cache still has the entry). Lookups hit the cache first; a miss asks
+//! the control thread and awaits its one-shot answer for at most [`LOOKUP_TIMEOUT`], after which
+//! the turn goes on as if nothing were known. Only this shard's own writes are cached: another
+//! shard's or host's bindings are always read from the store, which knows the latest.
+//!
+//! Counted in the `sticky` labeled family: `hit`, `store_hit`, `store_miss`, `timeout`,
+//! `queue_full`, `write_dropped` (the last two also in `control_queue_drops`).
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+
+use crate::config::StateConfig;
+use crate::control::{ControlHandle, ShardMsg};
+use crate::protocol::ClientFrame;
+use crate::runtime;
+use crate::state::embedded::EmbeddedStore;
+use crate::state::service::StateMsg;
+use crate::state::{Binding, Keys, SessionKey};
+
+use super::counters::{bump, ShardCounters};
+use super::normalizer::{PairingFacts, Pending};
+
+/// Entries one shard's cache holds at most.
+pub const CACHE_CAPACITY: usize = 65_536;
+/// Longest a lookup waits for the control thread before the turn goes on without it.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Labeled-counter family of the cache's outcomes.
+const FAMILY: &str = "sticky";
+
+/// Where a turn chained to an earlier response should run, from that response's binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Affinity {
+    /// Nothing known about the response: the scheduler picks.
+    Unbound,
+    /// The response's connection is on this shard: continue on it if it is still alive and
+    /// idle, else on the same account.
+    ThisShard {
+        /// Account id.
+        account: String,
+        /// Connection id in that account's pool.
+        connection: u64,
+    },
+    /// The connection is on another shard of this host: hand the client connection over.
+    OtherShard {
+        /// The owner shard.
+        shard: usize,
+        /// Account id (for the fallback when the handoff cannot happen).
+        account: String,
+    },
+    /// The response was made on another host: same account if it is healthy (store=true
+    /// chains work there), else the scheduler, and the recovery matrix on a chain error.
+    OtherHost {
+        /// Account id.
+        account: String,
+    },
+}
+
+impl Affinity {
+    /// Counter label (family `affinity`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Affinity::Unbound => "unbound",
+            Affinity::ThisShard { .. } => "this_shard",
+            Affinity::OtherShard { .. } => "other_shard",
+            Affinity::OtherHost { .. } => "other_host",
+        }
+    }
+}
+
+/// Decides where a chained turn runs from its previous response's binding, as seen from
+/// shard `shard` of host `instance`.
+pub fn affinity(binding: Option<Binding>, instance: &str, shard: usize) -> Affinity {
+    match binding {
+        None => Affinity::Unbound,
+        Some(b) if b.instance != instance => Affinity::OtherHost { account: b.account },
+        Some(b) if b.shard == shard => Affinity::ThisShard {
+            account: b.account,
+            connection: b.connection,
+        },
+        Some(b) => Affinity::OtherShard {
+            shard: b.shard,
+            account: b.account,
+        },
+    }
+}
+
+/// What the normalizer's pairing decision needs about a turn's chain, owned so it can be
+/// looked up before the (borrowing) decision is made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainInputs {
+    /// The session's last response id.
+    pub session_last: Option<String>,
+    /// Pending calls of the frame's `previous_response_id`.
+    pub pending_of_previous: Option<Vec<String>>,
+    /// Pending calls of `session_last`.
+    pub pending_of_last: Option<Vec<String>>,
+}
+
+impl ChainInputs {
+    /// The facts for `normalizer::decide_pairing` / `normalize_turn`.
+    pub fn facts<'a>(&'a self, frame: &'a ClientFrame<'a>) -> PairingFacts<'a> {
+        let pending = |p: &'a Option<Vec<String>>| match p {
+            Some(ids) => Pending::Known(ids),
+            None => Pending::Unknown,
+        };
+        PairingFacts {
+            frame,
+            session_last: self.session_last.as_deref(),
+            pending_of_previous: pending(&self.pending_of_previous),
+            pending_of_last: pending(&self.pending_of_last),
+        }
+    }
+}
+
+/// A shard's sticky-state cache, write-through to the control thread.
+pub struct Sticky {
+    control: ControlHandle,
+    cache: RefCell<EmbeddedStore>,
+    lookup_timeout: Duration,
+}
+
+impl Sticky {
+    /// A cache with the store's TTL and key scheme.
+    pub fn new(control: ControlHandle, cfg: &StateConfig) -> Self {
+        Self::with_limits(control, cfg, CACHE_CAPACITY, LOOKUP_TIMEOUT)
+    }
+
+    /// Same, with an explicit size and lookup deadline (tests, tuning).
+    pub fn with_limits(
+        control: ControlHandle,
+        cfg: &StateConfig,
+        capacity: usize,
+        lookup_timeout: Duration,
+    ) -> Self {
+        Sticky {
+            control,
+            cache: RefCell::new(EmbeddedStore::new(
+                Keys::new(&cfg.key_prefix),
+                cfg.ttl,
+                capacity,
+            )),
+            lookup_timeout,
+        }
+    }
+
+    /// Records that `response_id` lives on `binding` (call when a turn produced a response id).
+    pub fn bind_response(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        response_id: &str,
+        binding: Binding,
+    ) {
+        self.cache
+            .borrow_mut()
+            .put_binding_at(group, response_id, &binding, Instant::now());
+        self.write(
+            counters,
+            StateMsg::Bind {
+                group: group.to_string(),
+                response_id: response_id.to_string(),
+                binding,
+            },
+        );
+    }
+
+    /// Records the session's last response (call after every turn that produced one).
+    pub fn set_session_last(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        session: SessionKey,
+        response_id: &str,
+    ) {
+        self.cache
+            .borrow_mut()
+            .put_session_last_at(group, &session, response_id, Instant::now());
+        self.write(
+            counters,
+            StateMsg::SessionLast {
+                group: group.to_string(),
+                session,
+                response_id: response_id.to_string(),
+            },
+        );
+    }
+
+    /// Records the function calls `response_id` left waiting for outputs (call on a terminal
+    /// event whose output holds `function_call` items; an empty list is worth recording too:
+    /// it says "nothing pending", which is not the same as "unknown").
+    pub fn set_pending(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        response_id: &str,
+        call_ids: Vec<String>,
+    ) {
+        self.cache
+            .borrow_mut()
+            .put_pending_at(group, response_id, &call_ids, Instant::now());
+        self.write(
+            counters,
+            StateMsg::Pending {
+                group: group.to_string(),
+                response_id: response_id.to_string(),
+                call_ids,
+            },
+        );
+    }
+
+    /// Where `response_id` lives: this shard's cache, else the store.
+    pub async fn binding(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        response_id: &str,
+    ) -> Option<Binding> {
+        let cached = self
+            .cache
+            .borrow_mut()
+            .binding_at(group, response_id, Instant::now());
+        if cached.is_some() {
+            counters.bump_labeled(FAMILY, "hit");
+            return cached;
+        }
+        self.ask(counters, |reply| StateMsg::LookupBinding {
+            group: group.to_string(),
+            response_id: response_id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// The session's last response: this shard's cache, else the store.
+    pub async fn session_last(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        session: SessionKey,
+    ) -> Option<String> {
+        let cached = self
+            .cache
+            .borrow_mut()
+            .session_last_at(group, &session, Instant::now());
+        if cached.is_some() {
+            counters.bump_labeled(FAMILY, "hit");
+            return cached;
+        }
+        self.ask(counters, |reply| StateMsg::LookupSessionLast {
+            group: group.to_string(),
+            session,
+            reply,
+        })
+        .await
+    }
+
+    /// The calls `response_id` left pending: this shard's cache, else the store. `None` means
+    /// unknown (never recorded, expired, or the store could not answer in time).
+    pub async fn pending(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        response_id: &str,
+    ) -> Option<Vec<String>> {
+        let cached = self
+            .cache
+            .borrow_mut()
+            .pending_at(group, response_id, Instant::now());
+        if cached.is_some() {
+            counters.bump_labeled(FAMILY, "hit");
+            return cached;
+        }
+        self.ask(counters, |reply| StateMsg::LookupPending {
+            group: group.to_string(),
+            response_id: response_id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Gathers [`ChainInputs`] for a `response.create`. `known_last` is the session's own
+    /// memory of its last response (a live session has it); the store is asked for it only
+    /// when it is missing (a reconnect) and the frame chains or carries tool outputs. Pending
+    /// calls are looked up only for frames with tool outputs, so a plain turn costs nothing.
+    pub async fn chain_inputs(
+        &self,
+        counters: &ShardCounters,
+        group: &str,
+        session: Option<SessionKey>,
+        known_last: Option<&str>,
+        frame: &ClientFrame<'_>,
+    ) -> ChainInputs {
+        let has_outputs = !frame.tool_output_call_ids.is_empty();
+        let previous = frame.previous_response_id.as_deref();
+        let session_last = match (known_last, session) {
+            (Some(last), _) => Some(last.to_string()),
+            (None, Some(session)) if has_outputs || previous.is_some() => {
+                self.session_last(counters, group, session).await
+            }
+            _ => None,
+        };
+        if !has_outputs {
+            return ChainInputs {
+                session_last,
+                ..ChainInputs::default()
+            };
+        }
+        let pending_of_previous = match previous {
+            Some(id) => self.pending(counters, group, id).await,
+            None => None,
+        };
+        let pending_of_last = match session_last.as_deref() {
+            Some(last) if Some(last) == previous => pending_of_previous.clone(),
+            Some(last) => self.pending(counters, group, last).await,
+            None => None,
+        };
+        ChainInputs {
+            session_last,
+            pending_of_previous,
+            pending_of_last,
+        }
+    }
+
+    fn write(&self, counters: &ShardCounters, msg: StateMsg) {
+        if !self.control.send(ShardMsg::State(msg)) {
+            bump(&counters.control_queue_drops);
+            counters.bump_labeled(FAMILY, "write_dropped");
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        counters: &ShardCounters,
+        msg: impl FnOnce(oneshot::Sender<Option<T>>) -> StateMsg,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        if !self.control.send(ShardMsg::State(msg(tx))) {
+            bump(&counters.control_queue_drops);
+            counters.bump_labeled(FAMILY, "queue_full");
+            return None;
+        }
+        match runtime::timeout(self.lookup_timeout, rx).await {
+            Some(Ok(Some(found))) => {
+                counters.bump_labeled(FAMILY, "store_hit");
+                Some(found)
+            }
+            Some(Ok(None)) | Some(Err(oneshot::Canceled)) => {
+                counters.bump_labeled(FAMILY, "store_miss");
+                None
+            }
+            None => {
+                counters.bump_labeled(FAMILY, "timeout");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(instance: &str, shard: usize) -> Option<Binding> {
+        Some(Binding {
+            account: "acct-1".into(),
+            instance: instance.into(),
+            shard,
+            connection: 42,
+        })
+    }
+
+    #[test]
+    fn affinity_follows_the_binding() {
+        assert_eq!(affinity(None, "host-a", 0), Affinity::Unbound);
+        assert_eq!(
+            affinity(bound("host-a", 0), "host-a", 0),
+            Affinity::ThisShard {
+                account: "acct-1".into(),
+                connection: 42
+            }
+        );
+        assert_eq!(
+            affinity(bound("host-a", 3), "host-a", 0),
+            Affinity::OtherShard {
+                shard: 3,
+                account: "acct-1".into()
+            }
+        );
+        assert_eq!(
+            affinity(bound("host-b", 0), "host-a", 0),
+            Affinity::OtherHost {
+                account: "acct-1".into()
+            }
+        );
+        assert_eq!(
+            affinity(bound("host-b", 0), "host-a", 0).label(),
+            "other_host"
+        );
+    }
+}

@@ -1,0 +1,866 @@
+//! One client request, however it travels: the attempt loop.
+//!
+//! "What the client asked" (a `response.create` frame, from a WebSocket session or a POST body)
+//! is separated from "how it travels": each attempt picks an account (skipping open breakers and,
+//! when another healthy one exists, accounts already tried), a transport (a pooled WebSocket, or
+//! HTTP/SSE when the account or the global switch says so or WebSocket was refused), relays the
+//! events into the client's sink, and classifies a failure as retryable, fallback or final
+//! ([`FailureClass`]). Nothing is retried once the client has seen an event.
+
+use std::rc::Rc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_tungstenite::tungstenite::{Message, Utf8Bytes};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+
+use crate::control::ShardMsg;
+use crate::metrics::Hist;
+use crate::protocol::client_frame::ClientEventKind;
+use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::{ClientFrame, TerminalKind, Usage};
+use crate::runtime;
+use crate::usage::{RequestType, UsageRecord};
+
+use super::auth::ClientIdentity;
+use super::counters::bump;
+use super::http_upstream::http_body;
+use super::normalizer::{self, Rewrite};
+use super::pool::{AcquireError, Lease, Pool};
+use super::relay::{self, ClientSink, Failure, Outcome, RelayEnv, Source, TurnError};
+use super::retry::{backoff, FailureClass, MAX_RETRY_AFTER};
+use super::upstream::DialError;
+use super::{scheduler, warmup, Shard};
+
+/// How a request ended, for its caller.
+pub enum TurnEnd {
+    /// The request is over (answered or failed); the client may send another.
+    Done,
+    /// A new `response.create` arrived mid-turn: run it next.
+    Preempted(Bytes),
+    /// The client left.
+    ClientGone,
+}
+
+/// Runs requests for one client (a WebSocket session or an HTTP connection).
+pub struct Driver {
+    shard: Rc<Shard>,
+    identity: ClientIdentity,
+    forward: Vec<(HeaderName, HeaderValue)>,
+    request_type: RequestType,
+    /// The upstream WebSocket a session holds across its `store=false` turns.
+    lease: Option<Lease>,
+}
+
+/// What one attempt carried, for bookkeeping.
+struct Attempt {
+    outcome: Outcome,
+    /// The connection had carried earlier requests (a failure may say more about it).
+    reused: bool,
+}
+
+/// What a usage record is built from.
+struct UsageFacts<'a> {
+    kind: TerminalKind,
+    response_id: Option<&'a str>,
+    usage: Option<Usage>,
+    model: &'a str,
+    account: &'a str,
+    ttft: Option<std::time::Duration>,
+    duration: std::time::Duration,
+    attempts: u32,
+}
+
+impl Driver {
+    /// A driver for requests of `request_type` from `identity`.
+    pub fn new(
+        shard: Rc<Shard>,
+        identity: ClientIdentity,
+        forward: Vec<(HeaderName, HeaderValue)>,
+        request_type: RequestType,
+    ) -> Self {
+        Driver {
+            shard,
+            identity,
+            forward,
+            request_type,
+            lease: None,
+        }
+    }
+
+    /// Switches the request type (an HTTP connection carries streaming and non-streaming ones).
+    pub fn set_request_type(&mut self, t: RequestType) {
+        self.request_type = t;
+    }
+
+    /// Gives the held upstream connection back (clean) at the end of a session.
+    pub fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+
+    fn drop_lease(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.discard();
+        }
+    }
+
+    /// Handles one client `response.create` frame, from receipt to the last event.
+    pub async fn run<S: ClientSink>(
+        &mut self,
+        sink: &mut S,
+        frame: Bytes,
+        received: Instant,
+    ) -> TurnEnd {
+        // Counted as in flight (a graceful shutdown waits for it) until this returns.
+        let _in_flight = self.shard.turn_guard();
+        // Validated once here, before any lease: a bad frame never costs the session its
+        // connection, and an unrewritten frame goes upstream as this very buffer. A turn chained
+        // to a warm-up the gateway answered is expanded once, then validated again.
+        let mut frame = frame;
+        let mut expanded = false;
+        let (text, parsed) = loop {
+            let checked = Utf8Bytes::try_from(frame.clone())
+                .map_err(|_| "frame is not valid UTF-8".to_string())
+                .and_then(|text| {
+                    ClientFrame::parse(&frame)
+                        .map(|p| (text, p))
+                        .map_err(|e| e.to_string())
+                });
+            let (text, parsed) = match checked {
+                Ok(p) => p,
+                Err(e) => {
+                    bump(&self.shard.counters.client_frame_errors);
+                    let err = GatewayError::new(400, ErrorType::InvalidRequest, "invalid_json", e);
+                    return self.report(sink, &err.into()).await;
+                }
+            };
+            if !expanded {
+                if let Some(merged) = self.expand_warmup_chain(&parsed, &frame) {
+                    expanded = true;
+                    frame = merged;
+                    continue;
+                }
+            }
+            break (text, parsed);
+        };
+        if parsed.kind() != ClientEventKind::ResponseCreate {
+            bump(&self.shard.counters.client_frame_errors);
+            let t = parsed.event_type.as_deref().unwrap_or_default();
+            let err = GatewayError::new(
+                400,
+                ErrorType::InvalidRequest,
+                "unsupported_event_type",
+                format!("unsupported event type `{t}`: send `response.create`"),
+            );
+            return self.report(sink, &err.into()).await;
+        }
+        let counters = &self.shard.counters;
+        bump(&counters.turns);
+        match self.request_type {
+            RequestType::Ws => bump(&counters.requests_ws),
+            RequestType::Stream => bump(&counters.requests_stream),
+            RequestType::Sync => bump(&counters.requests_sync),
+        }
+        let depends_on_connection =
+            parsed.is_store_disabled() && parsed.previous_response_id.is_some();
+        let model = parsed.model.as_deref().unwrap_or_default().to_string();
+        let retry_cfg = self.shard.config.upstream.retry.clone();
+
+        let mut attempts = 0u32;
+        let mut retries = 0u32;
+        let mut tried: Vec<usize> = Vec::new();
+        let mut fresh = false;
+        let mut stale_used = false;
+        let mut fallback_http = false;
+        loop {
+            let Some(pool) = self.choose_pool(&tried) else {
+                bump(&self.shard.counters.turns_failed);
+                let err = self.no_account_error();
+                return self.report(sink, &err).await;
+            };
+            let now = Instant::now();
+            let use_http = self.shard.config.upstream.force_http
+                || !pool.account.uses_ws()
+                || fallback_http
+                || pool.ws_refused(now);
+            if use_http && parsed.is_warmup() {
+                return self
+                    .answer_warmup(sink, &frame, &model, received, &pool)
+                    .await;
+            }
+            attempts += 1;
+            bump(&self.shard.counters.attempts);
+            pool.breaker.begin(now);
+            let attempt = if use_http {
+                self.attempt_http(sink, &pool, &frame, &parsed, fresh).await
+            } else {
+                self.attempt_ws(
+                    sink,
+                    &pool,
+                    &frame,
+                    &text,
+                    &parsed,
+                    depends_on_connection,
+                    fresh,
+                )
+                .await
+            };
+            fresh = false;
+            match attempt.outcome {
+                Outcome::Terminal {
+                    kind,
+                    response_id,
+                    usage,
+                    output,
+                    first_event_at,
+                } => {
+                    pool.breaker.on_success(Instant::now());
+                    if let (Some(id), Some(output)) = (&response_id, &output) {
+                        // Upstream keeps no store=false response over HTTP: the gateway keeps
+                        // the context, so the next turn can chain from it on any transport.
+                        if let Some(ctx) = warmup::continuation(&frame, output) {
+                            self.shard.warmups.borrow_mut().insert(id.clone(), ctx);
+                        }
+                    }
+                    self.shard.counters.bump_labeled("terminal", kind.as_str());
+                    if kind == TerminalKind::Completed {
+                        bump(&self.shard.counters.turns_completed);
+                    } else {
+                        bump(&self.shard.counters.turns_other_terminal);
+                    }
+                    let duration = received.elapsed();
+                    let ttft = first_event_at.map(|t| t.duration_since(received));
+                    let metrics = &self.shard.metrics;
+                    metrics.record(Hist::TurnDuration, duration);
+                    if let Some(ttft) = ttft {
+                        metrics.record(Hist::ClientTtft, ttft);
+                    }
+                    tracing::info!(
+                        key_id = %self.identity.key_id,
+                        account = %pool.account.config.id,
+                        response_id = response_id.as_deref().unwrap_or(""),
+                        terminal = kind.as_str(),
+                        request = request_label(self.request_type),
+                        transport = if use_http { "http" } else { "ws" },
+                        attempts,
+                        input_tokens = usage.map(|u| u.input_tokens).unwrap_or(0),
+                        output_tokens = usage.map(|u| u.output_tokens).unwrap_or(0),
+                        duration_us = duration.as_micros() as u64,
+                        "turn"
+                    );
+                    self.record_usage(UsageFacts {
+                        kind,
+                        response_id: response_id.as_deref(),
+                        usage,
+                        model: &model,
+                        account: &pool.account.config.id,
+                        ttft,
+                        duration,
+                        attempts,
+                    });
+                    // Only a store=false response lives on its connection alone; otherwise the
+                    // clean connection goes back between turns, so idle clients hold no budget.
+                    if !parsed.is_store_disabled() || self.request_type != RequestType::Ws {
+                        if let Some(lease) = self.lease.take() {
+                            lease.release();
+                        }
+                    }
+                    return TurnEnd::Done;
+                }
+                Outcome::UpstreamErrorEvent => {
+                    pool.breaker.on_success(Instant::now());
+                    self.shard.counters.bump_labeled("terminal", "error");
+                    bump(&self.shard.counters.turns_upstream_error);
+                    self.drop_lease();
+                    return TurnEnd::Done;
+                }
+                Outcome::Preempted(next) => {
+                    pool.breaker.abandon();
+                    bump(&self.shard.counters.turns_preempted);
+                    self.drop_lease();
+                    let err = GatewayError::new(
+                        409,
+                        ErrorType::InvalidRequest,
+                        "response_preempted",
+                        "a new response.create arrived before this response finished; it was abandoned",
+                    );
+                    return match sink.fail(&err.into()).await {
+                        Ok(()) => TurnEnd::Preempted(next),
+                        Err(_) => TurnEnd::ClientGone,
+                    };
+                }
+                Outcome::ClientGone => {
+                    pool.breaker.abandon();
+                    bump(&self.shard.counters.turns_client_gone);
+                    self.drop_lease();
+                    return TurnEnd::ClientGone;
+                }
+                Outcome::Failed { relayed, failure } => {
+                    self.drop_lease();
+                    let counters = &self.shard.counters;
+                    if let Some(code) = failure.close_code {
+                        counters.bump_labeled("close_codes", &code.to_string());
+                    }
+                    let class = if relayed {
+                        FailureClass::Final
+                    } else {
+                        failure.class
+                    };
+                    let now = Instant::now();
+                    // A connection failure on a reused connection before the client saw anything
+                    // says more about the connection than the request (an idle pooled
+                    // connection closed by an upstream restart, 1012): once, on a fresh one, at
+                    // once.
+                    let connection_failure = matches!(class, FailureClass::Retryable { .. })
+                        || (!relayed && matches!(failure.close_code, Some(1012 | 1013)));
+                    if connection_failure && attempt.reused && !stale_used {
+                        pool.breaker.abandon();
+                        bump(&counters.stale_retries);
+                        stale_used = true;
+                        fresh = true;
+                        continue;
+                    }
+                    match class {
+                        FailureClass::Fallback { reason } if !fallback_http => {
+                            pool.breaker.abandon();
+                            counters.bump_labeled("fallbacks", reason);
+                            if reason == "upgrade_refused" {
+                                pool.mark_ws_refused(now);
+                            }
+                            tracing::info!(account = %pool.account.config.id, reason, "falling back to HTTP upstream");
+                            fallback_http = true;
+                            continue;
+                        }
+                        FailureClass::Retryable {
+                            reason,
+                            retry_after,
+                        } => {
+                            if pool.breaker.on_failure(now) {
+                                bump(&counters.breaker_opens);
+                                tracing::warn!(account = %pool.account.config.id, "circuit breaker opened");
+                            }
+                            if !tried.contains(&pool.account.index) {
+                                tried.push(pool.account.index);
+                            }
+                            // `retry-after` binds the account that said it: another healthy
+                            // account is tried after the plain backoff.
+                            let elsewhere =
+                                scheduler::pick(&self.shard, &self.identity.group, &tried)
+                                    .is_some();
+                            let retry_after = retry_after.filter(|_| !elsewhere);
+                            let too_long = retry_after.is_some_and(|ra| ra > MAX_RETRY_AFTER);
+                            if retries + 1 >= retry_cfg.max_attempts || too_long {
+                                bump(&counters.retries_exhausted);
+                                bump(&counters.turns_failed);
+                                return self.report(sink, &failure.error).await;
+                            }
+                            retries += 1;
+                            counters.bump_labeled("retries", reason);
+                            runtime::sleep(backoff(&retry_cfg, retries, retry_after)).await;
+                            continue;
+                        }
+                        _ => {
+                            if !relayed {
+                                // A request error or a busy slice says nothing about the
+                                // account's health.
+                                pool.breaker.abandon();
+                            } else if pool.breaker.on_failure(now) {
+                                bump(&counters.breaker_opens);
+                            }
+                            bump(&counters.turns_failed);
+                            return self.report(sink, &failure.error).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reports a failure to the client; the request is over.
+    async fn report<S: ClientSink>(&mut self, sink: &mut S, err: &TurnError) -> TurnEnd {
+        match sink.fail(err).await {
+            Ok(()) => TurnEnd::Done,
+            Err(_) => TurnEnd::ClientGone,
+        }
+    }
+
+    /// The turn `frame` with the context it chains to merged in, when its `previous_response_id`
+    /// is a warm-up the gateway answered or a store=false response carried over HTTP (and the
+    /// gateway still remembers it).
+    fn expand_warmup_chain(&self, parsed: &ClientFrame<'_>, frame: &[u8]) -> Option<Bytes> {
+        let id = parsed.previous_response_id.as_deref()?;
+        let cache = self.shard.warmups.borrow();
+        if cache.is_empty() {
+            return None;
+        }
+        let warm = cache.get(id)?;
+        drop(cache);
+        let merged = warmup::merge(&warm, frame)?;
+        bump(&self.shard.counters.warmup_chains_merged);
+        Some(merged)
+    }
+
+    /// Answers a warm-up itself (its transport is HTTP, which rejects `generate`).
+    async fn answer_warmup<S: ClientSink>(
+        &mut self,
+        sink: &mut S,
+        frame: &Bytes,
+        model: &str,
+        received: Instant,
+        pool: &Rc<Pool>,
+    ) -> TurnEnd {
+        bump(&self.shard.counters.warmups_answered);
+        let id = warmup::new_id();
+        tracing::info!(
+            key_id = %self.identity.key_id,
+            account = %pool.account.config.id,
+            response_id = %id,
+            "warm-up answered by the gateway (HTTP upstream)"
+        );
+        self.shard
+            .warmups
+            .borrow_mut()
+            .insert(id.clone(), frame.clone());
+        for (i, event) in warmup::answer(&id, model).into_iter().enumerate() {
+            let et = if i == 0 {
+                "response.created"
+            } else {
+                "response.completed"
+            };
+            if sink.feed(Utf8Bytes::from(event), et).await.is_err() {
+                return TurnEnd::ClientGone;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return TurnEnd::ClientGone;
+        }
+        bump(&self.shard.counters.turns_completed);
+        self.shard.counters.bump_labeled("terminal", "completed");
+        let duration = received.elapsed();
+        self.shard.metrics.record(Hist::TurnDuration, duration);
+        self.record_usage(UsageFacts {
+            kind: TerminalKind::Completed,
+            response_id: Some(&id),
+            usage: None,
+            model,
+            account: &pool.account.config.id,
+            ttft: Some(duration),
+            duration,
+            attempts: 0,
+        });
+        TurnEnd::Done
+    }
+
+    /// The pool for the next attempt: the session's held connection, else the scheduler's pick
+    /// among untried accounts, else among all healthy ones.
+    fn choose_pool(&self, tried: &[usize]) -> Option<Rc<Pool>> {
+        if let Some(lease) = &self.lease {
+            let pool = lease.pool();
+            if !tried.contains(&pool.account.index) {
+                return Some(pool.clone());
+            }
+        }
+        let group = &self.identity.group;
+        scheduler::pick(&self.shard, group, tried).or_else(|| {
+            if tried.is_empty() {
+                None
+            } else {
+                scheduler::pick(&self.shard, group, &[])
+            }
+        })
+    }
+
+    fn no_account_error(&self) -> TurnError {
+        let has_accounts = self
+            .shard
+            .groups
+            .get(&self.identity.group)
+            .is_some_and(|g| !g.is_empty());
+        let message = if has_accounts {
+            "every upstream account of this key's group is failing (circuit open); retry later"
+        } else {
+            "no upstream account is available for this key's group"
+        };
+        GatewayError::new(503, ErrorType::Server, "no_available_account", message).into()
+    }
+
+    /// One attempt over a pooled upstream WebSocket.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_ws<S: ClientSink>(
+        &mut self,
+        sink: &mut S,
+        pool: &Rc<Pool>,
+        frame: &Bytes,
+        text: &Utf8Bytes,
+        parsed: &ClientFrame<'_>,
+        depends_on_connection: bool,
+        fresh: bool,
+    ) -> Attempt {
+        let failed = |failure: Failure, reused: bool| Attempt {
+            outcome: Outcome::Failed {
+                relayed: false,
+                failure,
+            },
+            reused,
+        };
+        let max_age = self.shard.config.upstream.max_conn_age;
+        if let Some(lease) = self.lease.as_mut() {
+            // Retire an old connection before upstream's 60-minute limit, unless this turn's
+            // state lives on it (then upstream's limit error tells the client to start over).
+            let other_pool = !Rc::ptr_eq(lease.pool(), pool);
+            if other_pool || (lease.conn().is_expired(max_age) && !depends_on_connection) {
+                if !other_pool {
+                    bump(&lease.pool().counters.retired);
+                }
+                self.lease = None;
+            }
+        }
+        if self.lease.is_none() {
+            let asked = Instant::now();
+            let lease = if fresh {
+                pool.acquire_fresh(&self.forward).await
+            } else {
+                pool.acquire(&self.forward).await
+            };
+            self.shard
+                .metrics
+                .record(Hist::AcquireWait, asked.elapsed());
+            match lease {
+                Ok(mut lease) => {
+                    let counters = &self.shard.counters;
+                    if lease.reused {
+                        bump(&counters.pool_reuses);
+                    } else {
+                        bump(&counters.pool_dials);
+                        counters.bump_labeled("dials", &pool.account.config.id);
+                        self.shard
+                            .metrics
+                            .record(Hist::DialWs, lease.conn().dial_time);
+                    }
+                    self.lease = Some(lease);
+                }
+                Err(e) => {
+                    if matches!(e, AcquireError::QueueFull) {
+                        bump(&self.shard.counters.queue_rejections);
+                    }
+                    return failed(acquire_failure(&pool.account.config.id, e), false);
+                }
+            }
+        }
+        let Some(lease) = self.lease.as_mut() else {
+            return failed(
+                Failure::new(
+                    relay::upstream_failed("no upstream connection"),
+                    FailureClass::Final,
+                ),
+                false,
+            );
+        };
+        let (payload, rewrite) =
+            normalizer::normalize(frame, parsed, &pool.account.config.model_map);
+        let reused = lease.reused || lease.conn().turns > 0;
+        let payload = match rewrite {
+            Rewrite::None => text.clone(),
+            Rewrite::ModelMapped { .. } => match Utf8Bytes::try_from(payload) {
+                Ok(t) => t,
+                Err(_) => {
+                    let err = GatewayError::new(
+                        500,
+                        ErrorType::Server,
+                        "rewrite_failed",
+                        "the rewritten frame is not valid UTF-8",
+                    );
+                    return failed(Failure::new(err, FailureClass::Final), false);
+                }
+            },
+        };
+        let ws = &mut lease.conn().ws;
+        if ws.send(Message::Text(payload)).await.is_err() {
+            return failed(
+                Failure::new(
+                    relay::upstream_failed("upstream connection failed"),
+                    FailureClass::retryable("reset"),
+                ),
+                reused,
+            );
+        }
+        let sent_at = Instant::now();
+        let env = RelayEnv {
+            counters: &self.shard.counters,
+            metrics: &self.shard.metrics,
+            event_timeout: self.shard.config.upstream.event_timeout,
+            capture_output: false,
+        };
+        let outcome = relay::relay(&env, Source::Ws(ws), sink, &rewrite, sent_at).await;
+        if matches!(outcome, Outcome::Terminal { .. }) {
+            if let Some(lease) = self.lease.as_mut() {
+                lease.conn().turns += 1;
+            }
+        }
+        Attempt { outcome, reused }
+    }
+
+    /// One attempt over HTTP/SSE.
+    async fn attempt_http<S: ClientSink>(
+        &mut self,
+        sink: &mut S,
+        pool: &Rc<Pool>,
+        frame: &Bytes,
+        parsed: &ClientFrame<'_>,
+        fresh: bool,
+    ) -> Attempt {
+        let failed = |failure: Failure, reused: bool| Attempt {
+            outcome: Outcome::Failed {
+                relayed: false,
+                failure,
+            },
+            reused,
+        };
+        // A session moving to HTTP gives its WebSocket back.
+        self.release();
+        let _in_flight = pool.http_request();
+        let (payload, rewrite) =
+            normalizer::normalize(frame, parsed, &pool.account.config.model_map);
+        let Some(body) = http_body(&payload) else {
+            let err = GatewayError::new(
+                400,
+                ErrorType::InvalidRequest,
+                "invalid_json",
+                "the request is not a JSON object",
+            );
+            return failed(Failure::new(err, FailureClass::Final), false);
+        };
+        let (conn, reused) = match pool.http_conn(fresh).await {
+            Ok(c) => c,
+            Err(e) => return failed(dial_failure(&e), false),
+        };
+        let counters = &self.shard.counters;
+        if reused {
+            bump(&counters.pool_reuses);
+        } else {
+            bump(&counters.pool_dials);
+            counters.bump_labeled("dials", &pool.account.config.id);
+            self.shard.metrics.record(Hist::DialHttp, conn.dial_time);
+        }
+        let cfg = &self.shard.config.upstream;
+        let sent_at = Instant::now();
+        let mut resp = match conn.send(&pool.account, cfg, &self.forward, &body).await {
+            Ok(r) => r,
+            Err(e) => return failed(relay::http_failure(&e), reused),
+        };
+        if resp.status != 200 || !resp.is_sse {
+            let status = resp.status;
+            let retry_after = resp.retry_after;
+            let body = resp.read_all().await.unwrap_or_default();
+            if let Some(conn) = resp.finish().await {
+                pool.http_give_back(conn);
+            }
+            let error = if status == 200 {
+                TurnError::from(relay::upstream_failed(
+                    "upstream answered without an event stream",
+                ))
+            } else {
+                TurnError::from_upstream(status, &body)
+            };
+            let class = if status == 200 {
+                FailureClass::retryable("malformed")
+            } else {
+                FailureClass::of_status(status, retry_after, false)
+            };
+            tracing::warn!(account = %pool.account.config.id, status, "upstream HTTP request failed");
+            return failed(Failure::new(error, class), false);
+        }
+        let env = RelayEnv {
+            counters: &self.shard.counters,
+            metrics: &self.shard.metrics,
+            event_timeout: cfg.event_timeout,
+            capture_output: parsed.is_store_disabled(),
+        };
+        let outcome = relay::relay(&env, Source::Http(&mut resp), sink, &rewrite, sent_at).await;
+        if matches!(outcome, Outcome::Terminal { .. }) {
+            if let Some(conn) = resp.finish().await {
+                pool.http_give_back(conn);
+            }
+        }
+        Attempt { outcome, reused }
+    }
+
+    /// Sends the turn's usage record to the control thread (never waits; a full queue is counted).
+    fn record_usage(&self, f: UsageFacts<'_>) {
+        let shard = &self.shard;
+        let response_id = match f.response_id {
+            Some(id) => id.to_string(),
+            None => {
+                shard
+                    .counters
+                    .bump_labeled("usage_without_response_id", f.kind.as_str());
+                format!(
+                    "gw-{}-{}-{}-{}",
+                    shard.config.state.instance,
+                    shard.id,
+                    unix_ms(),
+                    shard.counters.turns.get()
+                )
+            }
+        };
+        let record = UsageRecord {
+            response_id,
+            ts_ms: unix_ms(),
+            group: self.identity.group.clone(),
+            key_id: self.identity.key_id.clone(),
+            account: f.account.to_string(),
+            model: f.model.to_string(),
+            request_type: self.request_type,
+            usage: f.usage.unwrap_or_default(),
+            ttft_us: f.ttft.map(|d| d.as_micros() as u64),
+            duration_us: f.duration.as_micros() as u64,
+            attempts: f.attempts,
+            status: f.kind.as_str().to_string(),
+            instance: shard.config.state.instance.clone(),
+            shard: shard.id,
+        };
+        if !shard.control.send(ShardMsg::Usage(Box::new(record))) {
+            bump(&shard.counters.control_queue_drops);
+            tracing::error!(
+                shard = shard.id,
+                "control queue full: a usage record was dropped"
+            );
+        }
+    }
+}
+
+/// The request type as logs show it.
+fn request_label(t: RequestType) -> &'static str {
+    match t {
+        RequestType::Ws => "ws",
+        RequestType::Stream => "stream",
+        RequestType::Sync => "sync",
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The failure a dial error stands for.
+pub fn dial_failure(e: &DialError) -> Failure {
+    match e {
+        DialError::Refused {
+            status,
+            retry_after,
+        } => {
+            let retry_after = retry_after.map(std::time::Duration::from_secs);
+            let class = FailureClass::of_status(*status, retry_after, true);
+            let err = if *status == 429 {
+                GatewayError::new(
+                    429,
+                    ErrorType::RateLimit,
+                    "upstream_rate_limited",
+                    "upstream is rate limiting this account; retry later",
+                )
+            } else {
+                GatewayError::new(
+                    502,
+                    ErrorType::Server,
+                    "upstream_unavailable",
+                    format!("upstream refused the connection (HTTP {status})"),
+                )
+            };
+            Failure::new(err, class)
+        }
+        DialError::ConnectTimeout | DialError::HandshakeTimeout => Failure::new(
+            GatewayError::new(
+                504,
+                ErrorType::Server,
+                "upstream_timeout",
+                "upstream did not answer in time",
+            ),
+            FailureClass::retryable("dial_timeout"),
+        ),
+        DialError::Tls(_) => Failure::new(
+            GatewayError::new(
+                502,
+                ErrorType::Server,
+                "upstream_unavailable",
+                "upstream TLS handshake failed",
+            ),
+            FailureClass::retryable("tls"),
+        ),
+        _ => Failure::new(
+            GatewayError::new(
+                502,
+                ErrorType::Server,
+                "upstream_unavailable",
+                "upstream could not be reached",
+            ),
+            FailureClass::retryable("connect"),
+        ),
+    }
+}
+
+fn acquire_failure(account: &str, e: AcquireError) -> Failure {
+    tracing::warn!(account, error = %e, "upstream acquire failed");
+    match e {
+        AcquireError::Dial(d) => dial_failure(&d),
+        AcquireError::QueueFull | AcquireError::Timeout => Failure::new(
+            GatewayError::new(
+                503,
+                ErrorType::Server,
+                "upstream_busy",
+                "all upstream connections are busy; retry later",
+            ),
+            FailureClass::Final,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn dial_failures_are_classified() {
+        let refused = |status, retry_after| {
+            dial_failure(&DialError::Refused {
+                status,
+                retry_after,
+            })
+        };
+        assert_eq!(
+            refused(426, None).class,
+            FailureClass::Fallback {
+                reason: "upgrade_refused"
+            }
+        );
+        assert_eq!(
+            refused(403, None).class,
+            FailureClass::Fallback {
+                reason: "upgrade_refused"
+            }
+        );
+        assert_eq!(refused(503, None).class, FailureClass::retryable("5xx"));
+        assert_eq!(
+            refused(429, Some(2)).class,
+            FailureClass::Retryable {
+                reason: "429",
+                retry_after: Some(Duration::from_secs(2))
+            }
+        );
+        assert_eq!(refused(429, None).error.status, 429);
+        assert_eq!(
+            dial_failure(&DialError::ConnectTimeout).class,
+            FailureClass::retryable("dial_timeout")
+        );
+        let refused_conn = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            dial_failure(&DialError::Connect(refused_conn)).class,
+            FailureClass::retryable("connect")
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! The in-memory store: bounded maps with a TTL, no external service.
+//!
+//! Used as the default backend (owned by the control thread), as the Redis backend's local copy,
+//! and as each shard's hot cache. Every entry lives `ttl` from its last write. All entries share
+//! one TTL, so write order is expiry order: a FIFO of `(key, expiry)` finds expired entries in
+//! O(1) and, when the store is full, evicts the entry closest to expiring.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::{add, Binding, Keys, SessionKey, StateStats, StateStore};
+
+/// A stored value.
+#[derive(Debug, Clone)]
+enum Value {
+    Binding(Binding),
+    Text(String),
+    Ids(Vec<String>),
+}
+
+#[derive(Debug)]
+struct Slot {
+    value: Value,
+    expires: Instant,
+}
+
+/// Bounded in-memory store with a TTL per entry.
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    keys: Keys,
+    ttl: Duration,
+    capacity: usize,
+    map: HashMap<String, Slot>,
+    /// Write order; an element is stale when the map holds a later expiry for its key.
+    order: VecDeque<(String, Instant)>,
+    evictions: u64,
+}
+
+impl EmbeddedStore {
+    /// An empty store holding at most `capacity` entries (at least 1), each for `ttl`.
+    pub fn new(keys: Keys, ttl: Duration, capacity: usize) -> Self {
+        EmbeddedStore {
+            keys,
+            ttl,
+            capacity: capacity.max(1),
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            evictions: 0,
+        }
+    }
+
+    /// Entries currently held (expired ones included until the next write or tick).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// `true` when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Entries evicted so far because the store was full.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// [`StateStore::put_binding`] at a given time.
+    pub fn put_binding_at(&mut self, group: &str, id: &str, binding: &Binding, now: Instant) {
+        if let Some(key) = self.keys.response(group, id) {
+            self.insert(key, Value::Binding(binding.clone()), now);
+        }
+    }
+
+    /// [`StateStore::binding`] at a given time.
+    pub fn binding_at(&mut self, group: &str, id: &str, now: Instant) -> Option<Binding> {
+        let key = self.keys.response(group, id)?;
+        match self.get(&key, now)? {
+            Value::Binding(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    /// [`StateStore::put_session_last`] at a given time.
+    pub fn put_session_last_at(
+        &mut self,
+        group: &str,
+        session: &SessionKey,
+        id: &str,
+        now: Instant,
+    ) {
+        if self.keys.response(group, id).is_none() {
+            return;
+        }
+        let key = self.keys.session(group, session);
+        self.insert(key, Value::Text(id.to_string()), now);
+    }
+
+    /// [`StateStore::session_last`] at a given time.
+    pub fn session_last_at(
+        &mut self,
+        group: &str,
+        session: &SessionKey,
+        now: Instant,
+    ) -> Option<String> {
+        let key = self.keys.session(group, session);
+        match self.get(&key, now)? {
+            Value::Text(t) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    /// [`StateStore::put_pending`] at a given time.
+    pub fn put_pending_at(&mut self, group: &str, id: &str, call_ids: &[String], now: Instant) {
+        if let Some(key) = self.keys.pending(group, id) {
+            self.insert(key, Value::Ids(call_ids.to_vec()), now);
+        }
+    }
+
+    /// [`StateStore::pending`] at a given time.
+    pub fn pending_at(&mut self, group: &str, id: &str, now: Instant) -> Option<Vec<String>> {
+        let key = self.keys.pending(group, id)?;
+        match self.get(&key, now)? {
+            Value::Ids(ids) => Some(ids.clone()),
+            _ => None,
+        }
+    }
+
+    /// Drops every entry that expired by `now`.
+    pub fn expire(&mut self, now: Instant) {
+        while self.order.front().is_some_and(|(_, at)| *at <= now) {
+            if let Some((key, at)) = self.order.pop_front() {
+                if self.map.get(&key).is_some_and(|s| s.expires == at) {
+                    self.map.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn get(&mut self, key: &str, now: Instant) -> Option<&Value> {
+        let expired = self.map.get(key)?.expires <= now;
+        if expired {
+            self.map.remove(key);
+            return None;
+        }
+        self.map.get(key).map(|s| &s.value)
+    }
+
+    fn insert(&mut self, key: String, value: Value, now: Instant) {
+        let expires = now + self.ttl;
+        if !self.map.contains_key(&key) {
+            self.expire(now);
+            while self.map.len() >= self.capacity && self.evict_oldest() {}
+        }
+        self.order.push_back((key.clone(), expires));
+        self.map.insert(key, Slot { value, expires });
+        if self.order.len() > self.capacity.saturating_mul(2) {
+            let map = &self.map;
+            self.order
+                .retain(|(k, at)| map.get(k).is_some_and(|s| s.expires == *at));
+        }
+    }
+
+    /// Removes the oldest live entry (skipping stale queue elements); `false` when empty.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((key, at)) = self.order.pop_front() {
+            if self.map.get(&key).is_some_and(|s| s.expires == at) {
+                self.map.remove(&key);
+                self.evictions += 1;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// The embedded backend: an [`EmbeddedStore`] that reports evictions to the stats.
+pub struct EmbeddedBackend {
+    store: EmbeddedStore,
+    stats: std::sync::Arc<StateStats>,
+    reported_evictions: u64,
+}
+
+impl EmbeddedBackend {
+    /// Wraps `store`, reporting into `stats`.
+    pub fn new(store: EmbeddedStore, stats: std::sync::Arc<StateStats>) -> Self {
+        EmbeddedBackend {
+            store,
+            stats,
+            reported_evictions: 0,
+        }
+    }
+}
+
+impl StateStore for EmbeddedBackend {
+    fn put_binding(&mut self, group: &str, response_id: &str, binding: &Binding) {
+        self.store
+            .put_binding_at(group, response_id, binding, Instant::now());
+    }
+
+    fn binding(&mut self, group: &str, response_id: &str) -> Option<Binding> {
+        self.store.binding_at(group, response_id, Instant::now())
+    }
+
+    fn put_session_last(&mut self, group: &str, session: &SessionKey, response_id: &str) {
+        self.store
+            .put_session_last_at(group, session, response_id, Instant::now());
+    }
+
+    fn session_last(&mut self, group: &str, session: &SessionKey) -> Option<String> {
+        self.store.session_last_at(group, session, Instant::now())
+    }
+
+    fn put_pending(&mut self, group: &str, response_id: &str, call_ids: &[String]) {
+        self.store
+            .put_pending_at(group, response_id, call_ids, Instant::now());
+    }
+
+    fn pending(&mut self, group: &str, response_id: &str) -> Option<Vec<String>> {
+        self.store.pending_at(group, response_id, Instant::now())
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.store.expire(now);
+        let ev = self.store.evictions();
+        add(&self.stats.evictions, ev - self.reported_evictions);
+        self.reported_evictions = ev;
+    }
+
+    fn flush(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(conn: u64) -> Binding {
+        Binding {
+            account: "acct-1".into(),
+            instance: "host-a".into(),
+            shard: 1,
+            connection: conn,
+        }
+    }
+
+    fn store(capacity: usize) -> EmbeddedStore {
+        EmbeddedStore::new(Keys::new("sg"), Duration::from_secs(60), capacity)
+    }
+
+    #[test]
+    fn round_trips_every_kind_within_its_group() {
+        let now = Instant::now();
+        let mut s = store(16);
+        let sess = SessionKey::hash(b"s1");
+        s.put_binding_at("g1", "resp_1", &binding(7), now);
+        s.put_session_last_at("g1", &sess, "resp_1", now);
+        s.put_pending_at("g1", "resp_1", &["call_a".into(), "call_b".into()], now);
+        assert_eq!(s.binding_at("g1", "resp_1", now), Some(binding(7)));
+        assert_eq!(
+            s.session_last_at("g1", &sess, now).as_deref(),
+            Some("resp_1")
+        );
+        assert_eq!(
+            s.pending_at("g1", "resp_1", now).unwrap(),
+            vec!["call_a".to_string(), "call_b".to_string()]
+        );
+        assert_eq!(s.binding_at("g2", "resp_1", now), None);
+        assert_eq!(s.session_last_at("g2", &sess, now), None);
+        assert_eq!(s.pending_at("g2", "resp_1", now), None);
+    }
+
+    #[test]
+    fn entries_expire_after_ttl_and_a_rewrite_extends_them() {
+        let t0 = Instant::now();
+        let mut s = store(16);
+        let sess = SessionKey::hash(b"s1");
+        s.put_binding_at("g", "r1", &binding(1), t0);
+        s.put_session_last_at("g", &sess, "r1", t0);
+        let t1 = t0 + Duration::from_secs(30);
+        s.put_session_last_at("g", &sess, "r2", t1);
+        let t2 = t0 + Duration::from_secs(61);
+        assert_eq!(s.binding_at("g", "r1", t2), None);
+        assert_eq!(s.session_last_at("g", &sess, t2).as_deref(), Some("r2"));
+        s.expire(t2);
+        assert_eq!(s.len(), 1);
+        s.expire(t1 + Duration::from_secs(61));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn full_store_evicts_the_oldest_entry() {
+        let t0 = Instant::now();
+        let mut s = store(2);
+        s.put_binding_at("g", "r1", &binding(1), t0);
+        s.put_binding_at("g", "r2", &binding(2), t0 + Duration::from_secs(1));
+        s.put_binding_at("g", "r1", &binding(11), t0 + Duration::from_secs(2));
+        s.put_binding_at("g", "r3", &binding(3), t0 + Duration::from_secs(3));
+        let now = t0 + Duration::from_secs(4);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.evictions(), 1);
+        assert_eq!(s.binding_at("g", "r2", now), None);
+        assert_eq!(s.binding_at("g", "r1", now), Some(binding(11)));
+        assert_eq!(s.binding_at("g", "r3", now), Some(binding(3)));
+    }
+
+    #[test]
+    fn rewriting_one_key_keeps_the_order_queue_bounded() {
+        let t0 = Instant::now();
+        let mut s = store(4);
+        let sess = SessionKey::hash(b"busy");
+        for i in 0..1000u64 {
+            s.put_session_last_at("g", &sess, &format!("r{i}"), t0 + Duration::from_millis(i));
+        }
+        assert!(s.order.len() <= 8);
+        assert_eq!(
+            s.session_last_at("g", &sess, t0 + Duration::from_secs(1))
+                .as_deref(),
+            Some("r999")
+        );
+    }
+
+    #[test]
+    fn bogus_ids_are_not_stored() {
+        let now = Instant::now();
+        let mut s = store(4);
+        s.put_binding_at("g", "", &binding(1), now);
+        s.put_session_last_at("g", &SessionKey::hash(b"x"), &"r".repeat(300), now);
+        assert!(s.is_empty());
+    }
+}

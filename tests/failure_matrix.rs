@@ -1,0 +1,515 @@
+//! Every row of DESIGN.md's failure matrix that concerns transports, retries and breakers,
+//! scripted into the mock upstream: what the client sees, and what the mock saw (attempts,
+//! transport, connections). Usage records (`attempts`) come from the usage file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use shardgate::mock::{MockHandle, Rule, Script};
+use sonic_rs::JsonValueTrait;
+
+/// Fast retries and a breaker that opens after two failures, with a usage file to read.
+fn fast(extra_upstream: &str) -> (String, PathBuf) {
+    let usage = scratch_file("usage.jsonl");
+    let text = format!(
+        "[upstream]\nretry_base_ms = 1\nretry_cap_ms = 5\nbreaker_failures = 2\nbreaker_cooldown_secs = 60\n{extra_upstream}\n[usage]\npath = \"{}\"\n",
+        usage.display()
+    );
+    (text, usage)
+}
+
+/// The usage records written so far, waiting until there are at least `n`.
+fn usage_records(path: &Path, n: usize) -> Vec<sonic_rs::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let recs: Vec<sonic_rs::Value> = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| sonic_rs::from_str(l).expect("usage line is JSON"))
+            .collect();
+        if recs.len() >= n || Instant::now() > deadline {
+            return recs;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn script_turns(up: &MockHandle, value: &str, times: u32) {
+    up.script(Script {
+        turns: vec![Rule {
+            value: value.into(),
+            times,
+        }],
+        ..Default::default()
+    });
+}
+
+#[test]
+fn close_1008_means_one_websocket_attempt_then_http_at_once() {
+    let up = mock();
+    let (extra, usage) = fast("");
+    let gw = gateway(config_accounts(&[up.base_url()], &extra, ""));
+    script_turns(&up, "close=1008", 1);
+    let mut c = connect(gw.addr());
+    let t = c.turn(&create("gpt-5", "policy", true, None));
+    assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
+    let stats = up.stats();
+    assert_eq!(stats.ws_turns_total, 1, "exactly one WebSocket attempt");
+    assert_eq!(stats.http_turns_total, 1, "then HTTP");
+    assert_eq!(stats.close_codes_sent.get(&1008), Some(&1));
+    let recs = usage_records(&usage, 1);
+    assert_eq!(recs[0]["attempts"].as_u64(), Some(2));
+    assert_eq!(recs[0]["request_type"].as_str(), Some("ws"));
+    // The session goes on; the next turn may use WebSocket again.
+    let t = c.turn(&create("gpt-5", "next", true, None));
+    assert_eq!(t.last_type(), "response.completed");
+}
+
+#[test]
+fn refused_upgrade_falls_back_to_http_and_later_turns_skip_the_upgrade() {
+    let up = mock();
+    let (extra, _) = fast("");
+    let gw = gateway(config_accounts(&[up.base_url()], &extra, ""));
+    up.script(Script {
+        refuse_ws: Some(426),
+        ..Default::default()
+    });
+    let mut c = connect(gw.addr());
+    for i in 0..3 {
+        let t = c.turn(&create("gpt-5", &format!("t{i}"), true, None));
+        assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
+    }
+    let mut h = HttpConn::open(gw.addr());
+    let r = h.post("/v1/responses", &post_body("gpt-5", "post", true));
+    assert_eq!(r.sse().last().unwrap().0, "response.completed");
+    let stats = up.stats();
+    assert_eq!(
+        stats.handshakes.get(&426),
+        Some(&1),
+        "{:?}",
+        stats.handshakes
+    );
+    assert_eq!(stats.ws_turns_total, 0);
+    assert_eq!(stats.http_turns_total, 4);
+}
+
+#[test]
+fn burst_of_5xx_retries_with_backoff_on_the_other_account() {
+    let bad = mock();
+    let good = mock();
+    let (extra, usage) = fast("breaker_failures = 100");
+    let gw = gateway(config_accounts(
+        &[bad.base_url(), good.base_url()],
+        &extra.replace("breaker_failures = 2\n", ""),
+        "",
+    ));
+    bad.script(Script {
+        refuse_ws: Some(503),
+        ..Default::default()
+    });
+    for i in 0..4 {
+        let mut c = connect(gw.addr());
+        let t = c.turn(&create("gpt-5", &format!("s{i}"), true, None));
+        assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
+    }
+    let (b, g) = (bad.stats(), good.stats());
+    assert_eq!(b.ws_turns_total, 0);
+    assert_eq!(g.ws_turns_total, 4);
+    let refused = b.handshakes.get(&503).copied().unwrap_or(0);
+    assert!(
+        refused >= 1,
+        "the bad account was tried: {:?}",
+        b.handshakes
+    );
+    let recs = usage_records(&usage, 4);
+    let attempts: u64 = recs.iter().map(|r| r["attempts"].as_u64().unwrap()).sum();
+    assert_eq!(
+        attempts,
+        4 + refused,
+        "each refusal cost exactly one extra attempt"
+    );
+    assert!(recs.iter().all(|r| r["account"].as_str() == Some("acct-1")));
+
+    // The same over HTTP upstream: 5xx answers to POST.
+    let bad = mock();
+    let good = mock();
+    let (extra, _) = fast("");
+    let gw = gateway(config_accounts(
+        &[bad.base_url(), good.base_url()],
+        &extra,
+        "transport = \"http\"",
+    ));
+    bad.script(Script {
+        http: vec![Rule {
+            value: 502,
+            times: 100,
+        }],
+        ..Default::default()
+    });
+    let mut h = HttpConn::open(gw.addr());
+    for i in 0..3 {
+        let r = h.post(
+            "/v1/responses",
+            &post_body("gpt-5", &format!("h{i}"), false),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(good.stats().http_turns_total, 3);
+    assert!(
+        bad.stats().http_requests_total <= 2,
+        "the breaker keeps the bad account out"
+    );
+}
+
+#[test]
+fn rate_limit_retry_after_is_honoured() {
+    let up = mock();
+    let (extra, usage) = fast("");
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        &extra,
+        "transport = \"http\"",
+    ));
+    up.script(Script {
+        http: vec![Rule {
+            value: 429,
+            times: 1,
+        }],
+        ..Default::default()
+    });
+    let mut h = HttpConn::open(gw.addr());
+    let started = Instant::now();
+    let r = h.post("/v1/responses", &post_body("gpt-5", "limited", false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the mock's retry-after: 1 was waited out"
+    );
+    assert_eq!(up.stats().http_requests_total, 2);
+    assert_eq!(usage_records(&usage, 1)[0]["attempts"].as_u64(), Some(2));
+}
+
+#[test]
+fn all_accounts_failing_gives_one_clear_error_bounded_attempts_and_open_breakers() {
+    let a = mock();
+    let b = mock();
+    let (extra, _) = fast("retry_max_attempts = 3");
+    let gw = gateway(config_accounts(&[a.base_url(), b.base_url()], &extra, ""));
+    for m in [&a, &b] {
+        m.script(Script {
+            refuse_ws: Some(503),
+            ..Default::default()
+        });
+    }
+    let handshakes =
+        || a.stats().handshakes.values().sum::<u64>() + b.stats().handshakes.values().sum::<u64>();
+    let mut c = connect(gw.addr());
+    let t = c.turn(&create("gpt-5", "one", true, None));
+    assert_eq!(t.types(), vec!["error"], "one clear error event");
+    assert_eq!(t.error_code().as_deref(), Some("upstream_unavailable"));
+    assert_eq!(
+        handshakes(),
+        3,
+        "attempts are bounded by retry_max_attempts"
+    );
+    // Both breakers open within the next request; after that nothing reaches upstream.
+    let t = c.turn(&create("gpt-5", "two", true, None));
+    assert_eq!(t.last_type(), "error");
+    let before = handshakes();
+    assert!(before <= 4, "{before}");
+    let t = c.turn(&create("gpt-5", "three", true, None));
+    assert_eq!(t.error_code().as_deref(), Some("no_available_account"));
+    assert_eq!(
+        handshakes(),
+        before,
+        "open breakers keep requests off upstream"
+    );
+    let mut h = HttpConn::open(gw.addr());
+    let r = h.post("/v1/responses", &post_body("gpt-5", "post", false));
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.json()["error"]["code"].as_str(),
+        Some("no_available_account")
+    );
+}
+
+#[test]
+fn breaker_half_opens_after_cooldown_and_a_good_probe_closes_it() {
+    let up = mock();
+    let (extra, _) = fast("retry_max_attempts = 2");
+    let extra = extra.replace("breaker_cooldown_secs = 60", "breaker_cooldown_secs = 0.3");
+    let gw = gateway(config_accounts(&[up.base_url()], &extra, ""));
+    up.script(Script {
+        refuse_ws: Some(503),
+        ..Default::default()
+    });
+    let mut c = connect(gw.addr());
+    let t = c.turn(&create("gpt-5", "fails", true, None));
+    assert_eq!(t.last_type(), "error");
+    let t = c.turn(&create("gpt-5", "open", true, None));
+    assert_eq!(t.error_code().as_deref(), Some("no_available_account"));
+    up.reset();
+    std::thread::sleep(Duration::from_millis(400));
+    let t = c.turn(&create("gpt-5", "probe", true, None));
+    assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
+    let t = c.turn(&create("gpt-5", "closed", true, None));
+    assert_eq!(t.last_type(), "response.completed");
+}
+
+#[test]
+fn restart_close_mid_turn_gives_an_error_event_and_the_next_turn_works() {
+    let up = mock();
+    let (extra, _) = fast("");
+    let gw = gateway(config_accounts(&[up.base_url()], &extra, ""));
+    let mut c = connect(gw.addr());
+    let t1 = c.turn(&create("gpt-5", "one", false, None));
+    script_turns(&up, "close=1012,after=2", 1);
+    let t2 = c.turn(&create("gpt-5", "two", false, t1.response_id().as_deref()));
+    assert_eq!(t2.last_type(), "error");
+    assert_eq!(t2.error_code().as_deref(), Some("upstream_unavailable"));
+    let t3 = c.turn(&create("gpt-5", "three", false, None));
+    assert_eq!(t3.last_type(), "response.completed");
+    assert_ne!(t3.conn_id(), t1.conn_id(), "a fresh upstream connection");
+    assert_eq!(
+        up.stats().ws_turns_total,
+        3,
+        "the failed turn was not retried"
+    );
+}
+
+#[test]
+fn failure_after_the_first_event_is_not_retried() {
+    let up = mock();
+    let (extra, _) = fast("");
+    let gw = gateway(config_accounts(&[up.base_url()], &extra, ""));
+    script_turns(&up, "drop,after=2", 1);
+    let mut c = connect(gw.addr());
+    let t = c.turn(&create("gpt-5", "cut", true, None));
+    assert_eq!(t.types()[0], "response.created");
+    assert_eq!(t.last_type(), "error", "{:?}", t.types());
+    assert_eq!(up.stats().ws_turns_total, 1);
+
+    // Over HTTP upstream and an SSE client: the error arrives as an SSE record.
+    let up = mock();
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        &extra,
+        "transport = \"http\"",
+    ));
+    script_turns(&up, "drop,after=2", 1);
+    let mut h = HttpConn::open(gw.addr());
+    let raw = post_body("gpt-5", "cut", true);
+    let req = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{raw}",
+        raw.len()
+    );
+    let r = h.raw(req.as_bytes());
+    let events = r.sse();
+    assert_eq!(events[0].0, "response.created");
+    assert_eq!(events.last().unwrap().0, "error", "{}", r.body);
+    assert_eq!(up.stats().http_turns_total, 1);
+}
+
+#[test]
+fn retryable_error_event_before_any_output_is_retried_on_a_fresh_connection() {
+    let up = mock();
+    let (extra, usage) = fast("");
+    let gw = gateway(config_accounts(&[up.base_url()], &extra, ""));
+    script_turns(&up, "error=server_error", 1);
+    let mut c = connect(gw.addr());
+    let t = c.turn(&create("gpt-5", "retry me", true, None));
+    assert_eq!(t.last_type(), "response.completed", "{:?}", t.types());
+    assert_eq!(up.stats().ws_turns_total, 2);
+    assert_eq!(
+        up.stats().turns_by_conn.len(),
+        2,
+        "the erroring connection was not reused"
+    );
+    assert_eq!(usage_records(&usage, 1)[0]["attempts"].as_u64(), Some(2));
+}
+
+#[test]
+fn rate_limited_account_is_left_for_another_without_waiting_out_its_retry_after() {
+    let limited = mock();
+    let other = mock();
+    let (extra, _) = fast("");
+    let gw = gateway(config_accounts(
+        &[limited.base_url(), other.base_url()],
+        &extra,
+        "transport = \"http\"",
+    ));
+    limited.script(Script {
+        http: vec![Rule {
+            value: 429,
+            times: 10,
+        }],
+        ..Default::default()
+    });
+    let mut h = HttpConn::open(gw.addr());
+    for i in 0..4 {
+        let started = Instant::now();
+        let r = h.post(
+            "/v1/responses",
+            &post_body("gpt-5", &format!("r{i}"), false),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the other account was used without waiting for retry-after: 1"
+        );
+    }
+    assert_eq!(other.stats().http_turns_total, 4);
+    assert!(
+        limited.stats().http_requests_total >= 1,
+        "the limited account was tried"
+    );
+}
+
+/// One sample of the gateway's Prometheus text, 0 when absent.
+fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("admin connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        .expect("admin write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("admin reply");
+    out.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until `series` reaches `want` (snapshots ship every stats interval).
+fn wait_metric(admin: std::net::SocketAddr, series: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = metric(admin, series);
+        if v == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} = {v}, expected {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn counters_show_attempts_retries_fallbacks_and_close_codes() {
+    let up = mock();
+    let (extra, _) = fast("");
+    let extra = format!("admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n{extra}");
+    let gw = gateway(config_accounts(&[up.base_url()], &extra, ""));
+    let admin = gw.admin_addr().expect("admin listener");
+    let mut c = connect(gw.addr());
+    script_turns(&up, "close=1008", 1);
+    assert_eq!(
+        c.turn(&create("gpt-5", "a", true, None)).last_type(),
+        "response.completed"
+    );
+    script_turns(&up, "error=server_error", 1);
+    assert_eq!(
+        c.turn(&create("gpt-5", "b", true, None)).last_type(),
+        "response.completed"
+    );
+    let mut h = HttpConn::open(gw.addr());
+    assert_eq!(
+        h.post("/v1/responses", &post_body("gpt-5", "c", true))
+            .status,
+        200
+    );
+    assert_eq!(
+        h.post("/v1/responses", &post_body("gpt-5", "d", false))
+            .status,
+        200
+    );
+    let s = "{shard=\"0\"}";
+    wait_metric(admin, &format!("shardgate_requests_ws_total{s}"), 2.0);
+    wait_metric(admin, &format!("shardgate_requests_stream_total{s}"), 1.0);
+    wait_metric(admin, &format!("shardgate_requests_sync_total{s}"), 1.0);
+    // a: WS then HTTP; b: error event then a fresh connection; c, d: one each.
+    wait_metric(admin, &format!("shardgate_attempts_total{s}"), 6.0);
+    wait_metric(
+        admin,
+        "shardgate_fallbacks_total{shard=\"0\",label=\"close_1008\"}",
+        1.0,
+    );
+    wait_metric(
+        admin,
+        "shardgate_close_codes_total{shard=\"0\",label=\"1008\"}",
+        1.0,
+    );
+    wait_metric(
+        admin,
+        "shardgate_terminal_total{shard=\"0\",label=\"completed\"}",
+        4.0,
+    );
+    let retried = metric(admin, "shardgate_retries_total{shard=\"0\",label=\"5xx\"}")
+        + metric(admin, &format!("shardgate_stale_retries_total{s}"));
+    assert_eq!(retried, 1.0, "the 5xx error event was retried once");
+    assert_eq!(
+        metric(admin, &format!("shardgate_retries_exhausted_total{s}")),
+        0.0
+    );
+    // Turn a went over HTTP once: its dial, upstream TTFT and per-event latency are recorded.
+    wait_metric(admin, "shardgate_dial_http_seconds_count", 1.0);
+    wait_metric(admin, "shardgate_upstream_ttft_http_seconds_count", 1.0);
+    assert!(metric(admin, "shardgate_event_added_http_seconds_count") > 0.0);
+    assert!(metric(admin, "shardgate_dial_ws_seconds_count") >= 1.0);
+}
+
+#[test]
+fn restart_close_on_a_reused_idle_connection_is_retried_on_a_fresh_one() {
+    let up = mock();
+    let (extra, usage) = fast("");
+    let gw = gateway(config_accounts(&[up.base_url()], &extra, ""));
+    let mut c = connect(gw.addr());
+    let t1 = c.turn(&create("gpt-5", "one", true, None));
+    assert_eq!(t1.last_type(), "response.completed");
+    // The next turn on the pooled connection meets a restart close before any event.
+    script_turns(&up, "close=1012", 1);
+    let t2 = c.turn(&create("gpt-5", "two", true, None));
+    assert_eq!(t2.last_type(), "response.completed", "{:?}", t2.events);
+    assert_ne!(t2.conn_id(), t1.conn_id());
+    assert_eq!(usage_records(&usage, 2)[1]["attempts"].as_u64(), Some(2));
+}
+
+#[test]
+fn a_half_open_probe_that_ends_in_a_request_error_does_not_wedge_the_breaker() {
+    let up = mock();
+    let (extra, _) = fast("retry_max_attempts = 2");
+    let extra = extra.replace("breaker_cooldown_secs = 60", "breaker_cooldown_secs = 0.3");
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        &extra,
+        "transport = \"http\"",
+    ));
+    up.script(Script {
+        http: vec![
+            Rule {
+                value: 503,
+                times: 2,
+            },
+            Rule {
+                value: 400,
+                times: 1,
+            },
+        ],
+        ..Default::default()
+    });
+    let mut h = HttpConn::open(gw.addr());
+    let r = h.post("/v1/responses", &post_body("gpt-5", "a", false));
+    assert_eq!(r.status, 503, "{}", r.body);
+    let r = h.post("/v1/responses", &post_body("gpt-5", "b", false));
+    assert_eq!(
+        r.json()["error"]["code"].as_str(),
+        Some("no_available_account")
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let r = h.post("/v1/responses", &post_body("gpt-5", "probe", false));
+    assert_eq!(r.status, 400, "the probe met a request error: {}", r.body);
+    let r = h.post("/v1/responses", &post_body("gpt-5", "after", false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.stats().http_requests_total, 4);
+}
