@@ -207,48 +207,19 @@ pub fn pending_calls(terminal_event: &[u8]) -> Vec<String> {
     ids
 }
 
-/// A frame ready to go upstream.
-#[derive(Debug, Clone)]
-pub struct Normalized {
-    /// The bytes to send (the client's own buffer when nothing changed).
-    pub payload: Bytes,
-    /// The model rewrite, for [`map_back`].
-    pub rewrite: Rewrite,
-    /// Why `previous_response_id` was kept, set or left alone.
-    pub reason: PairingReason,
-}
-
-/// The pre-send step of a `response.create`: decides the pairing, counts its reason, and
-/// rewrites the frame once (model and previous id together).
-pub fn normalize_turn(
-    counters: &ShardCounters,
-    frame: &Bytes,
-    facts: &PairingFacts<'_>,
-    model_map: &HashMap<String, String>,
-) -> Normalized {
+/// The pairing decision of a turn, made once before its first attempt, with its reason counted
+/// (`normalizer{reason}`). Each attempt then applies it (or the recovery matrix's replacement)
+/// with [`rewrite`] for its account's model map.
+pub fn pairing_for_turn<'a>(counters: &ShardCounters, facts: &PairingFacts<'a>) -> Pairing<'a> {
     let pairing = decide_pairing(facts);
     if pairing.reason != PairingReason::Plain {
         counters.bump_labeled(FAMILY, pairing.reason.as_str());
     }
-    let (payload, rewrite) = rewrite(frame, facts.frame, pairing.previous, model_map);
-    Normalized {
-        payload,
-        rewrite,
-        reason: pairing.reason,
-    }
-}
-
-/// Rewrites `frame` for an account with `model_map`; returns the bytes to send and what changed.
-pub fn normalize(
-    frame: &Bytes,
-    parsed: &ClientFrame<'_>,
-    model_map: &HashMap<String, String>,
-) -> (Bytes, Rewrite) {
-    rewrite(frame, parsed, PreviousId::AsSent, model_map)
+    pairing
 }
 
 /// The single splice: maps the model and applies `previous`, producing the final bytes once.
-/// Used by [`normalize_turn`] and by recovery replays (`PreviousId::Set` to align,
+/// Used for every attempt: with the turn's pairing decision, or a recovery replay's (`PreviousId::Set` to align,
 /// `PreviousId::Clear` to replay without the id).
 pub fn rewrite(
     frame: &Bytes,
@@ -368,11 +339,11 @@ mod tests {
     fn unmapped_frames_are_not_copied() {
         let frame = Bytes::from_static(br#"{"type":"response.create","model":"gpt-5"}"#);
         let parsed = ClientFrame::parse(&frame).unwrap();
-        let (out, rw) = normalize(&frame, &parsed, &HashMap::new());
+        let (out, rw) = rewrite(&frame, &parsed, PreviousId::AsSent, &HashMap::new());
         assert_eq!(rw, Rewrite::None);
         assert_eq!(out.as_ptr(), frame.as_ptr());
         let map = HashMap::from([("other".to_string(), "x".to_string())]);
-        let (out, _) = normalize(&frame, &parsed, &map);
+        let (out, _) = rewrite(&frame, &parsed, PreviousId::AsSent, &map);
         assert_eq!(out.as_ptr(), frame.as_ptr());
     }
 
@@ -382,7 +353,7 @@ mod tests {
             Bytes::from_static(br#"{"type":"response.create","model":"gpt-5","input":"hi"}"#);
         let parsed = ClientFrame::parse(&frame).unwrap();
         let map = HashMap::from([("gpt-5".to_string(), "gpt-5-2026".to_string())]);
-        let (out, rw) = normalize(&frame, &parsed, &map);
+        let (out, rw) = rewrite(&frame, &parsed, PreviousId::AsSent, &map);
         assert_eq!(
             &out[..],
             br#"{"type":"response.create","model":"gpt-5-2026","input":"hi"}"#
@@ -591,18 +562,17 @@ mod tests {
         let frame = Bytes::from_static(OUTPUT_NO_PREV);
         let parsed = ClientFrame::parse(&frame).unwrap();
         let map = HashMap::from([("gpt-5".to_string(), "gpt-5-2026".to_string())]);
-        let n = normalize_turn(
+        let pairing = pairing_for_turn(
             &counters,
-            &frame,
             &facts(&parsed, Some("r9"), Pending::Unknown, Pending::Unknown),
-            &map,
         );
+        let (payload, rw) = rewrite(&frame, &parsed, pairing.previous, &map);
         assert_eq!(
-            &n.payload[..],
+            &payload[..],
             br#"{"previous_response_id":"r9","type":"response.create","model":"gpt-5-2026","store":false,"input":[{"type":"function_call_output","call_id":"c1","output":"ok"}]}"#
         );
-        assert_eq!(n.reason, PairingReason::InjectUnverified);
-        assert!(matches!(n.rewrite, Rewrite::ModelMapped { .. }));
+        assert_eq!(pairing.reason, PairingReason::InjectUnverified);
+        assert!(matches!(rw, Rewrite::ModelMapped { .. }));
         assert_eq!(
             counters.labeled_values(),
             vec![("normalizer", "inject_unverified".to_string(), 1)]

@@ -237,6 +237,24 @@ impl Pool {
         }
     }
 
+    /// Leases the idle connection `id`, if it is on the idle stack and not too old: a chained
+    /// turn continues on the connection that holds its previous response. O(idle) on this
+    /// affinity path only; [`Pool::acquire`] stays O(1).
+    pub fn acquire_conn(self: &Rc<Self>, id: u64) -> Option<Lease> {
+        let conn = {
+            let mut idle = self.idle.borrow_mut();
+            let at = idle.iter().rposition(|c| c.id == id)?;
+            idle.remove(at)
+        };
+        if conn.is_expired(self.config.max_conn_age) {
+            bump(&self.counters.retired);
+            self.slot_freed();
+            return None;
+        }
+        bump(&self.counters.reused);
+        Some(self.lease(conn, true))
+    }
+
     /// Dials a new connection outside the idle stack (a retry that must not reuse), under budget.
     pub async fn acquire_fresh(
         self: &Rc<Self>,

@@ -117,6 +117,9 @@ pub enum Outcome {
         usage: Option<Usage>,
         /// The response's `output` items (raw JSON array), when [`RelayEnv::capture_output`].
         output: Option<String>,
+        /// The tool calls the response left waiting for outputs, when it has any (read on the
+        /// terminal event only, for the call/output pairing of the next turn).
+        pending_calls: Option<Vec<String>>,
         /// When the first event reached the client.
         first_event_at: Option<Instant>,
     },
@@ -462,6 +465,11 @@ fn classify(text: Utf8Bytes, rewrite: &Rewrite, relayed: bool, capture_output: b
                 .then(|| sonic_rs::get_from_slice(text.as_bytes(), ["response", "output"]).ok())
                 .flatten()
                 .map(|v| v.as_raw_str().to_string()),
+            pending_calls: text
+                .as_str()
+                .contains("\"call_id\"")
+                .then(|| normalizer::pending_calls(text.as_bytes()))
+                .filter(|calls| !calls.is_empty()),
             first_event_at: None,
         }),
         EventKind::Error => {
@@ -469,6 +477,8 @@ fn classify(text: Utf8Bytes, rewrite: &Rewrite, relayed: bool, capture_output: b
                 if let Some(class) = event.error().and_then(|e| match e.reason() {
                     ErrorReason::RateLimited => Some(FailureClass::retryable("429")),
                     ErrorReason::ServerError => Some(FailureClass::retryable("5xx")),
+                    reason @ (ErrorReason::PreviousResponseNotFound
+                    | ErrorReason::ToolOutputNotFound) => Some(FailureClass::Chain { reason }),
                     _ => None,
                 }) {
                     let status = event.error().map(|e| e.http_status()).unwrap_or(502);
