@@ -226,6 +226,16 @@ impl<S> PrefixedStream<S> {
     pub fn pending_prefix(&self) -> &[u8] {
         &self.prefix[self.at..]
     }
+
+    /// The prefix bytes not read yet and the wrapped stream (to hand the connection on).
+    pub fn into_parts(mut self) -> (Vec<u8>, S) {
+        let prefix = if self.at == 0 {
+            self.prefix
+        } else {
+            self.prefix.split_off(self.at)
+        };
+        (prefix, self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for PrefixedStream<S> {
@@ -293,6 +303,11 @@ mod tests {
             s.read_to_end(&mut rest).await.unwrap();
             assert_eq!(rest, b"lo world");
             assert!(s.pending_prefix().is_empty());
+            let mut s = PrefixedStream::new(b"abc".to_vec(), &b"d"[..]);
+            let mut one = [0u8; 1];
+            assert_eq!(s.read(&mut one).await.unwrap(), 1);
+            let (prefix, inner) = s.into_parts();
+            assert_eq!((prefix.as_slice(), inner), (&b"bc"[..], &b"d"[..]));
         });
     }
 

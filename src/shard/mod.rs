@@ -25,7 +25,7 @@ pub mod turn;
 pub mod upstream;
 pub mod warmup;
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -41,7 +41,9 @@ use crate::runtime::{self, TcpListener};
 use account::{AccountRuntime, AccountSetupError};
 use auth::ClientAuth;
 use counters::{bump, ShardCounters};
+use handoff::HandoffInbox;
 use pool::Pool;
+use session::{HandedSession, SessionHandoff};
 
 /// Everything one shard owns.
 pub struct Shard {
@@ -65,6 +67,8 @@ pub struct Shard {
     pub warmups: RefCell<warmup::WarmupCache>,
     /// Hot cache of sticky state, write-through to the control thread.
     pub sticky: sticky::Sticky,
+    /// Senders of client sessions to the other shards (set once the handoff mesh is connected).
+    pub handoff: OnceCell<SessionHandoff>,
     sessions_per_key: RefCell<HashMap<String, usize>>,
     rr: Cell<usize>,
     in_flight: Rc<Cell<usize>>,
@@ -122,6 +126,7 @@ impl Shard {
             metrics: ShardMetrics::default(),
             sticky: sticky::Sticky::new(control.clone(), &config.state),
             control,
+            handoff: OnceCell::new(),
             warmups: RefCell::new(warmup::WarmupCache::default()),
             sessions_per_key: RefCell::new(HashMap::new()),
             rr: Cell::new(0),
@@ -151,6 +156,19 @@ impl Shard {
             .sessions_open
             .set(self.counters.sessions_open.get() + 1);
         true
+    }
+
+    /// Counts a session another shard handed over: it was admitted (and counted against its
+    /// key's cap) where it was accepted, so it is not refused here.
+    pub fn open_handed_session(&self, key_id: &str) {
+        *self
+            .sessions_per_key
+            .borrow_mut()
+            .entry(key_id.to_string())
+            .or_insert(0) += 1;
+        self.counters
+            .sessions_open
+            .set(self.counters.sessions_open.get() + 1);
     }
 
     /// Marks a turn as in flight until the guard drops.
@@ -202,13 +220,14 @@ impl Shard {
     }
 }
 
-/// Accepts connections until `shutdown` fires; each connection runs in its own task, and a
-/// panic in one is contained there. On shutdown the listener is closed, then the shard waits
+/// Accepts connections until `shutdown` fires; each connection (accepted, or handed over by
+/// another shard through `inbox`) runs in its own task, and a panic in one is contained there. On shutdown the listener is closed, then the shard waits
 /// for its in-flight turns (up to `[server] drain_timeout_secs`) so their usage records are
 /// sent, ships a last snapshot and returns.
 pub async fn run(
     shard: Rc<Shard>,
     listener: TcpListener,
+    inbox: HandoffInbox<HandedSession>,
     shutdown: futures_channel::oneshot::Receiver<()>,
 ) {
     let accept_loop = async {
@@ -235,6 +254,23 @@ pub async fn run(
             });
         }
     };
+    let handed_in = inbox.run(|conn| {
+        let shard = shard.clone();
+        runtime::spawn_local(async move {
+            let task = AssertUnwindSafe(session::serve_handed(shard.clone(), conn));
+            if task.catch_unwind().await.is_err() {
+                bump(&shard.counters.session_panics);
+                tracing::error!(
+                    shard = shard.id,
+                    "a handed-over client connection panicked; it was closed, the shard goes on"
+                );
+            }
+        });
+    });
+    let accept_loop = futures_lite::future::or(accept_loop, async {
+        handed_in.await;
+        std::future::pending::<()>().await
+    });
     let interval = shard.config.server.stats_interval;
     let ship_loop = async {
         loop {

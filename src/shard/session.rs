@@ -10,30 +10,86 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 
+use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::ClientFrame;
 use crate::runtime::{self, TcpStream};
 use crate::usage::RequestType;
 
 use super::auth::ClientIdentity;
 use super::counters::{add, bump, ShardCounters};
+use super::handoff::{HandedConn, Handoff, HandoffError, PrefixedStream};
 use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
+use super::sticky::Affinity;
 use super::turn::{Driver, TurnEnd};
 use super::Shard;
 
-/// The client side of a session.
-pub type ClientWs = WebSocketStream<TcpStream>;
+/// The client side of a session: a WebSocket over the accepted socket, behind the bytes read
+/// with the upgrade request (or handed over with the connection).
+pub type ClientWs = WebSocketStream<PrefixedStream<TcpStream>>;
+
+/// What travels with a client connection handed to the shard that owns its chain: who the
+/// client is and the first frame, already read off the socket by the shard that accepted it.
+pub struct HandedSession {
+    identity: ClientIdentity,
+    forward: Vec<(HeaderName, HeaderValue)>,
+    first: Bytes,
+}
+
+/// A shard's senders of client sessions to the other shards.
+pub type SessionHandoff = Handoff<HandedSession>;
+
+/// Labeled-counter family of handoffs: `sent`, `received`, `full`, `closed`, `no_such_shard`,
+/// `detach_failed` (the last four: served where accepted).
+const HANDOFF: &str = "handoff";
 
 /// One client session.
 pub struct Session {
     shard: Rc<Shard>,
     client: ClientWs,
     driver: Driver,
+    /// Handed over by (or kept after a failed handoff to) another shard: never handed again.
+    handed_in: bool,
+}
+
+/// How serving ended.
+enum Served {
+    /// The session is over.
+    Closed,
+    /// The first frame chains to a response whose connection is on shard `.0`.
+    HandOff(usize, Bytes),
+}
+
+/// The client WebSocket over `stream`, with the server's message limits.
+pub async fn client_ws(shard: &Shard, stream: PrefixedStream<TcpStream>) -> ClientWs {
+    let limit = shard.config.server.max_message_bytes;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
+}
+
+/// Serves a session another shard handed to this one: the owner of its chain's connection.
+pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
+    let (stream, meta) = conn.resume();
+    let client = client_ws(&shard, stream).await;
+    shard.counters.bump_labeled(HANDOFF, "received");
+    let key_id = meta.identity.key_id.clone();
+    shard.open_handed_session(&key_id);
+    let session = Session {
+        driver: Driver::new(shard.clone(), meta.identity, meta.forward, RequestType::Ws),
+        shard: shard.clone(),
+        client,
+        handed_in: true,
+    };
+    session.run_from(Some(meta.first)).await;
+    shard.close_session(&key_id);
 }
 
 impl Session {
@@ -48,54 +104,122 @@ impl Session {
             driver: Driver::new(shard.clone(), identity, forward, RequestType::Ws),
             shard,
             client,
+            handed_in: false,
         }
     }
 
-    /// Runs the session to its end. The upstream connection goes back to the pool only if the
-    /// last turn ended cleanly.
-    pub async fn run(mut self) {
-        self.serve().await;
-        self.driver.release();
+    /// Runs the session to its end (here, or on the shard its first frame's chain lives on).
+    /// The upstream connection goes back to the pool only if the last turn ended cleanly.
+    pub async fn run(self) {
+        self.run_from(None).await;
     }
 
-    async fn serve(&mut self) {
+    async fn run_from(mut self, first: Option<Bytes>) {
+        let mut first = first;
+        loop {
+            match self.serve(first.take()).await {
+                Served::Closed => {
+                    self.driver.release();
+                    return;
+                }
+                Served::HandOff(to, frame) => match self.hand_off(to, frame).await {
+                    Ok(()) => return,
+                    Err(kept) => {
+                        (self, first) = (kept.0, Some(kept.1));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Gives the client connection to shard `to`, the first frame with it. When that cannot
+    /// happen (the owner's queue is full, the socket cannot be detached) the session comes
+    /// back, to be served here on the same account.
+    async fn hand_off(mut self, to: usize, frame: Bytes) -> Result<(), Box<(Session, Bytes)>> {
+        let shard = self.shard.clone();
+        let Some(handoff) = shard.handoff.get() else {
+            shard.counters.bump_labeled(HANDOFF, "no_such_shard");
+            self.handed_in = true;
+            return Err(Box::new((self, frame)));
+        };
+        let Session { client, driver, .. } = self;
+        let meta = HandedSession {
+            identity: driver.identity().clone(),
+            forward: driver.forward().to_vec(),
+            first: frame,
+        };
+        let (prefix, stream) = client.into_inner().into_parts();
+        let back = match HandedConn::new(stream, prefix, meta) {
+            Ok(conn) => match handoff.send(to, conn) {
+                Ok(()) => {
+                    shard.counters.bump_labeled(HANDOFF, "sent");
+                    return Ok(());
+                }
+                Err((e, conn)) => {
+                    let label = match e {
+                        HandoffError::Full => "full",
+                        HandoffError::Closed => "closed",
+                        HandoffError::NoSuchShard => "no_such_shard",
+                    };
+                    shard.counters.bump_labeled(HANDOFF, label);
+                    conn.resume()
+                }
+            },
+            Err(failed) => {
+                shard.counters.bump_labeled(HANDOFF, "detach_failed");
+                let failed = *failed;
+                (PrefixedStream::new(failed.prefix, failed.stream), failed.meta)
+            }
+        };
+        let (stream, meta) = back;
+        let client = client_ws(&shard, stream).await;
+        Err(Box::new((
+            Session {
+                shard,
+                client,
+                driver,
+                handed_in: true,
+            },
+            meta.first,
+        )))
+    }
+
+    /// The other shard that owns the connection the first frame chains to, when the client
+    /// should move there. Otherwise the driver keeps the routing it decided (same account).
+    async fn owner_elsewhere(&mut self, frame: &[u8]) -> Option<usize> {
+        if self.handed_in || self.shard.handoff.get().is_none() {
+            return None;
+        }
+        let parsed = ClientFrame::parse(frame).ok()?;
+        let previous = parsed.previous_response_id.as_deref()?;
+        match self.driver.route(previous).await {
+            Affinity::OtherShard { shard, .. } => Some(shard),
+            _ => None,
+        }
+    }
+
+    async fn serve(&mut self, pending: Option<Bytes>) -> Served {
         let cfg = &self.shard.config.server;
         let (first_wait, idle_wait) = (cfg.first_message_timeout, cfg.idle_timeout);
         let mut first = true;
+        let mut pending = pending;
         loop {
-            let wait = if first { first_wait } else { idle_wait };
-            let msg = match runtime::timeout(wait, self.client.next()).await {
-                None if first => {
-                    close_with(
-                        &mut self.client,
-                        CloseCode::Policy,
-                        "missing first response.create message",
-                    )
-                    .await;
-                    return;
-                }
-                None => {
-                    close_with(
-                        &mut self.client,
-                        CloseCode::Normal,
-                        "websocket idle timeout",
-                    )
-                    .await;
-                    return;
-                }
-                Some(None) => return,
-                Some(Some(Err(e))) => {
-                    on_client_error(&mut self.client, &self.shard.counters, e).await;
-                    return;
-                }
-                Some(Some(Ok(msg))) => msg,
+            let frame = match pending.take() {
+                Some(frame) => frame,
+                None => match self.read_frame(first, first_wait, idle_wait).await {
+                    Some(frame) => frame,
+                    None => return Served::Closed,
+                },
             };
-            let frame = match msg {
-                Message::Text(t) => Bytes::from(t),
-                Message::Binary(b) => b,
-                Message::Close(_) => return,
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-            };
+            if self.shard.is_draining() {
+                self.refuse_draining().await;
+                return Served::Closed;
+            }
+            if first {
+                if let Some(to) = self.owner_elsewhere(&frame).await {
+                    return Served::HandOff(to, frame);
+                }
+            }
             first = false;
             let mut next = Some(frame);
             while let Some(frame) = next.take() {
@@ -107,10 +231,72 @@ impl Session {
                 match self.driver.run(&mut sink, frame, Instant::now()).await {
                     TurnEnd::Done => {}
                     TurnEnd::Preempted(f) => next = Some(f),
-                    TurnEnd::ClientGone => return,
+                    TurnEnd::ClientGone => return Served::Closed,
                 }
             }
+            if self.shard.is_draining() {
+                close_with(&mut self.client, CloseCode::Away, "going away").await;
+                return Served::Closed;
+            }
         }
+    }
+
+    /// The client's next `response.create` (text or binary frame); `None` when the session is
+    /// over (closed, timed out, failed).
+    async fn read_frame(
+        &mut self,
+        first: bool,
+        first_wait: std::time::Duration,
+        idle_wait: std::time::Duration,
+    ) -> Option<Bytes> {
+        let wait = if first { first_wait } else { idle_wait };
+        loop {
+            let msg = match runtime::timeout(wait, self.client.next()).await {
+                None if first => {
+                    close_with(
+                        &mut self.client,
+                        CloseCode::Policy,
+                        "missing first response.create message",
+                    )
+                    .await;
+                    return None;
+                }
+                None => {
+                    close_with(
+                        &mut self.client,
+                        CloseCode::Normal,
+                        "websocket idle timeout",
+                    )
+                    .await;
+                    return None;
+                }
+                Some(None) => return None,
+                Some(Some(Err(e))) => {
+                    on_client_error(&mut self.client, &self.shard.counters, e).await;
+                    return None;
+                }
+                Some(Some(Ok(msg))) => msg,
+            };
+            match msg {
+                Message::Text(t) => return Some(Bytes::from(t)),
+                Message::Binary(b) => return Some(b),
+                Message::Close(_) => return None,
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            }
+        }
+    }
+
+    /// A turn asked for while the shard drains: an error event, then a 1001 close.
+    async fn refuse_draining(&mut self) {
+        let err: TurnError = GatewayError::new(
+            503,
+            ErrorType::Server,
+            "shutting_down",
+            "the gateway is shutting down; reconnect and send the request again",
+        )
+        .into();
+        let _ = self.client.send(Message::text(err.event)).await;
+        close_with(&mut self.client, CloseCode::Away, "going away").await;
     }
 }
 
