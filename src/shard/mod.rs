@@ -8,6 +8,7 @@ pub mod account;
 pub mod auth;
 pub mod breaker;
 pub mod counters;
+pub mod drain;
 pub mod handoff;
 pub mod http_front;
 pub mod http_head;
@@ -72,7 +73,8 @@ pub struct Shard {
     sessions_per_key: RefCell<HashMap<String, usize>>,
     rr: Cell<usize>,
     in_flight: Rc<Cell<usize>>,
-    draining: Cell<bool>,
+    /// Set when a graceful shutdown starts; sessions between turns wait on it.
+    pub drain: drain::Drain,
 }
 
 /// Counts one turn as in flight for as long as it lives, so a graceful shutdown can wait for
@@ -131,7 +133,7 @@ impl Shard {
             sessions_per_key: RefCell::new(HashMap::new()),
             rr: Cell::new(0),
             in_flight: Rc::new(Cell::new(0)),
-            draining: Cell::new(false),
+            drain: drain::Drain::default(),
             config,
         })
     }
@@ -187,7 +189,7 @@ impl Shard {
     /// The shard is shutting down: it accepts no connections and waits for in-flight turns.
     /// Sessions may check it to refuse a new turn.
     pub fn is_draining(&self) -> bool {
-        self.draining.get()
+        self.drain.is_draining()
     }
 
     /// Ships this interval's histograms and the counter totals to the control thread.
@@ -287,9 +289,10 @@ pub async fn run(
     shard.ship_snapshot();
 }
 
-/// Waits until no turn is in flight or the drain timeout passed.
+/// Waits until no turn is in flight and every session has closed (sessions between turns close
+/// with 1001 at once, the others after their turn), or the drain timeout passed.
 async fn drain(shard: &Shard) {
-    shard.draining.set(true);
+    shard.drain.start();
     let started = std::time::Instant::now();
     let deadline = shard.config.server.drain_timeout;
     if shard.turns_in_flight() > 0 {
@@ -299,12 +302,14 @@ async fn drain(shard: &Shard) {
             "draining in-flight turns"
         );
     }
-    while shard.turns_in_flight() > 0 {
+    let sessions = &shard.counters.sessions_open;
+    while shard.turns_in_flight() > 0 || sessions.get() > 0 {
         if started.elapsed() >= deadline {
             tracing::warn!(
                 shard = shard.id,
                 in_flight = shard.turns_in_flight(),
-                "drain timeout: stopping with turns in flight"
+                sessions = sessions.get(),
+                "drain timeout: stopping with turns in flight or sessions open"
             );
             return;
         }

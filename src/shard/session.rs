@@ -250,8 +250,21 @@ impl Session {
         idle_wait: std::time::Duration,
     ) -> Option<Bytes> {
         let wait = if first { first_wait } else { idle_wait };
+        let shard = self.shard.clone();
         loop {
-            let msg = match runtime::timeout(wait, self.client.next()).await {
+            let next = futures_lite::future::or(
+                async { Some(runtime::timeout(wait, self.client.next()).await) },
+                async {
+                    shard.drain.started().await;
+                    None
+                },
+            )
+            .await;
+            let Some(next) = next else {
+                close_with(&mut self.client, CloseCode::Away, "going away").await;
+                return None;
+            };
+            let msg = match next {
                 None if first => {
                     close_with(
                         &mut self.client,
