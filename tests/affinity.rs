@@ -36,9 +36,7 @@ fn create_with_input(store: bool, previous: Option<&str>, input: &str) -> String
     let prev = previous
         .map(|p| format!(",\"previous_response_id\":\"{p}\""))
         .unwrap_or_default();
-    format!(
-        r#"{{"type":"response.create","model":"gpt-5","store":{store}{prev},"input":{input}}}"#
-    )
+    format!(r#"{{"type":"response.create","model":"gpt-5","store":{store}{prev},"input":{input}}}"#)
 }
 
 /// Closes the client and waits until the gateway has answered (or dropped) the close, so its
@@ -160,7 +158,11 @@ fn a_reconnect_that_lands_on_another_shard_is_handed_to_the_owner() {
             let mut c = connect(gw.addr());
             let t = c.turn(&create("gpt-5", "go on", false, Some(&prev)));
             assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
-            assert_eq!(t.conn_id(), conn, "the chain stayed on its upstream connection");
+            assert_eq!(
+                t.conn_id(),
+                conn,
+                "the chain stayed on its upstream connection"
+            );
             // The handed session goes on serving turns on the owner.
             let next = t.response_id().expect("id");
             let t2 = c.turn(&create("gpt-5", "and on", false, Some(&next)));
@@ -174,7 +176,10 @@ fn a_reconnect_that_lands_on_another_shard_is_handed_to_the_owner() {
     }
     assert_eq!(up.stats().previous_response_not_found_total, 0);
     let sent = labeled(admin, "handoff", "sent");
-    assert!(sent >= 1, "no reconnection of {chains} landed on the other shard");
+    assert!(
+        sent >= 1,
+        "no reconnection of {chains} landed on the other shard"
+    );
     assert_eq!(wait_labeled(admin, "handoff", "received", sent), sent);
     assert!(labeled(admin, "affinity", "other_shard") >= sent);
     assert!(labeled(admin, "affinity", "connection_reused") >= sent);
@@ -252,7 +257,12 @@ fn previous_response_not_found_is_aligned_once_to_the_sessions_last_response() {
     let (up, _gw, admin, mut c) = recovery_setup();
     let t1 = c.turn(&create("gpt-5", "first", true, None));
     let last = t1.response_id().expect("id");
-    let t2 = c.turn(&create("gpt-5", "second", true, Some("resp_unknown_to_upstream")));
+    let t2 = c.turn(&create(
+        "gpt-5",
+        "second",
+        true,
+        Some("resp_unknown_to_upstream"),
+    ));
     assert_eq!(t2.last_type(), "response.completed", "{:?}", t2.events);
     assert!(!t2.types().contains(&"error".to_string()));
     let stats = up.stats();
@@ -315,7 +325,11 @@ fn tool_output_not_found_is_replayed_without_the_id_only_when_the_calls_travel_a
     let t3 = c.turn(&create_with_input(true, Some(&last), orphan));
     assert_eq!(t3.last_type(), "error");
     let after = up.stats();
-    assert_eq!(after.ws_turns_total, before.ws_turns_total + 1, "not replayed");
+    assert_eq!(
+        after.ws_turns_total,
+        before.ws_turns_total + 1,
+        "not replayed"
+    );
     assert_eq!(
         after.tool_output_not_found_total,
         before.tool_output_not_found_total + 1
@@ -342,4 +356,28 @@ fn a_tool_output_without_previous_id_on_a_store_false_session_gets_the_last_resp
     let sent = stats.recent_ws_frames.last().expect("a frame");
     assert_eq!(previous_of(sent), Some(last), "the id was injected");
     assert_eq!(wait_labeled(admin, "normalizer", "inject_verified", 1), 1);
+}
+
+#[test]
+fn a_post_chained_to_a_websocket_response_runs_on_its_connection() {
+    let up = mock();
+    let gw = gateway(config(&[&up], 1, ""));
+    let mut a = connect(gw.addr());
+    let mut b = connect(gw.addr());
+    let ta = a.turn(&create("gpt-5", "one", false, None));
+    let tb = b.turn(&create("gpt-5", "two", false, None));
+    assert_ne!(ta.conn_id(), tb.conn_id());
+    close(a);
+    close(b);
+    // POST requests are routed by previous_response_id without a handoff: on this shard, onto
+    // the very connection that holds the store=false response.
+    let prev = ta.response_id().expect("id");
+    let body = format!(
+        r#"{{"model":"gpt-5","stream":false,"store":false,"previous_response_id":"{prev}","input":"more"}}"#
+    );
+    let reply = HttpConn::open(gw.addr()).post("/v1/responses", &body);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = reply.json()["id"].as_str().map(str::to_owned).expect("id");
+    assert_eq!(conn_of(&id), ta.conn_id());
+    assert_eq!(up.stats().previous_response_not_found_total, 0);
 }

@@ -29,7 +29,11 @@ fn draining_closes_idle_sessions_with_1001_and_lets_running_turns_finish() {
     assert_eq!(idle.expect_close(), Some(1001), "idle session: going away");
     let rest = busy.read_turn();
     assert_eq!(rest.last_type(), "response.completed", "{:?}", rest.types());
-    assert_eq!(busy.expect_close(), Some(1001), "after its turn: going away");
+    assert_eq!(
+        busy.expect_close(),
+        Some(1001),
+        "after its turn: going away"
+    );
     stopper.join().expect("gateway stopped");
     assert_eq!(up.stats().ws_turns_total, 2);
 }

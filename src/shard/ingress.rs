@@ -13,9 +13,9 @@ use crate::runtime::TcpStream;
 
 use super::auth::{presented_key, ClientIdentity};
 use super::counters::bump;
+use super::handoff::PrefixedStream;
 use super::http_front::{self, After};
 use super::http_head::{self, HeadError, RequestHead};
-use super::handoff::PrefixedStream;
 use super::session::{self, ClientWs, Session};
 use super::Shard;
 

@@ -168,7 +168,10 @@ impl Session {
             Err(failed) => {
                 shard.counters.bump_labeled(HANDOFF, "detach_failed");
                 let failed = *failed;
-                (PrefixedStream::new(failed.prefix, failed.stream), failed.meta)
+                (
+                    PrefixedStream::new(failed.prefix, failed.stream),
+                    failed.meta,
+                )
             }
         };
         let (stream, meta) = back;

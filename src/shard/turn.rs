@@ -612,7 +612,9 @@ impl Driver {
             },
         );
         if let Some(calls) = pending_calls {
-            shard.sticky.set_pending(counters, group, response_id, calls);
+            shard
+                .sticky
+                .set_pending(counters, group, response_id, calls);
         }
         if let Some(session) = self.session {
             shard
@@ -634,6 +636,13 @@ impl Driver {
     /// The turn `frame` with the context it chains to merged in, when its `previous_response_id`
     /// is a warm-up the gateway answered or a store=false response carried over HTTP (and the
     /// gateway still remembers it).
+    ///
+    /// This is the one rewrite outside the normalizer's splice, on purpose: it rebuilds `input`
+    /// (the remembered context, then the turn's items), fills fields from the remembered frame
+    /// and replaces the gateway-issued id with the warm-up's own, which makes a new frame
+    /// that must be parsed again before anything else is decided — the pairing decision reads
+    /// the merged frame's previous id and tool outputs, and the normalizer's single splice then
+    /// works on it like on any client frame.
     fn expand_warmup_chain(&self, parsed: &ClientFrame<'_>, frame: &[u8]) -> Option<Bytes> {
         let id = parsed.previous_response_id.as_deref()?;
         let cache = self.shard.warmups.borrow();
@@ -1025,7 +1034,7 @@ impl Driver {
         };
         if !shard.control.send(ShardMsg::Usage(Box::new(record))) {
             bump(&shard.counters.control_queue_drops);
-            tracing::error!(
+            crate::error_limited!(
                 shard = shard.id,
                 "control queue full: a usage record was dropped"
             );
