@@ -73,6 +73,16 @@ fn labeled(admin: SocketAddr, family: &str, label: &str) -> u64 {
         .sum()
 }
 
+/// The sum over shards of counter `name` in `/metrics`.
+fn counter(admin: SocketAddr, name: &str) -> u64 {
+    let prefix = format!("shardgate_{name}_total{{shard=");
+    admin_get(admin, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Waits (stats ship every 50 ms) until `family{label}` reaches `at_least`; returns its value.
 fn wait_labeled(admin: SocketAddr, family: &str, label: &str, at_least: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -380,4 +390,72 @@ fn a_post_chained_to_a_websocket_response_runs_on_its_connection() {
     let id = reply.json()["id"].as_str().map(str::to_owned).expect("id");
     assert_eq!(conn_of(&id), ta.conn_id());
     assert_eq!(up.stats().previous_response_not_found_total, 0);
+}
+
+#[test]
+fn a_chain_whose_connection_is_held_by_a_live_session_gets_the_same_account_and_recovery() {
+    let (m0, m1) = (mock(), mock());
+    let gw = gateway(config(&[&m0, &m1], 1, ""));
+    let admin = gw.admin_addr().expect("admin");
+    let mut holder = connect(gw.addr());
+    let t1 = holder.turn(&create("gpt-5", "mine", false, None));
+    let prev = t1.response_id().expect("id");
+    let owner = if m0.stats().ws_turns_total == 1 {
+        &m0
+    } else {
+        &m1
+    };
+    // The holder keeps its session (and its store=false connection) open.
+    let mut other = connect(gw.addr());
+    let t2 = other.turn(&create("gpt-5", "yours", false, Some(&prev)));
+    assert_eq!(
+        t2.error_code().as_deref(),
+        Some("previous_response_not_found"),
+        "{:?}",
+        t2.events
+    );
+    assert_eq!(owner.stats().ws_turns_total, 2, "same account");
+    assert_eq!(wait_labeled(admin, "affinity", "connection_busy", 1), 1);
+    assert_eq!(
+        wait_labeled(admin, "recovery", "pass_no_other_response", 1),
+        1
+    );
+    // The holder's chain is untouched.
+    let t3 = holder.turn(&create("gpt-5", "still mine", false, Some(&prev)));
+    assert_eq!(t3.last_type(), "response.completed");
+    assert_eq!(t3.conn_id(), t1.conn_id());
+}
+
+#[test]
+fn a_reconnect_after_leaving_mid_turn_is_told_to_resend_the_full_context() {
+    let up = mock();
+    let gw = gateway(config(&[&up], 1, ""));
+    let admin = gw.admin_addr().expect("admin");
+    let mut c = connect(gw.addr());
+    let t1 = c.turn(&create("gpt-5", "done", false, None));
+    let prev = t1.response_id().expect("id");
+    // Like Codex on ESC: the client goes away in the middle of the next turn, which costs the
+    // upstream connection (its state is unknown) and with it the store=false chain.
+    c.send(&create(
+        "gpt-5",
+        "interrupted [[mock:deltas=50,delay_ms=50]]",
+        false,
+        Some(&prev),
+    ));
+    let _ = c.ws.read().expect("the turn started");
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counter(admin, "turns_client_gone") < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut again = connect(gw.addr());
+    let t2 = again.turn(&create("gpt-5", "go on", false, Some(&prev)));
+    assert_eq!(
+        t2.error_code().as_deref(),
+        Some("previous_response_not_found")
+    );
+    assert_eq!(wait_labeled(admin, "affinity", "connection_gone", 1), 1);
+    // Resending the full context without the id works at once.
+    let t3 = again.turn(&create("gpt-5", "everything again", false, None));
+    assert_eq!(t3.last_type(), "response.completed");
 }

@@ -37,9 +37,9 @@ use super::sticky::{self, Affinity};
 use super::upstream::DialError;
 use super::{scheduler, warmup, Shard};
 
-/// How often, 10 ms apart, a chained turn looks for its connection on the idle stack before
-/// taking another one of the same account: a reconnecting client's old session gives the
-/// connection back only once it has read its client's close.
+/// How often, 10 ms apart, a chained turn looks for its connection on the idle stack while the
+/// connection is leased, before taking another one of the same account: a reconnecting
+/// client's old session gives the connection back only once it has read its client's close.
 const AFFINITY_CONN_TRIES: u32 = 3;
 
 /// How a request ended, for its caller.
@@ -435,9 +435,15 @@ impl Driver {
                             ..
                         },
                 } => {
-                    // An `error` event ended the attempt cleanly: the connection (which may
-                    // hold the chain being recovered) stays with the session.
+                    // Upstream answered: the account is healthy, the connection is not reused
+                    // after an error event, and a recovery replay stays on the account (a
+                    // stored response lives there).
                     pool.breaker.on_success(Instant::now());
+                    self.drop_lease();
+                    self.prefer = Some(Prefer {
+                        account: pool.account.index,
+                        connection: None,
+                    });
                     let sent_previous = match previous {
                         PreviousId::AsSent => parsed.previous_response_id.as_deref(),
                         PreviousId::Set(id) => Some(id),
@@ -752,9 +758,10 @@ impl Driver {
     }
 
     /// The idle connection the turn's chain lives on, when the turn prefers one of `pool`'s
-    /// (tried once per turn, never for a fresh retry). Counted as `affinity{connection_reused}`
-    /// or `affinity{connection_busy}` (held by a live session, closed or retired: the turn goes
-    /// on with another connection of the same account, and recovery handles a chain error).
+    /// (tried once per turn, never for a fresh retry). Counted as `affinity{connection_reused}`,
+    /// `affinity{connection_gone}` (closed or retired) or `affinity{connection_busy}` (still held
+    /// by a live session): then the turn goes on with another connection of the same account,
+    /// and recovery handles a chain error.
     async fn preferred_conn(&mut self, pool: &Rc<Pool>, fresh: bool) -> Option<Lease> {
         let prefer = self.prefer.as_mut()?;
         if prefer.account != pool.account.index {
@@ -772,6 +779,10 @@ impl Driver {
             if let Some(lease) = pool.acquire_conn(id) {
                 counters.bump_labeled("affinity", "connection_reused");
                 return Some(lease);
+            }
+            if !pool.is_leased(id) {
+                counters.bump_labeled("affinity", "connection_gone");
+                return None;
             }
         }
         counters.bump_labeled("affinity", "connection_busy");
