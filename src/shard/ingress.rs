@@ -83,7 +83,9 @@ pub async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             Routed::KeepAlive => continue,
             Routed::Done => return,
             Routed::Upgrade(identity, forward) => {
-                let ws = session::client_ws(&shard, PrefixedStream::new(buf, stream)).await;
+                // Recorded until the first frame says whether the session stays on this shard.
+                let stream = PrefixedStream::recording(buf, stream);
+                let ws = session::client_ws(&shard, stream).await;
                 run_session(shard, ws, identity, forward).await;
                 return;
             }

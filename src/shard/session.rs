@@ -35,11 +35,11 @@ use super::Shard;
 pub type ClientWs = WebSocketStream<PrefixedStream<TcpStream>>;
 
 /// What travels with a client connection handed to the shard that owns its chain: who the
-/// client is and the first frame, already read off the socket by the shard that accepted it.
+/// client is. The socket's bytes read so far (the first frame included) travel as the
+/// connection's prefix, so the owner reads that frame again as if it had accepted the client.
 pub struct HandedSession {
     identity: ClientIdentity,
     forward: Vec<(HeaderName, HeaderValue)>,
-    first: Bytes,
 }
 
 /// A shard's senders of client sessions to the other shards.
@@ -63,7 +63,7 @@ enum Served {
     /// The session is over.
     Closed,
     /// The first frame chains to a response whose connection is on shard `.0`.
-    HandOff(usize, Bytes),
+    HandOff(usize),
 }
 
 /// The client WebSocket over `stream`, with the server's message limits.
@@ -88,7 +88,7 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
         client,
         handed_in: true,
     };
-    session.run_from(Some(meta.first)).await;
+    session.run().await;
     shard.close_session(&key_id);
 }
 
@@ -110,43 +110,36 @@ impl Session {
 
     /// Runs the session to its end (here, or on the shard its first frame's chain lives on).
     /// The upstream connection goes back to the pool only if the last turn ended cleanly.
-    pub async fn run(self) {
-        self.run_from(None).await;
-    }
-
-    async fn run_from(mut self, first: Option<Bytes>) {
-        let mut first = first;
+    pub async fn run(mut self) {
         loop {
-            match self.serve(first.take()).await {
+            match self.serve().await {
                 Served::Closed => {
                     self.driver.release();
                     return;
                 }
-                Served::HandOff(to, frame) => match self.hand_off(to, frame).await {
+                Served::HandOff(to) => match self.hand_off(to).await {
                     Ok(()) => return,
-                    Err(kept) => {
-                        (self, first) = (kept.0, Some(kept.1));
-                    }
+                    Err(kept) => self = *kept,
                 },
             }
         }
     }
 
-    /// Gives the client connection to shard `to`, the first frame with it. When that cannot
-    /// happen (the owner's queue is full, the socket cannot be detached) the session comes
-    /// back, to be served here on the same account.
-    async fn hand_off(mut self, to: usize, frame: Bytes) -> Result<(), Box<(Session, Bytes)>> {
+    /// Gives the client connection to shard `to`, with every byte read from it so far. When
+    /// that cannot happen (the owner's queue is full, the socket cannot be detached) the
+    /// session comes back, to be served here on the same account (it reads its first frame
+    /// again from the replayed bytes).
+    async fn hand_off(mut self, to: usize) -> Result<(), Box<Session>> {
         let shard = self.shard.clone();
         let Some(handoff) = shard.handoff.get() else {
             shard.counters.bump_labeled(HANDOFF, "no_such_shard");
             self.handed_in = true;
-            return Err(Box::new((self, frame)));
+            return Err(Box::new(self));
         };
         let Session { client, driver, .. } = self;
         let meta = HandedSession {
             identity: driver.identity().clone(),
             forward: driver.forward().to_vec(),
-            first: frame,
         };
         let (prefix, stream) = client.into_inner().into_parts();
         let back = match HandedConn::new(stream, prefix, meta) {
@@ -174,17 +167,14 @@ impl Session {
                 )
             }
         };
-        let (stream, meta) = back;
+        let (stream, _meta) = back;
         let client = client_ws(&shard, stream).await;
-        Err(Box::new((
-            Session {
-                shard,
-                client,
-                driver,
-                handed_in: true,
-            },
-            meta.first,
-        )))
+        Err(Box::new(Session {
+            shard,
+            client,
+            driver,
+            handed_in: true,
+        }))
     }
 
     /// The other shard that owns the connection the first frame chains to, when the client
@@ -201,18 +191,13 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, pending: Option<Bytes>) -> Served {
+    async fn serve(&mut self) -> Served {
         let cfg = &self.shard.config.server;
         let (first_wait, idle_wait) = (cfg.first_message_timeout, cfg.idle_timeout);
         let mut first = true;
-        let mut pending = pending;
         loop {
-            let frame = match pending.take() {
-                Some(frame) => frame,
-                None => match self.read_frame(first, first_wait, idle_wait).await {
-                    Some(frame) => frame,
-                    None => return Served::Closed,
-                },
+            let Some(frame) = self.read_frame(first, first_wait, idle_wait).await else {
+                return Served::Closed;
             };
             if self.shard.is_draining() {
                 self.refuse_draining().await;
@@ -220,8 +205,10 @@ impl Session {
             }
             if first {
                 if let Some(to) = self.owner_elsewhere(&frame).await {
-                    return Served::HandOff(to, frame);
+                    return Served::HandOff(to);
                 }
+                // The session stays here: the socket's bytes need not be kept any more.
+                self.client.get_mut().stop_recording();
             }
             first = false;
             let mut next = Some(frame);
@@ -371,4 +358,72 @@ async fn close_with(client: &mut ClientWs, code: CloseCode, reason: &str) {
         reason: reason.into(),
     };
     let _ = runtime::timeout(std::time::Duration::from_secs(1), client.close(Some(frame))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_tungstenite::tungstenite::protocol::WebSocket;
+    use std::io::Cursor;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// An in-memory socket: reads what a client wrote, swallows what the server writes.
+    struct Memory(Cursor<Vec<u8>>);
+
+    impl futures_lite::AsyncRead for Memory {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(std::io::Read::read(&mut self.0, buf))
+        }
+    }
+
+    impl futures_lite::AsyncWrite for Memory {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Two masked client frames, as a client puts them on the wire.
+    fn client_bytes() -> Vec<u8> {
+        let mut client = WebSocket::from_raw_socket(Cursor::new(Vec::new()), Role::Client, None);
+        client.send(Message::text("first")).unwrap();
+        client.send(Message::text("second")).unwrap();
+        client.into_inner().into_inner()
+    }
+
+    #[test]
+    fn a_handed_on_socket_replays_the_first_frame_and_what_was_buffered_after_it() {
+        futures_lite::future::block_on(async {
+            let bytes = client_bytes();
+            let (upgrade_rest, socket) = bytes.split_at(3);
+            let stream = PrefixedStream::recording(
+                upgrade_rest.to_vec(),
+                Memory(Cursor::new(socket.to_vec())),
+            );
+            let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+            let first = ws.next().await.unwrap().unwrap();
+            assert_eq!(first, Message::text("first"));
+            // The reader has the second frame in its buffer by now; the replay still has it.
+            let (replay, socket) = ws.into_inner().into_parts();
+            assert_eq!(replay, bytes);
+            let stream = PrefixedStream::new(replay, socket);
+            let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("first"));
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("second"));
+        });
+    }
 }

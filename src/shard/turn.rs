@@ -42,6 +42,10 @@ use super::{scheduler, warmup, Shard};
 /// client's old session gives the connection back only once it has read its client's close.
 const AFFINITY_CONN_TRIES: u32 = 3;
 
+/// The connection id a binding carries when no pooled WebSocket holds the response (a turn
+/// over HTTP upstream, a warm-up the gateway answered); pooled connection ids start at 1.
+const NO_CONNECTION: u64 = 0;
+
 /// How a request ended, for its caller.
 pub enum TurnEnd {
     /// The request is over (answered or failed); the client may send another.
@@ -84,7 +88,7 @@ struct Attempt {
     outcome: Outcome,
     /// The connection had carried earlier requests (a failure may say more about it).
     reused: bool,
-    /// The upstream connection's id, once one was used.
+    /// The pooled upstream WebSocket's id, once one was used.
     conn: Option<u64>,
 }
 
@@ -154,7 +158,10 @@ impl Driver {
             Affinity::ThisShard {
                 account,
                 connection,
-            } => (Some(account), Some(*connection)),
+            } => (
+                Some(account),
+                Some(*connection).filter(|c| *c != NO_CONNECTION),
+            ),
             Affinity::OtherShard { account, .. } | Affinity::OtherHost { account } => {
                 (Some(account), None)
             }
@@ -349,7 +356,8 @@ impl Driver {
                         }
                     }
                     if let Some(id) = &response_id {
-                        self.remember(id, &pool, attempt.conn.unwrap_or(0), pending_calls);
+                        let conn = attempt.conn.unwrap_or(NO_CONNECTION);
+                        self.remember(id, &pool, conn, pending_calls);
                     }
                     self.shard.counters.bump_labeled("terminal", kind.as_str());
                     if kind == TerminalKind::Completed {
@@ -586,7 +594,7 @@ impl Driver {
             Some((account, connection)) if self.last.as_deref() == Some(previous) => {
                 self.prefer = Some(Prefer {
                     account,
-                    connection: Some(connection),
+                    connection: Some(connection).filter(|c| *c != NO_CONNECTION),
                 });
             }
             _ => {
@@ -683,7 +691,7 @@ impl Driver {
             .warmups
             .borrow_mut()
             .insert(id.clone(), frame.clone());
-        self.remember(&id, pool, 0, None);
+        self.remember(&id, pool, NO_CONNECTION, None);
         for (i, event) in warmup::answer(&id, model).into_iter().enumerate() {
             let et = if i == 0 {
                 "response.created"
@@ -962,7 +970,6 @@ impl Driver {
         }
         let cfg = &self.shard.config.upstream;
         let sent_at = Instant::now();
-        let conn_id = Some(conn.id);
         let mut resp = match conn.send(&pool.account, cfg, &self.forward, &body).await {
             Ok(r) => r,
             Err(e) => return failed(relay::http_failure(&e), reused),
@@ -1002,10 +1009,11 @@ impl Driver {
                 pool.http_give_back(conn);
             }
         }
+        // An HTTP exchange leaves no state on its connection: the binding names none.
         Attempt {
             outcome,
             reused,
-            conn: conn_id,
+            conn: None,
         }
     }
 
