@@ -42,14 +42,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 mock_port=$(free_port)
 gw_port=$(free_port)
 gw_http_port=$(free_port)
+admin_port=$(free_port)
 
 "$bin" mock-upstream --listen "127.0.0.1:$mock_port" --require-key sk-upstream-real >"$work/mock.log" 2>&1 &
 pids+=($!)
-gateway_config() { # port, extra [upstream] lines
+gateway_config() { # port, extra [upstream] lines, extra [server] lines
   cat <<TOML
 [server]
 listen = "127.0.0.1:$1"
 shards = 2
+${3:-}
 [upstream]
 $2
 [[client_keys]]
@@ -62,7 +64,8 @@ api_key = "sk-upstream-real"
 max_conns = 8
 TOML
 }
-gateway_config "$gw_port" "" >"$work/gw.toml"
+gateway_config "$gw_port" "" "admin_listen = \"127.0.0.1:$admin_port\"
+stats_interval_ms = 100" >"$work/gw.toml"
 gateway_config "$gw_http_port" "force_http = true" >"$work/gw-http.toml"
 "$bin" serve --config "$work/gw.toml" >"$work/gw.log" 2>&1 &
 pids+=($!)
@@ -152,7 +155,10 @@ codex_tool_then_resume() {
 
 python_ws_reconnect() {
   python3 scripts/real_clients/python_ws_reconnect.py "http://127.0.0.1:$gw_port/v1" sk-gw-real &&
-    expect previous_response_not_found_total -eq 0 && expect tool_output_not_found_total -eq 0
+    expect previous_response_not_found_total -eq 0 && expect tool_output_not_found_total -eq 0 || return 1
+  # Where the reconnections landed is the kernel's choice: the counters say it, for the record.
+  sleep 0.3
+  curl -fsS "http://127.0.0.1:$admin_port/metrics" | grep -E '^shardgate_(handoff|affinity)_total' || true
 }
 
 codex_sse() {
