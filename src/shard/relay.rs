@@ -610,6 +610,55 @@ mod tests {
     }
 
     #[test]
+    fn chain_error_before_any_relay_goes_to_the_recovery_matrix() {
+        let ev = Utf8Bytes::from_static(
+            r#"{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"Previous response with id 'r1' not found."}}"#,
+        );
+        match classify(ev.clone(), &Rewrite::None, false, false) {
+            Step::Fail(f) => {
+                assert_eq!(
+                    f.class,
+                    FailureClass::Chain {
+                        reason: ErrorReason::PreviousResponseNotFound
+                    }
+                );
+                assert_eq!(f.error.event, ev.as_str(), "passed on as upstream sent it");
+                assert_eq!(f.error.code, "previous_response_not_found");
+            }
+            _ => panic!("not a failed attempt"),
+        }
+        assert!(matches!(
+            classify(ev, &Rewrite::None, true, false),
+            Step::Relay(_, _, Some(Outcome::UpstreamErrorEvent))
+        ));
+    }
+
+    #[test]
+    fn terminal_events_carry_their_pending_tool_calls() {
+        let pending = |ev: &'static str| match classify(
+            Utf8Bytes::from_static(ev),
+            &Rewrite::None,
+            true,
+            false,
+        ) {
+            Step::Relay(_, _, Some(Outcome::Terminal { pending_calls, .. })) => pending_calls,
+            _ => panic!("not a terminal event"),
+        };
+        assert_eq!(
+            pending(
+                r#"{"type":"response.completed","response":{"id":"r1","output":[{"type":"function_call","call_id":"c1","name":"f"}]}}"#
+            ),
+            Some(vec!["c1".to_string()])
+        );
+        assert_eq!(
+            pending(
+                r#"{"type":"response.completed","response":{"id":"r1","output":[{"type":"message"}]}}"#
+            ),
+            None
+        );
+    }
+
+    #[test]
     fn retryable_error_event_before_any_relay_fails_the_attempt() {
         let ev = Utf8Bytes::from_static(
             r#"{"type":"error","status":500,"error":{"type":"server_error","code":"server_error","message":"x"}}"#,

@@ -1181,6 +1181,28 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn http_chain_errors_go_to_the_recovery_matrix() {
+        let body = br#"{"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"Previous response with id 'r1' not found."}}"#;
+        assert_eq!(
+            chain_error(400, body),
+            Some(FailureClass::Chain {
+                reason: ErrorReason::PreviousResponseNotFound
+            })
+        );
+        let body = br#"{"error":{"type":"invalid_request_error","code":null,"message":"No tool call found for function call output with call_id c1."}}"#;
+        assert_eq!(
+            chain_error(400, body),
+            Some(FailureClass::Chain {
+                reason: ErrorReason::ToolOutputNotFound
+            })
+        );
+        let other =
+            br#"{"error":{"type":"invalid_request_error","code":"invalid_value","message":"bad"}}"#;
+        assert_eq!(chain_error(400, other), None);
+        assert_eq!(chain_error(500, body), None);
+    }
+
+    #[test]
     fn dial_failures_are_classified() {
         let refused = |status, retry_after| {
             dial_failure(&DialError::Refused {
