@@ -4,8 +4,15 @@
 //! is separated from "how it travels": each attempt picks an account (skipping open breakers and,
 //! when another healthy one exists, accounts already tried), a transport (a pooled WebSocket, or
 //! HTTP/SSE when the account or the global switch says so or WebSocket was refused), relays the
-//! events into the client's sink, and classifies a failure as retryable, fallback or final
-//! ([`FailureClass`]). Nothing is retried once the client has seen an event.
+//! events into the client's sink, and classifies a failure as retryable, fallback, chain error or
+//! final ([`FailureClass`]). Nothing is retried once the client has seen an event.
+//!
+//! Sticky state around the loop: a turn chained by `previous_response_id` prefers the account
+//! (and, on this shard, the idle connection) its previous response lives on; the pairing decision
+//! on `previous_response_id` is made once per turn and applied by each attempt's single rewrite;
+//! a chain error before any output goes to the recovery matrix (at most one alignment and one
+//! replay without the id); a terminal event records the response's binding, its pending tool
+//! calls and the session's last response.
 
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
