@@ -93,8 +93,15 @@ impl Gateway {
                     }
                 };
                 let _ = ready.send(Ok(()));
-                // Every shard connects its handoff ends; this completes once all of them did.
-                let (handoff, inbox) = port.connect().await;
+                // Every shard connects its handoff ends; this completes once all of them did,
+                // unless the gateway stops first (another shard failed to start).
+                let mut stop_rx = stop_rx;
+                let connect = std::pin::pin!(port.connect());
+                let (handoff, inbox) =
+                    match futures_util::future::select(connect, &mut stop_rx).await {
+                        futures_util::future::Either::Left((ends, _)) => ends,
+                        futures_util::future::Either::Right(_) => return,
+                    };
                 let _ = shard.handoff.set(handoff);
                 shard::run(shard, listener, inbox, stop_rx).await;
             })

@@ -223,9 +223,10 @@ impl Shard {
 }
 
 /// Accepts connections until `shutdown` fires; each connection (accepted, or handed over by
-/// another shard through `inbox`) runs in its own task, and a panic in one is contained there. On shutdown the listener is closed, then the shard waits
-/// for its in-flight turns (up to `[server] drain_timeout_secs`) so their usage records are
-/// sent, ships a last snapshot and returns.
+/// another shard through `inbox`) runs in its own task, and a panic in one is contained there.
+/// On shutdown the listener is closed, then the shard waits for its in-flight turns and open
+/// sessions (up to `[server] drain_timeout_secs`) so their usage records are sent, ships a last
+/// snapshot and returns.
 pub async fn run(
     shard: Rc<Shard>,
     listener: TcpListener,
