@@ -213,6 +213,11 @@ impl Session {
             first = false;
             let mut next = Some(frame);
             while let Some(frame) = next.take() {
+                if self.shard.is_draining() {
+                    // A turn that preempted the last one while the shard drains.
+                    self.refuse_draining().await;
+                    return Served::Closed;
+                }
                 add(&self.shard.counters.bytes_in, frame.len() as u64);
                 let mut sink = WsSink {
                     client: &mut self.client,
