@@ -5,6 +5,11 @@
 //! responses (they live only on the connection that produced them); the driver gives it back
 //! between stored turns. While a turn runs the sink watches the client: a disconnect ends the
 //! turn at once, a new `response.create` preempts it.
+//!
+//! The first frame decides where the session runs: when it chains to a response whose upstream
+//! connection is on another shard, the client connection is handed to that shard with every
+//! byte read from it so far, and the owner serves the session from its first frame on. While
+//! the shard drains, a session between turns closes with 1001 and a new turn is refused.
 
 use std::rc::Rc;
 use std::time::Instant;
