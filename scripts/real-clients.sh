@@ -7,7 +7,11 @@
 #   4. Codex CLI `codex exec` with a provider WITHOUT `supports_websockets` (POST + SSE) (ws);
 #   5. Codex CLI over WebSocket to the "http" gateway: its warm-ups are answered by the gateway
 #      and never reach the HTTP upstream (which refuses `generate`);
-#   6. openai-python stream and non-stream to the "http" gateway (HTTP upstream end to end).
+#   6. openai-python stream and non-stream to the "http" gateway (HTTP upstream end to end);
+#   7. Codex CLI running a real tool call (`exec_command`, emitted by the mock's `tool=`
+#      directive), then `exec resume --last` (ws);
+#   8. openai-python: a store=false tool-call round trip, then new WebSocket connections that
+#      continue the chain by previous_response_id, each on the same upstream connection (ws).
 # Each check asserts on the mock's own counters. Installs the clients if missing. The last line
 # is `real-clients: N passed, M failed`.
 set -uo pipefail
@@ -38,14 +42,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 mock_port=$(free_port)
 gw_port=$(free_port)
 gw_http_port=$(free_port)
+admin_port=$(free_port)
 
 "$bin" mock-upstream --listen "127.0.0.1:$mock_port" --require-key sk-upstream-real >"$work/mock.log" 2>&1 &
 pids+=($!)
-gateway_config() { # port, extra [upstream] lines
+gateway_config() { # port, extra [upstream] lines, extra [server] lines
   cat <<TOML
 [server]
 listen = "127.0.0.1:$1"
 shards = 2
+${3:-}
 [upstream]
 $2
 [[client_keys]]
@@ -58,7 +64,8 @@ api_key = "sk-upstream-real"
 max_conns = 8
 TOML
 }
-gateway_config "$gw_port" "" >"$work/gw.toml"
+gateway_config "$gw_port" "" "admin_listen = \"127.0.0.1:$admin_port\"
+stats_interval_ms = 100" >"$work/gw.toml"
 gateway_config "$gw_http_port" "force_http = true" >"$work/gw-http.toml"
 "$bin" serve --config "$work/gw.toml" >"$work/gw.log" 2>&1 &
 pids+=($!)
@@ -136,6 +143,24 @@ codex_ws() {
     expect ws_turns_total -gt "$before" && expect previous_response_not_found_total -eq 0
 }
 
+codex_tool_then_resume() {
+  local before; before=$(field ws_turns_total)
+  codex_config "$gw_port" true
+  codex_exec "$work/codex5.log" "run it [[mock:tool=exec_command]]" || return 1
+  grep -q "echo mock" "$work/codex5.log" || { cat "$work/codex5.log"; echo "codex ran no tool call"; return 1; }
+  codex_exec "$work/codex6.log" resume --last "and again" &&
+    expect ws_turns_total -ge $((before + 4)) && expect previous_response_not_found_total -eq 0 &&
+    expect tool_output_not_found_total -eq 0
+}
+
+python_ws_reconnect() {
+  python3 scripts/real_clients/python_ws_reconnect.py "http://127.0.0.1:$gw_port/v1" sk-gw-real &&
+    expect previous_response_not_found_total -eq 0 && expect tool_output_not_found_total -eq 0 || return 1
+  # Where the reconnections landed is the kernel's choice: the counters say it, for the record.
+  sleep 0.3
+  curl -fsS "http://127.0.0.1:$admin_port/metrics" | grep -E '^shardgate_(handoff|affinity)_total' || true
+}
+
 codex_sse() {
   local before; before=$(field ws_turns_total)
   codex_config "$gw_port" false
@@ -168,6 +193,8 @@ check "Codex CLI with supports_websockets = true" codex_ws
 check "Codex CLI without supports_websockets (POST + SSE)" codex_sse
 check "Codex CLI over WebSocket, HTTP upstream (warm-ups answered by the gateway)" codex_ws_to_http_upstream
 check "openai-python stream and non-stream, HTTP upstream" python_http_upstream
+check "Codex CLI tool call, then exec resume --last" codex_tool_then_resume
+check "openai-python store=false tool round trip, then reconnects continuing the chain" python_ws_reconnect
 
 check "no key in the mock's view or the gateway logs" bash -c "
   curl -fsS http://127.0.0.1:$mock_port/_mock/stats | python3 -c '

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::control::{ControlHandle, ControlThread};
 use crate::runtime;
+use crate::shard::handoff::{self, CHANNEL_CAPACITY};
 use crate::shard::{self, Shard};
 
 /// Why the gateway could not start.
@@ -73,7 +74,8 @@ impl Gateway {
         let mut stops = Vec::with_capacity(shards);
         let mut threads = Vec::with_capacity(shards);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-        for (id, listener) in listeners.iter_mut().enumerate() {
+        let ports = handoff::mesh(shards, CHANNEL_CAPACITY);
+        for ((id, listener), port) in listeners.iter_mut().enumerate().zip(ports) {
             let listener = listener.take().expect("one listener per shard");
             let (stop_tx, stop_rx) = futures_channel::oneshot::channel();
             stops.push(stop_tx);
@@ -91,7 +93,17 @@ impl Gateway {
                     }
                 };
                 let _ = ready.send(Ok(()));
-                shard::run(shard, listener, stop_rx).await;
+                // Every shard connects its handoff ends; this completes once all of them did,
+                // unless the gateway stops first (another shard failed to start).
+                let mut stop_rx = stop_rx;
+                let connect = std::pin::pin!(port.connect());
+                let (handoff, inbox) =
+                    match futures_util::future::select(connect, &mut stop_rx).await {
+                        futures_util::future::Either::Left((ends, _)) => ends,
+                        futures_util::future::Either::Right(_) => return,
+                    };
+                let _ = shard.handoff.set(handoff);
+                shard::run(shard, listener, inbox, stop_rx).await;
             })
             .map_err(StartError::Thread)?;
             threads.push(handle);

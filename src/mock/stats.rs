@@ -48,4 +48,24 @@ pub struct MockStats {
     pub last_http_body: String,
     /// Faults injected by directives, by kind (`error`, `close`, `drop`, `stall`, `oversize`, …).
     pub faults: BTreeMap<String, u64>,
+    /// The latest WebSocket frames received (at most [`RECENT_FRAMES`], oldest first, each cut
+    /// to [`RECENT_FRAME_BYTES`]): what the gateway sent upstream, for tests of its rewrites.
+    pub recent_ws_frames: Vec<String>,
+}
+
+/// WebSocket frames [`MockStats::recent_ws_frames`] keeps.
+pub const RECENT_FRAMES: usize = 32;
+/// Bytes of each frame it keeps.
+pub const RECENT_FRAME_BYTES: usize = 4096;
+
+impl MockStats {
+    /// Remembers a received WebSocket frame among the recent ones.
+    pub fn note_ws_frame(&mut self, frame: &[u8]) {
+        if self.recent_ws_frames.len() >= RECENT_FRAMES {
+            self.recent_ws_frames.remove(0);
+        }
+        let kept = &frame[..frame.len().min(RECENT_FRAME_BYTES)];
+        self.recent_ws_frames
+            .push(String::from_utf8_lossy(kept).into_owned());
+    }
 }

@@ -16,6 +16,17 @@ use super::state::{ConnState, Shared};
 pub const OVERSIZE_BYTES: usize = 17 << 20;
 /// Arguments of the function call a `tool=` directive emits.
 const TOOL_ARGUMENTS: &str = r#"{"command":["echo","mock"]}"#;
+/// Arguments for Codex's `exec_command` tool (a command line in `cmd`), so that a real Codex
+/// runs the call and answers it.
+const EXEC_COMMAND_ARGUMENTS: &str = r#"{"cmd":"echo mock"}"#;
+
+/// The arguments of a `tool=NAME` call, in the shape that tool takes.
+fn tool_arguments(name: &str) -> &'static str {
+    match name {
+        "exec_command" => EXEC_COMMAND_ARGUMENTS,
+        _ => TOOL_ARGUMENTS,
+    }
+}
 
 /// Where a turn comes from: the transport decides which state a chain may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -389,7 +400,7 @@ fn tool_events(name: &str, out: &mut Vec<RawEvent>) -> (Value, Vec<String>, Stri
             "type": "response.function_call_arguments.delta",
             "item_id": id,
             "output_index": 0,
-            "delta": TOOL_ARGUMENTS,
+            "delta": tool_arguments(name),
         }),
         true,
     ));
@@ -400,11 +411,11 @@ fn tool_events(name: &str, out: &mut Vec<RawEvent>) -> (Value, Vec<String>, Stri
             "item_id": id,
             "output_index": 0,
             "name": name,
-            "arguments": TOOL_ARGUMENTS,
+            "arguments": tool_arguments(name),
         }),
         false,
     ));
-    let item = events::function_call_item(id, &call_id, name, Some(TOOL_ARGUMENTS));
+    let item = events::function_call_item(id, &call_id, name, Some(tool_arguments(name)));
     out.push((
         "response.output_item.done",
         json!({ "type": "response.output_item.done", "output_index": 0, "item": item.clone() }),

@@ -165,6 +165,7 @@ async fn handle_frame<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    shared.record(|s| s.note_ws_frame(bytes));
     let req = match CreateRequest::from_ws_frame(bytes) {
         Ok(req) => req,
         Err(err) => {

@@ -201,10 +201,15 @@ impl<M: Send + 'static> HandoffInbox<M> {
 }
 
 /// A stream that yields `prefix` before reading `inner`; writes go straight to `inner`.
+///
+/// A recording stream also keeps a copy of every byte read, so a connection can be handed on
+/// after a protocol layer above it has read (and buffered) some of it: the receiver replays
+/// everything from the start, with nothing lost in the reader's buffer.
 pub struct PrefixedStream<S> {
     prefix: Vec<u8>,
     at: usize,
     inner: S,
+    record: Option<Vec<u8>>,
 }
 
 impl<S> PrefixedStream<S> {
@@ -214,7 +219,21 @@ impl<S> PrefixedStream<S> {
             prefix,
             at: 0,
             inner,
+            record: None,
         }
+    }
+
+    /// Same, recording what is read until [`PrefixedStream::stop_recording`].
+    pub fn recording(prefix: Vec<u8>, inner: S) -> Self {
+        PrefixedStream {
+            record: Some(Vec::new()),
+            ..Self::new(prefix, inner)
+        }
+    }
+
+    /// Forgets the recording and records no more (the connection stays where it is).
+    pub fn stop_recording(&mut self) {
+        self.record = None;
     }
 
     /// The wrapped stream.
@@ -226,6 +245,23 @@ impl<S> PrefixedStream<S> {
     pub fn pending_prefix(&self) -> &[u8] {
         &self.prefix[self.at..]
     }
+
+    /// The bytes a new reader must see first, and the wrapped stream (to hand the connection
+    /// on): everything read so far when recording, then the prefix bytes not read yet.
+    pub fn into_parts(mut self) -> (Vec<u8>, S) {
+        let unread = if self.at == 0 {
+            self.prefix
+        } else {
+            self.prefix.split_off(self.at)
+        };
+        match self.record {
+            Some(mut read) => {
+                read.extend_from_slice(&unread);
+                (read, self.inner)
+            }
+            None => (unread, self.inner),
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for PrefixedStream<S> {
@@ -235,7 +271,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for PrefixedStream<S> {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.at < this.prefix.len() {
+        let read = if this.at < this.prefix.len() {
             let n = buf.len().min(this.prefix.len() - this.at);
             buf[..n].copy_from_slice(&this.prefix[this.at..this.at + n]);
             this.at += n;
@@ -243,9 +279,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for PrefixedStream<S> {
                 this.prefix = Vec::new();
                 this.at = 0;
             }
-            return Poll::Ready(Ok(n));
+            Poll::Ready(Ok(n))
+        } else {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        };
+        if let (Some(record), Poll::Ready(Ok(n))) = (this.record.as_mut(), &read) {
+            record.extend_from_slice(&buf[..*n]);
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        read
     }
 }
 
@@ -293,6 +334,31 @@ mod tests {
             s.read_to_end(&mut rest).await.unwrap();
             assert_eq!(rest, b"lo world");
             assert!(s.pending_prefix().is_empty());
+            let mut s = PrefixedStream::new(b"abc".to_vec(), &b"d"[..]);
+            let mut one = [0u8; 1];
+            assert_eq!(s.read(&mut one).await.unwrap(), 1);
+            let (prefix, inner) = s.into_parts();
+            assert_eq!((prefix.as_slice(), inner), (&b"bc"[..], &b"d"[..]));
+        });
+    }
+
+    #[test]
+    fn a_recording_stream_hands_on_everything_read_then_the_unread_prefix() {
+        futures_lite::future::block_on(async {
+            let mut s = PrefixedStream::recording(b"abc".to_vec(), &b"defg"[..]);
+            let mut two = [0u8; 2];
+            s.read_exact(&mut two).await.unwrap();
+            let (replay, inner) = s.into_parts();
+            assert_eq!((replay.as_slice(), inner), (&b"abc"[..], &b"defg"[..]));
+            let mut s = PrefixedStream::recording(b"ab".to_vec(), &b"defg"[..]);
+            let mut four = [0u8; 4];
+            s.read_exact(&mut four).await.unwrap();
+            let (replay, inner) = s.into_parts();
+            assert_eq!((replay.as_slice(), inner), (&b"abde"[..], &b"fg"[..]));
+            let mut s = PrefixedStream::recording(b"ab".to_vec(), &b"cd"[..]);
+            s.stop_recording();
+            s.read_exact(&mut two).await.unwrap();
+            assert_eq!(s.into_parts().0, b"");
         });
     }
 

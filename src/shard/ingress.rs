@@ -5,8 +5,6 @@
 use std::rc::Rc;
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
-use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use async_tungstenite::WebSocketStream;
 use futures_lite::AsyncWriteExt;
 use http::{HeaderName, HeaderValue};
 
@@ -15,9 +13,10 @@ use crate::runtime::TcpStream;
 
 use super::auth::{presented_key, ClientIdentity};
 use super::counters::bump;
+use super::handoff::PrefixedStream;
 use super::http_front::{self, After};
 use super::http_head::{self, HeadError, RequestHead};
-use super::session::Session;
+use super::session::{self, ClientWs, Session};
 use super::Shard;
 
 /// How long a client may take to send a request head.
@@ -84,13 +83,9 @@ pub async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             Routed::KeepAlive => continue,
             Routed::Done => return,
             Routed::Upgrade(identity, forward) => {
-                let limit = shard.config.server.max_message_bytes;
-                let config = WebSocketConfig::default()
-                    .max_message_size(Some(limit))
-                    .max_frame_size(Some(limit));
-                let ws =
-                    WebSocketStream::from_partially_read(stream, buf, Role::Server, Some(config))
-                        .await;
+                // Recorded until the first frame says whether the session stays on this shard.
+                let stream = PrefixedStream::recording(buf, stream);
+                let ws = session::client_ws(&shard, stream).await;
                 run_session(shard, ws, identity, forward).await;
                 return;
             }
@@ -272,7 +267,7 @@ async fn refuse(stream: &mut TcpStream, err: &GatewayError, headers: &[(&str, &s
 
 async fn run_session(
     shard: Rc<Shard>,
-    ws: WebSocketStream<TcpStream>,
+    ws: ClientWs,
     identity: ClientIdentity,
     forward: Vec<(HeaderName, HeaderValue)>,
 ) {

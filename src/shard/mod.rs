@@ -8,6 +8,7 @@ pub mod account;
 pub mod auth;
 pub mod breaker;
 pub mod counters;
+pub mod drain;
 pub mod handoff;
 pub mod http_front;
 pub mod http_head;
@@ -25,7 +26,7 @@ pub mod turn;
 pub mod upstream;
 pub mod warmup;
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -41,7 +42,9 @@ use crate::runtime::{self, TcpListener};
 use account::{AccountRuntime, AccountSetupError};
 use auth::ClientAuth;
 use counters::{bump, ShardCounters};
+use handoff::HandoffInbox;
 use pool::Pool;
+use session::{HandedSession, SessionHandoff};
 
 /// Everything one shard owns.
 pub struct Shard {
@@ -65,10 +68,13 @@ pub struct Shard {
     pub warmups: RefCell<warmup::WarmupCache>,
     /// Hot cache of sticky state, write-through to the control thread.
     pub sticky: sticky::Sticky,
+    /// Senders of client sessions to the other shards (set once the handoff mesh is connected).
+    pub handoff: OnceCell<SessionHandoff>,
     sessions_per_key: RefCell<HashMap<String, usize>>,
     rr: Cell<usize>,
     in_flight: Rc<Cell<usize>>,
-    draining: Cell<bool>,
+    /// Set when a graceful shutdown starts; sessions between turns wait on it.
+    pub drain: drain::Drain,
 }
 
 /// Counts one turn as in flight for as long as it lives, so a graceful shutdown can wait for
@@ -122,11 +128,12 @@ impl Shard {
             metrics: ShardMetrics::default(),
             sticky: sticky::Sticky::new(control.clone(), &config.state),
             control,
+            handoff: OnceCell::new(),
             warmups: RefCell::new(warmup::WarmupCache::default()),
             sessions_per_key: RefCell::new(HashMap::new()),
             rr: Cell::new(0),
             in_flight: Rc::new(Cell::new(0)),
-            draining: Cell::new(false),
+            drain: drain::Drain::default(),
             config,
         })
     }
@@ -153,6 +160,19 @@ impl Shard {
         true
     }
 
+    /// Counts a session another shard handed over: it was admitted (and counted against its
+    /// key's cap) where it was accepted, so it is not refused here.
+    pub fn open_handed_session(&self, key_id: &str) {
+        *self
+            .sessions_per_key
+            .borrow_mut()
+            .entry(key_id.to_string())
+            .or_insert(0) += 1;
+        self.counters
+            .sessions_open
+            .set(self.counters.sessions_open.get() + 1);
+    }
+
     /// Marks a turn as in flight until the guard drops.
     pub fn turn_guard(&self) -> TurnGuard {
         self.in_flight.set(self.in_flight.get() + 1);
@@ -169,7 +189,7 @@ impl Shard {
     /// The shard is shutting down: it accepts no connections and waits for in-flight turns.
     /// Sessions may check it to refuse a new turn.
     pub fn is_draining(&self) -> bool {
-        self.draining.get()
+        self.drain.is_draining()
     }
 
     /// Ships this interval's histograms and the counter totals to the control thread.
@@ -202,13 +222,15 @@ impl Shard {
     }
 }
 
-/// Accepts connections until `shutdown` fires; each connection runs in its own task, and a
-/// panic in one is contained there. On shutdown the listener is closed, then the shard waits
-/// for its in-flight turns (up to `[server] drain_timeout_secs`) so their usage records are
-/// sent, ships a last snapshot and returns.
+/// Accepts connections until `shutdown` fires; each connection (accepted, or handed over by
+/// another shard through `inbox`) runs in its own task, and a panic in one is contained there.
+/// On shutdown the listener is closed, then the shard waits for its in-flight turns and open
+/// sessions (up to `[server] drain_timeout_secs`) so their usage records are sent, ships a last
+/// snapshot and returns.
 pub async fn run(
     shard: Rc<Shard>,
     listener: TcpListener,
+    inbox: HandoffInbox<HandedSession>,
     shutdown: futures_channel::oneshot::Receiver<()>,
 ) {
     let accept_loop = async {
@@ -235,6 +257,23 @@ pub async fn run(
             });
         }
     };
+    let handed_in = inbox.run(|conn| {
+        let shard = shard.clone();
+        runtime::spawn_local(async move {
+            let task = AssertUnwindSafe(session::serve_handed(shard.clone(), conn));
+            if task.catch_unwind().await.is_err() {
+                bump(&shard.counters.session_panics);
+                tracing::error!(
+                    shard = shard.id,
+                    "a handed-over client connection panicked; it was closed, the shard goes on"
+                );
+            }
+        });
+    });
+    let accept_loop = futures_lite::future::or(accept_loop, async {
+        handed_in.await;
+        std::future::pending::<()>().await
+    });
     let interval = shard.config.server.stats_interval;
     let ship_loop = async {
         loop {
@@ -251,9 +290,10 @@ pub async fn run(
     shard.ship_snapshot();
 }
 
-/// Waits until no turn is in flight or the drain timeout passed.
+/// Waits until no turn is in flight and every session has closed (sessions between turns close
+/// with 1001 at once, the others after their turn), or the drain timeout passed.
 async fn drain(shard: &Shard) {
-    shard.draining.set(true);
+    shard.drain.start();
     let started = std::time::Instant::now();
     let deadline = shard.config.server.drain_timeout;
     if shard.turns_in_flight() > 0 {
@@ -263,12 +303,14 @@ async fn drain(shard: &Shard) {
             "draining in-flight turns"
         );
     }
-    while shard.turns_in_flight() > 0 {
+    let sessions = &shard.counters.sessions_open;
+    while shard.turns_in_flight() > 0 || sessions.get() > 0 {
         if started.elapsed() >= deadline {
             tracing::warn!(
                 shard = shard.id,
                 in_flight = shard.turns_in_flight(),
-                "drain timeout: stopping with turns in flight"
+                sessions = sessions.get(),
+                "drain timeout: stopping with turns in flight or sessions open"
             );
             return;
         }

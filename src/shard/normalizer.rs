@@ -207,38 +207,19 @@ pub fn pending_calls(terminal_event: &[u8]) -> Vec<String> {
     ids
 }
 
-/// A frame ready to go upstream.
-#[derive(Debug, Clone)]
-pub struct Normalized {
-    /// The bytes to send (the client's own buffer when nothing changed).
-    pub payload: Bytes,
-    /// The model rewrite, for [`map_back`].
-    pub rewrite: Rewrite,
-    /// Why `previous_response_id` was kept, set or left alone.
-    pub reason: PairingReason,
-}
-
-/// The pre-send step of a `response.create`: decides the pairing, counts its reason, and
-/// rewrites the frame once (model and previous id together).
-pub fn normalize_turn(
-    counters: &ShardCounters,
-    frame: &Bytes,
-    facts: &PairingFacts<'_>,
-    model_map: &HashMap<String, String>,
-) -> Normalized {
+/// The pairing decision of a turn, made once before its first attempt, with its reason counted
+/// (`normalizer{reason}`). Each attempt then applies it (or the recovery matrix's replacement)
+/// with [`rewrite`] for its account's model map.
+pub fn pairing_for_turn<'a>(counters: &ShardCounters, facts: &PairingFacts<'a>) -> Pairing<'a> {
     let pairing = decide_pairing(facts);
     if pairing.reason != PairingReason::Plain {
         counters.bump_labeled(FAMILY, pairing.reason.as_str());
     }
-    let (payload, rewrite) = rewrite(frame, facts.frame, pairing.previous, model_map);
-    Normalized {
-        payload,
-        rewrite,
-        reason: pairing.reason,
-    }
+    pairing
 }
 
-/// Rewrites `frame` for an account with `model_map`; returns the bytes to send and what changed.
+/// Rewrites `frame` for an account with `model_map`, `previous_response_id` as sent; returns
+/// the bytes to send and what changed (the model-only path, as the protocol bench measures it).
 pub fn normalize(
     frame: &Bytes,
     parsed: &ClientFrame<'_>,
@@ -248,7 +229,7 @@ pub fn normalize(
 }
 
 /// The single splice: maps the model and applies `previous`, producing the final bytes once.
-/// Used by [`normalize_turn`] and by recovery replays (`PreviousId::Set` to align,
+/// Used for every attempt: with the turn's pairing decision, or a recovery replay's (`PreviousId::Set` to align,
 /// `PreviousId::Clear` to replay without the id).
 pub fn rewrite(
     frame: &Bytes,
@@ -372,7 +353,7 @@ mod tests {
         assert_eq!(rw, Rewrite::None);
         assert_eq!(out.as_ptr(), frame.as_ptr());
         let map = HashMap::from([("other".to_string(), "x".to_string())]);
-        let (out, _) = normalize(&frame, &parsed, &map);
+        let (out, _) = rewrite(&frame, &parsed, PreviousId::AsSent, &map);
         assert_eq!(out.as_ptr(), frame.as_ptr());
     }
 
@@ -382,7 +363,7 @@ mod tests {
             Bytes::from_static(br#"{"type":"response.create","model":"gpt-5","input":"hi"}"#);
         let parsed = ClientFrame::parse(&frame).unwrap();
         let map = HashMap::from([("gpt-5".to_string(), "gpt-5-2026".to_string())]);
-        let (out, rw) = normalize(&frame, &parsed, &map);
+        let (out, rw) = rewrite(&frame, &parsed, PreviousId::AsSent, &map);
         assert_eq!(
             &out[..],
             br#"{"type":"response.create","model":"gpt-5-2026","input":"hi"}"#
@@ -591,18 +572,17 @@ mod tests {
         let frame = Bytes::from_static(OUTPUT_NO_PREV);
         let parsed = ClientFrame::parse(&frame).unwrap();
         let map = HashMap::from([("gpt-5".to_string(), "gpt-5-2026".to_string())]);
-        let n = normalize_turn(
+        let pairing = pairing_for_turn(
             &counters,
-            &frame,
             &facts(&parsed, Some("r9"), Pending::Unknown, Pending::Unknown),
-            &map,
         );
+        let (payload, rw) = rewrite(&frame, &parsed, pairing.previous, &map);
         assert_eq!(
-            &n.payload[..],
+            &payload[..],
             br#"{"previous_response_id":"r9","type":"response.create","model":"gpt-5-2026","store":false,"input":[{"type":"function_call_output","call_id":"c1","output":"ok"}]}"#
         );
-        assert_eq!(n.reason, PairingReason::InjectUnverified);
-        assert!(matches!(n.rewrite, Rewrite::ModelMapped { .. }));
+        assert_eq!(pairing.reason, PairingReason::InjectUnverified);
+        assert!(matches!(rw, Rewrite::ModelMapped { .. }));
         assert_eq!(
             counters.labeled_values(),
             vec![("normalizer", "inject_unverified".to_string(), 1)]

@@ -6,7 +6,7 @@
 //! its connection, so a connection in an unknown state is never reused.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -74,6 +74,8 @@ pub struct Pool {
     max_waiters: usize,
     open: Cell<usize>,
     idle: RefCell<Vec<UpstreamConn>>,
+    /// Ids of the connections leased out (a chained turn waits briefly for one of these).
+    leased: RefCell<HashSet<u64>>,
     waiters: RefCell<VecDeque<oneshot::Sender<Grant>>>,
     next_id: Rc<Cell<u64>>,
     config: Rc<UpstreamConfig>,
@@ -113,6 +115,7 @@ impl Pool {
             max_waiters: budget.saturating_mul(config.queue_per_conn),
             open: Cell::new(0),
             idle: RefCell::new(Vec::new()),
+            leased: RefCell::new(HashSet::new()),
             waiters: RefCell::new(VecDeque::new()),
             next_id,
             breaker: Breaker::new(config.breaker.clone()),
@@ -237,6 +240,24 @@ impl Pool {
         }
     }
 
+    /// Leases the idle connection `id`, if it is on the idle stack and not too old: a chained
+    /// turn continues on the connection that holds its previous response. O(idle) on this
+    /// affinity path only; [`Pool::acquire`] stays O(1).
+    pub fn acquire_conn(self: &Rc<Self>, id: u64) -> Option<Lease> {
+        let conn = {
+            let mut idle = self.idle.borrow_mut();
+            let at = idle.iter().rposition(|c| c.id == id)?;
+            idle.remove(at)
+        };
+        if conn.is_expired(self.config.max_conn_age) {
+            bump(&self.counters.retired);
+            self.slot_freed();
+            return None;
+        }
+        bump(&self.counters.reused);
+        Some(self.lease(conn, true))
+    }
+
     /// Dials a new connection outside the idle stack (a retry that must not reuse), under budget.
     pub async fn acquire_fresh(
         self: &Rc<Self>,
@@ -286,7 +307,14 @@ impl Pool {
         }
     }
 
+    /// `true` while connection `id` is leased out: it may come back to the idle stack (or be
+    /// closed) when its holder is done.
+    pub fn is_leased(&self, id: u64) -> bool {
+        self.leased.borrow().contains(&id)
+    }
+
     fn lease(self: &Rc<Self>, conn: UpstreamConn, reused: bool) -> Lease {
+        self.leased.borrow_mut().insert(conn.id);
         Lease {
             conn: Some(conn),
             pool: self.clone(),
@@ -352,6 +380,7 @@ impl Lease {
     /// Returns a connection known to be clean (last turn ended with a terminal event).
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {
+            self.pool.leased.borrow_mut().remove(&conn.id);
             self.pool.give_back(conn);
         }
     }
@@ -362,7 +391,8 @@ impl Lease {
     }
 
     fn close_conn(&mut self) {
-        if self.conn.take().is_some() {
+        if let Some(conn) = self.conn.take() {
+            self.pool.leased.borrow_mut().remove(&conn.id);
             bump(&self.pool.counters.discarded);
             self.pool.slot_freed();
         }

@@ -117,6 +117,9 @@ pub enum Outcome {
         usage: Option<Usage>,
         /// The response's `output` items (raw JSON array), when [`RelayEnv::capture_output`].
         output: Option<String>,
+        /// The tool calls the response left waiting for outputs, when it has any (read on the
+        /// terminal event only, for the call/output pairing of the next turn).
+        pending_calls: Option<Vec<String>>,
         /// When the first event reached the client.
         first_event_at: Option<Instant>,
     },
@@ -462,6 +465,11 @@ fn classify(text: Utf8Bytes, rewrite: &Rewrite, relayed: bool, capture_output: b
                 .then(|| sonic_rs::get_from_slice(text.as_bytes(), ["response", "output"]).ok())
                 .flatten()
                 .map(|v| v.as_raw_str().to_string()),
+            pending_calls: text
+                .as_str()
+                .contains("\"call_id\"")
+                .then(|| normalizer::pending_calls(text.as_bytes()))
+                .filter(|calls| !calls.is_empty()),
             first_event_at: None,
         }),
         EventKind::Error => {
@@ -469,6 +477,8 @@ fn classify(text: Utf8Bytes, rewrite: &Rewrite, relayed: bool, capture_output: b
                 if let Some(class) = event.error().and_then(|e| match e.reason() {
                     ErrorReason::RateLimited => Some(FailureClass::retryable("429")),
                     ErrorReason::ServerError => Some(FailureClass::retryable("5xx")),
+                    reason @ (ErrorReason::PreviousResponseNotFound
+                    | ErrorReason::ToolOutputNotFound) => Some(FailureClass::Chain { reason }),
                     _ => None,
                 }) {
                     let status = event.error().map(|e| e.http_status()).unwrap_or(502);
@@ -597,6 +607,55 @@ mod tests {
             .starts_with(r#"{"type":"error","status":429,"error":{"type""#));
         let e = TurnError::from_upstream(502, b"<html>");
         assert_eq!(e.code, "upstream_error");
+    }
+
+    #[test]
+    fn chain_error_before_any_relay_goes_to_the_recovery_matrix() {
+        let ev = Utf8Bytes::from_static(
+            r#"{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"Previous response with id 'r1' not found."}}"#,
+        );
+        match classify(ev.clone(), &Rewrite::None, false, false) {
+            Step::Fail(f) => {
+                assert_eq!(
+                    f.class,
+                    FailureClass::Chain {
+                        reason: ErrorReason::PreviousResponseNotFound
+                    }
+                );
+                assert_eq!(f.error.event, ev.as_str(), "passed on as upstream sent it");
+                assert_eq!(f.error.code, "previous_response_not_found");
+            }
+            _ => panic!("not a failed attempt"),
+        }
+        assert!(matches!(
+            classify(ev, &Rewrite::None, true, false),
+            Step::Relay(_, _, Some(Outcome::UpstreamErrorEvent))
+        ));
+    }
+
+    #[test]
+    fn terminal_events_carry_their_pending_tool_calls() {
+        let pending = |ev: &'static str| match classify(
+            Utf8Bytes::from_static(ev),
+            &Rewrite::None,
+            true,
+            false,
+        ) {
+            Step::Relay(_, _, Some(Outcome::Terminal { pending_calls, .. })) => pending_calls,
+            _ => panic!("not a terminal event"),
+        };
+        assert_eq!(
+            pending(
+                r#"{"type":"response.completed","response":{"id":"r1","output":[{"type":"function_call","call_id":"c1","name":"f"}]}}"#
+            ),
+            Some(vec!["c1".to_string()])
+        );
+        assert_eq!(
+            pending(
+                r#"{"type":"response.completed","response":{"id":"r1","output":[{"type":"message"}]}}"#
+            ),
+            None
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::config::RetryConfig;
+use crate::protocol::upstream_event::ErrorReason;
 
 /// The longest `retry-after` the gateway waits out itself; longer ones end the request.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -22,6 +23,12 @@ pub enum FailureClass {
     Fallback {
         /// Label for `fallbacks{reason}`.
         reason: &'static str,
+    },
+    /// Upstream refused the turn's chain (`previous_response_not_found`,
+    /// `tool_output_not_found`) before the client saw anything: the recovery matrix decides.
+    Chain {
+        /// Which chain error.
+        reason: ErrorReason,
     },
     /// Report to the client; never retried.
     Final,

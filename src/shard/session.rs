@@ -5,35 +5,96 @@
 //! responses (they live only on the connection that produced them); the driver gives it back
 //! between stored turns. While a turn runs the sink watches the client: a disconnect ends the
 //! turn at once, a new `response.create` preempts it.
+//!
+//! The first frame decides where the session runs: when it chains to a response whose upstream
+//! connection is on another shard, the client connection is handed to that shard with every
+//! byte read from it so far, and the owner serves the session from its first frame on. While
+//! the shard drains, a session between turns closes with 1001 and a new turn is refused.
 
 use std::rc::Rc;
 use std::time::Instant;
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 
+use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::ClientFrame;
 use crate::runtime::{self, TcpStream};
 use crate::usage::RequestType;
 
 use super::auth::ClientIdentity;
 use super::counters::{add, bump, ShardCounters};
+use super::handoff::{HandedConn, Handoff, HandoffError, PrefixedStream};
 use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
+use super::sticky::Affinity;
 use super::turn::{Driver, TurnEnd};
 use super::Shard;
 
-/// The client side of a session.
-pub type ClientWs = WebSocketStream<TcpStream>;
+/// The client side of a session: a WebSocket over the accepted socket, behind the bytes read
+/// with the upgrade request (or handed over with the connection).
+pub type ClientWs = WebSocketStream<PrefixedStream<TcpStream>>;
+
+/// What travels with a client connection handed to the shard that owns its chain: who the
+/// client is. The socket's bytes read so far (the first frame included) travel as the
+/// connection's prefix, so the owner reads that frame again as if it had accepted the client.
+pub struct HandedSession {
+    identity: ClientIdentity,
+    forward: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A shard's senders of client sessions to the other shards.
+pub type SessionHandoff = Handoff<HandedSession>;
+
+/// Labeled-counter family of handoffs: `sent`, `received`, `full`, `closed`, `no_such_shard`,
+/// `detach_failed` (the last four: served where accepted).
+const HANDOFF: &str = "handoff";
 
 /// One client session.
 pub struct Session {
     shard: Rc<Shard>,
     client: ClientWs,
     driver: Driver,
+    /// Handed over by (or kept after a failed handoff to) another shard: never handed again.
+    handed_in: bool,
+}
+
+/// How serving ended.
+enum Served {
+    /// The session is over.
+    Closed,
+    /// The first frame chains to a response whose connection is on shard `.0`.
+    HandOff(usize),
+}
+
+/// The client WebSocket over `stream`, with the server's message limits.
+pub async fn client_ws(shard: &Shard, stream: PrefixedStream<TcpStream>) -> ClientWs {
+    let limit = shard.config.server.max_message_bytes;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
+}
+
+/// Serves a session another shard handed to this one: the owner of its chain's connection.
+pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
+    let (stream, meta) = conn.resume();
+    let client = client_ws(&shard, stream).await;
+    shard.counters.bump_labeled(HANDOFF, "received");
+    let key_id = meta.identity.key_id.clone();
+    shard.open_handed_session(&key_id);
+    let session = Session {
+        driver: Driver::new(shard.clone(), meta.identity, meta.forward, RequestType::Ws),
+        shard: shard.clone(),
+        client,
+        handed_in: true,
+    };
+    session.run().await;
+    shard.close_session(&key_id);
 }
 
 impl Session {
@@ -48,57 +109,120 @@ impl Session {
             driver: Driver::new(shard.clone(), identity, forward, RequestType::Ws),
             shard,
             client,
+            handed_in: false,
         }
     }
 
-    /// Runs the session to its end. The upstream connection goes back to the pool only if the
-    /// last turn ended cleanly.
+    /// Runs the session to its end (here, or on the shard its first frame's chain lives on).
+    /// The upstream connection goes back to the pool only if the last turn ended cleanly.
     pub async fn run(mut self) {
-        self.serve().await;
-        self.driver.release();
+        loop {
+            match self.serve().await {
+                Served::Closed => {
+                    self.driver.release();
+                    return;
+                }
+                Served::HandOff(to) => match self.hand_off(to).await {
+                    Ok(()) => return,
+                    Err(kept) => self = *kept,
+                },
+            }
+        }
     }
 
-    async fn serve(&mut self) {
+    /// Gives the client connection to shard `to`, with every byte read from it so far. When
+    /// that cannot happen (the owner's queue is full, the socket cannot be detached) the
+    /// session comes back, to be served here on the same account (it reads its first frame
+    /// again from the replayed bytes).
+    async fn hand_off(mut self, to: usize) -> Result<(), Box<Session>> {
+        let shard = self.shard.clone();
+        let Some(handoff) = shard.handoff.get() else {
+            shard.counters.bump_labeled(HANDOFF, "no_such_shard");
+            self.handed_in = true;
+            return Err(Box::new(self));
+        };
+        let Session { client, driver, .. } = self;
+        let meta = HandedSession {
+            identity: driver.identity().clone(),
+            forward: driver.forward().to_vec(),
+        };
+        let (prefix, stream) = client.into_inner().into_parts();
+        let back = match HandedConn::new(stream, prefix, meta) {
+            Ok(conn) => match handoff.send(to, conn) {
+                Ok(()) => {
+                    shard.counters.bump_labeled(HANDOFF, "sent");
+                    return Ok(());
+                }
+                Err((e, conn)) => {
+                    let label = match e {
+                        HandoffError::Full => "full",
+                        HandoffError::Closed => "closed",
+                        HandoffError::NoSuchShard => "no_such_shard",
+                    };
+                    shard.counters.bump_labeled(HANDOFF, label);
+                    conn.resume()
+                }
+            },
+            Err(failed) => {
+                shard.counters.bump_labeled(HANDOFF, "detach_failed");
+                let failed = *failed;
+                (
+                    PrefixedStream::new(failed.prefix, failed.stream),
+                    failed.meta,
+                )
+            }
+        };
+        let (stream, _meta) = back;
+        let client = client_ws(&shard, stream).await;
+        Err(Box::new(Session {
+            shard,
+            client,
+            driver,
+            handed_in: true,
+        }))
+    }
+
+    /// The other shard that owns the connection the first frame chains to, when the client
+    /// should move there. Otherwise the driver keeps the routing it decided (same account).
+    async fn owner_elsewhere(&mut self, frame: &[u8]) -> Option<usize> {
+        if self.handed_in || self.shard.handoff.get().is_none() {
+            return None;
+        }
+        let parsed = ClientFrame::parse(frame).ok()?;
+        let previous = parsed.previous_response_id.as_deref()?;
+        match self.driver.route(previous).await {
+            Affinity::OtherShard { shard, .. } => Some(shard),
+            _ => None,
+        }
+    }
+
+    async fn serve(&mut self) -> Served {
         let cfg = &self.shard.config.server;
         let (first_wait, idle_wait) = (cfg.first_message_timeout, cfg.idle_timeout);
         let mut first = true;
         loop {
-            let wait = if first { first_wait } else { idle_wait };
-            let msg = match runtime::timeout(wait, self.client.next()).await {
-                None if first => {
-                    close_with(
-                        &mut self.client,
-                        CloseCode::Policy,
-                        "missing first response.create message",
-                    )
-                    .await;
-                    return;
-                }
-                None => {
-                    close_with(
-                        &mut self.client,
-                        CloseCode::Normal,
-                        "websocket idle timeout",
-                    )
-                    .await;
-                    return;
-                }
-                Some(None) => return,
-                Some(Some(Err(e))) => {
-                    on_client_error(&mut self.client, &self.shard.counters, e).await;
-                    return;
-                }
-                Some(Some(Ok(msg))) => msg,
+            let Some(frame) = self.read_frame(first, first_wait, idle_wait).await else {
+                return Served::Closed;
             };
-            let frame = match msg {
-                Message::Text(t) => Bytes::from(t),
-                Message::Binary(b) => b,
-                Message::Close(_) => return,
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-            };
+            if self.shard.is_draining() {
+                self.refuse_draining().await;
+                return Served::Closed;
+            }
+            if first {
+                if let Some(to) = self.owner_elsewhere(&frame).await {
+                    return Served::HandOff(to);
+                }
+                // The session stays here: the socket's bytes need not be kept any more.
+                self.client.get_mut().stop_recording();
+            }
             first = false;
             let mut next = Some(frame);
             while let Some(frame) = next.take() {
+                if self.shard.is_draining() {
+                    // A turn that preempted the last one while the shard drains.
+                    self.refuse_draining().await;
+                    return Served::Closed;
+                }
                 add(&self.shard.counters.bytes_in, frame.len() as u64);
                 let mut sink = WsSink {
                     client: &mut self.client,
@@ -107,10 +231,85 @@ impl Session {
                 match self.driver.run(&mut sink, frame, Instant::now()).await {
                     TurnEnd::Done => {}
                     TurnEnd::Preempted(f) => next = Some(f),
-                    TurnEnd::ClientGone => return,
+                    TurnEnd::ClientGone => return Served::Closed,
                 }
             }
+            if self.shard.is_draining() {
+                close_with(&mut self.client, CloseCode::Away, "going away").await;
+                return Served::Closed;
+            }
         }
+    }
+
+    /// The client's next `response.create` (text or binary frame); `None` when the session is
+    /// over (closed, timed out, failed).
+    async fn read_frame(
+        &mut self,
+        first: bool,
+        first_wait: std::time::Duration,
+        idle_wait: std::time::Duration,
+    ) -> Option<Bytes> {
+        let wait = if first { first_wait } else { idle_wait };
+        let shard = self.shard.clone();
+        loop {
+            let next = futures_lite::future::or(
+                async { Some(runtime::timeout(wait, self.client.next()).await) },
+                async {
+                    shard.drain.started().await;
+                    None
+                },
+            )
+            .await;
+            let Some(next) = next else {
+                close_with(&mut self.client, CloseCode::Away, "going away").await;
+                return None;
+            };
+            let msg = match next {
+                None if first => {
+                    close_with(
+                        &mut self.client,
+                        CloseCode::Policy,
+                        "missing first response.create message",
+                    )
+                    .await;
+                    return None;
+                }
+                None => {
+                    close_with(
+                        &mut self.client,
+                        CloseCode::Normal,
+                        "websocket idle timeout",
+                    )
+                    .await;
+                    return None;
+                }
+                Some(None) => return None,
+                Some(Some(Err(e))) => {
+                    on_client_error(&mut self.client, &self.shard.counters, e).await;
+                    return None;
+                }
+                Some(Some(Ok(msg))) => msg,
+            };
+            match msg {
+                Message::Text(t) => return Some(Bytes::from(t)),
+                Message::Binary(b) => return Some(b),
+                Message::Close(_) => return None,
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            }
+        }
+    }
+
+    /// A turn asked for while the shard drains: an error event, then a 1001 close.
+    async fn refuse_draining(&mut self) {
+        let err: TurnError = GatewayError::new(
+            503,
+            ErrorType::Server,
+            "shutting_down",
+            "the gateway is shutting down; reconnect and send the request again",
+        )
+        .into();
+        let _ = self.client.send(Message::text(err.event)).await;
+        close_with(&mut self.client, CloseCode::Away, "going away").await;
     }
 }
 
@@ -169,4 +368,72 @@ async fn close_with(client: &mut ClientWs, code: CloseCode, reason: &str) {
         reason: reason.into(),
     };
     let _ = runtime::timeout(std::time::Duration::from_secs(1), client.close(Some(frame))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_tungstenite::tungstenite::protocol::WebSocket;
+    use std::io::Cursor;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// An in-memory socket: reads what a client wrote, swallows what the server writes.
+    struct Memory(Cursor<Vec<u8>>);
+
+    impl futures_lite::AsyncRead for Memory {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(std::io::Read::read(&mut self.0, buf))
+        }
+    }
+
+    impl futures_lite::AsyncWrite for Memory {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Two masked client frames, as a client puts them on the wire.
+    fn client_bytes() -> Vec<u8> {
+        let mut client = WebSocket::from_raw_socket(Cursor::new(Vec::new()), Role::Client, None);
+        client.send(Message::text("first")).unwrap();
+        client.send(Message::text("second")).unwrap();
+        client.into_inner().into_inner()
+    }
+
+    #[test]
+    fn a_handed_on_socket_replays_the_first_frame_and_what_was_buffered_after_it() {
+        futures_lite::future::block_on(async {
+            let bytes = client_bytes();
+            let (upgrade_rest, socket) = bytes.split_at(3);
+            let stream = PrefixedStream::recording(
+                upgrade_rest.to_vec(),
+                Memory(Cursor::new(socket.to_vec())),
+            );
+            let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+            let first = ws.next().await.unwrap().unwrap();
+            assert_eq!(first, Message::text("first"));
+            // The reader has the second frame in its buffer by now; the replay still has it.
+            let (replay, socket) = ws.into_inner().into_parts();
+            assert_eq!(replay, bytes);
+            let stream = PrefixedStream::new(replay, socket);
+            let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("first"));
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("second"));
+        });
+    }
 }

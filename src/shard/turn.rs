@@ -4,8 +4,15 @@
 //! is separated from "how it travels": each attempt picks an account (skipping open breakers and,
 //! when another healthy one exists, accounts already tried), a transport (a pooled WebSocket, or
 //! HTTP/SSE when the account or the global switch says so or WebSocket was refused), relays the
-//! events into the client's sink, and classifies a failure as retryable, fallback or final
-//! ([`FailureClass`]). Nothing is retried once the client has seen an event.
+//! events into the client's sink, and classifies a failure as retryable, fallback, chain error or
+//! final ([`FailureClass`]). Nothing is retried once the client has seen an event.
+//!
+//! Sticky state around the loop: a turn chained by `previous_response_id` prefers the account
+//! (and, on this shard, the idle connection) its previous response lives on; the pairing decision
+//! on `previous_response_id` is made once per turn and applied by each attempt's single rewrite;
+//! a chain error before any output goes to the recovery matrix (at most one alignment and one
+//! replay without the id); a terminal event records the response's binding, its pending tool
+//! calls and the session's last response.
 
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -13,24 +20,38 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use sonic_rs::JsonValueTrait;
 
 use crate::control::ShardMsg;
 use crate::metrics::Hist;
 use crate::protocol::client_frame::ClientEventKind;
 use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::upstream_event::{ErrorReason, UpstreamError};
 use crate::protocol::{ClientFrame, TerminalKind, Usage};
 use crate::runtime;
+use crate::state::{Binding, SessionKey};
 use crate::usage::{RequestType, UsageRecord};
 
 use super::auth::ClientIdentity;
 use super::counters::bump;
 use super::http_upstream::http_body;
-use super::normalizer::{self, Rewrite};
+use super::normalizer::{self, PreviousId};
 use super::pool::{AcquireError, Lease, Pool};
+use super::recovery::{self, Recovery, RecoveryFacts};
 use super::relay::{self, ClientSink, Failure, Outcome, RelayEnv, Source, TurnError};
 use super::retry::{backoff, FailureClass, MAX_RETRY_AFTER};
+use super::sticky::{self, Affinity};
 use super::upstream::DialError;
 use super::{scheduler, warmup, Shard};
+
+/// How often, 10 ms apart, a chained turn looks for its connection on the idle stack while the
+/// connection is leased, before taking another one of the same account: a reconnecting
+/// client's old session gives the connection back only once it has read its client's close.
+const AFFINITY_CONN_TRIES: u32 = 3;
+
+/// The connection id a binding carries when no pooled WebSocket holds the response (a turn
+/// over HTTP upstream, a warm-up the gateway answered); pooled connection ids start at 1.
+const NO_CONNECTION: u64 = 0;
 
 /// How a request ended, for its caller.
 pub enum TurnEnd {
@@ -50,6 +71,23 @@ pub struct Driver {
     request_type: RequestType,
     /// The upstream WebSocket a session holds across its `store=false` turns.
     lease: Option<Lease>,
+    /// The client session (client key + `session-id` header), when the client names one.
+    session: Option<SessionKey>,
+    /// The last response this client got: the head of its chain.
+    last: Option<String>,
+    /// Where `last` was made: account index and connection id.
+    last_at: Option<(usize, u64)>,
+    /// Where the current turn should run, from its previous response's binding.
+    prefer: Option<Prefer>,
+    /// The current turn's affinity was already decided (by the session, before a handoff).
+    routed: bool,
+}
+
+/// An account (and maybe one of its connections) a chained turn should run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Prefer {
+    account: usize,
+    connection: Option<u64>,
 }
 
 /// What one attempt carried, for bookkeeping.
@@ -57,6 +95,8 @@ struct Attempt {
     outcome: Outcome,
     /// The connection had carried earlier requests (a failure may say more about it).
     reused: bool,
+    /// The pooled upstream WebSocket's id, once one was used.
+    conn: Option<u64>,
 }
 
 /// What a usage record is built from.
@@ -79,13 +119,79 @@ impl Driver {
         forward: Vec<(HeaderName, HeaderValue)>,
         request_type: RequestType,
     ) -> Self {
+        let session = forward
+            .iter()
+            .find(|(n, _)| n.as_str() == "session-id" || n.as_str() == "session_id")
+            .and_then(|(_, v)| v.to_str().ok())
+            .map(|sid| SessionKey::of_client(&identity.key_id, sid));
         Driver {
             shard,
             identity,
             forward,
             request_type,
             lease: None,
+            session,
+            last: None,
+            last_at: None,
+            prefer: None,
+            routed: false,
         }
+    }
+
+    /// Who the client is.
+    pub fn identity(&self) -> &ClientIdentity {
+        &self.identity
+    }
+
+    /// The client headers passed on upstream.
+    pub fn forward(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.forward
+    }
+
+    /// Decides where the next turn, chained to `previous`, runs: from the response's binding
+    /// (this shard's cache, else the state store), counted as `affinity{label}`. The next
+    /// [`Driver::run`] prefers the bound account (and connection, on this shard); the caller
+    /// hands the client to another shard on [`Affinity::OtherShard`] when it can.
+    pub async fn route(&mut self, previous: &str) -> Affinity {
+        let shard = self.shard.clone();
+        let binding = shard
+            .sticky
+            .binding(&shard.counters, &self.identity.group, previous)
+            .await;
+        let affinity = sticky::affinity(binding, &shard.config.state.instance, shard.id);
+        shard.counters.bump_labeled("affinity", affinity.label());
+        let (account, connection) = match &affinity {
+            Affinity::Unbound => (None, None),
+            Affinity::ThisShard {
+                account,
+                connection,
+            } => (
+                Some(account),
+                Some(*connection).filter(|c| *c != NO_CONNECTION),
+            ),
+            Affinity::OtherShard { account, .. } | Affinity::OtherHost { account } => {
+                (Some(account), None)
+            }
+        };
+        self.prefer = account.and_then(|id| {
+            let index = self.account_index(id)?;
+            Some(Prefer {
+                account: index,
+                connection,
+            })
+        });
+        self.routed = true;
+        affinity
+    }
+
+    /// The index of account `id` among this client's group, if it belongs to it.
+    fn account_index(&self, id: &str) -> Option<usize> {
+        self.shard
+            .groups
+            .get(&self.identity.group)?
+            .iter()
+            .copied()
+            .find(|i| self.shard.pools[*i].account.config.id == id)
     }
 
     /// Switches the request type (an HTTP connection carries streaming and non-streaming ones).
@@ -108,6 +214,18 @@ impl Driver {
 
     /// Handles one client `response.create` frame, from receipt to the last event.
     pub async fn run<S: ClientSink>(
+        &mut self,
+        sink: &mut S,
+        frame: Bytes,
+        received: Instant,
+    ) -> TurnEnd {
+        let end = self.turn(sink, frame, received).await;
+        self.prefer = None;
+        self.routed = false;
+        end
+    }
+
+    async fn turn<S: ClientSink>(
         &mut self,
         sink: &mut S,
         frame: Bytes,
@@ -167,6 +285,23 @@ impl Driver {
             parsed.is_store_disabled() && parsed.previous_response_id.is_some();
         let model = parsed.model.as_deref().unwrap_or_default().to_string();
         let retry_cfg = self.shard.config.upstream.retry.clone();
+        if let Some(previous) = parsed.previous_response_id.as_deref() {
+            self.route_chained(previous).await;
+        }
+        let shard = self.shard.clone();
+        let inputs = shard
+            .sticky
+            .chain_inputs(
+                &shard.counters,
+                &self.identity.group,
+                self.session,
+                self.last.as_deref(),
+                &parsed,
+            )
+            .await;
+        let facts = inputs.facts(&parsed);
+        let mut previous = normalizer::pairing_for_turn(&shard.counters, &facts).previous;
+        let mut recoveries = recovery::Attempts::default();
 
         let mut attempts = 0u32;
         let mut retries = 0u32;
@@ -194,7 +329,8 @@ impl Driver {
             bump(&self.shard.counters.attempts);
             pool.breaker.begin(now);
             let attempt = if use_http {
-                self.attempt_http(sink, &pool, &frame, &parsed, fresh).await
+                self.attempt_http(sink, &pool, &frame, &parsed, previous, fresh)
+                    .await
             } else {
                 self.attempt_ws(
                     sink,
@@ -202,6 +338,7 @@ impl Driver {
                     &frame,
                     &text,
                     &parsed,
+                    previous,
                     depends_on_connection,
                     fresh,
                 )
@@ -214,6 +351,7 @@ impl Driver {
                     response_id,
                     usage,
                     output,
+                    pending_calls,
                     first_event_at,
                 } => {
                     pool.breaker.on_success(Instant::now());
@@ -223,6 +361,10 @@ impl Driver {
                         if let Some(ctx) = warmup::continuation(&frame, output) {
                             self.shard.warmups.borrow_mut().insert(id.clone(), ctx);
                         }
+                    }
+                    if let Some(id) = &response_id {
+                        let conn = attempt.conn.unwrap_or(NO_CONNECTION);
+                        self.remember(id, &pool, conn, pending_calls);
                     }
                     self.shard.counters.bump_labeled("terminal", kind.as_str());
                     if kind == TerminalKind::Completed {
@@ -239,10 +381,12 @@ impl Driver {
                     }
                     tracing::info!(
                         key_id = %self.identity.key_id,
+                        group = %self.identity.group,
                         account = %pool.account.config.id,
+                        model = %model,
                         response_id = response_id.as_deref().unwrap_or(""),
-                        terminal = kind.as_str(),
-                        request = request_label(self.request_type),
+                        status = kind.as_str(),
+                        request_type = request_label(self.request_type),
                         transport = if use_http { "http" } else { "ws" },
                         attempts,
                         input_tokens = usage.map(|u| u.input_tokens).unwrap_or(0),
@@ -296,6 +440,74 @@ impl Driver {
                     bump(&self.shard.counters.turns_client_gone);
                     self.drop_lease();
                     return TurnEnd::ClientGone;
+                }
+                Outcome::Failed {
+                    relayed: false,
+                    failure:
+                        Failure {
+                            class: FailureClass::Chain { reason },
+                            error,
+                            ..
+                        },
+                } => {
+                    // Upstream answered: the account is healthy, the connection is not reused
+                    // after an error event, and a recovery replay stays on the account (a
+                    // stored response lives there).
+                    pool.breaker.on_success(Instant::now());
+                    self.drop_lease();
+                    self.prefer = Some(Prefer {
+                        account: pool.account.index,
+                        connection: None,
+                    });
+                    let sent_previous = match previous {
+                        PreviousId::AsSent => parsed.previous_response_id.as_deref(),
+                        PreviousId::Set(id) => Some(id),
+                        PreviousId::Clear => None,
+                    };
+                    let decision = recovery::decide(
+                        &RecoveryFacts {
+                            reason,
+                            frame: &parsed,
+                            sent_previous,
+                            session_last: facts.session_last,
+                            pending_of_last: facts.pending_of_last,
+                            client_saw_output: false,
+                        },
+                        &recoveries,
+                    );
+                    recoveries.record(&decision);
+                    self.shard
+                        .counters
+                        .bump_labeled("recovery", decision.label());
+                    match decision {
+                        Recovery::AlignTo(_) => {
+                            // The only id `decide` aligns to is the session's last response.
+                            if let Some(last) = facts.session_last {
+                                previous = PreviousId::Set(last);
+                            }
+                            continue;
+                        }
+                        Recovery::ReplayWithoutPrevious => {
+                            previous = PreviousId::Clear;
+                            continue;
+                        }
+                        Recovery::PassToClient(_) => {
+                            self.shard.counters.bump_labeled("terminal", "error");
+                            bump(&self.shard.counters.turns_upstream_error);
+                            tracing::info!(
+                                key_id = %self.identity.key_id,
+                                group = %self.identity.group,
+                                account = %pool.account.config.id,
+                                model = %model,
+                                status = "error",
+                                error = reason.as_str(),
+                                request_type = request_label(self.request_type),
+                                attempts,
+                                "turn"
+                            );
+                            return self.report(sink, &error).await;
+                        }
+                    }
                 }
                 Outcome::Failed { relayed, failure } => {
                     self.drop_lease();
@@ -378,6 +590,62 @@ impl Driver {
         }
     }
 
+    /// Sets the turn's preferred account and connection when it chains to `previous`: from the
+    /// driver's own memory when it is the last response this client got (no lookup), else from
+    /// the response's binding, unless the session already routed this turn.
+    async fn route_chained(&mut self, previous: &str) {
+        if self.routed || self.lease.is_some() {
+            return;
+        }
+        match self.last_at {
+            Some((account, connection)) if self.last.as_deref() == Some(previous) => {
+                self.prefer = Some(Prefer {
+                    account,
+                    connection: Some(connection).filter(|c| *c != NO_CONNECTION),
+                });
+            }
+            _ => {
+                self.route(previous).await;
+            }
+        }
+    }
+
+    /// Records where a response lives (binding, pending calls, the session's last response),
+    /// in the shard cache and, through the control thread, the state store.
+    fn remember(
+        &mut self,
+        response_id: &str,
+        pool: &Pool,
+        connection: u64,
+        pending_calls: Option<Vec<String>>,
+    ) {
+        let shard = &self.shard;
+        let (counters, group) = (&shard.counters, &self.identity.group);
+        shard.sticky.bind_response(
+            counters,
+            group,
+            response_id,
+            Binding {
+                account: pool.account.config.id.clone(),
+                instance: shard.config.state.instance.clone(),
+                shard: shard.id,
+                connection,
+            },
+        );
+        if let Some(calls) = pending_calls {
+            shard
+                .sticky
+                .set_pending(counters, group, response_id, calls);
+        }
+        if let Some(session) = self.session {
+            shard
+                .sticky
+                .set_session_last(counters, group, session, response_id);
+        }
+        self.last = Some(response_id.to_string());
+        self.last_at = Some((pool.account.index, connection));
+    }
+
     /// Reports a failure to the client; the request is over.
     async fn report<S: ClientSink>(&mut self, sink: &mut S, err: &TurnError) -> TurnEnd {
         match sink.fail(err).await {
@@ -389,6 +657,13 @@ impl Driver {
     /// The turn `frame` with the context it chains to merged in, when its `previous_response_id`
     /// is a warm-up the gateway answered or a store=false response carried over HTTP (and the
     /// gateway still remembers it).
+    ///
+    /// This is the one rewrite outside the normalizer's splice, on purpose: it rebuilds `input`
+    /// (the remembered context, then the turn's items), fills fields from the remembered frame
+    /// and replaces the gateway-issued id with the warm-up's own, which makes a new frame
+    /// that must be parsed again before anything else is decided — the pairing decision reads
+    /// the merged frame's previous id and tool outputs, and the normalizer's single splice then
+    /// works on it like on any client frame.
     fn expand_warmup_chain(&self, parsed: &ClientFrame<'_>, frame: &[u8]) -> Option<Bytes> {
         let id = parsed.previous_response_id.as_deref()?;
         let cache = self.shard.warmups.borrow();
@@ -423,6 +698,7 @@ impl Driver {
             .warmups
             .borrow_mut()
             .insert(id.clone(), frame.clone());
+        self.remember(&id, pool, NO_CONNECTION, None);
         for (i, event) in warmup::answer(&id, model).into_iter().enumerate() {
             let et = if i == 0 {
                 "response.created"
@@ -453,12 +729,22 @@ impl Driver {
         TurnEnd::Done
     }
 
-    /// The pool for the next attempt: the session's held connection, else the scheduler's pick
-    /// among untried accounts, else among all healthy ones.
+    /// The pool for the next attempt: the session's held connection, else the account the
+    /// turn's chain lives on (when it is healthy), else the scheduler's pick among untried
+    /// accounts, else among all healthy ones.
     fn choose_pool(&self, tried: &[usize]) -> Option<Rc<Pool>> {
         if let Some(lease) = &self.lease {
             let pool = lease.pool();
             if !tried.contains(&pool.account.index) {
+                return Some(pool.clone());
+            }
+        }
+        if let Some(prefer) = self.prefer {
+            let pool = &self.shard.pools[prefer.account];
+            if !tried.contains(&prefer.account)
+                && pool.budget() > 0
+                && pool.breaker.is_available(Instant::now())
+            {
                 return Some(pool.clone());
             }
         }
@@ -486,6 +772,38 @@ impl Driver {
         GatewayError::new(503, ErrorType::Server, "no_available_account", message).into()
     }
 
+    /// The idle connection the turn's chain lives on, when the turn prefers one of `pool`'s
+    /// (tried once per turn, never for a fresh retry). Counted as `affinity{connection_reused}`,
+    /// `affinity{connection_gone}` (closed or retired) or `affinity{connection_busy}` (still held
+    /// by a live session): then the turn goes on with another connection of the same account,
+    /// and recovery handles a chain error.
+    async fn preferred_conn(&mut self, pool: &Rc<Pool>, fresh: bool) -> Option<Lease> {
+        let prefer = self.prefer.as_mut()?;
+        if prefer.account != pool.account.index {
+            return None;
+        }
+        let id = prefer.connection.take()?;
+        if fresh {
+            return None;
+        }
+        let counters = &self.shard.counters;
+        for tried in 0..AFFINITY_CONN_TRIES {
+            if tried > 0 {
+                runtime::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            if let Some(lease) = pool.acquire_conn(id) {
+                counters.bump_labeled("affinity", "connection_reused");
+                return Some(lease);
+            }
+            if !pool.is_leased(id) {
+                counters.bump_labeled("affinity", "connection_gone");
+                return None;
+            }
+        }
+        counters.bump_labeled("affinity", "connection_busy");
+        None
+    }
+
     /// One attempt over a pooled upstream WebSocket.
     #[allow(clippy::too_many_arguments)]
     async fn attempt_ws<S: ClientSink>(
@@ -495,6 +813,7 @@ impl Driver {
         frame: &Bytes,
         text: &Utf8Bytes,
         parsed: &ClientFrame<'_>,
+        previous: PreviousId<'_>,
         depends_on_connection: bool,
         fresh: bool,
     ) -> Attempt {
@@ -504,6 +823,7 @@ impl Driver {
                 failure,
             },
             reused,
+            conn: None,
         };
         let max_age = self.shard.config.upstream.max_conn_age;
         if let Some(lease) = self.lease.as_mut() {
@@ -519,10 +839,10 @@ impl Driver {
         }
         if self.lease.is_none() {
             let asked = Instant::now();
-            let lease = if fresh {
-                pool.acquire_fresh(&self.forward).await
-            } else {
-                pool.acquire(&self.forward).await
+            let lease = match self.preferred_conn(pool, fresh).await {
+                Some(lease) => Ok(lease),
+                None if fresh => pool.acquire_fresh(&self.forward).await,
+                None => pool.acquire(&self.forward).await,
             };
             self.shard
                 .metrics
@@ -559,11 +879,13 @@ impl Driver {
             );
         };
         let (payload, rewrite) =
-            normalizer::normalize(frame, parsed, &pool.account.config.model_map);
+            normalizer::rewrite(frame, parsed, previous, &pool.account.config.model_map);
         let reused = lease.reused || lease.conn().turns > 0;
-        let payload = match rewrite {
-            Rewrite::None => text.clone(),
-            Rewrite::ModelMapped { .. } => match Utf8Bytes::try_from(payload) {
+        let conn_id = lease.conn().id;
+        let payload = if payload.as_ptr() == frame.as_ptr() && payload.len() == frame.len() {
+            text.clone()
+        } else {
+            match Utf8Bytes::try_from(payload) {
                 Ok(t) => t,
                 Err(_) => {
                     let err = GatewayError::new(
@@ -574,17 +896,20 @@ impl Driver {
                     );
                     return failed(Failure::new(err, FailureClass::Final), false);
                 }
-            },
+            }
         };
         let ws = &mut lease.conn().ws;
         if ws.send(Message::Text(payload)).await.is_err() {
-            return failed(
-                Failure::new(
-                    relay::upstream_failed("upstream connection failed"),
-                    FailureClass::retryable("reset"),
-                ),
-                reused,
-            );
+            return Attempt {
+                conn: Some(conn_id),
+                ..failed(
+                    Failure::new(
+                        relay::upstream_failed("upstream connection failed"),
+                        FailureClass::retryable("reset"),
+                    ),
+                    reused,
+                )
+            };
         }
         let sent_at = Instant::now();
         let env = RelayEnv {
@@ -599,7 +924,11 @@ impl Driver {
                 lease.conn().turns += 1;
             }
         }
-        Attempt { outcome, reused }
+        Attempt {
+            outcome,
+            reused,
+            conn: Some(conn_id),
+        }
     }
 
     /// One attempt over HTTP/SSE.
@@ -609,6 +938,7 @@ impl Driver {
         pool: &Rc<Pool>,
         frame: &Bytes,
         parsed: &ClientFrame<'_>,
+        previous: PreviousId<'_>,
         fresh: bool,
     ) -> Attempt {
         let failed = |failure: Failure, reused: bool| Attempt {
@@ -617,12 +947,13 @@ impl Driver {
                 failure,
             },
             reused,
+            conn: None,
         };
         // A session moving to HTTP gives its WebSocket back.
         self.release();
         let _in_flight = pool.http_request();
         let (payload, rewrite) =
-            normalizer::normalize(frame, parsed, &pool.account.config.model_map);
+            normalizer::rewrite(frame, parsed, previous, &pool.account.config.model_map);
         let Some(body) = http_body(&payload) else {
             let err = GatewayError::new(
                 400,
@@ -667,7 +998,8 @@ impl Driver {
             let class = if status == 200 {
                 FailureClass::retryable("malformed")
             } else {
-                FailureClass::of_status(status, retry_after, false)
+                chain_error(status, &body)
+                    .unwrap_or_else(|| FailureClass::of_status(status, retry_after, false))
             };
             tracing::warn!(account = %pool.account.config.id, status, "upstream HTTP request failed");
             return failed(Failure::new(error, class), false);
@@ -684,7 +1016,12 @@ impl Driver {
                 pool.http_give_back(conn);
             }
         }
-        Attempt { outcome, reused }
+        // An HTTP exchange leaves no state on its connection: the binding names none.
+        Attempt {
+            outcome,
+            reused,
+            conn: None,
+        }
     }
 
     /// Sends the turn's usage record to the control thread (never waits; a full queue is counted).
@@ -723,11 +1060,37 @@ impl Driver {
         };
         if !shard.control.send(ShardMsg::Usage(Box::new(record))) {
             bump(&shard.counters.control_queue_drops);
-            tracing::error!(
+            crate::error_limited!(
                 shard = shard.id,
                 "control queue full: a usage record was dropped"
             );
         }
+    }
+}
+
+/// The chain error (`previous_response_not_found`, `tool_output_not_found`) an HTTP error
+/// answer carries, as the class the recovery matrix handles.
+fn chain_error(status: u16, body: &[u8]) -> Option<FailureClass> {
+    if status != 400 {
+        return None;
+    }
+    let field = |name: &str| {
+        sonic_rs::get_from_slice(body, ["error", name])
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let error = UpstreamError {
+        status: Some(status),
+        error_type: field("type"),
+        code: field("code"),
+        message: field("message"),
+    };
+    match error.reason() {
+        reason @ (ErrorReason::PreviousResponseNotFound | ErrorReason::ToolOutputNotFound) => {
+            Some(FailureClass::Chain { reason })
+        }
+        _ => None,
     }
 }
 
@@ -823,6 +1186,28 @@ fn acquire_failure(account: &str, e: AcquireError) -> Failure {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn http_chain_errors_go_to_the_recovery_matrix() {
+        let body = br#"{"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"Previous response with id 'r1' not found."}}"#;
+        assert_eq!(
+            chain_error(400, body),
+            Some(FailureClass::Chain {
+                reason: ErrorReason::PreviousResponseNotFound
+            })
+        );
+        let body = br#"{"error":{"type":"invalid_request_error","code":null,"message":"No tool call found for function call output with call_id c1."}}"#;
+        assert_eq!(
+            chain_error(400, body),
+            Some(FailureClass::Chain {
+                reason: ErrorReason::ToolOutputNotFound
+            })
+        );
+        let other =
+            br#"{"error":{"type":"invalid_request_error","code":"invalid_value","message":"bad"}}"#;
+        assert_eq!(chain_error(400, other), None);
+        assert_eq!(chain_error(500, body), None);
+    }
 
     #[test]
     fn dial_failures_are_classified() {

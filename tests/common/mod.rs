@@ -23,8 +23,9 @@ pub fn mock() -> MockHandle {
 
 /// A config with one client key and one account per base URL.
 pub fn config_for(base_urls: &[String], extra: &str) -> Config {
+    let drain = drain_line(extra);
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\n{extra}\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n"
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\n{drain}{extra}\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n"
     );
     for (i, url) in base_urls.iter().enumerate() {
         text.push_str(&format!(
@@ -32,6 +33,16 @@ pub fn config_for(base_urls: &[String], extra: &str) -> Config {
         ));
     }
     parse_config(&text)
+}
+
+/// A short drain for test gateways (a stop in the middle of a stalled turn waits at most this),
+/// unless the test sets its own.
+fn drain_line(extra: &str) -> &'static str {
+    if extra.contains("drain_timeout_secs") {
+        ""
+    } else {
+        "drain_timeout_secs = 5\n"
+    }
 }
 
 /// A path in a fresh scratch directory of this test process (never the working directory).
@@ -399,8 +410,9 @@ pub fn post_body(model: &str, input: &str, stream: bool) -> String {
 /// A config with one account per base URL, each with its own key (`sk-upstream-<i>`) and extra
 /// account lines (e.g. `transport = "http"`).
 pub fn config_accounts(base_urls: &[String], extra: &str, account_extra: &str) -> Config {
+    let drain = drain_line(extra);
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\n{extra}\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n"
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\n{drain}{extra}\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n"
     );
     for (i, url) in base_urls.iter().enumerate() {
         text.push_str(&format!(

@@ -1,0 +1,461 @@
+//! Sticky state wired end to end: a chained turn finds the upstream connection (or account)
+//! its previous response lives on — on the same shard, on another shard (the client connection
+//! is handed over), on another gateway host (through Redis) — and chain errors follow the
+//! recovery matrix. Every decision is a labeled counter in `/metrics`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use shardgate::mock::{MockHandle, Rule, Script};
+use shardgate::tungstenite::Message;
+use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+
+/// A gateway config with `shards` shards, one account per mock, room for many sessions, stats
+/// shipped quickly and an admin listener for `/metrics`.
+fn config(mocks: &[&MockHandle], shards: usize, extra: &str) -> shardgate::config::Config {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = {shards}\ndrain_timeout_secs = 5\n\
+         admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n{extra}\n\
+         [[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n"
+    );
+    for (i, m) in mocks.iter().enumerate() {
+        text.push_str(&format!(
+            "[[accounts]]\nid = \"acct-{i}\"\nbase_url = \"{}\"\napi_key = \"{ACCOUNT_KEY}\"\nmax_conns = 64\n",
+            m.base_url()
+        ));
+    }
+    parse_config(&text)
+}
+
+/// A `response.create` with a raw `input` array.
+fn create_with_input(store: bool, previous: Option<&str>, input: &str) -> String {
+    let prev = previous
+        .map(|p| format!(",\"previous_response_id\":\"{p}\""))
+        .unwrap_or_default();
+    format!(r#"{{"type":"response.create","model":"gpt-5","store":{store}{prev},"input":{input}}}"#)
+}
+
+/// Closes the client and waits until the gateway has answered (or dropped) the close, so its
+/// session has ended and given its upstream connection back.
+fn close(mut c: Client) {
+    let _ = c.ws.close(None);
+    let _ = c.ws.flush();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match c.ws.read() {
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+}
+
+fn admin_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("admin reply");
+    body_of(&out).to_string()
+}
+
+/// The sum over shards of labeled counter `family{label}` in `/metrics`.
+fn labeled(admin: SocketAddr, family: &str, label: &str) -> u64 {
+    let prefix = format!("shardgate_{family}_total{{");
+    let needle = format!("label=\"{label}\"}}");
+    admin_get(admin, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The sum over shards of counter `name` in `/metrics`.
+fn counter(admin: SocketAddr, name: &str) -> u64 {
+    let prefix = format!("shardgate_{name}_total{{shard=");
+    admin_get(admin, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits (stats ship every 50 ms) until `family{label}` reaches `at_least`; returns its value.
+fn wait_labeled(admin: SocketAddr, family: &str, label: &str, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = labeled(admin, family, label);
+        if v >= at_least || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The `previous_response_id` of a frame the mock received (`None` when absent or null).
+fn previous_of(frame: &str) -> Option<String> {
+    let v: sonic_rs::Value = sonic_rs::from_str(frame).expect("frame is JSON");
+    v.get("previous_response_id")
+        .and_then(|p| p.as_str().map(str::to_owned))
+}
+
+/// The `call_id` of the function call a turn's response ended with.
+fn call_id_of(turn: &Turn) -> String {
+    let last = turn.events.last().expect("a terminal event");
+    let output = last.get("response").and_then(|r| r.get("output"));
+    let items = output.and_then(|o| o.as_array()).expect("output items");
+    items
+        .iter()
+        .find_map(|i| {
+            (i.get("type").and_then(|t| t.as_str()) == Some("function_call"))
+                .then(|| i.get("call_id").and_then(|c| c.as_str().map(str::to_owned)))
+                .flatten()
+        })
+        .expect("a function call")
+}
+
+#[test]
+fn a_reconnect_on_the_same_shard_continues_on_the_same_upstream_connection() {
+    let up = mock();
+    let gw = gateway(config(&[&up], 1, ""));
+    let admin = gw.admin_addr().expect("admin");
+    // Two store=false chains, so the pool holds two idle connections; the first one's is
+    // under the other on the idle stack, so only affinity brings it back.
+    let mut a = connect(gw.addr());
+    let mut b = connect(gw.addr());
+    let ta = a.turn(&create("gpt-5", "one", false, None));
+    let tb = b.turn(&create("gpt-5", "two", false, None));
+    assert_eq!(ta.last_type(), "response.completed");
+    assert_ne!(ta.conn_id(), tb.conn_id());
+    close(a);
+    close(b);
+
+    let mut c = connect(gw.addr());
+    let prev = ta.response_id().expect("response id");
+    let tc = c.turn(&create("gpt-5", "three", false, Some(&prev)));
+    assert_eq!(tc.last_type(), "response.completed", "{:?}", tc.events);
+    assert_eq!(tc.conn_id(), ta.conn_id(), "same upstream connection");
+    assert_eq!(up.stats().previous_response_not_found_total, 0);
+    assert!(wait_labeled(admin, "affinity", "connection_reused", 1) >= 1);
+    assert!(labeled(admin, "affinity", "this_shard") >= 1);
+}
+
+#[test]
+fn a_reconnect_that_lands_on_another_shard_is_handed_to_the_owner() {
+    let up = mock();
+    let gw = gateway(config(&[&up], 2, ""));
+    let admin = gw.admin_addr().expect("admin");
+    // The kernel spreads connections over the two shards by their 4-tuple: with ten chains a
+    // round, some reconnections land on the other shard; a few rounds make a miss negligible.
+    let mut chains = 0;
+    for _round in 0..4 {
+        let mut firsts = Vec::new();
+        for i in 0..10 {
+            let mut c = connect(gw.addr());
+            let t = c.turn(&create("gpt-5", &format!("start {i}"), false, None));
+            assert_eq!(t.last_type(), "response.completed");
+            firsts.push((c, t));
+        }
+        let mut ids = Vec::new();
+        for (c, t) in firsts {
+            close(c);
+            ids.push((t.response_id().expect("id"), t.conn_id()));
+        }
+        for (prev, conn) in ids {
+            let mut c = connect(gw.addr());
+            let t = c.turn(&create("gpt-5", "go on", false, Some(&prev)));
+            assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
+            assert_eq!(
+                t.conn_id(),
+                conn,
+                "the chain stayed on its upstream connection"
+            );
+            // The handed session goes on serving turns on the owner.
+            let next = t.response_id().expect("id");
+            let t2 = c.turn(&create("gpt-5", "and on", false, Some(&next)));
+            assert_eq!(t2.conn_id(), conn);
+            close(c);
+            chains += 1;
+        }
+        if wait_labeled(admin, "handoff", "received", 1) >= 1 {
+            break;
+        }
+    }
+    assert_eq!(up.stats().previous_response_not_found_total, 0);
+    let sent = labeled(admin, "handoff", "sent");
+    assert!(
+        sent >= 1,
+        "no reconnection of {chains} landed on the other shard"
+    );
+    assert_eq!(wait_labeled(admin, "handoff", "received", sent), sent);
+    assert!(labeled(admin, "affinity", "other_shard") >= sent);
+    assert!(labeled(admin, "affinity", "connection_reused") >= sent);
+}
+
+fn shared_redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+#[test]
+fn a_stored_chain_started_on_one_host_continues_on_another_with_the_same_account() {
+    let (m0, m1) = (mock(), mock());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let prefix = format!("sgtest-affinity-{}-{nanos}", std::process::id());
+    let state = |instance: &str| {
+        format!(
+            "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\ninstance = \"{instance}\"\nkey_prefix = \"{prefix}\"\n",
+            shared_redis_url()
+        )
+    };
+    let gw_a = gateway(config(&[&m0, &m1], 1, &state("host-a")));
+    let gw_b = gateway(config(&[&m0, &m1], 1, &state("host-b")));
+    let admin_b = gw_b.admin_addr().expect("admin");
+    // Each mock keeps its own store: a chain sent to the other account's mock would be
+    // refused with previous_response_not_found.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let mut a = connect(gw_a.addr());
+        let t = a.turn(&create("gpt-5", &format!("on host a {i}"), true, None));
+        assert_eq!(t.last_type(), "response.completed");
+        ids.push(t.response_id().expect("id"));
+        close(a);
+    }
+    let (served0, served1) = (m0.stats().ws_turns_total, m1.stats().ws_turns_total);
+    assert!(served0 > 0 && served1 > 0, "both accounts took chains");
+    // The bindings reach Redis through host a's control thread.
+    std::thread::sleep(Duration::from_millis(300));
+    for prev in &ids {
+        let mut b = connect(gw_b.addr());
+        let t = b.turn(&create("gpt-5", "on host b", true, Some(prev)));
+        assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
+        close(b);
+    }
+    assert_eq!(m0.stats().previous_response_not_found_total, 0);
+    assert_eq!(m1.stats().previous_response_not_found_total, 0);
+    assert_eq!(m0.stats().ws_turns_total, served0 * 2);
+    assert_eq!(m1.stats().ws_turns_total, served1 * 2);
+    assert_eq!(wait_labeled(admin_b, "affinity", "other_host", 6), 6);
+}
+
+/// A one-shard gateway over one mock, with a client session on it.
+fn recovery_setup() -> (MockHandle, shardgate::gateway::Gateway, SocketAddr, Client) {
+    let up = mock();
+    let gw = gateway(config(&[&up], 1, ""));
+    let admin = gw.admin_addr().expect("admin");
+    let client = connect(gw.addr());
+    (up, gw, admin, client)
+}
+
+fn script_next_turn(up: &MockHandle, directives: &str) {
+    up.script(Script {
+        turns: vec![Rule {
+            value: directives.to_string(),
+            times: 1,
+        }],
+        ..Script::default()
+    });
+}
+
+#[test]
+fn previous_response_not_found_is_aligned_once_to_the_sessions_last_response() {
+    let (up, _gw, admin, mut c) = recovery_setup();
+    let t1 = c.turn(&create("gpt-5", "first", true, None));
+    let last = t1.response_id().expect("id");
+    let t2 = c.turn(&create(
+        "gpt-5",
+        "second",
+        true,
+        Some("resp_unknown_to_upstream"),
+    ));
+    assert_eq!(t2.last_type(), "response.completed", "{:?}", t2.events);
+    assert!(!t2.types().contains(&"error".to_string()));
+    let stats = up.stats();
+    assert_eq!(stats.previous_response_not_found_total, 1);
+    let frames = &stats.recent_ws_frames;
+    let n = frames.len();
+    assert_eq!(
+        previous_of(&frames[n - 2]).as_deref(),
+        Some("resp_unknown_to_upstream")
+    );
+    assert_eq!(previous_of(&frames[n - 1]), Some(last));
+    assert_eq!(wait_labeled(admin, "recovery", "align_to_last", 1), 1);
+}
+
+#[test]
+fn previous_response_not_found_for_the_last_response_itself_goes_to_the_client() {
+    let (up, _gw, admin, mut c) = recovery_setup();
+    let t1 = c.turn(&create("gpt-5", "first", true, None));
+    let last = t1.response_id().expect("id");
+    script_next_turn(&up, "error=previous_response_not_found");
+    let t2 = c.turn(&create("gpt-5", "second", true, Some(&last)));
+    assert_eq!(t2.last_type(), "error");
+    assert_eq!(
+        t2.error_code().as_deref(),
+        Some("previous_response_not_found")
+    );
+    assert_eq!(up.stats().ws_turns_total, 2, "no second attempt");
+    assert_eq!(
+        wait_labeled(admin, "recovery", "pass_no_other_response", 1),
+        1
+    );
+    // The session goes on.
+    let t3 = c.turn(&create("gpt-5", "third", true, None));
+    assert_eq!(t3.last_type(), "response.completed");
+}
+
+#[test]
+fn tool_output_not_found_is_replayed_without_the_id_only_when_the_calls_travel_along() {
+    let (up, _gw, admin, mut c) = recovery_setup();
+    let t1 = c.turn(&create("gpt-5", "first", true, None));
+    let last = t1.response_id().expect("id");
+    script_next_turn(&up, "error=tool_output_not_found");
+    let with_call = r#"[{"type":"function_call","call_id":"c1","name":"shell","arguments":"{}"},{"type":"function_call_output","call_id":"c1","output":"ok"}]"#;
+    let t2 = c.turn(&create_with_input(true, Some(&last), with_call));
+    assert_eq!(t2.last_type(), "response.completed", "{:?}", t2.events);
+    let frames = up.stats().recent_ws_frames;
+    let n = frames.len();
+    assert_eq!(previous_of(&frames[n - 2]), Some(last));
+    assert_eq!(previous_of(&frames[n - 1]), None, "replayed without the id");
+    assert!(frames[n - 1].contains(r#""previous_response_id":null"#));
+    assert_eq!(
+        wait_labeled(admin, "recovery", "replay_without_previous", 1),
+        1
+    );
+
+    // An output whose call is not in the frame is never sent without the id it belongs to.
+    let before = up.stats();
+    let last = t2.response_id().expect("id");
+    let orphan = r#"[{"type":"function_call_output","call_id":"c-elsewhere","output":"ok"}]"#;
+    let t3 = c.turn(&create_with_input(true, Some(&last), orphan));
+    assert_eq!(t3.last_type(), "error");
+    let after = up.stats();
+    assert_eq!(
+        after.ws_turns_total,
+        before.ws_turns_total + 1,
+        "not replayed"
+    );
+    assert_eq!(
+        after.tool_output_not_found_total,
+        before.tool_output_not_found_total + 1
+    );
+    assert_eq!(
+        wait_labeled(admin, "recovery", "pass_outputs_need_their_id", 1),
+        1
+    );
+}
+
+#[test]
+fn a_tool_output_without_previous_id_on_a_store_false_session_gets_the_last_response() {
+    let (up, _gw, admin, mut c) = recovery_setup();
+    let t1 = c.turn(&create("gpt-5", "run it [[mock:tool=shell]]", false, None));
+    assert_eq!(t1.last_type(), "response.completed");
+    let last = t1.response_id().expect("id");
+    let call = call_id_of(&t1);
+    let output = format!(r#"[{{"type":"function_call_output","call_id":"{call}","output":"ok"}}]"#);
+    let t2 = c.turn(&create_with_input(false, None, &output));
+    assert_eq!(t2.last_type(), "response.completed", "{:?}", t2.events);
+    assert_eq!(t2.conn_id(), t1.conn_id());
+    let stats = up.stats();
+    assert_eq!(stats.tool_output_not_found_total, 0);
+    let sent = stats.recent_ws_frames.last().expect("a frame");
+    assert_eq!(previous_of(sent), Some(last), "the id was injected");
+    assert_eq!(wait_labeled(admin, "normalizer", "inject_verified", 1), 1);
+}
+
+#[test]
+fn a_post_chained_to_a_websocket_response_runs_on_its_connection() {
+    let up = mock();
+    let gw = gateway(config(&[&up], 1, ""));
+    let mut a = connect(gw.addr());
+    let mut b = connect(gw.addr());
+    let ta = a.turn(&create("gpt-5", "one", false, None));
+    let tb = b.turn(&create("gpt-5", "two", false, None));
+    assert_ne!(ta.conn_id(), tb.conn_id());
+    close(a);
+    close(b);
+    // POST requests are routed by previous_response_id without a handoff: on this shard, onto
+    // the very connection that holds the store=false response.
+    let prev = ta.response_id().expect("id");
+    let body = format!(
+        r#"{{"model":"gpt-5","stream":false,"store":false,"previous_response_id":"{prev}","input":"more"}}"#
+    );
+    let reply = HttpConn::open(gw.addr()).post("/v1/responses", &body);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = reply.json()["id"].as_str().map(str::to_owned).expect("id");
+    assert_eq!(conn_of(&id), ta.conn_id());
+    assert_eq!(up.stats().previous_response_not_found_total, 0);
+}
+
+#[test]
+fn a_chain_whose_connection_is_held_by_a_live_session_gets_the_same_account_and_recovery() {
+    let (m0, m1) = (mock(), mock());
+    let gw = gateway(config(&[&m0, &m1], 1, ""));
+    let admin = gw.admin_addr().expect("admin");
+    let mut holder = connect(gw.addr());
+    let t1 = holder.turn(&create("gpt-5", "mine", false, None));
+    let prev = t1.response_id().expect("id");
+    let owner = if m0.stats().ws_turns_total == 1 {
+        &m0
+    } else {
+        &m1
+    };
+    // The holder keeps its session (and its store=false connection) open.
+    let mut other = connect(gw.addr());
+    let t2 = other.turn(&create("gpt-5", "yours", false, Some(&prev)));
+    assert_eq!(
+        t2.error_code().as_deref(),
+        Some("previous_response_not_found"),
+        "{:?}",
+        t2.events
+    );
+    assert_eq!(owner.stats().ws_turns_total, 2, "same account");
+    assert_eq!(wait_labeled(admin, "affinity", "connection_busy", 1), 1);
+    assert_eq!(
+        wait_labeled(admin, "recovery", "pass_no_other_response", 1),
+        1
+    );
+    // The holder's chain is untouched.
+    let t3 = holder.turn(&create("gpt-5", "still mine", false, Some(&prev)));
+    assert_eq!(t3.last_type(), "response.completed");
+    assert_eq!(t3.conn_id(), t1.conn_id());
+}
+
+#[test]
+fn a_reconnect_after_leaving_mid_turn_is_told_to_resend_the_full_context() {
+    let up = mock();
+    let gw = gateway(config(&[&up], 1, ""));
+    let admin = gw.admin_addr().expect("admin");
+    let mut c = connect(gw.addr());
+    let t1 = c.turn(&create("gpt-5", "done", false, None));
+    let prev = t1.response_id().expect("id");
+    // Like Codex on ESC: the client goes away in the middle of the next turn, which costs the
+    // upstream connection (its state is unknown) and with it the store=false chain.
+    c.send(&create(
+        "gpt-5",
+        "interrupted [[mock:deltas=50,delay_ms=50]]",
+        false,
+        Some(&prev),
+    ));
+    let _ = c.ws.read().expect("the turn started");
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counter(admin, "turns_client_gone") < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut again = connect(gw.addr());
+    let t2 = again.turn(&create("gpt-5", "go on", false, Some(&prev)));
+    assert_eq!(
+        t2.error_code().as_deref(),
+        Some("previous_response_not_found")
+    );
+    assert_eq!(wait_labeled(admin, "affinity", "connection_gone", 1), 1);
+    // Resending the full context without the id works at once.
+    let t3 = again.turn(&create("gpt-5", "everything again", false, None));
+    assert_eq!(t3.last_type(), "response.completed");
+}
