@@ -62,6 +62,9 @@ id = "mock"
 base_url = "http://127.0.0.1:$mock_port/v1"
 api_key = "sk-upstream-real"
 max_conns = 8
+[usage]
+path = "$work/usage-$1.jsonl"
+spool_dir = "$work/usage-spool-$1"
 TOML
 }
 gateway_config "$gw_port" "" "admin_listen = \"127.0.0.1:$admin_port\"
