@@ -122,7 +122,10 @@ fn memchr_newline(b: &[u8]) -> Option<usize> {
 
 fn parse_block(block: Bytes) -> Option<SseEvent> {
     let mut event = None;
-    let mut data: Vec<std::ops::Range<usize>> = Vec::new();
+    // The first `data:` line is kept as a range into `block`; only a second one (rare: the
+    // Responses API sends one JSON line per event) makes the data a joined copy.
+    let mut first: Option<std::ops::Range<usize>> = None;
+    let mut joined: Option<Vec<u8>> = None;
     let mut start = 0;
     while start <= block.len() {
         let end = block[start..]
@@ -135,34 +138,33 @@ fn parse_block(block: Bytes) -> Option<SseEvent> {
         }
         let line = &block[start..line_end];
         if let Some(v) = field(line, b"data") {
-            let off = start + (line.len() - v.len());
-            data.push(off..line_end);
+            let range = start + (line.len() - v.len())..line_end;
+            match (&first, &mut joined) {
+                (None, _) => first = Some(range),
+                (Some(f), None) => {
+                    let mut j = Vec::with_capacity(block.len());
+                    j.extend_from_slice(&block[f.clone()]);
+                    j.push(b'\n');
+                    j.extend_from_slice(&block[range]);
+                    joined = Some(j);
+                }
+                (Some(_), Some(j)) => {
+                    j.push(b'\n');
+                    j.extend_from_slice(&block[range]);
+                }
+            }
         } else if let Some(v) = field(line, b"event") {
             let off = start + (line.len() - v.len());
             event = Some(block.slice(off..line_end));
         }
         start = end + 1;
     }
-    match data.len() {
-        0 => None,
-        1 => Some(SseEvent {
-            event,
-            data: block.slice(data[0].clone()),
-        }),
-        _ => {
-            let mut joined = Vec::with_capacity(block.len());
-            for (i, r) in data.iter().enumerate() {
-                if i > 0 {
-                    joined.push(b'\n');
-                }
-                joined.extend_from_slice(&block[r.clone()]);
-            }
-            Some(SseEvent {
-                event,
-                data: Bytes::from(joined),
-            })
-        }
-    }
+    let data = match (joined, first) {
+        (Some(j), _) => Bytes::from(j),
+        (None, Some(f)) => block.slice(f),
+        (None, None) => return None,
+    };
+    Some(SseEvent { event, data })
 }
 
 /// The value of `name: value` (one optional space after the colon), if the line is that field.

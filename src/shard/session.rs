@@ -71,10 +71,16 @@ enum Served {
     HandOff(usize),
 }
 
+/// Read chunk of a client WebSocket. tungstenite's default (128 KiB) made an idle session cost
+/// ~180 KiB; 16 KiB brings it near 30 KiB (`perf/README.md`), and larger messages are still read
+/// whole, in more reads.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// The client WebSocket over `stream`, with the server's message limits.
 pub async fn client_ws(shard: &Shard, stream: PrefixedStream<TcpStream>) -> ClientWs {
     let limit = shard.config.server.max_message_bytes;
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
     WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await

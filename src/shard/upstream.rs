@@ -71,9 +71,11 @@ impl UpstreamConn {
     }
 }
 
-/// The WebSocket limits used toward upstream.
+/// The WebSocket limits used toward upstream. Pooled connections sit idle most of the time, so
+/// their read chunk is 16 KiB rather than tungstenite's 128 KiB default.
 pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
 }
