@@ -213,10 +213,11 @@ pub struct PrefixedStream<S> {
 }
 
 impl<S> PrefixedStream<S> {
-    /// Wraps `inner` behind `prefix`.
+    /// Wraps `inner` behind `prefix`. An empty prefix gives its buffer back at once (it is
+    /// usually the ingress head buffer, which would otherwise live as long as the session).
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
         PrefixedStream {
-            prefix,
+            prefix: if prefix.is_empty() { Vec::new() } else { prefix },
             at: 0,
             inner,
             record: None,
