@@ -217,7 +217,11 @@ impl<S> PrefixedStream<S> {
     /// usually the ingress head buffer, which would otherwise live as long as the session).
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
         PrefixedStream {
-            prefix: if prefix.is_empty() { Vec::new() } else { prefix },
+            prefix: if prefix.is_empty() {
+                Vec::new()
+            } else {
+                prefix
+            },
             at: 0,
             inner,
             record: None,
