@@ -298,16 +298,7 @@ impl HttpResponse {
             if self.done || out.len() > MAX_ERROR_BODY {
                 return Ok(out);
             }
-            let n = runtime::timeout(self.read_timeout, self.conn.fill())
-                .await
-                .ok_or(HttpUpError::Timeout)??;
-            if n == 0 {
-                if self.framing == Framing::UntilClose {
-                    self.done = true;
-                    continue;
-                }
-                return Err(HttpUpError::Eof);
-            }
+            self.fill_body().await?;
         }
     }
 
@@ -340,6 +331,21 @@ impl HttpResponse {
         }
     }
 
+    /// Reads more of the body off the connection, within the read timeout. End of stream ends a
+    /// close-delimited body cleanly and is an error for any other framing.
+    async fn fill_body(&mut self) -> Result<(), HttpUpError> {
+        let n = runtime::timeout(self.read_timeout, self.conn.fill())
+            .await
+            .ok_or(HttpUpError::Timeout)??;
+        if n == 0 {
+            if self.framing != Framing::UntilClose {
+                return Err(HttpUpError::Eof);
+            }
+            self.done = true;
+        }
+        Ok(())
+    }
+
     async fn read_more(&mut self) -> Result<(), HttpUpError> {
         let mut decoded = Vec::new();
         loop {
@@ -348,16 +354,7 @@ impl HttpResponse {
                 self.parser.feed(&decoded);
                 return Ok(());
             }
-            let n = runtime::timeout(self.read_timeout, self.conn.fill())
-                .await
-                .ok_or(HttpUpError::Timeout)??;
-            if n == 0 {
-                if self.framing == Framing::UntilClose {
-                    self.done = true;
-                    continue;
-                }
-                return Err(HttpUpError::Eof);
-            }
+            self.fill_body().await?;
         }
     }
 

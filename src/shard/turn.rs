@@ -99,6 +99,20 @@ struct Attempt {
     conn: Option<u64>,
 }
 
+impl Attempt {
+    /// An attempt that failed before the client saw anything.
+    fn failed(failure: Failure, reused: bool) -> Self {
+        Attempt {
+            outcome: Outcome::Failed {
+                relayed: false,
+                failure,
+            },
+            reused,
+            conn: None,
+        }
+    }
+}
+
 /// What a usage record is built from.
 struct UsageFacts<'a> {
     kind: TerminalKind,
@@ -817,14 +831,6 @@ impl Driver {
         depends_on_connection: bool,
         fresh: bool,
     ) -> Attempt {
-        let failed = |failure: Failure, reused: bool| Attempt {
-            outcome: Outcome::Failed {
-                relayed: false,
-                failure,
-            },
-            reused,
-            conn: None,
-        };
         let max_age = self.shard.config.upstream.max_conn_age;
         if let Some(lease) = self.lease.as_mut() {
             // Retire an old connection before upstream's 60-minute limit, unless this turn's
@@ -865,12 +871,12 @@ impl Driver {
                     if matches!(e, AcquireError::QueueFull) {
                         bump(&self.shard.counters.queue_rejections);
                     }
-                    return failed(acquire_failure(&pool.account.config.id, e), false);
+                    return Attempt::failed(acquire_failure(&pool.account.config.id, e), false);
                 }
             }
         }
         let Some(lease) = self.lease.as_mut() else {
-            return failed(
+            return Attempt::failed(
                 Failure::new(
                     relay::upstream_failed("no upstream connection"),
                     FailureClass::Final,
@@ -894,7 +900,7 @@ impl Driver {
                         "rewrite_failed",
                         "the rewritten frame is not valid UTF-8",
                     );
-                    return failed(Failure::new(err, FailureClass::Final), false);
+                    return Attempt::failed(Failure::new(err, FailureClass::Final), false);
                 }
             }
         };
@@ -902,7 +908,7 @@ impl Driver {
         if ws.send(Message::Text(payload)).await.is_err() {
             return Attempt {
                 conn: Some(conn_id),
-                ..failed(
+                ..Attempt::failed(
                     Failure::new(
                         relay::upstream_failed("upstream connection failed"),
                         FailureClass::retryable("reset"),
@@ -941,14 +947,6 @@ impl Driver {
         previous: PreviousId<'_>,
         fresh: bool,
     ) -> Attempt {
-        let failed = |failure: Failure, reused: bool| Attempt {
-            outcome: Outcome::Failed {
-                relayed: false,
-                failure,
-            },
-            reused,
-            conn: None,
-        };
         // A session moving to HTTP gives its WebSocket back.
         self.release();
         let _in_flight = pool.http_request();
@@ -961,11 +959,11 @@ impl Driver {
                 "invalid_json",
                 "the request is not a JSON object",
             );
-            return failed(Failure::new(err, FailureClass::Final), false);
+            return Attempt::failed(Failure::new(err, FailureClass::Final), false);
         };
         let (conn, reused) = match pool.http_conn(fresh).await {
             Ok(c) => c,
-            Err(e) => return failed(dial_failure(&e), false),
+            Err(e) => return Attempt::failed(dial_failure(&e), false),
         };
         let counters = &self.shard.counters;
         if reused {
@@ -979,7 +977,7 @@ impl Driver {
         let sent_at = Instant::now();
         let mut resp = match conn.send(&pool.account, cfg, &self.forward, &body).await {
             Ok(r) => r,
-            Err(e) => return failed(relay::http_failure(&e), reused),
+            Err(e) => return Attempt::failed(relay::http_failure(&e), reused),
         };
         if resp.status != 200 || !resp.is_sse {
             let status = resp.status;
@@ -1002,7 +1000,7 @@ impl Driver {
                     .unwrap_or_else(|| FailureClass::of_status(status, retry_after, false))
             };
             tracing::warn!(account = %pool.account.config.id, status, "upstream HTTP request failed");
-            return failed(Failure::new(error, class), false);
+            return Attempt::failed(Failure::new(error, class), false);
         }
         let env = RelayEnv {
             counters: &self.shard.counters,
