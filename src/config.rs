@@ -264,6 +264,19 @@ pub struct Account {
     pub transport: Transport,
     /// Client model → upstream model.
     pub model_map: HashMap<String, String>,
+    /// How the account authenticates (`api_key` by default). Only kinds known to support
+    /// WebSocket mode use it; any other kind goes over HTTP/SSE.
+    pub auth: String,
+}
+
+/// The account auth kinds known to support the Responses WebSocket mode.
+pub const WS_AUTH_KINDS: &[&str] = &["api_key"];
+
+impl Account {
+    /// `true` when the account's auth kind is known to support WebSocket mode.
+    pub fn auth_supports_ws(&self) -> bool {
+        WS_AUTH_KINDS.contains(&self.auth.as_str())
+    }
 }
 
 /// An upstream base URL, split into what dialing needs.
@@ -469,6 +482,7 @@ struct RawAccount {
     transport: Option<Transport>,
     #[serde(default)]
     model_map: HashMap<String, String>,
+    auth: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -731,6 +745,13 @@ impl Config {
                 ca_file: a.ca_file,
                 transport: a.transport.unwrap_or(Transport::Ws),
                 model_map: a.model_map,
+                auth: match a.auth {
+                    Some(kind) if kind.trim().is_empty() => {
+                        return Err(invalid(format!("{at}.auth"), "must not be empty"))
+                    }
+                    Some(kind) => kind,
+                    None => "api_key".into(),
+                },
             });
         }
         if accounts.is_empty() {
@@ -853,6 +874,19 @@ mod tests {
             c.accounts[0].endpoint.responses_ws_url(),
             "ws://127.0.0.1:9000/v1/responses"
         );
+    }
+
+    #[test]
+    fn unknown_auth_kind_is_accepted_but_not_for_websocket() {
+        let c = Config::parse(MINIMAL, &no_env).unwrap();
+        assert!(c.accounts[0].auth_supports_ws());
+        let text = format!("{MINIMAL}auth = \"chatgpt_oauth\"\n");
+        let c = Config::parse(&text, &no_env).unwrap();
+        assert_eq!(c.accounts[0].auth, "chatgpt_oauth");
+        assert!(!c.accounts[0].auth_supports_ws());
+        let text = format!("{MINIMAL}auth = \" \"\n");
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("accounts[0].auth"), "{err}");
     }
 
     #[test]

@@ -46,6 +46,13 @@ pub struct Gateway {
 impl Gateway {
     /// Starts every shard and returns once all of them listen.
     pub fn start(config: Config) -> Result<Gateway, StartError> {
+        for a in config.accounts.iter().filter(|a| !a.auth_supports_ws()) {
+            tracing::warn!(
+                account = %a.id,
+                auth = %a.auth,
+                "auth kind not known to support WebSocket mode: this account's requests go over HTTP/SSE"
+            );
+        }
         let config = Arc::new(config);
         let shards = config.server.shards;
         let cpus = runtime::allowed_cpus().unwrap_or_default();

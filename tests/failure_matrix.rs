@@ -98,6 +98,26 @@ fn refused_upgrade_falls_back_to_http_and_later_turns_skip_the_upgrade() {
 }
 
 #[test]
+fn an_account_with_an_unknown_auth_kind_goes_over_http_without_trying_websocket() {
+    let up = mock();
+    let (extra, _) = fast("");
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        &extra,
+        "auth = \"some_future_kind\"",
+    ));
+    let mut c = connect(gw.addr());
+    for i in 0..2 {
+        let t = c.turn(&create("gpt-5", &format!("t{i}"), true, None));
+        assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
+    }
+    let stats = up.stats();
+    assert!(stats.handshakes.is_empty(), "{:?}", stats.handshakes);
+    assert_eq!(stats.ws_turns_total, 0);
+    assert_eq!(stats.http_turns_total, 2);
+}
+
+#[test]
 fn burst_of_5xx_retries_with_backoff_on_the_other_account() {
     let bad = mock();
     let good = mock();

@@ -79,9 +79,10 @@ impl AccountRuntime {
         })
     }
 
-    /// `true` when requests for this account go over WebSocket.
+    /// `true` when requests for this account go over WebSocket: configured `ws` and an auth
+    /// kind known to support WebSocket mode (an unknown kind goes over HTTP/SSE).
     pub fn uses_ws(&self) -> bool {
-        self.config.transport == Transport::Ws
+        self.config.transport == Transport::Ws && self.config.auth_supports_ws()
     }
 
     /// The address to dial: an IP literal directly, a host name resolved off the shard and cached.
