@@ -4,8 +4,10 @@
 # first event, 2 closes with 1012, 2 dropped connections after two events, 91 clean turns (the
 # mix repeats; each upstream attempt, retries included, takes the next rule). Reports attempts per
 # client request (upstream turns / client requests) and the share of client turns that ended in an
-# error ("retry-exhausted share"). Direct and nginx pass every fault through; shardgate's numbers
-# show whatever retry policy the build has.
+# error (err %: includes faults that are final by design, e.g. a drop after events reached the
+# client). For shardgate it adds the gateway's own view from its /metrics: attempts/request,
+# retry-exhausted share (requests that used up the retry budget), retries by reason. Direct and
+# nginx pass every fault through; shardgate's numbers show whatever retry policy the build has.
 #   perf/failure-mix.sh [steady.sh options]
 set -euo pipefail
 NAME=failure-mix CONNS=16 SECS=4 RATE=1000 PAYLOAD=8000 IDLE=0 ROUNDS=2

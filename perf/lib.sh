@@ -41,11 +41,14 @@ start_mock() { # extra mock args...
 
 start_gateway() { # shards; extra [upstream] keys in $GW_UPSTREAM_EXTRA
   GW_PORT=$(free_port)
+  ADMIN_PORT=$(free_port)
   KEY=sk-perf
   cat >"$WORK/gw.toml" <<TOML
 [server]
 listen = "127.0.0.1:$GW_PORT"
 shards = ${1:-2}
+admin_listen = "127.0.0.1:$ADMIN_PORT"
+stats_interval_ms = ${STATS_MS:-200}
 [upstream]
 queue_per_conn = 64
 ${GW_UPSTREAM_EXTRA:-}
@@ -66,6 +69,7 @@ TOML
   PIDS+=($!)
   GW_PID=$!
   wait_http "http://127.0.0.1:$GW_PORT/healthz"
+  wait_http "http://127.0.0.1:$ADMIN_PORT/metrics"
   GW_URL="ws://127.0.0.1:$GW_PORT/v1/responses"
   GW_HTTP_URL="http://127.0.0.1:$GW_PORT/v1/responses"
 }
@@ -99,6 +103,13 @@ nginx_peak_rss_kib() { local t=0; for p in $(nginx_workers); do t=$((t + $(peak_
 mock_reset() { curl -fsS -X POST "$MOCK_BASE/_mock/reset" >/dev/null; }
 mock_script() { curl -fsS -X POST -H 'content-type: application/json' --data-binary "$1" "$MOCK_BASE/_mock/script" >/dev/null; }
 mock_stats() { curl -fsS "$MOCK_BASE/_mock/stats"; }
+# The gateway's own counters (Prometheus text from the admin listener). Shards ship their
+# counters every stats_interval_ms ($STATS_MS, default 200), so wait 2.5 intervals (at least
+# 0.5 s) for the last snapshot.
+gw_metrics() {
+  sleep "$(awk -v ms="${STATS_MS:-200}" 'BEGIN { s = 2.5 * ms / 1000; print (s < 0.5 ? 0.5 : s) }')"
+  curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics"
+}
 
 # ---- the side-by-side runner -------------------------------------------------------------------
 # Scenario knobs (set before parse_common; options override): ROUNDS CONNS SECS PAYLOAD SHARDS RATE
@@ -109,6 +120,7 @@ ROUNDS=${ROUNDS:-3} CONNS=${CONNS:-32} SECS=${SECS:-5} PAYLOAD=${PAYLOAD:-30000}
 RATE=${RATE:-} WARMUP=${WARMUP:-} CHAIN=${CHAIN-1} WIRE=${WIRE:-ws} NAME=${NAME:-steady}
 IDLE=${IDLE:-1000} HOLD=${HOLD:-3} LOAD_EXTRA=${LOAD_EXTRA:-} TARGETS=${TARGETS:-"direct nginx shardgate"}
 MOCK_ARGS=${MOCK_ARGS:-}
+# STATS_MS (env only): the gateway's stats_interval_ms, default 200 (see gw_metrics).
 mock_round_script() { :; }
 
 common_usage() {
@@ -162,6 +174,7 @@ run_round() { # target round
   script=$(mock_round_script)
   if [[ -n $script ]]; then mock_script "$script"; control=2; fi
   cpu0=$(relay_cpu "$name")
+  if [[ $name == shardgate ]]; then gw_metrics >"$WORK/gw-before.prom"; else : >"$WORK/gw-before.prom"; fi
   # shellcheck disable=SC2086
   "$BIN" load --url "$(target_url "$name")" --key "$(target_key "$name")" --connections "$CONNS" \
     --duration-secs "$SECS" --payload-bytes "$PAYLOAD" ${CHAIN:+--store-false-chain} \
@@ -170,10 +183,43 @@ run_round() { # target round
   local cpu1
   cpu1=$(relay_cpu "$name")
   mock_stats >"$WORK/mock-stats.json"
-  python3 - "$base.json" "$cpu1" "$cpu0" "$(relay_peak_rss "$name")" "$control" "$WORK/mock-stats.json" <<'PY'
-import json, sys
-path, cpu1, cpu0, rss, control, mock = sys.argv[1:]
+  if [[ $name == shardgate ]]; then gw_metrics >"$WORK/gw-after.prom"; else : >"$WORK/gw-after.prom"; fi
+  python3 - "$base.json" "$cpu1" "$cpu0" "$(relay_peak_rss "$name")" "$control" "$WORK/mock-stats.json" \
+    "$WORK/gw-before.prom" "$WORK/gw-after.prom" <<'PY'
+import json, re, sys
+path, cpu1, cpu0, rss, control, mock, gw0, gw1 = sys.argv[1:]
 r, m = json.load(open(path)), json.load(open(mock))
+
+
+def counters(prom):
+    """`shardgate_*_total` counters of a /metrics text, summed over shards: name → value, or
+    name → {label: value} for the labeled families."""
+    out = {}
+    for line in open(prom):
+        g = re.match(r'shardgate_(\w+)_total(?:\{([^}]*)\})? (\S+)$', line.strip())
+        if not g:
+            continue
+        name, labels, v = g.group(1), dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', g.group(2) or "")), float(g.group(3))
+        if "label" in labels:
+            fam = out.setdefault(name, {})
+            fam[labels["label"]] = fam.get(labels["label"], 0) + v
+        else:
+            out[name] = out.get(name, 0) + v
+    return out
+
+
+# The gateway's counters over the round (after − before; shardgate only).
+c0, c1 = counters(gw0), counters(gw1)
+if c1:
+    gw = {}
+    for k, v in c1.items():
+        if isinstance(v, dict):
+            before = c0.get(k) if isinstance(c0.get(k), dict) else {}
+            d = {lab: int(x - before.get(lab, 0)) for lab, x in v.items()}
+            gw[k] = {lab: x for lab, x in d.items() if x}
+        else:
+            gw[k] = int(v - (c0.get(k, 0) if not isinstance(c0.get(k), dict) else 0))
+    r["gateway"] = gw
 r["relay_cpu_secs"] = float(cpu1) - float(cpu0)
 r["relay_peak_rss_kib"] = int(rss)
 # Each curl is one mock connection: the reset's is cleared by the reset itself; the script's and

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Summarizes one perf run: the per-round JSON reports of `shardgate load` (augmented by lib.sh
 with relay CPU and mock counters) for each target, medians over rounds, the added latency and CPU
-of nginx and shardgate over direct, pool reuse, attempts per request, error share, idle RSS.
+of nginx and shardgate over direct, pool reuse, attempts per request, error share, idle RSS, and
+shardgate's own counters (attempts per request, retry-exhausted share, retries by reason).
 
     summarize.py OUT_DIR ROUNDS SCENARIO
 
@@ -126,6 +127,56 @@ for n in names:
 for n in names:
     if summary["targets"][n]["errors"]:
         print(f"  errors {n}: {summary['targets'][n]['errors']}")
+
+
+def gateway_view(rs):
+    """Shardgate's own counters over each round (its /metrics, after − before, summed over
+    shards; lib.sh stores them as `gateway`): requests by kind, upstream attempts, requests that
+    used up their retry budget, retries by reason, terminal outcomes, fallbacks."""
+    per = []
+    for r in rs:
+        g = r["gateway"]
+        req = g.get("requests_ws", 0) + g.get("requests_stream", 0) + g.get("requests_sync", 0)
+        per.append({"requests": req, "attempts": g.get("attempts", 0), "retries_exhausted": g.get("retries_exhausted", 0)})
+
+    def total(family):
+        t = {}
+        for r in rs:
+            for k, v in r["gateway"].get(family, {}).items():
+                t[k] = t.get(k, 0) + v
+        return t
+
+    ratio = lambda a, b: a / b if b else float("nan")
+    return {
+        "attempts_per_request": st.median(ratio(p["attempts"], p["requests"]) for p in per),
+        "retry_exhausted_share": st.median(ratio(p["retries_exhausted"], p["requests"]) for p in per),
+        "requests": [p["requests"] for p in per],
+        "attempts": [p["attempts"] for p in per],
+        "retries_exhausted": [p["retries_exhausted"] for p in per],
+        "retries": total("retries"),
+        "stale_retries": sum(r["gateway"].get("stale_retries", 0) for r in rs),
+        # How the turns ended, by the gateway's count: an upstream error passed to the client
+        # (including a retry's `previous_response_not_found` it could not recover), a failure
+        # (drop after events reached the client, close, exhausted retries), the client leaving.
+        "turns": {k: sum(r["gateway"].get(f"turns_{k}", 0) for r in rs)
+                  for k in ("completed", "upstream_error", "failed", "client_gone")},
+        "terminal": total("terminal"),
+        "fallbacks": total("fallbacks"),
+        "recovery": total("recovery"),
+    }
+
+
+if "shardgate" in names and all("gateway" in r for r in runs["shardgate"]):
+    g = gateway_view(runs["shardgate"])
+    summary["targets"]["shardgate"]["gateway"] = g
+    print(
+        "\nshardgate's own view (its /metrics, deltas per round; requests = ws + stream + sync):\n"
+        f"  requests {g['requests']}  attempts {g['attempts']}  retries exhausted {g['retries_exhausted']}\n"
+        f"  attempts/request {g['attempts_per_request']:.3f}  retry-exhausted {100 * g['retry_exhausted_share']:.2f} %  (medians over rounds)\n"
+        f"  retries by reason {g['retries']}  stale-connection retries {g['stale_retries']}\n"
+        f"  turns {g['turns']}\n"
+        f"  terminal {g['terminal']}  fallbacks {g['fallbacks']}  recovery {g['recovery']}  (sums over rounds)"
+    )
 
 if "direct" in summary["targets"] and len(names) > 1:
     d = summary["targets"]["direct"]
