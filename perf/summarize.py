@@ -137,7 +137,8 @@ def gateway_view(rs):
     for r in rs:
         g = r["gateway"]
         req = g.get("requests_ws", 0) + g.get("requests_stream", 0) + g.get("requests_sync", 0)
-        per.append({"requests": req, "attempts": g.get("attempts", 0), "retries_exhausted": g.get("retries_exhausted", 0)})
+        per.append({"requests": req, "attempts": g.get("attempts", 0), "retries_exhausted": g.get("retries_exhausted", 0),
+                    "failed_after_retry": g.get("failed_after_retry", 0)})
 
     def total(family):
         t = {}
@@ -150,6 +151,8 @@ def gateway_view(rs):
     return {
         "attempts_per_request": st.median(ratio(p["attempts"], p["requests"]) for p in per),
         "retry_exhausted_share": st.median(ratio(p["retries_exhausted"], p["requests"]) for p in per),
+        # Requests that ended in an error although they were retried (budget left or not).
+        "failed_after_retry_share": st.median(ratio(p["failed_after_retry"], p["requests"]) for p in per),
         "requests": [p["requests"] for p in per],
         "attempts": [p["attempts"] for p in per],
         "retries_exhausted": [p["retries_exhausted"] for p in per],
@@ -172,7 +175,7 @@ if "shardgate" in names and all("gateway" in r for r in runs["shardgate"]):
     print(
         "\nshardgate's own view (its /metrics, deltas per round; requests = ws + stream + sync):\n"
         f"  requests {g['requests']}  attempts {g['attempts']}  retries exhausted {g['retries_exhausted']}\n"
-        f"  attempts/request {g['attempts_per_request']:.3f}  retry-exhausted {100 * g['retry_exhausted_share']:.2f} %  (medians over rounds)\n"
+        f"  attempts/request {g['attempts_per_request']:.3f}  retry-exhausted {100 * g['retry_exhausted_share']:.2f} %  failed after a retry {100 * g['failed_after_retry_share']:.2f} %  (medians over rounds)\n"
         f"  retries by reason {g['retries']}  stale-connection retries {g['stale_retries']}\n"
         f"  turns {g['turns']}\n"
         f"  terminal {g['terminal']}  fallbacks {g['fallbacks']}  recovery {g['recovery']}  (sums over rounds)"

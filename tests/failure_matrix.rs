@@ -477,6 +477,15 @@ fn counters_show_attempts_retries_fallbacks_and_close_codes() {
     wait_metric(admin, "shardgate_upstream_ttft_http_seconds_count", 1.0);
     assert!(metric(admin, "shardgate_event_added_http_seconds_count") > 0.0);
     assert!(metric(admin, "shardgate_dial_ws_seconds_count") >= 1.0);
+    assert_eq!(
+        metric(admin, &format!("shardgate_failed_after_retry_total{s}")),
+        0.0
+    );
+    // A request whose every attempt fails is counted once as failed after a retry.
+    script_turns(&up, "error=server_error", 3);
+    let t = c.turn(&create("gpt-5", "e", true, None));
+    assert_eq!(t.last_type(), "error", "{:?}", t.events);
+    wait_metric(admin, &format!("shardgate_failed_after_retry_total{s}"), 1.0);
 }
 
 #[test]

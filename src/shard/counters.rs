@@ -62,6 +62,8 @@ shard_counters! {
     events_relayed,
     /// Sessions that panicked (contained; the shard went on).
     session_panics,
+    /// Requests that ended in an error after more than one upstream attempt.
+    failed_after_retry,
     /// Messages to the control thread dropped because its queue was full.
     control_queue_drops,
     /// Requests from WebSocket sessions (`response.create` turns).

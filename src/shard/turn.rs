@@ -33,7 +33,7 @@ use crate::state::{Binding, SessionKey};
 use crate::usage::{RequestType, UsageRecord};
 
 use super::auth::ClientIdentity;
-use super::counters::bump;
+use super::counters::{bump, ShardCounters};
 use super::http_upstream::http_body;
 use super::normalizer::{self, PreviousId};
 use super::pool::{AcquireError, Lease, Pool};
@@ -97,6 +97,15 @@ struct Attempt {
     reused: bool,
     /// The pooled upstream WebSocket's id, once one was used.
     conn: Option<u64>,
+}
+
+/// Counts a request that ended in an error after more than one attempt: the failures retries
+/// did not save, whether or not the retry budget ran out (a retried `store=false` turn can end
+/// in `previous_response_not_found` with budget left).
+fn failed_after_retry(counters: &ShardCounters, attempts: u32) {
+    if attempts > 1 {
+        bump(&counters.failed_after_retry);
+    }
 }
 
 impl Attempt {
@@ -326,6 +335,7 @@ impl Driver {
         loop {
             let Some(pool) = self.choose_pool(&tried) else {
                 bump(&self.shard.counters.turns_failed);
+                failed_after_retry(&self.shard.counters, attempts);
                 let err = self.no_account_error();
                 return self.report(sink, &err).await;
             };
@@ -431,6 +441,7 @@ impl Driver {
                     pool.breaker.on_success(Instant::now());
                     self.shard.counters.bump_labeled("terminal", "error");
                     bump(&self.shard.counters.turns_upstream_error);
+                    failed_after_retry(&self.shard.counters, attempts);
                     self.drop_lease();
                     return TurnEnd::Done;
                 }
@@ -508,6 +519,7 @@ impl Driver {
                         Recovery::PassToClient(_) => {
                             self.shard.counters.bump_labeled("terminal", "error");
                             bump(&self.shard.counters.turns_upstream_error);
+                            failed_after_retry(&self.shard.counters, attempts);
                             tracing::info!(
                                 key_id = %self.identity.key_id,
                                 group = %self.identity.group,
@@ -580,6 +592,7 @@ impl Driver {
                             if retries + 1 >= retry_cfg.max_attempts || too_long {
                                 bump(&counters.retries_exhausted);
                                 bump(&counters.turns_failed);
+                                failed_after_retry(counters, attempts);
                                 return self.report(sink, &failure.error).await;
                             }
                             retries += 1;
@@ -596,6 +609,7 @@ impl Driver {
                                 bump(&counters.breaker_opens);
                             }
                             bump(&counters.turns_failed);
+                            failed_after_retry(counters, attempts);
                             return self.report(sink, &failure.error).await;
                         }
                     }
