@@ -485,7 +485,11 @@ fn counters_show_attempts_retries_fallbacks_and_close_codes() {
     script_turns(&up, "error=server_error", 3);
     let t = c.turn(&create("gpt-5", "e", true, None));
     assert_eq!(t.last_type(), "error", "{:?}", t.events);
-    wait_metric(admin, &format!("shardgate_failed_after_retry_total{s}"), 1.0);
+    wait_metric(
+        admin,
+        &format!("shardgate_failed_after_retry_total{s}"),
+        1.0,
+    );
 }
 
 #[test]
