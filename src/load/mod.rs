@@ -22,7 +22,7 @@
 //! - `frame`: the `response.create` frames the client sends, padded to a size.
 //! - `event`: the few fields read from each server event.
 //! - `transport`: the seam between a session and the wire (the [`Transport`] trait); `ws` is the
-//!   WebSocket one, `sse` the HTTP one (`POST` + `text/event-stream`, framed by `http1`).
+//!   WebSocket one, `sse` the HTTP one (`POST` + `text/event-stream`, framed by `protocol::http1`).
 //! - `session`: one client connection running its turns, reconnecting after failures.
 //! - `pace`: the optional overall turn-rate cap.
 //! - `stats`: histograms and counters, merged across threads into a [`Report`].
@@ -33,7 +33,6 @@ mod cli;
 mod config;
 mod event;
 mod frame;
-mod http1;
 mod pace;
 mod report;
 mod run;

@@ -15,8 +15,8 @@ use crate::protocol::sse::SseParser;
 use crate::runtime::{self, TcpStream};
 
 use super::config::LoadConfig;
-use super::http1::{self, BodyDecoder, Http1Error};
 use super::transport::{Transport, TransportError};
+use crate::protocol::http1::{self, BodyDecoder, Http1Error};
 
 /// Largest event accepted from the server.
 const MAX_EVENT_BYTES: usize = 64 << 20;

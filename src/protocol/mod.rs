@@ -6,6 +6,7 @@
 
 pub mod client_frame;
 pub mod error_body;
+pub mod http1;
 mod lazy;
 pub mod sse;
 pub mod upstream_event;

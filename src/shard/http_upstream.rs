@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue};
 
 use crate::config::UpstreamConfig;
 use crate::net::UpstreamStream;
+use crate::protocol::http1::{BodyDecoder, Framing, Http1Error};
 use crate::protocol::sse::{SseError, SseParser};
 use crate::runtime;
 
@@ -51,6 +52,12 @@ pub enum HttpUpError {
     TooLarge(#[from] SseError),
 }
 
+impl From<Http1Error> for HttpUpError {
+    fn from(e: Http1Error) -> Self {
+        HttpUpError::Malformed(e.to_string())
+    }
+}
+
 /// One keep-alive connection to an account's HTTP endpoint.
 pub struct HttpConn {
     /// Shard-local id, for logs.
@@ -68,14 +75,6 @@ pub struct HttpConn {
     pub dial_time: Duration,
 }
 
-/// How the body of a response is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(usize),
-    Chunked,
-    UntilClose,
-}
-
 /// What the response head says.
 struct ResponseHead {
     status: u16,
@@ -83,19 +82,6 @@ struct ResponseHead {
     is_sse: bool,
     framing: Framing,
     keep_alive: bool,
-}
-
-/// Where the chunked decoder stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk with this many bytes left.
-    Data(usize),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// Expecting trailers up to the final empty line.
-    Trailers,
 }
 
 /// An upstream response in flight: its status and, for a 200, its SSE body.
@@ -107,11 +93,7 @@ pub struct HttpResponse {
     pub retry_after: Option<Duration>,
     /// `true` when the body is an event stream.
     pub is_sse: bool,
-    framing: Framing,
-    chunk: ChunkState,
-    /// Body bytes still to read (content-length framing).
-    remaining: usize,
-    done: bool,
+    body: BodyDecoder,
     keep_alive: bool,
     parser: SseParser,
     read_timeout: Duration,
@@ -181,19 +163,12 @@ impl HttpConn {
         } = runtime::timeout(read_timeout, self.read_head())
             .await
             .ok_or(HttpUpError::Timeout)??;
-        let remaining = match framing {
-            Framing::Length(n) => n,
-            _ => 0,
-        };
         Ok(HttpResponse {
             conn: self,
             status,
             retry_after,
             is_sse,
-            framing,
-            chunk: ChunkState::Size,
-            remaining,
-            done: framing == Framing::Length(0),
+            body: BodyDecoder::new(framing),
             keep_alive,
             parser: SseParser::new(cfg.max_message_bytes),
             read_timeout,
@@ -229,7 +204,7 @@ impl HttpConn {
                         } else if h.name.eq_ignore_ascii_case("content-length") {
                             length = std::str::from_utf8(v)
                                 .ok()
-                                .and_then(|s| s.trim().parse::<usize>().ok());
+                                .and_then(|s| s.trim().parse::<u64>().ok());
                         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                             chunked = contains_ci(v, b"chunked");
                         } else if h.name.eq_ignore_ascii_case("connection") {
@@ -283,7 +258,7 @@ impl HttpResponse {
             if let Some(ev) = self.parser.next_event()? {
                 return Ok(Some(ev.data));
             }
-            if self.done {
+            if self.body.is_done() {
                 return Ok(None);
             }
             self.read_more().await?;
@@ -295,7 +270,7 @@ impl HttpResponse {
         let mut out = Vec::new();
         loop {
             self.decode_into(&mut out)?;
-            if self.done || out.len() > MAX_ERROR_BODY {
+            if self.body.is_done() || out.len() > MAX_ERROR_BODY {
                 return Ok(out);
             }
             self.fill_body().await?;
@@ -309,10 +284,10 @@ impl HttpResponse {
             return None;
         }
         let drained = runtime::timeout(TAIL_TIMEOUT, async {
-            while !self.done {
+            while !self.body.is_done() {
                 let mut sink = Vec::new();
                 self.decode_into(&mut sink)?;
-                if self.done {
+                if self.body.is_done() {
                     break;
                 }
                 if self.conn.fill().await? == 0 {
@@ -337,11 +312,8 @@ impl HttpResponse {
         let n = runtime::timeout(self.read_timeout, self.conn.fill())
             .await
             .ok_or(HttpUpError::Timeout)??;
-        if n == 0 {
-            if self.framing != Framing::UntilClose {
-                return Err(HttpUpError::Eof);
-            }
-            self.done = true;
+        if n == 0 && !self.body.end_of_stream() {
+            return Err(HttpUpError::Eof);
         }
         Ok(())
     }
@@ -350,7 +322,7 @@ impl HttpResponse {
         let mut decoded = Vec::new();
         loop {
             self.decode_into(&mut decoded)?;
-            if !decoded.is_empty() || self.done {
+            if !decoded.is_empty() || self.body.is_done() {
                 self.parser.feed(&decoded);
                 return Ok(());
             }
@@ -361,91 +333,10 @@ impl HttpResponse {
     /// Moves the body bytes buffered on the connection into `out`, decoding chunks.
     fn decode_into(&mut self, out: &mut Vec<u8>) -> Result<(), HttpUpError> {
         let buf = &mut self.conn.buf;
-        match self.framing {
-            Framing::UntilClose => {
-                out.extend_from_slice(buf);
-                buf.clear();
-            }
-            Framing::Length(_) => {
-                let take = self.remaining.min(buf.len());
-                out.extend_from_slice(&buf[..take]);
-                buf.drain(..take);
-                self.remaining -= take;
-                if self.remaining == 0 {
-                    self.done = true;
-                }
-            }
-            Framing::Chunked => {
-                if decode_chunks(&mut self.chunk, buf, out)? {
-                    self.done = true;
-                }
-            }
-        }
+        let used = self.body.decode(buf, |b| out.extend_from_slice(b))?;
+        buf.drain(..used);
         Ok(())
     }
-}
-
-/// Decodes the chunked body bytes at the front of `buf` into `out`, consuming what it used;
-/// `true` once the last chunk and its trailers were read.
-fn decode_chunks(
-    state: &mut ChunkState,
-    buf: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) -> Result<bool, HttpUpError> {
-    let mut at = 0;
-    let mut done = false;
-    while !done {
-        let rest = &buf[at..];
-        match *state {
-            ChunkState::Size => match httparse::parse_chunk_size(rest) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    at += used;
-                    let size = usize::try_from(size)
-                        .map_err(|_| HttpUpError::Malformed("chunk too large".into()))?;
-                    *state = if size == 0 {
-                        ChunkState::Trailers
-                    } else {
-                        ChunkState::Data(size)
-                    };
-                }
-                Ok(httparse::Status::Partial) => break,
-                Err(_) => return Err(HttpUpError::Malformed("bad chunk size".into())),
-            },
-            ChunkState::Data(left) => {
-                if rest.is_empty() {
-                    break;
-                }
-                let take = left.min(rest.len());
-                out.extend_from_slice(&rest[..take]);
-                at += take;
-                *state = if take == left {
-                    ChunkState::DataEnd
-                } else {
-                    ChunkState::Data(left - take)
-                };
-            }
-            ChunkState::DataEnd => {
-                if rest.len() < 2 {
-                    break;
-                }
-                if &rest[..2] != b"\r\n" {
-                    return Err(HttpUpError::Malformed("chunk not followed by CRLF".into()));
-                }
-                at += 2;
-                *state = ChunkState::Size;
-            }
-            ChunkState::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
-                Some(0) => {
-                    at += 2;
-                    done = true;
-                }
-                Some(line) => at += line + 2,
-                None => break,
-            },
-        }
-    }
-    buf.drain(..at);
-    Ok(done)
 }
 
 /// Turns a `response.create` frame into the body of `POST /responses`: without `type` and
@@ -463,26 +354,6 @@ pub fn http_body(frame: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunked_bodies_decode_across_any_split() {
-        let wire = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
-        for cut in 0..wire.len() {
-            let mut state = ChunkState::Size;
-            let mut buf = wire[..cut].to_vec();
-            let mut out = Vec::new();
-            let mut done = decode_chunks(&mut state, &mut buf, &mut out).unwrap();
-            buf.extend_from_slice(&wire[cut..]);
-            if !done {
-                done = decode_chunks(&mut state, &mut buf, &mut out).unwrap();
-            }
-            assert!(done, "cut at {cut}");
-            assert_eq!(out, b"hello, world", "cut at {cut}");
-            assert_eq!(buf, b"NEXT", "cut at {cut}");
-        }
-        let mut state = ChunkState::Size;
-        assert!(decode_chunks(&mut state, &mut b"zz\r\n".to_vec(), &mut Vec::new()).is_err());
-    }
 
     #[test]
     fn http_body_drops_type_and_generate_and_streams() {

@@ -1,5 +1,6 @@
-//! The client side of an HTTP/1.1 response, as much as the SSE transport needs: the status line
-//! and framing headers, and a body decoder for `Content-Length`, chunked and read-to-close bodies.
+//! The client side of an HTTP/1.1 response: the status line and framing headers, and an
+//! incremental body decoder for `Content-Length`, chunked and read-to-close bodies. Shared by the
+//! gateway's HTTP upstream client and the load generator's SSE transport.
 
 /// Headers parsed per response.
 const MAX_HEADERS: usize = 64;
