@@ -11,7 +11,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardgate::protocol::sse::{write_event, SseParser};
 use shardgate::protocol::{ClientFrame, EventKind, UpstreamEvent};
-use shardgate::shard::normalizer::{map_back, normalize, Rewrite};
+use shardgate::shard::normalizer::{map_back, rewrite, PreviousId, Rewrite};
 
 #[path = "alloc_counter.rs"]
 mod alloc_counter;
@@ -179,7 +179,7 @@ fn normalizer(c: &mut Criterion) {
     let parsed = ClientFrame::parse(&frame).unwrap();
 
     let empty = HashMap::new();
-    let (out, rw) = normalize(&frame, &parsed, &empty);
+    let (out, rw) = rewrite(&frame, &parsed, PreviousId::AsSent, &empty);
     assert_eq!(rw, Rewrite::None);
     assert_eq!(
         out.as_ptr(),
@@ -188,19 +188,23 @@ fn normalizer(c: &mut Criterion) {
     );
     let name = "normalizer/normalize_no_map";
     c.bench_function(name, |b| {
-        b.iter(|| normalize(black_box(&frame), &parsed, &empty))
+        b.iter(|| rewrite(black_box(&frame), &parsed, PreviousId::AsSent, &empty))
     });
-    report_allocs(name, || normalize(black_box(&frame), &parsed, &empty));
+    report_allocs(name, || {
+        rewrite(black_box(&frame), &parsed, PreviousId::AsSent, &empty)
+    });
 
     let map = HashMap::from([("gpt-5-codex".to_string(), "gpt-5-codex-2026-01".to_string())]);
-    let (out, rw) = normalize(&frame, &parsed, &map);
+    let (out, rw) = rewrite(&frame, &parsed, PreviousId::AsSent, &map);
     assert!(matches!(rw, Rewrite::ModelMapped { .. }));
     assert!(out.len() > frame.len());
     let name = "normalizer/normalize_mapped_30k";
     c.bench_function(name, |b| {
-        b.iter(|| normalize(black_box(&frame), &parsed, &map))
+        b.iter(|| rewrite(black_box(&frame), &parsed, PreviousId::AsSent, &map))
     });
-    report_allocs(name, || normalize(black_box(&frame), &parsed, &map));
+    report_allocs(name, || {
+        rewrite(black_box(&frame), &parsed, PreviousId::AsSent, &map)
+    });
 
     let back = map_back(COMPLETED_EVENT, &rw).expect("completed event carries the model");
     assert!(back.windows(22).any(|w| w == br#""model":"gpt-5-codex","#));

@@ -7,12 +7,11 @@
 //! shutdown. State lookups are answered through the one-shot sender inside the message; a Redis
 //! call may hold this thread for at most `[state] redis_timeout_ms`, never a shard.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
 use crate::config::Config;
 use crate::metrics::aggregate::{self, Aggregator, SharedAggregator};
@@ -68,26 +67,14 @@ pub enum ControlError {
 #[derive(Clone)]
 pub struct ControlHandle {
     tx: Sender<ShardMsg>,
-    dropped: Arc<AtomicU64>,
     state_stats: Arc<StateStats>,
 }
 
 impl ControlHandle {
-    /// Queues `msg` without waiting; `false` (and one more counted drop) when the queue is full
-    /// or the control thread is gone.
+    /// Queues `msg` without waiting; `false` when the queue is full or the control thread is
+    /// gone (the caller counts the drop in its shard's `control_queue_drops`).
     pub fn send(&self, msg: ShardMsg) -> bool {
-        match self.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-        }
-    }
-
-    /// Messages dropped so far because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.tx.try_send(msg).is_ok()
     }
 
     /// The state store's health counters (Redis errors, fallbacks), for stats.
@@ -128,11 +115,7 @@ impl ControlThread {
             .name("control".into())
             .spawn(move || control.run(rx, stop_rx))
             .map_err(ControlError::Thread)?;
-        let handle = ControlHandle {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-            state_stats,
-        };
+        let handle = ControlHandle { tx, state_stats };
         Ok((
             handle,
             ControlThread {

@@ -218,16 +218,6 @@ pub fn pairing_for_turn<'a>(counters: &ShardCounters, facts: &PairingFacts<'a>) 
     pairing
 }
 
-/// Rewrites `frame` for an account with `model_map`, `previous_response_id` as sent; returns
-/// the bytes to send and what changed (the model-only path, as the protocol bench measures it).
-pub fn normalize(
-    frame: &Bytes,
-    parsed: &ClientFrame<'_>,
-    model_map: &HashMap<String, String>,
-) -> (Bytes, Rewrite) {
-    rewrite(frame, parsed, PreviousId::AsSent, model_map)
-}
-
 /// The single splice: maps the model and applies `previous`, producing the final bytes once.
 /// Used for every attempt: with the turn's pairing decision, or a recovery replay's (`PreviousId::Set` to align,
 /// `PreviousId::Clear` to replay without the id).
@@ -349,7 +339,7 @@ mod tests {
     fn unmapped_frames_are_not_copied() {
         let frame = Bytes::from_static(br#"{"type":"response.create","model":"gpt-5"}"#);
         let parsed = ClientFrame::parse(&frame).unwrap();
-        let (out, rw) = normalize(&frame, &parsed, &HashMap::new());
+        let (out, rw) = rewrite(&frame, &parsed, PreviousId::AsSent, &HashMap::new());
         assert_eq!(rw, Rewrite::None);
         assert_eq!(out.as_ptr(), frame.as_ptr());
         let map = HashMap::from([("other".to_string(), "x".to_string())]);
