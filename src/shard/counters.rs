@@ -9,9 +9,10 @@ macro_rules! shard_counters {
         #[derive(Debug, Default)]
         pub struct ShardCounters {
             $($(#[doc = $doc])* pub $name: Cell<u64>,)*
-            /// Counters with a label (reason, account, close code): `(family, label) → count`.
-            /// Bumped on failures and dials only, never per event.
-            pub labeled: RefCell<HashMap<(&'static str, String), u64>>,
+            /// Counters with a label (reason, account, close code): `family → label → count`.
+            /// Bumped at most a few times per turn, never per event; nested so that bumping a
+            /// label seen before allocates nothing.
+            pub labeled: RefCell<HashMap<&'static str, HashMap<String, u64>>>,
         }
 
         impl ShardCounters {
@@ -110,10 +111,11 @@ impl ShardCounters {
     /// Adds one to the labeled counter `family{label}` (e.g. `retries{timeout}`).
     pub fn bump_labeled(&self, family: &'static str, label: &str) {
         let mut map = self.labeled.borrow_mut();
-        match map.get_mut(&(family, label.to_string())) {
+        let labels = map.entry(family).or_default();
+        match labels.get_mut(label) {
             Some(n) => *n += 1,
             None => {
-                map.insert((family, label.to_string()), 1);
+                labels.insert(label.to_string(), 1);
             }
         }
     }
@@ -123,7 +125,7 @@ impl ShardCounters {
         self.labeled
             .borrow()
             .iter()
-            .map(|((f, l), n)| (*f, l.clone(), *n))
+            .flat_map(|(f, labels)| labels.iter().map(|(l, n)| (*f, l.clone(), *n)))
             .collect()
     }
 }
