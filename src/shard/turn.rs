@@ -410,7 +410,7 @@ impl Driver {
                         model = %model,
                         response_id = response_id.as_deref().unwrap_or(""),
                         status = kind.as_str(),
-                        request_type = request_label(self.request_type),
+                        request_type = self.request_type.as_str(),
                         transport = if use_http { "http" } else { "ws" },
                         attempts,
                         input_tokens = usage.map(|u| u.input_tokens).unwrap_or(0),
@@ -527,7 +527,7 @@ impl Driver {
                                 model = %model,
                                 status = "error",
                                 error = reason.as_str(),
-                                request_type = request_label(self.request_type),
+                                request_type = self.request_type.as_str(),
                                 attempts,
                                 "turn"
                             );
@@ -1107,14 +1107,6 @@ fn chain_error(status: u16, body: &[u8]) -> Option<FailureClass> {
 }
 
 /// The request type as logs show it.
-fn request_label(t: RequestType) -> &'static str {
-    match t {
-        RequestType::Ws => "ws",
-        RequestType::Stream => "stream",
-        RequestType::Sync => "sync",
-    }
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
