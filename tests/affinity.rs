@@ -195,10 +195,6 @@ fn a_reconnect_that_lands_on_another_shard_is_handed_to_the_owner() {
     assert!(labeled(admin, "affinity", "connection_reused") >= sent);
 }
 
-fn shared_redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
 #[test]
 fn a_stored_chain_started_on_one_host_continues_on_another_with_the_same_account() {
     let (m0, m1) = (mock(), mock());

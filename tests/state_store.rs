@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::shared_redis_url;
 use futures_channel::oneshot;
 use futures_lite::future::block_on;
 use shardgate::config::{Config, StateConfig};
@@ -21,10 +22,6 @@ use shardgate::shard::normalizer::{self, PairingReason, PreviousId};
 use shardgate::shard::sticky::{ChainInputs, Sticky};
 use shardgate::state::service::{StateMsg, StateService};
 use shardgate::state::{Binding, SessionKey};
-
-fn shared_redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 /// A key prefix no other test run uses.
 fn unique_prefix(tag: &str) -> String {

@@ -188,7 +188,7 @@ fn redis_cleanup(url: &str, stream: &str, ids: &[Seen]) {
 
 #[test]
 fn redis_stream_sink_has_exactly_one_record_per_turn() {
-    let url = "redis://127.0.0.1:6379/";
+    let url = &shared_redis_url();
     let stream = unique("usage");
     let up = mock();
     let gw = gateway(config_for(
@@ -769,7 +769,7 @@ fn stats_socket_cli_hist_logs_and_metrics_after_load() {
 fn redis_sink_writes_a_replayed_record_once() {
     use shardgate::usage::redis_stream::RedisStreamSink;
     use shardgate::usage::sink::{Line, Sink};
-    let url = "redis://127.0.0.1:6379/";
+    let url = &shared_redis_url();
     let stream = unique("dedup");
     let line = |i: u64| Line {
         id: format!("resp_dedup_{i}"),

@@ -58,6 +58,12 @@ pub fn scratch_file(name: &str) -> std::path::PathBuf {
     dir.join(name)
 }
 
+/// The Redis the test command provides (`REDIS_URL`, exported by `scripts/test.sh`), else the
+/// default local one.
+pub fn shared_redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
 /// Parses a config text as-is.
 pub fn parse_config(text: &str) -> Config {
     let mut text = text.to_string();
