@@ -77,6 +77,32 @@ fn chunked_request_body_is_read() {
 }
 
 #[test]
+fn bad_chunked_bodies_are_refused_before_their_data_arrives() {
+    let up = mock();
+    let gw = gateway(config_for(&[up.base_url()], "max_message_bytes = 1024"));
+    let head = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    // A chunk that would take the body over the limit: 413 on its size line alone.
+    let (status, text) = http(
+        gw.addr(),
+        &format!("{head}200\r\n{}\r\n201\r\n", "x".repeat(0x200)),
+    );
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("request_too_large"), "{text}");
+    // A size line that is not hex, and one that never ends.
+    let (status, text) = http(gw.addr(), &format!("{head}zz\r\n"));
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = http(gw.addr(), &format!("{head}1;{}", "e".repeat(5000)));
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("too long"), "{text}");
+    assert_eq!(
+        up.stats().ws_turns_total + up.stats().http_requests_total,
+        0
+    );
+}
+
+#[test]
 fn oversize_body_is_413_and_malformed_is_400_and_bad_key_is_401() {
     let up = mock();
     let gw = gateway(config_for(&[up.base_url()], "max_message_bytes = 1024"));

@@ -5,6 +5,8 @@ use std::io;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::protocol::http1::{self, BodyDecoder, Http1Error};
+
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Largest request body (and WebSocket message) accepted.
@@ -32,6 +34,15 @@ pub enum HttpError {
     /// The body is over [`MAX_BODY`].
     #[error("request body larger than {MAX_BODY} bytes")]
     BodyTooLarge,
+}
+
+impl From<Http1Error> for HttpError {
+    fn from(e: Http1Error) -> HttpError {
+        match e {
+            Http1Error::TooLarge(_) => HttpError::BodyTooLarge,
+            other => HttpError::Malformed(other.to_string()),
+        }
+    }
 }
 
 impl HttpError {
@@ -158,17 +169,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
         Ok(n)
     }
 
-    /// Reads bytes until at least `n` are buffered.
-    async fn fill_to(&mut self, n: usize) -> Result<(), HttpError> {
-        self.reserve(n);
-        while self.end - self.start < n {
-            if self.fill().await? == 0 {
-                return Err(HttpError::UnexpectedEof);
-            }
-        }
-        Ok(())
-    }
-
     /// Reads the next request head; `None` when the peer closed between requests.
     pub async fn read_head(&mut self) -> Result<Option<Head>, HttpError> {
         loop {
@@ -193,20 +193,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
 
     /// Reads the body of `head` (empty when it has none), answering `Expect: 100-continue`.
     pub async fn read_body(&mut self, head: &Head) -> Result<Vec<u8>, HttpError> {
-        let chunked = head.has_token("transfer-encoding", "chunked");
-        let length = match head.header("content-length") {
-            Some(v) if !chunked => Some(
-                v.trim()
-                    .parse::<usize>()
-                    .map_err(|_| HttpError::Malformed(format!("bad content-length {v:?}")))?,
-            ),
-            _ => None,
-        };
-        if !chunked && length.unwrap_or(0) == 0 {
+        let framing = http1::request_framing(
+            head.has_token("transfer-encoding", "chunked"),
+            head.header("content-length").map(str::as_bytes),
+        )?;
+        let mut decoder = BodyDecoder::with_limit(framing, MAX_BODY as u64)?;
+        if decoder.is_done() {
             return Ok(Vec::new());
-        }
-        if length.is_some_and(|n| n > MAX_BODY) {
-            return Err(HttpError::BodyTooLarge);
         }
         if head.has_token("expect", "100-continue") {
             self.stream
@@ -214,70 +207,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 .await?;
             self.stream.flush().await?;
         }
-        match length {
-            Some(n) => {
-                self.fill_to(n).await?;
-                let body = self.data()[..n].to_vec();
-                self.consume(n);
-                Ok(body)
-            }
-            None => self.read_chunked().await,
-        }
-    }
-
-    async fn read_chunked(&mut self) -> Result<Vec<u8>, HttpError> {
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(decoder.declared_len().map_or(0, |n| n as usize));
         loop {
-            let (used, size) = loop {
-                match httparse::parse_chunk_size(self.data()) {
-                    Ok(httparse::Status::Complete(found)) => break found,
-                    Ok(httparse::Status::Partial) if self.end - self.start < MAX_HEAD => {
-                        if self.fill().await? == 0 {
-                            return Err(HttpError::UnexpectedEof);
-                        }
-                    }
-                    _ => return Err(HttpError::Malformed("bad chunk size".into())),
-                }
-            };
+            let used = decoder.decode(self.data(), |part| body.extend_from_slice(part))?;
             self.consume(used);
-            let size = usize::try_from(size).map_err(|_| HttpError::BodyTooLarge)?;
-            if size == 0 {
-                self.skip_trailers().await?;
+            if decoder.is_done() {
                 return Ok(body);
             }
-            if body.len().saturating_add(size) > MAX_BODY {
-                return Err(HttpError::BodyTooLarge);
-            }
-            self.fill_to(size + 2).await?;
-            if &self.data()[size..size + 2] != b"\r\n" {
-                return Err(HttpError::Malformed("chunk not followed by CRLF".into()));
-            }
-            body.extend_from_slice(&self.data()[..size]);
-            self.consume(size + 2);
-        }
-    }
-
-    /// Skips the trailer section after the last chunk, up to its empty line.
-    async fn skip_trailers(&mut self) -> Result<(), HttpError> {
-        let mut skipped = 0;
-        loop {
-            match self.data().windows(2).position(|w| w == b"\r\n") {
-                Some(0) => {
-                    self.consume(2);
-                    return Ok(());
-                }
-                Some(line) => {
-                    skipped += line + 2;
-                    self.consume(line + 2);
-                }
-                None => {
-                    if self.fill().await? == 0 {
-                        return Err(HttpError::UnexpectedEof);
-                    }
-                }
-            }
-            if skipped > MAX_HEAD {
-                return Err(HttpError::HeadTooLarge);
+            if self.fill().await? == 0 {
+                return Err(HttpError::UnexpectedEof);
             }
         }
     }

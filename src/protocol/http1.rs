@@ -1,9 +1,15 @@
-//! The client side of an HTTP/1.1 response: the status line and framing headers, and an
-//! incremental body decoder for `Content-Length`, chunked and read-to-close bodies. Shared by the
-//! gateway's HTTP upstream client and the load generator's SSE transport.
+//! HTTP/1.1 message bodies: the client side of a response (status line and framing headers) and
+//! one incremental, bounded body decoder for `Content-Length`, chunked and read-to-close bodies.
+//! Shared by the gateway's HTTP upstream client, its `POST` front door, the load generator's SSE
+//! transport and the mock upstream, so chunked framing is decoded in exactly one place.
 
 /// Headers parsed per response.
 const MAX_HEADERS: usize = 64;
+/// Longest chunk-size line (with extensions) accepted: a peer cannot make the reader buffer
+/// without bound while it waits for a CRLF.
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// Largest trailer section accepted after the last chunk.
+pub const MAX_TRAILERS: usize = 8192;
 
 /// Why a response could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,6 +23,12 @@ pub enum Http1Error {
     /// A chunk size line or chunk terminator that is not valid.
     #[error("malformed chunked body")]
     Chunk,
+    /// A chunk size line over [`MAX_CHUNK_LINE`] or trailers over [`MAX_TRAILERS`].
+    #[error("chunk size line or trailers too long")]
+    LineTooLong,
+    /// The body (declared or decoded so far) is over the decoder's limit.
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
 }
 
 /// How the body of a response is delimited.
@@ -94,6 +106,23 @@ pub fn parse_head(data: &[u8]) -> Result<Option<(ResponseHead, usize)>, Http1Err
     )))
 }
 
+/// How a request body is delimited: chunked wins over `Content-Length` (RFC 9112 §6.3), and a
+/// request with neither has no body.
+pub fn request_framing(
+    chunked: bool,
+    content_length: Option<&[u8]>,
+) -> Result<Framing, Http1Error> {
+    match (chunked, content_length) {
+        (true, _) => Ok(Framing::Chunked),
+        (false, Some(v)) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Framing::Length)
+            .ok_or(Http1Error::Length),
+        (false, None) => Ok(Framing::Length(0)),
+    }
+}
+
 /// Where a chunked body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
@@ -103,14 +132,18 @@ enum Chunk {
     Data(u64),
     /// After a chunk's data, expecting its CRLF.
     DataEnd,
-    /// After the last chunk, skipping trailer lines up to the empty one.
-    Trailers,
+    /// After the last chunk, skipping trailer lines up to the empty one; bytes skipped so far.
+    Trailers(usize),
 }
 
-/// Decodes one response body incrementally.
+/// Decodes one message body incrementally, within a size limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyDecoder {
     state: State,
+    /// Most body bytes accepted.
+    limit: u64,
+    /// Body bytes declared so far (chunk sizes), checked against `limit` before they are read.
+    declared: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +155,7 @@ enum State {
 }
 
 impl BodyDecoder {
-    /// A decoder for a body framed as `framing`.
+    /// A decoder for a body framed as `framing`, of any size.
     pub fn new(framing: Framing) -> BodyDecoder {
         let state = match framing {
             Framing::Chunked => State::Chunked(Chunk::Size),
@@ -130,7 +163,33 @@ impl BodyDecoder {
             Framing::Length(n) => State::Length(n),
             Framing::UntilClose => State::UntilClose,
         };
-        BodyDecoder { state }
+        BodyDecoder {
+            state,
+            limit: u64::MAX,
+            declared: 0,
+        }
+    }
+
+    /// A decoder that refuses bodies over `limit` bytes: at once for a larger `Content-Length`,
+    /// and for a chunked body as soon as a chunk size would take it over, before its data is
+    /// read. Read-to-close bodies are bounded by the caller.
+    pub fn with_limit(framing: Framing, limit: u64) -> Result<BodyDecoder, Http1Error> {
+        if matches!(framing, Framing::Length(n) if n > limit) {
+            return Err(Http1Error::TooLarge(limit));
+        }
+        Ok(BodyDecoder {
+            limit,
+            ..BodyDecoder::new(framing)
+        })
+    }
+
+    /// The body's size when its framing declares it up front (`Content-Length`): a capacity hint.
+    pub fn declared_len(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
     }
 
     /// The whole body has been decoded.
@@ -179,7 +238,7 @@ impl BodyDecoder {
                     return Ok(used);
                 }
                 State::Chunked(chunk) => {
-                    let Some((n, next)) = step_chunk(chunk, rest, &mut out)? else {
+                    let Some((n, next)) = self.step_chunk(chunk, rest, &mut out)? else {
                         return Ok(used);
                     };
                     used += n;
@@ -195,47 +254,61 @@ fn take(left: u64, available: usize) -> usize {
     usize::try_from(left).map_or(available, |l| l.min(available))
 }
 
-/// One step of the chunked state machine: `None` when `rest` does not hold enough to move on.
-fn step_chunk(
-    chunk: Chunk,
-    rest: &[u8],
-    out: &mut impl FnMut(&[u8]),
-) -> Result<Option<(usize, State)>, Http1Error> {
-    match chunk {
-        Chunk::Size => match httparse::parse_chunk_size(rest) {
-            Ok(httparse::Status::Complete((n, 0))) => {
-                Ok(Some((n, State::Chunked(Chunk::Trailers))))
+impl BodyDecoder {
+    /// One step of the chunked state machine: `None` when `rest` does not hold enough to move on.
+    fn step_chunk(
+        &mut self,
+        chunk: Chunk,
+        rest: &[u8],
+        out: &mut impl FnMut(&[u8]),
+    ) -> Result<Option<(usize, State)>, Http1Error> {
+        match chunk {
+            Chunk::Size => match httparse::parse_chunk_size(rest) {
+                Ok(httparse::Status::Complete((n, 0))) => {
+                    Ok(Some((n, State::Chunked(Chunk::Trailers(0)))))
+                }
+                Ok(httparse::Status::Complete((n, size))) => {
+                    self.declared = self.declared.saturating_add(size);
+                    if self.declared > self.limit {
+                        return Err(Http1Error::TooLarge(self.limit));
+                    }
+                    Ok(Some((n, State::Chunked(Chunk::Data(size)))))
+                }
+                Ok(httparse::Status::Partial) if rest.len() > MAX_CHUNK_LINE => {
+                    Err(Http1Error::LineTooLong)
+                }
+                Ok(httparse::Status::Partial) => Ok(None),
+                Err(_) => Err(Http1Error::Chunk),
+            },
+            Chunk::Data(left) => {
+                if rest.is_empty() {
+                    return Ok(None);
+                }
+                let n = take(left, rest.len());
+                out(&rest[..n]);
+                let left = left - n as u64;
+                let next = if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                };
+                Ok(Some((n, State::Chunked(next))))
             }
-            Ok(httparse::Status::Complete((n, size))) => {
-                Ok(Some((n, State::Chunked(Chunk::Data(size)))))
-            }
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(_) => Err(Http1Error::Chunk),
-        },
-        Chunk::Data(left) => {
-            if rest.is_empty() {
-                return Ok(None);
-            }
-            let n = take(left, rest.len());
-            out(&rest[..n]);
-            let left = left - n as u64;
-            let next = if left == 0 {
-                Chunk::DataEnd
-            } else {
-                Chunk::Data(left)
-            };
-            Ok(Some((n, State::Chunked(next))))
+            Chunk::DataEnd => match rest {
+                [b'\r', b'\n', ..] => Ok(Some((2, State::Chunked(Chunk::Size)))),
+                [] | [b'\r'] => Ok(None),
+                _ => Err(Http1Error::Chunk),
+            },
+            Chunk::Trailers(skipped) => match rest.windows(2).position(|w| w == b"\r\n") {
+                Some(0) => Ok(Some((2, State::Done))),
+                Some(line) if skipped + line + 2 <= MAX_TRAILERS => Ok(Some((
+                    line + 2,
+                    State::Chunked(Chunk::Trailers(skipped + line + 2)),
+                ))),
+                None if skipped + rest.len() <= MAX_TRAILERS => Ok(None),
+                _ => Err(Http1Error::LineTooLong),
+            },
         }
-        Chunk::DataEnd => match rest {
-            [b'\r', b'\n', ..] => Ok(Some((2, State::Chunked(Chunk::Size)))),
-            [] | [b'\r'] => Ok(None),
-            _ => Err(Http1Error::Chunk),
-        },
-        Chunk::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
-            Some(0) => Ok(Some((2, State::Done))),
-            Some(line) => Ok(Some((line + 2, State::Chunked(Chunk::Trailers)))),
-            None => Ok(None),
-        },
     }
 }
 
@@ -313,5 +386,44 @@ mod tests {
         assert_eq!(d.decode(b"zz\r\n", |_| {}), Err(Http1Error::Chunk));
         let mut d = BodyDecoder::new(Framing::Chunked);
         assert_eq!(d.decode(b"1\r\naXY", |_| {}), Err(Http1Error::Chunk));
+    }
+
+    #[test]
+    fn limits_refuse_before_reading_and_bound_lines() {
+        assert_eq!(
+            BodyDecoder::with_limit(Framing::Length(11), 10),
+            Err(Http1Error::TooLarge(10))
+        );
+        let mut d = BodyDecoder::with_limit(Framing::Chunked, 10).unwrap();
+        let mut body = Vec::new();
+        assert_eq!(
+            d.decode(b"6\r\nabcdef\r\n5\r\n", |b| body.extend_from_slice(b)),
+            Err(Http1Error::TooLarge(10))
+        );
+        assert_eq!(body, b"abcdef");
+        let mut d = BodyDecoder::new(Framing::Chunked);
+        let long_ext = format!("1;{}", "x".repeat(MAX_CHUNK_LINE));
+        assert_eq!(
+            d.decode(long_ext.as_bytes(), |_| {}),
+            Err(Http1Error::LineTooLong)
+        );
+        let mut d = BodyDecoder::new(Framing::Chunked);
+        let trailers = format!("0\r\n{}", "X-T: 1\r\n".repeat(MAX_TRAILERS / 8 + 1));
+        assert_eq!(
+            d.decode(trailers.as_bytes(), |_| {}),
+            Err(Http1Error::LineTooLong)
+        );
+    }
+
+    #[test]
+    fn request_framing_prefers_chunked_and_defaults_to_empty() {
+        assert_eq!(request_framing(true, Some(b"5")), Ok(Framing::Chunked));
+        assert_eq!(request_framing(false, Some(b" 5 ")), Ok(Framing::Length(5)));
+        assert_eq!(request_framing(false, None), Ok(Framing::Length(0)));
+        assert_eq!(request_framing(false, Some(b"-1")), Err(Http1Error::Length));
+        assert_eq!(
+            BodyDecoder::with_limit(Framing::Length(3), 3).map(|d| d.declared_len()),
+            Ok(Some(3))
+        );
     }
 }

@@ -14,6 +14,7 @@ use http::{HeaderName, HeaderValue};
 use sonic_rs::JsonValueTrait;
 
 use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::http1::{self, BodyDecoder, Http1Error};
 use crate::protocol::sse::write_event;
 use crate::runtime::{self, TcpStream};
 use crate::usage::RequestType;
@@ -36,13 +37,22 @@ pub enum BodyError {
     TooLarge(usize),
     /// Bad `Content-Length` or chunk framing.
     #[error("malformed request body: {0}")]
-    Malformed(&'static str),
+    Malformed(Http1Error),
     /// The client closed or the socket failed mid-body.
     #[error("connection closed mid-body")]
     Closed,
     /// The body did not arrive in time.
     #[error("timed out reading the request body")]
     Timeout,
+}
+
+impl From<Http1Error> for BodyError {
+    fn from(e: Http1Error) -> BodyError {
+        match e {
+            Http1Error::TooLarge(limit) => BodyError::TooLarge(limit as usize),
+            other => BodyError::Malformed(other),
+        }
+    }
 }
 
 /// What the connection does after a request.
@@ -161,16 +171,13 @@ async fn read_body(
     head: &RequestHead,
     limit: usize,
 ) -> Result<Vec<u8>, BodyError> {
-    let chunked = head.header_has_token("transfer-encoding", "chunked");
-    let len = match head.header("content-length") {
-        Some(v) if !chunked => std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .ok_or(BodyError::Malformed("bad content-length"))?,
-        _ => 0,
-    };
-    if len > limit {
-        return Err(BodyError::TooLarge(limit));
+    let framing = http1::request_framing(
+        head.header_has_token("transfer-encoding", "chunked"),
+        head.header("content-length"),
+    )?;
+    let mut decoder = BodyDecoder::with_limit(framing, limit as u64)?;
+    if decoder.is_done() {
+        return Ok(Vec::new());
     }
     if head.header_has_token("expect", "100-continue") {
         stream
@@ -178,51 +185,15 @@ async fn read_body(
             .await
             .map_err(|_| BodyError::Closed)?;
     }
-    if !chunked {
-        while buf.len() < len {
-            fill(stream, buf).await?;
-        }
-        let rest = buf.split_off(len);
-        return Ok(std::mem::replace(buf, rest));
-    }
-    let mut body = Vec::new();
+    let hint = decoder.declared_len().map_or(0, |n| n as usize);
+    let mut body = Vec::with_capacity(hint);
     loop {
-        let (used, size) = loop {
-            match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete(found)) => break found,
-                Ok(httparse::Status::Partial) if buf.len() < 4096 => fill(stream, buf).await?,
-                _ => return Err(BodyError::Malformed("bad chunk size")),
-            }
-        };
+        let used = decoder.decode(buf, |part| body.extend_from_slice(part))?;
         buf.drain(..used);
-        let size = usize::try_from(size).map_err(|_| BodyError::TooLarge(limit))?;
-        if size == 0 {
-            // Trailers, up to the empty line.
-            loop {
-                match buf.windows(2).position(|w| w == b"\r\n") {
-                    Some(0) => {
-                        buf.drain(..2);
-                        return Ok(body);
-                    }
-                    Some(n) => {
-                        buf.drain(..n + 2);
-                    }
-                    None if buf.len() < 8192 => fill(stream, buf).await?,
-                    None => return Err(BodyError::Malformed("trailers too large")),
-                }
-            }
+        if decoder.is_done() {
+            return Ok(body);
         }
-        if body.len().saturating_add(size) > limit {
-            return Err(BodyError::TooLarge(limit));
-        }
-        while buf.len() < size + 2 {
-            fill(stream, buf).await?;
-        }
-        if &buf[size..size + 2] != b"\r\n" {
-            return Err(BodyError::Malformed("chunk not followed by CRLF"));
-        }
-        body.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
+        fill(stream, buf).await?;
     }
 }
 
