@@ -70,7 +70,7 @@ impl fmt::Display for Secret {
 }
 
 /// The whole configuration, as loaded and validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Listener, shards and client-facing limits.
     pub server: ServerConfig,
@@ -89,7 +89,7 @@ pub struct Config {
 }
 
 /// `[server]`: the client-facing side.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Address every shard binds with `SO_REUSEPORT`.
     pub listen: SocketAddr,
@@ -116,7 +116,7 @@ pub struct ServerConfig {
 }
 
 /// `[upstream]`: how the gateway talks to the accounts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// TCP connect deadline.
     pub dial_timeout: Duration,
@@ -141,7 +141,7 @@ pub struct UpstreamConfig {
 }
 
 /// `[upstream]` retry keys: exponential backoff with full jitter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     /// Attempts per request, the first one included.
     pub max_attempts: u32,
@@ -152,7 +152,7 @@ pub struct RetryConfig {
 }
 
 /// `[upstream]` breaker keys.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
     /// Consecutive failures that open the breaker.
     pub consecutive_failures: u32,
@@ -177,7 +177,7 @@ pub enum StateBackend {
 }
 
 /// `[state]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {
     /// Which store.
     pub backend: StateBackend,
@@ -204,7 +204,7 @@ pub enum UsageSinkKind {
 }
 
 /// `[usage]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UsageConfig {
     /// Which sink.
     pub sink: UsageSinkKind,
@@ -225,7 +225,7 @@ pub struct UsageConfig {
 }
 
 /// `[[client_keys]]`: one key a client may present.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientKey {
     /// A name for the key that is safe to log and bill by.
     pub id: String,
@@ -246,7 +246,7 @@ pub enum Transport {
 }
 
 /// `[[accounts]]`: one upstream account.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Account {
     /// Stable name, used in logs, stats and usage records.
     pub id: String,
@@ -368,7 +368,7 @@ impl Endpoint {
 }
 
 /// `[log]`: log format and level.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// Emit JSON lines instead of text.
     pub json: bool,

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod mock;
 pub mod net;
 pub mod protocol;
+pub mod reload;
 pub mod runtime;
 pub mod shard;
 pub mod state;

@@ -1,12 +1,12 @@
 //! The `shardgate` command: run the gateway, the bundled mock upstream, or the load generator.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use shardgate::config::Config;
 use shardgate::gateway::Gateway;
@@ -95,12 +95,13 @@ fn demo(listen: &str) -> anyhow::Result<()> {
         usage.display(),
         stats.display()
     );
-    let result = serve(config);
+    let result = serve(config, None);
     mock.stop();
     result
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path` (the live switches only).
+fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
     shardgate::logging::init(&config.log);
     let drain = config.server.drain_timeout;
     let shards = config.server.shards;
@@ -108,14 +109,19 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::start(config).context("starting the gateway")?;
     println!("shardgate listening on http://{}/v1", gateway.addr());
     tracing::info!(addr = %gateway.addr(), shards, accounts, "gateway started");
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("installing signal handlers")?;
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            reload(&gateway, path);
+            continue;
+        }
         tracing::info!(
             signal = sig,
             drain_timeout_secs = drain.as_secs_f64(),
             "stopping: no new connections, waiting for in-flight turns, then flushing usage records"
         );
+        break;
     }
     // A second signal while draining means "now": exit without waiting for turns. Records the
     // control thread still holds in memory are lost then; everything already written is kept.
@@ -130,6 +136,33 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Re-reads the config file and applies what may change while running; a config that does not
+/// load, or changes the account list, is refused and the running one stays.
+fn reload(gateway: &Gateway, path: Option<&Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: the demo has no config file to reload");
+        return;
+    };
+    let outcome = Config::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|new| gateway.reload(&new).map_err(anyhow::Error::from));
+    match outcome {
+        Ok(report) => {
+            if !report.needs_restart.is_empty() {
+                tracing::warn!(
+                    sections = ?report.needs_restart,
+                    "config reload: these sections changed but take effect only after a restart"
+                );
+            }
+            tracing::info!(applied = ?report.applied, path = %path.display(), "config reloaded");
+        }
+        Err(e) => tracing::error!(
+            path = %path.display(),
+            "config reload refused, the running config stays: {e:#}"
+        ),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -138,7 +171,7 @@ fn main() -> ExitCode {
             ..
         } => Config::load(&config)
             .with_context(|| format!("loading {}", config.display()))
-            .and_then(serve),
+            .and_then(|loaded| serve(loaded, Some(&config))),
         Command::Serve {
             config: None,
             demo_listen,

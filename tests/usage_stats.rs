@@ -332,35 +332,6 @@ fn redis_outage_spools_and_replays_without_loss_or_duplicates() {
     up.stop();
 }
 
-/// The real binary, started with a config file; `listening` is the address it printed.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-}
-
-fn serve_binary(config: &str) -> Served {
-    let path = scratch_file("gateway.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gateway binary starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("banner");
-    let addr = line
-        .trim()
-        .strip_prefix("shardgate listening on http://")
-        .and_then(|a| a.strip_suffix("/v1"))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected banner {line:?}"));
-    Served { child, addr }
-}
-
 /// One turn, or `None` when the connection failed before its terminal event.
 fn try_turn(client: &mut Client, frame: &str) -> Option<Turn> {
     use shardgate::tungstenite::Message;

@@ -9,7 +9,7 @@ use futures_rustls::rustls::ClientConfig;
 use http::HeaderValue;
 use rustls_pki_types::ServerName;
 
-use crate::config::{Account, Transport};
+use crate::config::Account;
 use crate::net::tls::{self, TlsSetupError};
 use crate::runtime;
 
@@ -79,10 +79,11 @@ impl AccountRuntime {
         })
     }
 
-    /// `true` when requests for this account go over WebSocket: configured `ws` and an auth
-    /// kind known to support WebSocket mode (an unknown kind goes over HTTP/SSE).
-    pub fn uses_ws(&self) -> bool {
-        self.config.transport == Transport::Ws && self.config.auth_supports_ws()
+    /// `true` when the account's auth kind is known to support WebSocket mode (an unknown kind
+    /// goes over HTTP/SSE). Whether it is configured for WebSocket is a live switch
+    /// ([`crate::reload::LiveSwitches`]).
+    pub fn supports_ws(&self) -> bool {
+        self.config.auth_supports_ws()
     }
 
     /// The address to dial: an IP literal directly, a host name resolved off the shard and cached.

@@ -37,6 +37,7 @@ use futures_util::FutureExt;
 use crate::config::{Config, UpstreamConfig};
 use crate::control::{ControlHandle, ShardMsg};
 use crate::metrics::{ShardMetrics, ShardSnapshot};
+use crate::reload::LiveSwitches;
 use crate::runtime::{self, TcpListener};
 
 use account::{AccountRuntime, AccountSetupError};
@@ -68,6 +69,8 @@ pub struct Shard {
     pub warmups: RefCell<warmup::WarmupCache>,
     /// Hot cache of sticky state, write-through to the control thread.
     pub sticky: sticky::Sticky,
+    /// Transport switches a config reload may change while running.
+    pub switches: Arc<LiveSwitches>,
     /// Senders of client sessions to the other shards (set once the handoff mesh is connected).
     pub handoff: OnceCell<SessionHandoff>,
     sessions_per_key: RefCell<HashMap<String, usize>>,
@@ -102,6 +105,7 @@ impl Shard {
     pub fn new(
         id: usize,
         config: Arc<Config>,
+        switches: Arc<LiveSwitches>,
         control: ControlHandle,
     ) -> Result<Self, AccountSetupError> {
         let upstream: Rc<UpstreamConfig> = Rc::new(config.upstream.clone());
@@ -127,6 +131,7 @@ impl Shard {
             counters: ShardCounters::default(),
             metrics: ShardMetrics::default(),
             sticky: sticky::Sticky::new(control.clone(), &config.state),
+            switches,
             control,
             handoff: OnceCell::new(),
             warmups: RefCell::new(warmup::WarmupCache::default()),

@@ -340,8 +340,8 @@ impl Driver {
                 return self.report(sink, &err).await;
             };
             let now = Instant::now();
-            let use_http = self.shard.config.upstream.force_http
-                || !pool.account.uses_ws()
+            let use_http = self.shard.switches.account_forced_http(pool.account.index)
+                || !pool.account.supports_ws()
                 || fallback_http
                 || pool.ws_refused(now);
             if use_http && parsed.is_warmup() {

@@ -2,7 +2,7 @@
 //! blocking WebSocket/HTTP client over real loopback sockets.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -426,4 +426,50 @@ pub fn config_accounts(base_urls: &[String], extra: &str, account_extra: &str) -
         ));
     }
     parse_config(&text)
+}
+
+/// The real binary, started with a config file; `addr` is the address it printed.
+pub struct Served {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// The config file it was started with (rewrite it, then SIGHUP, to reload).
+    pub config_path: std::path::PathBuf,
+}
+
+/// Starts `shardgate serve --config FILE` with `config` written to a scratch file.
+pub fn serve_binary(config: &str) -> Served {
+    let path = scratch_file("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("gateway binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("banner");
+    let addr = line
+        .trim()
+        .strip_prefix("shardgate listening on http://")
+        .and_then(|a| a.strip_suffix("/v1"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected banner {line:?}"));
+    Served {
+        child,
+        addr,
+        config_path: path,
+    }
+}
+
+impl Drop for Served {
+    /// A failed test does not leave its gateway running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

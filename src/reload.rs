@@ -1,0 +1,198 @@
+//! What a config reload (`SIGHUP`) may change while the gateway runs: the transport rollback
+//! switches. `[upstream] force_http` and each account's `transport` are read by the shards on
+//! every attempt from [`LiveSwitches`], so an operator can move traffic off WebSocket (and back)
+//! without dropping a session. Every other setting needs a restart; a reload names the sections
+//! it left alone instead of half-applying them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::config::{Config, Transport};
+
+/// The settings shards read live. Shared by every shard; written only by a reload.
+#[derive(Debug)]
+pub struct LiveSwitches {
+    force_http: AtomicBool,
+    /// Per account (in config order): `true` when configured `transport = "http"`.
+    account_http: Box<[AtomicBool]>,
+}
+
+impl LiveSwitches {
+    /// The switches as `config` sets them.
+    pub fn new(config: &Config) -> LiveSwitches {
+        LiveSwitches {
+            force_http: AtomicBool::new(config.upstream.force_http),
+            account_http: config
+                .accounts
+                .iter()
+                .map(|a| AtomicBool::new(a.transport == Transport::Http))
+                .collect(),
+        }
+    }
+
+    /// `true` when account `index`'s requests must go over HTTP/SSE by configuration (its own
+    /// `transport` or the global `force_http`).
+    pub fn account_forced_http(&self, index: usize) -> bool {
+        self.force_http.load(Ordering::Relaxed)
+            || self
+                .account_http
+                .get(index)
+                .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    fn store(&self, config: &Config) {
+        self.force_http
+            .store(config.upstream.force_http, Ordering::Relaxed);
+        for (flag, account) in self.account_http.iter().zip(&config.accounts) {
+            flag.store(account.transport == Transport::Http, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Why a reload was refused as a whole (nothing was applied).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The account list changed: ids or order differ, which needs a restart (shards hold per-account
+    /// pools and budgets).
+    #[error("the account list changed (ids or order); restart to apply it")]
+    AccountsChanged,
+}
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Switches that changed, e.g. `force_http=true`, `accounts.a1.transport=http`.
+    pub applied: Vec<String>,
+    /// Sections that differ but only take effect at the next start.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Applies the live part of `new` over `current` (the config in effect) to `switches`, and
+/// returns what changed; `current` becomes what is now in effect.
+pub fn apply(
+    current: &mut Config,
+    new: &Config,
+    switches: &LiveSwitches,
+) -> Result<ReloadReport, ReloadError> {
+    let same_accounts = current.accounts.len() == new.accounts.len()
+        && current
+            .accounts
+            .iter()
+            .zip(&new.accounts)
+            .all(|(a, b)| a.id == b.id);
+    if !same_accounts {
+        return Err(ReloadError::AccountsChanged);
+    }
+    let mut report = ReloadReport::default();
+    if current.upstream.force_http != new.upstream.force_http {
+        report
+            .applied
+            .push(format!("force_http={}", new.upstream.force_http));
+    }
+    for (old, next) in current.accounts.iter().zip(&new.accounts) {
+        if old.transport != next.transport {
+            report.applied.push(format!(
+                "accounts.{}.transport={}",
+                next.id,
+                transport_name(next.transport)
+            ));
+        }
+    }
+    report.needs_restart = restart_only_differences(current, new);
+    switches.store(new);
+    current.upstream.force_http = new.upstream.force_http;
+    for (old, next) in current.accounts.iter_mut().zip(&new.accounts) {
+        old.transport = next.transport;
+    }
+    Ok(report)
+}
+
+/// The sections of `new` that differ from `current` beyond the live switches.
+fn restart_only_differences(current: &Config, new: &Config) -> Vec<&'static str> {
+    let mut masked = new.clone();
+    masked.upstream.force_http = current.upstream.force_http;
+    for (m, c) in masked.accounts.iter_mut().zip(&current.accounts) {
+        m.transport = c.transport;
+    }
+    let sections = [
+        ("server", masked.server != current.server),
+        ("upstream", masked.upstream != current.upstream),
+        ("client_keys", masked.client_keys != current.client_keys),
+        ("accounts", masked.accounts != current.accounts),
+        ("log", masked.log != current.log),
+        ("state", masked.state != current.state),
+        ("usage", masked.usage != current.usage),
+    ];
+    sections
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Ws => "ws",
+        Transport::Http => "http",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(force_http: bool, second_transport: &str, shards: usize) -> Config {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshards = {shards}\n\
+             [upstream]\nforce_http = {force_http}\n\
+             [[client_keys]]\nkey = \"sk-gw\"\nid = \"k\"\n\
+             [[accounts]]\nid = \"a0\"\nbase_url = \"http://127.0.0.1:1\"\napi_key = \"sk-0\"\n\
+             [[accounts]]\nid = \"a1\"\nbase_url = \"http://127.0.0.1:2\"\napi_key = \"sk-1\"\ntransport = \"{second_transport}\"\n"
+        );
+        Config::parse(&text, &|_| None).expect("config")
+    }
+
+    #[test]
+    fn switches_follow_the_reloaded_config_and_other_changes_are_named() {
+        let mut current = config(false, "ws", 1);
+        let switches = LiveSwitches::new(&current);
+        assert!(!switches.account_forced_http(0) && !switches.account_forced_http(1));
+
+        let report = apply(&mut current, &config(false, "http", 2), &switches).unwrap();
+        assert_eq!(report.applied, vec!["accounts.a1.transport=http"]);
+        assert_eq!(report.needs_restart, vec!["server"]);
+        assert!(!switches.account_forced_http(0) && switches.account_forced_http(1));
+        assert_eq!(
+            current.server.shards, 1,
+            "restart-only settings stay as started"
+        );
+
+        let report = apply(&mut current, &config(true, "http", 1), &switches).unwrap();
+        assert_eq!(report.applied, vec!["force_http=true"]);
+        assert!(report.needs_restart.is_empty());
+        assert!(switches.account_forced_http(0));
+
+        let report = apply(&mut current, &config(false, "ws", 1), &switches).unwrap();
+        assert_eq!(
+            report.applied,
+            vec!["force_http=false", "accounts.a1.transport=ws"]
+        );
+        assert!(!switches.account_forced_http(0) && !switches.account_forced_http(1));
+        assert!(
+            !switches.account_forced_http(7),
+            "unknown index: not forced"
+        );
+    }
+
+    #[test]
+    fn a_changed_account_list_is_refused_whole() {
+        let mut current = config(false, "ws", 1);
+        let switches = LiveSwitches::new(&current);
+        let mut fewer = config(true, "http", 1);
+        fewer.accounts.pop();
+        assert!(matches!(
+            apply(&mut current, &fewer, &switches),
+            Err(ReloadError::AccountsChanged)
+        ));
+        assert!(!switches.account_forced_http(0), "nothing applied");
+        assert!(!current.upstream.force_http);
+    }
+}

@@ -1,0 +1,124 @@
+//! Config reload (SIGHUP) of the real binary: the transport rollback switches move a running
+//! session's turns between WebSocket and HTTP upstream without dropping it, and a config the
+//! gateway cannot apply leaves the running one in place.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use shardgate::mock::MockHandle;
+
+fn config_text(base_url: &str, force_http: bool, transport: &str, accounts: &[&str]) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\ndrain_timeout_secs = 2\n\
+         [upstream]\nforce_http = {force_http}\n\
+         [[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n"
+    );
+    for id in accounts {
+        text.push_str(&format!(
+            "[[accounts]]\nid = \"{id}\"\nbase_url = \"{base_url}\"\napi_key = \"{ACCOUNT_KEY}\"\ntransport = \"{transport}\"\n"
+        ));
+    }
+    text
+}
+
+/// Which upstream transport served one more turn: `true` for HTTP.
+fn next_turn_went_http(client: &mut Client, up: &MockHandle) -> bool {
+    let before = up.stats();
+    let turn = client.turn(&create("gpt-5", "hi", true, None));
+    assert_eq!(turn.last_type(), "response.completed", "{:?}", turn.types());
+    let after = up.stats();
+    let http = after.http_turns_total - before.http_turns_total;
+    let ws = after.ws_turns_total - before.ws_turns_total;
+    assert_eq!(http + ws, 1, "one upstream turn per client turn");
+    http == 1
+}
+
+/// Rewrites the config file, sends SIGHUP and waits until a turn goes over the expected transport.
+fn reload_until(served: &Served, text: &str, client: &mut Client, up: &MockHandle, http: bool) {
+    std::fs::write(&served.config_path, text).expect("rewrite config");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while next_turn_went_http(client, up) != http {
+        assert!(
+            Instant::now() < deadline,
+            "reload did not switch to http={http}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_flips_the_transport_switches_of_a_running_session() {
+    let up = mock();
+    let url = up.base_url();
+    let served = serve_binary(&config_text(&url, false, "ws", &["a0"]));
+    let mut client = connect(served.addr);
+    assert!(
+        !next_turn_went_http(&mut client, &up),
+        "starts on WebSocket"
+    );
+
+    // Account transport → http: the same client session continues over HTTP upstream.
+    reload_until(
+        &served,
+        &config_text(&url, false, "http", &["a0"]),
+        &mut client,
+        &up,
+        true,
+    );
+    // Back to ws.
+    reload_until(
+        &served,
+        &config_text(&url, false, "ws", &["a0"]),
+        &mut client,
+        &up,
+        false,
+    );
+    // The global rollback switch.
+    reload_until(
+        &served,
+        &config_text(&url, true, "ws", &["a0"]),
+        &mut client,
+        &up,
+        true,
+    );
+
+    // A config that changes the account list is refused whole: still forced to HTTP.
+    std::fs::write(
+        &served.config_path,
+        config_text(&url, false, "ws", &["a0", "a1"]),
+    )
+    .unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    // And a file that does not parse is refused too.
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&served.config_path, "[server\nbroken").unwrap();
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        assert!(
+            next_turn_went_http(&mut client, &up),
+            "refused reloads changed nothing"
+        );
+    }
+    assert_eq!(
+        up.stats().ws_connections_total,
+        1,
+        "switching back reuses the pooled WebSocket connection"
+    );
+    up.stop();
+}
