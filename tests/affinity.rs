@@ -16,10 +16,10 @@ use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 
 /// A gateway config with `shards` shards, one account per mock, room for many sessions, stats
 /// shipped quickly and an admin listener for `/metrics`.
-fn config(mocks: &[&MockHandle], shards: usize, extra: &str) -> shardgate::config::Config {
+fn config_text(mocks: &[&MockHandle], shards: usize, extra: &str, admin: &str) -> String {
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshards = {shards}\ndrain_timeout_secs = 5\n\
-         admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n{extra}\n\
+         admin_listen = \"{admin}\"\nstats_interval_ms = 50\n{extra}\n\
          [[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n"
     );
     for (i, m) in mocks.iter().enumerate() {
@@ -28,7 +28,17 @@ fn config(mocks: &[&MockHandle], shards: usize, extra: &str) -> shardgate::confi
             m.base_url()
         ));
     }
-    parse_config(&text)
+    text
+}
+
+fn config(mocks: &[&MockHandle], shards: usize, extra: &str) -> shardgate::config::Config {
+    parse_config(&config_text(mocks, shards, extra, "127.0.0.1:0"))
+}
+
+/// A loopback address nothing listens on right now (for a child process's admin listener).
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
 }
 
 /// A `response.create` with a raw `input` array.
@@ -209,14 +219,25 @@ fn a_stored_chain_started_on_one_host_continues_on_another_with_the_same_account
             shared_redis_url()
         )
     };
-    let gw_a = gateway(config(&[&m0, &m1], 1, &state("host-a")));
-    let gw_b = gateway(config(&[&m0, &m1], 1, &state("host-b")));
-    let admin_b = gw_b.admin_addr().expect("admin");
+    // Two gateway processes (two hosts) sharing one Redis.
+    let gw_a = serve_binary(&config_text(
+        &[&m0, &m1],
+        1,
+        &state("host-a"),
+        "127.0.0.1:0",
+    ));
+    let admin_b = free_addr();
+    let gw_b = serve_binary(&config_text(
+        &[&m0, &m1],
+        1,
+        &state("host-b"),
+        &admin_b.to_string(),
+    ));
     // Each mock keeps its own store: a chain sent to the other account's mock would be
     // refused with previous_response_not_found.
     let mut ids = Vec::new();
     for i in 0..6 {
-        let mut a = connect(gw_a.addr());
+        let mut a = connect(gw_a.addr);
         let t = a.turn(&create("gpt-5", &format!("on host a {i}"), true, None));
         assert_eq!(t.last_type(), "response.completed");
         ids.push(t.response_id().expect("id"));
@@ -227,7 +248,7 @@ fn a_stored_chain_started_on_one_host_continues_on_another_with_the_same_account
     // The bindings reach Redis through host a's control thread.
     std::thread::sleep(Duration::from_millis(300));
     for prev in &ids {
-        let mut b = connect(gw_b.addr());
+        let mut b = connect(gw_b.addr);
         let t = b.turn(&create("gpt-5", "on host b", true, Some(prev)));
         assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
         close(b);
