@@ -432,7 +432,7 @@ pub fn config_accounts(base_urls: &[String], extra: &str, account_extra: &str) -
 pub struct Served {
     pub child: std::process::Child,
     pub addr: SocketAddr,
-    /// The config file it was started with (rewrite it, then SIGHUP, to reload).
+    /// The config file it was started with, if any (rewrite it, then SIGHUP, to reload).
     pub config_path: std::path::PathBuf,
 }
 
@@ -440,10 +440,19 @@ pub struct Served {
 pub fn serve_binary(config: &str) -> Served {
     let path = scratch_file("gateway.toml");
     std::fs::write(&path, config).unwrap();
+    let mut served = start_binary(
+        &["serve".as_ref(), "--config".as_ref(), path.as_os_str()],
+        &[],
+    );
+    served.config_path = path;
+    served
+}
+
+/// Starts the binary with `args` (and extra environment) and waits for its listening banner.
+pub fn start_binary(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Served {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
+        .args(args)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -462,7 +471,7 @@ pub fn serve_binary(config: &str) -> Served {
     Served {
         child,
         addr,
-        config_path: path,
+        config_path: std::path::PathBuf::new(),
     }
 }
 
