@@ -101,6 +101,9 @@ pub struct ServerConfig {
     pub first_message_timeout: Duration,
     /// How long a session may sit idle between turns before it is closed with 1000.
     pub idle_timeout: Duration,
+    /// Longest a write to a client may wait (the client stopped reading): past it the client is
+    /// treated as gone, so a stuck client cannot hold an upstream connection.
+    pub client_write_timeout: Duration,
     /// Concurrent WebSocket sessions allowed per client key on one shard (0 = no cap).
     pub max_sessions_per_key: usize,
     /// Unix socket for `shardgate stats` (created with mode 0600); `None` = off.
@@ -405,6 +408,7 @@ struct RawServer {
     max_message_bytes: Option<usize>,
     first_message_timeout_secs: Option<f64>,
     idle_timeout_secs: Option<f64>,
+    client_write_timeout_secs: Option<f64>,
     max_sessions_per_key: Option<usize>,
     stats_socket: Option<PathBuf>,
     admin_listen: Option<String>,
@@ -600,6 +604,11 @@ impl Config {
                 30.0,
             )?,
             idle_timeout: secs("server.idle_timeout_secs", s.idle_timeout_secs, 300.0)?,
+            client_write_timeout: secs(
+                "server.client_write_timeout_secs",
+                s.client_write_timeout_secs,
+                30.0,
+            )?,
             max_sessions_per_key: s.max_sessions_per_key.unwrap_or(0),
             stats_socket: s.stats_socket,
             admin_listen: match s.admin_listen.as_deref() {

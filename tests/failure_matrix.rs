@@ -389,7 +389,8 @@ fn rate_limited_account_is_left_for_another_without_waiting_out_its_retry_after(
     );
 }
 
-/// One sample of the gateway's Prometheus text, 0 when absent.
+/// One sample of the gateway's Prometheus text, 0 when absent. A series named without labels
+/// is summed over all its label sets (e.g. over shards).
 fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(admin).expect("admin connect");
@@ -397,9 +398,14 @@ fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
         .expect("admin write");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("admin reply");
+    let value = |l: &str| l.rsplit(' ').next()?.parse::<f64>().ok();
     out.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+        .filter(|l| match l.strip_prefix(series) {
+            Some(rest) => rest.starts_with(' ') || (!series.contains('{') && rest.starts_with('{')),
+            None => false,
+        })
+        .filter_map(value)
+        .sum()
 }
 
 /// Waits until `series` reaches `want` (snapshots ship every stats interval).
@@ -545,4 +551,48 @@ fn a_half_open_probe_that_ends_in_a_request_error_does_not_wedge_the_breaker() {
     let r = h.post("/v1/responses", &post_body("gpt-5", "after", false));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(up.stats().http_requests_total, 4);
+}
+
+#[test]
+fn a_client_that_stops_reading_loses_its_turn_and_its_upstream_connection_is_not_reused() {
+    use shardgate::tungstenite::Message;
+    let up = mock();
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\nclient_write_timeout_secs = 0.5",
+    ));
+    let admin = gw.admin_addr().expect("admin");
+    // 12 MB of deltas: far more than the socket buffers between gateway and client hold (the
+    // client's receive buffer is made small).
+    script_turns(&up, "deltas=1500,delta_bytes=8192", 1);
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    socket.connect(&gw.addr().into()).expect("connect");
+    let mut stuck = connect_over(socket.into(), gw.addr(), CLIENT_KEY).expect("upgrade");
+    stuck
+        .ws
+        .send(Message::text(create("gpt-5", "flood", true, None)))
+        .expect("send");
+    // The client never reads again. The gateway gives up on it within the write timeout.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(admin, "shardgate_client_write_timeouts_total") < 1.0 {
+        assert!(Instant::now() < deadline, "no client write timeout");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its upstream connection was closed, not pooled in the middle of a response.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.stats().connections_open > 0 {
+        assert!(Instant::now() < deadline, "upstream connection left open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_metric(admin, "shardgate_turns_client_gone_total", 1.0);
+    // Other sessions are unharmed, on a fresh upstream connection.
+    let mut other = connect(gw.addr());
+    let t = other.turn(&create("gpt-5", "hello", true, None));
+    assert_eq!(t.last_type(), "response.completed", "{:?}", t.types());
+    assert_eq!(up.stats().ws_connections_total, 2);
+    drop(stuck);
 }

@@ -51,6 +51,8 @@ shard_counters! {
     turns_failed,
     /// Turns cut short because the client left.
     turns_client_gone,
+    /// Client writes that waited past `client_write_timeout_secs` (the client stopped reading).
+    client_write_timeouts,
     /// Turns ended early by a new `response.create`.
     turns_preempted,
     /// Turns retried once on a fresh connection after a stale pooled one failed.

@@ -20,6 +20,7 @@ use crate::runtime::{self, TcpStream};
 use crate::usage::RequestType;
 
 use super::auth::ClientIdentity;
+use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump, ShardCounters};
 use super::http_head::{self, RequestHead};
 use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
@@ -104,8 +105,9 @@ pub async fn serve(
     };
     let mut driver = Driver::new(shard.clone(), identity, forward, request_type);
     let received = Instant::now();
+    let write_limit = shard.config.server.client_write_timeout;
     let ok = if streaming {
-        let mut sink = SseSink {
+        let sse = SseSink {
             stream,
             inbuf: buf,
             counters: &shard.counters,
@@ -115,8 +117,11 @@ pub async fn serve(
             answered: false,
             keep_alive,
         };
+        let mut sink = WriteDeadline::new(sse, write_limit, &shard.counters);
         let end = driver.run(&mut sink, frame, received).await;
-        sink.finish(end).await
+        runtime::timeout(write_limit, sink.into_inner().finish(end))
+            .await
+            .unwrap_or(false)
     } else {
         let mut sink = JsonSink {
             stream,
@@ -135,10 +140,9 @@ pub async fn serve(
             (err.status, err.http_body)
         });
         add(&shard.counters.bytes_out, body.len() as u64);
+        let answer = http_head::write_json(sink.stream, status, &body, &[], keep_alive);
         matches!(end, TurnEnd::Done)
-            && http_head::write_json(sink.stream, status, &body, &[], keep_alive)
-                .await
-                .is_ok()
+            && matches!(runtime::timeout(write_limit, answer).await, Some(Ok(())))
     };
     if ok && keep_alive {
         After::KeepAlive

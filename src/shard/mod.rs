@@ -7,6 +7,7 @@
 pub mod account;
 pub mod auth;
 pub mod breaker;
+pub mod client_deadline;
 pub mod counters;
 pub mod drain;
 pub mod handoff;

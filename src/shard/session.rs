@@ -28,6 +28,7 @@ use crate::runtime::{self, TcpStream};
 use crate::usage::RequestType;
 
 use super::auth::ClientIdentity;
+use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump, ShardCounters};
 use super::handoff::{HandedConn, Handoff, HandoffError, PrefixedStream};
 use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
@@ -230,10 +231,12 @@ impl Session {
                     return Served::Closed;
                 }
                 add(&self.shard.counters.bytes_in, frame.len() as u64);
-                let mut sink = WsSink {
+                let ws = WsSink {
                     client: &mut self.client,
                     counters: &self.shard.counters,
                 };
+                let limit = self.shard.config.server.client_write_timeout;
+                let mut sink = WriteDeadline::new(ws, limit, &self.shard.counters);
                 match self.driver.run(&mut sink, frame, Instant::now()).await {
                     TurnEnd::Done => {}
                     TurnEnd::Preempted(f) => next = Some(f),

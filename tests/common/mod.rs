@@ -93,7 +93,15 @@ pub fn connect(addr: SocketAddr) -> Client {
 
 /// Connects with a given key; the error carries the HTTP status on refusal.
 pub fn connect_with_key(addr: SocketAddr, key: &str) -> Result<Client, tungstenite::Error> {
-    let stream = TcpStream::connect(addr).expect("tcp connect");
+    connect_over(TcpStream::connect(addr).expect("tcp connect"), addr, key)
+}
+
+/// Upgrades an already connected socket (e.g. one with small buffers) to a client session.
+pub fn connect_over(
+    stream: TcpStream,
+    addr: SocketAddr,
+    key: &str,
+) -> Result<Client, tungstenite::Error> {
     stream.set_nodelay(true).ok();
     stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
     let mut req = format!("ws://{addr}/v1/responses").into_client_request()?;
