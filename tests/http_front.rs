@@ -347,6 +347,44 @@ fn client_leaving_mid_stream_releases_the_upstream_connection() {
 }
 
 #[test]
+fn an_sse_client_that_stops_reading_loses_its_stream_and_the_upstream_connection() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let up = mock();
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "client_write_timeout_secs = 0.5",
+    ));
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    socket.connect(&gw.addr().into()).expect("connect");
+    let mut stuck: std::net::TcpStream = socket.into();
+    // 12 MB of deltas that the client never reads.
+    let body = post_body("gpt-5", "[[mock:deltas=1500,delta_bytes=8192]]", true);
+    let raw = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stuck.write_all(raw.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while up.stats().ws_turns_total == 0 || up.stats().connections_open != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck stream still holds its upstream connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The gateway closed the stuck client and serves others.
+    let mut c = HttpConn::open(gw.addr());
+    let r = c.post("/v1/responses", &post_body("gpt-5", "after", false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(stuck);
+}
+
+#[test]
 fn pipelined_requests_are_answered_in_order() {
     let up = mock();
     let gw = gateway(config_for(&[up.base_url()], ""));
