@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
 use crate::control::{ControlHandle, ControlThread};
-use crate::reload::{self, LiveSwitches, ReloadError, ReloadReport};
+use crate::reload::{self, LiveSettings, ReloadError, ReloadReport};
 use crate::runtime;
 use crate::shard::handoff::{self, CHANNEL_CAPACITY};
 use crate::shard::{self, Shard};
@@ -42,8 +42,8 @@ pub struct Gateway {
     threads: Vec<std::thread::JoinHandle<()>>,
     control: Option<ControlThread>,
     handle: ControlHandle,
-    switches: Arc<LiveSwitches>,
-    /// The config in effect: as started, with the live switches of the last reload.
+    live: Arc<LiveSettings>,
+    /// The config in effect: as started, with the live settings of the last reload.
     current: Mutex<Config>,
 }
 
@@ -57,7 +57,7 @@ impl Gateway {
                 "auth kind not known to support WebSocket mode: this account's requests go over HTTP/SSE"
             );
         }
-        let switches = Arc::new(LiveSwitches::new(&config));
+        let live = Arc::new(LiveSettings::new(&config));
         let current = Mutex::new(config.clone());
         let config = Arc::new(config);
         let shards = config.server.shards;
@@ -81,7 +81,7 @@ impl Gateway {
         }
         let (handle, control) = ControlThread::start(config.clone())?;
         // Check every shard can be built before starting any (a bad CA file fails here).
-        Shard::new(0, config.clone(), switches.clone(), handle.clone())
+        Shard::new(0, config.clone(), live.clone(), handle.clone())
             .map_err(|e| StartError::Setup(e.to_string()))?;
 
         let mut stops = Vec::with_capacity(shards);
@@ -93,13 +93,13 @@ impl Gateway {
             let (stop_tx, stop_rx) = futures_channel::oneshot::channel();
             stops.push(stop_tx);
             let cfg = config.clone();
-            let live = switches.clone();
+            let shard_live = live.clone();
             let to_control = handle.clone();
             let ready = ready_tx.clone();
             let cpu = (shards <= cpus.len()).then(|| cpus[id]);
             let handle = runtime::spawn_executor(&format!("shard-{id}"), cpu, move || async move {
                 let listener = runtime::adopt_listener(listener);
-                let shard = match Shard::new(id, cfg, live, to_control) {
+                let shard = match Shard::new(id, cfg, shard_live, to_control) {
                     Ok(s) => Rc::new(s),
                     Err(e) => {
                         let _ = ready.send(Err(e.to_string()));
@@ -136,17 +136,17 @@ impl Gateway {
             threads,
             control: Some(control),
             handle,
-            switches,
+            live,
             current,
         })
     }
 
-    /// Applies a reloaded config: the transport switches take effect for the next attempt on
-    /// every shard; other differences are reported as needing a restart. Refused whole when the
-    /// account list changed.
+    /// Applies a reloaded config: the transport switches take effect for the next attempt and
+    /// the client keys for the next request on every shard; other differences are reported as
+    /// needing a restart. Refused whole when the account list changed.
     pub fn reload(&self, new: &Config) -> Result<ReloadReport, ReloadError> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        reload::apply(&mut current, new, &self.switches)
+        reload::apply(&mut current, new, &self.live)
     }
 
     /// The address clients connect to.

@@ -100,7 +100,7 @@ fn demo(listen: &str) -> anyhow::Result<()> {
     result
 }
 
-/// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path` (the live switches only).
+/// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path` (the live settings only).
 fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
     shardgate::logging::init(&config.log);
     let drain = config.server.drain_timeout;

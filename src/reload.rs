@@ -1,31 +1,36 @@
 //! What a config reload (`SIGHUP`) may change while the gateway runs: the transport rollback
-//! switches. `[upstream] force_http` and each account's `transport` are read by the shards on
-//! every attempt from [`LiveSwitches`], so an operator can move traffic off WebSocket (and back)
-//! without dropping a session. Every other setting needs a restart; a reload names the sections
-//! it left alone instead of half-applying them.
+//! switches and the client keys. `[upstream] force_http` and each account's `transport` are read
+//! by the shards on every attempt from [`LiveSettings`], so an operator can move traffic off
+//! WebSocket (and back) without dropping a session; `[[client_keys]]` is replaced whole for the
+//! next request (sessions already open keep running). Every other setting needs a restart; a
+//! reload names the sections it left alone instead of half-applying them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::config::{Config, Transport};
+use crate::shard::auth::SharedKeys;
 
 /// The settings shards read live. Shared by every shard; written only by a reload.
-#[derive(Debug)]
-pub struct LiveSwitches {
+pub struct LiveSettings {
     force_http: AtomicBool,
     /// Per account (in config order): `true` when configured `transport = "http"`.
     account_http: Box<[AtomicBool]>,
+    /// The client key table.
+    pub keys: Arc<SharedKeys>,
 }
 
-impl LiveSwitches {
-    /// The switches as `config` sets them.
-    pub fn new(config: &Config) -> LiveSwitches {
-        LiveSwitches {
+impl LiveSettings {
+    /// The settings as `config` sets them.
+    pub fn new(config: &Config) -> LiveSettings {
+        LiveSettings {
             force_http: AtomicBool::new(config.upstream.force_http),
             account_http: config
                 .accounts
                 .iter()
                 .map(|a| AtomicBool::new(a.transport == Transport::Http))
                 .collect(),
+            keys: Arc::new(SharedKeys::new(&config.client_keys)),
         }
     }
 
@@ -66,12 +71,12 @@ pub struct ReloadReport {
     pub needs_restart: Vec<&'static str>,
 }
 
-/// Applies the live part of `new` over `current` (the config in effect) to `switches`, and
+/// Applies the live part of `new` over `current` (the config in effect) to `live`, and
 /// returns what changed; `current` becomes what is now in effect.
 pub fn apply(
     current: &mut Config,
     new: &Config,
-    switches: &LiveSwitches,
+    live: &LiveSettings,
 ) -> Result<ReloadReport, ReloadError> {
     let same_accounts = current.accounts.len() == new.accounts.len()
         && current
@@ -97,18 +102,57 @@ pub fn apply(
             ));
         }
     }
+    if current.client_keys != new.client_keys {
+        report.applied.push(keys_change(current, new));
+        live.keys.replace(&new.client_keys);
+    }
     report.needs_restart = restart_only_differences(current, new);
-    switches.store(new);
+    live.store(new);
     current.upstream.force_http = new.upstream.force_http;
     for (old, next) in current.accounts.iter_mut().zip(&new.accounts) {
         old.transport = next.transport;
     }
+    current.client_keys = new.client_keys.clone();
     Ok(report)
 }
 
-/// The sections of `new` that differ from `current` beyond the live switches.
+/// `client_keys: 3 (added: a, b; removed: c; changed: d)`, by key id (never the key).
+fn keys_change(current: &Config, new: &Config) -> String {
+    let ids = |c: &Config| -> Vec<String> { c.client_keys.iter().map(|k| k.id.clone()).collect() };
+    let (before, after) = (ids(current), ids(new));
+    let added: Vec<&str> = after
+        .iter()
+        .filter(|id| !before.contains(id))
+        .map(String::as_str)
+        .collect();
+    let removed: Vec<&str> = before
+        .iter()
+        .filter(|id| !after.contains(id))
+        .map(String::as_str)
+        .collect();
+    let changed: Vec<&str> = new
+        .client_keys
+        .iter()
+        .filter(|k| current.client_keys.iter().any(|o| o.id == k.id && o != *k))
+        .map(|k| k.id.as_str())
+        .collect();
+    let mut parts = Vec::new();
+    for (what, list) in [("added", added), ("removed", removed), ("changed", changed)] {
+        if !list.is_empty() {
+            parts.push(format!("{what}: {}", list.join(", ")));
+        }
+    }
+    format!(
+        "client_keys: {} ({})",
+        new.client_keys.len(),
+        parts.join("; ")
+    )
+}
+
+/// The sections of `new` that differ from `current` beyond the live settings.
 fn restart_only_differences(current: &Config, new: &Config) -> Vec<&'static str> {
     let mut masked = new.clone();
+    masked.client_keys = current.client_keys.clone();
     masked.upstream.force_http = current.upstream.force_http;
     for (m, c) in masked.accounts.iter_mut().zip(&current.accounts) {
         m.transport = c.transport;
@@ -116,7 +160,6 @@ fn restart_only_differences(current: &Config, new: &Config) -> Vec<&'static str>
     let sections = [
         ("server", masked.server != current.server),
         ("upstream", masked.upstream != current.upstream),
-        ("client_keys", masked.client_keys != current.client_keys),
         ("accounts", masked.accounts != current.accounts),
         ("log", masked.log != current.log),
         ("state", masked.state != current.state),
@@ -153,7 +196,7 @@ mod tests {
     #[test]
     fn switches_follow_the_reloaded_config_and_other_changes_are_named() {
         let mut current = config(false, "ws", 1);
-        let switches = LiveSwitches::new(&current);
+        let switches = LiveSettings::new(&current);
         assert!(!switches.account_forced_http(0) && !switches.account_forced_http(1));
 
         let report = apply(&mut current, &config(false, "http", 2), &switches).unwrap();
@@ -185,7 +228,7 @@ mod tests {
     #[test]
     fn a_changed_account_list_is_refused_whole() {
         let mut current = config(false, "ws", 1);
-        let switches = LiveSwitches::new(&current);
+        let switches = LiveSettings::new(&current);
         let mut fewer = config(true, "http", 1);
         fewer.accounts.pop();
         assert!(matches!(
@@ -194,5 +237,48 @@ mod tests {
         ));
         assert!(!switches.account_forced_http(0), "nothing applied");
         assert!(!current.upstream.force_http);
+    }
+
+    #[test]
+    fn client_keys_are_replaced_and_named_by_id_only() {
+        use crate::config::{ClientKey, Secret};
+        use crate::shard::auth::ShardKeys;
+        let mut current = config(false, "ws", 1);
+        let live = LiveSettings::new(&current);
+        let shard = ShardKeys::new(live.keys.clone());
+        assert!(shard.authenticate(b"sk-gw").is_some());
+
+        let mut next = current.clone();
+        next.client_keys[0].key = Secret::new("sk-gw-rotated".into());
+        next.client_keys.push(ClientKey {
+            id: "new".into(),
+            key: Secret::new("sk-new".into()),
+            group: "default".into(),
+        });
+        let report = apply(&mut current, &next, &live).unwrap();
+        assert_eq!(
+            report.applied,
+            vec!["client_keys: 2 (added: new; changed: k)"]
+        );
+        assert!(report.needs_restart.is_empty());
+        assert!(
+            !format!("{report:?}").contains("sk-"),
+            "no key in the report"
+        );
+        assert!(
+            shard.authenticate(b"sk-gw").is_none(),
+            "the old key is refused"
+        );
+        assert_eq!(shard.authenticate(b"sk-gw-rotated").unwrap().key_id, "k");
+        assert_eq!(shard.authenticate(b"sk-new").unwrap().key_id, "new");
+
+        let mut fewer = next.clone();
+        fewer.client_keys.pop();
+        fewer.accounts.pop();
+        assert!(apply(&mut current, &fewer, &live).is_err());
+        assert!(
+            shard.authenticate(b"sk-new").is_some(),
+            "a refused reload changes no key"
+        );
     }
 }

@@ -10,11 +10,25 @@ use common::*;
 use shardgate::mock::MockHandle;
 
 fn config_text(base_url: &str, force_http: bool, transport: &str, accounts: &[&str]) -> String {
+    keyed_config_text(base_url, force_http, transport, accounts, &[CLIENT_KEY])
+}
+
+fn keyed_config_text(
+    base_url: &str,
+    force_http: bool,
+    transport: &str,
+    accounts: &[&str],
+    keys: &[&str],
+) -> String {
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\ndrain_timeout_secs = 2\n\
-         [upstream]\nforce_http = {force_http}\n\
-         [[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n"
+         [upstream]\nforce_http = {force_http}\n"
     );
+    for key in keys {
+        text.push_str(&format!(
+            "[[client_keys]]\nkey = \"{key}\"\nid = \"id-{key}\"\n"
+        ));
+    }
     for id in accounts {
         text.push_str(&format!(
             "[[accounts]]\nid = \"{id}\"\nbase_url = \"{base_url}\"\napi_key = \"{ACCOUNT_KEY}\"\ntransport = \"{transport}\"\n"
@@ -120,5 +134,51 @@ fn sighup_flips_the_transport_switches_of_a_running_session() {
         1,
         "switching back reuses the pooled WebSocket connection"
     );
+    up.stop();
+}
+
+#[test]
+fn sighup_replaces_client_keys_for_new_connections_and_open_sessions_go_on() {
+    let up = mock();
+    let url = up.base_url();
+    let served = serve_binary(&keyed_config_text(
+        &url,
+        false,
+        "ws",
+        &["a0"],
+        &[CLIENT_KEY],
+    ));
+    let mut open = connect(served.addr);
+    assert!(connect_with_key(served.addr, "sk-gw-added").is_err());
+
+    std::fs::write(
+        &served.config_path,
+        keyed_config_text(&url, false, "ws", &["a0"], &["sk-gw-added"]),
+    )
+    .unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut added = loop {
+        if let Ok(c) = connect_with_key(served.addr, "sk-gw-added") {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the added key was never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        connect_with_key(served.addr, CLIENT_KEY).is_err(),
+        "the removed key is refused for new connections"
+    );
+    for client in [&mut added, &mut open] {
+        let t = client.turn(&create("gpt-5", "hi", true, None));
+        assert_eq!(t.last_type(), "response.completed", "{:?}", t.types());
+    }
     up.stop();
 }

@@ -81,7 +81,7 @@ impl AccountRuntime {
 
     /// `true` when the account's auth kind is known to support WebSocket mode (an unknown kind
     /// goes over HTTP/SSE). Whether it is configured for WebSocket is a live switch
-    /// ([`crate::reload::LiveSwitches`]).
+    /// ([`crate::reload::LiveSettings`]).
     pub fn supports_ws(&self) -> bool {
         self.config.auth_supports_ws()
     }

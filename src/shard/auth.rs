@@ -1,5 +1,10 @@
 //! Client authentication: the presented key is checked against every configured key in
-//! constant time, and resolves to the key's id and group.
+//! constant time, and resolves to the key's id and group. The table can be replaced by a config
+//! reload; each shard keeps its own copy and notices a new one with a single relaxed load.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -53,6 +58,58 @@ impl ClientAuth {
     }
 }
 
+/// The key table shared by all shards, replaced whole by a reload.
+pub struct SharedKeys {
+    generation: AtomicU64,
+    table: Mutex<Arc<ClientAuth>>,
+}
+
+impl SharedKeys {
+    /// The table of `keys`.
+    pub fn new(keys: &[ClientKey]) -> SharedKeys {
+        SharedKeys {
+            generation: AtomicU64::new(0),
+            table: Mutex::new(Arc::new(ClientAuth::new(keys))),
+        }
+    }
+
+    /// Puts `keys` in force for every new request on every shard.
+    pub fn replace(&self, keys: &[ClientKey]) {
+        let table = Arc::new(ClientAuth::new(keys));
+        *self.table.lock().unwrap_or_else(|p| p.into_inner()) = table;
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn current(&self) -> (u64, Arc<ClientAuth>) {
+        let generation = self.generation.load(Ordering::Acquire);
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (generation, table)
+    }
+}
+
+/// A shard's view of the key table: its own copy, refreshed only when a reload replaced the
+/// shared one, so checking a key touches no lock and no cache line another shard writes.
+pub struct ShardKeys {
+    shared: Arc<SharedKeys>,
+    local: RefCell<(u64, Arc<ClientAuth>)>,
+}
+
+impl ShardKeys {
+    /// A view of `shared`.
+    pub fn new(shared: Arc<SharedKeys>) -> ShardKeys {
+        let local = RefCell::new(shared.current());
+        ShardKeys { shared, local }
+    }
+
+    /// Looks the key up in the table in force (see [`ClientAuth::authenticate`]).
+    pub fn authenticate(&self, presented: &[u8]) -> Option<ClientIdentity> {
+        if self.shared.generation.load(Ordering::Relaxed) != self.local.borrow().0 {
+            *self.local.borrow_mut() = self.shared.current();
+        }
+        self.local.borrow().1.authenticate(presented).cloned()
+    }
+}
+
 /// The key a request presents: `Authorization: Bearer <key>` (scheme case-insensitive), else
 /// `x-api-key`.
 pub fn presented_key<'a>(
@@ -96,6 +153,30 @@ mod tests {
         assert_eq!(t.authenticate(b"sk-a").unwrap().key_id, "a");
         assert!(t.authenticate(b"sk-").is_none());
         assert!(t.authenticate(b"").is_none());
+    }
+
+    #[test]
+    fn a_replaced_table_is_seen_by_every_shard_view() {
+        let key = |id: &str, group: &str| ClientKey {
+            id: id.into(),
+            key: Secret::new(format!("sk-{id}")),
+            group: group.into(),
+        };
+        let shared = Arc::new(SharedKeys::new(&[key("a", "g1")]));
+        let (one, two) = (
+            ShardKeys::new(shared.clone()),
+            ShardKeys::new(shared.clone()),
+        );
+        assert_eq!(one.authenticate(b"sk-a").unwrap().group, "g1");
+        assert!(two.authenticate(b"sk-b").is_none());
+        shared.replace(&[key("b", "g2"), key("a", "g3")]);
+        assert_eq!(two.authenticate(b"sk-b").unwrap().key_id, "b");
+        assert_eq!(one.authenticate(b"sk-a").unwrap().group, "g3");
+        shared.replace(&[key("b", "g2")]);
+        assert!(
+            one.authenticate(b"sk-a").is_none(),
+            "a removed key is refused"
+        );
     }
 
     #[test]

@@ -178,7 +178,7 @@ fn check_client(shard: &Shard, head: &RequestHead) -> Result<ClientIdentity, Ref
     match presented_key(head.header("authorization"), head.header("x-api-key"))
         .and_then(|k| shard.auth.authenticate(k))
     {
-        Some(id) => Ok(id.clone()),
+        Some(id) => Ok(id),
         None => {
             bump(&shard.counters.auth_failures);
             let err = GatewayError::new(

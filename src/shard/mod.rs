@@ -38,11 +38,11 @@ use futures_util::FutureExt;
 use crate::config::{Config, UpstreamConfig};
 use crate::control::{ControlHandle, ShardMsg};
 use crate::metrics::{ShardMetrics, ShardSnapshot};
-use crate::reload::LiveSwitches;
+use crate::reload::LiveSettings;
 use crate::runtime::{self, TcpListener};
 
 use account::{AccountRuntime, AccountSetupError};
-use auth::ClientAuth;
+use auth::ShardKeys;
 use counters::{bump, ShardCounters};
 use handoff::HandoffInbox;
 use pool::Pool;
@@ -54,8 +54,8 @@ pub struct Shard {
     pub id: usize,
     /// The configuration it was started with.
     pub config: Arc<Config>,
-    /// Client key table.
-    pub auth: ClientAuth,
+    /// Client key table (replaced by a config reload).
+    pub auth: ShardKeys,
     /// One pool per account, indexed like `config.accounts`.
     pub pools: Vec<Rc<Pool>>,
     /// Group name → indices of its accounts.
@@ -70,8 +70,8 @@ pub struct Shard {
     pub warmups: RefCell<warmup::WarmupCache>,
     /// Hot cache of sticky state, write-through to the control thread.
     pub sticky: sticky::Sticky,
-    /// Transport switches a config reload may change while running.
-    pub switches: Arc<LiveSwitches>,
+    /// Settings a config reload may change while running (transport switches).
+    pub live: Arc<LiveSettings>,
     /// Senders of client sessions to the other shards (set once the handoff mesh is connected).
     pub handoff: OnceCell<SessionHandoff>,
     sessions_per_key: RefCell<HashMap<String, usize>>,
@@ -106,7 +106,7 @@ impl Shard {
     pub fn new(
         id: usize,
         config: Arc<Config>,
-        switches: Arc<LiveSwitches>,
+        live: Arc<LiveSettings>,
         control: ControlHandle,
     ) -> Result<Self, AccountSetupError> {
         let upstream: Rc<UpstreamConfig> = Rc::new(config.upstream.clone());
@@ -126,13 +126,13 @@ impl Shard {
         }
         Ok(Shard {
             id,
-            auth: ClientAuth::new(&config.client_keys),
             pools,
             groups,
             counters: ShardCounters::default(),
             metrics: ShardMetrics::default(),
             sticky: sticky::Sticky::new(control.clone(), &config.state),
-            switches,
+            auth: ShardKeys::new(live.keys.clone()),
+            live,
             control,
             handoff: OnceCell::new(),
             warmups: RefCell::new(warmup::WarmupCache::default()),

@@ -340,7 +340,7 @@ impl Driver {
                 return self.report(sink, &err).await;
             };
             let now = Instant::now();
-            let use_http = self.shard.switches.account_forced_http(pool.account.index)
+            let use_http = self.shard.live.account_forced_http(pool.account.index)
                 || !pool.account.supports_ws()
                 || fallback_http
                 || pool.ws_refused(now);
