@@ -10,11 +10,20 @@ use std::time::{Duration, Instant};
 
 use crate::config::LogConfig;
 
+/// Log targets capped whatever `RUST_LOG` says, because at a finer level they print secrets:
+/// tungstenite traces the whole upgrade request it sends upstream, `Authorization` included.
+const SECRET_SAFE_CAPS: &[&str] = &["tungstenite::handshake::client=debug"];
+
 /// Installs the global tracing subscriber: text or JSON lines on stderr, `RUST_LOG` overriding
-/// the configured level. Does nothing when one is already installed (tests).
+/// the configured level (except [`SECRET_SAFE_CAPS`]). Does nothing when one is already
+/// installed (tests).
 pub fn init(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let filter = SECRET_SAFE_CAPS
+        .iter()
+        .filter_map(|cap| cap.parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

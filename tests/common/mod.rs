@@ -458,11 +458,24 @@ pub fn serve_binary(config: &str) -> Served {
 
 /// Starts the binary with `args` (and extra environment) and waits for its listening banner.
 pub fn start_binary(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Served {
+    start_binary_logging(args, env, None)
+}
+
+/// As [`start_binary`], with the binary's log (stderr) written to `log` when given.
+pub fn start_binary_logging(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+    log: Option<&std::path::Path>,
+) -> Served {
+    let stderr = match log {
+        Some(path) => std::process::Stdio::from(std::fs::File::create(path).expect("log file")),
+        None => std::process::Stdio::null(),
+    };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
         .args(args)
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("gateway binary starts");
     let stdout = child.stdout.take().expect("stdout");
