@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::{add, Binding, Keys, SessionKey, StateStats, StateStore};
+use super::{add, Binding, Keys, SessionKey, StateStats, StateStore, TurnState};
 
 /// A stored value.
 #[derive(Debug, Clone)]
@@ -64,7 +64,20 @@ impl EmbeddedStore {
         self.evictions
     }
 
-    /// [`StateStore::put_binding`] at a given time.
+    /// [`StateStore::put_turn`] at a given time: the binding, then the pending calls, then the
+    /// session's last response.
+    pub fn put_turn_at(&mut self, turn: &TurnState, now: Instant) {
+        let (group, id) = (turn.group.as_str(), turn.response_id.as_str());
+        self.put_binding_at(group, id, &turn.binding, now);
+        if let Some(calls) = &turn.pending {
+            self.put_pending_at(group, id, calls, now);
+        }
+        if let Some(session) = &turn.session {
+            self.put_session_last_at(group, session, id, now);
+        }
+    }
+
+    /// Records where `id` lives at a given time.
     pub fn put_binding_at(&mut self, group: &str, id: &str, binding: &Binding, now: Instant) {
         if let Some(key) = self.keys.response(group, id) {
             self.insert(key, Value::Binding(binding.clone()), now);
@@ -80,7 +93,7 @@ impl EmbeddedStore {
         }
     }
 
-    /// [`StateStore::put_session_last`] at a given time.
+    /// Records a session's last response at a given time.
     pub fn put_session_last_at(
         &mut self,
         group: &str,
@@ -109,7 +122,7 @@ impl EmbeddedStore {
         }
     }
 
-    /// [`StateStore::put_pending`] at a given time.
+    /// Records the calls `id` left pending at a given time.
     pub fn put_pending_at(&mut self, group: &str, id: &str, call_ids: &[String], now: Instant) {
         if let Some(key) = self.keys.pending(group, id) {
             self.insert(key, Value::Ids(call_ids.to_vec()), now);
@@ -192,27 +205,16 @@ impl EmbeddedBackend {
 }
 
 impl StateStore for EmbeddedBackend {
-    fn put_binding(&mut self, group: &str, response_id: &str, binding: &Binding) {
-        self.store
-            .put_binding_at(group, response_id, binding, Instant::now());
+    fn put_turn(&mut self, turn: &TurnState) {
+        self.store.put_turn_at(turn, Instant::now());
     }
 
     fn binding(&mut self, group: &str, response_id: &str) -> Option<Binding> {
         self.store.binding_at(group, response_id, Instant::now())
     }
 
-    fn put_session_last(&mut self, group: &str, session: &SessionKey, response_id: &str) {
-        self.store
-            .put_session_last_at(group, session, response_id, Instant::now());
-    }
-
     fn session_last(&mut self, group: &str, session: &SessionKey) -> Option<String> {
         self.store.session_last_at(group, session, Instant::now())
-    }
-
-    fn put_pending(&mut self, group: &str, response_id: &str, call_ids: &[String]) {
-        self.store
-            .put_pending_at(group, response_id, call_ids, Instant::now());
     }
 
     fn pending(&mut self, group: &str, response_id: &str) -> Option<Vec<String>> {
@@ -266,6 +268,48 @@ mod tests {
         assert_eq!(s.binding_at("g2", "resp_1", now), None);
         assert_eq!(s.session_last_at("g2", &sess, now), None);
         assert_eq!(s.pending_at("g2", "resp_1", now), None);
+    }
+
+    #[test]
+    fn a_turn_writes_its_binding_pending_calls_and_session_last() {
+        let now = Instant::now();
+        let mut s = store(16);
+        let sess = SessionKey::hash(b"s1");
+        s.put_turn_at(
+            &TurnState {
+                group: "g".into(),
+                response_id: "resp_1".into(),
+                binding: binding(3),
+                session: Some(sess),
+                pending: Some(vec!["call_a".into()]),
+            },
+            now,
+        );
+        assert_eq!(s.binding_at("g", "resp_1", now), Some(binding(3)));
+        assert_eq!(
+            s.session_last_at("g", &sess, now).as_deref(),
+            Some("resp_1")
+        );
+        assert_eq!(
+            s.pending_at("g", "resp_1", now),
+            Some(vec!["call_a".into()])
+        );
+        s.put_turn_at(
+            &TurnState {
+                group: "g".into(),
+                response_id: "resp_2".into(),
+                binding: binding(4),
+                session: None,
+                pending: None,
+            },
+            now,
+        );
+        assert_eq!(s.len(), 4);
+        assert_eq!(
+            s.session_last_at("g", &sess, now).as_deref(),
+            Some("resp_1")
+        );
+        assert_eq!(s.pending_at("g", "resp_2", now), None);
     }
 
     #[test]

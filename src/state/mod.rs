@@ -42,6 +42,25 @@ pub struct Binding {
     pub connection: u64,
 }
 
+/// Everything one turn that produced a response leaves behind, written as one unit: where the
+/// response lives, the calls it left pending and, for a client session, that it is now the
+/// session's last response. One message per turn to the control thread (and one set of
+/// pipelined writes for Redis) instead of one per fact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnState {
+    /// Client group.
+    pub group: String,
+    /// Upstream response id.
+    pub response_id: String,
+    /// Where the response lives.
+    pub binding: Binding,
+    /// The client session it is now the last response of, if the client named one.
+    pub session: Option<SessionKey>,
+    /// The function calls it left waiting for outputs, when it left any (an empty list says
+    /// "nothing pending", which is not the same as "unknown").
+    pub pending: Option<Vec<String>>,
+}
+
 /// A client session's identity, SHA-256 hashed so raw session ids never reach a store or a log.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionKey([u8; 32]);
@@ -124,16 +143,13 @@ impl Keys {
 /// failure in [`StateStats`] and answers from what it has locally, so callers never see an
 /// error and the gateway keeps serving.
 pub trait StateStore: Send {
-    /// Records where `response_id` lives.
-    fn put_binding(&mut self, group: &str, response_id: &str, binding: &Binding);
+    /// Records everything a turn left behind (binding, pending calls, session's last response)
+    /// as one unit.
+    fn put_turn(&mut self, turn: &TurnState);
     /// Where `response_id` lives, if known.
     fn binding(&mut self, group: &str, response_id: &str) -> Option<Binding>;
-    /// Records the last response of a session.
-    fn put_session_last(&mut self, group: &str, session: &SessionKey, response_id: &str);
     /// The last response of a session, if known.
     fn session_last(&mut self, group: &str, session: &SessionKey) -> Option<String>;
-    /// Records the function-call ids `response_id` left waiting for outputs.
-    fn put_pending(&mut self, group: &str, response_id: &str, call_ids: &[String]);
     /// The function-call ids `response_id` left pending, if known.
     fn pending(&mut self, group: &str, response_id: &str) -> Option<Vec<String>>;
     /// Periodic work: flush pipelined writes, reconnect, drop expired entries.
