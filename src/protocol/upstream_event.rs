@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use sonic_rs::{JsonValueTrait, LazyValue};
+use sonic_rs::JsonValueTrait;
 
 use super::lazy::str_in;
 use super::usage::Usage;
@@ -95,7 +95,8 @@ pub struct MalformedEvent;
 impl<'a> UpstreamEvent<'a> {
     /// Reads only `type`, which upstream sends first: the scan stops there. Frames that start
     /// with `{"type":"` and an unescaped value (every event upstream sends) are read without
-    /// touching the JSON parser, so classifying a delta allocates nothing.
+    /// touching the JSON parser; others are looked up by key. Neither allocates for a `type`
+    /// without escapes.
     pub fn classify(raw: &'a [u8]) -> Result<Self, MalformedEvent> {
         if let Some(event_type) = leading_type(raw) {
             return Ok(UpstreamEvent {
@@ -104,19 +105,17 @@ impl<'a> UpstreamEvent<'a> {
                 event_type: Cow::Borrowed(event_type),
             });
         }
-        for item in sonic_rs::to_object_iter(raw) {
-            let (key, value) = item.map_err(|_| MalformedEvent)?;
-            if &*key == "type" {
-                let event_type = str_in(raw, &value).ok_or(MalformedEvent)?;
-                let kind = EventKind::of_type(&event_type);
-                return Ok(UpstreamEvent {
-                    raw,
-                    event_type,
-                    kind,
-                });
-            }
-        }
-        Err(MalformedEvent)
+        // `type` elsewhere in the object: a keyed lookup skips the values before it without
+        // allocating (sonic-rs's object iterator allocates its key buffer and an owned copy of
+        // every key it yields).
+        let value = sonic_rs::get_from_slice(raw, ["type"]).map_err(|_| MalformedEvent)?;
+        let event_type = str_in(raw, &value).ok_or(MalformedEvent)?;
+        let kind = EventKind::of_type(&event_type);
+        Ok(UpstreamEvent {
+            raw,
+            event_type,
+            kind,
+        })
     }
 
     /// `true` for lifecycle events that carry the `response` object (and so its `model`).
@@ -125,19 +124,12 @@ impl<'a> UpstreamEvent<'a> {
             || self.event_type == "response.in_progress"
     }
 
-    /// The `response` object of a lifecycle event, if present.
-    fn response(&self) -> Option<LazyValue<'a>> {
-        sonic_rs::get_from_slice(self.raw, ["response"]).ok()
-    }
-
-    /// `response.id` (or the top-level `id`) of a created or terminal event.
+    /// `response.id` (or the top-level `id`) of a created or terminal event. One keyed lookup
+    /// that stops at the id, borrowed from the frame when it has no escapes.
     pub fn response_id(&self) -> Option<Cow<'a, str>> {
-        if let Some(resp) = self.response() {
-            if let Some(id) = resp.get("id") {
-                return str_in(self.raw, &id).map(|c| Cow::Owned(c.into_owned()));
-            }
-        }
-        let id = sonic_rs::get_from_slice(self.raw, ["id"]).ok()?;
+        let id = sonic_rs::get_from_slice(self.raw, ["response", "id"])
+            .or_else(|_| sonic_rs::get_from_slice(self.raw, ["id"]))
+            .ok()?;
         str_in(self.raw, &id)
     }
 
@@ -326,6 +318,17 @@ mod tests {
             assert_eq!(EventKind::of_type(t), k, "{t}");
         }
         assert!(UpstreamEvent::classify(b"{\"delta\":1}").is_err());
+        // `type` after other keys, nested `type`s before it: the top-level one, borrowed.
+        let late = UpstreamEvent::classify(
+            br#"{"item":{"type":"message"},"output_index":0,"type":"response.output_item.done"}"#,
+        )
+        .unwrap();
+        assert_eq!(late.event_type, "response.output_item.done");
+        assert!(matches!(late.event_type, Cow::Borrowed(_)));
+        let late_delta =
+            UpstreamEvent::classify(br#"{"delta":"x","type":"response.output_text.delta"}"#)
+                .unwrap();
+        assert_eq!(late_delta.kind, EventKind::Token);
         let escaped =
             UpstreamEvent::classify(br#"{"type":"response.output_text.del\u0074a"}"#).unwrap();
         assert_eq!(escaped.kind, EventKind::Token);
@@ -339,6 +342,10 @@ mod tests {
         let raw = br#"{"type":"response.completed","sequence_number":9,"response":{"id":"resp_abc","status":"completed","usage":{"input_tokens":120,"input_tokens_details":{"cached_tokens":100},"output_tokens":30,"output_tokens_details":{"reasoning_tokens":12},"total_tokens":150}}}"#;
         let e = UpstreamEvent::classify(raw).unwrap();
         assert_eq!(e.response_id().as_deref(), Some("resp_abc"));
+        assert!(matches!(e.response_id(), Some(Cow::Borrowed(_))));
+        let top = br#"{"type":"response.created","id":"resp_top","response":{"status":"x"}}"#;
+        let top = UpstreamEvent::classify(top).unwrap();
+        assert_eq!(top.response_id().as_deref(), Some("resp_top"));
         assert_eq!(
             e.usage(),
             Some(Usage {
