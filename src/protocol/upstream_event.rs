@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use sonic_rs::JsonValueTrait;
 
+use super::fields::{fields, plain_str};
 use super::lazy::str_in;
 use super::usage::Usage;
 
@@ -93,21 +94,26 @@ pub struct UpstreamEvent<'a> {
 pub struct MalformedEvent;
 
 impl<'a> UpstreamEvent<'a> {
-    /// Reads only `type`, which upstream sends first: the scan stops there. Frames that start
-    /// with `{"type":"` and an unescaped value (every event upstream sends) are read without
-    /// touching the JSON parser; others are looked up by key. Neither allocates for a `type`
-    /// without escapes.
+    /// Reads only `type`, which upstream sends first: the walk over the top-level fields
+    /// ([`fields`]) stops there. A plain `type` (every event upstream sends, wherever the key
+    /// sits) is read without the JSON parser and without allocating; an escaped one goes
+    /// through the parser.
     pub fn classify(raw: &'a [u8]) -> Result<Self, MalformedEvent> {
-        if let Some(event_type) = leading_type(raw) {
-            return Ok(UpstreamEvent {
-                raw,
-                kind: EventKind::of_type(event_type),
-                event_type: Cow::Borrowed(event_type),
-            });
+        let mut walk = fields(raw);
+        match walk.by_ref().find(|(key, _)| *key == b"type") {
+            Some((_, value)) => {
+                if let Some(event_type) = plain_str(value) {
+                    return Ok(UpstreamEvent {
+                        raw,
+                        kind: EventKind::of_type(event_type),
+                        event_type: Cow::Borrowed(event_type),
+                    });
+                }
+            }
+            None if walk.complete() => return Err(MalformedEvent),
+            None => {}
         }
-        // `type` elsewhere in the object: a keyed lookup skips the values before it without
-        // allocating (sonic-rs's object iterator allocates its key buffer and an owned copy of
-        // every key it yields).
+        // An escaped `type`, or an object the walk does not handle: the parser decides.
         let value = sonic_rs::get_from_slice(raw, ["type"]).map_err(|_| MalformedEvent)?;
         let event_type = str_in(raw, &value).ok_or(MalformedEvent)?;
         let kind = EventKind::of_type(&event_type);
@@ -139,7 +145,7 @@ impl<'a> UpstreamEvent<'a> {
             return None;
         }
         let usage = sonic_rs::get_from_slice(self.raw, ["response", "usage"]).ok()?;
-        Usage::from_lazy(&usage)
+        Usage::from_raw(usage.as_raw_str().as_bytes())
     }
 
     /// The error carried by an `error` event (or a failed response).
@@ -174,17 +180,6 @@ impl<'a> UpstreamEvent<'a> {
         }
         Some(e)
     }
-}
-
-/// The value of a leading `"type"` key when it is a plain (unescaped) string.
-fn leading_type(raw: &[u8]) -> Option<&str> {
-    const PREFIX: &[u8] = b"{\"type\":\"";
-    let rest = raw.strip_prefix(PREFIX)?;
-    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
-    if rest[end] != b'"' {
-        return None;
-    }
-    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// An error reported by upstream inside an event.
