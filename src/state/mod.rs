@@ -86,11 +86,16 @@ impl SessionKey {
     /// Lower-case hex of the hash, as used in store keys.
     pub fn hex(&self) -> String {
         let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
+        self.push_hex(&mut s);
         s
+    }
+
+    /// Appends the lower-case hex of the hash to `out`.
+    fn push_hex(&self, out: &mut String) {
+        for b in self.0 {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
     }
 }
 
@@ -118,24 +123,61 @@ impl Keys {
 
     /// `{prefix}:{group}:resp:{id}`: response → binding. `None` for an id that is not one.
     pub fn response(&self, group: &str, id: &str) -> Option<String> {
-        self.scoped(group, "resp", id)
+        let mut key = String::new();
+        self.response_into(&mut key, group, id).then_some(key)
     }
 
     /// `{prefix}:{group}:sess:{sha256}`: session → last response id.
     pub fn session(&self, group: &str, session: &SessionKey) -> String {
-        format!("{}:{}:sess:{}", self.prefix, group, session.hex())
+        let mut key = String::new();
+        self.session_into(&mut key, group, session);
+        key
     }
 
     /// `{prefix}:{group}:pend:{id}`: response → pending function-call ids.
     pub fn pending(&self, group: &str, id: &str) -> Option<String> {
-        self.scoped(group, "pend", id)
+        let mut key = String::new();
+        self.pending_into(&mut key, group, id).then_some(key)
     }
 
-    fn scoped(&self, group: &str, kind: &str, id: &str) -> Option<String> {
-        if id.is_empty() || id.len() > MAX_ID_LEN {
-            return None;
+    /// [`Keys::response`] written into `out` (cleared first; a reused buffer allocates
+    /// nothing); `false` for an id that is not one.
+    pub fn response_into(&self, out: &mut String, group: &str, id: &str) -> bool {
+        self.scoped_into(out, group, "resp", id)
+    }
+
+    /// [`Keys::session`] written into `out` (cleared first).
+    pub fn session_into(&self, out: &mut String, group: &str, session: &SessionKey) {
+        self.start(out, group, "sess");
+        session.push_hex(out);
+    }
+
+    /// [`Keys::pending`] written into `out` (cleared first); `false` for an id that is not one.
+    pub fn pending_into(&self, out: &mut String, group: &str, id: &str) -> bool {
+        self.scoped_into(out, group, "pend", id)
+    }
+
+    /// `true` for a string that can be a response id (non-empty, at most [`MAX_ID_LEN`]).
+    pub fn is_id(id: &str) -> bool {
+        !id.is_empty() && id.len() <= MAX_ID_LEN
+    }
+
+    fn scoped_into(&self, out: &mut String, group: &str, kind: &str, id: &str) -> bool {
+        if !Self::is_id(id) {
+            return false;
         }
-        Some(format!("{}:{}:{}:{}", self.prefix, group, kind, id))
+        self.start(out, group, kind);
+        out.push_str(id);
+        true
+    }
+
+    /// Clears `out` and writes `{prefix}:{group}:{kind}:` (no formatting machinery: keys are
+    /// built on every turn).
+    fn start(&self, out: &mut String, group: &str, kind: &str) {
+        out.clear();
+        for part in [self.prefix.as_str(), ":", group, ":", kind, ":"] {
+            out.push_str(part);
+        }
     }
 }
 

@@ -233,7 +233,7 @@ impl StateStore for RedisStore {
             }
         }
         if let Some(session) = &turn.session {
-            if self.keys.response(group, id).is_some() {
+            if Keys::is_id(id) {
                 let key = self.keys.session(group, session);
                 self.queue_set(key, id.as_bytes());
             }
