@@ -67,6 +67,9 @@ const SMALL_FRAME: &[u8] = br#"{"type":"response.create","model":"gpt-5-codex","
 
 const DELTA_EVENT: &[u8] = br#"{"type":"response.output_text.delta","sequence_number":57,"item_id":"msg_68f0c2a9e1d4819cb1f27a3e5d6c8b90","output_index":1,"content_index":0,"delta":" the","logprobs":[],"obfuscation":"Qm3xT9kLp2"}"#;
 
+/// A delta as the mock upstream sends it: keys in no particular order, `type` among the last.
+const LATE_TYPE_DELTA_EVENT: &[u8] = br#"{"content_index":0,"output_index":0,"delta":"ctetur a","logprobs":[],"item_id":"msg_ZLBe2CxEqj0tDCPm","type":"response.output_text.delta","sequence_number":8,"mock_ts_us":1795446651491897}"#;
+
 const COMPLETED_EVENT: &[u8] = br#"{"type":"response.completed","sequence_number":212,"response":{"id":"resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e","object":"response","created_at":1760608929,"status":"completed","background":false,"error":null,"incomplete_details":null,"instructions":null,"max_output_tokens":null,"max_tool_calls":null,"model":"gpt-5-codex-2026-01","output":[{"id":"rs_68f0c2a4f1a0819c8e","type":"reasoning","summary":[]},{"id":"msg_68f0c2a9e1d4819cb1f27a3e5d6c8b90","type":"message","status":"completed","content":[{"type":"output_text","annotations":[],"logprobs":[],"text":"The failing test expected one idle connection after eviction; the pool kept two because the deadline check used <= instead of <. Fixed and re-ran: 42 passed."}],"role":"assistant"}],"parallel_tool_calls":false,"previous_response_id":"resp_68f0c29e7c10819ca4","prompt_cache_key":"0199f3c2-7d1e-7a40-b8f5-3c9a2e6d1f07","reasoning":{"effort":"medium","summary":"auto"},"safety_identifier":null,"service_tier":"default","store":false,"temperature":1.0,"text":{"format":{"type":"text"},"verbosity":"medium"},"tool_choice":"auto","tools":[],"top_logprobs":0,"top_p":1.0,"truncation":"disabled","usage":{"input_tokens":28411,"input_tokens_details":{"cached_tokens":27648},"output_tokens":412,"output_tokens_details":{"reasoning_tokens":256},"total_tokens":28823},"user":null,"metadata":{}}}"#;
 
 fn config() -> Criterion {
@@ -120,17 +123,35 @@ fn upstream_event(c: &mut Criterion) {
             .kind
     });
 
-    // Where the delta's allocations come from: sonic-rs's object iterator, which `classify`
-    // uses to find `type`. Creating it allocates its key buffer; each key it yields is a
-    // `Cow::Owned` copy (sonic-rs 0.5 turns even borrowed keys into owned strings).
-    report_allocs("sonic_rs/to_object_iter_new", || {
-        sonic_rs::to_object_iter(black_box(DELTA_EVENT))
+    // An event whose `type` is not its first key (the mock upstream shuffles keys): found by
+    // the allocation-free walk over the top-level fields, not through sonic-rs's object
+    // iterator, which allocates its key buffer when created and an owned copy of every key it
+    // yields (sonic-rs 0.5 turns even borrowed keys into owned strings): what classifying such
+    // an event used to cost (the second line).
+    let ev = UpstreamEvent::classify(LATE_TYPE_DELTA_EVENT).unwrap();
+    assert_eq!(ev.kind, EventKind::Token);
+    let name = "upstream/classify_delta_type_not_first";
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            UpstreamEvent::classify(black_box(LATE_TYPE_DELTA_EVENT))
+                .unwrap()
+                .kind
+        })
     });
-    report_allocs("sonic_rs/to_object_iter_first_key", || {
-        sonic_rs::to_object_iter(black_box(DELTA_EVENT))
-            .next()
-            .map(|r| r.map(|(k, _)| k.len()).ok())
+    report_allocs(name, || {
+        UpstreamEvent::classify(black_box(LATE_TYPE_DELTA_EVENT))
+            .unwrap()
+            .kind
     });
+    let name = "sonic_rs/to_object_iter_find_type_not_first";
+    let iterate = || {
+        sonic_rs::to_object_iter(black_box(LATE_TYPE_DELTA_EVENT))
+            .filter_map(Result::ok)
+            .find(|(k, _)| k == "type")
+            .map(|(_, v)| v.as_raw_str().len())
+    };
+    c.bench_function(name, |b| b.iter(iterate));
+    report_allocs(name, iterate);
 
     let name = "upstream/classify_completed";
     c.bench_function(name, |b| {

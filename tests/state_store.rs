@@ -21,7 +21,7 @@ use shardgate::shard::counters::ShardCounters;
 use shardgate::shard::normalizer::{self, PairingReason, PreviousId};
 use shardgate::shard::sticky::{ChainInputs, Sticky};
 use shardgate::state::service::{StateMsg, StateService};
-use shardgate::state::{Binding, SessionKey};
+use shardgate::state::{Binding, SessionKey, TurnState};
 
 /// A key prefix no other test run uses.
 fn unique_prefix(tag: &str) -> String {
@@ -58,28 +58,34 @@ fn binding(conn: u64) -> Binding {
     }
 }
 
-fn bind(svc: &mut StateService, group: &str, id: &str, b: Binding) {
-    svc.handle(StateMsg::Bind {
+/// What a turn that produced `id` leaves behind.
+fn turn(
+    group: &str,
+    id: &str,
+    b: Binding,
+    session: Option<SessionKey>,
+    pending: Option<&[&str]>,
+) -> TurnState {
+    TurnState {
         group: group.into(),
         response_id: id.into(),
         binding: b,
-    });
-}
-
-fn set_last(svc: &mut StateService, group: &str, session: SessionKey, id: &str) {
-    svc.handle(StateMsg::SessionLast {
-        group: group.into(),
         session,
-        response_id: id.into(),
-    });
+        pending: pending.map(|calls| calls.iter().map(|c| c.to_string()).collect()),
+    }
 }
 
-fn set_pending(svc: &mut StateService, group: &str, id: &str, calls: &[&str]) {
-    svc.handle(StateMsg::Pending {
-        group: group.into(),
-        response_id: id.into(),
-        call_ids: calls.iter().map(|c| c.to_string()).collect(),
-    });
+fn put_turn(
+    svc: &mut StateService,
+    group: &str,
+    id: &str,
+    b: Binding,
+    session: Option<SessionKey>,
+    pending: Option<&[&str]>,
+) {
+    svc.handle(StateMsg::Turn(Box::new(turn(
+        group, id, b, session, pending,
+    ))));
 }
 
 fn get_binding(svc: &mut StateService, group: &str, id: &str) -> Option<Binding> {
@@ -115,9 +121,14 @@ fn get_pending(svc: &mut StateService, group: &str, id: &str) -> Option<Vec<Stri
 /// Writes one of each kind in `g1` and checks they read back there and nowhere else.
 fn round_trip_and_isolation(svc: &mut StateService) {
     let sess = SessionKey::hash(b"test-key/session-1");
-    bind(svc, "g1", "resp_a", binding(7));
-    set_last(svc, "g1", sess, "resp_a");
-    set_pending(svc, "g1", "resp_a", &["call_1", "call_2"]);
+    put_turn(
+        svc,
+        "g1",
+        "resp_a",
+        binding(7),
+        Some(sess),
+        Some(&["call_1", "call_2"]),
+    );
     svc.tick(Instant::now());
     assert_eq!(get_binding(svc, "g1", "resp_a"), Some(binding(7)));
     assert_eq!(get_last(svc, "g1", sess).as_deref(), Some("resp_a"));
@@ -129,7 +140,7 @@ fn round_trip_and_isolation(svc: &mut StateService) {
     assert_eq!(get_last(svc, "g2", sess), None);
     assert_eq!(get_pending(svc, "g2", "resp_a"), None);
     assert_eq!(get_binding(svc, "g1", "resp_unknown"), None);
-    set_last(svc, "g1", sess, "resp_b");
+    put_turn(svc, "g1", "resp_b", binding(8), Some(sess), None);
     assert_eq!(get_last(svc, "g1", sess).as_deref(), Some("resp_b"));
 }
 
@@ -147,8 +158,7 @@ fn embedded_round_trip_and_group_isolation() {
 fn embedded_entries_expire() {
     let mut svc = StateService::open(&state_config("ttl_secs = 0.2")).unwrap();
     let sess = SessionKey::hash(b"s");
-    bind(&mut svc, "g", "resp_x", binding(1));
-    set_last(&mut svc, "g", sess, "resp_x");
+    put_turn(&mut svc, "g", "resp_x", binding(1), Some(sess), None);
     assert!(get_binding(&mut svc, "g", "resp_x").is_some());
     std::thread::sleep(Duration::from_millis(400));
     svc.tick(Instant::now());
@@ -214,6 +224,7 @@ fn redis_round_trip_isolation_and_key_layout() {
         vec![
             format!("{prefix}:g1:pend:resp_a"),
             format!("{prefix}:g1:resp:resp_a"),
+            format!("{prefix}:g1:resp:resp_b"),
             format!("{prefix}:g1:sess:{sess_hex}"),
         ]
     );
@@ -232,9 +243,14 @@ fn redis_state_is_shared_between_hosts() {
     let mut host_a = StateService::open(&redis_state(&url, &prefix, "")).unwrap();
     let mut host_b = StateService::open(&redis_state(&url, &prefix, "")).unwrap();
     let sess = SessionKey::hash(b"k/s");
-    bind(&mut host_a, "g", "resp_1", binding(3));
-    set_pending(&mut host_a, "g", "resp_1", &["call_9"]);
-    set_last(&mut host_a, "g", sess, "resp_1");
+    put_turn(
+        &mut host_a,
+        "g",
+        "resp_1",
+        binding(3),
+        Some(sess),
+        Some(&["call_9"]),
+    );
     host_a.tick(Instant::now());
     assert_eq!(get_binding(&mut host_b, "g", "resp_1"), Some(binding(3)));
     assert_eq!(
@@ -243,7 +259,7 @@ fn redis_state_is_shared_between_hosts() {
     );
     assert_eq!(get_last(&mut host_b, "g", sess).as_deref(), Some("resp_1"));
     // The session moves on on host B; host A, whose local copy still says resp_1, reads B's.
-    set_last(&mut host_b, "g", sess, "resp_2");
+    put_turn(&mut host_b, "g", "resp_2", binding(4), Some(sess), None);
     host_b.tick(Instant::now());
     assert_eq!(get_last(&mut host_a, "g", sess).as_deref(), Some("resp_2"));
 }
@@ -254,7 +270,7 @@ fn redis_entries_expire() {
     let prefix = unique_prefix("ttl");
     let mut peek = Peek::new(&url, &prefix);
     let mut svc = StateService::open(&redis_state(&url, &prefix, "ttl_secs = 0.3")).unwrap();
-    bind(&mut svc, "g", "resp_t", binding(1));
+    put_turn(&mut svc, "g", "resp_t", binding(1), None, None);
     svc.tick(Instant::now());
     assert!(peek.get(&format!("{prefix}:g:resp:resp_t")).is_some());
     std::thread::sleep(Duration::from_millis(700));
@@ -346,9 +362,14 @@ fn redis_killed_mid_run_serves_local_state_then_writes_resume() {
     let mut svc = StateService::open(&cfg).unwrap();
     let stats = svc.stats();
     let sess = SessionKey::hash(b"k/s");
-    bind(&mut svc, "g", "resp_1", binding(1));
-    set_pending(&mut svc, "g", "resp_1", &["call_1"]);
-    set_last(&mut svc, "g", sess, "resp_1");
+    put_turn(
+        &mut svc,
+        "g",
+        "resp_1",
+        binding(1),
+        Some(sess),
+        Some(&["call_1"]),
+    );
     svc.tick(Instant::now());
     assert_eq!(stats.redis_errors.load(Ordering::Relaxed), 0);
 
@@ -361,8 +382,7 @@ fn redis_killed_mid_run_serves_local_state_then_writes_resume() {
         Some(vec!["call_1".to_string()])
     );
     // New writes land locally and are served too; Redis never sees them.
-    bind(&mut svc, "g", "resp_2", binding(2));
-    set_last(&mut svc, "g", sess, "resp_2");
+    put_turn(&mut svc, "g", "resp_2", binding(2), Some(sess), None);
     svc.tick(Instant::now());
     assert_eq!(get_binding(&mut svc, "g", "resp_2"), Some(binding(2)));
     assert_eq!(get_last(&mut svc, "g", sess).as_deref(), Some("resp_2"));
@@ -376,7 +396,7 @@ fn redis_killed_mid_run_serves_local_state_then_writes_resume() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut written = false;
     while !written && Instant::now() < deadline {
-        bind(&mut svc, "g", "resp_3", binding(3));
+        put_turn(&mut svc, "g", "resp_3", binding(3), None, None);
         svc.tick(Instant::now());
         written = peek.get(key).is_some();
         if !written {
@@ -397,9 +417,10 @@ fn sticky_cache_serves_its_own_writes_and_asks_the_control_thread_on_a_miss() {
         let other = Sticky::new(handle.clone(), &state_cfg);
         let counters = ShardCounters::default();
         let sess = SessionKey::hash(b"k/s");
-        own.bind_response(&counters, "g", "resp_1", binding(5));
-        own.set_session_last(&counters, "g", sess, "resp_1");
-        own.set_pending(&counters, "g", "resp_1", vec!["call_1".into()]);
+        own.remember_turn(
+            &counters,
+            turn("g", "resp_1", binding(5), Some(sess), Some(&["call_1"])),
+        );
         let mine = own.binding(&counters, "g", "resp_1").await;
         let theirs = other.binding(&counters, "g", "resp_1").await;
         let last = other.session_last(&counters, "g", sess).await;
@@ -445,8 +466,7 @@ fn gateway_state_survives_redis_dying_and_says_so_in_its_counters() {
         let shard_b = Sticky::new(handle.clone(), &state_cfg);
         let counters = ShardCounters::default();
         let sess = SessionKey::of_client("test-key", "session-1");
-        shard_a.bind_response(&counters, "g", "resp_1", binding(1));
-        shard_a.set_session_last(&counters, "g", sess, "resp_1");
+        shard_a.remember_turn(&counters, turn("g", "resp_1", binding(1), Some(sess), None));
         let _ = written_tx.send(());
         let _ = runtime::blocking(move || killed_rx.recv()).await;
         (
@@ -480,7 +500,7 @@ fn slow_redis_is_paused_and_reads_go_local() {
     let mut svc = StateService::open(&cfg).unwrap();
     let stats = svc.stats();
     let sess = SessionKey::of_client("k", "s");
-    set_last(&mut svc, "g", sess, "resp_1");
+    put_turn(&mut svc, "g", "resp_1", binding(1), Some(sess), None);
     svc.tick(Instant::now());
     // Block the server for a while from another connection, then read through the store.
     let mut blocker = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
@@ -490,10 +510,11 @@ fn slow_redis_is_paused_and_reads_go_local() {
     assert_eq!(stats.redis_slow_calls.load(Ordering::Relaxed), 1);
     assert_eq!(stats.local_fallback_reads.load(Ordering::Relaxed), 0);
     // Paused: the next read does not ask Redis at all.
-    set_last(&mut svc, "g", sess, "resp_2");
+    put_turn(&mut svc, "g", "resp_2", binding(2), Some(sess), None);
     assert_eq!(get_last(&mut svc, "g", sess).as_deref(), Some("resp_2"));
     assert_eq!(stats.local_fallback_reads.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.redis_writes_dropped.load(Ordering::Relaxed), 1);
+    // Both of the turn's writes (binding, session's last response) stayed local.
+    assert_eq!(stats.redis_writes_dropped.load(Ordering::Relaxed), 2);
     assert_eq!(stats.redis_errors.load(Ordering::Relaxed), 0);
 }
 
@@ -506,7 +527,7 @@ fn sticky_lookups_do_not_wait_when_the_control_thread_cannot_take_them() {
     let shard = runtime::spawn_executor("sticky-gone", None, move || async move {
         let sticky = Sticky::new(handle.clone(), &state_cfg);
         let counters = ShardCounters::default();
-        sticky.bind_response(&counters, "g", "resp_1", binding(1));
+        sticky.remember_turn(&counters, turn("g", "resp_1", binding(1), None, None));
         let cached = sticky.binding(&counters, "g", "resp_1").await;
         let missing = sticky.binding(&counters, "g", "resp_2").await;
         let mut labels = counters.labeled_values();
@@ -539,8 +560,10 @@ fn chain_inputs_feed_the_normalizer_after_a_reconnect() {
         let counters = ShardCounters::default();
         let sess = SessionKey::of_client("test-key", "session-1");
         // The first connection's turn ended with a function call pending.
-        first_conn.set_pending(&counters, "g", "resp_1", vec!["call_1".into()]);
-        first_conn.set_session_last(&counters, "g", sess, "resp_1");
+        first_conn.remember_turn(
+            &counters,
+            turn("g", "resp_1", binding(1), Some(sess), Some(&["call_1"])),
+        );
         // A plain frame on the reconnect looks nothing up.
         let plain = ClientFrame::parse(br#"{"type":"response.create","input":"hi"}"#).unwrap();
         let none = reconnect

@@ -24,7 +24,7 @@ use crate::usage::UsageRecord;
 
 /// How often the control thread drains its queue while messages arrive. It never blocks on the
 /// queue: a blocked receiver would turn every shard `try_send` into a futex wake-up (a syscall on
-/// the shard's per-turn path, three messages per turn) and a context switch here. Polling costs
+/// the shard's per-turn path, two messages per turn) and a context switch here. Polling costs
 /// one wake-up per interval however many messages arrived, at the price of up to this much delay
 /// for a usage record or a state lookup (lookups have a 250 ms deadline).
 const BUSY_POLL: Duration = Duration::from_millis(1);

@@ -72,14 +72,14 @@ impl Aggregator {
         let Some(totals) = self.totals.get_mut(snap.shard) else {
             return;
         };
-        for (t, h) in totals.iter_mut().zip(&snap.hists) {
-            let _ = t.add(h);
+        for (t, sparse) in totals.iter_mut().zip(&snap.hists) {
+            sparse.add_to(t);
         }
         let counters = CounterSet {
             plain: snap.counters,
             labeled: snap.labeled,
         };
-        self.window.add(snap.shard, &snap.hists, &counters, now);
+        self.window.add(snap.shard, snap.hists, &counters, now);
         self.latest[snap.shard] = counters;
     }
 
@@ -193,14 +193,17 @@ fn empty() -> Vec<Histogram<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Sparse;
     use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
     use hdrhistogram::serialization::Deserializer;
 
     fn snap(shard: usize, ttft_us: &[u64], turns: u64) -> ShardSnapshot {
-        let mut hists = empty();
+        let mut ttft = new_histogram();
         for v in ttft_us {
-            hists[Hist::ClientTtft as usize].record(*v).unwrap();
+            ttft.record(*v).unwrap();
         }
+        let mut hists = vec![Sparse::default(); Hist::ALL.len()];
+        hists[Hist::ClientTtft as usize] = Sparse::of(&ttft);
         ShardSnapshot {
             shard,
             hists,

@@ -10,30 +10,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::{new_histogram, Hist};
-
-/// The buckets one histogram recorded: `(highest equivalent value, count)`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sparse(Vec<(u64, u64)>);
-
-impl Sparse {
-    /// The non-empty buckets of `h`.
-    pub fn of(h: &Histogram<u64>) -> Self {
-        Sparse(
-            h.iter_recorded()
-                .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                .collect(),
-        )
-    }
-
-    /// Adds these buckets to `h` (same bucket layout, so nothing is lost).
-    pub fn add_to(&self, h: &mut Histogram<u64>) {
-        for &(v, n) in &self.0 {
-            // Values came from a histogram with the same bounds: in range.
-            let _ = h.record_n(v, n);
-        }
-    }
-}
+use super::{new_histogram, Hist, Sparse};
 
 /// Counter totals of one shard, as shipped in its snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,7 +92,7 @@ impl Window {
     pub fn add(
         &mut self,
         shard: usize,
-        hists: &[Histogram<u64>],
+        mut hists: Vec<Sparse>,
         counters: &CounterSet,
         now: Instant,
     ) {
@@ -135,10 +112,10 @@ impl Window {
         };
         let part = &mut slot.shards[shard];
         if part.hists.is_empty() {
-            part.hists = hists.iter().map(Sparse::of).collect();
+            part.hists = hists;
         } else {
-            for (sparse, h) in part.hists.iter_mut().zip(hists) {
-                sparse.0.extend(Sparse::of(h).0);
+            for (sparse, h) in part.hists.iter_mut().zip(hists.iter_mut()) {
+                sparse.append(h);
             }
         }
         part.end = Some(counters.clone());
@@ -206,11 +183,13 @@ impl Window {
 mod tests {
     use super::*;
 
-    fn hists_with(hist: Hist, values: &[u64]) -> Vec<Histogram<u64>> {
-        let mut hs: Vec<Histogram<u64>> = Hist::ALL.iter().map(|_| new_histogram()).collect();
+    fn hists_with(hist: Hist, values: &[u64]) -> Vec<Sparse> {
+        let mut h = new_histogram();
         for v in values {
-            hs[hist as usize].record(*v).unwrap();
+            h.record(*v).unwrap();
         }
+        let mut hs = vec![Sparse::default(); Hist::ALL.len()];
+        hs[hist as usize] = Sparse::of(&h);
         hs
     }
 
@@ -222,26 +201,15 @@ mod tests {
     }
 
     #[test]
-    fn sparse_round_trip_keeps_every_bucket() {
-        let mut h = new_histogram();
-        for v in [1, 7, 1_000, 1_001, 123_456, 3_000_000] {
-            h.record(v).unwrap();
-        }
-        let mut back = new_histogram();
-        Sparse::of(&h).add_to(&mut back);
-        assert_eq!(back, h);
-    }
-
-    #[test]
     fn old_slots_leave_and_their_counters_become_the_baseline() {
         let t0 = Instant::now();
         let sec = Duration::from_secs(1);
         let mut w = Window::new(2, sec, Duration::from_secs(3), t0);
-        w.add(0, &hists_with(Hist::ClientTtft, &[100]), &counters(1), t0);
-        w.add(1, &hists_with(Hist::ClientTtft, &[200]), &counters(4), t0);
+        w.add(0, hists_with(Hist::ClientTtft, &[100]), &counters(1), t0);
+        w.add(1, hists_with(Hist::ClientTtft, &[200]), &counters(4), t0);
         w.add(
             0,
-            &hists_with(Hist::ClientTtft, &[300]),
+            hists_with(Hist::ClientTtft, &[300]),
             &counters(5),
             t0 + sec,
         );
@@ -262,7 +230,7 @@ mod tests {
     fn reset_empties_and_rebases() {
         let t0 = Instant::now();
         let mut w = Window::new(1, Duration::from_secs(1), Duration::from_secs(60), t0);
-        w.add(0, &hists_with(Hist::DialWs, &[10]), &counters(3), t0);
+        w.add(0, hists_with(Hist::DialWs, &[10]), &counters(3), t0);
         w.reset(&[counters(3)], t0 + Duration::from_millis(500));
         assert!(w.shard_hists(0)[Hist::DialWs as usize].is_empty());
         assert_eq!(w.baseline(0), Some(&counters(3)));
@@ -276,7 +244,7 @@ mod tests {
     fn unknown_shard_is_ignored() {
         let t0 = Instant::now();
         let mut w = Window::new(1, Duration::from_secs(1), Duration::from_secs(5), t0);
-        w.add(7, &hists_with(Hist::DialWs, &[10]), &counters(1), t0);
+        w.add(7, hists_with(Hist::DialWs, &[10]), &counters(1), t0);
         assert!(w.intervals(Hist::DialWs).is_empty());
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod client_frame;
 pub mod error_body;
+mod fields;
 pub mod http1;
 mod lazy;
 pub mod sse;

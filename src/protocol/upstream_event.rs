@@ -5,8 +5,9 @@
 
 use std::borrow::Cow;
 
-use sonic_rs::{JsonValueTrait, LazyValue};
+use sonic_rs::JsonValueTrait;
 
+use super::fields::{fields, plain_str};
 use super::lazy::str_in;
 use super::usage::Usage;
 
@@ -93,30 +94,34 @@ pub struct UpstreamEvent<'a> {
 pub struct MalformedEvent;
 
 impl<'a> UpstreamEvent<'a> {
-    /// Reads only `type`, which upstream sends first: the scan stops there. Frames that start
-    /// with `{"type":"` and an unescaped value (every event upstream sends) are read without
-    /// touching the JSON parser, so classifying a delta allocates nothing.
+    /// Reads only `type`, which upstream sends first: the walk over the top-level fields
+    /// ([`fields`]) stops there. A plain `type` (every event upstream sends, wherever the key
+    /// sits) is read without the JSON parser and without allocating; an escaped one goes
+    /// through the parser.
     pub fn classify(raw: &'a [u8]) -> Result<Self, MalformedEvent> {
-        if let Some(event_type) = leading_type(raw) {
-            return Ok(UpstreamEvent {
-                raw,
-                kind: EventKind::of_type(event_type),
-                event_type: Cow::Borrowed(event_type),
-            });
-        }
-        for item in sonic_rs::to_object_iter(raw) {
-            let (key, value) = item.map_err(|_| MalformedEvent)?;
-            if &*key == "type" {
-                let event_type = str_in(raw, &value).ok_or(MalformedEvent)?;
-                let kind = EventKind::of_type(&event_type);
-                return Ok(UpstreamEvent {
-                    raw,
-                    event_type,
-                    kind,
-                });
+        let mut walk = fields(raw);
+        match walk.by_ref().find(|(key, _)| *key == b"type") {
+            Some((_, value)) => {
+                if let Some(event_type) = plain_str(value) {
+                    return Ok(UpstreamEvent {
+                        raw,
+                        kind: EventKind::of_type(event_type),
+                        event_type: Cow::Borrowed(event_type),
+                    });
+                }
             }
+            None if walk.complete() => return Err(MalformedEvent),
+            None => {}
         }
-        Err(MalformedEvent)
+        // An escaped `type`, or an object the walk does not handle: the parser decides.
+        let value = sonic_rs::get_from_slice(raw, ["type"]).map_err(|_| MalformedEvent)?;
+        let event_type = str_in(raw, &value).ok_or(MalformedEvent)?;
+        let kind = EventKind::of_type(&event_type);
+        Ok(UpstreamEvent {
+            raw,
+            event_type,
+            kind,
+        })
     }
 
     /// `true` for lifecycle events that carry the `response` object (and so its `model`).
@@ -125,19 +130,12 @@ impl<'a> UpstreamEvent<'a> {
             || self.event_type == "response.in_progress"
     }
 
-    /// The `response` object of a lifecycle event, if present.
-    fn response(&self) -> Option<LazyValue<'a>> {
-        sonic_rs::get_from_slice(self.raw, ["response"]).ok()
-    }
-
-    /// `response.id` (or the top-level `id`) of a created or terminal event.
+    /// `response.id` (or the top-level `id`) of a created or terminal event. One keyed lookup
+    /// that stops at the id, borrowed from the frame when it has no escapes.
     pub fn response_id(&self) -> Option<Cow<'a, str>> {
-        if let Some(resp) = self.response() {
-            if let Some(id) = resp.get("id") {
-                return str_in(self.raw, &id).map(|c| Cow::Owned(c.into_owned()));
-            }
-        }
-        let id = sonic_rs::get_from_slice(self.raw, ["id"]).ok()?;
+        let id = sonic_rs::get_from_slice(self.raw, ["response", "id"])
+            .or_else(|_| sonic_rs::get_from_slice(self.raw, ["id"]))
+            .ok()?;
         str_in(self.raw, &id)
     }
 
@@ -147,7 +145,7 @@ impl<'a> UpstreamEvent<'a> {
             return None;
         }
         let usage = sonic_rs::get_from_slice(self.raw, ["response", "usage"]).ok()?;
-        Usage::from_lazy(&usage)
+        Usage::from_raw(usage.as_raw_str().as_bytes())
     }
 
     /// The error carried by an `error` event (or a failed response).
@@ -182,17 +180,6 @@ impl<'a> UpstreamEvent<'a> {
         }
         Some(e)
     }
-}
-
-/// The value of a leading `"type"` key when it is a plain (unescaped) string.
-fn leading_type(raw: &[u8]) -> Option<&str> {
-    const PREFIX: &[u8] = b"{\"type\":\"";
-    let rest = raw.strip_prefix(PREFIX)?;
-    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
-    if rest[end] != b'"' {
-        return None;
-    }
-    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// An error reported by upstream inside an event.
@@ -326,6 +313,17 @@ mod tests {
             assert_eq!(EventKind::of_type(t), k, "{t}");
         }
         assert!(UpstreamEvent::classify(b"{\"delta\":1}").is_err());
+        // `type` after other keys, nested `type`s before it: the top-level one, borrowed.
+        let late = UpstreamEvent::classify(
+            br#"{"item":{"type":"message"},"output_index":0,"type":"response.output_item.done"}"#,
+        )
+        .unwrap();
+        assert_eq!(late.event_type, "response.output_item.done");
+        assert!(matches!(late.event_type, Cow::Borrowed(_)));
+        let late_delta =
+            UpstreamEvent::classify(br#"{"delta":"x","type":"response.output_text.delta"}"#)
+                .unwrap();
+        assert_eq!(late_delta.kind, EventKind::Token);
         let escaped =
             UpstreamEvent::classify(br#"{"type":"response.output_text.del\u0074a"}"#).unwrap();
         assert_eq!(escaped.kind, EventKind::Token);
@@ -339,6 +337,10 @@ mod tests {
         let raw = br#"{"type":"response.completed","sequence_number":9,"response":{"id":"resp_abc","status":"completed","usage":{"input_tokens":120,"input_tokens_details":{"cached_tokens":100},"output_tokens":30,"output_tokens_details":{"reasoning_tokens":12},"total_tokens":150}}}"#;
         let e = UpstreamEvent::classify(raw).unwrap();
         assert_eq!(e.response_id().as_deref(), Some("resp_abc"));
+        assert!(matches!(e.response_id(), Some(Cow::Borrowed(_))));
+        let top = br#"{"type":"response.created","id":"resp_top","response":{"status":"x"}}"#;
+        let top = UpstreamEvent::classify(top).unwrap();
+        assert_eq!(top.response_id().as_deref(), Some("resp_top"));
         assert_eq!(
             e.usage(),
             Some(Usage {

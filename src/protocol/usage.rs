@@ -1,7 +1,9 @@
 //! Token usage, read from `response.completed` only.
 
 use serde::{Deserialize, Serialize};
-use sonic_rs::{JsonValueTrait, LazyValue};
+use sonic_rs::JsonValueTrait;
+
+use super::fields::{fields, plain_u64};
 
 /// Token counts of one turn: what billing is computed from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,47 +21,124 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Reads a usage object (`response.usage`). Returns `None` when it is missing, not an object
-    /// or its required counts are not numbers: a wrong record is worse than a counted failure.
-    pub(crate) fn from_lazy(v: &LazyValue<'_>) -> Option<Usage> {
-        let mut u = Usage::default();
-        let mut have_in = false;
-        let mut have_out = false;
-        let mut have_total = false;
-        for item in sonic_rs::to_object_iter(v.as_raw_str()) {
-            let (k, val) = item.ok()?;
-            match &*k {
-                "input_tokens" | "prompt_tokens" => {
-                    u.input_tokens = val.as_u64()?;
-                    have_in = true;
-                }
-                "output_tokens" | "completion_tokens" => {
-                    u.output_tokens = val.as_u64()?;
-                    have_out = true;
-                }
-                "total_tokens" => {
-                    u.total_tokens = val.as_u64()?;
-                    have_total = true;
-                }
-                "input_tokens_details" | "prompt_tokens_details" => {
-                    if let Some(c) = val.get("cached_tokens") {
-                        u.cached_tokens = c.as_u64().unwrap_or(0);
-                    }
-                }
-                "output_tokens_details" | "completion_tokens_details" => {
-                    if let Some(r) = val.get("reasoning_tokens") {
-                        u.reasoning_tokens = r.as_u64().unwrap_or(0);
-                    }
-                }
-                _ => {}
-            }
+    /// Reads a usage object (`response.usage`, raw JSON). Returns `None` when it is not an
+    /// object or its required counts are not non-negative integers: a wrong record is worse
+    /// than a counted failure. Walked without allocating ([`fields`]); an object the walk does
+    /// not handle (escaped keys) is read with the parser instead.
+    pub(crate) fn from_raw(raw: &[u8]) -> Option<Usage> {
+        let mut walk = fields(raw);
+        let mut reader = Reader::default();
+        for (key, value) in walk.by_ref() {
+            reader.field(key, value)?;
         }
-        if !(have_in && have_out) {
+        if walk.complete() {
+            return reader.finish();
+        }
+        let mut reader = Reader::default();
+        for item in sonic_rs::to_object_iter(raw) {
+            let (key, value) = item.ok()?;
+            reader.field(key.as_bytes(), value.as_raw_str().as_bytes())?;
+        }
+        reader.finish()
+    }
+}
+
+/// Usage being read field by field.
+#[derive(Default)]
+struct Reader {
+    usage: Usage,
+    have_in: bool,
+    have_out: bool,
+    have_total: bool,
+}
+
+impl Reader {
+    /// Takes one field; `None` when a required count is not a number.
+    fn field(&mut self, key: &[u8], value: &[u8]) -> Option<()> {
+        let u = &mut self.usage;
+        match key {
+            b"input_tokens" | b"prompt_tokens" => {
+                u.input_tokens = plain_u64(value)?;
+                self.have_in = true;
+            }
+            b"output_tokens" | b"completion_tokens" => {
+                u.output_tokens = plain_u64(value)?;
+                self.have_out = true;
+            }
+            b"total_tokens" => {
+                u.total_tokens = plain_u64(value)?;
+                self.have_total = true;
+            }
+            b"input_tokens_details" | b"prompt_tokens_details" => {
+                if let Some(c) = detail(value, b"cached_tokens") {
+                    u.cached_tokens = c;
+                }
+            }
+            b"output_tokens_details" | b"completion_tokens_details" => {
+                if let Some(r) = detail(value, b"reasoning_tokens") {
+                    u.reasoning_tokens = r;
+                }
+            }
+            _ => {}
+        }
+        Some(())
+    }
+
+    fn finish(self) -> Option<Usage> {
+        if !(self.have_in && self.have_out) {
             return None;
         }
-        if !have_total {
+        let mut u = self.usage;
+        if !self.have_total {
             u.total_tokens = u.input_tokens + u.output_tokens;
         }
         Some(u)
+    }
+}
+
+/// A count inside a details object: present and a number, else 0; `None` when absent.
+fn detail(object: &[u8], name: &[u8]) -> Option<u64> {
+    match fields(object).find(|(key, _)| *key == name) {
+        Some((_, value)) => Some(plain_u64(value).unwrap_or(0)),
+        None => sonic_rs::get_from_slice(object, [std::str::from_utf8(name).ok()?])
+            .ok()
+            .map(|v| v.as_u64().unwrap_or(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_counts_and_details_walked_or_parsed() {
+        let walked = br#"{"input_tokens":120,"input_tokens_details":{"cached_tokens":100},"output_tokens":30,"output_tokens_details":{"reasoning_tokens":12}}"#;
+        let want = Usage {
+            input_tokens: 120,
+            cached_tokens: 100,
+            output_tokens: 30,
+            reasoning_tokens: 12,
+            total_tokens: 150,
+        };
+        assert_eq!(Usage::from_raw(walked), Some(want));
+        // An escaped key stops the walk: the parser reads the same object.
+        let escaped = br#"{"input_t\u006fkens":120,"input_tokens_details":{"cached_tokens":100},"output_tokens":30,"output_tokens_details":{"reasoning_tokens":12},"total_tokens":150}"#;
+        assert_eq!(Usage::from_raw(escaped), Some(want));
+        let chat = br#"{"prompt_tokens":5,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":null}}"#;
+        assert_eq!(
+            Usage::from_raw(chat),
+            Some(Usage {
+                input_tokens: 5,
+                output_tokens: 2,
+                total_tokens: 7,
+                ..Usage::default()
+            })
+        );
+        assert_eq!(Usage::from_raw(br#"{"input_tokens":1}"#), None);
+        assert_eq!(
+            Usage::from_raw(br#"{"input_tokens":-1,"output_tokens":1}"#),
+            None
+        );
+        assert_eq!(Usage::from_raw(b"null"), None);
     }
 }

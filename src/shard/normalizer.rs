@@ -181,7 +181,7 @@ pub fn decide_pairing<'a>(facts: &PairingFacts<'a>) -> Pairing<'a> {
 }
 
 /// The `call_id`s of the tool calls a terminal event's response left waiting for outputs (its
-/// `response.output` items of a tool-call type), to record with `Sticky::set_pending` so the
+/// `response.output` items of a tool-call type), to record with `Sticky::remember_turn` so the
 /// next turn's outputs can be paired. Read once per turn, on the terminal event only.
 pub fn pending_calls(terminal_event: &[u8]) -> Vec<String> {
     let Ok(output) = sonic_rs::get(terminal_event, &["response", "output"]) else {

@@ -20,7 +20,7 @@ use crate::protocol::ClientFrame;
 use crate::runtime;
 use crate::state::embedded::EmbeddedStore;
 use crate::state::service::StateMsg;
-use crate::state::{Binding, Keys, SessionKey};
+use crate::state::{Binding, Keys, SessionKey, TurnState};
 
 use super::counters::{bump, ShardCounters};
 use super::normalizer::{PairingFacts, Pending};
@@ -149,69 +149,11 @@ impl Sticky {
         }
     }
 
-    /// Records that `response_id` lives on `binding` (call when a turn produced a response id).
-    pub fn bind_response(
-        &self,
-        counters: &ShardCounters,
-        group: &str,
-        response_id: &str,
-        binding: Binding,
-    ) {
-        self.cache
-            .borrow_mut()
-            .put_binding_at(group, response_id, &binding, Instant::now());
-        self.write(
-            counters,
-            StateMsg::Bind {
-                group: group.to_string(),
-                response_id: response_id.to_string(),
-                binding,
-            },
-        );
-    }
-
-    /// Records the session's last response (call after every turn that produced one).
-    pub fn set_session_last(
-        &self,
-        counters: &ShardCounters,
-        group: &str,
-        session: SessionKey,
-        response_id: &str,
-    ) {
-        self.cache
-            .borrow_mut()
-            .put_session_last_at(group, &session, response_id, Instant::now());
-        self.write(
-            counters,
-            StateMsg::SessionLast {
-                group: group.to_string(),
-                session,
-                response_id: response_id.to_string(),
-            },
-        );
-    }
-
-    /// Records the function calls `response_id` left waiting for outputs (call on a terminal
-    /// event whose output holds `function_call` items; an empty list is worth recording too:
-    /// it says "nothing pending", which is not the same as "unknown").
-    pub fn set_pending(
-        &self,
-        counters: &ShardCounters,
-        group: &str,
-        response_id: &str,
-        call_ids: Vec<String>,
-    ) {
-        self.cache
-            .borrow_mut()
-            .put_pending_at(group, response_id, &call_ids, Instant::now());
-        self.write(
-            counters,
-            StateMsg::Pending {
-                group: group.to_string(),
-                response_id: response_id.to_string(),
-                call_ids,
-            },
-        );
+    /// Records what a turn left behind (call when a turn produced a response id): in the cache
+    /// at once, and in the store through one message to the control thread.
+    pub fn remember_turn(&self, counters: &ShardCounters, turn: TurnState) {
+        self.cache.borrow_mut().put_turn_at(&turn, Instant::now());
+        self.write(counters, StateMsg::Turn(Box::new(turn)));
     }
 
     /// Where `response_id` lives: this shard's cache, else the store.

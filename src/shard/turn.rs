@@ -29,7 +29,7 @@ use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::upstream_event::{ErrorReason, UpstreamError};
 use crate::protocol::{ClientFrame, TerminalKind, Usage};
 use crate::runtime;
-use crate::state::{Binding, SessionKey};
+use crate::state::{Binding, SessionKey, TurnState};
 use crate::usage::{RequestType, UsageRecord};
 
 use super::auth::ClientIdentity;
@@ -648,28 +648,21 @@ impl Driver {
         pending_calls: Option<Vec<String>>,
     ) {
         let shard = &self.shard;
-        let (counters, group) = (&shard.counters, &self.identity.group);
-        shard.sticky.bind_response(
-            counters,
-            group,
-            response_id,
-            Binding {
-                account: pool.account.config.id.clone(),
-                instance: shard.config.state.instance.clone(),
-                shard: shard.id,
-                connection,
+        shard.sticky.remember_turn(
+            &shard.counters,
+            TurnState {
+                group: self.identity.group.clone(),
+                response_id: response_id.to_string(),
+                binding: Binding {
+                    account: pool.account.config.id.clone(),
+                    instance: shard.config.state.instance.clone(),
+                    shard: shard.id,
+                    connection,
+                },
+                session: self.session,
+                pending: pending_calls,
             },
         );
-        if let Some(calls) = pending_calls {
-            shard
-                .sticky
-                .set_pending(counters, group, response_id, calls);
-        }
-        if let Some(session) = self.session {
-            shard
-                .sticky
-                .set_session_last(counters, group, session, response_id);
-        }
         self.last = Some(response_id.to_string());
         self.last_at = Some((pool.account.index, connection));
     }

@@ -6,9 +6,10 @@
 //! O(1) and, when the store is full, evicts the entry closest to expiring.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{add, Binding, Keys, SessionKey, StateStats, StateStore};
+use super::{add, Binding, Keys, SessionKey, StateStats, StateStore, TurnState};
 
 /// A stored value.
 #[derive(Debug, Clone)]
@@ -30,10 +31,14 @@ pub struct EmbeddedStore {
     keys: Keys,
     ttl: Duration,
     capacity: usize,
-    map: HashMap<String, Slot>,
-    /// Write order; an element is stale when the map holds a later expiry for its key.
-    order: VecDeque<(String, Instant)>,
+    map: HashMap<Arc<str>, Slot>,
+    /// Write order; an element is stale when the map holds a later expiry for its key. Shares
+    /// each key with the map (one allocation per written key, not two).
+    order: VecDeque<(Arc<str>, Instant)>,
     evictions: u64,
+    /// Where keys are built for a write or a lookup, reused: a lookup allocates no key, a
+    /// write one (the shared key it keeps).
+    scratch: String,
 }
 
 impl EmbeddedStore {
@@ -46,6 +51,7 @@ impl EmbeddedStore {
             map: HashMap::new(),
             order: VecDeque::new(),
             evictions: 0,
+            scratch: String::new(),
         }
     }
 
@@ -64,23 +70,44 @@ impl EmbeddedStore {
         self.evictions
     }
 
-    /// [`StateStore::put_binding`] at a given time.
-    pub fn put_binding_at(&mut self, group: &str, id: &str, binding: &Binding, now: Instant) {
-        if let Some(key) = self.keys.response(group, id) {
-            self.insert(key, Value::Binding(binding.clone()), now);
+    /// [`StateStore::put_turn`] at a given time: the binding, then the pending calls, then the
+    /// session's last response.
+    pub fn put_turn_at(&mut self, turn: &TurnState, now: Instant) {
+        let (group, id) = (turn.group.as_str(), turn.response_id.as_str());
+        self.put_binding_at(group, id, &turn.binding, now);
+        if let Some(calls) = &turn.pending {
+            self.put_pending_at(group, id, calls, now);
         }
+        if let Some(session) = &turn.session {
+            self.put_session_last_at(group, session, id, now);
+        }
+    }
+
+    /// Records where `id` lives at a given time.
+    pub fn put_binding_at(&mut self, group: &str, id: &str, binding: &Binding, now: Instant) {
+        let mut key = std::mem::take(&mut self.scratch);
+        if self.keys.response_into(&mut key, group, id) {
+            self.insert(&key, Value::Binding(binding.clone()), now);
+        }
+        self.scratch = key;
     }
 
     /// [`StateStore::binding`] at a given time.
     pub fn binding_at(&mut self, group: &str, id: &str, now: Instant) -> Option<Binding> {
-        let key = self.keys.response(group, id)?;
-        match self.get(&key, now)? {
-            Value::Binding(b) => Some(b.clone()),
-            _ => None,
-        }
+        let mut key = std::mem::take(&mut self.scratch);
+        let found = if self.keys.response_into(&mut key, group, id) {
+            match self.get(&key, now) {
+                Some(Value::Binding(b)) => Some(b.clone()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        self.scratch = key;
+        found
     }
 
-    /// [`StateStore::put_session_last`] at a given time.
+    /// Records a session's last response at a given time.
     pub fn put_session_last_at(
         &mut self,
         group: &str,
@@ -88,11 +115,13 @@ impl EmbeddedStore {
         id: &str,
         now: Instant,
     ) {
-        if self.keys.response(group, id).is_none() {
+        if !Keys::is_id(id) {
             return;
         }
-        let key = self.keys.session(group, session);
-        self.insert(key, Value::Text(id.to_string()), now);
+        let mut key = std::mem::take(&mut self.scratch);
+        self.keys.session_into(&mut key, group, session);
+        self.insert(&key, Value::Text(id.to_string()), now);
+        self.scratch = key;
     }
 
     /// [`StateStore::session_last`] at a given time.
@@ -102,27 +131,38 @@ impl EmbeddedStore {
         session: &SessionKey,
         now: Instant,
     ) -> Option<String> {
-        let key = self.keys.session(group, session);
-        match self.get(&key, now)? {
-            Value::Text(t) => Some(t.clone()),
+        let mut key = std::mem::take(&mut self.scratch);
+        self.keys.session_into(&mut key, group, session);
+        let found = match self.get(&key, now) {
+            Some(Value::Text(t)) => Some(t.clone()),
             _ => None,
-        }
+        };
+        self.scratch = key;
+        found
     }
 
-    /// [`StateStore::put_pending`] at a given time.
+    /// Records the calls `id` left pending at a given time.
     pub fn put_pending_at(&mut self, group: &str, id: &str, call_ids: &[String], now: Instant) {
-        if let Some(key) = self.keys.pending(group, id) {
-            self.insert(key, Value::Ids(call_ids.to_vec()), now);
+        let mut key = std::mem::take(&mut self.scratch);
+        if self.keys.pending_into(&mut key, group, id) {
+            self.insert(&key, Value::Ids(call_ids.to_vec()), now);
         }
+        self.scratch = key;
     }
 
     /// [`StateStore::pending`] at a given time.
     pub fn pending_at(&mut self, group: &str, id: &str, now: Instant) -> Option<Vec<String>> {
-        let key = self.keys.pending(group, id)?;
-        match self.get(&key, now)? {
-            Value::Ids(ids) => Some(ids.clone()),
-            _ => None,
-        }
+        let mut key = std::mem::take(&mut self.scratch);
+        let found = if self.keys.pending_into(&mut key, group, id) {
+            match self.get(&key, now) {
+                Some(Value::Ids(ids)) => Some(ids.clone()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        self.scratch = key;
+        found
     }
 
     /// Drops every entry that expired by `now`.
@@ -145,12 +185,16 @@ impl EmbeddedStore {
         self.map.get(key).map(|s| &s.value)
     }
 
-    fn insert(&mut self, key: String, value: Value, now: Instant) {
+    fn insert(&mut self, key: &str, value: Value, now: Instant) {
         let expires = now + self.ttl;
-        if !self.map.contains_key(&key) {
-            self.expire(now);
-            while self.map.len() >= self.capacity && self.evict_oldest() {}
-        }
+        let key = match self.map.get_key_value(key) {
+            Some((shared, _)) => shared.clone(),
+            None => {
+                self.expire(now);
+                while self.map.len() >= self.capacity && self.evict_oldest() {}
+                Arc::from(key)
+            }
+        };
         self.order.push_back((key.clone(), expires));
         self.map.insert(key, Slot { value, expires });
         if self.order.len() > self.capacity.saturating_mul(2) {
@@ -192,27 +236,16 @@ impl EmbeddedBackend {
 }
 
 impl StateStore for EmbeddedBackend {
-    fn put_binding(&mut self, group: &str, response_id: &str, binding: &Binding) {
-        self.store
-            .put_binding_at(group, response_id, binding, Instant::now());
+    fn put_turn(&mut self, turn: &TurnState) {
+        self.store.put_turn_at(turn, Instant::now());
     }
 
     fn binding(&mut self, group: &str, response_id: &str) -> Option<Binding> {
         self.store.binding_at(group, response_id, Instant::now())
     }
 
-    fn put_session_last(&mut self, group: &str, session: &SessionKey, response_id: &str) {
-        self.store
-            .put_session_last_at(group, session, response_id, Instant::now());
-    }
-
     fn session_last(&mut self, group: &str, session: &SessionKey) -> Option<String> {
         self.store.session_last_at(group, session, Instant::now())
-    }
-
-    fn put_pending(&mut self, group: &str, response_id: &str, call_ids: &[String]) {
-        self.store
-            .put_pending_at(group, response_id, call_ids, Instant::now());
     }
 
     fn pending(&mut self, group: &str, response_id: &str) -> Option<Vec<String>> {
@@ -266,6 +299,48 @@ mod tests {
         assert_eq!(s.binding_at("g2", "resp_1", now), None);
         assert_eq!(s.session_last_at("g2", &sess, now), None);
         assert_eq!(s.pending_at("g2", "resp_1", now), None);
+    }
+
+    #[test]
+    fn a_turn_writes_its_binding_pending_calls_and_session_last() {
+        let now = Instant::now();
+        let mut s = store(16);
+        let sess = SessionKey::hash(b"s1");
+        s.put_turn_at(
+            &TurnState {
+                group: "g".into(),
+                response_id: "resp_1".into(),
+                binding: binding(3),
+                session: Some(sess),
+                pending: Some(vec!["call_a".into()]),
+            },
+            now,
+        );
+        assert_eq!(s.binding_at("g", "resp_1", now), Some(binding(3)));
+        assert_eq!(
+            s.session_last_at("g", &sess, now).as_deref(),
+            Some("resp_1")
+        );
+        assert_eq!(
+            s.pending_at("g", "resp_1", now),
+            Some(vec!["call_a".into()])
+        );
+        s.put_turn_at(
+            &TurnState {
+                group: "g".into(),
+                response_id: "resp_2".into(),
+                binding: binding(4),
+                session: None,
+                pending: None,
+            },
+            now,
+        );
+        assert_eq!(s.len(), 4);
+        assert_eq!(
+            s.session_last_at("g", &sess, now).as_deref(),
+            Some("resp_1")
+        );
+        assert_eq!(s.pending_at("g", "resp_2", now), None);
     }
 
     #[test]

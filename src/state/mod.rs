@@ -42,6 +42,25 @@ pub struct Binding {
     pub connection: u64,
 }
 
+/// Everything one turn that produced a response leaves behind, written as one unit: where the
+/// response lives, the calls it left pending and, for a client session, that it is now the
+/// session's last response. One message per turn to the control thread (and one set of
+/// pipelined writes for Redis) instead of one per fact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnState {
+    /// Client group.
+    pub group: String,
+    /// Upstream response id.
+    pub response_id: String,
+    /// Where the response lives.
+    pub binding: Binding,
+    /// The client session it is now the last response of, if the client named one.
+    pub session: Option<SessionKey>,
+    /// The function calls it left waiting for outputs, when it left any (an empty list says
+    /// "nothing pending", which is not the same as "unknown").
+    pub pending: Option<Vec<String>>,
+}
+
 /// A client session's identity, SHA-256 hashed so raw session ids never reach a store or a log.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionKey([u8; 32]);
@@ -67,11 +86,16 @@ impl SessionKey {
     /// Lower-case hex of the hash, as used in store keys.
     pub fn hex(&self) -> String {
         let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
+        self.push_hex(&mut s);
         s
+    }
+
+    /// Appends the lower-case hex of the hash to `out`.
+    fn push_hex(&self, out: &mut String) {
+        for b in self.0 {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
     }
 }
 
@@ -99,24 +123,61 @@ impl Keys {
 
     /// `{prefix}:{group}:resp:{id}`: response → binding. `None` for an id that is not one.
     pub fn response(&self, group: &str, id: &str) -> Option<String> {
-        self.scoped(group, "resp", id)
+        let mut key = String::new();
+        self.response_into(&mut key, group, id).then_some(key)
     }
 
     /// `{prefix}:{group}:sess:{sha256}`: session → last response id.
     pub fn session(&self, group: &str, session: &SessionKey) -> String {
-        format!("{}:{}:sess:{}", self.prefix, group, session.hex())
+        let mut key = String::new();
+        self.session_into(&mut key, group, session);
+        key
     }
 
     /// `{prefix}:{group}:pend:{id}`: response → pending function-call ids.
     pub fn pending(&self, group: &str, id: &str) -> Option<String> {
-        self.scoped(group, "pend", id)
+        let mut key = String::new();
+        self.pending_into(&mut key, group, id).then_some(key)
     }
 
-    fn scoped(&self, group: &str, kind: &str, id: &str) -> Option<String> {
-        if id.is_empty() || id.len() > MAX_ID_LEN {
-            return None;
+    /// [`Keys::response`] written into `out` (cleared first; a reused buffer allocates
+    /// nothing); `false` for an id that is not one.
+    pub fn response_into(&self, out: &mut String, group: &str, id: &str) -> bool {
+        self.scoped_into(out, group, "resp", id)
+    }
+
+    /// [`Keys::session`] written into `out` (cleared first).
+    pub fn session_into(&self, out: &mut String, group: &str, session: &SessionKey) {
+        self.start(out, group, "sess");
+        session.push_hex(out);
+    }
+
+    /// [`Keys::pending`] written into `out` (cleared first); `false` for an id that is not one.
+    pub fn pending_into(&self, out: &mut String, group: &str, id: &str) -> bool {
+        self.scoped_into(out, group, "pend", id)
+    }
+
+    /// `true` for a string that can be a response id (non-empty, at most [`MAX_ID_LEN`]).
+    pub fn is_id(id: &str) -> bool {
+        !id.is_empty() && id.len() <= MAX_ID_LEN
+    }
+
+    fn scoped_into(&self, out: &mut String, group: &str, kind: &str, id: &str) -> bool {
+        if !Self::is_id(id) {
+            return false;
         }
-        Some(format!("{}:{}:{}:{}", self.prefix, group, kind, id))
+        self.start(out, group, kind);
+        out.push_str(id);
+        true
+    }
+
+    /// Clears `out` and writes `{prefix}:{group}:{kind}:` (no formatting machinery: keys are
+    /// built on every turn).
+    fn start(&self, out: &mut String, group: &str, kind: &str) {
+        out.clear();
+        for part in [self.prefix.as_str(), ":", group, ":", kind, ":"] {
+            out.push_str(part);
+        }
     }
 }
 
@@ -124,16 +185,13 @@ impl Keys {
 /// failure in [`StateStats`] and answers from what it has locally, so callers never see an
 /// error and the gateway keeps serving.
 pub trait StateStore: Send {
-    /// Records where `response_id` lives.
-    fn put_binding(&mut self, group: &str, response_id: &str, binding: &Binding);
+    /// Records everything a turn left behind (binding, pending calls, session's last response)
+    /// as one unit.
+    fn put_turn(&mut self, turn: &TurnState);
     /// Where `response_id` lives, if known.
     fn binding(&mut self, group: &str, response_id: &str) -> Option<Binding>;
-    /// Records the last response of a session.
-    fn put_session_last(&mut self, group: &str, session: &SessionKey, response_id: &str);
     /// The last response of a session, if known.
     fn session_last(&mut self, group: &str, session: &SessionKey) -> Option<String>;
-    /// Records the function-call ids `response_id` left waiting for outputs.
-    fn put_pending(&mut self, group: &str, response_id: &str, call_ids: &[String]);
     /// The function-call ids `response_id` left pending, if known.
     fn pending(&mut self, group: &str, response_id: &str) -> Option<Vec<String>>;
     /// Periodic work: flush pipelined writes, reconnect, drop expired entries.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::embedded::EmbeddedStore;
-use super::{add, Binding, Keys, SessionKey, StateError, StateStats, StateStore};
+use super::{add, Binding, Keys, SessionKey, StateError, StateStats, StateStore, TurnState};
 
 /// Pipelined writes are sent once this many are buffered, without waiting for the tick.
 pub const FLUSH_AT: usize = 256;
@@ -190,9 +190,6 @@ impl RedisStore {
             .arg("PX")
             .arg(self.ttl_ms)
             .ignore();
-        if self.pipe.len() >= FLUSH_AT {
-            self.send_pipeline();
-        }
     }
 
     fn send_pipeline(&mut self) {
@@ -218,16 +215,32 @@ impl RedisStore {
 }
 
 impl StateStore for RedisStore {
-    fn put_binding(&mut self, group: &str, response_id: &str, binding: &Binding) {
-        self.local
-            .put_binding_at(group, response_id, binding, Instant::now());
-        let (Some(key), Ok(value)) = (
-            self.keys.response(group, response_id),
-            sonic_rs::to_vec(binding),
-        ) else {
-            return;
-        };
-        self.queue_set(key, &value);
+    /// One turn's writes go into the pipeline together (a full pipeline is sent after them,
+    /// never between them).
+    fn put_turn(&mut self, turn: &TurnState) {
+        self.local.put_turn_at(turn, Instant::now());
+        let (group, id) = (turn.group.as_str(), turn.response_id.as_str());
+        if let (Some(key), Ok(value)) = (
+            self.keys.response(group, id),
+            sonic_rs::to_vec(&turn.binding),
+        ) {
+            self.queue_set(key, &value);
+        }
+        if let Some(calls) = &turn.pending {
+            if let (Some(key), Ok(value)) = (self.keys.pending(group, id), sonic_rs::to_vec(calls))
+            {
+                self.queue_set(key, &value);
+            }
+        }
+        if let Some(session) = &turn.session {
+            if Keys::is_id(id) {
+                let key = self.keys.session(group, session);
+                self.queue_set(key, id.as_bytes());
+            }
+        }
+        if self.pipe.len() >= FLUSH_AT {
+            self.send_pipeline();
+        }
     }
 
     fn binding(&mut self, group: &str, response_id: &str) -> Option<Binding> {
@@ -250,16 +263,6 @@ impl StateStore for RedisStore {
         }
     }
 
-    fn put_session_last(&mut self, group: &str, session: &SessionKey, response_id: &str) {
-        self.local
-            .put_session_last_at(group, session, response_id, Instant::now());
-        if self.keys.response(group, response_id).is_none() {
-            return;
-        }
-        let key = self.keys.session(group, session);
-        self.queue_set(key, response_id.as_bytes());
-    }
-
     fn session_last(&mut self, group: &str, session: &SessionKey) -> Option<String> {
         let key = self.keys.session(group, session);
         match self.get(&key) {
@@ -270,18 +273,6 @@ impl StateStore for RedisStore {
                 self.local.session_last_at(group, session, Instant::now())
             }
         }
-    }
-
-    fn put_pending(&mut self, group: &str, response_id: &str, call_ids: &[String]) {
-        self.local
-            .put_pending_at(group, response_id, call_ids, Instant::now());
-        let (Some(key), Ok(value)) = (
-            self.keys.pending(group, response_id),
-            sonic_rs::to_vec(call_ids),
-        ) else {
-            return;
-        };
-        self.queue_set(key, &value);
     }
 
     fn pending(&mut self, group: &str, response_id: &str) -> Option<Vec<String>> {

@@ -13,7 +13,7 @@ use crate::config::{StateBackend, StateConfig};
 
 use super::embedded::{EmbeddedBackend, EmbeddedStore};
 use super::redis::RedisStore;
-use super::{add, Binding, Keys, SessionKey, StateError, StateStats, StateStore};
+use super::{add, Binding, Keys, SessionKey, StateError, StateStats, StateStore, TurnState};
 
 /// Entries the embedded backend (and the Redis backend's local copy) holds at most.
 pub const STORE_CAPACITY: usize = 1_000_000;
@@ -21,33 +21,9 @@ pub const STORE_CAPACITY: usize = 1_000_000;
 /// A sticky-state message from a shard to the control thread.
 #[derive(Debug)]
 pub enum StateMsg {
-    /// `response_id` lives on `binding`'s connection.
-    Bind {
-        /// Client group.
-        group: String,
-        /// Upstream response id.
-        response_id: String,
-        /// Where it lives.
-        binding: Binding,
-    },
-    /// `response_id` is the session's last response.
-    SessionLast {
-        /// Client group.
-        group: String,
-        /// Hashed session identity.
-        session: SessionKey,
-        /// Upstream response id.
-        response_id: String,
-    },
-    /// `response_id` left these function calls waiting for outputs.
-    Pending {
-        /// Client group.
-        group: String,
-        /// Upstream response id.
-        response_id: String,
-        /// Their `call_id`s.
-        call_ids: Vec<String>,
-    },
+    /// What a turn left behind (binding, pending calls, session's last response): one
+    /// message per turn, applied as one unit.
+    Turn(Box<TurnState>),
     /// Where does `response_id` live?
     LookupBinding {
         /// Client group.
@@ -115,21 +91,7 @@ impl StateService {
     /// Applies one message; lookups are answered at once.
     pub fn handle(&mut self, msg: StateMsg) {
         match msg {
-            StateMsg::Bind {
-                group,
-                response_id,
-                binding,
-            } => self.store.put_binding(&group, &response_id, &binding),
-            StateMsg::SessionLast {
-                group,
-                session,
-                response_id,
-            } => self.store.put_session_last(&group, &session, &response_id),
-            StateMsg::Pending {
-                group,
-                response_id,
-                call_ids,
-            } => self.store.put_pending(&group, &response_id, &call_ids),
+            StateMsg::Turn(turn) => self.store.put_turn(&turn),
             StateMsg::LookupBinding {
                 group,
                 response_id,
