@@ -12,6 +12,8 @@ use crate::runtime::{self, TcpStream};
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// Most headers accepted in one request (Codex sends about 15).
 const MAX_HEADERS: usize = 96;
+/// Bytes read per `read` call while a head is incomplete.
+const READ_CHUNK: usize = 4096;
 
 /// Why no request head could be read.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +96,6 @@ async fn read_head_inner(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
 ) -> Result<RequestHead, HeadError> {
-    let mut chunk = [0u8; 4096];
     loop {
         if !buf.is_empty() {
             if let Some((head, used)) = parse(buf)? {
@@ -105,11 +106,15 @@ async fn read_head_inner(
         if buf.len() >= MAX_HEAD_BYTES {
             return Err(HeadError::TooLarge);
         }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        // Read straight into `buf`: a chunk array here would sit in the connection task's
+        // future (and so in every session's) for the connection's whole life.
+        let filled = buf.len();
+        buf.resize(filled + READ_CHUNK, 0);
+        let read = stream.read(&mut buf[filled..]).await;
+        buf.truncate(filled + read.as_ref().map_or(0, |n| *n));
+        if read? == 0 {
             return Err(HeadError::Closed);
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

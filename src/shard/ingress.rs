@@ -124,7 +124,13 @@ async fn route(
                 Err((err, headers)) => return refuse(stream, &err, headers).await,
             };
             let forward = forwarded(&head);
-            match http_front::serve(shard, stream, &head, buf, identity, forward).await {
+            // Boxed: the HTTP turn's future is tens of KiB, and inline it would size every
+            // connection task, WebSocket sessions included, for their whole life.
+            match Box::pin(http_front::serve(
+                shard, stream, &head, buf, identity, forward,
+            ))
+            .await
+            {
                 After::KeepAlive => Routed::KeepAlive,
                 After::Close => Routed::Done,
             }

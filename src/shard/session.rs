@@ -129,7 +129,8 @@ impl Session {
                     self.driver.release();
                     return;
                 }
-                Served::HandOff(to) => match self.hand_off(to).await {
+                // Boxed: rare, and inline its future would be part of every session task.
+                Served::HandOff(to) => match Box::pin(self.hand_off(to)).await {
                     Ok(()) => return,
                     Err(kept) => self = *kept,
                 },
@@ -216,7 +217,8 @@ impl Session {
                 return Served::Closed;
             }
             if first {
-                if let Some(to) = self.owner_elsewhere(&frame).await {
+                // Boxed for the same reason as the turn: a state-store lookup is a large future.
+                if let Some(to) = Box::pin(self.owner_elsewhere(&frame)).await {
                     return Served::HandOff(to);
                 }
                 // The session stays here: the socket's bytes need not be kept any more.
@@ -237,7 +239,10 @@ impl Session {
                 };
                 let limit = self.shard.config.server.client_write_timeout;
                 let mut sink = WriteDeadline::new(ws, limit, &self.shard.counters);
-                match self.driver.run(&mut sink, frame, Instant::now()).await {
+                // Boxed: a turn's future is tens of KiB, and inline it would be part of every
+                // session task for the session's whole life, idle or not (`perf/README.md`).
+                let turn = Box::pin(self.driver.run(&mut sink, frame, Instant::now()));
+                match turn.await {
                     TurnEnd::Done => {}
                     TurnEnd::Preempted(f) => next = Some(f),
                     TurnEnd::ClientGone => return Served::Closed,
