@@ -77,6 +77,17 @@ impl ControlHandle {
         self.tx.try_send(msg).is_ok()
     }
 
+    /// Queues a usage record without waiting; hands it back when the queue is full, for the
+    /// shard to hold and offer again (`shard::usage_outbox`): records are billing.
+    pub fn offer_usage(&self, record: Box<UsageRecord>) -> Result<(), Box<UsageRecord>> {
+        self.tx
+            .try_send(ShardMsg::Usage(record))
+            .map_err(|e| match e.into_inner() {
+                ShardMsg::Usage(record) => record,
+                _ => unreachable!("try_send hands back the message it was given"),
+            })
+    }
+
     /// The state store's health counters (Redis errors, fallbacks), for stats.
     pub fn state_stats(&self) -> &Arc<StateStats> {
         &self.state_stats
@@ -219,5 +230,27 @@ impl Control {
             ShardMsg::Snapshot(snap) => aggregate::lock(&self.aggregator).merge(*snap),
             ShardMsg::State(msg) => self.state.handle(msg),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_hands_the_usage_record_back() {
+        let (tx, rx) = bounded(1);
+        let handle = ControlHandle {
+            tx,
+            state_stats: Arc::default(),
+        };
+        let record = |id: &str| Box::new(UsageRecord::sample(id));
+        assert!(handle.offer_usage(record("resp_1")).is_ok());
+        let back = handle
+            .offer_usage(record("resp_2"))
+            .expect_err("queue is full");
+        assert_eq!(back.response_id, "resp_2");
+        assert!(matches!(rx.try_recv(), Ok(ShardMsg::Usage(r)) if r.response_id == "resp_1"));
+        assert!(handle.offer_usage(back).is_ok());
     }
 }

@@ -1,6 +1,6 @@
 //! The stats document in the Prometheus text exposition format (version 0.0.4), for `/metrics`.
 //!
-//! - Shard counters: `shardgate_<name>_total{shard="N"}`; gauges (`*_open`, `*_in_flight`):
+//! - Shard counters: `shardgate_<name>_total{shard="N"}`; gauges (`*_open`, `*_in_flight`, `*_len`):
 //!   `shardgate_<name>{shard="N"}`.
 //! - Labeled counters: `shardgate_<family>_total{shard="N",label="..."}`.
 //! - Control-thread counters: `shardgate_<name>_total`.

@@ -69,6 +69,10 @@ shard_counters! {
     failed_after_retry,
     /// Messages to the control thread dropped because its queue was full.
     control_queue_drops,
+    /// Usage records that found the control queue full and waited in the shard's outbox.
+    usage_outbox_holds,
+    /// Usage records lost because the control queue and the outbox were both full.
+    usage_outbox_drops,
     /// Requests from WebSocket sessions (`response.create` turns).
     requests_ws,
     /// `POST /v1/responses` requests with `"stream": true`.

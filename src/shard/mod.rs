@@ -25,6 +25,7 @@ pub mod session;
 pub mod sticky;
 pub mod turn;
 pub mod upstream;
+pub mod usage_outbox;
 pub mod warmup;
 
 use std::cell::{Cell, OnceCell, RefCell};
@@ -40,6 +41,7 @@ use crate::control::{ControlHandle, ShardMsg};
 use crate::metrics::{ShardMetrics, ShardSnapshot};
 use crate::reload::LiveSettings;
 use crate::runtime::{self, TcpListener};
+use crate::usage::UsageRecord;
 
 use account::{AccountRuntime, AccountSetupError};
 use auth::ShardKeys;
@@ -47,6 +49,7 @@ use counters::{bump, ShardCounters};
 use handoff::HandoffInbox;
 use pool::Pool;
 use session::{HandedSession, SessionHandoff};
+use usage_outbox::{Submitted, UsageOutbox, OUTBOX_CAPACITY};
 
 /// Everything one shard owns.
 pub struct Shard {
@@ -79,6 +82,8 @@ pub struct Shard {
     in_flight: Rc<Cell<usize>>,
     /// Set when a graceful shutdown starts; sessions between turns wait on it.
     pub drain: drain::Drain,
+    /// Usage records waiting for room in the control queue.
+    usage_outbox: UsageOutbox,
 }
 
 /// Counts one turn as in flight for as long as it lives, so a graceful shutdown can wait for
@@ -140,6 +145,7 @@ impl Shard {
             rr: Cell::new(0),
             in_flight: Rc::new(Cell::new(0)),
             drain: drain::Drain::default(),
+            usage_outbox: UsageOutbox::new(OUTBOX_CAPACITY),
             config,
         })
     }
@@ -198,10 +204,37 @@ impl Shard {
         self.drain.is_draining()
     }
 
+    /// Sends a usage record to the control thread, or holds it in the outbox while the control
+    /// queue is full; only a full outbox loses it (counted and logged).
+    pub fn submit_usage(&self, record: Box<UsageRecord>) {
+        match self
+            .usage_outbox
+            .submit(record, |r| self.control.offer_usage(r))
+        {
+            Submitted::Sent => {}
+            Submitted::Held => bump(&self.counters.usage_outbox_holds),
+            Submitted::Dropped => {
+                bump(&self.counters.control_queue_drops);
+                bump(&self.counters.usage_outbox_drops);
+                crate::error_limited!(
+                    shard = self.id,
+                    held = self.usage_outbox.len(),
+                    "control queue and usage outbox full: a usage record was dropped"
+                );
+            }
+        }
+    }
+
+    /// Offers the usage records held in the outbox again; returns how many are still held.
+    pub fn flush_usage(&self) -> usize {
+        self.usage_outbox.flush(|r| self.control.offer_usage(r))
+    }
+
     /// Ships this interval's histograms and the counter totals to the control thread.
     pub fn ship_snapshot(&self) {
         let mut counters = self.counters.values();
         counters.push(("turns_in_flight", self.in_flight.get() as u64));
+        counters.push(("usage_outbox_len", self.usage_outbox.len() as u64));
         let snap = ShardSnapshot {
             shard: self.id,
             hists: self.metrics.take_interval(),
@@ -284,6 +317,7 @@ pub async fn run(
     let ship_loop = async {
         loop {
             runtime::sleep(interval).await;
+            shard.flush_usage();
             shard.ship_snapshot();
         }
     };
@@ -293,7 +327,26 @@ pub async fn run(
     .await;
     drop(listener);
     drain(&shard).await;
+    hand_over_held_usage(&shard).await;
     shard.ship_snapshot();
+}
+
+/// Before the shard stops, every usage record it still holds goes to the control thread (which
+/// outlives the shards and flushes them to the sink), waiting for room in its queue for up to
+/// the drain timeout.
+async fn hand_over_held_usage(shard: &Shard) {
+    let deadline = std::time::Instant::now() + shard.config.server.drain_timeout;
+    while shard.flush_usage() > 0 {
+        if std::time::Instant::now() >= deadline {
+            tracing::error!(
+                shard = shard.id,
+                lost = shard.usage_outbox.len(),
+                "stopping with usage records the control queue never took: they are lost"
+            );
+            return;
+        }
+        runtime::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Waits until no turn is in flight and every session has closed (sessions between turns close

@@ -22,7 +22,6 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use sonic_rs::JsonValueTrait;
 
-use crate::control::ShardMsg;
 use crate::metrics::Hist;
 use crate::protocol::client_frame::ClientEventKind;
 use crate::protocol::error_body::{ErrorType, GatewayError};
@@ -1063,13 +1062,7 @@ impl Driver {
             instance: shard.config.state.instance.clone(),
             shard: shard.id,
         };
-        if !shard.control.send(ShardMsg::Usage(Box::new(record))) {
-            bump(&shard.counters.control_queue_drops);
-            crate::error_limited!(
-                shard = shard.id,
-                "control queue full: a usage record was dropped"
-            );
-        }
+        shard.submit_usage(Box::new(record));
     }
 }
 

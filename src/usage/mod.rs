@@ -69,3 +69,26 @@ pub struct UsageRecord {
     /// Shard that served the turn.
     pub shard: usize,
 }
+
+#[cfg(test)]
+impl UsageRecord {
+    /// A completed WebSocket turn with id `response_id`, for tests.
+    pub(crate) fn sample(response_id: impl Into<String>) -> UsageRecord {
+        UsageRecord {
+            response_id: response_id.into(),
+            ts_ms: 0,
+            group: "g".into(),
+            key_id: "k".into(),
+            account: "a".into(),
+            model: "m".into(),
+            request_type: RequestType::Ws,
+            usage: Usage::default(),
+            ttft_us: None,
+            duration_us: 1,
+            attempts: 1,
+            status: "completed".into(),
+            instance: "i".into(),
+            shard: 0,
+        }
+    }
+}

@@ -357,22 +357,7 @@ mod tests {
     }
 
     fn rec(i: usize) -> UsageRecord {
-        UsageRecord {
-            response_id: format!("resp_{i}"),
-            ts_ms: 0,
-            group: "g".into(),
-            key_id: "k".into(),
-            account: "a".into(),
-            model: "m".into(),
-            request_type: super::super::RequestType::Ws,
-            usage: Default::default(),
-            ttft_us: None,
-            duration_us: 1,
-            attempts: 1,
-            status: "completed".into(),
-            instance: "i".into(),
-            shard: 0,
-        }
+        UsageRecord::sample(format!("resp_{i}"))
     }
 
     #[test]
