@@ -70,6 +70,22 @@ where
     glommio::spawn_local(fut).detach();
 }
 
+/// Spawns a task whose panic stops at the task: `on_panic` runs and every other task of the
+/// shard goes on (a panic in one session must not take down its shard).
+pub fn spawn_contained<F>(fut: F, on_panic: impl FnOnce() + 'static)
+where
+    F: Future<Output = ()> + 'static,
+{
+    spawn_local(async move {
+        if futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut))
+            .await
+            .is_err()
+        {
+            on_panic();
+        }
+    });
+}
+
 /// Spawns a task on the current shard and returns a handle to await its result.
 pub fn spawn_local_handle<F>(fut: F) -> glommio::task::JoinHandle<F::Output>
 where
@@ -232,5 +248,42 @@ pub fn try_send_to_shard<T: Send>(tx: &ShardSender<T>, item: T) -> Result<(), (S
         }
         // glommio's `try_send` fails only with `WouldBlock` or `Closed`, both carrying the item.
         Err(other) => unreachable!("shared channel try_send failed with {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use super::*;
+
+    #[test]
+    fn a_contained_panic_ends_only_its_task() {
+        let outcome = spawn_executor("contain-test", None, || async {
+            let panicked = Rc::new(Cell::new(false));
+            let flag = panicked.clone();
+            spawn_contained(
+                async { panic!("deliberate panic of a test task") },
+                move || flag.set(true),
+            );
+            let done = Rc::new(Cell::new(0));
+            for _ in 0..3 {
+                let d = done.clone();
+                spawn_contained(
+                    async move {
+                        sleep(Duration::from_millis(1)).await;
+                        d.set(d.get() + 1);
+                    },
+                    || {},
+                );
+            }
+            sleep(Duration::from_millis(50)).await;
+            (panicked.get(), done.get())
+        })
+        .expect("executor starts")
+        .join()
+        .expect("the executor survived the panic");
+        assert_eq!(outcome, (true, 3));
     }
 }

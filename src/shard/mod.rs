@@ -30,11 +30,8 @@ pub mod warmup;
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
-
-use futures_util::FutureExt;
 
 use crate::config::{Config, UpstreamConfig};
 use crate::control::{ControlHandle, ShardMsg};
@@ -283,31 +280,13 @@ pub async fn run(
                 }
             };
             bump(&shard.counters.connections);
-            let shard = shard.clone();
-            runtime::spawn_local(async move {
-                let task = AssertUnwindSafe(ingress::serve_connection(shard.clone(), stream));
-                if task.catch_unwind().await.is_err() {
-                    bump(&shard.counters.session_panics);
-                    tracing::error!(
-                        shard = shard.id,
-                        "a client connection panicked; it was closed, the shard goes on"
-                    );
-                }
-            });
+            let task = ingress::serve_connection(shard.clone(), stream);
+            runtime::spawn_contained(task, on_connection_panic(shard.clone()));
         }
     };
     let handed_in = inbox.run(|conn| {
-        let shard = shard.clone();
-        runtime::spawn_local(async move {
-            let task = AssertUnwindSafe(session::serve_handed(shard.clone(), conn));
-            if task.catch_unwind().await.is_err() {
-                bump(&shard.counters.session_panics);
-                tracing::error!(
-                    shard = shard.id,
-                    "a handed-over client connection panicked; it was closed, the shard goes on"
-                );
-            }
-        });
+        let task = session::serve_handed(shard.clone(), conn);
+        runtime::spawn_contained(task, on_connection_panic(shard.clone()));
     });
     let accept_loop = futures_lite::future::or(accept_loop, async {
         handed_in.await;
@@ -329,6 +308,18 @@ pub async fn run(
     drain(&shard).await;
     hand_over_held_usage(&shard).await;
     shard.ship_snapshot();
+}
+
+/// What a connection task's panic leaves behind: a counter and a log line; the task's sockets
+/// were closed by unwinding, and the shard's other tasks go on.
+fn on_connection_panic(shard: Rc<Shard>) -> impl FnOnce() {
+    move || {
+        bump(&shard.counters.session_panics);
+        tracing::error!(
+            shard = shard.id,
+            "a client connection panicked; it was closed, the shard goes on"
+        );
+    }
 }
 
 /// Before the shard stops, every usage record it still holds goes to the control thread (which
