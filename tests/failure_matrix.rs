@@ -596,3 +596,36 @@ fn a_client_that_stops_reading_loses_its_turn_and_its_upstream_connection_is_not
     assert_eq!(up.stats().ws_connections_total, 2);
     drop(stuck);
 }
+
+#[test]
+fn an_upstream_that_stops_reading_times_out_the_send_and_the_client_gets_an_error() {
+    let up = mock();
+    let extra = "[upstream]\nretry_base_ms = 1\nretry_cap_ms = 5\nevent_timeout_secs = 0.5\n";
+    let gw = gateway(config_accounts(&[up.base_url()], extra, ""));
+    up.script(Script {
+        deaf_ws: true,
+        ..Default::default()
+    });
+    let mut c = connect(gw.addr());
+    // An 8 MB frame: more than the socket buffers toward a peer that never reads.
+    let big = "x".repeat(8 << 20);
+    let started = Instant::now();
+    let t = c.turn(&create("gpt-5", &big, true, None));
+    assert_eq!(t.last_type(), "error", "{:?}", t.types());
+    assert_eq!(
+        t.error_code().as_deref(),
+        Some("upstream_error"),
+        "{:?}",
+        t.events
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the turn waited {:?}",
+        started.elapsed()
+    );
+    assert!(up.stats().faults.get("deaf").copied().unwrap_or(0) >= 1);
+    // Once the upstream reads again, the session goes on.
+    up.reset();
+    let t = c.turn(&create("gpt-5", "small", true, None));
+    assert_eq!(t.last_type(), "response.completed", "{:?}", t.types());
+}

@@ -16,6 +16,9 @@ pub struct Script {
     pub turns: Vec<Rule<String>>,
     /// Persistent: every WebSocket handshake is answered with this status until a reset.
     pub refuse_ws: Option<u16>,
+    /// Persistent: upgraded WebSocket connections are never read from (an upstream that stopped
+    /// reading) until a reset.
+    pub deaf_ws: bool,
 }
 
 /// One queued value, used for the next `times` events.
@@ -39,6 +42,7 @@ pub struct ScriptQueue {
     http: VecDeque<Rule<u16>>,
     turns: VecDeque<Rule<String>>,
     refuse_ws: Option<u16>,
+    deaf_ws: bool,
 }
 
 impl ScriptQueue {
@@ -50,6 +54,12 @@ impl ScriptQueue {
         if script.refuse_ws.is_some() {
             self.refuse_ws = script.refuse_ws;
         }
+        self.deaf_ws |= script.deaf_ws;
+    }
+
+    /// Upgraded connections are left unread.
+    pub fn deaf_ws(&self) -> bool {
+        self.deaf_ws
     }
 
     /// The status the next handshake gets: the persistent refusal, else the next queued rule.

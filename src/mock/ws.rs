@@ -116,6 +116,12 @@ pub async fn session<S>(stream: S, read_ahead: Vec<u8>, shared: &Shared, mut con
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if shared.script(|q| q.deaf_ws()) {
+        shared.record(|s| *s.faults.entry("deaf".to_string()).or_default() += 1);
+        // Holds the connection without ever reading it, until the mock stops.
+        let _held = stream;
+        return std::future::pending().await;
+    }
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_BODY))
         .max_frame_size(Some(MAX_BODY));

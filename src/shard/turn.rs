@@ -911,13 +911,18 @@ impl Driver {
             }
         };
         let ws = &mut lease.conn().ws;
-        if ws.send(Message::Text(payload)).await.is_err() {
+        // An upstream that stops reading must not hold the turn forever: the send gets the same
+        // deadline as upstream silence.
+        let send_limit = self.shard.config.upstream.event_timeout;
+        let sent = runtime::timeout(send_limit, ws.send(Message::Text(payload))).await;
+        if !matches!(sent, Some(Ok(()))) {
+            let reason = if sent.is_none() { "timeout" } else { "reset" };
             return Attempt {
                 conn: Some(conn_id),
                 ..Attempt::failed(
                     Failure::new(
                         relay::upstream_failed("upstream connection failed"),
-                        FailureClass::retryable("reset"),
+                        FailureClass::retryable(reason),
                     ),
                     reused,
                 )
