@@ -22,6 +22,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 
+use crate::net::FrameEdge;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::ClientFrame;
 use crate::runtime::{self, TcpStream};
@@ -36,8 +37,9 @@ use super::turn::{Driver, TurnEnd};
 use super::Shard;
 
 /// The client side of a session: a WebSocket over the accepted socket, behind the bytes read
-/// with the upgrade request (or handed over with the connection).
-pub type ClientWs = WebSocketStream<PrefixedStream<TcpStream>>;
+/// with the upgrade request (or handed over with the connection), read in frames so that it
+/// can be rebuilt between turns ([`FrameEdge`]).
+pub type ClientWs = WebSocketStream<FrameEdge<PrefixedStream<TcpStream>>>;
 
 /// What travels with a client connection handed to the shard that owns its chain: who the
 /// client is. The socket's bytes read so far (the first frame included) travel as the
@@ -61,6 +63,8 @@ pub struct Session {
     driver: Driver,
     /// Handed over by (or kept after a failed handoff to) another shard: never handed again.
     handed_in: bool,
+    /// The next frame is the session's first (it may move the session to another shard).
+    first: bool,
 }
 
 /// How serving ended.
@@ -69,6 +73,8 @@ enum Served {
     Closed,
     /// The first frame chains to a response whose connection is on shard `.0`.
     HandOff(usize),
+    /// A turn ended and the client WebSocket holds no unread bytes: it may be rebuilt.
+    Rested,
 }
 
 /// Read chunk of a client WebSocket. tungstenite's default (128 KiB) made an idle session cost
@@ -78,6 +84,12 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// The client WebSocket over `stream`, with the server's message limits.
 pub async fn client_ws(shard: &Shard, stream: PrefixedStream<TcpStream>) -> ClientWs {
+    ws_over(shard, FrameEdge::new(stream)).await
+}
+
+/// The client WebSocket over a stream already in use (between two messages), with fresh
+/// buffers.
+async fn ws_over(shard: &Shard, stream: FrameEdge<PrefixedStream<TcpStream>>) -> ClientWs {
     let limit = shard.config.server.max_message_bytes;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -98,6 +110,7 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
         shard: shard.clone(),
         client,
         handed_in: true,
+        first: true,
     };
     session.run().await;
     shard.close_session(&key_id);
@@ -116,17 +129,31 @@ impl Session {
             shard,
             client,
             handed_in: false,
+            first: true,
         }
     }
 
     /// Runs the session to its end (here, or on the shard its first frame's chain lives on).
     /// The upstream connection goes back to the pool only if the last turn ended cleanly.
+    ///
+    /// Between turns the client WebSocket is rebuilt when it holds no unread bytes: its read
+    /// buffer grew to the largest frame of the turn (a 30 KiB Codex frame: 46 KiB) and its
+    /// write buffer to the largest batch of events, and an idle session would hold both.
     pub async fn run(mut self) {
         loop {
             match self.serve().await {
                 Served::Closed => {
                     self.driver.release();
                     return;
+                }
+                Served::Rested => {
+                    if self.client.flush().await.is_err() {
+                        self.driver.release();
+                        return;
+                    }
+                    let stream = self.client.into_inner();
+                    // Boxed so that building the WebSocket is not part of the session's future.
+                    self.client = Box::pin(ws_over(&self.shard, stream)).await;
                 }
                 // Boxed: rare, and inline its future would be part of every session task.
                 Served::HandOff(to) => match Box::pin(self.hand_off(to)).await {
@@ -153,7 +180,7 @@ impl Session {
             identity: driver.identity().clone(),
             forward: driver.forward().to_vec(),
         };
-        let (prefix, stream) = client.into_inner().into_parts();
+        let (prefix, stream) = client.into_inner().into_inner().into_parts();
         let back = match HandedConn::new(stream, prefix, meta) {
             Ok(conn) => match handoff.send(to, conn) {
                 Ok(()) => {
@@ -186,6 +213,7 @@ impl Session {
             client,
             driver,
             handed_in: true,
+            first: true,
         }))
     }
 
@@ -206,8 +234,8 @@ impl Session {
     async fn serve(&mut self) -> Served {
         let cfg = &self.shard.config.server;
         let (first_wait, idle_wait) = (cfg.first_message_timeout, cfg.idle_timeout);
-        let mut first = true;
         loop {
+            let first = self.first;
             let Some(frame) = self.read_frame(first, first_wait, idle_wait).await else {
                 return Served::Closed;
             };
@@ -221,9 +249,9 @@ impl Session {
                     return Served::HandOff(to);
                 }
                 // The session stays here: the socket's bytes need not be kept any more.
-                self.client.get_mut().stop_recording();
+                self.client.get_mut().get_mut().stop_recording();
             }
-            first = false;
+            self.first = false;
             let mut next = Some(frame);
             while let Some(frame) = next.take() {
                 if self.shard.is_draining() {
@@ -248,6 +276,9 @@ impl Session {
             if self.shard.is_draining() {
                 close_with(&mut self.client, CloseCode::Away, "going away").await;
                 return Served::Closed;
+            }
+            if self.client.get_ref().at_message_edge() {
+                return Served::Rested;
             }
         }
     }
