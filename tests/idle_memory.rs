@@ -65,7 +65,7 @@ const READ_BUFFER: i64 = 16 * 1024;
 /// with some room. Before the turn futures were boxed it was ~69 KiB.
 const MAX_PER_SESSION: i64 = 24 * 1024;
 
-/// Most heap bytes a session holds between turns, after a 30 KB `response.create`: the fresh
+/// Most heap bytes a session holds idle after a 30 KB `response.create`: the fresh
 /// read buffer, the task, and the turn's state (the response's binding, the session's chain
 /// head: ~1 KiB measured), with some room. Without the rebuild between turns the WebSocket kept
 /// its read buffer at the frame's size plus 16 KiB and its write buffer at the largest batch
@@ -177,12 +177,12 @@ fn a_session_between_turns_gives_back_the_buffers_its_turn_grew() {
         "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-rested\r\n\r\n"
     );
     let frame = text_frame(&create("gpt-5", &"x".repeat(30_000), true, None));
-    let mut held = Vec::with_capacity(SESSIONS + 8);
-    // The first turns dial the upstream connection and grow the shard's maps.
+    let mut held = Vec::with_capacity(SESSIONS);
+    // The first turns dial the upstream connection and grow the shard's maps; their sessions
+    // are closed again, so none of them rebuilds its WebSocket during the reading.
     for _ in 0..8 {
         let mut s = open_idle(addr, request.as_bytes());
         run_turn(&mut s, &frame);
-        held.push(s);
     }
     std::thread::sleep(Duration::from_millis(200));
 
@@ -192,7 +192,8 @@ fn a_session_between_turns_gives_back_the_buffers_its_turn_grew() {
         run_turn(&mut s, &frame);
         held.push(s);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // Sessions rebuild their WebSocket 1 s after a turn (`session::REST_AFTER`).
+    std::thread::sleep(Duration::from_millis(1300));
     let after = LIVE.load(Ordering::SeqCst);
 
     let per_session = (after - before) / SESSIONS as i64;
@@ -223,7 +224,9 @@ fn turns_still_run_after_pings_and_fragmented_frames_between_rebuilds() {
     let first = client.turn(&create("gpt-5", "one", true, None));
     assert_eq!(first.last_type(), "response.completed");
 
-    // A ping between turns (answered by the rebuilt WebSocket), then a frame in two fragments.
+    // Past `session::REST_AFTER` the session rebuilds its WebSocket; then a ping (answered by
+    // the rebuilt one) and a frame in two fragments.
+    std::thread::sleep(Duration::from_millis(1200));
     client
         .ws
         .send(Message::Ping("between".into()))
@@ -284,5 +287,29 @@ fn turns_still_run_after_pings_and_fragmented_frames_between_rebuilds() {
         fourth.types()
     );
     assert!(client.ws.send(Message::Close(None)).is_ok());
+    gw.stop();
+}
+
+#[test]
+fn the_rebuild_does_not_extend_the_idle_timeout() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = mock();
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        "idle_timeout_secs = 1.2",
+        "",
+    ));
+    let mut client = connect(gw.addr());
+    let turn = client.turn(&create("gpt-5", "one", true, None));
+    assert_eq!(turn.last_type(), "response.completed");
+    let idle_since = std::time::Instant::now();
+    assert_eq!(client.expect_close(), Some(1000), "closed for idleness");
+    // 1.2 s idle timeout, counted from the end of the turn; the rebuild 1 s in does not
+    // restart it (that would close at 2.2 s).
+    let waited = idle_since.elapsed();
+    assert!(
+        waited < Duration::from_millis(2000),
+        "closed after {waited:?}"
+    );
     gw.stop();
 }
