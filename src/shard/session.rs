@@ -106,8 +106,8 @@ enum Served {
 }
 
 /// Read chunk of a client WebSocket. tungstenite's default (128 KiB) made an idle session cost
-/// ~180 KiB; 16 KiB brings it near 30 KiB (`perf/README.md`), and larger messages are still read
-/// whole, in more reads.
+/// ~180 KiB; with 16 KiB an idle session holds ~22 KiB of heap (`perf/README.md`), and larger
+/// messages are still read whole, in more reads.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// The client WebSocket over `stream`, with the server's message limits.
