@@ -51,6 +51,10 @@ unsafe impl GlobalAlloc for Tracking {
 #[global_allocator]
 static ALLOCATOR: Tracking = Tracking;
 
+/// Taken by every test of this file: the counter is process-wide, so a reading must not see
+/// another test's sessions.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Sessions opened for the reading.
 const SESSIONS: usize = 200;
 /// The client WebSocket read buffer (`session::READ_BUFFER_BYTES`): every session holds it, so
@@ -60,6 +64,47 @@ const READ_BUFFER: i64 = 16 * 1024;
 /// connection task's future ~4 KiB, the socket's poll source, the forwarded headers, wakers),
 /// with some room. Before the turn futures were boxed it was ~69 KiB.
 const MAX_PER_SESSION: i64 = 24 * 1024;
+
+/// Most heap bytes a session holds idle after a 30 KB `response.create`: the fresh
+/// read buffer, the task, and the turn's state (the response's binding, the session's chain
+/// head: ~1 KiB measured), with some room. Without the rebuild between turns the WebSocket kept
+/// its read buffer at the frame's size plus 16 KiB and its write buffer at the largest batch
+/// of events: ~58 KiB.
+const MAX_PER_RESTED_SESSION: i64 = 28 * 1024;
+
+/// A masked client text frame (zero mask: the payload goes as is).
+fn text_frame(payload: &str) -> Vec<u8> {
+    let mut frame = vec![0x81u8];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&u16::try_from(n).expect("under 64 KiB").to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload.as_bytes());
+    frame
+}
+
+/// Sends one `response.create` frame and reads the raw event stream until its
+/// `response.completed`, into a stack buffer.
+fn run_turn(stream: &mut TcpStream, frame: &[u8]) {
+    const DONE: &[u8] = b"response.completed";
+    stream.write_all(frame).expect("send frame");
+    let mut buf = [0u8; 16 * 1024];
+    let mut kept = 0;
+    loop {
+        let n = stream.read(&mut buf[kept..]).expect("read events");
+        assert!(n > 0, "closed mid-turn");
+        let end = kept + n;
+        if buf[..end].windows(DONE.len()).any(|w| w == DONE) {
+            return;
+        }
+        kept = end.min(DONE.len());
+        buf.copy_within(end - kept..end, 0);
+    }
+}
 
 /// Opens a WebSocket session and leaves it idle (no `response.create` sent).
 fn open_idle(addr: SocketAddr, request: &[u8]) -> TcpStream {
@@ -85,6 +130,7 @@ fn open_idle(addr: SocketAddr, request: &[u8]) -> TcpStream {
 
 #[test]
 fn an_idle_websocket_session_holds_little_more_than_its_read_buffer() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let up = mock();
     let gw = gateway(config_accounts(&[up.base_url()], "", ""));
     let addr = gw.addr();
@@ -118,5 +164,152 @@ fn an_idle_websocket_session_holds_little_more_than_its_read_buffer() {
          perf/README.md on idle-session memory for what it held before"
     );
     drop(held);
+    gw.stop();
+}
+
+#[test]
+fn a_session_between_turns_gives_back_the_buffers_its_turn_grew() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = mock();
+    let gw = gateway(config_accounts(&[up.base_url()], "", ""));
+    let addr = gw.addr();
+    let request = format!(
+        "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-rested\r\n\r\n"
+    );
+    let frame = text_frame(&create("gpt-5", &"x".repeat(30_000), true, None));
+    let mut held = Vec::with_capacity(SESSIONS);
+    // The first turns dial the upstream connection and grow the shard's maps; their sessions
+    // are closed again, so none of them rebuilds its WebSocket during the reading.
+    for _ in 0..8 {
+        let mut s = open_idle(addr, request.as_bytes());
+        run_turn(&mut s, &frame);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+
+    let before = LIVE.load(Ordering::SeqCst);
+    for _ in 0..SESSIONS {
+        let mut s = open_idle(addr, request.as_bytes());
+        run_turn(&mut s, &frame);
+        held.push(s);
+    }
+    // Sessions rebuild their WebSocket 1 s after a turn (`session::REST_AFTER`).
+    std::thread::sleep(Duration::from_millis(1300));
+    let after = LIVE.load(Ordering::SeqCst);
+
+    let per_session = (after - before) / SESSIONS as i64;
+    eprintln!("heap held per session between turns: {per_session} bytes");
+    assert!(
+        per_session >= READ_BUFFER,
+        "{per_session} bytes per session: less than the read buffer, the sessions were not open"
+    );
+    assert!(
+        per_session <= MAX_PER_RESTED_SESSION,
+        "a session between turns holds {per_session} bytes of heap (bound \
+         {MAX_PER_RESTED_SESSION}): is the client WebSocket still rebuilt after a turn?"
+    );
+    drop(held);
+    gw.stop();
+}
+
+#[test]
+fn turns_still_run_after_pings_and_fragmented_frames_between_rebuilds() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    use shardgate::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use shardgate::tungstenite::protocol::frame::Frame;
+    use shardgate::tungstenite::Message;
+
+    let up = mock();
+    let gw = gateway(config_accounts(&[up.base_url()], "", ""));
+    let mut client = connect(gw.addr());
+    let first = client.turn(&create("gpt-5", "one", true, None));
+    assert_eq!(first.last_type(), "response.completed");
+
+    // Past `session::REST_AFTER` the session rebuilds its WebSocket; then a ping (answered by
+    // the rebuilt one) and a frame in two fragments.
+    std::thread::sleep(Duration::from_millis(1200));
+    client
+        .ws
+        .send(Message::Ping("between".into()))
+        .expect("ping");
+    let frame = create("gpt-5", "two", true, None);
+    let (head, tail) = frame.split_at(frame.len() / 2);
+    client
+        .ws
+        .send(Message::Frame(Frame::message(
+            head.as_bytes().to_vec(),
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .expect("first fragment");
+    client
+        .ws
+        .send(Message::Frame(Frame::message(
+            tail.as_bytes().to_vec(),
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .expect("last fragment");
+    let second = client.read_turn();
+    assert_eq!(
+        second.last_type(),
+        "response.completed",
+        "{:?}",
+        second.types()
+    );
+
+    // Two frames in one write: the gateway reads the second while the first turn runs, which
+    // preempts it (an error event, or the turn completed first), and runs the second.
+    let mut both = Vec::new();
+    for input in ["three", "four"] {
+        let mut out = Vec::new();
+        let mut ws = shardgate::tungstenite::protocol::WebSocket::from_raw_socket(
+            std::io::Cursor::new(&mut out),
+            shardgate::tungstenite::protocol::Role::Client,
+            None,
+        );
+        ws.send(Message::text(create("gpt-5", input, true, None)))
+            .expect("encode");
+        drop(ws);
+        both.extend_from_slice(&out);
+    }
+    client.ws.get_mut().write_all(&both).expect("two frames");
+    let third = client.read_turn();
+    assert!(
+        matches!(third.last_type().as_str(), "error" | "response.completed"),
+        "{:?}",
+        third.types()
+    );
+    let fourth = client.read_turn();
+    assert_eq!(
+        fourth.last_type(),
+        "response.completed",
+        "{:?}",
+        fourth.types()
+    );
+    assert!(client.ws.send(Message::Close(None)).is_ok());
+    gw.stop();
+}
+
+#[test]
+fn the_rebuild_does_not_extend_the_idle_timeout() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = mock();
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        "idle_timeout_secs = 1.2",
+        "",
+    ));
+    let mut client = connect(gw.addr());
+    let turn = client.turn(&create("gpt-5", "one", true, None));
+    assert_eq!(turn.last_type(), "response.completed");
+    let idle_since = std::time::Instant::now();
+    assert_eq!(client.expect_close(), Some(1000), "closed for idleness");
+    // 1.2 s idle timeout, counted from the end of the turn; the rebuild 1 s in does not
+    // restart it (that would close at 2.2 s).
+    let waited = idle_since.elapsed();
+    assert!(
+        waited < Duration::from_millis(2000),
+        "closed after {waited:?}"
+    );
     gw.stop();
 }

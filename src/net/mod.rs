@@ -1,7 +1,9 @@
-//! Transports below WebSocket: plain TCP or TLS streams toward upstream, and the TLS client
-//! configuration built once per account.
+//! Transports below WebSocket: plain TCP or TLS streams toward upstream, the TLS client
+//! configuration built once per account, and the frame-end reads under a client WebSocket.
 
+pub mod frame_edge;
 pub mod stream;
 pub mod tls;
 
+pub use frame_edge::FrameEdge;
 pub use stream::UpstreamStream;

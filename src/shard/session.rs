@@ -12,7 +12,7 @@
 //! the shard drains, a session between turns closes with 1001 and a new turn is refused.
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -22,6 +22,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 
+use crate::net::FrameEdge;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::ClientFrame;
 use crate::runtime::{self, TcpStream};
@@ -37,8 +38,9 @@ use super::turn::{Driver, TurnEnd};
 use super::Shard;
 
 /// The client side of a session: a WebSocket over the accepted socket, behind the bytes read
-/// with the upgrade request (or handed over with the connection).
-pub type ClientWs = WebSocketStream<PrefixedStream<TcpStream>>;
+/// with the upgrade request (or handed over with the connection), read in frames so that it
+/// can be rebuilt between turns ([`FrameEdge`]).
+pub type ClientWs = WebSocketStream<FrameEdge<PrefixedStream<TcpStream>>>;
 
 /// What travels with a client connection handed to the shard that owns its chain: who the
 /// client is. The socket's bytes read so far (the first frame included) travel as the
@@ -62,7 +64,36 @@ pub struct Session {
     driver: Driver,
     /// Handed over by (or kept after a failed handoff to) another shard: never handed again.
     handed_in: bool,
+    /// What the session waits for.
+    wait: Wait,
 }
+
+/// What a session waits for, and for how long.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Its first frame, which may move it to another shard (`first_message_timeout`).
+    First,
+    /// The next frame, right after a turn: within [`REST_AFTER`], else the client WebSocket is
+    /// rebuilt (when it holds no unread bytes) and the session waits as [`Wait::Idle`].
+    AfterTurn,
+    /// The next frame, for the rest of the idle timeout.
+    Idle,
+}
+
+/// What reading the client's next frame gave.
+enum Next {
+    /// A `response.create` (text or binary frame).
+    Frame(Bytes),
+    /// Nothing within the wait.
+    TimedOut,
+    /// The session is over (closed, failed, or the shard drains: closed with 1001).
+    Over,
+}
+
+/// How long a session waits for its next frame after a turn before it rebuilds its client
+/// WebSocket. A session in an agent loop (tool output, next request) sends it sooner and keeps
+/// its buffers; one waiting for a human gives them back.
+const REST_AFTER: Duration = Duration::from_secs(1);
 
 /// How serving ended.
 enum Served {
@@ -70,15 +101,24 @@ enum Served {
     Closed,
     /// The first frame chains to a response whose connection is on shard `.0`.
     HandOff(usize),
+    /// No frame came within [`REST_AFTER`] of a turn and the client WebSocket holds no unread
+    /// bytes: it may be rebuilt.
+    Rested,
 }
 
 /// Read chunk of a client WebSocket. tungstenite's default (128 KiB) made an idle session cost
-/// ~180 KiB; 16 KiB brings it near 30 KiB (`perf/README.md`), and larger messages are still read
-/// whole, in more reads.
+/// ~180 KiB; with 16 KiB an idle session holds ~22 KiB of heap (`perf/README.md`), and larger
+/// messages are still read whole, in more reads.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// The client WebSocket over `stream`, with the server's message limits.
 pub async fn client_ws(shard: &Shard, stream: PrefixedStream<TcpStream>) -> ClientWs {
+    ws_over(shard, FrameEdge::new(stream)).await
+}
+
+/// The client WebSocket over a stream already in use (between two messages), with fresh
+/// buffers.
+async fn ws_over(shard: &Shard, stream: FrameEdge<PrefixedStream<TcpStream>>) -> ClientWs {
     let limit = shard.config.server.max_message_bytes;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -99,6 +139,7 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
         shard: shard.clone(),
         client,
         handed_in: true,
+        wait: Wait::First,
     };
     session.run().await;
     shard.close_session(&key_id);
@@ -117,17 +158,31 @@ impl Session {
             shard,
             client,
             handed_in: false,
+            wait: Wait::First,
         }
     }
 
     /// Runs the session to its end (here, or on the shard its first frame's chain lives on).
     /// The upstream connection goes back to the pool only if the last turn ended cleanly.
+    ///
+    /// A session idle after a turn rebuilds its client WebSocket ([`REST_AFTER`]): the read
+    /// buffer grew to the largest frame of the turn (a 30 KiB Codex frame: 46 KiB) and the
+    /// write buffer to the largest batch of events, and an idle session would hold both.
     pub async fn run(mut self) {
         loop {
             match self.serve().await {
                 Served::Closed => {
                     self.driver.release();
                     return;
+                }
+                Served::Rested => {
+                    if self.client.flush().await.is_err() {
+                        self.driver.release();
+                        return;
+                    }
+                    let stream = self.client.into_inner();
+                    // Boxed so that building the WebSocket is not part of the session's future.
+                    self.client = Box::pin(ws_over(&self.shard, stream)).await;
                 }
                 // Boxed: rare, and inline its future would be part of every session task.
                 Served::HandOff(to) => match Box::pin(self.hand_off(to)).await {
@@ -154,7 +209,7 @@ impl Session {
             identity: driver.identity().clone(),
             forward: driver.forward().to_vec(),
         };
-        let (prefix, stream) = client.into_inner().into_parts();
+        let (prefix, stream) = client.into_inner().into_inner().into_parts();
         let back = match HandedConn::new(stream, prefix, meta) {
             Ok(conn) => match handoff.send(to, conn) {
                 Ok(()) => {
@@ -187,6 +242,7 @@ impl Session {
             client,
             driver,
             handed_in: true,
+            wait: Wait::First,
         }))
     }
 
@@ -207,10 +263,39 @@ impl Session {
     async fn serve(&mut self) -> Served {
         let cfg = &self.shard.config.server;
         let (first_wait, idle_wait) = (cfg.first_message_timeout, cfg.idle_timeout);
-        let mut first = true;
+        let rest = REST_AFTER.min(idle_wait);
         loop {
-            let Some(frame) = self.read_frame(first, first_wait, idle_wait).await else {
-                return Served::Closed;
+            let first = matches!(self.wait, Wait::First);
+            let frame = match self.wait {
+                Wait::First => match self.read_frame(first_wait).await {
+                    Next::Frame(f) => f,
+                    Next::TimedOut => {
+                        let reason = "missing first response.create message";
+                        close_with(&mut self.client, CloseCode::Policy, reason).await;
+                        return Served::Closed;
+                    }
+                    Next::Over => return Served::Closed,
+                },
+                Wait::AfterTurn => match self.read_frame(rest).await {
+                    Next::Frame(f) => f,
+                    Next::TimedOut => {
+                        self.wait = Wait::Idle;
+                        if self.client.get_ref().at_message_edge() {
+                            return Served::Rested;
+                        }
+                        continue;
+                    }
+                    Next::Over => return Served::Closed,
+                },
+                Wait::Idle => match self.read_frame(idle_wait.saturating_sub(rest)).await {
+                    Next::Frame(f) => f,
+                    Next::TimedOut => {
+                        let reason = "websocket idle timeout";
+                        close_with(&mut self.client, CloseCode::Normal, reason).await;
+                        return Served::Closed;
+                    }
+                    Next::Over => return Served::Closed,
+                },
             };
             if self.shard.is_draining() {
                 self.refuse_draining().await;
@@ -222,9 +307,9 @@ impl Session {
                     return Served::HandOff(to);
                 }
                 // The session stays here: the socket's bytes need not be kept any more.
-                self.client.get_mut().stop_recording();
+                self.client.get_mut().get_mut().stop_recording();
             }
-            first = false;
+            self.wait = Wait::AfterTurn;
             let mut next = Some(frame);
             while let Some(frame) = next.take() {
                 if self.shard.is_draining() {
@@ -255,15 +340,8 @@ impl Session {
         }
     }
 
-    /// The client's next `response.create` (text or binary frame); `None` when the session is
-    /// over (closed, timed out, failed).
-    async fn read_frame(
-        &mut self,
-        first: bool,
-        first_wait: std::time::Duration,
-        idle_wait: std::time::Duration,
-    ) -> Option<Bytes> {
-        let wait = if first { first_wait } else { idle_wait };
+    /// The client's next `response.create` (text or binary frame) within `wait`.
+    async fn read_frame(&mut self, wait: Duration) -> Next {
         let shard = self.shard.clone();
         loop {
             let next = futures_lite::future::or(
@@ -276,38 +354,21 @@ impl Session {
             .await;
             let Some(next) = next else {
                 close_with(&mut self.client, CloseCode::Away, "going away").await;
-                return None;
+                return Next::Over;
             };
             let msg = match next {
-                None if first => {
-                    close_with(
-                        &mut self.client,
-                        CloseCode::Policy,
-                        "missing first response.create message",
-                    )
-                    .await;
-                    return None;
-                }
-                None => {
-                    close_with(
-                        &mut self.client,
-                        CloseCode::Normal,
-                        "websocket idle timeout",
-                    )
-                    .await;
-                    return None;
-                }
-                Some(None) => return None,
+                None => return Next::TimedOut,
+                Some(None) => return Next::Over,
                 Some(Some(Err(e))) => {
                     on_client_error(&mut self.client, &self.shard.counters, e).await;
-                    return None;
+                    return Next::Over;
                 }
                 Some(Some(Ok(msg))) => msg,
             };
             match msg {
-                Message::Text(t) => return Some(Bytes::from(t)),
-                Message::Binary(b) => return Some(b),
-                Message::Close(_) => return None,
+                Message::Text(t) => return Next::Frame(Bytes::from(t)),
+                Message::Binary(b) => return Next::Frame(b),
+                Message::Close(_) => return Next::Over,
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             }
         }
@@ -381,7 +442,7 @@ async fn close_with(client: &mut ClientWs, code: CloseCode, reason: &str) {
         code,
         reason: reason.into(),
     };
-    let _ = runtime::timeout(std::time::Duration::from_secs(1), client.close(Some(frame))).await;
+    let _ = runtime::timeout(Duration::from_secs(1), client.close(Some(frame))).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,272 @@
+//! Reads of a client WebSocket byte stream cut at frame ends.
+//!
+//! A WebSocket reader keeps its receive buffer at the size of the largest frame it read (a
+//! 30 KiB Codex `response.create` grows it from 16 KiB to 46 KiB) and its send buffer at the
+//! size of the largest batch it wrote, for the connection's whole life. It cannot be shrunk,
+//! only rebuilt, and a rebuild is safe only when the reader holds no bytes it has not
+//! processed. [`FrameEdge`] makes that knowable: no read it serves crosses the end of a frame,
+//! so once the reader has returned a message it holds nothing, and [`FrameEdge::at_message_edge`]
+//! says when the stream is between messages. Bytes read past a frame end wait here (a `Vec`
+//! allocated only then, freed once given out).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+
+/// A stream whose reads stop at every WebSocket frame end; writes go straight through.
+pub struct FrameEdge<S> {
+    inner: S,
+    /// Bytes read past a frame end, served before `inner` is read again.
+    held: Vec<u8>,
+    /// How much of `held` was served.
+    held_at: usize,
+    scan: FrameScan,
+}
+
+impl<S> FrameEdge<S> {
+    /// Wraps a stream positioned at the start of a frame (right after the upgrade).
+    pub fn new(inner: S) -> Self {
+        FrameEdge {
+            inner,
+            held: Vec::new(),
+            held_at: 0,
+            scan: FrameScan::default(),
+        }
+    }
+
+    /// `true` when every frame served so far is complete and none of them left a fragmented
+    /// message open: a reader that processed everything it was served holds nothing.
+    pub fn at_message_edge(&self) -> bool {
+        self.scan.at_frame_start() && !self.scan.mid_message
+    }
+
+    /// The wrapped stream, to change it.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped stream. Bytes held past a frame end are dropped: only for a stream whose
+    /// lower layer can replay them (a recording `PrefixedStream`, when a session is handed to
+    /// another shard).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FrameEdge<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.held_at < this.held.len() {
+            let n = buf.len().min(this.held.len() - this.held_at);
+            buf[..n].copy_from_slice(&this.held[this.held_at..this.held_at + n]);
+            let served = this.scan.advance(&buf[..n]);
+            this.held_at += served;
+            if this.held_at == this.held.len() {
+                this.held = Vec::new();
+                this.held_at = 0;
+            }
+            return Poll::Ready(Ok(served));
+        }
+        let n = match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        let served = this.scan.advance(&buf[..n]);
+        if served < n {
+            this.held.extend_from_slice(&buf[served..n]);
+        }
+        Poll::Ready(Ok(served))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FrameEdge<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// Longest frame header: 2 bytes, an 8-byte extended length, a 4-byte mask.
+const MAX_HEADER: usize = 14;
+
+/// Where a byte stream is within WebSocket framing (RFC 6455 §5.2).
+#[derive(Debug, Default)]
+struct FrameScan {
+    /// The current frame's header bytes seen so far.
+    header: [u8; MAX_HEADER],
+    header_len: usize,
+    /// Payload bytes of the current frame not seen yet (its header is complete when non-zero).
+    payload_left: u64,
+    /// The last data frame had FIN clear: a fragmented message is open.
+    mid_message: bool,
+}
+
+impl FrameScan {
+    fn at_frame_start(&self) -> bool {
+        self.header_len == 0 && self.payload_left == 0
+    }
+
+    /// How many of `bytes` (which follow what was seen so far) belong to the current frame,
+    /// up to and including its end; at least one when `bytes` is not empty.
+    fn advance(&mut self, bytes: &[u8]) -> usize {
+        let mut used = 0;
+        while used < bytes.len() {
+            if self.payload_left > 0 {
+                let n = (bytes.len() - used)
+                    .min(usize::try_from(self.payload_left).unwrap_or(usize::MAX));
+                used += n;
+                self.payload_left -= n as u64;
+                if self.payload_left == 0 {
+                    return used;
+                }
+                continue;
+            }
+            self.header[self.header_len] = bytes[used];
+            self.header_len += 1;
+            used += 1;
+            if let Some(payload) = self.header_complete() {
+                self.header_len = 0;
+                let (fin, opcode) = (self.header[0] & 0x80 != 0, self.header[0] & 0x0f);
+                if opcode < 8 {
+                    self.mid_message = !fin;
+                }
+                if payload == 0 {
+                    return used;
+                }
+                self.payload_left = payload;
+            }
+        }
+        used
+    }
+
+    /// The payload length once the whole header was seen.
+    fn header_complete(&self) -> Option<u64> {
+        let h = &self.header[..self.header_len];
+        if h.len() < 2 {
+            return None;
+        }
+        let mask = if h[1] & 0x80 != 0 { 4 } else { 0 };
+        let (ext, len7) = match h[1] & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        if h.len() < 2 + ext + mask {
+            return None;
+        }
+        Some(len7.unwrap_or_else(|| {
+            h[2..2 + ext]
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::AsyncReadExt;
+
+    /// A masked client frame: FIN as given, opcode, payload (zero mask).
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn reads_stop_at_each_frame_end_and_hold_the_rest() {
+        futures_lite::future::block_on(async {
+            let big = vec![b'x'; 70_000];
+            let frames = [
+                frame(true, 1, b"first"),
+                frame(true, 9, b""),
+                frame(true, 2, &big),
+                frame(true, 1, &[b'y'; 300]),
+            ];
+            let wire: Vec<u8> = frames.concat();
+            let mut edge = FrameEdge::new(wire.as_slice());
+            let mut buf = vec![0u8; 200_000];
+            for f in &frames {
+                let mut got = 0;
+                while got < f.len() {
+                    let n = edge.read(&mut buf[got..]).await.unwrap();
+                    assert!(n > 0);
+                    got += n;
+                    assert_eq!(
+                        edge.at_message_edge(),
+                        got == f.len(),
+                        "frame of {}",
+                        f.len()
+                    );
+                }
+                assert_eq!(got, f.len(), "a read crossed a frame end");
+                assert_eq!(&buf[..got], f.as_slice());
+            }
+            assert_eq!(edge.read(&mut buf).await.unwrap(), 0);
+            assert!(
+                edge.held.capacity() == 0,
+                "held bytes are freed once served"
+            );
+        });
+    }
+
+    #[test]
+    fn headers_split_over_reads_and_fragmented_messages_are_tracked() {
+        futures_lite::future::block_on(async {
+            let wire = [
+                frame(false, 1, b"frag-"),
+                frame(true, 9, b"ping"),
+                frame(true, 0, b"end"),
+            ]
+            .concat();
+            let mut edge = FrameEdge::new(wire.as_slice());
+            let mut one = [0u8; 1];
+            let mut edges = Vec::new();
+            for _ in 0..wire.len() {
+                assert_eq!(edge.read(&mut one).await.unwrap(), 1);
+                edges.push(edge.at_message_edge());
+            }
+            // Only the end of the last frame closes the fragmented message.
+            assert_eq!(edges.iter().filter(|e| **e).count(), 1);
+            assert_eq!(edges.last(), Some(&true));
+        });
+    }
+}
