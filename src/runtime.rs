@@ -76,14 +76,17 @@ pub fn spawn_contained<F>(fut: F, on_panic: impl FnOnce() + 'static)
 where
     F: Future<Output = ()> + 'static,
 {
-    spawn_local(async move {
-        if futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut))
-            .await
-            .is_err()
-        {
-            on_panic();
-        }
-    });
+    use futures_util::FutureExt;
+    // Combinators, not an async block: a block would store `fut` twice (as captured and as
+    // awaited), doubling every connection task's size.
+    let task = std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .map(move |outcome| {
+            if outcome.is_err() {
+                on_panic();
+            }
+        });
+    spawn_local(task);
 }
 
 /// Spawns a task on the current shard and returns a handle to await its result.
