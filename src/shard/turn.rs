@@ -403,7 +403,10 @@ impl Driver {
                     if let Some(ttft) = ttft {
                         metrics.record(Hist::ClientTtft, ttft);
                     }
-                    tracing::info!(
+                    // Debug, not info: the usage record below carries the same facts for every
+                    // turn, and at info this line cost each turn its formatting and a blocking
+                    // write to stderr on the shard thread.
+                    tracing::debug!(
                         key_id = %self.identity.key_id,
                         group = %self.identity.group,
                         account = %pool.account.config.id,
@@ -709,7 +712,7 @@ impl Driver {
     ) -> TurnEnd {
         bump(&self.shard.counters.warmups_answered);
         let id = warmup::new_id();
-        tracing::info!(
+        tracing::debug!(
             key_id = %self.identity.key_id,
             account = %pool.account.config.id,
             response_id = %id,
