@@ -26,8 +26,9 @@ use crate::usage::UsageRecord;
 /// queue: a blocked receiver would turn every shard `try_send` into a futex wake-up (a syscall on
 /// the shard's per-turn path, two messages per turn) and a context switch here. Polling costs
 /// one wake-up per interval however many messages arrived, at the price of up to this much delay
-/// for a usage record or a state lookup (lookups have a 250 ms deadline).
-const BUSY_POLL: Duration = Duration::from_millis(1);
+/// for a usage record or a state write. A state lookup, which a turn waits for, wakes the thread
+/// at once ([`ControlHandle::ask`]).
+const BUSY_POLL: Duration = Duration::from_millis(5);
 
 /// The longest poll interval once the queue has been empty for a while.
 const IDLE_POLL: Duration = Duration::from_millis(16);
@@ -68,11 +69,13 @@ pub enum ControlError {
 pub struct ControlHandle {
     tx: Sender<ShardMsg>,
     state_stats: Arc<StateStats>,
+    thread: std::thread::Thread,
 }
 
 impl ControlHandle {
     /// Queues `msg` without waiting; `false` when the queue is full or the control thread is
-    /// gone (the caller counts the drop in its shard's `control_queue_drops`).
+    /// gone (the caller counts the drop in its shard's `control_queue_drops`). The thread picks
+    /// it up on its next poll.
     pub fn send(&self, msg: ShardMsg) -> bool {
         self.tx.try_send(msg).is_ok()
     }
@@ -86,6 +89,17 @@ impl ControlHandle {
                 ShardMsg::Usage(record) => record,
                 _ => unreachable!("try_send hands back the message it was given"),
             })
+    }
+
+    /// Queues a message someone waits for (a state lookup) and wakes the control thread so it
+    /// is answered now rather than on the next poll. One wake-up (a syscall) per call: for
+    /// lookups, which are rare, not for the writes every turn makes.
+    pub fn ask(&self, msg: ShardMsg) -> bool {
+        let queued = self.send(msg);
+        if queued {
+            self.thread.unpark();
+        }
+        queued
     }
 
     /// The state store's health counters (Redis errors, fallbacks), for stats.
@@ -126,7 +140,11 @@ impl ControlThread {
             .name("control".into())
             .spawn(move || control.run(rx, stop_rx))
             .map_err(ControlError::Thread)?;
-        let handle = ControlHandle { tx, state_stats };
+        let handle = ControlHandle {
+            tx,
+            state_stats,
+            thread: thread.thread().clone(),
+        };
         Ok((
             handle,
             ControlThread {
@@ -152,6 +170,7 @@ impl ControlThread {
             let _ = stop.send(());
         }
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
         self.stats.stop();
@@ -202,7 +221,8 @@ impl Control {
             } else {
                 (poll * 2).min(IDLE_POLL)
             };
-            std::thread::sleep(poll.min(next_tick.saturating_duration_since(now)));
+            // Woken early by `ControlHandle::ask` (or spuriously): the loop just drains again.
+            std::thread::park_timeout(poll.min(next_tick.saturating_duration_since(now)));
         }
         // Whatever the shards queued before they stopped is still written.
         while let Ok(msg) = rx.try_recv() {
@@ -243,6 +263,7 @@ mod tests {
         let handle = ControlHandle {
             tx,
             state_stats: Arc::default(),
+            thread: std::thread::current(),
         };
         let record = |id: &str| Box::new(UsageRecord::sample(id));
         assert!(handle.offer_usage(record("resp_1")).is_ok());

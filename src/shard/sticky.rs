@@ -282,7 +282,7 @@ impl Sticky {
         msg: impl FnOnce(oneshot::Sender<Option<T>>) -> StateMsg,
     ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
-        if !self.control.send(ShardMsg::State(msg(tx))) {
+        if !self.control.ask(ShardMsg::State(msg(tx))) {
             bump(&counters.control_queue_drops);
             counters.bump_labeled(FAMILY, "queue_full");
             return None;

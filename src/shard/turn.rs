@@ -402,6 +402,8 @@ impl Driver {
                     if let Some(ttft) = ttft {
                         metrics.record(Hist::ClientTtft, ttft);
                     }
+                    // One line per turn at info (operators grep it); the write itself happens on
+                    // the log writer thread, not here (`logging::init`).
                     tracing::info!(
                         key_id = %self.identity.key_id,
                         group = %self.identity.group,
