@@ -14,24 +14,32 @@ use crate::config::LogConfig;
 /// tungstenite traces the whole upgrade request it sends upstream, `Authorization` included.
 const SECRET_SAFE_CAPS: &[&str] = &["tungstenite::handshake::client=debug"];
 
+/// Keeps the log writer thread running; dropping it flushes the lines still queued (hold it
+/// until the process exits).
+pub type LogGuard = Option<tracing_appender::non_blocking::WorkerGuard>;
+
 /// Installs the global tracing subscriber: text or JSON lines on stderr, `RUST_LOG` overriding
-/// the configured level (except [`SECRET_SAFE_CAPS`]). Does nothing when one is already
-/// installed (tests).
-pub fn init(log: &LogConfig) {
+/// the configured level (except [`SECRET_SAFE_CAPS`]). Lines are written by a dedicated thread,
+/// so a shard never blocks on stderr (a slow log pipe delays lines, not turns; past 128k queued
+/// lines new ones are dropped rather than stalling the shards). Does nothing when a subscriber is
+/// already installed (tests).
+pub fn init(log: &LogConfig) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
     let filter = SECRET_SAFE_CAPS
         .iter()
         .filter_map(|cap| cap.parse().ok())
         .fold(filter, tracing_subscriber::EnvFilter::add_directive);
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if log.json {
+        .with_writer(writer);
+    let installed = if log.json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+    installed.ok().map(|()| guard)
 }
 
 /// The process-wide origin of [`RateLimit`] clocks.

@@ -102,7 +102,7 @@ fn demo(listen: &str) -> anyhow::Result<()> {
 
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path` (the live settings only).
 fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
-    shardgate::logging::init(&config.log);
+    let _log_guard = shardgate::logging::init(&config.log);
     let drain = config.server.drain_timeout;
     let shards = config.server.shards;
     let accounts = config.accounts.len();

@@ -4,7 +4,6 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -31,20 +30,8 @@ fn the_offline_demo_serves_a_turn_and_records_its_usage() {
     );
     drop(client);
 
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(demo.child.id() as i32, libc::SIGTERM) },
-        0
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = demo.child.try_wait().expect("wait") {
-            assert!(status.success(), "demo exits cleanly on SIGTERM: {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "demo did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = demo.terminate();
+    assert!(status.success(), "demo exits cleanly on SIGTERM: {status}");
     let usage =
         std::fs::read_to_string(tmp.join("shardgate-demo-usage.jsonl")).expect("usage file");
     assert_eq!(usage.lines().count(), 1, "{usage}");

@@ -52,11 +52,7 @@ fn next_turn_went_http(client: &mut Client, up: &MockHandle) -> bool {
 /// Rewrites the config file, sends SIGHUP and waits until a turn goes over the expected transport.
 fn reload_until(served: &Served, text: &str, client: &mut Client, up: &MockHandle, http: bool) {
     std::fs::write(&served.config_path, text).expect("rewrite config");
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) },
-        0
-    );
+    served.signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(5);
     while next_turn_went_http(client, up) != http {
         assert!(
@@ -109,19 +105,11 @@ fn sighup_flips_the_transport_switches_of_a_running_session() {
         config_text(&url, false, "ws", &["a0", "a1"]),
     )
     .unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) },
-        0
-    );
+    served.signal(libc::SIGHUP);
     // And a file that does not parse is refused too.
     std::thread::sleep(Duration::from_millis(200));
     std::fs::write(&served.config_path, "[server\nbroken").unwrap();
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) },
-        0
-    );
+    served.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(200));
     for _ in 0..3 {
         assert!(
@@ -156,11 +144,7 @@ fn sighup_replaces_client_keys_for_new_connections_and_open_sessions_go_on() {
         keyed_config_text(&url, false, "ws", &["a0"], &["sk-gw-added"]),
     )
     .unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) },
-        0
-    );
+    served.signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut added = loop {
         if let Ok(c) = connect_with_key(served.addr, "sk-gw-added") {

@@ -83,18 +83,15 @@ fn no_key_reaches_the_log_or_a_client_even_at_trace_level() {
         config_text(&a.base_url(), &b.base_url()).replace(CLIENT_SECRET, "sk-gw-rotated-eeee"),
     )
     .unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) },
-        0
-    );
+    served.signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(5);
     while connect_with_key(served.addr, "sk-gw-rotated-eeee").is_err() {
         assert!(Instant::now() < deadline, "reload not applied");
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(client);
-    drop(served);
+    let mut served = served;
+    assert!(served.terminate().success());
 
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(

@@ -408,11 +408,7 @@ fn sigterm_drains_in_flight_turns_and_records_every_completed_one() {
         .collect();
     std::thread::sleep(Duration::from_millis(1_000));
     signalled.store(true, Ordering::SeqCst);
-    // SAFETY: signalling our own child process.
-    assert_eq!(
-        unsafe { libc::kill(served.child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    served.signal(libc::SIGTERM);
     let mut completed = vec![];
     let mut finished_after_signal = 0;
     for c in clients {

@@ -496,6 +496,28 @@ pub fn start_binary_logging(
     }
 }
 
+impl Served {
+    /// Sends `signal` to the gateway (SIGHUP to reload, SIGTERM to stop).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Stops the gateway with SIGTERM and waits (up to 10 s) for it to exit: it drains, flushes
+    /// its usage records and its log.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "gateway did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Served {
     /// A failed test does not leave its gateway running.
     fn drop(&mut self) {
