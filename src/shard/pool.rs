@@ -377,6 +377,22 @@ impl Lease {
         &self.pool
     }
 
+    /// Rebuilds the connection's WebSocket with fresh buffers when that gives memory back
+    /// ([`UpstreamConn::can_rest`]): for a session holding its connection between turns that
+    /// has been idle a while, never per turn.
+    pub async fn rest(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if !conn.can_rest().await {
+            return;
+        }
+        // `rested` completes at its first poll: the connection is back before anything else runs.
+        if let Some(conn) = self.conn.take() {
+            self.conn = Some(conn.rested().await);
+        }
+    }
+
     /// Returns a connection known to be clean (last turn ended with a terminal event).
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {

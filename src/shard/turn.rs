@@ -228,6 +228,14 @@ impl Driver {
         }
     }
 
+    /// Lets the held upstream connection give back the buffers its turns grew, for a session
+    /// idle between turns ([`Lease::rest`]).
+    pub async fn rest(&mut self) {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.rest().await;
+        }
+    }
+
     fn drop_lease(&mut self) {
         if let Some(lease) = self.lease.take() {
             lease.discard();

@@ -3,13 +3,14 @@
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::handshake::client::generate_key;
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::tungstenite::Error as WsError;
 use async_tungstenite::WebSocketStream;
+use futures_util::SinkExt;
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::config::UpstreamConfig;
-use crate::net::UpstreamStream;
+use crate::net::{FrameEdge, UpstreamStream};
 use crate::runtime;
 
 use super::account::AccountRuntime;
@@ -48,6 +49,14 @@ pub enum DialError {
     Handshake(String),
 }
 
+/// An upstream WebSocket, over a stream read in frames ([`FrameEdge`]) so that it can be rebuilt
+/// with fresh buffers when its connection rests ([`UpstreamConn::rest`]).
+pub type UpstreamWs = WebSocketStream<FrameEdge<UpstreamStream>>;
+
+/// How long a resting connection may take to flush what it has queued (a pong) before it is
+/// rebuilt; past it the connection is kept as it is.
+const REST_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
 /// One upstream WebSocket connection.
 pub struct UpstreamConn {
     /// Shard-local id, for logs and tests.
@@ -55,19 +64,49 @@ pub struct UpstreamConn {
     /// Index of the account it belongs to.
     pub account: usize,
     /// The WebSocket.
-    pub ws: WebSocketStream<UpstreamStream>,
+    pub ws: UpstreamWs,
     /// When it was opened; connections are retired before upstream's 60-minute limit.
     pub born: Instant,
     /// Turns it has carried.
     pub turns: u64,
     /// How long the dial took (TCP, TLS, upgrade), recorded once when first leased.
     pub dial_time: Duration,
+    /// `turns` when the WebSocket was last built: it has not grown since when they are equal.
+    built_at_turn: u64,
 }
 
 impl UpstreamConn {
     /// `true` when the connection is too old to start another turn on.
     pub fn is_expired(&self, max_age: Duration) -> bool {
         self.born.elapsed() >= max_age
+    }
+
+    /// Whether resting would give buffers back: the connection carried a turn since its
+    /// WebSocket was built, whose queued writes are flushed and which holds no partly read
+    /// frame or message. tungstenite keeps its read buffer at the largest batch of events read
+    /// and its write buffer at the largest frame sent (30 KiB after a Codex `response.create`)
+    /// for the connection's life, and cannot shrink them.
+    pub async fn can_rest(&mut self) -> bool {
+        if self.turns == self.built_at_turn {
+            return false;
+        }
+        let flushed = runtime::timeout(REST_FLUSH_LIMIT, self.ws.flush()).await;
+        matches!(flushed, Some(Ok(()))) && self.ws.get_ref().at_message_edge()
+    }
+
+    /// The connection with its WebSocket rebuilt over the same stream, with fresh buffers, for
+    /// a connection [`UpstreamConn::can_rest`] said may. Not awaited on a busy connection: the
+    /// rebuild allocates a new read buffer. Completes without waiting (nothing is read or
+    /// written), so it cannot be cancelled halfway.
+    pub async fn rested(self) -> UpstreamConn {
+        let config = *self.ws.get_config();
+        let mut stream = self.ws.into_inner();
+        stream.release();
+        UpstreamConn {
+            ws: WebSocketStream::from_raw_socket(stream, Role::Client, Some(config)).await,
+            built_at_turn: self.turns,
+            ..self
+        }
     }
 }
 
@@ -93,7 +132,7 @@ pub async fn dial(
     let started = Instant::now();
     let tcp = connect_tcp(account, cfg).await?;
     let handshake = async {
-        let stream = wrap_tls(account, tcp).await?;
+        let stream = FrameEdge::after_http_head(wrap_tls(account, tcp).await?);
         let request = handshake_request(account, forward)?;
         async_tungstenite::client_async_with_config(
             request,
@@ -113,6 +152,7 @@ pub async fn dial(
         born: Instant::now(),
         turns: 0,
         dial_time: started.elapsed(),
+        built_at_turn: 0,
     })
 }
 
