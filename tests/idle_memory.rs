@@ -79,6 +79,15 @@ const MAX_PER_RESTED_SESSION: i64 = 28 * 1024;
 /// at the frame's size and its read buffer at the largest batch of events read: ~88 KiB.
 const MAX_PER_RESTED_CHAINED_SESSION: i64 = 48 * 1024;
 
+/// Most heap bytes an idle pooled upstream connection holds once it rested after a 30 KB turn:
+/// the WebSocket's fresh 16 KiB read buffer, the connection and its socket (~2 KiB measured),
+/// with some room. Without the rest it kept its write buffer at the frame's size and its read
+/// buffer at the largest batch of events read: ~50 KiB.
+const MAX_PER_RESTED_POOLED_CONN: i64 = 24 * 1024;
+
+/// Upstream connections left idle in the pool for the reading.
+const POOLED: usize = 32;
+
 /// A masked client text frame (zero mask: the payload goes as is).
 fn text_frame(payload: &str) -> Vec<u8> {
     let mut frame = vec![0x81u8];
@@ -450,5 +459,56 @@ fn a_chain_continues_on_its_upstream_connection_after_it_rested() {
         .ws
         .send(shardgate::tungstenite::Message::Close(None))
         .is_ok());
+    gw.stop();
+}
+
+#[test]
+fn an_idle_pooled_upstream_connection_gives_back_its_buffers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = MockProcess::start();
+    let gw = gateway(chained_config(&up.base_url()));
+    let addr = gw.addr();
+    let request = format!(
+        "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-pooled\r\n\r\n"
+    );
+    let frame = text_frame(&create("gpt-5", &"x".repeat(30_000), false, None));
+    // One session grows the shard's maps and leaves one rested connection in the pool.
+    let mut warm = open_idle(addr, request.as_bytes());
+    run_turn(&mut warm, &frame);
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(1300));
+
+    let before = LIVE.load(Ordering::SeqCst);
+    // Each session keeps its store=false connection leased (so each dials its own), then
+    // starts a frame it never finishes: its client side is mid-frame, so the session never
+    // rests, and its connection reaches the pool with the buffers its turn grew.
+    let mut sessions = Vec::with_capacity(POOLED);
+    for _ in 0..POOLED {
+        let mut s = open_idle(addr, request.as_bytes());
+        run_turn(&mut s, &frame);
+        s.write_all(&[0x81]).expect("half a frame header");
+        sessions.push(s);
+    }
+    drop(sessions);
+    // The sessions end and give their connections back; the pool rests them 1 s later.
+    std::thread::sleep(Duration::from_millis(1600));
+    let after = LIVE.load(Ordering::SeqCst);
+
+    let per_conn = (after - before) / (POOLED - 1) as i64;
+    eprintln!("heap held per idle pooled upstream connection: {per_conn} bytes");
+    assert!(
+        per_conn >= READ_BUFFER,
+        "{per_conn} bytes per connection: less than the read buffer, the connections were not \
+         in the pool"
+    );
+    assert!(
+        per_conn <= MAX_PER_RESTED_POOLED_CONN,
+        "an idle pooled upstream connection holds {per_conn} bytes of heap (bound \
+         {MAX_PER_RESTED_POOLED_CONN}): does the pool still rest its idle connections?"
+    );
+    // A rested connection carries the next turn.
+    let mut next = open_idle(addr, request.as_bytes());
+    run_turn(&mut next, &frame);
+    drop(next);
     gw.stop();
 }

@@ -6,7 +6,7 @@ use async_tungstenite::tungstenite::handshake::client::generate_key;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::tungstenite::Error as WsError;
 use async_tungstenite::WebSocketStream;
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::config::UpstreamConfig;
@@ -71,6 +71,8 @@ pub struct UpstreamConn {
     pub turns: u64,
     /// How long the dial took (TCP, TLS, upgrade), recorded once when first leased.
     pub dial_time: Duration,
+    /// When it last went onto its pool's idle stack.
+    pub idle_since: Instant,
     /// `turns` when the WebSocket was last built: it has not grown since when they are equal.
     built_at_turn: u64,
 }
@@ -87,7 +89,7 @@ impl UpstreamConn {
     /// and its write buffer at the largest frame sent (30 KiB after a Codex `response.create`)
     /// for the connection's life, and cannot shrink them.
     pub async fn can_rest(&mut self) -> bool {
-        if self.turns == self.built_at_turn {
+        if !self.grown() {
             return false;
         }
         let flushed = runtime::timeout(REST_FLUSH_LIMIT, self.ws.flush()).await;
@@ -96,7 +98,7 @@ impl UpstreamConn {
 
     /// The connection with its WebSocket rebuilt over the same stream, with fresh buffers, for
     /// a connection [`UpstreamConn::can_rest`] said may. Not awaited on a busy connection: the
-    /// rebuild allocates a new read buffer. Completes without waiting (nothing is read or
+    /// rebuild allocates a new read buffer. Completes at its first poll (nothing is read or
     /// written), so it cannot be cancelled halfway.
     pub async fn rested(self) -> UpstreamConn {
         let config = *self.ws.get_config();
@@ -107,6 +109,26 @@ impl UpstreamConn {
             built_at_turn: self.turns,
             ..self
         }
+    }
+
+    /// Rests an idle pooled connection without waiting: as [`UpstreamConn::can_rest`] then
+    /// [`UpstreamConn::rested`], except that a flush that cannot complete at once leaves the
+    /// connection as it is. `None` only if the rebuild did not complete at its first poll
+    /// (it always does): the connection is then closed.
+    pub fn rest_now(mut self) -> Option<UpstreamConn> {
+        if !self.grown() {
+            return Some(self);
+        }
+        let flushed = self.ws.flush().now_or_never();
+        if !matches!(flushed, Some(Ok(()))) || !self.ws.get_ref().at_message_edge() {
+            return Some(self);
+        }
+        self.rested().now_or_never()
+    }
+
+    /// `true` when a turn ran since the WebSocket was built: its buffers may have grown.
+    pub fn grown(&self) -> bool {
+        self.turns != self.built_at_turn
     }
 }
 
@@ -145,11 +167,13 @@ pub async fn dial(
     let (ws, _response) = runtime::timeout(cfg.handshake_timeout, handshake)
         .await
         .ok_or(DialError::HandshakeTimeout)??;
+    let born = Instant::now();
     Ok(UpstreamConn {
         id,
         account: account.index,
         ws,
-        born: Instant::now(),
+        born,
+        idle_since: born,
         turns: 0,
         dial_time: started.elapsed(),
         built_at_turn: 0,
