@@ -113,17 +113,17 @@ impl UpstreamConn {
 
     /// Rests an idle pooled connection without waiting: as [`UpstreamConn::can_rest`] then
     /// [`UpstreamConn::rested`], except that a flush that cannot complete at once leaves the
-    /// connection as it is. `None` only if the rebuild did not complete at its first poll
-    /// (it always does): the connection is then closed.
+    /// connection as it is. `None` when the connection is broken (its flush failed), or if the
+    /// rebuild did not complete at its first poll (it always does): it is then closed.
     pub fn rest_now(mut self) -> Option<UpstreamConn> {
         if !self.grown() {
             return Some(self);
         }
-        let flushed = self.ws.flush().now_or_never();
-        if !matches!(flushed, Some(Ok(()))) || !self.ws.get_ref().at_message_edge() {
-            return Some(self);
+        match self.ws.flush().now_or_never() {
+            Some(Ok(())) if self.ws.get_ref().at_message_edge() => self.rested().now_or_never(),
+            Some(Err(_)) => None,
+            _ => Some(self),
         }
-        self.rested().now_or_never()
     }
 
     /// `true` when a turn ran since the WebSocket was built: its buffers may have grown.
