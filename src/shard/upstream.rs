@@ -50,7 +50,7 @@ pub enum DialError {
 }
 
 /// An upstream WebSocket, over a stream read in frames ([`FrameEdge`]) so that it can be rebuilt
-/// with fresh buffers when its connection rests ([`UpstreamConn::rest`]).
+/// with fresh buffers when its connection rests ([`UpstreamConn::rested`]).
 pub type UpstreamWs = WebSocketStream<FrameEdge<UpstreamStream>>;
 
 /// How long a resting connection may take to flush what it has queued (a pong) before it is
