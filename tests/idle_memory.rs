@@ -73,17 +73,19 @@ const MAX_PER_SESSION: i64 = 24 * 1024;
 const MAX_PER_RESTED_SESSION: i64 = 28 * 1024;
 
 /// Most heap bytes a `store=false` session holds idle after a 30 KB `response.create`, its
-/// client side and the upstream connection it keeps leased: the rested client session (above),
-/// the upstream WebSocket's fresh 16 KiB read buffer, the connection and its socket (~2 KiB
-/// measured), with some room. Without the upstream rebuild the WebSocket kept its write buffer
-/// at the frame's size and its read buffer at the largest batch of events read: ~88 KiB.
-const MAX_PER_RESTED_CHAINED_SESSION: i64 = 48 * 1024;
+/// client side and the upstream connection it keeps leased: the rested client session (above)
+/// and the connection resting without its WebSocket (its stream and a stand-in WebSocket
+/// without buffers: ~1 KiB measured), with some room. Without the rest the upstream WebSocket
+/// kept its 16 KiB read buffer, its write buffer at the frame's size and its read buffer at
+/// the largest batch of events read: ~70 KB a session.
+const MAX_PER_RESTED_CHAINED_SESSION: i64 = 30 * 1024;
 
 /// Most heap bytes an idle pooled upstream connection holds once it rested after a 30 KB turn:
-/// the WebSocket's fresh 16 KiB read buffer, the connection and its socket (~2 KiB measured),
-/// with some room. Without the rest it kept its write buffer at the frame's size and its read
-/// buffer at the largest batch of events read: ~50 KiB.
-const MAX_PER_RESTED_POOLED_CONN: i64 = 24 * 1024;
+/// its stream and a stand-in WebSocket without buffers (~2.5 KiB measured, the socket's poll
+/// source included), with some room. Without the rest it kept its 16 KiB read buffer, its
+/// write buffer at the frame's size and its read buffer at the largest batch of events read:
+/// ~50 KB.
+const MAX_PER_RESTED_POOLED_CONN: i64 = 6 * 1024;
 
 /// Upstream connections left idle in the pool for the reading.
 const POOLED: usize = 32;
@@ -361,6 +363,23 @@ impl MockProcess {
     fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// Upstream WebSocket connections the mock has open.
+    fn ws_connections_open(&self) -> u64 {
+        use sonic_rs::JsonValueTrait;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let (status, reply) = http(
+            addr,
+            "GET /_mock/stats HTTP/1.1\r\nhost: mock\r\nconnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200, "mock stats: {reply}");
+        let stats: sonic_rs::Value = sonic_rs::from_str(body_of(&reply)).expect("stats JSON");
+        // This request is one of the open connections, and not a WebSocket.
+        stats["connections_open"]
+            .as_u64()
+            .expect("connections_open")
+            - 1
+    }
 }
 
 impl Drop for MockProcess {
@@ -413,9 +432,12 @@ fn a_store_false_session_between_turns_gives_back_its_upstream_buffers_too() {
     let per_session = (after - before) / SESSIONS as i64;
     eprintln!("heap held per store=false session between turns: {per_session} bytes");
     assert!(
-        per_session >= 2 * READ_BUFFER,
-        "{per_session} bytes per session: less than the client and upstream read buffers, the \
-         sessions or their upstream connections were not open"
+        per_session >= READ_BUFFER,
+        "{per_session} bytes per session: less than the read buffer, the sessions were not open"
+    );
+    assert!(
+        up.ws_connections_open() >= (SESSIONS + 8) as u64,
+        "each session holds its own upstream connection"
     );
     assert!(
         per_session <= MAX_PER_RESTED_CHAINED_SESSION,
@@ -497,9 +519,13 @@ fn an_idle_pooled_upstream_connection_gives_back_its_buffers() {
     let per_conn = (after - before) / (POOLED - 1) as i64;
     eprintln!("heap held per idle pooled upstream connection: {per_conn} bytes");
     assert!(
-        per_conn >= READ_BUFFER,
-        "{per_conn} bytes per connection: less than the read buffer, the connections were not \
-         in the pool"
+        per_conn > 0,
+        "{per_conn} bytes per connection: the connections were not in the pool"
+    );
+    assert_eq!(
+        up.ws_connections_open(),
+        POOLED as u64,
+        "the sessions' connections stay open in the pool"
     );
     assert!(
         per_conn <= MAX_PER_RESTED_POOLED_CONN,

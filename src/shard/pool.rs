@@ -22,7 +22,7 @@ use super::http_upstream::HttpConn;
 use super::upstream::{self, DialError, UpstreamConn};
 
 /// How long a connection that carried a turn sits unused on the idle stack before it rests
-/// (its WebSocket rebuilt with fresh buffers, [`UpstreamConn::rest_now`]); a session holding
+/// (its WebSocket set aside, its buffers freed, [`UpstreamConn::rest_now`]); a session holding
 /// its connection rests it after as long (`session::REST_AFTER`). A connection in steady use is
 /// never rebuilt.
 const REST_AFTER: Duration = Duration::from_secs(1);
@@ -390,17 +390,11 @@ impl Pool {
                 continue;
             }
             let due_in = REST_AFTER.saturating_sub(conn.idle_since.elapsed());
-            let conn = if due_in.is_zero() {
-                match conn.rest_now() {
-                    Some(conn) => conn,
-                    None => {
-                        closed += 1;
-                        continue;
-                    }
-                }
-            } else {
-                conn
-            };
+            let mut conn = conn;
+            if due_in.is_zero() && !conn.rest_now() {
+                closed += 1;
+                continue;
+            }
             if conn.grown() {
                 let wait = if due_in.is_zero() { REST_AFTER } else { due_in };
                 next = Some(next.map_or(wait, |n| n.min(wait)));
@@ -453,19 +447,14 @@ impl Lease {
         &self.pool
     }
 
-    /// Rebuilds the connection's WebSocket with fresh buffers when that gives memory back
+    /// Sets the connection's WebSocket aside, its buffers freed, when that gives memory back
     /// ([`UpstreamConn::can_rest`]): for a session holding its connection between turns that
-    /// has been idle a while, never per turn.
+    /// has been idle a while, never per turn. The next turn builds it again.
     pub async fn rest(&mut self) {
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        if !conn.can_rest().await {
-            return;
-        }
-        // `rested` completes at its first poll: the connection is back before anything else runs.
-        if let Some(conn) = self.conn.take() {
-            self.conn = Some(conn.rested().await);
+        if let Some(conn) = self.conn.as_mut() {
+            if conn.can_rest().await {
+                conn.rest().await;
+            }
         }
     }
 

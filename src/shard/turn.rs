@@ -918,7 +918,7 @@ impl Driver {
                 }
             }
         };
-        let ws = &mut lease.conn().ws;
+        let ws = lease.conn().ws().await;
         // An upstream that stops reading must not hold the turn forever: the send gets the same
         // deadline as upstream silence.
         let send_limit = self.shard.config.upstream.event_timeout;

@@ -49,8 +49,9 @@ pub enum DialError {
     Handshake(String),
 }
 
-/// An upstream WebSocket, over a stream read in frames ([`FrameEdge`]) so that it can be rebuilt
-/// with fresh buffers when its connection rests ([`UpstreamConn::rested`]).
+/// An upstream WebSocket, over a stream read in frames ([`FrameEdge`]) so that it can be set
+/// aside when its connection rests and built again, with fresh buffers, at its next turn
+/// ([`UpstreamConn::rest`], [`UpstreamConn::ws`]).
 pub type UpstreamWs = WebSocketStream<FrameEdge<UpstreamStream>>;
 
 /// How long a resting connection may take to flush what it has queued (a pong) before it is
@@ -63,8 +64,11 @@ pub struct UpstreamConn {
     pub id: u64,
     /// Index of the account it belongs to.
     pub account: usize,
-    /// The WebSocket.
-    pub ws: UpstreamWs,
+    /// The WebSocket; while the connection rests, a stand-in over no stream, without buffers.
+    ws: UpstreamWs,
+    /// While the connection rests: its stream and WebSocket settings, to build the WebSocket
+    /// over again at its next turn.
+    resting: Option<(FrameEdge<UpstreamStream>, WebSocketConfig)>,
     /// When it was opened; connections are retired before upstream's 60-minute limit.
     pub born: Instant,
     /// Turns it has carried.
@@ -96,33 +100,47 @@ impl UpstreamConn {
         matches!(flushed, Some(Ok(()))) && self.ws.get_ref().at_message_edge()
     }
 
-    /// The connection with its WebSocket rebuilt over the same stream, with fresh buffers, for
-    /// a connection [`UpstreamConn::can_rest`] said may. Not awaited on a busy connection: the
-    /// rebuild allocates a new read buffer. Completes at its first poll (nothing is read or
-    /// written), so it cannot be cancelled halfway.
-    pub async fn rested(self) -> UpstreamConn {
-        let config = *self.ws.get_config();
-        let mut stream = self.ws.into_inner();
-        stream.release();
-        UpstreamConn {
-            ws: WebSocketStream::from_raw_socket(stream, Role::Client, Some(config)).await,
-            built_at_turn: self.turns,
-            ..self
+    /// The WebSocket, built again over the connection's stream first if it rests. Building
+    /// completes at its first poll (nothing is read or written).
+    pub async fn ws(&mut self) -> &mut UpstreamWs {
+        if let Some((stream, config)) = self.resting.take() {
+            self.ws = WebSocketStream::from_raw_socket(stream, Role::Client, Some(config)).await;
         }
+        &mut self.ws
+    }
+
+    /// Sets the WebSocket aside, keeping only its stream (its buffers freed), for a connection
+    /// [`UpstreamConn::can_rest`] said may: [`UpstreamConn::ws`] builds it again at the next
+    /// turn. Never on a busy connection: that build allocates a new read buffer.
+    pub async fn rest(&mut self) {
+        let config = *self.ws.get_config();
+        let no_buffers = config.read_buffer_size(0);
+        let stand_in = FrameEdge::new(UpstreamStream::Closed);
+        let stand_in = WebSocketStream::from_raw_socket(stand_in, Role::Client, Some(no_buffers));
+        // Nothing changes before this await, so an interrupted rest leaves the connection as is.
+        let stand_in = stand_in.await;
+        let mut stream = std::mem::replace(&mut self.ws, stand_in).into_inner();
+        stream.release();
+        self.resting = Some((stream, config));
+        self.built_at_turn = self.turns;
     }
 
     /// Rests an idle pooled connection without waiting: as [`UpstreamConn::can_rest`] then
-    /// [`UpstreamConn::rested`], except that a flush that cannot complete at once leaves the
-    /// connection as it is. `None` when the connection is broken (its flush failed), or if the
-    /// rebuild did not complete at its first poll (it always does): it is then closed.
-    pub fn rest_now(mut self) -> Option<UpstreamConn> {
+    /// [`UpstreamConn::rest`], except that a flush that cannot complete at once leaves the
+    /// connection as it is. `false` when the connection is broken (its flush failed): it is
+    /// to be closed.
+    pub fn rest_now(&mut self) -> bool {
         if !self.grown() {
-            return Some(self);
+            return true;
         }
         match self.ws.flush().now_or_never() {
-            Some(Ok(())) if self.ws.get_ref().at_message_edge() => self.rested().now_or_never(),
-            Some(Err(_)) => None,
-            _ => Some(self),
+            Some(Ok(())) if self.ws.get_ref().at_message_edge() => {
+                // Completes at its first poll; if it did not, nothing changed.
+                let _ = self.rest().now_or_never();
+                true
+            }
+            Some(Err(_)) => false,
+            _ => true,
         }
     }
 
@@ -176,6 +194,7 @@ pub async fn dial(
         idle_since: born,
         turns: 0,
         dial_time: started.elapsed(),
+        resting: None,
         built_at_turn: 0,
     })
 }
