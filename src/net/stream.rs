@@ -81,3 +81,20 @@ impl AsyncWrite for UpstreamStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn the_stand_in_stream_ends_reads_and_refuses_writes() {
+        futures_lite::future::block_on(async {
+            let mut closed = UpstreamStream::Closed;
+            let mut buf = [0u8; 8];
+            assert_eq!(closed.read(&mut buf).await.unwrap(), 0);
+            assert!(closed.write(b"frame").await.is_err());
+            assert!(closed.flush().await.is_ok());
+        });
+    }
+}

@@ -101,7 +101,8 @@ impl UpstreamConn {
     }
 
     /// The WebSocket, built again over the connection's stream first if it rests. Building
-    /// completes at its first poll (nothing is read or written).
+    /// completes at its first poll (nothing is read or written), so the stream taken out of
+    /// `resting` is in the new WebSocket before anything else can run.
     pub async fn ws(&mut self) -> &mut UpstreamWs {
         if let Some((stream, config)) = self.resting.take() {
             self.ws = WebSocketStream::from_raw_socket(stream, Role::Client, Some(config)).await;
