@@ -72,6 +72,24 @@ const MAX_PER_SESSION: i64 = 24 * 1024;
 /// of events: ~58 KiB.
 const MAX_PER_RESTED_SESSION: i64 = 28 * 1024;
 
+/// Most heap bytes a `store=false` session holds idle after a 30 KB `response.create`, its
+/// client side and the upstream connection it keeps leased: the rested client session (above)
+/// and the connection resting without its WebSocket (its stream and a stand-in WebSocket
+/// without buffers: ~1 KiB measured), with some room. Without the rest the upstream WebSocket
+/// kept its 16 KiB read buffer, its write buffer at the frame's size and its read buffer at
+/// the largest batch of events read: ~70 KB a session.
+const MAX_PER_RESTED_CHAINED_SESSION: i64 = 30 * 1024;
+
+/// Most heap bytes an idle pooled upstream connection holds once it rested after a 30 KB turn:
+/// its stream and a stand-in WebSocket without buffers (~2.5 KiB measured, the socket's poll
+/// source included), with some room. Without the rest it kept its 16 KiB read buffer, its
+/// write buffer at the frame's size and its read buffer at the largest batch of events read:
+/// ~50 KB.
+const MAX_PER_RESTED_POOLED_CONN: i64 = 6 * 1024;
+
+/// Upstream connections left idle in the pool for the reading.
+const POOLED: usize = 32;
+
 /// A masked client text frame (zero mask: the payload goes as is).
 fn text_frame(payload: &str) -> Vec<u8> {
     let mut frame = vec![0x81u8];
@@ -311,5 +329,212 @@ fn the_rebuild_does_not_extend_the_idle_timeout() {
         waited < Duration::from_millis(2000),
         "closed after {waited:?}"
     );
+    gw.stop();
+}
+
+/// The mock upstream in its own process: its side of every upstream connection must not count.
+struct MockProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl MockProcess {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .args(["mock-upstream", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mock binary starts");
+        let mock = MockProcess { child, port };
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return mock;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the mock upstream did not start listening on {port}");
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Upstream WebSocket connections the mock has open.
+    fn ws_connections_open(&self) -> u64 {
+        use sonic_rs::JsonValueTrait;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let (status, reply) = http(
+            addr,
+            "GET /_mock/stats HTTP/1.1\r\nhost: mock\r\nconnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200, "mock stats: {reply}");
+        let stats: sonic_rs::Value = sonic_rs::from_str(body_of(&reply)).expect("stats JSON");
+        // This request is one of the open connections, and not a WebSocket.
+        stats["connections_open"]
+            .as_u64()
+            .expect("connections_open")
+            - 1
+    }
+}
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One account with room for a leased connection per session.
+fn chained_config(base_url: &str) -> shardgate::config::Config {
+    parse_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n\
+         [[accounts]]\nid = \"acct-0\"\nbase_url = \"{base_url}\"\napi_key = \"sk-upstream-0\"\nmax_conns = {}\n",
+        SESSIONS + 16
+    ))
+}
+
+#[test]
+fn a_store_false_session_between_turns_gives_back_its_upstream_buffers_too() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = MockProcess::start();
+    let gw = gateway(chained_config(&up.base_url()));
+    let addr = gw.addr();
+    let request = format!(
+        "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-chained\r\n\r\n"
+    );
+    // store=false: each session keeps its upstream connection leased between turns.
+    let frame = text_frame(&create("gpt-5", &"x".repeat(30_000), false, None));
+    let mut held = Vec::with_capacity(SESSIONS + 8);
+    // The first sessions grow the shard's maps and the pool's; they stay open and have rested
+    // (both sides) before the first reading.
+    for _ in 0..8 {
+        let mut s = open_idle(addr, request.as_bytes());
+        run_turn(&mut s, &frame);
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+
+    let before = LIVE.load(Ordering::SeqCst);
+    for _ in 0..SESSIONS {
+        let mut s = open_idle(addr, request.as_bytes());
+        run_turn(&mut s, &frame);
+        held.push(s);
+    }
+    // Sessions rest 1 s after a turn (`session::REST_AFTER`): client and upstream side.
+    std::thread::sleep(Duration::from_millis(1300));
+    let after = LIVE.load(Ordering::SeqCst);
+
+    let per_session = (after - before) / SESSIONS as i64;
+    eprintln!("heap held per store=false session between turns: {per_session} bytes");
+    assert!(
+        per_session >= READ_BUFFER,
+        "{per_session} bytes per session: less than the read buffer, the sessions were not open"
+    );
+    assert!(
+        up.ws_connections_open() >= (SESSIONS + 8) as u64,
+        "each session holds its own upstream connection"
+    );
+    assert!(
+        per_session <= MAX_PER_RESTED_CHAINED_SESSION,
+        "a store=false session between turns holds {per_session} bytes of heap (bound \
+         {MAX_PER_RESTED_CHAINED_SESSION}): is its leased upstream WebSocket still rebuilt when \
+         the session rests?"
+    );
+    drop(held);
+    gw.stop();
+}
+
+#[test]
+fn a_chain_continues_on_its_upstream_connection_after_it_rested() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = mock();
+    let gw = gateway(config_accounts(&[up.base_url()], "", ""));
+    let mut client = connect(gw.addr());
+    let big = "y".repeat(30_000);
+    let mut previous: Option<String> = None;
+    let mut conn = None;
+    for round in 0..3 {
+        let turn = client.turn(&create("gpt-5", &big, false, previous.as_deref()));
+        assert_eq!(
+            turn.last_type(),
+            "response.completed",
+            "round {round}: {:?}",
+            turn.types()
+        );
+        let id = turn.response_id().expect("a response id");
+        let on = conn_of(&id);
+        assert!(on.is_some(), "the mock names the connection in the id");
+        if round > 0 {
+            assert_eq!(on, conn, "round {round} ran on another upstream connection");
+        }
+        conn = on;
+        previous = Some(id);
+        // Past `session::REST_AFTER`: both WebSockets are rebuilt before the next turn.
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    assert!(client
+        .ws
+        .send(shardgate::tungstenite::Message::Close(None))
+        .is_ok());
+    gw.stop();
+}
+
+#[test]
+fn an_idle_pooled_upstream_connection_gives_back_its_buffers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = MockProcess::start();
+    let gw = gateway(chained_config(&up.base_url()));
+    let addr = gw.addr();
+    let request = format!(
+        "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-pooled\r\n\r\n"
+    );
+    let frame = text_frame(&create("gpt-5", &"x".repeat(30_000), false, None));
+    // One session grows the shard's maps and leaves one rested connection in the pool.
+    let mut warm = open_idle(addr, request.as_bytes());
+    run_turn(&mut warm, &frame);
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(1300));
+
+    let before = LIVE.load(Ordering::SeqCst);
+    // Each session keeps its store=false connection leased (so each dials its own), then
+    // starts a frame it never finishes: its client side is mid-frame, so the session never
+    // rests, and its connection reaches the pool with the buffers its turn grew.
+    let mut sessions = Vec::with_capacity(POOLED);
+    for _ in 0..POOLED {
+        let mut s = open_idle(addr, request.as_bytes());
+        run_turn(&mut s, &frame);
+        s.write_all(&[0x81]).expect("half a frame header");
+        sessions.push(s);
+    }
+    drop(sessions);
+    // The sessions end and give their connections back; the pool rests them 1 s later.
+    std::thread::sleep(Duration::from_millis(1600));
+    let after = LIVE.load(Ordering::SeqCst);
+
+    let per_conn = (after - before) / (POOLED - 1) as i64;
+    eprintln!("heap held per idle pooled upstream connection: {per_conn} bytes");
+    assert!(
+        per_conn > 0,
+        "{per_conn} bytes per connection: the connections were not in the pool"
+    );
+    assert_eq!(
+        up.ws_connections_open(),
+        POOLED as u64,
+        "the sessions' connections stay open in the pool"
+    );
+    assert!(
+        per_conn <= MAX_PER_RESTED_POOLED_CONN,
+        "an idle pooled upstream connection holds {per_conn} bytes of heap (bound \
+         {MAX_PER_RESTED_POOLED_CONN}): does the pool still rest its idle connections?"
+    );
+    // A rested connection carries the next turn.
+    let mut next = open_idle(addr, request.as_bytes());
+    run_turn(&mut next, &frame);
+    drop(next);
     gw.stop();
 }

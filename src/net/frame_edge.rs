@@ -1,4 +1,4 @@
-//! Reads of a client WebSocket byte stream cut at frame ends.
+//! Reads of a WebSocket byte stream cut at frame ends.
 //!
 //! A WebSocket reader keeps its receive buffer at the size of the largest frame it read (a
 //! 30 KiB Codex `response.create` grows it from 16 KiB to 46 KiB) and its send buffer at the
@@ -6,8 +6,14 @@
 //! only rebuilt, and a rebuild is safe only when the reader holds no bytes it has not
 //! processed. [`FrameEdge`] makes that knowable: no read it serves crosses the end of a frame,
 //! so once the reader has returned a message it holds nothing, and [`FrameEdge::at_message_edge`]
-//! says when the stream is between messages. Bytes read past a frame end wait here (a `Vec`
-//! allocated only then, freed once given out).
+//! says when the stream is between messages. Bytes read past a frame end wait here: for a
+//! client, which sends a frame now and then, in a `Vec` allocated only then and freed once given
+//! out; for an upstream, which sends many events per read, in one kept until
+//! [`FrameEdge::release`], so that relaying events allocates nothing.
+//!
+//! The stream under an upstream WebSocket also carries the HTTP upgrade response first:
+//! [`FrameEdge::after_http_head`] cuts reads at the end of that head too, so the handshake never
+//! reads a frame byte and every frame byte passes the frame scan.
 
 use std::io;
 use std::pin::Pin;
@@ -22,8 +28,15 @@ pub struct FrameEdge<S> {
     held: Vec<u8>,
     /// How much of `held` was served.
     held_at: usize,
+    /// `held` keeps its capacity once served (until [`FrameEdge::release`]).
+    keep_held: bool,
+    /// While an HTTP head is read: how much of its `\r\n\r\n` end was seen.
+    head: Option<usize>,
     scan: FrameScan,
 }
+
+/// The end of an HTTP head.
+const HEAD_END: &[u8] = b"\r\n\r\n";
 
 impl<S> FrameEdge<S> {
     /// Wraps a stream positioned at the start of a frame (right after the upgrade).
@@ -32,14 +45,57 @@ impl<S> FrameEdge<S> {
             inner,
             held: Vec::new(),
             held_at: 0,
+            keep_held: false,
+            head: None,
             scan: FrameScan::default(),
+        }
+    }
+
+    /// Wraps a stream about to carry an HTTP upgrade response and then WebSocket frames (an
+    /// upstream connection before its handshake): reads stop at the end of the head, then at
+    /// every frame end. Bytes read past an end are kept in a buffer reused for the next ones
+    /// until [`FrameEdge::release`].
+    pub fn after_http_head(inner: S) -> Self {
+        FrameEdge {
+            keep_held: true,
+            head: Some(0),
+            ..FrameEdge::new(inner)
         }
     }
 
     /// `true` when every frame served so far is complete and none of them left a fragmented
     /// message open: a reader that processed everything it was served holds nothing.
     pub fn at_message_edge(&self) -> bool {
-        self.scan.at_frame_start() && !self.scan.mid_message
+        self.head.is_none() && self.scan.at_frame_start() && !self.scan.mid_message
+    }
+
+    /// Frees the buffer of bytes read past a frame end, unless it still holds some: for a
+    /// connection about to rest.
+    pub fn release(&mut self) {
+        if self.held_at == self.held.len() {
+            self.held = Vec::new();
+            self.held_at = 0;
+        }
+    }
+
+    /// How many of `bytes` (which follow what was served so far) to serve: up to the end of
+    /// the HTTP head or of the current frame, at least one when `bytes` is not empty.
+    fn cut(&mut self, bytes: &[u8]) -> usize {
+        let Some(seen) = self.head.as_mut() else {
+            return self.scan.advance(bytes);
+        };
+        for (i, b) in bytes.iter().enumerate() {
+            *seen = match (*b == HEAD_END[*seen], *b == HEAD_END[0]) {
+                (true, _) => *seen + 1,
+                (false, true) => 1,
+                (false, false) => 0,
+            };
+            if *seen == HEAD_END.len() {
+                self.head = None;
+                return i + 1;
+            }
+        }
+        bytes.len()
     }
 
     /// The wrapped stream, to change it.
@@ -65,10 +121,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameEdge<S> {
         if this.held_at < this.held.len() {
             let n = buf.len().min(this.held.len() - this.held_at);
             buf[..n].copy_from_slice(&this.held[this.held_at..this.held_at + n]);
-            let served = this.scan.advance(&buf[..n]);
+            let served = this.cut(&buf[..n]);
             this.held_at += served;
             if this.held_at == this.held.len() {
-                this.held = Vec::new();
+                if this.keep_held {
+                    this.held.clear();
+                } else {
+                    this.held = Vec::new();
+                }
                 this.held_at = 0;
             }
             return Poll::Ready(Ok(served));
@@ -77,7 +137,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameEdge<S> {
             Poll::Ready(Ok(n)) => n,
             other => return other,
         };
-        let served = this.scan.advance(&buf[..n]);
+        let served = this.cut(&buf[..n]);
         if served < n {
             this.held.extend_from_slice(&buf[served..n]);
         }
@@ -267,6 +327,76 @@ mod tests {
             // Only the end of the last frame closes the fragmented message.
             assert_eq!(edges.iter().filter(|e| **e).count(), 1);
             assert_eq!(edges.last(), Some(&true));
+        });
+    }
+
+    /// An unmasked server frame, as an upstream sends it.
+    fn server_frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x81, 126];
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn an_http_head_ends_a_read_and_the_frames_after_it_are_cut_too() {
+        futures_lite::future::block_on(async {
+            let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n".to_vec();
+            let frames = [server_frame(&[b'a'; 200]), server_frame(&[b'b'; 300])];
+            let wire = [head.clone(), frames[0].clone(), frames[1].clone()].concat();
+            let mut edge = FrameEdge::after_http_head(wire.as_slice());
+            let mut buf = vec![0u8; 4096];
+            let n = edge.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], head.as_slice(), "the head read stops at its end");
+            assert!(
+                edge.at_message_edge(),
+                "between the head and the first frame"
+            );
+            for f in &frames {
+                let n = edge.read(&mut buf).await.unwrap();
+                assert_eq!(&buf[..n], f.as_slice());
+                assert!(edge.at_message_edge());
+            }
+            assert!(
+                edge.held.capacity() > 0,
+                "an upstream's held buffer is kept for the next reads"
+            );
+            edge.release();
+            assert_eq!(edge.held.capacity(), 0, "released once served");
+            assert_eq!(edge.read(&mut buf).await.unwrap(), 0);
+        });
+    }
+
+    #[test]
+    fn a_head_end_split_over_reads_and_false_starts_are_found() {
+        futures_lite::future::block_on(async {
+            let head = b"HTTP/1.1 101 OK\r\nA: \r\r\n\rb\r\n\r\n".to_vec();
+            let wire = [head.clone(), server_frame(b"x")].concat();
+            let mut edge = FrameEdge::after_http_head(wire.as_slice());
+            let mut one = [0u8; 1];
+            for _ in 0..head.len() {
+                assert!(!edge.at_message_edge(), "inside the head");
+                assert_eq!(edge.read(&mut one).await.unwrap(), 1);
+            }
+            assert!(edge.at_message_edge(), "the head ended where it does");
+            let mut rest = [0u8; 64];
+            let n = edge.read(&mut rest).await.unwrap();
+            assert_eq!(&rest[..n], server_frame(b"x").as_slice());
+        });
+    }
+
+    #[test]
+    fn release_keeps_bytes_not_served_yet() {
+        futures_lite::future::block_on(async {
+            let wire = [server_frame(b"one"), server_frame(b"two")].concat();
+            let mut edge = FrameEdge::after_http_head(wire.as_slice());
+            edge.head = None;
+            let mut buf = [0u8; 64];
+            let n = edge.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], server_frame(b"one").as_slice());
+            edge.release();
+            let n = edge.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], server_frame(b"two").as_slice());
         });
     }
 }

@@ -1,5 +1,5 @@
 //! Transports below WebSocket: plain TCP or TLS streams toward upstream, the TLS client
-//! configuration built once per account, and the frame-end reads under a client WebSocket.
+//! configuration built once per account, and the frame-end reads under a WebSocket.
 
 pub mod frame_edge;
 pub mod stream;

@@ -14,6 +14,16 @@ pub enum UpstreamStream {
     Plain(TcpStream),
     /// TLS over TCP.
     Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    /// No connection: stands in under the WebSocket of a resting upstream connection, whose
+    /// real stream waits beside it. Reads end, writes fail.
+    Closed,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "no stream under a resting WebSocket",
+    )
 }
 
 impl AsyncRead for UpstreamStream {
@@ -25,6 +35,7 @@ impl AsyncRead for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            UpstreamStream::Closed => Poll::Ready(Ok(0)),
         }
     }
 }
@@ -38,6 +49,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            UpstreamStream::Closed => Poll::Ready(Err(closed())),
         }
     }
 
@@ -49,6 +61,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            UpstreamStream::Closed => Poll::Ready(Err(closed())),
         }
     }
 
@@ -56,6 +69,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            UpstreamStream::Closed => Poll::Ready(Ok(())),
         }
     }
 
@@ -63,6 +77,24 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_close(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            UpstreamStream::Closed => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn the_stand_in_stream_ends_reads_and_refuses_writes() {
+        futures_lite::future::block_on(async {
+            let mut closed = UpstreamStream::Closed;
+            let mut buf = [0u8; 8];
+            assert_eq!(closed.read(&mut buf).await.unwrap(), 0);
+            assert!(closed.write(b"frame").await.is_err());
+            assert!(closed.flush().await.is_ok());
+        });
     }
 }

@@ -7,8 +7,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
-use std::rc::Rc;
-use std::time::Instant;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use http::{HeaderName, HeaderValue};
@@ -20,6 +20,16 @@ use super::account::AccountRuntime;
 use super::breaker::Breaker;
 use super::http_upstream::HttpConn;
 use super::upstream::{self, DialError, UpstreamConn};
+
+/// How long a connection that carried a turn sits unused on the idle stack before it rests
+/// (its WebSocket set aside, its buffers freed, [`UpstreamConn::rest_now`]); a session holding
+/// its connection rests it after as long (`session::REST_AFTER`). A connection in steady use is
+/// never rebuilt.
+const REST_AFTER: Duration = Duration::from_secs(1);
+
+/// The shortest wait between two rest sweeps of a pool, so that connections given back a few
+/// milliseconds apart are rested in one sweep.
+const REST_SWEEP_MIN: Duration = Duration::from_millis(100);
 
 /// Why no connection could be leased.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +99,8 @@ pub struct Pool {
     ws_refused_until: Cell<Option<Instant>>,
     /// HTTP requests in flight.
     http_in_flight: Cell<usize>,
+    /// A task will rest the idle connections due ([`Pool::rest_idle`]).
+    rest_armed: Cell<bool>,
 }
 
 /// One HTTP request in flight on a pool (see [`Pool::http_request`]).
@@ -124,6 +136,7 @@ impl Pool {
             http_idle: RefCell::new(Vec::new()),
             ws_refused_until: Cell::new(None),
             http_in_flight: Cell::new(0),
+            rest_armed: Cell::new(false),
         }
     }
 
@@ -322,8 +335,9 @@ impl Pool {
         }
     }
 
-    /// A clean connection comes back: to the first live waiter, else onto the idle stack.
-    fn give_back(&self, mut conn: UpstreamConn) {
+    /// A clean connection comes back: to the first live waiter, else onto the idle stack, where
+    /// it rests once unused for [`REST_AFTER`].
+    fn give_back(self: &Rc<Self>, mut conn: UpstreamConn) {
         if conn.is_expired(self.config.max_conn_age) {
             bump(&self.counters.retired);
             self.slot_freed();
@@ -338,7 +352,63 @@ impl Pool {
             };
             conn = *back;
         }
+        conn.idle_since = Instant::now();
+        let grown = conn.grown();
         self.idle.borrow_mut().push(conn);
+        if grown {
+            self.arm_rest(REST_AFTER);
+        }
+    }
+
+    /// Makes sure a task rests the idle connections due within `after`: at most one task per
+    /// pool at a time, none while no idle connection has grown buffers.
+    fn arm_rest(self: &Rc<Self>, after: Duration) {
+        if self.rest_armed.replace(true) {
+            return;
+        }
+        let pool: Weak<Pool> = Rc::downgrade(self);
+        runtime::spawn_local(async move {
+            runtime::sleep(after).await;
+            if let Some(pool) = pool.upgrade() {
+                pool.rest_idle();
+            }
+        });
+    }
+
+    /// Rests every idle connection unused for [`REST_AFTER`] whose buffers may have grown, in
+    /// place on the idle stack; arms again for the next one due (or, after [`REST_AFTER`], for
+    /// one whose flush could not complete).
+    fn rest_idle(self: &Rc<Self>) {
+        self.rest_armed.set(false);
+        let conns = std::mem::take(&mut *self.idle.borrow_mut());
+        let mut kept = Vec::with_capacity(conns.len());
+        let mut closed = 0;
+        let mut next: Option<Duration> = None;
+        for conn in conns {
+            if !conn.grown() {
+                kept.push(conn);
+                continue;
+            }
+            let due_in = REST_AFTER.saturating_sub(conn.idle_since.elapsed());
+            let mut conn = conn;
+            if due_in.is_zero() && !conn.rest_now() {
+                closed += 1;
+                continue;
+            }
+            if conn.grown() {
+                let wait = if due_in.is_zero() { REST_AFTER } else { due_in };
+                next = Some(next.map_or(wait, |n| n.min(wait)));
+            }
+            kept.push(conn);
+        }
+        *self.idle.borrow_mut() = kept;
+        for _ in 0..closed {
+            bump(&self.counters.discarded);
+            self.slot_freed();
+        }
+        if let Some(next) = next {
+            self.arm_rest(next.max(REST_SWEEP_MIN));
+        }
     }
 
     /// A connection was closed: its budget slot goes to the first live waiter, else is freed.
@@ -375,6 +445,17 @@ impl Lease {
     /// The pool it came from.
     pub fn pool(&self) -> &Rc<Pool> {
         &self.pool
+    }
+
+    /// Sets the connection's WebSocket aside, its buffers freed, when that gives memory back
+    /// ([`UpstreamConn::can_rest`]): for a session holding its connection between turns that
+    /// has been idle a while, never per turn. The next turn builds it again.
+    pub async fn rest(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            if conn.can_rest().await {
+                conn.rest().await;
+            }
+        }
     }
 
     /// Returns a connection known to be clean (last turn ended with a terminal event).

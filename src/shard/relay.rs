@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use async_tungstenite::WebSocketStream;
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use sonic_rs::JsonValueTrait;
 
 use crate::metrics::{Hist, ShardMetrics};
-use crate::net::UpstreamStream;
 use crate::protocol::client_frame::ClientEventKind;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::upstream_event::ErrorReason;
@@ -27,6 +25,7 @@ use super::counters::{bump, ShardCounters};
 use super::http_upstream::{HttpResponse, HttpUpError};
 use super::normalizer::{self, Rewrite};
 use super::retry::FailureClass;
+use super::upstream::UpstreamWs;
 
 /// An error as the client receives it: HTTP status, `{"error":…}` body and `error` event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +165,7 @@ pub trait ClientSink {
 /// Where the events come from.
 pub enum Source<'a> {
     /// A leased upstream WebSocket.
-    Ws(&'a mut WebSocketStream<UpstreamStream>),
+    Ws(&'a mut UpstreamWs),
     /// An HTTP response streaming SSE.
     Http(&'a mut HttpResponse),
 }

@@ -183,6 +183,7 @@ impl Session {
                     let stream = self.client.into_inner();
                     // Boxed so that building the WebSocket is not part of the session's future.
                     self.client = Box::pin(ws_over(&self.shard, stream)).await;
+                    Box::pin(self.driver.rest()).await;
                 }
                 // Boxed: rare, and inline its future would be part of every session task.
                 Served::HandOff(to) => match Box::pin(self.hand_off(to)).await {

@@ -228,6 +228,14 @@ impl Driver {
         }
     }
 
+    /// Lets the held upstream connection give back the buffers its turns grew, for a session
+    /// idle between turns ([`Lease::rest`]).
+    pub async fn rest(&mut self) {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.rest().await;
+        }
+    }
+
     fn drop_lease(&mut self) {
         if let Some(lease) = self.lease.take() {
             lease.discard();
@@ -912,7 +920,7 @@ impl Driver {
                 }
             }
         };
-        let ws = &mut lease.conn().ws;
+        let ws = lease.conn().ws().await;
         // An upstream that stops reading must not hold the turn forever: the send gets the same
         // deadline as upstream silence.
         let send_limit = self.shard.config.upstream.event_timeout;

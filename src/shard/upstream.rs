@@ -3,13 +3,14 @@
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::handshake::client::generate_key;
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::tungstenite::Error as WsError;
 use async_tungstenite::WebSocketStream;
+use futures_util::{FutureExt, SinkExt};
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::config::UpstreamConfig;
-use crate::net::UpstreamStream;
+use crate::net::{FrameEdge, UpstreamStream};
 use crate::runtime;
 
 use super::account::AccountRuntime;
@@ -48,26 +49,105 @@ pub enum DialError {
     Handshake(String),
 }
 
+/// An upstream WebSocket, over a stream read in frames ([`FrameEdge`]) so that it can be set
+/// aside when its connection rests and built again, with fresh buffers, at its next turn
+/// ([`UpstreamConn::rest`], [`UpstreamConn::ws`]).
+pub type UpstreamWs = WebSocketStream<FrameEdge<UpstreamStream>>;
+
+/// How long a resting connection may take to flush what it has queued (a pong) before it is
+/// rebuilt; past it the connection is kept as it is.
+const REST_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
 /// One upstream WebSocket connection.
 pub struct UpstreamConn {
     /// Shard-local id, for logs and tests.
     pub id: u64,
     /// Index of the account it belongs to.
     pub account: usize,
-    /// The WebSocket.
-    pub ws: WebSocketStream<UpstreamStream>,
+    /// The WebSocket; while the connection rests, a stand-in over no stream, without buffers.
+    ws: UpstreamWs,
+    /// While the connection rests: its stream and WebSocket settings, to build the WebSocket
+    /// over again at its next turn.
+    resting: Option<(FrameEdge<UpstreamStream>, WebSocketConfig)>,
     /// When it was opened; connections are retired before upstream's 60-minute limit.
     pub born: Instant,
     /// Turns it has carried.
     pub turns: u64,
     /// How long the dial took (TCP, TLS, upgrade), recorded once when first leased.
     pub dial_time: Duration,
+    /// When it last went onto its pool's idle stack.
+    pub idle_since: Instant,
+    /// `turns` when the WebSocket was last built: it has not grown since when they are equal.
+    built_at_turn: u64,
 }
 
 impl UpstreamConn {
     /// `true` when the connection is too old to start another turn on.
     pub fn is_expired(&self, max_age: Duration) -> bool {
         self.born.elapsed() >= max_age
+    }
+
+    /// Whether resting would give buffers back: the connection carried a turn since its
+    /// WebSocket was built, whose queued writes are flushed and which holds no partly read
+    /// frame or message. tungstenite keeps its read buffer at the largest batch of events read
+    /// and its write buffer at the largest frame sent (30 KiB after a Codex `response.create`)
+    /// for the connection's life, and cannot shrink them.
+    pub async fn can_rest(&mut self) -> bool {
+        if !self.grown() {
+            return false;
+        }
+        let flushed = runtime::timeout(REST_FLUSH_LIMIT, self.ws.flush()).await;
+        matches!(flushed, Some(Ok(()))) && self.ws.get_ref().at_message_edge()
+    }
+
+    /// The WebSocket, built again over the connection's stream first if it rests. Building
+    /// completes at its first poll (nothing is read or written), so the stream taken out of
+    /// `resting` is in the new WebSocket before anything else can run.
+    pub async fn ws(&mut self) -> &mut UpstreamWs {
+        if let Some((stream, config)) = self.resting.take() {
+            self.ws = WebSocketStream::from_raw_socket(stream, Role::Client, Some(config)).await;
+        }
+        &mut self.ws
+    }
+
+    /// Sets the WebSocket aside, keeping only its stream (its buffers freed), for a connection
+    /// [`UpstreamConn::can_rest`] said may: [`UpstreamConn::ws`] builds it again at the next
+    /// turn. Never on a busy connection: that build allocates a new read buffer.
+    pub async fn rest(&mut self) {
+        let config = *self.ws.get_config();
+        let no_buffers = config.read_buffer_size(0);
+        let stand_in = FrameEdge::new(UpstreamStream::Closed);
+        let stand_in = WebSocketStream::from_raw_socket(stand_in, Role::Client, Some(no_buffers));
+        // Nothing changes before this await, so an interrupted rest leaves the connection as is.
+        let stand_in = stand_in.await;
+        let mut stream = std::mem::replace(&mut self.ws, stand_in).into_inner();
+        stream.release();
+        self.resting = Some((stream, config));
+        self.built_at_turn = self.turns;
+    }
+
+    /// Rests an idle pooled connection without waiting: as [`UpstreamConn::can_rest`] then
+    /// [`UpstreamConn::rest`], except that a flush that cannot complete at once leaves the
+    /// connection as it is. `false` when the connection is broken (its flush failed): it is
+    /// to be closed.
+    pub fn rest_now(&mut self) -> bool {
+        if !self.grown() {
+            return true;
+        }
+        match self.ws.flush().now_or_never() {
+            Some(Ok(())) if self.ws.get_ref().at_message_edge() => {
+                // Completes at its first poll; if it did not, nothing changed.
+                let _ = self.rest().now_or_never();
+                true
+            }
+            Some(Err(_)) => false,
+            _ => true,
+        }
+    }
+
+    /// `true` when a turn ran since the WebSocket was built: its buffers may have grown.
+    pub fn grown(&self) -> bool {
+        self.turns != self.built_at_turn
     }
 }
 
@@ -93,7 +173,7 @@ pub async fn dial(
     let started = Instant::now();
     let tcp = connect_tcp(account, cfg).await?;
     let handshake = async {
-        let stream = wrap_tls(account, tcp).await?;
+        let stream = FrameEdge::after_http_head(wrap_tls(account, tcp).await?);
         let request = handshake_request(account, forward)?;
         async_tungstenite::client_async_with_config(
             request,
@@ -106,13 +186,17 @@ pub async fn dial(
     let (ws, _response) = runtime::timeout(cfg.handshake_timeout, handshake)
         .await
         .ok_or(DialError::HandshakeTimeout)??;
+    let born = Instant::now();
     Ok(UpstreamConn {
         id,
         account: account.index,
         ws,
-        born: Instant::now(),
+        born,
+        idle_since: born,
         turns: 0,
         dial_time: started.elapsed(),
+        resting: None,
+        built_at_turn: 0,
     })
 }
 
