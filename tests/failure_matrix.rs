@@ -565,13 +565,7 @@ fn a_client_that_stops_reading_loses_its_turn_and_its_upstream_connection_is_not
     // 12 MB of deltas: far more than the socket buffers between gateway and client hold (the
     // client's receive buffer is made small).
     script_turns(&up, "deltas=1500,delta_bytes=8192", 1);
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket
-        .set_recv_buffer_size(4096)
-        .expect("small receive buffer");
-    socket.connect(&gw.addr().into()).expect("connect");
-    let mut stuck = connect_over(socket.into(), gw.addr(), CLIENT_KEY).expect("upgrade");
+    let mut stuck = connect_over(slow_reader(gw.addr()), gw.addr(), CLIENT_KEY).expect("upgrade");
     stuck
         .ws
         .send(Message::text(create("gpt-5", "flood", true, None)))

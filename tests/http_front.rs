@@ -355,13 +355,7 @@ fn an_sse_client_that_stops_reading_loses_its_stream_and_the_upstream_connection
         &[up.base_url()],
         "client_write_timeout_secs = 0.5",
     ));
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket
-        .set_recv_buffer_size(4096)
-        .expect("small receive buffer");
-    socket.connect(&gw.addr().into()).expect("connect");
-    let mut stuck: std::net::TcpStream = socket.into();
+    let mut stuck = slow_reader(gw.addr());
     // 12 MB of deltas that the client never reads.
     let body = post_body("gpt-5", "[[mock:deltas=1500,delta_bytes=8192]]", true);
     let raw = format!(

@@ -146,6 +146,26 @@ fn open_idle(addr: SocketAddr, request: &[u8]) -> TcpStream {
     stream
 }
 
+/// Heap held per session by `SESSIONS` more sessions set up by `open` (kept in `held`), read
+/// `settle` after the last one. At least the read buffer each, or they were not open.
+fn heap_per_session(
+    held: &mut Vec<TcpStream>,
+    settle: Duration,
+    mut open: impl FnMut() -> TcpStream,
+) -> i64 {
+    let before = LIVE.load(Ordering::SeqCst);
+    for _ in 0..SESSIONS {
+        held.push(open());
+    }
+    std::thread::sleep(settle);
+    let per_session = (LIVE.load(Ordering::SeqCst) - before) / SESSIONS as i64;
+    assert!(
+        per_session >= READ_BUFFER,
+        "{per_session} bytes per session: less than the read buffer, the sessions were not open"
+    );
+    per_session
+}
+
 #[test]
 fn an_idle_websocket_session_holds_little_more_than_its_read_buffer() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,20 +182,11 @@ fn an_idle_websocket_session_holds_little_more_than_its_read_buffer() {
     }
     std::thread::sleep(Duration::from_millis(200));
 
-    let before = LIVE.load(Ordering::SeqCst);
-    for _ in 0..SESSIONS {
-        held.push(open_idle(addr, request.as_bytes()));
-    }
     // The 101 is written before the session builds its WebSocket; let the last ones settle.
-    std::thread::sleep(Duration::from_millis(200));
-    let after = LIVE.load(Ordering::SeqCst);
-
-    let per_session = (after - before) / SESSIONS as i64;
+    let per_session = heap_per_session(&mut held, Duration::from_millis(200), || {
+        open_idle(addr, request.as_bytes())
+    });
     eprintln!("heap held per idle session: {per_session} bytes");
-    assert!(
-        per_session >= READ_BUFFER,
-        "{per_session} bytes per session: less than the read buffer, the sessions were not open"
-    );
     assert!(
         per_session <= MAX_PER_SESSION,
         "an idle session holds {per_session} bytes of heap (bound {MAX_PER_SESSION}); see \
@@ -204,22 +215,13 @@ fn a_session_between_turns_gives_back_the_buffers_its_turn_grew() {
     }
     std::thread::sleep(Duration::from_millis(200));
 
-    let before = LIVE.load(Ordering::SeqCst);
-    for _ in 0..SESSIONS {
+    // Sessions rebuild their WebSocket 1 s after a turn (`session::REST_AFTER`).
+    let per_session = heap_per_session(&mut held, Duration::from_millis(1300), || {
         let mut s = open_idle(addr, request.as_bytes());
         run_turn(&mut s, &frame);
-        held.push(s);
-    }
-    // Sessions rebuild their WebSocket 1 s after a turn (`session::REST_AFTER`).
-    std::thread::sleep(Duration::from_millis(1300));
-    let after = LIVE.load(Ordering::SeqCst);
-
-    let per_session = (after - before) / SESSIONS as i64;
+        s
+    });
     eprintln!("heap held per session between turns: {per_session} bytes");
-    assert!(
-        per_session >= READ_BUFFER,
-        "{per_session} bytes per session: less than the read buffer, the sessions were not open"
-    );
     assert!(
         per_session <= MAX_PER_RESTED_SESSION,
         "a session between turns holds {per_session} bytes of heap (bound \
@@ -419,22 +421,13 @@ fn a_store_false_session_between_turns_gives_back_its_upstream_buffers_too() {
     }
     std::thread::sleep(Duration::from_millis(1300));
 
-    let before = LIVE.load(Ordering::SeqCst);
-    for _ in 0..SESSIONS {
+    // Sessions rest 1 s after a turn (`session::REST_AFTER`): client and upstream side.
+    let per_session = heap_per_session(&mut held, Duration::from_millis(1300), || {
         let mut s = open_idle(addr, request.as_bytes());
         run_turn(&mut s, &frame);
-        held.push(s);
-    }
-    // Sessions rest 1 s after a turn (`session::REST_AFTER`): client and upstream side.
-    std::thread::sleep(Duration::from_millis(1300));
-    let after = LIVE.load(Ordering::SeqCst);
-
-    let per_session = (after - before) / SESSIONS as i64;
+        s
+    });
     eprintln!("heap held per store=false session between turns: {per_session} bytes");
-    assert!(
-        per_session >= READ_BUFFER,
-        "{per_session} bytes per session: less than the read buffer, the sessions were not open"
-    );
     assert!(
         up.ws_connections_open() >= (SESSIONS + 8) as u64,
         "each session holds its own upstream connection"

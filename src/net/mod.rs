@@ -1,6 +1,45 @@
 //! Transports below WebSocket: plain TCP or TLS streams toward upstream, the TLS client
 //! configuration built once per account, and the frame-end reads under a WebSocket.
 
+/// Implements `AsyncWrite` for a read-side wrapper `$ty<S>` by handing every call to its `inner`
+/// stream: the wrappers under a WebSocket only change how reads are cut or replayed.
+macro_rules! forward_async_write {
+    ($ty:ident) => {
+        impl<S: futures_lite::AsyncWrite + Unpin> futures_lite::AsyncWrite for $ty<S> {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+            }
+
+            fn poll_close(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_close(cx)
+            }
+        }
+    };
+}
+pub(crate) use forward_async_write;
+
 pub mod frame_edge;
 pub mod stream;
 pub mod tls;

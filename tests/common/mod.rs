@@ -96,6 +96,18 @@ pub fn connect_with_key(addr: SocketAddr, key: &str) -> Result<Client, tungsteni
     connect_over(TcpStream::connect(addr).expect("tcp connect"), addr, key)
 }
 
+/// A connection with a 4 KiB receive buffer, for clients that stop reading: a few KB of unread
+/// data fill it, so the gateway's writes block soon.
+pub fn slow_reader(addr: SocketAddr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    socket.connect(&addr.into()).expect("connect");
+    socket.into()
+}
+
 /// Upgrades an already connected socket (e.g. one with small buffers) to a client session.
 pub fn connect_over(
     stream: TcpStream,
