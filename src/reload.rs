@@ -2,7 +2,7 @@
 //! switches and the client keys. `[upstream] force_http` and each account's `transport` are read
 //! by the shards on every attempt from [`LiveSettings`], so an operator can move traffic off
 //! WebSocket (and back) without dropping a session; `[[client_keys]]` is replaced whole for the
-//! next request (sessions already open keep running). Every other setting needs a restart; a
+//! next request (a session under a key that is gone is refused at its next turn). Every other setting needs a restart; a
 //! reload names the sections it left alone instead of half-applying them.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -126,7 +126,7 @@ fn sighup_flips_the_transport_switches_of_a_running_session() {
 }
 
 #[test]
-fn sighup_replaces_client_keys_for_new_connections_and_open_sessions_go_on() {
+fn sighup_replaces_client_keys_and_sessions_under_a_removed_key_end_at_their_next_turn() {
     let up = mock();
     let url = up.base_url();
     let served = serve_binary(&keyed_config_text(
@@ -160,9 +160,21 @@ fn sighup_replaces_client_keys_for_new_connections_and_open_sessions_go_on() {
         connect_with_key(served.addr, CLIENT_KEY).is_err(),
         "the removed key is refused for new connections"
     );
-    for client in [&mut added, &mut open] {
-        let t = client.turn(&create("gpt-5", "hi", true, None));
-        assert_eq!(t.last_type(), "response.completed", "{:?}", t.types());
-    }
+    let t = added.turn(&create("gpt-5", "hi", true, None));
+    assert_eq!(t.last_type(), "response.completed", "{:?}", t.types());
+    // The session opened under the removed key is refused at its next turn and closed.
+    let t = open.turn(&create("gpt-5", "hi", true, None));
+    assert_eq!(
+        t.error_code().as_deref(),
+        Some("invalid_api_key"),
+        "{:?}",
+        t.events
+    );
+    assert_eq!(open.expect_close(), Some(1008));
+    let turns_before = up.stats().ws_turns_total;
+    assert_eq!(
+        turns_before, 1,
+        "the revoked session's turn never went upstream"
+    );
     up.stop();
 }

@@ -3,6 +3,7 @@
 //! reload; each shard keeps its own copy and notices a new one with a single relaxed load.
 
 use std::cell::RefCell;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +12,17 @@ use subtle::ConstantTimeEq;
 
 use crate::config::ClientKey;
 
+/// The SHA-256 of a client key: what a session keeps to re-check its key after a reload. Never
+/// the key, and its `Debug` shows nothing of it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyDigest([u8; 32]);
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyDigest(..)")
+    }
+}
+
 /// Who a client is, once authenticated: safe to log and bill by (never the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
@@ -18,11 +30,13 @@ pub struct ClientIdentity {
     pub key_id: String,
     /// The group whose accounts and state it uses.
     pub group: String,
+    /// The digest of the key it authenticated with.
+    pub key_digest: KeyDigest,
 }
 
 /// The table of client keys, stored as SHA-256 digests.
 pub struct ClientAuth {
-    entries: Vec<([u8; 32], ClientIdentity)>,
+    entries: Vec<ClientIdentity>,
 }
 
 impl ClientAuth {
@@ -31,30 +45,36 @@ impl ClientAuth {
         ClientAuth {
             entries: keys
                 .iter()
-                .map(|k| {
-                    (
-                        Sha256::digest(k.key.expose().as_bytes()).into(),
-                        ClientIdentity {
-                            key_id: k.id.clone(),
-                            group: k.group.clone(),
-                        },
-                    )
+                .map(|k| ClientIdentity {
+                    key_id: k.id.clone(),
+                    group: k.group.clone(),
+                    key_digest: KeyDigest(Sha256::digest(k.key.expose().as_bytes()).into()),
                 })
                 .collect(),
         }
     }
 
-    /// Looks the key up. Every entry is compared, in constant time, whatever matches: the time
-    /// taken says nothing about which key, or how much of one, was right.
+    /// Looks the key up (see [`ClientAuth::find`]).
     pub fn authenticate(&self, presented: &[u8]) -> Option<&ClientIdentity> {
-        let digest: [u8; 32] = Sha256::digest(presented).into();
+        self.find(&KeyDigest(Sha256::digest(presented).into()))
+    }
+
+    /// `true` while the key `id` authenticated with is in the table under the same id and group.
+    pub fn still_holds(&self, id: &ClientIdentity) -> bool {
+        self.find(&id.key_digest)
+            .is_some_and(|entry| entry.key_id == id.key_id && entry.group == id.group)
+    }
+
+    /// Every entry is compared, in constant time, whatever matches: the time taken says nothing
+    /// about which key, or how much of one, was right.
+    fn find(&self, digest: &KeyDigest) -> Option<&ClientIdentity> {
         let mut found = None;
-        for (i, (d, _)) in self.entries.iter().enumerate() {
-            if bool::from(d.ct_eq(&digest)) {
+        for (i, entry) in self.entries.iter().enumerate() {
+            if bool::from(entry.key_digest.0.ct_eq(&digest.0)) {
                 found = Some(i);
             }
         }
-        found.map(|i| &self.entries[i].1)
+        found.map(|i| &self.entries[i])
     }
 }
 
@@ -103,10 +123,27 @@ impl ShardKeys {
 
     /// Looks the key up in the table in force (see [`ClientAuth::authenticate`]).
     pub fn authenticate(&self, presented: &[u8]) -> Option<ClientIdentity> {
-        if self.shared.generation.load(Ordering::Relaxed) != self.local.borrow().0 {
+        self.refresh();
+        self.local.borrow().1.authenticate(presented).cloned()
+    }
+
+    /// Which key table is in force: changes with every reload that replaced it. One relaxed
+    /// load, for sessions to notice a reload between turns.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Relaxed)
+    }
+
+    /// `true` while the key a session authenticated with is still in force (see
+    /// [`ClientAuth::still_holds`]).
+    pub fn still_valid(&self, id: &ClientIdentity) -> bool {
+        self.refresh();
+        self.local.borrow().1.still_holds(id)
+    }
+
+    fn refresh(&self) {
+        if self.generation() != self.local.borrow().0 {
             *self.local.borrow_mut() = self.shared.current();
         }
-        self.local.borrow().1.authenticate(presented).cloned()
     }
 }
 
@@ -172,10 +209,28 @@ mod tests {
         shared.replace(&[key("b", "g2"), key("a", "g3")]);
         assert_eq!(two.authenticate(b"sk-b").unwrap().key_id, "b");
         assert_eq!(one.authenticate(b"sk-a").unwrap().group, "g3");
+        let a_in_g3 = one.authenticate(b"sk-a").unwrap();
+        assert!(one.still_valid(&a_in_g3));
+        let generation = one.generation();
         shared.replace(&[key("b", "g2")]);
+        assert_ne!(one.generation(), generation);
         assert!(
             one.authenticate(b"sk-a").is_none(),
             "a removed key is refused"
+        );
+        assert!(
+            !one.still_valid(&a_in_g3),
+            "and a session under it no longer holds"
+        );
+        let b = two.authenticate(b"sk-b").unwrap();
+        shared.replace(&[key("b", "g1")]);
+        assert!(
+            !two.still_valid(&b),
+            "a key moved to another group no longer holds"
+        );
+        assert!(
+            !format!("{b:?}").contains("sk-"),
+            "Debug shows no key material"
         );
     }
 

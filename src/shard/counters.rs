@@ -39,6 +39,8 @@ shard_counters! {
     not_found,
     /// Sessions refused by the per-key cap.
     session_cap_rejections,
+    /// Sessions closed at their next turn because a reload removed or rotated their key.
+    sessions_revoked,
     /// Turns started.
     turns,
     /// Turns that ended with `response.completed`.

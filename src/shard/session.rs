@@ -66,6 +66,8 @@ pub struct Session {
     handed_in: bool,
     /// What the session waits for.
     wait: Wait,
+    /// The key table generation its key was last checked against (see [`Session::key_holds`]).
+    keys_seen: u64,
 }
 
 /// What a session waits for, and for how long.
@@ -140,6 +142,7 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
         client,
         handed_in: true,
         wait: Wait::First,
+        keys_seen: shard.auth.generation(),
     };
     session.run().await;
     shard.close_session(&key_id);
@@ -155,6 +158,7 @@ impl Session {
     ) -> Self {
         Session {
             driver: Driver::new(shard.clone(), identity, forward, RequestType::Ws),
+            keys_seen: shard.auth.generation(),
             shard,
             client,
             handed_in: false,
@@ -239,6 +243,7 @@ impl Session {
         let (stream, _meta) = back;
         let client = client_ws(&shard, stream).await;
         Err(Box::new(Session {
+            keys_seen: shard.auth.generation(),
             shard,
             client,
             driver,
@@ -318,6 +323,10 @@ impl Session {
                     self.refuse_draining().await;
                     return Served::Closed;
                 }
+                if !self.key_holds() {
+                    self.refuse_revoked().await;
+                    return Served::Closed;
+                }
                 add(&self.shard.counters.bytes_in, frame.len() as u64);
                 let ws = WsSink {
                     client: &mut self.client,
@@ -373,6 +382,36 @@ impl Session {
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             }
         }
+    }
+
+    /// `true` unless a reload since the last check removed, rotated or regrouped the key this
+    /// session authenticated with. Costs one relaxed load while no reload happened.
+    fn key_holds(&mut self) -> bool {
+        let generation = self.shard.auth.generation();
+        if generation == self.keys_seen {
+            return true;
+        }
+        self.keys_seen = generation;
+        self.shard.auth.still_valid(self.driver.identity())
+    }
+
+    /// A turn asked for under a key a reload took away: an error event, then a 1008 close.
+    async fn refuse_revoked(&mut self) {
+        bump(&self.shard.counters.sessions_revoked);
+        let err: TurnError = GatewayError::new(
+            401,
+            ErrorType::Authentication,
+            "invalid_api_key",
+            "this session's API key is no longer valid; reconnect with a valid key",
+        )
+        .into();
+        let _ = self.client.send(Message::text(err.event)).await;
+        close_with(
+            &mut self.client,
+            CloseCode::Policy,
+            "api key no longer valid",
+        )
+        .await;
     }
 
     /// A turn asked for while the shard drains: an error event, then a 1001 close.
