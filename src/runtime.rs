@@ -70,6 +70,16 @@ where
     glommio::spawn_local(fut).detach();
 }
 
+/// Wall-clock time since the Unix epoch, in microseconds (0 if the clock is before 1970): for
+/// timestamps that leave the process (usage records, response `created_at`, the mock's event
+/// stamps). Durations use `Instant`.
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
 /// Spawns a task whose panic stops at the task: `on_panic` runs and every other task of the
 /// shard goes on (a panic in one session must not take down its shard).
 pub fn spawn_contained<F>(fut: F, on_panic: impl FnOnce() + 'static)

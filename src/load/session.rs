@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::runtime;
 
@@ -45,13 +45,6 @@ struct Exchange {
     elapsed: Duration,
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or_default()
-}
-
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -68,7 +61,7 @@ async fn exchange<T: Transport>(
         let mut ttft = None;
         loop {
             let text = conn.recv().await.map_err(|e| e.key())?;
-            let received_us = now_us();
+            let received_us = crate::runtime::unix_micros();
             let event = Event::parse(&text);
             let mut stats = state.stats.borrow_mut();
             stats.events += 1;

@@ -2,7 +2,6 @@
 //! `mock_ts_us` send-time stamp.
 
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sonic_rs::{json, Value};
 
@@ -12,17 +11,9 @@ use super::request::CreateRequest;
 const LOREM: &[u8] =
     b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor ";
 
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default()
-}
-
 /// Seconds since the Unix epoch (`created_at`).
 pub fn now_secs() -> u64 {
-    now_us() / 1_000_000
+    crate::runtime::unix_micros() / 1_000_000
 }
 
 /// `json` (a serialized object) with a trailing `"mock_ts_us": <now>` field, for one-way latency.
@@ -35,7 +26,7 @@ pub fn stamp(json: &str) -> String {
     if !body.trim_end().ends_with('{') {
         out.push(',');
     }
-    let _ = write!(out, "\"mock_ts_us\":{}}}", now_us());
+    let _ = write!(out, "\"mock_ts_us\":{}}}", crate::runtime::unix_micros());
     out
 }
 

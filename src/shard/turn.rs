@@ -15,7 +15,7 @@
 //! calls and the session's last response.
 
 use std::rc::Rc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use bytes::Bytes;
@@ -1056,14 +1056,14 @@ impl Driver {
                     "gw-{}-{}-{}-{}",
                     shard.config.state.instance,
                     shard.id,
-                    unix_ms(),
+                    runtime::unix_micros() / 1_000,
                     shard.counters.turns.get()
                 )
             }
         };
         let record = UsageRecord {
             response_id,
-            ts_ms: unix_ms(),
+            ts_ms: runtime::unix_micros() / 1_000,
             group: self.identity.group.clone(),
             key_id: self.identity.key_id.clone(),
             account: f.account.to_string(),
@@ -1105,14 +1105,6 @@ fn chain_error(status: u16, body: &[u8]) -> Option<FailureClass> {
         }
         _ => None,
     }
-}
-
-/// The request type as logs show it.
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The failure a dial error stands for.

@@ -10,7 +10,7 @@
 //! `previous_response_id`, so the chain works whichever transport carries the next turn.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sonic_rs::{JsonContainerTrait, JsonValueMutTrait, JsonValueTrait, Value};
@@ -84,10 +84,7 @@ pub fn may_chain(frame: &[u8]) -> bool {
 
 /// The `response.created` and `response.completed` events answering a warm-up.
 pub fn answer(id: &str, model: &str) -> [String; 2] {
-    let created_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created_at = crate::runtime::unix_micros() / 1_000_000;
     let model = sonic_rs::to_string(model).unwrap_or_else(|_| "\"\"".into());
     let response = |status: &str, usage: &str| {
         format!(
