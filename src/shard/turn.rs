@@ -390,7 +390,11 @@ impl Driver {
                         // Upstream keeps no store=false response over HTTP: the gateway keeps
                         // the context, so the next turn can chain from it on any transport.
                         if let Some(ctx) = warmup::continuation(&frame, output) {
-                            self.shard.warmups.borrow_mut().insert(id.clone(), ctx);
+                            let group = &self.identity.group;
+                            self.shard
+                                .warmups
+                                .borrow_mut()
+                                .insert(id.clone(), group, ctx);
                         }
                     }
                     if let Some(id) = &response_id {
@@ -700,7 +704,7 @@ impl Driver {
         if cache.is_empty() {
             return None;
         }
-        let warm = cache.get(id)?;
+        let warm = cache.get(id, &self.identity.group)?;
         drop(cache);
         let merged = warmup::merge(&warm, frame)?;
         bump(&self.shard.counters.warmup_chains_merged);
@@ -727,7 +731,7 @@ impl Driver {
         self.shard
             .warmups
             .borrow_mut()
-            .insert(id.clone(), frame.clone());
+            .insert(id.clone(), &self.identity.group, frame.clone());
         self.remember(&id, pool, NO_CONNECTION, None);
         for (i, event) in warmup::answer(&id, model).into_iter().enumerate() {
             let et = if i == 0 {

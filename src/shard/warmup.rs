@@ -24,20 +24,33 @@ const CAPACITY_BYTES: usize = 64 << 20;
 /// How long a context can be chained from.
 const TTL: Duration = Duration::from_secs(3600);
 
-/// Shard-local request contexts by response id.
+/// One remembered context: when, for which client group, and the request.
+struct Entry {
+    at: Instant,
+    group: String,
+    frame: Bytes,
+}
+
+/// Shard-local request contexts by response id, each readable only by the client group that
+/// created it (like all sticky state).
 #[derive(Default)]
 pub struct WarmupCache {
-    map: HashMap<String, (Instant, Bytes)>,
+    map: HashMap<String, Entry>,
     order: VecDeque<String>,
     bytes: usize,
 }
 
 impl WarmupCache {
-    /// Remembers `frame` as the context of response `id`.
-    pub fn insert(&mut self, id: String, frame: Bytes) {
+    /// Remembers `frame` as the context of response `id`, for client group `group`.
+    pub fn insert(&mut self, id: String, group: &str, frame: Bytes) {
         self.bytes += frame.len();
-        if let Some((_, old)) = self.map.insert(id.clone(), (Instant::now(), frame)) {
-            self.bytes -= old.len();
+        let entry = Entry {
+            at: Instant::now(),
+            group: group.to_owned(),
+            frame,
+        };
+        if let Some(old) = self.map.insert(id.clone(), entry) {
+            self.bytes -= old.frame.len();
         } else {
             self.order.push_back(id);
         }
@@ -45,8 +58,8 @@ impl WarmupCache {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if let Some((_, f)) = self.map.remove(&old) {
-                self.bytes -= f.len();
+            if let Some(gone) = self.map.remove(&old) {
+                self.bytes -= gone.frame.len();
             }
         }
     }
@@ -56,12 +69,12 @@ impl WarmupCache {
         self.map.is_empty()
     }
 
-    /// The warm-up request remembered under `id`, while fresh.
-    pub fn get(&self, id: &str) -> Option<Bytes> {
+    /// The request remembered under `id` for `group`, while fresh.
+    pub fn get(&self, id: &str, group: &str) -> Option<Bytes> {
         self.map
             .get(id)
-            .filter(|(at, _)| at.elapsed() < TTL)
-            .map(|(_, f)| f.clone())
+            .filter(|e| e.group == group && e.at.elapsed() < TTL)
+            .map(|e| e.frame.clone())
     }
 }
 
@@ -231,12 +244,12 @@ mod tests {
     #[test]
     fn cache_replaces_and_bounds_bytes() {
         let mut c = WarmupCache::default();
-        c.insert("a".into(), Bytes::from(vec![b' '; 10]));
-        c.insert("a".into(), Bytes::from(vec![b' '; 20]));
+        c.insert("a".into(), "g", Bytes::from(vec![b' '; 10]));
+        c.insert("a".into(), "g", Bytes::from(vec![b' '; 20]));
         assert_eq!(c.bytes, 20);
-        c.insert("big".into(), Bytes::from(vec![b' '; CAPACITY_BYTES]));
+        c.insert("big".into(), "g", Bytes::from(vec![b' '; CAPACITY_BYTES]));
         assert!(
-            c.get("a").is_none(),
+            c.get("a", "g").is_none(),
             "the oldest goes first when over the byte cap"
         );
         assert!(!c.is_empty());
@@ -256,9 +269,17 @@ mod tests {
     fn cache_is_bounded() {
         let mut c = WarmupCache::default();
         for i in 0..CAPACITY + 10 {
-            c.insert(format!("id{i}"), Bytes::from_static(b"{}"));
+            c.insert(format!("id{i}"), "g", Bytes::from_static(b"{}"));
         }
-        assert!(c.get("id0").is_none());
-        assert!(c.get(&format!("id{}", CAPACITY + 9)).is_some());
+        assert!(c.get("id0", "g").is_none());
+        assert!(c.get(&format!("id{}", CAPACITY + 9), "g").is_some());
+    }
+
+    #[test]
+    fn a_context_is_read_only_by_its_own_group() {
+        let mut c = WarmupCache::default();
+        c.insert("resp_gw_1".into(), "team-a", Bytes::from_static(b"{}"));
+        assert!(c.get("resp_gw_1", "team-a").is_some());
+        assert!(c.get("resp_gw_1", "team-b").is_none());
     }
 }
