@@ -119,9 +119,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameEdge<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.held_at < this.held.len() {
-            let n = buf.len().min(this.held.len() - this.held_at);
-            buf[..n].copy_from_slice(&this.held[this.held_at..this.held_at + n]);
-            let served = this.cut(&buf[..n]);
+            // Cut on the held bytes first and copy only what is served: copying the whole
+            // rest each time would cost the square of the frames per read.
+            let held = std::mem::take(&mut this.held);
+            let rest = &held[this.held_at..];
+            let served = this.cut(&rest[..buf.len().min(rest.len())]);
+            buf[..served].copy_from_slice(&rest[..served]);
+            this.held = held;
             this.held_at += served;
             if this.held_at == this.held.len() {
                 if this.keep_held {
