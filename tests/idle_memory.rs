@@ -215,7 +215,7 @@ fn a_session_between_turns_gives_back_the_buffers_its_turn_grew() {
     }
     std::thread::sleep(Duration::from_millis(200));
 
-    // Sessions rebuild their WebSocket 1 s after a turn (`session::REST_AFTER`).
+    // Sessions rebuild their WebSocket 1 s after a turn (`pool::REST_AFTER`).
     let per_session = heap_per_session(&mut held, Duration::from_millis(1300), || {
         let mut s = open_idle(addr, request.as_bytes());
         run_turn(&mut s, &frame);
@@ -244,7 +244,7 @@ fn turns_still_run_after_pings_and_fragmented_frames_between_rebuilds() {
     let first = client.turn(&create("gpt-5", "one", true, None));
     assert_eq!(first.last_type(), "response.completed");
 
-    // Past `session::REST_AFTER` the session rebuilds its WebSocket; then a ping (answered by
+    // Past `pool::REST_AFTER` the session rebuilds its WebSocket; then a ping (answered by
     // the rebuilt one) and a frame in two fragments.
     std::thread::sleep(Duration::from_millis(1200));
     client
@@ -421,7 +421,7 @@ fn a_store_false_session_between_turns_gives_back_its_upstream_buffers_too() {
     }
     std::thread::sleep(Duration::from_millis(1300));
 
-    // Sessions rest 1 s after a turn (`session::REST_AFTER`): client and upstream side.
+    // Sessions rest 1 s after a turn (`pool::REST_AFTER`): client and upstream side.
     let per_session = heap_per_session(&mut held, Duration::from_millis(1300), || {
         let mut s = open_idle(addr, request.as_bytes());
         run_turn(&mut s, &frame);
@@ -467,7 +467,7 @@ fn a_chain_continues_on_its_upstream_connection_after_it_rested() {
         }
         conn = on;
         previous = Some(id);
-        // Past `session::REST_AFTER`: both WebSockets are rebuilt before the next turn.
+        // Past `pool::REST_AFTER`: both WebSockets are rebuilt before the next turn.
         std::thread::sleep(Duration::from_millis(1200));
     }
     assert!(client

@@ -241,13 +241,9 @@ impl<S> PrefixedStream<S> {
         self.record = None;
     }
 
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// Prefix bytes not read yet.
-    pub fn pending_prefix(&self) -> &[u8] {
+    #[cfg(test)]
+    fn pending_prefix(&self) -> &[u8] {
         &self.prefix[self.at..]
     }
 

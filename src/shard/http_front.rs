@@ -261,7 +261,8 @@ impl SseSink<'_> {
             });
             self.started = true;
         }
-        out.extend_from_slice(format!("{:x}\r\n", self.pending.len()).as_bytes());
+        // Into the reused buffer: no allocation per flush.
+        let _ = std::io::Write::write_fmt(&mut out, format_args!("{:x}\r\n", self.pending.len()));
         out.extend_from_slice(&self.pending);
         out.extend_from_slice(b"\r\n");
         add(&self.counters.bytes_out, self.pending.len() as u64);

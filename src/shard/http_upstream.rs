@@ -67,8 +67,6 @@ pub struct HttpConn {
     buf: Vec<u8>,
     /// Where reads land before they are appended to `buf`.
     scratch: Box<[u8]>,
-    /// Responses fully read on it.
-    pub requests: u64,
     /// When it was opened.
     pub born: Instant,
     /// How long the dial took.
@@ -113,7 +111,6 @@ impl HttpConn {
             stream,
             buf: Vec::with_capacity(READ_CHUNK),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
-            requests: 0,
             born: Instant::now(),
             dial_time: started.elapsed(),
         })
@@ -299,7 +296,6 @@ impl HttpResponse {
         .await;
         match drained {
             Some(Ok(())) if self.conn.buf.is_empty() && self.parser.buffered() == 0 => {
-                self.conn.requests += 1;
                 Some(self.conn)
             }
             _ => None,

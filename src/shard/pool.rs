@@ -22,10 +22,12 @@ use super::http_upstream::HttpConn;
 use super::upstream::{self, DialError, UpstreamConn};
 
 /// How long a connection that carried a turn sits unused on the idle stack before it rests
-/// (its WebSocket set aside, its buffers freed, [`UpstreamConn::rest_now`]); a session holding
-/// its connection rests it after as long (`session::REST_AFTER`). A connection in steady use is
-/// never rebuilt.
-const REST_AFTER: Duration = Duration::from_secs(1);
+/// (its WebSocket set aside, its buffers freed, [`UpstreamConn::rest_now`]), and how long a
+/// session waits for its next frame after a turn before it rebuilds its client WebSocket (and
+/// rests a connection it holds). A session in an agent loop (tool output, next request) sends
+/// sooner and keeps its buffers; one waiting for a human gives them back. A connection in
+/// steady use is never rebuilt.
+pub(crate) const REST_AFTER: Duration = Duration::from_secs(1);
 
 /// The shortest wait between two rest sweeps of a pool, so that connections given back a few
 /// milliseconds apart are rested in one sweep.

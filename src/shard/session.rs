@@ -32,6 +32,7 @@ use super::auth::ClientIdentity;
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump, ShardCounters};
 use super::handoff::{HandedConn, Handoff, HandoffError, PrefixedStream};
+use super::pool::REST_AFTER;
 use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
 use super::sticky::Affinity;
 use super::turn::{Driver, TurnEnd};
@@ -91,11 +92,6 @@ enum Next {
     /// The session is over (closed, failed, or the shard drains: closed with 1001).
     Over,
 }
-
-/// How long a session waits for its next frame after a turn before it rebuilds its client
-/// WebSocket. A session in an agent loop (tool output, next request) sends it sooner and keeps
-/// its buffers; one waiting for a human gives them back.
-const REST_AFTER: Duration = Duration::from_secs(1);
 
 /// How serving ended.
 enum Served {

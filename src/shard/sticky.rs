@@ -103,7 +103,7 @@ pub struct ChainInputs {
 }
 
 impl ChainInputs {
-    /// The facts for `normalizer::decide_pairing` / `normalize_turn`.
+    /// The facts for `normalizer::decide_pairing` (through `normalizer::pairing_for_turn`).
     pub fn facts<'a>(&'a self, frame: &'a ClientFrame<'a>) -> PairingFacts<'a> {
         let pending = |p: &'a Option<Vec<String>>| match p {
             Some(ids) => Pending::Known(ids),

@@ -216,11 +216,6 @@ impl Driver {
             .find(|i| self.shard.pools[*i].account.config.id == id)
     }
 
-    /// Switches the request type (an HTTP connection carries streaming and non-streaming ones).
-    pub fn set_request_type(&mut self, t: RequestType) {
-        self.request_type = t;
-    }
-
     /// Gives the held upstream connection back (clean) at the end of a session.
     pub fn release(&mut self) {
         if let Some(lease) = self.lease.take() {

@@ -88,13 +88,6 @@ pub fn new_id() -> String {
     id
 }
 
-/// `true` when `frame` may chain from a gateway-issued id (a cheap byte check before parsing).
-pub fn may_chain(frame: &[u8]) -> bool {
-    frame
-        .windows(ID_PREFIX.len())
-        .any(|w| w == ID_PREFIX.as_bytes())
-}
-
 /// The `response.created` and `response.completed` events answering a warm-up.
 pub fn answer(id: &str, model: &str) -> [String; 2] {
     let created_at = crate::runtime::unix_micros() / 1_000_000;
