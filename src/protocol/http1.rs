@@ -3,6 +3,8 @@
 //! Shared by the gateway's HTTP upstream client, its `POST` front door, the load generator's SSE
 //! transport and the mock upstream, so chunked framing is decoded in exactly one place.
 
+use std::time::Duration;
+
 /// Headers parsed per response.
 const MAX_HEADERS: usize = 64;
 /// Longest chunk-size line (with extensions) accepted: a peer cannot make the reader buffer
@@ -51,6 +53,20 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The server will close the connection after this response.
     pub close: bool,
+    /// `retry-after`, when given in seconds.
+    pub retry_after: Option<Duration>,
+    /// `content-type` is `text/event-stream`.
+    pub event_stream: bool,
+}
+
+/// Parses a `retry-after` header given in seconds.
+pub fn parse_retry_after(value: &[u8]) -> Option<Duration> {
+    std::str::from_utf8(value)
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 /// Parses a response head from the start of `data`: `None` when more bytes are needed, else the
@@ -67,6 +83,8 @@ pub fn parse_head(data: &[u8]) -> Result<Option<(ResponseHead, usize)>, Http1Err
     let mut chunked = false;
     let mut length = None;
     let mut close = resp.version == Some(0);
+    let mut retry_after = None;
+    let mut event_stream = false;
     for h in resp.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or("");
         let tokens = || value.split(',').map(str::trim);
@@ -79,6 +97,13 @@ pub fn parse_head(data: &[u8]) -> Result<Option<(ResponseHead, usize)>, Http1Err
                     .parse::<u64>()
                     .map_err(|_| Http1Error::Length)?,
             );
+        } else if h.name.eq_ignore_ascii_case("retry-after") {
+            retry_after = parse_retry_after(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-type") {
+            event_stream = value
+                .split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"));
         } else if h.name.eq_ignore_ascii_case("connection") {
             if tokens().any(|t| t.eq_ignore_ascii_case("close")) {
                 close = true;
@@ -101,6 +126,8 @@ pub fn parse_head(data: &[u8]) -> Result<Option<(ResponseHead, usize)>, Http1Err
             status,
             framing,
             close,
+            retry_after,
+            event_stream,
         },
         used,
     )))
@@ -334,6 +361,8 @@ mod tests {
         assert_eq!(h.status, 200);
         assert_eq!(h.framing, Framing::Chunked);
         assert!(!h.close);
+        assert!(h.event_stream);
+        assert_eq!(h.retry_after, None);
         assert_eq!(&wire[used..], b"rest");
         let (h, _) = parse_head(
             b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",

@@ -11,12 +11,11 @@ use http::{HeaderName, HeaderValue};
 
 use crate::config::UpstreamConfig;
 use crate::net::UpstreamStream;
-use crate::protocol::http1::{BodyDecoder, Framing, Http1Error};
+use crate::protocol::http1::{self, BodyDecoder, Http1Error, ResponseHead};
 use crate::protocol::sse::{SseError, SseParser};
 use crate::runtime;
 
 use super::account::AccountRuntime;
-use super::retry::parse_retry_after;
 use super::upstream::{connect_stream, DialError};
 
 /// Largest response head accepted.
@@ -71,15 +70,6 @@ pub struct HttpConn {
     pub born: Instant,
     /// How long the dial took.
     pub dial_time: Duration,
-}
-
-/// What the response head says.
-struct ResponseHead {
-    status: u16,
-    retry_after: Option<Duration>,
-    is_sse: bool,
-    framing: Framing,
-    keep_alive: bool,
 }
 
 /// An upstream response in flight: its status and, for a 200, its SSE body.
@@ -151,22 +141,16 @@ impl HttpConn {
             .await
             .ok_or(HttpUpError::Timeout)??;
         let read_timeout = cfg.event_timeout;
-        let ResponseHead {
-            status,
-            retry_after,
-            is_sse,
-            framing,
-            keep_alive,
-        } = runtime::timeout(read_timeout, self.read_head())
+        let head = runtime::timeout(read_timeout, self.read_head())
             .await
             .ok_or(HttpUpError::Timeout)??;
         Ok(HttpResponse {
             conn: self,
-            status,
-            retry_after,
-            is_sse,
-            body: BodyDecoder::new(framing),
-            keep_alive,
+            status: head.status,
+            retry_after: head.retry_after,
+            is_sse: head.event_stream,
+            body: BodyDecoder::new(head.framing),
+            keep_alive: !head.close,
             parser: SseParser::new(cfg.max_message_bytes),
             read_timeout,
         })
@@ -182,70 +166,18 @@ impl HttpConn {
 
     async fn read_head(&mut self) -> Result<ResponseHead, HttpUpError> {
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&self.buf) {
-                Ok(httparse::Status::Complete(used)) => {
-                    let status = resp.code.unwrap_or(0);
-                    let mut retry_after = None;
-                    let mut is_sse = false;
-                    let mut length = None;
-                    let mut chunked = false;
-                    let mut keep_alive = resp.version == Some(1);
-                    for h in resp.headers.iter() {
-                        let v = h.value;
-                        if h.name.eq_ignore_ascii_case("retry-after") {
-                            retry_after = parse_retry_after(v);
-                        } else if h.name.eq_ignore_ascii_case("content-type") {
-                            is_sse = contains_ci(v, b"text/event-stream");
-                        } else if h.name.eq_ignore_ascii_case("content-length") {
-                            length = std::str::from_utf8(v)
-                                .ok()
-                                .and_then(|s| s.trim().parse::<u64>().ok());
-                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                            chunked = contains_ci(v, b"chunked");
-                        } else if h.name.eq_ignore_ascii_case("connection") {
-                            if contains_ci(v, b"close") {
-                                keep_alive = false;
-                            } else if contains_ci(v, b"keep-alive") {
-                                keep_alive = true;
-                            }
-                        }
-                    }
-                    let framing = match (chunked, length) {
-                        (true, _) => Framing::Chunked,
-                        (false, Some(n)) => Framing::Length(n),
-                        (false, None) => {
-                            keep_alive = false;
-                            Framing::UntilClose
-                        }
-                    };
-                    self.buf.drain(..used);
-                    return Ok(ResponseHead {
-                        status,
-                        retry_after,
-                        is_sse,
-                        framing,
-                        keep_alive,
-                    });
-                }
-                Ok(httparse::Status::Partial) => {
-                    if self.buf.len() > MAX_HEAD {
-                        return Err(HttpUpError::Malformed("response head too large".into()));
-                    }
-                }
-                Err(e) => return Err(HttpUpError::Malformed(e.to_string())),
+            if let Some((head, used)) = http1::parse_head(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(head);
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(HttpUpError::Malformed("response head too large".into()));
             }
             if self.fill().await? == 0 {
                 return Err(HttpUpError::Eof);
             }
         }
     }
-}
-
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 impl HttpResponse {

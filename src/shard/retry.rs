@@ -87,19 +87,10 @@ pub fn backoff(cfg: &RetryConfig, retry: u32, retry_after: Option<Duration>) -> 
     }
 }
 
-/// Parses a `retry-after` header given in seconds.
-pub fn parse_retry_after(value: &[u8]) -> Option<Duration> {
-    std::str::from_utf8(value)
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::http1::parse_retry_after;
 
     fn cfg() -> RetryConfig {
         RetryConfig {
