@@ -198,7 +198,9 @@ impl HttpResponse {
     pub async fn read_all(&mut self) -> Result<Vec<u8>, HttpUpError> {
         let mut out = Vec::new();
         loop {
-            self.decode_into(&mut out)?;
+            decode_body(&mut self.body, &mut self.conn.buf, |b| {
+                out.extend_from_slice(b)
+            })?;
             if self.body.is_done() || out.len() > MAX_ERROR_BODY {
                 return Ok(out);
             }
@@ -214,8 +216,7 @@ impl HttpResponse {
         }
         let drained = runtime::timeout(TAIL_TIMEOUT, async {
             while !self.body.is_done() {
-                let mut sink = Vec::new();
-                self.decode_into(&mut sink)?;
+                decode_body(&mut self.body, &mut self.conn.buf, |_| {})?;
                 if self.body.is_done() {
                     break;
                 }
@@ -246,25 +247,33 @@ impl HttpResponse {
         Ok(())
     }
 
+    /// Feeds the SSE parser more of the body, reading from the socket when nothing is buffered.
     async fn read_more(&mut self) -> Result<(), HttpUpError> {
-        let mut decoded = Vec::new();
         loop {
-            self.decode_into(&mut decoded)?;
-            if !decoded.is_empty() || self.body.is_done() {
-                self.parser.feed(&decoded);
+            let parser = &mut self.parser;
+            let fed = decode_body(&mut self.body, &mut self.conn.buf, |b| parser.feed(b))?;
+            if fed || self.body.is_done() {
                 return Ok(());
             }
             self.fill_body().await?;
         }
     }
+}
 
-    /// Moves the body bytes buffered on the connection into `out`, decoding chunks.
-    fn decode_into(&mut self, out: &mut Vec<u8>) -> Result<(), HttpUpError> {
-        let buf = &mut self.conn.buf;
-        let used = self.body.decode(buf, |b| out.extend_from_slice(b))?;
-        buf.drain(..used);
-        Ok(())
-    }
+/// Decodes the body bytes buffered in `buf` (chunks unwrapped) straight into `out`, consuming
+/// them; `true` when any body bytes were handed over.
+fn decode_body(
+    body: &mut BodyDecoder,
+    buf: &mut Vec<u8>,
+    mut out: impl FnMut(&[u8]),
+) -> Result<bool, HttpUpError> {
+    let mut fed = false;
+    let used = body.decode(buf, |b| {
+        fed |= !b.is_empty();
+        out(b);
+    })?;
+    buf.drain(..used);
+    Ok(fed)
 }
 
 /// Turns a `response.create` frame into the body of `POST /responses`: without `type` and
