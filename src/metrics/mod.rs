@@ -71,6 +71,11 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_US, 3).expect("constant histogram bounds are valid")
 }
 
+/// One fresh histogram per [`Hist`], indexed like [`Hist::ALL`].
+pub fn new_set() -> Vec<Histogram<u64>> {
+    Hist::ALL.iter().map(|_| new_histogram()).collect()
+}
+
 /// One shard's histograms. Not `Sync`: only the owning shard records.
 pub struct ShardMetrics {
     hists: RefCell<Vec<Histogram<u64>>>,
@@ -79,7 +84,7 @@ pub struct ShardMetrics {
 impl Default for ShardMetrics {
     fn default() -> Self {
         ShardMetrics {
-            hists: RefCell::new(Hist::ALL.iter().map(|_| new_histogram()).collect()),
+            hists: RefCell::new(new_set()),
         }
     }
 }

@@ -134,8 +134,19 @@ impl Window {
     }
 
     /// Full histograms of `shard` over the window, indexed like [`Hist::ALL`].
+    #[cfg(test)]
     pub fn shard_hists(&self, shard: usize) -> Vec<Histogram<u64>> {
-        let mut out: Vec<Histogram<u64>> = Hist::ALL.iter().map(|_| new_histogram()).collect();
+        let mut out = super::new_set();
+        self.shard_hists_into(shard, &mut out);
+        out
+    }
+
+    /// Full histograms of `shard` over the window into `out` (a set from [`new_set`], indexed
+    /// like [`Hist::ALL`]; cleared first), so one set serves every shard.
+    pub fn shard_hists_into(&self, shard: usize, out: &mut [Histogram<u64>]) {
+        for h in out.iter_mut() {
+            h.reset();
+        }
         for slot in &self.ring {
             if let Some(part) = slot.shards.get(shard) {
                 for (h, sparse) in out.iter_mut().zip(&part.hists) {
@@ -143,7 +154,6 @@ impl Window {
                 }
             }
         }
-        out
     }
 
     /// One histogram merged over shards, per slot, oldest first: `(slot start since the

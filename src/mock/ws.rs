@@ -117,7 +117,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if shared.script(|q| q.deaf_ws()) {
-        shared.record(|s| *s.faults.entry("deaf".to_string()).or_default() += 1);
+        shared.record_fault("deaf");
         // Holds the connection without ever reading it, until the mock stops.
         let _held = stream;
         return std::future::pending().await;

@@ -88,7 +88,8 @@ impl SseParser {
     /// Finds the first blank line: returns (end of the block, length of the separator).
     fn find_boundary(&mut self) -> Option<(usize, usize)> {
         let b = &self.buf[..];
-        // Start one byte back so a separator split over two feeds is still seen.
+        // Start three bytes back so a separator (up to `\r\n\r\n`) split over two feeds is
+        // still seen.
         let mut i = self.scanned.saturating_sub(3);
         while let Some(off) = memchr_newline(&b[i..]) {
             let nl = i + off;
