@@ -98,9 +98,14 @@ pub enum HandoffError {
 /// into the shard's executor, connected there.
 pub struct HandoffPort<M: Send> {
     shard: usize,
-    senders: Vec<Option<UnboundShardSender<HandedConn<M>>>>,
-    receivers: Vec<UnboundShardReceiver<HandedConn<M>>>,
+    senders: Vec<Option<UnboundShardSender<Slot<M>>>>,
+    receivers: Vec<UnboundShardReceiver<Slot<M>>>,
 }
+
+/// What a handoff channel carries. Boxed: glommio allocates every slot of a channel up front,
+/// and there are shards × (shards − 1) channels for a path taken only on reconnects, so a slot
+/// is a pointer rather than a whole connection.
+type Slot<M> = Box<HandedConn<M>>;
 
 /// Builds the handoff mesh of `shards` shards: element `i` is shard `i`'s port.
 pub fn mesh<M: Send>(shards: usize, capacity: usize) -> Vec<HandoffPort<M>> {
@@ -152,7 +157,7 @@ impl<M: Send + 'static> HandoffPort<M> {
 /// This shard's senders to every other shard.
 pub struct Handoff<M: Send> {
     shard: usize,
-    senders: Vec<Option<ShardSender<HandedConn<M>>>>,
+    senders: Vec<Option<ShardSender<Slot<M>>>>,
 }
 
 impl<M: Send> Handoff<M> {
@@ -171,19 +176,19 @@ impl<M: Send> Handoff<M> {
         let Some(Some(tx)) = self.senders.get(to) else {
             return Err((HandoffError::NoSuchShard, conn));
         };
-        runtime::try_send_to_shard(tx, conn).map_err(|(e, conn)| {
+        runtime::try_send_to_shard(tx, Box::new(conn)).map_err(|(e, conn)| {
             let e = match e {
                 ShardSendError::Full => HandoffError::Full,
                 ShardSendError::Closed => HandoffError::Closed,
             };
-            (e, conn)
+            (e, *conn)
         })
     }
 }
 
 /// Connections other shards hand to this one.
 pub struct HandoffInbox<M: Send> {
-    receivers: Vec<ShardReceiver<HandedConn<M>>>,
+    receivers: Vec<ShardReceiver<Slot<M>>>,
 }
 
 impl<M: Send + 'static> HandoffInbox<M> {
@@ -193,7 +198,7 @@ impl<M: Send + 'static> HandoffInbox<M> {
         let on_conn = &on_conn;
         futures_util::future::join_all(self.receivers.into_iter().map(|rx| async move {
             while let Some(conn) = rx.recv().await {
-                on_conn(conn);
+                on_conn(*conn);
             }
         }))
         .await;
