@@ -108,11 +108,7 @@ pub fn apply(
     }
     report.needs_restart = restart_only_differences(current, new);
     live.store(new);
-    current.upstream.force_http = new.upstream.force_http;
-    for (old, next) in current.accounts.iter_mut().zip(&new.accounts) {
-        old.transport = next.transport;
-    }
-    current.client_keys = new.client_keys.clone();
+    copy_live(current, new);
     Ok(report)
 }
 
@@ -149,14 +145,20 @@ fn keys_change(current: &Config, new: &Config) -> String {
     )
 }
 
+/// Copies the settings a reload applies live from `src` into `dst` (same account list): the one
+/// list of them, besides [`LiveSettings`] itself.
+fn copy_live(dst: &mut Config, src: &Config) {
+    dst.upstream.force_http = src.upstream.force_http;
+    for (d, s) in dst.accounts.iter_mut().zip(&src.accounts) {
+        d.transport = s.transport;
+    }
+    dst.client_keys = src.client_keys.clone();
+}
+
 /// The sections of `new` that differ from `current` beyond the live settings.
 fn restart_only_differences(current: &Config, new: &Config) -> Vec<&'static str> {
     let mut masked = new.clone();
-    masked.client_keys = current.client_keys.clone();
-    masked.upstream.force_http = current.upstream.force_http;
-    for (m, c) in masked.accounts.iter_mut().zip(&current.accounts) {
-        m.transport = c.transport;
-    }
+    copy_live(&mut masked, current);
     let sections = [
         ("server", masked.server != current.server),
         ("upstream", masked.upstream != current.upstream),
