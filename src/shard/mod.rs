@@ -156,30 +156,25 @@ impl Shard {
 
     /// Counts a new session for `key_id`; `false` when the per-key cap is reached.
     pub fn try_open_session(&self, key_id: &str) -> bool {
-        let cap = self.config.server.max_sessions_per_key;
+        self.count_session(key_id, self.config.server.max_sessions_per_key)
+    }
+
+    /// Counts a session another shard handed over: it was admitted (and counted against its
+    /// key's cap) where it was accepted, so it is not refused here.
+    pub fn open_handed_session(&self, key_id: &str) {
+        self.count_session(key_id, 0);
+    }
+
+    /// Counts a session of `key_id` unless `cap` (0 = none) sessions of it are open already.
+    fn count_session(&self, key_id: &str, cap: usize) -> bool {
         let mut map = self.sessions_per_key.borrow_mut();
         let n = map.entry(key_id.to_string()).or_insert(0);
         if cap != 0 && *n >= cap {
             return false;
         }
         *n += 1;
-        self.counters
-            .sessions_open
-            .set(self.counters.sessions_open.get() + 1);
+        bump(&self.counters.sessions_open);
         true
-    }
-
-    /// Counts a session another shard handed over: it was admitted (and counted against its
-    /// key's cap) where it was accepted, so it is not refused here.
-    pub fn open_handed_session(&self, key_id: &str) {
-        *self
-            .sessions_per_key
-            .borrow_mut()
-            .entry(key_id.to_string())
-            .or_insert(0) += 1;
-        self.counters
-            .sessions_open
-            .set(self.counters.sessions_open.get() + 1);
     }
 
     /// Marks a turn as in flight until the guard drops.

@@ -17,6 +17,7 @@ use crate::config::UpstreamConfig;
 use crate::runtime;
 
 use super::account::AccountRuntime;
+use super::counters::{add, bump};
 use super::breaker::Breaker;
 use super::http_upstream::HttpConn;
 use super::upstream::{self, DialError, UpstreamConn};
@@ -72,10 +73,6 @@ pub struct PoolCounters {
     pub discarded: Cell<u64>,
     /// Connections closed because they reached the age limit.
     pub retired: Cell<u64>,
-}
-
-fn bump(c: &Cell<u64>) {
-    c.set(c.get() + 1);
 }
 
 /// The pool of one account on one shard.
@@ -158,9 +155,7 @@ impl Pool {
     pub async fn http_conn(&self, fresh: bool) -> Result<(HttpConn, bool), DialError> {
         if fresh {
             let stale = std::mem::take(&mut *self.http_idle.borrow_mut());
-            self.counters
-                .discarded
-                .set(self.counters.discarded.get() + stale.len() as u64);
+            add(&self.counters.discarded, stale.len() as u64);
         }
         loop {
             let Some(conn) = self.http_idle.borrow_mut().pop() else {
