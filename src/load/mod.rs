@@ -42,8 +42,9 @@ mod stats;
 mod transport;
 mod ws;
 
+pub use crate::metrics::export::HistSummary as HistogramSummary;
 pub use cli::{run_cli, LoadArgs};
 pub use config::{ConfigError, LoadConfig, Stop, Target, Wire};
-pub use report::{HistogramSummary, Report};
+pub use report::Report;
 pub use run::{run, RunError};
 pub use transport::{Transport, TransportError};

@@ -9,58 +9,7 @@ use serde::Serialize;
 
 use super::config::{LoadConfig, Stop};
 use super::stats::Stats;
-
-/// Percentiles of one histogram, in µs.
-#[derive(Clone, Debug, Serialize)]
-pub struct HistogramSummary {
-    /// Values recorded.
-    pub count: u64,
-    /// Smallest value.
-    pub min: u64,
-    /// Mean.
-    pub mean: f64,
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 95th percentile.
-    pub p95: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// Largest value.
-    pub max: u64,
-}
-
-impl HistogramSummary {
-    fn of(h: &Histogram<u64>) -> HistogramSummary {
-        if h.is_empty() {
-            return HistogramSummary {
-                count: 0,
-                min: 0,
-                mean: 0.0,
-                p50: 0,
-                p90: 0,
-                p95: 0,
-                p99: 0,
-                p999: 0,
-                max: 0,
-            };
-        }
-        HistogramSummary {
-            count: h.len(),
-            min: h.min(),
-            mean: h.mean(),
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p95: h.value_at_quantile(0.95),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-        }
-    }
-}
+use crate::metrics::export::HistSummary;
 
 /// Everything a run measured, with the settings it ran with.
 #[derive(Clone, Debug, Serialize)]
@@ -112,17 +61,17 @@ pub struct Report {
     /// Errors by key (`error.code`, `close_<code>`, `connect_*`, `turn_timeout`, ...).
     pub errors: BTreeMap<String, u64>,
     /// Frame written → first `*.delta`.
-    pub ttft_us: HistogramSummary,
+    pub ttft_us: HistSummary,
     /// Receive wall clock − the event's `mock_ts_us`.
-    pub event_latency_us: HistogramSummary,
+    pub event_latency_us: HistSummary,
     /// Frame written → terminal event of a turn.
-    pub turn_us: HistogramSummary,
+    pub turn_us: HistSummary,
     /// Frame written → terminal event of a warm-up.
-    pub warmup_us: HistogramSummary,
+    pub warmup_us: HistSummary,
     /// TCP connect plus WebSocket handshake.
-    pub connect_us: HistogramSummary,
+    pub connect_us: HistSummary,
     /// Connect start → end of the first turn on that connection.
-    pub first_turn_us: HistogramSummary,
+    pub first_turn_us: HistSummary,
     /// Percentile distributions of the histograms, for [`Report::distribution_csv`].
     #[serde(skip)]
     pub distribution: Vec<(&'static str, Vec<PercentilePoint>)>,
@@ -202,12 +151,12 @@ impl Report {
             connects: stats.connects,
             errors_total: stats.errors.values().sum(),
             errors: stats.errors.clone(),
-            ttft_us: HistogramSummary::of(&stats.ttft_us),
-            event_latency_us: HistogramSummary::of(&stats.event_latency_us),
-            turn_us: HistogramSummary::of(&stats.turn_us),
-            warmup_us: HistogramSummary::of(&stats.warmup_us),
-            connect_us: HistogramSummary::of(&stats.connect_us),
-            first_turn_us: HistogramSummary::of(&stats.first_turn_us),
+            ttft_us: HistSummary::of(&stats.ttft_us),
+            event_latency_us: HistSummary::of(&stats.event_latency_us),
+            turn_us: HistSummary::of(&stats.turn_us),
+            warmup_us: HistSummary::of(&stats.warmup_us),
+            connect_us: HistSummary::of(&stats.connect_us),
+            first_turn_us: HistSummary::of(&stats.first_turn_us),
             distribution: histograms
                 .iter()
                 .map(|(name, h)| (*name, distribution(h)))

@@ -23,11 +23,15 @@ pub fn is_gauge(name: &str) -> bool {
     name.ends_with("_open") || name.ends_with("_in_flight") || name.ends_with("_len")
 }
 
-/// One histogram, summarized. Values in microseconds.
+/// One histogram, summarized. Values in microseconds. Used by the stats document and the load
+/// generator's report alike.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct HistSummary {
     /// Values recorded.
     pub count: u64,
+    /// Smallest value.
+    #[serde(default)]
+    pub min: u64,
     /// Median.
     pub p50: u64,
     /// 90th percentile.
@@ -52,6 +56,7 @@ impl HistSummary {
         }
         HistSummary {
             count: h.len(),
+            min: h.min(),
             p50: h.value_at_quantile(0.5),
             p90: h.value_at_quantile(0.9),
             p95: h.value_at_quantile(0.95),

@@ -198,6 +198,7 @@ mod tests {
             .insert("ws".into(), 3);
         let h = HistSummary {
             count: 2,
+            min: 1_000,
             p50: 1_000,
             p90: 2_000,
             p95: 2_000,

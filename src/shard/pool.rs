@@ -17,8 +17,8 @@ use crate::config::UpstreamConfig;
 use crate::runtime;
 
 use super::account::AccountRuntime;
-use super::counters::{add, bump};
 use super::breaker::Breaker;
+use super::counters::{add, bump};
 use super::http_upstream::HttpConn;
 use super::upstream::{self, DialError, UpstreamConn};
 
