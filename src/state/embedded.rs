@@ -36,6 +36,8 @@ pub struct EmbeddedStore {
     /// each key with the map (one allocation per written key, not two).
     order: VecDeque<(Arc<str>, Instant)>,
     evictions: u64,
+    /// Evictions already handed to the store's counters ([`EmbeddedStore::new_evictions`]).
+    evictions_reported: u64,
     /// Where keys are built for a write or a lookup, reused: a lookup allocates no key, a
     /// write one (the shared key it keeps).
     scratch: String,
@@ -51,6 +53,7 @@ impl EmbeddedStore {
             map: HashMap::new(),
             order: VecDeque::new(),
             evictions: 0,
+            evictions_reported: 0,
             scratch: String::new(),
         }
     }
@@ -68,6 +71,13 @@ impl EmbeddedStore {
     /// Entries evicted so far because the store was full.
     pub fn evictions(&self) -> u64 {
         self.evictions
+    }
+
+    /// Evictions since the last call, for the store's counters (each backend's tick adds them).
+    pub fn new_evictions(&mut self) -> u64 {
+        let new = self.evictions - self.evictions_reported;
+        self.evictions_reported = self.evictions;
+        new
     }
 
     /// [`StateStore::put_turn`] at a given time: the binding, then the pending calls, then the
@@ -221,17 +231,12 @@ impl EmbeddedStore {
 pub struct EmbeddedBackend {
     store: EmbeddedStore,
     stats: std::sync::Arc<StateStats>,
-    reported_evictions: u64,
 }
 
 impl EmbeddedBackend {
     /// Wraps `store`, reporting into `stats`.
     pub fn new(store: EmbeddedStore, stats: std::sync::Arc<StateStats>) -> Self {
-        EmbeddedBackend {
-            store,
-            stats,
-            reported_evictions: 0,
-        }
+        EmbeddedBackend { store, stats }
     }
 }
 
@@ -254,9 +259,7 @@ impl StateStore for EmbeddedBackend {
 
     fn tick(&mut self, now: Instant) {
         self.store.expire(now);
-        let ev = self.store.evictions();
-        add(&self.stats.evictions, ev - self.reported_evictions);
-        self.reported_evictions = ev;
+        add(&self.stats.evictions, self.store.new_evictions());
     }
 
     fn flush(&mut self) {}

@@ -50,7 +50,6 @@ pub struct RedisStore {
     stats: Arc<StateStats>,
     last_log: Option<Instant>,
     errors_since_log: u64,
-    reported_evictions: u64,
 }
 
 impl RedisStore {
@@ -79,7 +78,6 @@ impl RedisStore {
             stats,
             last_log: None,
             errors_since_log: 0,
-            reported_evictions: 0,
         })
     }
 
@@ -297,9 +295,7 @@ impl StateStore for RedisStore {
 
     fn tick(&mut self, now: Instant) {
         self.local.expire(now);
-        let ev = self.local.evictions();
-        add(&self.stats.evictions, ev - self.reported_evictions);
-        self.reported_evictions = ev;
+        add(&self.stats.evictions, self.local.new_evictions());
         if self.pipe.is_empty() {
             // Reconnect on the tick, not on a shard's lookup.
             if self.con.is_none() && self.retry_at.is_some_and(|at| now >= at) {
