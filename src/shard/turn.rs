@@ -706,6 +706,19 @@ impl Driver {
         Some(merged)
     }
 
+    /// Counts the upstream connection an attempt got: reused, or a new dial (per account, with
+    /// its dial time in `hist`).
+    fn count_conn(&self, pool: &Pool, reused: bool, hist: Hist, dial_time: std::time::Duration) {
+        let counters = &self.shard.counters;
+        if reused {
+            bump(&counters.pool_reuses);
+        } else {
+            bump(&counters.pool_dials);
+            counters.bump_labeled("dials", &pool.account.config.id);
+            self.shard.metrics.record(hist, dial_time);
+        }
+    }
+
     /// Answers a warm-up itself (its transport is HTTP, which rejects `generate`).
     async fn answer_warmup<S: ClientSink>(
         &mut self,
@@ -870,16 +883,8 @@ impl Driver {
                 .record(Hist::AcquireWait, asked.elapsed());
             match lease {
                 Ok(mut lease) => {
-                    let counters = &self.shard.counters;
-                    if lease.reused {
-                        bump(&counters.pool_reuses);
-                    } else {
-                        bump(&counters.pool_dials);
-                        counters.bump_labeled("dials", &pool.account.config.id);
-                        self.shard
-                            .metrics
-                            .record(Hist::DialWs, lease.conn().dial_time);
-                    }
+                    let dial_time = lease.conn().dial_time;
+                    self.count_conn(pool, lease.reused, Hist::DialWs, dial_time);
                     self.lease = Some(lease);
                 }
                 Err(e) => {
@@ -985,14 +990,7 @@ impl Driver {
             Ok(c) => c,
             Err(e) => return Attempt::failed(dial_failure(&e), false),
         };
-        let counters = &self.shard.counters;
-        if reused {
-            bump(&counters.pool_reuses);
-        } else {
-            bump(&counters.pool_dials);
-            counters.bump_labeled("dials", &pool.account.config.id);
-            self.shard.metrics.record(Hist::DialHttp, conn.dial_time);
-        }
+        self.count_conn(pool, reused, Hist::DialHttp, conn.dial_time);
         let cfg = &self.shard.config.upstream;
         let sent_at = Instant::now();
         let mut resp = match conn.send(&pool.account, cfg, &self.forward, &body).await {
