@@ -134,6 +134,15 @@ pub struct Pairing<'a> {
     pub reason: PairingReason,
 }
 
+/// `true` when every tool output in `frame` answers a call in `pending` or a call item in the
+/// same frame: the pairing invariant's one test, for the normalizer and the recovery matrix.
+pub fn outputs_answered(frame: &ClientFrame<'_>, pending: &[String]) -> bool {
+    frame
+        .tool_output_call_ids
+        .iter()
+        .all(|out| pending.iter().any(|c| c == out) || frame.tool_call_ids.iter().any(|c| c == out))
+}
+
 /// Decides the fate of `previous_response_id` from the call/output pairing invariant.
 pub fn decide_pairing<'a>(facts: &PairingFacts<'a>) -> Pairing<'a> {
     let f = facts.frame;
@@ -145,13 +154,10 @@ pub fn decide_pairing<'a>(facts: &PairingFacts<'a>) -> Pairing<'a> {
         };
         return decided(PreviousId::AsSent, reason);
     }
-    let covered_by =
-        |pending: Pending<'_>| match pending {
-            Pending::Known(ids) => Some(f.tool_output_call_ids.iter().all(|out| {
-                ids.iter().any(|c| c == out) || f.tool_call_ids.iter().any(|c| c == out)
-            })),
-            Pending::Unknown => None,
-        };
+    let covered_by = |pending: Pending<'_>| match pending {
+        Pending::Known(ids) => Some(outputs_answered(f, ids)),
+        Pending::Unknown => None,
+    };
     if covered_by(Pending::Known(&[])) == Some(true) {
         return decided(PreviousId::AsSent, PairingReason::SelfContained);
     }

@@ -17,7 +17,7 @@
 use crate::protocol::upstream_event::ErrorReason;
 use crate::protocol::ClientFrame;
 
-use super::normalizer::Pending;
+use super::normalizer::{outputs_answered, Pending};
 
 /// What to do about an upstream chain error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,8 +116,6 @@ pub fn decide(facts: &RecoveryFacts<'_>, attempts: &Attempts) -> Recovery {
     if facts.client_saw_output {
         return pass(ClientSawOutput);
     }
-    let outputs = &facts.frame.tool_output_call_ids;
-    let in_frame = |id: &str| facts.frame.tool_call_ids.iter().any(|c| c == id);
     match facts.reason {
         ErrorReason::PreviousResponseNotFound => {
             if attempts.aligned {
@@ -129,11 +127,11 @@ pub fn decide(facts: &RecoveryFacts<'_>, attempts: &Attempts) -> Recovery {
             else {
                 return pass(NoOtherResponse);
             };
-            let outputs_fit = outputs.iter().all(|out| {
-                in_frame(out)
-                    || matches!(facts.pending_of_last, Pending::Known(ids) if ids.iter().any(|c| c == out))
-            });
-            if outputs_fit {
+            let pending_of_last = match facts.pending_of_last {
+                Pending::Known(ids) => ids,
+                Pending::Unknown => &[],
+            };
+            if outputs_answered(facts.frame, pending_of_last) {
                 Recovery::AlignTo(last.to_string())
             } else {
                 pass(OutputsNeedTheirId)
@@ -146,7 +144,7 @@ pub fn decide(facts: &RecoveryFacts<'_>, attempts: &Attempts) -> Recovery {
             if facts.sent_previous.is_none() {
                 return pass(NoPreviousId);
             }
-            if outputs.iter().all(|out| in_frame(out)) {
+            if outputs_answered(facts.frame, &[]) {
                 Recovery::ReplayWithoutPrevious
             } else {
                 pass(OutputsNeedTheirId)
