@@ -277,8 +277,8 @@ fn classify_handshake_error(e: WsError) -> DialError {
             let retry_after = response
                 .headers()
                 .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok());
+                .and_then(|v| crate::protocol::http1::parse_retry_after(v.as_bytes()))
+                .map(|d| d.as_secs());
             DialError::Refused {
                 status: response.status().as_u16(),
                 retry_after,
