@@ -472,15 +472,17 @@ fn classify(text: Utf8Bytes, rewrite: &Rewrite, relayed: bool, capture_output: b
             first_event_at: None,
         }),
         EventKind::Error => {
-            if !relayed {
-                if let Some(class) = event.error().and_then(|e| match e.reason() {
+            let err = if relayed { None } else { event.error() };
+            if let Some(err) = err {
+                let class = match err.reason() {
                     ErrorReason::RateLimited => Some(FailureClass::retryable("429")),
                     ErrorReason::ServerError => Some(FailureClass::retryable("5xx")),
                     reason @ (ErrorReason::PreviousResponseNotFound
                     | ErrorReason::ToolOutputNotFound) => Some(FailureClass::Chain { reason }),
                     _ => None,
-                }) {
-                    let status = event.error().map(|e| e.http_status()).unwrap_or(502);
+                };
+                if let Some(class) = class {
+                    let status = err.http_status();
                     let error = TurnError::from_upstream(status, text.as_bytes());
                     let error = TurnError {
                         event: text.as_str().to_string(),
