@@ -9,8 +9,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 
+use crate::net::read_buf::ReadBuf;
 use crate::protocol::sse::SseParser;
 use crate::runtime::{self, TcpStream};
 
@@ -24,51 +25,6 @@ const MAX_EVENT_BYTES: usize = 64 << 20;
 const MAX_HEAD_BYTES: usize = 64 << 10;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 << 10;
-
-/// Raw bytes read from the socket and not yet consumed.
-struct ReadBuf {
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl ReadBuf {
-    fn new() -> ReadBuf {
-        ReadBuf {
-            buf: vec![0; READ_CHUNK],
-            start: 0,
-            end: 0,
-        }
-    }
-
-    fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start >= self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
-    /// Reads more bytes from `stream`; 0 at end of stream.
-    async fn fill(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
-        if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if self.end == self.buf.len() {
-                let grown = self.buf.len() + READ_CHUNK;
-                self.buf.resize(grown, 0);
-            }
-        }
-        let n = stream.read(&mut self.buf[self.end..]).await?;
-        self.end += n;
-        Ok(n)
-    }
-}
 
 /// Where the connection is in its current exchange.
 enum Phase {
@@ -134,7 +90,7 @@ impl SseTransport {
     /// Forgets the connection (the next request opens a new one).
     fn drop_connection(&mut self) {
         self.stream = None;
-        self.read = ReadBuf::new();
+        self.read = ReadBuf::new(READ_CHUNK);
         self.phase = Phase::Idle;
         self.closing = false;
         self.parser = SseParser::new(MAX_EVENT_BYTES);
@@ -219,7 +175,7 @@ impl Transport for SseTransport {
             connect_timeout: config.connect_timeout,
             head_prefix,
             stream: Some(stream),
-            read: ReadBuf::new(),
+            read: ReadBuf::new(READ_CHUNK),
             phase: Phase::Idle,
             closing: false,
             parser: SseParser::new(MAX_EVENT_BYTES),

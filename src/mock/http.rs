@@ -3,8 +3,9 @@
 
 use std::io;
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::net::read_buf::ReadBuf;
 use crate::protocol::http1::{self, BodyDecoder, Http1Error};
 
 /// Largest request head accepted.
@@ -102,9 +103,7 @@ impl Head {
 /// (or for the WebSocket after an upgrade).
 pub struct Reader<S> {
     stream: S,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    buf: ReadBuf,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
@@ -112,9 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
     pub fn new(stream: S) -> Self {
         Self {
             stream,
-            buf: vec![0; READ_CHUNK],
-            start: 0,
-            end: 0,
+            buf: ReadBuf::new(READ_CHUNK),
         }
     }
 
@@ -125,64 +122,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
 
     /// The socket and the bytes read but not consumed.
     pub fn into_parts(self) -> (S, Vec<u8>) {
-        let rest = self.buf[self.start..self.end].to_vec();
-        (self.stream, rest)
+        (self.stream, self.buf.into_rest())
     }
 
     fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        self.buf.data()
     }
 
     fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start >= self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
-    /// Makes room for at least `want` unconsumed bytes in the buffer.
-    fn reserve(&mut self, want: usize) {
-        if self.buf.len() - self.start >= want {
-            return;
-        }
-        self.buf.copy_within(self.start..self.end, 0);
-        self.end -= self.start;
-        self.start = 0;
-        if self.buf.len() < want {
-            self.buf.resize(want, 0);
-        }
+        self.buf.consume(n);
     }
 
     /// Reads more bytes; 0 at end of stream.
     async fn fill(&mut self) -> io::Result<usize> {
-        if self.end == self.buf.len() {
-            let unconsumed = self.end - self.start;
-            self.reserve((unconsumed + READ_CHUNK).max(self.buf.len()));
-            if self.end == self.buf.len() {
-                let grown = self.buf.len() + READ_CHUNK;
-                self.buf.resize(grown, 0);
-            }
-        }
-        let n = self.stream.read(&mut self.buf[self.end..]).await?;
-        self.end += n;
-        Ok(n)
+        self.buf.fill(&mut self.stream).await
     }
 
     /// Reads the next request head; `None` when the peer closed between requests.
     pub async fn read_head(&mut self) -> Result<Option<Head>, HttpError> {
         loop {
-            if self.end > self.start {
+            if !self.data().is_empty() {
                 if let Some((head, used)) = parse_head(self.data())? {
                     self.consume(used);
                     return Ok(Some(head));
                 }
-                if self.end - self.start > MAX_HEAD {
+                if self.data().len() > MAX_HEAD {
                     return Err(HttpError::HeadTooLarge);
                 }
             }
             if self.fill().await? == 0 {
-                return if self.end == self.start {
+                return if self.data().is_empty() {
                     Ok(None)
                 } else {
                     Err(HttpError::UnexpectedEof)
@@ -226,8 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             if n == 0 {
                 return;
             }
-            self.start = 0;
-            self.end = 0;
+            self.buf.clear();
         }
     }
 }

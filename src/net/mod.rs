@@ -41,6 +41,7 @@ macro_rules! forward_async_write {
 pub(crate) use forward_async_write;
 
 pub mod frame_edge;
+pub mod read_buf;
 pub mod stream;
 pub mod tls;
 
