@@ -66,3 +66,13 @@ pub fn measure<R>(iters: u64, mut f: impl FnMut() -> R) -> (f64, f64) {
     let n = iters.max(1) as f64;
     ((a1 - a0) as f64 / n, (b1 - b0) as f64 / n)
 }
+
+/// Iterations of the allocation measurement after each timed bench.
+const REPORT_ITERS: u64 = 10_000;
+
+/// Measures `f`'s allocations and prints them as `ALLOC <name>: <allocs>/op <bytes> B/op`, the
+/// line `benches/README.md` collects.
+pub fn report_allocs<R>(name: &str, f: impl FnMut() -> R) {
+    let (allocs, bytes) = measure(REPORT_ITERS, f);
+    println!("ALLOC {name}: {allocs}/op {bytes} B/op");
+}

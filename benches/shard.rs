@@ -26,13 +26,7 @@ mod alloc_counter;
 #[global_allocator]
 static ALLOC: alloc_counter::Counting = alloc_counter::Counting;
 
-/// Iterations of the allocation measurement after each timed bench.
-const ALLOC_ITERS: u64 = 10_000;
-
-fn report_allocs<R>(name: &str, f: impl FnMut() -> R) {
-    let (allocs, bytes) = alloc_counter::measure(ALLOC_ITERS, f);
-    println!("ALLOC {name}: {allocs}/op {bytes} B/op");
-}
+use alloc_counter::report_allocs;
 
 fn config() -> Criterion {
     Criterion::default()
