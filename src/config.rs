@@ -35,6 +35,35 @@ pub enum ConfigError {
     },
 }
 
+/// A TOML error as "line L, column C: message", without the offending line and with every
+/// quoted value elided: the line or the value may be a key (`api_key = "sk-…"`), and config
+/// errors are printed to terminals and logs.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let mut message = String::with_capacity(e.message().len());
+    let mut quoted = false;
+    for c in e.message().trim_end().chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                quoted = true;
+                message.push_str("\"…");
+            }
+            ('"', true) => {
+                quoted = false;
+                message.push('"');
+            }
+            (c, false) => message.push(c),
+            (_, true) => {}
+        }
+    }
+    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+        return message;
+    };
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -572,7 +601,8 @@ impl Config {
 
     /// Parses and validates config text; `env` resolves `*_env` names (injectable for tests).
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(describe(text, &e)))?;
         Self::validate(raw, env)
     }
 
@@ -943,5 +973,27 @@ mod tests {
         assert_eq!(e.authority(), "[::1]:9000");
         assert!(Endpoint::parse("http://u:p@h/").is_err());
         assert!(Endpoint::parse("http://h:99999/").is_err());
+    }
+
+    #[test]
+    fn toml_errors_name_the_place_but_never_echo_a_secret() {
+        let secret = "sk-live-do-not-print-0123456789";
+        let broken_line = format!("{MINIMAL}\n[[accounts]]\napi_key = \"{secret}\" trailing\n");
+        let wrong_type = format!("{MINIMAL}\n[server]\nshards = \"{secret}\"\n");
+        for text in [broken_line, wrong_type] {
+            let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+            assert!(!err.contains("do-not-print"), "{err}");
+            assert!(err.contains("line "), "{err}");
+        }
+    }
+
+    #[test]
+    fn deeply_nested_toml_is_an_error_not_a_crash() {
+        let text = format!(
+            "{MINIMAL}\n[server]\nx = {}1{}\n",
+            "[".repeat(50_000),
+            "]".repeat(50_000)
+        );
+        assert!(Config::parse(&text, &no_env).is_err());
     }
 }

@@ -7,46 +7,13 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::heap::{Tracking, LIVE};
 use common::*;
-
-/// Live heap bytes of the whole process.
-static LIVE: AtomicI64 = AtomicI64::new(0);
-
-/// Forwards to the system allocator and keeps [`LIVE`] up to date.
-struct Tracking;
-
-// SAFETY: every call is forwarded unchanged to `System`; only a counter is added.
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Tracking = Tracking;
@@ -332,63 +299,6 @@ fn the_rebuild_does_not_extend_the_idle_timeout() {
         "closed after {waited:?}"
     );
     gw.stop();
-}
-
-/// The mock upstream in its own process: its side of every upstream connection must not count.
-struct MockProcess {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl MockProcess {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
-            .args(["mock-upstream", "--listen", &format!("127.0.0.1:{port}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mock binary starts");
-        let mock = MockProcess { child, port };
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return mock;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the mock upstream did not start listening on {port}");
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Upstream WebSocket connections the mock has open.
-    fn ws_connections_open(&self) -> u64 {
-        use sonic_rs::JsonValueTrait;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let (status, reply) = http(
-            addr,
-            "GET /_mock/stats HTTP/1.1\r\nhost: mock\r\nconnection: close\r\n\r\n",
-        );
-        assert_eq!(status, 200, "mock stats: {reply}");
-        let stats: sonic_rs::Value = sonic_rs::from_str(body_of(&reply)).expect("stats JSON");
-        // This request is one of the open connections, and not a WebSocket.
-        stats["connections_open"]
-            .as_u64()
-            .expect("connections_open")
-            - 1
-    }
-}
-
-impl Drop for MockProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One account with room for a leased connection per session.

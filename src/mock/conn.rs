@@ -64,7 +64,7 @@ where
                     return;
                 }
                 ws::Handshake::Refuse(status) => {
-                    let err = ws::refusal(status);
+                    let err = ws::refusal(status, &head);
                     match rest::error(&mut reader, &err, head.keep_alive()).await {
                         Ok(Next::KeepAlive) => continue,
                         Ok(Next::Close) | Err(_) => return,

@@ -85,6 +85,27 @@ impl ApiError {
         Self::new(status, kind, code, message.to_string())
     }
 
+    /// The 401 for a wrong key, quoting the presented key masked the way OpenAI's API does
+    /// (its first 6 and last 4 characters), so tests can check that the gateway never relays
+    /// an account key, whole or masked, to its clients.
+    pub fn incorrect_key(presented: &str) -> Self {
+        let masked = match (presented.get(..6), presented.len().checked_sub(4)) {
+            (Some(head), Some(tail_at)) if presented.len() > 10 => {
+                let tail = presented.get(tail_at..).unwrap_or_default();
+                format!("{head}{}{tail}", "*".repeat(presented.len() - 10))
+            }
+            _ => "*".repeat(presented.len()),
+        };
+        Self::new(
+            401,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            format!(
+                "Incorrect API key provided: {masked}. You can find your API key at https://platform.openai.com/account/api-keys."
+            ),
+        )
+    }
+
     /// The error an `error=CODE` directive injects.
     pub fn for_code(code: &str) -> Self {
         let (status, kind) = if code.contains("rate_limit") {

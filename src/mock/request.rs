@@ -3,6 +3,8 @@
 
 use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
 
+use crate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
+
 /// Model reported when a request names none.
 const DEFAULT_MODEL: &str = "mock-model";
 
@@ -110,6 +112,7 @@ impl CreateRequest {
 }
 
 fn parse_object(bytes: &[u8]) -> Result<Value, RequestError> {
+    check_depth(bytes, MAX_JSON_DEPTH).map_err(|e| RequestError::NotJson(e.to_string()))?;
     let value: Value =
         sonic_rs::from_slice(bytes).map_err(|e| RequestError::NotJson(e.to_string()))?;
     if value.is_object() {

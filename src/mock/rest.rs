@@ -41,7 +41,7 @@ where
     });
     if !super::ws::authorized(head, shared) {
         shared.record(|s| s.auth_failures += 1);
-        return error(reader, &ApiError::for_status(401), keep_alive).await;
+        return error(reader, &super::ws::unauthorized(head), keep_alive).await;
     }
     if let Some(status) = shared.script(|q| q.next_http()).filter(|s| *s != 200) {
         return error(reader, &ApiError::for_status(status), keep_alive).await;

@@ -103,10 +103,20 @@ pub fn accept_response(accept_key: &str) -> String {
     )
 }
 
+/// The refusal of a request without the required key, quoting (masked) what it presented.
+pub fn unauthorized(head: &Head) -> ApiError {
+    let presented = head
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    ApiError::incorrect_key(presented.trim())
+}
+
 /// The refusal of a handshake as an error.
-pub fn refusal(status: u16) -> ApiError {
+pub fn refusal(status: u16, head: &Head) -> ApiError {
     match status {
         400 => ApiError::invalid_request("Invalid WebSocket handshake request."),
+        401 => unauthorized(head),
         _ => ApiError::for_status(status),
     }
 }

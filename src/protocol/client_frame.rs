@@ -10,6 +10,8 @@ use std::ops::Range;
 
 use sonic_rs::{JsonType, JsonValueTrait};
 
+use super::error_body::{ErrorType, GatewayError};
+use super::json_depth::{check_depth, MAX_JSON_DEPTH};
 use super::lazy::{is_null, range_of, str_in};
 
 /// Why a client frame was not accepted.
@@ -21,6 +23,45 @@ pub enum ClientFrameError {
     /// A known field has the wrong JSON type.
     #[error("field `{0}` has the wrong type")]
     WrongType(&'static str),
+    /// The frame nests objects and arrays deeper than [`MAX_JSON_DEPTH`]; `param` is the
+    /// top-level field that does.
+    #[error("frame nests JSON deeper than {MAX_JSON_DEPTH} levels{}", in_param(.param))]
+    TooDeep {
+        /// The top-level field whose value nests too deep, if the frame is an object.
+        param: Option<String>,
+    },
+}
+
+fn in_param(param: &Option<String>) -> String {
+    param
+        .as_deref()
+        .map(|p| format!(" (in `{p}`)"))
+        .unwrap_or_default()
+}
+
+impl ClientFrameError {
+    /// The error the client gets for this frame: `invalid_request_error` (400), with the
+    /// parameter at fault named where it is known.
+    pub fn to_gateway_error(&self) -> GatewayError {
+        let code = match self {
+            ClientFrameError::TooDeep { .. } => "json_too_deep",
+            _ => "invalid_json",
+        };
+        let err = GatewayError::new(400, ErrorType::InvalidRequest, code, self.to_string());
+        match self.param() {
+            Some(p) => err.with_param(p),
+            None => err,
+        }
+    }
+
+    /// The request parameter at fault, for the client's `error.param`.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            ClientFrameError::InvalidJson(_) => None,
+            ClientFrameError::WrongType(field) => Some(field),
+            ClientFrameError::TooDeep { param } => param.as_deref(),
+        }
+    }
 }
 
 /// The kinds of client event the gateway acts on.
@@ -77,7 +118,13 @@ pub struct ClientFrame<'a> {
 
 impl<'a> ClientFrame<'a> {
     /// Reads the routing fields of `frame` in one pass over its top-level keys.
+    ///
+    /// The frame's nesting is bounded first ([`check_depth`]), so no parser that reads it later
+    /// (this one, the normalizer, the warm-up merge) can recurse past the shard's stack.
     pub fn parse(frame: &'a [u8]) -> Result<Self, ClientFrameError> {
+        check_depth(frame, MAX_JSON_DEPTH).map_err(|e| ClientFrameError::TooDeep {
+            param: e.key_in(frame).map(str::to_owned),
+        })?;
         let mut out = ClientFrame::default();
         let mut saw_any = false;
         for item in sonic_rs::to_object_iter(frame) {

@@ -37,6 +37,8 @@ pub struct GatewayError {
     pub code: &'static str,
     /// Human-readable text. Never contains a key.
     pub message: String,
+    /// The request parameter at fault, when one is known (OpenAI's `error.param`).
+    pub param: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -74,7 +76,14 @@ impl GatewayError {
             error_type,
             code,
             message: message.into(),
+            param: None,
         }
+    }
+
+    /// Names the request parameter at fault.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
     }
 
     fn inner(&self) -> Inner<'_> {
@@ -82,7 +91,7 @@ impl GatewayError {
             error_type: self.error_type.as_str(),
             code: self.code,
             message: &self.message,
-            param: None,
+            param: self.param.as_deref(),
         }
     }
 

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use sonic_rs::JsonValueTrait;
 
 use super::fields::{fields, plain_str};
+use super::json_depth::{check_depth, MAX_JSON_DEPTH};
 use super::lazy::str_in;
 use super::usage::Usage;
 
@@ -99,6 +100,9 @@ impl<'a> UpstreamEvent<'a> {
     /// sits) is read without the JSON parser and without allocating; an escaped one goes
     /// through the parser.
     pub fn classify(raw: &'a [u8]) -> Result<Self, MalformedEvent> {
+        // Every later read of this event (id, usage, output items) walks `raw` with sonic-rs,
+        // which recurses: the nesting is bounded once, here.
+        check_depth(raw, MAX_JSON_DEPTH).map_err(|_| MalformedEvent)?;
         let mut walk = fields(raw);
         match walk.by_ref().find(|(key, _)| *key == b"type") {
             Some((_, value)) => {

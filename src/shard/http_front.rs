@@ -15,6 +15,8 @@ use sonic_rs::JsonValueTrait;
 
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::http1::{self, BodyDecoder, Http1Error};
+use crate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
+use crate::protocol::lazy::range_of;
 use crate::protocol::sse::write_event;
 use crate::runtime::{self, TcpStream};
 use crate::usage::RequestType;
@@ -93,10 +95,12 @@ pub async fn serve(
         }
     };
     add(&shard.counters.bytes_in, body.len() as u64);
-    let streaming = sonic_rs::get_from_slice(&body, ["stream"])
-        .ok()
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
+    // A body that nests too deep is not walked here: the driver refuses it (json_too_deep).
+    let streaming = check_depth(&body, MAX_JSON_DEPTH).is_ok()
+        && sonic_rs::get_from_slice(&body, ["stream"])
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
     let frame = to_frame(&body);
     let request_type = if streaming {
         RequestType::Stream
@@ -107,16 +111,7 @@ pub async fn serve(
     let received = Instant::now();
     let write_limit = shard.config.server.client_write_timeout;
     let ok = if streaming {
-        let sse = SseSink {
-            stream,
-            inbuf: buf,
-            counters: &shard.counters,
-            pending: Vec::new(),
-            wire: Vec::new(),
-            started: false,
-            answered: false,
-            keep_alive,
-        };
+        let sse = SseSink::new(stream, buf, &shard.counters, keep_alive);
         let mut sink = WriteDeadline::new(sse, write_limit, &shard.counters);
         let end = driver.run(&mut sink, frame, received).await;
         runtime::timeout(write_limit, sink.into_inner().finish(end))
@@ -137,10 +132,10 @@ pub async fn serve(
                 "the response ended without a result",
             )
             .into();
-            (err.status, err.http_body)
+            (err.status, err.http_body.into())
         });
         add(&shard.counters.bytes_out, body.len() as u64);
-        let answer = http_head::write_json(sink.stream, status, &body, &[], keep_alive);
+        let answer = http_head::write_json(sink.stream, status, body.as_str(), &[], keep_alive);
         matches!(end, TurnEnd::Done)
             && matches!(runtime::timeout(write_limit, answer).await, Some(Ok(())))
     };
@@ -230,45 +225,80 @@ async fn watch_client(stream: &mut TcpStream, inbuf: &mut Vec<u8>) -> ClientSign
 
 /// Events as SSE records on a chunked `200 text/event-stream` response. The head goes out with
 /// the first events, so a failure before any event can still be answered as a JSON error.
+///
+/// Records are written into one buffer behind [`CHUNK_ROOM`] reserved bytes, where the chunk
+/// header (and, the first time, the response head) is put in front of them at flush time: one
+/// write per flush and no copy of the records. A batch of events is flushed early once it holds
+/// [`SSE_FLUSH_AT`] bytes, so a turn holds at most that plus one event on this side.
 struct SseSink<'a> {
     stream: &'a mut TcpStream,
     inbuf: &'a mut Vec<u8>,
     counters: &'a ShardCounters,
-    /// SSE records not yet written.
+    /// [`CHUNK_ROOM`] bytes of room, then the SSE records not yet written.
     pending: Vec<u8>,
-    /// The chunk being written (kept to reuse its allocation).
-    wire: Vec<u8>,
     started: bool,
     answered: bool,
     keep_alive: bool,
 }
 
+/// Room kept in front of the pending records for the response head and the chunk header.
+const CHUNK_ROOM: usize = 192;
+/// Pending SSE bytes past which a batch is written before its last event.
+const SSE_FLUSH_AT: usize = 64 * 1024;
+
 impl SseSink<'_> {
+    fn new<'a>(
+        stream: &'a mut TcpStream,
+        inbuf: &'a mut Vec<u8>,
+        counters: &'a ShardCounters,
+        keep_alive: bool,
+    ) -> SseSink<'a> {
+        SseSink {
+            stream,
+            inbuf,
+            counters,
+            pending: vec![0; CHUNK_ROOM],
+            started: false,
+            answered: false,
+            keep_alive,
+        }
+    }
+
     async fn write_pending(&mut self) -> Result<(), Gone> {
-        if self.pending.is_empty() {
+        let records = self.pending.len() - CHUNK_ROOM;
+        if records == 0 {
             return Ok(());
         }
-        let mut out = std::mem::take(&mut self.wire);
-        out.clear();
+        let mut front = [0u8; CHUNK_ROOM];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            front[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
         if !self.started {
-            out.extend_from_slice(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n",
-            );
-            out.extend_from_slice(if self.keep_alive {
+            put(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n");
+            put(if self.keep_alive {
                 b"connection: keep-alive\r\n\r\n"
             } else {
                 b"connection: close\r\n\r\n"
             });
             self.started = true;
         }
-        // Into the reused buffer: no allocation per flush.
-        let _ = std::io::Write::write_fmt(&mut out, format_args!("{:x}\r\n", self.pending.len()));
-        out.extend_from_slice(&self.pending);
-        out.extend_from_slice(b"\r\n");
-        add(&self.counters.bytes_out, self.pending.len() as u64);
-        self.pending.clear();
-        let written = self.stream.write_all(&out).await;
-        self.wire = out;
+        let mut size = [0u8; 18];
+        let mut cursor = std::io::Cursor::new(&mut size[..]);
+        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{records:x}\r\n"));
+        let size_len = cursor.position() as usize;
+        put(&size[..size_len]);
+        let start = CHUNK_ROOM - at;
+        self.pending[start..CHUNK_ROOM].copy_from_slice(&front[..at]);
+        self.pending.extend_from_slice(b"\r\n");
+        add(&self.counters.bytes_out, records as u64);
+        let written = self.stream.write_all(&self.pending[start..]).await;
+        self.pending.truncate(CHUNK_ROOM);
+        if self.pending.capacity() > 4 * SSE_FLUSH_AT {
+            // A huge event grew the buffer: give it back rather than keep it for the stream.
+            self.pending = vec![0; CHUNK_ROOM];
+        }
         written.map_err(|_| Gone)?;
         self.stream.flush().await.map_err(|_| Gone)
     }
@@ -292,6 +322,9 @@ impl SseSink<'_> {
 impl ClientSink for SseSink<'_> {
     async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone> {
         write_event(&mut self.pending, event_type, event.as_bytes());
+        if self.pending.len() - CHUNK_ROOM >= SSE_FLUSH_AT {
+            return self.write_pending().await;
+        }
         Ok(())
     }
 
@@ -325,7 +358,8 @@ impl ClientSink for SseSink<'_> {
 struct JsonSink<'a> {
     stream: &'a mut TcpStream,
     inbuf: &'a mut Vec<u8>,
-    result: Option<(u16, String)>,
+    /// The answer's status and body; a response object stays in the event it came in.
+    result: Option<(u16, Utf8Bytes)>,
 }
 
 impl ClientSink for JsonSink<'_> {
@@ -338,8 +372,9 @@ impl ClientSink for JsonSink<'_> {
                     .and_then(|s| s.as_u64())
                     .and_then(|s| u16::try_from(s).ok())
                     .unwrap_or(500);
-                let e = TurnError::from_upstream(status, raw);
-                self.result = Some((e.status, e.http_body));
+                // Already cleared of the account's secrets by the relay.
+                let e = TurnError::from_upstream(status, raw, &[]);
+                self.result = Some((e.status, e.http_body.into()));
             }
             // As upstream's own non-streaming answer: 200 with the response object, whose
             // `status` (and `error`) says how it ended.
@@ -349,8 +384,15 @@ impl ClientSink for JsonSink<'_> {
             | "response.incomplete"
             | "response.cancelled"
             | "response.canceled" => {
-                if let Ok(resp) = sonic_rs::get_from_slice(raw, ["response"]) {
-                    self.result = Some((200, resp.as_raw_str().to_string()));
+                let object = sonic_rs::get_from_slice(raw, ["response"])
+                    .ok()
+                    .and_then(|resp| range_of(raw, resp.as_raw_str().as_bytes()));
+                if let Some(range) = object {
+                    // A view of the event's own buffer: the answer is not copied.
+                    let body = Bytes::from(event).slice(range);
+                    if let Ok(body) = Utf8Bytes::try_from(body) {
+                        self.result = Some((200, body));
+                    }
                 }
             }
             _ => {}
@@ -367,7 +409,7 @@ impl ClientSink for JsonSink<'_> {
     }
 
     async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
-        self.result = Some((error.status, error.http_body.clone()));
+        self.result = Some((error.status, error.http_body.clone().into()));
         Ok(())
     }
 }

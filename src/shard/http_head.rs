@@ -175,10 +175,19 @@ pub async fn write_json(
         out.push_str("\r\n");
     }
     out.push_str("\r\n");
-    out.push_str(body);
-    stream.write_all(out.as_bytes()).await?;
+    if body.len() <= INLINE_BODY {
+        out.push_str(body);
+        stream.write_all(out.as_bytes()).await?;
+    } else {
+        // A large answer goes from where it is: one more write instead of a copy of it.
+        stream.write_all(out.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+    }
     stream.flush().await
 }
+
+/// Largest body sent in the same write as its head.
+const INLINE_BODY: usize = 16 * 1024;
 
 /// Writes a gateway error as an OpenAI-style JSON response.
 pub async fn write_error(

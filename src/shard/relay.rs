@@ -5,6 +5,7 @@
 //! Per event the loop classifies the frame by its `type` only and hands the very same buffer to
 //! the sink; ready events are batched into one flush.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -17,6 +18,8 @@ use sonic_rs::JsonValueTrait;
 use crate::metrics::{Hist, ShardMetrics};
 use crate::protocol::client_frame::ClientEventKind;
 use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
+use crate::protocol::redact::redact_secrets;
 use crate::protocol::upstream_event::ErrorReason;
 use crate::protocol::{ClientFrame, EventKind, TerminalKind, UpstreamEvent, Usage};
 use crate::runtime;
@@ -52,10 +55,16 @@ impl From<GatewayError> for TurnError {
 }
 
 impl TurnError {
-    /// An error upstream answered with: its `error` object is passed on as it came.
-    pub fn from_upstream(status: u16, body: &[u8]) -> Self {
-        let inner = sonic_rs::get_from_slice(body, ["error"])
+    /// An error upstream answered with: its `error` object is passed on as it came, less the
+    /// account's `secrets` ([`redact_secrets`]). A body that nests too deep to walk safely is
+    /// reported as a generic upstream error.
+    pub fn from_upstream(status: u16, body: &[u8], secrets: &[&str]) -> Self {
+        let body = String::from_utf8_lossy(body);
+        let body = redact_secrets(&body, secrets);
+        let body = body.as_bytes();
+        let inner = check_depth(body, MAX_JSON_DEPTH)
             .ok()
+            .and_then(|()| sonic_rs::get_from_slice(body, ["error"]).ok())
             .filter(|v| v.is_object())
             .map(|v| v.as_raw_str().to_string());
         match inner {
@@ -314,6 +323,8 @@ pub struct RelayEnv<'a> {
     pub event_timeout: Duration,
     /// Keep the terminal event's `output` items (for chains upstream does not store).
     pub capture_output: bool,
+    /// The account's secrets, taken out of error events before the client sees them.
+    pub secrets: &'a [&'a str],
 }
 
 /// Relays one attempt's events from `source` to `sink` until the turn ends.
@@ -356,7 +367,9 @@ pub async fn relay<S: ClientSink>(
                 // Relay this event and every event already buffered, then flush once.
                 loop {
                     let step = match item {
-                        Item::Event(text) => classify(text, rewrite, relayed, env.capture_output),
+                        Item::Event(text) => {
+                            classify(text, rewrite, relayed, env.capture_output, env.secrets)
+                        }
                         Item::Skip => Step::Skip,
                         Item::Fail(f) => Step::Fail(f),
                     };
@@ -450,11 +463,31 @@ pub async fn relay<S: ClientSink>(
 
 /// Classifies one upstream event: relay it (ending the turn or not), or fail the attempt when it
 /// is a retryable `error` event that no client has seen anything of yet.
-fn classify(text: Utf8Bytes, rewrite: &Rewrite, relayed: bool, capture_output: bool) -> Step {
+fn classify(
+    text: Utf8Bytes,
+    rewrite: &Rewrite,
+    relayed: bool,
+    capture_output: bool,
+    secrets: &[&str],
+) -> Step {
     let Ok(event) = UpstreamEvent::classify(text.as_bytes()) else {
         // Not ours to judge: relay it untouched.
         return Step::Relay(text, 0..0, None);
     };
+    if matches!(
+        event.kind,
+        EventKind::Error | EventKind::Terminal(TerminalKind::Failed)
+    ) {
+        if let Cow::Owned(clean) = redact_secrets(text.as_str(), secrets) {
+            return classify(
+                Utf8Bytes::from(clean),
+                rewrite,
+                relayed,
+                capture_output,
+                secrets,
+            );
+        }
+    }
     let outcome = match event.kind {
         EventKind::Terminal(t) => Some(Outcome::Terminal {
             kind: t,
@@ -483,7 +516,7 @@ fn classify(text: Utf8Bytes, rewrite: &Rewrite, relayed: bool, capture_output: b
                 };
                 if let Some(class) = class {
                     let status = err.http_status();
-                    let error = TurnError::from_upstream(status, text.as_bytes());
+                    let error = TurnError::from_upstream(status, text.as_bytes(), secrets);
                     let error = TurnError {
                         event: text.as_str().to_string(),
                         ..error
@@ -548,12 +581,7 @@ async fn mid_turn_frame<S: ClientSink>(
             }
         }
         Err(e) => {
-            let err = GatewayError::new(
-                400,
-                ErrorType::InvalidRequest,
-                "invalid_json",
-                e.to_string(),
-            );
+            let err = e.to_gateway_error();
             match sink.fail(&err.into()).await {
                 Ok(()) => None,
                 Err(Gone) => Some(Outcome::ClientGone),
@@ -600,13 +628,14 @@ mod tests {
         let e = TurnError::from_upstream(
             429,
             br#"{"error":{"type":"rate_limit_error","code":"rate_limit_exceeded","message":"slow"}}"#,
+            &[],
         );
         assert_eq!(e.status, 429);
         assert_eq!(e.code, "rate_limit_exceeded");
         assert!(e
             .event
             .starts_with(r#"{"type":"error","status":429,"error":{"type""#));
-        let e = TurnError::from_upstream(502, b"<html>");
+        let e = TurnError::from_upstream(502, b"<html>", &[]);
         assert_eq!(e.code, "upstream_error");
     }
 
@@ -615,7 +644,7 @@ mod tests {
         let ev = Utf8Bytes::from_static(
             r#"{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"Previous response with id 'r1' not found."}}"#,
         );
-        match classify(ev.clone(), &Rewrite::None, false, false) {
+        match classify(ev.clone(), &Rewrite::None, false, false, &[]) {
             Step::Fail(f) => {
                 assert_eq!(
                     f.class,
@@ -629,7 +658,7 @@ mod tests {
             _ => panic!("not a failed attempt"),
         }
         assert!(matches!(
-            classify(ev, &Rewrite::None, true, false),
+            classify(ev, &Rewrite::None, true, false, &[]),
             Step::Relay(_, _, Some(Outcome::UpstreamErrorEvent))
         ));
     }
@@ -641,6 +670,7 @@ mod tests {
             &Rewrite::None,
             true,
             false,
+            &[],
         ) {
             Step::Relay(_, _, Some(Outcome::Terminal { pending_calls, .. })) => pending_calls,
             _ => panic!("not a terminal event"),
@@ -665,14 +695,14 @@ mod tests {
             r#"{"type":"error","status":500,"error":{"type":"server_error","code":"server_error","message":"x"}}"#,
         );
         assert!(matches!(
-            classify(ev.clone(), &Rewrite::None, false, false),
+            classify(ev.clone(), &Rewrite::None, false, false, &[]),
             Step::Fail(Failure {
                 class: FailureClass::Retryable { reason: "5xx", .. },
                 ..
             })
         ));
         assert!(matches!(
-            classify(ev, &Rewrite::None, true, false),
+            classify(ev, &Rewrite::None, true, false, &[]),
             Step::Relay(_, _, Some(Outcome::UpstreamErrorEvent))
         ));
     }

@@ -265,17 +265,23 @@ impl Driver {
         let mut expanded = false;
         let (text, parsed) = loop {
             let checked = Utf8Bytes::try_from(frame.clone())
-                .map_err(|_| "frame is not valid UTF-8".to_string())
+                .map_err(|_| {
+                    GatewayError::new(
+                        400,
+                        ErrorType::InvalidRequest,
+                        "invalid_json",
+                        "frame is not valid UTF-8",
+                    )
+                })
                 .and_then(|text| {
                     ClientFrame::parse(&frame)
                         .map(|p| (text, p))
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_gateway_error())
                 });
             let (text, parsed) = match checked {
                 Ok(p) => p,
-                Err(e) => {
+                Err(err) => {
                     bump(&self.shard.counters.client_frame_errors);
-                    let err = GatewayError::new(400, ErrorType::InvalidRequest, "invalid_json", e);
                     return self.report(sink, &err.into()).await;
                 }
             };
@@ -948,6 +954,7 @@ impl Driver {
             metrics: &self.shard.metrics,
             event_timeout: self.shard.config.upstream.event_timeout,
             capture_output: false,
+            secrets: &[pool.account.config.api_key.expose()],
         };
         let outcome = relay::relay(&env, Source::Ws(ws), sink, &rewrite, sent_at).await;
         if matches!(outcome, Outcome::Terminal { .. }) {
@@ -1009,7 +1016,7 @@ impl Driver {
                     "upstream answered without an event stream",
                 ))
             } else {
-                TurnError::from_upstream(status, &body)
+                TurnError::from_upstream(status, &body, &[pool.account.config.api_key.expose()])
             };
             let class = if status == 200 {
                 FailureClass::retryable("malformed")
@@ -1025,6 +1032,7 @@ impl Driver {
             metrics: &self.shard.metrics,
             event_timeout: cfg.event_timeout,
             capture_output: parsed.is_store_disabled(),
+            secrets: &[pool.account.config.api_key.expose()],
         };
         let outcome = relay::relay(&env, Source::Http(&mut resp), sink, &rewrite, sent_at).await;
         if matches!(outcome, Outcome::Terminal { .. }) {

@@ -2,6 +2,8 @@
 //! blocking WebSocket/HTTP client over real loopback sockets.
 #![allow(dead_code)]
 
+pub mod heap;
+
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -532,6 +534,63 @@ impl Served {
 
 impl Drop for Served {
     /// A failed test does not leave its gateway running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The mock upstream in its own process: its side of every upstream connection must not count.
+pub struct MockProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl MockProcess {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .args(["mock-upstream", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mock binary starts");
+        let mock = MockProcess { child, port };
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return mock;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the mock upstream did not start listening on {port}");
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Upstream WebSocket connections the mock has open.
+    pub fn ws_connections_open(&self) -> u64 {
+        use sonic_rs::JsonValueTrait;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let (status, reply) = http(
+            addr,
+            "GET /_mock/stats HTTP/1.1\r\nhost: mock\r\nconnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200, "mock stats: {reply}");
+        let stats: sonic_rs::Value = sonic_rs::from_str(body_of(&reply)).expect("stats JSON");
+        // This request is one of the open connections, and not a WebSocket.
+        stats["connections_open"]
+            .as_u64()
+            .expect("connections_open")
+            - 1
+    }
+}
+
+impl Drop for MockProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
