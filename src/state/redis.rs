@@ -18,6 +18,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
+
 use super::embedded::EmbeddedStore;
 use super::{add, Binding, Keys, SessionKey, StateError, StateStats, StateStore, TurnState};
 
@@ -249,7 +251,7 @@ impl StateStore for RedisStore {
         let key = self.keys.response(group, response_id)?;
         match self.get(&key) {
             Some(Some(raw)) => {
-                let b: Binding = sonic_rs::from_slice(&raw).ok()?;
+                let b: Binding = decode(&raw)?;
                 self.local.put_binding_at(group, response_id, &b, now);
                 Some(b)
             }
@@ -281,7 +283,7 @@ impl StateStore for RedisStore {
         let key = self.keys.pending(group, response_id)?;
         match self.get(&key) {
             Some(Some(raw)) => {
-                let ids: Vec<String> = sonic_rs::from_slice(&raw).ok()?;
+                let ids: Vec<String> = decode(&raw)?;
                 self.local.put_pending_at(group, response_id, &ids, now);
                 Some(ids)
             }
@@ -308,5 +310,27 @@ impl StateStore for RedisStore {
 
     fn flush(&mut self) {
         self.send_pipeline();
+    }
+}
+
+/// A value read back from Redis (shared with other hosts, so not trusted): its nesting is
+/// bounded before it is parsed.
+fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Option<T> {
+    check_depth(raw, MAX_JSON_DEPTH).ok()?;
+    sonic_rs::from_slice(raw).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_read_back_are_bounded_before_parsing() {
+        assert_eq!(
+            decode::<Vec<String>>(br#"["c1","c2"]"#),
+            Some(vec!["c1".into(), "c2".into()])
+        );
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(decode::<Vec<String>>(deep.as_bytes()), None);
     }
 }
