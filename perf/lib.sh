@@ -113,12 +113,13 @@ gw_metrics() {
 
 # ---- the side-by-side runner -------------------------------------------------------------------
 # Scenario knobs (set before parse_common; options override): ROUNDS CONNS SECS PAYLOAD SHARDS RATE
-# WARMUP CHAIN WIRE (ws|http) NAME IDLE (idle sessions for the RSS probe, 0: skip) HOLD, LOAD_EXTRA
+# WARMUP CHAIN WIRE (ws|http) NAME IDLE (idle sessions for the RSS probe, 0: skip) HOLD
+# IDLE_TURNS (turns each probe session runs before it idles), LOAD_EXTRA
 # (more `shardgate load` options), TARGETS (subset of "direct nginx shardgate"), and the hook
 # `mock_round_script` (prints a mock script JSON to post after each reset, or nothing).
 ROUNDS=${ROUNDS:-3} CONNS=${CONNS:-32} SECS=${SECS:-5} PAYLOAD=${PAYLOAD:-30000} SHARDS=${SHARDS:-2}
 RATE=${RATE:-} WARMUP=${WARMUP:-} CHAIN=${CHAIN-1} WIRE=${WIRE:-ws} NAME=${NAME:-steady}
-IDLE=${IDLE:-1000} HOLD=${HOLD:-3} LOAD_EXTRA=${LOAD_EXTRA:-} TARGETS=${TARGETS:-"direct nginx shardgate"}
+IDLE=${IDLE:-1000} HOLD=${HOLD:-3} IDLE_TURNS=${IDLE_TURNS:-0} LOAD_EXTRA=${LOAD_EXTRA:-} TARGETS=${TARGETS:-"direct nginx shardgate"}
 MOCK_ARGS=${MOCK_ARGS:-}
 # STATS_MS (env only): the gateway's stats_interval_ms, default 200 (see gw_metrics).
 mock_round_script() { :; }
@@ -128,6 +129,7 @@ common_usage() {
 options: [--rounds N] [--connections N] [--secs S] [--payload BYTES] [--shards N]
          [--rate TURNS_PER_SEC] (open-loop cap; without it the load is closed-loop)
          [--warmup] [--no-chain] [--idle-sessions N] (0 skips the idle RSS probe) [--hold-secs S]
+         [--idle-turns N] (turns each probe session runs, with --payload frames, before it idles)
          [--targets "direct nginx shardgate"] [--name NAME]
 USAGE
 }
@@ -145,6 +147,7 @@ parse_common() {
       --no-chain) CHAIN=""; shift ;;
       --idle-sessions) IDLE=$2; shift 2 ;;
       --hold-secs) HOLD=$2; shift 2 ;;
+      --idle-turns) IDLE_TURNS=$2; shift 2 ;;
       --targets) TARGETS=$2; shift 2 ;;
       --name) NAME=$2; shift 2 ;;
       -h|--help) common_usage; exit 0 ;;
@@ -242,10 +245,12 @@ idle_probe() { # target
   [[ $IDLE -gt 0 ]] || return 0
   before=$(relay_rss "$name")
   "$BIN" load --url "$(target_url "$name" | sed 's#^http://#ws://#')" --key "$(target_key "$name")" \
-    --idle-sessions "$IDLE" --hold-secs "$HOLD" --json-out "$OUT/idle-$name-load.json" >"$log" &
+    --idle-sessions "$IDLE" --hold-secs "$HOLD" --idle-turns "$IDLE_TURNS" --payload-bytes "$PAYLOAD" \
+    --json-out "$OUT/idle-$name-load.json" >"$log" &
   local pid=$!
-  for _ in $(seq 1 200); do grep -q "idle sessions open" "$log" 2>/dev/null && break; sleep 0.05; done
-  sleep 0.3
+  for _ in $(seq 1 1200); do grep -q "idle sessions open" "$log" 2>/dev/null && break; sleep 0.05; done
+  # Sessions that ran turns are read idle: past the gateway's 1 s rest after a turn.
+  if [[ $IDLE_TURNS -gt 0 ]]; then sleep 1.5; else sleep 0.3; fi
   after=$(relay_rss "$name")
   wait "$pid"
   python3 - "$OUT/idle-$name-load.json" "$before" "$after" >"$OUT/idle-$name.json" <<'PY'

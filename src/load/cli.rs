@@ -57,6 +57,9 @@ pub struct LoadArgs {
     /// Idle mode: how long each connection is held.
     #[arg(long, default_value_t = 5.0, requires = "idle_sessions")]
     pub hold_secs: f64,
+    /// Idle mode: turns each connection runs (with --payload-bytes frames) before it is held.
+    #[arg(long, default_value_t = 0, requires = "idle_sessions")]
+    pub idle_turns: u64,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
@@ -91,6 +94,7 @@ impl LoadArgs {
         if let Some(n) = self.idle_sessions {
             config.connections = n;
             config.idle_hold = Some(secs("--hold-secs", self.hold_secs)?);
+            config.idle_turns = self.idle_turns;
         }
         config.validate()?;
         Ok(config)

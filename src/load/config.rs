@@ -156,6 +156,9 @@ pub struct LoadConfig {
     pub reconnect_every: Option<u64>,
     /// Idle mode: open every connection, hold it this long without sending anything, close.
     pub idle_hold: Option<Duration>,
+    /// Idle mode: turns each connection runs before it is held (0: held as opened), so the
+    /// probe reads what a session costs idle after real use.
+    pub idle_turns: u64,
 }
 
 impl LoadConfig {
@@ -177,6 +180,7 @@ impl LoadConfig {
             connect_timeout: Duration::from_secs(10),
             reconnect_every: None,
             idle_hold: None,
+            idle_turns: 0,
         }
     }
 

@@ -40,7 +40,7 @@ pub enum RunError {
 /// One session over transport `T`: turns, or in idle mode an open connection held.
 async fn session<T: Transport>(id: usize, state: &ThreadState) {
     match state.config.idle_hold {
-        Some(hold) => session::hold::<T>(state, hold).await,
+        Some(hold) => session::hold::<T>(id, state, hold).await,
         None => session::run::<T>(id, state).await,
     }
 }

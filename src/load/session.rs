@@ -223,14 +223,22 @@ pub async fn run<T: Transport>(id: usize, state: &ThreadState) {
     }
 }
 
-/// Idle mode: opens the connection, holds it for `hold` without sending anything, closes it.
-/// The attempt that completes the set prints `idle sessions open: N` on stdout, so a script can
-/// read the server's memory while every connection is held.
-pub async fn hold<T: Transport>(state: &ThreadState, hold: Duration) {
+/// Idle mode: opens the connection, runs `idle_turns` turns on it, holds it for `hold` without
+/// sending anything, closes it. The attempt that completes the set prints `idle sessions open:
+/// N` on stdout, so a script can read the server's memory while every connection is held.
+pub async fn hold<T: Transport>(id: usize, state: &ThreadState, hold: Duration) {
     let config = &state.config;
     let started = Instant::now();
     let conn = match T::open(config).await {
-        Ok(c) => {
+        Ok(mut c) => {
+            for n in 0..config.idle_turns {
+                let text = format!("idle turn {n} on connection {id}");
+                if let Err(key) = turn(&mut c, state, &text, None).await {
+                    let mut stats = state.stats.borrow_mut();
+                    stats.turns_failed += 1;
+                    stats.error(key);
+                }
+            }
             let mut stats = state.stats.borrow_mut();
             stats.connects += 1;
             stats.idle_open += 1;
