@@ -6,7 +6,7 @@
 
 pub mod client_frame;
 pub mod error_body;
-mod fields;
+pub(crate) mod fields;
 pub mod http1;
 pub mod json_depth;
 pub(crate) mod lazy;

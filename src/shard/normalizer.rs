@@ -17,6 +17,8 @@ use bytes::Bytes;
 use sonic_rs::JsonValueTrait;
 
 use crate::protocol::client_frame::TOOL_CALL_TYPES;
+use crate::protocol::fields::{fields, plain_str};
+use crate::protocol::lazy::range_of;
 use crate::protocol::ClientFrame;
 
 use super::counters::ShardCounters;
@@ -299,8 +301,9 @@ fn previous_edit(
 }
 
 /// Maps the upstream model back to the client's in a lifecycle event (`response.created`,
-/// terminal events): only `"model":"<upstream>"` occurrences are replaced. Other events pass
-/// through untouched.
+/// terminal events): the `model` field of the event and of its `response` object, found by
+/// walking the JSON structure (so whitespace, key order and escapes do not matter), is replaced
+/// when it names the upstream model. `None` when there is nothing to replace.
 pub fn map_back(event: &[u8], rewrite: &Rewrite) -> Option<Vec<u8>> {
     let Rewrite::ModelMapped {
         client_model,
@@ -309,28 +312,47 @@ pub fn map_back(event: &[u8], rewrite: &Rewrite) -> Option<Vec<u8>> {
     else {
         return None;
     };
-    let needle = format!("\"model\":{}", json_string(upstream_model));
-    let replacement = format!("\"model\":{}", json_string(client_model));
-    let needle = needle.as_bytes();
-    let first = find(event, needle, 0)?;
-    let mut out = Vec::with_capacity(event.len() + replacement.len());
+    let mut spans: Vec<Range<usize>> = Vec::new();
+    model_spans(event, event, upstream_model, true, &mut spans);
+    if spans.is_empty() {
+        return None;
+    }
+    let replacement = json_string(client_model);
+    let mut out = Vec::with_capacity(event.len() + spans.len() * replacement.len());
     let mut at = 0;
-    let mut hit = Some(first);
-    while let Some(i) = hit {
-        out.extend_from_slice(&event[at..i]);
+    for span in spans {
+        out.extend_from_slice(&event[at..span.start]);
         out.extend_from_slice(replacement.as_bytes());
-        at = i + needle.len();
-        hit = find(event, needle, at);
+        at = span.end;
     }
     out.extend_from_slice(&event[at..]);
     Some(out)
 }
 
-fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    hay.get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + from)
+/// Ranges (in `event`) of the `model` values of `object` that name `upstream`; with `nested`,
+/// also those of its `response` object.
+fn model_spans(
+    event: &[u8],
+    object: &[u8],
+    upstream: &str,
+    nested: bool,
+    out: &mut Vec<Range<usize>>,
+) {
+    for (key, value) in fields(object) {
+        match key {
+            b"model" if names(value, upstream) => out.extend(range_of(event, value)),
+            b"response" if nested => model_spans(event, value, upstream, false, out),
+            _ => {}
+        }
+    }
+}
+
+/// `true` when the raw JSON string `value` decodes to `model`.
+fn names(value: &[u8], model: &str) -> bool {
+    match plain_str(value) {
+        Some(s) => s == model,
+        None => sonic_rs::from_slice::<String>(value).is_ok_and(|s| s == model),
+    }
 }
 
 fn json_string(s: &str) -> String {
@@ -370,6 +392,28 @@ mod tests {
             br#"{"type":"response.completed","response":{"id":"r","model":"gpt-5"}}"#
         );
         assert!(map_back(br#"{"type":"response.output_text.delta"}"#, &rw).is_none());
+    }
+
+    #[test]
+    fn map_back_reads_the_structure_not_the_bytes() {
+        let rw = Rewrite::ModelMapped {
+            client_model: "gpt-5".into(),
+            upstream_model: "gpt-5-2026".into(),
+        };
+        // Spaces, another key order, an escaped spelling, a top-level model.
+        let ev = br#"{ "response" : { "model" : "gpt-5-2026" , "id":"r"}, "type" : "response.created" }"#;
+        assert_eq!(
+            map_back(ev, &rw).unwrap(),
+            br#"{ "response" : { "model" : "gpt-5" , "id":"r"}, "type" : "response.created" }"#
+        );
+        let ev = br#"{"type":"response.completed","model":"gpt\u002d5-2026","response":{"model":"gpt-5-2026"}}"#;
+        assert_eq!(
+            map_back(ev, &rw).unwrap(),
+            br#"{"type":"response.completed","model":"gpt-5","response":{"model":"gpt-5"}}"#
+        );
+        // The model named inside output text or another object is not the response's model.
+        let ev = br#"{"type":"response.completed","response":{"output":[{"model":"gpt-5-2026"}],"text":"\"model\":\"gpt-5-2026\""}}"#;
+        assert!(map_back(ev, &rw).is_none());
     }
 
     fn ids(v: &[&str]) -> Vec<String> {
