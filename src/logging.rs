@@ -101,6 +101,17 @@ macro_rules! error_limited {
     }};
 }
 
+/// As [`error_limited!`] at warn level: for refusals a hostile peer can trigger at will.
+#[macro_export]
+macro_rules! warn_limited {
+    ($($arg:tt)+) => {{
+        static LIMIT: $crate::logging::RateLimit = $crate::logging::RateLimit::per_ms(10_000);
+        if let Some(suppressed) = LIMIT.allow() {
+            tracing::warn!(suppressed, $($arg)+);
+        }
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -276,6 +276,18 @@ impl BodyDecoder {
     }
 }
 
+/// A complete chunk size line (CRLF included) as RFC 9112 §7.1 has it: at least one hex digit
+/// first, and no CR or LF before its CRLF. httparse takes an empty size as 0 (a last chunk)
+/// and skips a bare LF inside an extension; a proxy in front could read either differently.
+fn is_size_line(line: &[u8]) -> bool {
+    line.first().is_some_and(u8::is_ascii_hexdigit)
+        && !has_cr_or_lf(&line[..line.len().saturating_sub(2)])
+}
+
+fn has_cr_or_lf(bytes: &[u8]) -> bool {
+    bytes.iter().any(|b| matches!(b, b'\r' | b'\n'))
+}
+
 /// `min(left, available)` as a `usize`.
 fn take(left: u64, available: usize) -> usize {
     usize::try_from(left).map_or(available, |l| l.min(available))
@@ -291,6 +303,9 @@ impl BodyDecoder {
     ) -> Result<Option<(usize, State)>, Http1Error> {
         match chunk {
             Chunk::Size => match httparse::parse_chunk_size(rest) {
+                Ok(httparse::Status::Complete((n, _))) if !is_size_line(&rest[..n]) => {
+                    Err(Http1Error::Chunk)
+                }
                 Ok(httparse::Status::Complete((n, 0))) => {
                     Ok(Some((n, State::Chunked(Chunk::Trailers(0)))))
                 }
@@ -327,6 +342,8 @@ impl BodyDecoder {
                 _ => Err(Http1Error::Chunk),
             },
             Chunk::Trailers(skipped) => match rest.windows(2).position(|w| w == b"\r\n") {
+                Some(line) if has_cr_or_lf(&rest[..line]) => Err(Http1Error::Chunk),
+                None if rest.contains(&b'\n') => Err(Http1Error::Chunk),
                 Some(0) => Ok(Some((2, State::Done))),
                 Some(line) if skipped + line + 2 <= MAX_TRAILERS => Ok(Some((
                     line + 2,
@@ -415,6 +432,18 @@ mod tests {
         assert_eq!(d.decode(b"zz\r\n", |_| {}), Err(Http1Error::Chunk));
         let mut d = BodyDecoder::new(Framing::Chunked);
         assert_eq!(d.decode(b"1\r\naXY", |_| {}), Err(Http1Error::Chunk));
+        // An empty size (httparse reads it as a last chunk), a bare LF inside an extension or a
+        // trailer: each could end the body somewhere else for a proxy in front.
+        for wire in [
+            &b"\r\n\r\n"[..],
+            b";ext\r\n",
+            b"1;a\nb\r\nx\r\n",
+            b"0\r\nX-T: 1\nY: 2\r\n\r\n",
+            b"0\r\nX-T: 1\n\n",
+        ] {
+            let mut d = BodyDecoder::new(Framing::Chunked);
+            assert_eq!(d.decode(wire, |_| {}), Err(Http1Error::Chunk), "{wire:?}");
+        }
     }
 
     #[test]

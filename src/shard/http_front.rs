@@ -14,7 +14,7 @@ use http::{HeaderName, HeaderValue};
 use sonic_rs::JsonValueTrait;
 
 use crate::protocol::error_body::{ErrorType, GatewayError};
-use crate::protocol::http1::{self, BodyDecoder, Http1Error};
+use crate::protocol::http1::{BodyDecoder, Http1Error};
 use crate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
 use crate::protocol::lazy::range_of;
 use crate::protocol::sse::write_event;
@@ -84,13 +84,19 @@ pub async fn serve(
         outcome => {
             bump(&shard.counters.http_body_errors);
             let e = outcome.map_or(BodyError::Timeout, |r| r.err().unwrap_or(BodyError::Closed));
-            let (status, code) = match e {
-                BodyError::TooLarge(_) => (413, "request_too_large"),
-                BodyError::Timeout => (408, "request_timeout"),
-                _ => (400, "bad_request"),
+            let (status, code, reason) = match e {
+                BodyError::TooLarge(_) => (413, "request_too_large", "body_too_large"),
+                BodyError::Timeout => (408, "request_timeout", "body_timeout"),
+                _ => (400, "bad_request", "body_malformed"),
             };
+            http_head::note_refusal(&shard.counters, reason, stream.peer_addr().ok());
             let err = GatewayError::new(status, ErrorType::InvalidRequest, code, e.to_string());
-            let _ = http_head::write_error(stream, &err, &[], false).await;
+            if http_head::write_error(stream, &err, &[], false)
+                .await
+                .is_ok()
+            {
+                http_head::linger_close(stream).await;
+            }
             return After::Close;
         }
     };
@@ -111,7 +117,7 @@ pub async fn serve(
     let received = Instant::now();
     let write_limit = shard.config.server.client_write_timeout;
     let ok = if streaming {
-        let sse = SseSink::new(stream, buf, &shard.counters, keep_alive);
+        let sse = SseSink::new(stream, buf, &shard.counters, keep_alive, head.http10);
         let mut sink = WriteDeadline::new(sse, write_limit, &shard.counters);
         let end = driver.run(&mut sink, frame, received).await;
         runtime::timeout(write_limit, sink.into_inner().finish(end))
@@ -163,22 +169,20 @@ fn to_frame(body: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Reads a request body framed by `Content-Length` or chunked, up to `limit` bytes.
+/// Reads a request body framed as the head says (`Content-Length` or chunked), up to `limit`
+/// bytes.
 async fn read_body(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     head: &RequestHead,
     limit: usize,
 ) -> Result<Vec<u8>, BodyError> {
-    let framing = http1::request_framing(
-        head.header_has_token("transfer-encoding", "chunked"),
-        head.header("content-length"),
-    )?;
-    let mut decoder = BodyDecoder::with_limit(framing, limit as u64)?;
+    let mut decoder = BodyDecoder::with_limit(head.body, limit as u64)?;
     if decoder.is_done() {
         return Ok(Vec::new());
     }
-    if head.header_has_token("expect", "100-continue") {
+    // An HTTP/1.0 client does not know 100 (RFC 9110 §10.1.1): it sends its body anyway.
+    if !head.http10 && head.header_has_token("expect", "100-continue") {
         stream
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .await
@@ -230,6 +234,9 @@ async fn watch_client(stream: &mut TcpStream, inbuf: &mut Vec<u8>) -> ClientSign
 /// header (and, the first time, the response head) is put in front of them at flush time: one
 /// write per flush and no copy of the records. A batch of events is flushed early once it holds
 /// [`SSE_FLUSH_AT`] bytes, so a turn holds at most that plus one event on this side.
+///
+/// An HTTP/1.0 client gets no chunked encoding (RFC 9112 §6.1): the records go out as they are
+/// and the stream ends when the connection closes.
 struct SseSink<'a> {
     stream: &'a mut TcpStream,
     inbuf: &'a mut Vec<u8>,
@@ -239,6 +246,8 @@ struct SseSink<'a> {
     started: bool,
     answered: bool,
     keep_alive: bool,
+    /// An HTTP/1.0 client: the body is delimited by the connection's close.
+    close_delimited: bool,
 }
 
 /// Room kept in front of the pending records for the response head and the chunk header.
@@ -252,6 +261,7 @@ impl SseSink<'_> {
         inbuf: &'a mut Vec<u8>,
         counters: &'a ShardCounters,
         keep_alive: bool,
+        close_delimited: bool,
     ) -> SseSink<'a> {
         SseSink {
             stream,
@@ -261,6 +271,7 @@ impl SseSink<'_> {
             started: false,
             answered: false,
             keep_alive,
+            close_delimited,
         }
     }
 
@@ -276,22 +287,28 @@ impl SseSink<'_> {
             at += bytes.len();
         };
         if !self.started {
-            put(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n");
-            put(if self.keep_alive {
-                b"connection: keep-alive\r\n\r\n"
-            } else {
+            put(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n");
+            put(if self.close_delimited {
                 b"connection: close\r\n\r\n"
+            } else if self.keep_alive {
+                b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n"
+            } else {
+                b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
             });
             self.started = true;
         }
-        let mut size = [0u8; 18];
-        let mut cursor = std::io::Cursor::new(&mut size[..]);
-        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{records:x}\r\n"));
-        let size_len = cursor.position() as usize;
-        put(&size[..size_len]);
+        if !self.close_delimited {
+            let mut size = [0u8; 18];
+            let mut cursor = std::io::Cursor::new(&mut size[..]);
+            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{records:x}\r\n"));
+            let size_len = cursor.position() as usize;
+            put(&size[..size_len]);
+        }
         let start = CHUNK_ROOM - at;
         self.pending[start..CHUNK_ROOM].copy_from_slice(&front[..at]);
-        self.pending.extend_from_slice(b"\r\n");
+        if !self.close_delimited {
+            self.pending.extend_from_slice(b"\r\n");
+        }
         add(&self.counters.bytes_out, records as u64);
         let written = self.stream.write_all(&self.pending[start..]).await;
         self.pending.truncate(CHUNK_ROOM);
@@ -309,6 +326,10 @@ impl SseSink<'_> {
             return false;
         }
         if self.write_pending().await.is_err() {
+            return false;
+        }
+        if self.started && self.close_delimited {
+            // The close ends the body.
             return false;
         }
         if self.started {

@@ -9,6 +9,7 @@ use futures_lite::AsyncWriteExt;
 use http::{HeaderName, HeaderValue};
 
 use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::http1::Framing;
 use crate::runtime::TcpStream;
 
 use super::auth::{presented_key, ClientIdentity};
@@ -62,20 +63,8 @@ pub async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
                 let _ = http_head::write_error(&mut stream, &err, &[], false).await;
                 return;
             }
-            Err(e @ (HeadError::Malformed(_) | HeadError::TooLarge)) => {
-                bump(&shard.counters.bad_requests);
-                let status = if matches!(e, HeadError::TooLarge) {
-                    431
-                } else {
-                    400
-                };
-                let err = GatewayError::new(
-                    status,
-                    ErrorType::InvalidRequest,
-                    "bad_request",
-                    e.to_string(),
-                );
-                let _ = http_head::write_error(&mut stream, &err, &[], false).await;
+            Err(HeadError::Refused(refusal)) => {
+                refuse_request(&shard, &mut stream, refusal).await;
                 return;
             }
         };
@@ -106,9 +95,8 @@ async fn route(
     head: RequestHead,
     buf: &mut Vec<u8>,
 ) -> Routed {
-    let has_body = head.header("content-length").is_some_and(|v| v != b"0")
-        || head.header("transfer-encoding").is_some();
-    let keep_alive = head.keep_alive() && !has_body;
+    // A body nobody reads would be parsed as the next request: close after answering instead.
+    let keep_alive = head.keep_alive() && head.body == Framing::Length(0);
     let done = |ok: std::io::Result<()>| match ok {
         Ok(()) if keep_alive => Routed::KeepAlive,
         _ => Routed::Done,
@@ -213,6 +201,12 @@ fn forwarded(head: &RequestHead) -> Vec<(HeaderName, HeaderValue)> {
 }
 
 async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> Routed {
+    if head.http10 {
+        return refuse_request(shard, stream, http_head::Refusal::UpgradeHttp10).await;
+    }
+    if head.body != Framing::Length(0) {
+        return refuse_request(shard, stream, http_head::Refusal::UpgradeWithBody).await;
+    }
     let identity = match check_client(shard, &head) {
         Ok(id) => id,
         Err((err, headers)) => return refuse(stream, &err, headers).await,
@@ -263,6 +257,23 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
         return Routed::Done;
     }
     Routed::Upgrade(identity, forwarded(&head))
+}
+
+/// Counts, logs and answers a refused request; the connection then ends.
+async fn refuse_request(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    refusal: http_head::Refusal,
+) -> Routed {
+    bump(&shard.counters.bad_requests);
+    http_head::note_refusal(&shard.counters, refusal.label(), stream.peer_addr().ok());
+    if http_head::write_error(stream, &refusal.to_error(), &[], false)
+        .await
+        .is_ok()
+    {
+        http_head::linger_close(stream).await;
+    }
+    Routed::Done
 }
 
 /// Answers with an error and ends the connection.

@@ -1,21 +1,22 @@
 //! The admin HTTP listener: `GET /metrics` in the Prometheus text format, 404 elsewhere.
 //!
 //! Plain HTTP/1.1, one request per connection (`Connection: close`). Bind it to loopback or a
-//! private interface: it has no authentication.
+//! private interface: it has no authentication. A client has [`HEAD_TIMEOUT`] from accept for
+//! its whole request head (not per read: a peer dribbling a byte at a time gets no longer), and
+//! slow or idle peers past the connection cap are evicted (see `conns`), so a scrape gets in.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use super::conns::Server;
+use super::conns::{ConnCtx, Server};
 use super::StatsError;
 use crate::metrics::aggregate::{lock, SharedAggregator};
 use crate::metrics::prometheus;
 
 /// Largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
-/// Time a client has to send its request head.
+/// Time a client has, from accept, to send its whole request head; also the write timeout.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The running admin listener.
@@ -40,7 +41,7 @@ impl AdminServer {
         let server = Server::spawn(
             "stats-admin",
             move || listener.accept().map(|(s, _)| s),
-            move |stream, _stop: &AtomicBool| serve(stream, &agg),
+            move |stream, ctx: &ConnCtx<'_>| serve(stream, &agg, ctx),
         )
         .map_err(StatsError::Thread)?;
         Ok(AdminServer {
@@ -60,16 +61,17 @@ impl AdminServer {
     }
 }
 
-fn serve(mut stream: TcpStream, agg: &SharedAggregator) {
+fn serve(mut stream: TcpStream, agg: &SharedAggregator, ctx: &ConnCtx<'_>) {
+    let deadline = Instant::now() + HEAD_TIMEOUT;
     if stream.set_nonblocking(false).is_err()
-        || stream.set_read_timeout(Some(HEAD_TIMEOUT)).is_err()
         || stream.set_write_timeout(Some(HEAD_TIMEOUT)).is_err()
     {
         return;
     }
-    let Some(head) = read_head(&mut stream) else {
+    let Some(head) = read_head(&mut stream, deadline) else {
         return;
     };
+    let _busy = ctx.busy();
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let response = match req.parse(&head) {
@@ -94,11 +96,16 @@ fn serve(mut stream: TcpStream, agg: &SharedAggregator) {
     let _ = stream.write_all(response.as_bytes());
 }
 
-/// Reads up to the end of the request head; `None` on timeout, EOF or an oversized head.
-fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+/// Reads up to the end of the request head by `deadline`; `None` past it, on EOF (an evicted
+/// connection sees one) or for an oversized head.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; MAX_HEAD];
     let mut len = 0;
     while len < MAX_HEAD {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return None;
+        }
         let n = match stream.read(&mut buf[len..]) {
             Ok(0) => return None,
             Ok(n) => n,

@@ -1,17 +1,144 @@
 //! The accept loop both stats servers share: non-blocking accept polled against a stop flag,
-//! one short-lived thread per connection, a cap on concurrent connections.
+//! one short-lived thread per connection, a cap on concurrent connections that idle or slow
+//! peers cannot hold against a real request: at the cap, a new connection evicts the one that
+//! has waited on its peer the longest (a connection busy answering is never evicted).
 
 use std::io;
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Concurrent connections one server serves; more are closed at once.
+/// Concurrent connections one server serves; past it the longest-waiting one is evicted.
 pub const MAX_CONNS: usize = 16;
+
+/// Connection threads alive at once, evicted ones still winding down included.
+const MAX_THREADS: usize = 2 * MAX_CONNS;
 
 /// How often the accept loop looks at the stop flag while idle.
 const POLL: Duration = Duration::from_millis(50);
+
+/// A socket the accept loop can close from outside its serving thread, to evict it.
+pub trait Conn: Send + 'static {
+    /// Another handle to the same socket.
+    fn handle(&self) -> io::Result<Self>
+    where
+        Self: Sized;
+    /// Shuts the socket down both ways: a thread blocked reading it sees end of stream at once.
+    fn close(&self);
+}
+
+impl Conn for TcpStream {
+    fn handle(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+impl Conn for UnixStream {
+    fn handle(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+/// What a serving thread sees of its connection: the server's stop flag, and a way to mark
+/// itself busy (not evictable) while it answers.
+pub struct ConnCtx<'a> {
+    stop: &'a AtomicBool,
+    entry: &'a Entry,
+}
+
+impl ConnCtx<'_> {
+    /// The server is stopping.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection busy until the guard drops; then it waits on its peer again, from
+    /// now on (the eviction order).
+    pub fn busy(&self) -> Busy<'_> {
+        self.entry.set(|s| s.busy = true);
+        Busy(self.entry)
+    }
+}
+
+/// Held while a connection answers a request: it is not evicted meanwhile.
+pub struct Busy<'a>(&'a Entry);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.set(|s| {
+            s.busy = false;
+            s.waiting_since = Instant::now();
+        });
+    }
+}
+
+/// One connection's eviction state, shared by its serving thread and the registry.
+#[derive(Debug)]
+struct Entry(Mutex<EntryState>);
+
+#[derive(Debug, Clone, Copy)]
+struct EntryState {
+    busy: bool,
+    /// Since when it has been waiting on its peer (accept, or the end of its last answer).
+    waiting_since: Instant,
+}
+
+impl Entry {
+    fn get(&self) -> EntryState {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn set(&self, f: impl FnOnce(&mut EntryState)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// The connections being served (evicted ones leave it at once).
+struct Registry<C> {
+    next_id: u64,
+    conns: Vec<(u64, Arc<Entry>, C)>,
+}
+
+impl<C: Conn> Registry<C> {
+    /// Makes room for one more connection: `false` when every slot is busy answering.
+    fn make_room(&mut self) -> bool {
+        if self.conns.len() < MAX_CONNS {
+            return true;
+        }
+        let longest_waiting = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, e, _))| {
+                let s = e.get();
+                (!s.busy).then_some((i, s.waiting_since))
+            })
+            .min_by_key(|(_, since)| *since)
+            .map(|(i, _)| i);
+        let Some(i) = longest_waiting else {
+            return false;
+        };
+        let (_, _, handle) = self.conns.swap_remove(i);
+        handle.close();
+        true
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.conns.retain(|(i, _, _)| *i != id);
+    }
+}
+
+fn lock<C>(r: &Mutex<Registry<C>>) -> MutexGuard<'_, Registry<C>> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A server thread and the flag that stops it.
 pub struct Server {
@@ -21,17 +148,22 @@ pub struct Server {
 
 impl Server {
     /// Runs `accept` (non-blocking) in a loop on a new thread named `name`; each accepted
-    /// connection is passed to `serve` on its own thread, up to [`MAX_CONNS`] at once.
+    /// connection is passed to `serve` on its own thread, up to [`MAX_CONNS`] at once (past it,
+    /// the connection that has waited on its peer the longest is closed to make room).
     pub fn spawn<C, A, S>(name: &str, mut accept: A, serve: S) -> io::Result<Server>
     where
-        C: Send + 'static,
+        C: Conn,
         A: FnMut() -> io::Result<C> + Send + 'static,
-        S: Fn(C, &AtomicBool) + Send + Sync + 'static,
+        S: Fn(C, &ConnCtx<'_>) + Send + Sync + 'static,
     {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let serve = Arc::new(serve);
-        let active = Arc::new(AtomicUsize::new(0));
+        let threads = Arc::new(AtomicUsize::new(0));
+        let registry = Arc::new(Mutex::new(Registry::<C> {
+            next_id: 0,
+            conns: Vec::new(),
+        }));
         let conn_name = format!("{name}-conn");
         let thread = std::thread::Builder::new()
             .name(name.to_string())
@@ -49,20 +181,50 @@ impl Server {
                             continue;
                         }
                     };
-                    if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
-                        active.fetch_sub(1, Ordering::AcqRel);
+                    if threads.load(Ordering::Acquire) >= MAX_THREADS {
                         continue;
                     }
-                    let (serve, done, flag) = (serve.clone(), active.clone(), flag.clone());
+                    let Ok(handle) = conn.handle() else {
+                        continue;
+                    };
+                    let entry = Arc::new(Entry(Mutex::new(EntryState {
+                        busy: false,
+                        waiting_since: Instant::now(),
+                    })));
+                    let id = {
+                        let mut reg = lock(&registry);
+                        if !reg.make_room() {
+                            continue;
+                        }
+                        reg.next_id += 1;
+                        let id = reg.next_id;
+                        reg.conns.push((id, entry.clone(), handle));
+                        id
+                    };
+                    threads.fetch_add(1, Ordering::AcqRel);
+                    let (serve, done, flag, reg) = (
+                        serve.clone(),
+                        threads.clone(),
+                        flag.clone(),
+                        registry.clone(),
+                    );
                     let spawned =
                         std::thread::Builder::new()
                             .name(conn_name.clone())
                             .spawn(move || {
-                                serve(conn, &flag);
+                                serve(
+                                    conn,
+                                    &ConnCtx {
+                                        stop: &flag,
+                                        entry: &entry,
+                                    },
+                                );
+                                lock(&reg).remove(id);
                                 done.fetch_sub(1, Ordering::AcqRel);
                             });
                     if let Err(e) = spawned {
-                        active.fetch_sub(1, Ordering::AcqRel);
+                        lock(&registry).remove(id);
+                        threads.fetch_sub(1, Ordering::AcqRel);
                         crate::error_limited!(error = %e, "cannot start a stats connection thread");
                     }
                 }
@@ -89,5 +251,62 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// An echo-once server: reads one byte (waiting, evictable), answers it busy.
+    fn echo_server(path: &std::path::Path) -> Server {
+        let listener = UnixListener::bind(path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Server::spawn(
+            "test",
+            move || listener.accept().map(|(s, _)| s),
+            |mut s: UnixStream, ctx: &ConnCtx<'_>| {
+                s.set_nonblocking(false).unwrap();
+                let mut b = [0u8; 1];
+                if matches!(s.read(&mut b), Ok(1)) {
+                    let _busy = ctx.busy();
+                    let _ = s.write_all(&b);
+                }
+            },
+        )
+        .unwrap()
+    }
+
+    fn answers(s: &mut UnixStream) -> bool {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        s.write_all(b"x").is_ok() && matches!(s.read(&mut b), Ok(1))
+    }
+
+    #[test]
+    fn idle_peers_past_the_cap_are_evicted_oldest_first() {
+        let dir = std::env::temp_dir().join(format!("sg-conns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let server = echo_server(&path);
+        let idle: Vec<UnixStream> = (0..MAX_CONNS + 4)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let mut fresh = UnixStream::connect(&path).unwrap();
+        assert!(answers(&mut fresh), "a new peer is served past the cap");
+        // The oldest idle peers were closed to make room; the newest are still served.
+        let mut oldest = idle[0].try_clone().unwrap();
+        oldest
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert!(matches!(oldest.read(&mut b), Ok(0) | Err(_)), "evicted");
+        let mut newest = idle[MAX_CONNS + 3].try_clone().unwrap();
+        assert!(answers(&mut newest));
+        server.stop();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

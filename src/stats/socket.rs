@@ -7,15 +7,17 @@
 //!   are followed by one empty line, which marks the end of the reply.
 //! - `reset-window` → `ok`: the rolling window starts over.
 //! - anything else → one line starting with `error:`.
+//!
+//! Idle connections past the cap are evicted, longest-waiting first (see `conns`), so
+//! `shardgate stats` gets in however many idle peers hold the socket.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::conns::Server;
+use super::conns::{ConnCtx, Server};
 use super::StatsError;
 use crate::metrics::aggregate::{lock, SharedAggregator};
 
@@ -47,7 +49,7 @@ impl StatsSocket {
         let server = Server::spawn(
             "stats-socket",
             move || listener.accept().map(|(s, _)| s),
-            move |stream, stop| serve(stream, &agg, stop),
+            move |stream, ctx: &ConnCtx<'_>| serve(stream, &agg, ctx),
         )
         .map_err(StatsError::Thread)?;
         Ok(StatsSocket {
@@ -115,7 +117,7 @@ fn bind_private(path: &Path) -> io::Result<UnixListener> {
     bound
 }
 
-fn serve(stream: UnixStream, agg: &SharedAggregator, stop: &AtomicBool) {
+fn serve(stream: UnixStream, agg: &SharedAggregator, ctx: &ConnCtx<'_>) {
     if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(READ_POLL)).is_err() {
         return;
     }
@@ -136,18 +138,21 @@ fn serve(stream: UnixStream, agg: &SharedAggregator, stop: &AtomicBool) {
                     return;
                 }
                 // The peer closed after a last line without a newline: answer it.
+                let _busy = ctx.busy();
                 let reply = respond(agg, &String::from_utf8_lossy(&line));
                 let _ = writer.write_all(reply.as_bytes());
                 let _ = writer.flush();
                 return;
             }
             Ok(_) => {
+                let busy = ctx.busy();
                 let reply = respond(agg, &String::from_utf8_lossy(&line));
                 line.clear();
                 last = Instant::now();
                 if writer.write_all(reply.as_bytes()).is_err() || writer.flush().is_err() {
                     return;
                 }
+                drop(busy);
             }
             Err(e)
                 if matches!(
@@ -156,7 +161,7 @@ fn serve(stream: UnixStream, agg: &SharedAggregator, stop: &AtomicBool) {
                 ) =>
             {
                 let too_long = line.len() as u64 >= MAX_LINE;
-                if too_long || stop.load(Ordering::Relaxed) || last.elapsed() > IDLE {
+                if too_long || ctx.stopping() || last.elapsed() > IDLE {
                     return;
                 }
             }
