@@ -308,3 +308,33 @@ fn the_binary_logs_a_refusal_by_reason_without_header_values() {
         0
     );
 }
+
+#[test]
+fn a_refusal_ends_cleanly_for_a_client_still_sending_its_body() {
+    let up = mock();
+    let gw = gateway(config_for(&[up.base_url()], ""));
+    // The refusal comes while the client is still sending a large body. Closing with unread
+    // bytes would reset the connection: the client's send fails and its read ends in a reset
+    // (and over a real network the reset can overtake the answer). The gateway half-closes and
+    // drains instead, so the client sends everything and reads the answer up to a clean end.
+    let head = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(gw.addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(head.as_bytes()).unwrap();
+        let mut writer = s.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            (0..3).all(|_| writer.write_all(&chunk).is_ok())
+        });
+        let mut out = Vec::new();
+        let read = s.read_to_end(&mut out);
+        let sent_all = sender.join().unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(status_of(&text), 400, "{text}");
+        assert!(read.is_ok(), "the connection was reset: {read:?}");
+        assert!(sent_all, "the client could not send its body");
+    }
+}
