@@ -280,7 +280,13 @@ fn body_framing(http10: bool, headers: &[httparse::Header<'_>]) -> Result<Framin
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             has_te = true;
-            codings.extend(h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii));
+            // Empty list elements are ignored (RFC 9110 §5.6.1).
+            codings.extend(
+                h.value
+                    .split(|b| *b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|c| !c.is_empty()),
+            );
         }
     }
     match (has_te, length) {
@@ -474,7 +480,7 @@ mod tests {
                 Refusal::NotChunked,
             ),
             ("Transfer-Encoding: chunked, chunked", Refusal::NotChunked),
-            ("Transfer-Encoding: chunked,", Refusal::NotChunked),
+            ("Transfer-Encoding: , chunked, chunked", Refusal::NotChunked),
             ("Transfer-Encoding: ", Refusal::NotChunked),
             ("Transfer-Encoding: gzip, chunked", Refusal::UnknownCoding),
             (
