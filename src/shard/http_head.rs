@@ -1,5 +1,6 @@
 //! Reading one HTTP/1.1 request head off a client socket, with httparse, under a size and time
-//! limit, and writing small HTTP responses.
+//! limit; deciding its body framing once, refusing every ambiguous form (RFC 9112 §6.1/§6.3);
+//! and writing small HTTP responses.
 
 use std::net::SocketAddr;
 use std::time::Duration;
