@@ -79,7 +79,7 @@ fn demo(listen: &str) -> anyhow::Result<()> {
     let text = format!(
         "[server]\nlisten = \"{listen}\"\nstats_socket = \"{}\"\n\
          [[client_keys]]\nkey = \"sk-gw-local\"\nid = \"demo\"\n\
-         [[accounts]]\nid = \"mock\"\nbase_url = \"{}\"\napi_key = \"sk-mock\"\nmax_conns = 64\n\
+         [[accounts]]\nid = \"mock\"\nbase_url = \"{}\"\napi_key = \"sk-mock\"\nmax_conns = 64\nmodels = [\"gpt-5\"]\n\
          [usage]\npath = \"{}\"\nspool_dir = \"{}\"\n",
         stats.display(),
         mock.base_url(),
