@@ -33,7 +33,8 @@ clients="${SHARDGATE_CLIENTS_DIR:-$PWD/target/real-clients}"
 pydir="$clients/python"
 export PYTHONPATH="$pydir${PYTHONPATH:+:$PYTHONPATH}"
 if [[ ! -d "$pydir/openai" ]]; then
-  python3 -m pip install -q --no-cache-dir --disable-pip-version-check --target "$pydir" \
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --no-cache-dir --disable-pip-version-check \
+    --target "$pydir" \
     'openai[realtime]' >&2
 fi
 codex="$clients/node/node_modules/.bin/codex"
