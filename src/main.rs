@@ -1,5 +1,6 @@
 //! The `shardgate` command: run the gateway, the bundled mock upstream, or the load generator.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -194,6 +195,7 @@ fn main() -> ExitCode {
         Command::MockUpstream(args) => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .init();
             shardgate::mock::run_cli(args)
         }

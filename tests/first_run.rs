@@ -185,6 +185,28 @@ fn a_log_that_is_not_a_terminal_has_no_colours() {
     let log = one_turn_log();
     assert!(log.contains("gateway started"), "{log}");
     assert!(!log.contains('\u{1b}'), "{log:?}");
+
+    // The mock upstream's log too.
+    let log = scratch_file("mock.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["mock-upstream", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("mock starts");
+    let mut banner = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut banner,
+    )
+    .expect("banner");
+    assert!(banner.starts_with("mock-upstream listening"), "{banner}");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().expect("mock exits").success());
+    let log = std::fs::read_to_string(&log).expect("mock log");
+    assert!(log.contains("mock-upstream stopping"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
 }
 
 #[test]
