@@ -12,8 +12,11 @@
 #      directive), then `exec resume --last` (ws);
 #   8. openai-python: a store=false tool-call round trip, then new WebSocket connections that
 #      continue the chain by previous_response_id, each on the same upstream connection (ws).
-# Each check asserts on the mock's own counters. Installs the clients if missing. The last line
-# is `real-clients: N passed, M failed`.
+#   9. the README's quick-start Python snippet and its Codex provider entry, as written (only the
+#      address is this run's): the text between the `real-clients: ... begin/end` markers.
+# Each check asserts on the mock's own counters. Installs the clients if missing, into
+# target/real-clients/ (pip --target and an npm prefix; nothing global: not the system Python,
+# not ~/.cache or ~/.npm). The last line is `real-clients: N passed, M failed`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,14 +29,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! python3 -c 'import openai' 2>/dev/null; then
-  pip install -q 'openai[realtime]' >&2
+clients="${SHARDGATE_CLIENTS_DIR:-$PWD/target/real-clients}"
+pydir="$clients/python"
+export PYTHONPATH="$pydir${PYTHONPATH:+:$PYTHONPATH}"
+if [[ ! -d "$pydir/openai" ]]; then
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --no-cache-dir --disable-pip-version-check \
+    --target "$pydir" \
+    'openai[realtime]' >&2
 fi
-codex_dir="${CODEX_INSTALL_DIR:-$HOME/.cache/shardgate-codex}"
-codex="$codex_dir/node_modules/.bin/codex"
+codex="$clients/node/node_modules/.bin/codex"
 if [[ ! -x "$codex" ]]; then
-  mkdir -p "$codex_dir"
-  (cd "$codex_dir" && npm install --silent --no-audit --no-fund @openai/codex >&2)
+  mkdir -p "$clients/node"
+  npm install --silent --no-audit --no-fund --no-update-notifier --prefix "$clients/node" \
+    --cache "$clients/npm-cache" @openai/codex >&2
 fi
 
 cargo build --quiet || exit 1
@@ -57,11 +65,15 @@ $2
 [[client_keys]]
 key = "sk-gw-real"
 id = "real-clients"
+[[client_keys]]
+key = "sk-gw-local"
+id = "readme"
 [[accounts]]
 id = "mock"
 base_url = "http://127.0.0.1:$mock_port/v1"
 api_key = "sk-upstream-real"
 max_conns = 8
+models = ["gpt-5"]
 [usage]
 path = "$work/usage-$1.jsonl"
 spool_dir = "$work/usage-spool-$1"
@@ -106,24 +118,34 @@ expect() {
 
 export CODEX_HOME="$work/codex-home"
 mkdir -p "$CODEX_HOME" "$work/proj"
-export SHARDGATE_KEY=sk-gw-real
-codex_config() { # port, supports_websockets
-  cat >"$CODEX_HOME/config.toml" <<TOML
-model = "gpt-5"
-model_provider = "shardgate"
-[model_providers.shardgate]
-name = "shardgate"
-base_url = "http://127.0.0.1:$1/v1"
-env_key = "SHARDGATE_KEY"
-wire_api = "responses"
-supports_websockets = $2
-TOML
+# The README's text between `real-clients: NAME begin` and `real-clients: NAME end`, with the
+# README's address replaced by port $2 (code fences dropped).
+readme_block() { # name, port
+  sed -n "/real-clients: $1 begin/,/real-clients: $1 end/p" README.md | sed '1d;$d' |
+    grep -v '^```' | sed "s#127.0.0.1:8080#127.0.0.1:$2#g"
+}
+export SHARDGATE_API_KEY=sk-gw-local
+codex_config() { # port, supports_websockets (the README's provider entry, as written)
+  readme_block codex-provider "$1" |
+    sed "s/^supports_websockets = .*/supports_websockets = $2/" >"$CODEX_HOME/config.toml"
+  grep -q "^supports_websockets = $2" "$CODEX_HOME/config.toml" &&
+    grep -q "127.0.0.1:$1/v1" "$CODEX_HOME/config.toml" ||
+    { echo "the README has no Codex provider entry to run"; return 1; }
 }
 codex_exec() { # log, args...
   local log=$1; shift
   (cd "$work/proj" && timeout 120 "$codex" exec --skip-git-repo-check "$@" </dev/null >"$log" 2>&1) ||
     { cat "$log"; echo "codex exec failed"; return 1; }
   grep -q "lorem" "$log" || { cat "$log"; echo "codex printed no model text"; return 1; }
+}
+
+readme_python() {
+  local before; before=$(field ws_turns_total)
+  local out; out=$(readme_block python-snippet "$gw_port" | bash 2>&1) || { echo "$out"; return 1; }
+  echo "$out"
+  grep -q "^resp_" <<<"$out" && grep -q "\['gpt-5'\]" <<<"$out" ||
+    { echo "the README snippet printed no response id or model list"; return 1; }
+  expect ws_turns_total -eq $((before + 1))
 }
 
 python_ws() {
@@ -140,7 +162,7 @@ python_http_ws_pool() {
 
 codex_ws() {
   local before; before=$(field ws_turns_total)
-  codex_config "$gw_port" true
+  codex_config "$gw_port" true || return 1
   codex_exec "$work/codex1.log" "say hi" &&
     codex_exec "$work/codex2.log" resume --last "and again" &&
     expect ws_turns_total -gt "$before" && expect previous_response_not_found_total -eq 0
@@ -148,7 +170,7 @@ codex_ws() {
 
 codex_tool_then_resume() {
   local before; before=$(field ws_turns_total)
-  codex_config "$gw_port" true
+  codex_config "$gw_port" true || return 1
   codex_exec "$work/codex5.log" "run it [[mock:tool=exec_command]]" || return 1
   grep -q "echo mock" "$work/codex5.log" || { cat "$work/codex5.log"; echo "codex ran no tool call"; return 1; }
   codex_exec "$work/codex6.log" resume --last "and again" &&
@@ -166,7 +188,7 @@ python_ws_reconnect() {
 
 codex_sse() {
   local before; before=$(field ws_turns_total)
-  codex_config "$gw_port" false
+  codex_config "$gw_port" false || return 1
   local posts; posts=$(grep -c 'request[^ ]*"stream"' "$work/gw.log")
   codex_exec "$work/codex3.log" "say hi over http" &&
     expect ws_turns_total -gt "$before" && expect previous_response_not_found_total -eq 0 || return 1
@@ -176,7 +198,7 @@ codex_sse() {
 
 codex_ws_to_http_upstream() {
   local http; http=$(field http_turns_total)
-  codex_config "$gw_http_port" true
+  codex_config "$gw_http_port" true || return 1
   codex_exec "$work/codex4.log" "say hi via http upstream" &&
     expect http_turns_total -gt "$http" && expect http_generate_rejected_total -eq 0 &&
     expect previous_response_not_found_total -eq 0 || return 1
@@ -190,6 +212,7 @@ python_http_upstream() {
     expect http_turns_total -eq $((http + 2)) && expect http_generate_rejected_total -eq 0
 }
 
+check "README quick-start Python snippet, as written" readme_python
 check "openai-python responses.connect() (WebSocket)" python_ws
 check "openai-python responses.create stream and non-stream (POST, WS pool)" python_http_ws_pool
 check "Codex CLI with supports_websockets = true" codex_ws
@@ -203,10 +226,10 @@ check "no key in the mock's view or the gateway logs" bash -c "
   curl -fsS http://127.0.0.1:$mock_port/_mock/stats | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-assert all(\"sk-gw-real\" not in a for a in s[\"authorizations_seen\"]), \"client key leaked upstream\"
+assert all(\"sk-gw-real\" not in a and \"sk-gw-local\" not in a for a in s[\"authorizations_seen\"]), \"client key leaked upstream\"
 assert s[\"auth_failures\"] == 0, s
 print(\"mock saw %d WebSocket turns, %d HTTP turns, %d warm-ups\" % (s[\"ws_turns_total\"], s[\"http_turns_total\"], s[\"generate_false_total\"]))
-' && ! grep -q 'sk-upstream-real\|sk-gw-real' '$work/gw.log' '$work/gw-http.log'"
+' && ! grep -q 'sk-upstream-real\|sk-gw-real\|sk-gw-local' '$work/gw.log' '$work/gw-http.log'"
 
 echo "real-clients: $passed passed, $failed failed"
 [[ $failed == 0 ]]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, end-to-end tests over loopback (mock upstream, real TLS,
-# real Redis), and the real-client checks (openai-python, Codex CLI) when those clients are
-# installed or installable.
+# real Redis), and the real-client checks (openai-python, Codex CLI), which install those clients
+# into target/real-clients/ (project-local, ignored by git), never into the system Python or ~.
 #
 # Redis: uses 127.0.0.1:6379 if it answers, otherwise starts Debian's redis-server (installing it
 # if needed) on a private port for the length of the run. REDIS_URL is exported for the tests.

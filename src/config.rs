@@ -240,7 +240,7 @@ pub enum UsageSinkKind {
 pub struct UsageConfig {
     /// Which sink.
     pub sink: UsageSinkKind,
-    /// JSONL file for `sink = "file"`.
+    /// JSONL file for `sink = "file"` (required then; empty when the Redis sink has none).
     pub path: PathBuf,
     /// Rotate the file when it grows past this many bytes.
     pub rotate_bytes: u64,
@@ -250,7 +250,8 @@ pub struct UsageConfig {
     pub redis_url: Option<Secret>,
     /// Stream key for `sink = "redis"`.
     pub stream: String,
-    /// Directory of the on-disk spool used while the sink is down.
+    /// Directory of the on-disk spool used while the sink is down (default: `usage-spool` next
+    /// to `path`).
     pub spool_dir: PathBuf,
     /// Largest spool size; past it the oldest spooled records are kept and new ones counted as dropped.
     pub spool_max_bytes: u64,
@@ -296,6 +297,9 @@ pub struct Account {
     pub transport: Transport,
     /// Client model → upstream model.
     pub model_map: HashMap<String, String>,
+    /// Models it serves under their own name, listed by `GET /v1/models` (with the client-side
+    /// names of `model_map`).
+    pub models: Vec<String>,
     /// How the account authenticates (`api_key` by default). Only kinds known to support
     /// WebSocket mode use it; any other kind goes over HTTP/SSE.
     pub auth: String,
@@ -515,6 +519,8 @@ struct RawAccount {
     transport: Option<Transport>,
     #[serde(default)]
     model_map: HashMap<String, String>,
+    #[serde(default)]
+    models: Vec<String>,
     auth: Option<String>,
 }
 
@@ -784,6 +790,7 @@ impl Config {
                 ca_file: a.ca_file,
                 transport: a.transport.unwrap_or(Transport::Ws),
                 model_map: a.model_map,
+                models: a.models,
                 auth: match a.auth {
                     Some(kind) if kind.trim().is_empty() => {
                         return Err(invalid(format!("{at}.auth"), "must not be empty"))
@@ -851,14 +858,39 @@ impl Config {
             env,
         )?
         .or_else(|| state.redis_url.clone());
+        let sink = us.sink.unwrap_or(UsageSinkKind::File);
+        // No defaults that point at the working directory: billing data must land where the
+        // operator said.
+        let path = match (us.path, sink) {
+            (Some(path), _) => path,
+            (None, UsageSinkKind::Redis) => PathBuf::new(),
+            (None, UsageSinkKind::File) => {
+                return Err(invalid(
+                    "usage.path",
+                    "required with the file sink: where usage records (billing data) are \
+                     written, e.g. \"/var/lib/shardgate/usage.jsonl\"",
+                ))
+            }
+        };
+        let spool_dir = match us.spool_dir {
+            Some(dir) => dir,
+            None if !path.as_os_str().is_empty() => path.with_file_name("usage-spool"),
+            None => {
+                return Err(invalid(
+                    "usage.spool_dir",
+                    "required with the redis sink when usage.path is not set: where records \
+                     wait while Redis fails",
+                ))
+            }
+        };
         let usage = UsageConfig {
-            sink: us.sink.unwrap_or(UsageSinkKind::File),
-            path: us.path.unwrap_or_else(|| PathBuf::from("usage.jsonl")),
+            sink,
+            path,
             rotate_bytes: us.rotate_bytes.unwrap_or(256 * 1024 * 1024),
             fsync_interval: millis("usage.fsync_interval_ms", us.fsync_interval_ms, 200)?,
             redis_url: usage_redis,
             stream: us.stream.unwrap_or_else(|| "shardgate:usage".into()),
-            spool_dir: us.spool_dir.unwrap_or_else(|| PathBuf::from("usage-spool")),
+            spool_dir,
             spool_max_bytes: us.spool_max_bytes.unwrap_or(1024 * 1024 * 1024),
         };
         if usage.sink == UsageSinkKind::Redis && usage.redis_url.is_none() {
@@ -892,6 +924,8 @@ mod tests {
     }
 
     const MINIMAL: &str = r#"
+        [usage]
+        path = "/var/lib/shardgate/usage.jsonl"
         [[client_keys]]
         key = "sk-gw-local"
         [[accounts]]
@@ -913,6 +947,27 @@ mod tests {
             c.accounts[0].endpoint.responses_ws_url(),
             "ws://127.0.0.1:9000/v1/responses"
         );
+    }
+
+    #[test]
+    fn usage_records_never_default_to_the_working_directory() {
+        let c = Config::parse(MINIMAL, &no_env).unwrap();
+        assert_eq!(
+            c.usage.spool_dir,
+            PathBuf::from("/var/lib/shardgate/usage-spool")
+        );
+        let without = MINIMAL.replace("path = \"/var/lib/shardgate/usage.jsonl\"", "");
+        let err = Config::parse(&without, &no_env).unwrap_err().to_string();
+        assert!(err.contains("usage.path"), "{err}");
+        let redis = without.replace(
+            "[usage]",
+            "[usage]\nsink = \"redis\"\nredis_url = \"redis://127.0.0.1/\"",
+        );
+        let err = Config::parse(&redis, &no_env).unwrap_err().to_string();
+        assert!(err.contains("usage.spool_dir"), "{err}");
+        let spooled = redis.replace("[usage]", "[usage]\nspool_dir = \"/var/spool/sg\"");
+        let c = Config::parse(&spooled, &no_env).unwrap();
+        assert_eq!(c.usage.spool_dir, PathBuf::from("/var/spool/sg"));
     }
 
     #[test]

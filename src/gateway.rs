@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
 use crate::control::{ControlHandle, ControlThread};
+use crate::listen_lock::{ListenLock, ListenLockError};
 use crate::reload::{self, LiveSettings, ReloadError, ReloadReport};
 use crate::runtime;
 use crate::shard::handoff::{self, CHANNEL_CAPACITY};
@@ -24,6 +25,9 @@ pub enum StartError {
         /// The failure.
         source: io::Error,
     },
+    /// Another gateway already serves the listen address.
+    #[error(transparent)]
+    Claim(#[from] ListenLockError),
     /// A shard could not be prepared (TLS setup of an account).
     #[error("shard setup failed: {0}")]
     Setup(String),
@@ -45,6 +49,8 @@ pub struct Gateway {
     live: Arc<LiveSettings>,
     /// The config in effect: as started, with the live settings of the last reload.
     current: Mutex<Config>,
+    /// This gateway's claim on its listen address, released when it is dropped.
+    _claim: ListenLock,
 }
 
 impl Gateway {
@@ -62,17 +68,25 @@ impl Gateway {
         let config = Arc::new(config);
         let shards = config.server.shards;
         let cpus = runtime::allowed_cpus().unwrap_or_default();
+        // Claimed before binding, so a second gateway never joins this one's SO_REUSEPORT group;
+        // port 0 is claimed once resolved (a fresh port is nobody else's).
+        let listen = config.server.listen;
+        let early = (listen.port() != 0)
+            .then(|| ListenLock::claim(listen))
+            .transpose()?;
         // Bind the first listener here so port 0 resolves to one real port every shard shares.
-        let first = runtime::BoundListener::bind(config.server.listen).map_err(|source| {
-            StartError::Bind {
-                addr: config.server.listen,
-                source,
-            }
-        })?;
-        let addr = first.local_addr().map_err(|source| StartError::Bind {
-            addr: config.server.listen,
+        let first = runtime::BoundListener::bind(listen).map_err(|source| StartError::Bind {
+            addr: listen,
             source,
         })?;
+        let addr = first.local_addr().map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let claim = match early {
+            Some(claim) => claim,
+            None => ListenLock::claim(addr)?,
+        };
         let mut listeners = vec![Some(first)];
         for _ in 1..shards {
             let l = runtime::BoundListener::bind(addr)
@@ -138,6 +152,7 @@ impl Gateway {
             handle,
             live,
             current,
+            _claim: claim,
         })
     }
 

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`runtime`]: the thin layer over glommio (executors, sockets, timers).
+//! - [`listen_lock`]: one gateway per listen address (the claim taken before binding).
 //! - [`config`]: the operator's TOML file, validated at start.
 //! - [`protocol`]: the wire vocabulary shared by every thread: lazy client-frame fields, upstream
 //!   event classification, usage extraction, OpenAI-style error bodies.
@@ -14,6 +15,7 @@
 //! - [`usage`]: usage records (billing) and their durable sinks (JSONL file, Redis stream) with
 //!   an on-disk spool for outages.
 //! - [`stats`]: the stats socket, the admin `/metrics` listener and the `shardgate stats` client.
+//! - [`error_chain`]: an error and its causes as one line, each cause once.
 //! - [`logging`]: log setup and rate-limited error lines.
 //! - [`state`]: sticky state (response → connection, session → last response, pending calls),
 //!   embedded or in Redis, owned by the control thread.
@@ -23,7 +25,9 @@
 
 pub mod config;
 pub mod control;
+pub mod error_chain;
 pub mod gateway;
+pub mod listen_lock;
 pub mod load;
 pub mod logging;
 pub mod metrics;

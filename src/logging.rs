@@ -4,40 +4,54 @@
 //! logging each one would drown the log and cost more than the failure. A [`RateLimit`] per call
 //! site lets one line through per interval and reports how many were suppressed in between.
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
 use crate::config::LogConfig;
 
-/// Log targets capped whatever `RUST_LOG` says, because at a finer level they print secrets:
-/// tungstenite traces the whole upgrade request it sends upstream, `Authorization` included.
-const SECRET_SAFE_CAPS: &[&str] = &["tungstenite::handshake::client=debug"];
+/// Log targets capped whatever the configured level or `RUST_LOG` says ("never more verbose
+/// than"), because at a finer level they print secrets: tungstenite traces the whole upgrade
+/// request it sends upstream, `Authorization` included.
+const SECRET_SAFE_CAPS: &[(&str, LevelFilter)] =
+    &[("tungstenite::handshake::client", LevelFilter::DEBUG)];
 
 /// Keeps the log writer thread running; dropping it flushes the lines still queued (hold it
 /// until the process exits).
 pub type LogGuard = Option<tracing_appender::non_blocking::WorkerGuard>;
 
+/// The caps of [`SECRET_SAFE_CAPS`] as a filter that only ever removes lines: every other target
+/// passes whatever its level, so the configured filter alone decides for them.
+fn caps() -> Targets {
+    SECRET_SAFE_CAPS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, (target, level)| t.with_target(*target, *level),
+    )
+}
+
 /// Installs the global tracing subscriber: text or JSON lines on stderr, `RUST_LOG` overriding
-/// the configured level (except [`SECRET_SAFE_CAPS`]). Lines are written by a dedicated thread,
-/// so a shard never blocks on stderr (a slow log pipe delays lines, not turns; past 128k queued
-/// lines new ones are dropped rather than stalling the shards). Does nothing when a subscriber is
+/// the configured level, [`SECRET_SAFE_CAPS`] applied on top of both. Colours only when stderr is
+/// a terminal (a file or a pipe gets plain text). Lines are written by a dedicated thread, so a
+/// shard never blocks on stderr (a slow log pipe delays lines, not turns; past 128k queued lines
+/// new ones are dropped rather than stalling the shards). Does nothing when a subscriber is
 /// already installed (tests).
 pub fn init(log: &LogConfig) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    let filter = SECRET_SAFE_CAPS
-        .iter()
-        .filter_map(|cap| cap.parse().ok())
-        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     let installed = if log.json {
-        builder.json().try_init()
+        builder.json().finish().with(caps()).try_init()
     } else {
-        builder.try_init()
+        builder.finish().with(caps()).try_init()
     };
     installed.ok().map(|()| guard)
 }
@@ -115,6 +129,16 @@ macro_rules! warn_limited {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caps_only_remove_lines() {
+        use tracing::Level;
+        let caps = caps();
+        let target = "tungstenite::handshake::client";
+        assert!(!caps.would_enable(target, &Level::TRACE));
+        assert!(caps.would_enable(target, &Level::DEBUG));
+        assert!(caps.would_enable("shardgate::shard", &Level::TRACE));
+    }
 
     #[test]
     fn one_line_per_interval_with_the_suppressed_count() {

@@ -1,5 +1,6 @@
 //! The `shardgate` command: run the gateway, the bundled mock upstream, or the load generator.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use mimalloc::MiMalloc;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use shardgate::config::Config;
+use shardgate::error_chain::one_line;
 use shardgate::gateway::Gateway;
 
 #[global_allocator]
@@ -78,7 +80,7 @@ fn demo(listen: &str) -> anyhow::Result<()> {
     let text = format!(
         "[server]\nlisten = \"{listen}\"\nstats_socket = \"{}\"\n\
          [[client_keys]]\nkey = \"sk-gw-local\"\nid = \"demo\"\n\
-         [[accounts]]\nid = \"mock\"\nbase_url = \"{}\"\napi_key = \"sk-mock\"\nmax_conns = 64\n\
+         [[accounts]]\nid = \"mock\"\nbase_url = \"{}\"\napi_key = \"sk-mock\"\nmax_conns = 64\nmodels = [\"gpt-5\"]\n\
          [usage]\npath = \"{}\"\nspool_dir = \"{}\"\n",
         stats.display(),
         mock.base_url(),
@@ -90,14 +92,26 @@ fn demo(listen: &str) -> anyhow::Result<()> {
         "shardgate: no --config given, running the offline demo against the bundled mock upstream at {}\n\
          shardgate: point a client at http://{listen}/v1 with API key sk-gw-local\n\
          shardgate: usage records go to {}\n\
-         shardgate: see its measurements with `shardgate stats --watch --socket {}`",
+         shardgate: see its measurements with `{} stats --watch --socket {}`\n\
+         shardgate: stop it with Ctrl-C (or SIGTERM): in-flight turns finish first",
         mock.base_url(),
         usage.display(),
+        own_path().display(),
         stats.display()
     );
     let result = serve(config, None);
     mock.stop();
     result
+}
+
+/// This binary's path as a user can type it: relative to the working directory when inside it
+/// (`target/release/shardgate` from a checkout), `shardgate` when unknown.
+fn own_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shardgate"));
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or(exe)
 }
 
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads `path` (the live settings only).
@@ -106,11 +120,12 @@ fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
     let drain = config.server.drain_timeout;
     let shards = config.server.shards;
     let accounts = config.accounts.len();
+    // Installed before the banner: a SIGTERM sent as soon as the address is printed drains.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("installing signal handlers")?;
     let gateway = Gateway::start(config).context("starting the gateway")?;
     println!("shardgate listening on http://{}/v1", gateway.addr());
     tracing::info!(addr = %gateway.addr(), shards, accounts, "gateway started");
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .context("installing signal handlers")?;
     for sig in signals.forever() {
         if sig == SIGHUP {
             reload(&gateway, path);
@@ -158,7 +173,8 @@ fn reload(gateway: &Gateway, path: Option<&Path>) {
         }
         Err(e) => tracing::error!(
             path = %path.display(),
-            "config reload refused, the running config stays: {e:#}"
+            "config reload refused, the running config stays: {}",
+            one_line(e.as_ref())
         ),
     }
 }
@@ -179,6 +195,7 @@ fn main() -> ExitCode {
         Command::MockUpstream(args) => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .init();
             shardgate::mock::run_cli(args)
         }
@@ -211,7 +228,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shardgate: {e:#}");
+            eprintln!("shardgate: {}", one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -190,7 +190,8 @@ mod tests {
              [upstream]\nforce_http = {force_http}\n\
              [[client_keys]]\nkey = \"sk-gw\"\nid = \"k\"\n\
              [[accounts]]\nid = \"a0\"\nbase_url = \"http://127.0.0.1:1\"\napi_key = \"sk-0\"\n\
-             [[accounts]]\nid = \"a1\"\nbase_url = \"http://127.0.0.1:2\"\napi_key = \"sk-1\"\ntransport = \"{second_transport}\"\n"
+             [[accounts]]\nid = \"a1\"\nbase_url = \"http://127.0.0.1:2\"\napi_key = \"sk-1\"\ntransport = \"{second_transport}\"\n\
+             [usage]\npath = \"/var/lib/shardgate/usage.jsonl\"\n"
         );
         Config::parse(&text, &|_| None).expect("config")
     }

@@ -28,6 +28,10 @@ fn config_text(mocks: &[&MockHandle], shards: usize, extra: &str, admin: &str) -
             m.base_url()
         ));
     }
+    text.push_str(&format!(
+        "[usage]\npath = \"{}\"\n",
+        scratch_file("usage.jsonl").display()
+    ));
     text
 }
 

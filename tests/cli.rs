@@ -45,7 +45,8 @@ fn check_config_accepts_a_good_file_and_names_the_bad_key() {
         &good,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\n\
-             [[accounts]]\nid = \"a\"\nbase_url = \"https://api.openai.com/v1\"\napi_key = \"sk-secret-value\"\n"
+             [[accounts]]\nid = \"a\"\nbase_url = \"https://api.openai.com/v1\"\napi_key = \"sk-secret-value\"\n\
+             [usage]\npath = \"/var/lib/shardgate/usage.jsonl\"\n"
         ),
     )
     .unwrap();

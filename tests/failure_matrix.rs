@@ -1,4 +1,4 @@
-//! Every row of DESIGN.md's failure matrix that concerns transports, retries and breakers,
+//! Every row of docs/design.md's failure matrix that concerns transports, retries and breakers,
 //! scripted into the mock upstream: what the client sees, and what the mock saw (attempts,
 //! transport, connections). Usage records (`attempts`) come from the usage file.
 

@@ -34,6 +34,10 @@ fn keyed_config_text(
             "[[accounts]]\nid = \"{id}\"\nbase_url = \"{base_url}\"\napi_key = \"{ACCOUNT_KEY}\"\ntransport = \"{transport}\"\n"
         ));
     }
+    text.push_str(&format!(
+        "[usage]\npath = \"{}\"\n",
+        scratch_file("usage.jsonl").display()
+    ));
     text
 }
 

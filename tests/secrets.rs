@@ -19,7 +19,9 @@ fn config_text(a: &str, b: &str) -> String {
          [upstream]\nretry_base_ms = 1\nretry_cap_ms = 5\n\
          [[client_keys]]\nkey = \"{CLIENT_SECRET}\"\nid = \"client-1\"\n\
          [[accounts]]\nid = \"acct-a\"\nbase_url = \"{a}\"\napi_key = \"{UPSTREAM_KEY_A}\"\n\
-         [[accounts]]\nid = \"acct-b\"\nbase_url = \"{b}\"\napi_key = \"{UPSTREAM_KEY_B}\"\n"
+         [[accounts]]\nid = \"acct-b\"\nbase_url = \"{b}\"\napi_key = \"{UPSTREAM_KEY_B}\"\n\
+         [usage]\npath = \"{}\"\n",
+        scratch_file("usage.jsonl").display()
     )
 }
 

@@ -2,7 +2,7 @@
 
 use sonic_rs::json;
 
-/// Message of the `websocket_connection_limit_reached` error (PROTOCOL.md).
+/// Message of the `websocket_connection_limit_reached` error (docs/protocol.md).
 pub const CONNECTION_LIMIT_MESSAGE: &str = "Responses websocket connection limit reached (60 minutes). Create a new websocket connection to continue.";
 
 /// One API error: its HTTP status and the `error` object.

@@ -15,9 +15,9 @@ use sonic_rs::JsonValueTrait;
 
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::http1::{BodyDecoder, Http1Error};
-use crate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
 use crate::protocol::lazy::range_of;
 use crate::protocol::sse::write_event;
+use crate::protocol::{ClientFrame, ClientFrameError};
 use crate::runtime::{self, TcpStream};
 use crate::usage::RequestType;
 
@@ -101,12 +101,20 @@ pub async fn serve(
         }
     };
     add(&shard.counters.bytes_in, body.len() as u64);
-    // A body that nests too deep is not walked here: the driver refuses it (json_too_deep).
-    let streaming = check_depth(&body, MAX_JSON_DEPTH).is_ok()
-        && sonic_rs::get_from_slice(&body, ["stream"])
-            .ok()
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+    // Checked here, on the bytes the client sent (nesting bounded first): the driver's own check
+    // reads the frame built from them, whose positions (line, column, excerpt) the client never
+    // wrote.
+    if let Err(e) = ClientFrame::parse(&body) {
+        bump(&shard.counters.client_frame_errors);
+        return match http_head::write_error(stream, &body_error(&e), &[], keep_alive).await {
+            Ok(()) if keep_alive => After::KeepAlive,
+            _ => After::Close,
+        };
+    }
+    let streaming = sonic_rs::get_from_slice(&body, ["stream"])
+        .ok()
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let frame = to_frame(&body);
     let request_type = if streaming {
         RequestType::Stream
@@ -149,6 +157,19 @@ pub async fn serve(
         After::KeepAlive
     } else {
         After::Close
+    }
+}
+
+/// What is wrong with a request body, in the client's terms.
+fn body_error(e: &ClientFrameError) -> GatewayError {
+    match e {
+        ClientFrameError::InvalidJson(why) => GatewayError::new(
+            400,
+            ErrorType::InvalidRequest,
+            "invalid_json",
+            format!("request body is not a valid JSON object: {why}"),
+        ),
+        other => other.to_gateway_error(),
     }
 }
 

@@ -17,6 +17,7 @@ use super::counters::bump;
 use super::handoff::PrefixedStream;
 use super::http_front::{self, After};
 use super::http_head::{self, HeadError, RequestHead};
+use super::models;
 use super::session::{self, ClientWs, Session};
 use super::Shard;
 
@@ -29,6 +30,48 @@ fn is_responses_path(path: &str) -> bool {
         path,
         "/v1/responses" | "/responses" | "/backend-api/codex/responses"
     )
+}
+
+/// `Some(None)` for the model list (`/v1/models`), `Some(Some(id))` for one model.
+fn models_path(path: &str) -> Option<Option<&str>> {
+    let rest = path
+        .strip_prefix("/v1/models")
+        .or_else(|| path.strip_prefix("/models"))?;
+    match rest.strip_prefix('/') {
+        None if rest.is_empty() => Some(None),
+        Some(id) if !id.is_empty() && !id.contains('/') => Some(Some(id)),
+        _ => None,
+    }
+}
+
+/// Answers `GET /v1/models` (`id` = `None`) or `GET /v1/models/{id}` for `group`.
+async fn list_models(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    group: &str,
+    id: Option<&str>,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let indices = shard.groups.get(group).map_or(&[][..], Vec::as_slice);
+    let accounts = &shard.config.accounts;
+    match id {
+        None => {
+            let body = models::list_body(accounts, indices);
+            http_head::write_json(stream, 200, &body, &[], keep_alive).await
+        }
+        Some(id) => match models::model_body(accounts, indices, id) {
+            Some(body) => http_head::write_json(stream, 200, &body, &[], keep_alive).await,
+            None => {
+                let err = GatewayError::new(
+                    404,
+                    ErrorType::InvalidRequest,
+                    "model_not_found",
+                    format!("The model `{id}` does not exist or you do not have access to it."),
+                );
+                http_head::write_error(stream, &err, &[], keep_alive).await
+            }
+        },
+    }
 }
 
 /// Client headers passed on to upstream: session and Codex metadata, never credentials.
@@ -106,6 +149,22 @@ async fn route(
             done(http_head::write_json(stream, 200, r#"{"status":"ok"}"#, &[], keep_alive).await)
         }
         ("GET", p) if is_responses_path(p) => upgrade(shard, stream, head).await,
+        ("GET", p) if models_path(p).is_some() => {
+            let identity = match check_client(shard, &head) {
+                Ok(id) => id,
+                Err((err, headers)) => return refuse(stream, &err, headers).await,
+            };
+            done(
+                list_models(
+                    shard,
+                    stream,
+                    &identity.group,
+                    models_path(p).flatten(),
+                    keep_alive,
+                )
+                .await,
+            )
+        }
         ("POST", p) if is_responses_path(p) => {
             let identity = match check_client(shard, &head) {
                 Ok(id) => id,

@@ -15,6 +15,7 @@ pub mod http_front;
 pub mod http_head;
 pub mod http_upstream;
 pub mod ingress;
+pub mod models;
 pub mod normalizer;
 pub mod pool;
 pub mod recovery;

@@ -67,7 +67,7 @@ impl FailureClass {
             Some(1008) => FailureClass::Fallback {
                 reason: "close_1008",
             },
-            // Restart / try later: the client gets an error event and continues (DESIGN.md).
+            // Restart / try later: the client gets an error event and continues (docs/design.md).
             Some(1012 | 1013) => FailureClass::Final,
             Some(1009) => FailureClass::Final,
             _ => FailureClass::retryable("reset"),
