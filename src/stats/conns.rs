@@ -20,6 +20,23 @@ const MAX_THREADS: usize = 2 * MAX_CONNS;
 /// How often the accept loop looks at the stop flag while idle.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long a new connection waits for an evicted one's thread to wind down when every thread
+/// slot is taken (a busy machine can take a while to schedule the exits).
+const THREAD_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits (up to [`THREAD_WAIT`]) for a free thread slot: `false` if none came. Evicted
+/// connections hold their slot until their thread has seen its socket closed and returned.
+fn wait_for_thread(threads: &AtomicUsize) -> bool {
+    let deadline = Instant::now() + THREAD_WAIT;
+    while threads.load(Ordering::Acquire) >= MAX_THREADS {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
 /// A socket the accept loop can close from outside its serving thread, to evict it.
 pub trait Conn: Send + 'static {
     /// Another handle to the same socket.
@@ -181,7 +198,7 @@ impl Server {
                             continue;
                         }
                     };
-                    if threads.load(Ordering::Acquire) >= MAX_THREADS {
+                    if !wait_for_thread(&threads) {
                         continue;
                     }
                     let Ok(handle) = conn.handle() else {
