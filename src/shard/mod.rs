@@ -7,6 +7,7 @@
 pub mod account;
 pub mod auth;
 pub mod breaker;
+pub mod client_close;
 pub mod client_deadline;
 pub mod counters;
 pub mod drain;
@@ -18,6 +19,7 @@ pub mod ingress;
 pub mod models;
 pub mod normalizer;
 pub mod pool;
+pub mod preempt;
 pub mod recovery;
 pub mod relay;
 pub mod retry;

@@ -261,6 +261,7 @@ impl Pool {
         };
         if conn.is_expired(self.config.max_conn_age) {
             bump(&self.counters.retired);
+            conn.close();
             self.slot_freed();
             return None;
         }
@@ -277,7 +278,10 @@ impl Pool {
             // Make room by closing one idle connection, if there is one.
             let closed = self.idle.borrow_mut().pop();
             match closed {
-                Some(_) => self.open.set(self.open.get() - 1),
+                Some(conn) => {
+                    conn.close();
+                    self.open.set(self.open.get() - 1);
+                }
                 None => return self.acquire(forward).await,
             }
         }
@@ -290,6 +294,7 @@ impl Pool {
             let conn = self.idle.borrow_mut().pop()?;
             if conn.is_expired(self.config.max_conn_age) {
                 bump(&self.counters.retired);
+                conn.close();
                 self.slot_freed();
                 continue;
             }
@@ -337,6 +342,7 @@ impl Pool {
     fn give_back(self: &Rc<Self>, mut conn: UpstreamConn) {
         if conn.is_expired(self.config.max_conn_age) {
             bump(&self.counters.retired);
+            conn.close();
             self.slot_freed();
             return;
         }
@@ -463,22 +469,28 @@ impl Lease {
         }
     }
 
-    /// Closes the connection: its state is broken or unknown.
+    /// Closes the connection, its state broken or unknown, with a close handshake
+    /// ([`UpstreamConn::close`]).
     pub fn discard(mut self) {
-        self.close_conn();
+        if let Some(conn) = self.take_closed() {
+            conn.close();
+        }
     }
 
-    fn close_conn(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.leased.borrow_mut().remove(&conn.id);
-            bump(&self.pool.counters.discarded);
-            self.pool.slot_freed();
-        }
+    /// Takes the connection out of the pool's books as closed.
+    fn take_closed(&mut self) -> Option<UpstreamConn> {
+        let conn = self.conn.take()?;
+        self.pool.leased.borrow_mut().remove(&conn.id);
+        bump(&self.pool.counters.discarded);
+        self.pool.slot_freed();
+        Some(conn)
     }
 }
 
 impl Drop for Lease {
+    /// A lease dropped without [`Lease::release`] or [`Lease::discard`] (its task ended) drops
+    /// its socket: no task is spawned from a destructor, which may run as the shard stops.
     fn drop(&mut self) {
-        self.close_conn();
+        self.take_closed();
     }
 }
