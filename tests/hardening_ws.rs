@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shardgate::mock::MockHandle;
+use shardgate::shard::preempt::{BURST, REFILL};
 use shardgate::tungstenite::protocol::frame::coding::CloseCode;
 use shardgate::tungstenite::protocol::CloseFrame;
 use shardgate::tungstenite::{Error as WsError, Message};
@@ -238,6 +239,36 @@ fn a_client_close_mid_turn_is_echoed_and_frees_the_upstream_connection() {
     assert_serves(gw.addr());
 }
 
+#[test]
+fn a_client_close_is_echoed_after_a_handoff_to_another_shard() {
+    let up = mock();
+    let usage = scratch_file("usage.jsonl");
+    let mut cfg = config(&up, &usage);
+    cfg.server.shards = 2;
+    let gw = gateway(cfg);
+    let admin = gw.admin_addr().expect("admin");
+    // The kernel spreads connections over the shards by their 4-tuple: a store=false chain
+    // continued on a new connection lands on the other shard about half the time, and is then
+    // handed to the shard that holds its upstream connection. Every session must echo.
+    for i in 0..16 {
+        let mut first = connect(gw.addr());
+        let t = first.turn(&create("gpt-5", &format!("start {i}"), false, None));
+        let prev = t.response_id().expect("id");
+        assert_eq!(close_normally(&mut first), Ok(Some(1000)));
+        let mut next = connect(gw.addr());
+        let t = next.turn(&create("gpt-5", "go on", false, Some(&prev)));
+        assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
+        assert_eq!(close_normally(&mut next), Ok(Some(1000)), "session {i}");
+        if labeled(admin, "handoff", "received") >= 2 {
+            break;
+        }
+    }
+    assert!(
+        wait_labeled(admin, "handoff", "received", 1) >= 1,
+        "no session was handed over"
+    );
+}
+
 // ---- protocol violations ----
 
 /// Sends `violation` as a session's first frame and returns the close code it got.
@@ -384,7 +415,12 @@ fn two_hundred_back_to_back_creates_cost_a_bounded_number_of_dials() {
         }
     });
     for i in 0..200 {
-        let frame = create("gpt-5", &format!("storm {i} [[mock:ttft_ms=20]]"), false, None);
+        let frame = create(
+            "gpt-5",
+            &format!("storm {i} [[mock:ttft_ms=20]]"),
+            false,
+            None,
+        );
         c.ws.write(Message::text(frame)).expect("queue frame");
     }
     c.ws.flush().expect("flush");
@@ -407,9 +443,17 @@ fn preempting_every_response_after_it_started_costs_a_bounded_number_of_dials() 
     let admin = gw.admin_addr().expect("admin");
     let mut c = connect(gw.addr());
     let n = 16;
+    let started = Instant::now();
     // Each create goes out once the previous response started upstream, so every preemption
     // finds its response running (the worst case for the connection it holds).
-    let frame = |i: usize| create("gpt-5", &format!("one by one {i} [[mock:ttft_ms=300]]"), false, None);
+    let frame = |i: usize| {
+        create(
+            "gpt-5",
+            &format!("one by one {i} [[mock:ttft_ms=300]]"),
+            false,
+            None,
+        )
+    };
     c.send(&frame(0));
     let (mut sent, mut preempted) = (1, 0);
     loop {
@@ -429,11 +473,16 @@ fn preempting_every_response_after_it_started_costs_a_bounded_number_of_dials() 
         }
     }
     assert_eq!((sent, preempted), (n, n - 1));
+    // One dial for the first turn, one per immediate close: the burst, then one per refill.
+    let refills = (started.elapsed().as_secs_f64() / REFILL.as_secs_f64()).ceil() as u64;
+    let allowed = 1 + u64::from(BURST) + refills;
     let dials = up.stats().ws_connections_total;
-    assert!(dials <= 8, "{dials} upstream dials for {n} preemptions");
+    assert!(
+        dials <= allowed,
+        "{dials} upstream dials for {n} preemptions (allowed {allowed})"
+    );
     let drained = wait_labeled(admin, "preemptions", "drained", 1);
     assert!(drained >= 1, "nothing drained");
-    assert!(labeled(admin, "preemptions", "discarded") <= 6);
     // A drained response completed upstream: its usage is recorded like any other's.
     let deadline = Instant::now() + Duration::from_secs(5);
     let records = loop {
