@@ -435,6 +435,23 @@ fn two_hundred_back_to_back_creates_cost_a_bounded_number_of_dials() {
     // The session is still usable.
     let t = c.turn(&create("gpt-5", "after the storm", false, None));
     assert_eq!(t.last_type(), "response.completed");
+    // Stored turns give their connection back between turns: a stored storm takes it back from
+    // the idle stack each time instead of dialing.
+    let before = up.stats().ws_connections_total;
+    for i in 0..50 {
+        let frame = create(
+            "gpt-5",
+            &format!("stored {i} [[mock:ttft_ms=20]]"),
+            true,
+            None,
+        );
+        c.ws.write(Message::text(frame)).expect("queue frame");
+    }
+    c.ws.flush().expect("flush");
+    let (_, last) = read_turns(&mut c, 50);
+    assert_eq!(last.last_type(), "response.completed", "{:?}", last.types());
+    let dials = up.stats().ws_connections_total - before;
+    assert!(dials <= 1 + u64::from(BURST), "{dials} upstream dials");
 }
 
 #[test]

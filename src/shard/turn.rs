@@ -238,6 +238,15 @@ impl Driver {
         }
     }
 
+    /// After a turn that left its connection clean: only a store=false response lives on its
+    /// connection alone, so a session keeps the connection for it; otherwise the connection goes
+    /// back between turns, so idle clients hold no budget.
+    fn keep_or_release(&mut self, parsed: &ClientFrame<'_>) {
+        if !parsed.is_store_disabled() || self.request_type != RequestType::Ws {
+            self.release();
+        }
+    }
+
     fn drop_lease(&mut self) {
         if let Some(lease) = self.lease.take() {
             lease.discard();
@@ -449,13 +458,7 @@ impl Driver {
                         duration,
                         attempts,
                     });
-                    // Only a store=false response lives on its connection alone; otherwise the
-                    // clean connection goes back between turns, so idle clients hold no budget.
-                    if !parsed.is_store_disabled() || self.request_type != RequestType::Ws {
-                        if let Some(lease) = self.lease.take() {
-                            lease.release();
-                        }
-                    }
+                    self.keep_or_release(&parsed);
                     return TurnEnd::Done;
                 }
                 Outcome::UpstreamErrorEvent => {
@@ -471,8 +474,8 @@ impl Driver {
                     pool.breaker.abandon();
                     bump(&self.shard.counters.turns_preempted);
                     match settled {
-                        // Nothing went upstream: the held connection is as clean as before.
-                        Settled::Unsent => {}
+                        // Nothing went upstream: the connection is as clean as before.
+                        Settled::Unsent => self.keep_or_release(&parsed),
                         // Upstream finished the response: its connection is clean and the
                         // work it did is billed like any other turn's.
                         Settled::Terminal {
@@ -490,6 +493,7 @@ impl Driver {
                                 duration: received.elapsed(),
                                 attempts,
                             });
+                            self.keep_or_release(&parsed);
                         }
                         Settled::Unknown => self.drop_lease(),
                     }
