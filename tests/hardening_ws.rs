@@ -382,6 +382,17 @@ fn an_upstream_protocol_violation_gives_the_client_an_error_event_and_a_1002_ups
     assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
 }
 
+#[test]
+fn a_stopping_gateway_closes_its_idle_upstream_connections_with_1001() {
+    let (up, gw, _) = start();
+    let mut c = connect(gw.addr());
+    let t = c.turn(&create("gpt-5", "stored", true, None));
+    assert_eq!(t.last_type(), "response.completed");
+    assert_eq!(close_normally(&mut c), Ok(Some(1000)));
+    gw.stop();
+    assert!(wait_upstream_close(&up, 1001), "{:?}", up.stats());
+}
+
 // ---- preemption storm ----
 
 /// Reads `n` turns; returns how many ended preempted, and the last turn.

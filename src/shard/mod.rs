@@ -304,6 +304,8 @@ pub async fn run(
     .await;
     drop(listener);
     drain(&shard).await;
+    // Upstream sees the shard's connections end with a close handshake, not a reset.
+    futures_util::future::join_all(shard.pools.iter().map(|p| p.close_idle())).await;
     hand_over_held_usage(&shard).await;
     shard.ship_snapshot();
 }

@@ -10,6 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use futures_channel::oneshot;
 use http::{HeaderName, HeaderValue};
 
@@ -412,6 +413,17 @@ impl Pool {
         if let Some(next) = next {
             self.arm_rest(next.max(REST_SWEEP_MIN));
         }
+    }
+
+    /// Closes every idle connection with a 1001 close handshake, all at once (about a second at
+    /// most): for a shard that stops once its sessions are gone.
+    pub async fn close_idle(&self) {
+        let idle = std::mem::take(&mut *self.idle.borrow_mut());
+        self.open.set(self.open.get().saturating_sub(idle.len()));
+        let closing = idle
+            .into_iter()
+            .map(|conn| conn.close_handshake(CloseCode::Away));
+        futures_util::future::join_all(closing).await;
     }
 
     /// A connection was closed: its budget slot goes to the first live waiter, else is freed.

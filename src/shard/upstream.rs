@@ -155,24 +155,27 @@ impl UpstreamConn {
         self.turns != self.built_at_turn
     }
 
-    /// Closes the connection with a close handshake rather than a bare TCP close, in a task of
-    /// its own (at most [`CLOSE_LINGER`]): sends a 1000 close (or, when upstream closed first,
-    /// the reply tungstenite queued), then reads until upstream's reply or end of stream.
-    pub fn close(mut self) {
-        runtime::spawn_local(async move {
-            let ws = self.ws().await;
-            let frame = CloseFrame {
-                code: CloseCode::Normal,
-                reason: "".into(),
-            };
-            runtime::timeout(CLOSE_LINGER, async {
-                if ws.close(Some(frame)).await.is_err() {
-                    let _ = ws.flush().await;
-                }
-                while let Some(Ok(_)) = ws.next().await {}
-            })
-            .await;
-        });
+    /// Closes the connection with a close handshake (1000) rather than a bare TCP close, in a
+    /// task of its own ([`UpstreamConn::close_handshake`]).
+    pub fn close(self) {
+        runtime::spawn_local(self.close_handshake(CloseCode::Normal));
+    }
+
+    /// Sends a close frame with `code` (or, when upstream closed first, the reply tungstenite
+    /// queued), then reads until upstream's reply or end of stream; at most [`CLOSE_LINGER`].
+    pub async fn close_handshake(mut self, code: CloseCode) {
+        let ws = self.ws().await;
+        let frame = CloseFrame {
+            code,
+            reason: "".into(),
+        };
+        runtime::timeout(CLOSE_LINGER, async {
+            if ws.close(Some(frame)).await.is_err() {
+                let _ = ws.flush().await;
+            }
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
     }
 }
 
