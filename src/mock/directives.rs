@@ -35,6 +35,9 @@ pub enum Fault {
     Stall,
     /// The `websocket_connection_limit_reached` error, then a 1000 close.
     Limit,
+    /// WebSocket only: a frame with a reserved bit set (a protocol violation), then the mock
+    /// reads until the peer closes. Over HTTP the connection ends.
+    Garbage,
 }
 
 impl Fault {
@@ -46,6 +49,7 @@ impl Fault {
             Fault::Drop => "drop",
             Fault::Stall => "stall",
             Fault::Limit => "limit",
+            Fault::Garbage => "garbage",
         }
     }
 }
@@ -142,6 +146,7 @@ impl Directives {
             ("drop", None) => self.fault = Some(Fault::Drop),
             ("stall", None) => self.fault = Some(Fault::Stall),
             ("limit", None) => self.fault = Some(Fault::Limit),
+            ("garbage", None) => self.fault = Some(Fault::Garbage),
             ("oversize", None) => self.oversize = true,
             ("tool", Some(name)) if !name.is_empty() => self.tool = Some(name.to_string()),
             ("http_status", _) => {

@@ -88,7 +88,7 @@ where
         (_, Some((_, err))) => {
             error(reader, err, keep_alive && plan.ending == Ending::Failed).await
         }
-        (Ending::Close(_) | Ending::Drop, None) => Ok(Next::Close),
+        (Ending::Close(_) | Ending::Drop | Ending::Garbage, None) => Ok(Next::Close),
         (Ending::Stall, None) => {
             reader.drain_until_eof().await;
             Ok(Next::Close)
@@ -128,7 +128,7 @@ where
             http::finish_chunks(reader.stream()).await?;
             Ok(Next::Close)
         }
-        Ending::Close(_) | Ending::Drop => Ok(Next::Close),
+        Ending::Close(_) | Ending::Drop | Ending::Garbage => Ok(Next::Close),
         Ending::Stall => {
             reader.drain_until_eof().await;
             Ok(Next::Close)

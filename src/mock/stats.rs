@@ -26,6 +26,8 @@ pub struct MockStats {
     pub turns_by_conn: BTreeMap<u64, u64>,
     /// Close frames the mock initiated, by close code.
     pub close_codes_sent: BTreeMap<u16, u64>,
+    /// Close frames the peer (the gateway) sent, by close code (0: a close without a code).
+    pub close_codes_received: BTreeMap<u16, u64>,
     /// Requests refused for a missing or wrong key.
     pub auth_failures: u64,
     /// Distinct `Authorization` header values seen on handshakes and `POST …/responses`.

@@ -61,6 +61,9 @@ pub enum Ending {
     Drop,
     /// Nothing more is sent for this turn.
     Stall,
+    /// A frame with a reserved bit set (WebSocket), then the connection ends once the peer
+    /// closes it; over HTTP the connection ends.
+    Garbage,
 }
 
 /// A turn's events and ending, decided before anything is sent.
@@ -139,7 +142,7 @@ pub fn finish(plan: &Plan, shared: &Shared, conn: &mut ConnState) {
             conn.last = Some((plan.response_id.clone(), plan.calls.clone()));
         }
         Ending::Failed | Ending::Stall => conn.last = None,
-        Ending::Close(_) | Ending::Drop => {}
+        Ending::Close(_) | Ending::Drop | Ending::Garbage => {}
     }
 }
 
@@ -215,6 +218,7 @@ pub fn plan(req: &CreateRequest, d: &Directives, conn_id: u64, turn: u64) -> Pla
         Some(Fault::Close(code)) => Ending::Close(*code),
         Some(Fault::Drop) => Ending::Drop,
         Some(Fault::Stall) => Ending::Stall,
+        Some(Fault::Garbage) => Ending::Garbage,
     };
     if let Some((_, err)) = &error {
         builder.push_error(err);

@@ -9,7 +9,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_util::{SinkExt, StreamExt};
 
 use super::errors::ApiError;
@@ -21,6 +21,10 @@ use super::turn::{self, Ending, EventSink, Transport};
 
 /// How long the mock waits for the peer's close reply after sending a close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// An unmasked text frame "hi" with RSV1 set: no extension was negotiated, so the peer must fail
+/// the connection (RFC 6455 §5.2).
+const RSV1_FRAME: [u8; 4] = [0xC1, 0x02, b'h', b'i'];
 
 /// What to answer a handshake request with.
 pub enum Handshake {
@@ -153,7 +157,10 @@ where
         let bytes = match &message {
             Message::Text(t) => t.as_bytes(),
             Message::Binary(b) => b.as_ref(),
-            Message::Close(_) => continue,
+            Message::Close(frame) => {
+                note_close(shared, frame.as_ref());
+                continue;
+            }
             _ => continue,
         };
         match handle_frame(&mut ws, bytes, shared, &mut conn).await {
@@ -163,10 +170,22 @@ where
                 return;
             }
             Ok(Ending::Drop) | Err(_) => return,
-            Ok(Ending::Stall) => match next_data_frame(&mut ws).await {
+            Ok(Ending::Stall) => match next_data_frame(&mut ws, shared).await {
                 Some(m) => pending = Some(m),
                 None => return,
             },
+            Ok(Ending::Garbage) => {
+                if ws.get_mut().write_all(&RSV1_FRAME).await.is_err() {
+                    return;
+                }
+                let _ = ws.get_mut().flush().await;
+                while let Some(Ok(m)) = ws.next().await {
+                    if let Message::Close(frame) = &m {
+                        note_close(shared, frame.as_ref());
+                    }
+                }
+                return;
+            }
         }
     }
 }
@@ -212,16 +231,24 @@ where
 }
 
 /// While a turn stalls: waits for the next text or binary frame (`None` once the peer left).
-async fn next_data_frame<S>(ws: &mut WebSocketStream<S>) -> Option<Message>
+async fn next_data_frame<S>(ws: &mut WebSocketStream<S>, shared: &Shared) -> Option<Message>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     while let Some(Ok(m)) = ws.next().await {
-        if matches!(m, Message::Text(_) | Message::Binary(_)) {
-            return Some(m);
+        match &m {
+            Message::Text(_) | Message::Binary(_) => return Some(m),
+            Message::Close(frame) => note_close(shared, frame.as_ref()),
+            _ => {}
         }
     }
     None
+}
+
+/// Counts a close frame the peer sent.
+fn note_close(shared: &Shared, frame: Option<&CloseFrame>) {
+    let code = frame.map_or(0, |f| u16::from(f.code));
+    shared.record(|s| *s.close_codes_received.entry(code).or_default() += 1);
 }
 
 /// Sends a close frame with `code`, counts it, and waits briefly for the peer's reply.

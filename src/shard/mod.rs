@@ -7,6 +7,7 @@
 pub mod account;
 pub mod auth;
 pub mod breaker;
+pub mod client_close;
 pub mod client_deadline;
 pub mod counters;
 pub mod drain;
@@ -18,6 +19,7 @@ pub mod ingress;
 pub mod models;
 pub mod normalizer;
 pub mod pool;
+pub mod preempt;
 pub mod recovery;
 pub mod relay;
 pub mod retry;
@@ -302,6 +304,8 @@ pub async fn run(
     .await;
     drop(listener);
     drain(&shard).await;
+    // Upstream sees the shard's connections end with a close handshake, not a reset.
+    futures_util::future::join_all(shard.pools.iter().map(|p| p.close_idle())).await;
     hand_over_held_usage(&shard).await;
     shard.ship_snapshot();
 }

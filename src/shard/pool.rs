@@ -10,6 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use futures_channel::oneshot;
 use http::{HeaderName, HeaderValue};
 
@@ -261,6 +262,7 @@ impl Pool {
         };
         if conn.is_expired(self.config.max_conn_age) {
             bump(&self.counters.retired);
+            conn.close();
             self.slot_freed();
             return None;
         }
@@ -277,7 +279,10 @@ impl Pool {
             // Make room by closing one idle connection, if there is one.
             let closed = self.idle.borrow_mut().pop();
             match closed {
-                Some(_) => self.open.set(self.open.get() - 1),
+                Some(conn) => {
+                    conn.close();
+                    self.open.set(self.open.get() - 1);
+                }
                 None => return self.acquire(forward).await,
             }
         }
@@ -290,6 +295,7 @@ impl Pool {
             let conn = self.idle.borrow_mut().pop()?;
             if conn.is_expired(self.config.max_conn_age) {
                 bump(&self.counters.retired);
+                conn.close();
                 self.slot_freed();
                 continue;
             }
@@ -337,6 +343,7 @@ impl Pool {
     fn give_back(self: &Rc<Self>, mut conn: UpstreamConn) {
         if conn.is_expired(self.config.max_conn_age) {
             bump(&self.counters.retired);
+            conn.close();
             self.slot_freed();
             return;
         }
@@ -408,6 +415,17 @@ impl Pool {
         }
     }
 
+    /// Closes every idle connection with a 1001 close handshake, all at once (about a second at
+    /// most): for a shard that stops once its sessions are gone.
+    pub async fn close_idle(&self) {
+        let idle = std::mem::take(&mut *self.idle.borrow_mut());
+        self.open.set(self.open.get().saturating_sub(idle.len()));
+        let closing = idle
+            .into_iter()
+            .map(|conn| conn.close_handshake(CloseCode::Away));
+        futures_util::future::join_all(closing).await;
+    }
+
     /// A connection was closed: its budget slot goes to the first live waiter, else is freed.
     fn slot_freed(&self) {
         loop {
@@ -463,22 +481,28 @@ impl Lease {
         }
     }
 
-    /// Closes the connection: its state is broken or unknown.
+    /// Closes the connection, its state broken or unknown, with a close handshake
+    /// ([`UpstreamConn::close`]).
     pub fn discard(mut self) {
-        self.close_conn();
+        if let Some(conn) = self.take_closed() {
+            conn.close();
+        }
     }
 
-    fn close_conn(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.leased.borrow_mut().remove(&conn.id);
-            bump(&self.pool.counters.discarded);
-            self.pool.slot_freed();
-        }
+    /// Takes the connection out of the pool's books as closed.
+    fn take_closed(&mut self) -> Option<UpstreamConn> {
+        let conn = self.conn.take()?;
+        self.pool.leased.borrow_mut().remove(&conn.id);
+        bump(&self.pool.counters.discarded);
+        self.pool.slot_freed();
+        Some(conn)
     }
 }
 
 impl Drop for Lease {
+    /// A lease dropped without [`Lease::release`] or [`Lease::discard`] (its task ended) drops
+    /// its socket: no task is spawned from a destructor, which may run as the shard stops.
     fn drop(&mut self) {
-        self.close_conn();
+        self.take_closed();
     }
 }

@@ -6,8 +6,10 @@
 //! the sink; ready events are batched into one flush.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use async_tungstenite::tungstenite::error::ProtocolError;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -27,6 +29,7 @@ use crate::runtime;
 use super::counters::{bump, ShardCounters};
 use super::http_upstream::{HttpResponse, HttpUpError};
 use super::normalizer::{self, Rewrite};
+use super::preempt::{PreemptBudget, DRAIN_LIMIT, PREEMPTIONS};
 use super::retry::FailureClass;
 use super::upstream::UpstreamWs;
 
@@ -140,10 +143,32 @@ pub enum Outcome {
         /// What failed.
         failure: Failure,
     },
-    /// The client sent a new `response.create`.
-    Preempted(Bytes),
+    /// The client sent a new `response.create` (and was told this response is abandoned).
+    Preempted {
+        /// The new frame, to run next.
+        next: Bytes,
+        /// How the abandoned response left its connection.
+        settled: Settled,
+    },
     /// The client left.
     ClientGone,
+}
+
+/// How a preempted response left its connection.
+pub enum Settled {
+    /// Its frame never went upstream: the connection is as clean as before.
+    Unsent,
+    /// Its terminal event was read (not relayed): the connection is clean.
+    Terminal {
+        /// Which terminal event.
+        kind: TerminalKind,
+        /// The response id.
+        response_id: Option<String>,
+        /// Usage of a completed response (recorded: upstream did the work).
+        usage: Option<Usage>,
+    },
+    /// It may still be running upstream: the connection's state is unknown.
+    Unknown,
 }
 
 /// The client went away.
@@ -183,7 +208,8 @@ pub enum Source<'a> {
 enum Item {
     Event(Utf8Bytes),
     Skip,
-    Fail(Failure),
+    /// The attempt failed; the upstream WebSocket is to be closed with the code, if any.
+    Fail(Failure, Option<CloseCode>),
 }
 
 impl Source<'_> {
@@ -220,25 +246,50 @@ fn ws_item(msg: Option<Result<Message, WsError>>) -> Item {
             let code = frame.map(|f| u16::from(f.code));
             let mut f = Failure::new(upstream_closed(code), FailureClass::of_close(code));
             f.close_code = code;
-            Item::Fail(f)
+            Item::Fail(f, None)
         }
-        None => Item::Fail(Failure::new(
-            upstream_closed(None),
-            FailureClass::retryable("reset"),
-        )),
-        Some(Err(WsError::Capacity(_))) => Item::Fail(Failure::new(
-            GatewayError::new(
+        None | Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+            Item::Fail(
+                Failure::new(upstream_closed(None), FailureClass::retryable("reset")),
+                None,
+            )
+        }
+        Some(Err(WsError::Capacity(_))) => Item::Fail(
+            Failure::new(
+                GatewayError::new(
+                    502,
+                    ErrorType::Server,
+                    "upstream_message_too_big",
+                    "upstream sent a message over the size limit",
+                ),
+                FailureClass::Final,
+            ),
+            Some(CloseCode::Size),
+        ),
+        Some(Err(e @ (WsError::Protocol(_) | WsError::Utf8(_)))) => {
+            let code = if matches!(e, WsError::Utf8(_)) {
+                CloseCode::Invalid
+            } else {
+                CloseCode::Protocol
+            };
+            let err = GatewayError::new(
                 502,
                 ErrorType::Server,
-                "upstream_message_too_big",
-                "upstream sent a message over the size limit",
+                "upstream_protocol_error",
+                "upstream broke the WebSocket protocol",
+            );
+            Item::Fail(
+                Failure::new(err, FailureClass::retryable("protocol_error")),
+                Some(code),
+            )
+        }
+        Some(Err(_)) => Item::Fail(
+            Failure::new(
+                upstream_failed("upstream connection failed mid-response"),
+                FailureClass::retryable("reset"),
             ),
-            FailureClass::Final,
-        )),
-        Some(Err(_)) => Item::Fail(Failure::new(
-            upstream_failed("upstream connection failed mid-response"),
-            FailureClass::retryable("reset"),
-        )),
+            None,
+        ),
     }
 }
 
@@ -246,16 +297,22 @@ fn http_item(r: Result<Option<Bytes>, HttpUpError>) -> Item {
     match r {
         Ok(Some(data)) => match Utf8Bytes::try_from(data) {
             Ok(t) => Item::Event(t),
-            Err(_) => Item::Fail(Failure::new(
-                upstream_failed("upstream sent an event that is not UTF-8"),
-                FailureClass::Final,
-            )),
+            Err(_) => Item::Fail(
+                Failure::new(
+                    upstream_failed("upstream sent an event that is not UTF-8"),
+                    FailureClass::Final,
+                ),
+                None,
+            ),
         },
-        Ok(None) => Item::Fail(Failure::new(
-            upstream_failed("upstream ended the response before a terminal event"),
-            FailureClass::retryable("reset"),
-        )),
-        Err(e) => Item::Fail(http_failure(&e)),
+        Ok(None) => Item::Fail(
+            Failure::new(
+                upstream_failed("upstream ended the response before a terminal event"),
+                FailureClass::retryable("reset"),
+            ),
+            None,
+        ),
+        Err(e) => Item::Fail(http_failure(&e), None),
     }
 }
 
@@ -298,8 +355,8 @@ enum Step {
     Relay(Utf8Bytes, std::ops::Range<usize>, Option<Outcome>),
     /// Nothing to relay (ping, pong, binary).
     Skip,
-    /// The attempt failed.
-    Fail(Failure),
+    /// The attempt failed (closing the upstream WebSocket with the code, if any).
+    Fail(Failure, Option<CloseCode>),
 }
 
 /// Where `event_type` sits inside `text`, when it is a slice of it (an unescaped `type`);
@@ -325,16 +382,150 @@ pub struct RelayEnv<'a> {
     pub capture_output: bool,
     /// The account's secrets, taken out of error events before the client sees them.
     pub secrets: &'a [&'a str],
+    /// The session's budget of connections closed at once on preemption.
+    pub preempt: &'a Cell<PreemptBudget>,
 }
 
-/// Relays one attempt's events from `source` to `sink` until the turn ends.
+/// What the client sent while its turn waited for an upstream connection, read without
+/// waiting just before the frame goes upstream.
+pub enum BeforeSend {
+    /// Send the frame; a frame the client sent for it (e.g. `response.steer`) goes after it.
+    Go(Option<Bytes>),
+    /// The turn is over before it reached upstream (preempted: its connection stays clean).
+    Ended(Outcome),
+}
+
+/// Looks once, without waiting, at what the client sent while its turn waited for a
+/// connection: a new `response.create` preempts the turn before its frame costs anything
+/// upstream (back-to-back creates then run only the last one on one connection).
+pub async fn before_send<S: ClientSink>(sink: &mut S, counters: &ShardCounters) -> BeforeSend {
+    let Some(signal) = sink.signal().now_or_never() else {
+        return BeforeSend::Go(None);
+    };
+    let frame = match signal {
+        ClientSignal::Gone => return BeforeSend::Ended(Outcome::ClientGone),
+        ClientSignal::Frame(frame) => frame,
+    };
+    if !is_create(&frame) {
+        return BeforeSend::Go(Some(frame));
+    }
+    counters.bump_labeled(PREEMPTIONS, "unsent");
+    match sink.fail(&preempted_error()).await {
+        Ok(()) => BeforeSend::Ended(Outcome::Preempted {
+            next: frame,
+            settled: Settled::Unsent,
+        }),
+        Err(Gone) => BeforeSend::Ended(Outcome::ClientGone),
+    }
+}
+
+fn is_create(frame: &[u8]) -> bool {
+    ClientFrame::parse(frame).is_ok_and(|p| p.kind() == ClientEventKind::ResponseCreate)
+}
+
+/// The error event a preempted turn ends with.
+fn preempted_error() -> TurnError {
+    GatewayError::new(
+        409,
+        ErrorType::InvalidRequest,
+        "response_preempted",
+        "a new response.create arrived before this response finished; it was abandoned",
+    )
+    .into()
+}
+
+/// Ends a turn the client preempted: tells the client, then leaves the connection clean when
+/// that is cheap (the terminal event is already buffered) or the session's budget of
+/// immediate closes is spent (read to the terminal event, up to [`DRAIN_LIMIT`]).
+async fn preempted<S: ClientSink>(
+    env: &RelayEnv<'_>,
+    source: &mut Source<'_>,
+    sink: &mut S,
+    next: Bytes,
+) -> Outcome {
+    if sink.fail(&preempted_error()).await.is_err() {
+        return Outcome::ClientGone;
+    }
+    let mut settled = settle(source, None).await;
+    let label = if matches!(settled, Settled::Terminal { .. }) {
+        "settled"
+    } else {
+        let mut budget = env.preempt.get();
+        let discard = budget.take(Instant::now());
+        env.preempt.set(budget);
+        if discard {
+            "discarded"
+        } else {
+            settled = settle(source, Some(DRAIN_LIMIT)).await;
+            if matches!(settled, Settled::Terminal { .. }) {
+                "drained"
+            } else {
+                "drain_failed"
+            }
+        }
+    };
+    env.counters.bump_labeled(PREEMPTIONS, label);
+    Outcome::Preempted { next, settled }
+}
+
+/// Reads the rest of an abandoned response without relaying it, up to its terminal event:
+/// only what is already buffered when `wait` is `None`, else for at most `wait`.
+async fn settle(source: &mut Source<'_>, wait: Option<Duration>) -> Settled {
+    let deadline = wait.map(|w| Instant::now() + w);
+    loop {
+        let item = match deadline {
+            None => match source.next_ready() {
+                Some(item) => item,
+                None => return Settled::Unknown,
+            },
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match runtime::timeout(left, source.next()).await {
+                    Some(item) => item,
+                    None => return Settled::Unknown,
+                }
+            }
+        };
+        let text = match item {
+            Item::Event(text) => text,
+            Item::Skip => continue,
+            Item::Fail(..) => return Settled::Unknown,
+        };
+        let Ok(event) = UpstreamEvent::classify(text.as_bytes()) else {
+            continue;
+        };
+        match event.kind {
+            EventKind::Terminal(kind) => {
+                return Settled::Terminal {
+                    kind,
+                    response_id: event.response_id().map(|s| s.into_owned()),
+                    usage: event.usage(),
+                }
+            }
+            // An error event leaves the connection untrusted (the failure matrix).
+            EventKind::Error => return Settled::Unknown,
+            _ => {}
+        }
+    }
+}
+
+/// Relays one attempt's events from `source` to `sink` until the turn ends; `early` is a client
+/// frame read before the request went upstream ([`before_send`]), handled first.
 pub async fn relay<S: ClientSink>(
     env: &RelayEnv<'_>,
     mut source: Source<'_>,
     sink: &mut S,
     rewrite: &Rewrite,
     sent_at: Instant,
+    early: Option<Bytes>,
 ) -> Outcome {
+    if let Some(frame) = early {
+        match mid_turn_frame(frame, &mut source, sink, env.counters).await {
+            MidTurn::Continue => {}
+            MidTurn::End(outcome) => return outcome,
+            MidTurn::Preempt(next) => return preempted(env, &mut source, sink, next).await,
+        }
+    }
     let event_timeout = env.event_timeout;
     let (ttft_hist, added_hist) = source.hists();
     let mut relayed = false;
@@ -371,7 +562,7 @@ pub async fn relay<S: ClientSink>(
                             classify(text, rewrite, relayed, env.capture_output, env.secrets)
                         }
                         Item::Skip => Step::Skip,
-                        Item::Fail(f) => Step::Fail(f),
+                        Item::Fail(f, code) => Step::Fail(f, code),
                     };
                     match step {
                         Step::Relay(text, range, info) => {
@@ -401,20 +592,18 @@ pub async fn relay<S: ClientSink>(
                             }
                         }
                         Step::Skip => {}
-                        Step::Fail(failure) => {
+                        Step::Fail(failure, close) => {
                             let _ = sink.flush().await;
                             if failure.error.code == "upstream_message_too_big" {
                                 bump(&env.counters.oversize_messages);
-                                if let Source::Ws(ws) = &mut source {
-                                    let _ = runtime::timeout(
-                                        Duration::from_secs(1),
-                                        (**ws).close(Some(CloseFrame {
-                                            code: CloseCode::Size,
-                                            reason: "message too big".into(),
-                                        })),
-                                    )
-                                    .await;
-                                }
+                            }
+                            if let (Some(code), Source::Ws(ws)) = (close, &mut source) {
+                                let frame = CloseFrame {
+                                    code,
+                                    reason: failure.error.code.clone().into(),
+                                };
+                                let closing = (**ws).close(Some(frame));
+                                let _ = runtime::timeout(Duration::from_secs(1), closing).await;
                             }
                             return Outcome::Failed { relayed, failure };
                         }
@@ -435,8 +624,10 @@ pub async fn relay<S: ClientSink>(
             }
             Next::Client(ClientSignal::Gone) => return Outcome::ClientGone,
             Next::Client(ClientSignal::Frame(frame)) => {
-                if let Some(o) = mid_turn_frame(frame, &mut source, sink, env.counters).await {
-                    return o;
+                match mid_turn_frame(frame, &mut source, sink, env.counters).await {
+                    MidTurn::Continue => {}
+                    MidTurn::End(outcome) => return outcome,
+                    MidTurn::Preempt(next) => return preempted(env, &mut source, sink, next).await,
                 }
             }
             Next::Tick => {
@@ -521,11 +712,12 @@ fn classify(
                         event: text.as_str().to_string(),
                         ..error
                     };
-                    return Step::Fail(Failure {
+                    let failure = Failure {
                         error,
                         class,
                         close_code: None,
-                    });
+                    };
+                    return Step::Fail(failure, None);
                 }
             }
             Some(Outcome::UpstreamErrorEvent)
@@ -552,26 +744,38 @@ fn classify(
     }
 }
 
+/// What a client frame that arrives while a turn is in flight does to the turn.
+enum MidTurn {
+    /// Nothing: the turn goes on.
+    Continue,
+    /// The turn ends.
+    End(Outcome),
+    /// A new `response.create` preempts the turn.
+    Preempt(Bytes),
+}
+
 /// A client frame that arrives while a turn is in flight.
 async fn mid_turn_frame<S: ClientSink>(
     frame: Bytes,
     source: &mut Source<'_>,
     sink: &mut S,
     counters: &ShardCounters,
-) -> Option<Outcome> {
+) -> MidTurn {
     match ClientFrame::parse(&frame) {
-        Ok(p) if p.kind() == ClientEventKind::ResponseCreate => Some(Outcome::Preempted(frame)),
+        Ok(p) if p.kind() == ClientEventKind::ResponseCreate => MidTurn::Preempt(frame),
         Ok(_) => {
             // Other events (e.g. `response.steer`) belong to the response in flight; an HTTP
             // upstream has no channel for them.
             let Source::Ws(ws) = source else {
                 bump(&counters.client_frame_errors);
-                return None;
+                return MidTurn::Continue;
             };
-            let text = Utf8Bytes::try_from(frame).ok()?;
+            let Ok(text) = Utf8Bytes::try_from(frame) else {
+                return MidTurn::Continue;
+            };
             match ws.send(Message::Text(text)).await {
-                Ok(()) => None,
-                Err(_) => Some(Outcome::Failed {
+                Ok(()) => MidTurn::Continue,
+                Err(_) => MidTurn::End(Outcome::Failed {
                     relayed: true,
                     failure: Failure::new(
                         upstream_failed("upstream connection failed mid-response"),
@@ -583,8 +787,8 @@ async fn mid_turn_frame<S: ClientSink>(
         Err(e) => {
             let err = e.to_gateway_error();
             match sink.fail(&err.into()).await {
-                Ok(()) => None,
-                Err(Gone) => Some(Outcome::ClientGone),
+                Ok(()) => MidTurn::Continue,
+                Err(Gone) => MidTurn::End(Outcome::ClientGone),
             }
         }
     }
@@ -645,7 +849,7 @@ mod tests {
             r#"{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"Previous response with id 'r1' not found."}}"#,
         );
         match classify(ev.clone(), &Rewrite::None, false, false, &[]) {
-            Step::Fail(f) => {
+            Step::Fail(f, _) => {
                 assert_eq!(
                     f.class,
                     FailureClass::Chain {
@@ -696,10 +900,13 @@ mod tests {
         );
         assert!(matches!(
             classify(ev.clone(), &Rewrite::None, false, false, &[]),
-            Step::Fail(Failure {
-                class: FailureClass::Retryable { reason: "5xx", .. },
-                ..
-            })
+            Step::Fail(
+                Failure {
+                    class: FailureClass::Retryable { reason: "5xx", .. },
+                    ..
+                },
+                None
+            )
         ));
         assert!(matches!(
             classify(ev, &Rewrite::None, true, false, &[]),

@@ -14,9 +14,8 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -29,6 +28,7 @@ use crate::runtime::{self, TcpStream};
 use crate::usage::RequestType;
 
 use super::auth::ClientIdentity;
+use super::client_close::{close_after_error, close_client, CloseReason};
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump, ShardCounters};
 use super::handoff::{HandedConn, Handoff, HandoffError, PrefixedStream};
@@ -85,7 +85,7 @@ enum Wait {
 
 /// What reading the client's next frame gave.
 enum Next {
-    /// A `response.create` (text or binary frame).
+    /// A text frame (a `response.create`, or anything the turn refuses with an error event).
     Frame(Bytes),
     /// Nothing within the wait.
     TimedOut,
@@ -272,8 +272,7 @@ impl Session {
                 Wait::First => match self.read_frame(first_wait).await {
                     Next::Frame(f) => f,
                     Next::TimedOut => {
-                        let reason = "missing first response.create message";
-                        close_with(&mut self.client, CloseCode::Policy, reason).await;
+                        self.close(CloseReason::FirstMessageTimeout).await;
                         return Served::Closed;
                     }
                     Next::Over => return Served::Closed,
@@ -292,8 +291,7 @@ impl Session {
                 Wait::Idle => match self.read_frame(idle_wait.saturating_sub(rest)).await {
                     Next::Frame(f) => f,
                     Next::TimedOut => {
-                        let reason = "websocket idle timeout";
-                        close_with(&mut self.client, CloseCode::Normal, reason).await;
+                        self.close(CloseReason::IdleTimeout).await;
                         return Served::Closed;
                     }
                     Next::Over => return Served::Closed,
@@ -340,13 +338,19 @@ impl Session {
                 }
             }
             if self.shard.is_draining() {
-                close_with(&mut self.client, CloseCode::Away, "going away").await;
+                self.close(CloseReason::GoingAway).await;
                 return Served::Closed;
             }
         }
     }
 
-    /// The client's next `response.create` (text or binary frame) within `wait`.
+    /// Ends the session with the close `reason` calls for.
+    async fn close(&mut self, reason: CloseReason) {
+        close_client(&mut self.client, &self.shard.counters, reason).await;
+    }
+
+    /// The client's next text frame within `wait`. A close is echoed, a binary message refused
+    /// (1003) and a protocol violation closed with its code (1002, 1007, 1009).
     async fn read_frame(&mut self, wait: Duration) -> Next {
         let shard = self.shard.clone();
         loop {
@@ -359,22 +363,28 @@ impl Session {
             )
             .await;
             let Some(next) = next else {
-                close_with(&mut self.client, CloseCode::Away, "going away").await;
+                self.close(CloseReason::GoingAway).await;
                 return Next::Over;
             };
             let msg = match next {
                 None => return Next::TimedOut,
                 Some(None) => return Next::Over,
                 Some(Some(Err(e))) => {
-                    on_client_error(&mut self.client, &self.shard.counters, e).await;
+                    close_after_error(&mut self.client, &self.shard.counters, &e).await;
                     return Next::Over;
                 }
                 Some(Some(Ok(msg))) => msg,
             };
             match msg {
                 Message::Text(t) => return Next::Frame(Bytes::from(t)),
-                Message::Binary(b) => return Next::Frame(b),
-                Message::Close(_) => return Next::Over,
+                Message::Binary(_) => {
+                    self.close(CloseReason::Unsupported).await;
+                    return Next::Over;
+                }
+                Message::Close(_) => {
+                    self.close(CloseReason::Echo).await;
+                    return Next::Over;
+                }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             }
         }
@@ -402,12 +412,7 @@ impl Session {
         )
         .into();
         let _ = self.client.send(Message::text(err.event)).await;
-        close_with(
-            &mut self.client,
-            CloseCode::Policy,
-            "api key no longer valid",
-        )
-        .await;
+        self.close(CloseReason::Revoked).await;
     }
 
     /// A turn asked for while the shard drains: an error event, then a 1001 close.
@@ -420,7 +425,7 @@ impl Session {
         )
         .into();
         let _ = self.client.send(Message::text(err.event)).await;
-        close_with(&mut self.client, CloseCode::Away, "going away").await;
+        self.close(CloseReason::GoingAway).await;
     }
 }
 
@@ -445,16 +450,19 @@ impl ClientSink for WsSink<'_> {
 
     async fn signal(&mut self) -> ClientSignal {
         loop {
-            match self.client.next().await {
+            let reason = match self.client.next().await {
                 Some(Ok(Message::Text(t))) => return ClientSignal::Frame(Bytes::from(t)),
-                Some(Ok(Message::Binary(b))) => return ClientSignal::Frame(b),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => return ClientSignal::Gone,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                None => return ClientSignal::Gone,
+                Some(Ok(Message::Binary(_))) => CloseReason::Unsupported,
+                Some(Ok(Message::Close(_))) => CloseReason::Echo,
                 Some(Err(e)) => {
-                    on_client_error(self.client, self.counters, e).await;
+                    close_after_error(self.client, self.counters, &e).await;
                     return ClientSignal::Gone;
                 }
-            }
+            };
+            close_client(self.client, self.counters, reason).await;
+            return ClientSignal::Gone;
         }
     }
 
@@ -464,21 +472,6 @@ impl ClientSink for WsSink<'_> {
             .await
             .map_err(|_| Gone)
     }
-}
-
-async fn on_client_error(client: &mut ClientWs, counters: &ShardCounters, e: WsError) {
-    if matches!(e, WsError::Capacity(_)) {
-        bump(&counters.oversize_messages);
-        close_with(client, CloseCode::Size, "message too big").await;
-    }
-}
-
-async fn close_with(client: &mut ClientWs, code: CloseCode, reason: &str) {
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = runtime::timeout(Duration::from_secs(1), client.close(Some(frame))).await;
 }
 
 #[cfg(test)]

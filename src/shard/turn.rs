@@ -14,6 +14,7 @@
 //! replay without the id); a terminal event records the response's binding, its pending tool
 //! calls and the session's last response.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -36,8 +37,11 @@ use super::counters::{bump, ShardCounters};
 use super::http_upstream::http_body;
 use super::normalizer::{self, PreviousId};
 use super::pool::{AcquireError, Lease, Pool};
+use super::preempt::PreemptBudget;
 use super::recovery::{self, Recovery, RecoveryFacts};
-use super::relay::{self, ClientSink, Failure, Outcome, RelayEnv, Source, TurnError};
+use super::relay::{
+    self, BeforeSend, ClientSink, Failure, Outcome, RelayEnv, Settled, Source, TurnError,
+};
 use super::retry::{backoff, FailureClass, MAX_RETRY_AFTER};
 use super::sticky::{self, Affinity};
 use super::upstream::DialError;
@@ -80,6 +84,8 @@ pub struct Driver {
     prefer: Option<Prefer>,
     /// The current turn's affinity was already decided (by the session, before a handoff).
     routed: bool,
+    /// Connections this client may still have closed at once by preempting its turns.
+    preempt: Cell<PreemptBudget>,
 }
 
 /// An account (and maybe one of its connections) a chained turn should run on.
@@ -157,6 +163,7 @@ impl Driver {
             last_at: None,
             prefer: None,
             routed: false,
+            preempt: Cell::new(PreemptBudget::new(Instant::now())),
         }
     }
 
@@ -228,6 +235,15 @@ impl Driver {
     pub async fn rest(&mut self) {
         if let Some(lease) = self.lease.as_mut() {
             lease.rest().await;
+        }
+    }
+
+    /// After a turn that left its connection clean: only a store=false response lives on its
+    /// connection alone, so a session keeps the connection for it; otherwise the connection goes
+    /// back between turns, so idle clients hold no budget.
+    fn keep_or_release(&mut self, parsed: &ClientFrame<'_>) {
+        if !parsed.is_store_disabled() || self.request_type != RequestType::Ws {
+            self.release();
         }
     }
 
@@ -442,13 +458,7 @@ impl Driver {
                         duration,
                         attempts,
                     });
-                    // Only a store=false response lives on its connection alone; otherwise the
-                    // clean connection goes back between turns, so idle clients hold no budget.
-                    if !parsed.is_store_disabled() || self.request_type != RequestType::Ws {
-                        if let Some(lease) = self.lease.take() {
-                            lease.release();
-                        }
-                    }
+                    self.keep_or_release(&parsed);
                     return TurnEnd::Done;
                 }
                 Outcome::UpstreamErrorEvent => {
@@ -459,20 +469,35 @@ impl Driver {
                     self.drop_lease();
                     return TurnEnd::Done;
                 }
-                Outcome::Preempted(next) => {
+                Outcome::Preempted { next, settled } => {
+                    // The client was told already (the relay sent `response_preempted`).
                     pool.breaker.abandon();
                     bump(&self.shard.counters.turns_preempted);
-                    self.drop_lease();
-                    let err = GatewayError::new(
-                        409,
-                        ErrorType::InvalidRequest,
-                        "response_preempted",
-                        "a new response.create arrived before this response finished; it was abandoned",
-                    );
-                    return match sink.fail(&err.into()).await {
-                        Ok(()) => TurnEnd::Preempted(next),
-                        Err(_) => TurnEnd::ClientGone,
-                    };
+                    match settled {
+                        // Nothing went upstream: the connection is as clean as before.
+                        Settled::Unsent => self.keep_or_release(&parsed),
+                        // Upstream finished the response: its connection is clean and the
+                        // work it did is billed like any other turn's.
+                        Settled::Terminal {
+                            kind,
+                            response_id,
+                            usage,
+                        } => {
+                            self.record_usage(UsageFacts {
+                                kind,
+                                response_id: response_id.as_deref(),
+                                usage,
+                                model: &model,
+                                account: &pool.account.config.id,
+                                ttft: None,
+                                duration: received.elapsed(),
+                                attempts,
+                            });
+                            self.keep_or_release(&parsed);
+                        }
+                        Settled::Unknown => self.drop_lease(),
+                    }
+                    return TurnEnd::Preempted(next);
                 }
                 Outcome::ClientGone => {
                     pool.breaker.abandon();
@@ -874,7 +899,7 @@ impl Driver {
                 if !other_pool {
                     bump(&lease.pool().counters.retired);
                 }
-                self.lease = None;
+                self.drop_lease();
             }
         }
         if self.lease.is_none() {
@@ -930,6 +955,16 @@ impl Driver {
                 }
             }
         };
+        let early = match relay::before_send(sink, &self.shard.counters).await {
+            BeforeSend::Go(early) => early,
+            BeforeSend::Ended(outcome) => {
+                return Attempt {
+                    outcome,
+                    reused,
+                    conn: Some(conn_id),
+                }
+            }
+        };
         let ws = lease.conn().ws().await;
         // An upstream that stops reading must not hold the turn forever: the send gets the same
         // deadline as upstream silence.
@@ -955,9 +990,10 @@ impl Driver {
             event_timeout: self.shard.config.upstream.event_timeout,
             capture_output: false,
             secrets: &[pool.account.config.api_key.expose()],
+            preempt: &self.preempt,
         };
-        let outcome = relay::relay(&env, Source::Ws(ws), sink, &rewrite, sent_at).await;
-        if matches!(outcome, Outcome::Terminal { .. }) {
+        let outcome = relay::relay(&env, Source::Ws(ws), sink, &rewrite, sent_at, early).await;
+        if ends_clean(&outcome) {
             if let Some(lease) = self.lease.as_mut() {
                 lease.conn().turns += 1;
             }
@@ -998,6 +1034,18 @@ impl Driver {
             Err(e) => return Attempt::failed(dial_failure(&e), false),
         };
         self.count_conn(pool, reused, Hist::DialHttp, conn.dial_time);
+        let early = match relay::before_send(sink, &self.shard.counters).await {
+            BeforeSend::Go(early) => early,
+            BeforeSend::Ended(outcome) => {
+                // Nothing was sent on it: the connection is clean.
+                pool.http_give_back(conn);
+                return Attempt {
+                    outcome,
+                    reused,
+                    conn: None,
+                };
+            }
+        };
         let cfg = &self.shard.config.upstream;
         let sent_at = Instant::now();
         let mut resp = match conn.send(&pool.account, cfg, &self.forward, &body).await {
@@ -1033,9 +1081,11 @@ impl Driver {
             event_timeout: cfg.event_timeout,
             capture_output: parsed.is_store_disabled(),
             secrets: &[pool.account.config.api_key.expose()],
+            preempt: &self.preempt,
         };
-        let outcome = relay::relay(&env, Source::Http(&mut resp), sink, &rewrite, sent_at).await;
-        if matches!(outcome, Outcome::Terminal { .. }) {
+        let source = Source::Http(&mut resp);
+        let outcome = relay::relay(&env, source, sink, &rewrite, sent_at, early).await;
+        if ends_clean(&outcome) {
             if let Some(conn) = resp.finish().await {
                 pool.http_give_back(conn);
             }
@@ -1084,6 +1134,19 @@ impl Driver {
         };
         shard.submit_usage(Box::new(record));
     }
+}
+
+/// Whether an attempt's connection was read to a terminal event (relayed, or read after the
+/// client preempted the turn): it is clean for the next request.
+fn ends_clean(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Terminal { .. }
+            | Outcome::Preempted {
+                settled: Settled::Terminal { .. },
+                ..
+            }
+    )
 }
 
 /// The chain error (`previous_response_not_found`, `tool_output_not_found`) an HTTP error

@@ -3,10 +3,11 @@
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::handshake::client::generate_key;
-use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::Error as WsError;
 use async_tungstenite::WebSocketStream;
-use futures_util::{FutureExt, SinkExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::config::UpstreamConfig;
@@ -57,6 +58,10 @@ pub type UpstreamWs = WebSocketStream<FrameEdge<UpstreamStream>>;
 /// How long a resting connection may take to flush what it has queued (a pong) before it is
 /// rebuilt; past it the connection is kept as it is.
 const REST_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long a connection the gateway closes waits, in the background, for upstream's close
+/// reply before its socket is dropped.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// One upstream WebSocket connection.
 pub struct UpstreamConn {
@@ -148,6 +153,29 @@ impl UpstreamConn {
     /// `true` when a turn ran since the WebSocket was built: its buffers may have grown.
     pub fn grown(&self) -> bool {
         self.turns != self.built_at_turn
+    }
+
+    /// Closes the connection with a close handshake (1000) rather than a bare TCP close, in a
+    /// task of its own ([`UpstreamConn::close_handshake`]).
+    pub fn close(self) {
+        runtime::spawn_local(self.close_handshake(CloseCode::Normal));
+    }
+
+    /// Sends a close frame with `code` (or, when upstream closed first, the reply tungstenite
+    /// queued), then reads until upstream's reply or end of stream; at most [`CLOSE_LINGER`].
+    pub async fn close_handshake(mut self, code: CloseCode) {
+        let ws = self.ws().await;
+        let frame = CloseFrame {
+            code,
+            reason: "".into(),
+        };
+        runtime::timeout(CLOSE_LINGER, async {
+            if ws.close(Some(frame)).await.is_err() {
+                let _ = ws.flush().await;
+            }
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
     }
 }
 
