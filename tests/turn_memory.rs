@@ -27,7 +27,7 @@ const ANSWER_BYTES: i64 = 4 * 1024 * 1024;
 
 /// Most heap a relayed turn (SSE or WebSocket) may add at its peak, as a multiple of its
 /// largest message: upstream's read buffer (which may hold the next large event too), the
-/// message taken from it, and the client's copy on its way out. ~3.1 measured; before the SSE
+/// message taken from it, and the client's copy on its way out. ~3.25 measured; before the SSE
 /// sink flushed large batches early and stopped copying them into a second buffer, an SSE turn
 /// peaked at ~18 times its largest message.
 const MAX_RELAY_MULTIPLE: i64 = 4;
