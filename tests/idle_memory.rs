@@ -24,28 +24,33 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Sessions opened for the reading.
 const SESSIONS: usize = 200;
-/// The client WebSocket read buffer (`session::READ_BUFFER_BYTES`): every session holds it, so
-/// a reading below it means the sessions were not there when it was taken.
+/// The client WebSocket read buffer (`session::READ_BUFFER_BYTES`): every session waiting for
+/// its first frame holds it, so a reading below it means the sessions were not there when it
+/// was taken.
 const READ_BUFFER: i64 = 16 * 1024;
+/// The connection task alone (~4 KiB): a resting session holds at least that, so a reading
+/// below it means the sessions were not there when it was taken.
+const TASK: i64 = 4 * 1024;
 /// Most heap bytes one idle session may hold: the read buffer plus ~6 KiB measured (the
 /// connection task's future ~4 KiB, the socket's poll source, the forwarded headers, wakers),
 /// with some room. Before the turn futures were boxed it was ~69 KiB.
 const MAX_PER_SESSION: i64 = 24 * 1024;
 
-/// Most heap bytes a session holds idle after a 30 KB `response.create`: the fresh
-/// read buffer, the task, and the turn's state (the response's binding, the session's chain
-/// head: ~1 KiB measured), with some room. Without the rebuild between turns the WebSocket kept
-/// its read buffer at the frame's size plus 16 KiB and its write buffer at the largest batch
-/// of events: ~58 KiB.
-const MAX_PER_RESTED_SESSION: i64 = 28 * 1024;
+/// Most heap bytes a session holds idle after a 30 KB `response.create`: the task and the
+/// turn's state (the response's binding, the session's chain head: ~1 KiB), ~8.0 KiB measured,
+/// with some room. A resting session waits on its bare socket, without a WebSocket; while it
+/// rebuilt its WebSocket at once it held a fresh 16 KiB read buffer too (~23.6 KiB), and
+/// before the rebuild its read buffer at the frame's size plus 16 KiB and its write buffer at
+/// the largest batch of events: ~58 KiB.
+const MAX_PER_RESTED_SESSION: i64 = 12 * 1024;
 
 /// Most heap bytes a `store=false` session holds idle after a 30 KB `response.create`, its
 /// client side and the upstream connection it keeps leased: the rested client session (above)
 /// and the connection resting without its WebSocket (its stream and a stand-in WebSocket
 /// without buffers: ~1 KiB measured), with some room. Without the rest the upstream WebSocket
 /// kept its 16 KiB read buffer, its write buffer at the frame's size and its read buffer at
-/// the largest batch of events read: ~70 KB a session.
-const MAX_PER_RESTED_CHAINED_SESSION: i64 = 30 * 1024;
+/// the largest batch of events read: ~70 KB a session. ~8.4 KiB measured.
+const MAX_PER_RESTED_CHAINED_SESSION: i64 = 12 * 1024;
 
 /// Most heap bytes an idle pooled upstream connection holds once it rested after a 30 KB turn:
 /// its stream and a stand-in WebSocket without buffers (~2.5 KiB measured, the socket's poll
@@ -118,6 +123,7 @@ fn open_idle(addr: SocketAddr, request: &[u8]) -> TcpStream {
 fn heap_per_session(
     held: &mut Vec<TcpStream>,
     settle: Duration,
+    at_least: i64,
     mut open: impl FnMut() -> TcpStream,
 ) -> i64 {
     let before = LIVE.load(Ordering::SeqCst);
@@ -127,8 +133,8 @@ fn heap_per_session(
     std::thread::sleep(settle);
     let per_session = (LIVE.load(Ordering::SeqCst) - before) / SESSIONS as i64;
     assert!(
-        per_session >= READ_BUFFER,
-        "{per_session} bytes per session: less than the read buffer, the sessions were not open"
+        per_session >= at_least,
+        "{per_session} bytes per session: less than {at_least}, the sessions were not open"
     );
     per_session
 }
@@ -150,7 +156,7 @@ fn an_idle_websocket_session_holds_little_more_than_its_read_buffer() {
     std::thread::sleep(Duration::from_millis(200));
 
     // The 101 is written before the session builds its WebSocket; let the last ones settle.
-    let per_session = heap_per_session(&mut held, Duration::from_millis(200), || {
+    let per_session = heap_per_session(&mut held, Duration::from_millis(200), READ_BUFFER, || {
         open_idle(addr, request.as_bytes())
     });
     eprintln!("heap held per idle session: {per_session} bytes");
@@ -183,7 +189,7 @@ fn a_session_between_turns_gives_back_the_buffers_its_turn_grew() {
     std::thread::sleep(Duration::from_millis(200));
 
     // Sessions rebuild their WebSocket 1 s after a turn (`pool::REST_AFTER`).
-    let per_session = heap_per_session(&mut held, Duration::from_millis(1300), || {
+    let per_session = heap_per_session(&mut held, Duration::from_millis(1300), TASK, || {
         let mut s = open_idle(addr, request.as_bytes());
         run_turn(&mut s, &frame);
         s
@@ -332,7 +338,7 @@ fn a_store_false_session_between_turns_gives_back_its_upstream_buffers_too() {
     std::thread::sleep(Duration::from_millis(1300));
 
     // Sessions rest 1 s after a turn (`pool::REST_AFTER`): client and upstream side.
-    let per_session = heap_per_session(&mut held, Duration::from_millis(1300), || {
+    let per_session = heap_per_session(&mut held, Duration::from_millis(1300), TASK, || {
         let mut s = open_idle(addr, request.as_bytes());
         run_turn(&mut s, &frame);
         s

@@ -69,6 +69,11 @@ impl<S> FrameEdge<S> {
         self.head.is_none() && self.scan.at_frame_start() && !self.scan.mid_message
     }
 
+    /// `true` while bytes read past a frame end wait to be served.
+    pub fn holds_unread(&self) -> bool {
+        self.held_at < self.held.len()
+    }
+
     /// Frees the buffer of bytes read past a frame end, unless it still holds some: for a
     /// connection about to rest.
     pub fn release(&mut self) {

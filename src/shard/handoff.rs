@@ -241,6 +241,19 @@ impl<S> PrefixedStream<S> {
         }
     }
 
+    /// Puts `bytes`, read from the wrapped stream after every prefix byte was served, back in
+    /// front of it: a resting session reads the first bytes of its next frame without a
+    /// WebSocket, then builds one that reads them again.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        let mut prefix = self.prefix.split_off(self.at);
+        prefix.extend_from_slice(bytes);
+        self.prefix = prefix;
+        self.at = 0;
+        if let Some(record) = self.record.as_mut() {
+            record.truncate(record.len().saturating_sub(bytes.len()));
+        }
+    }
+
     /// Forgets the recording and records no more (the connection stays where it is).
     pub fn stop_recording(&mut self) {
         self.record = None;

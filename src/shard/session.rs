@@ -18,6 +18,7 @@ use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use bytes::Bytes;
+use futures_lite::AsyncReadExt;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 
@@ -91,6 +92,45 @@ enum Next {
     TimedOut,
     /// The session is over (closed, failed, or the shard drains: closed with 1001).
     Over,
+}
+
+/// What ended a rest.
+enum Woke {
+    /// The client sent bytes (put back in front of the stream).
+    Bytes,
+    /// The client closed or the socket failed.
+    Gone,
+    /// The idle timeout passed.
+    TimedOut,
+    /// The shard drains.
+    Draining,
+}
+
+/// Waits up to `wait` for the client's next bytes on the bare stream, and puts what it read
+/// back in front of the stream.
+async fn wait_for_bytes(
+    shard: &Shard,
+    stream: &mut PrefixedStream<TcpStream>,
+    wait: Duration,
+) -> Woke {
+    let mut first = [0u8; 16];
+    let read = futures_lite::future::or(
+        async { Some(runtime::timeout(wait, stream.read(&mut first)).await) },
+        async {
+            shard.drain.started().await;
+            None
+        },
+    )
+    .await;
+    match read {
+        None => Woke::Draining,
+        Some(None) => Woke::TimedOut,
+        Some(Some(Ok(0) | Err(_))) => Woke::Gone,
+        Some(Some(Ok(n))) => {
+            stream.unread(&first[..n]);
+            Woke::Bytes
+        }
+    }
 }
 
 /// How serving ended.
@@ -180,10 +220,36 @@ impl Session {
                         self.driver.release();
                         return;
                     }
-                    let stream = self.client.into_inner();
+                    Box::pin(self.driver.rest()).await;
+                    // The WebSocket goes: the session waits on the bare socket, so an idle
+                    // session holds no read buffer (tungstenite fills its 16 KiB chunk as it
+                    // allocates it: a buffer built now would be resident all along). The bytes
+                    // that wake it are put back in front of the stream for a fresh WebSocket.
+                    let mut stream = self.client.into_inner();
+                    let idle = self
+                        .shard
+                        .config
+                        .server
+                        .idle_timeout
+                        .saturating_sub(REST_AFTER);
+                    let woke = if stream.holds_unread() {
+                        Woke::Bytes
+                    } else {
+                        Box::pin(wait_for_bytes(&self.shard, stream.get_mut(), idle)).await
+                    };
                     // Boxed so that building the WebSocket is not part of the session's future.
                     self.client = Box::pin(ws_over(&self.shard, stream)).await;
-                    Box::pin(self.driver.rest()).await;
+                    let reason = match woke {
+                        Woke::Bytes => continue,
+                        Woke::Gone => None,
+                        Woke::TimedOut => Some(CloseReason::IdleTimeout),
+                        Woke::Draining => Some(CloseReason::GoingAway),
+                    };
+                    if let Some(reason) = reason {
+                        self.close(reason).await;
+                    }
+                    self.driver.release();
+                    return;
                 }
                 // Boxed: rare, and inline its future would be part of every session task.
                 Served::HandOff(to) => match Box::pin(self.hand_off(to)).await {
