@@ -61,6 +61,16 @@ where
         })
 }
 
+/// Hands the pages this thread freed back to the OS. mimalloc purges freed pages lazily, on
+/// the thread's next allocations, so a shard gone quiet after a burst (thousands of sessions
+/// that ran a turn and now rest) kept the burst's pages resident for as long as it stayed
+/// quiet: 30-50 KiB of RSS per resting session where its heap is ~8 KiB (`perf/README.md`).
+/// A shard calls it on a stats tick that saw no turn, so a busy shard never pays for it.
+pub fn release_freed_memory() {
+    // SAFETY: `mi_collect` takes no pointer; it walks only the calling thread's own heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 /// Spawns a task on the current shard; the task is detached and runs until it finishes.
 pub fn spawn_local<F>(fut: F)
 where

@@ -292,10 +292,16 @@ pub async fn run(
     });
     let interval = shard.config.server.stats_interval;
     let ship_loop = async {
+        let mut turns_seen = shard.counters.turns.get();
         loop {
             runtime::sleep(interval).await;
             shard.flush_usage();
             shard.ship_snapshot();
+            let turns = shard.counters.turns.get();
+            if turns == turns_seen {
+                runtime::release_freed_memory();
+            }
+            turns_seen = turns;
         }
     };
     futures_lite::future::or(futures_lite::future::or(accept_loop, ship_loop), async {
