@@ -106,6 +106,20 @@ enum Woke {
     Draining,
 }
 
+/// Drops `client`'s WebSocket and waits up to `wait` for the client's next bytes on the bare
+/// socket, then builds a fresh WebSocket that reads them again. A session waiting so holds no
+/// WebSocket read buffer: tungstenite fills its 16 KiB chunk as it allocates it, so a buffer
+/// built before the bytes arrive is resident all along (~16 KiB of RSS per idle session).
+async fn bare_wait(shard: &Shard, client: ClientWs, wait: Duration) -> (ClientWs, Woke) {
+    let mut stream = client.into_inner();
+    let woke = if stream.holds_unread() {
+        Woke::Bytes
+    } else {
+        wait_for_bytes(shard, stream.get_mut(), wait).await
+    };
+    (ws_over(shard, stream).await, woke)
+}
+
 /// Waits up to `wait` for the client's next bytes on the bare stream, and puts what it read
 /// back in front of the stream.
 async fn wait_for_bytes(
@@ -205,10 +219,21 @@ impl Session {
     /// Runs the session to its end (here, or on the shard its first frame's chain lives on).
     /// The upstream connection goes back to the pool only if the last turn ended cleanly.
     ///
-    /// A session idle after a turn rebuilds its client WebSocket ([`REST_AFTER`]): the read
-    /// buffer grew to the largest frame of the turn (a 30 KiB Codex frame: 46 KiB) and the
-    /// write buffer to the largest batch of events, and an idle session would hold both.
+    /// Until its first frame, and once idle [`REST_AFTER`] after a turn, a session waits on the
+    /// bare socket ([`bare_wait`]) and builds a fresh client WebSocket when its client sends
+    /// again: the read buffer grew to the largest frame of the turn (a 30 KiB Codex frame:
+    /// 46 KiB) and the write buffer to the largest batch of events, and an idle session would
+    /// hold both, or at least a 16 KiB read buffer.
     pub async fn run(mut self) {
+        if !self.handed_in {
+            // Until its first frame, too, a session waits on the bare socket.
+            let wait = self.shard.config.server.first_message_timeout;
+            let (client, woke) = Box::pin(bare_wait(&self.shard, self.client, wait)).await;
+            self.client = client;
+            if !self.woken(woke, CloseReason::FirstMessageTimeout).await {
+                return;
+            }
+        }
         loop {
             match self.serve().await {
                 Served::Closed => {
@@ -221,35 +246,14 @@ impl Session {
                         return;
                     }
                     Box::pin(self.driver.rest()).await;
-                    // The WebSocket goes: the session waits on the bare socket, so an idle
-                    // session holds no read buffer (tungstenite fills its 16 KiB chunk as it
-                    // allocates it: a buffer built now would be resident all along). The bytes
-                    // that wake it are put back in front of the stream for a fresh WebSocket.
-                    let mut stream = self.client.into_inner();
-                    let idle = self
-                        .shard
-                        .config
-                        .server
-                        .idle_timeout
-                        .saturating_sub(REST_AFTER);
-                    let woke = if stream.holds_unread() {
-                        Woke::Bytes
-                    } else {
-                        Box::pin(wait_for_bytes(&self.shard, stream.get_mut(), idle)).await
-                    };
-                    // Boxed so that building the WebSocket is not part of the session's future.
-                    self.client = Box::pin(ws_over(&self.shard, stream)).await;
-                    let reason = match woke {
-                        Woke::Bytes => continue,
-                        Woke::Gone => None,
-                        Woke::TimedOut => Some(CloseReason::IdleTimeout),
-                        Woke::Draining => Some(CloseReason::GoingAway),
-                    };
-                    if let Some(reason) = reason {
-                        self.close(reason).await;
+                    let cfg = &self.shard.config.server;
+                    let idle = cfg.idle_timeout.saturating_sub(REST_AFTER);
+                    let (client, woke) = Box::pin(bare_wait(&self.shard, self.client, idle)).await;
+                    self.client = client;
+                    if !self.woken(woke, CloseReason::IdleTimeout).await {
+                        self.driver.release();
+                        return;
                     }
-                    self.driver.release();
-                    return;
                 }
                 // Boxed: rare, and inline its future would be part of every session task.
                 Served::HandOff(to) => match Box::pin(self.hand_off(to)).await {
@@ -258,6 +262,19 @@ impl Session {
                 },
             }
         }
+    }
+
+    /// `true` when a bare wait ended with the client's bytes; otherwise the session is over,
+    /// closed with `timed_out` if the wait ran out (1001 if the shard drains).
+    async fn woken(&mut self, woke: Woke, timed_out: CloseReason) -> bool {
+        let reason = match woke {
+            Woke::Bytes => return true,
+            Woke::Gone => return false,
+            Woke::TimedOut => timed_out,
+            Woke::Draining => CloseReason::GoingAway,
+        };
+        self.close(reason).await;
+        false
     }
 
     /// Gives the client connection to shard `to`, with every byte read from it so far. When
