@@ -245,8 +245,10 @@ impl<S> PrefixedStream<S> {
     /// front of it: a resting session reads the first bytes of its next frame without a
     /// WebSocket, then builds one that reads them again.
     pub fn unread(&mut self, bytes: &[u8]) {
-        let mut prefix = self.prefix.split_off(self.at);
+        let rest = self.prefix.get(self.at..).unwrap_or_default();
+        let mut prefix = Vec::with_capacity(bytes.len() + rest.len());
         prefix.extend_from_slice(bytes);
+        prefix.extend_from_slice(rest);
         self.prefix = prefix;
         self.at = 0;
         if let Some(record) = self.record.as_mut() {
@@ -315,6 +317,21 @@ crate::net::forward_async_write!(PrefixedStream);
 mod tests {
     use super::*;
     use futures_lite::AsyncReadExt;
+
+    #[test]
+    fn unread_bytes_are_read_again_before_the_rest_of_the_prefix_and_the_stream() {
+        futures_lite::future::block_on(async {
+            let inner: &[u8] = b" world";
+            let mut s = PrefixedStream::recording(b"hello".to_vec(), inner);
+            let mut first = [0u8; 2];
+            s.read_exact(&mut first).await.unwrap();
+            s.unread(&first);
+            let mut all = String::new();
+            s.read_to_string(&mut all).await.unwrap();
+            assert_eq!(all, "hello world");
+            assert_eq!(s.into_parts().0, b"hello world", "read once in the recording");
+        });
+    }
 
     #[test]
     fn prefix_is_read_before_the_inner_stream_even_in_small_reads() {
