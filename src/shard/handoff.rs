@@ -329,7 +329,11 @@ mod tests {
             let mut all = String::new();
             s.read_to_string(&mut all).await.unwrap();
             assert_eq!(all, "hello world");
-            assert_eq!(s.into_parts().0, b"hello world", "read once in the recording");
+            assert_eq!(
+                s.into_parts().0,
+                b"hello world",
+                "read once in the recording"
+            );
         });
     }
 

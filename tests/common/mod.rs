@@ -47,16 +47,15 @@ fn drain_line(extra: &str) -> &'static str {
     }
 }
 
-/// A path in a fresh scratch directory of this test process (never the working directory).
+/// A path in a fresh scratch directory (never the working directory). The directory's name is
+/// random: named by process id, a directory left by an earlier run whose process had the same
+/// id was reused, and a usage file appended to it held that run's records too.
 pub fn scratch_file(name: &str) -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "shardgate-test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let dir = tempfile::Builder::new()
+        .prefix("shardgate-test-")
+        .tempdir()
+        .expect("scratch dir")
+        .keep();
     dir.join(name)
 }
 
