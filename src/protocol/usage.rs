@@ -24,8 +24,9 @@ impl Usage {
     /// Reads a usage object (`response.usage`, raw JSON). Returns `None` when it is not an
     /// object or its required counts are not non-negative integers: a wrong record is worse
     /// than a counted failure. Walked without allocating ([`fields`]); an object the walk does
-    /// not handle (escaped keys) is read with the parser instead.
-    pub(crate) fn from_raw(raw: &[u8]) -> Option<Usage> {
+    /// not handle (escaped keys) is read with the parser instead. Public for the fuzz targets
+    /// (`fuzz/`).
+    pub fn from_raw(raw: &[u8]) -> Option<Usage> {
         let mut walk = fields(raw);
         let mut reader = Reader::default();
         for (key, value) in walk.by_ref() {
