@@ -91,7 +91,8 @@ impl Reader {
         }
         let mut u = self.usage;
         if !self.have_total {
-            u.total_tokens = u.input_tokens + u.output_tokens;
+            // Counts come from upstream: a sum past u64 must not wrap (or panic in debug).
+            u.total_tokens = u.input_tokens.saturating_add(u.output_tokens);
         }
         Some(u)
     }
@@ -141,5 +142,12 @@ mod tests {
             None
         );
         assert_eq!(Usage::from_raw(b"null"), None);
+    }
+
+    #[test]
+    fn a_total_past_u64_saturates() {
+        // The upstream_event fuzz target's seed usage_overflow: the derived total overflowed.
+        let raw = br#"{"input_tokens":18446744073709551615,"output_tokens":1}"#;
+        assert_eq!(Usage::from_raw(raw).map(|u| u.total_tokens), Some(u64::MAX));
     }
 }
