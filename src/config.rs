@@ -551,10 +551,17 @@ struct RawLog {
 /// Default message limit in both directions: 16 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Longest duration a `*_secs` setting takes (about 31 years): far beyond any useful timeout,
+/// and far from where `Duration` or a deadline (`Instant` plus the setting) overflows.
+const MAX_SECS: f64 = 1e9;
+
 fn secs(key: &str, v: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
     let v = v.unwrap_or(default);
-    if !v.is_finite() || v <= 0.0 {
-        return Err(invalid(key, "must be a positive number of seconds"));
+    if !(v > 0.0 && v <= MAX_SECS) {
+        return Err(invalid(
+            key,
+            "must be a positive number of seconds, at most 1e9",
+        ));
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -998,6 +1005,18 @@ mod tests {
         let text = format!("{MINIMAL}auth = \" \"\n");
         let err = Config::parse(&text, &no_env).unwrap_err().to_string();
         assert!(err.contains("accounts[0].auth"), "{err}");
+    }
+
+    #[test]
+    fn seconds_past_the_largest_duration_are_refused_not_a_panic() {
+        // The config fuzz target's seed huge_secs: Duration::from_secs_f64 panicked on 1e300.
+        for v in ["1e300", "1.0e10", "nan", "inf", "0.0", "-1.0"] {
+            let text = format!("[server]\nidle_timeout_secs = {v}\n{MINIMAL}");
+            let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+            assert!(err.contains("server.idle_timeout_secs"), "{v}: {err}");
+        }
+        let text = format!("[server]\nidle_timeout_secs = 1e9\n{MINIMAL}");
+        assert!(Config::parse(&text, &no_env).is_ok());
     }
 
     #[test]
