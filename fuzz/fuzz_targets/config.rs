@@ -15,16 +15,20 @@ const ENV_SECRET: &str = "sk-fuzz-env-secret-7f3a";
 /// Keys whose values are secrets.
 const SECRET_KEYS: [&str; 3] = ["key", "api_key", "redis_url"];
 
-/// The strings written inline on secret lines (`api_key = "..."`), long enough to be told
-/// apart from words an error message uses, and written only once in the text (a value that
-/// also sits under another key may be quoted as that key's).
+/// The strings written inline on secret lines (`api_key = "..."`) that look like a key: at
+/// least 8 characters, letters and digits, no space (so not a word or number an error message
+/// uses anyway, like a field name), and written only once in the text (a value that also sits
+/// under another key may be quoted as that key's).
 fn inline_secrets(text: &str) -> Vec<&str> {
     text.lines()
         .filter_map(|line| {
             let (key, value) = line.split_once('=')?;
             let key = key.trim().trim_matches('"');
             let value = value.trim().strip_prefix('"')?.strip_suffix('"')?;
-            let plain = value.len() >= 8 && !value.contains(['"', '\\']);
+            let plain = value.len() >= 8
+                && value.bytes().any(|b| b.is_ascii_digit())
+                && value.bytes().any(|b| b.is_ascii_alphabetic())
+                && !value.bytes().any(|b| b.is_ascii_whitespace() || b == b'"' || b == b'\\');
             (SECRET_KEYS.contains(&key) && plain && text.matches(value).count() == 1)
                 .then_some(value)
         })
