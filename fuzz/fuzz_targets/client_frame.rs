@@ -35,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(parsed) = ClientFrame::parse(&frame) else {
         return;
     };
-    let _ = (parsed.kind(), parsed.is_warmup(), parsed.is_store_disabled());
+    let _ = (
+        parsed.kind(),
+        parsed.is_warmup(),
+        parsed.is_store_disabled(),
+    );
     if let Some(span) = parsed.model_span.clone() {
         assert!(frame[span].starts_with(b"\""), "model span is the string");
     }
@@ -67,7 +71,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let Pairing { previous, .. } = decide_pairing(&facts);
     if let PreviousId::Set(id) = previous {
-        assert_eq!(Some(id), facts.session_last, "only the session's last id is set");
+        assert_eq!(
+            Some(id),
+            facts.session_last,
+            "only the session's last id is set"
+        );
     }
     let previous = match choice & 0x03 {
         0 => previous,

@@ -28,7 +28,9 @@ fn inline_secrets(text: &str) -> Vec<&str> {
             let plain = value.len() >= 8
                 && value.bytes().any(|b| b.is_ascii_digit())
                 && value.bytes().any(|b| b.is_ascii_alphabetic())
-                && !value.bytes().any(|b| b.is_ascii_whitespace() || b == b'"' || b == b'\\');
+                && !value
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b == b'"' || b == b'\\');
             (SECRET_KEYS.contains(&key) && plain && text.matches(value).count() == 1)
                 .then_some(value)
         })
@@ -43,7 +45,10 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(ep) = Endpoint::parse(line) {
             let url = ep.responses_ws_url();
             let back = Endpoint::parse(&url).expect("a derived URL parses");
-            assert_eq!((back.tls, &back.host, back.port), (ep.tls, &ep.host, ep.port));
+            assert_eq!(
+                (back.tls, &back.host, back.port),
+                (ep.tls, &ep.host, ep.port)
+            );
             assert_eq!(back.path, format!("{}/responses", ep.path));
         }
     }
@@ -51,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(config) => format!("{config:?}"),
         Err(e) => e.to_string(),
     };
-    assert!(!shown.contains(ENV_SECRET), "a secret from the environment shown: {shown}");
+    assert!(
+        !shown.contains(ENV_SECRET),
+        "a secret from the environment shown: {shown}"
+    );
     for secret in inline_secrets(text) {
         assert!(!shown.contains(secret), "an inline secret shown: {shown}");
     }

@@ -89,7 +89,11 @@ fuzz_target!(|data: &[u8]| {
     let read_size = usize::from(choice & 0x07) * 9 + 1;
     let peer = Peer { wire, step };
     let (mut edge, mut expected) = if upstream {
-        let Some(head_end) = wire.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
+        let Some(head_end) = wire
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4)
+        else {
             return;
         };
         let mut e = vec![(head_end, false)];

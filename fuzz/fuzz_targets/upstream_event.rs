@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardgate::protocol::{Usage, UpstreamEvent};
+use shardgate::protocol::{UpstreamEvent, Usage};
 use shardgate::shard::normalizer::pending_calls;
 
 /// Everything the gateway reads from one event.
@@ -72,5 +72,9 @@ fuzz_target!(|data: &[u8]| {
         "classify reads {:?} and its compact form differently",
         String::from_utf8_lossy(data)
     );
-    assert_eq!(Usage::from_raw(&compact), usage, "usage depends on formatting");
+    assert_eq!(
+        Usage::from_raw(&compact),
+        usage,
+        "usage depends on formatting"
+    );
 });
