@@ -5,12 +5,15 @@
 //!
 //! Invariants: the bytes served are exactly the bytes sent; a read never crosses the end of a
 //! frame (or of the HTTP head); `at_message_edge` is true exactly at the end of a frame that
-//! leaves no fragmented message open. Frame ends are computed here by a reference reading of
+//! leaves no fragmented message open; `holds_unread` is true exactly while bytes read from
+//! the peer wait to be served. Frame ends are computed here by a reference reading of
 //! RFC 6455 §5.2, independent of the scanner under test.
 #![no_main]
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncReadExt};
@@ -18,10 +21,11 @@ use libfuzzer_sys::fuzz_target;
 use shardgate::net::frame_edge::FrameEdge;
 use shardgate_fuzz::param;
 
-/// A peer whose bytes arrive `step` at a time.
+/// A peer whose bytes arrive `step` at a time; `given` counts the bytes it handed over.
 struct Peer<'a> {
     wire: &'a [u8],
     step: usize,
+    given: Rc<Cell<usize>>,
 }
 
 impl AsyncRead for Peer<'_> {
@@ -33,6 +37,7 @@ impl AsyncRead for Peer<'_> {
         let n = self.step.min(buf.len()).min(self.wire.len());
         buf[..n].copy_from_slice(&self.wire[..n]);
         self.wire = &self.wire[n..];
+        self.given.set(self.given.get() + n);
         Poll::Ready(Ok(n))
     }
 }
@@ -87,7 +92,12 @@ fuzz_target!(|data: &[u8]| {
     let upstream = choice & 0x80 != 0;
     let step = usize::from(choice >> 3 & 0x0f) * 7 + 1;
     let read_size = usize::from(choice & 0x07) * 9 + 1;
-    let peer = Peer { wire, step };
+    let given = Rc::new(Cell::new(0));
+    let peer = Peer {
+        wire,
+        step,
+        given: given.clone(),
+    };
     let (mut edge, mut expected) = if upstream {
         let Some(head_end) = wire
             .windows(4)
@@ -123,6 +133,7 @@ fuzz_target!(|data: &[u8]| {
                 _ => false,
             };
             assert_eq!(edge.at_message_edge(), at_edge, "at {}", served.len());
+            assert_eq!(edge.holds_unread(), given.get() > served.len());
         }
     });
     assert_eq!(served, wire, "the bytes served are the bytes sent");
