@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardgate::protocol::{UpstreamEvent, Usage};
+use shardgate::protocol::{UpstreamError, UpstreamEvent, Usage};
 use shardgate::shard::normalizer::pending_calls;
 
 /// Everything the gateway reads from one event.
@@ -19,7 +19,8 @@ struct Read {
     carries_response: bool,
     response_id: Option<String>,
     usage: Option<Usage>,
-    error: Option<(Option<u16>, String, String, String, &'static str, u16)>,
+    /// The error, its reason label and the status it maps to.
+    error: Option<(UpstreamError, &'static str, u16)>,
 }
 
 fn read(raw: &[u8]) -> Option<Read> {
@@ -31,7 +32,7 @@ fn read(raw: &[u8]) -> Option<Read> {
         usage: ev.usage(),
         error: ev.error().map(|e| {
             let (reason, status) = (e.reason().as_str(), e.http_status());
-            (e.status, e.error_type, e.code, e.message, reason, status)
+            (e, reason, status)
         }),
     })
 }
