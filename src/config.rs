@@ -363,15 +363,27 @@ impl Endpoint {
                     .and_then(|p| p.parse().ok())
                     .ok_or("has an invalid port")?,
             };
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err("has an invalid IPv6 address".into());
+            }
             (host.to_string(), port)
         } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| "has an invalid port")?),
-                None => (authority.to_string(), default_port),
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().map_err(|_| "has an invalid port")?),
+                None => (authority, default_port),
+            };
+            // A name or an IPv4 address: anything else (an IPv6 address without brackets, a
+            // space, a quote) would not survive into the Host header and the URLs built from it.
+            if host.is_empty() || !host.bytes().all(is_host_byte) {
+                return Err("has an invalid host".into());
             }
+            (host.to_string(), port)
         };
         if path.contains(['?', '#']) {
             return Err("must not carry a query or fragment".into());
+        }
+        if !path.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("has a path with spaces or control characters".into());
         }
         Ok(Endpoint {
             tls,
@@ -401,6 +413,11 @@ impl Endpoint {
         let scheme = if self.tls { "wss" } else { "ws" };
         format!("{scheme}://{}{}/responses", self.authority(), self.path)
     }
+}
+
+/// A byte of a host name or IPv4 address (RFC 3986 reg-name, without percent-encoding).
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// `[log]`: log format and level.
@@ -534,10 +551,17 @@ struct RawLog {
 /// Default message limit in both directions: 16 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Longest duration a `*_secs` setting takes (about 31 years): far beyond any useful timeout,
+/// and far from where `Duration` or a deadline (`Instant` plus the setting) overflows.
+const MAX_SECS: f64 = 1e9;
+
 fn secs(key: &str, v: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
     let v = v.unwrap_or(default);
-    if !v.is_finite() || v <= 0.0 {
-        return Err(invalid(key, "must be a positive number of seconds"));
+    if !(v > 0.0 && v <= MAX_SECS) {
+        return Err(invalid(
+            key,
+            "must be a positive number of seconds, at most 1e9",
+        ));
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -984,6 +1008,18 @@ mod tests {
     }
 
     #[test]
+    fn seconds_past_the_largest_duration_are_refused_not_a_panic() {
+        // The config fuzz target's seed huge_secs: Duration::from_secs_f64 panicked on 1e300.
+        for v in ["1e300", "1.0e10", "nan", "inf", "0.0", "-1.0"] {
+            let text = format!("[server]\nidle_timeout_secs = {v}\n{MINIMAL}");
+            let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+            assert!(err.contains("server.idle_timeout_secs"), "{v}: {err}");
+        }
+        let text = format!("[server]\nidle_timeout_secs = 1e9\n{MINIMAL}");
+        assert!(Config::parse(&text, &no_env).is_ok());
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = Config::parse(&format!("{MINIMAL}\n[server]\nlisen = \"x\""), &no_env)
             .unwrap_err()
@@ -1028,6 +1064,22 @@ mod tests {
         assert_eq!(e.authority(), "[::1]:9000");
         assert!(Endpoint::parse("http://u:p@h/").is_err());
         assert!(Endpoint::parse("http://h:99999/").is_err());
+        // Found by fuzz/fuzz_targets/config.rs: hosts that the URLs built from them do not
+        // carry (an unbracketed IPv6 address, a quote, an empty name), and paths that would
+        // break the request line.
+        for bad in [
+            "https://a:b:443/v1",
+            "https://a\"b/v1",
+            "https://x]:1",
+            "http://:80/v1",
+            "http://[zz]:80",
+            "http://h/v1\r\nX-Injected: 1",
+            "http://h/a b",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+        let e = Endpoint::parse("http://my-host_1.example:8080/v1").unwrap();
+        assert_eq!(Endpoint::parse(&e.responses_ws_url()).unwrap().host, e.host);
     }
 
     #[test]

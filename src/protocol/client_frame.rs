@@ -141,13 +141,17 @@ impl<'a> ClientFrame<'a> {
                     out.model_span = range_of(frame, value.as_raw_str().as_bytes());
                 }
                 "previous_response_id" => {
+                    // A repeated key: the last one counts, for the id as for its span (a
+                    // rewrite edits the span, so both must name the same occurrence).
                     out.previous_response_id_span = range_of(frame, value.as_raw_str().as_bytes());
-                    if !is_null(&value) {
-                        out.previous_response_id = Some(
+                    out.previous_response_id = if is_null(&value) {
+                        None
+                    } else {
+                        Some(
                             str_in(frame, &value)
                                 .ok_or(ClientFrameError::WrongType("previous_response_id"))?,
-                        );
-                    }
+                        )
+                    };
                 }
                 "store" if !is_null(&value) => {
                     out.store = Some(
@@ -267,6 +271,20 @@ mod tests {
         assert!(c.previous_response_id.is_none());
         assert!(c.previous_response_id_span.is_some());
         assert!(c.is_warmup());
+    }
+
+    #[test]
+    fn a_repeated_previous_id_reads_as_its_last_occurrence() {
+        // The client_frame fuzz target's rewrite check fails on this (its seed
+        // repeated_previous_id): the id came from the first occurrence and the span from the
+        // last, so clearing the id left the first one in the frame.
+        let f = br#"{"previous_response_id":"resp_1","previous_response_id":null}"#;
+        let c = ClientFrame::parse(f).unwrap();
+        assert_eq!(c.previous_response_id, None);
+        assert_eq!(&f[c.previous_response_id_span.unwrap()], b"null");
+        let f = br#"{"previous_response_id":null,"previous_response_id":"resp_2"}"#;
+        let c = ClientFrame::parse(f).unwrap();
+        assert_eq!(c.previous_response_id.as_deref(), Some("resp_2"));
     }
 
     #[test]

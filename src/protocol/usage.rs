@@ -24,8 +24,9 @@ impl Usage {
     /// Reads a usage object (`response.usage`, raw JSON). Returns `None` when it is not an
     /// object or its required counts are not non-negative integers: a wrong record is worse
     /// than a counted failure. Walked without allocating ([`fields`]); an object the walk does
-    /// not handle (escaped keys) is read with the parser instead.
-    pub(crate) fn from_raw(raw: &[u8]) -> Option<Usage> {
+    /// not handle (escaped keys) is read with the parser instead. Public for the fuzz targets
+    /// (`fuzz/`).
+    pub fn from_raw(raw: &[u8]) -> Option<Usage> {
         let mut walk = fields(raw);
         let mut reader = Reader::default();
         for (key, value) in walk.by_ref() {
@@ -90,7 +91,8 @@ impl Reader {
         }
         let mut u = self.usage;
         if !self.have_total {
-            u.total_tokens = u.input_tokens + u.output_tokens;
+            // Counts come from upstream: a sum past u64 must not wrap (or panic in debug).
+            u.total_tokens = u.input_tokens.saturating_add(u.output_tokens);
         }
         Some(u)
     }
@@ -140,5 +142,12 @@ mod tests {
             None
         );
         assert_eq!(Usage::from_raw(b"null"), None);
+    }
+
+    #[test]
+    fn a_total_past_u64_saturates() {
+        // The upstream_event fuzz target's seed usage_overflow: the derived total overflowed.
+        let raw = br#"{"input_tokens":18446744073709551615,"output_tokens":1}"#;
+        assert_eq!(Usage::from_raw(raw).map(|u| u.total_tokens), Some(u64::MAX));
     }
 }

@@ -222,7 +222,10 @@ async fn read_head_inner(
     }
 }
 
-fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal> {
+/// Parses a request head from the start of `buf`: `None` when more bytes are needed, else the
+/// head and the bytes it took. Public so the fuzz targets (`fuzz/`) reach the parser
+/// [`read_head`] uses.
+pub fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
