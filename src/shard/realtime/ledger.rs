@@ -1,0 +1,226 @@
+//! The billing side of one realtime session: what the relay saw per response, turned into one
+//! usage record per `response.done` (upstream's counts, or an estimate when it sent none), and
+//! into a last estimated record for whatever is left when the session ends, however it ends
+//! (either side closed, an error, idle timeout, shutdown, even a panic: the ledger flushes on
+//! drop).
+
+use std::time::Instant;
+
+use crate::protocol::realtime::{AudioFormat, RealtimeTokens, ResponseFacts, SessionFacts};
+use crate::protocol::Usage;
+use crate::runtime;
+use crate::usage::{RealtimeUsage, RequestType, UsageRecord};
+
+use super::super::auth::ClientIdentity;
+use super::usage_estimate::{estimate, Carried, Standing};
+
+/// Status of the record flushed for a response the session ended in the middle of.
+const INTERRUPTED: &str = "interrupted";
+
+/// A response between `response.created` and `response.done`.
+struct InFlight {
+    id: Option<String>,
+    started: Instant,
+    input: Carried,
+    output: Carried,
+}
+
+/// Where a ledger's records go (the shard's usage submission, in the gateway).
+pub type RecordSink = Box<dyn Fn(Box<UsageRecord>)>;
+
+/// Who and where a session's records are billed to.
+pub struct Billing {
+    /// The client.
+    pub identity: ClientIdentity,
+    /// The upstream account id.
+    pub account: String,
+    /// The model as the client asked for it.
+    pub model: String,
+    /// This gateway host.
+    pub instance: String,
+    /// This shard.
+    pub shard: usize,
+}
+
+/// One session's accounts.
+pub struct Ledger {
+    billing: Billing,
+    sink: RecordSink,
+    /// The gateway's id for the session, until upstream names it in `session.created`.
+    session_id: String,
+    input_format: AudioFormat,
+    output_format: AudioFormat,
+    standing: Standing,
+    /// Input carried since the last `response.created` (it belongs to the next response).
+    pending: Carried,
+    in_flight: Option<InFlight>,
+    /// Records written so far (numbers synthesized response ids).
+    records: u64,
+}
+
+impl Ledger {
+    /// The ledger of a new session (named `session_id` until upstream names it), whose records
+    /// go to `sink`.
+    pub fn new(billing: Billing, session_id: String, sink: RecordSink) -> Ledger {
+        Ledger {
+            billing,
+            sink,
+            session_id,
+            input_format: AudioFormat::default(),
+            output_format: AudioFormat::default(),
+            standing: Standing::default(),
+            pending: Carried::default(),
+            in_flight: None,
+            records: 0,
+        }
+    }
+
+    /// Takes what a session event (`session.created|updated` from upstream, `session.update`
+    /// from the client) set: formats, instructions, tools, the session id.
+    pub fn on_session(&mut self, facts: SessionFacts, from_upstream: bool) {
+        if let (Some(id), true) = (facts.id, from_upstream) {
+            self.session_id = id;
+        }
+        if let Some(f) = facts.input_format {
+            self.input_format = f;
+        }
+        if let Some(f) = facts.output_format {
+            self.output_format = f;
+        }
+        if let Some(b) = facts.instructions_bytes {
+            self.standing.instructions_bytes = b;
+        }
+        if let Some(b) = facts.tools_bytes {
+            self.standing.tools_bytes = b;
+        }
+    }
+
+    /// Counts `bytes` of input audio (`input_audio_buffer.append`).
+    pub fn input_audio(&mut self, bytes: u64) {
+        self.pending.add_audio(bytes, self.input_format);
+    }
+
+    /// Counts `bytes` of input text (`conversation.item.create`).
+    pub fn input_text(&mut self, bytes: u64) {
+        self.pending.add_text(bytes);
+    }
+
+    /// Counts `bytes` of output audio of the response in flight.
+    pub fn output_audio(&mut self, bytes: u64) {
+        let format = self.output_format;
+        self.output().add_audio(bytes, format);
+    }
+
+    /// Counts `bytes` of output text of the response in flight.
+    pub fn output_text(&mut self, bytes: u64) {
+        self.output().add_text(bytes);
+    }
+
+    fn output(&mut self) -> &mut Carried {
+        let pending = &mut self.pending;
+        &mut self
+            .in_flight
+            .get_or_insert_with(|| InFlight {
+                id: None,
+                started: Instant::now(),
+                input: std::mem::take(pending),
+                output: Carried::default(),
+            })
+            .output
+    }
+
+    /// A response started: the input carried so far is its input.
+    pub fn response_created(&mut self, facts: ResponseFacts) {
+        self.in_flight = Some(InFlight {
+            id: facts.id,
+            started: Instant::now(),
+            input: std::mem::take(&mut self.pending),
+            output: Carried::default(),
+        });
+    }
+
+    /// A response ended: one record, with upstream's usage when it sent one, else estimated.
+    pub fn response_done(&mut self, facts: ResponseFacts) {
+        let flight = self.in_flight.take().unwrap_or_else(|| InFlight {
+            id: None,
+            started: Instant::now(),
+            input: std::mem::take(&mut self.pending),
+            output: Carried::default(),
+        });
+        let id = facts.id.or(flight.id);
+        let status = facts.status.unwrap_or_else(|| "completed".into());
+        match facts.usage {
+            Some(tokens) => self.submit(id, &status, tokens, false, flight.started),
+            None => {
+                let tokens = estimate(self.standing, flight.input, flight.output);
+                self.submit(id, &status, tokens, true, flight.started);
+            }
+        }
+    }
+
+    /// The session is over: what was carried and not billed yet goes into one estimated record.
+    pub fn flush(&mut self) {
+        let flight = self.in_flight.take();
+        if flight.is_none() && self.pending.is_empty() {
+            return;
+        }
+        let (id, started, input, output) = match flight {
+            Some(f) => (f.id, f.started, f.input.plus(self.pending), f.output),
+            None => (None, Instant::now(), self.pending, Carried::default()),
+        };
+        self.pending = Carried::default();
+        let tokens = estimate(self.standing, input, output);
+        self.submit(id, INTERRUPTED, tokens, true, started);
+    }
+
+    fn submit(
+        &mut self,
+        id: Option<String>,
+        status: &str,
+        tokens: RealtimeTokens,
+        estimated: bool,
+        started: Instant,
+    ) {
+        self.records += 1;
+        let response_id = id.unwrap_or_else(|| format!("{}-gw{}", self.session_id, self.records));
+        let b = &self.billing;
+        let record = UsageRecord {
+            response_id,
+            ts_ms: runtime::unix_micros() / 1_000,
+            group: b.identity.group.clone(),
+            key_id: b.identity.key_id.clone(),
+            account: b.account.clone(),
+            model: b.model.clone(),
+            request_type: RequestType::Realtime,
+            usage: Usage {
+                input_tokens: tokens.input_tokens,
+                cached_tokens: tokens.cached_tokens,
+                output_tokens: tokens.output_tokens,
+                reasoning_tokens: 0,
+                total_tokens: tokens.total_tokens,
+            },
+            ttft_us: None,
+            duration_us: started.elapsed().as_micros() as u64,
+            attempts: 1,
+            status: status.to_string(),
+            instance: b.instance.clone(),
+            shard: b.shard,
+            realtime: Some(RealtimeUsage {
+                session_id: self.session_id.clone(),
+                input_text_tokens: tokens.input_text_tokens,
+                input_audio_tokens: tokens.input_audio_tokens,
+                output_text_tokens: tokens.output_text_tokens,
+                output_audio_tokens: tokens.output_audio_tokens,
+                estimated,
+            }),
+        };
+        (self.sink)(Box::new(record));
+    }
+}
+
+impl Drop for Ledger {
+    /// Nothing accrued is lost, however the session ended (a panic included).
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
