@@ -5,7 +5,8 @@
 //! `conversation.item.create` with the item's creation, `input_audio_buffer.commit` with
 //! `committed`; and plays each `response.create` as a response: text deltas, or audio deltas
 //! with their transcript when the response's (or session's) output modalities include audio, or
-//! a function call, then `response.done` with `usage` computed from what it received.
+//! a function call, then `response.done` with `usage` computed from what it received. Every
+//! event carries `mock_ts_us` (its send time), as the Responses events do, for one-way latency.
 //!
 //! Faults and shapes are scripted in-band with `[[rt:…]]` directives anywhere in a client event
 //! (an item's text, a response's instructions), applied to the next response:
@@ -26,7 +27,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use futures_util::{SinkExt, StreamExt};
 use sonic_rs::{json, JsonContainerTrait, JsonValueMutTrait, JsonValueTrait, Value};
 
-use super::events::{delta_text, random_alnum};
+use super::events::{delta_text, random_alnum, stamp};
 use super::http::{Head, MAX_BODY};
 use super::state::Shared;
 
@@ -294,7 +295,7 @@ async fn send<S>(ws: &mut WebSocketStream<S>, event: &Value) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ws.send(Message::text(event.to_string()))
+    ws.send(Message::text(stamp(&event.to_string())))
         .await
         .map_err(to_io)
 }
@@ -303,7 +304,7 @@ async fn feed<S>(ws: &mut WebSocketStream<S>, event: &Value) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ws.feed(Message::text(event.to_string()))
+    ws.feed(Message::text(stamp(&event.to_string())))
         .await
         .map_err(to_io)
 }
