@@ -566,7 +566,15 @@ fn sessions_take_a_slot_of_the_account_budget_for_their_whole_life() {
         Ok(_) => panic!("a second session got past a budget of one"),
     }
     first.close(None).ok();
-    while first.read().is_ok() {}
+    let end = loop {
+        if let Err(e) = first.read() {
+            break e;
+        }
+    };
+    assert!(
+        matches!(end, tungstenite::Error::ConnectionClosed),
+        "the gateway answers the client's close frame: {end}"
+    );
     // The slot comes back when the first session ends.
     let mut second = session(gw.addr());
     read_until(&mut second, "session.created");

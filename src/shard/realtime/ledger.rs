@@ -224,3 +224,102 @@ impl Drop for Ledger {
         self.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::config::{ClientKey, Secret};
+    use crate::shard::auth::ClientAuth;
+
+    fn ledger() -> (Ledger, Rc<RefCell<Vec<UsageRecord>>>) {
+        let auth = ClientAuth::new(&[ClientKey {
+            id: "k".into(),
+            key: Secret::new("sk-k".into()),
+            group: "g".into(),
+        }]);
+        let billing = Billing {
+            identity: auth.authenticate(b"sk-k").unwrap().clone(),
+            account: "a".into(),
+            model: "m".into(),
+            instance: "i".into(),
+            shard: 0,
+        };
+        let out = Rc::new(RefCell::new(Vec::new()));
+        let sink = out.clone();
+        let ledger = Ledger::new(
+            billing,
+            "rt_1".into(),
+            Box::new(move |r| sink.borrow_mut().push(*r)),
+        );
+        (ledger, out)
+    }
+
+    fn reported(id: &str) -> ResponseFacts {
+        ResponseFacts {
+            id: Some(id.into()),
+            status: Some("completed".into()),
+            usage: Some(RealtimeTokens {
+                input_tokens: 3,
+                output_tokens: 4,
+                total_tokens: 7,
+                ..RealtimeTokens::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn reported_usage_is_billed_as_is_and_leaves_nothing_to_flush() {
+        let (mut ledger, out) = ledger();
+        ledger.on_session(
+            SessionFacts {
+                id: Some("sess_up".into()),
+                ..SessionFacts::default()
+            },
+            true,
+        );
+        ledger.input_text(40);
+        ledger.response_created(ResponseFacts::default());
+        ledger.output_text(400);
+        ledger.response_done(reported("resp_1"));
+        drop(ledger);
+        let out = out.borrow();
+        assert_eq!(out.len(), 1, "no estimated record after a reported one");
+        let r = &out[0];
+        assert_eq!(r.response_id, "resp_1");
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (3, 4));
+        let rt = r.realtime.as_ref().unwrap();
+        assert_eq!(rt.session_id, "sess_up");
+        assert!(!rt.estimated);
+    }
+
+    #[test]
+    fn a_session_ending_mid_response_flushes_one_estimated_record() {
+        let (mut ledger, out) = ledger();
+        ledger.response_created(ResponseFacts {
+            id: Some("resp_2".into()),
+            ..ResponseFacts::default()
+        });
+        ledger.output_text(8);
+        // Input for the next response arrives while this one runs.
+        ledger.input_text(4);
+        drop(ledger);
+        let out = out.borrow();
+        assert_eq!(out.len(), 1);
+        let r = &out[0];
+        assert_eq!(r.response_id, "resp_2");
+        assert_eq!(r.status, "interrupted");
+        let rt = r.realtime.as_ref().unwrap();
+        assert!(rt.estimated);
+        assert_eq!((rt.input_text_tokens, rt.output_text_tokens), (1, 2));
+    }
+
+    #[test]
+    fn a_session_with_nothing_carried_writes_nothing() {
+        let (ledger, out) = ledger();
+        drop(ledger);
+        assert!(out.borrow().is_empty());
+    }
+}

@@ -357,6 +357,10 @@ impl<'a> Relay<'a> {
             let _ = runtime::timeout(CLOSE_WAIT, upstream.send(Message::Close(Some(frame)))).await;
         }
         let Some((code, error, reason)) = client_notice(end) else {
+            if *end == End::ClientClosed {
+                // The reply to the client's close frame, queued by the WebSocket.
+                let _ = runtime::timeout(CLOSE_WAIT, client.flush()).await;
+            }
             return;
         };
         let notice = async {
