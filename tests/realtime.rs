@@ -581,3 +581,31 @@ fn sessions_take_a_slot_of_the_account_budget_for_their_whole_life() {
     assert_eq!(up.stats().realtime_sessions_total, 2);
     gw.stop();
 }
+
+#[test]
+fn a_shutdown_ends_sessions_with_1001_and_bills_the_response_in_flight() {
+    let up = mock();
+    let (gw, usage) = gateway_for(&up, "", "");
+    let mut ws = session(gw.addr());
+    read_until(&mut ws, "session.created");
+    send(&mut ws, &user_text("long [[rt:chunks=400,delay_ms=20]]"));
+    read_until(&mut ws, "conversation.item.done");
+    send(&mut ws, &sonic_rs::json!({"type": "response.create", "response": {"output_modalities": ["text"]}}));
+    read_until(&mut ws, "response.output_text.delta");
+    let stopping = std::thread::spawn(move || gw.stop());
+    let events = read_until(&mut ws, "response.done");
+    let last = events.last().unwrap();
+    assert_eq!(last["error"]["code"].as_str(), Some("shutting_down"), "{last}");
+    let code = loop {
+        match ws.read() {
+            Ok(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    stopping.join().expect("gateway stops");
+    let recs = records(&usage, 1);
+    assert_eq!(recs.len(), 1, "the response in flight is billed before the gateway stops");
+    assert_eq!(recs[0]["status"].as_str(), Some("interrupted"));
+}
