@@ -504,6 +504,12 @@ fn keys_come_from_headers_or_the_browser_subprotocol_never_the_query() {
     )
     .unwrap_err();
     assert_eq!(status(e), 401);
+    // Framing is checked as for /v1/responses: no upgrade over HTTP/1.0.
+    let (code, _) = http(
+        addr,
+        &format!("GET /v1/realtime?model={MODEL} HTTP/1.0\r\nauthorization: Bearer {CLIENT_KEY}\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"),
+    );
+    assert_eq!(code, 400);
     // Browsers: the key as a subprotocol; the answer is `realtime`, never the key.
     let protocols =
         format!("realtime, openai-insecure-api-key.{CLIENT_KEY}, openai-beta.realtime-v1");
@@ -590,12 +596,19 @@ fn a_shutdown_ends_sessions_with_1001_and_bills_the_response_in_flight() {
     read_until(&mut ws, "session.created");
     send(&mut ws, &user_text("long [[rt:chunks=400,delay_ms=20]]"));
     read_until(&mut ws, "conversation.item.done");
-    send(&mut ws, &sonic_rs::json!({"type": "response.create", "response": {"output_modalities": ["text"]}}));
+    send(
+        &mut ws,
+        &sonic_rs::json!({"type": "response.create", "response": {"output_modalities": ["text"]}}),
+    );
     read_until(&mut ws, "response.output_text.delta");
     let stopping = std::thread::spawn(move || gw.stop());
     let events = read_until(&mut ws, "response.done");
     let last = events.last().unwrap();
-    assert_eq!(last["error"]["code"].as_str(), Some("shutting_down"), "{last}");
+    assert_eq!(
+        last["error"]["code"].as_str(),
+        Some("shutting_down"),
+        "{last}"
+    );
     let code = loop {
         match ws.read() {
             Ok(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
@@ -606,6 +619,10 @@ fn a_shutdown_ends_sessions_with_1001_and_bills_the_response_in_flight() {
     assert_eq!(code, Some(1001));
     stopping.join().expect("gateway stops");
     let recs = records(&usage, 1);
-    assert_eq!(recs.len(), 1, "the response in flight is billed before the gateway stops");
+    assert_eq!(
+        recs.len(),
+        1,
+        "the response in flight is billed before the gateway stops"
+    );
     assert_eq!(recs[0]["status"].as_str(), Some("interrupted"));
 }

@@ -49,7 +49,8 @@ where
                 return;
             }
         };
-        if ws::is_upgrade(&head) && realtime::is_realtime(&head) {
+        let is_realtime = realtime::is_realtime(&head);
+        if ws::is_upgrade(&head) && (is_realtime || head.path.ends_with("/responses")) {
             match ws::decide(&head, shared) {
                 ws::Handshake::Accept(key) => {
                     let answer = ws::accept_response(&key);
@@ -58,26 +59,9 @@ where
                     {
                         return;
                     }
-                    let (stream, read_ahead) = reader.into_parts();
-                    realtime::session(stream, read_ahead, shared, &head).await;
-                    return;
-                }
-                ws::Handshake::Refuse(status) => {
-                    let err = ws::refusal(status);
-                    match rest::error(&mut reader, &err, head.keep_alive()).await {
-                        Ok(Next::KeepAlive) => continue,
-                        Ok(Next::Close) | Err(_) => return,
-                    }
-                }
-            }
-        }
-        if ws::is_upgrade(&head) && head.path.ends_with("/responses") {
-            match ws::decide(&head, shared) {
-                ws::Handshake::Accept(key) => {
-                    let answer = ws::accept_response(&key);
-                    if reader.stream().write_all(answer.as_bytes()).await.is_err()
-                        || reader.stream().flush().await.is_err()
-                    {
+                    if is_realtime {
+                        let (stream, read_ahead) = reader.into_parts();
+                        realtime::session(stream, read_ahead, shared, &head).await;
                         return;
                     }
                     conn.id(shared);

@@ -167,6 +167,9 @@ async fn route(
             )
         }
         ("GET", p) if realtime::is_realtime_path(p) => {
+            if let Some(refusal) = upgrade_framing(&head) {
+                return refuse_request(shard, stream, refusal).await;
+            }
             // Boxed: a realtime session's future is large and lives only on this path.
             Box::pin(realtime::serve(shard, stream, head, std::mem::take(buf))).await;
             Routed::Done
@@ -274,12 +277,20 @@ pub(super) fn forwarded(head: &RequestHead) -> Vec<(HeaderName, HeaderValue)> {
         .collect()
 }
 
-async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> Routed {
+/// Why a WebSocket upgrade request cannot be one: over HTTP/1.0, or with a body.
+fn upgrade_framing(head: &RequestHead) -> Option<http_head::Refusal> {
     if head.http10 {
-        return refuse_request(shard, stream, http_head::Refusal::UpgradeHttp10).await;
+        return Some(http_head::Refusal::UpgradeHttp10);
     }
     if head.body != Framing::Length(0) {
-        return refuse_request(shard, stream, http_head::Refusal::UpgradeWithBody).await;
+        return Some(http_head::Refusal::UpgradeWithBody);
+    }
+    None
+}
+
+async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> Routed {
+    if let Some(refusal) = upgrade_framing(&head) {
+        return refuse_request(shard, stream, refusal).await;
     }
     let identity = match check_client(shard, &head) {
         Ok(id) => id,

@@ -127,6 +127,7 @@ mod tests {
             path: "/v1/realtime".into(),
             query: Some("model=gpt-realtime".into()),
             http10: false,
+            body: crate::protocol::http1::Framing::Length(0),
             headers: headers
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
