@@ -71,10 +71,14 @@ fn open_over(
         })
 }
 
-/// A session with the test key, for [`MODEL`].
+/// A session with the test key (and a `session-id` header), for [`MODEL`].
 fn session(addr: SocketAddr) -> Ws {
     let auth = format!("Bearer {CLIENT_KEY}");
-    open(addr, &format!("model={MODEL}"), &[("authorization", &auth)]).expect("upgrade")
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("session-id", "sess-rt-test"),
+    ];
+    open(addr, &format!("model={MODEL}"), &headers).expect("upgrade")
 }
 
 fn send(ws: &mut Ws, event: &Value) {
@@ -212,7 +216,22 @@ fn text_audio_and_tool_turns_are_relayed_and_billed_as_upstream_reported() {
         up.stats().models_seen.contains(UPSTREAM_MODEL),
         "upstream got the mapped model"
     );
+    // Pings are answered.
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .expect("ping");
+    let pong = loop {
+        match ws.read().expect("read") {
+            Message::Pong(p) => break p,
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    };
+    assert_eq!(&pong[..], b"are you there");
     let seen = up.stats().last_handshake_headers;
+    assert_eq!(
+        seen.get("session-id").map(String::as_str),
+        Some("sess-rt-test"),
+        "client headers are forwarded as for Responses"
+    );
     assert_eq!(
         seen.get("authorization").map(String::as_str),
         Some(&*format!("Bearer {ACCOUNT_KEY}"))

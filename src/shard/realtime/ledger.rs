@@ -317,6 +317,21 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_session_still_bills_what_it_carried() {
+        let (mut ledger, out) = ledger();
+        ledger.input_audio(48_000);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _held = ledger;
+            panic!("a session bug");
+        }));
+        assert!(unwound.is_err());
+        let out = out.borrow();
+        assert_eq!(out.len(), 1, "the ledger flushed while unwinding");
+        let rt = out[0].realtime.as_ref().unwrap();
+        assert_eq!(rt.input_audio_tokens, 10, "one second of input audio");
+    }
+
+    #[test]
     fn a_session_with_nothing_carried_writes_nothing() {
         let (ledger, out) = ledger();
         drop(ledger);
