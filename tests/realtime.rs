@@ -219,11 +219,8 @@ fn text_audio_and_tool_turns_are_relayed_and_billed_as_upstream_reported() {
     // Pings are answered.
     ws.send(Message::Ping(b"are you there".to_vec().into()))
         .expect("ping");
-    let pong = loop {
-        match ws.read().expect("read") {
-            Message::Pong(p) => break p,
-            other => panic!("expected a pong, got {other:?}"),
-        }
+    let Message::Pong(pong) = ws.read().expect("read") else {
+        panic!("expected a pong");
     };
     assert_eq!(&pong[..], b"are you there");
     let seen = up.stats().last_handshake_headers;
@@ -644,4 +641,29 @@ fn a_shutdown_ends_sessions_with_1001_and_bills_the_response_in_flight() {
         "the response in flight is billed before the gateway stops"
     );
     assert_eq!(recs[0]["status"].as_str(), Some("interrupted"));
+}
+
+#[test]
+fn a_client_message_over_the_limit_is_closed_with_1009_and_its_upstream_too() {
+    let up = mock();
+    let (gw, _usage) = gateway_for(&up, "max_message_bytes = 4096", "");
+    let mut ws = session(gw.addr());
+    read_until(&mut ws, "session.created");
+    let chunk = base64::engine::general_purpose::STANDARD.encode(vec![1u8; 6_000]);
+    send(
+        &mut ws,
+        &sonic_rs::json!({"type": "input_audio_buffer.append", "audio": chunk}),
+    );
+    let code = loop {
+        match ws.read() {
+            Ok(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, Some(1009));
+    wait_for("the upstream connection to close", || {
+        up.stats().connections_open == 0
+    });
+    gw.stop();
 }

@@ -28,6 +28,7 @@ use crate::protocol::realtime::{
 };
 use crate::runtime;
 
+use super::super::client_close::{CloseReason, CLIENT_CLOSES};
 use super::super::client_deadline::deadline;
 use super::super::counters::{add, bump};
 use super::super::normalizer::{map_back, Rewrite};
@@ -44,8 +45,9 @@ pub enum End {
     ClientClosed,
     /// The client stopped reading (write deadline) or its socket failed.
     ClientGone,
-    /// The client sent a message over the size limit.
-    ClientOversize,
+    /// The client broke the protocol (bad framing, text that is not UTF-8, a message over the
+    /// size limit): closed with the code RFC 6455 names for it.
+    ClientViolation(CloseReason),
     /// Upstream closed, with its close frame when it sent one.
     UpstreamClosed(Option<(u16, String)>),
     /// Upstream's socket failed, or it stopped reading.
@@ -64,7 +66,7 @@ impl End {
         match self {
             End::ClientClosed => "client_closed",
             End::ClientGone => "client_gone",
-            End::ClientOversize => "client_oversize",
+            End::ClientViolation(r) => r.label(),
             End::UpstreamClosed(_) => "upstream_closed",
             End::UpstreamFailed(_) => "upstream_failed",
             End::UpstreamOversize => "upstream_oversize",
@@ -225,8 +227,13 @@ impl<'a> Relay<'a> {
         loop {
             let msg = match client.next().await {
                 Some(Ok(m)) => m,
-                Some(Err(WsError::Capacity(_))) => return End::ClientOversize,
-                Some(Err(_)) | None => return End::ClientClosed,
+                Some(Err(e)) => {
+                    return match CloseReason::of_error(&e) {
+                        Some(reason) => End::ClientViolation(reason),
+                        None => End::ClientGone,
+                    }
+                }
+                None => return End::ClientGone,
             };
             let read_at = Instant::now();
             self.last_activity.set(read_at);
@@ -356,11 +363,26 @@ impl<'a> Relay<'a> {
             let frame = close_frame(up_code, "client session ended");
             let _ = runtime::timeout(CLOSE_WAIT, upstream.send(Message::Close(Some(frame)))).await;
         }
-        let Some((code, error, reason)) = client_notice(end) else {
-            if *end == End::ClientClosed {
+        let counters = &self.shard.counters;
+        match end {
+            End::ClientClosed => {
                 // The reply to the client's close frame, queued by the WebSocket.
+                counters.bump_labeled(CLIENT_CLOSES, CloseReason::Echo.label());
                 let _ = runtime::timeout(CLOSE_WAIT, client.flush()).await;
+                return;
             }
+            End::ClientViolation(reason) => {
+                counters.bump_labeled(CLIENT_CLOSES, reason.label());
+                if *reason == CloseReason::TooBig {
+                    bump(&counters.oversize_messages);
+                }
+                let close = Message::Close(reason.frame());
+                let _ = runtime::timeout(CLOSE_WAIT, client.send(close)).await;
+                return;
+            }
+            _ => {}
+        }
+        let Some((code, error, reason)) = client_notice(end) else {
             return;
         };
         let notice = async {
@@ -382,8 +404,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// was not the client's doing) and the close reason. `None` when the client is gone.
 fn client_notice(end: &End) -> Option<(CloseCode, Option<String>, String)> {
     let (code, err_code, message) = match end {
-        End::ClientClosed | End::ClientGone => return None,
-        End::ClientOversize => (CloseCode::Size, None, "message too big".to_string()),
+        End::ClientClosed | End::ClientGone | End::ClientViolation(_) => return None,
         End::UpstreamClosed(frame) => {
             let (code, detail) = match frame {
                 Some((code, reason)) => (
