@@ -122,12 +122,13 @@ fn skip_ws(raw: &[u8], mut i: usize) -> usize {
 
 /// Index of the closing quote of the string whose contents start at `i`.
 fn string_end(raw: &[u8], mut i: usize) -> Option<usize> {
+    // memchr: a realtime audio delta is a 6 KB string; a byte loop spent ~2 µs on it.
     loop {
-        match raw.get(i)? {
-            b'"' => return Some(i),
-            b'\\' => i += 2,
-            _ => i += 1,
+        let at = i + memchr::memchr2(b'"', b'\\', raw.get(i..)?)?;
+        if raw[at] == b'"' {
+            return Some(at);
         }
+        i = at + 2;
     }
 }
 
