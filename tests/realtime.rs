@@ -667,3 +667,30 @@ fn a_client_message_over_the_limit_is_closed_with_1009_and_its_upstream_too() {
     });
     gw.stop();
 }
+
+#[test]
+fn a_silent_session_idles_out_with_an_error_and_1000() {
+    let up = mock();
+    let (gw, _usage) = gateway_for(&up, "idle_timeout_secs = 0.5", "");
+    let mut ws = session(gw.addr());
+    read_until(&mut ws, "session.created");
+    let started = Instant::now();
+    let events = read_until(&mut ws, "error");
+    assert_eq!(
+        events.last().unwrap()["error"]["code"].as_str(),
+        Some("session_idle_timeout")
+    );
+    let code = loop {
+        match ws.read() {
+            Ok(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, Some(1000));
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    wait_for("the upstream connection to close", || {
+        up.stats().connections_open == 0
+    });
+    gw.stop();
+}
