@@ -198,6 +198,7 @@ fn usage_record(c: &mut Criterion) {
         status: "completed".to_string(),
         instance: "gw-1".to_string(),
         shard: 0,
+        realtime: None,
     };
     let json = sonic_rs::to_vec(&record).expect("usage record serializes");
     let back: UsageRecord = sonic_rs::from_slice(&json).expect("and parses back");

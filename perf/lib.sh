@@ -113,7 +113,7 @@ gw_metrics() {
 
 # ---- the side-by-side runner -------------------------------------------------------------------
 # Scenario knobs (set before parse_common; options override): ROUNDS CONNS SECS PAYLOAD SHARDS RATE
-# WARMUP CHAIN WIRE (ws|http) NAME IDLE (idle sessions for the RSS probe, 0: skip) HOLD
+# WARMUP CHAIN WIRE (ws|http|realtime) NAME IDLE (idle sessions for the RSS probe, 0: skip) HOLD
 # IDLE_TURNS (turns each probe session runs before it idles), LOAD_EXTRA
 # (more `shardgate load` options), TARGETS (subset of "direct nginx shardgate"), and the hook
 # `mock_round_script` (prints a mock script JSON to post after each reset, or nothing).
@@ -158,7 +158,11 @@ parse_common() {
 
 # The URL and key of a target on the scenario's wire.
 target_url() {
+  local realtime="/v1/realtime?model=gpt-realtime"
   case "$1:$WIRE" in
+    direct:realtime) echo "ws://127.0.0.1:$MOCK_PORT$realtime" ;;
+    nginx:realtime) echo "ws://127.0.0.1:$NGINX_PORT$realtime" ;;
+    shardgate:realtime) echo "ws://127.0.0.1:$GW_PORT$realtime" ;;
     direct:ws) echo "$MOCK_URL" ;; direct:http) echo "$MOCK_HTTP_URL" ;;
     nginx:ws) echo "$NGINX_URL" ;; nginx:http) echo "$NGINX_HTTP_URL" ;;
     shardgate:ws) echo "$GW_URL" ;; shardgate:http) echo "$GW_HTTP_URL" ;;
@@ -229,7 +233,7 @@ r["relay_peak_rss_kib"] = int(rss)
 # this stats request's are counted ($control of them), and are not upstream connections.
 r["mock"] = {
     "upstream_conns": m["connections_total"] - int(control),
-    "upstream_turns": m["ws_turns_total"] + m["http_turns_total"],
+    "upstream_turns": m["ws_turns_total"] + m["http_turns_total"] + m.get("realtime_responses_total", 0),
     "ws_connections": m["ws_connections_total"],
     "faults": m["faults"],
     "close_codes_sent": m["close_codes_sent"],

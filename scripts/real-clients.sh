@@ -11,9 +11,11 @@
 #   7. Codex CLI running a real tool call (`exec_command`, emitted by the mock's `tool=`
 #      directive), then `exec resume --last` (ws);
 #   8. openai-python: a store=false tool-call round trip, then new WebSocket connections that
-#      continue the chain by previous_response_id, each on the same upstream connection (ws).
+#      continue the chain by previous_response_id, each on the same upstream connection (ws);
 #   9. the README's quick-start Python snippet and its Codex provider entry, as written (only the
-#      address is this run's): the text between the `real-clients: ... begin/end` markers.
+#      address is this run's): the text between the `real-clients: ... begin/end` markers;
+#  10. openai-python `client.realtime.connect()`: a text turn and an audio turn over
+#      `/v1/realtime`, each billed by one `realtime` usage record with upstream's counts (ws).
 # Each check asserts on the mock's own counters. Installs the clients if missing, into
 # target/real-clients/ (pip --target and an npm prefix; nothing global: not the system Python,
 # not ~/.cache or ~/.npm). The last line is `real-clients: N passed, M failed`.
@@ -212,6 +214,19 @@ python_http_upstream() {
     expect http_turns_total -eq $((http + 2)) && expect http_generate_rejected_total -eq 0
 }
 
+python_realtime() {
+  local sessions; sessions=$(field realtime_sessions_total)
+  local records; records=$(grep -c '"request_type":"realtime"' "$work/usage-$gw_port.jsonl" 2>/dev/null)
+  python3 scripts/real_clients/python_realtime.py "http://127.0.0.1:$gw_port/v1" sk-gw-real &&
+    expect realtime_sessions_total -eq $((sessions + 1)) && expect realtime_responses_total -ge 2 || return 1
+  # Both responses are billed (the file sink fsyncs within 200 ms).
+  for _ in $(seq 1 50); do
+    [[ $(grep -c '"request_type":"realtime"' "$work/usage-$gw_port.jsonl" 2>/dev/null) -ge $((records + 2)) ]] && return 0
+    sleep 0.1
+  done
+  echo "no realtime usage records for the two responses"; return 1
+}
+
 check "README quick-start Python snippet, as written" readme_python
 check "openai-python responses.connect() (WebSocket)" python_ws
 check "openai-python responses.create stream and non-stream (POST, WS pool)" python_http_ws_pool
@@ -221,6 +236,7 @@ check "Codex CLI over WebSocket, HTTP upstream (warm-ups answered by the gateway
 check "openai-python stream and non-stream, HTTP upstream" python_http_upstream
 check "Codex CLI tool call, then exec resume --last" codex_tool_then_resume
 check "openai-python store=false tool round trip, then reconnects continuing the chain" python_ws_reconnect
+check "openai-python realtime.connect(): a text turn and an audio turn" python_realtime
 
 check "no key in the mock's view or the gateway logs" bash -c "
   curl -fsS http://127.0.0.1:$mock_port/_mock/stats | python3 -c '

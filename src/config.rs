@@ -410,8 +410,17 @@ impl Endpoint {
 
     /// The WebSocket URL of the Responses endpoint.
     pub fn responses_ws_url(&self) -> String {
+        self.ws_url("responses")
+    }
+
+    /// The WebSocket URL of the Realtime endpoint (without its query).
+    pub fn realtime_ws_url(&self) -> String {
+        self.ws_url("realtime")
+    }
+
+    fn ws_url(&self, resource: &str) -> String {
         let scheme = if self.tls { "wss" } else { "ws" };
-        format!("{scheme}://{}{}/responses", self.authority(), self.path)
+        format!("{scheme}://{}{}/{resource}", self.authority(), self.path)
     }
 }
 

@@ -39,6 +39,9 @@ pub enum Wire {
     WebSocket,
     /// HTTP: one `POST` with `"stream": true` per turn, events as SSE (`http://`).
     Sse,
+    /// The Realtime API (`ws://…/realtime?model=…`): per turn, the input as audio appends, a
+    /// commit and `response.create`, read up to `response.done`.
+    Realtime,
 }
 
 impl Wire {
@@ -47,6 +50,7 @@ impl Wire {
         match self {
             Wire::WebSocket => "websocket",
             Wire::Sse => "sse",
+            Wire::Realtime => "realtime",
         }
     }
 }
@@ -99,6 +103,10 @@ impl Target {
                 host: host_port,
                 source: std::io::Error::other("no address"),
             })?;
+        let wire = match wire {
+            Wire::WebSocket if uri.path().ends_with("/realtime") => Wire::Realtime,
+            other => other,
+        };
         let authority = uri
             .authority()
             .map_or_else(|| host.to_string(), |a| a.as_str().to_string());
@@ -203,6 +211,12 @@ impl LoadConfig {
         }
         if self.turn_timeout.is_zero() {
             return range("--turn-timeout-secs", "must be positive");
+        }
+        if self.target.wire == Wire::Realtime && (self.warmup || self.chain) {
+            return range(
+                "--warmup/--store-false-chain",
+                "a realtime session has no warm-ups and no previous_response_id",
+            );
         }
         if self.target.wire == Wire::Sse && (self.warmup || self.chain) {
             return range(

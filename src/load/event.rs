@@ -31,6 +31,9 @@ pub struct ResponseRef {
     /// The error of a failed response.
     #[serde(default)]
     pub error: Option<ErrorRef>,
+    /// The status of a realtime `response.done`.
+    #[serde(default)]
+    pub status: Option<String>,
 }
 
 /// The parts of an error object read here.
@@ -73,6 +76,13 @@ impl Event {
                     .unwrap_or_else(|| "response.failed".to_string()),
             )),
             "response.incomplete" => Some(Terminal::Failed("response.incomplete".to_string())),
+            // Realtime: a response ends with `response.done`, whatever its status.
+            "response.done" => match self.response.as_ref().and_then(|r| r.status.as_deref()) {
+                None | Some("completed") => Some(Terminal::Completed(
+                    self.response.as_ref().and_then(|r| r.id.clone()),
+                )),
+                Some(other) => Some(Terminal::Failed(format!("response.done_{other}"))),
+            },
             "response.cancelled" => Some(Terminal::Failed("response.cancelled".to_string())),
             "error" => Some(Terminal::Failed(code(self.error.as_ref()).unwrap_or_else(
                 || match self.status {
@@ -122,6 +132,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.terminal(), Some(Terminal::Failed("server_error".into())));
+        let e = Event::parse(
+            r#"{"type":"response.done","response":{"id":"resp_9","status":"completed"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            e.terminal(),
+            Some(Terminal::Completed(Some("resp_9".into())))
+        );
+        let e =
+            Event::parse(r#"{"type":"response.done","response":{"status":"cancelled"}}"#).unwrap();
+        assert_eq!(
+            e.terminal(),
+            Some(Terminal::Failed("response.done_cancelled".into()))
+        );
         assert!(Event::parse("[1,2]").is_none());
     }
 }

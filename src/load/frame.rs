@@ -1,4 +1,4 @@
-//! The `response.create` frames a session sends.
+//! The `response.create` frames a session sends (and a realtime turn's events).
 
 use serde::Serialize;
 
@@ -17,6 +17,8 @@ pub struct FrameSpec<'a> {
     pub pad_to: usize,
     /// `true` for an HTTP request body: no `type`, and `"stream": true`.
     pub http: bool,
+    /// `true` for a realtime turn ([`realtime_turn`]; `pad_to` is its input audio bytes).
+    pub realtime: bool,
 }
 
 #[derive(Serialize)]
@@ -84,6 +86,33 @@ pub fn build(spec: &FrameSpec<'_>) -> Result<String, sonic_rs::Error> {
     serialize(spec, &text)
 }
 
+/// Bytes of audio per `input_audio_buffer.append`: 100 ms of 24 kHz PCM16, the size of the audio
+/// deltas the mock answers with.
+pub const REALTIME_AUDIO_CHUNK: usize = 4800;
+
+/// A realtime turn's events: the text as a user item (asking the mock for one audio delta per
+/// chunk appended, so the audio is as large both ways), `audio_bytes` of input audio in
+/// [`REALTIME_AUDIO_CHUNK`] appends (at least one), the commit, and `response.create` for
+/// audio out.
+pub fn realtime_turn(text: &str, audio_bytes: usize) -> Result<Vec<String>, sonic_rs::Error> {
+    use base64::Engine as _;
+    let chunks = audio_bytes.div_ceil(REALTIME_AUDIO_CHUNK).max(1);
+    let item = sonic_rs::json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+        "content": [{"type": "input_text", "text": format!("{text} [[rt:chunks={chunks}]]")}]}});
+    let audio = base64::engine::general_purpose::STANDARD.encode(vec![0u8; REALTIME_AUDIO_CHUNK]);
+    let append = sonic_rs::to_string(
+        &sonic_rs::json!({"type": "input_audio_buffer.append", "audio": audio}),
+    )?;
+    let mut out = Vec::with_capacity(chunks + 3);
+    out.push(sonic_rs::to_string(&item)?);
+    out.extend(std::iter::repeat_n(append, chunks));
+    out.push(r#"{"type":"input_audio_buffer.commit"}"#.to_string());
+    out.push(
+        r#"{"type":"response.create","response":{"output_modalities":["audio"]}}"#.to_string(),
+    );
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,7 +125,19 @@ mod tests {
             warmup,
             pad_to,
             http: false,
+            realtime: false,
         }
+    }
+
+    #[test]
+    fn a_realtime_turn_appends_its_audio_in_chunks_then_asks_for_audio() {
+        let events = realtime_turn("hi", 3 * REALTIME_AUDIO_CHUNK - 1).unwrap();
+        assert_eq!(events.len(), 6);
+        assert!(events[0].contains("[[rt:chunks=3]]"));
+        assert!(events[1..4]
+            .iter()
+            .all(|e| e.contains(r#""type":"input_audio_buffer.append""#)));
+        assert!(events[5].contains("response.create"));
     }
 
     #[test]

@@ -81,7 +81,9 @@ pub fn run(config: LoadConfig) -> Result<Report, RunError> {
                     let state = state.clone();
                     runtime::spawn_local_handle(async move {
                         match state.config.target.wire {
-                            Wire::WebSocket => session::<WsTransport>(id, &state).await,
+                            Wire::WebSocket | Wire::Realtime => {
+                                session::<WsTransport>(id, &state).await
+                            }
                             Wire::Sse => session::<SseTransport>(id, &state).await,
                         }
                     })

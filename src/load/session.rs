@@ -49,15 +49,17 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Sends `frame` and reads events up to the terminal one. `Err` carries the error key.
+/// Sends `frames` and reads events up to the terminal one. `Err` carries the error key.
 async fn exchange<T: Transport>(
     conn: &mut T,
-    frame: String,
+    frames: Vec<String>,
     state: &ThreadState,
 ) -> Result<Exchange, String> {
     let start = Instant::now();
     let run = async {
-        conn.send(frame).await.map_err(|e| e.key())?;
+        for frame in frames {
+            conn.send(frame).await.map_err(|e| e.key())?;
+        }
         let mut ttft = None;
         loop {
             let text = conn.recv().await.map_err(|e| e.key())?;
@@ -95,8 +97,13 @@ async fn exchange<T: Transport>(
         .unwrap_or_else(|| Err("turn_timeout".to_string()))
 }
 
-fn build(spec: &FrameSpec<'_>) -> Result<String, String> {
-    frame::build(spec).map_err(|_| "frame_build".to_string())
+fn build(spec: &FrameSpec<'_>) -> Result<Vec<String>, String> {
+    let built = if spec.realtime {
+        frame::realtime_turn(spec.text, spec.pad_to)
+    } else {
+        frame::build(spec).map(|f| vec![f])
+    };
+    built.map_err(|_| "frame_build".to_string())
 }
 
 /// One turn: the optional warm-up, then the turn itself. Returns the id to chain from.
@@ -115,6 +122,7 @@ async fn turn<T: Transport>(
         warmup: false,
         pad_to: config.payload_bytes,
         http: config.target.wire == Wire::Sse,
+        realtime: config.target.wire == Wire::Realtime,
     };
     if config.warmup {
         let warm = exchange(

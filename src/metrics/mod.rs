@@ -64,6 +64,13 @@ hists! {
     DialWs => "dial_ws",
     /// TCP connect + TLS of a new HTTP upstream connection.
     DialHttp => "dial_http",
+    /// Gateway-added latency per relayed realtime event, client to upstream: client frame
+    /// read → upstream write done.
+    RealtimeAddedUp => "realtime_added_up",
+    /// The same, upstream to client: upstream frame read → client write done.
+    RealtimeAddedDown => "realtime_added_down",
+    /// Realtime session duration: upgrade → both sides closed.
+    RealtimeSession => "realtime_session",
 }
 
 /// A fresh histogram with the gateway's bounds: 1 µs .. 1 h, 3 significant digits.

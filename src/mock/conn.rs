@@ -10,7 +10,7 @@ use super::errors::ApiError;
 use super::http::{self, Reader};
 use super::rest::{self, Next};
 use super::state::{ConnState, Shared};
-use super::{control, ws};
+use super::{control, realtime, ws};
 use crate::runtime::TcpStream;
 
 /// Time a client gets to finish the TLS handshake.
@@ -49,13 +49,19 @@ where
                 return;
             }
         };
-        if ws::is_upgrade(&head) && head.path.ends_with("/responses") {
+        let is_realtime = realtime::is_realtime(&head);
+        if ws::is_upgrade(&head) && (is_realtime || head.path.ends_with("/responses")) {
             match ws::decide(&head, shared) {
                 ws::Handshake::Accept(key) => {
                     let answer = ws::accept_response(&key);
                     if reader.stream().write_all(answer.as_bytes()).await.is_err()
                         || reader.stream().flush().await.is_err()
                     {
+                        return;
+                    }
+                    if is_realtime {
+                        let (stream, read_ahead) = reader.into_parts();
+                        realtime::session(stream, read_ahead, shared, &head).await;
                         return;
                     }
                     conn.id(shared);

@@ -65,6 +65,8 @@ pub struct Head {
     pub method: String,
     /// The path without its query string.
     pub path: String,
+    /// The query string, when there is one.
+    pub query: Option<String>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Headers in order, names lower-cased.
@@ -213,6 +215,7 @@ fn parse_head(data: &[u8]) -> Result<Option<(Head, usize)>, HttpError> {
     let head = Head {
         method: req.method.unwrap_or("GET").to_string(),
         path: target.split('?').next().unwrap_or(target).to_string(),
+        query: target.split_once('?').map(|(_, q)| q.to_string()),
         minor_version: req.version.unwrap_or(1),
         headers: req
             .headers

@@ -14,6 +14,7 @@
 //! - `http`: request heads and bodies, response writing.
 //! - `ws`: the WebSocket handshake and session loop.
 //! - `rest`: `POST …/responses` (JSON and SSE).
+//! - `realtime`: `GET …/realtime` sessions (the Realtime API, GA and beta shapes).
 //! - `control`: the `/_mock/*` endpoints.
 //! - `request`, `directives`, `events`, `turn`: one turn, from request to event sequence.
 //! - `errors`: OpenAI-style error events and bodies.
@@ -31,6 +32,7 @@ mod errors;
 mod events;
 mod handle;
 mod http;
+mod realtime;
 mod request;
 mod rest;
 mod script;

@@ -50,6 +50,16 @@ pub struct MockStats {
     pub last_http_body: String,
     /// Faults injected by directives, by kind (`error`, `close`, `drop`, `stall`, `oversize`, …).
     pub faults: BTreeMap<String, u64>,
+    /// Realtime sessions accepted (`GET …/realtime` upgrades).
+    pub realtime_sessions_total: u64,
+    /// Realtime client events received, by `type`.
+    pub realtime_client_events: BTreeMap<String, u64>,
+    /// Realtime responses played to their `response.done`.
+    pub realtime_responses_total: u64,
+    /// Realtime responses whose `response.done` carried no usage (`[[rt:no_usage]]`).
+    pub realtime_responses_without_usage: u64,
+    /// Decoded bytes of input audio received (`input_audio_buffer.append`).
+    pub realtime_audio_bytes_received: u64,
     /// The latest WebSocket frames received (at most [`RECENT_FRAMES`], oldest first, each cut
     /// to [`RECENT_FRAME_BYTES`]): what the gateway sent upstream, for tests of its rewrites.
     pub recent_ws_frames: Vec<String>,

@@ -10,6 +10,7 @@ pub(crate) mod fields;
 pub mod http1;
 pub mod json_depth;
 pub(crate) mod lazy;
+pub mod realtime;
 pub mod redact;
 pub mod sse;
 pub mod upstream_event;

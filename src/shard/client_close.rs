@@ -67,7 +67,7 @@ impl CloseReason {
     }
 
     /// The close frame the gateway sends (none for an echo: tungstenite queued the reply).
-    fn frame(self) -> Option<CloseFrame> {
+    pub fn frame(self) -> Option<CloseFrame> {
         let (code, reason) = match self {
             CloseReason::Echo => return None,
             CloseReason::ProtocolError => (CloseCode::Protocol, "protocol error"),

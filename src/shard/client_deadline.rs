@@ -37,17 +37,23 @@ impl<'a, S: ClientSink> WriteDeadline<'a, S> {
     }
 }
 
-/// Runs `write`, giving up after `limit` once it has to wait.
-async fn within(
+/// Runs `write`, giving up (`None`) after `limit` once it has to wait: a write that completes
+/// at its first poll arms no timer (and allocates nothing for one).
+pub(crate) async fn deadline<F: Future>(limit: Duration, write: F) -> Option<F::Output> {
+    let mut write = std::pin::pin!(write);
+    if let Some(done) = futures_lite::future::poll_once(&mut write).await {
+        return Some(done);
+    }
+    runtime::timeout(limit, write).await
+}
+
+/// Runs a client write under [`deadline`]; a timeout counts and logs the client as gone.
+pub(crate) async fn within(
     limit: Duration,
     counters: &ShardCounters,
     write: impl Future<Output = Result<(), Gone>>,
 ) -> Result<(), Gone> {
-    let mut write = std::pin::pin!(write);
-    if let Some(done) = futures_lite::future::poll_once(&mut write).await {
-        return done;
-    }
-    match runtime::timeout(limit, write).await {
+    match deadline(limit, write).await {
         Some(done) => done,
         None => {
             bump(&counters.client_write_timeouts);

@@ -103,6 +103,17 @@ shard_counters! {
     warmup_chains_merged,
     /// `POST /v1/responses` bodies refused (malformed, too large).
     http_body_errors,
+    /// Realtime sessions started (upstream connected, client upgraded).
+    realtime_sessions,
+    /// Realtime events relayed client → upstream.
+    realtime_events_up,
+    /// Realtime events relayed upstream → client.
+    realtime_events_down,
+    /// Realtime usage records with the counts upstream reported in `response.done`.
+    realtime_usage_reported,
+    /// Realtime usage records the gateway estimated (no usage from upstream, or the session
+    /// ended mid-response).
+    realtime_usage_estimated,
 }
 
 /// Adds one to a counter.

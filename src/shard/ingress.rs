@@ -18,6 +18,7 @@ use super::handoff::PrefixedStream;
 use super::http_front::{self, After};
 use super::http_head::{self, HeadError, RequestHead};
 use super::models;
+use super::realtime;
 use super::session::{self, ClientWs, Session};
 use super::Shard;
 
@@ -165,6 +166,14 @@ async fn route(
                 .await,
             )
         }
+        ("GET", p) if realtime::is_realtime_path(p) => {
+            if let Some(refusal) = upgrade_framing(&head) {
+                return refuse_request(shard, stream, refusal).await;
+            }
+            // Boxed: a realtime session's future is large and lives only on this path.
+            Box::pin(realtime::serve(shard, stream, head, std::mem::take(buf))).await;
+            Routed::Done
+        }
         ("POST", p) if is_responses_path(p) => {
             let identity = match check_client(shard, &head) {
                 Ok(id) => id,
@@ -208,11 +217,22 @@ async fn route(
 }
 
 /// An error to answer before closing, with its extra headers.
-type Refusal = (GatewayError, &'static [(&'static str, &'static str)]);
+pub(super) type Refusal = (GatewayError, &'static [(&'static str, &'static str)]);
 
 /// Checks the client key (and refuses keys in the query string); the error and its extra headers
 /// otherwise.
 fn check_client(shard: &Shard, head: &RequestHead) -> Result<ClientIdentity, Refusal> {
+    let key = presented_key(head.header("authorization"), head.header("x-api-key"));
+    check_client_key(shard, head, key)
+}
+
+/// As [`check_client`], with the key already taken from the request (a realtime client may
+/// present it as a WebSocket subprotocol).
+pub(super) fn check_client_key(
+    shard: &Shard,
+    head: &RequestHead,
+    key: Option<&[u8]>,
+) -> Result<ClientIdentity, Refusal> {
     if let Some(q) = &head.query {
         if q.split('&').any(|kv| {
             let k = kv.split('=').next().unwrap_or("");
@@ -228,9 +248,7 @@ fn check_client(shard: &Shard, head: &RequestHead) -> Result<ClientIdentity, Ref
             return Err((err, &[]));
         }
     }
-    match presented_key(head.header("authorization"), head.header("x-api-key"))
-        .and_then(|k| shard.auth.authenticate(k))
-    {
+    match key.and_then(|k| shard.auth.authenticate(k)) {
         Some(id) => Ok(id),
         None => {
             bump(&shard.counters.auth_failures);
@@ -246,7 +264,7 @@ fn check_client(shard: &Shard, head: &RequestHead) -> Result<ClientIdentity, Ref
 }
 
 /// The client headers passed on to upstream.
-fn forwarded(head: &RequestHead) -> Vec<(HeaderName, HeaderValue)> {
+pub(super) fn forwarded(head: &RequestHead) -> Vec<(HeaderName, HeaderValue)> {
     head.headers
         .iter()
         .filter(|(n, _)| is_forwarded_header(n))
@@ -259,12 +277,20 @@ fn forwarded(head: &RequestHead) -> Vec<(HeaderName, HeaderValue)> {
         .collect()
 }
 
-async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> Routed {
+/// Why a WebSocket upgrade request cannot be one: over HTTP/1.0, or with a body.
+fn upgrade_framing(head: &RequestHead) -> Option<http_head::Refusal> {
     if head.http10 {
-        return refuse_request(shard, stream, http_head::Refusal::UpgradeHttp10).await;
+        return Some(http_head::Refusal::UpgradeHttp10);
     }
     if head.body != Framing::Length(0) {
-        return refuse_request(shard, stream, http_head::Refusal::UpgradeWithBody).await;
+        return Some(http_head::Refusal::UpgradeWithBody);
+    }
+    None
+}
+
+async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> Routed {
+    if let Some(refusal) = upgrade_framing(&head) {
+        return refuse_request(shard, stream, refusal).await;
     }
     let identity = match check_client(shard, &head) {
         Ok(id) => id,

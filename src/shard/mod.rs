@@ -20,6 +20,7 @@ pub mod models;
 pub mod normalizer;
 pub mod pool;
 pub mod preempt;
+pub mod realtime;
 pub mod recovery;
 pub mod relay;
 pub mod retry;

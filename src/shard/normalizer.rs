@@ -301,7 +301,8 @@ fn previous_edit(
 }
 
 /// Maps the upstream model back to the client's in a lifecycle event (`response.created`,
-/// terminal events): the `model` field of the event and of its `response` object, found by
+/// terminal events, realtime `session.*`): the `model` field of the event and of its `response`
+/// (or `session`) object, found by
 /// walking the JSON structure (so whitespace, key order and escapes do not matter), is replaced
 /// when it names the upstream model. `None` when there is nothing to replace.
 pub fn map_back(event: &[u8], rewrite: &Rewrite) -> Option<Vec<u8>> {
@@ -330,7 +331,7 @@ pub fn map_back(event: &[u8], rewrite: &Rewrite) -> Option<Vec<u8>> {
 }
 
 /// Ranges (in `event`) of the `model` values of `object` that name `upstream`; with `nested`,
-/// also those of its `response` object.
+/// also those of its `response` object (or, in a realtime `session.*` event, its `session`).
 fn model_spans(
     event: &[u8],
     object: &[u8],
@@ -341,7 +342,7 @@ fn model_spans(
     for (key, value) in fields(object) {
         match key {
             b"model" if names(value, upstream) => out.extend(range_of(event, value)),
-            b"response" if nested => model_spans(event, value, upstream, false, out),
+            b"response" | b"session" if nested => model_spans(event, value, upstream, false, out),
             _ => {}
         }
     }
@@ -392,6 +393,12 @@ mod tests {
             br#"{"type":"response.completed","response":{"id":"r","model":"gpt-5"}}"#
         );
         assert!(map_back(br#"{"type":"response.output_text.delta"}"#, &rw).is_none());
+        let session = br#"{"type":"session.created","session":{"id":"s","model":"gpt-5-2026"}}"#;
+        assert_eq!(
+            map_back(session, &rw).unwrap(),
+            br#"{"type":"session.created","session":{"id":"s","model":"gpt-5"}}"#,
+            "a realtime session event"
+        );
     }
 
     #[test]

@@ -232,6 +232,17 @@ impl Pool {
             self.open.set(self.open.get() + 1);
             return self.dial_counted(forward).await;
         }
+        match self.wait_grant().await? {
+            Grant::Conn(conn) => {
+                bump(&self.counters.reused);
+                Ok(self.lease(*conn, true))
+            }
+            Grant::Dial => self.dial_counted(forward).await,
+        }
+    }
+
+    /// Waits in the bounded queue for capacity to free up.
+    async fn wait_grant(&self) -> Result<Grant, AcquireError> {
         if self.waiters.borrow().len() >= self.max_waiters {
             bump(&self.counters.queue_rejections);
             return Err(AcquireError::QueueFull);
@@ -239,16 +250,37 @@ impl Pool {
         let (tx, rx) = oneshot::channel();
         self.waiters.borrow_mut().push_back(tx);
         match runtime::timeout(self.config.acquire_timeout, rx).await {
-            Some(Ok(Grant::Conn(conn))) => {
-                bump(&self.counters.reused);
-                Ok(self.lease(*conn, true))
-            }
-            Some(Ok(Grant::Dial)) => self.dial_counted(forward).await,
+            Some(Ok(grant)) => Ok(grant),
             Some(Err(_)) | None => {
                 bump(&self.counters.acquire_timeouts);
                 Err(AcquireError::Timeout)
             }
         }
+    }
+
+    /// Takes one budget slot for a connection that lives outside the pool (a realtime session's
+    /// own upstream WebSocket, never pooled): under budget at once; else by closing an idle
+    /// pooled connection; else through the wait queue like [`Pool::acquire`]. The slot counts
+    /// in [`Pool::open`] and [`Pool::load`] until the returned guard drops.
+    pub async fn reserve_dedicated(self: &Rc<Self>) -> Result<DedicatedSlot, AcquireError> {
+        let slot = || DedicatedSlot { pool: self.clone() };
+        if self.open.get() < self.budget {
+            self.open.set(self.open.get() + 1);
+            return Ok(slot());
+        }
+        if self.pop_idle().is_some() {
+            // The idle connection is closed; its slot passes to the caller.
+            bump(&self.counters.discarded);
+            return Ok(slot());
+        }
+        if self.open.get() < self.budget {
+            // Expired idle connections were closed on the way.
+            self.open.set(self.open.get() + 1);
+            return Ok(slot());
+        }
+        // A granted connection is closed and its slot kept; a granted dial is a slot.
+        self.wait_grant().await?;
+        Ok(slot())
     }
 
     /// Leases the idle connection `id`, if it is on the idle stack and not too old: a chained
@@ -437,6 +469,25 @@ impl Pool {
             }
         }
         self.open.set(self.open.get() - 1);
+    }
+}
+
+/// A budget slot of a pool held by a connection outside it (see [`Pool::reserve_dedicated`]);
+/// dropping it frees the slot for the pool's waiters.
+pub struct DedicatedSlot {
+    pool: Rc<Pool>,
+}
+
+impl DedicatedSlot {
+    /// The pool whose budget it counts against.
+    pub fn pool(&self) -> &Rc<Pool> {
+        &self.pool
+    }
+}
+
+impl Drop for DedicatedSlot {
+    fn drop(&mut self) {
+        self.pool.slot_freed();
     }
 }
 

@@ -327,6 +327,8 @@ impl Driver {
             RequestType::Ws => bump(&counters.requests_ws),
             RequestType::Stream => bump(&counters.requests_stream),
             RequestType::Sync => bump(&counters.requests_sync),
+            // Realtime sessions have their own relay and never run a turn.
+            RequestType::Realtime => {}
         }
         let depends_on_connection =
             parsed.is_store_disabled() && parsed.previous_response_id.is_some();
@@ -1131,6 +1133,7 @@ impl Driver {
             status: f.kind.as_str().to_string(),
             instance: shard.config.state.instance.clone(),
             shard: shard.id,
+            realtime: None,
         };
         shard.submit_usage(Box::new(record));
     }

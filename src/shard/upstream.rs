@@ -299,7 +299,8 @@ fn handshake_request(
         .map_err(|e| DialError::Handshake(e.to_string()))
 }
 
-fn classify_handshake_error(e: WsError) -> DialError {
+/// A failed WebSocket handshake, told by step and status.
+pub(super) fn classify_handshake_error(e: WsError) -> DialError {
     match e {
         WsError::Http(response) => {
             let retry_after = response

@@ -23,6 +23,8 @@ pub enum RequestType {
     Stream,
     /// `POST /v1/responses` without streaming.
     Sync,
+    /// One response of a `/v1/realtime` session.
+    Realtime,
 }
 
 impl RequestType {
@@ -32,6 +34,7 @@ impl RequestType {
             RequestType::Ws => "ws",
             RequestType::Stream => "stream",
             RequestType::Sync => "sync",
+            RequestType::Realtime => "realtime",
         }
     }
 }
@@ -68,6 +71,28 @@ pub struct UsageRecord {
     pub instance: String,
     /// Shard that served the turn.
     pub shard: usize,
+    /// Realtime responses only: the session and the counts by modality.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub realtime: Option<RealtimeUsage>,
+}
+
+/// What a realtime response's record adds: which session it belongs to, its tokens by modality,
+/// and whether the counts were reported by upstream or estimated by the gateway (upstream sent
+/// no usage, or the session ended before the response did).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealtimeUsage {
+    /// The realtime session id (upstream's `sess_…`, else the gateway's own).
+    pub session_id: String,
+    /// Input text tokens.
+    pub input_text_tokens: u64,
+    /// Input audio tokens.
+    pub input_audio_tokens: u64,
+    /// Output text tokens.
+    pub output_text_tokens: u64,
+    /// Output audio tokens.
+    pub output_audio_tokens: u64,
+    /// `true` when the gateway estimated the counts.
+    pub estimated: bool,
 }
 
 #[cfg(test)]
@@ -89,6 +114,7 @@ impl UsageRecord {
             status: "completed".into(),
             instance: "i".into(),
             shard: 0,
+            realtime: None,
         }
     }
 }

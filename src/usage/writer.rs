@@ -72,7 +72,7 @@ pub struct UsageWriter {
     backoff: Duration,
     stats: UsageStats,
     /// Records by request type and by terminal status.
-    by_type: [u64; 3],
+    by_type: [u64; 4],
     by_status: std::collections::BTreeMap<String, u64>,
 }
 
@@ -118,7 +118,7 @@ impl UsageWriter {
             retry_at: None,
             backoff: BACKOFF_MIN,
             stats: UsageStats::default(),
-            by_type: [0; 3],
+            by_type: [0; 4],
             by_status: std::collections::BTreeMap::new(),
         }
     }
@@ -196,10 +196,15 @@ impl UsageWriter {
 
     /// Records by request type (`usage_by_type`) and terminal status (`usage_by_status`).
     pub fn labeled(&self) -> LabeledMap {
-        let types = [RequestType::Ws, RequestType::Stream, RequestType::Sync]
-            .into_iter()
-            .map(|t| (t.as_str().to_string(), self.by_type[t as usize]))
-            .collect();
+        let types = [
+            RequestType::Ws,
+            RequestType::Stream,
+            RequestType::Sync,
+            RequestType::Realtime,
+        ]
+        .into_iter()
+        .map(|t| (t.as_str().to_string(), self.by_type[t as usize]))
+        .collect();
         let mut out = LabeledMap::new();
         out.insert("usage_by_type".into(), types);
         out.insert("usage_by_status".into(), self.by_status.clone());
