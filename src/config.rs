@@ -145,6 +145,18 @@ pub struct ServerConfig {
     pub stats_window: Duration,
     /// On shutdown, how long shards wait for in-flight turns before stopping anyway.
     pub drain_timeout: Duration,
+    /// TLS on the client listener (`tls_cert` + `tls_key`); `None` = plain HTTP.
+    pub tls: Option<ListenerTls>,
+}
+
+/// The PEM files of the client listener's TLS certificate chain and private key. Read at start
+/// and again on every reload, so a certificate rotated in place takes effect on `SIGHUP`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[upstream]`: how the gateway talks to the accounts.
@@ -474,6 +486,8 @@ struct RawServer {
     stats_interval_ms: Option<u64>,
     stats_window_secs: Option<f64>,
     drain_timeout_secs: Option<f64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -689,6 +703,16 @@ impl Config {
             stats_interval: millis("server.stats_interval_ms", s.stats_interval_ms, 1_000)?,
             stats_window: secs("server.stats_window_secs", s.stats_window_secs, 60.0)?,
             drain_timeout: secs("server.drain_timeout_secs", s.drain_timeout_secs, 30.0)?,
+            tls: match (s.tls_cert, s.tls_key) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => Some(ListenerTls { cert, key }),
+                (Some(_), None) => {
+                    return Err(invalid("server.tls_key", "required with server.tls_cert"))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid("server.tls_cert", "required with server.tls_key"))
+                }
+            },
         };
 
         let u = raw.upstream;
@@ -980,6 +1004,20 @@ mod tests {
             c.accounts[0].endpoint.responses_ws_url(),
             "ws://127.0.0.1:9000/v1/responses"
         );
+    }
+
+    #[test]
+    fn listener_tls_needs_both_files() {
+        assert_eq!(Config::parse(MINIMAL, &no_env).unwrap().server.tls, None);
+        let both = format!("[server]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n{MINIMAL}");
+        let tls = Config::parse(&both, &no_env).unwrap().server.tls.unwrap();
+        assert_eq!((tls.cert, tls.key), ("/c.pem".into(), "/k.pem".into()));
+        let cert_only = format!("[server]\ntls_cert = \"/c.pem\"\n{MINIMAL}");
+        let err = Config::parse(&cert_only, &no_env).unwrap_err().to_string();
+        assert!(err.contains("server.tls_key"), "{err}");
+        let key_only = format!("[server]\ntls_key = \"/k.pem\"\n{MINIMAL}");
+        let err = Config::parse(&key_only, &no_env).unwrap_err().to_string();
+        assert!(err.contains("server.tls_cert"), "{err}");
     }
 
     #[test]

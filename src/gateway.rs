@@ -28,6 +28,9 @@ pub enum StartError {
     /// Another gateway already serves the listen address.
     #[error(transparent)]
     Claim(#[from] ListenLockError),
+    /// The client listener's TLS certificate or key did not load.
+    #[error(transparent)]
+    ListenerTls(#[from] crate::net::tls_server::ListenerTlsError),
     /// A shard could not be prepared (TLS setup of an account).
     #[error("shard setup failed: {0}")]
     Setup(String),
@@ -63,7 +66,7 @@ impl Gateway {
                 "auth kind not known to support WebSocket mode: this account's requests go over HTTP/SSE"
             );
         }
-        let live = Arc::new(LiveSettings::new(&config));
+        let live = Arc::new(LiveSettings::new(&config)?);
         let current = Mutex::new(config.clone());
         let config = Arc::new(config);
         let shards = config.server.shards;

@@ -123,8 +123,13 @@ fn serve(config: Config, path: Option<&Path>) -> anyhow::Result<()> {
     // Installed before the banner: a SIGTERM sent as soon as the address is printed drains.
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("installing signal handlers")?;
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let gateway = Gateway::start(config).context("starting the gateway")?;
-    println!("shardgate listening on http://{}/v1", gateway.addr());
+    println!("shardgate listening on {scheme}://{}/v1", gateway.addr());
     tracing::info!(addr = %gateway.addr(), shards, accounts, "gateway started");
     for sig in signals.forever() {
         if sig == SIGHUP {
@@ -216,6 +221,13 @@ fn main() -> ExitCode {
         } => shardgate::stats::client::run(&socket, watch, json).map_err(anyhow::Error::from),
         Command::CheckConfig { config } => Config::load(&config)
             .with_context(|| format!("loading {}", config.display()))
+            .and_then(|c| {
+                // The listener's certificate and key are checked as a start would.
+                if let Some(files) = &c.server.tls {
+                    shardgate::net::tls_server::server_config(files)?;
+                }
+                Ok(c)
+            })
             .map(|c| {
                 println!(
                     "config ok: {} shard(s), {} client key(s), {} account(s)",

@@ -2,13 +2,16 @@
 //! switches and the client keys. `[upstream] force_http` and each account's `transport` are read
 //! by the shards on every attempt from [`LiveSettings`], so an operator can move traffic off
 //! WebSocket (and back) without dropping a session; `[[client_keys]]` is replaced whole for the
-//! next request (a session under a key that is gone is refused at its next turn). Every other setting needs a restart; a
+//! next request (a session under a key that is gone is refused at its next turn). The client
+//! listener's TLS certificate and key are read again on every reload and serve the connections
+//! accepted from then on (open sessions keep theirs). Every other setting needs a restart; a
 //! reload names the sections it left alone instead of half-applying them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::{Config, Transport};
+use crate::net::tls_server::{self, ListenerTlsError, SharedListenerTls};
 use crate::shard::auth::SharedKeys;
 
 /// The settings shards read live. Shared by every shard; written only by a reload.
@@ -18,12 +21,18 @@ pub struct LiveSettings {
     account_http: Box<[AtomicBool]>,
     /// The client key table.
     pub keys: Arc<SharedKeys>,
+    /// The client listener's TLS configuration, when it speaks TLS.
+    pub tls: Option<Arc<SharedListenerTls>>,
 }
 
 impl LiveSettings {
-    /// The settings as `config` sets them.
-    pub fn new(config: &Config) -> LiveSettings {
-        LiveSettings {
+    /// The settings as `config` sets them; fails when its listener TLS files do not load.
+    pub fn new(config: &Config) -> Result<LiveSettings, ListenerTlsError> {
+        let tls = match &config.server.tls {
+            Some(files) => Some(Arc::new(SharedListenerTls::load(files)?)),
+            None => None,
+        };
+        Ok(LiveSettings {
             force_http: AtomicBool::new(config.upstream.force_http),
             account_http: config
                 .accounts
@@ -31,7 +40,8 @@ impl LiveSettings {
                 .map(|a| AtomicBool::new(a.transport == Transport::Http))
                 .collect(),
             keys: Arc::new(SharedKeys::new(&config.client_keys)),
-        }
+            tls,
+        })
     }
 
     /// `true` when account `index`'s requests must go over HTTP/SSE by configuration (its own
@@ -60,6 +70,9 @@ pub enum ReloadError {
     /// pools and budgets).
     #[error("the account list changed (ids or order); restart to apply it")]
     AccountsChanged,
+    /// The listener's new certificate or key did not load; the one in force stays.
+    #[error(transparent)]
+    ListenerTls(#[from] ListenerTlsError),
 }
 
 /// What a reload did.
@@ -87,7 +100,17 @@ pub fn apply(
     if !same_accounts {
         return Err(ReloadError::AccountsChanged);
     }
+    // Loaded before anything is applied, so a bad file refuses the reload whole. Turning TLS on
+    // or off needs a restart (the `server` section is reported as such).
+    let tls = match (&live.tls, &new.server.tls, &current.server.tls) {
+        (Some(shared), Some(files), Some(_)) => Some((shared, tls_server::server_config(files)?)),
+        _ => None,
+    };
     let mut report = ReloadReport::default();
+    if let Some((shared, config)) = tls {
+        shared.replace(config);
+        report.applied.push("server.tls_cert".into());
+    }
     if current.upstream.force_http != new.upstream.force_http {
         report
             .applied
@@ -153,6 +176,9 @@ fn copy_live(dst: &mut Config, src: &Config) {
         d.transport = s.transport;
     }
     dst.client_keys = src.client_keys.clone();
+    if dst.server.tls.is_some() && src.server.tls.is_some() {
+        dst.server.tls = src.server.tls.clone();
+    }
 }
 
 /// The sections of `new` that differ from `current` beyond the live settings.
@@ -199,7 +225,7 @@ mod tests {
     #[test]
     fn switches_follow_the_reloaded_config_and_other_changes_are_named() {
         let mut current = config(false, "ws", 1);
-        let switches = LiveSettings::new(&current);
+        let switches = LiveSettings::new(&current).unwrap();
         assert!(!switches.account_forced_http(0) && !switches.account_forced_http(1));
 
         let report = apply(&mut current, &config(false, "http", 2), &switches).unwrap();
@@ -231,7 +257,7 @@ mod tests {
     #[test]
     fn a_changed_account_list_is_refused_whole() {
         let mut current = config(false, "ws", 1);
-        let switches = LiveSettings::new(&current);
+        let switches = LiveSettings::new(&current).unwrap();
         let mut fewer = config(true, "http", 1);
         fewer.accounts.pop();
         assert!(matches!(
@@ -247,7 +273,7 @@ mod tests {
         use crate::config::{ClientKey, Secret};
         use crate::shard::auth::ShardKeys;
         let mut current = config(false, "ws", 1);
-        let live = LiveSettings::new(&current);
+        let live = LiveSettings::new(&current).unwrap();
         let shard = ShardKeys::new(live.keys.clone());
         assert!(shard.authenticate(b"sk-gw").is_some());
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use shardgate::net::ClientStream;
 use shardgate::runtime::{self, BoundListener};
 use shardgate::shard::handoff::{self, HandedConn, HandoffError};
 
@@ -29,7 +30,8 @@ fn connection_with_read_bytes_is_resumed_on_the_other_shard() {
         let mut stream = runtime::accept(&listener).await.expect("accept");
         let mut head = vec![0u8; 6];
         stream.read_exact(&mut head).await.expect("read head");
-        let Ok(conn) = HandedConn::new(stream, head, Meta { from_shard: 0 }) else {
+        let Ok(conn) = HandedConn::new(ClientStream::Plain(stream), head, Meta { from_shard: 0 })
+        else {
             panic!("detach failed");
         };
         match handoff.send(0, conn) {
@@ -127,7 +129,7 @@ fn a_full_owner_channel_gives_the_connection_back_to_serve_locally() {
             let mut stream = runtime::accept(&listener).await.expect("accept");
             let mut head = vec![0u8; 2];
             stream.read_exact(&mut head).await.expect("read head");
-            let Ok(conn) = HandedConn::new(stream, head, ()) else {
+            let Ok(conn) = HandedConn::new(ClientStream::Plain(stream), head, ()) else {
                 panic!("detach failed");
             };
             match handoff.send(1, conn) {

@@ -19,9 +19,9 @@ use std::task::{Context, Poll};
 
 use futures_lite::AsyncRead;
 
+use crate::net::ClientStream;
 use crate::runtime::{
-    self, ShardReceiver, ShardSendError, ShardSender, TcpStream, UnboundShardReceiver,
-    UnboundShardSender,
+    self, ShardReceiver, ShardSendError, ShardSender, UnboundShardReceiver, UnboundShardSender,
 };
 
 /// Connections that may wait in one shard-to-shard channel.
@@ -38,13 +38,32 @@ pub struct HandedConn<M> {
 impl<M> HandedConn<M> {
     /// Detaches `stream` from this shard; `prefix` holds the bytes already read from it, in
     /// order, that the owner must see first. On failure everything comes back, so the caller
-    /// serves the connection itself.
-    pub fn new(stream: TcpStream, prefix: Vec<u8>, meta: M) -> Result<Self, Box<DetachFailed<M>>> {
-        match runtime::detach_stream(stream) {
+    /// serves the connection itself. A TLS connection never detaches: its TLS state lives in
+    /// this shard's memory, and the socket alone would be garbage to another shard.
+    pub fn new(
+        stream: ClientStream,
+        prefix: Vec<u8>,
+        meta: M,
+    ) -> Result<Self, Box<DetachFailed<M>>> {
+        let tcp = match stream {
+            ClientStream::Plain(tcp) => tcp,
+            tls @ ClientStream::Tls(_) => {
+                return Err(Box::new(DetachFailed {
+                    error: io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "a TLS connection cannot move to another shard",
+                    ),
+                    stream: tls,
+                    prefix,
+                    meta,
+                }))
+            }
+        };
+        match runtime::detach_stream(tcp) {
             Ok(fd) => Ok(HandedConn { fd, prefix, meta }),
-            Err((error, stream)) => Err(Box::new(DetachFailed {
+            Err((error, tcp)) => Err(Box::new(DetachFailed {
                 error,
-                stream: *stream,
+                stream: ClientStream::Plain(*tcp),
                 prefix,
                 meta,
             })),
@@ -53,8 +72,8 @@ impl<M> HandedConn<M> {
 
     /// Adopts the connection on the current shard: the stream replays the prefix, then reads
     /// the socket. Also how a connection whose handoff failed is served where it is.
-    pub fn resume(self) -> (PrefixedStream<TcpStream>, M) {
-        let stream = runtime::adopt_stream(self.fd);
+    pub fn resume(self) -> (PrefixedStream<ClientStream>, M) {
+        let stream = ClientStream::Plain(runtime::adopt_stream(self.fd));
         (PrefixedStream::new(self.prefix, stream), self.meta)
     }
 }
@@ -73,7 +92,7 @@ pub struct DetachFailed<M> {
     /// Why (the descriptor could not be duplicated).
     pub error: io::Error,
     /// The connection, still on this shard.
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     /// The bytes already read.
     pub prefix: Vec<u8>,
     /// The metadata.
@@ -254,6 +273,11 @@ impl<S> PrefixedStream<S> {
         if let Some(record) = self.record.as_mut() {
             record.truncate(record.len().saturating_sub(bytes.len()));
         }
+    }
+
+    /// The wrapped stream.
+    pub fn inner(&self) -> &S {
+        &self.inner
     }
 
     /// Forgets the recording and records no more (the connection stays where it is).

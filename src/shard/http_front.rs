@@ -13,12 +13,13 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use http::{HeaderName, HeaderValue};
 use sonic_rs::JsonValueTrait;
 
+use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::http1::{BodyDecoder, Http1Error};
 use crate::protocol::lazy::range_of;
 use crate::protocol::sse::write_event;
 use crate::protocol::{ClientFrame, ClientFrameError};
-use crate::runtime::{self, TcpStream};
+use crate::runtime;
 use crate::usage::RequestType;
 
 use super::auth::ClientIdentity;
@@ -70,7 +71,7 @@ pub enum After {
 /// keeps whatever follows this request's body.
 pub async fn serve(
     shard: &Rc<Shard>,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     head: &RequestHead,
     buf: &mut Vec<u8>,
     identity: ClientIdentity,
@@ -193,7 +194,7 @@ fn to_frame(body: &[u8]) -> Bytes {
 /// Reads a request body framed as the head says (`Content-Length` or chunked), up to `limit`
 /// bytes.
 async fn read_body(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut Vec<u8>,
     head: &RequestHead,
     limit: usize,
@@ -221,7 +222,7 @@ async fn read_body(
     }
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), BodyError> {
+async fn fill(stream: &mut ClientStream, buf: &mut Vec<u8>) -> Result<(), BodyError> {
     let mut chunk = [0u8; 16 * 1024];
     match stream.read(&mut chunk).await {
         Ok(0) | Err(_) => Err(BodyError::Closed),
@@ -237,7 +238,7 @@ const MAX_PIPELINED: usize = 64 * 1024;
 
 /// Watches an HTTP client while its request runs: end of stream (or a socket error) means it
 /// left, so the turn stops at once. Bytes of a pipelined next request are kept in `inbuf`.
-async fn watch_client(stream: &mut TcpStream, inbuf: &mut Vec<u8>) -> ClientSignal {
+async fn watch_client(stream: &mut ClientStream, inbuf: &mut Vec<u8>) -> ClientSignal {
     let mut chunk = [0u8; 4096];
     while inbuf.len() < MAX_PIPELINED {
         match stream.read(&mut chunk).await {
@@ -259,7 +260,7 @@ async fn watch_client(stream: &mut TcpStream, inbuf: &mut Vec<u8>) -> ClientSign
 /// An HTTP/1.0 client gets no chunked encoding (RFC 9112 §6.1): the records go out as they are
 /// and the stream ends when the connection closes.
 struct SseSink<'a> {
-    stream: &'a mut TcpStream,
+    stream: &'a mut ClientStream,
     inbuf: &'a mut Vec<u8>,
     counters: &'a ShardCounters,
     /// [`CHUNK_ROOM`] bytes of room, then the SSE records not yet written.
@@ -278,7 +279,7 @@ const SSE_FLUSH_AT: usize = 64 * 1024;
 
 impl SseSink<'_> {
     fn new<'a>(
-        stream: &'a mut TcpStream,
+        stream: &'a mut ClientStream,
         inbuf: &'a mut Vec<u8>,
         counters: &'a ShardCounters,
         keep_alive: bool,
@@ -398,7 +399,7 @@ impl ClientSink for SseSink<'_> {
 
 /// Collects the final response object (or error) of a non-streaming request.
 struct JsonSink<'a> {
-    stream: &'a mut TcpStream,
+    stream: &'a mut ClientStream,
     inbuf: &'a mut Vec<u8>,
     /// The answer's status and body; a response object stays in the event it came in.
     result: Option<(u16, Utf8Bytes)>,

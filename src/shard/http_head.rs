@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
+use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::http1::Framing;
-use crate::runtime::{self, TcpStream};
+use crate::runtime;
 
 use super::counters::ShardCounters;
 
@@ -187,7 +188,7 @@ impl RequestHead {
 /// Reads one request head. `buf` carries bytes already read (pipelining, keep-alive); on success
 /// it holds whatever followed the head.
 pub async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut Vec<u8>,
     deadline: Duration,
 ) -> Result<RequestHead, HeadError> {
@@ -197,7 +198,7 @@ pub async fn read_head(
 }
 
 async fn read_head_inner(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut Vec<u8>,
 ) -> Result<RequestHead, HeadError> {
     loop {
@@ -340,7 +341,7 @@ fn reason(status: u16) -> &'static str {
 
 /// Writes a complete JSON response.
 pub async fn write_json(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     status: u16,
     body: &str,
     extra_headers: &[(&str, &str)],
@@ -376,8 +377,8 @@ const INLINE_BODY: usize = 16 * 1024;
 /// Ends a connection after an error answer: half-closes it, then reads and discards what the
 /// client still sends (bounded in time and bytes). Closing with unread bytes would reset the
 /// connection, and a reset can destroy the answer before the client reads it.
-pub async fn linger_close(stream: &mut TcpStream) {
-    if stream.shutdown(std::net::Shutdown::Write).await.is_err() {
+pub async fn linger_close(stream: &mut ClientStream) {
+    if stream.shutdown_write().await.is_err() {
         return;
     }
     // On the heap: this path is rare, and an array would size every connection task's future.
@@ -396,7 +397,7 @@ pub async fn linger_close(stream: &mut TcpStream) {
 
 /// Writes a gateway error as an OpenAI-style JSON response.
 pub async fn write_error(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     err: &GatewayError,
     extra_headers: &[(&str, &str)],
     keep_alive: bool,

@@ -8,6 +8,7 @@ use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use futures_lite::AsyncWriteExt;
 use http::{HeaderName, HeaderValue};
 
+use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::http1::Framing;
 use crate::runtime::TcpStream;
@@ -20,6 +21,7 @@ use super::http_head::{self, HeadError, RequestHead};
 use super::models;
 use super::realtime;
 use super::session::{self, ClientWs, Session};
+use super::tls_accept;
 use super::Shard;
 
 /// How long a client may take to send a request head.
@@ -48,7 +50,7 @@ fn models_path(path: &str) -> Option<Option<&str>> {
 /// Answers `GET /v1/models` (`id` = `None`) or `GET /v1/models/{id}` for `group`.
 async fn list_models(
     shard: &Shard,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     group: &str,
     id: Option<&str>,
     keep_alive: bool,
@@ -90,8 +92,12 @@ fn is_forwarded_header(name: &str) -> bool {
     ) || name.starts_with("x-codex-")
 }
 
-/// Serves one accepted connection until it is closed or upgraded.
-pub async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
+/// Serves one accepted connection until it is closed or upgraded (after the TLS handshake when
+/// the listener speaks TLS).
+pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
+    let Some(mut stream) = tls_accept::open(&shard, tcp, HEAD_TIMEOUT).await else {
+        return;
+    };
     let mut buf = Vec::new();
     loop {
         let head = match http_head::read_head(&mut stream, &mut buf, HEAD_TIMEOUT).await {
@@ -117,9 +123,10 @@ pub async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             Routed::Done => return,
             Routed::Upgrade(identity, forward) => {
                 // Recorded until the first frame says whether the session stays on this shard.
+                let tls = stream.is_tls();
                 let stream = PrefixedStream::recording(buf, stream);
                 let ws = session::client_ws(&shard, stream).await;
-                run_session(shard, ws, identity, forward).await;
+                run_session(shard, ws, identity, forward, tls).await;
                 return;
             }
         }
@@ -135,7 +142,7 @@ enum Routed {
 
 async fn route(
     shard: &Rc<Shard>,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     head: RequestHead,
     buf: &mut Vec<u8>,
 ) -> Routed {
@@ -288,7 +295,7 @@ fn upgrade_framing(head: &RequestHead) -> Option<http_head::Refusal> {
     None
 }
 
-async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -> Routed {
+async fn upgrade(shard: &Rc<Shard>, stream: &mut ClientStream, head: RequestHead) -> Routed {
     if let Some(refusal) = upgrade_framing(&head) {
         return refuse_request(shard, stream, refusal).await;
     }
@@ -347,7 +354,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead) -
 /// Counts, logs and answers a refused request; the connection then ends.
 async fn refuse_request(
     shard: &Shard,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     refusal: http_head::Refusal,
 ) -> Routed {
     bump(&shard.counters.bad_requests);
@@ -362,7 +369,7 @@ async fn refuse_request(
 }
 
 /// Answers with an error and ends the connection.
-async fn refuse(stream: &mut TcpStream, err: &GatewayError, headers: &[(&str, &str)]) -> Routed {
+async fn refuse(stream: &mut ClientStream, err: &GatewayError, headers: &[(&str, &str)]) -> Routed {
     let _ = http_head::write_error(stream, err, headers, false).await;
     Routed::Done
 }
@@ -372,10 +379,11 @@ async fn run_session(
     ws: ClientWs,
     identity: ClientIdentity,
     forward: Vec<(HeaderName, HeaderValue)>,
+    tls: bool,
 ) {
     bump(&shard.counters.sessions);
     let key_id = identity.key_id.clone();
-    Session::new(shard.clone(), ws, identity, forward)
+    Session::new(shard.clone(), ws, identity, forward, tls)
         .run()
         .await;
     shard.close_session(&key_id);

@@ -27,6 +27,7 @@ pub mod retry;
 pub mod scheduler;
 pub mod session;
 pub mod sticky;
+pub mod tls_accept;
 pub mod turn;
 pub mod upstream;
 pub mod usage_outbox;
@@ -40,6 +41,7 @@ use std::sync::Arc;
 use crate::config::{Config, UpstreamConfig};
 use crate::control::{ControlHandle, ShardMsg};
 use crate::metrics::{ShardMetrics, ShardSnapshot};
+use crate::net::tls_server::ShardListenerTls;
 use crate::reload::LiveSettings;
 use crate::runtime::{self, TcpListener};
 use crate::usage::UsageRecord;
@@ -76,6 +78,8 @@ pub struct Shard {
     pub sticky: sticky::Sticky,
     /// Settings a config reload may change while running (transport switches).
     pub live: Arc<LiveSettings>,
+    /// The listener's TLS acceptor when it speaks TLS (its certificate follows reloads).
+    pub listener_tls: Option<ShardListenerTls>,
     /// Senders of client sessions to the other shards (set once the handoff mesh is connected).
     pub handoff: OnceCell<SessionHandoff>,
     sessions_per_key: RefCell<HashMap<String, usize>>,
@@ -138,6 +142,7 @@ impl Shard {
             metrics: ShardMetrics::default(),
             sticky: sticky::Sticky::new(control.clone(), &config.state),
             auth: ShardKeys::new(live.keys.clone()),
+            listener_tls: live.tls.clone().map(ShardListenerTls::new),
             live,
             control,
             handoff: OnceCell::new(),

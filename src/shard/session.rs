@@ -22,10 +22,10 @@ use futures_lite::AsyncReadExt;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 
-use crate::net::FrameEdge;
+use crate::net::{ClientStream, FrameEdge};
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::ClientFrame;
-use crate::runtime::{self, TcpStream};
+use crate::runtime;
 use crate::usage::RequestType;
 
 use super::auth::ClientIdentity;
@@ -42,7 +42,7 @@ use super::Shard;
 /// The client side of a session: a WebSocket over the accepted socket, behind the bytes read
 /// with the upgrade request (or handed over with the connection), read in frames so that it
 /// can be rebuilt between turns ([`FrameEdge`]).
-pub type ClientWs = WebSocketStream<FrameEdge<PrefixedStream<TcpStream>>>;
+pub type ClientWs = WebSocketStream<FrameEdge<PrefixedStream<ClientStream>>>;
 
 /// What travels with a client connection handed to the shard that owns its chain: who the
 /// client is. The socket's bytes read so far (the first frame included) travel as the
@@ -56,7 +56,8 @@ pub struct HandedSession {
 pub type SessionHandoff = Handoff<HandedSession>;
 
 /// Labeled-counter family of handoffs: `sent`, `received`, `full`, `closed`, `no_such_shard`,
-/// `detach_failed` (the last four: served where accepted).
+/// `detach_failed`, `tls_local` (the last five: served where accepted; a TLS session is never
+/// handed over).
 const HANDOFF: &str = "handoff";
 
 /// One client session.
@@ -66,6 +67,8 @@ pub struct Session {
     driver: Driver,
     /// Handed over by (or kept after a failed handoff to) another shard: never handed again.
     handed_in: bool,
+    /// Over TLS: never handed to another shard (the TLS state cannot travel with the socket).
+    tls: bool,
     /// What the session waits for.
     wait: Wait,
     /// The key table generation its key was last checked against (see [`Session::key_holds`]).
@@ -124,7 +127,7 @@ async fn bare_wait(shard: &Shard, client: ClientWs, wait: Duration) -> (ClientWs
 /// back in front of the stream.
 async fn wait_for_bytes(
     shard: &Shard,
-    stream: &mut PrefixedStream<TcpStream>,
+    stream: &mut PrefixedStream<ClientStream>,
     wait: Duration,
 ) -> Woke {
     let mut first = [0u8; 16];
@@ -163,14 +166,18 @@ enum Served {
 /// messages are still read whole, in more reads.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
+fn stream_is_tls(stream: &PrefixedStream<ClientStream>) -> bool {
+    stream.inner().is_tls()
+}
+
 /// The client WebSocket over `stream`, with the server's message limits.
-pub async fn client_ws(shard: &Shard, stream: PrefixedStream<TcpStream>) -> ClientWs {
+pub async fn client_ws(shard: &Shard, stream: PrefixedStream<ClientStream>) -> ClientWs {
     ws_over(shard, FrameEdge::new(stream)).await
 }
 
 /// The client WebSocket over a stream already in use (between two messages), with fresh
 /// buffers.
-async fn ws_over(shard: &Shard, stream: FrameEdge<PrefixedStream<TcpStream>>) -> ClientWs {
+async fn ws_over(shard: &Shard, stream: FrameEdge<PrefixedStream<ClientStream>>) -> ClientWs {
     let limit = shard.config.server.max_message_bytes;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -191,6 +198,7 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
         shard: shard.clone(),
         client,
         handed_in: true,
+        tls: false,
         wait: Wait::First,
         keys_seen: shard.auth.generation(),
     };
@@ -199,14 +207,16 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
 }
 
 impl Session {
-    /// A session over an upgraded client socket.
+    /// A session over an upgraded client socket (`tls`: accepted on a TLS listener).
     pub fn new(
         shard: Rc<Shard>,
         client: ClientWs,
         identity: ClientIdentity,
         forward: Vec<(HeaderName, HeaderValue)>,
+        tls: bool,
     ) -> Self {
         Session {
+            tls,
             driver: Driver::new(shard.clone(), identity, forward, RequestType::Ws),
             keys_seen: shard.auth.generation(),
             shard,
@@ -320,6 +330,7 @@ impl Session {
             }
         };
         let (stream, _meta) = back;
+        let tls = stream_is_tls(&stream);
         let client = client_ws(&shard, stream).await;
         Err(Box::new(Session {
             keys_seen: shard.auth.generation(),
@@ -327,6 +338,7 @@ impl Session {
             client,
             driver,
             handed_in: true,
+            tls,
             wait: Wait::First,
         }))
     }
@@ -340,6 +352,10 @@ impl Session {
         let parsed = ClientFrame::parse(frame).ok()?;
         let previous = parsed.previous_response_id.as_deref()?;
         match self.driver.route(previous).await {
+            Affinity::OtherShard { .. } if self.tls => {
+                self.shard.counters.bump_labeled(HANDOFF, "tls_local");
+                None
+            }
             Affinity::OtherShard { shard, .. } => Some(shard),
             _ => None,
         }

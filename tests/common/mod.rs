@@ -498,7 +498,11 @@ pub fn start_binary_logging(
         .expect("banner");
     let addr = line
         .trim()
-        .strip_prefix("shardgate listening on http://")
+        .strip_prefix("shardgate listening on ")
+        .and_then(|a| {
+            a.strip_prefix("http://")
+                .or_else(|| a.strip_prefix("https://"))
+        })
         .and_then(|a| a.strip_suffix("/v1"))
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("unexpected banner {line:?}"));

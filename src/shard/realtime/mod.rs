@@ -30,8 +30,9 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::AsyncWriteExt;
 
 use crate::metrics::Hist;
+use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
-use crate::runtime::{self, TcpStream};
+use crate::runtime;
 
 use super::counters::bump;
 use super::handoff::PrefixedStream;
@@ -76,7 +77,7 @@ struct Connected {
 
 /// Serves one realtime upgrade request on `stream` (whose bytes read past the head are in
 /// `rest`) to the session's end.
-pub async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, head: RequestHead, rest: Vec<u8>) {
+pub async fn serve(shard: &Rc<Shard>, stream: &mut ClientStream, head: RequestHead, rest: Vec<u8>) {
     let req = match handshake::admit(shard, &head) {
         Ok(req) => req,
         Err((err, headers)) => {
