@@ -1,7 +1,8 @@
 //! TLS on the client listener, against the real binary over loopback: a WebSocket session and
 //! a `POST` work over TLS with ALPN `http/1.1`; rotating the certificate files and sending
 //! SIGHUP serves the new certificate to new connections while an open session goes on; a
-//! plain-HTTP client gets a clean refusal and the gateway keeps serving.
+//! plain-HTTP client gets a clean refusal and the gateway keeps serving; a TLS session is never
+//! handed to another shard.
 
 mod common;
 
@@ -268,5 +269,86 @@ fn missing_certificate_file_fails_the_start_naming_it() {
     assert!(
         err.contains("server.tls_cert") && err.contains("cert.pem"),
         "{err}"
+    );
+}
+
+/// The sum over shards of labeled counter `family{label}` in `/metrics`.
+fn labeled(admin: SocketAddr, family: &str, label: &str) -> u64 {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let prefix = format!("shardgate_{family}_total{{");
+    let needle = format!("label=\"{label}\"}}");
+    body_of(&out)
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The `id` of the response a turn's terminal event carries.
+fn ws_turn_id(ws: &mut tungstenite::WebSocket<TlsStream>, frame: &str) -> (String, String) {
+    use sonic_rs::JsonValueTrait;
+    ws.send(tungstenite::Message::text(frame)).unwrap();
+    loop {
+        if let tungstenite::Message::Text(t) = ws.read().unwrap() {
+            let v: sonic_rs::Value = sonic_rs::from_str(t.as_str()).unwrap();
+            let ty = event_type(&v);
+            if matches!(
+                ty.as_str(),
+                "response.completed" | "response.failed" | "error"
+            ) {
+                let id = v["response"]["id"]
+                    .as_str()
+                    .or(v["error"]["code"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                return (ty, id);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_tls_session_chained_to_another_shard_is_served_where_it_landed() {
+    let up = mock();
+    let dir = scratch_dir();
+    let cert = write_cert(&dir);
+    let text = config_text(&dir, &up.base_url()).replace(
+        "drain_timeout_secs = 2\n",
+        "drain_timeout_secs = 2\nadmin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n",
+    );
+    let gw = gateway(parse_config(&text));
+    let (addr, admin) = (gw.addr(), gw.admin_addr().unwrap());
+    // Connections spread over the two shards by their 4-tuple: some reconnections land on
+    // the shard that does not hold their chain's upstream connection.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while labeled(admin, "handoff", "tls_local") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no reconnection landed on the other shard"
+        );
+        let mut first = ws_over(tls_connect(addr, &[cert.clone()], &[]).unwrap(), addr);
+        let (ty, id) = ws_turn_id(&mut first, &create("gpt-5", "start", false, None));
+        assert_eq!(ty, "response.completed");
+        let _ = first.close(None);
+        while first.read().is_ok() {}
+        let mut next = ws_over(tls_connect(addr, &[cert.clone()], &[]).unwrap(), addr);
+        // On the owner's shard the chain goes on; on the other one its connection is out of
+        // reach (a TLS session cannot move), so upstream does not know the response.
+        let (ty, code) = ws_turn_id(&mut next, &create("gpt-5", "go on", false, Some(&id)));
+        assert!(
+            ty == "response.completed" || code == "previous_response_not_found",
+            "{ty} {code}"
+        );
+        let (ty, _) = ws_turn_id(&mut next, &create("gpt-5", "and on", false, None));
+        assert_eq!(ty, "response.completed", "and the session goes on");
+    }
+    assert_eq!(
+        labeled(admin, "handoff", "sent"),
+        0,
+        "a TLS session never moves"
     );
 }
