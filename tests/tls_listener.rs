@@ -122,13 +122,18 @@ fn websocket_and_post_over_tls_with_alpn_http11() {
     let cert = write_cert(&dir);
     let served = serve_binary(&config_text(&dir, &up.base_url()));
 
-    let stream = tls_connect(served.addr, &[cert.clone()], &[b"h2", b"http/1.1"]).unwrap();
+    let stream = tls_connect(
+        served.addr,
+        std::slice::from_ref(&cert),
+        &[b"h2", b"http/1.1"],
+    )
+    .unwrap();
     assert_eq!(stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     let mut ws = ws_over(stream, served.addr);
     assert_eq!(ws_turn(&mut ws, "hello"), "response.completed");
     assert_eq!(ws_turn(&mut ws, "again"), "response.completed");
 
-    let mut stream = tls_connect(served.addr, &[cert.clone()], &[b"http/1.1"]).unwrap();
+    let mut stream = tls_connect(served.addr, std::slice::from_ref(&cert), &[b"http/1.1"]).unwrap();
     let body = post_body("gpt-5", "hi", false);
     write!(
         stream,
@@ -141,6 +146,22 @@ fn websocket_and_post_over_tls_with_alpn_http11() {
     let _ = stream.read_to_string(&mut reply);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains("\"status\":\"completed\""), "{reply}");
+
+    // A streaming POST: SSE over TLS to its terminal event.
+    let mut stream = tls_connect(served.addr, std::slice::from_ref(&cert), &[]).unwrap();
+    let body = post_body("gpt-5", "hi", true);
+    write!(
+        stream,
+        "POST /v1/responses HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {CLIENT_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("text/event-stream"), "{reply}");
+    assert!(reply.contains("response.completed"), "{reply}");
 
     // A client that speaks only h2 finds no common protocol: refused in the handshake.
     assert!(tls_connect(served.addr, &[cert], &[b"h2"]).is_err());
@@ -159,7 +180,7 @@ fn sighup_serves_a_rotated_certificate_to_new_connections_and_open_sessions_go_o
         Some(&log),
     );
 
-    let stream = tls_connect(served.addr, &[old.clone()], &[b"http/1.1"]).unwrap();
+    let stream = tls_connect(served.addr, std::slice::from_ref(&old), &[b"http/1.1"]).unwrap();
     let mut open = ws_over(stream, served.addr);
     assert_eq!(ws_turn(&mut open, "before"), "response.completed");
 
@@ -330,12 +351,18 @@ fn a_tls_session_chained_to_another_shard_is_served_where_it_landed() {
             Instant::now() < deadline,
             "no reconnection landed on the other shard"
         );
-        let mut first = ws_over(tls_connect(addr, &[cert.clone()], &[]).unwrap(), addr);
+        let mut first = ws_over(
+            tls_connect(addr, std::slice::from_ref(&cert), &[]).unwrap(),
+            addr,
+        );
         let (ty, id) = ws_turn_id(&mut first, &create("gpt-5", "start", false, None));
         assert_eq!(ty, "response.completed");
         let _ = first.close(None);
         while first.read().is_ok() {}
-        let mut next = ws_over(tls_connect(addr, &[cert.clone()], &[]).unwrap(), addr);
+        let mut next = ws_over(
+            tls_connect(addr, std::slice::from_ref(&cert), &[]).unwrap(),
+            addr,
+        );
         // On the owner's shard the chain goes on; on the other one its connection is out of
         // reach (a TLS session cannot move), so upstream does not know the response.
         let (ty, code) = ws_turn_id(&mut next, &create("gpt-5", "go on", false, Some(&id)));
