@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures_rustls::rustls::server::ServerSessionMemoryCache;
 use futures_rustls::rustls::{self, ServerConfig};
 use futures_rustls::TlsAcceptor;
 use rustls_pki_types::pem::PemObject;
@@ -16,6 +17,9 @@ use crate::config::ListenerTls;
 
 /// The only application protocol the listener speaks: WebSocket upgrades and `POST`s are HTTP/1.1.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// TLS sessions each shard remembers for resumption (rustls's default for one server).
+const SESSION_CACHE_PER_SHARD: usize = 256;
 
 /// Why the listener's TLS configuration could not be built; names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -114,14 +118,19 @@ impl SharedListenerTls {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// The configuration in force, as the calling shard's own copy: with its own session cache
+    /// (rustls's default one is behind a mutex, which every shard's handshakes would share). A
+    /// client resuming on another shard gets a full handshake.
     fn current(&self) -> (u64, Arc<ServerConfig>) {
         let generation = self.generation.load(Ordering::Acquire);
-        let config = self
+        let shared = self
             .config
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        (generation, config)
+        let mut own = (*shared).clone();
+        own.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_PER_SHARD);
+        (generation, Arc::new(own))
     }
 }
 
@@ -213,8 +222,15 @@ mod tests {
             Arc::ptr_eq(&first, &shard.config()),
             "no reload: same config"
         );
+        let other = ShardListenerTls::new(shared.clone());
+        assert!(
+            !Arc::ptr_eq(&first.session_storage, &other.config().session_storage),
+            "each shard has its own session cache"
+        );
         let next = server_config(&write_pair(dir.path(), "b")).unwrap();
-        shared.replace(next.clone());
-        assert!(Arc::ptr_eq(&shard.config(), &next));
+        shared.replace(next);
+        let after = shard.config();
+        assert!(!Arc::ptr_eq(&first, &after), "a reload is picked up");
+        assert!(Arc::ptr_eq(&after, &shard.config()), "once");
     }
 }
