@@ -145,6 +145,9 @@ pub struct ServerConfig {
     pub stats_window: Duration,
     /// On shutdown, how long shards wait for in-flight turns before stopping anyway.
     pub drain_timeout: Duration,
+    /// How long a session waits for its next frame after a turn, and a pooled connection sits
+    /// unused, before either gives back its buffers (rests); tests set it low to see a rest soon.
+    pub rest_after: Duration,
     /// TLS on the client listener (`tls_cert` + `tls_key`); `None` = plain HTTP.
     pub tls: Option<ListenerTls>,
 }
@@ -488,6 +491,7 @@ struct RawServer {
     drain_timeout_secs: Option<f64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    rest_after_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -713,6 +717,7 @@ impl Config {
                     return Err(invalid("server.tls_cert", "required with server.tls_key"))
                 }
             },
+            rest_after: millis("server.rest_after_ms", s.rest_after_ms, 1_000)?,
         };
 
         let u = raw.upstream;
@@ -1064,6 +1069,18 @@ mod tests {
         }
         let text = format!("[server]\nidle_timeout_secs = 1e9\n{MINIMAL}");
         assert!(Config::parse(&text, &no_env).is_ok());
+    }
+
+    #[test]
+    fn rest_after_ms_defaults_to_a_second_and_refuses_zero() {
+        let c = Config::parse(MINIMAL, &no_env).unwrap();
+        assert_eq!(c.server.rest_after, Duration::from_secs(1));
+        let text = format!("[server]\nrest_after_ms = 25\n{MINIMAL}");
+        let c = Config::parse(&text, &no_env).unwrap();
+        assert_eq!(c.server.rest_after, Duration::from_millis(25));
+        let text = format!("[server]\nrest_after_ms = 0\n{MINIMAL}");
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("server.rest_after_ms"), "{err}");
     }
 
     #[test]

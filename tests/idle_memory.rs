@@ -116,20 +116,45 @@ fn open_idle(addr: SocketAddr, request: &[u8]) -> TcpStream {
     stream
 }
 
+/// How long a reading may wait for the sessions to settle (build their state, or rest after
+/// their turn `rest_after_ms` in): generous, the machine is shared; a passing reading waits only
+/// as long as the settling takes.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// The rest comes soon after a turn, so readings wait on it instead of sleeping past 1 s.
+const REST_SOON: &str = "rest_after_ms = 20";
+
+/// [`REST_SOON`] with an admin listener, to wait on the gateway's counters.
+fn rest_soon_with_admin() -> String {
+    format!("{REST_SOON}\nadmin_listen = \"127.0.0.1:0\"")
+}
+
+/// Waits until `at_least` sessions have rested (`sessions_rested`).
+fn wait_rested(admin: SocketAddr, at_least: u64) {
+    eventually(&format!("{at_least} session(s) rested"), SETTLE, || {
+        metric_total(admin, "sessions_rested") >= at_least
+    });
+}
+
 /// Heap held per session by `SESSIONS` more sessions set up by `open` (kept in `held`), read
-/// `settle` after the last one. At least the read buffer each, or they were not open.
+/// once `settled` holds (the sessions reached the state the reading is about, as the gateway
+/// counts it) and the reading is at most `bound` (or `SETTLE` passed). At least the read buffer
+/// each, or they were not open.
 fn heap_per_session(
     held: &mut Vec<TcpStream>,
-    settle: Duration,
+    bound: i64,
     at_least: i64,
+    settled: impl FnMut() -> bool,
     mut open: impl FnMut() -> TcpStream,
 ) -> i64 {
     let before = LIVE.load(Ordering::SeqCst);
     for _ in 0..SESSIONS {
         held.push(open());
     }
-    std::thread::sleep(settle);
-    let per_session = (LIVE.load(Ordering::SeqCst) - before) / SESSIONS as i64;
+    eventually("the sessions settled", SETTLE, settled);
+    let reading = || (LIVE.load(Ordering::SeqCst) - before) / SESSIONS as i64;
+    poll_until(SETTLE, || (at_least..=bound).contains(&reading()));
+    let per_session = reading();
     assert!(
         per_session >= at_least,
         "{per_session} bytes per session: less than {at_least}, the sessions were not open"
@@ -141,7 +166,12 @@ fn heap_per_session(
 fn an_idle_websocket_session_holds_little_more_than_its_task() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let up = mock();
-    let gw = gateway(config_accounts(&[up.base_url()], "", ""));
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        "admin_listen = \"127.0.0.1:0\"",
+        "",
+    ));
+    let admin = gw.admin_addr().expect("admin listener");
     let addr = gw.addr();
     let request = format!(
         "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-idle\r\n\r\n"
@@ -151,10 +181,12 @@ fn an_idle_websocket_session_holds_little_more_than_its_task() {
     for _ in 0..8 {
         held.push(open_idle(addr, request.as_bytes()));
     }
-    std::thread::sleep(Duration::from_millis(200));
+    let open = |n: u64| move || metric_total(admin, "sessions_open") >= n;
+    eventually("the first sessions are open", SETTLE, open(8));
 
-    // The 101 is written before the session builds its WebSocket; let the last ones settle.
-    let per_session = heap_per_session(&mut held, Duration::from_millis(200), TASK, || {
+    // The 101 is written before the session task starts; the reading waits for the last ones.
+    let settled = open((SESSIONS + 8) as u64);
+    let per_session = heap_per_session(&mut held, MAX_PER_SESSION, TASK, settled, || {
         open_idle(addr, request.as_bytes())
     });
     eprintln!("heap held per idle session: {per_session} bytes");
@@ -171,7 +203,12 @@ fn an_idle_websocket_session_holds_little_more_than_its_task() {
 fn a_session_between_turns_gives_back_the_buffers_its_turn_grew() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let up = mock();
-    let gw = gateway(config_accounts(&[up.base_url()], "", ""));
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        &rest_soon_with_admin(),
+        "",
+    ));
+    let admin = gw.admin_addr().expect("admin listener");
     let addr = gw.addr();
     let request = format!(
         "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-rested\r\n\r\n"
@@ -184,10 +221,14 @@ fn a_session_between_turns_gives_back_the_buffers_its_turn_grew() {
         let mut s = open_idle(addr, request.as_bytes());
         run_turn(&mut s, &frame);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    eventually("the first sessions ended", SETTLE, || {
+        metric_total(admin, "sessions_open") == 0
+    });
+    let rested_before = metric_total(admin, "sessions_rested");
 
-    // Sessions rebuild their WebSocket 1 s after a turn (`pool::REST_AFTER`).
-    let per_session = heap_per_session(&mut held, Duration::from_millis(1300), TASK, || {
+    // Sessions rebuild their WebSocket `rest_after_ms` after a turn.
+    let settled = || metric_total(admin, "sessions_rested") >= rested_before + SESSIONS as u64;
+    let per_session = heap_per_session(&mut held, MAX_PER_RESTED_SESSION, TASK, settled, || {
         let mut s = open_idle(addr, request.as_bytes());
         run_turn(&mut s, &frame);
         s
@@ -210,14 +251,19 @@ fn turns_still_run_after_pings_and_fragmented_frames_between_rebuilds() {
     use shardgate::tungstenite::Message;
 
     let up = mock();
-    let gw = gateway(config_accounts(&[up.base_url()], "", ""));
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        &rest_soon_with_admin(),
+        "",
+    ));
+    let admin = gw.admin_addr().expect("admin listener");
     let mut client = connect(gw.addr());
     let first = client.turn(&create("gpt-5", "one", true, None));
     assert_eq!(first.last_type(), "response.completed");
 
-    // Past `pool::REST_AFTER` the session rebuilds its WebSocket; then a ping (answered by
-    // the rebuilt one) and a frame in two fragments.
-    std::thread::sleep(Duration::from_millis(1200));
+    // Past `rest_after_ms` the session rebuilds its WebSocket; then a ping (answered by the
+    // rebuilt one) and a frame in two fragments.
+    wait_rested(admin, 1);
     client
         .ws
         .send(Message::Ping("between".into()))
@@ -295,8 +341,8 @@ fn the_rebuild_does_not_extend_the_idle_timeout() {
     assert_eq!(turn.last_type(), "response.completed");
     let idle_since = std::time::Instant::now();
     assert_eq!(client.expect_close(), Some(1000), "closed for idleness");
-    // 1.2 s idle timeout, counted from the end of the turn; the rebuild 1 s in does not
-    // restart it (that would close at 2.2 s).
+    // 1.2 s idle timeout, counted from the end of the turn; the rebuild 1 s in (the default
+    // `rest_after_ms`) does not restart it (that would close at 2.2 s).
     let waited = idle_since.elapsed();
     assert!(
         waited < Duration::from_millis(2000),
@@ -305,11 +351,42 @@ fn the_rebuild_does_not_extend_the_idle_timeout() {
     gw.stop();
 }
 
+#[test]
+fn rest_after_ms_sets_when_a_session_rests() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = mock();
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        "rest_after_ms = 600000\nadmin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 20",
+        "",
+    ));
+    let admin = gw.admin_addr().expect("admin listener");
+    let mut client = connect(gw.addr());
+    let turn = client.turn(&create("gpt-5", "one", true, None));
+    assert_eq!(turn.last_type(), "response.completed");
+    // Idle for longer than the default rest (1 s): the wait is the behaviour under test.
+    std::thread::sleep(Duration::from_millis(1500));
+    eventually("the turn was counted", SETTLE, || {
+        metric_total(admin, "turns_completed") >= 1
+    });
+    assert_eq!(
+        metric_total(admin, "sessions_rested"),
+        0,
+        "rested before the configured 10 minutes"
+    );
+    assert!(client
+        .ws
+        .send(shardgate::tungstenite::Message::Close(None))
+        .is_ok());
+    gw.stop();
+}
+
 /// One account with room for a leased connection per session.
 fn chained_config(base_url: &str) -> shardgate::config::Config {
     parse_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\n{}\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n\
          [[accounts]]\nid = \"acct-0\"\nbase_url = \"{base_url}\"\napi_key = \"sk-upstream-0\"\nmax_conns = {}\n",
+        rest_soon_with_admin(),
         SESSIONS + 16
     ))
 }
@@ -333,14 +410,22 @@ fn a_store_false_session_between_turns_gives_back_its_upstream_buffers_too() {
         run_turn(&mut s, &frame);
         held.push(s);
     }
-    std::thread::sleep(Duration::from_millis(1300));
+    let admin = gw.admin_addr().expect("admin listener");
+    wait_rested(admin, 8);
 
-    // Sessions rest 1 s after a turn (`pool::REST_AFTER`): client and upstream side.
-    let per_session = heap_per_session(&mut held, Duration::from_millis(1300), TASK, || {
-        let mut s = open_idle(addr, request.as_bytes());
-        run_turn(&mut s, &frame);
-        s
-    });
+    // Sessions rest `rest_after_ms` after a turn: client and upstream side.
+    let settled = || metric_total(admin, "sessions_rested") >= (SESSIONS + 8) as u64;
+    let per_session = heap_per_session(
+        &mut held,
+        MAX_PER_RESTED_CHAINED_SESSION,
+        TASK,
+        settled,
+        || {
+            let mut s = open_idle(addr, request.as_bytes());
+            run_turn(&mut s, &frame);
+            s
+        },
+    );
     eprintln!("heap held per store=false session between turns: {per_session} bytes");
     assert!(
         up.ws_connections_open() >= (SESSIONS + 8) as u64,
@@ -360,7 +445,12 @@ fn a_store_false_session_between_turns_gives_back_its_upstream_buffers_too() {
 fn a_chain_continues_on_its_upstream_connection_after_it_rested() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let up = mock();
-    let gw = gateway(config_accounts(&[up.base_url()], "", ""));
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        &rest_soon_with_admin(),
+        "",
+    ));
+    let admin = gw.admin_addr().expect("admin listener");
     let mut client = connect(gw.addr());
     let big = "y".repeat(30_000);
     let mut previous: Option<String> = None;
@@ -381,8 +471,8 @@ fn a_chain_continues_on_its_upstream_connection_after_it_rested() {
         }
         conn = on;
         previous = Some(id);
-        // Past `pool::REST_AFTER`: both WebSockets are rebuilt before the next turn.
-        std::thread::sleep(Duration::from_millis(1200));
+        // Past `rest_after_ms`: both WebSockets are rebuilt before the next turn.
+        wait_rested(admin, round + 1);
     }
     assert!(client
         .ws
@@ -401,11 +491,16 @@ fn an_idle_pooled_upstream_connection_gives_back_its_buffers() {
         "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-pooled\r\n\r\n"
     );
     let frame = text_frame(&create("gpt-5", &"x".repeat(30_000), false, None));
-    // One session grows the shard's maps and leaves one rested connection in the pool.
+    let admin = gw.admin_addr().expect("admin listener");
+    // One session grows the shard's maps and leaves one rested connection in the pool: it
+    // rests with its store=false connection, then ends.
     let mut warm = open_idle(addr, request.as_bytes());
     run_turn(&mut warm, &frame);
+    wait_rested(admin, 1);
     drop(warm);
-    std::thread::sleep(Duration::from_millis(1300));
+    eventually("the warm session ended", SETTLE, || {
+        metric_total(admin, "sessions_open") == 0
+    });
 
     let before = LIVE.load(Ordering::SeqCst);
     // Each session keeps its store=false connection leased (so each dials its own), then
@@ -419,11 +514,16 @@ fn an_idle_pooled_upstream_connection_gives_back_its_buffers() {
         sessions.push(s);
     }
     drop(sessions);
-    // The sessions end and give their connections back; the pool rests them 1 s later.
-    std::thread::sleep(Duration::from_millis(1600));
-    let after = LIVE.load(Ordering::SeqCst);
-
-    let per_conn = (after - before) / (POOLED - 1) as i64;
+    // The sessions end and give their connections back; the pool rests them `rest_after_ms`
+    // later.
+    eventually("the sessions ended", SETTLE, || {
+        metric_total(admin, "sessions_open") == 0
+    });
+    let reading = || (LIVE.load(Ordering::SeqCst) - before) / (POOLED - 1) as i64;
+    poll_until(SETTLE, || {
+        (1..=MAX_PER_RESTED_POOLED_CONN).contains(&reading())
+    });
+    let per_conn = reading();
     eprintln!("heap held per idle pooled upstream connection: {per_conn} bytes");
     assert!(
         per_conn > 0,

@@ -75,10 +75,17 @@ fn read_head(stream: &mut TcpStream) -> String {
 fn peak_of(turn: impl FnOnce(SocketAddr)) -> i64 {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let up = MockProcess::start();
-    let gw = gateway(config_for(&[up.base_url()], ""));
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "rest_after_ms = 20\nadmin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 20",
+    ));
+    let admin = gw.admin_addr().expect("admin listener");
     let mut warm = connect(gw.addr());
     warm.turn(&create("gpt-5", "warm", true, None));
-    std::thread::sleep(Duration::from_millis(100));
+    // The warm session rests (gives back the buffers its turn grew) before the reading.
+    eventually("the warm session rested", Duration::from_secs(20), || {
+        metric_total(admin, "sessions_rested") >= 1
+    });
     let before = LIVE.load(std::sync::atomic::Ordering::SeqCst);
     reset_peak();
     turn(gw.addr());

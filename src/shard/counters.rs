@@ -41,6 +41,9 @@ shard_counters! {
     session_cap_rejections,
     /// Sessions closed at their next turn because a reload removed or rotated their key.
     sessions_revoked,
+    /// Sessions that rested: no frame within `rest_after_ms` of a turn, so their buffers were
+    /// given back (a signal tests wait on instead of sleeping past the rest).
+    sessions_rested,
     /// Turns started.
     turns,
     /// Turns that ended with `response.completed`.

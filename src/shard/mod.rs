@@ -131,6 +131,7 @@ impl Shard {
                 budget,
                 upstream.clone(),
                 next_conn_id.clone(),
+                config.server.rest_after,
             )));
             groups.entry(account.group.clone()).or_default().push(i);
         }

@@ -28,8 +28,8 @@ use super::upstream::{self, DialError, UpstreamConn};
 /// session waits for its next frame after a turn before it rebuilds its client WebSocket (and
 /// rests a connection it holds). A session in an agent loop (tool output, next request) sends
 /// sooner and keeps its buffers; one waiting for a human gives them back. A connection in
-/// steady use is never rebuilt.
-pub(crate) const REST_AFTER: Duration = Duration::from_secs(1);
+/// steady use is never rebuilt. That wait is `[server] rest_after_ms` (`ServerConfig::rest_after`,
+/// 1 s by default), called `rest_after` below.
 
 /// The shortest wait between two rest sweeps of a pool, so that connections given back a few
 /// milliseconds apart are rested in one sweep.
@@ -101,6 +101,8 @@ pub struct Pool {
     http_in_flight: Cell<usize>,
     /// A task will rest the idle connections due ([`Pool::rest_idle`]).
     rest_armed: Cell<bool>,
+    /// How long a connection that carried a turn sits unused before it rests.
+    rest_after: Duration,
 }
 
 /// One HTTP request in flight on a pool (see [`Pool::http_request`]).
@@ -114,12 +116,14 @@ impl Drop for HttpInFlight {
 }
 
 impl Pool {
-    /// A pool allowed `budget` connections; `next_id` numbers connections across the shard.
+    /// A pool allowed `budget` connections; `next_id` numbers connections across the shard;
+    /// idle connections rest once unused for `rest_after`.
     pub fn new(
         account: Rc<AccountRuntime>,
         budget: usize,
         config: Rc<UpstreamConfig>,
         next_id: Rc<Cell<u64>>,
+        rest_after: Duration,
     ) -> Self {
         Pool {
             account,
@@ -137,6 +141,7 @@ impl Pool {
             ws_refused_until: Cell::new(None),
             http_in_flight: Cell::new(0),
             rest_armed: Cell::new(false),
+            rest_after,
         }
     }
 
@@ -371,7 +376,7 @@ impl Pool {
     }
 
     /// A clean connection comes back: to the first live waiter, else onto the idle stack, where
-    /// it rests once unused for [`REST_AFTER`].
+    /// it rests once unused for `rest_after`.
     fn give_back(self: &Rc<Self>, mut conn: UpstreamConn) {
         if conn.is_expired(self.config.max_conn_age) {
             bump(&self.counters.retired);
@@ -392,7 +397,7 @@ impl Pool {
         let grown = conn.grown();
         self.idle.borrow_mut().push(conn);
         if grown {
-            self.arm_rest(REST_AFTER);
+            self.arm_rest(self.rest_after);
         }
     }
 
@@ -411,8 +416,8 @@ impl Pool {
         });
     }
 
-    /// Rests every idle connection unused for [`REST_AFTER`] whose buffers may have grown, in
-    /// place on the idle stack; arms again for the next one due (or, after [`REST_AFTER`], for
+    /// Rests every idle connection unused for `rest_after` whose buffers may have grown, in
+    /// place on the idle stack; arms again for the next one due (or, after `rest_after`, for
     /// one whose flush could not complete).
     fn rest_idle(self: &Rc<Self>) {
         self.rest_armed.set(false);
@@ -425,14 +430,18 @@ impl Pool {
                 kept.push(conn);
                 continue;
             }
-            let due_in = REST_AFTER.saturating_sub(conn.idle_since.elapsed());
+            let due_in = self.rest_after.saturating_sub(conn.idle_since.elapsed());
             let mut conn = conn;
             if due_in.is_zero() && !conn.rest_now() {
                 closed += 1;
                 continue;
             }
             if conn.grown() {
-                let wait = if due_in.is_zero() { REST_AFTER } else { due_in };
+                let wait = if due_in.is_zero() {
+                    self.rest_after
+                } else {
+                    due_in
+                };
                 next = Some(next.map_or(wait, |n| n.min(wait)));
             }
             kept.push(conn);

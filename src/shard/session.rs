@@ -33,7 +33,6 @@ use super::client_close::{close_after_error, close_client, CloseReason};
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump, ShardCounters};
 use super::handoff::{HandedConn, Handoff, HandoffError, PrefixedStream};
-use super::pool::REST_AFTER;
 use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
 use super::sticky::Affinity;
 use super::turn::{Driver, TurnEnd};
@@ -80,7 +79,7 @@ pub struct Session {
 enum Wait {
     /// Its first frame, which may move it to another shard (`first_message_timeout`).
     First,
-    /// The next frame, right after a turn: within [`REST_AFTER`], else the client WebSocket is
+    /// The next frame, right after a turn: within `rest_after` (`[server] rest_after_ms`), else the client WebSocket is
     /// rebuilt (when it holds no unread bytes) and the session waits as [`Wait::Idle`].
     AfterTurn,
     /// The next frame, for the rest of the idle timeout.
@@ -156,7 +155,7 @@ enum Served {
     Closed,
     /// The first frame chains to a response whose connection is on shard `.0`.
     HandOff(usize),
-    /// No frame came within [`REST_AFTER`] of a turn and the client WebSocket holds no unread
+    /// No frame came within `rest_after` (`[server] rest_after_ms`) of a turn and the client WebSocket holds no unread
     /// bytes: it may be rebuilt.
     Rested,
 }
@@ -229,7 +228,7 @@ impl Session {
     /// Runs the session to its end (here, or on the shard its first frame's chain lives on).
     /// The upstream connection goes back to the pool only if the last turn ended cleanly.
     ///
-    /// Until its first frame, and once idle [`REST_AFTER`] after a turn, a session waits on the
+    /// Until its first frame, and once idle `rest_after` after a turn, a session waits on the
     /// bare socket ([`bare_wait`]) and builds a fresh client WebSocket when its client sends
     /// again: the read buffer grew to the largest frame of the turn (a 30 KiB Codex frame:
     /// 46 KiB) and the write buffer to the largest batch of events, and an idle session would
@@ -256,8 +255,9 @@ impl Session {
                         return;
                     }
                     Box::pin(self.driver.rest()).await;
+                    bump(&self.shard.counters.sessions_rested);
                     let cfg = &self.shard.config.server;
-                    let idle = cfg.idle_timeout.saturating_sub(REST_AFTER);
+                    let idle = cfg.idle_timeout.saturating_sub(cfg.rest_after);
                     let (client, woke) = Box::pin(bare_wait(&self.shard, self.client, idle)).await;
                     self.client = client;
                     if !self.woken(woke, CloseReason::IdleTimeout).await {
@@ -364,7 +364,7 @@ impl Session {
     async fn serve(&mut self) -> Served {
         let cfg = &self.shard.config.server;
         let (first_wait, idle_wait) = (cfg.first_message_timeout, cfg.idle_timeout);
-        let rest = REST_AFTER.min(idle_wait);
+        let rest = cfg.rest_after.min(idle_wait);
         loop {
             let first = matches!(self.wait, Wait::First);
             let frame = match self.wait {

@@ -18,6 +18,56 @@ pub const CLIENT_KEY: &str = "sk-gw-test";
 /// The account key every test account sends upstream.
 pub const ACCOUNT_KEY: &str = "sk-upstream-test";
 
+/// Polls `cond` with a short backoff (5 ms doubling to 100 ms) until it holds or `timeout`
+/// passes; `true` if it held. For a test that asserts with its own message afterwards.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Waits for a state the gateway or the mock reaches (a counter, a log line, a file's
+/// contents) instead of sleeping for a guessed time: polls `cond` until it holds, and panics
+/// naming `what` and the time waited if it does not within `timeout`. Timeouts are generous
+/// (the test machine is shared); a passing test waits only as long as the state takes.
+pub fn eventually(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    if !poll_until(timeout, cond) {
+        panic!("{what}: still not the case after {:?}", start.elapsed());
+    }
+}
+
+/// The body of `GET path` on a gateway's admin listener.
+pub fn admin_body(admin: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(admin).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("admin request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("admin reply");
+    body_of(&out).to_string()
+}
+
+/// The sum over shards of the gateway counter or gauge (`*_open`) `name` in `/metrics`
+/// (shards ship their counters every `stats_interval_ms`).
+pub fn metric_total(admin: SocketAddr, name: &str) -> u64 {
+    let counter = format!("shardgate_{name}_total{{shard=");
+    let gauge = format!("shardgate_{name}{{shard=");
+    admin_body(admin, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(&counter) || l.starts_with(&gauge))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Starts a mock upstream with defaults.
 pub fn mock() -> MockHandle {
     shardgate::mock::start(MockConfig::default()).expect("mock starts")
