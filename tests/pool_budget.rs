@@ -12,7 +12,8 @@ fn one_shard_two_conns(
     upstream: &str,
 ) -> shardgate::gateway::Gateway {
     gateway(parse_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\n[upstream]\n{upstream}\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\n[[accounts]]\nid = \"a\"\nbase_url = \"{}\"\napi_key = \"{ACCOUNT_KEY}\"\nmax_conns = 2\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\nadmin_listen = \"127.0.0.1:0\"\n\
+         stats_interval_ms = 20\n[upstream]\n{upstream}\n[[client_keys]]\nkey = \"{CLIENT_KEY}\"\n[[accounts]]\nid = \"a\"\nbase_url = \"{}\"\napi_key = \"{ACCOUNT_KEY}\"\nmax_conns = 2\n",
         up.base_url()
     )))
 }
@@ -30,7 +31,14 @@ fn waiter_gets_the_connection_a_finished_session_releases() {
         let mut c = connect(addr);
         c.turn(&create("gpt-5", "c", false, None))
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // c's turn waits in the queue before a's connection comes back, so what c gets is the
+    // hand-over (not an idle connection it would have found anyway).
+    let admin = gw.admin_addr().expect("admin listener");
+    eventually(
+        "session c waits for a connection",
+        Duration::from_secs(20),
+        || metric_total(admin, "acquire_waiters_len") == 1,
+    );
     assert_eq!(up.stats().connections_total, 2, "budget exceeded");
     drop(a); // session a ends cleanly: its connection goes to the waiter
     let tc = waiter.join().unwrap();

@@ -237,6 +237,8 @@ impl Shard {
         let mut counters = self.counters.values();
         counters.push(("turns_in_flight", self.in_flight.get() as u64));
         counters.push(("usage_outbox_len", self.usage_outbox.len() as u64));
+        let waiting: usize = self.pools.iter().map(|p| p.waiting()).sum();
+        counters.push(("acquire_waiters_len", waiting as u64));
         let snap = ShardSnapshot {
             shard: self.id,
             hists: self.metrics.take_interval(),

@@ -223,6 +223,12 @@ impl Pool {
         HttpInFlight(self.clone())
     }
 
+    /// Places taken in the wait queue (a waiter that gave up keeps its place until a connection
+    /// comes back): for the `acquire_waiters_len` gauge.
+    pub fn waiting(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+
     /// Leases a connection: an idle one if any, else a new dial under budget, else a place in the
     /// bounded wait queue.
     pub async fn acquire(
