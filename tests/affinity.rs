@@ -99,14 +99,10 @@ fn counter(admin: SocketAddr, name: &str) -> u64 {
 
 /// Waits (stats ship every 50 ms) until `family{label}` reaches `at_least`; returns its value.
 fn wait_labeled(admin: SocketAddr, family: &str, label: &str, at_least: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let v = labeled(admin, family, label);
-        if v >= at_least || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    poll_until(Duration::from_secs(20), || {
+        labeled(admin, family, label) >= at_least
+    });
+    labeled(admin, family, label)
 }
 
 /// The `previous_response_id` of a frame the mock received (`None` when absent or null).
@@ -250,7 +246,22 @@ fn a_stored_chain_started_on_one_host_continues_on_another_with_the_same_account
     let (served0, served1) = (m0.stats().ws_turns_total, m1.stats().ws_turns_total);
     assert!(served0 > 0 && served1 > 0, "both accounts took chains");
     // The bindings reach Redis through host a's control thread.
-    std::thread::sleep(Duration::from_millis(300));
+    let mut redis = redis::Client::open(shared_redis_url())
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(3)))
+        .expect("Redis is reachable for tests");
+    eventually(
+        "host a's bindings are in Redis",
+        Duration::from_secs(20),
+        || {
+            ids.iter().all(|id| {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{prefix}:*:resp:{id}"))
+                    .query(&mut redis)
+                    .unwrap_or_default();
+                !keys.is_empty()
+            })
+        },
+    );
     for prev in &ids {
         let mut b = connect(gw_b.addr);
         let t = b.turn(&create("gpt-5", "on host b", true, Some(prev)));
@@ -465,10 +476,9 @@ fn a_reconnect_after_leaving_mid_turn_is_told_to_resend_the_full_context() {
     ));
     let _ = c.ws.read().expect("the turn started");
     drop(c);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while counter(admin, "turns_client_gone") < 1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(Duration::from_secs(20), || {
+        counter(admin, "turns_client_gone") >= 1
+    });
     let mut again = connect(gw.addr());
     let t2 = again.turn(&create("gpt-5", "go on", false, Some(&prev)));
     assert_eq!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use shardgate::mock::MockHandle;
@@ -57,21 +57,19 @@ fn next_turn_went_http(client: &mut Client, up: &MockHandle) -> bool {
 fn reload_until(served: &Served, text: &str, client: &mut Client, up: &MockHandle, http: bool) {
     std::fs::write(&served.config_path, text).expect("rewrite config");
     served.signal(libc::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while next_turn_went_http(client, up) != http {
-        assert!(
-            Instant::now() < deadline,
-            "reload did not switch to http={http}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        &format!("reload switched to http={http}"),
+        Duration::from_secs(20),
+        || next_turn_went_http(client, up) == http,
+    );
 }
 
 #[test]
 fn sighup_flips_the_transport_switches_of_a_running_session() {
     let up = mock();
     let url = up.base_url();
-    let served = serve_binary(&config_text(&url, false, "ws", &["a0"]));
+    let log = scratch_file("gateway.log");
+    let served = serve_binary_logging(&config_text(&url, false, "ws", &["a0"]), Some(&log));
     let mut client = connect(served.addr);
     assert!(
         !next_turn_went_http(&mut client, &up),
@@ -110,11 +108,23 @@ fn sighup_flips_the_transport_switches_of_a_running_session() {
     )
     .unwrap();
     served.signal(libc::SIGHUP);
+    let refusals = |n: usize| {
+        let log = log.clone();
+        move || lines_containing(&log, "config reload refused") >= n
+    };
+    eventually(
+        "the first reload was refused",
+        Duration::from_secs(20),
+        refusals(1),
+    );
     // And a file that does not parse is refused too.
-    std::thread::sleep(Duration::from_millis(200));
     std::fs::write(&served.config_path, "[server\nbroken").unwrap();
     served.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(200));
+    eventually(
+        "the second reload was refused",
+        Duration::from_secs(20),
+        refusals(2),
+    );
     for _ in 0..3 {
         assert!(
             next_turn_went_http(&mut client, &up),
@@ -149,17 +159,12 @@ fn sighup_replaces_client_keys_and_sessions_under_a_removed_key_end_at_their_nex
     )
     .unwrap();
     served.signal(libc::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut added = loop {
-        if let Ok(c) = connect_with_key(served.addr, "sk-gw-added") {
-            break c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the added key was never accepted"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut added = None;
+    eventually("the added key is accepted", Duration::from_secs(20), || {
+        added = connect_with_key(served.addr, "sk-gw-added").ok();
+        added.is_some()
+    });
+    let mut added = added.expect("accepted above");
     assert!(
         connect_with_key(served.addr, CLIENT_KEY).is_err(),
         "the removed key is refused for new connections"

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::shared_redis_url;
+use common::{eventually, poll_until, shared_redis_url};
 use futures_channel::oneshot;
 use futures_lite::future::block_on;
 use shardgate::config::{Config, StateConfig};
@@ -160,6 +160,8 @@ fn embedded_entries_expire() {
     let sess = SessionKey::hash(b"s");
     put_turn(&mut svc, "g", "resp_x", binding(1), Some(sess), None);
     assert!(get_binding(&mut svc, "g", "resp_x").is_some());
+    // Outliving the 0.3 s TTL is the behaviour under test (the local store has no clock to
+    // wait on but its own).
     std::thread::sleep(Duration::from_millis(400));
     svc.tick(Instant::now());
     assert_eq!(get_binding(&mut svc, "g", "resp_x"), None);
@@ -273,9 +275,26 @@ fn redis_entries_expire() {
     put_turn(&mut svc, "g", "resp_t", binding(1), None, None);
     svc.tick(Instant::now());
     assert!(peek.get(&format!("{prefix}:g:resp:resp_t")).is_some());
-    std::thread::sleep(Duration::from_millis(700));
+    // Redis expires the key by itself.
+    poll_until(Duration::from_secs(20), || {
+        peek.get(&format!("{prefix}:g:resp:resp_t")).is_none()
+    });
     assert_eq!(peek.get(&format!("{prefix}:g:resp:resp_t")), None);
     assert_eq!(get_binding(&mut svc, "g", "resp_t"), None);
+}
+
+/// `true` if the Redis at `url` answers a PING within `timeout`.
+fn answers_ping(url: &str, timeout: Duration) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut con) = client.get_connection_with_timeout(timeout) else {
+        return false;
+    };
+    if con.set_read_timeout(Some(timeout)).is_err() {
+        return false;
+    }
+    redis::cmd("PING").query::<String>(&mut con).is_ok()
 }
 
 /// A redis-server of this test's own, on a free port, killed and restarted at will.
@@ -325,19 +344,12 @@ impl PrivateRedis {
             .spawn()
             .expect("redis-server is installed");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(200))
-                {
-                    if redis::cmd("PING").query::<String>(&mut con).is_ok() {
-                        return;
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("private redis-server did not come up on port {}", self.port);
+        let port = self.port;
+        eventually(
+            &format!("private redis-server up on port {port}"),
+            Duration::from_secs(20),
+            || answers_ping(&self.url(), Duration::from_millis(200)),
+        );
     }
 
     fn kill(&mut self) {
@@ -393,16 +405,11 @@ fn redis_killed_mid_run_serves_local_state_then_writes_resume() {
     server.restart();
     let mut peek = Peek::new(&url, "sg");
     let key = "sg:g:resp:resp_3";
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut written = false;
-    while !written && Instant::now() < deadline {
+    let written = poll_until(Duration::from_secs(20), || {
         put_turn(&mut svc, "g", "resp_3", binding(3), None, None);
         svc.tick(Instant::now());
-        written = peek.get(key).is_some();
-        if !written {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+        peek.get(key).is_some()
+    });
     assert!(written, "writes reach Redis again once it is back");
     assert!(stats.redis_connects.load(Ordering::Relaxed) >= 2);
 }
@@ -477,10 +484,9 @@ fn gateway_state_survives_redis_dying_and_says_so_in_its_counters() {
     .unwrap();
     written_rx.recv().unwrap();
     let mut peek = Peek::new(&url, &prefix);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while peek.get(&format!("{prefix}:g:resp:resp_1")).is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(Duration::from_secs(20), || {
+        peek.get(&format!("{prefix}:g:resp:resp_1")).is_some()
+    });
     assert!(peek.get(&format!("{prefix}:g:resp:resp_1")).is_some());
     server.kill();
     killed_tx.send(()).unwrap();
@@ -505,7 +511,10 @@ fn slow_redis_is_paused_and_reads_go_local() {
     // Block the server for a while from another connection, then read through the store.
     let mut blocker = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     blocker.write_all(b"DEBUG SLEEP 0.8\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // The server is blocked once a PING goes unanswered.
+    eventually("the server is blocked", Duration::from_secs(20), || {
+        !answers_ping(&server.url(), Duration::from_millis(150))
+    });
     assert_eq!(get_last(&mut svc, "g", sess).as_deref(), Some("resp_1"));
     assert_eq!(stats.redis_slow_calls.load(Ordering::Relaxed), 1);
     assert_eq!(stats.local_fallback_reads.load(Ordering::Relaxed), 0);

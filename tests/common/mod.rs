@@ -509,14 +509,30 @@ pub struct Served {
 
 /// Starts `shardgate serve --config FILE` with `config` written to a scratch file.
 pub fn serve_binary(config: &str) -> Served {
+    serve_binary_logging(config, None)
+}
+
+/// As [`serve_binary`], with the binary's log (stderr) written to `log` when given (a test
+/// waits on its lines).
+pub fn serve_binary_logging(config: &str, log: Option<&std::path::Path>) -> Served {
     let path = scratch_file("gateway.toml");
     std::fs::write(&path, config).unwrap();
-    let mut served = start_binary(
+    let mut served = start_binary_logging(
         &["serve".as_ref(), "--config".as_ref(), path.as_os_str()],
         &[],
+        log,
     );
     served.config_path = path;
     served
+}
+
+/// How many lines of the file at `path` contain `needle` (0 while it does not exist).
+pub fn lines_containing(path: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
 }
 
 /// Starts the binary with `args` (and extra environment) and waits for its listening banner.
