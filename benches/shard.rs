@@ -60,6 +60,7 @@ fn pool(c: &mut Criterion) {
             4,
             Rc::new(config.upstream.clone()),
             Rc::new(Cell::new(0)),
+            config.server.rest_after,
         ));
         let lease = pool
             .acquire(&[])

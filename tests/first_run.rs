@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
@@ -41,20 +41,18 @@ fn run_to_exit(args: &[&OsStr], cwd: &Path) -> (ExitStatus, String) {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("binary starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "shardgate {args:?} kept running; stderr:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let mut exited = None;
+    poll_until(Duration::from_secs(20), || {
+        exited = child.try_wait().expect("wait");
+        exited.is_some()
+    });
+    let Some(status) = exited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "shardgate {args:?} kept running; stderr:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     };
     (status, std::fs::read_to_string(&log).unwrap_or_default())
 }

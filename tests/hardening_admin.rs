@@ -39,6 +39,7 @@ fn dribble(mut socks: Vec<TcpStream>, every: Duration, stop: Arc<AtomicBool>) {
         for s in &mut socks {
             let _ = s.write_all(&head[round % head.len()..][..1]);
         }
+        // Dribbling one byte every `every` is the behaviour under test (checking `stop` often).
         let until = Instant::now() + every;
         while Instant::now() < until {
             if stop.load(Ordering::Relaxed) {

@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use sonic_rs::JsonValueTrait;
@@ -51,18 +51,15 @@ fn admin_get(addr: SocketAddr, path: &str) -> String {
 /// `http_refused{reason}` summed over shards, once the stats tick shipped at least `want`.
 fn refused(admin: SocketAddr, reason: &str, want: u64) -> u64 {
     let needle = format!("label=\"{reason}\"}}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = admin_get(admin, "/metrics")
+    let count = || -> u64 {
+        admin_get(admin, "/metrics")
             .lines()
             .filter(|l| l.starts_with("shardgate_http_refused_total{") && l.contains(&needle))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
-        if n >= want || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .sum()
+    };
+    poll_until(Duration::from_secs(20), || count() >= want);
+    count()
 }
 
 #[test]

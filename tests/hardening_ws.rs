@@ -61,26 +61,17 @@ fn labeled(admin: SocketAddr, family: &str, label: &str) -> u64 {
 
 /// Waits (stats ship every 50 ms) until `family{label}` reaches `at_least`; returns its value.
 fn wait_labeled(admin: SocketAddr, family: &str, label: &str, at_least: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let v = labeled(admin, family, label);
-        if v >= at_least || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    poll_until(Duration::from_secs(20), || {
+        labeled(admin, family, label) >= at_least
+    });
+    labeled(admin, family, label)
 }
 
 /// Waits until the mock has received a close frame with `code` from the gateway.
 fn wait_upstream_close(up: &MockHandle, code: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if up.stats().close_codes_received.contains_key(&code) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    poll_until(Duration::from_secs(20), || {
+        up.stats().close_codes_received.contains_key(&code)
+    })
 }
 
 // ---- a raw client, to put on the wire what no WebSocket library would send ----
@@ -512,15 +503,12 @@ fn preempting_every_response_after_it_started_costs_a_bounded_number_of_dials() 
     let drained = wait_labeled(admin, "preemptions", "drained", 1);
     assert!(drained >= 1, "nothing drained");
     // A drained response completed upstream: its usage is recorded like any other's.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let records = loop {
+    let count = || {
         let text = std::fs::read_to_string(&usage).unwrap_or_default();
-        let records = text.lines().filter(|l| !l.is_empty()).count() as u64;
-        if records > drained || Instant::now() > deadline {
-            break records;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        text.lines().filter(|l| !l.is_empty()).count() as u64
     };
+    poll_until(Duration::from_secs(20), || count() > drained);
+    let records = count();
     assert!(
         records > drained,
         "{records} usage records, {drained} drained"

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 
@@ -332,24 +334,23 @@ fn client_leaving_mid_stream_releases_the_upstream_connection() {
         );
         use std::io::Write;
         c.stream.write_all(raw.as_bytes()).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // The turn is in flight once the mock has taken it (its stall is counted).
+        eventually("the stalled turn started", Duration::from_secs(20), || {
+            up.stats().faults.get("stall").copied().unwrap_or(0) >= 1
+        });
         assert_eq!(up.stats().connections_open, 1);
         drop(c);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while up.stats().connections_open != 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "upstream connection left open (stream={stream})"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        eventually(
+            &format!("upstream connection closed (stream={stream})"),
+            Duration::from_secs(20),
+            || up.stats().connections_open == 0,
+        );
     }
 }
 
 #[test]
 fn an_sse_client_that_stops_reading_loses_its_stream_and_the_upstream_connection() {
     use std::io::Write;
-    use std::time::{Duration, Instant};
     let up = mock();
     let gw = gateway(config_for(
         &[up.base_url()],
@@ -363,14 +364,11 @@ fn an_sse_client_that_stops_reading_loses_its_stream_and_the_upstream_connection
         body.len()
     );
     stuck.write_all(raw.as_bytes()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while up.stats().ws_turns_total == 0 || up.stats().connections_open != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the stuck stream still holds its upstream connection"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        "the stuck stream gave up its upstream connection",
+        Duration::from_secs(20),
+        || up.stats().ws_turns_total > 0 && up.stats().connections_open == 0,
+    );
     // The gateway closed the stuck client and serves others.
     let mut c = HttpConn::open(gw.addr());
     let r = c.post("/v1/responses", &post_body("gpt-5", "after", false));
@@ -456,7 +454,10 @@ fn a_websocket_turn_over_http_upstream_can_be_preempted() {
     ));
     let mut c = connect(gw.addr());
     c.send(&create("gpt-5", "[[mock:stall,after=1]]", false, None));
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The first turn is in flight once the mock has taken it (its stall is counted).
+    eventually("the stalled turn started", Duration::from_secs(20), || {
+        up.stats().faults.get("stall").copied().unwrap_or(0) >= 1
+    });
     c.send(&create("gpt-5", "instead", false, None));
     let first = c.read_turn();
     assert_eq!(

@@ -1,6 +1,8 @@
 //! End-to-end tests of the mock upstream over real loopback sockets: the sync tungstenite client
 //! for WebSocket, std `TcpStream` (and rustls for TLS) for HTTP.
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -146,12 +148,8 @@ fn close_code<S: Read + Write>(ws: &mut Ws<S>) -> u16 {
     }
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    common::eventually(what, Duration::from_secs(20), f);
 }
 
 // ---------------------------------------------------------------- HTTP helpers

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
@@ -238,11 +238,9 @@ impl PrivateRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "private redis never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually("private redis listens", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         PrivateRedis {
             port,
             dir: dir.to_path_buf(),
@@ -299,25 +297,19 @@ fn redis_outage_spools_and_replays_without_loss_or_duplicates() {
     ));
     let mut seen = run_turns(gw.addr(), 10, "before");
     // Let those reach Redis, then take Redis away while turns go on.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis_records(&url, &stream).len() < 10 {
-        assert!(Instant::now() < deadline, "records never reached redis");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("records reached redis", Duration::from_secs(20), || {
+        redis_records(&url, &stream).len() >= 10
+    });
     redis.kill();
     seen.extend(run_turns(gw.addr(), 15, "during"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stats_doc(&socket)["control"]["counters"]["usage_spooled"].as_u64() < Some(15) {
-        assert!(Instant::now() < deadline, "records were not spooled");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("records were spooled", Duration::from_secs(20), || {
+        stats_doc(&socket)["control"]["counters"]["usage_spooled"].as_u64() >= Some(15)
+    });
     redis.restart();
     seen.extend(run_turns(gw.addr(), 5, "after"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while redis_records(&url, &stream).len() < seen.len() {
-        assert!(Instant::now() < deadline, "the spool was not replayed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually("the spool was replayed", Duration::from_secs(30), || {
+        redis_records(&url, &stream).len() >= seen.len()
+    });
     let control = stats_doc(&socket)["control"]["counters"].clone();
     gw.stop();
     let records = redis_records(&url, &stream);
@@ -358,7 +350,7 @@ fn try_turn(client: &mut Client, frame: &str) -> Option<Turn> {
 
 #[test]
 fn sigterm_drains_in_flight_turns_and_records_every_completed_one() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     let up = mock();
     let usage = scratch_file("usage.jsonl");
@@ -373,10 +365,12 @@ fn sigterm_drains_in_flight_turns_and_records_every_completed_one() {
     ));
     let addr = served.addr;
     let signalled = Arc::new(AtomicBool::new(false));
+    let turns_done = Arc::new(AtomicUsize::new(0));
     // Each client runs slow turns (~0.6 s) back to back and starts no new one after SIGTERM.
     let clients: Vec<_> = (0..4)
         .map(|c| {
             let signalled = signalled.clone();
+            let turns_done = turns_done.clone();
             std::thread::spawn(move || {
                 let mut client = connect(addr);
                 let mut done = vec![];
@@ -401,12 +395,18 @@ fn sigterm_drains_in_flight_turns_and_records_every_completed_one() {
                         after_signal += 1;
                     }
                     done.push(turn.response_id().expect("response id"));
+                    turns_done.fetch_add(1, Ordering::SeqCst);
                 }
                 (done, after_signal)
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1_000));
+    // Every client has finished a turn and started its next: turns are in flight.
+    eventually(
+        "every client finished a turn",
+        Duration::from_secs(30),
+        || turns_done.load(Ordering::SeqCst) >= 4,
+    );
     signalled.store(true, Ordering::SeqCst);
     served.signal(libc::SIGTERM);
     let mut completed = vec![];
@@ -416,17 +416,16 @@ fn sigterm_drains_in_flight_turns_and_records_every_completed_one() {
         completed.extend(done);
         finished_after_signal += after;
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = served.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gateway did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut status = None;
+    eventually(
+        "the gateway exited after SIGTERM",
+        Duration::from_secs(30),
+        || {
+            status = served.child.try_wait().expect("wait");
+            status.is_some()
+        },
+    );
+    let status = status.expect("exited above");
     assert!(status.success(), "{status:?}");
     assert!(
         finished_after_signal > 0,
@@ -593,18 +592,13 @@ fn stats_socket_cli_hist_logs_and_metrics_after_load() {
     let turns = 12;
     run_turns(gw.addr(), turns, "stats");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let doc = loop {
-        let doc = stats_doc(&socket);
-        if doc["total"]["merged"]["counters"]["turns_completed"].as_u64() == Some(turns as u64) {
-            break doc;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stats never showed the turns: {doc:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let shows_turns = |doc: &sonic_rs::Value| {
+        doc["total"]["merged"]["counters"]["turns_completed"].as_u64() == Some(turns as u64)
     };
+    if !poll_until(Duration::from_secs(20), || shows_turns(&stats_doc(&socket))) {
+        panic!("stats never showed the turns: {:?}", stats_doc(&socket));
+    }
+    let doc = stats_doc(&socket);
     for scope in ["total", "window"] {
         let ttft = &doc[scope]["merged"]["hists"]["client_ttft"];
         assert_eq!(

@@ -23,14 +23,6 @@ use super::counters::{add, bump};
 use super::http_upstream::HttpConn;
 use super::upstream::{self, DialError, UpstreamConn};
 
-/// How long a connection that carried a turn sits unused on the idle stack before it rests
-/// (its WebSocket set aside, its buffers freed, [`UpstreamConn::rest_now`]), and how long a
-/// session waits for its next frame after a turn before it rebuilds its client WebSocket (and
-/// rests a connection it holds). A session in an agent loop (tool output, next request) sends
-/// sooner and keeps its buffers; one waiting for a human gives them back. A connection in
-/// steady use is never rebuilt. That wait is `[server] rest_after_ms` (`ServerConfig::rest_after`,
-/// 1 s by default), called `rest_after` below.
-
 /// The shortest wait between two rest sweeps of a pool, so that connections given back a few
 /// milliseconds apart are rested in one sweep.
 const REST_SWEEP_MIN: Duration = Duration::from_millis(100);
@@ -101,7 +93,11 @@ pub struct Pool {
     http_in_flight: Cell<usize>,
     /// A task will rest the idle connections due ([`Pool::rest_idle`]).
     rest_armed: Cell<bool>,
-    /// How long a connection that carried a turn sits unused before it rests.
+    /// How long a connection that carried a turn sits unused on the idle stack before it rests
+    /// (its WebSocket set aside, its buffers freed, [`UpstreamConn::rest_now`]); sessions wait
+    /// as long for their next frame after a turn before they rebuild their client WebSocket.
+    /// A session in an agent loop (tool output, next request) sends sooner and keeps its
+    /// buffers; one waiting for a human gives them back. `[server] rest_after_ms`.
     rest_after: Duration,
 }
 

@@ -590,14 +590,12 @@ impl Served {
     /// its usage records and its log.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "gateway did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut status = None;
+        eventually("the gateway stopped", Duration::from_secs(20), || {
+            status = self.child.try_wait().expect("wait");
+            status.is_some()
+        });
+        status.expect("stopped above")
     }
 }
 
@@ -628,13 +626,12 @@ impl MockProcess {
             .spawn()
             .expect("mock binary starts");
         let mock = MockProcess { child, port };
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return mock;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the mock upstream did not start listening on {port}");
+        eventually(
+            &format!("the mock upstream listens on {port}"),
+            Duration::from_secs(20),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        mock
     }
 
     pub fn base_url(&self) -> String {
