@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -67,42 +66,12 @@ fn close(mut c: Client) {
     }
 }
 
-fn admin_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("admin reply");
-    body_of(&out).to_string()
-}
-
-/// The sum over shards of labeled counter `family{label}` in `/metrics`.
-fn labeled(admin: SocketAddr, family: &str, label: &str) -> u64 {
-    let prefix = format!("shardgate_{family}_total{{");
-    let needle = format!("label=\"{label}\"}}");
-    admin_get(admin, "/metrics")
-        .lines()
-        .filter(|l| l.starts_with(&prefix) && l.contains(&needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-/// The sum over shards of counter `name` in `/metrics`.
-fn counter(admin: SocketAddr, name: &str) -> u64 {
-    let prefix = format!("shardgate_{name}_total{{shard=");
-    admin_get(admin, "/metrics")
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Waits (stats ship every 50 ms) until `family{label}` reaches `at_least`; returns its value.
 fn wait_labeled(admin: SocketAddr, family: &str, label: &str, at_least: u64) -> u64 {
     poll_until(Duration::from_secs(20), || {
-        labeled(admin, family, label) >= at_least
+        labeled_total(admin, family, label) >= at_least
     });
-    labeled(admin, family, label)
+    labeled_total(admin, family, label)
 }
 
 /// The `previous_response_id` of a frame the mock received (`None` when absent or null).
@@ -150,7 +119,7 @@ fn a_reconnect_on_the_same_shard_continues_on_the_same_upstream_connection() {
     assert_eq!(tc.conn_id(), ta.conn_id(), "same upstream connection");
     assert_eq!(up.stats().previous_response_not_found_total, 0);
     assert!(wait_labeled(admin, "affinity", "connection_reused", 1) >= 1);
-    assert!(labeled(admin, "affinity", "this_shard") >= 1);
+    assert!(labeled_total(admin, "affinity", "this_shard") >= 1);
 }
 
 #[test]
@@ -195,14 +164,14 @@ fn a_reconnect_that_lands_on_another_shard_is_handed_to_the_owner() {
         }
     }
     assert_eq!(up.stats().previous_response_not_found_total, 0);
-    let sent = labeled(admin, "handoff", "sent");
+    let sent = labeled_total(admin, "handoff", "sent");
     assert!(
         sent >= 1,
         "no reconnection of {chains} landed on the other shard"
     );
     assert_eq!(wait_labeled(admin, "handoff", "received", sent), sent);
-    assert!(labeled(admin, "affinity", "other_shard") >= sent);
-    assert!(labeled(admin, "affinity", "connection_reused") >= sent);
+    assert!(labeled_total(admin, "affinity", "other_shard") >= sent);
+    assert!(labeled_total(admin, "affinity", "connection_reused") >= sent);
 }
 
 #[test]
@@ -477,7 +446,7 @@ fn a_reconnect_after_leaving_mid_turn_is_told_to_resend_the_full_context() {
     let _ = c.ws.read().expect("the turn started");
     drop(c);
     poll_until(Duration::from_secs(20), || {
-        counter(admin, "turns_client_gone") >= 1
+        metric_total(admin, "turns_client_gone") >= 1
     });
     let mut again = connect(gw.addr());
     let t2 = again.turn(&create("gpt-5", "go on", false, Some(&prev)));

@@ -39,20 +39,11 @@ fn smuggled() -> String {
     )
 }
 
-fn admin_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("admin reply");
-    body_of(&out).to_string()
-}
-
 /// `http_refused{reason}` summed over shards, once the stats tick shipped at least `want`.
 fn refused(admin: SocketAddr, reason: &str, want: u64) -> u64 {
     let needle = format!("label=\"{reason}\"}}");
     let count = || -> u64 {
-        admin_get(admin, "/metrics")
+        admin_body(admin, "/metrics")
             .lines()
             .filter(|l| l.starts_with("shardgate_http_refused_total{") && l.contains(&needle))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())

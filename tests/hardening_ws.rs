@@ -39,32 +39,12 @@ fn start() -> (MockHandle, shardgate::gateway::Gateway, std::path::PathBuf) {
     (up, gw, usage)
 }
 
-fn admin_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("admin reply");
-    body_of(&out).to_string()
-}
-
-/// The labeled counter `family{label}` in `/metrics` (summed over shards).
-fn labeled(admin: SocketAddr, family: &str, label: &str) -> u64 {
-    let prefix = format!("shardgate_{family}_total{{");
-    let needle = format!("label=\"{label}\"}}");
-    admin_get(admin, "/metrics")
-        .lines()
-        .filter(|l| l.starts_with(&prefix) && l.contains(&needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Waits (stats ship every 50 ms) until `family{label}` reaches `at_least`; returns its value.
 fn wait_labeled(admin: SocketAddr, family: &str, label: &str, at_least: u64) -> u64 {
     poll_until(Duration::from_secs(20), || {
-        labeled(admin, family, label) >= at_least
+        labeled_total(admin, family, label) >= at_least
     });
-    labeled(admin, family, label)
+    labeled_total(admin, family, label)
 }
 
 /// Waits until the mock has received a close frame with `code` from the gateway.
@@ -250,7 +230,7 @@ fn a_client_close_is_echoed_after_a_handoff_to_another_shard() {
         let t = next.turn(&create("gpt-5", "go on", false, Some(&prev)));
         assert_eq!(t.last_type(), "response.completed", "{:?}", t.events);
         assert_eq!(close_normally(&mut next), Ok(Some(1000)), "session {i}");
-        if labeled(admin, "handoff", "received") >= 2 {
+        if labeled_total(admin, "handoff", "received") >= 2 {
             break;
         }
     }

@@ -293,22 +293,6 @@ fn missing_certificate_file_fails_the_start_naming_it() {
     );
 }
 
-/// The sum over shards of labeled counter `family{label}` in `/metrics`.
-fn labeled(admin: SocketAddr, family: &str, label: &str) -> u64 {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let prefix = format!("shardgate_{family}_total{{");
-    let needle = format!("label=\"{label}\"}}");
-    body_of(&out)
-        .lines()
-        .filter(|l| l.starts_with(&prefix) && l.contains(&needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// The `id` of the response a turn's terminal event carries.
 fn ws_turn_id(ws: &mut tungstenite::WebSocket<TlsStream>, frame: &str) -> (String, String) {
     use sonic_rs::JsonValueTrait;
@@ -346,7 +330,7 @@ fn a_tls_session_chained_to_another_shard_is_served_where_it_landed() {
     // Connections spread over the two shards by their 4-tuple: some reconnections land on
     // the shard that does not hold their chain's upstream connection.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while labeled(admin, "handoff", "tls_local") == 0 {
+    while labeled_total(admin, "handoff", "tls_local") == 0 {
         assert!(
             Instant::now() < deadline,
             "no reconnection landed on the other shard"
@@ -374,7 +358,7 @@ fn a_tls_session_chained_to_another_shard_is_served_where_it_landed() {
         assert_eq!(ty, "response.completed", "and the session goes on");
     }
     assert_eq!(
-        labeled(admin, "handoff", "sent"),
+        labeled_total(admin, "handoff", "sent"),
         0,
         "a TLS session never moves"
     );

@@ -68,6 +68,17 @@ pub fn metric_total(admin: SocketAddr, name: &str) -> u64 {
         .sum()
 }
 
+/// The sum over shards of the labeled counter `family{label}` in `/metrics`.
+pub fn labeled_total(admin: SocketAddr, family: &str, label: &str) -> u64 {
+    let prefix = format!("shardgate_{family}_total{{");
+    let needle = format!("label=\"{label}\"}}");
+    admin_body(admin, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Starts a mock upstream with defaults.
 pub fn mock() -> MockHandle {
     shardgate::mock::start(MockConfig::default()).expect("mock starts")
