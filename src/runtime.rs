@@ -65,7 +65,8 @@ where
 /// the thread's next allocations, so a shard gone quiet after a burst (thousands of sessions
 /// that ran a turn and now rest) kept the burst's pages resident for as long as it stayed
 /// quiet: 30-50 KiB of RSS per resting session where its heap is ~8 KiB (`perf/README.md`).
-/// A shard calls it on a stats tick that saw no turn, so a busy shard never pays for it.
+/// A shard calls it on a stats tick that saw no turn and no relayed event, so a busy shard
+/// never pays for it.
 pub fn release_freed_memory() {
     // SAFETY: `mi_collect` takes no pointer; it walks only the calling thread's own heap.
     unsafe { libmimalloc_sys::mi_collect(true) }

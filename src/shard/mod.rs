@@ -232,6 +232,18 @@ impl Shard {
         self.usage_outbox.flush(|r| self.control.offer_usage(r))
     }
 
+    /// What moves while the shard works: turns begun, events relayed and Realtime events
+    /// either way. A stats tick that sees it unchanged found the shard quiet.
+    fn activity(&self) -> (u64, u64, u64, u64) {
+        let c = &self.counters;
+        (
+            c.turns.get(),
+            c.events_relayed.get(),
+            c.realtime_events_up.get(),
+            c.realtime_events_down.get(),
+        )
+    }
+
     /// Ships this interval's histograms and the counter totals to the control thread.
     pub fn ship_snapshot(&self) {
         let mut counters = self.counters.values();
@@ -301,16 +313,16 @@ pub async fn run(
     });
     let interval = shard.config.server.stats_interval;
     let ship_loop = async {
-        let mut turns_seen = shard.counters.turns.get();
+        let mut activity_seen = shard.activity();
         loop {
             runtime::sleep(interval).await;
             shard.flush_usage();
             shard.ship_snapshot();
-            let turns = shard.counters.turns.get();
-            if turns == turns_seen {
+            let activity = shard.activity();
+            if activity == activity_seen {
                 runtime::release_freed_memory();
             }
-            turns_seen = turns;
+            activity_seen = activity;
         }
     };
     futures_lite::future::or(futures_lite::future::or(accept_loop, ship_loop), async {
