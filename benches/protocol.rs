@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
+use shardgate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
 use shardgate::protocol::sse::{write_event, SseParser};
 use shardgate::protocol::{ClientFrame, EventKind, UpstreamEvent};
 use shardgate::shard::normalizer::{map_back, rewrite, PreviousId, Rewrite};
@@ -88,6 +89,15 @@ fn client_frame(c: &mut Criterion) {
         b.iter(|| ClientFrame::parse(black_box(&big)).unwrap())
     });
     report_allocs(&name, || ClientFrame::parse(black_box(&big)).unwrap());
+
+    // The nesting bound every peer frame passes first (part of `parse` above).
+    let name = format!("client_frame/check_depth_codex_{}k", big.len() / 1024);
+    c.bench_function(&name, |b| {
+        b.iter(|| check_depth(black_box(&big), MAX_JSON_DEPTH).unwrap())
+    });
+    report_allocs(&name, || {
+        check_depth(black_box(&big), MAX_JSON_DEPTH).unwrap()
+    });
 
     let small = ClientFrame::parse(SMALL_FRAME).expect("small frame parses");
     assert!(small.tool_output_call_ids.is_empty());
