@@ -110,7 +110,7 @@ pub(crate) fn plain_u64(raw: &[u8]) -> Option<u64> {
     std::str::from_utf8(raw).ok()?.parse().ok()
 }
 
-fn skip_ws(raw: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_ws(raw: &[u8], mut i: usize) -> usize {
     while raw
         .get(i)
         .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))

@@ -12,6 +12,8 @@
 
 use std::ops::Range;
 
+use super::fields::skip_ws;
+
 /// The deepest nesting accepted from a peer (objects and arrays together). serde_json's
 /// default; real requests (tool schemas included) stay far below it.
 pub const MAX_JSON_DEPTH: usize = 128;
@@ -50,7 +52,7 @@ pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), TooDeep> {
                     return Ok(());
                 };
                 at = end + 1;
-                if depth == 1 && next_non_ws(bytes, at) == Some(b':') {
+                if depth == 1 && bytes.get(skip_ws(bytes, at)) == Some(&b':') {
                     key = Some(start..end);
                 }
                 continue;
@@ -74,7 +76,9 @@ pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), TooDeep> {
 }
 
 /// Index of the closing quote of the string whose contents start at `from`; `None` when the
-/// input ends first.
+/// input ends first. Not the field walk's `string_end`: that one steps through a string's
+/// first 64 bytes one by one (keys and short values of upstream events end sooner), which made
+/// this scan of a 30 KiB Codex frame, whose tool descriptions are long, 11.0 -> 17.5 us.
 fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
     loop {
         let rest = bytes.get(from..)?;
@@ -84,14 +88,6 @@ fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
         }
         from += hit + 2;
     }
-}
-
-fn next_non_ws(bytes: &[u8], from: usize) -> Option<u8> {
-    bytes
-        .get(from..)?
-        .iter()
-        .copied()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 #[cfg(test)]
