@@ -109,6 +109,9 @@ pub struct ClientFrame<'a> {
     pub store: Option<bool>,
     /// `generate`; `Some(false)` is a warm-up.
     pub generate: Option<bool>,
+    /// `stream` (a POST's choice of SSE or one JSON answer; a WebSocket ignores it). A value
+    /// that is not a boolean reads as absent.
+    pub stream: Option<bool>,
     /// `call_id`s of tool-output items in `input`.
     pub tool_output_call_ids: Vec<Cow<'a, str>>,
     /// `call_id`s of tool-call items in `input` (a frame that carries the calls its outputs
@@ -160,6 +163,7 @@ impl<'a> ClientFrame<'a> {
                             .ok_or(ClientFrameError::WrongType("store"))?,
                     );
                 }
+                "stream" => out.stream = value.as_bool(),
                 "generate" if !is_null(&value) => {
                     out.generate = Some(
                         value
@@ -285,6 +289,15 @@ mod tests {
         let f = br#"{"previous_response_id":null,"previous_response_id":"resp_2"}"#;
         let c = ClientFrame::parse(f).unwrap();
         assert_eq!(c.previous_response_id.as_deref(), Some("resp_2"));
+    }
+
+    #[test]
+    fn stream_is_read_leniently() {
+        let read = |f: &[u8]| ClientFrame::parse(f).unwrap().stream;
+        assert_eq!(read(br#"{"stream":true}"#), Some(true));
+        assert_eq!(read(br#"{"stream":false}"#), Some(false));
+        assert_eq!(read(br#"{"stream":"yes"}"#), None);
+        assert_eq!(read(br#"{"model":"m"}"#), None);
     }
 
     #[test]

@@ -105,17 +105,16 @@ pub async fn serve(
     // Checked here, on the bytes the client sent (nesting bounded first): the driver's own check
     // reads the frame built from them, whose positions (line, column, excerpt) the client never
     // wrote.
-    if let Err(e) = ClientFrame::parse(&body) {
-        bump(&shard.counters.client_frame_errors);
-        return match http_head::write_error(stream, &body_error(&e), &[], keep_alive).await {
-            Ok(()) if keep_alive => After::KeepAlive,
-            _ => After::Close,
-        };
-    }
-    let streaming = sonic_rs::get_from_slice(&body, ["stream"])
-        .ok()
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
+    let streaming = match ClientFrame::parse(&body) {
+        Ok(parsed) => parsed.stream == Some(true),
+        Err(e) => {
+            bump(&shard.counters.client_frame_errors);
+            return match http_head::write_error(stream, &body_error(&e), &[], keep_alive).await {
+                Ok(()) if keep_alive => After::KeepAlive,
+                _ => After::Close,
+            };
+        }
+    };
     let frame = to_frame(&body);
     let request_type = if streaming {
         RequestType::Stream
