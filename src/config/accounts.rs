@@ -1,0 +1,153 @@
+//! `[[accounts]]`: the upstream accounts sessions are spread over.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::endpoint::Endpoint;
+use super::secret::{secret, Secret};
+use super::{invalid, ConfigError};
+
+/// How requests for an account travel upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// WebSocket mode (default).
+    Ws,
+    /// HTTP/SSE.
+    Http,
+}
+
+/// `[[accounts]]`: one upstream account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    /// Stable name, used in logs, stats and usage records.
+    pub id: String,
+    /// The client group it serves.
+    pub group: String,
+    /// Parsed `base_url`.
+    pub endpoint: Endpoint,
+    /// The account's API key.
+    pub api_key: Secret,
+    /// Upstream connection budget for the whole process, split over the shards.
+    pub max_conns: usize,
+    /// Extra trusted root certificates (PEM), for upstreams with a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// How requests travel upstream.
+    pub transport: Transport,
+    /// Client model → upstream model.
+    pub model_map: HashMap<String, String>,
+    /// Models it serves under their own name, listed by `GET /v1/models` (with the client-side
+    /// names of `model_map`).
+    pub models: Vec<String>,
+    /// How the account authenticates (`api_key` by default). Only kinds known to support
+    /// WebSocket mode use it; any other kind goes over HTTP/SSE.
+    pub auth: String,
+}
+
+/// The account auth kinds known to support the Responses WebSocket mode.
+pub const WS_AUTH_KINDS: &[&str] = &["api_key"];
+
+impl Account {
+    /// `true` when the account's auth kind is known to support WebSocket mode.
+    pub fn auth_supports_ws(&self) -> bool {
+        WS_AUTH_KINDS.contains(&self.auth.as_str())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccount {
+    id: String,
+    group: Option<String>,
+    base_url: Option<String>,
+    api_key: Option<String>,
+    api_key_env: Option<String>,
+    max_conns: Option<usize>,
+    ca_file: Option<PathBuf>,
+    transport: Option<Transport>,
+    #[serde(default)]
+    model_map: HashMap<String, String>,
+    #[serde(default)]
+    models: Vec<String>,
+    auth: Option<String>,
+}
+
+/// `[[accounts]]` checked: ids unique, URLs and keys usable, at least one account.
+pub(super) fn validate(
+    raw: Vec<RawAccount>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Account>, ConfigError> {
+    let mut accounts: Vec<Account> = Vec::with_capacity(raw.len());
+    for (i, a) in raw.into_iter().enumerate() {
+        let at = format!("accounts[{i}]");
+        if a.id.is_empty() || accounts.iter().any(|x| x.id == a.id) {
+            return Err(invalid(format!("{at}.id"), "must be non-empty and unique"));
+        }
+        let base_url = a
+            .base_url
+            .unwrap_or_else(|| "https://api.openai.com/v1".into());
+        let endpoint =
+            Endpoint::parse(&base_url).map_err(|r| invalid(format!("{at}.base_url"), r))?;
+        let api_key = secret(
+            &format!("{at}.api_key"),
+            a.api_key,
+            &format!("{at}.api_key_env"),
+            a.api_key_env,
+            env,
+        )?;
+        let max_conns = a.max_conns.unwrap_or(64);
+        if max_conns == 0 {
+            return Err(invalid(format!("{at}.max_conns"), "must be at least 1"));
+        }
+        if let Some(ca) = &a.ca_file {
+            if !ca.is_file() {
+                return Err(invalid(
+                    format!("{at}.ca_file"),
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
+        accounts.push(Account {
+            id: a.id,
+            group: a.group.unwrap_or_else(|| "default".into()),
+            endpoint,
+            api_key,
+            max_conns,
+            ca_file: a.ca_file,
+            transport: a.transport.unwrap_or(Transport::Ws),
+            model_map: a.model_map,
+            models: a.models,
+            auth: match a.auth {
+                Some(kind) if kind.trim().is_empty() => {
+                    return Err(invalid(format!("{at}.auth"), "must not be empty"))
+                }
+                Some(kind) => kind,
+                None => "api_key".into(),
+            },
+        });
+    }
+    if accounts.is_empty() {
+        return Err(invalid("accounts", "at least one account is required"));
+    }
+    Ok(accounts)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{no_env, MINIMAL};
+    use crate::config::Config;
+    #[test]
+    fn unknown_auth_kind_is_accepted_but_not_for_websocket() {
+        let c = Config::parse(MINIMAL, &no_env).unwrap();
+        assert!(c.accounts[0].auth_supports_ws());
+        let text = format!("{MINIMAL}auth = \"chatgpt_oauth\"\n");
+        let c = Config::parse(&text, &no_env).unwrap();
+        assert_eq!(c.accounts[0].auth, "chatgpt_oauth");
+        assert!(!c.accounts[0].auth_supports_ws());
+        let text = format!("{MINIMAL}auth = \" \"\n");
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("accounts[0].auth"), "{err}");
+    }
+}
