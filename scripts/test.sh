@@ -7,12 +7,15 @@
 #
 # Redis: uses 127.0.0.1:6379 if it answers, otherwise starts Debian's redis-server (installing it
 # if needed) on a private port for the length of the run. REDIS_URL is exported for the tests.
+# nginx: Debian's, installed if missing, for the multi-host tests (they start their own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/lib/redis.sh
+source scripts/lib/nginx.sh
 ensure_redis
 trap stop_private_redis EXIT
+ensure_nginx
 
 cargo test --all-targets "$@"
 
