@@ -370,6 +370,46 @@ fn a_tool_output_without_previous_id_on_a_store_false_session_gets_the_last_resp
 }
 
 #[test]
+fn a_reconnect_whose_tool_output_omits_the_id_runs_on_the_calls_connection() {
+    let up = mock();
+    let gw = gateway(config(&[&up], 1, ""));
+    // Two store=false sessions; the caller's connection ends under the other on the idle stack,
+    // so only routing by the id the normalizer injects brings it back.
+    let mut caller = connect_session(gw.addr(), CLIENT_KEY, Some("sess-caller"));
+    let mut other = connect_session(gw.addr(), CLIENT_KEY, Some("sess-other"));
+    let asked = caller.turn(&create("gpt-5", "run it [[mock:tool=shell]]", false, None));
+    let busy = other.turn(&create("gpt-5", "busy", false, None));
+    assert_ne!(asked.conn_id(), busy.conn_id());
+    close(caller);
+    close(other);
+
+    let mut again = connect_session(gw.addr(), CLIENT_KEY, Some("sess-caller"));
+    let output = format!(
+        r#"[{{"type":"function_call_output","call_id":"{}","output":"ok"}}]"#,
+        call_id_of(&asked)
+    );
+    let answered = again.turn(&create_with_input(false, None, &output));
+    assert_eq!(
+        answered.last_type(),
+        "response.completed",
+        "{:?}",
+        answered.events
+    );
+    assert_eq!(answered.conn_id(), asked.conn_id(), "the call's connection");
+    let sent = up
+        .stats()
+        .recent_ws_frames
+        .last()
+        .cloned()
+        .expect("a frame");
+    assert_eq!(
+        previous_of(&sent),
+        asked.response_id(),
+        "the id was injected"
+    );
+}
+
+#[test]
 fn a_post_chained_to_a_websocket_response_runs_on_its_connection() {
     let up = mock();
     let gw = gateway(config(&[&up], 1, ""));

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use shardgate::mock::MockHandle;
-use shardgate::tungstenite::{self, client::IntoClientRequest, Message};
+use shardgate::tungstenite::Message;
 use sonic_rs::JsonValueTrait;
 
 /// The documented balancer config, run as it is.
@@ -348,26 +348,6 @@ impl Drop for Fleet {
     }
 }
 
-/// A client WebSocket session with key `key` and, when given, a `session-id` header.
-fn connect(addr: SocketAddr, key: &str, session: Option<&str>) -> Client {
-    let stream = TcpStream::connect(addr).expect("tcp connect");
-    stream.set_nodelay(true).ok();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
-    let mut req = format!("ws://{addr}/v1/responses")
-        .into_client_request()
-        .expect("request");
-    let headers = req.headers_mut();
-    headers.insert(
-        "authorization",
-        format!("Bearer {key}").parse().expect("header value"),
-    );
-    if let Some(s) = session {
-        headers.insert("session-id", s.parse().expect("header value"));
-    }
-    let (ws, _) = tungstenite::client::client(req, stream).expect("upgrade succeeds");
-    Client { ws }
-}
-
 /// Closes the client and waits until the gateway has answered the close, so its session has
 /// ended and given its upstream connection back.
 fn close(mut c: Client) {
@@ -421,10 +401,10 @@ fn reconnects_through_the_balancer_land_on_the_host_that_owns_the_session() {
     for i in 0..SESSIONS {
         let session = format!("{tag}-{i}");
         let key = client_key(i % KEYS);
-        let mut c = connect(lb, &key, Some(&session));
+        let mut c = connect_session(lb, &key, Some(&session));
         let first = completed(&c.turn(&create("gpt-5", "first", false, None)));
         close(c);
-        let mut again = connect(lb, &key, Some(&session));
+        let mut again = connect_session(lb, &key, Some(&session));
         let second = again.turn(&create("gpt-5", "again", false, Some(&first)));
         close(again);
         done.insert(first.clone());
@@ -500,7 +480,7 @@ fn a_chain_that_reaches_the_other_host_gets_the_same_account_and_never_a_wrong_a
     let mut accounts = BTreeSet::new();
     for i in 0..SESSIONS {
         let session = format!("{tag}-{i}");
-        let mut c = connect(lb, &key, Some(&session));
+        let mut c = connect_session(lb, &key, Some(&session));
         // The stored turn first: a connection keeps only its latest store=false response.
         let stored = completed(&c.turn(&create("gpt-5", "stored", true, None)));
         let first = completed(&c.turn(&create("gpt-5", "first", false, None)));
@@ -512,7 +492,7 @@ fn a_chain_that_reaches_the_other_host_gets_the_same_account_and_never_a_wrong_a
         let before: Vec<_> = fleet.mocks.iter().map(|m| m.stats()).collect();
 
         // The client's reconnect reaches the other host (forced: straight to its port).
-        let mut moved = connect(fleet.other_host(&owner.instance), &key, Some(&session));
+        let mut moved = connect_session(fleet.other_host(&owner.instance), &key, Some(&session));
         let lost = moved.turn(&create("gpt-5", "go on", false, Some(&first)));
         assert_eq!(
             lost.error_code().as_deref(),
@@ -550,7 +530,7 @@ fn a_chain_that_reaches_the_other_host_gets_the_same_account_and_never_a_wrong_a
         let resent = completed(&moved.turn(&create("gpt-5", "everything again", false, None)));
         close(moved);
         // A stored chain works on the other host, on the same account.
-        let mut moved = connect(fleet.other_host(&owner.instance), &key, Some(&session));
+        let mut moved = connect_session(fleet.other_host(&owner.instance), &key, Some(&session));
         let chained = completed(&moved.turn(&create("gpt-5", "stored chain", true, Some(&stored))));
         close(moved);
         let chained_record = fleet.record_of(&chained);
@@ -559,11 +539,94 @@ fn a_chain_that_reaches_the_other_host_gets_the_same_account_and_never_a_wrong_a
         done.extend([resent, chained]);
 
         // Back on the owner host, the store=false chain is intact.
-        let mut home = connect(fleet.host(&owner.instance), &key, Some(&session));
+        let mut home = connect_session(fleet.host(&owner.instance), &key, Some(&session));
         let kept = completed(&home.turn(&create("gpt-5", "home", false, Some(&first))));
         close(home);
         done.insert(kept);
     }
     eprintln!("store=false chains reached the other host on accounts {accounts:?}");
+    fleet.stop_and_check_usage(&done);
+}
+
+/// A `response.create` (store=false) answering `call` with its output, chained to `previous`
+/// when given (Codex sends the id; a client that does not gets its session's last response).
+fn tool_output(call: &str, previous: Option<&str>) -> String {
+    let prev = previous
+        .map(|p| format!(",\"previous_response_id\":\"{p}\""))
+        .unwrap_or_default();
+    format!(
+        r#"{{"type":"response.create","model":"gpt-5","store":false{prev},"input":[{{"type":"function_call_output","call_id":"{call}","output":"ok"}}]}}"#
+    )
+}
+
+/// The `call_id` of the function call a turn's response ended with.
+fn call_id_of(turn: &Turn) -> String {
+    use sonic_rs::JsonContainerTrait;
+    let last = turn.events.last().expect("a terminal event");
+    let items = last["response"]["output"].as_array().expect("output items");
+    items
+        .iter()
+        .find_map(|i| {
+            (i["type"].as_str() == Some("function_call"))
+                .then(|| i["call_id"].as_str().map(str::to_owned))
+                .flatten()
+        })
+        .expect("a function call")
+}
+
+#[test]
+fn a_tool_output_that_reaches_the_other_host_is_refused_on_the_same_account() {
+    const SESSIONS: usize = 8;
+    let Some(mut fleet) = Fleet::start("tool-output") else {
+        return;
+    };
+    let lb = fleet.lb.addr;
+    let tag = unique("conv");
+    let key = client_key(1);
+    let mut done = BTreeSet::new();
+    for i in 0..SESSIONS {
+        let session = format!("{tag}-{i}");
+        let mut c = connect_session(lb, &key, Some(&session));
+        let asked = c.turn(&create("gpt-5", "run it [[mock:tool=shell]]", false, None));
+        let call = call_id_of(&asked);
+        let asked = completed(&asked);
+        close(c);
+        done.insert(asked.clone());
+        let owner = fleet.record_of(&asked);
+        let refused_before = fleet
+            .account(&owner.account)
+            .stats()
+            .previous_response_not_found_total;
+
+        // The tool's output reaches the other host, with the id and without it (the host
+        // knows the session's last response and its pending call from Redis): both refused on
+        // the same account, neither answered without the call's context.
+        for previous in [Some(asked.as_str()), None] {
+            let mut moved =
+                connect_session(fleet.other_host(&owner.instance), &key, Some(&session));
+            let t = moved.turn(&tool_output(&call, previous));
+            close(moved);
+            assert_eq!(
+                t.error_code().as_deref(),
+                Some("previous_response_not_found"),
+                "{:?}",
+                t.events
+            );
+        }
+        assert_eq!(
+            fleet
+                .account(&owner.account)
+                .stats()
+                .previous_response_not_found_total,
+            refused_before + 2,
+            "both went to the account the call lives on"
+        );
+
+        // The owner host takes the output on the call's connection.
+        let mut home = connect_session(fleet.host(&owner.instance), &key, Some(&session));
+        let answered = completed(&home.turn(&tool_output(&call, Some(&asked))));
+        close(home);
+        done.insert(answered);
+    }
     fleet.stop_and_check_usage(&done);
 }

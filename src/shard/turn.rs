@@ -330,8 +330,6 @@ impl Driver {
             // Realtime sessions have their own relay and never run a turn.
             RequestType::Realtime => {}
         }
-        let depends_on_connection =
-            parsed.is_store_disabled() && parsed.previous_response_id.is_some();
         let model = parsed.model.as_deref().unwrap_or_default().to_string();
         let retry_cfg = self.shard.config.upstream.retry.clone();
         if let Some(previous) = parsed.previous_response_id.as_deref() {
@@ -350,6 +348,18 @@ impl Driver {
             .await;
         let facts = inputs.facts(&parsed);
         let mut previous = normalizer::pairing_for_turn(&shard.counters, &facts).previous;
+        // A turn the normalizer chains to another response than the frame names (an injected or
+        // realigned id) runs where that response lives, as if the client had sent its id.
+        let chained_by_normalizer = match previous {
+            PreviousId::Set(id) if parsed.previous_response_id.as_deref() != Some(id) => Some(id),
+            _ => None,
+        };
+        if let Some(id) = chained_by_normalizer {
+            self.routed = false;
+            self.route_chained(id).await;
+        }
+        let depends_on_connection = parsed.is_store_disabled()
+            && (parsed.previous_response_id.is_some() || chained_by_normalizer.is_some());
         let mut recoveries = recovery::Attempts::default();
 
         let mut attempts = 0u32;

@@ -190,6 +190,24 @@ pub fn connect_over(
     Ok(Client { ws })
 }
 
+/// Connects with key `key` and the `session-id` header `session` (none when `None`): a client
+/// that is one of several conversations, or one that sends no session-id.
+pub fn connect_session(addr: SocketAddr, key: &str, session: Option<&str>) -> Client {
+    let stream = TcpStream::connect(addr).expect("tcp connect");
+    stream.set_nodelay(true).ok();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let mut req = format!("ws://{addr}/v1/responses")
+        .into_client_request()
+        .expect("request");
+    let headers = req.headers_mut();
+    headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+    if let Some(s) = session {
+        headers.insert("session-id", s.parse().expect("a header value"));
+    }
+    let (ws, _) = tungstenite::client::client(req, stream).expect("upgrade succeeds");
+    Client { ws }
+}
+
 /// What one turn produced, as the client saw it.
 #[derive(Debug, Default)]
 pub struct Turn {
