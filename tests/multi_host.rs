@@ -129,6 +129,8 @@ impl Nginx {
         let child = Command::new(binary)
             .arg("-p")
             .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
             .arg("-c")
             .arg(dir.join("nginx.conf"))
             .stdout(Stdio::null())
@@ -368,20 +370,28 @@ fn completed(t: &Turn) -> String {
     t.response_id().expect("a response id")
 }
 
-/// `POST /v1/responses` (JSON answer) with `key` and no `session-id`; the response id.
-fn post_without_session(addr: SocketAddr, key: &str) -> String {
-    let body = post_body("gpt-5", "no session", false);
-    let (status, reply) = http(
-        addr,
-        &format!(
+/// `POST /v1/responses` with `key` and no `session-id`, answered as JSON or, with `stream`, as
+/// SSE (which the balancer must pass on unbuffered); the response id.
+fn post_without_session(addr: SocketAddr, key: &str, stream: bool) -> String {
+    let body = post_body("gpt-5", "no session", stream);
+    let reply = HttpConn::open(addr).raw(
+        format!(
             "POST /v1/responses HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {key}\r\n\
              content-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
-        ),
+        )
+        .as_bytes(),
     );
-    assert_eq!(status, 200, "{reply}");
-    let v: sonic_rs::Value = sonic_rs::from_str(body_of(&reply)).expect("JSON answer");
-    v["id"].as_str().expect("response id").to_string()
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = if stream {
+        let events = reply.sse();
+        let (event, data) = events.last().expect("SSE events");
+        assert_eq!(event, "response.completed");
+        data["response"]["id"].as_str().map(str::to_owned)
+    } else {
+        reply.json()["id"].as_str().map(str::to_owned)
+    };
+    id.expect("response id")
 }
 
 #[test]
@@ -419,8 +429,8 @@ fn reconnects_through_the_balancer_land_on_the_host_that_owns_the_session() {
     // Clients without a session-id stick by their key.
     let mut posts: Vec<(usize, String)> = Vec::new();
     for k in 0..KEYS {
-        for _ in 0..POSTS_PER_KEY {
-            let id = post_without_session(lb, &client_key(k));
+        for n in 0..POSTS_PER_KEY {
+            let id = post_without_session(lb, &client_key(k), n % 2 == 1);
             done.insert(id.clone());
             posts.push((k, id));
         }
