@@ -21,15 +21,19 @@ use std::task::{Context, Poll};
 
 use futures_lite::AsyncRead;
 
+use super::replay::Replay;
+
 /// A stream whose reads stop at every WebSocket frame end; writes go straight through.
 pub struct FrameEdge<S> {
     inner: S,
     /// Bytes read past a frame end, served before `inner` is read again.
-    held: Vec<u8>,
-    /// How much of `held` was served.
-    held_at: usize,
-    /// `held` keeps its capacity once served (until [`FrameEdge::release`]).
-    keep_held: bool,
+    held: Replay,
+    cut: Cut,
+}
+
+/// Where reads are cut: at the end of an HTTP head, then at every frame end.
+#[derive(Debug, Default)]
+struct Cut {
     /// While an HTTP head is read: how much of its `\r\n\r\n` end was seen.
     head: Option<usize>,
     scan: FrameScan,
@@ -43,11 +47,8 @@ impl<S> FrameEdge<S> {
     pub fn new(inner: S) -> Self {
         FrameEdge {
             inner,
-            held: Vec::new(),
-            held_at: 0,
-            keep_held: false,
-            head: None,
-            scan: FrameScan::default(),
+            held: Replay::default(),
+            cut: Cut::default(),
         }
     }
 
@@ -57,35 +58,49 @@ impl<S> FrameEdge<S> {
     /// until [`FrameEdge::release`].
     pub fn after_http_head(inner: S) -> Self {
         FrameEdge {
-            keep_held: true,
-            head: Some(0),
-            ..FrameEdge::new(inner)
+            inner,
+            held: Replay::kept(),
+            cut: Cut {
+                head: Some(0),
+                scan: FrameScan::default(),
+            },
         }
     }
 
     /// `true` when every frame served so far is complete and none of them left a fragmented
     /// message open: a reader that processed everything it was served holds nothing.
     pub fn at_message_edge(&self) -> bool {
-        self.head.is_none() && self.scan.at_frame_start() && !self.scan.mid_message
+        self.cut.head.is_none() && self.cut.scan.at_frame_start() && !self.cut.scan.mid_message
     }
 
     /// `true` while bytes read past a frame end wait to be served.
     pub fn holds_unread(&self) -> bool {
-        self.held_at < self.held.len()
+        self.held.has_pending()
     }
 
     /// Frees the buffer of bytes read past a frame end, unless it still holds some: for a
     /// connection about to rest.
     pub fn release(&mut self) {
-        if self.held_at == self.held.len() {
-            self.held = Vec::new();
-            self.held_at = 0;
-        }
+        self.held.release();
     }
 
+    /// The wrapped stream, to change it.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped stream. Bytes held past a frame end are dropped: only for a stream whose
+    /// lower layer can replay them (a recording `PrefixedStream`, when a session is handed to
+    /// another shard).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl Cut {
     /// How many of `bytes` (which follow what was served so far) to serve: up to the end of
     /// the HTTP head or of the current frame, at least one when `bytes` is not empty.
-    fn cut(&mut self, bytes: &[u8]) -> usize {
+    fn at(&mut self, bytes: &[u8]) -> usize {
         let Some(seen) = self.head.as_mut() else {
             return self.scan.advance(bytes);
         };
@@ -102,18 +117,6 @@ impl<S> FrameEdge<S> {
         }
         bytes.len()
     }
-
-    /// The wrapped stream, to change it.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The wrapped stream. Bytes held past a frame end are dropped: only for a stream whose
-    /// lower layer can replay them (a recording `PrefixedStream`, when a session is handed to
-    /// another shard).
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FrameEdge<S> {
@@ -123,32 +126,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameEdge<S> {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.held_at < this.held.len() {
+        if this.held.has_pending() {
             // Cut on the held bytes first and copy only what is served: copying the whole
             // rest each time would cost the square of the frames per read.
-            let held = std::mem::take(&mut this.held);
-            let rest = &held[this.held_at..];
-            let served = this.cut(&rest[..buf.len().min(rest.len())]);
-            buf[..served].copy_from_slice(&rest[..served]);
-            this.held = held;
-            this.held_at += served;
-            if this.held_at == this.held.len() {
-                if this.keep_held {
-                    this.held.clear();
-                } else {
-                    this.held = Vec::new();
-                }
-                this.held_at = 0;
-            }
-            return Poll::Ready(Ok(served));
+            let cut = &mut this.cut;
+            return Poll::Ready(Ok(this.held.serve(buf, |rest| cut.at(rest))));
         }
         let n = match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(n)) => n,
             other => return other,
         };
-        let served = this.cut(&buf[..n]);
+        let served = this.cut.at(&buf[..n]);
         if served < n {
-            this.held.extend_from_slice(&buf[served..n]);
+            this.held.push(&buf[served..n]);
         }
         Poll::Ready(Ok(served))
     }
@@ -375,7 +365,7 @@ mod tests {
         futures_lite::future::block_on(async {
             let wire = [server_frame(b"one"), server_frame(b"two")].concat();
             let mut edge = FrameEdge::after_http_head(wire.as_slice());
-            edge.head = None;
+            edge.cut.head = None;
             let mut buf = [0u8; 64];
             let n = edge.read(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], server_frame(b"one").as_slice());

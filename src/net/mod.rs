@@ -1,6 +1,6 @@
 //! Transports below WebSocket: plain TCP or TLS streams toward upstream and from clients, the
 //! TLS client configuration built once per account, the client listener's TLS configuration,
-//! and the frame-end reads under a WebSocket.
+//! and the read-side wrappers under a WebSocket (frame-end reads, bytes put back in front).
 
 /// Implements `AsyncWrite` for a read-side wrapper `$ty<S>` by handing every call to its `inner`
 /// stream: the wrappers under a WebSocket only change how reads are cut or replayed.
@@ -43,11 +43,14 @@ pub(crate) use forward_async_write;
 
 pub mod client_stream;
 pub mod frame_edge;
+pub mod prefixed;
 pub mod read_buf;
+mod replay;
 pub mod stream;
 pub mod tls;
 pub mod tls_server;
 
 pub use client_stream::ClientStream;
 pub use frame_edge::FrameEdge;
+pub use prefixed::PrefixedStream;
 pub use stream::UpstreamStream;

@@ -15,7 +15,6 @@ use crate::runtime::TcpStream;
 
 use super::auth::{presented_key, ClientIdentity};
 use super::counters::bump;
-use super::handoff::PrefixedStream;
 use super::http_front::{self, After};
 use super::http_head::{self, HeadError, RequestHead};
 use super::models;
@@ -23,6 +22,7 @@ use super::realtime;
 use super::session::{self, ClientWs, Session};
 use super::tls_accept;
 use super::Shard;
+use crate::net::PrefixedStream;
 
 /// How long a client may take to send a request head.
 const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -32,11 +32,12 @@ use super::auth::ClientIdentity;
 use super::client_close::{close_after_error, close_client, CloseReason};
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump, ShardCounters};
-use super::handoff::{HandedConn, Handoff, HandoffError, PrefixedStream};
+use super::handoff::{HandedConn, Handoff, HandoffError};
 use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
 use super::sticky::Affinity;
 use super::turn::{Driver, TurnEnd};
 use super::Shard;
+use crate::net::PrefixedStream;
 
 /// The client side of a session: a WebSocket over the accepted socket, behind the bytes read
 /// with the upgrade request (or handed over with the connection), read in frames so that it

@@ -35,12 +35,12 @@ use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::runtime;
 
 use super::counters::bump;
-use super::handoff::PrefixedStream;
 use super::http_head::{self, RequestHead};
 use super::pool::{AcquireError, DedicatedSlot};
 use super::scheduler;
 use super::upstream::DialError;
 use super::Shard;
+use crate::net::PrefixedStream;
 use handshake::RealtimeRequest;
 use relay::Relay;
 use upstream::{RealtimeUpstream, UpstreamAsk};
