@@ -148,3 +148,25 @@ fn a_dribbled_admin_head_is_cut_at_its_deadline() {
     assert!(closed, "a head dribbled a byte every 500 ms was never cut");
     assert!(took < Duration::from_secs(9), "cut after {took:?}");
 }
+
+#[test]
+fn the_admin_listener_reads_heads_with_the_front_doors_strict_parser() {
+    let up = mock();
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "admin_listen = \"127.0.0.1:0\"\n",
+    ));
+    let admin = gw.admin_addr().expect("admin listener");
+    let ask = |head: &str| {
+        let mut s = TcpStream::connect(admin).expect("admin connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(head.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(ask("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 200"));
+    // A bare LF line end (which httparse alone accepts) is refused, as the front door does.
+    let out = ask("GET /metrics HTTP/1.1\nHost: x\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+}

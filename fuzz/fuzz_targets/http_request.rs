@@ -1,4 +1,4 @@
-//! A client's HTTP/1.1 request: the front door's head parser (`shard::http_head::parse`), which
+//! A client's HTTP/1.1 request: the front door's head parser (`protocol::http1::parse_request`), which
 //! also decides the body framing, and the body decoded within a limit. The first input byte
 //! picks the read size.
 //!
@@ -8,8 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardgate::protocol::http1::Framing;
-use shardgate::shard::http_head::parse;
+use shardgate::protocol::http1::{parse_request, Framing};
 use shardgate_fuzz::{decode_in_steps, param};
 
 /// A small limit, so that the fuzzer reaches the over-limit paths.
@@ -19,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((step, wire)) = param(data) else {
         return;
     };
-    let Ok(Some((head, used))) = parse(wire) else {
+    let Ok(Some((head, used))) = parse_request(wire) else {
         return;
     };
     assert!(used <= wire.len());

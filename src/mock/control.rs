@@ -5,10 +5,11 @@ use std::io;
 use futures_lite::{AsyncRead, AsyncWrite};
 
 use super::errors::ApiError;
-use super::http::{self, Head, Reader};
+use super::http::{self, Reader};
 use super::rest::{self, Next};
 use super::script::Script;
 use super::state::Shared;
+use crate::protocol::http1::RequestHead;
 
 /// Path prefix of the control endpoints.
 pub const PREFIX: &str = "/_mock/";
@@ -16,7 +17,7 @@ pub const PREFIX: &str = "/_mock/";
 /// Answers `GET /_mock/stats`, `POST /_mock/script` (appends) and `POST /_mock/reset`.
 pub async fn handle<S>(
     reader: &mut Reader<S>,
-    head: &Head,
+    head: &RequestHead,
     body: &[u8],
     shared: &Shared,
 ) -> io::Result<Next>

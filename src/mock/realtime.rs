@@ -28,11 +28,12 @@ use futures_util::{SinkExt, StreamExt};
 use sonic_rs::{json, JsonContainerTrait, JsonValueMutTrait, JsonValueTrait, Value};
 
 use super::events::{delta_text, random_alnum, stamp};
-use super::http::{Head, MAX_BODY};
+use super::http::MAX_BODY;
 use super::state::Shared;
+use crate::protocol::http1::RequestHead;
 
 /// Whether `head` asks for the Realtime endpoint.
-pub fn is_realtime(head: &Head) -> bool {
+pub fn is_realtime(head: &RequestHead) -> bool {
     head.path.ends_with("/realtime")
 }
 
@@ -238,7 +239,7 @@ impl Session {
 }
 
 /// Runs a realtime session on an upgraded connection until the peer leaves or a fault ends it.
-pub async fn session<S>(stream: S, read_ahead: Vec<u8>, shared: &Shared, head: &Head)
+pub async fn session<S>(stream: S, read_ahead: Vec<u8>, shared: &Shared, head: &RequestHead)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -251,7 +252,7 @@ where
         .unwrap_or("gpt-realtime")
         .to_string();
     let beta = head
-        .header("openai-beta")
+        .header_str("openai-beta")
         .is_some_and(|v| v.contains("realtime=v1"));
     shared.record(|s| {
         s.realtime_sessions_total += 1;

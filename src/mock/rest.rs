@@ -6,10 +6,11 @@ use futures_lite::{AsyncRead, AsyncWrite};
 
 use super::errors::ApiError;
 use super::events::stamp;
-use super::http::{self, Head, Reader};
+use super::http::{self, Reader};
 use super::request::CreateRequest;
 use super::state::{ConnState, Shared};
 use super::turn::{self, Ending, EventSink, Plan, Transport};
+use crate::protocol::http1::RequestHead;
 
 /// What the connection does after a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +24,7 @@ pub enum Next {
 /// Answers one `POST …/responses` whose body has been read.
 pub async fn handle<S>(
     reader: &mut Reader<S>,
-    head: &Head,
+    head: &RequestHead,
     body: &[u8],
     shared: &Shared,
     conn: &mut ConnState,
@@ -35,7 +36,7 @@ where
     shared.record(|s| {
         s.http_requests_total += 1;
         s.last_http_body = String::from_utf8_lossy(body).into_owned();
-        if let Some(auth) = head.header("authorization") {
+        if let Some(auth) = head.header_str("authorization") {
             s.authorizations_seen.insert(auth.to_string());
         }
     });

@@ -14,10 +14,11 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::errors::ApiError;
 use super::events::stamp;
-use super::http::{Head, MAX_BODY};
+use super::http::MAX_BODY;
 use super::request::CreateRequest;
 use super::state::{ConnState, Shared};
 use super::turn::{self, Ending, EventSink, Transport};
+use crate::protocol::http1::RequestHead;
 
 /// How long the mock waits for the peer's close reply after sending a close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -35,31 +36,32 @@ pub enum Handshake {
 }
 
 /// Whether `head` asks for a WebSocket upgrade.
-pub fn is_upgrade(head: &Head) -> bool {
-    head.method == "GET" && head.has_token("upgrade", "websocket")
+pub fn is_upgrade(head: &RequestHead) -> bool {
+    head.method == "GET" && head.header_has_token("upgrade", "websocket")
 }
 
 /// Records the handshake's headers, then checks version, key, auth and the script, in that order.
-pub fn decide(head: &Head, shared: &Shared) -> Handshake {
+pub fn decide(head: &RequestHead, shared: &Shared) -> Handshake {
     shared.record(|s| {
-        s.last_handshake_headers = head.headers.iter().cloned().fold(
+        s.last_handshake_headers = head.headers.iter().fold(
             Default::default(),
             |mut map: std::collections::BTreeMap<String, String>, (name, value)| {
-                map.entry(name)
+                let value = String::from_utf8_lossy(value);
+                map.entry(name.clone())
                     .and_modify(|v| {
                         v.push_str(", ");
                         v.push_str(&value);
                     })
-                    .or_insert(value);
+                    .or_insert_with(|| value.into_owned());
                 map
             },
         );
-        if let Some(auth) = head.header("authorization") {
+        if let Some(auth) = head.header_str("authorization") {
             s.authorizations_seen.insert(auth.to_string());
         }
     });
-    let decision = match head.header("sec-websocket-key") {
-        _ if head.header("sec-websocket-version").map(str::trim) != Some("13") => {
+    let decision = match head.header_str("sec-websocket-key") {
+        _ if head.header_str("sec-websocket-version").map(str::trim) != Some("13") => {
             Handshake::Refuse(426)
         }
         None => Handshake::Refuse(400),
@@ -89,11 +91,11 @@ pub fn decide(head: &Head, shared: &Shared) -> Handshake {
 }
 
 /// Whether `head` carries the key the mock requires (always, when it requires none).
-pub fn authorized(head: &Head, shared: &Shared) -> bool {
+pub fn authorized(head: &RequestHead, shared: &Shared) -> bool {
     match &shared.cfg.require_key {
         None => true,
         Some(key) => head
-            .header("authorization")
+            .header_str("authorization")
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|v| v.trim() == key),
     }
@@ -108,16 +110,16 @@ pub fn accept_response(accept_key: &str) -> String {
 }
 
 /// The refusal of a request without the required key, quoting (masked) what it presented.
-pub fn unauthorized(head: &Head) -> ApiError {
+pub fn unauthorized(head: &RequestHead) -> ApiError {
     let presented = head
-        .header("authorization")
+        .header_str("authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     ApiError::incorrect_key(presented.trim())
 }
 
 /// The refusal of a handshake as an error.
-pub fn refusal(status: u16, head: &Head) -> ApiError {
+pub fn refusal(status: u16, head: &RequestHead) -> ApiError {
     match status {
         400 => ApiError::invalid_request("Invalid WebSocket handshake request."),
         401 => unauthorized(head),

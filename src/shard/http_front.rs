@@ -25,10 +25,11 @@ use crate::usage::RequestType;
 use super::auth::ClientIdentity;
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump, ShardCounters};
-use super::http_head::{self, RequestHead};
+use super::http_head;
 use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
 use super::turn::{Driver, TurnEnd};
 use super::Shard;
+use crate::protocol::http1::RequestHead;
 
 /// How long a client may take to send a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,6 +1,6 @@
-//! Reading one HTTP/1.1 request head off a client socket, with httparse, under a size and time
-//! limit; deciding its body framing once, refusing every ambiguous form (RFC 9112 §6.1/§6.3);
-//! and writing small HTTP responses.
+//! Reading one HTTP/1.1 request head off a client socket under a size and time limit (parsed by
+//! [`crate::protocol::http1::parse_request`], which refuses every ambiguous framing), and
+//! writing small HTTP responses.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,16 +8,12 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::ClientStream;
-use crate::protocol::error_body::{ErrorType, GatewayError};
-use crate::protocol::http1::Framing;
+use crate::protocol::error_body::GatewayError;
+use crate::protocol::http1::{self, parse_request, Refusal, RequestHead, MAX_HEAD_BYTES};
 use crate::runtime;
 
 use super::counters::ShardCounters;
 
-/// Largest request head accepted (request line plus headers).
-pub const MAX_HEAD_BYTES: usize = 32 * 1024;
-/// Most headers accepted in one request (Codex sends about 15).
-const MAX_HEADERS: usize = 96;
 /// Longest a refused connection is drained after its answer.
 const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes drained from a refused connection.
@@ -42,147 +38,11 @@ pub enum HeadError {
     Io(#[from] std::io::Error),
 }
 
-/// Why a request is refused before it is served. Each refusal is answered and then the
-/// connection closes: after a framing error nobody can tell where a next request would start
-/// (RFC 9112 §6.3), so reading on would let a client smuggle one. Messages never quote header
-/// values (they may carry keys).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// Not valid HTTP/1.x (httparse refused it; obs-fold header lines land here).
-    #[error("malformed request head: {0}")]
-    Malformed(httparse::Error),
-    /// A line of the head ends in a bare LF instead of CRLF.
-    #[error("malformed request head: a line ends in a bare LF (use CRLF)")]
-    BareLf,
-    /// More headers than [`MAX_HEADERS`].
-    #[error("too many request headers (at most 96)")]
-    TooManyHeaders,
-    /// A head larger than [`MAX_HEAD_BYTES`].
-    #[error("request head too large (at most 32768 bytes)")]
-    HeadTooLarge,
-    /// `Content-Length` and `Transfer-Encoding` together.
-    #[error("Content-Length and Transfer-Encoding together are refused")]
-    LengthAndTransferEncoding,
-    /// More than one `Content-Length` (repeated header or list form).
-    #[error("more than one Content-Length")]
-    RepeatedLength,
-    /// A `Content-Length` that is not a plain decimal number.
-    #[error("Content-Length is not a decimal number")]
-    BadLength,
-    /// A `Transfer-Encoding` whose last coding is not `chunked`, or `chunked` twice.
-    #[error("Transfer-Encoding must end in a single chunked")]
-    NotChunked,
-    /// A transfer coding other than `chunked` before the final `chunked` (not implemented).
-    #[error("only the chunked transfer coding is implemented")]
-    UnknownCoding,
-    /// `Transfer-Encoding` in an HTTP/1.0 request (its framing cannot be trusted).
-    #[error("Transfer-Encoding in an HTTP/1.0 request")]
-    TransferEncodingHttp10,
-    /// A WebSocket upgrade over HTTP/1.0 (RFC 6455 needs HTTP/1.1).
-    #[error("a WebSocket upgrade needs HTTP/1.1")]
-    UpgradeHttp10,
-    /// A WebSocket upgrade request with a body (its bytes would be read as frames).
-    #[error("a WebSocket upgrade request cannot carry a body")]
-    UpgradeWithBody,
-}
-
-impl Refusal {
-    /// The HTTP status the refusal is answered with.
-    pub fn status(self) -> u16 {
-        match self {
-            Refusal::TooManyHeaders | Refusal::HeadTooLarge => 431,
-            Refusal::UnknownCoding => 501,
-            _ => 400,
-        }
-    }
-
-    /// The label of the `http_refused{reason}` counter and the log line.
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::Malformed(_) => "malformed",
-            Refusal::BareLf => "bare_lf",
-            Refusal::TooManyHeaders => "too_many_headers",
-            Refusal::HeadTooLarge => "head_too_large",
-            Refusal::LengthAndTransferEncoding => "length_and_transfer_encoding",
-            Refusal::RepeatedLength => "repeated_length",
-            Refusal::BadLength => "bad_length",
-            Refusal::NotChunked => "not_chunked",
-            Refusal::UnknownCoding => "unknown_coding",
-            Refusal::TransferEncodingHttp10 => "transfer_encoding_http10",
-            Refusal::UpgradeHttp10 => "upgrade_http10",
-            Refusal::UpgradeWithBody => "upgrade_with_body",
-        }
-    }
-
-    /// The OpenAI-style error the client gets.
-    pub fn to_error(self) -> GatewayError {
-        let code = match self.status() {
-            431 => "request_header_fields_too_large",
-            501 => "not_implemented",
-            _ => "bad_request",
-        };
-        GatewayError::new(
-            self.status(),
-            ErrorType::InvalidRequest,
-            code,
-            self.to_string(),
-        )
-    }
-}
-
 /// Counts a refused request (`http_refused{reason}`) and logs it (rate-limited: a hostile client
 /// can send thousands a second). Only the reason and the peer address are logged.
 pub fn note_refusal(counters: &ShardCounters, reason: &'static str, peer: Option<SocketAddr>) {
     counters.bump_labeled("http_refused", reason);
     crate::warn_limited!(reason, peer = ?peer, "refused an HTTP request and closed its connection");
-}
-
-/// A parsed request head. Header names are lower-cased.
-#[derive(Debug, Clone)]
-pub struct RequestHead {
-    /// Method, e.g. `GET`.
-    pub method: String,
-    /// Path without the query.
-    pub path: String,
-    /// The query string, if any.
-    pub query: Option<String>,
-    /// `true` for HTTP/1.0.
-    pub http10: bool,
-    /// Headers in order, names lower-cased.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// How the request body is delimited, checked once against RFC 9112 §6.3:
-    /// `Length(0)` when there is none.
-    pub body: Framing,
-}
-
-impl RequestHead {
-    /// The first value of a header (name lower-case).
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-    }
-
-    /// `true` when a comma-separated header contains `token` (case-insensitive).
-    pub fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .any(|(_, v)| {
-                v.split(|b| *b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-            })
-    }
-
-    /// `true` when the client asked to keep the connection open after this request.
-    pub fn keep_alive(&self) -> bool {
-        if self.http10 {
-            self.header_has_token("connection", "keep-alive")
-        } else {
-            !self.header_has_token("connection", "close")
-        }
-    }
 }
 
 /// Reads one request head. `buf` carries bytes already read (pipelining, keep-alive); on success
@@ -203,7 +63,7 @@ async fn read_head_inner(
 ) -> Result<RequestHead, HeadError> {
     loop {
         if !buf.is_empty() {
-            if let Some((head, used)) = parse(buf)? {
+            if let Some((head, used)) = parse_request(buf)? {
                 buf.drain(..used);
                 return Ok(head);
             }
@@ -223,122 +83,6 @@ async fn read_head_inner(
     }
 }
 
-/// Parses a request head from the start of `buf`: `None` when more bytes are needed, else the
-/// head and the bytes it took. Public so the fuzz targets (`fuzz/`) reach the parser
-/// [`read_head`] uses.
-pub fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let used = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooManyHeaders),
-        Err(e) => return Err(Refusal::Malformed(e)),
-    };
-    if has_bare_lf(&buf[..used]) {
-        return Err(Refusal::BareLf);
-    }
-    let http10 = req.version == Some(0);
-    let body = body_framing(http10, req.headers)?;
-    let target = req.path.unwrap_or("/");
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
-    };
-    Ok(Some((
-        RequestHead {
-            method: req.method.unwrap_or("").to_string(),
-            path,
-            query,
-            http10,
-            headers: req
-                .headers
-                .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-                .collect(),
-            body,
-        },
-        used,
-    )))
-}
-
-/// `true` when a line of `head` ends in LF without CR. httparse accepts that (RFC 9112 §2.2
-/// allows it); a proxy in front that does not would see other header lines than the gateway.
-fn has_bare_lf(head: &[u8]) -> bool {
-    head.iter()
-        .enumerate()
-        .any(|(i, b)| *b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-}
-
-/// The request body's framing under RFC 9112 §6.1 and §6.3, refusing every form two parsers
-/// could read differently: `Content-Length` with `Transfer-Encoding`, more than one length
-/// (repeated or as a list), a length that is not plain digits (`+5`, `5 5`, `0x5`), a coding
-/// list that does not end in one `chunked`, and any `Transfer-Encoding` from HTTP/1.0.
-fn body_framing(http10: bool, headers: &[httparse::Header<'_>]) -> Result<Framing, Refusal> {
-    let mut length: Option<&[u8]> = None;
-    let mut has_te = false;
-    let mut codings: Vec<&[u8]> = Vec::new();
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            if length.replace(h.value).is_some() {
-                return Err(Refusal::RepeatedLength);
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            has_te = true;
-            // Empty list elements are ignored (RFC 9110 §5.6.1).
-            codings.extend(
-                h.value
-                    .split(|b| *b == b',')
-                    .map(<[u8]>::trim_ascii)
-                    .filter(|c| !c.is_empty()),
-            );
-        }
-    }
-    match (has_te, length) {
-        (true, _) if http10 => Err(Refusal::TransferEncodingHttp10),
-        (true, Some(_)) => Err(Refusal::LengthAndTransferEncoding),
-        (true, None) => chunked_only(&codings),
-        (false, Some(v)) => parse_length(v).map(Framing::Length),
-        (false, None) => Ok(Framing::Length(0)),
-    }
-}
-
-/// The codings of every `Transfer-Encoding` line, in order: exactly one `chunked`, last.
-fn chunked_only(codings: &[&[u8]]) -> Result<Framing, Refusal> {
-    let is_chunked = |c: &&[u8]| c.eq_ignore_ascii_case(b"chunked");
-    match codings.split_last() {
-        Some((last, rest)) if is_chunked(last) => {
-            if rest.iter().any(is_chunked) {
-                Err(Refusal::NotChunked)
-            } else if rest.is_empty() {
-                Ok(Framing::Chunked)
-            } else {
-                Err(Refusal::UnknownCoding)
-            }
-        }
-        _ => Err(Refusal::NotChunked),
-    }
-}
-
-/// `1*DIGIT` (httparse already trimmed the surrounding whitespace), within `u64`.
-fn parse_length(value: &[u8]) -> Result<u64, Refusal> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return Err(Refusal::BadLength);
-    }
-    value.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(d - b'0')))
-            .ok_or(Refusal::BadLength)
-    })
-}
-
-fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Unknown")
-}
-
 /// Writes a complete JSON response.
 pub async fn write_json(
     stream: &mut ClientStream,
@@ -349,7 +93,7 @@ pub async fn write_json(
 ) -> std::io::Result<()> {
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: {}\r\n",
-        reason(status),
+        http1::reason(status),
         body.len(),
         if keep_alive { "keep-alive" } else { "close" },
     );
@@ -410,132 +154,4 @@ pub async fn write_error(
         keep_alive,
     )
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_head_and_leaves_rest() {
-        let raw = b"GET /v1/responses?x=1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\nEXTRA";
-        let (head, used) = parse(raw).unwrap().unwrap();
-        assert_eq!(head.path, "/v1/responses");
-        assert_eq!(head.query.as_deref(), Some("x=1"));
-        assert!(head.header_has_token("connection", "upgrade"));
-        assert_eq!(head.header("upgrade"), Some(&b"websocket"[..]));
-        assert_eq!(&raw[used..], b"EXTRA");
-        assert!(head.keep_alive());
-        assert!(parse(b"GET / HTTP/1.1\r\nHost").unwrap().is_none());
-        assert!(parse(b"\x00\x01 garbage\r\n\r\n").is_err());
-        assert_eq!(head.body, Framing::Length(0));
-    }
-
-    fn refusal(raw: &str) -> Option<Refusal> {
-        parse(raw.as_bytes()).err()
-    }
-
-    fn framing(raw: &str) -> Framing {
-        parse(raw.as_bytes()).unwrap().unwrap().0.body
-    }
-
-    #[test]
-    fn body_framing_follows_rfc_9112() {
-        let post = "POST / HTTP/1.1\r\nHost: a\r\n";
-        assert_eq!(
-            framing(&format!("{post}Content-Length:  12 \r\n\r\n")),
-            Framing::Length(12)
-        );
-        assert_eq!(
-            framing(&format!("{post}Content-Length: 007\r\n\r\n")),
-            Framing::Length(7)
-        );
-        assert_eq!(
-            framing(&format!("{post}Transfer-Encoding: Chunked\r\n\r\n")),
-            Framing::Chunked
-        );
-        let refused = [
-            (
-                "Content-Length: 5\r\nTransfer-Encoding: chunked",
-                Refusal::LengthAndTransferEncoding,
-            ),
-            (
-                "Transfer-Encoding: chunked\r\nContent-Length: 5",
-                Refusal::LengthAndTransferEncoding,
-            ),
-            (
-                "Content-Length: 5\r\nContent-Length: 6",
-                Refusal::RepeatedLength,
-            ),
-            (
-                "Content-Length: 5\r\nContent-Length: 5",
-                Refusal::RepeatedLength,
-            ),
-            ("Content-Length: 5, 5", Refusal::BadLength),
-            ("Content-Length: +5", Refusal::BadLength),
-            ("Content-Length: -1", Refusal::BadLength),
-            ("Content-Length: 5 5", Refusal::BadLength),
-            ("Content-Length: 0x5", Refusal::BadLength),
-            ("Content-Length: ", Refusal::BadLength),
-            ("Content-Length: 99999999999999999999", Refusal::BadLength),
-            ("Transfer-Encoding: gzip", Refusal::NotChunked),
-            ("Transfer-Encoding: chunked, gzip", Refusal::NotChunked),
-            (
-                "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip",
-                Refusal::NotChunked,
-            ),
-            ("Transfer-Encoding: chunked, chunked", Refusal::NotChunked),
-            ("Transfer-Encoding: , chunked, chunked", Refusal::NotChunked),
-            ("Transfer-Encoding: ", Refusal::NotChunked),
-            ("Transfer-Encoding: gzip, chunked", Refusal::UnknownCoding),
-            (
-                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
-                Refusal::UnknownCoding,
-            ),
-        ];
-        for (headers, want) in refused {
-            assert_eq!(
-                refusal(&format!("{post}{headers}\r\n\r\n")),
-                Some(want),
-                "{headers}"
-            );
-        }
-        assert_eq!(
-            refusal("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Some(Refusal::TransferEncodingHttp10)
-        );
-    }
-
-    #[test]
-    fn bare_lf_obs_fold_and_limits_are_refused() {
-        assert_eq!(
-            refusal("GET / HTTP/1.1\nHost: a\r\n\r\n"),
-            Some(Refusal::BareLf)
-        );
-        assert_eq!(
-            refusal("GET / HTTP/1.1\r\nHost: a\n\n"),
-            Some(Refusal::BareLf)
-        );
-        assert!(matches!(
-            refusal("GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n"),
-            Some(Refusal::Malformed(_))
-        ));
-        assert!(matches!(
-            refusal("GET / HTTP/1.1\r\nHost : a\r\n\r\n"),
-            Some(Refusal::Malformed(_))
-        ));
-        let many = "X-A: b\r\n".repeat(MAX_HEADERS + 1);
-        assert_eq!(
-            refusal(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
-            Some(Refusal::TooManyHeaders)
-        );
-        for r in [
-            Refusal::BareLf,
-            Refusal::HeadTooLarge,
-            Refusal::UnknownCoding,
-        ] {
-            let err = r.to_error();
-            assert_eq!(err.status, r.status());
-        }
-    }
 }

@@ -10,19 +10,19 @@ use http::{HeaderName, HeaderValue};
 
 use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
-use crate::protocol::http1::Framing;
 use crate::runtime::TcpStream;
 
 use super::auth::{presented_key, ClientIdentity};
 use super::counters::bump;
 use super::http_front::{self, After};
-use super::http_head::{self, HeadError, RequestHead};
+use super::http_head::{self, HeadError};
 use super::models;
 use super::realtime;
 use super::session::{self, ClientWs, Session};
 use super::tls_accept;
 use super::Shard;
 use crate::net::PrefixedStream;
+use crate::protocol::http1::{self, Framing, RequestHead};
 
 /// How long a client may take to send a request head.
 const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -285,12 +285,12 @@ pub(super) fn forwarded(head: &RequestHead) -> Vec<(HeaderName, HeaderValue)> {
 }
 
 /// Why a WebSocket upgrade request cannot be one: over HTTP/1.0, or with a body.
-fn upgrade_framing(head: &RequestHead) -> Option<http_head::Refusal> {
+fn upgrade_framing(head: &RequestHead) -> Option<http1::Refusal> {
     if head.http10 {
-        return Some(http_head::Refusal::UpgradeHttp10);
+        return Some(http1::Refusal::UpgradeHttp10);
     }
     if head.body != Framing::Length(0) {
-        return Some(http_head::Refusal::UpgradeWithBody);
+        return Some(http1::Refusal::UpgradeWithBody);
     }
     None
 }
@@ -355,7 +355,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut ClientStream, head: RequestHead
 async fn refuse_request(
     shard: &Shard,
     stream: &mut ClientStream,
-    refusal: http_head::Refusal,
+    refusal: http1::Refusal,
 ) -> Routed {
     bump(&shard.counters.bad_requests);
     http_head::note_refusal(&shard.counters, refusal.label(), stream.peer_addr().ok());

@@ -13,6 +13,7 @@ use super::conns::{ConnCtx, Server};
 use super::StatsError;
 use crate::metrics::aggregate::{lock, SharedAggregator};
 use crate::metrics::prometheus;
+use crate::protocol::http1::parse_request;
 
 /// Largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -72,25 +73,19 @@ fn serve(mut stream: TcpStream, agg: &SharedAggregator, ctx: &ConnCtx<'_>) {
         return;
     };
     let _busy = ctx.busy();
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut req = httparse::Request::new(&mut headers);
-    let response = match req.parse(&head) {
-        Ok(httparse::Status::Complete(_)) => {
-            let path = req.path.unwrap_or("");
-            let path = path.split_once('?').map_or(path, |(p, _)| p);
-            match (req.method, path) {
-                (Some("GET"), "/metrics") => {
-                    let doc = lock(agg).document(Instant::now());
-                    reply(
-                        "200 OK",
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        &prometheus::render(&doc),
-                    )
-                }
-                (_, "/metrics") => reply("405 Method Not Allowed", "text/plain", "GET only\n"),
-                _ => reply("404 Not Found", "text/plain", "not found\n"),
+    let response = match parse_request(&head) {
+        Ok(Some((req, _))) => match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/metrics") => {
+                let doc = lock(agg).document(Instant::now());
+                reply(
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    &prometheus::render(&doc),
+                )
             }
-        }
+            (_, "/metrics") => reply("405 Method Not Allowed", "text/plain", "GET only\n"),
+            _ => reply("404 Not Found", "text/plain", "not found\n"),
+        },
         _ => reply("400 Bad Request", "text/plain", "bad request\n"),
     };
     let _ = stream.write_all(response.as_bytes());

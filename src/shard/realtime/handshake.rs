@@ -8,9 +8,9 @@ use http::{HeaderName, HeaderValue};
 use crate::protocol::error_body::{ErrorType, GatewayError};
 
 use super::super::auth::{presented_key, ClientIdentity};
-use super::super::http_head::RequestHead;
 use super::super::ingress::{check_client_key, forwarded, Refusal};
 use super::super::Shard;
+use crate::protocol::http1::RequestHead;
 
 /// Subprotocol prefix carrying a client key (browsers cannot set headers).
 const KEY_PROTOCOL: &str = "openai-insecure-api-key.";

@@ -35,12 +35,13 @@ use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::runtime;
 
 use super::counters::bump;
-use super::http_head::{self, RequestHead};
+use super::http_head;
 use super::pool::{AcquireError, DedicatedSlot};
 use super::scheduler;
 use super::upstream::DialError;
 use super::Shard;
 use crate::net::PrefixedStream;
+use crate::protocol::http1::RequestHead;
 use handshake::RealtimeRequest;
 use relay::Relay;
 use upstream::{RealtimeUpstream, UpstreamAsk};

@@ -1,154 +1,13 @@
-//! HTTP/1.1 message bodies: the client side of a response (status line and framing headers) and
-//! one incremental, bounded body decoder for `Content-Length`, chunked and read-to-close bodies.
-//! Shared by the gateway's HTTP upstream client, its `POST` front door, the load generator's SSE
-//! transport and the mock upstream, so chunked framing is decoded in exactly one place.
+//! One incremental, bounded body decoder for `Content-Length`, chunked and read-to-close bodies,
+//! so chunked framing is decoded in exactly one place.
 
-use std::time::Duration;
+use super::{Framing, Http1Error};
 
-/// Headers parsed per response.
-const MAX_HEADERS: usize = 64;
 /// Longest chunk-size line (with extensions and its CRLF) accepted: a peer cannot make the
 /// reader buffer without bound while it waits for a CRLF.
 pub const MAX_CHUNK_LINE: usize = 4096;
 /// Largest trailer section accepted after the last chunk.
 pub const MAX_TRAILERS: usize = 8192;
-
-/// Why a response could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Http1Error {
-    /// Not an HTTP/1.x response head.
-    #[error("malformed response head: {0}")]
-    Head(String),
-    /// A `Content-Length` that is not a number.
-    #[error("bad content-length")]
-    Length,
-    /// A chunk size line or chunk terminator that is not valid.
-    #[error("malformed chunked body")]
-    Chunk,
-    /// A chunk size line over [`MAX_CHUNK_LINE`] or trailers over [`MAX_TRAILERS`].
-    #[error("chunk size line or trailers too long")]
-    LineTooLong,
-    /// The body (declared or decoded so far) is over the decoder's limit.
-    #[error("body larger than {0} bytes")]
-    TooLarge(u64),
-}
-
-/// How the body of a response is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-    /// `Content-Length: n`.
-    Length(u64),
-    /// Neither: the body runs to the end of the connection.
-    UntilClose,
-}
-
-/// A parsed response head.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseHead {
-    /// The status code.
-    pub status: u16,
-    /// How the body is delimited.
-    pub framing: Framing,
-    /// The server will close the connection after this response.
-    pub close: bool,
-    /// `retry-after`, when given in seconds.
-    pub retry_after: Option<Duration>,
-    /// `content-type` is `text/event-stream`.
-    pub event_stream: bool,
-}
-
-/// Parses a `retry-after` header given in seconds.
-pub fn parse_retry_after(value: &[u8]) -> Option<Duration> {
-    std::str::from_utf8(value)
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
-/// Parses a response head from the start of `data`: `None` when more bytes are needed, else the
-/// head and the bytes it took.
-pub fn parse_head(data: &[u8]) -> Result<Option<(ResponseHead, usize)>, Http1Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let used = match resp.parse(data) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(Http1Error::Head(e.to_string())),
-    };
-    let status = resp.code.unwrap_or(0);
-    let mut chunked = false;
-    let mut length = None;
-    let mut close = resp.version == Some(0);
-    let mut retry_after = None;
-    let mut event_stream = false;
-    for h in resp.headers.iter() {
-        let value = std::str::from_utf8(h.value).unwrap_or("");
-        let tokens = || value.split(',').map(str::trim);
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked |= tokens().any(|t| t.eq_ignore_ascii_case("chunked"));
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| Http1Error::Length)?,
-            );
-        } else if h.name.eq_ignore_ascii_case("retry-after") {
-            retry_after = parse_retry_after(h.value);
-        } else if h.name.eq_ignore_ascii_case("content-type") {
-            event_stream = value
-                .split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            if tokens().any(|t| t.eq_ignore_ascii_case("close")) {
-                close = true;
-            } else if tokens().any(|t| t.eq_ignore_ascii_case("keep-alive")) {
-                close = false;
-            }
-        }
-    }
-    // 1xx, 204 and 304 have no body whatever the headers say.
-    let bodyless = status < 200 || status == 204 || status == 304;
-    let framing = match (bodyless, chunked, length) {
-        (true, _, _) => Framing::Length(0),
-        (false, true, _) => Framing::Chunked,
-        (false, false, Some(n)) => Framing::Length(n),
-        (false, false, None) => Framing::UntilClose,
-    };
-    let close = close || framing == Framing::UntilClose;
-    Ok(Some((
-        ResponseHead {
-            status,
-            framing,
-            close,
-            retry_after,
-            event_stream,
-        },
-        used,
-    )))
-}
-
-/// How a request body is delimited: chunked wins over `Content-Length` (RFC 9112 §6.3), and a
-/// request with neither has no body.
-pub fn request_framing(
-    chunked: bool,
-    content_length: Option<&[u8]>,
-) -> Result<Framing, Http1Error> {
-    match (chunked, content_length) {
-        (true, _) => Ok(Framing::Chunked),
-        (false, Some(v)) => std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Framing::Length)
-            .ok_or(Http1Error::Length),
-        (false, None) => Ok(Framing::Length(0)),
-    }
-}
 
 /// Where a chunked body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,35 +236,6 @@ mod tests {
     }
 
     #[test]
-    fn parses_heads() {
-        let wire = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nrest";
-        let (h, used) = parse_head(wire).unwrap().unwrap();
-        assert_eq!(h.status, 200);
-        assert_eq!(h.framing, Framing::Chunked);
-        assert!(!h.close);
-        assert!(h.event_stream);
-        assert_eq!(h.retry_after, None);
-        assert_eq!(&wire[used..], b"rest");
-        let (h, _) = parse_head(
-            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            (h.status, h.framing, h.close),
-            (405, Framing::Length(5), true)
-        );
-        let (h, _) = parse_head(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
-        assert_eq!((h.framing, h.close), (Framing::UntilClose, true));
-        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nA: b\r\n").unwrap(), None);
-        assert!(parse_head(b"garbage\r\n\r\n").is_err());
-        assert_eq!(
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
-            Err(Http1Error::Length)
-        );
-    }
-
-    #[test]
     fn chunked_body_across_any_split_leaves_the_next_response() {
         let wire = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\nHTTP/1.1";
         for cut in 0..wire.len() {
@@ -453,6 +283,10 @@ mod tests {
 
     #[test]
     fn limits_refuse_before_reading_and_bound_lines() {
+        assert_eq!(
+            BodyDecoder::with_limit(Framing::Length(3), 3).map(|d| d.declared_len()),
+            Ok(Some(3))
+        );
         assert_eq!(
             BodyDecoder::with_limit(Framing::Length(11), 10),
             Err(Http1Error::TooLarge(10))
@@ -502,17 +336,5 @@ mod tests {
         let fits = format!("1;{}\r\na\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_LINE - 5));
         let (body, done, _) = decode_all(Framing::Chunked, fits.as_bytes(), fits.len());
         assert_eq!((body.as_slice(), done), (&b"a"[..], true));
-    }
-
-    #[test]
-    fn request_framing_prefers_chunked_and_defaults_to_empty() {
-        assert_eq!(request_framing(true, Some(b"5")), Ok(Framing::Chunked));
-        assert_eq!(request_framing(false, Some(b" 5 ")), Ok(Framing::Length(5)));
-        assert_eq!(request_framing(false, None), Ok(Framing::Length(0)));
-        assert_eq!(request_framing(false, Some(b"-1")), Err(Http1Error::Length));
-        assert_eq!(
-            BodyDecoder::with_limit(Framing::Length(3), 3).map(|d| d.declared_len()),
-            Ok(Some(3))
-        );
     }
 }
