@@ -1,5 +1,5 @@
 //! Transports below WebSocket: plain TCP or TLS streams toward upstream and from clients, the
-//! TLS client configuration built once per account, the client listener's TLS configuration,
+//! TLS client configuration built once per account, egress proxy tunnels, the client listener's TLS configuration,
 //! and the frame-end reads under a WebSocket.
 
 /// Implements `AsyncWrite` for a read-side wrapper `$ty<S>` by handing every call to its `inner`
@@ -43,6 +43,8 @@ pub(crate) use forward_async_write;
 
 pub mod client_stream;
 pub mod frame_edge;
+pub mod prefixed;
+pub mod proxy;
 pub mod read_buf;
 pub mod stream;
 pub mod tls;
@@ -50,4 +52,5 @@ pub mod tls_server;
 
 pub use client_stream::ClientStream;
 pub use frame_edge::FrameEdge;
+pub use prefixed::Prefixed;
 pub use stream::UpstreamStream;
