@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use super::endpoint::Endpoint;
 use super::secret::{optional_secret, secret, Secret};
-use crate::net::proxy::ProxyUrl;
 use super::{invalid, ConfigError};
+use crate::net::proxy::ProxyUrl;
 
 /// How requests for an account travel upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -161,7 +161,12 @@ mod tests {
         let text = format!("{MINIMAL}proxy = \"socks5h://alice:s3cret@127.0.0.1:1080\"\n");
         let c = Config::parse(&text, &no_env).unwrap();
         let proxy = c.accounts[0].proxy.as_ref().unwrap();
-        assert_eq!(proxy.kind, ProxyKind::Socks5 { proxy_resolves: true });
+        assert_eq!(
+            proxy.kind,
+            ProxyKind::Socks5 {
+                proxy_resolves: true
+            }
+        );
         assert!(!format!("{c:?}").contains("s3cret"));
 
         let text = format!("{MINIMAL}proxy_env = \"EGRESS\"\n");
@@ -173,7 +178,10 @@ mod tests {
 
         let text = format!("{MINIMAL}proxy = \"ftp://alice:s3cret@h:1\"\n");
         let err = Config::parse(&text, &no_env).unwrap_err().to_string();
-        assert!(err.contains("accounts[0].proxy") && !err.contains("s3cret"), "{err}");
+        assert!(
+            err.contains("accounts[0].proxy") && !err.contains("s3cret"),
+            "{err}"
+        );
         let text = format!("{MINIMAL}proxy = \"http://a:b@h:1\"\nproxy_env = \"EGRESS\"\n");
         assert!(Config::parse(&text, &env).is_err());
     }
