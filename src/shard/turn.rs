@@ -1349,5 +1349,10 @@ mod tests {
             dial_failure(&DialError::Connect(refused_conn)).class,
             FailureClass::retryable("connect")
         );
+        let proxy = dial_failure(&DialError::Proxy(
+            crate::net::proxy::ProxyError::ConnectRefused(407),
+        ));
+        assert_eq!(proxy.class, FailureClass::retryable("proxy"));
+        assert_eq!(proxy.error.status, 502);
     }
 }
