@@ -202,3 +202,57 @@ pub(crate) mod scripted {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::scripted::Scripted;
+    use super::*;
+
+    /// Arbitrary proxy answers, whole or cut anywhere and read in any step size, end in a typed
+    /// result: the handshakes never panic on a peer's bytes.
+    #[test]
+    fn arbitrary_answers_never_panic() {
+        let auth = ProxyAuth {
+            user: Secret::new("u".into()),
+            password: Secret::new("p".into()),
+        };
+        let prefixes: [&[u8]; 4] = [
+            b"",
+            b"HTTP/1.1 200 OK\r\n",
+            &[5, 2, 1, 0],
+            &[5, 0, 5, 0, 0, 3],
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..4000 {
+            let len = (next() % 64) as usize;
+            let mut input = prefixes[i % prefixes.len()].to_vec();
+            input.extend((0..len).map(|_| next() as u8));
+            let step = 1 + (next() % 8) as usize;
+            for kind in [
+                ProxyKind::Connect,
+                ProxyKind::Socks5 {
+                    proxy_resolves: true,
+                },
+            ] {
+                let proxy = ProxyUrl {
+                    kind,
+                    host: "p".into(),
+                    port: 1,
+                    auth: (i % 2 == 0).then(|| auth.clone()),
+                };
+                let mut peer = Scripted::new(&input, step);
+                let _ = futures_lite::future::block_on(handshake(
+                    &mut peer,
+                    &proxy,
+                    Target::Name("api.example", 443),
+                ));
+            }
+        }
+    }
+}
