@@ -269,8 +269,14 @@ fn wrong_password_is_a_clean_error(proxy_scheme: &str, url_scheme: &str) {
     served.terminate();
     let text = std::fs::read_to_string(&log).expect("gateway log");
     assert!(
-        lines_containing(&log, "egress proxy") >= 1,
+        lines_containing(&log, "egress proxy:") >= 1,
         "the failure is logged:\n{text}"
+    );
+    let shown = format!("proxy={url_scheme}://***@127.0.0.1:{}", proxy.port);
+    assert_eq!(
+        lines_containing(&log, &shown),
+        1,
+        "the start names the proxy without its credentials:\n{text}"
     );
     for secret in [wrong, PASSWORD, USER] {
         assert_eq!(
