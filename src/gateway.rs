@@ -66,6 +66,12 @@ impl Gateway {
                 "auth kind not known to support WebSocket mode: this account's requests go over HTTP/SSE"
             );
         }
+        for a in &config.accounts {
+            if let Some(proxy) = &a.proxy {
+                // Display shows the proxy without its credentials.
+                tracing::info!(account = %a.id, %proxy, "account goes through an egress proxy");
+            }
+        }
         let live = Arc::new(LiveSettings::new(&config)?);
         let current = Mutex::new(config.clone());
         let config = Arc::new(config);

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::endpoint::Endpoint;
-use super::secret::{secret, Secret};
+use super::secret::{optional_secret, secret, Secret};
 use super::{invalid, ConfigError};
+use crate::net::proxy::ProxyUrl;
 
 /// How requests for an account travel upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -34,6 +35,8 @@ pub struct Account {
     pub max_conns: usize,
     /// Extra trusted root certificates (PEM), for upstreams with a private CA.
     pub ca_file: Option<PathBuf>,
+    /// Egress proxy every connection to this account goes through (HTTP CONNECT or SOCKS5).
+    pub proxy: Option<ProxyUrl>,
     /// How requests travel upstream.
     pub transport: Transport,
     /// Client model → upstream model.
@@ -66,6 +69,8 @@ pub(super) struct RawAccount {
     api_key_env: Option<String>,
     max_conns: Option<usize>,
     ca_file: Option<PathBuf>,
+    proxy: Option<String>,
+    proxy_env: Option<String>,
     transport: Option<Transport>,
     #[serde(default)]
     model_map: HashMap<String, String>,
@@ -109,6 +114,16 @@ pub(super) fn validate(
                 ));
             }
         }
+        let proxy = optional_secret(
+            &format!("{at}.proxy"),
+            a.proxy,
+            &format!("{at}.proxy_env"),
+            a.proxy_env,
+            env,
+        )?
+        .map(|url| ProxyUrl::parse(url.expose()))
+        .transpose()
+        .map_err(|e| invalid(format!("{at}.proxy"), e.to_string()))?;
         accounts.push(Account {
             id: a.id,
             group: a.group.unwrap_or_else(|| "default".into()),
@@ -116,6 +131,7 @@ pub(super) fn validate(
             api_key,
             max_conns,
             ca_file: a.ca_file,
+            proxy,
             transport: a.transport.unwrap_or(Transport::Ws),
             model_map: a.model_map,
             models: a.models,
@@ -138,6 +154,37 @@ pub(super) fn validate(
 mod tests {
     use crate::config::tests::{no_env, MINIMAL};
     use crate::config::Config;
+    use crate::net::proxy::ProxyKind;
+
+    #[test]
+    fn proxy_comes_inline_or_from_the_environment_and_its_errors_hide_it() {
+        let text = format!("{MINIMAL}proxy = \"socks5h://alice:s3cret@127.0.0.1:1080\"\n");
+        let c = Config::parse(&text, &no_env).unwrap();
+        let proxy = c.accounts[0].proxy.as_ref().unwrap();
+        assert_eq!(
+            proxy.kind,
+            ProxyKind::Socks5 {
+                proxy_resolves: true
+            }
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        let text = format!("{MINIMAL}proxy_env = \"EGRESS\"\n");
+        let env = |name: &str| (name == "EGRESS").then(|| "http://bob:pw@proxy:3128".to_string());
+        let c = Config::parse(&text, &env).unwrap();
+        assert_eq!(c.accounts[0].proxy.as_ref().unwrap().port, 3128);
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("accounts[0].proxy_env"), "{err}");
+
+        let text = format!("{MINIMAL}proxy = \"ftp://alice:s3cret@h:1\"\n");
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(
+            err.contains("accounts[0].proxy") && !err.contains("s3cret"),
+            "{err}"
+        );
+        let text = format!("{MINIMAL}proxy = \"http://a:b@h:1\"\nproxy_env = \"EGRESS\"\n");
+        assert!(Config::parse(&text, &env).is_err());
+    }
     #[test]
     fn unknown_auth_kind_is_accepted_but_not_for_websocket() {
         let c = Config::parse(MINIMAL, &no_env).unwrap();

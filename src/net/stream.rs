@@ -8,12 +8,18 @@ use futures_lite::{AsyncRead, AsyncWrite};
 
 use crate::runtime::TcpStream;
 
+use super::PrefixedStream;
+
+/// The TCP connection under an upstream stream: to the upstream itself, or to the account's
+/// egress proxy, tunneled, with any tunnel bytes the proxy handshake read replayed first.
+pub type UpstreamTcp = PrefixedStream<TcpStream>;
+
 /// An upstream byte stream: plain TCP (`ws://`, `http://`) or TLS (`wss://`, `https://`).
 pub enum UpstreamStream {
     /// Plain TCP.
-    Plain(TcpStream),
+    Plain(UpstreamTcp),
     /// TLS over TCP.
-    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<futures_rustls::client::TlsStream<UpstreamTcp>>),
     /// No connection: stands in under the WebSocket of a resting upstream connection, whose
     /// real stream waits beside it. Reads end, writes fail.
     Closed,

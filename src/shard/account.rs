@@ -10,6 +10,7 @@ use http::HeaderValue;
 use rustls_pki_types::ServerName;
 
 use crate::config::Account;
+use crate::net::proxy::ProxyUrl;
 use crate::net::tls::{self, TlsSetupError};
 use crate::runtime;
 
@@ -27,6 +28,8 @@ pub struct AccountRuntime {
     pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     /// Last address the host resolved to; cleared when a dial fails.
     resolved: Cell<Option<SocketAddr>>,
+    /// Last address the egress proxy's host resolved to; cleared when a dial to it fails.
+    proxy_resolved: Cell<Option<SocketAddr>>,
 }
 
 /// Why an account could not be prepared.
@@ -75,6 +78,7 @@ impl AccountRuntime {
             authorization,
             tls,
             resolved: Cell::new(None),
+            proxy_resolved: Cell::new(None),
             config,
         })
     }
@@ -86,29 +90,47 @@ impl AccountRuntime {
         self.config.auth_supports_ws()
     }
 
-    /// The address to dial: an IP literal directly, a host name resolved off the shard and cached.
+    /// The upstream's address: an IP literal directly, a host name resolved off the shard and
+    /// cached.
     pub async fn address(&self) -> std::io::Result<SocketAddr> {
-        if let Some(addr) = self.resolved.get() {
-            return Ok(addr);
-        }
         let ep = &self.config.endpoint;
-        let addr = if let Ok(ip) = ep.host.parse::<IpAddr>() {
-            SocketAddr::new(ip, ep.port)
-        } else {
-            let target = (ep.host.clone(), ep.port);
-            runtime::blocking(move || {
-                target.to_socket_addrs()?.next().ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "host has no address")
-                })
-            })
-            .await?
-        };
-        self.resolved.set(Some(addr));
-        Ok(addr)
+        resolve(&self.resolved, &ep.host, ep.port).await
     }
 
-    /// Forgets the cached address, so the next dial resolves again.
+    /// The address of `proxy` (the account's egress proxy), cached like
+    /// [`AccountRuntime::address`].
+    pub async fn proxy_address(&self, proxy: &ProxyUrl) -> std::io::Result<SocketAddr> {
+        resolve(&self.proxy_resolved, &proxy.host, proxy.port).await
+    }
+
+    /// Forgets the cached addresses, so the next dial resolves again.
     pub fn forget_address(&self) {
         self.resolved.set(None);
+        self.proxy_resolved.set(None);
     }
+}
+
+/// `host:port` from `cache`, else resolved (an IP literal directly, a name off the shard) and
+/// cached.
+async fn resolve(
+    cache: &Cell<Option<SocketAddr>>,
+    host: &str,
+    port: u16,
+) -> std::io::Result<SocketAddr> {
+    if let Some(addr) = cache.get() {
+        return Ok(addr);
+    }
+    let addr = if let Ok(ip) = host.parse::<IpAddr>() {
+        SocketAddr::new(ip, port)
+    } else {
+        let target = (host.to_string(), port);
+        runtime::blocking(move || {
+            target.to_socket_addrs()?.next().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "host has no address")
+            })
+        })
+        .await?
+    };
+    cache.set(Some(addr));
+    Ok(addr)
 }

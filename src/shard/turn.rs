@@ -762,6 +762,15 @@ impl Driver {
         }
     }
 
+    /// Counts a failed dial that the account's egress proxy caused (`proxy_failures{account}`).
+    fn count_dial_failure(&self, pool: &Pool, e: &DialError) {
+        if matches!(e, DialError::Proxy(_)) {
+            self.shard
+                .counters
+                .bump_labeled("proxy_failures", &pool.account.config.id);
+        }
+    }
+
     /// Answers a warm-up itself (its transport is HTTP, which rejects `generate`).
     async fn answer_warmup<S: ClientSink>(
         &mut self,
@@ -931,8 +940,10 @@ impl Driver {
                     self.lease = Some(lease);
                 }
                 Err(e) => {
-                    if matches!(e, AcquireError::QueueFull) {
-                        bump(&self.shard.counters.queue_rejections);
+                    match &e {
+                        AcquireError::QueueFull => bump(&self.shard.counters.queue_rejections),
+                        AcquireError::Dial(d) => self.count_dial_failure(pool, d),
+                        AcquireError::Timeout => {}
                     }
                     return Attempt::failed(acquire_failure(&pool.account.config.id, e), false);
                 }
@@ -1043,7 +1054,11 @@ impl Driver {
         };
         let (conn, reused) = match pool.http_conn(fresh).await {
             Ok(c) => c,
-            Err(e) => return Attempt::failed(dial_failure(&e), false),
+            Err(e) => {
+                self.count_dial_failure(pool, &e);
+                tracing::warn!(account = %pool.account.config.id, error = %e, "upstream HTTP dial failed");
+                return Attempt::failed(dial_failure(&e), false);
+            }
         };
         self.count_conn(pool, reused, Hist::DialHttp, conn.dial_time);
         let early = match relay::before_send(sink, &self.shard.counters).await {
@@ -1232,6 +1247,15 @@ pub fn dial_failure(e: &DialError) -> Failure {
             ),
             FailureClass::retryable("tls"),
         ),
+        DialError::Proxy(_) => Failure::new(
+            GatewayError::new(
+                502,
+                ErrorType::Server,
+                "upstream_unavailable",
+                "the account's egress proxy did not open a tunnel",
+            ),
+            FailureClass::retryable("proxy"),
+        ),
         _ => Failure::new(
             GatewayError::new(
                 502,
@@ -1325,5 +1349,10 @@ mod tests {
             dial_failure(&DialError::Connect(refused_conn)).class,
             FailureClass::retryable("connect")
         );
+        let proxy = dial_failure(&DialError::Proxy(
+            crate::net::proxy::ProxyError::ConnectRefused(407),
+        ));
+        assert_eq!(proxy.class, FailureClass::retryable("proxy"));
+        assert_eq!(proxy.error.status, 502);
     }
 }

@@ -11,7 +11,9 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::config::UpstreamConfig;
-use crate::net::{FrameEdge, UpstreamStream};
+use crate::net::proxy::{self, ProxyError, ProxyKind, ProxyUrl, Target};
+use crate::net::stream::UpstreamTcp;
+use crate::net::{FrameEdge, PrefixedStream, UpstreamStream};
 use crate::runtime;
 
 use super::account::AccountRuntime;
@@ -48,6 +50,10 @@ pub enum DialError {
     /// Any other WebSocket handshake failure.
     #[error("websocket handshake failed: {0}")]
     Handshake(String),
+    /// The account's egress proxy did not open the tunnel (refused, wrong credentials, broken
+    /// answer). Never carries the proxy's credentials.
+    #[error("egress proxy: {0}")]
+    Proxy(ProxyError),
 }
 
 /// An upstream WebSocket, over a stream read in frames ([`FrameEdge`]) so that it can be set
@@ -240,32 +246,67 @@ pub async fn connect_stream(
         .ok_or(DialError::HandshakeTimeout)?
 }
 
+/// The TCP connection a dial starts from: to the upstream, or a tunnel through the account's
+/// egress proxy. The dial timeout covers the whole step (for a proxy: TCP to it and its
+/// handshake); TLS through the tunnel then has the handshake timeout like any TLS.
 async fn connect_tcp(
     account: &AccountRuntime,
     cfg: &UpstreamConfig,
-) -> Result<runtime::TcpStream, DialError> {
+) -> Result<UpstreamTcp, DialError> {
+    let connected = match &account.config.proxy {
+        None => runtime::timeout(cfg.dial_timeout, direct(account, cfg)).await,
+        Some(p) => runtime::timeout(cfg.dial_timeout, through_proxy(account, p, cfg)).await,
+    };
+    let result = connected.unwrap_or(Err(DialError::ConnectTimeout));
+    if result.is_err() {
+        account.forget_address();
+    }
+    result
+}
+
+async fn direct(account: &AccountRuntime, cfg: &UpstreamConfig) -> Result<UpstreamTcp, DialError> {
     let addr = account.address().await.map_err(DialError::Resolve)?;
-    match runtime::timeout(cfg.dial_timeout, runtime::connect(addr, cfg.dial_timeout)).await {
-        None => {
-            account.forget_address();
-            Err(DialError::ConnectTimeout)
-        }
-        Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-            account.forget_address();
-            Err(DialError::ConnectTimeout)
-        }
-        Some(Err(e)) => {
-            account.forget_address();
-            Err(DialError::Connect(e))
-        }
-        Some(Ok(s)) => Ok(s),
+    tcp(addr, cfg)
+        .await
+        .map(|s| PrefixedStream::new(Vec::new(), s))
+}
+
+/// TCP to the proxy, then its handshake toward the account's endpoint.
+async fn through_proxy(
+    account: &AccountRuntime,
+    proxy: &ProxyUrl,
+    cfg: &UpstreamConfig,
+) -> Result<UpstreamTcp, DialError> {
+    let proxy_addr = account
+        .proxy_address(proxy)
+        .await
+        .map_err(DialError::Resolve)?;
+    let ep = &account.config.endpoint;
+    let target = match proxy.kind {
+        ProxyKind::Socks5 {
+            proxy_resolves: false,
+        } => Target::Addr(account.address().await.map_err(DialError::Resolve)?),
+        _ => Target::Name(&ep.host, ep.port),
+    };
+    let mut stream = tcp(proxy_addr, cfg).await?;
+    let tunneled = proxy::handshake(&mut stream, proxy, target)
+        .await
+        .map_err(DialError::Proxy)?;
+    Ok(PrefixedStream::new(tunneled, stream))
+}
+
+async fn tcp(
+    addr: std::net::SocketAddr,
+    cfg: &UpstreamConfig,
+) -> Result<runtime::TcpStream, DialError> {
+    match runtime::connect(addr, cfg.dial_timeout).await {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(DialError::ConnectTimeout),
+        Err(e) => Err(DialError::Connect(e)),
+        Ok(s) => Ok(s),
     }
 }
 
-async fn wrap_tls(
-    account: &AccountRuntime,
-    tcp: runtime::TcpStream,
-) -> Result<UpstreamStream, DialError> {
+async fn wrap_tls(account: &AccountRuntime, tcp: UpstreamTcp) -> Result<UpstreamStream, DialError> {
     match &account.tls {
         Some((config, name)) => {
             let connector = futures_rustls::TlsConnector::from(config.clone());
