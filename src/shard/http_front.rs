@@ -26,7 +26,7 @@ use super::auth::ClientIdentity;
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump, ShardCounters};
 use super::http_head;
-use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
+use super::sink::{ClientSignal, ClientSink, Gone, TurnError};
 use super::turn::{Driver, TurnEnd};
 use super::Shard;
 use crate::protocol::http1::RequestHead;

@@ -33,7 +33,7 @@ use super::client_close::{close_after_error, close_client, CloseReason};
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump, ShardCounters};
 use super::handoff::{HandedConn, Handoff, HandoffError};
-use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
+use super::sink::{ClientSignal, ClientSink, Gone, TurnError};
 use super::sticky::Affinity;
 use super::turn::{Driver, TurnEnd};
 use super::Shard;

@@ -4,8 +4,8 @@
 //! is separated from "how it travels": each attempt picks an account (skipping open breakers and,
 //! when another healthy one exists, accounts already tried), a transport (a pooled WebSocket, or
 //! HTTP/SSE when the account or the global switch says so or WebSocket was refused), relays the
-//! events into the client's sink, and classifies a failure as retryable, fallback, chain error or
-//! final ([`FailureClass`]). Nothing is retried once the client has seen an event.
+//! events into the client's sink, and acts on what the failure table decides for a failed attempt
+//! (`shard/failure.rs`). Nothing is retried once the client has seen an event.
 //!
 //! Sticky state around the loop: a turn chained by `previous_response_id` prefers the account
 //! (and, on this shard, the idle connection) its previous response lives on; the pairing decision
@@ -21,12 +21,10 @@ use std::time::Instant;
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use sonic_rs::JsonValueTrait;
 
 use crate::metrics::Hist;
 use crate::protocol::client_frame::ClientEventKind;
 use crate::protocol::error_body::{ErrorType, GatewayError};
-use crate::protocol::upstream_event::{ErrorReason, UpstreamError};
 use crate::protocol::{ClientFrame, TerminalKind, Usage};
 use crate::runtime;
 use crate::state::{Binding, SessionKey, TurnState};
@@ -34,17 +32,16 @@ use crate::usage::{RequestType, UsageRecord};
 
 use super::auth::ClientIdentity;
 use super::counters::{bump, ShardCounters};
+use super::failure::{self, upstream_failed, Action, AttemptFacts, BreakerEffect, Failure};
 use super::http_upstream::http_body;
 use super::normalizer::{self, PreviousId};
 use super::pool::{AcquireError, Lease, Pool};
 use super::preempt::PreemptBudget;
 use super::recovery::{self, Recovery, RecoveryFacts};
-use super::relay::{
-    self, BeforeSend, ClientSink, Failure, Outcome, RelayEnv, Settled, Source, TurnError,
-};
-use super::retry::{backoff, FailureClass, MAX_RETRY_AFTER};
+use super::relay::{self, BeforeSend, Outcome, RelayEnv, Settled, Source};
+use super::retry::backoff;
+use super::sink::{ClientSink, TurnError};
 use super::sticky::{self, Affinity};
-use super::upstream::DialError;
 use super::{scheduler, warmup, Shard};
 
 /// How often, 10 ms apart, a chained turn looks for its connection on the idle stack while the
@@ -346,8 +343,8 @@ impl Driver {
                 &parsed,
             )
             .await;
-        let facts = inputs.facts(&parsed);
-        let mut previous = normalizer::pairing_for_turn(&shard.counters, &facts).previous;
+        let facts_chain = inputs.facts(&parsed);
+        let mut previous = normalizer::pairing_for_turn(&shard.counters, &facts_chain).previous;
         // A turn the normalizer chains to another response than the frame names (an injected or
         // realigned id) runs where that response lives, as if the client had sent its id.
         let chained_by_normalizer = match previous {
@@ -517,153 +514,134 @@ impl Driver {
                     self.drop_lease();
                     return TurnEnd::ClientGone;
                 }
-                Outcome::Failed {
-                    relayed: false,
-                    failure:
-                        Failure {
-                            class: FailureClass::Chain { reason },
-                            error,
-                            ..
-                        },
-                } => {
-                    // Upstream answered: the account is healthy, the connection is not reused
-                    // after an error event, and a recovery replay stays on the account (a
-                    // stored response lives there).
-                    pool.breaker.on_success(Instant::now());
-                    self.drop_lease();
-                    self.prefer = Some(Prefer {
-                        account: pool.account.index,
-                        connection: None,
-                    });
-                    let sent_previous = match previous {
-                        PreviousId::AsSent => parsed.previous_response_id.as_deref(),
-                        PreviousId::Set(id) => Some(id),
-                        PreviousId::Clear => None,
-                    };
-                    let decision = recovery::decide(
-                        &RecoveryFacts {
-                            reason,
-                            frame: &parsed,
-                            sent_previous,
-                            session_last: facts.session_last,
-                            pending_of_last: facts.pending_of_last,
-                            client_saw_output: false,
-                        },
-                        &recoveries,
-                    );
-                    recoveries.record(&decision);
-                    self.shard
-                        .counters
-                        .bump_labeled("recovery", decision.label());
-                    match decision {
-                        Recovery::AlignTo(_) => {
-                            // The only id `decide` aligns to is the session's last response.
-                            if let Some(last) = facts.session_last {
-                                previous = PreviousId::Set(last);
-                            }
-                            continue;
-                        }
-                        Recovery::ReplayWithoutPrevious => {
-                            previous = PreviousId::Clear;
-                            continue;
-                        }
-                        Recovery::PassToClient(_) => {
-                            self.shard.counters.bump_labeled("terminal", "error");
-                            bump(&self.shard.counters.turns_upstream_error);
-                            failed_after_retry(&self.shard.counters, attempts);
-                            tracing::info!(
-                                key_id = %self.identity.key_id,
-                                group = %self.identity.group,
-                                account = %pool.account.config.id,
-                                model = %model,
-                                status = "error",
-                                error = reason.as_str(),
-                                request_type = self.request_type.as_str(),
-                                attempts,
-                                "turn"
-                            );
-                            return self.report(sink, &error).await;
-                        }
-                    }
-                }
                 Outcome::Failed { relayed, failure } => {
                     self.drop_lease();
-                    let counters = &self.shard.counters;
                     if let Some(code) = failure.close_code {
+                        let counters = &self.shard.counters;
                         counters.bump_labeled("close_codes", &code.to_string());
                     }
-                    let class = if relayed {
-                        FailureClass::Final
-                    } else {
-                        failure.class
+                    let facts = AttemptFacts {
+                        relayed,
+                        reused: attempt.reused,
+                        stale_used,
+                        fallback_used: fallback_http,
+                        retries,
+                        max_attempts: retry_cfg.max_attempts,
+                        elsewhere: self.elsewhere(&tried, pool.account.index),
                     };
-                    let now = Instant::now();
-                    // A connection failure on a reused connection before the client saw anything
-                    // says more about the connection than the request (an idle pooled
-                    // connection closed by an upstream restart, 1012): once, on a fresh one, at
-                    // once.
-                    let connection_failure = matches!(class, FailureClass::Retryable { .. })
-                        || (!relayed && matches!(failure.close_code, Some(1012 | 1013)));
-                    if connection_failure && attempt.reused && !stale_used {
-                        pool.breaker.abandon();
-                        bump(&counters.stale_retries);
-                        stale_used = true;
-                        fresh = true;
-                        continue;
-                    }
-                    match class {
-                        FailureClass::Fallback { reason } if !fallback_http => {
-                            pool.breaker.abandon();
+                    let action = failure::decide(&failure, &facts);
+                    self.apply_breaker(&pool, action.breaker());
+                    let counters = &self.shard.counters;
+                    match action {
+                        Action::RetryFresh => {
+                            bump(&counters.stale_retries);
+                            stale_used = true;
+                            fresh = true;
+                        }
+                        Action::FallBack {
+                            reason,
+                            refused_upgrade,
+                        } => {
                             counters.bump_labeled("fallbacks", reason);
-                            if reason == "upgrade_refused" {
-                                pool.mark_ws_refused(now);
+                            if refused_upgrade {
+                                pool.mark_ws_refused(Instant::now());
                             }
                             tracing::info!(account = %pool.account.config.id, reason, "falling back to HTTP upstream");
                             fallback_http = true;
-                            continue;
                         }
-                        FailureClass::Retryable {
+                        Action::BackOff {
                             reason,
                             retry_after,
                         } => {
-                            if pool.breaker.on_failure(now) {
-                                bump(&counters.breaker_opens);
-                                tracing::warn!(account = %pool.account.config.id, "circuit breaker opened");
-                            }
                             if !tried.contains(&pool.account.index) {
                                 tried.push(pool.account.index);
-                            }
-                            // `retry-after` binds the account that said it: another healthy
-                            // account is tried after the plain backoff.
-                            let elsewhere =
-                                scheduler::pick(&self.shard, &self.identity.group, &tried)
-                                    .is_some();
-                            let retry_after = retry_after.filter(|_| !elsewhere);
-                            let too_long = retry_after.is_some_and(|ra| ra > MAX_RETRY_AFTER);
-                            if retries + 1 >= retry_cfg.max_attempts || too_long {
-                                bump(&counters.retries_exhausted);
-                                bump(&counters.turns_failed);
-                                failed_after_retry(counters, attempts);
-                                return self.report(sink, &failure.error).await;
                             }
                             retries += 1;
                             counters.bump_labeled("retries", reason);
                             runtime::sleep(backoff(&retry_cfg, retries, retry_after)).await;
-                            continue;
                         }
-                        _ => {
-                            if !relayed {
-                                // A request error or a busy slice says nothing about the
-                                // account's health.
-                                pool.breaker.abandon();
-                            } else if pool.breaker.on_failure(now) {
-                                bump(&counters.breaker_opens);
+                        Action::Recover { reason } => {
+                            // The connection is not reused after an error event, and a recovery
+                            // replay stays on the account (a stored response lives there).
+                            self.prefer = Some(Prefer {
+                                account: pool.account.index,
+                                connection: None,
+                            });
+                            let sent_previous = match previous {
+                                PreviousId::AsSent => parsed.previous_response_id.as_deref(),
+                                PreviousId::Set(id) => Some(id),
+                                PreviousId::Clear => None,
+                            };
+                            let decision = recovery::decide(
+                                &RecoveryFacts {
+                                    reason,
+                                    frame: &parsed,
+                                    sent_previous,
+                                    session_last: facts_chain.session_last,
+                                    pending_of_last: facts_chain.pending_of_last,
+                                },
+                                &recoveries,
+                            );
+                            recoveries.record(&decision);
+                            counters.bump_labeled("recovery", decision.label());
+                            match decision {
+                                Recovery::AlignTo(_) => {
+                                    // The only id `decide` aligns to is the session's last
+                                    // response.
+                                    if let Some(last) = facts_chain.session_last {
+                                        previous = PreviousId::Set(last);
+                                    }
+                                }
+                                Recovery::ReplayWithoutPrevious => previous = PreviousId::Clear,
+                                Recovery::PassToClient(_) => {
+                                    counters.bump_labeled("terminal", "error");
+                                    bump(&counters.turns_upstream_error);
+                                    failed_after_retry(counters, attempts);
+                                    tracing::info!(
+                                        key_id = %self.identity.key_id,
+                                        group = %self.identity.group,
+                                        account = %pool.account.config.id,
+                                        model = %model,
+                                        status = "error",
+                                        error = reason.as_str(),
+                                        request_type = self.request_type.as_str(),
+                                        attempts,
+                                        "turn"
+                                    );
+                                    return self.report(sink, &failure.error).await;
+                                }
+                            }
+                        }
+                        Action::Report { exhausted, .. } => {
+                            if exhausted {
+                                bump(&counters.retries_exhausted);
                             }
                             bump(&counters.turns_failed);
                             failed_after_retry(counters, attempts);
                             return self.report(sink, &failure.error).await;
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Whether another healthy account of the client's group exists besides those `tried` and
+    /// `current`.
+    fn elsewhere(&self, tried: &[usize], current: usize) -> bool {
+        let group = &self.identity.group;
+        scheduler::any_available(&self.shard, group, |i| i == current || tried.contains(&i))
+    }
+
+    /// Applies a failure's effect to `pool`'s circuit breaker.
+    fn apply_breaker(&self, pool: &Pool, effect: BreakerEffect) {
+        match effect {
+            BreakerEffect::Success => pool.breaker.on_success(Instant::now()),
+            BreakerEffect::Abandon => pool.breaker.abandon(),
+            BreakerEffect::Failure => {
+                if pool.breaker.on_failure(Instant::now()) {
+                    bump(&self.shard.counters.breaker_opens);
+                    tracing::warn!(account = %pool.account.config.id, "circuit breaker opened");
                 }
             }
         }
@@ -934,16 +912,14 @@ impl Driver {
                     if matches!(e, AcquireError::QueueFull) {
                         bump(&self.shard.counters.queue_rejections);
                     }
-                    return Attempt::failed(acquire_failure(&pool.account.config.id, e), false);
+                    tracing::warn!(account = %pool.account.config.id, error = %e, "upstream acquire failed");
+                    return Attempt::failed(Failure::acquire(&e), false);
                 }
             }
         }
         let Some(lease) = self.lease.as_mut() else {
             return Attempt::failed(
-                Failure::new(
-                    relay::upstream_failed("no upstream connection"),
-                    FailureClass::Final,
-                ),
+                Failure::local(upstream_failed("no upstream connection")),
                 false,
             );
         };
@@ -963,7 +939,7 @@ impl Driver {
                         "rewrite_failed",
                         "the rewritten frame is not valid UTF-8",
                     );
-                    return Attempt::failed(Failure::new(err, FailureClass::Final), false);
+                    return Attempt::failed(Failure::local(err), false);
                 }
             }
         };
@@ -983,16 +959,9 @@ impl Driver {
         let send_limit = self.shard.config.upstream.event_timeout;
         let sent = runtime::timeout(send_limit, ws.send(Message::Text(payload))).await;
         if !matches!(sent, Some(Ok(()))) {
-            let reason = if sent.is_none() { "timeout" } else { "reset" };
             return Attempt {
                 conn: Some(conn_id),
-                ..Attempt::failed(
-                    Failure::new(
-                        relay::upstream_failed("upstream connection failed"),
-                        FailureClass::retryable(reason),
-                    ),
-                    reused,
-                )
+                ..Attempt::failed(Failure::send_failed(sent.is_none()), reused)
             };
         }
         let sent_at = Instant::now();
@@ -1039,11 +1008,11 @@ impl Driver {
                 "invalid_json",
                 "the request is not a JSON object",
             );
-            return Attempt::failed(Failure::new(err, FailureClass::Final), false);
+            return Attempt::failed(Failure::local(err), false);
         };
         let (conn, reused) = match pool.http_conn(fresh).await {
             Ok(c) => c,
-            Err(e) => return Attempt::failed(dial_failure(&e), false),
+            Err(e) => return Attempt::failed(Failure::dial(&e), false),
         };
         self.count_conn(pool, reused, Hist::DialHttp, conn.dial_time);
         let early = match relay::before_send(sink, &self.shard.counters).await {
@@ -1062,7 +1031,7 @@ impl Driver {
         let sent_at = Instant::now();
         let mut resp = match conn.send(&pool.account, cfg, &self.forward, &body).await {
             Ok(r) => r,
-            Err(e) => return Attempt::failed(relay::http_failure(&e), reused),
+            Err(e) => return Attempt::failed(Failure::http(&e), reused),
         };
         if resp.status != 200 || !resp.is_sse {
             let status = resp.status;
@@ -1071,21 +1040,10 @@ impl Driver {
             if let Some(conn) = resp.finish().await {
                 pool.http_give_back(conn);
             }
-            let error = if status == 200 {
-                TurnError::from(relay::upstream_failed(
-                    "upstream answered without an event stream",
-                ))
-            } else {
-                TurnError::from_upstream(status, &body, &[pool.account.config.api_key.expose()])
-            };
-            let class = if status == 200 {
-                FailureClass::retryable("malformed")
-            } else {
-                chain_error(status, &body)
-                    .unwrap_or_else(|| FailureClass::of_status(status, retry_after, false))
-            };
+            let secrets = [pool.account.config.api_key.expose()];
+            let failure = Failure::http_answer(status, retry_after, &body, &secrets);
             tracing::warn!(account = %pool.account.config.id, status, "upstream HTTP request failed");
-            return Attempt::failed(Failure::new(error, class), false);
+            return Attempt::failed(failure, false);
         }
         let env = RelayEnv {
             counters: &self.shard.counters,
@@ -1160,170 +1118,4 @@ fn ends_clean(outcome: &Outcome) -> bool {
                 ..
             }
     )
-}
-
-/// The chain error (`previous_response_not_found`, `tool_output_not_found`) an HTTP error
-/// answer carries, as the class the recovery matrix handles.
-fn chain_error(status: u16, body: &[u8]) -> Option<FailureClass> {
-    if status != 400 {
-        return None;
-    }
-    let field = |name: &str| {
-        sonic_rs::get_from_slice(body, ["error", name])
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
-    };
-    let error = UpstreamError {
-        status: Some(status),
-        error_type: field("type"),
-        code: field("code"),
-        message: field("message"),
-    };
-    match error.reason() {
-        reason @ (ErrorReason::PreviousResponseNotFound | ErrorReason::ToolOutputNotFound) => {
-            Some(FailureClass::Chain { reason })
-        }
-        _ => None,
-    }
-}
-
-/// The failure a dial error stands for.
-pub fn dial_failure(e: &DialError) -> Failure {
-    match e {
-        DialError::Refused {
-            status,
-            retry_after,
-        } => {
-            let retry_after = retry_after.map(std::time::Duration::from_secs);
-            let class = FailureClass::of_status(*status, retry_after, true);
-            let err = if *status == 429 {
-                GatewayError::new(
-                    429,
-                    ErrorType::RateLimit,
-                    "upstream_rate_limited",
-                    "upstream is rate limiting this account; retry later",
-                )
-            } else {
-                GatewayError::new(
-                    502,
-                    ErrorType::Server,
-                    "upstream_unavailable",
-                    format!("upstream refused the connection (HTTP {status})"),
-                )
-            };
-            Failure::new(err, class)
-        }
-        DialError::ConnectTimeout | DialError::HandshakeTimeout => Failure::new(
-            GatewayError::new(
-                504,
-                ErrorType::Server,
-                "upstream_timeout",
-                "upstream did not answer in time",
-            ),
-            FailureClass::retryable("dial_timeout"),
-        ),
-        DialError::Tls(_) => Failure::new(
-            GatewayError::new(
-                502,
-                ErrorType::Server,
-                "upstream_unavailable",
-                "upstream TLS handshake failed",
-            ),
-            FailureClass::retryable("tls"),
-        ),
-        _ => Failure::new(
-            GatewayError::new(
-                502,
-                ErrorType::Server,
-                "upstream_unavailable",
-                "upstream could not be reached",
-            ),
-            FailureClass::retryable("connect"),
-        ),
-    }
-}
-
-fn acquire_failure(account: &str, e: AcquireError) -> Failure {
-    tracing::warn!(account, error = %e, "upstream acquire failed");
-    match e {
-        AcquireError::Dial(d) => dial_failure(&d),
-        AcquireError::QueueFull | AcquireError::Timeout => Failure::new(
-            GatewayError::new(
-                503,
-                ErrorType::Server,
-                "upstream_busy",
-                "all upstream connections are busy; retry later",
-            ),
-            FailureClass::Final,
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn http_chain_errors_go_to_the_recovery_matrix() {
-        let body = br#"{"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"Previous response with id 'r1' not found."}}"#;
-        assert_eq!(
-            chain_error(400, body),
-            Some(FailureClass::Chain {
-                reason: ErrorReason::PreviousResponseNotFound
-            })
-        );
-        let body = br#"{"error":{"type":"invalid_request_error","code":null,"message":"No tool call found for function call output with call_id c1."}}"#;
-        assert_eq!(
-            chain_error(400, body),
-            Some(FailureClass::Chain {
-                reason: ErrorReason::ToolOutputNotFound
-            })
-        );
-        let other =
-            br#"{"error":{"type":"invalid_request_error","code":"invalid_value","message":"bad"}}"#;
-        assert_eq!(chain_error(400, other), None);
-        assert_eq!(chain_error(500, body), None);
-    }
-
-    #[test]
-    fn dial_failures_are_classified() {
-        let refused = |status, retry_after| {
-            dial_failure(&DialError::Refused {
-                status,
-                retry_after,
-            })
-        };
-        assert_eq!(
-            refused(426, None).class,
-            FailureClass::Fallback {
-                reason: "upgrade_refused"
-            }
-        );
-        assert_eq!(
-            refused(403, None).class,
-            FailureClass::Fallback {
-                reason: "upgrade_refused"
-            }
-        );
-        assert_eq!(refused(503, None).class, FailureClass::retryable("5xx"));
-        assert_eq!(
-            refused(429, Some(2)).class,
-            FailureClass::Retryable {
-                reason: "429",
-                retry_after: Some(Duration::from_secs(2))
-            }
-        );
-        assert_eq!(refused(429, None).error.status, 429);
-        assert_eq!(
-            dial_failure(&DialError::ConnectTimeout).class,
-            FailureClass::retryable("dial_timeout")
-        );
-        let refused_conn = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(
-            dial_failure(&DialError::Connect(refused_conn)).class,
-            FailureClass::retryable("connect")
-        );
-    }
 }
