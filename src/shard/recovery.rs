@@ -4,7 +4,7 @@
 //! the session asks [`decide`] what to do, acts on it (a replay goes through
 //! `normalizer::rewrite` with the matching `PreviousId`), and records the attempt in
 //! [`Attempts`] so each recovery happens at most once per turn. Only chain errors before anything
-//! reached the client come here (`shard/failure.rs` decides that). Rows:
+//! reached the client come here (`shard/failure/` decides that). Rows:
 //!
 //! | error | condition | decision |
 //! |---|---|---|

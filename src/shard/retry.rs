@@ -1,5 +1,5 @@
 //! Retry pacing: a retried attempt waits an exponentially growing, fully jittered delay (which
-//! failures are retried is decided in `shard/failure.rs`).
+//! failures are retried is decided in `shard/failure/`).
 
 use std::time::Duration;
 

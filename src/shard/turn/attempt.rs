@@ -1,6 +1,6 @@
 //! One attempt over each transport: a pooled upstream WebSocket or an HTTP/SSE request, from
 //! taking the connection to the relay's outcome. A failure is reported as the failure table
-//! builds it (`shard/failure.rs`); what follows is decided there.
+//! builds it (`shard/failure/`); what follows is decided there.
 
 use std::rc::Rc;
 use std::time::Instant;

@@ -6,7 +6,7 @@
 //! when another healthy one exists, accounts already tried), a transport (a pooled WebSocket, or
 //! HTTP/SSE when the account or the global switch says so or WebSocket was refused), relays the
 //! events into the client's sink, and acts on what the failure table decides for a failed attempt
-//! (`shard/failure.rs`). Nothing is retried once the client has seen an event.
+//! (`shard/failure/`). Nothing is retried once the client has seen an event.
 //!
 //! Sticky state around the loop: a turn chained by `previous_response_id` prefers the account
 //! (and, on this shard, the idle connection) its previous response lives on; the pairing decision
@@ -14,7 +14,6 @@
 //! a chain error before any output goes to the recovery matrix (at most one alignment and one
 //! replay without the id); a terminal event records the response's binding, its pending tool
 //! calls and the session's last response.
-
 //!
 //! The driver's other jobs live in one file each: `frame` (the checks a client frame passes
 //! first), `route` (where a turn runs: affinity, the account and connection it prefers),
