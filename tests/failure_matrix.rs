@@ -519,6 +519,24 @@ fn restart_close_on_a_reused_idle_connection_is_retried_on_a_fresh_one() {
     assert_eq!(usage_records(&usage, 2)[1]["attempts"].as_u64(), Some(2));
 }
 
+/// The failure table's decision where docs/design.md's table and the retry rule met: a restart
+/// close before any event on a connection that carried no earlier turn is reported at once (it
+/// says nothing about a pooled connection gone stale, and upstream asked to try later).
+#[test]
+fn restart_close_on_a_fresh_connection_is_reported_not_retried() {
+    let up = mock();
+    let (extra, _) = fast("");
+    let gw = gateway(config_accounts(&[up.base_url()], &extra, ""));
+    script_turns(&up, "close=1012", 1);
+    let mut c = connect(gw.addr());
+    let t1 = c.turn(&create("gpt-5", "one", true, None));
+    assert_eq!(t1.last_type(), "error", "{:?}", t1.events);
+    assert_eq!(t1.error_code().as_deref(), Some("upstream_unavailable"));
+    assert_eq!(up.stats().ws_turns_total, 1, "not retried");
+    let t2 = c.turn(&create("gpt-5", "two", true, None));
+    assert_eq!(t2.last_type(), "response.completed", "{:?}", t2.events);
+}
+
 #[test]
 fn a_half_open_probe_that_ends_in_a_request_error_does_not_wedge_the_breaker() {
     let up = mock();

@@ -12,7 +12,7 @@ use async_tungstenite::tungstenite::Utf8Bytes;
 use crate::runtime;
 
 use super::counters::{bump, ShardCounters};
-use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
+use super::sink::{ClientSignal, ClientSink, Gone, TurnError};
 
 /// Wraps a client sink so that each write has a deadline.
 pub struct WriteDeadline<'a, S> {

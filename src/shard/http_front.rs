@@ -7,26 +7,22 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use async_tungstenite::tungstenite::Utf8Bytes;
 use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use http::{HeaderName, HeaderValue};
-use sonic_rs::JsonValueTrait;
 
 use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::http1::{BodyDecoder, Http1Error};
-use crate::protocol::lazy::range_of;
-use crate::protocol::sse::write_event;
 use crate::protocol::{ClientFrame, ClientFrameError};
 use crate::runtime;
 use crate::usage::RequestType;
 
 use super::auth::ClientIdentity;
 use super::client_deadline::WriteDeadline;
-use super::counters::{add, bump, ShardCounters};
+use super::counters::{add, bump};
 use super::http_head;
-use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
+use super::sink::{JsonSink, SseSink, TurnError};
 use super::turn::{Driver, TurnEnd};
 use super::Shard;
 use crate::protocol::http1::RequestHead;
@@ -129,15 +125,12 @@ pub async fn serve(
         let sse = SseSink::new(stream, buf, &shard.counters, keep_alive, head.http10);
         let mut sink = WriteDeadline::new(sse, write_limit, &shard.counters);
         let end = driver.run(&mut sink, frame, received).await;
-        runtime::timeout(write_limit, sink.into_inner().finish(end))
+        let done = matches!(end, TurnEnd::Done);
+        runtime::timeout(write_limit, sink.into_inner().finish(done))
             .await
             .unwrap_or(false)
     } else {
-        let mut sink = JsonSink {
-            stream,
-            inbuf: buf,
-            result: None,
-        };
+        let mut sink = JsonSink::new(stream, buf);
         let end = driver.run(&mut sink, frame, received).await;
         let (status, body) = sink.result.take().unwrap_or_else(|| {
             let err: TurnError = GatewayError::new(
@@ -230,230 +223,6 @@ async fn fill(stream: &mut ClientStream, buf: &mut Vec<u8>) -> Result<(), BodyEr
             buf.extend_from_slice(&chunk[..n]);
             Ok(())
         }
-    }
-}
-
-/// Most bytes of a pipelined next request kept while a response is in flight.
-const MAX_PIPELINED: usize = 64 * 1024;
-
-/// Watches an HTTP client while its request runs: end of stream (or a socket error) means it
-/// left, so the turn stops at once. Bytes of a pipelined next request are kept in `inbuf`.
-async fn watch_client(stream: &mut ClientStream, inbuf: &mut Vec<u8>) -> ClientSignal {
-    let mut chunk = [0u8; 4096];
-    while inbuf.len() < MAX_PIPELINED {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return ClientSignal::Gone,
-            Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    futures_lite::future::pending().await
-}
-
-/// Events as SSE records on a chunked `200 text/event-stream` response. The head goes out with
-/// the first events, so a failure before any event can still be answered as a JSON error.
-///
-/// Records are written into one buffer behind [`CHUNK_ROOM`] reserved bytes, where the chunk
-/// header (and, the first time, the response head) is put in front of them at flush time: one
-/// write per flush and no copy of the records. A batch of events is flushed early once it holds
-/// [`SSE_FLUSH_AT`] bytes, so a turn holds at most that plus one event on this side.
-///
-/// An HTTP/1.0 client gets no chunked encoding (RFC 9112 §6.1): the records go out as they are
-/// and the stream ends when the connection closes.
-struct SseSink<'a> {
-    stream: &'a mut ClientStream,
-    inbuf: &'a mut Vec<u8>,
-    counters: &'a ShardCounters,
-    /// [`CHUNK_ROOM`] bytes of room, then the SSE records not yet written.
-    pending: Vec<u8>,
-    started: bool,
-    answered: bool,
-    keep_alive: bool,
-    /// An HTTP/1.0 client: the body is delimited by the connection's close.
-    close_delimited: bool,
-}
-
-/// Room kept in front of the pending records for the response head and the chunk header.
-const CHUNK_ROOM: usize = 192;
-/// Pending SSE bytes past which a batch is written before its last event.
-const SSE_FLUSH_AT: usize = 64 * 1024;
-
-impl SseSink<'_> {
-    fn new<'a>(
-        stream: &'a mut ClientStream,
-        inbuf: &'a mut Vec<u8>,
-        counters: &'a ShardCounters,
-        keep_alive: bool,
-        close_delimited: bool,
-    ) -> SseSink<'a> {
-        SseSink {
-            stream,
-            inbuf,
-            counters,
-            pending: vec![0; CHUNK_ROOM],
-            started: false,
-            answered: false,
-            keep_alive,
-            close_delimited,
-        }
-    }
-
-    async fn write_pending(&mut self) -> Result<(), Gone> {
-        let records = self.pending.len() - CHUNK_ROOM;
-        if records == 0 {
-            return Ok(());
-        }
-        let mut front = [0u8; CHUNK_ROOM];
-        let mut at = 0;
-        let mut put = |bytes: &[u8]| {
-            front[at..at + bytes.len()].copy_from_slice(bytes);
-            at += bytes.len();
-        };
-        if !self.started {
-            put(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n");
-            put(if self.close_delimited {
-                b"connection: close\r\n\r\n"
-            } else if self.keep_alive {
-                b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n"
-            } else {
-                b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-            });
-            self.started = true;
-        }
-        if !self.close_delimited {
-            let mut size = [0u8; 18];
-            let mut cursor = std::io::Cursor::new(&mut size[..]);
-            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{records:x}\r\n"));
-            let size_len = cursor.position() as usize;
-            put(&size[..size_len]);
-        }
-        let start = CHUNK_ROOM - at;
-        self.pending[start..CHUNK_ROOM].copy_from_slice(&front[..at]);
-        if !self.close_delimited {
-            self.pending.extend_from_slice(b"\r\n");
-        }
-        add(&self.counters.bytes_out, records as u64);
-        let written = self.stream.write_all(&self.pending[start..]).await;
-        self.pending.truncate(CHUNK_ROOM);
-        if self.pending.capacity() > 4 * SSE_FLUSH_AT {
-            // A huge event grew the buffer: give it back rather than keep it for the stream.
-            self.pending = vec![0; CHUNK_ROOM];
-        }
-        written.map_err(|_| Gone)?;
-        self.stream.flush().await.map_err(|_| Gone)
-    }
-
-    /// Ends the response; `true` when the connection may carry another request.
-    async fn finish(mut self, end: TurnEnd) -> bool {
-        if !matches!(end, TurnEnd::Done) {
-            return false;
-        }
-        if self.write_pending().await.is_err() {
-            return false;
-        }
-        if self.started && self.close_delimited {
-            // The close ends the body.
-            return false;
-        }
-        if self.started {
-            return self.stream.write_all(b"0\r\n\r\n").await.is_ok()
-                && self.stream.flush().await.is_ok();
-        }
-        self.answered
-    }
-}
-
-impl ClientSink for SseSink<'_> {
-    async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone> {
-        write_event(&mut self.pending, event_type, event.as_bytes());
-        if self.pending.len() - CHUNK_ROOM >= SSE_FLUSH_AT {
-            return self.write_pending().await;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), Gone> {
-        self.write_pending().await
-    }
-
-    async fn signal(&mut self) -> ClientSignal {
-        watch_client(self.stream, self.inbuf).await
-    }
-
-    async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
-        if self.started {
-            write_event(&mut self.pending, "error", error.event.as_bytes());
-            return self.write_pending().await;
-        }
-        self.answered = true;
-        http_head::write_json(
-            self.stream,
-            error.status,
-            &error.http_body,
-            &[],
-            self.keep_alive,
-        )
-        .await
-        .map_err(|_| Gone)
-    }
-}
-
-/// Collects the final response object (or error) of a non-streaming request.
-struct JsonSink<'a> {
-    stream: &'a mut ClientStream,
-    inbuf: &'a mut Vec<u8>,
-    /// The answer's status and body; a response object stays in the event it came in.
-    result: Option<(u16, Utf8Bytes)>,
-}
-
-impl ClientSink for JsonSink<'_> {
-    async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone> {
-        let raw = event.as_bytes();
-        match event_type {
-            "error" => {
-                let status = sonic_rs::get_from_slice(raw, ["status"])
-                    .ok()
-                    .and_then(|s| s.as_u64())
-                    .and_then(|s| u16::try_from(s).ok())
-                    .unwrap_or(500);
-                // Already cleared of the account's secrets by the relay.
-                let e = TurnError::from_upstream(status, raw, &[]);
-                self.result = Some((e.status, e.http_body.into()));
-            }
-            // As upstream's own non-streaming answer: 200 with the response object, whose
-            // `status` (and `error`) says how it ended.
-            "response.failed"
-            | "response.completed"
-            | "response.done"
-            | "response.incomplete"
-            | "response.cancelled"
-            | "response.canceled" => {
-                let object = sonic_rs::get_from_slice(raw, ["response"])
-                    .ok()
-                    .and_then(|resp| range_of(raw, resp.as_raw_str().as_bytes()));
-                if let Some(range) = object {
-                    // A view of the event's own buffer: the answer is not copied.
-                    let body = Bytes::from(event).slice(range);
-                    if let Ok(body) = Utf8Bytes::try_from(body) {
-                        self.result = Some((200, body));
-                    }
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), Gone> {
-        Ok(())
-    }
-
-    async fn signal(&mut self) -> ClientSignal {
-        watch_client(self.stream, self.inbuf).await
-    }
-
-    async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
-        self.result = Some((error.status, error.http_body.clone().into()));
-        Ok(())
     }
 }
 

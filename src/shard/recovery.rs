@@ -3,20 +3,19 @@
 //! When upstream answers a turn with `previous_response_not_found` or `tool_output_not_found`,
 //! the session asks [`decide`] what to do, acts on it (a replay goes through
 //! `normalizer::rewrite` with the matching `PreviousId`), and records the attempt in
-//! [`Attempts`] so each recovery happens at most once per turn. Rows:
+//! [`Attempts`] so each recovery happens at most once per turn. Only chain errors before anything
+//! reached the client come here (`shard/failure/` decides that). Rows:
 //!
 //! | error | condition | decision |
 //! |---|---|---|
-//! | any | something already reached the client | pass to client |
 //! | `previous_response_not_found` | session's last response known, different from the id sent, not yet aligned, and (no tool output, or the last response's pending calls cover them) | align to it |
 //! | `previous_response_not_found` | otherwise | pass to client (clients resend full context) |
 //! | `tool_output_not_found` | an id was sent, not yet replayed, and every tool output's call is in the frame | replay without the id |
 //! | `tool_output_not_found` | otherwise (a tool output would lose the id it belongs to) | pass to client |
-//! | anything else | | pass to client (transport retries are decided elsewhere) |
 
-use crate::protocol::upstream_event::ErrorReason;
 use crate::protocol::ClientFrame;
 
+use super::failure::ChainError;
 use super::normalizer::{outputs_answered, Pending};
 
 /// What to do about an upstream chain error.
@@ -33,10 +32,6 @@ pub enum Recovery {
 /// Why an error goes to the client unrecovered; each is a counter label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PassReason {
-    /// Not a chain error.
-    NotAChainError,
-    /// Part of the turn already reached the client.
-    ClientSawOutput,
     /// The one recovery this error allows was already tried this turn.
     AlreadyTried,
     /// No session last response is known, or it is the id that was just refused.
@@ -54,8 +49,6 @@ impl Recovery {
             Recovery::AlignTo(_) => "align_to_last",
             Recovery::ReplayWithoutPrevious => "replay_without_previous",
             Recovery::PassToClient(r) => match r {
-                PassReason::NotAChainError => "pass_not_chain_error",
-                PassReason::ClientSawOutput => "pass_client_saw_output",
                 PassReason::AlreadyTried => "pass_already_tried",
                 PassReason::NoOtherResponse => "pass_no_other_response",
                 PassReason::OutputsNeedTheirId => "pass_outputs_need_their_id",
@@ -68,8 +61,8 @@ impl Recovery {
 /// What the decision looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct RecoveryFacts<'a> {
-    /// The upstream error's classification.
-    pub reason: ErrorReason,
+    /// Which chain error upstream answered with.
+    pub reason: ChainError,
     /// The frame as the client sent it (its tool outputs and calls).
     pub frame: &'a ClientFrame<'a>,
     /// The `previous_response_id` that was actually sent upstream (after the normalizer).
@@ -78,8 +71,6 @@ pub struct RecoveryFacts<'a> {
     pub session_last: Option<&'a str>,
     /// Pending calls of `session_last`.
     pub pending_of_last: Pending<'a>,
-    /// `true` once any event of this turn was written to the client.
-    pub client_saw_output: bool,
 }
 
 /// The recoveries already tried in this turn.
@@ -102,22 +93,12 @@ impl Attempts {
     }
 }
 
-/// Decides what to do about an upstream error on a turn.
+/// Decides what to do about an upstream chain error on a turn.
 pub fn decide(facts: &RecoveryFacts<'_>, attempts: &Attempts) -> Recovery {
     use PassReason::*;
     let pass = Recovery::PassToClient;
-    let chain_error = matches!(
-        facts.reason,
-        ErrorReason::PreviousResponseNotFound | ErrorReason::ToolOutputNotFound
-    );
-    if !chain_error {
-        return pass(NotAChainError);
-    }
-    if facts.client_saw_output {
-        return pass(ClientSawOutput);
-    }
     match facts.reason {
-        ErrorReason::PreviousResponseNotFound => {
+        ChainError::PreviousResponseNotFound => {
             if attempts.aligned {
                 return pass(AlreadyTried);
             }
@@ -137,7 +118,7 @@ pub fn decide(facts: &RecoveryFacts<'_>, attempts: &Attempts) -> Recovery {
                 pass(OutputsNeedTheirId)
             }
         }
-        _ => {
+        ChainError::ToolOutputNotFound => {
             if attempts.replayed_without_previous {
                 return pass(AlreadyTried);
             }
@@ -163,7 +144,7 @@ mod tests {
     const OWN_CALL: &[u8] = br#"{"type":"response.create","previous_response_id":"r1","input":[{"type":"function_call","call_id":"c1"},{"type":"function_call_output","call_id":"c1"}]}"#;
 
     fn facts<'a>(
-        reason: ErrorReason,
+        reason: ChainError,
         frame: &'a ClientFrame<'a>,
         last: Option<&'a str>,
         pending_of_last: Pending<'a>,
@@ -174,7 +155,6 @@ mod tests {
             sent_previous: frame.previous_response_id.as_deref(),
             session_last: last,
             pending_of_last,
-            client_saw_output: false,
         }
     }
 
@@ -182,7 +162,7 @@ mod tests {
     fn previous_not_found_aligns_once_to_a_different_last_response() {
         let f = ClientFrame::parse(PLAIN).unwrap();
         let facts = facts(
-            ErrorReason::PreviousResponseNotFound,
+            ChainError::PreviousResponseNotFound,
             &f,
             Some("r2"),
             Pending::Unknown,
@@ -202,7 +182,7 @@ mod tests {
         let f = ClientFrame::parse(PLAIN).unwrap();
         for last in [None, Some("r1")] {
             let facts = facts(
-                ErrorReason::PreviousResponseNotFound,
+                ChainError::PreviousResponseNotFound,
                 &f,
                 last,
                 Pending::Unknown,
@@ -221,7 +201,7 @@ mod tests {
         let others = vec!["c9".to_string()];
         let at = |p| {
             decide(
-                &facts(ErrorReason::PreviousResponseNotFound, &f, Some("r2"), p),
+                &facts(ChainError::PreviousResponseNotFound, &f, Some("r2"), p),
                 &Attempts::default(),
             )
         };
@@ -240,7 +220,7 @@ mod tests {
     fn tool_output_not_found_replays_once_only_when_calls_travel_with_outputs() {
         let own = ClientFrame::parse(OWN_CALL).unwrap();
         let facts_own = facts(
-            ErrorReason::ToolOutputNotFound,
+            ChainError::ToolOutputNotFound,
             &own,
             Some("r2"),
             Pending::Unknown,
@@ -256,7 +236,7 @@ mod tests {
 
         let orphan = ClientFrame::parse(OUTPUT).unwrap();
         let facts_orphan = facts(
-            ErrorReason::ToolOutputNotFound,
+            ChainError::ToolOutputNotFound,
             &orphan,
             Some("r2"),
             Pending::Unknown,
@@ -270,7 +250,7 @@ mod tests {
     #[test]
     fn tool_output_not_found_without_an_id_sent_has_nothing_to_drop() {
         let f = ClientFrame::parse(OWN_CALL).unwrap();
-        let mut facts = facts(ErrorReason::ToolOutputNotFound, &f, None, Pending::Unknown);
+        let mut facts = facts(ChainError::ToolOutputNotFound, &f, None, Pending::Unknown);
         facts.sent_previous = None;
         assert_eq!(
             decide(&facts, &Attempts::default()),
@@ -279,40 +259,10 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_recovered_once_the_client_saw_output_or_for_other_errors() {
-        let f = ClientFrame::parse(PLAIN).unwrap();
-        let mut seen = facts(
-            ErrorReason::PreviousResponseNotFound,
-            &f,
-            Some("r2"),
-            Pending::Unknown,
-        );
-        seen.client_saw_output = true;
-        assert_eq!(
-            decide(&seen, &Attempts::default()),
-            Recovery::PassToClient(PassReason::ClientSawOutput)
-        );
-        for reason in [
-            ErrorReason::RateLimited,
-            ErrorReason::ServerError,
-            ErrorReason::Other,
-            ErrorReason::ConnectionLimitReached,
-        ] {
-            let other = facts(reason, &f, Some("r2"), Pending::Unknown);
-            assert_eq!(
-                decide(&other, &Attempts::default()),
-                Recovery::PassToClient(PassReason::NotAChainError)
-            );
-        }
-    }
-
-    #[test]
     fn labels_are_distinct() {
         let all = [
             Recovery::AlignTo("x".into()),
             Recovery::ReplayWithoutPrevious,
-            Recovery::PassToClient(PassReason::NotAChainError),
-            Recovery::PassToClient(PassReason::ClientSawOutput),
             Recovery::PassToClient(PassReason::AlreadyTried),
             Recovery::PassToClient(PassReason::NoOtherResponse),
             Recovery::PassToClient(PassReason::OutputsNeedTheirId),

@@ -4,6 +4,10 @@
 //!
 //! Per event the loop classifies the frame by its `type` only and hands the very same buffer to
 //! the sink; ready events are batched into one flush.
+//!
+//! Size: under 600 lines of code plus its unit tests, one job (the relay of one attempt). The
+//! preemption paths (`before_send`, `preempted`, `settle`) stay here because they read the same
+//! `Source` the loop does; failures are built in `shard/failure/` and sinks live in `sink.rs`.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -15,106 +19,21 @@ use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use sonic_rs::JsonValueTrait;
 
 use crate::metrics::{Hist, ShardMetrics};
 use crate::protocol::client_frame::ClientEventKind;
 use crate::protocol::error_body::{ErrorType, GatewayError};
-use crate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
 use crate::protocol::redact::redact_secrets;
-use crate::protocol::upstream_event::ErrorReason;
 use crate::protocol::{ClientFrame, EventKind, TerminalKind, UpstreamEvent, Usage};
 use crate::runtime;
 
 use super::counters::{bump, ShardCounters};
+use super::failure::{Failure, FailureClass};
 use super::http_upstream::{HttpResponse, HttpUpError};
 use super::normalizer::{self, Rewrite};
 use super::preempt::{PreemptBudget, DRAIN_LIMIT, PREEMPTIONS};
-use super::retry::FailureClass;
+use super::sink::{ClientSignal, ClientSink, Gone, TurnError};
 use super::upstream::UpstreamWs;
-
-/// An error as the client receives it: HTTP status, `{"error":…}` body and `error` event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TurnError {
-    /// HTTP status.
-    pub status: u16,
-    /// The JSON body of an HTTP error response.
-    pub http_body: String,
-    /// The JSON of an `error` event.
-    pub event: String,
-    /// Stable code, for logs and tests.
-    pub code: String,
-}
-
-impl From<GatewayError> for TurnError {
-    fn from(e: GatewayError) -> Self {
-        TurnError {
-            status: e.status,
-            http_body: e.to_http_body(),
-            event: e.to_event(),
-            code: e.code.to_string(),
-        }
-    }
-}
-
-impl TurnError {
-    /// An error upstream answered with: its `error` object is passed on as it came, less the
-    /// account's `secrets` ([`redact_secrets`]). A body that nests too deep to walk safely is
-    /// reported as a generic upstream error.
-    pub fn from_upstream(status: u16, body: &[u8], secrets: &[&str]) -> Self {
-        let body = String::from_utf8_lossy(body);
-        let body = redact_secrets(&body, secrets);
-        let body = body.as_bytes();
-        let inner = check_depth(body, MAX_JSON_DEPTH)
-            .ok()
-            .and_then(|()| sonic_rs::get_from_slice(body, ["error"]).ok())
-            .filter(|v| v.is_object())
-            .map(|v| v.as_raw_str().to_string());
-        match inner {
-            Some(inner) => {
-                let code = sonic_rs::get_from_slice(inner.as_bytes(), ["code"])
-                    .ok()
-                    .and_then(|c| c.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                TurnError {
-                    status,
-                    http_body: format!("{{\"error\":{inner}}}"),
-                    event: format!("{{\"type\":\"error\",\"status\":{status},\"error\":{inner}}}"),
-                    code,
-                }
-            }
-            None => GatewayError::new(
-                if status >= 400 { status } else { 502 },
-                ErrorType::Server,
-                "upstream_error",
-                format!("upstream answered HTTP {status}"),
-            )
-            .into(),
-        }
-    }
-}
-
-/// A failed attempt: what the client would be told and what may happen next.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    /// The error for the client.
-    pub error: TurnError,
-    /// Retry, fall back or report.
-    pub class: FailureClass,
-    /// The WebSocket close code, when upstream closed.
-    pub close_code: Option<u16>,
-}
-
-impl Failure {
-    /// A failure of `class` reported as `error`.
-    pub fn new(error: impl Into<TurnError>, class: FailureClass) -> Self {
-        Failure {
-            error: error.into(),
-            class,
-            close_code: None,
-        }
-    }
-}
 
 /// How one relayed attempt ended.
 pub enum Outcome {
@@ -171,31 +90,6 @@ pub enum Settled {
     Unknown,
 }
 
-/// The client went away.
-#[derive(Debug, Clone, Copy)]
-pub struct Gone;
-
-/// What a client does while a turn runs.
-pub enum ClientSignal {
-    /// A frame (WebSocket clients only).
-    Frame(Bytes),
-    /// The client closed or vanished.
-    Gone,
-}
-
-/// Where a turn's events go: a client WebSocket, an SSE response or a JSON collector.
-#[allow(async_fn_in_trait)]
-pub trait ClientSink {
-    /// Queues one event for the client (`event_type` is its `type`).
-    async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone>;
-    /// Writes what was queued.
-    async fn flush(&mut self) -> Result<(), Gone>;
-    /// The client's next frame while a turn runs; never resolves for clients that send none.
-    async fn signal(&mut self) -> ClientSignal;
-    /// Tells the client its turn failed.
-    async fn fail(&mut self, error: &TurnError) -> Result<(), Gone>;
-}
-
 /// Where the events come from.
 pub enum Source<'a> {
     /// A leased upstream WebSocket.
@@ -243,53 +137,21 @@ fn ws_item(msg: Option<Result<Message, WsError>>) -> Item {
             Item::Skip
         }
         Some(Ok(Message::Close(frame))) => {
-            let code = frame.map(|f| u16::from(f.code));
-            let mut f = Failure::new(upstream_closed(code), FailureClass::of_close(code));
-            f.close_code = code;
-            Item::Fail(f, None)
+            Item::Fail(Failure::ws_closed(frame.map(|f| u16::from(f.code))), None)
         }
         None | Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
-            Item::Fail(
-                Failure::new(upstream_closed(None), FailureClass::retryable("reset")),
-                None,
-            )
+            Item::Fail(Failure::reset(), None)
         }
-        Some(Err(WsError::Capacity(_))) => Item::Fail(
-            Failure::new(
-                GatewayError::new(
-                    502,
-                    ErrorType::Server,
-                    "upstream_message_too_big",
-                    "upstream sent a message over the size limit",
-                ),
-                FailureClass::Final,
-            ),
-            Some(CloseCode::Size),
-        ),
+        Some(Err(WsError::Capacity(_))) => Item::Fail(Failure::ws_too_big(), Some(CloseCode::Size)),
         Some(Err(e @ (WsError::Protocol(_) | WsError::Utf8(_)))) => {
             let code = if matches!(e, WsError::Utf8(_)) {
                 CloseCode::Invalid
             } else {
                 CloseCode::Protocol
             };
-            let err = GatewayError::new(
-                502,
-                ErrorType::Server,
-                "upstream_protocol_error",
-                "upstream broke the WebSocket protocol",
-            );
-            Item::Fail(
-                Failure::new(err, FailureClass::retryable("protocol_error")),
-                Some(code),
-            )
+            Item::Fail(Failure::ws_protocol(), Some(code))
         }
-        Some(Err(_)) => Item::Fail(
-            Failure::new(
-                upstream_failed("upstream connection failed mid-response"),
-                FailureClass::retryable("reset"),
-            ),
-            None,
-        ),
+        Some(Err(_)) => Item::Fail(Failure::broken(), None),
     }
 }
 
@@ -297,55 +159,10 @@ fn http_item(r: Result<Option<Bytes>, HttpUpError>) -> Item {
     match r {
         Ok(Some(data)) => match Utf8Bytes::try_from(data) {
             Ok(t) => Item::Event(t),
-            Err(_) => Item::Fail(
-                Failure::new(
-                    upstream_failed("upstream sent an event that is not UTF-8"),
-                    FailureClass::Final,
-                ),
-                None,
-            ),
+            Err(_) => Item::Fail(Failure::event_not_utf8(), None),
         },
-        Ok(None) => Item::Fail(
-            Failure::new(
-                upstream_failed("upstream ended the response before a terminal event"),
-                FailureClass::retryable("reset"),
-            ),
-            None,
-        ),
-        Err(e) => Item::Fail(http_failure(&e), None),
-    }
-}
-
-/// The failure an HTTP exchange error stands for.
-pub fn http_failure(e: &HttpUpError) -> Failure {
-    match e {
-        HttpUpError::Dial(d) => super::turn::dial_failure(d),
-        HttpUpError::Timeout => Failure::new(
-            GatewayError::new(
-                504,
-                ErrorType::Server,
-                "upstream_timeout",
-                "upstream sent nothing in time",
-            ),
-            FailureClass::retryable("timeout"),
-        ),
-        HttpUpError::TooLarge(_) => Failure::new(
-            GatewayError::new(
-                502,
-                ErrorType::Server,
-                "upstream_message_too_big",
-                "upstream sent an event over the size limit",
-            ),
-            FailureClass::Final,
-        ),
-        HttpUpError::Malformed(_) => Failure::new(
-            upstream_failed("upstream sent a malformed HTTP response"),
-            FailureClass::retryable("malformed"),
-        ),
-        HttpUpError::Io(_) | HttpUpError::Eof => Failure::new(
-            upstream_failed("upstream closed the connection mid-response"),
-            FailureClass::retryable("reset"),
-        ),
+        Ok(None) => Item::Fail(Failure::ended_early(), None),
+        Err(e) => Item::Fail(Failure::http(&e), None),
     }
 }
 
@@ -635,15 +452,7 @@ pub async fn relay<S: ClientSink>(
                 if idle >= event_timeout {
                     return Outcome::Failed {
                         relayed,
-                        failure: Failure::new(
-                            GatewayError::new(
-                                504,
-                                ErrorType::Server,
-                                "upstream_timeout",
-                                format!("upstream sent nothing for {} s", event_timeout.as_secs()),
-                            ),
-                            FailureClass::retryable("timeout"),
-                        ),
+                        failure: Failure::silent(event_timeout),
                     };
                 }
                 timer = Box::pin(runtime::sleep(event_timeout - idle));
@@ -698,25 +507,9 @@ fn classify(
         EventKind::Error => {
             let err = if relayed { None } else { event.error() };
             if let Some(err) = err {
-                let class = match err.reason() {
-                    ErrorReason::RateLimited => Some(FailureClass::retryable("429")),
-                    ErrorReason::ServerError => Some(FailureClass::retryable("5xx")),
-                    reason @ (ErrorReason::PreviousResponseNotFound
-                    | ErrorReason::ToolOutputNotFound) => Some(FailureClass::Chain { reason }),
-                    _ => None,
-                };
-                if let Some(class) = class {
-                    let status = err.http_status();
-                    let error = TurnError::from_upstream(status, text.as_bytes(), secrets);
-                    let error = TurnError {
-                        event: text.as_str().to_string(),
-                        ..error
-                    };
-                    let failure = Failure {
-                        error,
-                        class,
-                        close_code: None,
-                    };
+                if let Some(class) = FailureClass::of_error_event(err.reason()) {
+                    let failure =
+                        Failure::error_event(class, err.http_status(), text.as_str(), secrets);
                     return Step::Fail(failure, None);
                 }
             }
@@ -777,10 +570,7 @@ async fn mid_turn_frame<S: ClientSink>(
                 Ok(()) => MidTurn::Continue,
                 Err(_) => MidTurn::End(Outcome::Failed {
                     relayed: true,
-                    failure: Failure::new(
-                        upstream_failed("upstream connection failed mid-response"),
-                        FailureClass::Final,
-                    ),
+                    failure: Failure::broken_mid_turn(),
                 }),
             }
         }
@@ -794,54 +584,10 @@ async fn mid_turn_frame<S: ClientSink>(
     }
 }
 
-/// A generic upstream failure.
-pub fn upstream_failed(message: &str) -> GatewayError {
-    GatewayError::new(502, ErrorType::Server, "upstream_error", message)
-}
-
-fn upstream_closed(code: Option<u16>) -> GatewayError {
-    match code {
-        Some(1009) => GatewayError::new(
-            502,
-            ErrorType::Server,
-            "upstream_message_too_big",
-            "upstream closed the connection: message too big (1009)",
-        ),
-        Some(code @ (1012 | 1013)) => GatewayError::new(
-            503,
-            ErrorType::Server,
-            "upstream_unavailable",
-            format!("upstream is restarting or overloaded (close {code}); retry the request"),
-        ),
-        Some(code) => GatewayError::new(
-            502,
-            ErrorType::Server,
-            "upstream_closed",
-            format!("upstream closed the connection mid-response (close {code})"),
-        ),
-        None => upstream_failed("upstream closed the connection mid-response"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upstream_error_bodies_pass_through() {
-        let e = TurnError::from_upstream(
-            429,
-            br#"{"error":{"type":"rate_limit_error","code":"rate_limit_exceeded","message":"slow"}}"#,
-            &[],
-        );
-        assert_eq!(e.status, 429);
-        assert_eq!(e.code, "rate_limit_exceeded");
-        assert!(e
-            .event
-            .starts_with(r#"{"type":"error","status":429,"error":{"type""#));
-        let e = TurnError::from_upstream(502, b"<html>", &[]);
-        assert_eq!(e.code, "upstream_error");
-    }
+    use crate::shard::failure::ChainError;
 
     #[test]
     fn chain_error_before_any_relay_goes_to_the_recovery_matrix() {
@@ -853,7 +599,7 @@ mod tests {
                 assert_eq!(
                     f.class,
                     FailureClass::Chain {
-                        reason: ErrorReason::PreviousResponseNotFound
+                        reason: ChainError::PreviousResponseNotFound
                     }
                 );
                 assert_eq!(f.error.event, ev.as_str(), "passed on as upstream sent it");

@@ -8,6 +8,19 @@ use std::time::Instant;
 use super::pool::Pool;
 use super::Shard;
 
+/// Whether `group` has a usable pool on this shard outside `excluded` (what [`pick`] would find,
+/// without moving its round-robin start).
+pub fn any_available(shard: &Shard, group: &str, excluded: impl Fn(usize) -> bool) -> bool {
+    let Some(candidates) = shard.groups.get(group) else {
+        return false;
+    };
+    let now = Instant::now();
+    candidates.iter().any(|&idx| {
+        let pool = &shard.pools[idx];
+        !excluded(idx) && pool.budget() > 0 && pool.breaker.is_available(now)
+    })
+}
+
 /// The least-loaded usable pool of `group` on this shard, skipping `exclude`d accounts.
 pub fn pick(shard: &Shard, group: &str, exclude: &[usize]) -> Option<Rc<Pool>> {
     let candidates = shard.groups.get(group)?;

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use async_tungstenite::tungstenite::{Message, Utf8Bytes};
+use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use bytes::Bytes;
 use futures_lite::AsyncReadExt;
@@ -31,9 +31,9 @@ use crate::usage::RequestType;
 use super::auth::ClientIdentity;
 use super::client_close::{close_after_error, close_client, CloseReason};
 use super::client_deadline::WriteDeadline;
-use super::counters::{add, bump, ShardCounters};
+use super::counters::{add, bump};
 use super::handoff::{HandedConn, Handoff, HandoffError};
-use super::relay::{ClientSignal, ClientSink, Gone, TurnError};
+use super::sink::{TurnError, WsSink};
 use super::sticky::Affinity;
 use super::turn::{Driver, TurnEnd};
 use super::Shard;
@@ -422,10 +422,7 @@ impl Session {
                     return Served::Closed;
                 }
                 add(&self.shard.counters.bytes_in, frame.len() as u64);
-                let ws = WsSink {
-                    client: &mut self.client,
-                    counters: &self.shard.counters,
-                };
+                let ws = WsSink::new(&mut self.client, &self.shard.counters);
                 let limit = self.shard.config.server.client_write_timeout;
                 let mut sink = WriteDeadline::new(ws, limit, &self.shard.counters);
                 // Boxed: a turn's future is tens of KiB, and inline it would be part of every
@@ -526,51 +523,6 @@ impl Session {
         .into();
         let _ = self.client.send(Message::text(err.event)).await;
         self.close(CloseReason::GoingAway).await;
-    }
-}
-
-/// Events to a client WebSocket: fed as text frames, written in one flush per batch.
-pub struct WsSink<'a> {
-    client: &'a mut ClientWs,
-    counters: &'a ShardCounters,
-}
-
-impl ClientSink for WsSink<'_> {
-    async fn feed(&mut self, event: Utf8Bytes, _event_type: &str) -> Result<(), Gone> {
-        add(&self.counters.bytes_out, event.len() as u64);
-        self.client
-            .feed(Message::Text(event))
-            .await
-            .map_err(|_| Gone)
-    }
-
-    async fn flush(&mut self) -> Result<(), Gone> {
-        self.client.flush().await.map_err(|_| Gone)
-    }
-
-    async fn signal(&mut self) -> ClientSignal {
-        loop {
-            let reason = match self.client.next().await {
-                Some(Ok(Message::Text(t))) => return ClientSignal::Frame(Bytes::from(t)),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                None => return ClientSignal::Gone,
-                Some(Ok(Message::Binary(_))) => CloseReason::Unsupported,
-                Some(Ok(Message::Close(_))) => CloseReason::Echo,
-                Some(Err(e)) => {
-                    close_after_error(self.client, self.counters, &e).await;
-                    return ClientSignal::Gone;
-                }
-            };
-            close_client(self.client, self.counters, reason).await;
-            return ClientSignal::Gone;
-        }
-    }
-
-    async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
-        self.client
-            .send(Message::text(error.event.clone()))
-            .await
-            .map_err(|_| Gone)
     }
 }
 

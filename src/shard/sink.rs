@@ -1,0 +1,422 @@
+//! The client side of a turn: where its events go ([`ClientSink`] and its impls: a client
+//! WebSocket [`WsSink`], an SSE response [`SseSink`], a JSON collector [`JsonSink`]) and the error
+//! a client is told ([`TurnError`]). The write deadline every turn's sink is wrapped in is its
+//! own behaviour, in `client_deadline.rs`.
+
+use async_tungstenite::tungstenite::{Message, Utf8Bytes};
+use bytes::Bytes;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_util::{SinkExt, StreamExt};
+use sonic_rs::JsonValueTrait;
+
+use crate::net::ClientStream;
+use crate::protocol::lazy::range_of;
+use crate::protocol::sse::write_event;
+
+use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
+use crate::protocol::redact::redact_secrets;
+
+use super::client_close::{close_after_error, close_client, CloseReason};
+use super::counters::{add, ShardCounters};
+use super::http_head;
+use super::session::ClientWs;
+
+/// An error as the client receives it: HTTP status, `{"error":…}` body and `error` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnError {
+    /// HTTP status.
+    pub status: u16,
+    /// The JSON body of an HTTP error response.
+    pub http_body: String,
+    /// The JSON of an `error` event.
+    pub event: String,
+    /// Stable code, for logs and tests.
+    pub code: String,
+}
+
+impl From<GatewayError> for TurnError {
+    fn from(e: GatewayError) -> Self {
+        TurnError {
+            status: e.status,
+            http_body: e.to_http_body(),
+            event: e.to_event(),
+            code: e.code.to_string(),
+        }
+    }
+}
+
+impl TurnError {
+    /// An error upstream answered with: its `error` object is passed on as it came, less the
+    /// account's `secrets` ([`redact_secrets`]). A body that nests too deep to walk safely is
+    /// reported as a generic upstream error.
+    pub fn from_upstream(status: u16, body: &[u8], secrets: &[&str]) -> Self {
+        let body = String::from_utf8_lossy(body);
+        let body = redact_secrets(&body, secrets);
+        let body = body.as_bytes();
+        let inner = check_depth(body, MAX_JSON_DEPTH)
+            .ok()
+            .and_then(|()| sonic_rs::get_from_slice(body, ["error"]).ok())
+            .filter(|v| v.is_object())
+            .map(|v| v.as_raw_str().to_string());
+        match inner {
+            Some(inner) => {
+                let code = sonic_rs::get_from_slice(inner.as_bytes(), ["code"])
+                    .ok()
+                    .and_then(|c| c.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                TurnError {
+                    status,
+                    http_body: format!("{{\"error\":{inner}}}"),
+                    event: format!("{{\"type\":\"error\",\"status\":{status},\"error\":{inner}}}"),
+                    code,
+                }
+            }
+            None => GatewayError::new(
+                if status >= 400 { status } else { 502 },
+                ErrorType::Server,
+                "upstream_error",
+                format!("upstream answered HTTP {status}"),
+            )
+            .into(),
+        }
+    }
+}
+
+/// The client went away.
+#[derive(Debug, Clone, Copy)]
+pub struct Gone;
+
+/// What a client does while a turn runs.
+pub enum ClientSignal {
+    /// A frame (WebSocket clients only).
+    Frame(Bytes),
+    /// The client closed or vanished.
+    Gone,
+}
+
+/// Where a turn's events go: a client WebSocket, an SSE response or a JSON collector.
+#[allow(async_fn_in_trait)]
+pub trait ClientSink {
+    /// Queues one event for the client (`event_type` is its `type`).
+    async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone>;
+    /// Writes what was queued.
+    async fn flush(&mut self) -> Result<(), Gone>;
+    /// The client's next frame while a turn runs; never resolves for clients that send none.
+    async fn signal(&mut self) -> ClientSignal;
+    /// Tells the client its turn failed.
+    async fn fail(&mut self, error: &TurnError) -> Result<(), Gone>;
+}
+
+// The sinks: a client WebSocket, an SSE response, a JSON answer.
+
+/// Events to a client WebSocket: fed as text frames, written in one flush per batch.
+pub struct WsSink<'a> {
+    client: &'a mut ClientWs,
+    counters: &'a ShardCounters,
+}
+
+impl<'a> WsSink<'a> {
+    /// A sink writing to `client`, counting bytes out in `counters`.
+    pub fn new(client: &'a mut ClientWs, counters: &'a ShardCounters) -> Self {
+        WsSink { client, counters }
+    }
+}
+
+impl ClientSink for WsSink<'_> {
+    async fn feed(&mut self, event: Utf8Bytes, _event_type: &str) -> Result<(), Gone> {
+        add(&self.counters.bytes_out, event.len() as u64);
+        self.client
+            .feed(Message::Text(event))
+            .await
+            .map_err(|_| Gone)
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        self.client.flush().await.map_err(|_| Gone)
+    }
+
+    async fn signal(&mut self) -> ClientSignal {
+        loop {
+            let reason = match self.client.next().await {
+                Some(Ok(Message::Text(t))) => return ClientSignal::Frame(Bytes::from(t)),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                None => return ClientSignal::Gone,
+                Some(Ok(Message::Binary(_))) => CloseReason::Unsupported,
+                Some(Ok(Message::Close(_))) => CloseReason::Echo,
+                Some(Err(e)) => {
+                    close_after_error(self.client, self.counters, &e).await;
+                    return ClientSignal::Gone;
+                }
+            };
+            close_client(self.client, self.counters, reason).await;
+            return ClientSignal::Gone;
+        }
+    }
+
+    async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
+        self.client
+            .send(Message::text(error.event.clone()))
+            .await
+            .map_err(|_| Gone)
+    }
+}
+
+/// Most bytes of a pipelined next request kept while a response is in flight.
+const MAX_PIPELINED: usize = 64 * 1024;
+
+/// Watches an HTTP client while its request runs: end of stream (or a socket error) means it
+/// left, so the turn stops at once. Bytes of a pipelined next request are kept in `inbuf`.
+async fn watch_client(stream: &mut ClientStream, inbuf: &mut Vec<u8>) -> ClientSignal {
+    let mut chunk = [0u8; 4096];
+    while inbuf.len() < MAX_PIPELINED {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return ClientSignal::Gone,
+            Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    futures_lite::future::pending().await
+}
+
+/// Events as SSE records on a chunked `200 text/event-stream` response. The head goes out with
+/// the first events, so a failure before any event can still be answered as a JSON error.
+///
+/// Records are written into one buffer behind [`CHUNK_ROOM`] reserved bytes, where the chunk
+/// header (and, the first time, the response head) is put in front of them at flush time: one
+/// write per flush and no copy of the records. A batch of events is flushed early once it holds
+/// [`SSE_FLUSH_AT`] bytes, so a turn holds at most that plus one event on this side.
+///
+/// An HTTP/1.0 client gets no chunked encoding (RFC 9112 §6.1): the records go out as they are
+/// and the stream ends when the connection closes.
+pub struct SseSink<'a> {
+    stream: &'a mut ClientStream,
+    inbuf: &'a mut Vec<u8>,
+    counters: &'a ShardCounters,
+    /// [`CHUNK_ROOM`] bytes of room, then the SSE records not yet written.
+    pending: Vec<u8>,
+    started: bool,
+    answered: bool,
+    keep_alive: bool,
+    /// An HTTP/1.0 client: the body is delimited by the connection's close.
+    close_delimited: bool,
+}
+
+/// Room kept in front of the pending records for the response head and the chunk header.
+const CHUNK_ROOM: usize = 192;
+/// Pending SSE bytes past which a batch is written before its last event.
+const SSE_FLUSH_AT: usize = 64 * 1024;
+
+impl SseSink<'_> {
+    /// A sink answering on `stream` (`inbuf` keeps a pipelined next request's bytes).
+    pub fn new<'a>(
+        stream: &'a mut ClientStream,
+        inbuf: &'a mut Vec<u8>,
+        counters: &'a ShardCounters,
+        keep_alive: bool,
+        close_delimited: bool,
+    ) -> SseSink<'a> {
+        SseSink {
+            stream,
+            inbuf,
+            counters,
+            pending: vec![0; CHUNK_ROOM],
+            started: false,
+            answered: false,
+            keep_alive,
+            close_delimited,
+        }
+    }
+
+    async fn write_pending(&mut self) -> Result<(), Gone> {
+        let records = self.pending.len() - CHUNK_ROOM;
+        if records == 0 {
+            return Ok(());
+        }
+        let mut front = [0u8; CHUNK_ROOM];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            front[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        if !self.started {
+            put(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n");
+            put(if self.close_delimited {
+                b"connection: close\r\n\r\n"
+            } else if self.keep_alive {
+                b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n"
+            } else {
+                b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            });
+            self.started = true;
+        }
+        if !self.close_delimited {
+            let mut size = [0u8; 18];
+            let mut cursor = std::io::Cursor::new(&mut size[..]);
+            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{records:x}\r\n"));
+            let size_len = cursor.position() as usize;
+            put(&size[..size_len]);
+        }
+        let start = CHUNK_ROOM - at;
+        self.pending[start..CHUNK_ROOM].copy_from_slice(&front[..at]);
+        if !self.close_delimited {
+            self.pending.extend_from_slice(b"\r\n");
+        }
+        add(&self.counters.bytes_out, records as u64);
+        let written = self.stream.write_all(&self.pending[start..]).await;
+        self.pending.truncate(CHUNK_ROOM);
+        if self.pending.capacity() > 4 * SSE_FLUSH_AT {
+            // A huge event grew the buffer: give it back rather than keep it for the stream.
+            self.pending = vec![0; CHUNK_ROOM];
+        }
+        written.map_err(|_| Gone)?;
+        self.stream.flush().await.map_err(|_| Gone)
+    }
+
+    /// Ends the response of a request that is over (`done`, not preempted or left);
+    /// `true` when the connection may carry another request.
+    pub async fn finish(mut self, done: bool) -> bool {
+        if !done {
+            return false;
+        }
+        if self.write_pending().await.is_err() {
+            return false;
+        }
+        if self.started && self.close_delimited {
+            // The close ends the body.
+            return false;
+        }
+        if self.started {
+            return self.stream.write_all(b"0\r\n\r\n").await.is_ok()
+                && self.stream.flush().await.is_ok();
+        }
+        self.answered
+    }
+}
+
+impl ClientSink for SseSink<'_> {
+    async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone> {
+        write_event(&mut self.pending, event_type, event.as_bytes());
+        if self.pending.len() - CHUNK_ROOM >= SSE_FLUSH_AT {
+            return self.write_pending().await;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        self.write_pending().await
+    }
+
+    async fn signal(&mut self) -> ClientSignal {
+        watch_client(self.stream, self.inbuf).await
+    }
+
+    async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
+        if self.started {
+            write_event(&mut self.pending, "error", error.event.as_bytes());
+            return self.write_pending().await;
+        }
+        self.answered = true;
+        http_head::write_json(
+            self.stream,
+            error.status,
+            &error.http_body,
+            &[],
+            self.keep_alive,
+        )
+        .await
+        .map_err(|_| Gone)
+    }
+}
+
+/// Collects the final response object (or error) of a non-streaming request.
+pub struct JsonSink<'a> {
+    /// The client's connection, where the answer goes once the turn is over.
+    pub stream: &'a mut ClientStream,
+    inbuf: &'a mut Vec<u8>,
+    /// The answer's status and body; a response object stays in the event it came in.
+    pub result: Option<(u16, Utf8Bytes)>,
+}
+
+impl<'a> JsonSink<'a> {
+    /// A collector for a request on `stream` (`inbuf` keeps a pipelined next request's bytes).
+    pub fn new(stream: &'a mut ClientStream, inbuf: &'a mut Vec<u8>) -> Self {
+        JsonSink {
+            stream,
+            inbuf,
+            result: None,
+        }
+    }
+}
+
+impl ClientSink for JsonSink<'_> {
+    async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone> {
+        let raw = event.as_bytes();
+        match event_type {
+            "error" => {
+                let status = sonic_rs::get_from_slice(raw, ["status"])
+                    .ok()
+                    .and_then(|s| s.as_u64())
+                    .and_then(|s| u16::try_from(s).ok())
+                    .unwrap_or(500);
+                // Already cleared of the account's secrets by the relay.
+                let e = TurnError::from_upstream(status, raw, &[]);
+                self.result = Some((e.status, e.http_body.into()));
+            }
+            // As upstream's own non-streaming answer: 200 with the response object, whose
+            // `status` (and `error`) says how it ended.
+            "response.failed"
+            | "response.completed"
+            | "response.done"
+            | "response.incomplete"
+            | "response.cancelled"
+            | "response.canceled" => {
+                let object = sonic_rs::get_from_slice(raw, ["response"])
+                    .ok()
+                    .and_then(|resp| range_of(raw, resp.as_raw_str().as_bytes()));
+                if let Some(range) = object {
+                    // A view of the event's own buffer: the answer is not copied.
+                    let body = Bytes::from(event).slice(range);
+                    if let Ok(body) = Utf8Bytes::try_from(body) {
+                        self.result = Some((200, body));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        Ok(())
+    }
+
+    async fn signal(&mut self) -> ClientSignal {
+        watch_client(self.stream, self.inbuf).await
+    }
+
+    async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
+        self.result = Some((error.status, error.http_body.clone().into()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_error_bodies_pass_through() {
+        let e = TurnError::from_upstream(
+            429,
+            br#"{"error":{"type":"rate_limit_error","code":"rate_limit_exceeded","message":"slow"}}"#,
+            &[],
+        );
+        assert_eq!(e.status, 429);
+        assert_eq!(e.code, "rate_limit_exceeded");
+        assert!(e
+            .event
+            .starts_with(r#"{"type":"error","status":429,"error":{"type""#));
+        let e = TurnError::from_upstream(502, b"<html>", &[]);
+        assert_eq!(e.code, "upstream_error");
+    }
+}

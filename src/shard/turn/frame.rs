@@ -1,0 +1,58 @@
+//! The checks a client frame passes before its turn costs anything (no lease, no upstream
+//! byte): valid UTF-8, a well-formed frame, a `response.create`.
+
+use async_tungstenite::tungstenite::Utf8Bytes;
+use bytes::Bytes;
+
+use crate::protocol::client_frame::ClientEventKind;
+use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::ClientFrame;
+
+/// The frame as text (sent upstream as this very buffer when nothing rewrites it) and parsed.
+pub(super) fn check(frame: &Bytes) -> Result<(Utf8Bytes, ClientFrame<'_>), GatewayError> {
+    let text = Utf8Bytes::try_from(frame.clone()).map_err(|_| {
+        GatewayError::new(
+            400,
+            ErrorType::InvalidRequest,
+            "invalid_json",
+            "frame is not valid UTF-8",
+        )
+    })?;
+    let parsed = ClientFrame::parse(frame).map_err(|e| e.to_gateway_error())?;
+    Ok((text, parsed))
+}
+
+/// A turn runs only for `response.create`.
+pub(super) fn check_kind(parsed: &ClientFrame<'_>) -> Result<(), GatewayError> {
+    if parsed.kind() == ClientEventKind::ResponseCreate {
+        return Ok(());
+    }
+    let t = parsed.event_type.as_deref().unwrap_or_default();
+    Err(GatewayError::new(
+        400,
+        ErrorType::InvalidRequest,
+        "unsupported_event_type",
+        format!("unsupported event type `{t}`: send `response.create`"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_checked_before_any_cost() {
+        let bad = Bytes::from_static(b"{\"type\":\"response.create\",\"input\":\"\xff\"}");
+        assert_eq!(check(&bad).err().map(|e| e.code), Some("invalid_json"));
+        let ok = Bytes::from_static(br#"{"type":"response.create","model":"m"}"#);
+        let (text, parsed) = check(&ok).expect("a valid frame");
+        assert_eq!(text.as_str().as_bytes(), &ok[..]);
+        assert!(check_kind(&parsed).is_ok());
+        let other = Bytes::from_static(br#"{"type":"response.cancel"}"#);
+        let (_, parsed) = check(&other).expect("a valid frame");
+        assert_eq!(
+            check_kind(&parsed).err().map(|e| e.code),
+            Some("unsupported_event_type")
+        );
+    }
+}
