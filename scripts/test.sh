@@ -17,6 +17,8 @@ ensure_redis
 trap stop_private_redis EXIT
 ensure_nginx
 
+# The end-to-end tests' scratch folders (tests/common scratch_file) from earlier runs.
+rm -rf target/tmp/shardgate-test-*
 cargo test --all-targets "$@"
 
 # A few seconds of every fuzz target (fuzz/README.md); fails on a crash.

@@ -32,6 +32,10 @@ pub struct ClientIdentity {
     pub group: String,
     /// The digest of the key it authenticated with.
     pub key_digest: KeyDigest,
+    /// The generation of the key table that accepted it: a session compares it with the table
+    /// in force, so a reload that lands between the upgrade and the session's first turn is
+    /// still noticed.
+    pub key_table: u64,
 }
 
 /// The table of client keys, stored as SHA-256 digests.
@@ -49,6 +53,7 @@ impl ClientAuth {
                     key_id: k.id.clone(),
                     group: k.group.clone(),
                     key_digest: KeyDigest(Sha256::digest(k.key.expose().as_bytes()).into()),
+                    key_table: 0,
                 })
                 .collect(),
         }
@@ -124,7 +129,11 @@ impl ShardKeys {
     /// Looks the key up in the table in force (see [`ClientAuth::authenticate`]).
     pub fn authenticate(&self, presented: &[u8]) -> Option<ClientIdentity> {
         self.refresh();
-        self.local.borrow().1.authenticate(presented).cloned()
+        let local = self.local.borrow();
+        local.1.authenticate(presented).map(|id| ClientIdentity {
+            key_table: local.0,
+            ..id.clone()
+        })
     }
 
     /// Which key table is in force: changes with every reload that replaced it. One relaxed
@@ -211,9 +220,17 @@ mod tests {
         assert_eq!(one.authenticate(b"sk-a").unwrap().group, "g3");
         let a_in_g3 = one.authenticate(b"sk-a").unwrap();
         assert!(one.still_valid(&a_in_g3));
-        let generation = one.generation();
+        assert_eq!(
+            a_in_g3.key_table,
+            one.generation(),
+            "an identity names the table that accepted it"
+        );
         shared.replace(&[key("b", "g2")]);
-        assert_ne!(one.generation(), generation);
+        assert_ne!(
+            one.generation(),
+            a_in_g3.key_table,
+            "so a session built after a reload still sees that it must check its key"
+        );
         assert!(
             one.authenticate(b"sk-a").is_none(),
             "a removed key is refused"

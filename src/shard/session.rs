@@ -193,6 +193,7 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
     shard.counters.bump_labeled(HANDOFF, "received");
     let key_id = meta.identity.key_id.clone();
     shard.open_handed_session(&key_id);
+    let keys_seen = meta.identity.key_table;
     let session = Session {
         driver: Driver::new(shard.clone(), meta.identity, meta.forward, RequestType::Ws),
         shard: shard.clone(),
@@ -200,7 +201,7 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
         handed_in: true,
         tls: false,
         wait: Wait::First,
-        keys_seen: shard.auth.generation(),
+        keys_seen,
     };
     session.run().await;
     shard.close_session(&key_id);
@@ -217,8 +218,8 @@ impl Session {
     ) -> Self {
         Session {
             tls,
+            keys_seen: identity.key_table,
             driver: Driver::new(shard.clone(), identity, forward, RequestType::Ws),
-            keys_seen: shard.auth.generation(),
             shard,
             client,
             handed_in: false,
@@ -334,7 +335,7 @@ impl Session {
         let tls = stream_is_tls(&stream);
         let client = client_ws(&shard, stream).await;
         Err(Box::new(Session {
-            keys_seen: shard.auth.generation(),
+            keys_seen: driver.identity().key_table,
             shard,
             client,
             driver,

@@ -108,13 +108,14 @@ fn drain_line(extra: &str) -> &'static str {
     }
 }
 
-/// A path in a fresh scratch directory (never the working directory). The directory's name is
-/// random: named by process id, a directory left by an earlier run whose process had the same
-/// id was reused, and a usage file appended to it held that run's records too.
+/// A path in a fresh scratch directory (never the working directory) under cargo's
+/// `target/tmp`, so runs do not pile folders into `/tmp` (`scripts/test.sh` empties it first).
+/// The directory's name is random: named by process id, a directory left by an earlier run whose
+/// process had the same id was reused, and a usage file appended to it held that run's records.
 pub fn scratch_file(name: &str) -> std::path::PathBuf {
     let dir = tempfile::Builder::new()
         .prefix("shardgate-test-")
-        .tempdir()
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("scratch dir")
         .keep();
     dir.join(name)
