@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::Config;
 use crate::control::{ControlHandle, ControlThread};
 use crate::listen_lock::{ListenLock, ListenLockError};
+use crate::oauth::refresher::Refresher;
 use crate::reload::{self, LiveSettings, ReloadError, ReloadReport};
 use crate::runtime;
 use crate::shard::handoff::{self, CHANNEL_CAPACITY};
@@ -40,6 +41,9 @@ pub enum StartError {
     /// A shard thread could not be started.
     #[error("cannot start shard thread: {0}")]
     Thread(io::Error),
+    /// An OAuth account's state file could not be read, or the refresher could not start.
+    #[error(transparent)]
+    OAuth(#[from] crate::oauth::refresher::RefresherError),
 }
 
 /// A running gateway.
@@ -54,6 +58,8 @@ pub struct Gateway {
     current: Mutex<Config>,
     /// This gateway's claim on its listen address, released when it is dropped.
     _claim: ListenLock,
+    /// The OAuth token refresher, when an account needs one (stopped when dropped).
+    _refresher: Option<Refresher>,
 }
 
 impl Gateway {
@@ -102,7 +108,10 @@ impl Gateway {
                 .map_err(|source| StartError::Bind { addr, source })?;
             listeners.push(Some(l));
         }
-        let (handle, control) = ControlThread::start(config.clone())?;
+        // The state files' tokens are in force before any shard dials.
+        let refresher = Refresher::start(&config, &live.oauth)?;
+        let (handle, control) =
+            ControlThread::start_with_oauth(config.clone(), live.oauth.clone())?;
         // Check every shard can be built before starting any (a bad CA file fails here).
         Shard::new(0, config.clone(), live.clone(), handle.clone())
             .map_err(|e| StartError::Setup(e.to_string()))?;
@@ -162,6 +171,7 @@ impl Gateway {
             live,
             current,
             _claim: claim,
+            _refresher: refresher,
         })
     }
 

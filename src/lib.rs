@@ -33,6 +33,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod net;
+pub mod oauth;
 pub mod protocol;
 pub mod reload;
 pub mod runtime;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, Transport};
 use crate::net::tls_server::{self, ListenerTlsError, SharedListenerTls};
+use crate::oauth::OAuthRegistry;
 use crate::shard::auth::SharedKeys;
 
 /// The settings shards read live. Shared by every shard; written only by a reload.
@@ -23,6 +24,8 @@ pub struct LiveSettings {
     pub keys: Arc<SharedKeys>,
     /// The client listener's TLS configuration, when it speaks TLS.
     pub tls: Option<Arc<SharedListenerTls>>,
+    /// OAuth accounts' tokens, replaced by the refresher and read by shards at every dial.
+    pub oauth: Arc<OAuthRegistry>,
 }
 
 impl LiveSettings {
@@ -41,6 +44,7 @@ impl LiveSettings {
                 .collect(),
             keys: Arc::new(SharedKeys::new(&config.client_keys)),
             tls,
+            oauth: Arc::new(OAuthRegistry::new(config)),
         })
     }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::endpoint::Endpoint;
+use super::oauth::{self, OAuthConfig, RawOAuth};
 use super::secret::{optional_secret, secret, Secret};
 use super::{invalid, ConfigError};
 use crate::net::proxy::ProxyUrl;
@@ -47,10 +48,13 @@ pub struct Account {
     /// How the account authenticates (`api_key` by default). Only kinds known to support
     /// WebSocket mode use it; any other kind goes over HTTP/SSE.
     pub auth: String,
+    /// The OAuth tokens and endpoints of a `chatgpt_oauth` account (its `api_key` is then
+    /// the configured access token, or empty).
+    pub oauth: Option<OAuthConfig>,
 }
 
 /// The account auth kinds known to support the Responses WebSocket mode.
-pub const WS_AUTH_KINDS: &[&str] = &["api_key"];
+pub const WS_AUTH_KINDS: &[&str] = &["api_key", oauth::AUTH_KIND];
 
 impl Account {
     /// `true` when the account's auth kind is known to support WebSocket mode.
@@ -77,6 +81,7 @@ pub(super) struct RawAccount {
     #[serde(default)]
     models: Vec<String>,
     auth: Option<String>,
+    oauth: Option<RawOAuth>,
 }
 
 /// `[[accounts]]` checked: ids unique, URLs and keys usable, at least one account.
@@ -90,18 +95,42 @@ pub(super) fn validate(
         if a.id.is_empty() || accounts.iter().any(|x| x.id == a.id) {
             return Err(invalid(format!("{at}.id"), "must be non-empty and unique"));
         }
-        let base_url = a
-            .base_url
-            .unwrap_or_else(|| "https://api.openai.com/v1".into());
+        let auth = match a.auth {
+            Some(kind) if kind.trim().is_empty() => {
+                return Err(invalid(format!("{at}.auth"), "must not be empty"))
+            }
+            Some(kind) => kind,
+            None => "api_key".into(),
+        };
+        let oauth = oauth::for_account(&at, &a.id, &auth, a.oauth, env)?;
+        let default_base = match oauth {
+            Some(_) => oauth::DEFAULT_BASE_URL,
+            None => "https://api.openai.com/v1",
+        };
+        let base_url = a.base_url.unwrap_or_else(|| default_base.into());
         let endpoint =
             Endpoint::parse(&base_url).map_err(|r| invalid(format!("{at}.base_url"), r))?;
-        let api_key = secret(
-            &format!("{at}.api_key"),
-            a.api_key,
-            &format!("{at}.api_key_env"),
-            a.api_key_env,
-            env,
-        )?;
+        let api_key = match &oauth {
+            Some(o) if a.api_key.is_none() && a.api_key_env.is_none() => Secret::new(
+                o.access_token
+                    .as_ref()
+                    .map(|t| t.expose().to_string())
+                    .unwrap_or_default(),
+            ),
+            Some(_) => {
+                return Err(invalid(
+                    format!("{at}.api_key"),
+                    "not used by a chatgpt_oauth account (its tokens go in [accounts.oauth])",
+                ))
+            }
+            None => secret(
+                &format!("{at}.api_key"),
+                a.api_key,
+                &format!("{at}.api_key_env"),
+                a.api_key_env,
+                env,
+            )?,
+        };
         let max_conns = a.max_conns.unwrap_or(64);
         if max_conns == 0 {
             return Err(invalid(format!("{at}.max_conns"), "must be at least 1"));
@@ -135,13 +164,8 @@ pub(super) fn validate(
             transport: a.transport.unwrap_or(Transport::Ws),
             model_map: a.model_map,
             models: a.models,
-            auth: match a.auth {
-                Some(kind) if kind.trim().is_empty() => {
-                    return Err(invalid(format!("{at}.auth"), "must not be empty"))
-                }
-                Some(kind) => kind,
-                None => "api_key".into(),
-            },
+            auth,
+            oauth,
         });
     }
     if accounts.is_empty() {
@@ -189,9 +213,9 @@ mod tests {
     fn unknown_auth_kind_is_accepted_but_not_for_websocket() {
         let c = Config::parse(MINIMAL, &no_env).unwrap();
         assert!(c.accounts[0].auth_supports_ws());
-        let text = format!("{MINIMAL}auth = \"chatgpt_oauth\"\n");
+        let text = format!("{MINIMAL}auth = \"some_future_kind\"\n");
         let c = Config::parse(&text, &no_env).unwrap();
-        assert_eq!(c.accounts[0].auth, "chatgpt_oauth");
+        assert_eq!(c.accounts[0].auth, "some_future_kind");
         assert!(!c.accounts[0].auth_supports_ws());
         let text = format!("{MINIMAL}auth = \" \"\n");
         let err = Config::parse(&text, &no_env).unwrap_err().to_string();

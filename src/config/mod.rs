@@ -14,6 +14,7 @@ mod accounts;
 mod client_keys;
 mod endpoint;
 mod log;
+pub mod oauth;
 mod secret;
 mod server;
 mod state;
@@ -24,6 +25,7 @@ pub use accounts::{Account, Transport, WS_AUTH_KINDS};
 pub use client_keys::ClientKey;
 pub use endpoint::Endpoint;
 pub use log::LogConfig;
+pub use oauth::OAuthConfig;
 pub use secret::Secret;
 pub use server::{ListenerTls, ServerConfig};
 pub use state::{StateBackend, StateConfig};
@@ -162,7 +164,14 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, &|name| std::env::var(name).ok())
+        let mut config = Self::parse(&text, &|name| std::env::var(name).ok())?;
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        for oauth in config.accounts.iter_mut().filter_map(|a| a.oauth.as_mut()) {
+            if oauth.state_file.is_relative() {
+                oauth.state_file = dir.join(&oauth.state_file);
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates config text; `env` resolves `*_env` names (injectable for tests).

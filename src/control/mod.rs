@@ -16,6 +16,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use crate::config::Config;
 use crate::metrics::aggregate::{self, Aggregator, SharedAggregator};
 use crate::metrics::ShardSnapshot;
+use crate::oauth::OAuthRegistry;
 use crate::state::service::{StateMsg, StateService};
 use crate::state::{StateError, StateStats};
 use crate::stats::{StatsError, StatsServices};
@@ -118,6 +119,15 @@ pub struct ControlThread {
 impl ControlThread {
     /// Opens the usage sink and starts the thread.
     pub fn start(config: Arc<Config>) -> Result<(ControlHandle, ControlThread), ControlError> {
+        let oauth = Arc::new(OAuthRegistry::new(&config));
+        Self::start_with_oauth(config, oauth)
+    }
+
+    /// [`ControlThread::start`], publishing the counters of the OAuth accounts in `oauth`.
+    pub fn start_with_oauth(
+        config: Arc<Config>,
+        oauth: Arc<OAuthRegistry>,
+    ) -> Result<(ControlHandle, ControlThread), ControlError> {
         let (tx, rx) = bounded(QUEUE_CAPACITY);
         let (stop_tx, stop_rx) = bounded(1);
         let usage = UsageWriter::open(&config.usage, config.state.redis_timeout)?;
@@ -134,6 +144,7 @@ impl ControlThread {
             usage,
             aggregator,
             state,
+            oauth,
             tick: config.server.stats_interval.min(Duration::from_millis(200)),
         };
         let thread = std::thread::Builder::new()
@@ -187,6 +198,7 @@ struct Control {
     usage: UsageWriter,
     aggregator: SharedAggregator,
     state: StateService,
+    oauth: Arc<OAuthRegistry>,
     tick: Duration,
 }
 
@@ -241,7 +253,11 @@ impl Control {
         for (name, v) in self.state.stats().values() {
             counters.insert(name.to_string(), v);
         }
-        agg.set_control(counters, self.usage.labeled());
+        let mut labeled = self.usage.labeled();
+        let (oauth_counters, oauth_labeled) = self.oauth.counters();
+        counters.extend(oauth_counters);
+        labeled.extend(oauth_labeled);
+        agg.set_control(counters, labeled);
     }
 
     fn handle(&mut self, msg: ShardMsg) {

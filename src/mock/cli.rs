@@ -42,6 +42,16 @@ pub struct MockArgs {
     /// Delay between events, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub inter_event_ms: u64,
+    /// Act as the ChatGPT backend for this `chatgpt-account-id`: requests need an access token
+    /// issued by `POST /oauth/token`; needs --oauth-refresh-token.
+    #[arg(long, requires = "oauth_refresh_token")]
+    pub oauth_account_id: Option<String>,
+    /// The refresh token the OAuth account starts with.
+    #[arg(long, requires = "oauth_account_id")]
+    pub oauth_refresh_token: Option<String>,
+    /// Lifetime of issued access tokens, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub oauth_lifetime_secs: u64,
 }
 
 impl MockArgs {
@@ -56,6 +66,15 @@ impl MockArgs {
             delta_bytes: self.delta_bytes,
             ttft: Duration::from_millis(self.ttft_ms),
             inter_event: Duration::from_millis(self.inter_event_ms),
+            oauth: match (&self.oauth_account_id, &self.oauth_refresh_token) {
+                (Some(account_id), Some(refresh_token)) => Some(super::oauth::MockOAuth {
+                    account_id: account_id.clone(),
+                    refresh_token: refresh_token.clone(),
+                    access_token: None,
+                    lifetime: Duration::from_secs(self.oauth_lifetime_secs.max(1)),
+                }),
+                _ => None,
+            },
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct MockConfig {
     pub ttft: Duration,
     /// Delay between consecutive events of a turn.
     pub inter_event: Duration,
+    /// When set, the mock acts as the ChatGPT backend: Responses requests need a live access
+    /// token it issued and the account id, and `POST /oauth/token` refreshes.
+    pub oauth: Option<super::oauth::MockOAuth>,
 }
 
 impl Default for MockConfig {
@@ -35,6 +38,7 @@ impl Default for MockConfig {
             delta_bytes: 8,
             ttft: Duration::ZERO,
             inter_event: Duration::ZERO,
+            oauth: None,
         }
     }
 }

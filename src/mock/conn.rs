@@ -10,7 +10,7 @@ use super::errors::ApiError;
 use super::http::{self, Reader};
 use super::rest::{self, Next};
 use super::state::{ConnState, Shared};
-use super::{control, realtime, ws};
+use super::{control, oauth, realtime, ws};
 use crate::runtime::TcpStream;
 
 /// Time a client gets to finish the TLS handshake.
@@ -88,6 +88,22 @@ where
         let keep_alive = head.keep_alive();
         let next = if head.path.starts_with(control::PREFIX) {
             control::handle(&mut reader, &head, &body, shared).await
+        } else if head.path == oauth::TOKEN_PATH && head.method == "POST" {
+            let (status, answer) = oauth::token(&body, shared);
+            match http::respond(
+                reader.stream(),
+                status,
+                "application/json",
+                &[],
+                answer.as_bytes(),
+                keep_alive,
+            )
+            .await
+            {
+                Ok(()) if keep_alive => Ok(Next::KeepAlive),
+                Ok(()) => Ok(Next::Close),
+                Err(e) => Err(e),
+            }
         } else if head.path.ends_with("/responses") {
             if head.method == "POST" {
                 rest::handle(&mut reader, &head, &body, shared, &mut conn).await

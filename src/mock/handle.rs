@@ -129,6 +129,16 @@ impl MockHandle {
         self.shared.append_script(script);
     }
 
+    /// Makes the OAuth token endpoint refuse the next `n` refreshes (`invalid_grant`).
+    pub fn oauth_fail_refreshes(&self, n: u32) {
+        self.shared.oauth(|o| o.fail_refreshes(n));
+    }
+
+    /// Revokes every OAuth access token issued so far: the next request with one gets a 401.
+    pub fn oauth_revoke_access_tokens(&self) {
+        self.shared.oauth(|o| o.revoke_access_tokens());
+    }
+
     /// Clears counters, scripts and stored responses.
     pub fn reset(&self) {
         self.shared.reset();

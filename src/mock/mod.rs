@@ -17,6 +17,7 @@
 //! - `realtime`: `GET …/realtime` sessions (the Realtime API, GA and beta shapes).
 //! - `control`: the `/_mock/*` endpoints.
 //! - `request`, `directives`, `events`, `turn`: one turn, from request to event sequence.
+//! - `oauth`: the OAuth token endpoint and the ChatGPT backend's token check.
 //! - `errors`: OpenAI-style error events and bodies.
 //! - `tls`: the self-signed certificate.
 //! - `stop`: the cross-thread stop signal.
@@ -32,6 +33,7 @@ mod errors;
 mod events;
 mod handle;
 mod http;
+mod oauth;
 mod realtime;
 mod request;
 mod rest;
@@ -47,5 +49,6 @@ mod ws;
 pub use cli::{run_cli, MockArgs};
 pub use config::MockConfig;
 pub use handle::{start, MockHandle};
+pub use oauth::MockOAuth;
 pub use script::{Rule, Script};
 pub use stats::MockStats;

@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use futures_rustls::TlsAcceptor;
 
 use super::config::MockConfig;
+use super::oauth::OAuthState;
 use super::script::{Script, ScriptQueue};
 use super::stats::MockStats;
 use super::stop::StopSignal;
@@ -29,6 +30,7 @@ pub struct Shared {
     stats: Mutex<MockStats>,
     script: Mutex<ScriptQueue>,
     store: Mutex<Store>,
+    oauth: Mutex<OAuthState>,
 }
 
 /// Responses stored with `store != false`: id → ids of the function calls they emitted.
@@ -46,7 +48,6 @@ impl Shared {
     /// Fresh state for a mock started with `cfg`.
     pub fn new(cfg: MockConfig, tls: Option<TlsAcceptor>) -> Self {
         Self {
-            cfg,
             stop: StopSignal::default(),
             tls,
             next_conn: AtomicU64::new(1),
@@ -54,6 +55,8 @@ impl Shared {
             stats: Mutex::new(MockStats::default()),
             script: Mutex::new(ScriptQueue::default()),
             store: Mutex::new(Store::default()),
+            oauth: Mutex::new(cfg.oauth.as_ref().map(OAuthState::new).unwrap_or_default()),
+            cfg,
         }
     }
 
@@ -101,6 +104,11 @@ impl Shared {
         *lock(&self.stats) = MockStats::default();
         *lock(&self.script) = ScriptQueue::default();
         *lock(&self.store) = Store::default();
+    }
+
+    /// Runs `f` on the OAuth tokens issued so far.
+    pub fn oauth<R>(&self, f: impl FnOnce(&mut OAuthState) -> R) -> R {
+        f(&mut lock(&self.oauth))
     }
 
     /// The function calls of stored response `id`, if it is stored.

@@ -63,6 +63,13 @@ pub struct MockStats {
     /// The latest WebSocket frames received (at most [`RECENT_FRAMES`], oldest first, each cut
     /// to [`RECENT_FRAME_BYTES`]): what the gateway sent upstream, for tests of its rewrites.
     pub recent_ws_frames: Vec<String>,
+    /// Refreshes the OAuth token endpoint granted.
+    pub oauth_refreshes: u64,
+    /// Refreshes it refused (scripted, reused or unknown refresh token, bad request).
+    pub oauth_refresh_failures: u64,
+    /// Responses requests refused for an expired or unknown access token or a wrong
+    /// `chatgpt-account-id`.
+    pub oauth_rejections: u64,
 }
 
 /// WebSocket frames [`MockStats::recent_ws_frames`] keeps.

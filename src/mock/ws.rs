@@ -90,15 +90,17 @@ pub fn decide(head: &RequestHead, shared: &Shared) -> Handshake {
     decision
 }
 
-/// Whether `head` carries the key the mock requires (always, when it requires none).
+/// Whether `head` carries the key the mock requires (always, when it requires none) and, for a
+/// mock acting as the ChatGPT backend, a live access token with its account id.
 pub fn authorized(head: &RequestHead, shared: &Shared) -> bool {
-    match &shared.cfg.require_key {
+    let key_ok = match &shared.cfg.require_key {
         None => true,
         Some(key) => head
             .header_str("authorization")
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|v| v.trim() == key),
-    }
+    };
+    key_ok && super::oauth::authorized(head, shared)
 }
 
 /// The 101 answer (no subprotocol, no extensions: permessage-deflate is declined).

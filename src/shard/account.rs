@@ -6,12 +6,13 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use futures_rustls::rustls::ClientConfig;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use rustls_pki_types::ServerName;
 
 use crate::config::Account;
 use crate::net::proxy::ProxyUrl;
 use crate::net::tls::{self, TlsSetupError};
+use crate::oauth::token::{AccountToken, Credential, ShardToken};
 use crate::runtime;
 
 /// One account, ready to dial.
@@ -20,8 +21,13 @@ pub struct AccountRuntime {
     pub index: usize,
     /// The account as configured.
     pub config: Account,
-    /// `Authorization` value for upstream, marked sensitive so it never prints.
-    pub authorization: HeaderValue,
+    /// `Authorization` value for an API-key account, marked sensitive so it never prints.
+    api_key_authorization: HeaderValue,
+    /// An OAuth account's token in force (read at every dial and request).
+    token: Option<ShardToken>,
+    /// Headers an OAuth account adds to every upstream request (`chatgpt-account-id`, and
+    /// `originator` when the client sent none).
+    oauth_headers: Vec<(HeaderName, HeaderValue)>,
     /// WebSocket URL of the Responses endpoint.
     pub ws_url: String,
     /// TLS client config and name to verify, for https/wss endpoints.
@@ -30,6 +36,26 @@ pub struct AccountRuntime {
     resolved: Cell<Option<SocketAddr>>,
     /// Last address the egress proxy's host resolved to; cleared when a dial to it fails.
     proxy_resolved: Cell<Option<SocketAddr>>,
+}
+
+/// The `originator` an OAuth account sends when the client sent none (what the Codex client
+/// sends to the ChatGPT backend).
+pub const DEFAULT_ORIGINATOR: &str = "codex-tui";
+
+/// An account's secrets, borrowed or held for one attempt.
+pub struct AccountSecrets<'a> {
+    api_key: &'a str,
+    token: Option<Arc<Credential>>,
+}
+
+impl AccountSecrets<'_> {
+    /// Every secret, for `redact_secrets` (empty ones are ignored there).
+    pub fn list(&self) -> [&str; 3] {
+        match &self.token {
+            Some(c) => [self.api_key, c.access.expose(), c.refresh.expose()],
+            None => [self.api_key, "", ""],
+        }
+    }
 }
 
 /// Why an account could not be prepared.
@@ -72,15 +98,76 @@ impl AccountRuntime {
             HeaderValue::from_str(&format!("Bearer {}", config.api_key.expose()))
                 .map_err(|_| AccountSetupError::BadKey(config.id.clone()))?;
         authorization.set_sensitive(true);
+        let oauth_headers = match &config.oauth {
+            Some(o) => vec![
+                (
+                    HeaderName::from_static("chatgpt-account-id"),
+                    HeaderValue::from_str(&o.chatgpt_account_id)
+                        .map_err(|_| AccountSetupError::BadKey(config.id.clone()))?,
+                ),
+                (
+                    HeaderName::from_static("originator"),
+                    HeaderValue::from_static(DEFAULT_ORIGINATOR),
+                ),
+            ],
+            None => Vec::new(),
+        };
         Ok(AccountRuntime {
             index,
             ws_url: config.endpoint.responses_ws_url(),
-            authorization,
+            api_key_authorization: authorization,
+            token: None,
+            oauth_headers,
             tls,
             resolved: Cell::new(None),
             proxy_resolved: Cell::new(None),
             config,
         })
+    }
+
+    /// Reads the account's credential from `token` (an OAuth account's, kept current by the
+    /// refresher) instead of its configured key.
+    pub fn with_token(mut self, token: Option<Arc<AccountToken>>) -> Self {
+        self.token = token.map(ShardToken::new);
+        self
+    }
+
+    /// The `Authorization` value to send now (marked sensitive).
+    pub fn authorization(&self) -> HeaderValue {
+        match &self.token {
+            Some(token) => token.credential().1.authorization.clone(),
+            None => self.api_key_authorization.clone(),
+        }
+    }
+
+    /// The generation of the OAuth credential in force (`None` for an API-key account): what a
+    /// 401 reports to the refresher.
+    pub fn credential_generation(&self) -> Option<u64> {
+        self.token.as_ref().map(|t| t.credential().0)
+    }
+
+    /// `false` while an OAuth account is out of rotation (its refresh failed).
+    pub fn usable(&self) -> bool {
+        self.token.as_ref().is_none_or(ShardToken::usable)
+    }
+
+    /// The secrets upstream text must be cleared of (`protocol::redact`).
+    pub fn secrets(&self) -> AccountSecrets<'_> {
+        AccountSecrets {
+            api_key: self.config.api_key.expose(),
+            token: self.token.as_ref().map(|t| t.credential().1),
+        }
+    }
+
+    /// The headers the account adds to every upstream request, after the client's `forward`ed
+    /// ones (a header the client forwarded is not added again).
+    pub fn extra_headers<'a>(
+        &'a self,
+        forward: &'a [(HeaderName, HeaderValue)],
+    ) -> impl Iterator<Item = &'a (HeaderName, HeaderValue)> + 'a {
+        self.oauth_headers
+            .iter()
+            .filter(move |(name, _)| !forward.iter().any(|(n, _)| n == name))
     }
 
     /// `true` when the account's auth kind is known to support WebSocket mode (an unknown kind

@@ -121,11 +121,11 @@ impl HttpConn {
         head.extend_from_slice(b"/responses HTTP/1.1\r\nhost: ");
         head.extend_from_slice(ep.authority().as_bytes());
         head.extend_from_slice(b"\r\nauthorization: ");
-        head.extend_from_slice(account.authorization.as_bytes());
+        head.extend_from_slice(account.authorization().as_bytes());
         head.extend_from_slice(
             b"\r\ncontent-type: application/json\r\naccept: text/event-stream\r\nconnection: keep-alive\r\n",
         );
-        for (name, value) in forward {
+        for (name, value) in forward.iter().chain(account.extra_headers(forward)) {
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value.as_bytes());

@@ -19,6 +19,7 @@ pub mod http_upstream;
 pub mod ingress;
 pub mod models;
 pub mod normalizer;
+pub mod oauth_retry;
 pub mod pool;
 pub mod preempt;
 pub mod realtime;
@@ -126,7 +127,8 @@ impl Shard {
         let mut pools = Vec::with_capacity(config.accounts.len());
         let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, account) in config.accounts.iter().enumerate() {
-            let runtime = Rc::new(AccountRuntime::new(i, account.clone())?);
+            let runtime =
+                Rc::new(AccountRuntime::new(i, account.clone())?.with_token(live.oauth.token(i)));
             let budget = budget_share(account.max_conns, config.server.shards, id);
             pools.push(Rc::new(Pool::new(
                 runtime,

@@ -1,5 +1,6 @@
 //! Picks the account slice a new upstream connection comes from: least loaded first, among the
-//! group's accounts that have budget on this shard and whose breaker is not open, round-robin
+//! group's accounts that have budget on this shard, whose breaker is not open and (OAuth) whose
+//! last refresh did not fail, round-robin
 //! among equals.
 
 use std::rc::Rc;
@@ -34,7 +35,7 @@ pub fn pick(shard: &Shard, group: &str, exclude: &[usize]) -> Option<Rc<Pool>> {
             continue;
         }
         let pool = &shard.pools[idx];
-        if pool.budget() == 0 || !pool.breaker.is_available(now) {
+        if pool.budget() == 0 || !pool.breaker.is_available(now) || !pool.account.usable() {
             continue;
         }
         let load = pool.load();

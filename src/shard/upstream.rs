@@ -330,9 +330,9 @@ fn handshake_request(
         .header("Upgrade", "websocket")
         .header("Sec-WebSocket-Version", "13")
         .header("Sec-WebSocket-Key", generate_key())
-        .header("Authorization", account.authorization.clone())
+        .header("Authorization", account.authorization())
         .header("OpenAI-Beta", OPENAI_BETA_WS);
-    for (name, value) in forward {
+    for (name, value) in forward.iter().chain(account.extra_headers(forward)) {
         builder = builder.header(name, value);
     }
     builder

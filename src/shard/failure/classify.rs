@@ -189,6 +189,13 @@ impl Failure {
                         "upstream_rate_limited",
                         "upstream is rate limiting this account; retry later",
                     )
+                } else if *status == 401 {
+                    GatewayError::new(
+                        502,
+                        ErrorType::Server,
+                        super::UPSTREAM_UNAUTHORIZED,
+                        "upstream refused the account's credentials (HTTP 401)",
+                    )
                 } else {
                     GatewayError::new(
                         502,

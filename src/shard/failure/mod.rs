@@ -24,7 +24,10 @@
 //! `upstream_error_event_is_relayed_and_connection_not_reused`); a client that leaves or
 //! preempts its turn (`client_disconnect_mid_turn_releases_upstream_connection`,
 //! `new_create_mid_turn_preempts`); connection age (`attempt_ws` retires old connections); the
-//! injected `previous_response_id` (`shard/normalizer.rs`).
+//! injected `previous_response_id` (`shard/normalizer.rs`); a 401 on a ChatGPT/Codex OAuth
+//! account before any event, which asks the refresher for one refresh and then retries on a
+//! fresh connection or moves on, before this table sees it (`shard/oauth_retry.rs`,
+//! `tests/oauth.rs`).
 
 mod classify;
 
@@ -35,6 +38,9 @@ use crate::protocol::upstream_event::ErrorReason;
 use super::sink::TurnError;
 
 pub use classify::upstream_failed;
+
+/// The error code of an upgrade upstream refused with 401 (bad or expired account credentials).
+pub const UPSTREAM_UNAUTHORIZED: &str = "upstream_unauthorized";
 
 /// The longest `retry-after` the gateway waits out itself; longer ones end the request.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);

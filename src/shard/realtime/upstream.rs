@@ -58,11 +58,11 @@ pub async fn dial(
         .header("Upgrade", "websocket")
         .header("Sec-WebSocket-Version", "13")
         .header("Sec-WebSocket-Key", generate_key())
-        .header("Authorization", account.authorization.clone());
+        .header("Authorization", account.authorization());
     if ask.beta {
         builder = builder.header("OpenAI-Beta", BETA_HEADER);
     }
-    for (name, value) in ask.forward {
+    for (name, value) in ask.forward.iter().chain(account.extra_headers(ask.forward)) {
         builder = builder.header(name, value);
     }
     let request = builder

@@ -147,12 +147,13 @@ impl Driver {
             };
         }
         let sent_at = Instant::now();
+        let secrets = pool.account.secrets();
         let env = RelayEnv {
             counters: &self.shard.counters,
             metrics: &self.shard.metrics,
             event_timeout: self.shard.config.upstream.event_timeout,
             capture_output: false,
-            secrets: &[pool.account.config.api_key.expose()],
+            secrets: &secrets.list(),
             preempt: &self.preempt,
         };
         let outcome = relay::relay(&env, Source::Ws(ws), sink, &rewrite, sent_at, early).await;
@@ -226,17 +227,18 @@ impl Driver {
             if let Some(conn) = resp.finish().await {
                 pool.http_give_back(conn);
             }
-            let secrets = [pool.account.config.api_key.expose()];
-            let failure = Failure::http_answer(status, retry_after, &body, &secrets);
+            let failure =
+                Failure::http_answer(status, retry_after, &body, &pool.account.secrets().list());
             tracing::warn!(account = %pool.account.config.id, status, "upstream HTTP request failed");
             return Attempt::failed(failure, false);
         }
+        let secrets = pool.account.secrets();
         let env = RelayEnv {
             counters: &self.shard.counters,
             metrics: &self.shard.metrics,
             event_timeout: cfg.event_timeout,
             capture_output: parsed.is_store_disabled(),
-            secrets: &[pool.account.config.api_key.expose()],
+            secrets: &secrets.list(),
             preempt: &self.preempt,
         };
         let source = Source::Http(&mut resp);

@@ -41,6 +41,7 @@ use super::auth::ClientIdentity;
 use super::counters::bump;
 use super::failure::{self, Action, AttemptFacts, BreakerEffect};
 use super::normalizer::{self, PreviousId};
+use super::oauth_retry::{self, AfterUnauthorized};
 use super::pool::{Lease, Pool};
 use super::preempt::PreemptBudget;
 use super::recovery::{self, Recovery, RecoveryFacts};
@@ -247,6 +248,7 @@ impl Driver {
         let mut fresh = false;
         let mut stale_used = false;
         let mut fallback_http = false;
+        let mut oauth_retried = false;
         loop {
             let Some(pool) = self.choose_pool(&tried) else {
                 bump(&self.shard.counters.turns_failed);
@@ -284,6 +286,22 @@ impl Driver {
                 .await
             };
             fresh = false;
+            let unauthorized = oauth_retry::after_attempt(
+                &self.shard,
+                &pool,
+                &attempt.outcome,
+                &mut oauth_retried,
+            )
+            .await;
+            if let Some(next) = unauthorized {
+                pool.breaker.abandon();
+                self.drop_lease();
+                match next {
+                    AfterUnauthorized::Retry => fresh = true,
+                    AfterUnauthorized::MoveOn => tried.push(pool.account.index),
+                }
+                continue;
+            }
             let meta = TurnMeta {
                 model: &model,
                 pool: &pool,

@@ -100,6 +100,7 @@ impl Driver {
             if !tried.contains(&prefer.account)
                 && pool.budget() > 0
                 && pool.breaker.is_available(Instant::now())
+                && pool.account.usable()
             {
                 return Some(pool.clone());
             }

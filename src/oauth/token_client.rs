@@ -1,0 +1,262 @@
+//! The one request the refresher makes: `POST token_url` with `grant_type=refresh_token`.
+//! Blocking (std sockets, rustls), because it runs on the refresher's own thread, never on a
+//! shard. The answer's tokens are secrets: errors name the status and OAuth error code only.
+
+use sonic_rs::JsonValueTrait;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_rustls::rustls::{ClientConnection, StreamOwned};
+
+use crate::config::{Endpoint, Secret};
+use crate::net::tls;
+use crate::protocol::http1::{self, BodyDecoder};
+
+/// Longest token endpoint answer read.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// What the token endpoint issued.
+#[derive(Debug)]
+pub struct Issued {
+    /// The new access token.
+    pub access_token: Secret,
+    /// The rotated refresh token, when the endpoint rotated it (OpenAI's are single-use).
+    pub refresh_token: Option<Secret>,
+    /// How long the access token lives, from `expires_in` or the token's own `exp` claim.
+    pub lifetime: Option<Duration>,
+}
+
+/// Why a refresh did not produce a token.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The token endpoint could not be reached or the exchange broke off.
+    #[error("token endpoint unreachable: {0}")]
+    Io(#[from] std::io::Error),
+    /// TLS to the token endpoint could not be set up.
+    #[error("token endpoint TLS: {0}")]
+    Tls(String),
+    /// The endpoint refused the refresh (e.g. 400 `invalid_grant`: the refresh token was used
+    /// or revoked).
+    #[error("token endpoint answered HTTP {status} ({code})")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The OAuth `error` code, when the body had one and it looks like a code.
+        code: String,
+    },
+    /// The answer was not a token response.
+    #[error("token endpoint answer unreadable: {0}")]
+    BadAnswer(&'static str),
+}
+
+/// Posts a refresh for `refresh_token` to `url` and reads the answer, each step within
+/// `timeout`.
+pub fn refresh(
+    url: &Endpoint,
+    ca_file: Option<&Path>,
+    client_id: &str,
+    refresh_token: &Secret,
+    timeout: Duration,
+) -> Result<Issued, RefreshError> {
+    let body = sonic_rs::json!({
+        "grant_type": "refresh_token",
+        "client_id": client_id,
+        "refresh_token": refresh_token.expose(),
+        "scope": "openid profile email",
+    })
+    .to_string();
+    let path = if url.path.is_empty() {
+        "/"
+    } else {
+        url.path.as_str()
+    };
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         accept: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        url.authority(),
+        body.len()
+    );
+    let answer = exchange(url, ca_file, &[head.as_bytes(), body.as_bytes()], timeout)?;
+    parse_answer(&answer)
+}
+
+fn exchange(
+    url: &Endpoint,
+    ca_file: Option<&Path>,
+    parts: &[&[u8]],
+    timeout: Duration,
+) -> Result<Vec<u8>, RefreshError> {
+    let addr = (url.host.as_str(), url.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "host has no address"))?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    if url.tls {
+        let config = tls::client_config(ca_file).map_err(|e| RefreshError::Tls(e.to_string()))?;
+        let name = tls::server_name(&url.host).map_err(|e| RefreshError::Tls(e.to_string()))?;
+        let conn = ClientConnection::new(Arc::clone(&config), name)
+            .map_err(|e| RefreshError::Tls(e.to_string()))?;
+        roundtrip(StreamOwned::new(conn, tcp), parts)
+    } else {
+        roundtrip(tcp, parts)
+    }
+}
+
+fn roundtrip(mut stream: impl Read + Write, parts: &[&[u8]]) -> Result<Vec<u8>, RefreshError> {
+    for part in parts {
+        stream.write_all(part)?;
+    }
+    stream.flush()?;
+    let mut answer = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify: the answer read so far stands.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return Ok(answer);
+        }
+        if answer.len() + n > MAX_ANSWER {
+            return Err(RefreshError::BadAnswer("answer too large"));
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads a whole token endpoint answer (head and body).
+fn parse_answer(answer: &[u8]) -> Result<Issued, RefreshError> {
+    let (head, used) = match http1::parse_head(answer) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Err(RefreshError::BadAnswer("incomplete head")),
+        Err(_) => return Err(RefreshError::BadAnswer("malformed head")),
+    };
+    let mut decoder = BodyDecoder::with_limit(head.framing, MAX_ANSWER as u64)
+        .map_err(|_| RefreshError::BadAnswer("body too large"))?;
+    let mut body = Vec::new();
+    decoder
+        .decode(&answer[used..], |b| body.extend_from_slice(b))
+        .map_err(|_| RefreshError::BadAnswer("malformed body"))?;
+    if !decoder.is_done() && !decoder.end_of_stream() {
+        return Err(RefreshError::BadAnswer("body cut short"));
+    }
+    if head.status != 200 {
+        return Err(RefreshError::Refused {
+            status: head.status,
+            code: error_code(&body),
+        });
+    }
+    tokens(&body)
+}
+
+/// The OAuth `error` code of a refusal, kept only when it is a short code (never free text,
+/// which could quote a token).
+fn error_code(body: &[u8]) -> String {
+    let code = sonic_rs::get_from_slice(body, ["error"])
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        code
+    } else {
+        "no error code".into()
+    }
+}
+
+fn tokens(body: &[u8]) -> Result<Issued, RefreshError> {
+    if crate::protocol::json_depth::check_depth(body, crate::protocol::json_depth::MAX_JSON_DEPTH)
+        .is_err()
+    {
+        return Err(RefreshError::BadAnswer("nested too deep"));
+    }
+    let text = |name: &str| {
+        sonic_rs::get_from_slice(body, [name])
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .filter(|s| !s.is_empty() && http::HeaderValue::from_str(s).is_ok())
+    };
+    let access = text("access_token").ok_or(RefreshError::BadAnswer("no access_token"))?;
+    let lifetime = sonic_rs::get_from_slice(body, ["expires_in"])
+        .ok()
+        .and_then(|v| v.as_f64())
+        .filter(|s| *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .or_else(|| jwt_lifetime(&access));
+    Ok(Issued {
+        access_token: Secret::new(access),
+        refresh_token: text("refresh_token").map(Secret::new),
+        lifetime,
+    })
+}
+
+/// Time left until a JWT's `exp` claim, when `token` is a JWT with one.
+pub fn jwt_lifetime(token: &str) -> Option<Duration> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    crate::protocol::json_depth::check_depth(&bytes, crate::protocol::json_depth::MAX_JSON_DEPTH)
+        .ok()?;
+    let exp = sonic_rs::get_from_slice(&bytes, ["exp"]).ok()?.as_u64()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(exp.saturating_sub(now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_tokens_and_lifetime() {
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 72\r\n\r\n\
+{\"access_token\":\"at-1\",\"refresh_token\":\"rt-2\",\"expires_in\":3600,\"x\":1}";
+        let issued = parse_answer(answer).unwrap();
+        assert_eq!(issued.access_token.expose(), "at-1");
+        assert_eq!(issued.refresh_token.unwrap().expose(), "rt-2");
+        assert_eq!(issued.lifetime, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn a_refusal_names_the_code_never_the_text() {
+        let answer = b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n\
+2e\r\n{\"error\":\"invalid_grant\",\"error_description\":1}\r\n0\r\n\r\n";
+        let err = parse_answer(answer).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "token endpoint answered HTTP 400 (invalid_grant)"
+        );
+        let answer =
+            b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 25\r\n\r\n{\"error\":\"bad rt-secret\"}";
+        let err = parse_answer(answer).unwrap_err().to_string();
+        assert!(!err.contains("rt-secret"), "{err}");
+    }
+
+    #[test]
+    fn a_jwt_tells_its_expiry() {
+        use base64::Engine;
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        let payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"));
+        let left = jwt_lifetime(&format!("eyJhbGciOiJub25lIn0.{payload}.sig")).unwrap();
+        assert!(left <= Duration::from_secs(600) && left >= Duration::from_secs(590));
+        assert_eq!(jwt_lifetime("not-a-jwt"), None);
+    }
+}
