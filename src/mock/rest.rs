@@ -39,6 +39,7 @@ where
         if let Some(auth) = head.header_str("authorization") {
             s.authorizations_seen.insert(auth.to_string());
         }
+        s.paths_seen.insert(head.path.clone());
     });
     if !super::ws::authorized(head, shared) {
         shared.record(|s| s.auth_failures += 1);

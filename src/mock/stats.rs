@@ -63,6 +63,8 @@ pub struct MockStats {
     /// The latest WebSocket frames received (at most [`RECENT_FRAMES`], oldest first, each cut
     /// to [`RECENT_FRAME_BYTES`]): what the gateway sent upstream, for tests of its rewrites.
     pub recent_ws_frames: Vec<String>,
+    /// Paths of Responses handshakes and requests received.
+    pub paths_seen: BTreeSet<String>,
     /// Refreshes the OAuth token endpoint granted.
     pub oauth_refreshes: u64,
     /// Refreshes it refused (scripted, reused or unknown refresh token, bad request).

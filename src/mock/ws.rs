@@ -59,6 +59,7 @@ pub fn decide(head: &RequestHead, shared: &Shared) -> Handshake {
         if let Some(auth) = head.header_str("authorization") {
             s.authorizations_seen.insert(auth.to_string());
         }
+        s.paths_seen.insert(head.path.clone());
     });
     let decision = match head.header_str("sec-websocket-key") {
         _ if head.header_str("sec-websocket-version").map(str::trim) != Some("13") => {

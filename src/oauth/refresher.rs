@@ -52,8 +52,10 @@ pub struct Refresher {
 }
 
 impl Refresher {
-    /// Reads every OAuth account's state file, puts the stored tokens in force and starts the
-    /// thread; `None` when the config has no OAuth account.
+    /// Reads every OAuth account's state file, puts the stored tokens in force, refreshes the
+    /// ones already due (so no shard starts with a token known to be stale; this waits for the
+    /// token endpoint, at most 10 s per step) and starts the thread; `None` when the config has
+    /// no OAuth account.
     pub fn start(
         config: &Config,
         registry: &Arc<OAuthRegistry>,
@@ -63,13 +65,19 @@ impl Refresher {
             let (Some(cfg), Some(token)) = (&account.oauth, registry.token(index)) else {
                 continue;
             };
-            slots.push(Slot::open(
+            let mut slot = Slot::open(
                 account.id.clone(),
                 index,
                 cfg.clone(),
                 account.ca_file.clone(),
                 token,
-            )?);
+            )?;
+            // A token that is due (none configured, or expired) is refreshed before any shard
+            // dials with it; a failure leaves the account out of rotation and the thread retries.
+            if slot.due <= Instant::now() {
+                slot.refresh();
+            }
+            slots.push(slot);
         }
         if slots.is_empty() {
             return Ok(None);

@@ -28,6 +28,8 @@ pub struct AccountRuntime {
     /// Headers an OAuth account adds to every upstream request (`chatgpt-account-id`, and
     /// `originator` when the client sent none).
     oauth_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The generation of the OAuth credential last sent from this shard.
+    sent_generation: Cell<u64>,
     /// WebSocket URL of the Responses endpoint.
     pub ws_url: String,
     /// TLS client config and name to verify, for https/wss endpoints.
@@ -118,6 +120,7 @@ impl AccountRuntime {
             api_key_authorization: authorization,
             token: None,
             oauth_headers,
+            sent_generation: Cell::new(0),
             tls,
             resolved: Cell::new(None),
             proxy_resolved: Cell::new(None),
@@ -135,15 +138,20 @@ impl AccountRuntime {
     /// The `Authorization` value to send now (marked sensitive).
     pub fn authorization(&self) -> HeaderValue {
         match &self.token {
-            Some(token) => token.credential().1.authorization.clone(),
+            Some(token) => {
+                let (generation, credential) = token.credential();
+                self.sent_generation.set(generation);
+                credential.authorization.clone()
+            }
             None => self.api_key_authorization.clone(),
         }
     }
 
-    /// The generation of the OAuth credential in force (`None` for an API-key account): what a
-    /// 401 reports to the refresher.
+    /// The generation of the OAuth credential this shard last sent (`None` for an API-key
+    /// account): what a 401 reports to the refresher, which refreshes only when that is still
+    /// the credential in force.
     pub fn credential_generation(&self) -> Option<u64> {
-        self.token.as_ref().map(|t| t.credential().0)
+        self.token.as_ref().map(|_| self.sent_generation.get())
     }
 
     /// `false` while an OAuth account is out of rotation (its refresh failed).
