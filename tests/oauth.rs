@@ -265,3 +265,19 @@ fn the_rotated_refresh_token_survives_a_restart() {
     assert!(log_text.contains("tokens_from=\"state file\"") || log_text.contains("state file"), "{log_text}");
     assert!(!log_text.contains("mock-rt-") && !log_text.contains("mock-at-"), "a token reached the log");
 }
+
+#[test]
+fn a_second_401_is_reported_once_with_the_token_redacted() {
+    // A wrong account id: upstream refuses every token, so the refreshed one is refused too.
+    let mock = oauth_mock(Duration::from_secs(3600));
+    let text = oauth_config(&mock, "", "transport = \"http\"", &state_path(), "")
+        .replace(&format!("chatgpt_account_id = \"{ACCOUNT_ID}\""), "chatgpt_account_id = \"someone-else\"");
+    let gw = gateway(parse_config(&text));
+    let reply = HttpConn::open(gw.addr()).post("/v1/responses", &post_body("gpt-5", "hi", false));
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert!(reply.body.contains("[redacted]"), "{}", reply.body);
+    assert!(!reply.body.contains("mock-a"), "the token's masked form reached the client: {}", reply.body);
+    let stats = mock.stats();
+    assert_eq!(stats.oauth_refreshes, 2, "the start refresh and one for the 401, no more");
+    assert_eq!(stats.http_requests_total, 2, "the request and its one retry");
+}

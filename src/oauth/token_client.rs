@@ -68,11 +68,7 @@ pub fn refresh(
         "scope": "openid profile email",
     })
     .to_string();
-    let path = if url.path.is_empty() {
-        "/"
-    } else {
-        url.path.as_str()
-    };
+    let path = if url.path.is_empty() { "/" } else { url.path.as_str() };
     let head = format!(
         "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
          accept: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
@@ -220,28 +216,31 @@ pub fn jwt_lifetime(token: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    fn answer(status: &str, body: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes()
+    }
+
     #[test]
     fn reads_tokens_and_lifetime() {
-        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 72\r\n\r\n\
-{\"access_token\":\"at-1\",\"refresh_token\":\"rt-2\",\"expires_in\":3600,\"x\":1}";
-        let issued = parse_answer(answer).unwrap();
+        let body = r#"{"access_token":"at-1","refresh_token":"rt-2","expires_in":3600,"x":1}"#;
+        let issued = parse_answer(&answer("200 OK", body)).unwrap();
         assert_eq!(issued.access_token.expose(), "at-1");
         assert_eq!(issued.refresh_token.unwrap().expose(), "rt-2");
         assert_eq!(issued.lifetime, Some(Duration::from_secs(3600)));
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+14\r\n{\"access_token\":\"a\"}\r\n0\r\n\r\n";
+        let issued = parse_answer(chunked).unwrap();
+        assert_eq!(issued.access_token.expose(), "a");
+        assert!(issued.refresh_token.is_none() && issued.lifetime.is_none());
     }
 
     #[test]
     fn a_refusal_names_the_code_never_the_text() {
-        let answer = b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n\
-2e\r\n{\"error\":\"invalid_grant\",\"error_description\":1}\r\n0\r\n\r\n";
-        let err = parse_answer(answer).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "token endpoint answered HTTP 400 (invalid_grant)"
-        );
-        let answer =
-            b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 25\r\n\r\n{\"error\":\"bad rt-secret\"}";
-        let err = parse_answer(answer).unwrap_err().to_string();
+        let body = r#"{"error":"invalid_grant","error_description":"rt-secret was used"}"#;
+        let err = parse_answer(&answer("400 Bad Request", body)).unwrap_err();
+        assert_eq!(err.to_string(), "token endpoint answered HTTP 400 (invalid_grant)");
+        let body = r#"{"error":"bad rt-secret"}"#;
+        let err = parse_answer(&answer("401 Unauthorized", body)).unwrap_err().to_string();
         assert!(!err.contains("rt-secret"), "{err}");
     }
 
@@ -253,8 +252,8 @@ mod tests {
             .unwrap()
             .as_secs()
             + 600;
-        let payload =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"));
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{{\"exp\":{exp}}}"));
         let left = jwt_lifetime(&format!("eyJhbGciOiJub25lIn0.{payload}.sig")).unwrap();
         assert!(left <= Duration::from_secs(600) && left >= Duration::from_secs(590));
         assert_eq!(jwt_lifetime("not-a-jwt"), None);

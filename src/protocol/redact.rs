@@ -4,7 +4,8 @@
 //! sk-abc1…wxyz"), in full or masked. That text belongs to the account, not to the tenant whose
 //! request happened to carry it, so every upstream error body and `error` event passes through
 //! [`redact_secrets`] before it is relayed or logged. A token is replaced when it contains one of
-//! the account's secrets, when it looks like an OpenAI key (`sk-…`), or when it is a masked form
+//! the account's secrets (an OAuth account's access and refresh tokens among them), when it
+//! looks like an OpenAI key (`sk-…`) or a JSON Web Token (`eyJ….….…`, OAuth tokens), or when it is a masked form
 //! (a run of `*`) that shares four or more leading or trailing characters with a secret.
 //! Replacements keep JSON valid: they contain no quote or backslash.
 
@@ -47,6 +48,9 @@ fn is_secret(token: &str, secrets: &[&str]) -> bool {
     if token.starts_with("sk-") && token.len() > 6 {
         return true;
     }
+    if is_jwt(token) {
+        return true;
+    }
     if secrets.iter().any(|s| token.contains(s)) {
         return true;
     }
@@ -59,6 +63,12 @@ fn is_secret(token: &str, secrets: &[&str]) -> bool {
         (head.len() >= MASK_EDGE && s.starts_with(head))
             || (tail.len() >= MASK_EDGE && s.ends_with(tail))
     })
+}
+
+/// `true` for a JSON Web Token (`eyJ…` header, payload and signature): ChatGPT/Codex OAuth
+/// access and id tokens look like this.
+fn is_jwt(token: &str) -> bool {
+    token.len() >= 20 && token.starts_with("eyJ") && token.bytes().filter(|b| *b == b'.').count() >= 2
 }
 
 /// Byte ranges of the maximal runs of characters a key or a masked key is made of.
@@ -131,5 +141,13 @@ mod tests {
             redact_secrets("use the task-list", &[KEY]),
             "use the task-list"
         );
+    }
+
+    #[test]
+    fn oauth_tokens_are_redacted_whatever_their_shape() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjF9.c2lnbmF0dXJl";
+        let text = format!("bad token {jwt}, refresh rt-opaque-123456");
+        let out = redact_secrets(&text, &["rt-opaque-123456"]);
+        assert_eq!(out, "bad token [redacted], refresh [redacted]");
     }
 }
