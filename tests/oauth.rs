@@ -28,7 +28,13 @@ fn oauth_mock(lifetime: Duration) -> MockHandle {
 
 /// `[server]` lines, then one OAuth account on `mock` (plus `account_extra` lines), then
 /// `rest` (more accounts).
-fn oauth_config(mock: &MockHandle, server: &str, account_extra: &str, state: &str, rest: &str) -> String {
+fn oauth_config(
+    mock: &MockHandle,
+    server: &str,
+    account_extra: &str,
+    state: &str,
+    rest: &str,
+) -> String {
     let addr = mock.addr();
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\ndrain_timeout_secs = 5\nadmin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n{server}\n\
@@ -74,12 +80,24 @@ fn turns_carry_the_account_id_the_token_and_the_codex_path() {
     ws_turn_completes(gw.addr(), true);
     post_completes(gw.addr());
     let stats = mock.stats();
-    assert_eq!(stats.oauth_refreshes, 1, "one refresh at start (no access token configured)");
+    assert_eq!(
+        stats.oauth_refreshes, 1,
+        "one refresh at start (no access token configured)"
+    );
     assert_eq!(stats.oauth_rejections, 0);
     let headers = &stats.last_handshake_headers;
-    assert_eq!(headers.get("chatgpt-account-id").map(String::as_str), Some(ACCOUNT_ID));
-    assert_eq!(headers.get("originator").map(String::as_str), Some("codex-tui"));
-    assert!(headers["authorization"].starts_with("Bearer mock-at-1-"), "{headers:?}");
+    assert_eq!(
+        headers.get("chatgpt-account-id").map(String::as_str),
+        Some(ACCOUNT_ID)
+    );
+    assert_eq!(
+        headers.get("originator").map(String::as_str),
+        Some("codex-tui")
+    );
+    assert!(
+        headers["authorization"].starts_with("Bearer mock-at-1-"),
+        "{headers:?}"
+    );
     let paths: Vec<_> = stats.paths_seen.iter().map(String::as_str).collect();
     assert_eq!(paths, ["/backend-api/codex/responses"]);
 
@@ -102,7 +120,11 @@ fn turns_carry_the_account_id_the_token_and_the_codex_path() {
     // Tokens never reach stats.
     let admin = gw.admin_addr().expect("admin listener");
     let metrics = admin_body(admin, "/metrics");
-    assert!(!metrics.contains("mock-at-") && !metrics.contains("mock-rt-") && !metrics.contains(SEED_REFRESH));
+    assert!(
+        !metrics.contains("mock-at-")
+            && !metrics.contains("mock-rt-")
+            && !metrics.contains(SEED_REFRESH)
+    );
     eventually("the refresh is counted", WAIT, || {
         labeled_total(admin, "oauth_refreshes", "codex") == 1
     });
@@ -119,16 +141,32 @@ fn tokens_are_refreshed_ahead_of_expiry_while_sessions_go_on() {
     let mut turns = 0;
     let started = std::time::Instant::now();
     while mock.stats().oauth_refreshes < 4 {
-        assert!(started.elapsed() < WAIT, "refreshes: {}", mock.stats().oauth_refreshes);
+        assert!(
+            started.elapsed() < WAIT,
+            "refreshes: {}",
+            mock.stats().oauth_refreshes
+        );
         let turn = session.turn(&create("gpt-5", "hello", true, None));
-        assert_eq!(turn.last_type(), "response.completed", "turn {turns}: {:?}", turn.types());
+        assert_eq!(
+            turn.last_type(),
+            "response.completed",
+            "turn {turns}: {:?}",
+            turn.types()
+        );
         post_completes(gw.addr());
         turns += 1;
     }
     let stats = mock.stats();
-    assert_eq!(stats.oauth_rejections, 0, "no request went out with an expired token");
+    assert_eq!(
+        stats.oauth_rejections, 0,
+        "no request went out with an expired token"
+    );
     assert_eq!(stats.oauth_refresh_failures, 0);
-    assert!(stats.authorizations_seen.len() >= 3, "{:?}", stats.authorizations_seen.len());
+    assert!(
+        stats.authorizations_seen.len() >= 3,
+        "{:?}",
+        stats.authorizations_seen.len()
+    );
     assert!(turns > 4, "{turns}");
 }
 
@@ -146,7 +184,12 @@ fn an_upstream_401_asks_one_refresh_and_the_turn_succeeds_on_the_new_token() {
     let turn = second.turn(&create("gpt-5", "hello", false, None));
     assert_eq!(turn.last_type(), "response.completed", "{:?}", turn.types());
     let stats = mock.stats();
-    assert_eq!(stats.handshakes.get(&401), Some(&1), "{:?}", stats.handshakes);
+    assert_eq!(
+        stats.handshakes.get(&401),
+        Some(&1),
+        "{:?}",
+        stats.handshakes
+    );
     assert_eq!(stats.oauth_refreshes, 2, "exactly one refresh for the 401");
     let admin = gw.admin_addr().expect("admin listener");
     eventually("the 401 retry is counted", WAIT, || {
@@ -181,7 +224,9 @@ fn a_failed_refresh_takes_the_account_out_of_rotation_until_one_succeeds() {
     );
     let text = oauth_config(&mock, "", "transport = \"http\"", &state_path(), &other);
     let mut served = serve_binary_logging(&text, Some(&log));
-    eventually("the start refresh", WAIT, || mock.stats().oauth_refreshes == 1);
+    eventually("the start refresh", WAIT, || {
+        mock.stats().oauth_refreshes == 1
+    });
     // The token endpoint now refuses, and upstream refuses the token in force.
     mock.oauth_fail_refreshes(u32::MAX);
     mock.oauth_revoke_access_tokens();
@@ -198,7 +243,11 @@ fn a_failed_refresh_takes_the_account_out_of_rotation_until_one_succeeds() {
     for _ in 0..6 {
         post_completes(addr);
     }
-    assert_eq!(mock.stats().http_requests_total, before, "the failed account got traffic");
+    assert_eq!(
+        mock.stats().http_requests_total,
+        before,
+        "the failed account got traffic"
+    );
     // The refresher keeps trying with backoff; once the endpoint answers, the account is back.
     mock.oauth_fail_refreshes(0);
     eventually("a later refresh succeeds", WAIT, || {
@@ -211,7 +260,9 @@ fn a_failed_refresh_takes_the_account_out_of_rotation_until_one_succeeds() {
     served.terminate();
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        !log_text.contains("mock-at-") && !log_text.contains("mock-rt-") && !log_text.contains(SEED_REFRESH),
+        !log_text.contains("mock-at-")
+            && !log_text.contains("mock-rt-")
+            && !log_text.contains(SEED_REFRESH),
         "a token reached the log"
     );
 }
@@ -229,8 +280,17 @@ fn a_failed_refresh_is_counted_in_metrics() {
     });
     let mut client = connect(gw.addr());
     let turn = client.turn(&create("gpt-5", "hello", true, None));
-    assert_eq!(turn.error_code().as_deref(), Some("no_available_account"), "{:?}", turn.types());
-    assert_eq!(mock.stats().ws_connections_total, 0, "the failed account was dialed");
+    assert_eq!(
+        turn.error_code().as_deref(),
+        Some("no_available_account"),
+        "{:?}",
+        turn.types()
+    );
+    assert_eq!(
+        mock.stats().ws_connections_total,
+        0,
+        "the failed account was dialed"
+    );
 }
 
 #[test]
@@ -245,39 +305,67 @@ fn the_rotated_refresh_token_survives_a_restart() {
     assert_eq!(mock.stats().oauth_refreshes, 1);
     served.terminate();
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&state).expect("state file written").permissions().mode();
+    let mode = std::fs::metadata(&state)
+        .expect("state file written")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 
     // The seed token in the config is spent; the access token too (revoked), so the restarted
     // gateway must refresh with the rotated token it kept.
     mock.oauth_revoke_access_tokens();
     let mut again = common::start_binary_logging(
-        &["serve".as_ref(), "--config".as_ref(), served.config_path.as_os_str()],
+        &[
+            "serve".as_ref(),
+            "--config".as_ref(),
+            served.config_path.as_os_str(),
+        ],
         &[],
         Some(&log),
     );
     ws_turn_completes(again.addr, true);
     let stats = mock.stats();
-    assert_eq!(stats.oauth_refresh_failures, 0, "the spent seed token was used");
+    assert_eq!(
+        stats.oauth_refresh_failures, 0,
+        "the spent seed token was used"
+    );
     assert_eq!(stats.oauth_refreshes, 2);
     again.terminate();
     let log_text = std::fs::read_to_string(&log).unwrap();
-    assert!(log_text.contains("tokens_from=\"state file\"") || log_text.contains("state file"), "{log_text}");
-    assert!(!log_text.contains("mock-rt-") && !log_text.contains("mock-at-"), "a token reached the log");
+    assert!(
+        log_text.contains("tokens_from=\"state file\"") || log_text.contains("state file"),
+        "{log_text}"
+    );
+    assert!(
+        !log_text.contains("mock-rt-") && !log_text.contains("mock-at-"),
+        "a token reached the log"
+    );
 }
 
 #[test]
 fn a_second_401_is_reported_once_with_the_token_redacted() {
     // A wrong account id: upstream refuses every token, so the refreshed one is refused too.
     let mock = oauth_mock(Duration::from_secs(3600));
-    let text = oauth_config(&mock, "", "transport = \"http\"", &state_path(), "")
-        .replace(&format!("chatgpt_account_id = \"{ACCOUNT_ID}\""), "chatgpt_account_id = \"someone-else\"");
+    let text = oauth_config(&mock, "", "transport = \"http\"", &state_path(), "").replace(
+        &format!("chatgpt_account_id = \"{ACCOUNT_ID}\""),
+        "chatgpt_account_id = \"someone-else\"",
+    );
     let gw = gateway(parse_config(&text));
     let reply = HttpConn::open(gw.addr()).post("/v1/responses", &post_body("gpt-5", "hi", false));
     assert_eq!(reply.status, 401, "{}", reply.body);
     assert!(reply.body.contains("[redacted]"), "{}", reply.body);
-    assert!(!reply.body.contains("mock-a"), "the token's masked form reached the client: {}", reply.body);
+    assert!(
+        !reply.body.contains("mock-a"),
+        "the token's masked form reached the client: {}",
+        reply.body
+    );
     let stats = mock.stats();
-    assert_eq!(stats.oauth_refreshes, 2, "the start refresh and one for the 401, no more");
-    assert_eq!(stats.http_requests_total, 2, "the request and its one retry");
+    assert_eq!(
+        stats.oauth_refreshes, 2,
+        "the start refresh and one for the 401, no more"
+    );
+    assert_eq!(
+        stats.http_requests_total, 2,
+        "the request and its one retry"
+    );
 }

@@ -189,7 +189,7 @@ mod tests {
     #[test]
     fn an_oauth_account_refuses_what_it_cannot_use() {
         let cases = [
-            (format!("{BASE}"), "accounts[0].oauth"),
+            (BASE.to_string(), "accounts[0].oauth"),
             (
                 format!("{BASE}[accounts.oauth]\nrefresh_token = \"rt\"\n"),
                 "accounts[0].oauth.chatgpt_account_id",

@@ -68,7 +68,11 @@ pub fn refresh(
         "scope": "openid profile email",
     })
     .to_string();
-    let path = if url.path.is_empty() { "/" } else { url.path.as_str() };
+    let path = if url.path.is_empty() {
+        "/"
+    } else {
+        url.path.as_str()
+    };
     let head = format!(
         "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
          accept: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
@@ -217,7 +221,11 @@ mod tests {
     use super::*;
 
     fn answer(status: &str, body: &str) -> Vec<u8> {
-        format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes()
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
     }
 
     #[test]
@@ -238,9 +246,14 @@ mod tests {
     fn a_refusal_names_the_code_never_the_text() {
         let body = r#"{"error":"invalid_grant","error_description":"rt-secret was used"}"#;
         let err = parse_answer(&answer("400 Bad Request", body)).unwrap_err();
-        assert_eq!(err.to_string(), "token endpoint answered HTTP 400 (invalid_grant)");
+        assert_eq!(
+            err.to_string(),
+            "token endpoint answered HTTP 400 (invalid_grant)"
+        );
         let body = r#"{"error":"bad rt-secret"}"#;
-        let err = parse_answer(&answer("401 Unauthorized", body)).unwrap_err().to_string();
+        let err = parse_answer(&answer("401 Unauthorized", body))
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("rt-secret"), "{err}");
     }
 
@@ -252,8 +265,8 @@ mod tests {
             .unwrap()
             .as_secs()
             + 600;
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(format!("{{\"exp\":{exp}}}"));
+        let payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"));
         let left = jwt_lifetime(&format!("eyJhbGciOiJub25lIn0.{payload}.sig")).unwrap();
         assert!(left <= Duration::from_secs(600) && left >= Duration::from_secs(590));
         assert_eq!(jwt_lifetime("not-a-jwt"), None);

@@ -68,7 +68,9 @@ fn is_secret(token: &str, secrets: &[&str]) -> bool {
 /// `true` for a JSON Web Token (`eyJ…` header, payload and signature): ChatGPT/Codex OAuth
 /// access and id tokens look like this.
 fn is_jwt(token: &str) -> bool {
-    token.len() >= 20 && token.starts_with("eyJ") && token.bytes().filter(|b| *b == b'.').count() >= 2
+    token.len() >= 20
+        && token.starts_with("eyJ")
+        && token.bytes().filter(|b| *b == b'.').count() >= 2
 }
 
 /// Byte ranges of the maximal runs of characters a key or a masked key is made of.
