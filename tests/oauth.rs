@@ -369,3 +369,75 @@ fn a_second_401_is_reported_once_with_the_token_redacted() {
         "the request and its one retry"
     );
 }
+
+/// A minimal HTTP CONNECT proxy on 127.0.0.1 that records the first line sent through each
+/// tunnel (the mock speaks plain HTTP, so the proxy sees the requests). Its threads end with
+/// their connections; the listener thread ends with the test process.
+fn connect_proxy() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let target = line.split_whitespace().nth(1).unwrap().to_string();
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap() == 0 || header == "\r\n" {
+                        break;
+                    }
+                }
+                let upstream = std::net::TcpStream::connect(&target).unwrap();
+                (&client)
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .unwrap();
+                let mut first = String::new();
+                reader.read_line(&mut first).unwrap();
+                record.lock().unwrap().push(first.trim().to_string());
+                (&upstream).write_all(first.as_bytes()).unwrap();
+                let mut down = upstream.try_clone().unwrap();
+                let mut up = client.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut down, &mut up);
+                    let _ = up.shutdown(std::net::Shutdown::Write);
+                });
+                let mut upstream = upstream;
+                let _ = std::io::copy(&mut reader, &mut upstream);
+                let _ = upstream.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn token_refreshes_go_through_the_accounts_egress_proxy() {
+    let mock = oauth_mock(Duration::from_secs(3600));
+    let (proxy, seen) = connect_proxy();
+    let text = oauth_config(
+        &mock,
+        "",
+        &format!("proxy = \"http://{proxy}\""),
+        &state_path(),
+        "",
+    );
+    let gw = gateway(parse_config(&text));
+    ws_turn_completes(gw.addr(), true);
+    let lines = seen.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.starts_with("POST /oauth/token ")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("GET /backend-api/codex/responses ")),
+        "{lines:?}"
+    );
+}

@@ -21,7 +21,8 @@ use super::token::{AccountToken, Credential};
 use super::token_client::{self, jwt_lifetime};
 use super::{OAuthRegistry, RefreshRequest, RefresherMsg};
 use crate::config::OAuthConfig;
-use crate::config::{Config, Endpoint, Secret};
+use crate::config::{Account, Config, Endpoint, Secret};
+use crate::net::proxy::ProxyUrl;
 
 /// Longest wait for each step of a token request.
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,13 +66,7 @@ impl Refresher {
             let (Some(cfg), Some(token)) = (&account.oauth, registry.token(index)) else {
                 continue;
             };
-            let mut slot = Slot::open(
-                account.id.clone(),
-                index,
-                cfg.clone(),
-                account.ca_file.clone(),
-                token,
-            )?;
+            let mut slot = Slot::open(account, index, cfg.clone(), token)?;
             // A token that is due (none configured, or expired) is refreshed before any shard
             // dials with it; a failure leaves the account out of rotation and the thread retries.
             if slot.due <= Instant::now() {
@@ -123,6 +118,7 @@ struct Slot {
     index: usize,
     cfg: OAuthConfig,
     ca_file: Option<PathBuf>,
+    proxy: Option<ProxyUrl>,
     token: Arc<AccountToken>,
     seed: String,
     refresh: Secret,
@@ -136,10 +132,9 @@ struct Slot {
 
 impl Slot {
     fn open(
-        id: String,
+        account: &Account,
         index: usize,
         cfg: OAuthConfig,
-        ca_file: Option<PathBuf>,
         token: Arc<AccountToken>,
     ) -> Result<Slot, StateFileError> {
         state_file::check_location(&cfg.state_file)?;
@@ -152,10 +147,11 @@ impl Slot {
             failures: 0,
             unauthorized: false,
             waiting: Vec::new(),
-            id,
+            id: account.id.clone(),
             index,
             seed,
-            ca_file,
+            ca_file: account.ca_file.clone(),
+            proxy: account.proxy.clone(),
             token,
             cfg,
         };
@@ -217,6 +213,7 @@ impl Slot {
                 token_client::refresh(
                     &url,
                     self.ca_file.as_deref(),
+                    self.proxy.as_ref(),
                     &self.cfg.client_id,
                     &self.refresh,
                     TOKEN_TIMEOUT,

@@ -1,10 +1,11 @@
-//! The one request the refresher makes: `POST token_url` with `grant_type=refresh_token`.
+//! The one request the refresher makes: `POST token_url` with `grant_type=refresh_token`,
+//! through the account's egress proxy when it has one (like every other byte of the account).
 //! Blocking (std sockets, rustls), because it runs on the refresher's own thread, never on a
 //! shard. The answer's tokens are secrets: errors name the status and OAuth error code only.
 
 use sonic_rs::JsonValueTrait;
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use futures_rustls::rustls::{ClientConnection, StreamOwned};
 
 use crate::config::{Endpoint, Secret};
+use crate::net::proxy::{self as net_proxy, ProxyKind, ProxyUrl, Target};
 use crate::net::tls;
 use crate::protocol::http1::{self, BodyDecoder};
 
@@ -35,6 +37,9 @@ pub enum RefreshError {
     /// The token endpoint could not be reached or the exchange broke off.
     #[error("token endpoint unreachable: {0}")]
     Io(#[from] std::io::Error),
+    /// The account's egress proxy did not open the tunnel (never carries its credentials).
+    #[error("egress proxy: {0}")]
+    Proxy(String),
     /// TLS to the token endpoint could not be set up.
     #[error("token endpoint TLS: {0}")]
     Tls(String),
@@ -57,6 +62,7 @@ pub enum RefreshError {
 pub fn refresh(
     url: &Endpoint,
     ca_file: Option<&Path>,
+    proxy: Option<&ProxyUrl>,
     client_id: &str,
     refresh_token: &Secret,
     timeout: Duration,
@@ -79,23 +85,40 @@ pub fn refresh(
         url.authority(),
         body.len()
     );
-    let answer = exchange(url, ca_file, &[head.as_bytes(), body.as_bytes()], timeout)?;
+    let answer = exchange(
+        url,
+        ca_file,
+        proxy,
+        &[head.as_bytes(), body.as_bytes()],
+        timeout,
+    )?;
     parse_answer(&answer)
+}
+
+fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "host has no address"))
 }
 
 fn exchange(
     url: &Endpoint,
     ca_file: Option<&Path>,
+    proxy: Option<&ProxyUrl>,
     parts: &[&[u8]],
     timeout: Duration,
 ) -> Result<Vec<u8>, RefreshError> {
-    let addr = (url.host.as_str(), url.port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "host has no address"))?;
-    let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+    let first_hop = match proxy {
+        Some(p) => resolve(&p.host, p.port)?,
+        None => resolve(&url.host, url.port)?,
+    };
+    let tcp = TcpStream::connect_timeout(&first_hop, timeout)?;
     tcp.set_read_timeout(Some(timeout))?;
     tcp.set_write_timeout(Some(timeout))?;
+    if let Some(p) = proxy {
+        tunnel(&tcp, p, url)?;
+    }
     if url.tls {
         let config = tls::client_config(ca_file).map_err(|e| RefreshError::Tls(e.to_string()))?;
         let name = tls::server_name(&url.host).map_err(|e| RefreshError::Tls(e.to_string()))?;
@@ -104,6 +127,72 @@ fn exchange(
         roundtrip(StreamOwned::new(conn, tcp), parts)
     } else {
         roundtrip(tcp, parts)
+    }
+}
+
+/// Opens a tunnel to `url` through the account's egress proxy on `tcp` (the proxy handshake is
+/// the shards' own, run here on blocking reads and writes).
+fn tunnel(tcp: &TcpStream, proxy: &ProxyUrl, url: &Endpoint) -> Result<(), RefreshError> {
+    let resolved;
+    let target = match proxy.kind {
+        ProxyKind::Socks5 {
+            proxy_resolves: false,
+        } => {
+            resolved = resolve(&url.host, url.port)?;
+            Target::Addr(resolved)
+        }
+        _ => Target::Name(&url.host, url.port),
+    };
+    let mut io = BlockingIo(tcp);
+    let extra = futures_lite::future::block_on(net_proxy::handshake(&mut io, proxy, target))
+        .map_err(|e| RefreshError::Proxy(e.to_string()))?;
+    if !extra.is_empty() {
+        // The token endpoint speaks only when asked: bytes before the request are not its.
+        return Err(RefreshError::Proxy(
+            "proxy sent bytes past its answer".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A blocking socket seen through the async I/O traits, for the proxy handshake on this thread
+/// (every poll completes: the socket's own timeouts bound each call).
+struct BlockingIo<'a>(&'a TcpStream);
+
+impl futures_lite::AsyncRead for BlockingIo<'_> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut socket = self.0;
+        std::task::Poll::Ready(socket.read(buf))
+    }
+}
+
+impl futures_lite::AsyncWrite for BlockingIo<'_> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut socket = self.0;
+        std::task::Poll::Ready(socket.write(buf))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut socket = self.0;
+        std::task::Poll::Ready(socket.flush())
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
