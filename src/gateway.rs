@@ -110,8 +110,7 @@ impl Gateway {
         }
         // The state files' tokens are in force before any shard dials.
         let refresher = Refresher::start(&config, &live.oauth)?;
-        let (handle, control) =
-            ControlThread::start_with_oauth(config.clone(), live.oauth.clone())?;
+        let (handle, control) = ControlThread::start(config.clone(), live.clone())?;
         // Check every shard can be built before starting any (a bad CA file fails here).
         Shard::new(0, config.clone(), live.clone(), handle.clone())
             .map_err(|e| StartError::Setup(e.to_string()))?;

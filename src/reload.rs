@@ -1,25 +1,36 @@
 //! What a config reload (`SIGHUP`) may change while the gateway runs: the transport rollback
-//! switches and the client keys. `[upstream] force_http` and each account's `transport` are read
-//! by the shards on every attempt from [`LiveSettings`], so an operator can move traffic off
-//! WebSocket (and back) without dropping a session; `[[client_keys]]` is replaced whole for the
-//! next request (a session under a key that is gone is refused at its next turn). The client
-//! listener's TLS certificate and key are read again on every reload and serve the connections
-//! accepted from then on (open sessions keep theirs). Every other setting needs a restart; a
-//! reload names the sections it left alone instead of half-applying them.
+//! switches, the WebSocket canary shares and the client keys. `[upstream] force_http`, each
+//! account's `transport` and `ws_canary_percent`, and the automatic rollback's verdicts are read
+//! by the shards on every attempt from [`LiveSettings`], so an operator (or the control thread's
+//! [`crate::control::rollback`] guard) can move traffic off WebSocket (and back) without dropping
+//! a session; a reload reverts every automatic rollback to the configured transport.
+//! `[[client_keys]]` is replaced whole for the next request (a session under a key that is gone
+//! is refused at its next turn). The client listener's TLS certificate and key are read again on
+//! every reload and serve the connections accepted from then on (open sessions keep theirs).
+//! Every other setting needs a restart; a reload names the sections it left alone instead of
+//! half-applying them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::config::{Config, Transport};
 use crate::net::tls_server::{self, ListenerTlsError, SharedListenerTls};
 use crate::oauth::OAuthRegistry;
 use crate::shard::auth::SharedKeys;
+use crate::shard::canary::CanarySlot;
 
-/// The settings shards read live. Shared by every shard; written only by a reload.
+/// The settings shards read live. Shared by every shard; written by a reload and by the
+/// automatic rollback.
 pub struct LiveSettings {
     force_http: AtomicBool,
     /// Per account (in config order): `true` when configured `transport = "http"`.
     account_http: Box<[AtomicBool]>,
+    /// Per account: the share of sessions (percent) that take WebSocket.
+    ws_percent: Box<[AtomicU8]>,
+    /// Per account: `true` once the automatic rollback moved it to HTTP (until a reload).
+    rolled_back: Box<[AtomicBool]>,
+    /// Reloads applied so far: the rollback guard forgets its window when this moves.
+    reloads: AtomicU64,
     /// The client key table.
     pub keys: Arc<SharedKeys>,
     /// The client listener's TLS configuration, when it speaks TLS.
@@ -42,28 +53,90 @@ impl LiveSettings {
                 .iter()
                 .map(|a| AtomicBool::new(a.transport == Transport::Http))
                 .collect(),
+            ws_percent: config
+                .accounts
+                .iter()
+                .map(|a| AtomicU8::new(a.ws_canary_percent))
+                .collect(),
+            rolled_back: config
+                .accounts
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            reloads: AtomicU64::new(0),
             keys: Arc::new(SharedKeys::new(&config.client_keys)),
             tls,
             oauth: Arc::new(OAuthRegistry::new(config)),
         })
     }
 
-    /// `true` when account `index`'s requests must go over HTTP/SSE by configuration (its own
-    /// `transport` or the global `force_http`).
+    /// `true` when account `index`'s requests must go over HTTP/SSE for every session: by
+    /// configuration (its own `transport` or the global `force_http`) or by an automatic
+    /// rollback.
     pub fn account_forced_http(&self, index: usize) -> bool {
-        self.force_http.load(Ordering::Relaxed)
-            || self
-                .account_http
-                .get(index)
-                .is_some_and(|f| f.load(Ordering::Relaxed))
+        let set =
+            |flags: &[AtomicBool]| flags.get(index).is_some_and(|f| f.load(Ordering::Relaxed));
+        self.force_http.load(Ordering::Relaxed) || set(&self.account_http) || set(&self.rolled_back)
+    }
+
+    /// `true` when the session in canary slot `slot` may take account `index`'s WebSocket
+    /// transport: the account is not forced to HTTP and the slot is within its
+    /// `ws_canary_percent`.
+    pub fn ws_allowed(&self, index: usize, slot: CanarySlot) -> bool {
+        !self.account_forced_http(index) && slot.takes_ws(self.ws_percent(index))
+    }
+
+    /// The share of account `index`'s sessions (percent) that take WebSocket now: its
+    /// `ws_canary_percent`, or 0 while it is forced to HTTP (the effective transport gauge).
+    pub fn effective_ws_percent(&self, index: usize) -> u8 {
+        if self.account_forced_http(index) {
+            0
+        } else {
+            self.ws_percent(index)
+        }
+    }
+
+    fn ws_percent(&self, index: usize) -> u8 {
+        self.ws_percent
+            .get(index)
+            .map_or(100, |p| p.load(Ordering::Relaxed))
+    }
+
+    /// Moves account `index` to HTTP until the next reload; `false` when it already was.
+    pub fn roll_back(&self, index: usize) -> bool {
+        self.rolled_back
+            .get(index)
+            .is_some_and(|f| !f.swap(true, Ordering::Relaxed))
+    }
+
+    /// `true` while account `index` is rolled back to HTTP by the automatic rollback.
+    pub fn rolled_back(&self, index: usize) -> bool {
+        self.rolled_back
+            .get(index)
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// How many reloads were applied: a change tells the rollback guard its rollbacks were
+    /// reverted.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Acquire)
     }
 
     fn store(&self, config: &Config) {
         self.force_http
             .store(config.upstream.force_http, Ordering::Relaxed);
-        for (flag, account) in self.account_http.iter().zip(&config.accounts) {
-            flag.store(account.transport == Transport::Http, Ordering::Relaxed);
+        for (i, account) in config.accounts.iter().enumerate() {
+            if let Some(flag) = self.account_http.get(i) {
+                flag.store(account.transport == Transport::Http, Ordering::Relaxed);
+            }
+            if let Some(p) = self.ws_percent.get(i) {
+                p.store(account.ws_canary_percent, Ordering::Relaxed);
+            }
+            if let Some(r) = self.rolled_back.get(i) {
+                r.store(false, Ordering::Relaxed);
+            }
         }
+        self.reloads.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -120,13 +193,24 @@ pub fn apply(
             .applied
             .push(format!("force_http={}", new.upstream.force_http));
     }
-    for (old, next) in current.accounts.iter().zip(&new.accounts) {
+    for (i, (old, next)) in current.accounts.iter().zip(&new.accounts).enumerate() {
         if old.transport != next.transport {
             report.applied.push(format!(
                 "accounts.{}.transport={}",
                 next.id,
                 transport_name(next.transport)
             ));
+        }
+        if old.ws_canary_percent != next.ws_canary_percent {
+            report.applied.push(format!(
+                "accounts.{}.ws_canary_percent={}",
+                next.id, next.ws_canary_percent
+            ));
+        }
+        if live.rolled_back(i) {
+            report
+                .applied
+                .push(format!("accounts.{}.rollback_reverted", next.id));
         }
     }
     if current.client_keys != new.client_keys {
@@ -178,6 +262,7 @@ fn copy_live(dst: &mut Config, src: &Config) {
     dst.upstream.force_http = src.upstream.force_http;
     for (d, s) in dst.accounts.iter_mut().zip(&src.accounts) {
         d.transport = s.transport;
+        d.ws_canary_percent = s.ws_canary_percent;
     }
     dst.client_keys = src.client_keys.clone();
     if dst.server.tls.is_some() && src.server.tls.is_some() {
@@ -196,6 +281,7 @@ fn restart_only_differences(current: &Config, new: &Config) -> Vec<&'static str>
         ("log", masked.log != current.log),
         ("state", masked.state != current.state),
         ("usage", masked.usage != current.usage),
+        ("rollback", masked.rollback != current.rollback),
     ];
     sections
         .into_iter()

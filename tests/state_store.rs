@@ -16,6 +16,7 @@ use futures_lite::future::block_on;
 use shardgate::config::{Config, StateConfig};
 use shardgate::control::ControlThread;
 use shardgate::protocol::ClientFrame;
+use shardgate::reload::LiveSettings;
 use shardgate::runtime;
 use shardgate::shard::counters::ShardCounters;
 use shardgate::shard::normalizer::{self, PairingReason, PreviousId};
@@ -24,6 +25,12 @@ use shardgate::state::service::{StateMsg, StateService};
 use shardgate::state::{Binding, SessionKey, TurnState};
 
 /// A key prefix no other test run uses.
+/// The control thread over `config`, with the live settings a gateway would give it.
+fn start_control(config: &Arc<Config>) -> (shardgate::control::ControlHandle, ControlThread) {
+    let live = Arc::new(LiveSettings::new(config).expect("live settings"));
+    ControlThread::start(config.clone(), live).expect("control thread starts")
+}
+
 fn unique_prefix(tag: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -417,7 +424,7 @@ fn redis_killed_mid_run_serves_local_state_then_writes_resume() {
 #[test]
 fn sticky_cache_serves_its_own_writes_and_asks_the_control_thread_on_a_miss() {
     let config = Arc::new(config(""));
-    let (handle, control) = ControlThread::start(config.clone()).unwrap();
+    let (handle, control) = start_control(&config);
     let state_cfg = config.state.clone();
     let shard = runtime::spawn_executor("sticky-test", None, move || async move {
         let own = Sticky::new(handle.clone(), &state_cfg);
@@ -463,7 +470,7 @@ fn gateway_state_survives_redis_dying_and_says_so_in_its_counters() {
     let config = Arc::new(config(&format!(
         "backend = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"{prefix}\"\nredis_timeout_ms = 500"
     )));
-    let (handle, control) = ControlThread::start(config.clone()).unwrap();
+    let (handle, control) = start_control(&config);
     let stats = handle.state_stats().clone();
     let (written_tx, written_rx) = std::sync::mpsc::channel::<()>();
     let (killed_tx, killed_rx) = std::sync::mpsc::channel::<()>();
@@ -530,7 +537,7 @@ fn slow_redis_is_paused_and_reads_go_local() {
 #[test]
 fn sticky_lookups_do_not_wait_when_the_control_thread_cannot_take_them() {
     let config = Arc::new(config(""));
-    let (handle, control) = ControlThread::start(config.clone()).unwrap();
+    let (handle, control) = start_control(&config);
     control.stop();
     let state_cfg = config.state.clone();
     let shard = runtime::spawn_executor("sticky-gone", None, move || async move {
@@ -561,7 +568,7 @@ fn sticky_lookups_do_not_wait_when_the_control_thread_cannot_take_them() {
 #[test]
 fn chain_inputs_feed_the_normalizer_after_a_reconnect() {
     let config = Arc::new(config(""));
-    let (handle, control) = ControlThread::start(config.clone()).unwrap();
+    let (handle, control) = start_control(&config);
     let state_cfg = config.state.clone();
     let shard = runtime::spawn_executor("chain-inputs", None, move || async move {
         let first_conn = Sticky::new(handle.clone(), &state_cfg);

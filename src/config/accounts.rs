@@ -40,6 +40,9 @@ pub struct Account {
     pub proxy: Option<ProxyUrl>,
     /// How requests travel upstream.
     pub transport: Transport,
+    /// Share of sessions (percent, 0–100) that take WebSocket when `transport` is `ws`; the
+    /// rest go over HTTP/SSE (the WebSocket canary). 100 by default.
+    pub ws_canary_percent: u8,
     /// Client model → upstream model.
     pub model_map: HashMap<String, String>,
     /// Models it serves under their own name, listed by `GET /v1/models` (with the client-side
@@ -76,6 +79,7 @@ pub(super) struct RawAccount {
     proxy: Option<String>,
     proxy_env: Option<String>,
     transport: Option<Transport>,
+    ws_canary_percent: Option<u64>,
     #[serde(default)]
     model_map: HashMap<String, String>,
     #[serde(default)]
@@ -153,6 +157,15 @@ pub(super) fn validate(
         .map(|url| ProxyUrl::parse(url.expose()))
         .transpose()
         .map_err(|e| invalid(format!("{at}.proxy"), e.to_string()))?;
+        let ws_canary_percent = match a.ws_canary_percent.unwrap_or(100) {
+            p @ 0..=100 => p as u8,
+            _ => {
+                return Err(invalid(
+                    format!("{at}.ws_canary_percent"),
+                    "must be between 0 and 100",
+                ))
+            }
+        };
         accounts.push(Account {
             id: a.id,
             group: a.group.unwrap_or_else(|| "default".into()),
@@ -162,6 +175,7 @@ pub(super) fn validate(
             ca_file: a.ca_file,
             proxy,
             transport: a.transport.unwrap_or(Transport::Ws),
+            ws_canary_percent,
             model_map: a.model_map,
             models: a.models,
             auth,
@@ -220,5 +234,19 @@ mod tests {
         let text = format!("{MINIMAL}auth = \" \"\n");
         let err = Config::parse(&text, &no_env).unwrap_err().to_string();
         assert!(err.contains("accounts[0].auth"), "{err}");
+    }
+
+    #[test]
+    fn the_canary_share_defaults_to_every_session_and_is_bounded() {
+        let c = Config::parse(MINIMAL, &no_env).unwrap();
+        assert_eq!(c.accounts[0].ws_canary_percent, 100);
+        let text = format!("{MINIMAL}ws_canary_percent = 10\n");
+        assert_eq!(
+            Config::parse(&text, &no_env).unwrap().accounts[0].ws_canary_percent,
+            10
+        );
+        let text = format!("{MINIMAL}ws_canary_percent = 101\n");
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("accounts[0].ws_canary_percent"), "{err}");
     }
 }

@@ -15,6 +15,7 @@ mod client_keys;
 mod endpoint;
 mod log;
 pub mod oauth;
+mod rollback;
 mod secret;
 mod server;
 mod state;
@@ -26,6 +27,7 @@ pub use client_keys::ClientKey;
 pub use endpoint::Endpoint;
 pub use log::LogConfig;
 pub use oauth::OAuthConfig;
+pub use rollback::RollbackConfig;
 pub use secret::Secret;
 pub use server::{ListenerTls, ServerConfig};
 pub use state::{StateBackend, StateConfig};
@@ -109,6 +111,8 @@ pub struct Config {
     pub state: StateConfig,
     /// Usage records (billing).
     pub usage: UsageConfig,
+    /// Thresholds of the automatic WebSocket → HTTP rollback per account.
+    pub rollback: RollbackConfig,
 }
 
 // ---- the file as written -------------------------------------------------------------------
@@ -130,6 +134,8 @@ struct RawConfig {
     state: state::RawState,
     #[serde(default)]
     usage: usage::RawUsage,
+    #[serde(default)]
+    rollback: rollback::RawRollback,
 }
 
 /// Default message limit in both directions: 16 MiB.
@@ -199,6 +205,7 @@ impl Config {
         let log = raw.log.validate()?;
         let state = raw.state.validate(env)?;
         let usage = raw.usage.validate(state.redis_url.as_ref(), env)?;
+        let rollback = raw.rollback.validate()?;
 
         Ok(Config {
             server,
@@ -208,6 +215,7 @@ impl Config {
             log,
             state,
             usage,
+            rollback,
         })
     }
 }

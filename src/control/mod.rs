@@ -4,8 +4,11 @@
 //! crossbeam queue: a full queue is counted and the message dropped, a shard never waits. The
 //! thread owns the usage sink, the stats aggregation and the sticky-state store
 //! ([`StateService`]); it ticks on a timer to flush and roll windows, and drains everything on
-//! shutdown. State lookups are answered through the one-shot sender inside the message; a Redis
+//! shutdown, and judges the accounts' WebSocket health for the automatic rollback
+//! ([`rollback`]). State lookups are answered through the one-shot sender inside the message; a Redis
 //! call may hold this thread for at most `[state] redis_timeout_ms`, never a shard.
+
+pub mod rollback;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,11 +20,13 @@ use crate::config::Config;
 use crate::metrics::aggregate::{self, Aggregator, SharedAggregator};
 use crate::metrics::ShardSnapshot;
 use crate::oauth::OAuthRegistry;
+use crate::reload::LiveSettings;
 use crate::state::service::{StateMsg, StateService};
 use crate::state::{StateError, StateStats};
 use crate::stats::{StatsError, StatsServices};
 use crate::usage::writer::{UsageWriter, UsageWriterError};
 use crate::usage::UsageRecord;
+use rollback::RollbackGuard;
 
 /// How often the control thread drains its queue while messages arrive. It never blocks on the
 /// queue: a blocked receiver would turn every shard `try_send` into a futex wake-up (a syscall on
@@ -117,16 +122,11 @@ pub struct ControlThread {
 }
 
 impl ControlThread {
-    /// Opens the usage sink and starts the thread.
-    pub fn start(config: Arc<Config>) -> Result<(ControlHandle, ControlThread), ControlError> {
-        let oauth = Arc::new(OAuthRegistry::new(&config));
-        Self::start_with_oauth(config, oauth)
-    }
-
-    /// [`ControlThread::start`], publishing the counters of the OAuth accounts in `oauth`.
-    pub fn start_with_oauth(
+    /// Opens the usage sink and starts the thread; the rollback guard acts on `live`, the
+    /// settings the shards read, and the counters of its OAuth accounts are published.
+    pub fn start(
         config: Arc<Config>,
-        oauth: Arc<OAuthRegistry>,
+        live: Arc<LiveSettings>,
     ) -> Result<(ControlHandle, ControlThread), ControlError> {
         let (tx, rx) = bounded(QUEUE_CAPACITY);
         let (stop_tx, stop_rx) = bounded(1);
@@ -144,7 +144,8 @@ impl ControlThread {
             usage,
             aggregator,
             state,
-            oauth,
+            oauth: live.oauth.clone(),
+            rollback: RollbackGuard::new(&config, live),
             tick: config.server.stats_interval.min(Duration::from_millis(200)),
         };
         let thread = std::thread::Builder::new()
@@ -199,6 +200,7 @@ struct Control {
     aggregator: SharedAggregator,
     state: StateService,
     oauth: Arc<OAuthRegistry>,
+    rollback: RollbackGuard,
     tick: Duration,
 }
 
@@ -245,8 +247,10 @@ impl Control {
         self.publish(Instant::now());
     }
 
-    /// Rolls the stats window and publishes the usage writer's counters.
+    /// Judges the rollback thresholds, rolls the stats window and publishes the control
+    /// thread's counters.
     fn publish(&mut self, now: Instant) {
+        self.rollback.tick(now);
         let mut agg = aggregate::lock(&self.aggregator);
         agg.tick(now);
         let mut counters = self.usage.counters();
@@ -257,13 +261,18 @@ impl Control {
         let (oauth_counters, oauth_labeled) = self.oauth.counters();
         counters.extend(oauth_counters);
         labeled.extend(oauth_labeled);
+        labeled.extend(self.rollback.labeled());
         agg.set_control(counters, labeled);
     }
 
     fn handle(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Usage(rec) => self.usage.push(*rec),
-            ShardMsg::Snapshot(snap) => aggregate::lock(&self.aggregator).merge(*snap),
+            ShardMsg::Snapshot(mut snap) => {
+                let accounts = std::mem::take(&mut snap.accounts);
+                self.rollback.add(Instant::now(), accounts);
+                aggregate::lock(&self.aggregator).merge(*snap);
+            }
             ShardMsg::State(msg) => self.state.handle(msg),
         }
     }

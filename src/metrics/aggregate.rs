@@ -206,6 +206,7 @@ mod tests {
             hists,
             counters: vec![("turns", turns), ("sessions_open", 1)],
             labeled: vec![("retries", "timeout".into(), turns)],
+            accounts: Vec::new(),
         }
     }
 

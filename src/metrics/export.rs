@@ -20,7 +20,10 @@ pub type LabeledMap = BTreeMap<String, BTreeMap<String, u64>>;
 /// Whether a shipped counter is a gauge (a level, not a running total): such values are shown
 /// as they are in the window instead of as a difference.
 pub fn is_gauge(name: &str) -> bool {
-    name.ends_with("_open") || name.ends_with("_in_flight") || name.ends_with("_len")
+    name.ends_with("_open")
+        || name.ends_with("_in_flight")
+        || name.ends_with("_len")
+        || name.ends_with("_percent")
 }
 
 /// One histogram, summarized. Values in microseconds. Used by the stats document and the load

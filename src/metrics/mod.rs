@@ -6,6 +6,7 @@
 //! recorded something) and its counters, and sends them to the control thread, which merges
 //! them into totals and a rolling window.
 
+pub mod accounts;
 pub mod aggregate;
 pub mod export;
 pub mod prometheus;
@@ -182,6 +183,9 @@ pub struct ShardSnapshot {
     pub counters: Vec<(&'static str, u64)>,
     /// Labeled counters, totals since start.
     pub labeled: Vec<(&'static str, String, u64)>,
+    /// The interval's WebSocket health per account (accounts with attempts only), for the
+    /// automatic rollback.
+    pub accounts: Vec<accounts::AccountInterval>,
 }
 
 #[cfg(test)]

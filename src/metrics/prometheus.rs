@@ -3,7 +3,8 @@
 //! - Shard counters: `shardgate_<name>_total{shard="N"}`; gauges (`*_open`, `*_in_flight`, `*_len`):
 //!   `shardgate_<name>{shard="N"}`.
 //! - Labeled counters: `shardgate_<family>_total{shard="N",label="..."}`.
-//! - Control-thread counters: `shardgate_<name>_total`.
+//! - Control-thread counters: `shardgate_<name>_total`; labeled ones `{label="..."}`, gauges
+//!   among them (`*_percent`) without `_total`.
 //! - Histograms: summaries `shardgate_<name>_seconds`, merged over shards. As in the standard
 //!   client libraries, quantiles cover the rolling window while `_sum` / `_count` are totals
 //!   since start (`_sum` is mean × count, at the histogram's 3-digit precision).
@@ -87,15 +88,19 @@ pub fn render(doc: &StatsDoc) -> String {
         let _ = writeln!(out, "{metric} {v}");
     }
     for (family, labels) in &doc.control.labeled {
-        let metric = format!("shardgate_{}_total", sanitize(family));
+        let (metric, kind) = if is_gauge(family) {
+            (format!("shardgate_{}", sanitize(family)), "gauge")
+        } else {
+            (format!("shardgate_{}_total", sanitize(family)), "counter")
+        };
         if declared.contains(&metric) {
             continue;
         }
         header(
             &mut out,
             &metric,
-            "counter",
-            &format!("Control thread counter {family}, by label."),
+            kind,
+            &format!("Control thread {kind} {family}, by label."),
         );
         for (label, v) in labels {
             let _ = writeln!(out, "{metric}{{label=\"{}\"}} {v}", escape(label));

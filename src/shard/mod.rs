@@ -7,6 +7,7 @@
 pub mod account;
 pub mod auth;
 pub mod breaker;
+pub mod canary;
 pub mod client_close;
 pub mod client_deadline;
 pub mod counters;
@@ -43,6 +44,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, UpstreamConfig};
 use crate::control::{ControlHandle, ShardMsg};
+use crate::metrics::accounts::AccountTallies;
 use crate::metrics::{ShardMetrics, ShardSnapshot};
 use crate::net::tls_server::ShardListenerTls;
 use crate::reload::LiveSettings;
@@ -73,6 +75,8 @@ pub struct Shard {
     pub counters: ShardCounters,
     /// Latency histograms.
     pub metrics: ShardMetrics,
+    /// Per-account WebSocket health of the current interval (for the automatic rollback).
+    pub tallies: AccountTallies,
     /// The queue to the control thread.
     pub control: ControlHandle,
     /// Warm-ups answered by the gateway (HTTP upstream), by gateway-issued response id.
@@ -87,6 +91,8 @@ pub struct Shard {
     pub handoff: OnceCell<SessionHandoff>,
     sessions_per_key: RefCell<HashMap<String, usize>>,
     rr: Cell<usize>,
+    /// Anonymous sessions served so far: the next one's canary slot.
+    canary_seq: Cell<u64>,
     in_flight: Rc<Cell<usize>>,
     /// Set when a graceful shutdown starts; sessions between turns wait on it.
     pub drain: drain::Drain,
@@ -145,6 +151,7 @@ impl Shard {
             groups,
             counters: ShardCounters::default(),
             metrics: ShardMetrics::default(),
+            tallies: AccountTallies::new(config.accounts.len()),
             sticky: sticky::Sticky::new(control.clone(), &config.state),
             auth: ShardKeys::new(live.keys.clone()),
             listener_tls: live.tls.clone().map(ShardListenerTls::new),
@@ -154,6 +161,7 @@ impl Shard {
             warmups: RefCell::new(warmup::WarmupCache::default()),
             sessions_per_key: RefCell::new(HashMap::new()),
             rr: Cell::new(0),
+            canary_seq: Cell::new(0),
             in_flight: Rc::new(Cell::new(0)),
             drain: drain::Drain::default(),
             usage_outbox: UsageOutbox::new(OUTBOX_CAPACITY),
@@ -166,6 +174,14 @@ impl Shard {
         let v = self.rr.get();
         self.rr.set(v.wrapping_add(1));
         v
+    }
+
+    /// The canary slot of a new session without a `session-id` (consecutive sessions spread
+    /// over the slots, [`canary::CanarySlot::of_sequence`]).
+    pub fn next_canary_slot(&self) -> canary::CanarySlot {
+        let n = self.canary_seq.get();
+        self.canary_seq.set(n.wrapping_add(1));
+        canary::CanarySlot::of_sequence(n)
     }
 
     /// Counts a new session for `key_id`; `false` when the per-key cap is reached.
@@ -260,6 +276,7 @@ impl Shard {
             hists: self.metrics.take_interval(),
             counters,
             labeled: self.counters.labeled_values(),
+            accounts: self.tallies.take_interval(),
         };
         if !self.control.send(ShardMsg::Snapshot(Box::new(snap))) {
             bump(&self.counters.control_queue_drops);

@@ -83,6 +83,14 @@ impl SessionKey {
         SessionKey(h.finalize().into())
     }
 
+    /// The hash's first 8 bytes as a number, for spreading sessions evenly (the WebSocket
+    /// canary's slot).
+    pub fn prefix_u64(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(b)
+    }
+
     /// Lower-case hex of the hash, as used in store keys.
     pub fn hex(&self) -> String {
         let mut s = String::with_capacity(64);

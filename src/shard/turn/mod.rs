@@ -38,6 +38,7 @@ use crate::state::SessionKey;
 use crate::usage::RequestType;
 
 use super::auth::ClientIdentity;
+use super::canary::{self, CanarySlot};
 use super::counters::bump;
 use super::failure::{self, Action, AttemptFacts, BreakerEffect};
 use super::normalizer::{self, PreviousId};
@@ -76,6 +77,8 @@ pub struct Driver {
     lease: Option<Lease>,
     /// The client session (client key + `session-id` header), when the client names one.
     session: Option<SessionKey>,
+    /// Where the session stands in each account's WebSocket canary, fixed for its life.
+    canary: CanarySlot,
     /// The last response this client got: the head of its chain.
     last: Option<String>,
     /// Where `last` was made: account index and connection id.
@@ -108,6 +111,9 @@ impl Driver {
             .find(|(n, _)| n.as_str() == "session-id" || n.as_str() == "session_id")
             .and_then(|(_, v)| v.to_str().ok())
             .map(|sid| SessionKey::of_client(&identity.key_id, sid));
+        let canary = session
+            .as_ref()
+            .map_or_else(|| shard.next_canary_slot(), CanarySlot::of_session);
         Driver {
             shard,
             identity,
@@ -115,6 +121,7 @@ impl Driver {
             request_type,
             lease: None,
             session,
+            canary,
             last: None,
             last_at: None,
             prefer: None,
@@ -257,7 +264,7 @@ impl Driver {
                 return self.report(sink, &err).await;
             };
             let now = Instant::now();
-            let use_http = self.shard.live.account_forced_http(pool.account.index)
+            let use_http = !self.shard.live.ws_allowed(pool.account.index, self.canary)
                 || !pool.account.supports_ws()
                 || fallback_http
                 || pool.ws_refused(now);
@@ -286,6 +293,13 @@ impl Driver {
                 .await
             };
             fresh = false;
+            canary::record_attempt(
+                &self.shard.tallies,
+                pool.account.index,
+                !use_http,
+                &attempt.outcome,
+                received,
+            );
             let unauthorized = oauth_retry::after_attempt(
                 &self.shard,
                 &pool,

@@ -1,0 +1,166 @@
+//! Per-account WebSocket health over one stats interval: what a shard counts for the automatic
+//! rollback ([`crate::control::rollback`]) and ships in its [`super::ShardSnapshot`].
+//!
+//! A shard records into plain cells it alone touches ([`AccountTallies`]); the control thread
+//! sums the shards' intervals over `[rollback] window_secs`. Nothing here is shared between
+//! threads while it is recorded.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use super::{Sparse, MAX_US};
+
+/// One account's WebSocket attempts over one interval of one shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountInterval {
+    /// Index of the account in the config's account list.
+    pub account: usize,
+    /// Attempts that went over WebSocket and ended one way or another (a preempted or
+    /// abandoned attempt says nothing about the transport and is not counted).
+    pub ws_attempts: u64,
+    /// Of those, attempts that failed (dial, handshake, close, reset, timeout, 5xx before or
+    /// after events reached the client): the WebSocket error rate's numerator.
+    pub ws_errors: u64,
+    /// Of those, attempts that fell back to HTTP (close 1008, refused upgrade).
+    pub ws_fallbacks: u64,
+    /// Client TTFT of the turns answered over WebSocket (client frame read → first event
+    /// written), microseconds, at one significant digit.
+    pub ws_ttft: Sparse,
+}
+
+impl AccountInterval {
+    /// Adds `other` (same account) into this one.
+    pub fn add(&mut self, other: &mut AccountInterval) {
+        self.ws_attempts += other.ws_attempts;
+        self.ws_errors += other.ws_errors;
+        self.ws_fallbacks += other.ws_fallbacks;
+        self.ws_ttft.append(&mut other.ws_ttft);
+    }
+}
+
+/// How one WebSocket attempt ended, as the rollback counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsResult {
+    /// Upstream answered (a terminal event, an error event, a chain error); `ttft` when the
+    /// client got its first event from this attempt.
+    Answered {
+        /// Client frame read → first event written, when the client got one.
+        ttft: Option<Duration>,
+    },
+    /// The attempt failed on the transport or upstream.
+    Error,
+    /// The attempt fell back to HTTP.
+    Fallback,
+}
+
+/// A histogram of TTFTs at one significant digit: ~3.7 KB, enough for a p99 threshold.
+pub fn ttft_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 1).expect("constant histogram bounds are valid")
+}
+
+struct Tally {
+    ws_attempts: u64,
+    ws_errors: u64,
+    ws_fallbacks: u64,
+    ws_ttft: Histogram<u64>,
+}
+
+/// One shard's per-account tallies for the current interval. Not `Sync`: only the owning
+/// shard records.
+pub struct AccountTallies {
+    tallies: RefCell<Vec<Tally>>,
+}
+
+impl AccountTallies {
+    /// Tallies for `accounts` accounts, all empty.
+    pub fn new(accounts: usize) -> Self {
+        AccountTallies {
+            tallies: RefCell::new(
+                (0..accounts)
+                    .map(|_| Tally {
+                        ws_attempts: 0,
+                        ws_errors: 0,
+                        ws_fallbacks: 0,
+                        ws_ttft: ttft_histogram(),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Counts one WebSocket attempt of account `account`. No allocation.
+    pub fn record_ws(&self, account: usize, result: WsResult) {
+        let mut tallies = self.tallies.borrow_mut();
+        let Some(t) = tallies.get_mut(account) else {
+            return;
+        };
+        t.ws_attempts += 1;
+        match result {
+            WsResult::Answered { ttft } => {
+                if let Some(d) = ttft {
+                    let us = (d.as_micros().min(u128::from(MAX_US)) as u64).max(1);
+                    // In bounds by the clamp, so this cannot fail.
+                    let _ = t.ws_ttft.record(us);
+                }
+            }
+            WsResult::Error => t.ws_errors += 1,
+            WsResult::Fallback => t.ws_fallbacks += 1,
+        }
+    }
+
+    /// Takes the interval of every account that had WebSocket attempts, and empties them.
+    pub fn take_interval(&self) -> Vec<AccountInterval> {
+        let mut tallies = self.tallies.borrow_mut();
+        let mut out = Vec::new();
+        for (account, t) in tallies.iter_mut().enumerate() {
+            if t.ws_attempts == 0 {
+                continue;
+            }
+            out.push(AccountInterval {
+                account,
+                ws_attempts: t.ws_attempts,
+                ws_errors: t.ws_errors,
+                ws_fallbacks: t.ws_fallbacks,
+                ws_ttft: Sparse::of(&t.ws_ttft),
+            });
+            t.ws_attempts = 0;
+            t.ws_errors = 0;
+            t.ws_fallbacks = 0;
+            t.ws_ttft.reset();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_are_taken_per_account_and_emptied() {
+        let t = AccountTallies::new(3);
+        t.record_ws(
+            1,
+            WsResult::Answered {
+                ttft: Some(Duration::from_millis(40)),
+            },
+        );
+        t.record_ws(1, WsResult::Error);
+        t.record_ws(1, WsResult::Fallback);
+        t.record_ws(1, WsResult::Answered { ttft: None });
+        t.record_ws(9, WsResult::Error);
+        let taken = t.take_interval();
+        assert_eq!(taken.len(), 1, "only accounts with attempts ship");
+        let a = &taken[0];
+        assert_eq!(
+            (a.account, a.ws_attempts, a.ws_errors, a.ws_fallbacks),
+            (1, 4, 1, 1)
+        );
+        let mut h = ttft_histogram();
+        a.ws_ttft.add_to(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(t.take_interval().is_empty(), "emptied by the take");
+    }
+}
