@@ -268,14 +268,12 @@ mod tests {
 
     #[test]
     fn a_trip_rolls_the_account_back_once_and_a_reload_starts_afresh() {
-        let text = format!(
-            "[[client_keys]]\nkey = \"sk-gw\"\n\
+        let text = "[[client_keys]]\nkey = \"sk-gw\"\n\
              [[accounts]]\nid = \"a0\"\nbase_url = \"http://127.0.0.1:1\"\napi_key = \"sk-0\"\n\
              [[accounts]]\nid = \"a1\"\nbase_url = \"http://127.0.0.1:2\"\napi_key = \"sk-1\"\n\
              [usage]\npath = \"/var/lib/shardgate/usage.jsonl\"\n\
-             [rollback]\nwindow_secs = 10\nmin_samples = 10\nws_error_rate = 0.2\n"
-        );
-        let mut config = Config::parse(&text, &|_| None).unwrap();
+             [rollback]\nwindow_secs = 10\nmin_samples = 10\nws_error_rate = 0.2\n";
+        let mut config = Config::parse(text, &|_| None).unwrap();
         let live = Arc::new(LiveSettings::new(&config).unwrap());
         let mut guard = RollbackGuard::new(&config, live.clone());
         let t = Instant::now();
