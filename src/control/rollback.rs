@@ -124,21 +124,35 @@ impl RollbackGuard {
         }
     }
 
-    /// Adds a shard's interval (dropped when no threshold is configured).
+    /// Adds a shard's interval (dropped when no threshold is configured, or when it was
+    /// measured before the last reload).
     pub fn add(&mut self, now: Instant, intervals: Vec<AccountInterval>) {
-        if self.cfg.enabled() {
-            self.window.extend(intervals.into_iter().map(|i| (now, i)));
+        if !self.cfg.enabled() {
+            return;
+        }
+        self.follow_reloads();
+        let current = self.reloads;
+        self.window.extend(
+            intervals
+                .into_iter()
+                .filter(|i| i.reloads == current)
+                .map(|i| (now, i)),
+        );
+    }
+
+    /// A reload reverted every rollback: the window starts afresh.
+    fn follow_reloads(&mut self) {
+        let reloads = self.live.reloads();
+        if reloads != self.reloads {
+            self.reloads = reloads;
+            self.window.clear();
         }
     }
 
     /// Forgets what fell out of the window (everything after a reload) and rolls back every
     /// account on WebSocket whose window trips a threshold.
     pub fn tick(&mut self, now: Instant) {
-        let reloads = self.live.reloads();
-        if reloads != self.reloads {
-            self.reloads = reloads;
-            self.window.clear();
-        }
+        self.follow_reloads();
         while let Some((at, _)) = self.window.front() {
             if now.saturating_duration_since(*at) <= self.cfg.window {
                 break;
@@ -223,6 +237,7 @@ mod tests {
         }
         AccountInterval {
             account,
+            reloads: 0,
             ws_attempts: attempts,
             ws_errors: errors,
             ws_fallbacks: 0,
@@ -292,7 +307,15 @@ mod tests {
         assert!(!live.rolled_back(1), "a reload reverts");
         guard.tick(t);
         assert!(!live.rolled_back(1), "the old window is gone");
-        guard.add(t + Duration::from_secs(11), vec![interval(1, 10, 5, &[])]);
+        guard.add(t, vec![interval(1, 10, 5, &[])]);
+        guard.tick(t);
+        assert!(
+            !live.rolled_back(1),
+            "an interval measured before the reload does not count"
+        );
+        let mut after = interval(1, 10, 5, &[]);
+        after.reloads = 1;
+        guard.add(t + Duration::from_secs(11), vec![after]);
         guard.tick(t + Duration::from_secs(30));
         assert!(
             !live.rolled_back(1),

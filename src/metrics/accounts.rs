@@ -5,7 +5,7 @@
 //! sums the shards' intervals over `[rollback] window_secs`. Nothing here is shared between
 //! threads while it is recorded.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -17,6 +17,9 @@ use super::{Sparse, MAX_US};
 pub struct AccountInterval {
     /// Index of the account in the config's account list.
     pub account: usize,
+    /// The reload count ([`crate::reload::LiveSettings::reloads`]) the interval was measured
+    /// under: the rollback guard drops intervals from before the last reload.
+    pub reloads: u64,
     /// Attempts that went over WebSocket and ended one way or another (a preempted or
     /// abandoned attempt says nothing about the transport and is not counted).
     pub ws_attempts: u64,
@@ -71,6 +74,8 @@ struct Tally {
 /// shard records.
 pub struct AccountTallies {
     tallies: RefCell<Vec<Tally>>,
+    /// The reload count the current tallies were measured under.
+    reloads: Cell<u64>,
 }
 
 impl AccountTallies {
@@ -87,6 +92,7 @@ impl AccountTallies {
                     })
                     .collect(),
             ),
+            reloads: Cell::new(0),
         }
     }
 
@@ -111,20 +117,27 @@ impl AccountTallies {
     }
 
     /// Takes the interval of every account that had WebSocket attempts, and empties them.
-    pub fn take_interval(&self) -> Vec<AccountInterval> {
+    /// `reloads` is the reload count now: when it moved since the last take, the tallies may
+    /// hold attempts from before the reload (which reverted every rollback), so they are
+    /// dropped instead of shipped.
+    pub fn take_interval(&self, reloads: u64) -> Vec<AccountInterval> {
         let mut tallies = self.tallies.borrow_mut();
+        let stale = self.reloads.replace(reloads) != reloads;
         let mut out = Vec::new();
         for (account, t) in tallies.iter_mut().enumerate() {
             if t.ws_attempts == 0 {
                 continue;
             }
-            out.push(AccountInterval {
-                account,
-                ws_attempts: t.ws_attempts,
-                ws_errors: t.ws_errors,
-                ws_fallbacks: t.ws_fallbacks,
-                ws_ttft: Sparse::of(&t.ws_ttft),
-            });
+            if !stale {
+                out.push(AccountInterval {
+                    account,
+                    reloads,
+                    ws_attempts: t.ws_attempts,
+                    ws_errors: t.ws_errors,
+                    ws_fallbacks: t.ws_fallbacks,
+                    ws_ttft: Sparse::of(&t.ws_ttft),
+                });
+            }
             t.ws_attempts = 0;
             t.ws_errors = 0;
             t.ws_fallbacks = 0;
@@ -151,7 +164,7 @@ mod tests {
         t.record_ws(1, WsResult::Fallback);
         t.record_ws(1, WsResult::Answered { ttft: None });
         t.record_ws(9, WsResult::Error);
-        let taken = t.take_interval();
+        let taken = t.take_interval(0);
         assert_eq!(taken.len(), 1, "only accounts with attempts ship");
         let a = &taken[0];
         assert_eq!(
@@ -161,6 +174,13 @@ mod tests {
         let mut h = ttft_histogram();
         a.ws_ttft.add_to(&mut h);
         assert_eq!(h.len(), 1);
-        assert!(t.take_interval().is_empty(), "emptied by the take");
+        assert!(t.take_interval(0).is_empty(), "emptied by the take");
+        t.record_ws(2, WsResult::Error);
+        assert!(
+            t.take_interval(1).is_empty(),
+            "attempts from before a reload are dropped"
+        );
+        t.record_ws(2, WsResult::Error);
+        assert_eq!(t.take_interval(1)[0].reloads, 1);
     }
 }

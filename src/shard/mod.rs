@@ -276,7 +276,7 @@ impl Shard {
             hists: self.metrics.take_interval(),
             counters,
             labeled: self.counters.labeled_values(),
-            accounts: self.tallies.take_interval(),
+            accounts: self.tallies.take_interval(self.live.reloads()),
         };
         if !self.control.send(ShardMsg::Snapshot(Box::new(snap))) {
             bump(&self.counters.control_queue_drops);
