@@ -257,3 +257,92 @@ fn failing_websocket_rolls_the_account_back_by_itself_and_sighup_reverts_it() {
     healthy.stop();
     faulty.stop();
 }
+
+/// A gateway in this process over one account at `url`, judged by `thresholds`, with metrics.
+fn judged_gateway(url: String, thresholds: &str) -> shardgate::gateway::Gateway {
+    gateway(config_accounts(
+        &[url],
+        &format!(
+            "admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n\
+             [rollback]\nwindow_secs = 30\nmin_samples = 5\n{thresholds}\n"
+        ),
+        "",
+    ))
+}
+
+/// Runs stored turns with `input` on one session until the account's turns reach the mock over
+/// HTTP; returns the turns that went over WebSocket before.
+fn turns_until_http(gw: &shardgate::gateway::Gateway, up: &MockHandle, input: &str) -> u64 {
+    let mut client = session(gw.addr(), Some("judged"));
+    let mut ws_turns = 0;
+    loop {
+        let turn = client.turn(&create("gpt-5", input, true, None));
+        assert_eq!(turn.last_type(), "response.completed", "{:?}", turn.types());
+        if up.stats().http_turns_total > 0 {
+            return ws_turns;
+        }
+        ws_turns += 1;
+        assert!(ws_turns < 200, "no rollback after {ws_turns} turns");
+    }
+}
+
+#[test]
+fn slow_websocket_first_events_trip_the_ttft_p99() {
+    let up = mock();
+    let gw = judged_gateway(up.base_url(), "ws_ttft_p99_ms = 100");
+    let admin = gw.admin_addr().expect("admin listener");
+    let ws_turns = turns_until_http(&gw, &up, "slow [[mock:first_ms=150]]");
+    assert!(
+        ws_turns >= 5,
+        "judged after min_samples turns, not before: {ws_turns}"
+    );
+    eventually("the rollback is counted", Duration::from_secs(10), || {
+        labeled_total(admin, "rollbacks", "acct-0/ws_ttft_p99") == 1
+    });
+    assert_eq!(ws_percent(admin, "acct-0"), Some(0));
+    gw.stop();
+    up.stop();
+}
+
+#[test]
+fn websocket_fallbacks_trip_the_fallback_rate() {
+    let up = mock();
+    // Every WebSocket attempt is closed with 1008 (the turn falls back to HTTP and completes
+    // there): the WebSocket attempt pops the `close=1008` rule, the HTTP one the empty rule.
+    let mut turns = Vec::new();
+    for _ in 0..200 {
+        for value in ["close=1008", ""] {
+            turns.push(shardgate::mock::Rule {
+                value: value.to_string(),
+                times: 1,
+            });
+        }
+    }
+    up.script(Script {
+        turns,
+        ..Script::default()
+    });
+    let gw = judged_gateway(up.base_url(), "ws_fallback_rate = 0.5");
+    let admin = gw.admin_addr().expect("admin listener");
+    let mut client = session(gw.addr(), Some("judged"));
+    let mut fallbacks = 0u64;
+    eventually(
+        "the fallback rate rolled the account back",
+        Duration::from_secs(20),
+        || {
+            let before = up.stats().ws_turns_total;
+            let turn = client.turn(&create("gpt-5", "hi", true, None));
+            assert_eq!(turn.last_type(), "response.completed", "{:?}", turn.types());
+            let went_ws = up.stats().ws_turns_total > before;
+            fallbacks += u64::from(went_ws);
+            labeled_total(admin, "rollbacks", "acct-0/ws_fallback_rate") == 1 && !went_ws
+        },
+    );
+    assert!(
+        fallbacks >= 5,
+        "judged after min_samples attempts: {fallbacks}"
+    );
+    assert_eq!(ws_percent(admin, "acct-0"), Some(0));
+    gw.stop();
+    up.stop();
+}

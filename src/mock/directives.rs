@@ -63,6 +63,9 @@ pub struct Directives {
     pub delta_bytes: usize,
     /// Delay before the first delta.
     pub ttft: Duration,
+    /// Delay before the turn's first event (`response.created`): a slow upstream, as the
+    /// gateway's time to first event sees it.
+    pub first: Duration,
     /// Delay between events.
     pub delay: Duration,
     /// Events sent before the fault (and the oversize frame) happen.
@@ -84,6 +87,7 @@ impl Directives {
             deltas: cfg.deltas.min(MAX_DELTAS),
             delta_bytes: cfg.delta_bytes.min(MAX_DELTA_BYTES),
             ttft: cfg.ttft.min(MAX_DELAY),
+            first: Duration::ZERO,
             delay: cfg.inter_event.min(MAX_DELAY),
             after: 0,
             fault: None,
@@ -130,6 +134,7 @@ impl Directives {
             ("deltas", _) => set(&mut self.deltas, as_usize),
             ("delta_bytes", _) => set(&mut self.delta_bytes, as_usize),
             ("ttft_ms", _) => set(&mut self.ttft, millis),
+            ("first_ms", _) => set(&mut self.first, millis),
             ("delay_ms", _) => set(&mut self.delay, millis),
             ("after", _) => set(&mut self.after, as_usize),
             ("error", Some(code)) if !code.is_empty() => {
@@ -169,6 +174,7 @@ impl Directives {
             self.deltas = self.deltas.min(most);
         }
         self.ttft = self.ttft.min(MAX_DELAY);
+        self.first = self.first.min(MAX_DELAY);
         self.delay = self.delay.min(MAX_DELAY);
         self
     }
@@ -196,10 +202,13 @@ mod tests {
     #[test]
     fn parses_sizes_delays_and_faults() {
         let mut d = base();
-        d.apply("deltas=3, delta_bytes=4,ttft_ms=50,delay_ms=2,after=5,close=1012,oversize");
+        d.apply(
+            "deltas=3, delta_bytes=4,ttft_ms=50,first_ms=7,delay_ms=2,after=5,close=1012,oversize",
+        );
         assert_eq!(d.deltas, 3);
         assert_eq!(d.delta_bytes, 4);
         assert_eq!(d.ttft, Duration::from_millis(50));
+        assert_eq!(d.first, Duration::from_millis(7));
         assert_eq!(d.delay, Duration::from_millis(2));
         assert_eq!(d.after, 5);
         assert_eq!(d.fault, Some(Fault::Close(1012)));

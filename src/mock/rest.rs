@@ -82,7 +82,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let gaps = plan.events.len().saturating_sub(1) as u32;
-    let duration = plan.ttft + plan.delay * gaps;
+    let duration = plan.first + plan.ttft + plan.delay * gaps;
     if !duration.is_zero() {
         crate::runtime::sleep(duration).await;
     }

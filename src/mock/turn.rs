@@ -83,6 +83,8 @@ pub struct Plan {
     pub final_response: String,
     /// Delay before the first delta.
     pub ttft: Duration,
+    /// Delay before the first event.
+    pub first: Duration,
     /// Delay between events.
     pub delay: Duration,
     /// HTTP only: the status an `http_status=` directive asks for.
@@ -236,6 +238,7 @@ pub fn plan(req: &CreateRequest, d: &Directives, conn_id: u64, turn: u64) -> Pla
         error,
         final_response: sonic_rs::to_string(&final_response).unwrap_or_default(),
         ttft: d.ttft,
+        first: d.first,
         delay: d.delay,
         http_status: d.http_status,
         store: req.store,
@@ -471,6 +474,8 @@ pub async fn play<K: EventSink>(sink: &mut K, plan: &Plan) -> io::Result<()> {
         let mut wait = Duration::ZERO;
         if i > 0 {
             wait += plan.delay;
+        } else {
+            wait += plan.first;
         }
         if event.first_delta {
             wait += plan.ttft;
