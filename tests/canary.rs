@@ -6,33 +6,15 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
 use shardgate::mock::{MockHandle, Script};
-use shardgate::tungstenite::{self, client::IntoClientRequest};
 
 /// A client session under the test key, with a `session-id` header when `session_id` is given.
 fn session(addr: SocketAddr, session_id: Option<&str>) -> Client {
-    keyed_session(addr, CLIENT_KEY, session_id)
-}
-
-/// A client session under `key`.
-fn keyed_session(addr: SocketAddr, key: &str, session_id: Option<&str>) -> Client {
-    let stream = TcpStream::connect(addr).expect("tcp connect");
-    stream.set_nodelay(true).ok();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
-    let mut req = format!("ws://{addr}/v1/responses")
-        .into_client_request()
-        .expect("request");
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    if let Some(sid) = session_id {
-        req.headers_mut().insert("session-id", sid.parse().unwrap());
-    }
-    let (ws, _) = tungstenite::client::client(req, stream).expect("upgrade succeeds");
-    Client { ws }
+    connect_session(addr, CLIENT_KEY, session_id)
 }
 
 /// Runs one stored turn and says which upstream transport carried it: `true` for WebSocket.
@@ -156,8 +138,8 @@ fn failing_websocket_rolls_the_account_back_by_itself_and_sighup_reverts_it() {
         ..Script::default()
     });
     // Two sessions, one per account, take turns in lockstep: the same load on both.
-    let mut client = keyed_session(served.addr, FAULTY_KEY, Some("rollback"));
-    let mut other = keyed_session(served.addr, HEALTHY_KEY, Some("steady"));
+    let mut client = connect_session(served.addr, FAULTY_KEY, Some("rollback"));
+    let mut other = connect_session(served.addr, HEALTHY_KEY, Some("steady"));
     let mut failures = 0u64;
     let mut threshold_met = None;
     let mut healthy_turns = 0u64;
