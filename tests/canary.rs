@@ -328,3 +328,49 @@ fn websocket_fallbacks_trip_the_fallback_rate() {
     gw.stop();
     up.stop();
 }
+
+#[test]
+fn websocket_slower_than_the_accounts_http_half_trips_the_added_p99() {
+    let up = mock();
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        "admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n\
+         [rollback]\nwindow_secs = 30\nmin_samples = 5\nws_added_ttft_p99_ms = 100\n",
+        "ws_canary_percent = 50",
+    ));
+    let admin = gw.admin_addr().expect("admin listener");
+    // Half the sessions on each transport; the WebSocket ones get their first event 200 ms
+    // late, the HTTP ones at once: WebSocket adds ~200 ms over the account's HTTP baseline.
+    let mut sessions: Vec<(Client, bool)> = (0..20)
+        .map(|i| {
+            let mut c = session(gw.addr(), Some(&format!("added-{i}")));
+            let ws = turn_went_ws(&mut c, &up);
+            (c, ws)
+        })
+        .collect();
+    assert!(
+        sessions.iter().any(|s| s.1) && sessions.iter().any(|s| !s.1),
+        "both halves present"
+    );
+    eventually(
+        "the added TTFT p99 rolled the account back",
+        Duration::from_secs(20),
+        || {
+            for (c, ws) in &mut sessions {
+                let input = if *ws {
+                    "slow [[mock:first_ms=200]]"
+                } else {
+                    "hi"
+                };
+                let turn = c.turn(&create("gpt-5", input, true, None));
+                assert_eq!(turn.last_type(), "response.completed", "{:?}", turn.types());
+            }
+            labeled_total(admin, "rollbacks", "acct-0/ws_added_ttft_p99") == 1
+        },
+    );
+    for (c, _) in &mut sessions {
+        assert!(!turn_went_ws(c, &up), "every session goes HTTP now");
+    }
+    gw.stop();
+    up.stop();
+}

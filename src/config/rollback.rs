@@ -21,6 +21,9 @@ pub struct RollbackConfig {
     pub ws_fallback_rate: Option<f64>,
     /// Client TTFT p99 of the account's WebSocket turns above which it goes HTTP.
     pub ws_ttft_p99: Option<Duration>,
+    /// How far the WebSocket TTFT p99 may exceed the same account's HTTP TTFT p99 (the
+    /// canary's other half) before the account goes HTTP.
+    pub ws_added_ttft_p99: Option<Duration>,
 }
 
 impl RollbackConfig {
@@ -29,6 +32,7 @@ impl RollbackConfig {
         self.ws_error_rate.is_some()
             || self.ws_fallback_rate.is_some()
             || self.ws_ttft_p99.is_some()
+            || self.ws_added_ttft_p99.is_some()
     }
 }
 
@@ -40,12 +44,20 @@ pub(super) struct RawRollback {
     ws_error_rate: Option<f64>,
     ws_fallback_rate: Option<f64>,
     ws_ttft_p99_ms: Option<u64>,
+    ws_added_ttft_p99_ms: Option<u64>,
 }
 
 fn rate(key: &str, v: Option<f64>) -> Result<Option<f64>, ConfigError> {
     match v {
         Some(r) if !(r > 0.0 && r <= 1.0) => Err(invalid(key, "must be in (0, 1]")),
         other => Ok(other),
+    }
+}
+
+fn positive_ms(key: &str, v: Option<u64>) -> Result<Option<Duration>, ConfigError> {
+    match v {
+        Some(0) => Err(invalid(key, "must be greater than 0")),
+        ms => Ok(ms.map(Duration::from_millis)),
     }
 }
 
@@ -62,12 +74,11 @@ impl RawRollback {
             min_samples,
             ws_error_rate: rate("rollback.ws_error_rate", self.ws_error_rate)?,
             ws_fallback_rate: rate("rollback.ws_fallback_rate", self.ws_fallback_rate)?,
-            ws_ttft_p99: match self.ws_ttft_p99_ms {
-                Some(0) => {
-                    return Err(invalid("rollback.ws_ttft_p99_ms", "must be greater than 0"))
-                }
-                ms => ms.map(Duration::from_millis),
-            },
+            ws_ttft_p99: positive_ms("rollback.ws_ttft_p99_ms", self.ws_ttft_p99_ms)?,
+            ws_added_ttft_p99: positive_ms(
+                "rollback.ws_added_ttft_p99_ms",
+                self.ws_added_ttft_p99_ms,
+            )?,
         })
     }
 }
@@ -96,6 +107,7 @@ mod tests {
             "ws_error_rate = 1.5",
             "ws_fallback_rate = 0",
             "min_samples = 0",
+            "ws_added_ttft_p99_ms = 0",
         ] {
             let text = format!("[rollback]\n{bad}\n{MINIMAL}");
             let err = Config::parse(&text, &no_env).unwrap_err().to_string();

@@ -3,7 +3,8 @@
 //! Shards count every WebSocket attempt per account ([`crate::metrics::accounts`]) and ship the
 //! interval with their stats snapshot. The guard keeps those intervals for `[rollback]
 //! window_secs` and, on each control tick, judges every account still on WebSocket against the
-//! thresholds (error rate, fallback rate, TTFT p99), once the window holds `min_samples`. A
+//! thresholds (error rate, fallback rate, TTFT p99, TTFT p99 added over the account's HTTP
+//! turns), once the window holds `min_samples`. A
 //! tripped threshold moves the account to HTTP on every shard through [`LiveSettings`], the
 //! switches a reload writes (the next attempt of every session goes HTTP, as with
 //! `transport = "http"`), logs the account, the threshold and the measured value, and counts
@@ -24,7 +25,8 @@ use crate::reload::LiveSettings;
 /// A threshold that tripped, with what was measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Trip {
-    /// Which threshold: `ws_error_rate`, `ws_fallback_rate` or `ws_ttft_p99`.
+    /// Which threshold: `ws_error_rate`, `ws_fallback_rate`, `ws_ttft_p99` or
+    /// `ws_added_ttft_p99`.
     pub reason: &'static str,
     /// The value measured over the window (a share, or milliseconds for the p99).
     pub measured: f64,
@@ -40,6 +42,7 @@ pub struct WindowSums {
     errors: u64,
     fallbacks: u64,
     ttft: Histogram<u64>,
+    http_ttft: Histogram<u64>,
 }
 
 impl Default for WindowSums {
@@ -49,6 +52,7 @@ impl Default for WindowSums {
             errors: 0,
             fallbacks: 0,
             ttft: ttft_histogram(),
+            http_ttft: ttft_histogram(),
         }
     }
 }
@@ -59,11 +63,13 @@ impl WindowSums {
         self.errors += i.ws_errors;
         self.fallbacks += i.ws_fallbacks;
         i.ws_ttft.add_to(&mut self.ttft);
+        i.http_ttft.add_to(&mut self.http_ttft);
     }
 }
 
 /// The first threshold `sums` trips under `cfg`, if any: rates need `min_samples` attempts,
-/// the p99 `min_samples` answered turns; a value equal to its threshold does not trip.
+/// the p99 `min_samples` answered turns (the added p99 as many on each transport); a value
+/// equal to its threshold does not trip.
 pub fn verdict(cfg: &RollbackConfig, sums: &WindowSums) -> Option<Trip> {
     let rate = |n: u64| n as f64 / sums.attempts as f64;
     if sums.attempts >= cfg.min_samples {
@@ -91,6 +97,23 @@ pub fn verdict(cfg: &RollbackConfig, sums: &WindowSums) -> Option<Trip> {
                 measured: p99.as_secs_f64() * 1e3,
                 threshold: limit.as_secs_f64() * 1e3,
                 samples: answered,
+            });
+        }
+    }
+    let baseline = sums.http_ttft.len();
+    if let Some(limit) = cfg
+        .ws_added_ttft_p99
+        .filter(|_| answered >= cfg.min_samples && baseline >= cfg.min_samples)
+    {
+        let ws = sums.ttft.value_at_quantile(0.99);
+        let http = sums.http_ttft.value_at_quantile(0.99);
+        let added = Duration::from_micros(ws.saturating_sub(http));
+        if added > limit {
+            return Some(Trip {
+                reason: "ws_added_ttft_p99",
+                measured: added.as_secs_f64() * 1e3,
+                threshold: limit.as_secs_f64() * 1e3,
+                samples: answered.min(baseline),
             });
         }
     }
@@ -227,6 +250,7 @@ mod tests {
             ws_error_rate: Some(0.2),
             ws_fallback_rate: Some(0.5),
             ws_ttft_p99: Some(Duration::from_millis(500)),
+            ws_added_ttft_p99: None,
         }
     }
 
@@ -242,6 +266,7 @@ mod tests {
             ws_errors: errors,
             ws_fallbacks: 0,
             ws_ttft: Sparse::of(&h),
+            http_ttft: Sparse::default(),
         }
     }
 
@@ -279,6 +304,37 @@ mod tests {
         assert_eq!(trip.reason, "ws_ttft_p99");
         assert!(trip.measured >= 1_900.0, "{trip:?}");
         assert_eq!(verdict(&c, &sums(&[interval(0, 10, 0, &[400; 10])])), None);
+    }
+
+    #[test]
+    fn the_added_p99_compares_websocket_with_the_same_accounts_http_turns() {
+        let c = RollbackConfig {
+            ws_ttft_p99: None,
+            ws_added_ttft_p99: Some(Duration::from_millis(100)),
+            ..cfg()
+        };
+        let with_http = |ws_ms: u64, http_ms: &[u64]| {
+            let mut i = interval(0, 10, 0, &[ws_ms; 10]);
+            let mut h = ttft_histogram();
+            for ms in http_ms {
+                h.record(ms * 1000).unwrap();
+            }
+            i.http_ttft = Sparse::of(&h);
+            sums(&[i])
+        };
+        assert_eq!(
+            verdict(&c, &with_http(900, &[850; 10])),
+            None,
+            "slow on both"
+        );
+        assert_eq!(
+            verdict(&c, &with_http(900, &[100; 9])),
+            None,
+            "too few HTTP turns to compare with"
+        );
+        let trip = verdict(&c, &with_http(900, &[100; 10])).expect("800 ms added");
+        assert_eq!(trip.reason, "ws_added_ttft_p99");
+        assert!((700.0..=900.0).contains(&trip.measured), "{trip:?}");
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct AccountInterval {
     /// Client TTFT of the turns answered over WebSocket (client frame read → first event
     /// written), microseconds, at one significant digit.
     pub ws_ttft: Sparse,
+    /// The same for the account's turns answered over HTTP (the canary's other half): the
+    /// baseline of the added-TTFT threshold.
+    pub http_ttft: Sparse,
 }
 
 impl AccountInterval {
@@ -40,6 +43,7 @@ impl AccountInterval {
         self.ws_errors += other.ws_errors;
         self.ws_fallbacks += other.ws_fallbacks;
         self.ws_ttft.append(&mut other.ws_ttft);
+        self.http_ttft.append(&mut other.http_ttft);
     }
 }
 
@@ -68,6 +72,7 @@ struct Tally {
     ws_errors: u64,
     ws_fallbacks: u64,
     ws_ttft: Histogram<u64>,
+    http_ttft: Histogram<u64>,
 }
 
 /// One shard's per-account tallies for the current interval. Not `Sync`: only the owning
@@ -89,6 +94,7 @@ impl AccountTallies {
                         ws_errors: 0,
                         ws_fallbacks: 0,
                         ws_ttft: ttft_histogram(),
+                        http_ttft: ttft_histogram(),
                     })
                     .collect(),
             ),
@@ -106,9 +112,7 @@ impl AccountTallies {
         match result {
             WsResult::Answered { ttft } => {
                 if let Some(d) = ttft {
-                    let us = (d.as_micros().min(u128::from(MAX_US)) as u64).max(1);
-                    // In bounds by the clamp, so this cannot fail.
-                    let _ = t.ws_ttft.record(us);
+                    record_ttft(&mut t.ws_ttft, d);
                 }
             }
             WsResult::Error => t.ws_errors += 1,
@@ -116,7 +120,16 @@ impl AccountTallies {
         }
     }
 
-    /// Takes the interval of every account that had WebSocket attempts, and empties them.
+    /// Records the client TTFT of a turn of account `account` answered over HTTP. No
+    /// allocation.
+    pub fn record_http_ttft(&self, account: usize, ttft: Duration) {
+        if let Some(t) = self.tallies.borrow_mut().get_mut(account) {
+            record_ttft(&mut t.http_ttft, ttft);
+        }
+    }
+
+    /// Takes the interval of every account that had WebSocket attempts or HTTP answers, and
+    /// empties them.
     /// `reloads` is the reload count now: when it moved since the last take, the tallies may
     /// hold attempts from before the reload (which reverted every rollback), so they are
     /// dropped instead of shipped.
@@ -125,7 +138,7 @@ impl AccountTallies {
         let stale = self.reloads.replace(reloads) != reloads;
         let mut out = Vec::new();
         for (account, t) in tallies.iter_mut().enumerate() {
-            if t.ws_attempts == 0 {
+            if t.ws_attempts == 0 && t.http_ttft.is_empty() {
                 continue;
             }
             if !stale {
@@ -136,15 +149,24 @@ impl AccountTallies {
                     ws_errors: t.ws_errors,
                     ws_fallbacks: t.ws_fallbacks,
                     ws_ttft: Sparse::of(&t.ws_ttft),
+                    http_ttft: Sparse::of(&t.http_ttft),
                 });
             }
             t.ws_attempts = 0;
             t.ws_errors = 0;
             t.ws_fallbacks = 0;
             t.ws_ttft.reset();
+            t.http_ttft.reset();
         }
         out
     }
+}
+
+/// Records `d` in microseconds, clamped to the histogram's bounds.
+fn record_ttft(h: &mut Histogram<u64>, d: Duration) {
+    let us = (d.as_micros().min(u128::from(MAX_US)) as u64).max(1);
+    // In bounds by the clamp, so this cannot fail.
+    let _ = h.record(us);
 }
 
 #[cfg(test)]
@@ -164,8 +186,15 @@ mod tests {
         t.record_ws(1, WsResult::Fallback);
         t.record_ws(1, WsResult::Answered { ttft: None });
         t.record_ws(9, WsResult::Error);
+        t.record_http_ttft(2, Duration::from_millis(30));
         let taken = t.take_interval(0);
-        assert_eq!(taken.len(), 1, "only accounts with attempts ship");
+        assert_eq!(
+            taken.len(),
+            2,
+            "only accounts with attempts or answers ship"
+        );
+        assert_eq!((taken[1].account, taken[1].ws_attempts), (2, 0));
+        assert!(!taken[1].http_ttft.is_empty());
         let a = &taken[0];
         assert_eq!(
             (a.account, a.ws_attempts, a.ws_errors, a.ws_fallbacks),

@@ -39,10 +39,11 @@ impl CanarySlot {
     }
 }
 
-/// Counts one attempt for the automatic rollback: only attempts over WebSocket, and only
-/// outcomes that say something about it. Failures of the gateway's own making (the connection
-/// budget full, a frame it could not rewrite) and rate limits (`429`, the same over HTTP) are
-/// left out, as are preempted and abandoned attempts.
+/// Counts one attempt for the automatic rollback: attempts over WebSocket, with only the
+/// outcomes that say something about it (failures of the gateway's own making, such as the
+/// connection budget full or a frame it could not rewrite, and rate limits, `429`, the same over
+/// HTTP, are left out, as are preempted and abandoned attempts); of attempts over HTTP, the TTFT
+/// of answered turns, the baseline the WebSocket TTFT is compared with.
 pub fn record_attempt(
     tallies: &AccountTallies,
     account: usize,
@@ -51,6 +52,13 @@ pub fn record_attempt(
     received: Instant,
 ) {
     if !over_ws {
+        if let Outcome::Terminal {
+            first_event_at: Some(t),
+            ..
+        } = outcome
+        {
+            tallies.record_http_ttft(account, t.saturating_duration_since(received));
+        }
         return;
     }
     let result = match outcome {
