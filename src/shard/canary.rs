@@ -41,9 +41,10 @@ impl CanarySlot {
 
 /// Counts one attempt for the automatic rollback: attempts over WebSocket, with only the
 /// outcomes that say something about it (failures of the gateway's own making, such as the
-/// connection budget full or a frame it could not rewrite, and rate limits, `429`, the same over
-/// HTTP, are left out, as are preempted and abandoned attempts); of attempts over HTTP, the TTFT
-/// of answered turns, the baseline the WebSocket TTFT is compared with.
+/// connection budget full or a frame it could not rewrite, and rate limits (`429`) and refused
+/// credentials (`401`, an OAuth token to refresh), the same over HTTP, are left out, as are
+/// preempted and abandoned attempts); of attempts over HTTP, the TTFT of answered turns, the
+/// baseline the WebSocket TTFT is compared with.
 pub fn record_attempt(
     tallies: &AccountTallies,
     account: usize,
