@@ -18,7 +18,7 @@ use futures_channel::oneshot;
 
 use super::state_file::{self, StateFileError, Stored};
 use super::token::{AccountToken, Credential};
-use super::token_client::{self, jwt_lifetime};
+use super::token_client::{self, jwt_lifetime, MAX_LIFETIME};
 use super::{OAuthRegistry, RefreshRequest, RefresherMsg};
 use crate::config::OAuthConfig;
 use crate::config::{Account, Config, Endpoint, Secret};
@@ -158,10 +158,13 @@ impl Slot {
         let source = match state_file::load(&slot.cfg.state_file, &slot.seed)? {
             Some(stored) => {
                 let now_unix = state_file::unix_now();
+                // The file can be edited by hand: its times are bounded like a peer's.
                 let lifetime =
-                    Duration::from_secs(stored.expires_at.saturating_sub(stored.issued_at));
+                    Duration::from_secs(stored.expires_at.saturating_sub(stored.issued_at))
+                        .min(MAX_LIFETIME);
                 let age = Duration::from_secs(now_unix.saturating_sub(stored.issued_at));
-                let left = Duration::from_secs(stored.expires_at.saturating_sub(now_unix));
+                let left = Duration::from_secs(stored.expires_at.saturating_sub(now_unix))
+                    .min(MAX_LIFETIME);
                 slot.expires_at = Some(now + left);
                 slot.due = now + refresh_after(lifetime).saturating_sub(age);
                 slot.token.publish(Credential::new(

@@ -20,6 +20,10 @@ use crate::protocol::http1::{self, BodyDecoder};
 /// Longest token endpoint answer read.
 const MAX_ANSWER: usize = 64 * 1024;
 
+/// The longest token lifetime believed (about 31 years): a peer's `expires_in` or `exp` past it
+/// is cut to it, so that adding a lifetime to an `Instant` or to Unix seconds cannot overflow.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(1_000_000_000);
+
 /// What the token endpoint issued.
 #[derive(Debug)]
 pub struct Issued {
@@ -278,7 +282,7 @@ fn tokens(body: &[u8]) -> Result<Issued, RefreshError> {
     let lifetime = sonic_rs::get_from_slice(body, ["expires_in"])
         .ok()
         .and_then(|v| v.as_f64())
-        .filter(|s| *s > 0.0 && *s < 1e9)
+        .filter(|s| *s > 0.0 && *s < MAX_LIFETIME.as_secs_f64())
         .map(Duration::from_secs_f64)
         .or_else(|| jwt_lifetime(&access));
     Ok(Issued {
@@ -288,7 +292,8 @@ fn tokens(body: &[u8]) -> Result<Issued, RefreshError> {
     })
 }
 
-/// Time left until a JWT's `exp` claim, when `token` is a JWT with one.
+/// Time left until a JWT's `exp` claim, when `token` is a JWT with one (at most
+/// [`MAX_LIFETIME`]).
 pub fn jwt_lifetime(token: &str) -> Option<Duration> {
     use base64::Engine;
     let payload = token.split('.').nth(1)?;
@@ -302,7 +307,7 @@ pub fn jwt_lifetime(token: &str) -> Option<Duration> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .as_secs();
-    Some(Duration::from_secs(exp.saturating_sub(now)))
+    Some(Duration::from_secs(exp.saturating_sub(now)).min(MAX_LIFETIME))
 }
 
 #[cfg(test)]
@@ -359,5 +364,21 @@ mod tests {
         let left = jwt_lifetime(&format!("eyJhbGciOiJub25lIn0.{payload}.sig")).unwrap();
         assert!(left <= Duration::from_secs(600) && left >= Duration::from_secs(590));
         assert_eq!(jwt_lifetime("not-a-jwt"), None);
+    }
+
+    #[test]
+    fn a_far_expiry_is_cut_to_the_longest_lifetime() {
+        use base64::Engine;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{{\"exp\":{}}}", u64::MAX));
+        let access = format!("eyJhbGciOiJub25lIn0.{payload}.sig");
+        assert_eq!(jwt_lifetime(&access), Some(MAX_LIFETIME));
+        let body = format!(r#"{{"access_token":"{access}"}}"#);
+        let issued = parse_answer(&answer("200 OK", &body)).unwrap();
+        let lifetime = issued.lifetime.unwrap();
+        assert_eq!(lifetime, MAX_LIFETIME);
+        // What the refresher does with it must not overflow.
+        let _ = std::time::Instant::now() + lifetime;
+        let _ = crate::oauth::state_file::unix_now() + lifetime.as_secs();
     }
 }
