@@ -24,8 +24,8 @@ use crate::config::OAuthConfig;
 use crate::config::{Account, Config, Endpoint, Secret};
 use crate::net::proxy::ProxyUrl;
 
-/// Longest wait for each step of a token request.
-const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a whole token request may take (connect, proxy, TLS, request and answer).
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// The lifetime assumed when the endpoint gives none and the token is no JWT.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// The first retry after a failed refresh; doubled per failure up to [`MAX_BACKOFF`].
@@ -55,7 +55,7 @@ pub struct Refresher {
 impl Refresher {
     /// Reads every OAuth account's state file, puts the stored tokens in force, refreshes the
     /// ones already due (so no shard starts with a token known to be stale; this waits for the
-    /// token endpoint, at most 10 s per step) and starts the thread; `None` when the config has
+    /// token endpoint, at most 20 s per account) and starts the thread; `None` when the config has
     /// no OAuth account.
     pub fn start(
         config: &Config,

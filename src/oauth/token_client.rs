@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_rustls::rustls::{ClientConnection, StreamOwned};
 
@@ -61,8 +61,8 @@ pub enum RefreshError {
     BadAnswer(&'static str),
 }
 
-/// Posts a refresh for `refresh_token` to `url` and reads the answer, each step within
-/// `timeout`.
+/// Posts a refresh for `refresh_token` to `url` and reads the answer, the whole exchange
+/// (connect, proxy, TLS, request, answer) within `timeout`.
 pub fn refresh(
     url: &Endpoint,
     ca_file: Option<&Path>,
@@ -117,11 +117,13 @@ fn exchange(
         Some(p) => resolve(&p.host, p.port)?,
         None => resolve(&url.host, url.port)?,
     };
-    let tcp = TcpStream::connect_timeout(&first_hop, timeout)?;
-    tcp.set_read_timeout(Some(timeout))?;
-    tcp.set_write_timeout(Some(timeout))?;
+    let deadline = Instant::now() + timeout;
+    let mut tcp = Deadlined {
+        tcp: TcpStream::connect_timeout(&first_hop, timeout)?,
+        deadline,
+    };
     if let Some(p) = proxy {
-        tunnel(&tcp, p, url)?;
+        tunnel(&mut tcp, p, url)?;
     }
     if url.tls {
         let config = tls::client_config(ca_file).map_err(|e| RefreshError::Tls(e.to_string()))?;
@@ -136,7 +138,7 @@ fn exchange(
 
 /// Opens a tunnel to `url` through the account's egress proxy on `tcp` (the proxy handshake is
 /// the shards' own, run here on blocking reads and writes).
-fn tunnel(tcp: &TcpStream, proxy: &ProxyUrl, url: &Endpoint) -> Result<(), RefreshError> {
+fn tunnel(tcp: &mut Deadlined, proxy: &ProxyUrl, url: &Endpoint) -> Result<(), RefreshError> {
     let resolved;
     let target = match proxy.kind {
         ProxyKind::Socks5 {
@@ -159,37 +161,75 @@ fn tunnel(tcp: &TcpStream, proxy: &ProxyUrl, url: &Endpoint) -> Result<(), Refre
     Ok(())
 }
 
+/// A blocking socket whose every read and write ends by one deadline: per-call timeouts alone
+/// let a peer that drips a byte now and then hold the refresher thread (and every other
+/// account's refresh, and the start) for as long as it likes.
+struct Deadlined {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl Deadlined {
+    /// The time left, set as the socket's timeouts; an error once the deadline has passed.
+    fn arm(&self) -> std::io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "token exchange deadline passed",
+            ));
+        }
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.set_write_timeout(Some(left))
+    }
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 /// A blocking socket seen through the async I/O traits, for the proxy handshake on this thread
-/// (every poll completes: the socket's own timeouts bound each call).
-struct BlockingIo<'a>(&'a TcpStream);
+/// (every poll completes: the socket's deadline bounds each call).
+struct BlockingIo<'a>(&'a mut Deadlined);
 
 impl futures_lite::AsyncRead for BlockingIo<'_> {
     fn poll_read(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
         buf: &mut [u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let mut socket = self.0;
-        std::task::Poll::Ready(socket.read(buf))
+        std::task::Poll::Ready(self.0.read(buf))
     }
 }
 
 impl futures_lite::AsyncWrite for BlockingIo<'_> {
     fn poll_write(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let mut socket = self.0;
-        std::task::Poll::Ready(socket.write(buf))
+        std::task::Poll::Ready(self.0.write(buf))
     }
 
     fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        let mut socket = self.0;
-        std::task::Poll::Ready(socket.flush())
+        std::task::Poll::Ready(self.0.flush())
     }
 
     fn poll_close(
@@ -364,6 +404,47 @@ mod tests {
         let left = jwt_lifetime(&format!("eyJhbGciOiJub25lIn0.{payload}.sig")).unwrap();
         assert!(left <= Duration::from_secs(600) && left >= Duration::from_secs(590));
         assert_eq!(jwt_lifetime("not-a-jwt"), None);
+    }
+
+    #[test]
+    fn a_dripping_endpoint_is_cut_off_at_the_deadline() {
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Answers one byte every 50 ms, far inside the per-read timeout, for 3 s in all.
+        let server = std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            let mut head = [0u8; 1024];
+            let _ = peer.read(&mut head);
+            for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n{\"access_token\":\"a\"}"
+                .iter()
+                .cycle()
+                .take(60)
+            {
+                if peer.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let url = Endpoint::parse(&format!("http://127.0.0.1:{port}/oauth/token")).unwrap();
+        let start = Instant::now();
+        let result = refresh(
+            &url,
+            None,
+            None,
+            "client",
+            &Secret::new("rt".into()),
+            Duration::from_millis(500),
+        );
+        let took = start.elapsed();
+        assert!(
+            matches!(result, Err(RefreshError::Io(ref e)) if e.kind() == std::io::ErrorKind::TimedOut
+                || e.kind() == std::io::ErrorKind::WouldBlock),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+        server.join().unwrap();
     }
 
     #[test]

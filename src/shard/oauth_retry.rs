@@ -12,7 +12,7 @@ use super::relay::Outcome;
 use super::Shard;
 use crate::runtime;
 
-/// Longest a turn waits for the refresher (its token request has a 10 s deadline per step).
+/// Longest a turn waits for the refresher (its token request has a 20 s deadline).
 const REFRESH_WAIT: Duration = Duration::from_secs(25);
 
 /// What the turn does next after a 401 on an OAuth account.
