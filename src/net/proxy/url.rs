@@ -95,6 +95,10 @@ fn percent_decode(s: &str) -> Result<String, ProxyUrlError> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+            // from_str_radix alone would take a sign: `%+1` is not an escape.
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(bad());
+            }
             let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
             out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
             i += 3;
@@ -162,6 +166,7 @@ mod tests {
             "http://user:hunter2@[::1:1",
             "http://:hunter2@h:1",
             "http://user:hunter2%zz@h:1",
+            "http://user:hunter2%+1@h:1",
             "http://user:hunter2@::1:1",
         ] {
             let err = parse(bad).unwrap_err().to_string();
