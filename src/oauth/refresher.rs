@@ -346,4 +346,30 @@ mod tests {
         assert_eq!(backoff(3), Duration::from_secs(4));
         assert_eq!(backoff(40), MAX_BACKOFF);
     }
+
+    #[test]
+    fn a_state_file_with_a_far_expiry_opens() {
+        let dir = std::env::temp_dir().join(format!("sg-oauth-far-{:x}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("a.json");
+        let text = format!(
+            "[usage]\npath = \"/var/lib/shardgate/usage.jsonl\"\n[[client_keys]]\nkey = \"sk-gw\"\n\
+             [[accounts]]\nid = \"codex\"\nauth = \"chatgpt_oauth\"\n[accounts.oauth]\n\
+             refresh_token = \"rt\"\nchatgpt_account_id = \"acc\"\nstate_file = {:?}\n",
+            state.display().to_string()
+        );
+        let config = Config::parse(&text, &|_| None).unwrap();
+        let cfg = config.accounts[0].oauth.clone().unwrap();
+        let stored = Stored {
+            access_token: Secret::new("at".into()),
+            refresh_token: Secret::new("rt-2".into()),
+            issued_at: 0,
+            expires_at: u64::MAX,
+        };
+        state_file::save(&state, &state_file::seed_of(&cfg.refresh_token), &stored).unwrap();
+        let token = Arc::new(AccountToken::new(Credential::new(None, &cfg.refresh_token)));
+        let slot = Slot::open(&config.accounts[0], 0, cfg, token).unwrap();
+        assert!(slot.expires_at.unwrap() <= Instant::now() + MAX_LIFETIME);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
