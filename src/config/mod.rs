@@ -156,9 +156,13 @@ fn secs(key: &str, v: Option<f64>, default: f64) -> Result<Duration, ConfigError
     Ok(Duration::from_secs_f64(v))
 }
 
+/// Longest duration a `*_ms` setting takes: the `*_secs` bound, in milliseconds.
+const MAX_MILLIS: u64 = MAX_SECS as u64 * 1000;
+
 fn millis(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
     match v.unwrap_or(default) {
         0 => Err(invalid(key, "must be greater than 0")),
+        ms if ms > MAX_MILLIS => Err(invalid(key, "must be at most 1e12 milliseconds")),
         ms => Ok(Duration::from_millis(ms)),
     }
 }
@@ -263,6 +267,16 @@ mod tests {
             assert!(err.contains("server.idle_timeout_secs"), "{v}: {err}");
         }
         let text = format!("[server]\nidle_timeout_secs = 1e9\n{MINIMAL}");
+        assert!(Config::parse(&text, &no_env).is_ok());
+    }
+
+    #[test]
+    fn milliseconds_past_the_largest_duration_are_refused() {
+        // u64::MAX ms is a Duration, but the first `Instant::now() + dial_timeout` panicked.
+        let text = format!("[upstream]\ndial_timeout_ms = {}\n{MINIMAL}", u64::MAX);
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("upstream.dial_timeout_ms"), "{err}");
+        let text = format!("[upstream]\ndial_timeout_ms = 1000000000000\n{MINIMAL}");
         assert!(Config::parse(&text, &no_env).is_ok());
     }
 
