@@ -129,7 +129,7 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
                 let tls = stream.is_tls();
                 let stream = PrefixedStream::recording(buf, stream);
                 let ws = session::client_ws(&shard, stream).await;
-                run_session(shard, ws, *driver, tls).await;
+                run_session(shard, ws, driver, tls).await;
                 return;
             }
         }
@@ -345,7 +345,14 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut ClientStream, head: RequestHead
     }
     let accept = derive_accept_key(key.trim_ascii());
     let key_id = identity.key_id.clone();
-    let mut driver = Driver::new(shard.clone(), identity, forwarded(&head), RequestType::Ws);
+    // Boxed: a session task's future holds it across awaits (here and until the session
+    // starts), and inline it would grow every session task by its size.
+    let mut driver = Box::new(Driver::new(
+        shard.clone(),
+        identity,
+        forwarded(&head),
+        RequestType::Ws,
+    ));
     let turn_state = if shard.config.server.echo_turn_state {
         // Boxed: rare (a knob), and a lease is a large future.
         Box::pin(driver.lease_ahead()).await
@@ -358,7 +365,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut ClientStream, head: RequestHead
         shard.close_session(&key_id);
         return Routed::Done;
     }
-    Routed::Upgrade(Box::new(driver))
+    Routed::Upgrade(driver)
 }
 
 /// The 101 answering a WebSocket upgrade, with upstream's `x-codex-turn-state` when the
@@ -401,9 +408,9 @@ async fn refuse(stream: &mut ClientStream, err: &GatewayError, headers: &[(&str,
     Routed::Done
 }
 
-async fn run_session(shard: Rc<Shard>, ws: ClientWs, driver: Driver, tls: bool) {
+async fn run_session(shard: Rc<Shard>, ws: ClientWs, driver: Box<Driver>, tls: bool) {
     bump(&shard.counters.sessions);
     let key_id = driver.identity().key_id.clone();
-    Session::new(shard.clone(), ws, driver, tls).run().await;
+    Session::new(shard.clone(), ws, *driver, tls).run().await;
     shard.close_session(&key_id);
 }
