@@ -411,6 +411,11 @@ async fn refuse(stream: &mut ClientStream, err: &GatewayError, headers: &[(&str,
 async fn run_session(shard: Rc<Shard>, ws: ClientWs, driver: Box<Driver>, tls: bool) {
     bump(&shard.counters.sessions);
     let key_id = driver.identity().key_id.clone();
-    Session::new(shard.clone(), ws, *driver, tls).run().await;
+    // Unboxed in a block of its own, so that the box is freed now, not when the session ends.
+    let driver = {
+        let boxed = driver;
+        *boxed
+    };
+    Session::new(shard.clone(), ws, driver, tls).run().await;
     shard.close_session(&key_id);
 }

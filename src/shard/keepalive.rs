@@ -37,22 +37,24 @@ use super::upstream::UpstreamConn;
 /// (the connection broke, closed, or sent an event while idle).
 pub const UPSTREAM_PINGS: &str = "upstream_pings";
 
-/// A connection's keep-alive pings: how many were sent and the generation whose pong is awaited.
+/// A connection's keep-alive pings: the last generation sent and the one whose pong is awaited
+/// (0: none). Small, as it is part of every connection a session holds inline.
 #[derive(Debug, Default)]
 pub struct PingState {
-    sent: u64,
-    awaiting: Option<u64>,
+    sent: u32,
+    awaiting: u32,
 }
 
 impl PingState {
     /// The connection is leased for a turn: the turn's relay skips the pong, whatever comes.
     pub fn forget(&mut self) {
-        self.awaiting = None;
+        self.awaiting = 0;
     }
 
-    /// `true` while a ping awaits its pong.
-    pub fn awaiting(&self) -> bool {
-        self.awaiting.is_some()
+    /// The next generation to send (never 0).
+    fn next(&mut self) -> u32 {
+        self.sent = self.sent.wrapping_add(1).max(1);
+        self.sent
     }
 }
 
@@ -80,8 +82,7 @@ impl PingError {
 /// Sends a ping on an idle connection without waiting, and rests it again if it rested.
 pub fn send_now(conn: &mut UpstreamConn) -> Result<(), PingError> {
     let was_resting = conn.is_resting();
-    let generation = conn.pings.sent + 1;
-    conn.pings.sent = generation;
+    let generation = conn.pings.next();
     let ws = conn.ws().now_or_never().ok_or(PingError::Failed)?;
     let ping = Message::Ping(Bytes::copy_from_slice(&generation.to_be_bytes()));
     // An idle socket takes 14 bytes at once; one that cannot belongs to a peer gone silent.
@@ -89,7 +90,7 @@ pub fn send_now(conn: &mut UpstreamConn) -> Result<(), PingError> {
         Some(Ok(())) => {}
         Some(Err(_)) | None => return Err(PingError::Failed),
     }
-    conn.pings.awaiting = Some(generation);
+    conn.pings.awaiting = generation;
     if was_resting && !conn.rest_built_now() {
         return Err(PingError::Failed);
     }
@@ -100,9 +101,10 @@ pub fn send_now(conn: &mut UpstreamConn) -> Result<(), PingError> {
 /// among it (or no ping awaits one), answering upstream's pings on the way; then rests the
 /// connection again if it rested.
 pub fn settle_now(conn: &mut UpstreamConn) -> Result<(), PingError> {
-    let Some(expected) = conn.pings.awaiting else {
+    let expected = conn.pings.awaiting;
+    if expected == 0 {
         return Ok(());
-    };
+    }
     let was_resting = conn.is_resting();
     let ws = conn.ws().now_or_never().ok_or(PingError::Failed)?;
     let mut heard = false;
@@ -124,7 +126,7 @@ pub fn settle_now(conn: &mut UpstreamConn) -> Result<(), PingError> {
     if !heard {
         return Err(PingError::Late);
     }
-    conn.pings.awaiting = None;
+    conn.pings.awaiting = 0;
     if was_resting && !conn.rest_built_now() {
         return Err(PingError::Failed);
     }

@@ -256,10 +256,14 @@ impl Session {
                     bump(&self.shard.counters.sessions_rested);
                     let cfg = &self.shard.config.server;
                     let idle = cfg.idle_timeout.saturating_sub(cfg.rest_after);
-                    let wait = bare_wait(&self.shard, self.client, idle);
                     // The connection held between turns is kept alive while the session rests.
-                    let keep = keepalive::or_forever(self.driver.keep_alive());
-                    let (client, woke) = Box::pin(futures_lite::future::or(wait, keep)).await;
+                    // One expression: a future bound to a local first would keep a slot in
+                    // the session task's state across the await.
+                    let (client, woke) = Box::pin(futures_lite::future::or(
+                        bare_wait(&self.shard, self.client, idle),
+                        keepalive::or_forever(self.driver.keep_alive()),
+                    ))
+                    .await;
                     self.client = client;
                     if !self.woken(woke, CloseReason::IdleTimeout).await {
                         self.driver.release();

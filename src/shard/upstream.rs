@@ -98,7 +98,8 @@ pub struct UpstreamConn {
     pub pings: PingState,
     /// The `x-codex-turn-state` upstream's 101 carried, echoed to a client whose upgrade
     /// leased this connection (`[server] echo_turn_state`).
-    pub turn_state: Option<HeaderValue>,
+    /// Boxed: rare, and every connection a session holds is part of its task.
+    pub turn_state: Option<Box<HeaderValue>>,
 }
 
 impl UpstreamConn {
@@ -243,7 +244,7 @@ pub async fn dial(
     let (ws, response) = runtime::timeout(cfg.handshake_timeout, handshake)
         .await
         .ok_or(DialError::HandshakeTimeout)??;
-    let turn_state = response.headers().get(TURN_STATE).cloned();
+    let turn_state = response.headers().get(TURN_STATE).cloned().map(Box::new);
     let born = Instant::now();
     Ok(UpstreamConn {
         id,

@@ -52,7 +52,7 @@ impl Driver {
         let pool = lease.pool().clone();
         let dial_time = lease.conn().dial_time;
         self.count_conn(&pool, lease.reused, Hist::DialWs, dial_time);
-        let turn_state = lease.conn().turn_state.clone();
+        let turn_state = lease.conn().turn_state.as_deref().cloned();
         self.lease = Some(lease);
         self.ahead = true;
         turn_state
