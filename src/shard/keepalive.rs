@@ -3,11 +3,11 @@
 //!
 //! Two kinds of idle connection are pinged every `[upstream] ping_interval_secs`: those on a
 //! pool's idle stack (one task per pool, [`arm`]) and those a session holds between turns (the
-//! session's own task, [`keep_leased`], raced against the client's next frame). A ping is sent
-//! without waiting ([`send_now`]) and its pong is looked for `pong_timeout_ms` later, again
-//! without waiting ([`settle_now`]): nothing reads an idle connection in between, so a resting
-//! connection ([`UpstreamConn::rest`]) is built for the instant of each step and rests again
-//! at once, and keep-alive costs no buffers between its steps.
+//! session's own task while it rests, [`keep_leased`], raced against the client's next bytes).
+//! A ping is sent without waiting ([`send_now`]) and its pong is looked for `pong_timeout_ms`
+//! later, again without waiting ([`settle_now`]): nothing reads an idle connection in between,
+//! so a resting connection ([`UpstreamConn::rest`]) is built for the instant of each step and
+//! rests again at once, and keep-alive costs no buffers between its steps.
 //!
 //! A ping never races a turn. A pooled connection is leased (and its awaited pong forgotten,
 //! [`PingState::forget`]) only off the idle stack, which the sweep does not touch then; a
