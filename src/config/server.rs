@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub rest_after: Duration,
     /// TLS on the client listener (`tls_cert` + `tls_key`); `None` = plain HTTP.
     pub tls: Option<ListenerTls>,
+    /// Lease the session's upstream connection before answering its upgrade, to echo the
+    /// `x-codex-turn-state` of that connection's handshake in the client's 101 (costs a lease,
+    /// maybe a dial, per upgrade). `echo_turn_state`, default off.
+    pub echo_turn_state: bool,
 }
 
 /// The PEM files of the client listener's TLS certificate chain and private key. Read at start
@@ -71,6 +75,7 @@ pub(super) struct RawServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     rest_after_ms: Option<u64>,
+    echo_turn_state: Option<bool>,
 }
 
 impl RawServer {
@@ -130,6 +135,7 @@ impl RawServer {
                 }
             },
             rest_after: millis("server.rest_after_ms", s.rest_after_ms, 1_000)?,
+            echo_turn_state: s.echo_turn_state.unwrap_or(false),
         };
         Ok(server)
     }

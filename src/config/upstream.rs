@@ -29,6 +29,13 @@ pub struct UpstreamConfig {
     pub retry: RetryConfig,
     /// Per-account-slice circuit breaker.
     pub breaker: BreakerConfig,
+    /// How often idle upstream connections (pooled, or held by a session between turns) are
+    /// pinged so that upstream and the middleboxes on the way do not cut them for silence;
+    /// zero turns keep-alive pings off. `ping_interval_secs`, default 30.
+    pub ping_interval: Duration,
+    /// How long a ping's pong may take; a connection whose pong is later is closed, never
+    /// reused. `pong_timeout_ms`, default 5000, below `ping_interval_secs`.
+    pub pong_timeout: Duration,
 }
 
 /// `[upstream]` retry keys: exponential backoff with full jitter.
@@ -76,6 +83,8 @@ pub(super) struct RawUpstream {
     breaker_window_secs: Option<f64>,
     breaker_min_requests: Option<u32>,
     breaker_cooldown_secs: Option<f64>,
+    ping_interval_secs: Option<f64>,
+    pong_timeout_ms: Option<u64>,
 }
 
 impl RawUpstream {
@@ -130,7 +139,18 @@ impl RawUpstream {
                     30.0,
                 )?,
             },
+            ping_interval: match u.ping_interval_secs {
+                Some(0.0) => Duration::ZERO,
+                v => secs("upstream.ping_interval_secs", v, 30.0)?,
+            },
+            pong_timeout: millis("upstream.pong_timeout_ms", u.pong_timeout_ms, 5_000)?,
         };
+        if !upstream.ping_interval.is_zero() && upstream.pong_timeout >= upstream.ping_interval {
+            return Err(invalid(
+                "upstream.pong_timeout_ms",
+                "must be below upstream.ping_interval_secs",
+            ));
+        }
         if upstream.retry.cap < upstream.retry.base {
             return Err(invalid(
                 "upstream.retry_cap_ms",
@@ -144,5 +164,28 @@ impl RawUpstream {
             ));
         }
         Ok(upstream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{no_env, MINIMAL};
+    use crate::config::Config;
+    use std::time::Duration;
+
+    #[test]
+    fn keep_alive_pings_default_to_30_s_turn_off_at_zero_and_need_a_shorter_pong_timeout() {
+        let c = Config::parse(MINIMAL, &no_env).unwrap();
+        assert_eq!(c.upstream.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.upstream.pong_timeout, Duration::from_secs(5));
+        let text = format!("[upstream]\nping_interval_secs = 0\n{MINIMAL}");
+        let c = Config::parse(&text, &no_env).unwrap();
+        assert!(c.upstream.ping_interval.is_zero());
+        let text = format!("[upstream]\nping_interval_secs = 2\npong_timeout_ms = 2000\n{MINIMAL}");
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("upstream.pong_timeout_ms"), "{err}");
+        let text = format!("[upstream]\nping_interval_secs = -1\n{MINIMAL}");
+        let err = Config::parse(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("upstream.ping_interval_secs"), "{err}");
     }
 }

@@ -52,6 +52,12 @@ pub struct MockArgs {
     /// Lifetime of issued access tokens, in seconds.
     #[arg(long, default_value_t = 3600)]
     pub oauth_lifetime_secs: u64,
+    /// Cut WebSocket connections silent this long between turns, in seconds (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    pub idle_cut_secs: f64,
+    /// Ping WebSocket connections this often between turns, in seconds (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    pub ping_every_secs: f64,
 }
 
 impl MockArgs {
@@ -75,8 +81,15 @@ impl MockArgs {
                 }),
                 _ => None,
             },
+            idle_cut: positive_secs(self.idle_cut_secs),
+            ping_every: positive_secs(self.ping_every_secs),
         }
     }
+}
+
+/// A duration from seconds; zero, negative or not a number: none.
+fn positive_secs(secs: f64) -> Option<Duration> {
+    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
 }
 
 /// Starts the mock, prints `mock-upstream listening on <base url>` and serves until SIGTERM or

@@ -25,6 +25,11 @@ pub struct MockConfig {
     /// When set, the mock acts as the ChatGPT backend: Responses requests need a live access
     /// token it issued and the account id, and `POST /oauth/token` refreshes.
     pub oauth: Option<super::oauth::MockOAuth>,
+    /// Cut a WebSocket connection (TCP close, no close frame) that received no frame at all,
+    /// pings included, for this long between turns: an upstream's idle cut.
+    pub idle_cut: Option<Duration>,
+    /// Ping every WebSocket connection this often between turns.
+    pub ping_every: Option<Duration>,
 }
 
 impl Default for MockConfig {
@@ -39,6 +44,8 @@ impl Default for MockConfig {
             ttft: Duration::ZERO,
             inter_event: Duration::ZERO,
             oauth: None,
+            idle_cut: None,
+            ping_every: None,
         }
     }
 }

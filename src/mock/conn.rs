@@ -53,7 +53,8 @@ where
         if ws::is_upgrade(&head) && (is_realtime || head.path.ends_with("/responses")) {
             match ws::decide(&head, shared) {
                 ws::Handshake::Accept(key) => {
-                    let answer = ws::accept_response(&key);
+                    let turn_state = shared.script(|q| q.turn_state());
+                    let answer = ws::accept_response(&key, turn_state.as_deref());
                     if reader.stream().write_all(answer.as_bytes()).await.is_err()
                         || reader.stream().flush().await.is_err()
                     {

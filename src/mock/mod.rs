@@ -13,6 +13,7 @@
 //! - `conn`: one TCP connection: TLS, HTTP/1.1 request loop, routing.
 //! - `http`: request heads and bodies, response writing.
 //! - `ws`: the WebSocket handshake and session loop.
+//! - `idle`: a WebSocket connection between turns (pings, idle cut, unanswered pings).
 //! - `rest`: `POST …/responses` (JSON and SSE).
 //! - `realtime`: `GET …/realtime` sessions (the Realtime API, GA and beta shapes).
 //! - `control`: the `/_mock/*` endpoints.
@@ -33,6 +34,7 @@ mod errors;
 mod events;
 mod handle;
 mod http;
+mod idle;
 mod oauth;
 mod realtime;
 mod request;

@@ -19,6 +19,11 @@ pub struct Script {
     /// Persistent: upgraded WebSocket connections are never read from (an upstream that stopped
     /// reading) until a reset.
     pub deaf_ws: bool,
+    /// Persistent: pings on WebSocket connections between turns go unanswered until a reset.
+    pub ignore_pings: bool,
+    /// Persistent: every accepted WebSocket handshake carries `x-codex-turn-state` with this
+    /// value until a reset.
+    pub turn_state: Option<String>,
 }
 
 /// One queued value, used for the next `times` events.
@@ -43,6 +48,8 @@ pub struct ScriptQueue {
     turns: VecDeque<Rule<String>>,
     refuse_ws: Option<u16>,
     deaf_ws: bool,
+    ignore_pings: bool,
+    turn_state: Option<String>,
 }
 
 impl ScriptQueue {
@@ -55,6 +62,20 @@ impl ScriptQueue {
             self.refuse_ws = script.refuse_ws;
         }
         self.deaf_ws |= script.deaf_ws;
+        self.ignore_pings |= script.ignore_pings;
+        if script.turn_state.is_some() {
+            self.turn_state = script.turn_state;
+        }
+    }
+
+    /// Pings between turns go unanswered.
+    pub fn ignore_pings(&self) -> bool {
+        self.ignore_pings
+    }
+
+    /// The `x-codex-turn-state` accepted handshakes carry, if any.
+    pub fn turn_state(&self) -> Option<String> {
+        self.turn_state.clone()
     }
 
     /// Upgraded connections are left unread.

@@ -48,6 +48,14 @@ pub struct MockStats {
     pub invalid_requests_total: u64,
     /// Body of the latest `POST …/responses` request (to check what the gateway sent upstream).
     pub last_http_body: String,
+    /// Pings received on WebSocket connections.
+    pub ws_pings_received: u64,
+    /// Pongs received on WebSocket connections (answers to the mock's own pings).
+    pub ws_pongs_received: u64,
+    /// Pings the mock sent (`ping_every`).
+    pub ws_pings_sent: u64,
+    /// WebSocket connections cut for silence (`idle_cut`).
+    pub ws_idle_cuts: u64,
     /// Faults injected by directives, by kind (`error`, `close`, `drop`, `stall`, `oversize`, …).
     pub faults: BTreeMap<String, u64>,
     /// Realtime sessions accepted (`GET …/realtime` upgrades).

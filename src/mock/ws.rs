@@ -1,7 +1,9 @@
 //! The WebSocket side: deciding a handshake (auth, scripted refusals) and running a session of
 //! sequential `response.create` turns.
 
+use std::cell::Cell;
 use std::io;
+use std::rc::Rc;
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -15,6 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use super::errors::ApiError;
 use super::events::stamp;
 use super::http::MAX_BODY;
+use super::idle::{self, IdleClock, Mutable};
 use super::request::CreateRequest;
 use super::state::{ConnState, Shared};
 use super::turn::{self, Ending, EventSink, Transport};
@@ -104,11 +107,15 @@ pub fn authorized(head: &RequestHead, shared: &Shared) -> bool {
     key_ok && super::oauth::authorized(head, shared)
 }
 
-/// The 101 answer (no subprotocol, no extensions: permessage-deflate is declined).
-pub fn accept_response(accept_key: &str) -> String {
+/// The 101 answer (no subprotocol, no extensions: permessage-deflate is declined), with the
+/// scripted `x-codex-turn-state`, if any.
+pub fn accept_response(accept_key: &str, turn_state: Option<&str>) -> String {
+    let turn_state = turn_state
+        .map(|v| format!("x-codex-turn-state: {v}\r\n"))
+        .unwrap_or_default();
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
+         Sec-WebSocket-Accept: {accept_key}\r\n{turn_state}\r\n"
     )
 }
 
@@ -144,13 +151,16 @@ where
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_BODY))
         .max_frame_size(Some(MAX_BODY));
+    let muted = Rc::new(Cell::new(false));
+    let stream = Mutable::new(stream, muted.clone());
     let mut ws =
         WebSocketStream::from_partially_read(stream, read_ahead, Role::Server, Some(config)).await;
+    let mut clock = IdleClock::new(shared);
     let mut pending: Option<Message> = None;
     loop {
         let message = match pending.take() {
             Some(m) => m,
-            None => match ws.next().await {
+            None => match idle::next_message(&mut ws, shared, &mut clock, &muted).await {
                 Some(Ok(m)) => m,
                 Some(Err(WsError::Capacity(_))) => {
                     let _ = close(&mut ws, shared, 1009).await;
@@ -168,7 +178,9 @@ where
             }
             _ => continue,
         };
-        match handle_frame(&mut ws, bytes, shared, &mut conn).await {
+        let handled = handle_frame(&mut ws, bytes, shared, &mut conn).await;
+        clock.turn_ended();
+        match handled {
             Ok(Ending::Completed | Ending::Failed) => {}
             Ok(Ending::Close(code)) => {
                 let _ = close(&mut ws, shared, code).await;

@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue};
 use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::runtime::TcpStream;
+use crate::usage::RequestType;
 
 use super::auth::{presented_key, ClientIdentity};
 use super::counters::bump;
@@ -20,6 +21,8 @@ use super::models;
 use super::realtime;
 use super::session::{self, ClientWs, Session};
 use super::tls_accept;
+use super::turn::Driver;
+use super::upstream::TURN_STATE;
 use super::Shard;
 use crate::net::PrefixedStream;
 use crate::protocol::http1::{self, Framing, RequestHead};
@@ -121,12 +124,12 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
         match route(&shard, &mut stream, head, &mut buf).await {
             Routed::KeepAlive => continue,
             Routed::Done => return,
-            Routed::Upgrade(identity, forward) => {
+            Routed::Upgrade(driver) => {
                 // Recorded until the first frame says whether the session stays on this shard.
                 let tls = stream.is_tls();
                 let stream = PrefixedStream::recording(buf, stream);
                 let ws = session::client_ws(&shard, stream).await;
-                run_session(shard, ws, identity, forward, tls).await;
+                run_session(shard, ws, driver, tls).await;
                 return;
             }
         }
@@ -136,8 +139,8 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
 enum Routed {
     KeepAlive,
     Done,
-    /// The 101 was written; the connection becomes a session.
-    Upgrade(ClientIdentity, Vec<(HeaderName, HeaderValue)>),
+    /// The 101 was written; the connection becomes a session, its turns run by this driver.
+    Upgrade(Box<Driver>),
 }
 
 async fn route(
@@ -340,15 +343,46 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut ClientStream, head: RequestHead
         );
         return refuse(stream, &err, &[("retry-after", "5")]).await;
     }
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
-        derive_accept_key(key.trim_ascii())
-    );
-    if stream.write_all(response.as_bytes()).await.is_err() || stream.flush().await.is_err() {
-        shard.close_session(&identity.key_id);
+    let accept = derive_accept_key(key.trim_ascii());
+    let key_id = identity.key_id.clone();
+    // Boxed: a session task's future holds it across awaits (here and until the session
+    // starts), and inline it would grow every session task by its size.
+    let mut driver = Box::new(Driver::new(
+        shard.clone(),
+        identity,
+        forwarded(&head),
+        RequestType::Ws,
+    ));
+    let turn_state = if shard.config.server.echo_turn_state {
+        // Boxed: rare (a knob), and a lease is a large future.
+        Box::pin(driver.lease_ahead()).await
+    } else {
+        None
+    };
+    let response = switching_protocols(&accept, turn_state.as_ref());
+    if stream.write_all(&response).await.is_err() || stream.flush().await.is_err() {
+        driver.release();
+        shard.close_session(&key_id);
         return Routed::Done;
     }
-    Routed::Upgrade(identity, forwarded(&head))
+    Routed::Upgrade(driver)
+}
+
+/// The 101 answering a WebSocket upgrade, with upstream's `x-codex-turn-state` when the
+/// session's connection was leased ahead and its handshake carried one.
+fn switching_protocols(accept: &str, turn_state: Option<&HeaderValue>) -> Vec<u8> {
+    let mut response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n"
+    )
+    .into_bytes();
+    if let Some(value) = turn_state {
+        response.extend_from_slice(TURN_STATE.as_bytes());
+        response.extend_from_slice(b": ");
+        response.extend_from_slice(value.as_bytes());
+        response.extend_from_slice(b"\r\n");
+    }
+    response.extend_from_slice(b"\r\n");
+    response
 }
 
 /// Counts, logs and answers a refused request; the connection then ends.
@@ -374,17 +408,14 @@ async fn refuse(stream: &mut ClientStream, err: &GatewayError, headers: &[(&str,
     Routed::Done
 }
 
-async fn run_session(
-    shard: Rc<Shard>,
-    ws: ClientWs,
-    identity: ClientIdentity,
-    forward: Vec<(HeaderName, HeaderValue)>,
-    tls: bool,
-) {
+async fn run_session(shard: Rc<Shard>, ws: ClientWs, driver: Box<Driver>, tls: bool) {
     bump(&shard.counters.sessions);
-    let key_id = identity.key_id.clone();
-    Session::new(shard.clone(), ws, identity, forward, tls)
-        .run()
-        .await;
+    let key_id = driver.identity().key_id.clone();
+    // Unboxed in a block of its own, so that the box is freed now, not when the session ends.
+    let driver = {
+        let boxed = driver;
+        *boxed
+    };
+    Session::new(shard.clone(), ws, driver, tls).run().await;
     shard.close_session(&key_id);
 }

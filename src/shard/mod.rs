@@ -18,6 +18,7 @@ pub mod http_front;
 pub mod http_head;
 pub mod http_upstream;
 pub mod ingress;
+pub mod keepalive;
 pub mod models;
 pub mod normalizer;
 pub mod oauth_retry;
@@ -55,7 +56,7 @@ use account::{AccountRuntime, AccountSetupError};
 use auth::ShardKeys;
 use counters::{bump, ShardCounters};
 use handoff::HandoffInbox;
-use pool::Pool;
+use pool::{Pool, PoolCounters};
 use session::{HandedSession, SessionHandoff};
 use usage_outbox::{Submitted, UsageOutbox, OUTBOX_CAPACITY};
 
@@ -271,11 +272,22 @@ impl Shard {
         counters.push(("usage_outbox_len", self.usage_outbox.len() as u64));
         let waiting: usize = self.pools.iter().map(|p| p.waiting()).sum();
         counters.push(("acquire_waiters_len", waiting as u64));
+        let mut labeled = self.counters.labeled_values();
+        let pings = |of: fn(&PoolCounters) -> u64| -> u64 {
+            self.pools.iter().map(|p| of(&p.counters)).sum()
+        };
+        for (label, n) in [
+            ("sent", pings(|c| c.pings_sent.get())),
+            ("late", pings(|c| c.pings_late.get())),
+            ("failed", pings(|c| c.pings_failed.get())),
+        ] {
+            labeled.push((keepalive::UPSTREAM_PINGS, label.to_string(), n));
+        }
         let snap = ShardSnapshot {
             shard: self.id,
             hists: self.metrics.take_interval(),
             counters,
-            labeled: self.counters.labeled_values(),
+            labeled,
             accounts: self.tallies.take_interval(self.live.reloads()),
         };
         if !self.control.send(ShardMsg::Snapshot(Box::new(snap))) {

@@ -21,6 +21,7 @@ use super::account::AccountRuntime;
 use super::breaker::Breaker;
 use super::counters::{add, bump};
 use super::http_upstream::HttpConn;
+use super::keepalive;
 use super::upstream::{self, DialError, UpstreamConn};
 
 /// The shortest wait between two rest sweeps of a pool, so that connections given back a few
@@ -66,6 +67,12 @@ pub struct PoolCounters {
     pub discarded: Cell<u64>,
     /// Connections closed because they reached the age limit.
     pub retired: Cell<u64>,
+    /// Keep-alive pings sent on idle connections.
+    pub pings_sent: Cell<u64>,
+    /// Idle connections closed because their pong was late.
+    pub pings_late: Cell<u64>,
+    /// Idle connections closed because they broke, closed or sent a message while idle.
+    pub pings_failed: Cell<u64>,
 }
 
 /// The pool of one account on one shard.
@@ -99,6 +106,8 @@ pub struct Pool {
     /// A session in an agent loop (tool output, next request) sends sooner and keeps its
     /// buffers; one waiting for a human gives them back. `[server] rest_after_ms`.
     rest_after: Duration,
+    /// A task pings the idle connections ([`keepalive::arm`]).
+    pub(super) ping_armed: Cell<bool>,
 }
 
 /// One HTTP request in flight on a pool (see [`Pool::http_request`]).
@@ -138,6 +147,7 @@ impl Pool {
             http_in_flight: Cell::new(0),
             rest_armed: Cell::new(false),
             rest_after,
+            ping_armed: Cell::new(false),
         }
     }
 
@@ -368,7 +378,8 @@ impl Pool {
         self.leased.borrow().contains(&id)
     }
 
-    fn lease(self: &Rc<Self>, conn: UpstreamConn, reused: bool) -> Lease {
+    fn lease(self: &Rc<Self>, mut conn: UpstreamConn, reused: bool) -> Lease {
+        conn.pings.forget();
         self.leased.borrow_mut().insert(conn.id);
         Lease {
             conn: Some(conn),
@@ -396,11 +407,35 @@ impl Pool {
             conn = *back;
         }
         conn.idle_since = Instant::now();
+        conn.pings.forget();
         let grown = conn.grown();
         self.idle.borrow_mut().push(conn);
         if grown {
             self.arm_rest(self.rest_after);
         }
+        keepalive::arm(self);
+    }
+
+    /// The keep-alive ping interval (zero: off) and pong timeout.
+    pub(super) fn ping_timing(&self) -> (Duration, Duration) {
+        (self.config.ping_interval, self.config.pong_timeout)
+    }
+
+    /// Applies `keep` to every idle connection, in place on the idle stack, and closes those
+    /// it returns `false` for (the keep-alive sweep).
+    pub(super) fn sweep_idle(&self, mut keep: impl FnMut(&mut UpstreamConn) -> bool) {
+        let conns = std::mem::take(&mut *self.idle.borrow_mut());
+        let mut kept = Vec::with_capacity(conns.len());
+        for mut conn in conns {
+            if keep(&mut conn) {
+                kept.push(conn);
+            } else {
+                bump(&self.counters.discarded);
+                conn.close();
+                self.slot_freed();
+            }
+        }
+        *self.idle.borrow_mut() = kept;
     }
 
     /// Makes sure a task rests the idle connections due within `after`: at most one task per

@@ -33,6 +33,7 @@ use super::client_close::{close_after_error, close_client, CloseReason};
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump};
 use super::handoff::{HandedConn, Handoff, HandoffError};
+use super::keepalive;
 use super::sink::{TurnError, WsSink};
 use super::sticky::Affinity;
 use super::turn::{Driver, TurnEnd};
@@ -208,18 +209,13 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
 }
 
 impl Session {
-    /// A session over an upgraded client socket (`tls`: accepted on a TLS listener).
-    pub fn new(
-        shard: Rc<Shard>,
-        client: ClientWs,
-        identity: ClientIdentity,
-        forward: Vec<(HeaderName, HeaderValue)>,
-        tls: bool,
-    ) -> Self {
+    /// A session over an upgraded client socket (`tls`: accepted on a TLS listener), its
+    /// turns run by `driver` (which may hold a connection leased ahead of the upgrade).
+    pub fn new(shard: Rc<Shard>, client: ClientWs, driver: Driver, tls: bool) -> Self {
         Session {
             tls,
-            keys_seen: identity.key_table,
-            driver: Driver::new(shard.clone(), identity, forward, RequestType::Ws),
+            keys_seen: driver.identity().key_table,
+            driver,
             shard,
             client,
             handed_in: false,
@@ -260,7 +256,14 @@ impl Session {
                     bump(&self.shard.counters.sessions_rested);
                     let cfg = &self.shard.config.server;
                     let idle = cfg.idle_timeout.saturating_sub(cfg.rest_after);
-                    let (client, woke) = Box::pin(bare_wait(&self.shard, self.client, idle)).await;
+                    // The connection held between turns is kept alive while the session rests.
+                    // One expression: a future bound to a local first would keep a slot in
+                    // the session task's state across the await.
+                    let (client, woke) = Box::pin(futures_lite::future::or(
+                        bare_wait(&self.shard, self.client, idle),
+                        keepalive::or_forever(self.driver.keep_alive()),
+                    ))
+                    .await;
                     self.client = client;
                     if !self.woken(woke, CloseReason::IdleTimeout).await {
                         self.driver.release();
@@ -294,6 +297,9 @@ impl Session {
     /// session comes back, to be served here on the same account (it reads its first frame
     /// again from the replayed bytes).
     async fn hand_off(mut self, to: usize) -> Result<(), Box<Session>> {
+        // Only a connection leased ahead of the upgrade can be held here, before any turn:
+        // clean and unused, it goes back to this shard's pool.
+        self.driver.release();
         let shard = self.shard.clone();
         let Some(handoff) = shard.handoff.get() else {
             shard.counters.bump_labeled(HANDOFF, "no_such_shard");

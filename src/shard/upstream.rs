@@ -17,6 +17,10 @@ use crate::net::{FrameEdge, PrefixedStream, UpstreamStream};
 use crate::runtime;
 
 use super::account::AccountRuntime;
+use super::keepalive::PingState;
+
+/// The header upstream's 101 may carry and a client's 101 echoes (`[server] echo_turn_state`).
+pub const TURN_STATE: &str = "x-codex-turn-state";
 
 /// The `OpenAI-Beta` value that selects the Responses WebSocket protocol.
 pub const OPENAI_BETA_WS: &str = "responses_websockets=2026-02-06";
@@ -90,6 +94,12 @@ pub struct UpstreamConn {
     pub idle_since: Instant,
     /// `turns` when the WebSocket was last built: it has not grown since when they are equal.
     built_at_turn: u64,
+    /// Keep-alive pings sent and the one awaiting its pong ([`super::keepalive`]).
+    pub pings: PingState,
+    /// The `x-codex-turn-state` upstream's 101 carried, echoed to a client whose upgrade
+    /// leased this connection (`[server] echo_turn_state`).
+    /// Boxed: rare, and every connection a session holds is part of its task.
+    pub turn_state: Option<Box<HeaderValue>>,
 }
 
 impl UpstreamConn {
@@ -143,6 +153,20 @@ impl UpstreamConn {
     /// to be closed.
     pub fn rest_now(&mut self) -> bool {
         if !self.grown() {
+            return true;
+        }
+        self.rest_built_now()
+    }
+
+    /// `true` while the connection rests (its WebSocket set aside, see [`UpstreamConn::rest`]).
+    pub fn is_resting(&self) -> bool {
+        self.resting.is_some()
+    }
+
+    /// As [`UpstreamConn::rest_now`], for a WebSocket built again without a turn (to exchange
+    /// a keep-alive ping): rests it whether or not a turn grew it.
+    pub fn rest_built_now(&mut self) -> bool {
+        if self.is_resting() {
             return true;
         }
         match self.ws.flush().now_or_never() {
@@ -217,9 +241,10 @@ pub async fn dial(
         .await
         .map_err(classify_handshake_error)
     };
-    let (ws, _response) = runtime::timeout(cfg.handshake_timeout, handshake)
+    let (ws, response) = runtime::timeout(cfg.handshake_timeout, handshake)
         .await
         .ok_or(DialError::HandshakeTimeout)??;
+    let turn_state = response.headers().get(TURN_STATE).cloned().map(Box::new);
     let born = Instant::now();
     Ok(UpstreamConn {
         id,
@@ -231,6 +256,8 @@ pub async fn dial(
         dial_time: started.elapsed(),
         resting: None,
         built_at_turn: 0,
+        pings: PingState::default(),
+        turn_state,
     })
 }
 

@@ -267,7 +267,13 @@ impl Driver {
 
     /// Counts the upstream connection an attempt got: reused, or a new dial (per account, with
     /// its dial time in `hist`).
-    fn count_conn(&self, pool: &Pool, reused: bool, hist: Hist, dial_time: std::time::Duration) {
+    pub(super) fn count_conn(
+        &self,
+        pool: &Pool,
+        reused: bool,
+        hist: Hist,
+        dial_time: std::time::Duration,
+    ) {
         let counters = &self.shard.counters;
         if reused {
             bump(&counters.pool_reuses);

@@ -41,6 +41,7 @@ use super::auth::ClientIdentity;
 use super::canary::{self, CanarySlot};
 use super::counters::bump;
 use super::failure::{self, Action, AttemptFacts, BreakerEffect};
+use super::keepalive;
 use super::normalizer::{self, PreviousId};
 use super::oauth_retry::{self, AfterUnauthorized};
 use super::pool::{Lease, Pool};
@@ -89,6 +90,8 @@ pub struct Driver {
     routed: bool,
     /// Connections this client may still have closed at once by preempting its turns.
     preempt: Cell<PreemptBudget>,
+    /// `lease` was taken before the session's first turn ([`Driver::lease_ahead`]).
+    ahead: bool,
 }
 
 /// An account (and maybe one of its connections) a chained turn should run on.
@@ -127,6 +130,7 @@ impl Driver {
             prefer: None,
             routed: false,
             preempt: Cell::new(PreemptBudget::new(Instant::now())),
+            ahead: false,
         }
     }
 
@@ -155,6 +159,23 @@ impl Driver {
         }
     }
 
+    /// Pings the upstream connection held between turns ([`keepalive::keep_leased`]): to be
+    /// raced against the client's next bytes and dropped when they come. `None` when the
+    /// session holds no connection or pings are off; boxed, so that a session task holds it
+    /// only while it waits with a connection ([`keepalive::or_forever`]).
+    pub fn keep_alive<T: 'static>(&mut self) -> Option<keepalive::Keeping<'_, T>> {
+        let u = &self.shard.config.upstream;
+        let (interval, pong_timeout) = (u.ping_interval, u.pong_timeout);
+        if interval.is_zero() || self.lease.is_none() {
+            return None;
+        }
+        Some(Box::pin(keepalive::keep_leased(
+            &mut self.lease,
+            interval,
+            pong_timeout,
+        )))
+    }
+
     pub(super) fn drop_lease(&mut self) {
         if let Some(lease) = self.lease.take() {
             lease.discard();
@@ -169,6 +190,7 @@ impl Driver {
         received: Instant,
     ) -> TurnEnd {
         let end = self.turn(sink, frame, received).await;
+        self.ahead = false;
         self.prefer = None;
         self.routed = false;
         end

@@ -4,6 +4,9 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use http::HeaderValue;
+
+use crate::metrics::Hist;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::runtime;
 
@@ -19,6 +22,42 @@ use super::{Driver, Prefer, NO_CONNECTION};
 const AFFINITY_CONN_TRIES: u32 = 3;
 
 impl Driver {
+    /// Leases the upstream connection the session's first turn will likely run on, before the
+    /// client's upgrade is answered, and returns the `x-codex-turn-state` of its handshake
+    /// (`[server] echo_turn_state`). The route is what the upgrade's headers tell: the account
+    /// (and connection, when idle on this shard) of the session's last response when the
+    /// client names a session, else the scheduler's pick. The first turn gives the lease back
+    /// when it chains to a response (by its frame or the normalizer), so that it routes by that.
+    pub async fn lease_ahead(&mut self) -> Option<HeaderValue> {
+        let shard = self.shard.clone();
+        if let Some(session) = self.session {
+            let last = shard
+                .sticky
+                .session_last(&shard.counters, &self.identity.group, session)
+                .await;
+            if let Some(last) = last {
+                self.route(&last).await;
+            }
+        }
+        let lease = match self.choose_pool(&[]) {
+            Some(pool) => match self.preferred_conn(&pool, false).await {
+                Some(lease) => Some(lease),
+                None => pool.acquire(&self.forward).await.ok(),
+            },
+            None => None,
+        };
+        self.prefer = None;
+        self.routed = false;
+        let mut lease = lease?;
+        let pool = lease.pool().clone();
+        let dial_time = lease.conn().dial_time;
+        self.count_conn(&pool, lease.reused, Hist::DialWs, dial_time);
+        let turn_state = lease.conn().turn_state.as_deref().cloned();
+        self.lease = Some(lease);
+        self.ahead = true;
+        turn_state
+    }
+
     /// Decides where the next turn, chained to `previous`, runs: from the response's binding
     /// (this shard's cache, else the state store), counted as `affinity{label}`. The next
     /// [`Driver::run`] prefers the bound account (and connection, on this shard); the caller
@@ -69,6 +108,12 @@ impl Driver {
     /// driver's own memory when it is the last response this client got (no lookup), else from
     /// the response's binding, unless the session already routed this turn.
     pub(super) async fn route_chained(&mut self, previous: &str) {
+        if std::mem::take(&mut self.ahead) {
+            // A chained first turn (by its frame or by the normalizer) runs where its chain
+            // lives; the clean, unused connection leased ahead goes back to the pool (where
+            // that turn may take it again).
+            self.release();
+        }
         if self.routed || self.lease.is_some() {
             return;
         }
