@@ -18,7 +18,9 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# PERF_BIN=path (env): run that binary instead of building this tree's (A/B of two builds).
 build() {
+  if [[ -n ${PERF_BIN:-} ]]; then BIN=$PERF_BIN; return; fi
   (cd "$ROOT" && cargo build --release --quiet)
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/shardgate"
 }
@@ -39,7 +41,7 @@ start_mock() { # extra mock args...
   MOCK_BASE="http://127.0.0.1:$MOCK_PORT"
 }
 
-start_gateway() { # shards; extra [upstream] keys in $GW_UPSTREAM_EXTRA
+start_gateway() { # shards; extra [upstream] keys in $GW_UPSTREAM_EXTRA, [server] in $GW_SERVER_EXTRA
   GW_PORT=$(free_port)
   ADMIN_PORT=$(free_port)
   KEY=sk-perf
@@ -49,6 +51,7 @@ listen = "127.0.0.1:$GW_PORT"
 shards = ${1:-2}
 admin_listen = "127.0.0.1:$ADMIN_PORT"
 stats_interval_ms = ${STATS_MS:-200}
+${GW_SERVER_EXTRA:-}
 [upstream]
 queue_per_conn = 64
 ${GW_UPSTREAM_EXTRA:-}

@@ -43,6 +43,7 @@ fn caps() -> Targets {
 pub fn init(log: &LogConfig) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let most_verbose = filter.max_level_hint();
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -53,7 +54,28 @@ pub fn init(log: &LogConfig) -> LogGuard {
     } else {
         builder.finish().with(caps()).try_init()
     };
-    installed.ok().map(|()| guard)
+    let guard = installed.ok().map(|()| guard)?;
+    // `try_init` sets the `log` crate's level from the whole stack's hint, which the caps layer
+    // (TRACE for every target it does not cap) makes TRACE: every `log` call of a dependency
+    // (tungstenite logs each frame it reads and writes) then went through the tracing bridge
+    // and the filter's directive match, only to be dropped. The configured filter decides
+    // what passes, so its level is the `log` crate's level too.
+    if let Some(level) = most_verbose {
+        log::set_max_level(as_log(level));
+    }
+    Some(guard)
+}
+
+/// `level` as the `log` crate's level filter.
+fn as_log(level: LevelFilter) -> log::LevelFilter {
+    match level.into_level() {
+        None => log::LevelFilter::Off,
+        Some(tracing::Level::ERROR) => log::LevelFilter::Error,
+        Some(tracing::Level::WARN) => log::LevelFilter::Warn,
+        Some(tracing::Level::INFO) => log::LevelFilter::Info,
+        Some(tracing::Level::DEBUG) => log::LevelFilter::Debug,
+        Some(tracing::Level::TRACE) => log::LevelFilter::Trace,
+    }
 }
 
 /// The process-wide origin of [`RateLimit`] clocks.

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::heap::{Tracking, LIVE};
+use common::heap::{Tracking, LIVE, SIZED, WATCH_SIZE};
 use common::*;
 
 #[global_allocator]
@@ -194,6 +194,46 @@ fn an_idle_websocket_session_holds_little_more_than_its_task() {
         per_session <= MAX_PER_SESSION,
         "an idle session holds {per_session} bytes of heap (bound {MAX_PER_SESSION}); see \
          perf/README.md on idle-session memory for what it held before"
+    );
+    drop(held);
+    gw.stop();
+}
+
+/// A client WebSocket's read buffer (`session::READ_BUFFER_BYTES`): one allocation of exactly
+/// this size each time a client WebSocket is built.
+const READ_BUFFER: usize = 16 * 1024;
+
+#[test]
+fn a_connect_builds_no_websocket_before_its_first_frame() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = mock();
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        "admin_listen = \"127.0.0.1:0\"",
+        "",
+    ));
+    let admin = gw.admin_addr().expect("admin listener");
+    let addr = gw.addr();
+    let request = format!(
+        "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\n\r\n"
+    );
+    WATCH_SIZE.store(READ_BUFFER, Ordering::SeqCst);
+    let before = SIZED.load(Ordering::SeqCst);
+    let held: Vec<TcpStream> = (0..SESSIONS)
+        .map(|_| open_idle(addr, request.as_bytes()))
+        .collect();
+    eventually("the sessions are open", SETTLE, || {
+        metric_total(admin, "sessions_open") >= SESSIONS as u64
+    });
+    let built = SIZED.load(Ordering::SeqCst) - before;
+    WATCH_SIZE.store(0, Ordering::SeqCst);
+    // Each connect built a WebSocket at the upgrade and dropped it unused when the session
+    // went to wait for its first frame on the bare socket: work (a 16 KiB allocation, zeroed
+    // by its first read) on every connect, for nothing.
+    assert!(
+        built < SESSIONS as u64 / 4,
+        "{built} read buffers of {READ_BUFFER} bytes allocated by {SESSIONS} sessions that sent \
+         no frame: a WebSocket is built before the first frame"
     );
     drop(held);
     gw.stop();

@@ -128,7 +128,7 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
                 // Recorded until the first frame says whether the session stays on this shard.
                 let tls = stream.is_tls();
                 let stream = PrefixedStream::recording(buf, stream);
-                let ws = session::client_ws(&shard, stream).await;
+                let ws = session::upgraded_ws(stream).await;
                 run_session(shard, ws, driver, tls).await;
                 return;
             }

@@ -176,6 +176,15 @@ pub async fn client_ws(shard: &Shard, stream: PrefixedStream<ClientStream>) -> C
     ws_over(shard, FrameEdge::new(stream)).await
 }
 
+/// The client WebSocket of a session that just upgraded, built without a read buffer: the
+/// session's first step is a bare wait for its first frame ([`Session::run`]), which takes the
+/// stream out of it and builds the real WebSocket when bytes came. Built with one, every
+/// connect allocated a 16 KiB read buffer only to drop it unused. Never read from it.
+pub async fn upgraded_ws(stream: PrefixedStream<ClientStream>) -> ClientWs {
+    let config = WebSocketConfig::default().read_buffer_size(0);
+    WebSocketStream::from_raw_socket(FrameEdge::new(stream), Role::Server, Some(config)).await
+}
+
 /// The client WebSocket over a stream already in use (between two messages), with fresh
 /// buffers.
 async fn ws_over(shard: &Shard, stream: FrameEdge<PrefixedStream<ClientStream>>) -> ClientWs {
@@ -210,7 +219,8 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
 
 impl Session {
     /// A session over an upgraded client socket (`tls`: accepted on a TLS listener), its
-    /// turns run by `driver` (which may hold a connection leased ahead of the upgrade).
+    /// turns run by `driver` (which may hold a connection leased ahead of the upgrade);
+    /// `client` comes from [`upgraded_ws`].
     pub fn new(shard: Rc<Shard>, client: ClientWs, driver: Driver, tls: bool) -> Self {
         Session {
             tls,
