@@ -241,12 +241,16 @@ impl PrivateRedis {
         // Listening is not enough: a restarted server answers LOADING while it reads its
         // append-only file back, and the test's own reads would fail on that.
         let url = format!("redis://127.0.0.1:{port}/");
-        eventually("private redis answers PING", Duration::from_secs(20), || {
-            redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-        });
+        eventually(
+            "private redis answers PING",
+            Duration::from_secs(20),
+            || {
+                redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                    .is_ok()
+            },
+        );
         PrivateRedis {
             port,
             dir: dir.to_path_buf(),
