@@ -84,6 +84,15 @@ impl<S> FrameEdge<S> {
         self.held.release();
     }
 
+    /// Puts `bytes` back in front of what is still to be served: bytes a raw reader
+    /// ([`FrameEdge::poll_read_raw`]) took but did not consume, starting at a frame start, so
+    /// that the WebSocket reads them next, cut at frame ends as usual.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.held.unread(bytes);
+        }
+    }
+
     /// The wrapped stream, to change it.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
@@ -141,6 +150,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameEdge<S> {
             this.held.push(&buf[served..n]);
         }
         Poll::Ready(Ok(served))
+    }
+}
+
+impl<S: AsyncRead + Unpin> FrameEdge<S> {
+    /// Reads without cutting at frame ends: held bytes first, else the stream. Only at a
+    /// message edge ([`FrameEdge::at_message_edge`]), for a reader that splits frames itself and
+    /// gives back ([`FrameEdge::unread`]) whatever it does not consume, from a frame start:
+    /// the frame scan then stays at a frame start, as the bytes it saw say.
+    pub fn poll_read_raw(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.held.has_pending() {
+            return Poll::Ready(Ok(self.held.serve(buf, |rest| rest.len())));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 

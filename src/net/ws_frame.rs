@@ -1,0 +1,110 @@
+//! WebSocket frame headers (RFC 6455 §5.2) read off raw bytes, for the relay's cut-through path:
+//! it forwards a frame as the bytes it came in and needs only to know where the frame ends and
+//! whether it is one it may forward without a codec.
+
+/// Longest frame header: 2 bytes, an 8-byte extended length, a 4-byte mask.
+pub const MAX_HEADER: usize = 14;
+
+/// Opcode of a text frame.
+pub const OP_TEXT: u8 = 1;
+
+/// One frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// FIN: the last frame of its message.
+    pub fin: bool,
+    /// The three RSV bits (non-zero only under an extension).
+    pub rsv: u8,
+    /// The opcode.
+    pub opcode: u8,
+    /// The masking key, when the frame is masked (a client's).
+    pub mask: Option<[u8; 4]>,
+    /// Bytes of header, mask included.
+    pub len: usize,
+    /// Bytes of payload.
+    pub payload_len: u64,
+}
+
+impl FrameHeader {
+    /// The header at the start of `bytes`, or `None` while it is incomplete.
+    pub fn parse(bytes: &[u8]) -> Option<FrameHeader> {
+        let (b0, b1) = (*bytes.first()?, *bytes.get(1)?);
+        let (ext, len7) = match b1 & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        let masked = b1 & 0x80 != 0;
+        let len = 2 + ext + if masked { 4 } else { 0 };
+        if bytes.len() < len {
+            return None;
+        }
+        let payload_len = len7.unwrap_or_else(|| {
+            bytes[2..2 + ext]
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+        });
+        let mask = masked.then(|| {
+            let m = &bytes[2 + ext..len];
+            [m[0], m[1], m[2], m[3]]
+        });
+        Some(FrameHeader {
+            fin: b0 & 0x80 != 0,
+            rsv: (b0 >> 4) & 0x7,
+            opcode: b0 & 0x0f,
+            mask,
+            len,
+            payload_len,
+        })
+    }
+
+    /// `true` for a complete, unmasked text message in one frame with no extension bits: the
+    /// only frame a server-to-client relay may forward as it came, once its payload is checked.
+    pub fn is_plain_server_text(&self) -> bool {
+        self.fin && self.rsv == 0 && self.opcode == OP_TEXT && self.mask.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_every_length_form_parse_and_incomplete_ones_wait() {
+        let short = [0x81, 5];
+        let h = FrameHeader::parse(&short).unwrap();
+        assert_eq!((h.len, h.payload_len), (2, 5));
+        assert!(h.is_plain_server_text());
+
+        let mid = [0x81, 126, 0x01, 0x00];
+        assert_eq!(FrameHeader::parse(&mid).unwrap().payload_len, 256);
+        assert_eq!(FrameHeader::parse(&mid[..3]), None);
+
+        let long = [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0];
+        let h = FrameHeader::parse(&long).unwrap();
+        assert_eq!((h.len, h.payload_len), (10, 65_536));
+        assert_eq!(FrameHeader::parse(&long[..9]), None);
+
+        let masked = [0x81, 0x80 | 3, 1, 2, 3, 4];
+        let h = FrameHeader::parse(&masked).unwrap();
+        assert_eq!((h.len, h.mask), (6, Some([1, 2, 3, 4])));
+        assert!(
+            !h.is_plain_server_text(),
+            "a masked frame is not a server's"
+        );
+        assert_eq!(FrameHeader::parse(&masked[..5]), None);
+        assert_eq!(FrameHeader::parse(&[0x81]), None);
+    }
+
+    #[test]
+    fn fragments_control_frames_and_extension_bits_are_not_plain_text() {
+        let plain = |b0: u8| FrameHeader::parse(&[b0, 0]).unwrap().is_plain_server_text();
+        assert!(plain(0x81));
+        assert!(!plain(0x01), "first fragment");
+        assert!(!plain(0x80), "continuation");
+        assert!(!plain(0x82), "binary");
+        assert!(!plain(0x89), "ping");
+        assert!(!plain(0x88), "close");
+        assert!(!plain(0xC1), "RSV1 (compressed)");
+    }
+}
