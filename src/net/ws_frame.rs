@@ -23,6 +23,8 @@ pub struct FrameHeader {
     pub len: usize,
     /// Bytes of payload.
     pub payload_len: u64,
+    /// The length is written in the fewest bytes, as RFC 6455 requires.
+    pub minimal_len: bool,
 }
 
 impl FrameHeader {
@@ -48,6 +50,11 @@ impl FrameHeader {
             let m = &bytes[2 + ext..len];
             [m[0], m[1], m[2], m[3]]
         });
+        let minimal_len = match ext {
+            2 => payload_len >= 126,
+            8 => payload_len > 0xffff && payload_len >> 63 == 0,
+            _ => true,
+        };
         Some(FrameHeader {
             fin: b0 & 0x80 != 0,
             rsv: (b0 >> 4) & 0x7,
@@ -55,13 +62,19 @@ impl FrameHeader {
             mask,
             len,
             payload_len,
+            minimal_len,
         })
     }
 
-    /// `true` for a complete, unmasked text message in one frame with no extension bits: the
-    /// only frame a server-to-client relay may forward as it came, once its payload is checked.
+    /// `true` for a complete, unmasked text message in one frame with no extension bits and
+    /// its length written as RFC 6455 says: the only frame a server-to-client relay may forward
+    /// as it came, once its payload is checked.
     pub fn is_plain_server_text(&self) -> bool {
-        self.fin && self.rsv == 0 && self.opcode == OP_TEXT && self.mask.is_none()
+        self.fin
+            && self.rsv == 0
+            && self.opcode == OP_TEXT
+            && self.mask.is_none()
+            && self.minimal_len
     }
 }
 
@@ -106,5 +119,12 @@ mod tests {
         assert!(!plain(0x89), "ping");
         assert!(!plain(0x88), "close");
         assert!(!plain(0xC1), "RSV1 (compressed)");
+        let padded = FrameHeader::parse(&[0x81, 126, 0, 5]).unwrap();
+        assert!(!padded.is_plain_server_text(), "a 5-byte length in 2 bytes");
+        let padded = FrameHeader::parse(&[0x81, 127, 0, 0, 0, 0, 0, 0, 1, 0]).unwrap();
+        assert!(
+            !padded.is_plain_server_text(),
+            "a 256-byte length in 8 bytes"
+        );
     }
 }

@@ -463,6 +463,7 @@ pub async fn relay<S: ClientSink>(
                     };
                     let (sent, ends) = match step {
                         Step::Cut(frame, info) => {
+                            bump(&env.counters.events_cut_through);
                             if !pending.push(frame) {
                                 if source.write_pending(&mut pending, sink).await.is_err() {
                                     return Outcome::ClientGone;
