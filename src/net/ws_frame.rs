@@ -78,6 +78,51 @@ impl FrameHeader {
     }
 }
 
+/// What the bytes at the start of a buffer hold, for a server-to-client cut-through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// A plain text frame ([`FrameHeader::is_plain_server_text`]) of `total` bytes, complete,
+    /// its payload (from `header_len`) valid UTF-8: forward it as it is.
+    Frame {
+        /// Bytes of header.
+        header_len: usize,
+        /// Bytes of header and payload.
+        total: usize,
+    },
+    /// The frame is not complete: at least this many bytes are needed.
+    Need(usize),
+    /// Anything else (control frame, fragment, extension bits, over `max_payload`, invalid
+    /// UTF-8): for a full WebSocket codec.
+    Codec,
+}
+
+/// Looks at the frame at the start of `bytes` (server frames) and says whether it can be
+/// forwarded as it is; its UTF-8 is checked here, once.
+pub fn cut(bytes: &[u8], max_payload: u64) -> Cut {
+    let Some(h) = FrameHeader::parse(bytes) else {
+        return Cut::Need(bytes.len() + MAX_HEADER);
+    };
+    if !h.is_plain_server_text() || h.payload_len > max_payload {
+        return Cut::Codec;
+    }
+    let Some(total) = usize::try_from(h.payload_len)
+        .ok()
+        .and_then(|p| p.checked_add(h.len))
+    else {
+        return Cut::Codec;
+    };
+    if bytes.len() < total {
+        return Cut::Need(total);
+    }
+    if std::str::from_utf8(&bytes[h.len..total]).is_err() {
+        return Cut::Codec;
+    }
+    Cut::Frame {
+        header_len: h.len,
+        total,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +152,35 @@ mod tests {
         );
         assert_eq!(FrameHeader::parse(&masked[..5]), None);
         assert_eq!(FrameHeader::parse(&[0x81]), None);
+    }
+
+    #[test]
+    fn only_complete_valid_text_frames_within_the_limit_are_cut() {
+        let frame = [&[0x81u8, 3][..], b"abc"].concat();
+        assert_eq!(
+            cut(&frame, 100),
+            Cut::Frame {
+                header_len: 2,
+                total: 5
+            }
+        );
+        assert_eq!(cut(&frame[..4], 100), Cut::Need(5));
+        assert_eq!(cut(&frame[..1], 100), Cut::Need(1 + MAX_HEADER));
+        assert_eq!(cut(&frame, 2), Cut::Codec, "over the limit");
+        assert_eq!(
+            cut(&[0x81, 2, 0xc3, 0x28], 100),
+            Cut::Codec,
+            "invalid UTF-8"
+        );
+        assert_eq!(cut(&[0x89, 0], 100), Cut::Codec, "ping");
+        let two = [frame.clone(), frame].concat();
+        assert_eq!(
+            cut(&two, 100),
+            Cut::Frame {
+                header_len: 2,
+                total: 5
+            }
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::ops::Range;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures_util::{SinkExt, StreamExt};
 
-use crate::net::ws_frame::{FrameHeader, MAX_HEADER};
+use crate::net::ws_frame::{cut, Cut};
 
 use super::upstream::UpstreamWs;
 
@@ -149,29 +149,19 @@ impl<'a> CutThrough<'a> {
             // tungstenite is inside a frame or a fragmented message: it goes on reading.
             return Head::Codec;
         }
-        let bytes = &self.buf[self.start..self.end];
-        let Some(h) = FrameHeader::parse(bytes) else {
-            return Head::Need(bytes.len() + MAX_HEADER);
-        };
-        if !h.is_plain_server_text() || h.payload_len > self.max_payload {
-            return Head::Codec;
+        match cut(&self.buf[self.start..self.end], self.max_payload) {
+            Cut::Need(n) => Head::Need(n),
+            Cut::Codec => Head::Codec,
+            Cut::Frame { header_len, total } => {
+                let at = self.start;
+                self.start += total;
+                Head::Frame(Frame {
+                    at,
+                    payload_at: at + header_len,
+                    end: at + total,
+                })
+            }
         }
-        // Within `max_payload`, which came from a `usize`.
-        let total = h.len + usize::try_from(h.payload_len).unwrap_or(usize::MAX - h.len);
-        if bytes.len() < total {
-            return Head::Need(total);
-        }
-        if std::str::from_utf8(&bytes[h.len..total]).is_err() {
-            // tungstenite reports it (and closes with 1007), as before.
-            return Head::Codec;
-        }
-        let at = self.start;
-        self.start += total;
-        Head::Frame(Frame {
-            at,
-            payload_at: at + h.len,
-            end: at + total,
-        })
     }
 
     /// Makes room after `start` for `total` bytes and a read chunk, moving the bytes not
