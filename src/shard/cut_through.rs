@@ -232,3 +232,32 @@ impl Pending {
         Some((range, std::mem::take(&mut self.payload)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(at: usize, payload_at: usize, end: usize) -> Frame {
+        Frame {
+            at,
+            payload_at,
+            end,
+        }
+    }
+
+    #[test]
+    fn pending_frames_are_one_stretch_written_once() {
+        let mut pending = Pending::default();
+        assert_eq!(pending.take(), None);
+        assert!(pending.push(frame(0, 2, 10)));
+        assert!(pending.push(frame(10, 12, 30)));
+        assert!(
+            !pending.push(frame(40, 42, 50)),
+            "a gap (a rewritten frame between) is written first"
+        );
+        assert_eq!(pending.take(), Some((0..30, 26)));
+        assert_eq!(pending.take(), None, "taken once");
+        assert!(pending.push(frame(40, 42, 50)));
+        assert_eq!(pending.take(), Some((40..50, 8)));
+    }
+}
