@@ -103,17 +103,16 @@ fn serve(mut conn: TcpStream, script: fn() -> Vec<u8>, record: &Mutex<Vec<Sent>>
             opcode,
             payload: payload.clone(),
         });
-        match opcode {
-            1 => {
-                if conn.write_all(&script()).is_err() {
-                    return;
-                }
-            }
+        let answered = match opcode {
+            1 => conn.write_all(&script()).is_ok(),
             8 => {
                 let _ = conn.write_all(&frame(0x88, &payload));
-                return;
+                false
             }
-            _ => {}
+            _ => true,
+        };
+        if !answered {
+            return;
         }
     }
 }
