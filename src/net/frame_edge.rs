@@ -387,6 +387,32 @@ mod tests {
     }
 
     #[test]
+    fn raw_reads_give_back_what_they_do_not_consume_and_the_cut_reads_go_on_from_there() {
+        futures_lite::future::block_on(async {
+            let (one, two) = (server_frame(b"one"), server_frame(b"two"));
+            let wire = [one.clone(), two.clone(), server_frame(b"three")].concat();
+            let mut edge = FrameEdge::after_http_head(wire.as_slice());
+            edge.cut.head = None;
+            // A cut read holds the rest; a raw read takes it all, across frame ends.
+            let mut buf = [0u8; 64];
+            let n = edge.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], one.as_slice());
+            let mut raw = [0u8; 64];
+            let n = futures_lite::future::poll_fn(|cx| edge.poll_read_raw(cx, &mut raw))
+                .await
+                .unwrap();
+            assert_eq!(n, wire.len() - one.len(), "not cut at a frame end");
+            // The reader consumed `two` only; the rest goes back, and is read cut as before.
+            edge.unread(&raw[two.len()..n]);
+            assert!(edge.holds_unread() && edge.at_message_edge());
+            let n = edge.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], server_frame(b"three").as_slice());
+            assert!(edge.at_message_edge());
+            assert_eq!(edge.read(&mut buf).await.unwrap(), 0);
+        });
+    }
+
+    #[test]
     fn release_keeps_bytes_not_served_yet() {
         futures_lite::future::block_on(async {
             let wire = [server_frame(b"one"), server_frame(b"two")].concat();
