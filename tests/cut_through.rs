@@ -16,11 +16,12 @@ use std::time::Duration;
 use common::*;
 use shardgate::tungstenite::handshake::derive_accept_key;
 
-/// A frame the gateway sent upstream: opcode and unmasked payload.
+/// A frame the gateway sent upstream: opcode, unmasked payload, and its bytes as they came.
 #[derive(Debug, Clone)]
 struct Sent {
     opcode: u8,
     payload: Vec<u8>,
+    wire: Vec<u8>,
 }
 
 /// A raw upstream: answers every text frame with the bytes `script` gives and records what the
@@ -98,10 +99,11 @@ fn serve(mut conn: TcpStream, script: fn() -> Vec<u8>, record: &Mutex<Vec<Sent>>
     if conn.write_all(reply.as_bytes()).is_err() {
         return;
     }
-    while let Some((opcode, payload)) = read_masked(&mut conn) {
+    while let Some((opcode, payload, wire)) = read_masked(&mut conn) {
         record.lock().unwrap().push(Sent {
             opcode,
             payload: payload.clone(),
+            wire,
         });
         let answered = match opcode {
             1 => conn.write_all(&script()).is_ok(),
@@ -117,31 +119,36 @@ fn serve(mut conn: TcpStream, script: fn() -> Vec<u8>, record: &Mutex<Vec<Sent>>
     }
 }
 
-/// One masked frame from the gateway: opcode and unmasked payload.
-fn read_masked(conn: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+/// One masked frame from the gateway: opcode, unmasked payload, the frame's bytes.
+fn read_masked(conn: &mut TcpStream) -> Option<(u8, Vec<u8>, Vec<u8>)> {
     let mut h = [0u8; 2];
     conn.read_exact(&mut h).ok()?;
+    let mut wire = h.to_vec();
     let len = match h[1] & 0x7f {
         126 => {
             let mut b = [0u8; 2];
             conn.read_exact(&mut b).ok()?;
+            wire.extend_from_slice(&b);
             u64::from(u16::from_be_bytes(b))
         }
         127 => {
             let mut b = [0u8; 8];
             conn.read_exact(&mut b).ok()?;
+            wire.extend_from_slice(&b);
             u64::from_be_bytes(b)
         }
         n => u64::from(n),
     };
     let mut mask = [0u8; 4];
     conn.read_exact(&mut mask).ok()?;
+    wire.extend_from_slice(&mask);
     let mut payload = vec![0u8; len as usize];
     conn.read_exact(&mut payload).ok()?;
+    wire.extend_from_slice(&payload);
     for (i, b) in payload.iter_mut().enumerate() {
         *b ^= mask[i % 4];
     }
-    Some((h[0] & 0x0f, payload))
+    Some((h[0] & 0x0f, payload, wire))
 }
 
 /// An unmasked frame with first byte `b0`, its length in the fewest bytes.
@@ -173,12 +180,17 @@ const COMPLETED: &str = r#"{"type":"response.completed","response":{"id":"resp_c
 
 /// A gateway (one shard, stats every 50 ms, upstream messages up to 4 KiB) over `up`.
 fn gateway_over(up: &RawUpstream) -> shardgate::gateway::Gateway {
+    gateway_mapping(up, "")
+}
+
+/// As [`gateway_over`], the account's settings followed by `account_extra`.
+fn gateway_mapping(up: &RawUpstream, account_extra: &str) -> shardgate::gateway::Gateway {
     gateway(parse_config(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\ndrain_timeout_secs = 5\n\
          admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n\
          [upstream]\nmax_message_bytes = 4096\nretry_max_attempts = 1\n\
          [[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n\
-         [[accounts]]\nid = \"acct-0\"\nbase_url = \"{}\"\napi_key = \"{ACCOUNT_KEY}\"\nmax_conns = 4\n",
+         [[accounts]]\nid = \"acct-0\"\nbase_url = \"{}\"\napi_key = \"{ACCOUNT_KEY}\"\nmax_conns = 4\n{account_extra}\n",
         up.base_url()
     )))
 }
@@ -324,4 +336,99 @@ fn invalid_utf8_is_never_forwarded() {
         &1007u16.to_be_bytes(),
         "upstream closed with 1007"
     );
+}
+
+/// The masking key the raw client uses.
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// A client WebSocket over a raw socket: sends frames with [`MASK`], reads events as text.
+struct RawClient {
+    s: TcpStream,
+}
+
+impl RawClient {
+    fn connect(addr: SocketAddr) -> RawClient {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        write!(
+            s,
+            "GET /v1/responses HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer {CLIENT_KEY}\r\n\r\n"
+        )
+        .expect("upgrade request");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).expect("upgrade answer"), 1, "closed");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        RawClient { s }
+    }
+
+    /// Sends `text` as one masked frame; the bytes sent.
+    fn send(&mut self, text: &str) -> Vec<u8> {
+        let payload = text.as_bytes();
+        let mut out = vec![0x81];
+        if payload.len() < 126 {
+            out.push(0x80 | payload.len() as u8);
+        } else {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        self.s.write_all(&out).expect("send");
+        out
+    }
+
+    /// Reads text frames until one contains `needle`.
+    fn read_until(&mut self, needle: &str) {
+        loop {
+            let mut h = [0u8; 2];
+            self.s.read_exact(&mut h).expect("a frame");
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.s.read_exact(&mut b).expect("length");
+                    usize::from(u16::from_be_bytes(b))
+                }
+                n => usize::from(n),
+            };
+            let mut payload = vec![0u8; len];
+            self.s.read_exact(&mut payload).expect("payload");
+            if String::from_utf8_lossy(&payload).contains(needle) {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn an_unchanged_client_frame_goes_upstream_as_the_client_masked_it() {
+    let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
+    let gw = gateway_over(&up);
+    let mut c = RawClient::connect(gw.addr());
+    let sent = c.send(&create("gpt-test", &"padding ".repeat(40), true, None));
+    c.read_until("response.completed");
+    let got = up.sent.lock().unwrap()[0].clone();
+    assert_eq!(got.opcode, 1);
+    assert_eq!(
+        got.wire, sent,
+        "the same bytes, the client's masking key kept"
+    );
+}
+
+#[test]
+fn a_rewritten_client_frame_is_masked_again() {
+    let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
+    let gw = gateway_mapping(&up, "model_map = { \"gpt-test\" = \"gpt-upstream\" }");
+    let mut c = RawClient::connect(gw.addr());
+    let sent = c.send(&create("gpt-test", "hi", true, None));
+    c.read_until("response.completed");
+    let got = up.sent.lock().unwrap()[0].clone();
+    let payload = String::from_utf8(got.payload).unwrap();
+    assert!(payload.contains("\"gpt-upstream\""), "{payload}");
+    assert_ne!(got.wire[2..6], sent[2..6], "a fresh masking key");
 }

@@ -16,9 +16,10 @@
 use std::ops::Range;
 
 use async_tungstenite::tungstenite::{Error as WsError, Message};
+use futures_lite::AsyncWriteExt;
 use futures_util::{SinkExt, StreamExt};
 
-use crate::net::ws_frame::{cut, Cut};
+use crate::net::ws_frame::{cut, Cut, FrameHeader};
 
 use super::upstream::UpstreamWs;
 
@@ -203,6 +204,19 @@ impl Drop for CutThrough<'_> {
             self.give_back();
         }
     }
+}
+
+/// `true` when `wire` (one masked text frame, as a client sent it) carries a payload of
+/// `frame`'s length: the frame the turn parsed from it.
+pub fn carries(wire: &[u8], frame: &[u8]) -> bool {
+    FrameHeader::parse(wire).is_some_and(|h| h.payload_len == frame.len() as u64)
+}
+
+/// Sends a client's frame upstream as the bytes it came in (its masking key kept: RFC 6455 asks
+/// only that the key be unpredictable, which the client's is), after what tungstenite queued.
+pub async fn send_as_it_came(ws: &mut UpstreamWs, wire: &[u8]) -> Result<(), WsError> {
+    ws.flush().await?;
+    ws.get_mut().write_all(wire).await.map_err(WsError::Io)
 }
 
 /// Frames handed out and not written yet: one stretch of the reader's buffer, written in one
