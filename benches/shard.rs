@@ -327,9 +327,56 @@ fn relay(c: &mut Criterion) {
     report_allocs(name, cut_through);
 }
 
+/// A 30 KB client frame going upstream: `relay/client_frame_masked_again_30k` is the path for a
+/// rewritten frame (and every frame before the cut-through): tungstenite copies the payload into
+/// its out buffer and masks it with a fresh key; `relay/client_frame_as_it_came_30k` is an
+/// unchanged frame: the copy `FrameEdge` keeps while the client's message is read (in 16 KiB
+/// reads), then one write of those bytes. Both end with the bytes in a socket buffer.
+fn client_frame(c: &mut Criterion) {
+    use shardgate::tungstenite::protocol::{Role, WebSocket};
+    use shardgate::tungstenite::Message;
+    use std::io::Write;
+
+    let text = shardgate::tungstenite::Utf8Bytes::from("x".repeat(30_000));
+    let sock = || Loop {
+        wire: vec![0],
+        at: 0,
+        out: Vec::with_capacity(64 * 1024),
+    };
+    let up = std::cell::RefCell::new(WebSocket::from_raw_socket(sock(), Role::Client, None));
+    let masked_again = || {
+        let mut up = up.borrow_mut();
+        up.send(Message::Text(text.clone())).expect("sent");
+        let written = up.get_ref().out.len();
+        up.get_mut().out.clear();
+        written
+    };
+    let wire_len = masked_again();
+    let name = "relay/client_frame_masked_again_30k";
+    c.bench_function(name, |b| b.iter(masked_again));
+    report_allocs(name, masked_again);
+
+    let wire = vec![0x5a; wire_len];
+    let mut upstream = sock();
+    let mut as_it_came = || {
+        let mut record = Vec::new();
+        for chunk in wire.chunks(16 * 1024) {
+            record.extend_from_slice(black_box(chunk));
+        }
+        upstream.write_all(&record).expect("written");
+        let written = upstream.out.len();
+        upstream.out.clear();
+        written
+    };
+    assert_eq!(as_it_came(), wire_len);
+    let name = "relay/client_frame_as_it_came_30k";
+    c.bench_function(name, |b| b.iter(&mut as_it_came));
+    report_allocs(name, as_it_came);
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = pool, histograms, sticky_cache, usage_record, relay
+    targets = pool, histograms, sticky_cache, usage_record, relay, client_frame
 }
 criterion_main!(benches);
