@@ -1,6 +1,7 @@
 //! Per-turn shard costs: pool acquire/release on the idle stack, histogram recording and the
 //! interval snapshot, the sticky cache's write and lookup, and the serialization of a usage
-//! record.
+//! record; and the per-event relay of an upstream event to a client WebSocket, through the
+//! WebSocket codec (as before the cut-through) and cut through.
 //!
 //! Each bench is timed by criterion, then run again under the counting allocator and reported as
 //! one line: `ALLOC <name>: <allocs>/op <bytes> B/op`. See `benches/README.md`.
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardgate::config::Config;
 use shardgate::metrics::{Hist, ShardMetrics, Sparse};
+use shardgate::net::ws_frame::{cut, Cut};
+use shardgate::protocol::UpstreamEvent;
 use shardgate::protocol::Usage;
 use shardgate::shard::account::AccountRuntime;
 use shardgate::shard::pool::Pool;
@@ -211,9 +214,169 @@ fn usage_record(c: &mut Criterion) {
     report_allocs(name, || sonic_rs::to_vec(black_box(&record)).unwrap());
 }
 
+/// A delta as upstream sends it (~180 bytes).
+const DELTA_EVENT: &str = r#"{"type":"response.output_text.delta","sequence_number":57,"item_id":"msg_68f0c2a9e1d4819cb1f27a3e5d6c8b90","output_index":1,"content_index":0,"delta":" the","logprobs":[],"obfuscation":"Qm3xT9kLp2"}"#;
+
+/// Events per upstream read in the relay benches (one read of a busy stream brings several).
+const EVENTS_PER_READ: usize = 8;
+
+/// An unmasked text frame, as upstream sends it.
+fn server_frame(payload: &str) -> Vec<u8> {
+    let mut out = vec![0x81];
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload.as_bytes());
+    out
+}
+
+/// A socket that replays `wire` forever and keeps what is written (cleared by the bench).
+struct Loop {
+    wire: Vec<u8>,
+    at: usize,
+    out: Vec<u8>,
+}
+
+impl std::io::Read for Loop {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.wire.len() - self.at);
+        buf[..n].copy_from_slice(&self.wire[self.at..self.at + n]);
+        self.at = (self.at + n) % self.wire.len();
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Loop {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The relay of upstream events to a client WebSocket, per batch of [`EVENTS_PER_READ`]
+/// deltas read together: `relay/codec_8_deltas` is the path before the cut-through (tungstenite
+/// reads each message as a client, the event is classified, tungstenite writes it again as a
+/// server, one flush); `relay/cut_through_8_deltas` is the cut-through (each frame's header read
+/// and its payload checked on the read buffer, the event classified on the borrowed payload,
+/// the frames written as they came in one write). Both end with the bytes in the same kind of
+/// socket buffer, so the difference is the relay's own work.
+fn relay(c: &mut Criterion) {
+    use shardgate::tungstenite::protocol::{Role, WebSocket};
+    use shardgate::tungstenite::Message;
+    use std::io::Write;
+
+    let wire: Vec<u8> = (0..EVENTS_PER_READ)
+        .flat_map(|_| server_frame(DELTA_EVENT))
+        .collect();
+
+    let sock = || Loop {
+        wire: wire.clone(),
+        at: 0,
+        out: Vec::with_capacity(64 * 1024),
+    };
+    let up = std::cell::RefCell::new(WebSocket::from_raw_socket(sock(), Role::Client, None));
+    let down = std::cell::RefCell::new(WebSocket::from_raw_socket(sock(), Role::Server, None));
+    let codec = || {
+        let (mut up, mut down) = (up.borrow_mut(), down.borrow_mut());
+        for _ in 0..EVENTS_PER_READ {
+            let Ok(Message::Text(text)) = up.read() else {
+                panic!("a text event")
+            };
+            let ev = UpstreamEvent::classify(text.as_bytes()).expect("an event");
+            black_box(ev.kind);
+            down.write(Message::Text(text)).expect("queued");
+        }
+        down.flush().expect("written");
+        let written = down.get_ref().out.len();
+        down.get_mut().out.clear();
+        written
+    };
+    assert_eq!(codec(), wire.len(), "the client gets the same bytes");
+    let name = "relay/codec_8_deltas";
+    c.bench_function(name, |b| b.iter(codec));
+    report_allocs(name, codec);
+
+    let mut read_buf = vec![0u8; 16 * 1024];
+    let mut client = sock();
+    let mut upstream = sock();
+    let mut cut_through = || {
+        let n = std::io::Read::read(&mut upstream, &mut read_buf[..wire.len()]).expect("read");
+        let bytes = &read_buf[..n];
+        let mut at = 0;
+        while let Cut::Frame { header_len, total } = cut(&bytes[at..], 1 << 24) {
+            let ev =
+                UpstreamEvent::classify(&bytes[at + header_len..at + total]).expect("an event");
+            black_box(ev.kind);
+            at += total;
+        }
+        client.write_all(&bytes[..at]).expect("written");
+        let written = client.out.len();
+        client.out.clear();
+        written
+    };
+    assert_eq!(cut_through(), wire.len(), "the client gets the same bytes");
+    let name = "relay/cut_through_8_deltas";
+    c.bench_function(name, |b| b.iter(&mut cut_through));
+    report_allocs(name, cut_through);
+}
+
+/// A 30 KB client frame going upstream: `relay/client_frame_masked_again_30k` is the path for a
+/// rewritten frame (and every frame before the cut-through): tungstenite copies the payload into
+/// its out buffer and masks it with a fresh key; `relay/client_frame_as_it_came_30k` is an
+/// unchanged frame: the copy `FrameEdge` keeps while the client's message is read (in 16 KiB
+/// reads), then one write of those bytes. Both end with the bytes in a socket buffer.
+fn client_frame(c: &mut Criterion) {
+    use shardgate::tungstenite::protocol::{Role, WebSocket};
+    use shardgate::tungstenite::Message;
+    use std::io::Write;
+
+    let text = shardgate::tungstenite::Utf8Bytes::from("x".repeat(30_000));
+    let sock = || Loop {
+        wire: vec![0],
+        at: 0,
+        out: Vec::with_capacity(64 * 1024),
+    };
+    let up = std::cell::RefCell::new(WebSocket::from_raw_socket(sock(), Role::Client, None));
+    let masked_again = || {
+        let mut up = up.borrow_mut();
+        up.send(Message::Text(text.clone())).expect("sent");
+        let written = up.get_ref().out.len();
+        up.get_mut().out.clear();
+        written
+    };
+    let wire_len = masked_again();
+    let name = "relay/client_frame_masked_again_30k";
+    c.bench_function(name, |b| b.iter(masked_again));
+    report_allocs(name, masked_again);
+
+    let wire = vec![0x5a; wire_len];
+    let mut upstream = sock();
+    let mut as_it_came = || {
+        let mut record = Vec::new();
+        for chunk in wire.chunks(16 * 1024) {
+            record.extend_from_slice(black_box(chunk));
+        }
+        upstream.write_all(&record).expect("written");
+        let written = upstream.out.len();
+        upstream.out.clear();
+        written
+    };
+    assert_eq!(as_it_came(), wire_len);
+    let name = "relay/client_frame_as_it_came_30k";
+    c.bench_function(name, |b| b.iter(&mut as_it_came));
+    report_allocs(name, as_it_came);
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = pool, histograms, sticky_cache, usage_record
+    targets = pool, histograms, sticky_cache, usage_record, relay, client_frame
 }
 criterion_main!(benches);

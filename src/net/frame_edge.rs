@@ -29,6 +29,8 @@ pub struct FrameEdge<S> {
     /// Bytes read past a frame end, served before `inner` is read again.
     held: Replay,
     cut: Cut,
+    /// Every byte served while recording ([`FrameEdge::record`]).
+    record: Option<Vec<u8>>,
 }
 
 /// Where reads are cut: at the end of an HTTP head, then at every frame end.
@@ -49,6 +51,7 @@ impl<S> FrameEdge<S> {
             inner,
             held: Replay::default(),
             cut: Cut::default(),
+            record: None,
         }
     }
 
@@ -64,6 +67,7 @@ impl<S> FrameEdge<S> {
                 head: Some(0),
                 scan: FrameScan::default(),
             },
+            record: None,
         }
     }
 
@@ -82,6 +86,26 @@ impl<S> FrameEdge<S> {
     /// connection about to rest.
     pub fn release(&mut self) {
         self.held.release();
+    }
+
+    /// Puts `bytes` back in front of what is still to be served: bytes a raw reader
+    /// ([`FrameEdge::poll_read_raw`]) took but did not consume, starting at a frame start, so
+    /// that the WebSocket reads them next, cut at frame ends as usual.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.held.unread(bytes);
+        }
+    }
+
+    /// Starts keeping a copy of every byte served (the frames of the client's next message, as
+    /// they came, to forward without re-masking), dropping any earlier recording.
+    pub fn record(&mut self) {
+        self.record = Some(Vec::new());
+    }
+
+    /// Stops recording; the bytes served since [`FrameEdge::record`].
+    pub fn take_record(&mut self) -> Option<Vec<u8>> {
+        self.record.take()
     }
 
     /// The wrapped stream, to change it.
@@ -130,7 +154,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameEdge<S> {
             // Cut on the held bytes first and copy only what is served: copying the whole
             // rest each time would cost the square of the frames per read.
             let cut = &mut this.cut;
-            return Poll::Ready(Ok(this.held.serve(buf, |rest| cut.at(rest))));
+            let served = this.held.serve(buf, |rest| cut.at(rest));
+            this.keep(&buf[..served]);
+            return Poll::Ready(Ok(served));
         }
         let n = match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(n)) => n,
@@ -140,7 +166,34 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameEdge<S> {
         if served < n {
             this.held.push(&buf[served..n]);
         }
+        this.keep(&buf[..served]);
         Poll::Ready(Ok(served))
+    }
+}
+
+impl<S> FrameEdge<S> {
+    /// Keeps a copy of `served` while recording.
+    fn keep(&mut self, served: &[u8]) {
+        if let Some(record) = &mut self.record {
+            record.extend_from_slice(served);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> FrameEdge<S> {
+    /// Reads without cutting at frame ends: held bytes first, else the stream. Only at a
+    /// message edge ([`FrameEdge::at_message_edge`]), for a reader that splits frames itself and
+    /// gives back ([`FrameEdge::unread`]) whatever it does not consume, from a frame start:
+    /// the frame scan then stays at a frame start, as the bytes it saw say.
+    pub fn poll_read_raw(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.held.has_pending() {
+            return Poll::Ready(Ok(self.held.serve(buf, |rest| rest.len())));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -357,6 +410,32 @@ mod tests {
             let mut rest = [0u8; 64];
             let n = edge.read(&mut rest).await.unwrap();
             assert_eq!(&rest[..n], server_frame(b"x").as_slice());
+        });
+    }
+
+    #[test]
+    fn raw_reads_give_back_what_they_do_not_consume_and_the_cut_reads_go_on_from_there() {
+        futures_lite::future::block_on(async {
+            let (one, two) = (server_frame(b"one"), server_frame(b"two"));
+            let wire = [one.clone(), two.clone(), server_frame(b"three")].concat();
+            let mut edge = FrameEdge::after_http_head(wire.as_slice());
+            edge.cut.head = None;
+            // A cut read holds the rest; a raw read takes it all, across frame ends.
+            let mut buf = [0u8; 64];
+            let n = edge.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], one.as_slice());
+            let mut raw = [0u8; 64];
+            let n = futures_lite::future::poll_fn(|cx| edge.poll_read_raw(cx, &mut raw))
+                .await
+                .unwrap();
+            assert_eq!(n, wire.len() - one.len(), "not cut at a frame end");
+            // The reader consumed `two` only; the rest goes back, and is read cut as before.
+            edge.unread(&raw[two.len()..n]);
+            assert!(edge.holds_unread() && edge.at_message_edge());
+            let n = edge.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], server_frame(b"three").as_slice());
+            assert!(edge.at_message_edge());
+            assert_eq!(edge.read(&mut buf).await.unwrap(), 0);
         });
     }
 

@@ -51,6 +51,7 @@ mod replay;
 pub mod stream;
 pub mod tls;
 pub mod tls_server;
+pub mod ws_frame;
 
 pub use client_stream::ClientStream;
 pub use frame_edge::FrameEdge;

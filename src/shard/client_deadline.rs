@@ -87,4 +87,17 @@ impl<S: ClientSink> ClientSink for WriteDeadline<'_, S> {
     async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
         within(self.limit, self.counters, self.inner.fail(error)).await
     }
+
+    fn takes_frames(&self) -> bool {
+        self.inner.takes_frames()
+    }
+
+    async fn write_frames(&mut self, frames: &[u8], payload_bytes: u64) -> Result<(), Gone> {
+        within(
+            self.limit,
+            self.counters,
+            self.inner.write_frames(frames, payload_bytes),
+        )
+        .await
+    }
 }

@@ -68,6 +68,9 @@ shard_counters! {
     oversize_messages,
     /// Upstream events relayed to clients.
     events_relayed,
+    /// Of those, events written to a client WebSocket as the frame they came in (cut-through;
+    /// the rest went through the WebSocket codec or were rewritten).
+    events_cut_through,
     /// Sessions that panicked (contained; the shard went on).
     session_panics,
     /// Requests that ended in an error after more than one upstream attempt.

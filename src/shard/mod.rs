@@ -11,6 +11,7 @@ pub mod canary;
 pub mod client_close;
 pub mod client_deadline;
 pub mod counters;
+pub mod cut_through;
 pub mod drain;
 pub mod failure;
 pub mod handoff;

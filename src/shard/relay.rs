@@ -18,7 +18,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::FutureExt;
 
 use crate::metrics::{Hist, ShardMetrics};
 use crate::protocol::client_frame::ClientEventKind;
@@ -28,6 +28,7 @@ use crate::protocol::{ClientFrame, EventKind, TerminalKind, UpstreamEvent, Usage
 use crate::runtime;
 
 use super::counters::{bump, ShardCounters};
+use super::cut_through::{CutThrough, Frame, Pending, Read};
 use super::failure::{Failure, FailureClass};
 use super::http_upstream::{HttpResponse, HttpUpError};
 use super::normalizer::{self, Rewrite};
@@ -98,34 +99,89 @@ pub enum Source<'a> {
     Http(&'a mut HttpResponse),
 }
 
+/// The source as the relay reads it: a WebSocket frame by frame (cut-through toward a client
+/// WebSocket), or an HTTP response.
+enum Upstream<'a> {
+    Ws(CutThrough<'a>),
+    Http(&'a mut HttpResponse),
+}
+
 /// One item read from upstream.
 enum Item {
     Event(Utf8Bytes),
+    /// A text frame to forward as it came (its payload is in the reader's buffer).
+    Frame(Frame),
     Skip,
     /// The attempt failed; the upstream WebSocket is to be closed with the code, if any.
     Fail(Failure, Option<CloseCode>),
 }
 
-impl Source<'_> {
-    async fn next(&mut self) -> Item {
-        match self {
-            Source::Ws(ws) => ws_item(ws.next().await),
-            Source::Http(resp) => http_item(resp.next_event().await),
+impl<'a> Upstream<'a> {
+    /// Reads raw frames from a WebSocket only when `frames` (the sink takes them).
+    fn new(source: Source<'a>, frames: bool) -> Self {
+        match source {
+            Source::Ws(ws) => Upstream::Ws(CutThrough::new(ws, frames)),
+            Source::Http(resp) => Upstream::Http(resp),
         }
     }
 
+    async fn next(&mut self) -> Item {
+        match self {
+            Upstream::Ws(ws) => ws_read(ws.next().await),
+            Upstream::Http(resp) => http_item(resp.next_event().await),
+        }
+    }
+
+    /// The next item if it is ready; may read (moving frames handed out before).
     fn next_ready(&mut self) -> Option<Item> {
         match self {
-            Source::Ws(ws) => ws.next().now_or_never().map(ws_item),
-            Source::Http(resp) => resp.next_event().now_or_never().map(http_item),
+            Upstream::Ws(ws) => ws.next().now_or_never().map(ws_read),
+            Upstream::Http(resp) => resp.next_event().now_or_never().map(http_item),
+        }
+    }
+
+    /// The next frame if it is complete in the buffer already; reads nothing.
+    fn buffered(&mut self) -> Option<Item> {
+        match self {
+            Upstream::Ws(ws) => ws.buffered().map(Item::Frame),
+            Upstream::Http(_) => None,
+        }
+    }
+
+    /// A frame's payload (only WebSocket reads give frames).
+    fn payload(&self, frame: Frame) -> &[u8] {
+        match self {
+            Upstream::Ws(ws) => ws.payload(frame),
+            Upstream::Http(_) => &[],
+        }
+    }
+
+    /// Writes the frames `pending` holds to `sink`, if any.
+    async fn write_pending<S: ClientSink>(
+        &self,
+        pending: &mut Pending,
+        sink: &mut S,
+    ) -> Result<(), Gone> {
+        match (pending.take(), self) {
+            (Some((range, payload)), Upstream::Ws(ws)) => {
+                sink.write_frames(ws.bytes(range), payload).await
+            }
+            _ => Ok(()),
         }
     }
 
     fn hists(&self) -> (Hist, Hist) {
         match self {
-            Source::Ws(_) => (Hist::UpstreamTtftWs, Hist::EventAddedWs),
-            Source::Http(_) => (Hist::UpstreamTtftHttp, Hist::EventAddedHttp),
+            Upstream::Ws(_) => (Hist::UpstreamTtftWs, Hist::EventAddedWs),
+            Upstream::Http(_) => (Hist::UpstreamTtftHttp, Hist::EventAddedHttp),
         }
+    }
+}
+
+fn ws_read(read: Read) -> Item {
+    match read {
+        Read::Frame(f) => Item::Frame(f),
+        Read::Message(msg) => ws_item(msg),
     }
 }
 
@@ -170,6 +226,8 @@ fn http_item(r: Result<Option<Bytes>, HttpUpError>) -> Item {
 enum Step {
     /// Relay the text (its `type` at this byte range), ending the turn when `Some`.
     Relay(Utf8Bytes, std::ops::Range<usize>, Option<Outcome>),
+    /// Forward the frame as it came, ending the turn when `Some`.
+    Cut(Frame, Option<Outcome>),
     /// Nothing to relay (ping, pong, binary).
     Skip,
     /// The attempt failed (closing the upstream WebSocket with the code, if any).
@@ -178,7 +236,7 @@ enum Step {
 
 /// Where `event_type` sits inside `text`, when it is a slice of it (an unescaped `type`);
 /// otherwise an empty range.
-fn type_range(text: &str, event_type: &str) -> std::ops::Range<usize> {
+fn type_range(text: &[u8], event_type: &str) -> std::ops::Range<usize> {
     let start = (event_type.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
     if start <= text.len() && text.len() - start >= event_type.len() {
         start..start + event_type.len()
@@ -256,7 +314,7 @@ fn preempted_error() -> TurnError {
 /// immediate closes is spent (read to the terminal event, up to [`DRAIN_LIMIT`]).
 async fn preempted<S: ClientSink>(
     env: &RelayEnv<'_>,
-    source: &mut Source<'_>,
+    source: &mut Upstream<'_>,
     sink: &mut S,
     next: Bytes,
 ) -> Outcome {
@@ -287,7 +345,7 @@ async fn preempted<S: ClientSink>(
 
 /// Reads the rest of an abandoned response without relaying it, up to its terminal event:
 /// only what is already buffered when `wait` is `None`, else for at most `wait`.
-async fn settle(source: &mut Source<'_>, wait: Option<Duration>) -> Settled {
+async fn settle(source: &mut Upstream<'_>, wait: Option<Duration>) -> Settled {
     let deadline = wait.map(|w| Instant::now() + w);
     loop {
         let item = match deadline {
@@ -303,12 +361,13 @@ async fn settle(source: &mut Source<'_>, wait: Option<Duration>) -> Settled {
                 }
             }
         };
-        let text = match item {
-            Item::Event(text) => text,
+        let text = match &item {
+            Item::Event(text) => text.as_bytes(),
+            Item::Frame(frame) => source.payload(*frame),
             Item::Skip => continue,
             Item::Fail(..) => return Settled::Unknown,
         };
-        let Ok(event) = UpstreamEvent::classify(text.as_bytes()) else {
+        let Ok(event) = UpstreamEvent::classify(text) else {
             continue;
         };
         match event.kind {
@@ -330,12 +389,13 @@ async fn settle(source: &mut Source<'_>, wait: Option<Duration>) -> Settled {
 /// frame read before the request went upstream ([`before_send`]), handled first.
 pub async fn relay<S: ClientSink>(
     env: &RelayEnv<'_>,
-    mut source: Source<'_>,
+    source: Source<'_>,
     sink: &mut S,
     rewrite: &Rewrite,
     sent_at: Instant,
     early: Option<Bytes>,
 ) -> Outcome {
+    let mut source = Upstream::new(source, sink.takes_frames());
     if let Some(frame) = early {
         match mid_turn_frame(frame, &mut source, sink, env.counters).await {
             MidTurn::Continue => {}
@@ -372,63 +432,111 @@ pub async fn relay<S: ClientSink>(
                 }
                 let mut item = item;
                 let mut batch = 0u64;
+                // Frames forwarded as they came, written together: every frame one read
+                // brought in goes out in one write unless one of them is rewritten.
+                let mut pending = Pending::default();
                 // Relay this event and every event already buffered, then flush once.
                 loop {
                     let step = match item {
                         Item::Event(text) => {
                             classify(text, rewrite, relayed, env.capture_output, env.secrets)
                         }
+                        Item::Frame(frame) => {
+                            let payload = source.payload(frame);
+                            match judge(payload, rewrite, relayed, env.capture_output, env.secrets)
+                            {
+                                Verdict::Relay {
+                                    replaced: None,
+                                    outcome,
+                                    ..
+                                } => Step::Cut(frame, outcome),
+                                Verdict::Relay {
+                                    replaced: Some(text),
+                                    range,
+                                    outcome,
+                                } => Step::Relay(text, range, outcome),
+                                Verdict::Fail(failure) => Step::Fail(failure, None),
+                            }
+                        }
                         Item::Skip => Step::Skip,
                         Item::Fail(f, code) => Step::Fail(f, code),
                     };
-                    match step {
+                    let (sent, ends) = match step {
+                        Step::Cut(frame, info) => {
+                            bump(&env.counters.events_cut_through);
+                            if !pending.push(frame) {
+                                if source.write_pending(&mut pending, sink).await.is_err() {
+                                    return Outcome::ClientGone;
+                                }
+                                pending.push(frame);
+                            }
+                            (true, info)
+                        }
                         Step::Relay(text, range, info) => {
+                            if source.write_pending(&mut pending, sink).await.is_err() {
+                                return Outcome::ClientGone;
+                            }
                             let et = text.as_str().get(range).unwrap_or("message");
                             let et: &str = if et.is_empty() { "message" } else { et };
                             // The sink gets its own handle on the same buffer (no copy).
                             if sink.feed(text.clone(), et).await.is_err() {
                                 return Outcome::ClientGone;
                             }
-                            bump(&env.counters.events_relayed);
-                            relayed = true;
-                            batch += 1;
-                            if let Some(mut outcome) = info {
-                                if sink.flush().await.is_err() {
-                                    return Outcome::ClientGone;
-                                }
-                                let done = Instant::now();
-                                env.metrics.record_n(added_hist, done - read_at, batch);
-                                if let Outcome::Terminal {
-                                    first_event_at: first,
-                                    ..
-                                } = &mut outcome
-                                {
-                                    *first = Some(first_event_at.unwrap_or(done));
-                                }
-                                return outcome;
-                            }
+                            (true, info)
                         }
-                        Step::Skip => {}
+                        Step::Skip => (false, None),
                         Step::Fail(failure, close) => {
+                            let _ = source.write_pending(&mut pending, sink).await;
                             let _ = sink.flush().await;
                             if failure.error.code == "upstream_message_too_big" {
                                 bump(&env.counters.oversize_messages);
                             }
-                            if let (Some(code), Source::Ws(ws)) = (close, &mut source) {
+                            if let (Some(code), Upstream::Ws(ws)) = (close, &mut source) {
                                 let frame = CloseFrame {
                                     code,
                                     reason: failure.error.code.clone().into(),
                                 };
-                                let closing = (**ws).close(Some(frame));
+                                let closing = ws.ws().close(Some(frame));
                                 let _ = runtime::timeout(Duration::from_secs(1), closing).await;
                             }
                             return Outcome::Failed { relayed, failure };
                         }
+                    };
+                    if sent {
+                        bump(&env.counters.events_relayed);
+                        relayed = true;
+                        batch += 1;
                     }
-                    match source.next_ready() {
-                        Some(i) => item = i,
-                        None => break,
+                    if let Some(mut outcome) = ends {
+                        if source.write_pending(&mut pending, sink).await.is_err()
+                            || sink.flush().await.is_err()
+                        {
+                            return Outcome::ClientGone;
+                        }
+                        let done = Instant::now();
+                        env.metrics.record_n(added_hist, done - read_at, batch);
+                        if let Outcome::Terminal {
+                            first_event_at: first,
+                            ..
+                        } = &mut outcome
+                        {
+                            *first = Some(first_event_at.unwrap_or(done));
+                        }
+                        return outcome;
                     }
+                    item = match source.buffered() {
+                        Some(i) => i,
+                        None => {
+                            // A read may move the frames held: they go out first.
+                            if source.write_pending(&mut pending, sink).await.is_err() {
+                                return Outcome::ClientGone;
+                            }
+                            match source.next_ready() {
+                                Some(i) => i,
+                                None => break,
+                            }
+                        }
+                    };
                 }
                 if sink.flush().await.is_err() {
                     return Outcome::ClientGone;
@@ -461,8 +569,7 @@ pub async fn relay<S: ClientSink>(
     }
 }
 
-/// Classifies one upstream event: relay it (ending the turn or not), or fail the attempt when it
-/// is a retryable `error` event that no client has seen anything of yet.
+/// Classifies one upstream event read as a message (see [`judge`]).
 fn classify(
     text: Utf8Bytes,
     rewrite: &Rewrite,
@@ -470,22 +577,69 @@ fn classify(
     capture_output: bool,
     secrets: &[&str],
 ) -> Step {
-    let Ok(event) = UpstreamEvent::classify(text.as_bytes()) else {
+    match judge(text.as_bytes(), rewrite, relayed, capture_output, secrets) {
+        Verdict::Relay {
+            replaced: Some(new),
+            range,
+            outcome,
+        } => Step::Relay(new, range, outcome),
+        Verdict::Relay {
+            replaced: None,
+            range,
+            outcome,
+        } => Step::Relay(text, range, outcome),
+        Verdict::Fail(failure) => Step::Fail(failure, None),
+    }
+}
+
+/// What to do with one upstream event.
+enum Verdict {
+    /// Relay it (its `type` at `range` of the text relayed), ending the turn when `outcome`.
+    Relay {
+        /// The text to relay instead (secrets taken out, model mapped back), when it changed.
+        replaced: Option<Utf8Bytes>,
+        range: std::ops::Range<usize>,
+        outcome: Option<Outcome>,
+    },
+    /// Fail the attempt: a retryable `error` event that no client has seen anything of yet.
+    Fail(Failure),
+}
+
+/// Judges one upstream event (`text`, valid UTF-8) on a borrowed view: relay it as it is, a
+/// rewritten copy of it, or fail the attempt. Nothing is copied unless the event changes or
+/// ends the turn.
+fn judge(
+    text: &[u8],
+    rewrite: &Rewrite,
+    relayed: bool,
+    capture_output: bool,
+    secrets: &[&str],
+) -> Verdict {
+    let Ok(event) = UpstreamEvent::classify(text) else {
         // Not ours to judge: relay it untouched.
-        return Step::Relay(text, 0..0, None);
+        return Verdict::Relay {
+            replaced: None,
+            range: 0..0,
+            outcome: None,
+        };
     };
     if matches!(
         event.kind,
         EventKind::Error | EventKind::Terminal(TerminalKind::Failed)
     ) {
-        if let Cow::Owned(clean) = redact_secrets(text.as_str(), secrets) {
-            return classify(
-                Utf8Bytes::from(clean),
-                rewrite,
-                relayed,
-                capture_output,
-                secrets,
-            );
+        if let Cow::Owned(clean) = redact_secrets(&String::from_utf8_lossy(text), secrets) {
+            return match judge(clean.as_bytes(), rewrite, relayed, capture_output, secrets) {
+                Verdict::Relay {
+                    replaced,
+                    range,
+                    outcome,
+                } => Verdict::Relay {
+                    replaced: replaced.or_else(|| Some(Utf8Bytes::from(clean))),
+                    range,
+                    outcome,
+                },
+                fail => fail,
+            };
         }
     }
     let outcome = match event.kind {
@@ -494,13 +648,11 @@ fn classify(
             response_id: event.response_id().map(|s| s.into_owned()),
             usage: event.usage(),
             output: capture_output
-                .then(|| sonic_rs::get_from_slice(text.as_bytes(), ["response", "output"]).ok())
+                .then(|| sonic_rs::get_from_slice(text, ["response", "output"]).ok())
                 .flatten()
                 .map(|v| v.as_raw_str().to_string()),
-            pending_calls: text
-                .as_str()
-                .contains("\"call_id\"")
-                .then(|| normalizer::pending_calls(text.as_bytes()))
+            pending_calls: memchr::memmem::find(text, b"\"call_id\"")
+                .map(|_| normalizer::pending_calls(text))
                 .filter(|calls| !calls.is_empty()),
             first_event_at: None,
         }),
@@ -508,9 +660,13 @@ fn classify(
             let err = if relayed { None } else { event.error() };
             if let Some(err) = err {
                 if let Some(class) = FailureClass::of_error_event(err.reason()) {
-                    let failure =
-                        Failure::error_event(class, err.http_status(), text.as_str(), secrets);
-                    return Step::Fail(failure, None);
+                    let failure = Failure::error_event(
+                        class,
+                        err.http_status(),
+                        &String::from_utf8_lossy(text),
+                        secrets,
+                    );
+                    return Verdict::Fail(failure);
                 }
             }
             Some(Outcome::UpstreamErrorEvent)
@@ -518,22 +674,26 @@ fn classify(
         _ => None,
     };
     let mapped = if event.carries_response() {
-        normalizer::map_back(text.as_bytes(), rewrite)
-            .and_then(|m| Utf8Bytes::try_from(Bytes::from(m)).ok())
+        normalizer::map_back(text, rewrite).and_then(|m| Utf8Bytes::try_from(Bytes::from(m)).ok())
     } else {
         None
     };
     match mapped {
         Some(m) => {
             let range = UpstreamEvent::classify(m.as_bytes())
-                .map(|e| type_range(m.as_str(), &e.event_type))
+                .map(|e| type_range(m.as_bytes(), &e.event_type))
                 .unwrap_or(0..0);
-            Step::Relay(m, range, outcome)
+            Verdict::Relay {
+                replaced: Some(m),
+                range,
+                outcome,
+            }
         }
-        None => {
-            let range = type_range(text.as_str(), &event.event_type);
-            Step::Relay(text, range, outcome)
-        }
+        None => Verdict::Relay {
+            replaced: None,
+            range: type_range(text, &event.event_type),
+            outcome,
+        },
     }
 }
 
@@ -550,7 +710,7 @@ enum MidTurn {
 /// A client frame that arrives while a turn is in flight.
 async fn mid_turn_frame<S: ClientSink>(
     frame: Bytes,
-    source: &mut Source<'_>,
+    source: &mut Upstream<'_>,
     sink: &mut S,
     counters: &ShardCounters,
 ) -> MidTurn {
@@ -559,14 +719,14 @@ async fn mid_turn_frame<S: ClientSink>(
         Ok(_) => {
             // Other events (e.g. `response.steer`) belong to the response in flight; an HTTP
             // upstream has no channel for them.
-            let Source::Ws(ws) = source else {
+            let Upstream::Ws(ws) = source else {
                 bump(&counters.client_frame_errors);
                 return MidTurn::Continue;
             };
             let Ok(text) = Utf8Bytes::try_from(frame) else {
                 return MidTurn::Continue;
             };
-            match ws.send(Message::Text(text)).await {
+            match ws.ws().send(Message::Text(text)).await {
                 Ok(()) => MidTurn::Continue,
                 Err(_) => MidTurn::End(Outcome::Failed {
                     relayed: true,

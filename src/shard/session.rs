@@ -22,6 +22,7 @@ use futures_lite::AsyncReadExt;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 
+use crate::net::ws_frame::is_one_client_text_frame;
 use crate::net::{ClientStream, FrameEdge};
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::ClientFrame;
@@ -465,7 +466,23 @@ impl Session {
 
     /// The client's next text frame within `wait`. A close is echoed, a binary message refused
     /// (1003) and a protocol violation closed with its code (1002, 1007, 1009).
+    /// Reads the client's next message; its bytes as they came are kept for the driver when
+    /// they are one masked text frame (it may then go upstream without re-masking).
     async fn read_frame(&mut self, wait: Duration) -> Next {
+        // Only from a message edge: then every byte of the message passes the recording.
+        if self.client.get_ref().at_message_edge() {
+            self.client.get_mut().record();
+        }
+        let next = self.read_message(wait).await;
+        let wire = self.client.get_mut().take_record();
+        if matches!(next, Next::Frame(_)) {
+            let wire = wire.filter(|w| is_one_client_text_frame(w));
+            self.driver.set_client_wire(wire.map(Bytes::from));
+        }
+        next
+    }
+
+    async fn read_message(&mut self, wait: Duration) -> Next {
         let shard = self.shard.clone();
         loop {
             let next = futures_lite::future::or(

@@ -106,6 +106,17 @@ pub trait ClientSink {
     async fn signal(&mut self) -> ClientSignal;
     /// Tells the client its turn failed.
     async fn fail(&mut self, error: &TurnError) -> Result<(), Gone>;
+    /// `true` when the sink takes events as the server frames they came in
+    /// ([`ClientSink::write_frames`]): a client WebSocket.
+    fn takes_frames(&self) -> bool {
+        false
+    }
+    /// Writes complete server text frames (`payload_bytes` of payload in all) as they are, after
+    /// what was fed before. A sink that takes no frames is never given any.
+    async fn write_frames(&mut self, frames: &[u8], payload_bytes: u64) -> Result<(), Gone> {
+        let _ = (frames, payload_bytes);
+        Err(Gone)
+    }
 }
 
 // The sinks: a client WebSocket, an SSE response, a JSON answer.
@@ -157,6 +168,22 @@ impl ClientSink for WsSink<'_> {
     async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
         self.client
             .send(Message::text(error.event.clone()))
+            .await
+            .map_err(|_| Gone)
+    }
+
+    fn takes_frames(&self) -> bool {
+        true
+    }
+
+    async fn write_frames(&mut self, frames: &[u8], payload_bytes: u64) -> Result<(), Gone> {
+        add(&self.counters.bytes_out, payload_bytes);
+        // What tungstenite queued (events fed through it, a pong) goes out first; the frames
+        // then go under it, straight to the socket (server frames are unmasked on both hops).
+        self.client.flush().await.map_err(|_| Gone)?;
+        self.client
+            .get_mut()
+            .write_all(frames)
             .await
             .map_err(|_| Gone)
     }

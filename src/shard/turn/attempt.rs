@@ -14,6 +14,7 @@ use crate::protocol::ClientFrame;
 use crate::runtime;
 
 use super::super::counters::bump;
+use super::super::cut_through;
 use super::super::failure::{upstream_failed, Failure};
 use super::super::http_upstream::http_body;
 use super::super::normalizer::{self, PreviousId};
@@ -109,7 +110,13 @@ impl Driver {
             normalizer::rewrite(frame, parsed, previous, &pool.account.config.model_map);
         let reused = lease.reused || lease.conn().turns > 0;
         let conn_id = lease.conn().id;
-        let payload = if payload.as_ptr() == frame.as_ptr() && payload.len() == frame.len() {
+        let unchanged = payload.as_ptr() == frame.as_ptr() && payload.len() == frame.len();
+        // An unchanged frame goes as the client masked it, when it came as one frame of it.
+        let wire = self
+            .client_wire
+            .clone()
+            .filter(|w| unchanged && cut_through::carries(w, frame));
+        let payload = if unchanged {
             text.clone()
         } else {
             match Utf8Bytes::try_from(payload) {
@@ -139,7 +146,13 @@ impl Driver {
         // An upstream that stops reading must not hold the turn forever: the send gets the same
         // deadline as upstream silence.
         let send_limit = self.shard.config.upstream.event_timeout;
-        let sent = runtime::timeout(send_limit, ws.send(Message::Text(payload))).await;
+        let send = async {
+            match &wire {
+                Some(wire) => cut_through::send_as_it_came(ws, wire).await,
+                None => ws.send(Message::Text(payload)).await,
+            }
+        };
+        let sent = runtime::timeout(send_limit, send).await;
         if !matches!(sent, Some(Ok(()))) {
             return Attempt {
                 conn: Some(conn_id),

@@ -92,6 +92,9 @@ pub struct Driver {
     preempt: Cell<PreemptBudget>,
     /// `lease` was taken before the session's first turn ([`Driver::lease_ahead`]).
     ahead: bool,
+    /// The next turn's frame as the client masked it, when it came as one frame
+    /// ([`Driver::set_client_wire`]).
+    client_wire: Option<Bytes>,
 }
 
 /// An account (and maybe one of its connections) a chained turn should run on.
@@ -131,6 +134,7 @@ impl Driver {
             routed: false,
             preempt: Cell::new(PreemptBudget::new(Instant::now())),
             ahead: false,
+            client_wire: None,
         }
     }
 
@@ -193,7 +197,15 @@ impl Driver {
         self.ahead = false;
         self.prefer = None;
         self.routed = false;
+        self.client_wire = None;
         end
+    }
+
+    /// The next [`Driver::run`]'s frame as the client put it on the wire (one masked text
+    /// frame): unless the turn rewrites the frame, it goes upstream as these bytes, the
+    /// client's masking key kept, instead of being copied and masked again.
+    pub fn set_client_wire(&mut self, wire: Option<Bytes>) {
+        self.client_wire = wire;
     }
 
     async fn turn<S: ClientSink>(
@@ -221,6 +233,8 @@ impl Driver {
                 if let Some(merged) = self.expand_warmup_chain(&parsed, &frame) {
                     expanded = true;
                     frame = merged;
+                    // The frame going upstream is not the one the client sent.
+                    self.client_wire = None;
                     continue;
                 }
             }

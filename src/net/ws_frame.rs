@@ -1,0 +1,234 @@
+//! WebSocket frame headers (RFC 6455 §5.2) read off raw bytes, for the relay's cut-through path:
+//! it forwards a frame as the bytes it came in and needs only to know where the frame ends and
+//! whether it is one it may forward without a codec.
+
+/// Longest frame header: 2 bytes, an 8-byte extended length, a 4-byte mask.
+pub const MAX_HEADER: usize = 14;
+
+/// Opcode of a text frame.
+pub const OP_TEXT: u8 = 1;
+
+/// One frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// FIN: the last frame of its message.
+    pub fin: bool,
+    /// The three RSV bits (non-zero only under an extension).
+    pub rsv: u8,
+    /// The opcode.
+    pub opcode: u8,
+    /// The masking key, when the frame is masked (a client's).
+    pub mask: Option<[u8; 4]>,
+    /// Bytes of header, mask included.
+    pub len: usize,
+    /// Bytes of payload.
+    pub payload_len: u64,
+    /// The length is written in the fewest bytes, as RFC 6455 requires.
+    pub minimal_len: bool,
+}
+
+impl FrameHeader {
+    /// The header at the start of `bytes`, or `None` while it is incomplete.
+    pub fn parse(bytes: &[u8]) -> Option<FrameHeader> {
+        let (b0, b1) = (*bytes.first()?, *bytes.get(1)?);
+        let (ext, len7) = match b1 & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        let masked = b1 & 0x80 != 0;
+        let len = 2 + ext + if masked { 4 } else { 0 };
+        if bytes.len() < len {
+            return None;
+        }
+        let payload_len = len7.unwrap_or_else(|| {
+            bytes[2..2 + ext]
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+        });
+        let mask = masked.then(|| {
+            let m = &bytes[2 + ext..len];
+            [m[0], m[1], m[2], m[3]]
+        });
+        let minimal_len = match ext {
+            2 => payload_len >= 126,
+            8 => payload_len > 0xffff && payload_len >> 63 == 0,
+            _ => true,
+        };
+        Some(FrameHeader {
+            fin: b0 & 0x80 != 0,
+            rsv: (b0 >> 4) & 0x7,
+            opcode: b0 & 0x0f,
+            mask,
+            len,
+            payload_len,
+            minimal_len,
+        })
+    }
+
+    /// `true` for a complete, unmasked text message in one frame with no extension bits and
+    /// its length written as RFC 6455 says: the only frame a server-to-client relay may forward
+    /// as it came, once its payload is checked.
+    pub fn is_plain_server_text(&self) -> bool {
+        self.fin
+            && self.rsv == 0
+            && self.opcode == OP_TEXT
+            && self.mask.is_none()
+            && self.minimal_len
+    }
+}
+
+/// What the bytes at the start of a buffer hold, for a server-to-client cut-through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// A plain text frame ([`FrameHeader::is_plain_server_text`]) of `total` bytes, complete,
+    /// its payload (from `header_len`) valid UTF-8: forward it as it is.
+    Frame {
+        /// Bytes of header.
+        header_len: usize,
+        /// Bytes of header and payload.
+        total: usize,
+    },
+    /// The frame is not complete: at least this many bytes are needed.
+    Need(usize),
+    /// Anything else (control frame, fragment, extension bits, over `max_payload`, invalid
+    /// UTF-8): for a full WebSocket codec.
+    Codec,
+}
+
+/// Looks at the frame at the start of `bytes` (server frames) and says whether it can be
+/// forwarded as it is; its UTF-8 is checked here, once.
+pub fn cut(bytes: &[u8], max_payload: u64) -> Cut {
+    let Some(h) = FrameHeader::parse(bytes) else {
+        return Cut::Need(bytes.len() + MAX_HEADER);
+    };
+    if !h.is_plain_server_text() || h.payload_len > max_payload {
+        return Cut::Codec;
+    }
+    let Some(total) = usize::try_from(h.payload_len)
+        .ok()
+        .and_then(|p| p.checked_add(h.len))
+    else {
+        return Cut::Codec;
+    };
+    if bytes.len() < total {
+        return Cut::Need(total);
+    }
+    if std::str::from_utf8(&bytes[h.len..total]).is_err() {
+        return Cut::Codec;
+    }
+    Cut::Frame {
+        header_len: h.len,
+        total,
+    }
+}
+
+/// `true` when `bytes` are exactly one complete, masked text frame holding a whole message with
+/// no extension bits: a client's frame that may go upstream as it came.
+pub fn is_one_client_text_frame(bytes: &[u8]) -> bool {
+    FrameHeader::parse(bytes).is_some_and(|h| {
+        h.fin
+            && h.rsv == 0
+            && h.opcode == OP_TEXT
+            && h.mask.is_some()
+            && u64::try_from(bytes.len() - h.len).is_ok_and(|n| n == h.payload_len)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_every_length_form_parse_and_incomplete_ones_wait() {
+        let short = [0x81, 5];
+        let h = FrameHeader::parse(&short).unwrap();
+        assert_eq!((h.len, h.payload_len), (2, 5));
+        assert!(h.is_plain_server_text());
+
+        let mid = [0x81, 126, 0x01, 0x00];
+        assert_eq!(FrameHeader::parse(&mid).unwrap().payload_len, 256);
+        assert_eq!(FrameHeader::parse(&mid[..3]), None);
+
+        let long = [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0];
+        let h = FrameHeader::parse(&long).unwrap();
+        assert_eq!((h.len, h.payload_len), (10, 65_536));
+        assert_eq!(FrameHeader::parse(&long[..9]), None);
+
+        let masked = [0x81, 0x80 | 3, 1, 2, 3, 4];
+        let h = FrameHeader::parse(&masked).unwrap();
+        assert_eq!((h.len, h.mask), (6, Some([1, 2, 3, 4])));
+        assert!(
+            !h.is_plain_server_text(),
+            "a masked frame is not a server's"
+        );
+        assert_eq!(FrameHeader::parse(&masked[..5]), None);
+        assert_eq!(FrameHeader::parse(&[0x81]), None);
+    }
+
+    #[test]
+    fn only_complete_valid_text_frames_within_the_limit_are_cut() {
+        let frame = [&[0x81u8, 3][..], b"abc"].concat();
+        assert_eq!(
+            cut(&frame, 100),
+            Cut::Frame {
+                header_len: 2,
+                total: 5
+            }
+        );
+        assert_eq!(cut(&frame[..4], 100), Cut::Need(5));
+        assert_eq!(cut(&frame[..1], 100), Cut::Need(1 + MAX_HEADER));
+        assert_eq!(cut(&frame, 2), Cut::Codec, "over the limit");
+        assert_eq!(
+            cut(&[0x81, 2, 0xc3, 0x28], 100),
+            Cut::Codec,
+            "invalid UTF-8"
+        );
+        assert_eq!(cut(&[0x89, 0], 100), Cut::Codec, "ping");
+        let two = [frame.clone(), frame].concat();
+        assert_eq!(
+            cut(&two, 100),
+            Cut::Frame {
+                header_len: 2,
+                total: 5
+            }
+        );
+    }
+
+    #[test]
+    fn only_one_whole_masked_text_frame_goes_upstream_as_it_came() {
+        let one = [0x81, 0x80 | 2, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+        assert!(is_one_client_text_frame(&one));
+        assert!(!is_one_client_text_frame(&one[..7]), "incomplete");
+        assert!(
+            !is_one_client_text_frame(&[&one[..], &[0x89, 0x80, 0, 0, 0, 0]].concat()),
+            "a ping after it"
+        );
+        let mut first_fragment = one;
+        first_fragment[0] = 0x01;
+        assert!(!is_one_client_text_frame(&first_fragment));
+        assert!(
+            !is_one_client_text_frame(&[0x81, 2, b'h', b'i']),
+            "unmasked"
+        );
+    }
+
+    #[test]
+    fn fragments_control_frames_and_extension_bits_are_not_plain_text() {
+        let plain = |b0: u8| FrameHeader::parse(&[b0, 0]).unwrap().is_plain_server_text();
+        assert!(plain(0x81));
+        assert!(!plain(0x01), "first fragment");
+        assert!(!plain(0x80), "continuation");
+        assert!(!plain(0x82), "binary");
+        assert!(!plain(0x89), "ping");
+        assert!(!plain(0x88), "close");
+        assert!(!plain(0xC1), "RSV1 (compressed)");
+        let padded = FrameHeader::parse(&[0x81, 126, 0, 5]).unwrap();
+        assert!(!padded.is_plain_server_text(), "a 5-byte length in 2 bytes");
+        let padded = FrameHeader::parse(&[0x81, 127, 0, 0, 0, 0, 0, 0, 1, 0]).unwrap();
+        assert!(
+            !padded.is_plain_server_text(),
+            "a 256-byte length in 8 bytes"
+        );
+    }
+}

@@ -1,0 +1,437 @@
+//! The cut-through relay: upstream text frames reach a client WebSocket as the bytes they came
+//! in, and every frame the fast path must not judge (a fragmented message, a ping in the middle
+//! of one, a frame over the size limit, a close, a length not written in its fewest bytes,
+//! invalid UTF-8) goes through the WebSocket codec, so the client sees what it always saw.
+//!
+//! Client to upstream: a frame the gateway does not rewrite goes upstream as the bytes the client
+//! sent (its masking key kept); a rewritten one is masked again.
+//!
+//! The upstream is a raw TCP server in the test that writes scripted frame bytes as they are and
+//! records every frame the gateway sends it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use shardgate::tungstenite::handshake::derive_accept_key;
+
+/// A frame the gateway sent upstream: opcode, unmasked payload, and its bytes as they came.
+#[derive(Debug, Clone)]
+struct Sent {
+    opcode: u8,
+    payload: Vec<u8>,
+    wire: Vec<u8>,
+}
+
+/// A raw upstream: answers every text frame with the bytes `script` gives and records what the
+/// gateway sends (close frames are answered with a close, then the connection ends).
+struct RawUpstream {
+    addr: SocketAddr,
+    sent: Arc<Mutex<Vec<Sent>>>,
+}
+
+impl RawUpstream {
+    fn start(script: fn() -> Vec<u8>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let record = sent.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let record = record.clone();
+                std::thread::spawn(move || serve(conn, script, &record));
+            }
+        });
+        RawUpstream { addr, sent }
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits for a frame with `opcode` from the gateway; its payload.
+    fn wait_for(&self, opcode: u8) -> Vec<u8> {
+        let mut found = None;
+        eventually(
+            "the frame reached upstream",
+            Duration::from_secs(10),
+            || {
+                found = self
+                    .sent
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s.opcode == opcode)
+                    .cloned();
+                found.is_some()
+            },
+        );
+        found.map(|s| s.payload).unwrap_or_default()
+    }
+}
+
+fn serve(mut conn: TcpStream, script: fn() -> Vec<u8>, record: &Mutex<Vec<Sent>>) {
+    conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let key = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default();
+    let reply = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if conn.write_all(reply.as_bytes()).is_err() {
+        return;
+    }
+    while let Some((opcode, payload, wire)) = read_masked(&mut conn) {
+        record.lock().unwrap().push(Sent {
+            opcode,
+            payload: payload.clone(),
+            wire,
+        });
+        let answered = match opcode {
+            1 => conn.write_all(&script()).is_ok(),
+            8 => {
+                let _ = conn.write_all(&frame(0x88, &payload));
+                false
+            }
+            _ => true,
+        };
+        if !answered {
+            return;
+        }
+    }
+}
+
+/// One masked frame from the gateway: opcode, unmasked payload, the frame's bytes.
+fn read_masked(conn: &mut TcpStream) -> Option<(u8, Vec<u8>, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    conn.read_exact(&mut h).ok()?;
+    let mut wire = h.to_vec();
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            conn.read_exact(&mut b).ok()?;
+            wire.extend_from_slice(&b);
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            conn.read_exact(&mut b).ok()?;
+            wire.extend_from_slice(&b);
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mut mask = [0u8; 4];
+    conn.read_exact(&mut mask).ok()?;
+    wire.extend_from_slice(&mask);
+    let mut payload = vec![0u8; len as usize];
+    conn.read_exact(&mut payload).ok()?;
+    wire.extend_from_slice(&payload);
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Some((h[0] & 0x0f, payload, wire))
+}
+
+/// An unmasked frame with first byte `b0`, its length in the fewest bytes.
+fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![b0];
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= 0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+fn text(payload: &str) -> Vec<u8> {
+    frame(0x81, payload.as_bytes())
+}
+
+const CREATED: &str =
+    r#"{"type":"response.created","response":{"id":"resp_ct1","status":"in_progress"}}"#;
+const DELTA: &str = r#"{"type":"response.output_text.delta","delta":"hello"}"#;
+const COMPLETED: &str = r#"{"type":"response.completed","response":{"id":"resp_ct1","status":"completed","output":[],"usage":{"input_tokens":3,"output_tokens":2,"total_tokens":5}}}"#;
+
+/// A gateway (one shard, stats every 50 ms, upstream messages up to 4 KiB) over `up`.
+fn gateway_over(up: &RawUpstream) -> shardgate::gateway::Gateway {
+    gateway_mapping(up, "")
+}
+
+/// As [`gateway_over`], the account's settings followed by `account_extra`.
+fn gateway_mapping(up: &RawUpstream, account_extra: &str) -> shardgate::gateway::Gateway {
+    gateway(parse_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\ndrain_timeout_secs = 5\n\
+         admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n\
+         [upstream]\nmax_message_bytes = 4096\nretry_max_attempts = 1\n\
+         [[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n\
+         [[accounts]]\nid = \"acct-0\"\nbase_url = \"{}\"\napi_key = \"{ACCOUNT_KEY}\"\nmax_conns = 4\n{account_extra}\n",
+        up.base_url()
+    )))
+}
+
+/// Runs one turn against an upstream answering with `script`, of which `relayed` upstream
+/// events reach the client: the client's events (JSON texts, an error event the gateway
+/// writes included), the events cut through and relayed in all, and the upstream.
+fn one_turn(script: fn() -> Vec<u8>, relayed: u64) -> (Vec<String>, u64, u64, RawUpstream) {
+    let up = RawUpstream::start(script);
+    let gw = gateway_over(&up);
+    let admin = gw.admin_addr().expect("admin");
+    let mut c = connect(gw.addr());
+    c.send(&create("gpt-test", "hi", true, None));
+    let turn = c.read_turn();
+    let events: Vec<String> = turn.events.iter().map(|v| v.to_string()).collect();
+    eventually(
+        "the shard shipped its counters",
+        Duration::from_secs(10),
+        || metric_total(admin, "events_relayed") >= relayed,
+    );
+    let cut = metric_total(admin, "events_cut_through");
+    let relayed = metric_total(admin, "events_relayed");
+    (events, cut, relayed, up)
+}
+
+fn json(s: &str) -> String {
+    sonic_rs::from_str::<sonic_rs::Value>(s)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn plain_text_frames_are_cut_through_as_they_came() {
+    let (events, cut, relayed, _up) = one_turn(
+        || [text(CREATED), text(DELTA), text(DELTA), text(COMPLETED)].concat(),
+        4,
+    );
+    assert_eq!(
+        events,
+        [CREATED, DELTA, DELTA, COMPLETED].map(json).to_vec(),
+        "every event, in order, as upstream sent it"
+    );
+    assert_eq!((cut, relayed), (4, 4), "every event cut through");
+}
+
+#[test]
+fn a_fragmented_message_with_a_ping_inside_goes_through_the_codec() {
+    let (events, cut, relayed, up) = one_turn(
+        || {
+            let (first, rest) = DELTA.split_at(20);
+            [
+                text(CREATED),
+                frame(0x01, first.as_bytes()),
+                frame(0x89, b"mid"),
+                frame(0x80, rest.as_bytes()),
+                text(DELTA),
+                text(COMPLETED),
+            ]
+            .concat()
+        },
+        4,
+    );
+    assert_eq!(
+        events,
+        [CREATED, DELTA, DELTA, COMPLETED].map(json).to_vec(),
+        "the fragments reach the client as one message, between the frames around them"
+    );
+    assert_eq!(up.wait_for(0xA), b"mid", "the ping is answered");
+    assert_eq!(relayed, 4);
+    assert_eq!(cut, 3, "the fragmented message went through the codec");
+}
+
+#[test]
+fn a_frame_over_the_size_limit_fails_the_turn_as_before() {
+    let (events, cut, _, up) = one_turn(
+        || {
+            let big = format!(
+                r#"{{"type":"response.output_text.delta","delta":"{}"}}"#,
+                "x".repeat(5000)
+            );
+            [text(CREATED), text(&big), text(COMPLETED)].concat()
+        },
+        1,
+    );
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[1].contains("upstream_message_too_big"), "{events:?}");
+    assert_eq!(cut, 1);
+    let close = up.wait_for(0x8);
+    assert_eq!(
+        &close[..2],
+        &1009u16.to_be_bytes(),
+        "upstream closed with 1009"
+    );
+}
+
+#[test]
+fn an_upstream_close_mid_turn_reaches_the_client_as_before() {
+    let (events, cut, _, _up) = one_turn(
+        || {
+            let mut close = 1011u16.to_be_bytes().to_vec();
+            close.extend_from_slice(b"bye");
+            [text(CREATED), frame(0x88, &close)].concat()
+        },
+        1,
+    );
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[1].contains("upstream_closed"), "{events:?}");
+    assert!(events[1].contains("1011"), "{events:?}");
+    assert_eq!(cut, 1);
+}
+
+#[test]
+fn a_length_not_in_its_fewest_bytes_is_not_cut_through() {
+    let (events, cut, relayed, _up) = one_turn(
+        || {
+            let mut padded = vec![0x81, 126];
+            padded.extend_from_slice(&(DELTA.len() as u16).to_be_bytes());
+            padded.extend_from_slice(DELTA.as_bytes());
+            [text(CREATED), padded, text(COMPLETED)].concat()
+        },
+        3,
+    );
+    assert_eq!(events, [CREATED, DELTA, COMPLETED].map(json).to_vec());
+    assert_eq!((cut, relayed), (2, 3), "the padded frame was re-encoded");
+}
+
+#[test]
+fn invalid_utf8_is_never_forwarded() {
+    let (events, cut, _, up) = one_turn(
+        || {
+            let mut bad = DELTA.as_bytes().to_vec();
+            bad[40] = 0xff;
+            [text(CREATED), frame(0x81, &bad), text(COMPLETED)].concat()
+        },
+        1,
+    );
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[1].contains("upstream_protocol_error"), "{events:?}");
+    assert_eq!(cut, 1);
+    let close = up.wait_for(0x8);
+    assert_eq!(
+        &close[..2],
+        &1007u16.to_be_bytes(),
+        "upstream closed with 1007"
+    );
+}
+
+/// The masking key the raw client uses.
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// A client WebSocket over a raw socket: sends frames with [`MASK`], reads events as text.
+struct RawClient {
+    s: TcpStream,
+}
+
+impl RawClient {
+    fn connect(addr: SocketAddr) -> RawClient {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        write!(
+            s,
+            "GET /v1/responses HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer {CLIENT_KEY}\r\n\r\n"
+        )
+        .expect("upgrade request");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).expect("upgrade answer"), 1, "closed");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        RawClient { s }
+    }
+
+    /// Sends `text` as one masked frame; the bytes sent.
+    fn send(&mut self, text: &str) -> Vec<u8> {
+        let payload = text.as_bytes();
+        let mut out = vec![0x81];
+        if payload.len() < 126 {
+            out.push(0x80 | payload.len() as u8);
+        } else {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        self.s.write_all(&out).expect("send");
+        out
+    }
+
+    /// Reads text frames until one contains `needle`.
+    fn read_until(&mut self, needle: &str) {
+        loop {
+            let mut h = [0u8; 2];
+            self.s.read_exact(&mut h).expect("a frame");
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.s.read_exact(&mut b).expect("length");
+                    usize::from(u16::from_be_bytes(b))
+                }
+                n => usize::from(n),
+            };
+            let mut payload = vec![0u8; len];
+            self.s.read_exact(&mut payload).expect("payload");
+            if String::from_utf8_lossy(&payload).contains(needle) {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn an_unchanged_client_frame_goes_upstream_as_the_client_masked_it() {
+    let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
+    let gw = gateway_over(&up);
+    let mut c = RawClient::connect(gw.addr());
+    let sent = c.send(&create("gpt-test", &"padding ".repeat(40), true, None));
+    c.read_until("response.completed");
+    let got = up.sent.lock().unwrap()[0].clone();
+    assert_eq!(got.opcode, 1);
+    assert!(
+        got.wire == sent,
+        "upstream got other bytes than the client sent: the frame was masked again"
+    );
+}
+
+#[test]
+fn a_rewritten_client_frame_is_masked_again() {
+    let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
+    let gw = gateway_mapping(&up, "model_map = { \"gpt-test\" = \"gpt-upstream\" }");
+    let mut c = RawClient::connect(gw.addr());
+    let sent = c.send(&create("gpt-test", "hi", true, None));
+    c.read_until("response.completed");
+    let got = up.sent.lock().unwrap()[0].clone();
+    let payload = String::from_utf8(got.payload).unwrap();
+    assert!(payload.contains("\"gpt-upstream\""), "{payload}");
+    assert_ne!(got.wire[2..6], sent[2..6], "a fresh masking key");
+}
