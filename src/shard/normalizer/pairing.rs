@@ -1,44 +1,17 @@
-//! The pre-send normalizer: the single place where a client frame may be rewritten before it
-//! goes upstream, and where lifecycle events are mapped back on the way down.
-//!
-//! A frame that needs no rewrite is forwarded as the bytes it came in (no copy). A rewrite
-//! happens at most once per frame, by splicing every changed value into one new buffer.
-//!
-//! Two things may change: `model` (per-account model map) and `previous_response_id`, whose
-//! fate is decided by the call/output pairing invariant ([`decide_pairing`]) before anything
-//! else: a tool output must travel with the response that holds its call, either through
-//! `previous_response_id` or because the call item is in the same frame. Every decision has a
-//! reason label, counted in the `normalizer` family.
+//! The call/output pairing decision: what happens to a frame's `previous_response_id` so that a
+//! tool output travels with the response that holds its call, and why (each reason a label of
+//! the `normalizer` counter family). Pure decisions over what the turn knows; the splice that
+//! applies one is [`super::rewrite`].
 
-use std::collections::HashMap;
-use std::ops::Range;
-
-use bytes::Bytes;
 use sonic_rs::JsonValueTrait;
 
 use crate::protocol::client_frame::TOOL_CALL_TYPES;
-use crate::protocol::fields::{fields, plain_str};
-use crate::protocol::lazy::range_of;
 use crate::protocol::ClientFrame;
 
-use super::counters::ShardCounters;
+use super::super::counters::ShardCounters;
 
 /// Labeled-counter family of the pairing decisions.
 const FAMILY: &str = "normalizer";
-
-/// What the normalizer did to a frame, for counters and logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rewrite {
-    /// Forwarded as received.
-    None,
-    /// `model` was mapped for the account; events going down map it back.
-    ModelMapped {
-        /// What the client asked for.
-        client_model: String,
-        /// What upstream was sent.
-        upstream_model: String,
-    },
-}
 
 /// What is known about the function calls a response left waiting for outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,223 +199,14 @@ pub fn pairing_for_turn<'a>(counters: &ShardCounters, facts: &PairingFacts<'a>) 
     pairing
 }
 
-/// The single splice: maps the model and applies `previous`, producing the final bytes once.
-/// Used for every attempt: with the turn's pairing decision, or a recovery replay's (`PreviousId::Set` to align,
-/// `PreviousId::Clear` to replay without the id).
-pub fn rewrite(
-    frame: &Bytes,
-    parsed: &ClientFrame<'_>,
-    previous: PreviousId<'_>,
-    model_map: &HashMap<String, String>,
-) -> (Bytes, Rewrite) {
-    let mut model_edit = None;
-    let mut rw = Rewrite::None;
-    if let (Some(model), Some(span)) = (parsed.model.as_deref(), parsed.model_span.clone()) {
-        if let Some(mapped) = model_map.get(model) {
-            model_edit = Some((span, json_string(mapped).into_bytes()));
-            rw = Rewrite::ModelMapped {
-                client_model: model.to_string(),
-                upstream_model: mapped.clone(),
-            };
-        }
-    }
-    let previous_edit = previous_edit(frame, parsed, previous);
-    let mut edits: [Option<(Range<usize>, Vec<u8>)>; 2] = [model_edit, previous_edit];
-    if edits.iter().all(Option::is_none) {
-        return (frame.clone(), rw);
-    }
-    edits.sort_by_key(|e| e.as_ref().map(|(r, _)| r.start));
-    let grow: usize = edits.iter().flatten().map(|(_, b)| b.len()).sum();
-    let mut out = Vec::with_capacity(frame.len() + grow);
-    let mut at = 0;
-    for (range, bytes) in edits.iter().flatten() {
-        out.extend_from_slice(&frame[at..range.start]);
-        out.extend_from_slice(bytes);
-        at = range.end;
-    }
-    out.extend_from_slice(&frame[at..]);
-    (Bytes::from(out), rw)
-}
-
-/// The splice that applies `previous`, if any is needed.
-fn previous_edit(
-    frame: &[u8],
-    parsed: &ClientFrame<'_>,
-    previous: PreviousId<'_>,
-) -> Option<(Range<usize>, Vec<u8>)> {
-    match previous {
-        PreviousId::AsSent => None,
-        PreviousId::Clear => {
-            parsed.previous_response_id.as_ref()?;
-            Some((parsed.previous_response_id_span.clone()?, b"null".to_vec()))
-        }
-        PreviousId::Set(id) => {
-            if parsed.previous_response_id.as_deref() == Some(id) {
-                return None;
-            }
-            let quoted = json_string(id);
-            if let Some(span) = parsed.previous_response_id_span.clone() {
-                return Some((span, quoted.into_bytes()));
-            }
-            let open = frame.iter().position(|b| *b == b'{')?;
-            let rest_empty = frame[open + 1..]
-                .iter()
-                .find(|b| !b.is_ascii_whitespace())
-                .is_some_and(|b| *b == b'}');
-            let mut member = Vec::with_capacity(quoted.len() + 25);
-            member.extend_from_slice(b"\"previous_response_id\":");
-            member.extend_from_slice(quoted.as_bytes());
-            if !rest_empty {
-                member.push(b',');
-            }
-            Some((open + 1..open + 1, member))
-        }
-    }
-}
-
-/// Maps the upstream model back to the client's in a lifecycle event (`response.created`,
-/// terminal events, realtime `session.*`): the `model` field of the event and of its `response`
-/// (or `session`) object, found by
-/// walking the JSON structure (so whitespace, key order and escapes do not matter), is replaced
-/// when it names the upstream model. `None` when there is nothing to replace.
-pub fn map_back(event: &[u8], rewrite: &Rewrite) -> Option<Vec<u8>> {
-    let Rewrite::ModelMapped {
-        client_model,
-        upstream_model,
-    } = rewrite
-    else {
-        return None;
-    };
-    let mut spans: Vec<Range<usize>> = Vec::new();
-    model_spans(event, event, upstream_model, true, &mut spans);
-    if spans.is_empty() {
-        return None;
-    }
-    let replacement = json_string(client_model);
-    let mut out = Vec::with_capacity(event.len() + spans.len() * replacement.len());
-    let mut at = 0;
-    for span in spans {
-        out.extend_from_slice(&event[at..span.start]);
-        out.extend_from_slice(replacement.as_bytes());
-        at = span.end;
-    }
-    out.extend_from_slice(&event[at..]);
-    Some(out)
-}
-
-/// Ranges (in `event`) of the `model` values of `object` that name `upstream`; with `nested`,
-/// also those of its `response` object (or, in a realtime `session.*` event, its `session`).
-fn model_spans(
-    event: &[u8],
-    object: &[u8],
-    upstream: &str,
-    nested: bool,
-    out: &mut Vec<Range<usize>>,
-) {
-    for (key, value) in fields(object) {
-        match key {
-            b"model" if names(value, upstream) => out.extend(range_of(event, value)),
-            b"response" | b"session" if nested => model_spans(event, value, upstream, false, out),
-            _ => {}
-        }
-    }
-}
-
-/// `true` when the raw JSON string `value` decodes to `model`.
-fn names(value: &[u8], model: &str) -> bool {
-    match plain_str(value) {
-        Some(s) => s == model,
-        None => sonic_rs::from_slice::<String>(value).is_ok_and(|s| s == model),
-    }
-}
-
-fn json_string(s: &str) -> String {
-    sonic_rs::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unmapped_frames_are_not_copied() {
-        let frame = Bytes::from_static(br#"{"type":"response.create","model":"gpt-5"}"#);
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let (out, rw) = rewrite(&frame, &parsed, PreviousId::AsSent, &HashMap::new());
-        assert_eq!(rw, Rewrite::None);
-        assert_eq!(out.as_ptr(), frame.as_ptr());
-        let map = HashMap::from([("other".to_string(), "x".to_string())]);
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::AsSent, &map);
-        assert_eq!(out.as_ptr(), frame.as_ptr());
-    }
-
-    #[test]
-    fn maps_model_up_and_back() {
-        let frame =
-            Bytes::from_static(br#"{"type":"response.create","model":"gpt-5","input":"hi"}"#);
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let map = HashMap::from([("gpt-5".to_string(), "gpt-5-2026".to_string())]);
-        let (out, rw) = rewrite(&frame, &parsed, PreviousId::AsSent, &map);
-        assert_eq!(
-            &out[..],
-            br#"{"type":"response.create","model":"gpt-5-2026","input":"hi"}"#
-        );
-        let ev = br#"{"type":"response.completed","response":{"id":"r","model":"gpt-5-2026"}}"#;
-        assert_eq!(
-            map_back(ev, &rw).unwrap(),
-            br#"{"type":"response.completed","response":{"id":"r","model":"gpt-5"}}"#
-        );
-        assert!(map_back(br#"{"type":"response.output_text.delta"}"#, &rw).is_none());
-        let session = br#"{"type":"session.created","session":{"id":"s","model":"gpt-5-2026"}}"#;
-        assert_eq!(
-            map_back(session, &rw).unwrap(),
-            br#"{"type":"session.created","session":{"id":"s","model":"gpt-5"}}"#,
-            "a realtime session event"
-        );
-    }
-
-    #[test]
-    fn map_back_reads_the_structure_not_the_bytes() {
-        let rw = Rewrite::ModelMapped {
-            client_model: "gpt-5".into(),
-            upstream_model: "gpt-5-2026".into(),
-        };
-        // Spaces, another key order, an escaped spelling, a top-level model.
-        let ev = br#"{ "response" : { "model" : "gpt-5-2026" , "id":"r"}, "type" : "response.created" }"#;
-        assert_eq!(
-            map_back(ev, &rw).unwrap(),
-            br#"{ "response" : { "model" : "gpt-5" , "id":"r"}, "type" : "response.created" }"#
-        );
-        let ev = br#"{"type":"response.completed","model":"gpt\u002d5-2026","response":{"model":"gpt-5-2026"}}"#;
-        assert_eq!(
-            map_back(ev, &rw).unwrap(),
-            br#"{"type":"response.completed","model":"gpt-5","response":{"model":"gpt-5"}}"#
-        );
-        // The model named inside output text or another object is not the response's model.
-        let ev = br#"{"type":"response.completed","response":{"output":[{"model":"gpt-5-2026"}],"text":"\"model\":\"gpt-5-2026\""}}"#;
-        assert!(map_back(ev, &rw).is_none());
-    }
+    use crate::shard::normalizer::tests::{facts, OUTPUT_NO_PREV, OUTPUT_WITH_PREV};
 
     fn ids(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }
-
-    fn facts<'a>(
-        frame: &'a ClientFrame<'a>,
-        last: Option<&'a str>,
-        of_previous: Pending<'a>,
-        of_last: Pending<'a>,
-    ) -> PairingFacts<'a> {
-        PairingFacts {
-            frame,
-            session_last: last,
-            pending_of_previous: of_previous,
-            pending_of_last: of_last,
-        }
-    }
-
-    const OUTPUT_WITH_PREV: &[u8] = br#"{"type":"response.create","store":false,"previous_response_id":"r1","input":[{"type":"function_call_output","call_id":"c1","output":"ok"}]}"#;
-    const OUTPUT_NO_PREV: &[u8] = br#"{"type":"response.create","model":"gpt-5","store":false,"input":[{"type":"function_call_output","call_id":"c1","output":"ok"}]}"#;
 
     #[test]
     fn matching_pending_calls_keep_the_id() {
@@ -581,62 +345,6 @@ mod tests {
     }
 
     #[test]
-    fn inject_splices_the_id_after_the_opening_brace() {
-        let frame = Bytes::from_static(OUTPUT_NO_PREV);
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let (out, rw) = rewrite(&frame, &parsed, PreviousId::Set("r9"), &HashMap::new());
-        assert_eq!(rw, Rewrite::None);
-        let reparsed = ClientFrame::parse(&out).unwrap();
-        assert_eq!(reparsed.previous_response_id.as_deref(), Some("r9"));
-        assert!(out.starts_with(br#"{"previous_response_id":"r9","type""#));
-        let empty = Bytes::from_static(b" { } ");
-        let parsed = ClientFrame::parse(&empty).unwrap();
-        let (out, _) = rewrite(&empty, &parsed, PreviousId::Set("r9"), &HashMap::new());
-        assert_eq!(&out[..], br#" {"previous_response_id":"r9" } "#);
-    }
-
-    #[test]
-    fn set_replaces_a_null_or_other_id_and_clear_sends_null() {
-        let frame = Bytes::from_static(br#"{"previous_response_id":null,"input":"x"}"#);
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::Set("r2"), &HashMap::new());
-        assert_eq!(&out[..], br#"{"previous_response_id":"r2","input":"x"}"#);
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::Clear, &HashMap::new());
-        assert_eq!(out.as_ptr(), frame.as_ptr());
-        let frame = Bytes::from_static(OUTPUT_WITH_PREV);
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::Set("r1"), &HashMap::new());
-        assert_eq!(out.as_ptr(), frame.as_ptr());
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::Clear, &HashMap::new());
-        let reparsed = ClientFrame::parse(&out).unwrap();
-        assert!(reparsed.previous_response_id.is_none());
-        assert_eq!(reparsed.tool_output_call_ids.len(), 1);
-    }
-
-    #[test]
-    fn combined_rewrite_maps_the_model_and_injects_in_one_pass() {
-        let counters = ShardCounters::default();
-        let frame = Bytes::from_static(OUTPUT_NO_PREV);
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let map = HashMap::from([("gpt-5".to_string(), "gpt-5-2026".to_string())]);
-        let pairing = pairing_for_turn(
-            &counters,
-            &facts(&parsed, Some("r9"), Pending::Unknown, Pending::Unknown),
-        );
-        let (payload, rw) = rewrite(&frame, &parsed, pairing.previous, &map);
-        assert_eq!(
-            &payload[..],
-            br#"{"previous_response_id":"r9","type":"response.create","model":"gpt-5-2026","store":false,"input":[{"type":"function_call_output","call_id":"c1","output":"ok"}]}"#
-        );
-        assert_eq!(pairing.reason, PairingReason::InjectUnverified);
-        assert!(matches!(rw, Rewrite::ModelMapped { .. }));
-        assert_eq!(
-            counters.labeled_values(),
-            vec![("normalizer", "inject_unverified".to_string(), 1)]
-        );
-    }
-
-    #[test]
     fn pending_calls_are_the_tool_calls_of_the_final_output() {
         let ev = br#"{"type":"response.completed","response":{"id":"r1","output":[{"type":"reasoning","id":"rs"},{"type":"function_call","call_id":"c1","name":"f"},{"type":"message","id":"m"},{"type":"custom_tool_call","call_id":"c2"}]}}"#;
         assert_eq!(pending_calls(ev), ids(&["c1", "c2"]));
@@ -644,19 +352,5 @@ mod tests {
         assert!(pending_calls(none).is_empty());
         assert!(pending_calls(br#"{"type":"error"}"#).is_empty());
         assert!(pending_calls(b"not json").is_empty());
-    }
-
-    #[test]
-    fn model_mapping_with_a_replaced_id_after_it() {
-        let frame = Bytes::from_static(
-            br#"{"model":"a","previous_response_id":"r1","store":false,"input":[{"type":"function_call_output","call_id":"c1"}]}"#,
-        );
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let map = HashMap::from([("a".to_string(), "much-longer-model".to_string())]);
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::Set("r22"), &map);
-        assert_eq!(
-            &out[..],
-            br#"{"model":"much-longer-model","previous_response_id":"r22","store":false,"input":[{"type":"function_call_output","call_id":"c1"}]}"#
-        );
     }
 }
