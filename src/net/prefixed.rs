@@ -1,6 +1,7 @@
-//! A client stream with bytes already read put back in front of it.
+//! A stream with bytes already read put back in front of it.
 //!
-//! The ingress reads an HTTP head (and maybe the first frame bytes after it) before it knows
+//! An egress proxy's answer may arrive with the first tunneled bytes, which belong to the TLS or
+//! HTTP reader above. On the client side, the ingress reads an HTTP head (and maybe the first frame bytes after it) before it knows
 //! who serves the connection; a handed-over connection arrives with the bytes the giving shard
 //! read. [`PrefixedStream`] serves those first, so the WebSocket layer above reads the stream
 //! as if nothing had been taken from it, and can record what it reads so the connection can be

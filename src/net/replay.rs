@@ -1,7 +1,7 @@
 //! Bytes a stream wrapper serves before reading its inner stream again.
 //!
-//! Both read-side wrappers under a WebSocket hold bytes back: [`super::PrefixedStream`] the
-//! bytes read before the connection reached it (an HTTP head buffer, a handed-over prefix),
+//! Both read-side wrappers hold bytes back: [`super::PrefixedStream`] the bytes read before the
+//! connection reached it (an HTTP head buffer, a handed-over prefix, a proxy's over-read),
 //! [`super::FrameEdge`] the bytes a read brought in past a frame end. [`Replay`] is the one
 //! place those bytes are kept, served in order, put back and freed.
 
