@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use shardgate::mock::MockHandle;
+use shardgate::state::{Keys, SessionKey};
 use shardgate::tungstenite::Message;
 use sonic_rs::JsonValueTrait;
 
@@ -317,6 +318,35 @@ impl Fleet {
         found.expect("found above")
     }
 
+    /// Waits until another host can read the turn that answered `id` in `session` (client key
+    /// `key-{key}`) from Redis. Its host's control thread sends the binding, the pending calls
+    /// and, last, the session's last response in one pipeline on its next tick, apart from the
+    /// usage record [`Fleet::record_of`] waits on: a reconnect before that reads no binding and
+    /// goes to whichever account is least loaded.
+    fn wait_in_redis(&mut self, id: &str, key: usize, session: &str) {
+        let keys = Keys::new(&self.prefix);
+        let binding = keys.response("default", id).expect("a response id");
+        let last = keys.session(
+            "default",
+            &SessionKey::of_client(&format!("key-{key}"), session),
+        );
+        eventually(
+            &format!("the turn of {id} is in Redis"),
+            Duration::from_secs(20),
+            || {
+                let bound: bool = redis::cmd("EXISTS")
+                    .arg(&binding)
+                    .query(&mut self.redis)
+                    .unwrap_or(false);
+                let latest: Option<String> = redis::cmd("GET")
+                    .arg(&last)
+                    .query(&mut self.redis)
+                    .unwrap_or(None);
+                bound && latest.as_deref() == Some(id)
+            },
+        );
+    }
+
     /// Stops both hosts (each flushes its usage records on the way out) and checks that the
     /// stream holds exactly the completed responses `completed`, each once.
     fn stop_and_check_usage(&mut self, completed: &BTreeSet<String>) -> BTreeMap<String, Record> {
@@ -498,6 +528,7 @@ fn a_chain_that_reaches_the_other_host_gets_the_same_account_and_never_a_wrong_a
         done.extend([first.clone(), stored.clone()]);
         let owner = fleet.record_of(&first);
         let stored_owner = fleet.record_of(&stored);
+        fleet.wait_in_redis(&first, 0, &session);
         accounts.insert(owner.account.clone());
         let before: Vec<_> = fleet.mocks.iter().map(|m| m.stats()).collect();
 
@@ -603,6 +634,7 @@ fn a_tool_output_that_reaches_the_other_host_is_refused_on_the_same_account() {
         close(c);
         done.insert(asked.clone());
         let owner = fleet.record_of(&asked);
+        fleet.wait_in_redis(&asked, 1, &session);
         let refused_before = fleet
             .account(&owner.account)
             .stats()

@@ -602,8 +602,11 @@ fn stats_socket_cli_hist_logs_and_metrics_after_load() {
     let turns = 12;
     run_turns(gw.addr(), turns, "stats");
 
+    // The shards count a turn when it ends; the control thread counts its usage record once
+    // written, a little later: wait for both.
     let shows_turns = |doc: &sonic_rs::Value| {
         doc["total"]["merged"]["counters"]["turns_completed"].as_u64() == Some(turns as u64)
+            && doc["control"]["counters"]["usage_written"].as_u64() == Some(turns as u64)
     };
     if !poll_until(Duration::from_secs(20), || shows_turns(&stats_doc(&socket))) {
         panic!("stats never showed the turns: {:?}", stats_doc(&socket));
