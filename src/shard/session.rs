@@ -10,6 +10,10 @@
 //! connection is on another shard, the client connection is handed to that shard with every
 //! byte read from it so far, and the owner serves the session from its first frame on. While
 //! the shard drains, a session between turns closes with 1001 and a new turn is refused.
+//!
+//! Over 600 lines on purpose: it is one state machine (first frame, handoff, turn, rest between
+//! turns) whose steps share the session's fields; its sink lives in `sink.rs`, its turns in
+//! `turn/`, and its handoff transport in `handoff.rs`.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
