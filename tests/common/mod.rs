@@ -576,10 +576,9 @@ pub fn start_binary_logging(
     env: &[(&str, &std::ffi::OsStr)],
     log: Option<&std::path::Path>,
 ) -> Served {
-    let stderr = match log {
-        Some(path) => std::process::Stdio::from(std::fs::File::create(path).expect("log file")),
-        None => std::process::Stdio::null(),
-    };
+    // Always kept, so a gateway that fails to start says why in the test's panic message.
+    let log_path = log.map_or_else(|| scratch_file("gateway.log"), |p| p.to_path_buf());
+    let stderr = std::process::Stdio::from(std::fs::File::create(&log_path).expect("log file"));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
         .args(args)
         .envs(env.iter().copied())
@@ -601,7 +600,12 @@ pub fn start_binary_logging(
         })
         .and_then(|a| a.strip_suffix("/v1"))
         .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected banner {line:?}"));
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("unexpected banner {line:?}; the gateway's log:\n{log}")
+        });
     Served {
         child,
         addr,
