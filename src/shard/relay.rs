@@ -5,9 +5,12 @@
 //! Per event the loop classifies the frame by its `type` only and hands the very same buffer to
 //! the sink; ready events are batched into one flush.
 //!
-//! Size: under 600 lines of code plus its unit tests, one job (the relay of one attempt). The
-//! preemption paths (`before_send`, `preempted`, `settle`) stay here because they read the same
-//! `Source` the loop does; failures are built in `shard/failure/` and sinks live in `sink.rs`.
+//! Size: about 750 lines of code plus its unit tests, for one job (the relay of one attempt).
+//! It reads upstream two ways, the cut-through frame path (`shard/cut_through.rs` decides,
+//! `net/ws_frame.rs` parses) and the codec fallback, and both must hand over in one loop, so
+//! they stay together. The preemption paths (`before_send`, `preempted`, `settle`) stay here
+//! because they read the same `Source` the loop does. Failures are built in `shard/failure/`,
+//! and sinks live in `sink.rs`.
 
 use std::borrow::Cow;
 use std::cell::Cell;
