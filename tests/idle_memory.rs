@@ -94,6 +94,14 @@ fn run_turn(stream: &mut TcpStream, frame: &[u8]) {
     }
 }
 
+/// A client's WebSocket upgrade request, with `session-id` when given.
+fn upgrade_request(addr: SocketAddr, session: Option<&str>) -> String {
+    let session = session.map_or_else(String::new, |s| format!("session-id: {s}\r\n"));
+    format!(
+        "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\n{session}\r\n"
+    )
+}
+
 /// Opens a WebSocket session and leaves it idle (no `response.create` sent).
 fn open_idle(addr: SocketAddr, request: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("tcp connect");
@@ -173,9 +181,7 @@ fn an_idle_websocket_session_holds_little_more_than_its_task() {
     ));
     let admin = gw.admin_addr().expect("admin listener");
     let addr = gw.addr();
-    let request = format!(
-        "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-idle\r\n\r\n"
-    );
+    let request = upgrade_request(addr, Some("sess-idle"));
     let mut held = Vec::with_capacity(SESSIONS + 8);
     // The shard's one-time structures (session maps, timer wheel) grow on the first sessions.
     for _ in 0..8 {
@@ -214,9 +220,7 @@ fn a_connect_builds_no_websocket_before_its_first_frame() {
     ));
     let admin = gw.admin_addr().expect("admin listener");
     let addr = gw.addr();
-    let request = format!(
-        "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\n\r\n"
-    );
+    let request = upgrade_request(addr, None);
     WATCH_SIZE.store(READ_BUFFER, Ordering::SeqCst);
     let before = SIZED.load(Ordering::SeqCst);
     let held: Vec<TcpStream> = (0..SESSIONS)
@@ -250,9 +254,7 @@ fn a_session_between_turns_gives_back_the_buffers_its_turn_grew() {
     ));
     let admin = gw.admin_addr().expect("admin listener");
     let addr = gw.addr();
-    let request = format!(
-        "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-rested\r\n\r\n"
-    );
+    let request = upgrade_request(addr, Some("sess-rested"));
     let frame = text_frame(&create("gpt-5", &"x".repeat(30_000), true, None));
     let mut held = Vec::with_capacity(SESSIONS);
     // The first turns dial the upstream connection and grow the shard's maps; their sessions
@@ -437,9 +439,7 @@ fn a_store_false_session_between_turns_gives_back_its_upstream_buffers_too() {
     let up = MockProcess::start();
     let gw = gateway(chained_config(&up.base_url()));
     let addr = gw.addr();
-    let request = format!(
-        "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-chained\r\n\r\n"
-    );
+    let request = upgrade_request(addr, Some("sess-chained"));
     // store=false: each session keeps its upstream connection leased between turns.
     let frame = text_frame(&create("gpt-5", &"x".repeat(30_000), false, None));
     let mut held = Vec::with_capacity(SESSIONS + 8);
@@ -527,9 +527,7 @@ fn an_idle_pooled_upstream_connection_gives_back_its_buffers() {
     let up = MockProcess::start();
     let gw = gateway(chained_config(&up.base_url()));
     let addr = gw.addr();
-    let request = format!(
-        "GET /v1/responses HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {CLIENT_KEY}\r\nsession-id: sess-pooled\r\n\r\n"
-    );
+    let request = upgrade_request(addr, Some("sess-pooled"));
     let frame = text_frame(&create("gpt-5", &"x".repeat(30_000), false, None));
     let admin = gw.admin_addr().expect("admin listener");
     // One session grows the shard's maps and leaves one rested connection in the pool: it
