@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shardgate::mock::{MockConfig, MockHandle};
+use shardgate::tungstenite::{self, client::IntoClientRequest};
 
 const PPROXY_VERSION: &str = "2.7.9";
 const USER: &str = "proxyuser-7f3a";
@@ -248,6 +249,31 @@ fn wrong_password_is_a_clean_error(proxy_scheme: &str, url_scheme: &str) {
     let mut served = serve_binary_logging(&text, Some(&log));
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
 
+    // The realtime relay dials through the same proxy (one account: one dial), and its failure
+    // counts the same way.
+    let mut req = format!("ws://{}/v1/realtime?model=gpt-realtime", served.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {CLIENT_KEY}")
+            .parse()
+            .expect("header value"),
+    );
+    match tungstenite::connect(req) {
+        Err(tungstenite::Error::Http(r)) => {
+            assert!(r.status().is_server_error(), "realtime got {}", r.status())
+        }
+        other => panic!(
+            "realtime through a proxy that says no: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    eventually(
+        "proxy_failures{acct-0} counts the realtime dial",
+        Duration::from_secs(20),
+        || labeled_total(admin, "proxy_failures", "acct-0") >= 1,
+    );
     let mut c = connect(served.addr);
     let t = c.turn(&create("gpt-5", "through a proxy that says no", true, None));
     assert_eq!(
@@ -259,9 +285,9 @@ fn wrong_password_is_a_clean_error(proxy_scheme: &str, url_scheme: &str) {
     let client_view = format!("{:?}", t.events);
     assert!(!client_view.contains(wrong) && !client_view.contains(USER));
     eventually(
-        "proxy_failures{acct-0} counts",
+        "proxy_failures{acct-0} counts the turn's dial too",
         Duration::from_secs(20),
-        || labeled_total(admin, "proxy_failures", "acct-0") >= 1,
+        || labeled_total(admin, "proxy_failures", "acct-0") >= 2,
     );
     assert_eq!(up.stats().connections_total, 0, "nothing reached upstream");
     assert_eq!(proxy.tunnels(), 0);

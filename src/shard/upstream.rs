@@ -17,6 +17,7 @@ use crate::net::{FrameEdge, PrefixedStream, UpstreamStream};
 use crate::runtime;
 
 use super::account::AccountRuntime;
+use super::counters::ShardCounters;
 use super::keepalive::PingState;
 
 /// The header upstream's 101 may carry and a client's 101 echoes (`[server] echo_turn_state`).
@@ -24,6 +25,14 @@ pub const TURN_STATE: &str = "x-codex-turn-state";
 
 /// The `OpenAI-Beta` value that selects the Responses WebSocket protocol.
 pub const OPENAI_BETA_WS: &str = "responses_websockets=2026-02-06";
+
+/// Counts a failed dial that the account's egress proxy caused (`proxy_failures{account}`).
+/// Every path that dials (turns over WebSocket or HTTP, the realtime relay) reports through it.
+pub fn count_proxy_failure(counters: &ShardCounters, account: &str, e: &DialError) {
+    if matches!(e, DialError::Proxy(_)) {
+        counters.bump_labeled("proxy_failures", account);
+    }
+}
 
 /// Why a dial failed. Every variant says on which step, so the failure can be classified.
 #[derive(Debug, thiserror::Error)]

@@ -38,7 +38,7 @@ use super::counters::bump;
 use super::http_head;
 use super::pool::{AcquireError, DedicatedSlot};
 use super::scheduler;
-use super::upstream::DialError;
+use super::upstream::{count_proxy_failure, DialError};
 use super::Shard;
 use crate::net::PrefixedStream;
 use crate::protocol::http1::RequestHead;
@@ -251,6 +251,7 @@ async fn connect(shard: &Shard, req: &RealtimeRequest) -> Result<Connected, Gate
                 {
                     bump(&shard.counters.breaker_opens);
                 }
+                count_proxy_failure(&shard.counters, &pool.account.config.id, &e);
                 tracing::warn!(shard = shard.id, account = %pool.account.config.id, error = %e, "realtime upstream dial failed");
                 last = Some(dial_failed(&e));
             }

@@ -21,7 +21,7 @@ use super::super::normalizer::{self, PreviousId};
 use super::super::pool::{AcquireError, Pool};
 use super::super::relay::{self, BeforeSend, Outcome, RelayEnv, Settled, Source};
 use super::super::sink::ClientSink;
-use super::super::upstream::DialError;
+use super::super::upstream::{count_proxy_failure, DialError};
 use super::Driver;
 
 /// What one attempt carried, for bookkeeping.
@@ -269,13 +269,9 @@ impl Driver {
         }
     }
 
-    /// Counts a failed dial that the account's egress proxy caused (`proxy_failures{account}`).
+    /// Counts a failed dial that the account's egress proxy caused.
     fn count_dial_failure(&self, pool: &Pool, e: &DialError) {
-        if matches!(e, DialError::Proxy(_)) {
-            self.shard
-                .counters
-                .bump_labeled("proxy_failures", &pool.account.config.id);
-        }
+        count_proxy_failure(&self.shard.counters, &pool.account.config.id, e);
     }
 
     /// Counts the upstream connection an attempt got: reused, or a new dial (per account, with
