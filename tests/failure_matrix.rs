@@ -781,7 +781,11 @@ fn new_create_mid_turn_preempts() {
 #[test]
 fn client_disconnect_mid_turn_releases_upstream_connection() {
     let up = mock();
-    let gw = gateway(config_for(&[up.base_url()], ""));
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50",
+    ));
+    let admin = gw.admin_addr().expect("admin listener");
     let mut c = connect(gw.addr());
     c.send(&create("gpt-5", "[[mock:stall,after=1]]", false, None));
     // The turn is in flight (stalled upstream) once its first event arrives.
@@ -792,6 +796,11 @@ fn client_disconnect_mid_turn_releases_upstream_connection() {
         "upstream connection closed",
         Duration::from_secs(20),
         || up.stats().connections_open == 0,
+    );
+    eventually(
+        "the discarded connection is counted for its account",
+        Duration::from_secs(20),
+        || labeled_total(admin, "upstream_conns_discarded", "acct-0") == 1,
     );
 }
 

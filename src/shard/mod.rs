@@ -284,6 +284,17 @@ impl Shard {
         ] {
             labeled.push((keepalive::UPSTREAM_PINGS, label.to_string(), n));
         }
+        for pool in self.pools.iter() {
+            let c = &pool.counters;
+            for (family, n) in [
+                ("upstream_conns_discarded", c.discarded.get()),
+                ("upstream_conns_retired", c.retired.get()),
+                ("upstream_dial_failures", c.dial_failures.get()),
+                ("acquire_timeouts", c.acquire_timeouts.get()),
+            ] {
+                labeled.push((family, pool.account.config.id.clone(), n));
+            }
+        }
         let snap = ShardSnapshot {
             shard: self.id,
             hists: self.metrics.take_interval(),
