@@ -128,6 +128,18 @@ fn ambiguous_framing_is_refused_and_the_smuggled_request_never_runs() {
             format!("{post}{}content-length: {n}\r\n\r\n{json}", "x-h: 1\r\n".repeat(100)),
         ),
         (
+            "host",
+            400,
+            format!(
+                "POST /v1/responses HTTP/1.1\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {n}\r\n\r\n{json}"
+            ),
+        ),
+        (
+            "host",
+            400,
+            format!("{post}host: other\r\ncontent-length: {n}\r\n\r\n{json}"),
+        ),
+        (
             "upgrade_with_body",
             400,
             format!(

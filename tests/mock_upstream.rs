@@ -1108,7 +1108,7 @@ fn stop_ends_open_and_stalled_connections() {
     let mut stalled = ws(&h);
     send(&mut stalled, create(json!({"metadata": {"mock": "stall"}})));
     let mut idle = connect(h.addr());
-    idle.write_all(b"POST /v1/responses HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+    idle.write_all(b"POST /v1/responses HTTP/1.1\r\nHost: mock\r\nContent-Length: 100\r\n\r\n{")
         .expect("partial request");
     wait_for("both connections", || h.stats().connections_open == 2);
     let started = Instant::now();

@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn reads_pipelined_requests_with_both_body_framings() {
         let raw = b"POST /v1/responses?x=1 HTTP/1.1\r\nContent-Length: 5\r\nHost: a\r\n\r\nhello\
-POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nX-T: 1\r\n\r\n";
+POST /v1/responses HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nX-T: 1\r\n\r\n";
         let mut r = reader(raw);
         block_on(async {
             let head = r.read_head().await.expect("head").expect("some");
@@ -260,7 +260,7 @@ POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;e
         block_on(async {
             let mut r = reader(b"\x01\x02 nonsense\r\n\r\n");
             assert!(matches!(r.read_head().await, Err(HttpError::Malformed(_))));
-            let mut r = reader(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+            let mut r = reader(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc");
             let head = r.read_head().await.expect("head").expect("some");
             assert!(matches!(
                 r.read_body(&head).await,
@@ -268,10 +268,11 @@ POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;e
             ));
             // The gateway's strict parser: framing two readers could disagree on is refused.
             let mut r = reader(
-                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             );
             assert!(matches!(r.read_head().await, Err(HttpError::Malformed(_))));
-            let mut r = reader(b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n");
+            let mut r =
+                reader(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n");
             let head = r.read_head().await.expect("head").expect("some");
             assert!(matches!(
                 r.read_body(&head).await,

@@ -52,6 +52,10 @@ pub enum Refusal {
     /// A WebSocket upgrade request with a body (its bytes would be read as frames).
     #[error("a WebSocket upgrade request cannot carry a body")]
     UpgradeWithBody,
+    /// An HTTP/1.1 request without `Host`, or any request with more than one (RFC 9112 §3.2:
+    /// a proxy in front could route by one and the gateway read another).
+    #[error("the request needs exactly one Host header")]
+    Host,
 }
 
 impl Refusal {
@@ -79,6 +83,7 @@ impl Refusal {
             Refusal::TransferEncodingHttp10 => "transfer_encoding_http10",
             Refusal::UpgradeHttp10 => "upgrade_http10",
             Refusal::UpgradeWithBody => "upgrade_with_body",
+            Refusal::Host => "host",
         }
     }
 
@@ -164,6 +169,14 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal
         return Err(Refusal::BareLf);
     }
     let http10 = req.version == Some(0);
+    let hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .count();
+    if hosts > 1 || (hosts == 0 && !http10) {
+        return Err(Refusal::Host);
+    }
     let body = body_framing(http10, req.headers)?;
     let target = req.path.unwrap_or("/");
     let (path, query) = match target.split_once('?') {
@@ -344,6 +357,24 @@ mod tests {
             refusal("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Some(Refusal::TransferEncodingHttp10)
         );
+    }
+
+    #[test]
+    fn an_http11_request_needs_exactly_one_host() {
+        assert_eq!(refusal("GET / HTTP/1.1\r\n\r\n"), Some(Refusal::Host));
+        assert_eq!(
+            refusal("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"),
+            Some(Refusal::Host)
+        );
+        assert_eq!(
+            refusal("GET / HTTP/1.0\r\nHost: a\r\nHOST: b\r\n\r\n"),
+            Some(Refusal::Host)
+        );
+        assert_eq!(Refusal::Host.status(), 400);
+        assert!(parse_request(b"GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+        assert!(parse_request(b"GET / HTTP/1.1\r\nHOST: a\r\n\r\n")
+            .unwrap()
+            .is_some());
     }
 
     #[test]
