@@ -1,14 +1,13 @@
-//! What a turn does when upstream refuses an OAuth account's token with a 401 before the
-//! client saw anything: it asks the refresher for a newer token (a message; the shard awaits
-//! the one-shot answer without blocking) and retries once on the same account with it, or,
-//! when the refresh failed (the account is then out of rotation), moves to another account.
-//! A second 401 in the same turn is handled like any other upstream refusal.
+//! What a turn does when the failure table (`shard/failure/`) decides that upstream refused an
+//! OAuth account's token (a 401 before the client saw anything): it asks the refresher for a
+//! newer token (a message; the shard awaits the one-shot answer without blocking) and retries
+//! once on the same account with it, or, when the refresh failed (the account is then out of
+//! rotation), moves to another account. A second 401 in the same turn is handled like any
+//! other upstream refusal.
 
 use std::time::Duration;
 
-use super::failure::{Failure, UPSTREAM_UNAUTHORIZED};
 use super::pool::Pool;
-use super::relay::Outcome;
 use super::Shard;
 use crate::runtime;
 
@@ -24,34 +23,15 @@ pub enum AfterUnauthorized {
     MoveOn,
 }
 
-/// `true` when `failure` is upstream refusing the credentials (401 on the upgrade or the
-/// request).
-fn is_unauthorized(failure: &Failure) -> bool {
-    failure.error.status == 401 || failure.error.code == UPSTREAM_UNAUTHORIZED
-}
-
-/// The next step when `outcome` is a 401 on an OAuth account that nothing was relayed for,
-/// the first in this turn (`retried` records it); `None` otherwise.
-pub async fn after_attempt(
-    shard: &Shard,
-    pool: &Pool,
-    outcome: &Outcome,
-    retried: &mut bool,
-) -> Option<AfterUnauthorized> {
-    let Outcome::Failed {
-        relayed: false,
-        failure,
-    } = outcome
-    else {
-        return None;
-    };
-    let seen = pool.account.credential_generation()?;
-    if !is_unauthorized(failure) || *retried {
-        return None;
-    }
-    *retried = true;
-    let answer = match shard.live.oauth.ask_refresh(pool.account.index, seen) {
-        Some(answer) => runtime::timeout(REFRESH_WAIT, answer).await,
+/// Asks the refresher for a token newer than the one `pool`'s account used (the failure table
+/// decided [`Action::RefreshToken`](super::failure::Action::RefreshToken)) and says what the
+/// turn does next.
+pub async fn refresh(shard: &Shard, pool: &Pool) -> AfterUnauthorized {
+    let answer = match pool.account.credential_generation() {
+        Some(seen) => match shard.live.oauth.ask_refresh(pool.account.index, seen) {
+            Some(answer) => runtime::timeout(REFRESH_WAIT, answer).await,
+            None => None,
+        },
         None => None,
     };
     let next = if matches!(answer, Some(Ok(true))) {
@@ -69,5 +49,5 @@ pub async fn after_attempt(
         next = label,
         "upstream refused the oauth access token (401)"
     );
-    Some(next)
+    next
 }

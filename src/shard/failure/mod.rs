@@ -17,6 +17,7 @@
 //! | close 1008, WS upgrade refused (403/404/426) | fallback | HTTP at once, once per request; a refused upgrade marks the account WS-refused for a cooldown | `fallback_goes_to_http_once` | `close_1008_means_one_websocket_attempt_then_http_at_once`, `refused_upgrade_falls_back_to_http_and_later_turns_skip_the_upgrade` |
 //! | `previous_response_not_found`, `tool_output_not_found` before any event | chain | the recovery matrix (`shard/recovery.rs`), breaker success | `chain_errors_go_to_recovery` | `tests/affinity.rs`: `previous_response_not_found_is_aligned_once_to_the_sessions_last_response`, `previous_response_not_found_for_the_last_response_itself_goes_to_the_client`, `tool_output_not_found_is_replayed_without_the_id_only_when_the_calls_travel_along` |
 //! | anything after the client saw an event | final | reported, breaker failure | `nothing_is_retried_once_the_client_saw_an_event` | `failure_after_the_first_event_is_not_retried` |
+//! | 401 on a ChatGPT/Codex OAuth account before any event, first in the request | any | one token refresh asked (`shard/oauth_retry.rs`), then a fresh retry on the account or another account; breaker untouched | `a_refused_oauth_token_is_refreshed_once_before_anything_else` | `tests/oauth.rs`: `an_upstream_401_asks_one_refresh_and_the_turn_succeeds_on_the_new_token`, `a_second_401_is_reported_once_with_the_token_redacted` |
 //! | request error (4xx), busy pool, oversize message | final | reported, breaker untouched | `request_errors_are_reported_without_touching_the_breaker` | `oversize_upstream_message_gives_error_event_and_next_turn_works`, `a_half_open_probe_that_ends_in_a_request_error_does_not_wedge_the_breaker` |
 //!
 //! Rows that are not failures of an attempt are decided where they happen: an `error` event
@@ -24,10 +25,7 @@
 //! `upstream_error_event_is_relayed_and_connection_not_reused`); a client that leaves or
 //! preempts its turn (`client_disconnect_mid_turn_releases_upstream_connection`,
 //! `new_create_mid_turn_preempts`); connection age (`attempt_ws` retires old connections); the
-//! injected `previous_response_id` (`shard/normalizer.rs`); a 401 on a ChatGPT/Codex OAuth
-//! account before any event, which asks the refresher for one refresh and then retries on a
-//! fresh connection or moves on, before this table sees it (`shard/oauth_retry.rs`,
-//! `tests/oauth.rs`).
+//! injected `previous_response_id` (`shard/normalizer.rs`).
 
 mod classify;
 
@@ -120,6 +118,11 @@ impl Failure {
             close_code: None,
         }
     }
+
+    /// `true` when upstream refused the credentials (401 on the upgrade or the request).
+    pub fn is_unauthorized(&self) -> bool {
+        self.error.status == 401 || self.error.code == UPSTREAM_UNAUTHORIZED
+    }
 }
 
 /// What the decision knows about the attempt and the request so far.
@@ -139,6 +142,8 @@ pub struct AttemptFacts {
     pub max_attempts: u32,
     /// Another healthy account of the group exists besides those already tried and this one.
     pub elsewhere: bool,
+    /// The account's credential is an OAuth token that this request has not refreshed yet.
+    pub token_refreshable: bool,
 }
 
 /// What a failure does to the account's circuit breaker.
@@ -177,6 +182,9 @@ pub enum Action {
         /// Which chain error.
         reason: ChainError,
     },
+    /// Upstream refused an OAuth account's token: ask the refresher for a newer one, then retry
+    /// on the same account or move to another (`shard/oauth_retry.rs`).
+    RefreshToken,
     /// Tell the client; the request is over.
     Report {
         /// A retryable failure ran out of attempts (or its `retry-after` is too long).
@@ -190,7 +198,9 @@ impl Action {
     /// What the action does to the account's breaker.
     pub fn breaker(&self) -> BreakerEffect {
         match self {
-            Action::RetryFresh | Action::FallBack { .. } => BreakerEffect::Abandon,
+            Action::RetryFresh | Action::FallBack { .. } | Action::RefreshToken => {
+                BreakerEffect::Abandon
+            }
             Action::BackOff { .. } => BreakerEffect::Failure,
             Action::Recover { .. } => BreakerEffect::Success,
             Action::Report { breaker, .. } => *breaker,
@@ -206,6 +216,10 @@ pub fn decide(failure: &Failure, facts: &AttemptFacts) -> Action {
     } else {
         failure.class
     };
+    // A refused OAuth token gets one refresh before anything else is tried.
+    if facts.token_refreshable && !facts.relayed && failure.is_unauthorized() {
+        return Action::RefreshToken;
+    }
     // A connection failure on a reused connection says more about the connection than the
     // request (an idle pooled connection closed by an upstream restart): once, fresh, at once.
     let connection_failure = matches!(
@@ -259,6 +273,32 @@ mod tests {
     use super::*;
     use crate::shard::pool::AcquireError;
     use crate::shard::upstream::DialError;
+
+    #[test]
+    fn a_refused_oauth_token_is_refreshed_once_before_anything_else() {
+        let refused = Failure::dial(&DialError::Refused {
+            status: 401,
+            retry_after: None,
+        });
+        let oauth = AttemptFacts {
+            token_refreshable: true,
+            ..facts()
+        };
+        assert_eq!(decide(&refused, &oauth), Action::RefreshToken);
+        assert_eq!(Action::RefreshToken.breaker(), BreakerEffect::Abandon);
+        let spent = AttemptFacts {
+            token_refreshable: false,
+            ..oauth
+        };
+        assert_ne!(decide(&refused, &spent), Action::RefreshToken);
+        let relayed = AttemptFacts {
+            relayed: true,
+            ..oauth
+        };
+        assert_ne!(decide(&refused, &relayed), Action::RefreshToken);
+        let other = of(FailureClass::retryable("connect"));
+        assert_ne!(decide(&other, &oauth), Action::RefreshToken);
+    }
 
     fn facts() -> AttemptFacts {
         AttemptFacts {

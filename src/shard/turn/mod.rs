@@ -336,22 +336,6 @@ impl Driver {
                 &attempt.outcome,
                 received,
             );
-            let unauthorized = oauth_retry::after_attempt(
-                &self.shard,
-                &pool,
-                &attempt.outcome,
-                &mut oauth_retried,
-            )
-            .await;
-            if let Some(next) = unauthorized {
-                pool.breaker.abandon();
-                self.drop_lease();
-                match next {
-                    AfterUnauthorized::Retry => fresh = true,
-                    AfterUnauthorized::MoveOn => tried.push(pool.account.index),
-                }
-                continue;
-            }
             let meta = TurnMeta {
                 model: &model,
                 pool: &pool,
@@ -406,6 +390,8 @@ impl Driver {
                         retries,
                         max_attempts: retry_cfg.max_attempts,
                         elsewhere: self.elsewhere(&tried, pool.account.index),
+                        token_refreshable: !oauth_retried
+                            && pool.account.credential_generation().is_some(),
                     };
                     let action = failure::decide(&failure, &facts);
                     self.apply_breaker(&pool, action.breaker());
@@ -415,6 +401,13 @@ impl Driver {
                             bump(&counters.stale_retries);
                             stale_used = true;
                             fresh = true;
+                        }
+                        Action::RefreshToken => {
+                            oauth_retried = true;
+                            match oauth_retry::refresh(&self.shard, &pool).await {
+                                AfterUnauthorized::Retry => fresh = true,
+                                AfterUnauthorized::MoveOn => tried.push(pool.account.index),
+                            }
                         }
                         Action::FallBack {
                             reason,
