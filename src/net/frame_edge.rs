@@ -29,8 +29,6 @@ pub struct FrameEdge<S> {
     /// Bytes read past a frame end, served before `inner` is read again.
     held: Replay,
     cut: Cut,
-    /// Every byte served while recording ([`FrameEdge::record`]).
-    record: Option<Vec<u8>>,
 }
 
 /// Where reads are cut: at the end of an HTTP head, then at every frame end.
@@ -51,7 +49,6 @@ impl<S> FrameEdge<S> {
             inner,
             held: Replay::default(),
             cut: Cut::default(),
-            record: None,
         }
     }
 
@@ -67,7 +64,6 @@ impl<S> FrameEdge<S> {
                 head: Some(0),
                 scan: FrameScan::default(),
             },
-            record: None,
         }
     }
 
@@ -95,17 +91,6 @@ impl<S> FrameEdge<S> {
         if !bytes.is_empty() {
             self.held.unread(bytes);
         }
-    }
-
-    /// Starts keeping a copy of every byte served (the frames of the client's next message, as
-    /// they came, to forward without re-masking), dropping any earlier recording.
-    pub fn record(&mut self) {
-        self.record = Some(Vec::new());
-    }
-
-    /// Stops recording; the bytes served since [`FrameEdge::record`].
-    pub fn take_record(&mut self) -> Option<Vec<u8>> {
-        self.record.take()
     }
 
     /// The wrapped stream, to change it.
@@ -154,9 +139,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameEdge<S> {
             // Cut on the held bytes first and copy only what is served: copying the whole
             // rest each time would cost the square of the frames per read.
             let cut = &mut this.cut;
-            let served = this.held.serve(buf, |rest| cut.at(rest));
-            this.keep(&buf[..served]);
-            return Poll::Ready(Ok(served));
+            return Poll::Ready(Ok(this.held.serve(buf, |rest| cut.at(rest))));
         }
         let n = match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(n)) => n,
@@ -166,17 +149,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameEdge<S> {
         if served < n {
             this.held.push(&buf[served..n]);
         }
-        this.keep(&buf[..served]);
         Poll::Ready(Ok(served))
-    }
-}
-
-impl<S> FrameEdge<S> {
-    /// Keeps a copy of `served` while recording.
-    fn keep(&mut self, served: &[u8]) {
-        if let Some(record) = &mut self.record {
-            record.extend_from_slice(served);
-        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! WebSocket frame headers (RFC 6455 §5.2) read off raw bytes, for the relay's cut-through path:
-//! it forwards a frame as the bytes it came in and needs only to know where the frame ends and
-//! whether it is one it may forward without a codec.
+//! WebSocket frame headers (RFC 6455 §5.2) read off raw bytes, for the reads that skip the codec
+//! (the relay's cut-through path, a client's plain text frames read raw in
+//! [`super::client_read`]): they need only know where a frame ends and whether it is one to take
+//! without a codec.
 
 /// Longest frame header: 2 bytes, an 8-byte extended length, a 4-byte mask.
 pub const MAX_HEADER: usize = 14;
@@ -123,18 +124,6 @@ pub fn cut(bytes: &[u8], max_payload: u64) -> Cut {
     }
 }
 
-/// `true` when `bytes` are exactly one complete, masked text frame holding a whole message with
-/// no extension bits: a client's frame that may go upstream as it came.
-pub fn is_one_client_text_frame(bytes: &[u8]) -> bool {
-    FrameHeader::parse(bytes).is_some_and(|h| {
-        h.fin
-            && h.rsv == 0
-            && h.opcode == OP_TEXT
-            && h.mask.is_some()
-            && u64::try_from(bytes.len() - h.len).is_ok_and(|n| n == h.payload_len)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,24 +181,6 @@ mod tests {
                 header_len: 2,
                 total: 5
             }
-        );
-    }
-
-    #[test]
-    fn only_one_whole_masked_text_frame_goes_upstream_as_it_came() {
-        let one = [0x81, 0x80 | 2, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
-        assert!(is_one_client_text_frame(&one));
-        assert!(!is_one_client_text_frame(&one[..7]), "incomplete");
-        assert!(
-            !is_one_client_text_frame(&[&one[..], &[0x89, 0x80, 0, 0, 0, 0]].concat()),
-            "a ping after it"
-        );
-        let mut first_fragment = one;
-        first_fragment[0] = 0x01;
-        assert!(!is_one_client_text_frame(&first_fragment));
-        assert!(
-            !is_one_client_text_frame(&[0x81, 2, b'h', b'i']),
-            "unmasked"
         );
     }
 

@@ -19,14 +19,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
 use bytes::Bytes;
 use futures_lite::AsyncReadExt;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 
-use crate::net::ws_frame::is_one_client_text_frame;
+use crate::net::client_read::{self, RawFrame, RawRead};
 use crate::net::{ClientStream, FrameEdge};
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::ClientFrame;
@@ -91,6 +91,17 @@ enum Wait {
     AfterTurn,
     /// The next frame, for the rest of the idle timeout.
     Idle,
+}
+
+/// One read of the client's next message: raw, or by tungstenite when the raw reader gave it
+/// back.
+enum Read {
+    /// One masked text frame, read raw.
+    Frame(RawFrame),
+    /// The client went away during a raw read.
+    Gone,
+    /// What tungstenite read.
+    Codec(Option<Result<Message, WsError>>),
 }
 
 /// What reading the client's next frame gave.
@@ -403,7 +414,10 @@ impl Session {
                     Next::Frame(f) => f,
                     Next::TimedOut => {
                         self.wait = Wait::Idle;
-                        if self.client.get_ref().at_message_edge() {
+                        // A raw read cut short puts its bytes back: those are read on, not
+                        // rested on.
+                        let edge = self.client.get_ref();
+                        if edge.at_message_edge() && !edge.holds_unread() {
                             return Served::Rested;
                         }
                         continue;
@@ -470,48 +484,60 @@ impl Session {
 
     /// The client's next text frame within `wait`. A close is echoed, a binary message refused
     /// (1003) and a protocol violation closed with its code (1002, 1007, 1009).
-    /// Reads the client's next message; its bytes as they came are kept for the driver when
-    /// they are one masked text frame (it may then go upstream without re-masking).
+    ///
+    /// At a message edge the frame is read raw ([`client_read`]): when it is one masked text
+    /// frame, the driver gets its bytes as they came (it may go upstream without re-masking).
+    /// Anything else goes to tungstenite, which reads it from its first byte. Each message (and
+    /// each control frame before one) has `wait` to arrive, as when tungstenite read them all.
     async fn read_frame(&mut self, wait: Duration) -> Next {
-        // Only from a message edge: then every byte of the message passes the recording.
-        if self.client.get_ref().at_message_edge() {
-            self.client.get_mut().record();
-        }
-        let next = self.read_message(wait).await;
-        let wire = self.client.get_mut().take_record();
-        if matches!(next, Next::Frame(_)) {
-            let wire = wire.filter(|w| is_one_client_text_frame(w));
-            self.driver.set_client_wire(wire.map(Bytes::from));
-        }
-        next
-    }
-
-    async fn read_message(&mut self, wait: Duration) -> Next {
         let shard = self.shard.clone();
+        let limit = u64::try_from(shard.config.server.max_message_bytes).unwrap_or(u64::MAX);
         loop {
-            let next = futures_lite::future::or(
-                async { Some(runtime::timeout(wait, self.client.next()).await) },
+            let client = &mut self.client;
+            let read = futures_lite::future::or(
+                async {
+                    Some(
+                        runtime::timeout(wait, async {
+                            match client_read::read_text_frame(client.get_mut(), limit).await {
+                                RawRead::Frame(f) => Read::Frame(f),
+                                RawRead::Gone => Read::Gone,
+                                RawRead::Codec => Read::Codec(client.next().await),
+                            }
+                        })
+                        .await,
+                    )
+                },
                 async {
                     shard.drain.started().await;
                     None
                 },
             )
             .await;
-            let Some(next) = next else {
-                self.close(CloseReason::GoingAway).await;
-                return Next::Over;
+            let read = match read {
+                None => {
+                    self.close(CloseReason::GoingAway).await;
+                    return Next::Over;
+                }
+                Some(None) => return Next::TimedOut,
+                Some(Some(read)) => read,
             };
-            let msg = match next {
-                None => return Next::TimedOut,
-                Some(None) => return Next::Over,
-                Some(Some(Err(e))) => {
+            let msg = match read {
+                Read::Frame(f) => {
+                    self.driver.set_client_wire(Some(f.wire));
+                    return Next::Frame(f.text);
+                }
+                Read::Gone | Read::Codec(None) => return Next::Over,
+                Read::Codec(Some(Err(e))) => {
                     close_after_error(&mut self.client, &self.shard.counters, &e).await;
                     return Next::Over;
                 }
-                Some(Some(Ok(msg))) => msg,
+                Read::Codec(Some(Ok(msg))) => msg,
             };
             match msg {
-                Message::Text(t) => return Next::Frame(Bytes::from(t)),
+                Message::Text(t) => {
+                    self.driver.set_client_wire(None);
+                    return Next::Frame(Bytes::from(t));
+                }
                 Message::Binary(_) => {
                     self.close(CloseReason::Unsupported).await;
                     return Next::Over;
@@ -520,7 +546,12 @@ impl Session {
                     self.close(CloseReason::Echo).await;
                     return Next::Over;
                 }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                Message::Ping(_) => {
+                    // tungstenite queued the pong and sends it on its next read; the next read
+                    // may be raw, so it goes now if it can (else with the next write).
+                    let _ = futures_lite::future::poll_once(self.client.flush()).await;
+                }
+                Message::Pong(_) | Message::Frame(_) => {}
             }
         }
     }

@@ -1,0 +1,446 @@
+//! A client's next WebSocket message read raw, without the codec, when it is one plain text frame.
+//!
+//! Clients send a `response.create` as one masked text frame. Read through tungstenite it costs a
+//! zero-filled 16 KiB read chunk per read, a copy into the message, a UTF-8 check, and (to send it
+//! upstream as it came) a recording copy of every byte. Here the frame header (at most 14 bytes)
+//! is read into a stack buffer, then exactly the rest of the frame into one buffer sized for it:
+//! reads never go past the frame, so nothing is put back, and a read that fills its buffer leaves
+//! the runtime nothing to poll for. That buffer is the frame as it came (masked: it may go
+//! upstream as it is); the payload is unmasked into the message text in one pass and its UTF-8
+//! checked once.
+//!
+//! Only a complete text message in one masked frame (FIN, no RSV bits, length in its fewest bytes,
+//! payload within the limit, valid UTF-8) is read so. Anything else (a fragment, a control frame,
+//! a binary or unmasked frame, an oversize one, decided on its header alone, invalid UTF-8) is
+//! given back: every byte read goes back in front of the stream ([`FrameEdge::unread`]), from the
+//! frame start, and the codec reads it as it always did (same pongs, same close codes). A read
+//! dropped half way (a timeout, a drain) gives its bytes back the same way.
+
+use std::future::poll_fn;
+
+use bytes::Bytes;
+use futures_lite::AsyncRead;
+
+use super::frame_edge::FrameEdge;
+use super::ws_frame::{FrameHeader, MAX_HEADER, OP_TEXT};
+
+/// What reading the client's next message raw gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawRead {
+    /// One whole masked text frame, read and checked.
+    Frame(RawFrame),
+    /// Not a frame this reader takes (or the stream is not at a message edge): every byte read
+    /// is back in front of the stream, for the codec.
+    Codec,
+    /// The client closed the connection or the socket failed.
+    Gone,
+}
+
+/// A client's text message that came as one masked frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RawFrame {
+    /// The payload unmasked: the message, valid UTF-8.
+    pub text: Bytes,
+    /// The frame as it came (header and masked payload), to forward with the client's mask.
+    pub wire: Bytes,
+}
+
+/// `true` for a header whose frame this reader takes: a whole text message in one masked
+/// frame, no extension bits, its length written in the fewest bytes, within `max_payload`.
+pub fn takes(h: &FrameHeader, max_payload: u64) -> bool {
+    h.fin
+        && h.rsv == 0
+        && h.opcode == OP_TEXT
+        && h.mask.is_some()
+        && h.minimal_len
+        && h.payload_len <= max_payload
+}
+
+/// Reads the client's next message when it is one plain masked text frame of at most
+/// `max_payload` bytes ([`takes`]). Only at a message edge ([`FrameEdge::at_message_edge`]);
+/// elsewhere it reads nothing and answers [`RawRead::Codec`].
+///
+/// Cancel-safe: dropped before it returns, it puts back every byte it read.
+pub async fn read_text_frame<S: AsyncRead + Unpin>(
+    edge: &mut FrameEdge<S>,
+    max_payload: u64,
+) -> RawRead {
+    if !edge.at_message_edge() {
+        return RawRead::Codec;
+    }
+    let mut taken = Taken::new(edge);
+    let header = loop {
+        if let Some(h) = FrameHeader::parse(&taken.head[..taken.head_len]) {
+            break h;
+        }
+        let (edge, buf) = (&mut *taken.edge, &mut taken.head[taken.head_len..]);
+        match poll_fn(|cx| edge.poll_read_raw(cx, buf)).await {
+            Ok(0) | Err(_) => return RawRead::Gone,
+            Ok(n) => taken.head_len += n,
+        }
+    };
+    let Some(mask) = header.mask.filter(|_| takes(&header, max_payload)) else {
+        return taken.codec();
+    };
+    let Some(total) = usize::try_from(header.payload_len)
+        .ok()
+        .and_then(|p| p.checked_add(header.len))
+    else {
+        return taken.codec();
+    };
+    taken.start_frame(total);
+    while taken.filled < total {
+        let (edge, buf) = (&mut *taken.edge, &mut taken.wire[taken.filled..]);
+        match poll_fn(|cx| edge.poll_read_raw(cx, buf)).await {
+            Ok(0) | Err(_) => return RawRead::Gone,
+            Ok(n) => taken.filled += n,
+        }
+    }
+    let text = unmask(&taken.wire[header.len..], mask);
+    if simdutf8::basic::from_utf8(&text).is_err() {
+        return taken.codec();
+    }
+    RawRead::Frame(RawFrame {
+        text: Bytes::from(text),
+        wire: Bytes::from(taken.keep()),
+    })
+}
+
+/// The payload of a masked frame, unmasked into a new buffer in one pass (RFC 6455 §5.3).
+pub fn unmask(masked: &[u8], key: [u8; 4]) -> Vec<u8> {
+    masked
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ key[i & 3])
+        .collect()
+}
+
+/// The bytes a read took from the stream so far; put back when dropped, unless kept.
+struct Taken<'a, S> {
+    edge: &'a mut FrameEdge<S>,
+    /// The first bytes read, until the header is complete.
+    head: [u8; MAX_HEADER],
+    head_len: usize,
+    /// The whole frame, once its header is complete: `filled` bytes of it read so far.
+    wire: Vec<u8>,
+    filled: usize,
+}
+
+impl<'a, S> Taken<'a, S> {
+    fn new(edge: &'a mut FrameEdge<S>) -> Self {
+        Taken {
+            edge,
+            head: [0; MAX_HEADER],
+            head_len: 0,
+            wire: Vec::new(),
+            filled: 0,
+        }
+    }
+
+    /// Moves the head bytes into a buffer sized for the whole frame (`total` bytes); bytes read
+    /// past the frame's end (a frame shorter than a header read) go back to the stream.
+    fn start_frame(&mut self, total: usize) {
+        let head = self.head_len.min(total);
+        self.wire = vec![0; total];
+        self.wire[..head].copy_from_slice(&self.head[..head]);
+        self.filled = head;
+        self.edge.unread(&self.head[head..self.head_len]);
+        self.head_len = 0;
+    }
+
+    /// Everything read goes back for the codec.
+    fn codec(mut self) -> RawRead {
+        self.give_back();
+        RawRead::Codec
+    }
+
+    /// The frame read, kept: nothing goes back.
+    fn keep(mut self) -> Vec<u8> {
+        self.filled = 0;
+        std::mem::take(&mut self.wire)
+    }
+
+    fn give_back(&mut self) {
+        if self.head_len > 0 {
+            self.edge.unread(&self.head[..self.head_len]);
+            self.head_len = 0;
+        }
+        if self.filled > 0 {
+            self.edge.unread(&self.wire[..self.filled]);
+            self.filled = 0;
+        }
+    }
+}
+
+impl<S> Drop for Taken<'_, S> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures_lite::future::block_on;
+    use futures_lite::AsyncReadExt;
+
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A client frame: FIN as given, RSV bits, opcode, masked with [`KEY`] when `masked`, the
+    /// length in its fewest bytes.
+    fn frame(b0: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
+        let m = if masked { 0x80 } else { 0 };
+        let mut out = vec![b0];
+        match payload.len() {
+            n if n < 126 => out.push(m | n as u8),
+            n if n <= 0xffff => {
+                out.push(m | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(m | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            out.extend_from_slice(&KEY);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
+        } else {
+            out.extend_from_slice(payload);
+        }
+        out
+    }
+
+    fn text(payload: &[u8]) -> Vec<u8> {
+        frame(0x81, true, payload)
+    }
+
+    /// A socket that yields its chunks one read at a time (a read never spans two chunks), then
+    /// end of stream; it counts the reads it served.
+    struct Chunks {
+        chunks: VecDeque<Vec<u8>>,
+        reads: usize,
+        pending_once: bool,
+        /// Once the chunks are served: wait for more instead of ending.
+        stall: bool,
+    }
+
+    impl Chunks {
+        fn new(chunks: &[&[u8]]) -> Self {
+            Chunks {
+                chunks: chunks.iter().map(|c| c.to_vec()).collect(),
+                reads: 0,
+                pending_once: false,
+                stall: false,
+            }
+        }
+    }
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.pending_once {
+                self.pending_once = false;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let this = &mut *self;
+            let Some(chunk) = this.chunks.front_mut() else {
+                return if this.stall {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Ok(0))
+                };
+            };
+            this.reads += 1;
+            let n = buf.len().min(chunk.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            chunk.drain(..n);
+            if chunk.is_empty() {
+                this.chunks.pop_front();
+            }
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    /// Everything the stream still serves (held bytes, then the socket).
+    fn rest(edge: &mut FrameEdge<Chunks>) -> Vec<u8> {
+        let mut out = Vec::new();
+        block_on(edge.read_to_end(&mut out)).unwrap();
+        out
+    }
+
+    fn read(edge: &mut FrameEdge<Chunks>) -> RawRead {
+        block_on(read_text_frame(edge, 1 << 20))
+    }
+
+    fn frame_of(read: RawRead) -> RawFrame {
+        match read {
+            RawRead::Frame(f) => f,
+            other => panic!("not a frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_length_form_is_read_whole_and_unmasked() {
+        for len in [0usize, 7, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let wire = text(&payload);
+            let next = text(b"next");
+            let mut edge = FrameEdge::new(Chunks::new(&[&[wire.clone(), next.clone()].concat()]));
+            let f = frame_of(read(&mut edge));
+            assert_eq!(f.text, payload, "{len}");
+            assert_eq!(f.wire, wire, "{len}: the frame as it came");
+            assert!(edge.at_message_edge());
+            assert_eq!(rest(&mut edge), next, "{len}: nothing past the frame taken");
+        }
+    }
+
+    #[test]
+    fn a_header_and_payload_split_over_reads_are_put_together() {
+        let payload = vec![b'x'; 30_000];
+        let wire = text(&payload);
+        let splits: [&[usize]; 4] = [&[1], &[2, 3], &[4, 9, 20], &[8, 10_000, 20_000]];
+        for cuts in splits {
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for &c in cuts {
+                chunks.push(&wire[at..c]);
+                at = c;
+            }
+            chunks.push(&wire[at..]);
+            let mut edge = FrameEdge::new(Chunks::new(&chunks));
+            edge.get_mut().pending_once = true;
+            let f = frame_of(read(&mut edge));
+            assert_eq!((f.text.len(), &f.wire[..]), (30_000, &wire[..]), "{cuts:?}");
+        }
+    }
+
+    #[test]
+    fn reads_never_go_past_the_frame_and_fill_their_buffers() {
+        let wire = text(&[b'y'; 30_000]);
+        let next = text(b"after");
+        let mut edge = FrameEdge::new(Chunks::new(&[&[wire.clone(), next.clone()].concat()]));
+        frame_of(read(&mut edge));
+        assert_eq!(edge.get_mut().reads, 2, "the header, then the rest exactly");
+        assert!(!edge.holds_unread(), "nothing read past the frame");
+        let short = text(b"hi");
+        let mut edge = FrameEdge::new(Chunks::new(&[&[short.clone(), next.clone()].concat()]));
+        assert_eq!(frame_of(read(&mut edge)).text, &b"hi"[..]);
+        assert!(edge.holds_unread(), "a frame shorter than a header read");
+        assert_eq!(rest(&mut edge), next);
+    }
+
+    #[test]
+    fn every_other_frame_is_given_back_whole_for_the_codec() {
+        let big = vec![b'z'; 2_000];
+        let mut long_padded = vec![0x81, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 3];
+        long_padded.extend_from_slice(&KEY);
+        long_padded.extend_from_slice(b"abc");
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("first fragment", frame(0x01, true, b"frag")),
+            ("continuation", frame(0x80, true, b"end")),
+            ("ping", frame(0x89, true, b"p")),
+            ("pong", frame(0x8a, true, b"")),
+            ("close", frame(0x88, true, &[0x03, 0xe8])),
+            ("binary", frame(0x82, true, b"bin")),
+            ("unmasked", frame(0x81, false, b"plain")),
+            ("rsv1", frame(0xc1, true, b"deflated")),
+            ("oversize", text(&big)),
+            ("invalid utf-8", text(&[b'{', 0xc3, 0x28, b'}'])),
+            ("padded 16-bit length", {
+                let mut f = vec![0x81, 0x80 | 126, 0, 3];
+                f.extend_from_slice(&KEY);
+                f.extend_from_slice(b"abc");
+                f
+            }),
+            ("padded 64-bit length", long_padded),
+        ];
+        for (name, wire) in cases {
+            let after = text(b"after");
+            let all = [wire.clone(), after.clone()].concat();
+            // Split in one-byte reads too: put back across the header and the payload reads.
+            for chunks in [vec![all.clone()], all.iter().map(|b| vec![*b]).collect()] {
+                let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+                let mut edge = FrameEdge::new(Chunks::new(&refs));
+                let got = block_on(read_text_frame(&mut edge, 1_000));
+                assert_eq!(got, RawRead::Codec, "{name}");
+                assert!(edge.at_message_edge(), "{name}");
+                assert_eq!(rest(&mut edge), all, "{name}: every byte put back, in order");
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversize_frame_is_refused_on_its_header_without_reading_its_payload() {
+        let header = &text(&vec![b'o'; 5_000])[..8];
+        let mut edge = FrameEdge::new(Chunks::new(&[header]));
+        assert_eq!(block_on(read_text_frame(&mut edge, 4_999)), RawRead::Codec);
+        assert_eq!(edge.get_mut().reads, 1, "only the header was asked for");
+        assert_eq!(rest(&mut edge), header);
+    }
+
+    #[test]
+    fn a_read_dropped_half_way_puts_back_what_it_took() {
+        let wire = text(&[b'q'; 1_000]);
+        for cut in [1, 5, 8, 500] {
+            let mut edge = FrameEdge::new(Chunks::new(&[&wire[..cut]]));
+            // The socket then waits for more: the read is dropped there.
+            edge.get_mut().stall = true;
+            {
+                let mut fut = std::pin::pin!(read_text_frame(&mut edge, 1 << 20));
+                let waker = std::task::Waker::noop();
+                let mut cx = Context::from_waker(waker);
+                let polled = fut.as_mut().poll(&mut cx);
+                assert!(!matches!(polled, Poll::Ready(RawRead::Frame(_))));
+            }
+            assert!(edge.at_message_edge());
+            let mut back = vec![0u8; cut];
+            block_on(edge.read_exact(&mut back)).unwrap();
+            assert_eq!(back, &wire[..cut], "cut at {cut}");
+            assert!(!edge.holds_unread(), "and nothing more");
+        }
+    }
+
+    #[test]
+    fn a_client_gone_mid_frame_or_before_one_is_gone() {
+        let wire = text(b"hello there");
+        for cut in [0, 1, 7, 10] {
+            let mut edge = FrameEdge::new(Chunks::new(&[&wire[..cut]]));
+            assert_eq!(read(&mut edge), RawRead::Gone, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn off_a_message_edge_nothing_is_read() {
+        let wire = frame(0x01, true, b"frag");
+        let mut edge = FrameEdge::new(Chunks::new(&[&wire, &text(b"x")]));
+        let mut buf = vec![0u8; wire.len()];
+        block_on(edge.read_exact(&mut buf)).unwrap();
+        assert!(!edge.at_message_edge(), "a fragmented message is open");
+        let reads = edge.get_mut().reads;
+        assert_eq!(read(&mut edge), RawRead::Codec);
+        assert_eq!(edge.get_mut().reads, reads);
+    }
+
+    #[test]
+    fn unmasking_matches_the_rfc_for_every_offset() {
+        let payload: Vec<u8> = (0..=255u8).cycle().take(1_027).collect();
+        let masked: Vec<u8> = payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ KEY[i % 4])
+            .collect();
+        assert_eq!(unmask(&masked, KEY), payload);
+        assert!(unmask(&[], KEY).is_empty());
+    }
+}
