@@ -3,8 +3,11 @@
 //! of one, a frame over the size limit, a close, a length not written in its fewest bytes,
 //! invalid UTF-8) goes through the WebSocket codec, so the client sees what it always saw.
 //!
-//! Client to upstream: a frame the gateway does not rewrite goes upstream as the bytes the client
-//! sent (its masking key kept); a rewritten one is masked again.
+//! Client to upstream: a client's message that is one plain masked text frame is read raw (no
+//! codec), however its bytes are split over TCP writes, and goes upstream as the bytes the client
+//! sent (its masking key kept) unless the gateway rewrites it; a rewritten one is masked again.
+//! Every other client frame (fragments, pings between them, binary, unmasked, oversize, invalid
+//! UTF-8, extension bits, close) is handed to the codec and gets what it always got.
 //!
 //! The upstream is a raw TCP server in the test that writes scripted frame bytes as they are and
 //! records every frame the gateway sends it.
@@ -188,9 +191,19 @@ fn gateway_over(up: &RawUpstream) -> shardgate::gateway::Gateway {
 
 /// As [`gateway_over`], the account's settings followed by `account_extra`.
 fn gateway_mapping(up: &RawUpstream, account_extra: &str) -> shardgate::gateway::Gateway {
+    gateway_with(up, "", account_extra)
+}
+
+/// As [`gateway_over`], the server's settings followed by `server_extra` and the account's by
+/// `account_extra`.
+fn gateway_with(
+    up: &RawUpstream,
+    server_extra: &str,
+    account_extra: &str,
+) -> shardgate::gateway::Gateway {
     gateway(parse_config(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\ndrain_timeout_secs = 5\n\
-         admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n\
+         admin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 50\n{server_extra}\n\
          [upstream]\nmax_message_bytes = 4096\nretry_max_attempts = 1\n\
          [[client_keys]]\nkey = \"{CLIENT_KEY}\"\nid = \"test-key\"\n\
          [[accounts]]\nid = \"acct-0\"\nbase_url = \"{}\"\napi_key = \"{ACCOUNT_KEY}\"\nmax_conns = 4\n{account_extra}\n",
@@ -372,40 +385,74 @@ impl RawClient {
 
     /// Sends `text` as one masked frame; the bytes sent.
     fn send(&mut self, text: &str) -> Vec<u8> {
-        let payload = text.as_bytes();
-        let mut out = vec![0x81];
-        if payload.len() < 126 {
-            out.push(0x80 | payload.len() as u8);
-        } else {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        }
-        out.extend_from_slice(&MASK);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        let out = masked(0x81, text.as_bytes());
         self.s.write_all(&out).expect("send");
         out
+    }
+
+    /// Writes `bytes` in pieces cut at `cuts`, each its own TCP segment (no Nagle).
+    fn send_split(&mut self, bytes: &[u8], cuts: &[usize]) {
+        self.s.set_nodelay(true).expect("nodelay");
+        let mut at = 0;
+        for &cut in cuts.iter().chain([&bytes.len()]) {
+            self.s.write_all(&bytes[at..cut]).expect("send");
+            self.s.flush().expect("flush");
+            at = cut;
+        }
+    }
+
+    /// The next frame from the gateway: opcode and payload.
+    fn next_frame(&mut self) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        self.s.read_exact(&mut h).expect("a frame");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                self.s.read_exact(&mut b).expect("length");
+                usize::from(u16::from_be_bytes(b))
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                self.s.read_exact(&mut b).expect("length");
+                usize::try_from(u64::from_be_bytes(b)).expect("a length")
+            }
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        self.s.read_exact(&mut payload).expect("payload");
+        (h[0] & 0x0f, payload)
     }
 
     /// Reads text frames until one contains `needle`.
     fn read_until(&mut self, needle: &str) {
         loop {
-            let mut h = [0u8; 2];
-            self.s.read_exact(&mut h).expect("a frame");
-            let len = match h[1] & 0x7f {
-                126 => {
-                    let mut b = [0u8; 2];
-                    self.s.read_exact(&mut b).expect("length");
-                    usize::from(u16::from_be_bytes(b))
-                }
-                n => usize::from(n),
-            };
-            let mut payload = vec![0u8; len];
-            self.s.read_exact(&mut payload).expect("payload");
+            let (_, payload) = self.next_frame();
             if String::from_utf8_lossy(&payload).contains(needle) {
                 return;
             }
         }
     }
+
+    /// Reads frames until the gateway's close; its code.
+    fn close_code(&mut self) -> u16 {
+        loop {
+            let (opcode, payload) = self.next_frame();
+            if opcode == 8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+}
+
+/// A client frame with first byte `b0`, masked with [`MASK`], its length in the fewest bytes.
+fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = frame(b0, payload);
+    let at = out.len() - payload.len();
+    out[1] |= 0x80;
+    out.truncate(at);
+    out.extend_from_slice(&MASK);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    out
 }
 
 #[test]
@@ -434,4 +481,138 @@ fn a_rewritten_client_frame_is_masked_again() {
     let payload = String::from_utf8(got.payload).unwrap();
     assert!(payload.contains("\"gpt-upstream\""), "{payload}");
     assert_ne!(got.wire[2..6], sent[2..6], "a fresh masking key");
+}
+
+#[test]
+fn client_frames_split_over_writes_are_read_raw_and_go_upstream_as_they_came() {
+    let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
+    let gw = gateway_over(&up);
+    let admin = gw.admin_addr().expect("admin");
+    let mut c = RawClient::connect(gw.addr());
+    // A 16-bit and a 64-bit length; the header cut after one byte and inside the length, the
+    // payload cut too.
+    let frames = [
+        (
+            masked(
+                0x81,
+                create("gpt-test", &"a".repeat(30_000), true, None).as_bytes(),
+            ),
+            vec![1, 3, 9, 20_000],
+        ),
+        (
+            masked(
+                0x81,
+                create("gpt-test", &"b".repeat(70_000), true, None).as_bytes(),
+            ),
+            vec![1, 2, 7, 12, 40_000],
+        ),
+    ];
+    for (i, (wire, cuts)) in frames.iter().enumerate() {
+        c.send_split(wire, cuts);
+        c.read_until("response.completed");
+        let got = up.sent.lock().unwrap()[i].clone();
+        assert_eq!(got.opcode, 1);
+        assert!(
+            got.wire == *wire,
+            "turn {i}: upstream got other bytes than the client sent"
+        );
+    }
+    eventually("both frames were read raw", Duration::from_secs(10), || {
+        metric_total(admin, "client_frames_raw") == 2
+    });
+}
+
+#[test]
+fn a_ping_before_a_client_frame_gets_its_pong_and_the_frame_still_goes_as_it_came() {
+    let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
+    let gw = gateway_over(&up);
+    let mut c = RawClient::connect(gw.addr());
+    c.send_split(&masked(0x89, b"beat"), &[]);
+    assert_eq!(c.next_frame(), (0xA, b"beat".to_vec()), "the pong, at once");
+    let sent = c.send(&create("gpt-test", "after a ping", true, None));
+    c.read_until("response.completed");
+    let got = up.sent.lock().unwrap()[0].clone();
+    assert!(
+        got.wire == sent,
+        "a ping before the frame made the gateway mask it again"
+    );
+}
+
+#[test]
+fn a_fragmented_client_message_with_a_ping_between_goes_through_the_codec() {
+    let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
+    let gw = gateway_over(&up);
+    let admin = gw.admin_addr().expect("admin");
+    let mut c = RawClient::connect(gw.addr());
+    let message = create("gpt-test", "in two fragments", true, None);
+    let (first, rest) = message.as_bytes().split_at(20);
+    let wire = [
+        masked(0x01, first),
+        masked(0x89, b"mid"),
+        masked(0x80, rest),
+    ]
+    .concat();
+    c.send_split(&wire, &[]);
+    assert_eq!(
+        c.next_frame(),
+        (0xA, b"mid".to_vec()),
+        "the ping between is answered"
+    );
+    c.read_until("response.completed");
+    let got = up.sent.lock().unwrap()[0].clone();
+    assert_eq!(got.payload, message.as_bytes(), "the message, whole");
+    assert_ne!(got.wire[2..6], MASK, "masked by the gateway");
+    eventually(
+        "the shard shipped its counters",
+        Duration::from_secs(10),
+        || metric_total(admin, "requests_ws") == 1,
+    );
+    assert_eq!(metric_total(admin, "client_frames_raw"), 0);
+}
+
+#[test]
+fn client_frames_the_raw_read_does_not_take_close_the_session_as_before() {
+    let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
+    let gw = gateway_with(&up, "max_message_bytes = 4096", "");
+    let mut rsv1 = masked(0x81, b"{}");
+    rsv1[0] |= 0x40;
+    let oversize_header = masked(0x81, &[b' '; 5000])[..8].to_vec();
+    let cases: [(&str, Vec<u8>, u16); 6] = [
+        ("binary", masked(0x82, b"{}"), 1003),
+        ("unmasked", frame(0x81, b"{}"), 1002),
+        ("invalid UTF-8", masked(0x81, b"{\"a\":\"\xc3\x28\"}"), 1007),
+        ("extension bit", rsv1, 1002),
+        ("oversize, its header only", oversize_header, 1009),
+        ("close", masked(0x88, &1000u16.to_be_bytes()), 1000),
+    ];
+    for (name, wire, code) in cases {
+        let mut c = RawClient::connect(gw.addr());
+        c.send_split(&wire, &[]);
+        assert_eq!(c.close_code(), code, "{name}");
+    }
+    assert!(up.sent.lock().unwrap().is_empty(), "nothing went upstream");
+}
+
+#[test]
+fn a_client_that_sends_a_header_and_stalls_is_still_bounded_by_the_wait() {
+    let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
+    let gw = gateway_with(&up, "first_message_timeout_secs = 0.3", "");
+    let admin = gw.admin_addr().expect("admin");
+    let mut c = RawClient::connect(gw.addr());
+    let wire = masked(
+        0x81,
+        create("gpt-test", "never all of it", true, None).as_bytes(),
+    );
+    c.send_split(&wire[..12], &[]);
+    assert_eq!(
+        c.close_code(),
+        1008,
+        "the first message's timeout, as before"
+    );
+    eventually(
+        "the shard shipped its counters",
+        Duration::from_secs(10),
+        || labeled_total(admin, "client_closes", "first_message_timeout") == 1,
+    );
+    assert!(up.sent.lock().unwrap().is_empty(), "nothing went upstream");
 }

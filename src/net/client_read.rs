@@ -375,7 +375,11 @@ mod tests {
                 let got = block_on(read_text_frame(&mut edge, 1_000));
                 assert_eq!(got, RawRead::Codec, "{name}");
                 assert!(edge.at_message_edge(), "{name}");
-                assert_eq!(rest(&mut edge), all, "{name}: every byte put back, in order");
+                assert_eq!(
+                    rest(&mut edge),
+                    all,
+                    "{name}: every byte put back, in order"
+                );
             }
         }
     }

@@ -71,6 +71,9 @@ shard_counters! {
     /// Of those, events written to a client WebSocket as the frame they came in (cut-through;
     /// the rest went through the WebSocket codec or were rewritten).
     events_cut_through,
+    /// Client messages read raw, as one plain masked text frame, without the WebSocket codec
+    /// (`net/client_read.rs`; the rest went through the codec).
+    client_frames_raw,
     /// Sessions that panicked (contained; the shard went on).
     session_panics,
     /// Requests that ended in an error after more than one upstream attempt.

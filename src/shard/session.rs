@@ -523,6 +523,7 @@ impl Session {
             };
             let msg = match read {
                 Read::Frame(f) => {
+                    bump(&self.shard.counters.client_frames_raw);
                     self.driver.set_client_wire(Some(f.wire));
                     return Next::Frame(f.text);
                 }
