@@ -1,7 +1,8 @@
 //! Per-turn shard costs: pool acquire/release on the idle stack, histogram recording and the
 //! interval snapshot, the sticky cache's write and lookup, and the serialization of a usage
 //! record; and the per-event relay of an upstream event to a client WebSocket, through the
-//! WebSocket codec (as before the cut-through) and cut through.
+//! WebSocket codec (as before the cut-through) and cut through; a client's 30 KB frame read
+//! through the codec with a recording copy (as before the raw read) and read raw.
 //!
 //! Each bench is timed by criterion, then run again under the counting allocator and reported as
 //! one line: `ALLOC <name>: <allocs>/op <bytes> B/op`. See `benches/README.md`.
@@ -330,8 +331,8 @@ fn relay(c: &mut Criterion) {
 /// A 30 KB client frame going upstream: `relay/client_frame_masked_again_30k` is the path for a
 /// rewritten frame (and every frame before the cut-through): tungstenite copies the payload into
 /// its out buffer and masks it with a fresh key; `relay/client_frame_as_it_came_30k` is an
-/// unchanged frame: the copy `FrameEdge` keeps while the client's message is read (in 16 KiB
-/// reads), then one write of those bytes. Both end with the bytes in a socket buffer.
+/// unchanged frame: one write of the frame as the raw read brought it in ([`client_read`]).
+/// Both end with the bytes in a socket buffer.
 fn client_frame(c: &mut Criterion) {
     use shardgate::tungstenite::protocol::{Role, WebSocket};
     use shardgate::tungstenite::Message;
@@ -359,11 +360,7 @@ fn client_frame(c: &mut Criterion) {
     let wire = vec![0x5a; wire_len];
     let mut upstream = sock();
     let mut as_it_came = || {
-        let mut record = Vec::new();
-        for chunk in wire.chunks(16 * 1024) {
-            record.extend_from_slice(black_box(chunk));
-        }
-        upstream.write_all(&record).expect("written");
+        upstream.write_all(black_box(&wire)).expect("written");
         let written = upstream.out.len();
         upstream.out.clear();
         written
@@ -374,9 +371,213 @@ fn client_frame(c: &mut Criterion) {
     report_allocs(name, as_it_came);
 }
 
+/// An async socket that replays `wire` forever (reads never cross its end); writes are dropped.
+struct AsyncLoop {
+    wire: Vec<u8>,
+    at: usize,
+}
+
+impl futures_lite::AsyncRead for AsyncLoop {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let n = buf.len().min(this.wire.len() - this.at);
+        buf[..n].copy_from_slice(&this.wire[this.at..this.at + n]);
+        this.at = (this.at + n) % this.wire.len();
+        std::task::Poll::Ready(Ok(n))
+    }
+}
+
+impl futures_lite::AsyncWrite for AsyncLoop {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The copy of every byte served that the session kept, before the raw read, to forward a
+/// client's frame as it came (what `FrameEdge::record` did).
+struct Recording<S> {
+    inner: S,
+    record: Vec<u8>,
+}
+
+impl<S: futures_lite::AsyncRead + Unpin> futures_lite::AsyncRead for Recording<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let read = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &read {
+            this.record.extend_from_slice(&buf[..*n]);
+        }
+        read
+    }
+}
+
+impl<S: futures_lite::AsyncWrite + Unpin> futures_lite::AsyncWrite for Recording<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// A masked client text frame of `payload` (16-bit length).
+fn client_text_frame(payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![0x81, 0x80 | 126];
+    out.extend_from_slice(&u16::try_from(payload.len()).expect("16-bit").to_be_bytes());
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+/// Reading a client's 30 KB `response.create` off the socket, through [`FrameEdge`], to the
+/// message text (`Bytes`) and the frame as it came (`Bytes`, to forward unchanged):
+/// `client_read/codec_recording_30k` is the path before the raw read (tungstenite in 16 KiB
+/// zero-filled chunks, its copy into the message and UTF-8 check, the recording copy of every
+/// byte served); `client_read/raw_30k` is [`read_text_frame`] (header, then exactly the rest of
+/// the frame into its buffer, unmasked into the text in one pass, UTF-8 checked once). Then the
+/// two steps of the raw read, each against the alternative: unmasking in one pass (read, xor and
+/// write once into a new buffer, 8 bytes at a time) vs a copy then an xor in place (also 8 bytes
+/// at a time); the UTF-8 check with `simdutf8` vs `std::str::from_utf8`.
+///
+/// [`FrameEdge`]: shardgate::net::FrameEdge
+/// [`read_text_frame`]: shardgate::net::client_read::read_text_frame
+fn client_read(c: &mut Criterion) {
+    use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+    use async_tungstenite::tungstenite::Message;
+    use async_tungstenite::WebSocketStream;
+    use bytes::Bytes;
+    use futures_lite::future::block_on;
+    use futures_util::StreamExt;
+    use shardgate::net::client_read::{read_text_frame, unmask, RawRead};
+    use shardgate::net::FrameEdge;
+
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let text = format!(
+        r#"{{"type":"response.create","model":"gpt-5-codex","store":false,"input":[{{"role":"user","content":[{{"type":"input_text","text":"{}"}}]}}]}}"#,
+        "Résumé the diff, then run the tests. ".repeat(800)
+    );
+    assert!(text.len() > 30_000 && text.len() < 0xffff);
+    let wire = client_text_frame(text.as_bytes(), KEY);
+    let limit = 16 * 1024 * 1024;
+    let sock = || AsyncLoop {
+        wire: wire.clone(),
+        at: 0,
+    };
+
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let recording = Recording {
+        inner: FrameEdge::new(sock()),
+        record: Vec::new(),
+    };
+    let mut ws = block_on(WebSocketStream::from_raw_socket(
+        recording,
+        Role::Server,
+        Some(config),
+    ));
+    let mut codec = || {
+        ws.get_mut().record = Vec::new();
+        let Some(Ok(Message::Text(t))) = block_on(ws.next()) else {
+            panic!("a text message")
+        };
+        let wire = Bytes::from(std::mem::take(&mut ws.get_mut().record));
+        (Bytes::from(t), wire)
+    };
+    let (got_text, got_wire) = codec();
+    assert_eq!((&got_text[..], &got_wire[..]), (text.as_bytes(), &wire[..]));
+    let name = "client_read/codec_recording_30k";
+    c.bench_function(name, |b| b.iter(&mut codec));
+    report_allocs(name, codec);
+
+    let mut edge = FrameEdge::new(sock());
+    let mut raw = || match block_on(read_text_frame(&mut edge, limit as u64)) {
+        RawRead::Frame(f) => (f.text, f.wire),
+        _ => panic!("a raw frame"),
+    };
+    let (got_text, got_wire) = raw();
+    assert_eq!((&got_text[..], &got_wire[..]), (text.as_bytes(), &wire[..]));
+    let name = "client_read/raw_30k";
+    c.bench_function(name, |b| b.iter(&mut raw));
+    report_allocs(name, raw);
+
+    let masked = &wire[8..];
+    let one_pass = || unmask(black_box(masked), KEY);
+    assert_eq!(one_pass(), text.as_bytes());
+    let name = "client_read/unmask_one_pass_30k";
+    c.bench_function(name, |b| b.iter(one_pass));
+    report_allocs(name, one_pass);
+    let copy_then_xor = || {
+        let wide = u64::from_ne_bytes([
+            KEY[0], KEY[1], KEY[2], KEY[3], KEY[0], KEY[1], KEY[2], KEY[3],
+        ]);
+        let mut out = black_box(masked).to_vec();
+        let mut words = out.chunks_exact_mut(8);
+        for w in &mut words {
+            let x = u64::from_ne_bytes((&*w).try_into().expect("8 bytes")) ^ wide;
+            w.copy_from_slice(&x.to_ne_bytes());
+        }
+        for (b, k) in words.into_remainder().iter_mut().zip(KEY.iter().cycle()) {
+            *b ^= k;
+        }
+        out
+    };
+    assert_eq!(copy_then_xor(), text.as_bytes());
+    let name = "client_read/unmask_copy_then_xor_30k";
+    c.bench_function(name, |b| b.iter(copy_then_xor));
+    report_allocs(name, copy_then_xor);
+
+    let name = "client_read/utf8_simdutf8_30k";
+    c.bench_function(name, |b| {
+        b.iter(|| simdutf8::basic::from_utf8(black_box(text.as_bytes())).is_ok())
+    });
+    let name = "client_read/utf8_std_30k";
+    c.bench_function(name, |b| {
+        b.iter(|| std::str::from_utf8(black_box(text.as_bytes())).is_ok())
+    });
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = pool, histograms, sticky_cache, usage_record, relay, client_frame
+    targets = pool, histograms, sticky_cache, usage_record, relay, client_frame, client_read
 }
 criterion_main!(benches);
