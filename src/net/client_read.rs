@@ -3,9 +3,10 @@
 //! Clients send a `response.create` as one masked text frame. Read through tungstenite it costs a
 //! zero-filled 16 KiB read chunk per read, a copy into the message, a UTF-8 check, and (to send it
 //! upstream as it came) a recording copy of every byte. Here the frame header (at most 14 bytes)
-//! is read into a stack buffer, then exactly the rest of the frame into one buffer sized for it:
-//! reads never go past the frame, so nothing is put back, and a read that fills its buffer leaves
-//! the runtime nothing to poll for. That buffer is the frame as it came (masked: it may go
+//! is read into a stack buffer, then exactly the rest of the frame into one buffer sized for it
+//! (up to 64 KiB at first, doubling as it fills: a header alone buys no more): reads never go
+//! past the frame, so nothing is put back, and a read that fills its buffer leaves the runtime
+//! nothing to poll for. That buffer is the frame as it came (masked: it may go
 //! upstream as it is); the payload is unmasked into the message text in one pass and its UTF-8
 //! checked once.
 //!
@@ -90,6 +91,9 @@ pub async fn read_text_frame<S: AsyncRead + Unpin>(
     };
     taken.start_frame(total);
     while taken.filled < total {
+        if taken.filled == taken.wire.len() {
+            taken.wire.resize(grown(taken.wire.len(), total), 0);
+        }
         let (edge, buf) = (&mut *taken.edge, &mut taken.wire[taken.filled..]);
         match poll_fn(|cx| edge.poll_read_raw(cx, buf)).await {
             Ok(0) | Err(_) => return RawRead::Gone,
@@ -128,6 +132,21 @@ pub fn unmask(masked: &[u8], key: [u8; 4]) -> Vec<u8> {
     out
 }
 
+/// The buffer a frame is first read into, at most: a client's header alone must not make the
+/// gateway hold more than this (a frame's length is the client's word until its bytes come).
+/// A Codex `response.create` (~30 KB) fits; a larger frame's buffer doubles as it fills.
+const FIRST_BUFFER: usize = 64 * 1024;
+
+/// The size of a frame's buffer after `len` bytes of it filled it, for a `total`-byte frame:
+/// [`FIRST_BUFFER`] at first, then doubling, never past the frame.
+fn grown(len: usize, total: usize) -> usize {
+    if len == 0 {
+        total.min(FIRST_BUFFER)
+    } else {
+        len.saturating_mul(2).min(total)
+    }
+}
+
 /// The bytes a read took from the stream so far; put back when dropped, unless kept.
 struct Taken<'a, S> {
     edge: &'a mut FrameEdge<S>,
@@ -150,11 +169,12 @@ impl<'a, S> Taken<'a, S> {
         }
     }
 
-    /// Moves the head bytes into a buffer sized for the whole frame (`total` bytes); bytes read
-    /// past the frame's end (a frame shorter than a header read) go back to the stream.
+    /// Moves the head bytes into the frame's buffer (sized for the whole `total`-byte frame, up
+    /// to [`FIRST_BUFFER`]); bytes read past the frame's end (a frame shorter than a header
+    /// read) go back to the stream.
     fn start_frame(&mut self, total: usize) {
         let head = self.head_len.min(total);
-        self.wire = vec![0; total];
+        self.wire = vec![0; grown(0, total)];
         self.wire[..head].copy_from_slice(&self.head[..head]);
         self.filled = head;
         self.edge.unread(&self.head[head..self.head_len]);
@@ -447,6 +467,24 @@ mod tests {
         let reads = edge.get_mut().reads;
         assert_eq!(read(&mut edge), RawRead::Codec);
         assert_eq!(edge.get_mut().reads, reads);
+    }
+
+    #[test]
+    fn a_claimed_length_buys_a_bounded_buffer_that_grows_as_bytes_come() {
+        assert_eq!(
+            grown(0, 30_008),
+            30_008,
+            "a Codex frame: one buffer, its size"
+        );
+        assert_eq!(grown(0, 16 << 20), FIRST_BUFFER, "a header alone");
+        assert_eq!(grown(FIRST_BUFFER, 16 << 20), 2 * FIRST_BUFFER);
+        assert_eq!(grown(FIRST_BUFFER, FIRST_BUFFER + 1), FIRST_BUFFER + 1);
+        let payload = vec![b'g'; 3 * FIRST_BUFFER + 5];
+        let wire = text(&payload);
+        let cuts: Vec<&[u8]> = wire.chunks(10_000).collect();
+        let mut edge = FrameEdge::new(Chunks::new(&cuts));
+        let f = frame_of(block_on(read_text_frame(&mut edge, 1 << 22)));
+        assert_eq!((f.text, f.wire), (Bytes::from(payload), Bytes::from(wire)));
     }
 
     #[test]
