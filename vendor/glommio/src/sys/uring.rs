@@ -1873,6 +1873,11 @@ impl Reactor {
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
+        // shardgate patch: the consumption just above may have taken a kept timer's
+        // completion; sleeping on it then would sleep with no timer armed.
+        let keep_latency_timer =
+            keep_latency_timer && in_flight(&self.latency_preemption_timeout_src);
+
         // If we generated any event so far, we can't sleep. Need to handle them.
         let should_sleep = preempt_timer().is_none()
             && (woke == 0)
