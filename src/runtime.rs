@@ -344,4 +344,29 @@ mod tests {
             "a 20 ms sleep took {waited:?}"
         );
     }
+
+    /// Wakes from another thread reach a sleeping shard: the patched reactor pairs two SeqCst
+    /// fences where glommio issued a sys_membarrier before every sleep
+    /// (`vendor/glommio/PATCH.md`). Each of 20,000 round trips leaves the shard to go to sleep
+    /// again; one lost wake-up would stall the thread's wait for its answer.
+    #[test]
+    fn wakes_from_another_thread_reach_a_sleeping_shard() {
+        const ROUNDS: usize = 20_000;
+        let (to_shard, mut shard_rx) = futures_channel::mpsc::unbounded::<usize>();
+        let (to_thread, thread_rx) = std::sync::mpsc::channel::<usize>();
+        let _executor = spawn_executor("wake-test", None, move || async move {
+            use futures_util::StreamExt;
+            while let Some(n) = shard_rx.next().await {
+                if to_thread.send(n).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("executor starts");
+        for n in 0..ROUNDS {
+            to_shard.unbounded_send(n).expect("the shard listens");
+            let answer = thread_rx.recv_timeout(Duration::from_secs(10));
+            assert_eq!(answer, Ok(n), "round trip {n} of {ROUNDS} got no answer");
+        }
+    }
 }

@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // shardgate patch: pairs with the fence the sleeper issues after `prepare_to_sleep`
+        // (`Reactor::wait`): either this CAS sees the flag set, or the sleeper sees what was
+        // queued before this call.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
