@@ -1221,8 +1221,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    /// When the latency ring's pending preemption timer fires (`None` while it holds a user
-    /// timer or nothing): lets a poll keep a timer that fires soon enough (shardgate patch).
+    /// When the latency ring's timer (a preemption or a user timer) fires, `None` when none
+    /// was armed since the last drop: lets a call keep a timer that fires soon enough
+    /// (shardgate patch).
     latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
