@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_lite::AsyncRead;
 
 use super::frame_edge::FrameEdge;
-use super::ws_frame::{FrameHeader, MAX_HEADER, OP_TEXT};
+use super::ws_frame::{FrameHeader, MAX_HEADER};
 
 /// What reading the client's next message raw gave.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,12 +49,7 @@ pub struct RawFrame {
 /// `true` for a header whose frame this reader takes: a whole text message in one masked
 /// frame, no extension bits, its length written in the fewest bytes, within `max_payload`.
 pub fn takes(h: &FrameHeader, max_payload: u64) -> bool {
-    h.fin
-        && h.rsv == 0
-        && h.opcode == OP_TEXT
-        && h.mask.is_some()
-        && h.minimal_len
-        && h.payload_len <= max_payload
+    h.is_whole_plain_text() && h.mask.is_some() && h.payload_len <= max_payload
 }
 
 /// Reads the client's next message when it is one plain masked text frame of at most

@@ -71,11 +71,14 @@ impl FrameHeader {
     /// its length written as RFC 6455 says: the only frame a server-to-client relay may forward
     /// as it came, once its payload is checked.
     pub fn is_plain_server_text(&self) -> bool {
-        self.fin
-            && self.rsv == 0
-            && self.opcode == OP_TEXT
-            && self.mask.is_none()
-            && self.minimal_len
+        self.is_whole_plain_text() && self.mask.is_none()
+    }
+
+    /// `true` for a whole text message in one frame with no extension bits and its length
+    /// written as RFC 6455 says, masked or not: what either read that skips the codec (server
+    /// frames cut through, client frames read raw) may take.
+    pub fn is_whole_plain_text(&self) -> bool {
+        self.fin && self.rsv == 0 && self.opcode == OP_TEXT && self.minimal_len
     }
 }
 
