@@ -466,6 +466,19 @@ fn client_text_frame(payload: &[u8], key: [u8; 4]) -> Vec<u8> {
     out
 }
 
+/// The masking key of the client frames the benches read.
+const CLIENT_KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// A Codex-sized `response.create` (~30 KB, non-ASCII every 37 bytes), as a client sends it.
+fn codex_create_30k() -> String {
+    let text = format!(
+        r#"{{"type":"response.create","model":"gpt-5-codex","store":false,"input":[{{"role":"user","content":[{{"type":"input_text","text":"{}"}}]}}]}}"#,
+        "Résumé the diff, then run the tests. ".repeat(800)
+    );
+    assert!(text.len() > 30_000 && text.len() < 0xffff);
+    text
+}
+
 /// Reading a client's 30 KB `response.create` off the socket, through [`FrameEdge`], to the
 /// message text (`Bytes`) and the frame as it came (`Bytes`, to forward unchanged):
 /// `client_read/codec_recording_30k` is the path before the raw read (tungstenite in 16 KiB
@@ -488,12 +501,8 @@ fn client_read(c: &mut Criterion) {
     use shardgate::net::client_read::{read_text_frame, unmask, RawRead};
     use shardgate::net::FrameEdge;
 
-    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-    let text = format!(
-        r#"{{"type":"response.create","model":"gpt-5-codex","store":false,"input":[{{"role":"user","content":[{{"type":"input_text","text":"{}"}}]}}]}}"#,
-        "Résumé the diff, then run the tests. ".repeat(800)
-    );
-    assert!(text.len() > 30_000 && text.len() < 0xffff);
+    const KEY: [u8; 4] = CLIENT_KEY;
+    let text = codex_create_30k();
     let wire = client_text_frame(text.as_bytes(), KEY);
     let limit = 16 * 1024 * 1024;
     let sock = || AsyncLoop {
@@ -575,9 +584,40 @@ fn client_read(c: &mut Criterion) {
     });
 }
 
+/// A client's 30 KB `response.create` from the socket to the turn's first check, where a turn
+/// starts (issue 12: a frame's UTF-8 checked once): `turn_check/raw_read_then_check_30k` is
+/// [`read_text_frame`] then `turn::frame::check` on the text it hands on;
+/// `turn_check/check_30k` is that check alone, on a frame already read.
+///
+/// [`read_text_frame`]: shardgate::net::client_read::read_text_frame
+fn turn_check(c: &mut Criterion) {
+    use futures_lite::future::block_on;
+    use shardgate::net::client_read::{read_text_frame, RawRead};
+    use shardgate::net::FrameEdge;
+    use shardgate::shard::turn::frame::check;
+
+    let wire = client_text_frame(codex_create_30k().as_bytes(), CLIENT_KEY);
+    let mut edge = FrameEdge::new(AsyncLoop { wire, at: 0 });
+    let mut read = move || match block_on(read_text_frame(&mut edge, 1 << 24)) {
+        RawRead::Frame(f) => f.text,
+        _ => panic!("a raw frame"),
+    };
+    let text = read();
+    assert!(check(&text).is_ok(), "a valid response.create");
+    let mut read_then_check = || check(black_box(&read())).is_ok();
+    let name = "turn_check/raw_read_then_check_30k";
+    c.bench_function(name, |b| b.iter(&mut read_then_check));
+    report_allocs(name, read_then_check);
+
+    let check_alone = || check(black_box(&text)).is_ok();
+    let name = "turn_check/check_30k";
+    c.bench_function(name, |b| b.iter(check_alone));
+    report_allocs(name, check_alone);
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = pool, histograms, sticky_cache, usage_record, relay, client_frame, client_read
+    targets = pool, histograms, sticky_cache, usage_record, relay, client_frame, client_read, turn_check
 }
 criterion_main!(benches);

@@ -9,7 +9,8 @@ use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::ClientFrame;
 
 /// The frame as text (sent upstream as this very buffer when nothing rewrites it) and parsed.
-pub(super) fn check(frame: &Bytes) -> Result<(Utf8Bytes, ClientFrame<'_>), GatewayError> {
+/// Public for `benches/shard.rs` (`turn_check/`): the read → turn-check path of a client frame.
+pub fn check(frame: &Bytes) -> Result<(Utf8Bytes, ClientFrame<'_>), GatewayError> {
     // `simdutf8` checks a 30 KB frame in a fifth of the time `std` takes on non-ASCII text
     // (`cargo bench --bench shard -- client_read/`); tungstenite's own `TryFrom` would check
     // it again with `std`.

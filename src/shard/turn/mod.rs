@@ -22,7 +22,7 @@
 
 mod attempt;
 mod finish;
-mod frame;
+pub mod frame;
 mod route;
 mod warm;
 
