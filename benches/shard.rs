@@ -480,14 +480,15 @@ fn codex_create_30k() -> String {
 }
 
 /// Reading a client's 30 KB `response.create` off the socket, through [`FrameEdge`], to the
-/// message text (`Bytes`) and the frame as it came (`Bytes`, to forward unchanged):
-/// `client_read/codec_recording_30k` is the path before the raw read (tungstenite in 16 KiB
-/// zero-filled chunks, its copy into the message and UTF-8 check, the recording copy of every
-/// byte served); `client_read/raw_30k` is [`read_text_frame`] (header, then exactly the rest of
-/// the frame into its buffer, unmasked into the text in one pass, UTF-8 checked once). Then the
-/// two steps of the raw read, each against the alternative: unmasking in one pass (read, xor and
-/// write once into a new buffer, 8 bytes at a time) vs a copy then an xor in place (also 8 bytes
-/// at a time); the UTF-8 check with `simdutf8` vs `std::str::from_utf8`.
+/// message text (`Utf8Bytes` from the raw read, `Bytes` on the codec path) and the frame as it
+/// came (`Bytes`, to forward unchanged): `client_read/codec_recording_30k` is the path before
+/// the raw read (tungstenite in 16 KiB zero-filled chunks, its copy into the message and UTF-8
+/// check, the recording copy of every byte served); `client_read/raw_30k` is [`read_text_frame`]
+/// (header, then exactly the rest of the frame into its buffer, unmasked into the text in one
+/// pass, UTF-8 checked once). Then the two steps of the raw read, each against the alternative:
+/// unmasking in one pass (read, xor and write once into a new buffer, 8 bytes at a time) vs a
+/// copy then an xor in place (also 8 bytes at a time); the UTF-8 check with `simdutf8` vs
+/// `std::str::from_utf8`.
 ///
 /// [`FrameEdge`]: shardgate::net::FrameEdge
 /// [`read_text_frame`]: shardgate::net::client_read::read_text_frame
@@ -543,7 +544,10 @@ fn client_read(c: &mut Criterion) {
         _ => panic!("a raw frame"),
     };
     let (got_text, got_wire) = raw();
-    assert_eq!((&got_text[..], &got_wire[..]), (text.as_bytes(), &wire[..]));
+    assert_eq!(
+        (got_text.as_bytes(), &got_wire[..]),
+        (text.as_bytes(), &wire[..])
+    );
     let name = "client_read/raw_30k";
     c.bench_function(name, |b| b.iter(&mut raw));
     report_allocs(name, raw);

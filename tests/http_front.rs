@@ -529,3 +529,105 @@ fn slow_and_large_events_over_http_upstream_arrive_whole_and_in_order() {
         20
     );
 }
+
+/// `json` with its one `~` replaced by the byte `b`.
+fn with_byte(json: &str, b: u8) -> Vec<u8> {
+    let mut out = json.as_bytes().to_vec();
+    let at = out.iter().position(|c| *c == b'~').expect("the marker");
+    out[at] = b;
+    out
+}
+
+/// Bodies that are not UTF-8, streaming or not, the bad byte where the parser reads a value
+/// (`model`), where it only skips one (`instructions`, a nested string, a key), in the input
+/// items it walks, and after the object.
+fn bodies_not_utf8() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for stream in [false, true] {
+        let cases = [
+            ("input item", post_body("gpt-5", "caf~", stream)),
+            ("model", post_body("gpt-~", "hi", stream)),
+            (
+                "skipped",
+                format!(r#"{{"instructions":"caf~","model":"gpt-5","stream":{stream}}}"#),
+            ),
+            (
+                "nested",
+                format!(r#"{{"tools":[{{"d":"caf~"}}],"model":"gpt-5","stream":{stream}}}"#),
+            ),
+            (
+                "key",
+                format!(r#"{{"ca~f":1,"model":"gpt-5","stream":{stream}}}"#),
+            ),
+            (
+                "trailing",
+                format!(r#"{{"model":"gpt-5","stream":{stream}}} ~"#),
+            ),
+        ];
+        for (name, json) in cases {
+            out.push((format!("{name}, stream {stream}"), with_byte(&json, 0xe9)));
+        }
+    }
+    out
+}
+
+/// A body that is not UTF-8 is refused with the 400 it always got, byte for byte (the parser's
+/// `invalid_json`, naming the first bad byte), wherever the byte sits and whether or not the
+/// request streams; the connection stays, and nothing goes upstream.
+#[test]
+fn a_body_that_is_not_utf8_is_400_and_the_connection_stays() {
+    let up = mock();
+    let gw = gateway(config_for(&[up.base_url()], ""));
+    let mut c = HttpConn::open(gw.addr());
+    let mut send = |body: &[u8]| {
+        let mut raw = format!(
+            "POST /v1/responses HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(body);
+        c.raw(&raw)
+    };
+    // Two answers pinned whole, as the gateway gave them before the body's reader took the
+    // UTF-8 check over from the turn.
+    let head = |len: &str| {
+        [
+            ("content-type", "application/json"),
+            ("content-length", len),
+            ("connection", "keep-alive"),
+        ]
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .to_vec()
+    };
+    let r = send(&with_byte(&post_body("gpt-5", "caf~", false), 0xe9));
+    assert_eq!((r.status, &r.headers), (400, &head("231")));
+    assert_eq!(
+        r.body,
+        r#"{"error":{"type":"invalid_request_error","code":"invalid_json","message":"request body is not a valid JSON object: Invalid UTF-8 characters in json at line 1 column 117\n\n\txt\":\"caf�\"}]}]}\n\t........^......\n","param":null}}"#
+    );
+    let r = send(&with_byte(&post_body("gpt-~", "hi", true), 0xff));
+    assert_eq!((r.status, &r.headers), (400, &head("233")));
+    assert_eq!(
+        r.body,
+        r#"{"error":{"type":"invalid_request_error","code":"invalid_json","message":"request body is not a valid JSON object: Invalid UTF-8 characters in json at line 1 column 15\n\n\tl\":\"gpt-�\",\"stre\n\t........^.......\n","param":null}}"#
+    );
+    for (name, body) in bodies_not_utf8() {
+        let r = send(&body);
+        assert_eq!(r.status, 400, "{name}: {}", r.body);
+        assert_eq!(r.header("connection"), Some("keep-alive"), "{name}");
+        let v = r.json();
+        assert_eq!(v["error"]["code"].as_str(), Some("invalid_json"), "{name}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("request body is not a valid JSON object: Invalid UTF-8"),
+            "{name}: {message}"
+        );
+    }
+    let r = c.post("/v1/responses", &post_body("gpt-5", "ok", false));
+    assert_eq!(r.status, 200, "the connection stays: {}", r.body);
+    assert_eq!(
+        up.stats().ws_turns_total,
+        1,
+        "only the valid request went upstream"
+    );
+}

@@ -7,7 +7,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use async_tungstenite::tungstenite::Utf8Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use http::{HeaderName, HeaderValue};
 
@@ -99,20 +99,19 @@ pub async fn serve(
         }
     };
     add(&shard.counters.bytes_in, body.len() as u64);
-    // Checked here, on the bytes the client sent (nesting bounded first): the driver's own check
+    // The body's UTF-8 is checked here, once: the turn takes the frame built from it as text
+    // and never checks it again.
+    let Ok(text) = simdutf8::basic::from_utf8(&body) else {
+        return refuse(shard, stream, &not_utf8(&body), keep_alive).await;
+    };
+    // Parsed here, on the bytes the client sent (nesting bounded first): the driver's own check
     // reads the frame built from them, whose positions (line, column, excerpt) the client never
     // wrote.
-    let streaming = match ClientFrame::parse(&body) {
+    let streaming = match ClientFrame::parse(text.as_bytes()) {
         Ok(parsed) => parsed.stream == Some(true),
-        Err(e) => {
-            bump(&shard.counters.client_frame_errors);
-            return match http_head::write_error(stream, &body_error(&e), &[], keep_alive).await {
-                Ok(()) if keep_alive => After::KeepAlive,
-                _ => After::Close,
-            };
-        }
+        Err(e) => return refuse(shard, stream, &body_error(&e), keep_alive).await,
     };
-    let frame = to_frame(&body);
+    let frame = to_frame(text);
     let request_type = if streaming {
         RequestType::Stream
     } else {
@@ -154,6 +153,35 @@ pub async fn serve(
     }
 }
 
+/// Answers a request whose body is no request (the connection stays when the client keeps it).
+async fn refuse(
+    shard: &Shard,
+    stream: &mut ClientStream,
+    err: &GatewayError,
+    keep_alive: bool,
+) -> After {
+    bump(&shard.counters.client_frame_errors);
+    match http_head::write_error(stream, err, &[], keep_alive).await {
+        Ok(()) if keep_alive => After::KeepAlive,
+        _ => After::Close,
+    }
+}
+
+/// What a body that is not UTF-8 is told, as it always was: what the parser says of it
+/// (sonic-rs names the first bad byte's line and column), else the words the turn's own UTF-8
+/// check used before the body's reader took that check over.
+fn not_utf8(body: &[u8]) -> GatewayError {
+    match ClientFrame::parse(body) {
+        Err(e) => body_error(&e),
+        Ok(_) => GatewayError::new(
+            400,
+            ErrorType::InvalidRequest,
+            "invalid_json",
+            "frame is not valid UTF-8",
+        ),
+    }
+}
+
 /// What is wrong with a request body, in the client's terms.
 fn body_error(e: &ClientFrameError) -> GatewayError {
     match e {
@@ -167,21 +195,22 @@ fn body_error(e: &ClientFrameError) -> GatewayError {
     }
 }
 
-/// The POST body as a `response.create` frame (the body with a leading `type`).
-fn to_frame(body: &[u8]) -> Bytes {
+/// The POST body as a `response.create` frame (the body with a leading `type`): text built from
+/// text, so it needs no second UTF-8 check.
+fn to_frame(body: &str) -> Utf8Bytes {
     let trimmed = body.trim_ascii_start();
-    let Some(rest) = trimmed.strip_prefix(b"{") else {
+    let Some(rest) = trimmed.strip_prefix('{') else {
         // Not an object: passed on as-is so the driver answers 400.
-        return Bytes::copy_from_slice(body);
+        return Utf8Bytes::from(body);
     };
-    let empty = rest.trim_ascii_start().starts_with(b"}");
-    let mut out = Vec::with_capacity(body.len() + 28);
-    out.extend_from_slice(br#"{"type":"response.create""#);
+    let empty = rest.trim_ascii_start().starts_with('}');
+    let mut out = String::with_capacity(body.len() + 28);
+    out.push_str(r#"{"type":"response.create""#);
     if !empty {
-        out.push(b',');
+        out.push(',');
     }
-    out.extend_from_slice(rest);
-    Bytes::from(out)
+    out.push_str(rest);
+    Utf8Bytes::from(out)
 }
 
 /// Reads a request body framed as the head says (`Content-Length` or chunked), up to `limit`
@@ -231,12 +260,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_body_not_utf8_is_told_what_the_parser_says_of_it() {
+        let err = not_utf8(b"{\"input\":\"caf\xe9\"}");
+        assert_eq!((err.status, err.code), (400, "invalid_json"));
+        assert!(
+            err.message
+                .starts_with("request body is not a valid JSON object: Invalid UTF-8"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
     fn body_becomes_a_create_frame() {
         assert_eq!(
-            &to_frame(br#" {"model":"m"}"#)[..],
-            br#"{"type":"response.create","model":"m"}"#
+            to_frame(r#" {"model":"m"}"#),
+            r#"{"type":"response.create","model":"m"}"#
         );
-        assert_eq!(&to_frame(b"{ }")[..], br#"{"type":"response.create" }"#);
-        assert_eq!(&to_frame(b"[1]")[..], b"[1]");
+        assert_eq!(to_frame("{ }"), r#"{"type":"response.create" }"#);
+        assert_eq!(to_frame("[1]"), "[1]");
+        assert_eq!(
+            to_frame(r#"{"input":"Résumé"}"#),
+            r#"{"type":"response.create","input":"Résumé"}"#
+        );
     }
 }

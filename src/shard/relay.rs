@@ -68,8 +68,8 @@ pub enum Outcome {
     },
     /// The client sent a new `response.create` (and was told this response is abandoned).
     Preempted {
-        /// The new frame, to run next.
-        next: Bytes,
+        /// The new frame, to run next (its UTF-8 checked when the client's frame was read).
+        next: Utf8Bytes,
         /// How the abandoned response left its connection.
         settled: Settled,
     },
@@ -268,7 +268,7 @@ pub struct RelayEnv<'a> {
 /// waiting just before the frame goes upstream.
 pub enum BeforeSend {
     /// Send the frame; a frame the client sent for it (e.g. `response.steer`) goes after it.
-    Go(Option<Bytes>),
+    Go(Option<Utf8Bytes>),
     /// The turn is over before it reached upstream (preempted: its connection stays clean).
     Ended(Outcome),
 }
@@ -284,7 +284,7 @@ pub async fn before_send<S: ClientSink>(sink: &mut S, counters: &ShardCounters) 
         ClientSignal::Gone => return BeforeSend::Ended(Outcome::ClientGone),
         ClientSignal::Frame(frame) => frame,
     };
-    if !is_create(&frame) {
+    if !is_create(frame.as_bytes()) {
         return BeforeSend::Go(Some(frame));
     }
     counters.bump_labeled(PREEMPTIONS, "unsent");
@@ -319,7 +319,7 @@ async fn preempted<S: ClientSink>(
     env: &RelayEnv<'_>,
     source: &mut Upstream<'_>,
     sink: &mut S,
-    next: Bytes,
+    next: Utf8Bytes,
 ) -> Outcome {
     if sink.fail(&preempted_error()).await.is_err() {
         return Outcome::ClientGone;
@@ -396,7 +396,7 @@ pub async fn relay<S: ClientSink>(
     sink: &mut S,
     rewrite: &Rewrite,
     sent_at: Instant,
-    early: Option<Bytes>,
+    early: Option<Utf8Bytes>,
 ) -> Outcome {
     let mut source = Upstream::new(source, sink.takes_frames());
     if let Some(frame) = early {
@@ -707,17 +707,17 @@ enum MidTurn {
     /// The turn ends.
     End(Outcome),
     /// A new `response.create` preempts the turn.
-    Preempt(Bytes),
+    Preempt(Utf8Bytes),
 }
 
 /// A client frame that arrives while a turn is in flight.
 async fn mid_turn_frame<S: ClientSink>(
-    frame: Bytes,
+    frame: Utf8Bytes,
     source: &mut Upstream<'_>,
     sink: &mut S,
     counters: &ShardCounters,
 ) -> MidTurn {
-    match ClientFrame::parse(&frame) {
+    match ClientFrame::parse(frame.as_bytes()) {
         Ok(p) if p.kind() == ClientEventKind::ResponseCreate => MidTurn::Preempt(frame),
         Ok(_) => {
             // Other events (e.g. `response.steer`) belong to the response in flight; an HTTP
@@ -726,10 +726,7 @@ async fn mid_turn_frame<S: ClientSink>(
                 bump(&counters.client_frame_errors);
                 return MidTurn::Continue;
             };
-            let Ok(text) = Utf8Bytes::try_from(frame) else {
-                return MidTurn::Continue;
-            };
-            match ws.ws().send(Message::Text(text)).await {
+            match ws.ws().send(Message::Text(frame)).await {
                 Ok(()) => MidTurn::Continue,
                 Err(_) => MidTurn::End(Outcome::Failed {
                     relayed: true,

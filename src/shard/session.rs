@@ -19,9 +19,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use async_tungstenite::tungstenite::{Error as WsError, Message};
+use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
-use bytes::Bytes;
 use futures_lite::AsyncReadExt;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
@@ -106,8 +105,9 @@ enum Read {
 
 /// What reading the client's next frame gave.
 enum Next {
-    /// A text frame (a `response.create`, or anything the turn refuses with an error event).
-    Frame(Bytes),
+    /// A text frame (a `response.create`, or anything the turn refuses with an error event),
+    /// its UTF-8 checked by whichever reader took it (the raw read or tungstenite).
+    Frame(Utf8Bytes),
     /// Nothing within the wait.
     TimedOut,
     /// The session is over (closed, failed, or the shard drains: closed with 1001).
@@ -439,7 +439,7 @@ impl Session {
             }
             if first {
                 // Boxed for the same reason as the turn: a state-store lookup is a large future.
-                if let Some(to) = Box::pin(self.owner_elsewhere(&frame)).await {
+                if let Some(to) = Box::pin(self.owner_elsewhere(frame.as_bytes())).await {
                     return Served::HandOff(to);
                 }
                 // The session stays here: the socket's bytes need not be kept any more.
@@ -537,7 +537,7 @@ impl Session {
             match msg {
                 Message::Text(t) => {
                     self.driver.set_client_wire(None);
-                    return Next::Frame(Bytes::from(t));
+                    return Next::Frame(t);
                 }
                 Message::Binary(_) => {
                     self.close(CloseReason::Unsupported).await;

@@ -89,8 +89,8 @@ pub struct Gone;
 
 /// What a client does while a turn runs.
 pub enum ClientSignal {
-    /// A frame (WebSocket clients only).
-    Frame(Bytes),
+    /// A frame (WebSocket clients only), its UTF-8 checked by the codec that read it.
+    Frame(Utf8Bytes),
     /// The client closed or vanished.
     Gone,
 }
@@ -150,7 +150,7 @@ impl ClientSink for WsSink<'_> {
     async fn signal(&mut self) -> ClientSignal {
         loop {
             let reason = match self.client.next().await {
-                Some(Ok(Message::Text(t))) => return ClientSignal::Frame(Bytes::from(t)),
+                Some(Ok(Message::Text(t))) => return ClientSignal::Frame(t),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 None => return ClientSignal::Gone,
                 Some(Ok(Message::Binary(_))) => CloseReason::Unsupported,

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use async_tungstenite::tungstenite::Utf8Bytes;
 use bytes::Bytes;
 use sonic_rs::{JsonContainerTrait, JsonValueMutTrait, JsonValueTrait, Value};
 
@@ -114,8 +115,9 @@ pub fn answer(id: &str, model: &str) -> [String; 2] {
 
 /// The turn `turn` chained to warm-up `warm`: the warm-up's input first, its other fields
 /// (instructions, tools, …) where the turn has none, and the warm-up's own
-/// `previous_response_id` (if any) instead of the gateway id.
-pub fn merge(warm: &[u8], turn: &[u8]) -> Option<Bytes> {
+/// `previous_response_id` (if any) instead of the gateway id. Text, as sonic-rs writes it (its
+/// `to_string` checks nothing more), so the turn runs it without a UTF-8 check of its own.
+pub fn merge(warm: &[u8], turn: &[u8]) -> Option<Utf8Bytes> {
     let warm: Value = sonic_rs::from_slice(warm).ok()?;
     let mut turn: Value = sonic_rs::from_slice(turn).ok()?;
     let warm = warm.as_object()?;
@@ -132,7 +134,7 @@ pub fn merge(warm: &[u8], turn: &[u8]) -> Option<Bytes> {
             t.insert(&key, value.clone());
         }
     }
-    sonic_rs::to_vec(&turn).ok().map(Bytes::from)
+    sonic_rs::to_string(&turn).ok().map(Utf8Bytes::from)
 }
 
 /// The context a `store=false` turn leaves behind: the request `frame` it was sent as, with the
@@ -194,7 +196,7 @@ mod tests {
         let warm = br#"{"type":"response.create","model":"m","generate":false,"instructions":"be brief","tools":[{"type":"function","name":"shell"}],"input":[{"type":"message","role":"user","content":"ctx"}]}"#;
         let turn = br#"{"type":"response.create","model":"m","previous_response_id":"resp_gw_1","input":"now"}"#;
         let out = merge(warm, turn).unwrap();
-        let v: Value = sonic_rs::from_slice(&out).unwrap();
+        let v: Value = sonic_rs::from_str(&out).unwrap();
         assert!(v.get("previous_response_id").is_none());
         assert!(v.get("generate").is_none());
         assert_eq!(
@@ -230,7 +232,7 @@ mod tests {
         assert!(input[1].get("id").is_none());
         let turn = br#"{"type":"response.create","model":"m","store":false,"previous_response_id":"resp_1","input":[{"type":"function_call_output","call_id":"call_1","output":"ok"}]}"#;
         let merged = merge(&ctx, turn).unwrap();
-        let v: Value = sonic_rs::from_slice(&merged).unwrap();
+        let v: Value = sonic_rs::from_str(&merged).unwrap();
         assert_eq!(v.get("input").and_then(|i| i.as_array()).unwrap().len(), 3);
     }
 

@@ -54,7 +54,6 @@ impl Driver {
         &mut self,
         sink: &mut S,
         pool: &Rc<Pool>,
-        frame: &Bytes,
         text: &Utf8Bytes,
         parsed: &ClientFrame<'_>,
         previous: PreviousId<'_>,
@@ -106,6 +105,7 @@ impl Driver {
                 false,
             );
         };
+        let frame: &Bytes = text.as_ref();
         let (payload, rewrite) =
             normalizer::rewrite(frame, parsed, previous, &pool.account.config.model_map);
         let reused = lease.reused || lease.conn().turns > 0;

@@ -30,6 +30,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
+use async_tungstenite::tungstenite::Utf8Bytes;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
@@ -63,7 +64,7 @@ pub enum TurnEnd {
     /// The request is over (answered or failed); the client may send another.
     Done,
     /// A new `response.create` arrived mid-turn: run it next.
-    Preempted(Bytes),
+    Preempted(Utf8Bytes),
     /// The client left.
     ClientGone,
 }
@@ -186,11 +187,13 @@ impl Driver {
         }
     }
 
-    /// Handles one client `response.create` frame, from receipt to the last event.
+    /// Handles one client `response.create` frame, from receipt to the last event. The frame is
+    /// text whose UTF-8 its reader checked (the client WebSocket's, the POST body's): the turn
+    /// never checks it again.
     pub async fn run<S: ClientSink>(
         &mut self,
         sink: &mut S,
-        frame: Bytes,
+        frame: Utf8Bytes,
         received: Instant,
     ) -> TurnEnd {
         let end = self.turn(sink, frame, received).await;
@@ -211,7 +214,7 @@ impl Driver {
     async fn turn<S: ClientSink>(
         &mut self,
         sink: &mut S,
-        frame: Bytes,
+        frame: Utf8Bytes,
         received: Instant,
     ) -> TurnEnd {
         // Counted as in flight (a graceful shutdown waits for it) until this returns.
@@ -221,8 +224,8 @@ impl Driver {
         // to a warm-up the gateway answered is expanded once, then validated again.
         let mut frame = frame;
         let mut expanded = false;
-        let (text, parsed) = loop {
-            let (text, parsed) = match frame::check(&frame) {
+        let parsed = loop {
+            let parsed = match frame::check(&frame) {
                 Ok(p) => p,
                 Err(err) => {
                     bump(&self.shard.counters.client_frame_errors);
@@ -230,7 +233,7 @@ impl Driver {
                 }
             };
             if !expanded {
-                if let Some(merged) = self.expand_warmup_chain(&parsed, &frame) {
+                if let Some(merged) = self.expand_warmup_chain(&parsed, frame.as_bytes()) {
                     expanded = true;
                     frame = merged;
                     // The frame going upstream is not the one the client sent.
@@ -238,8 +241,9 @@ impl Driver {
                     continue;
                 }
             }
-            break (text, parsed);
+            break parsed;
         };
+        let bytes: &Bytes = frame.as_ref();
         if let Err(err) = frame::check_kind(&parsed) {
             bump(&self.shard.counters.client_frame_errors);
             return self.report(sink, &err.into()).await;
@@ -306,21 +310,20 @@ impl Driver {
                 || pool.ws_refused(now);
             if use_http && parsed.is_warmup() {
                 return self
-                    .answer_warmup(sink, &frame, &model, received, &pool)
+                    .answer_warmup(sink, bytes, &model, received, &pool)
                     .await;
             }
             attempts += 1;
             bump(&self.shard.counters.attempts);
             pool.breaker.begin(now);
             let attempt = if use_http {
-                self.attempt_http(sink, &pool, &frame, &parsed, previous, fresh)
+                self.attempt_http(sink, &pool, bytes, &parsed, previous, fresh)
                     .await
             } else {
                 self.attempt_ws(
                     sink,
                     &pool,
                     &frame,
-                    &text,
                     &parsed,
                     previous,
                     depends_on_connection,
@@ -361,7 +364,7 @@ impl Driver {
                         conn: attempt.conn.unwrap_or(NO_CONNECTION),
                         over_http: use_http,
                     };
-                    self.finish_terminal(&meta, &frame, &parsed, done);
+                    self.finish_terminal(&meta, bytes, &parsed, done);
                     return TurnEnd::Done;
                 }
                 Outcome::UpstreamErrorEvent => {

@@ -32,7 +32,7 @@ impl Driver {
         &self,
         parsed: &ClientFrame<'_>,
         frame: &[u8],
-    ) -> Option<Bytes> {
+    ) -> Option<Utf8Bytes> {
         let id = parsed.previous_response_id.as_deref()?;
         let cache = self.shard.warmups.borrow();
         if cache.is_empty() {
