@@ -98,7 +98,11 @@ fuzz_target!(|data: &[u8]| {
                         panic!("took a frame the reference gives back, at {at}");
                     };
                     assert_eq!(&f.wire[..], &wire[at..at + total], "the bytes sent");
-                    assert_eq!(f.text.as_bytes(), payload.as_slice(), "the unmasked payload");
+                    assert_eq!(
+                        f.text.as_bytes(),
+                        payload.as_slice(),
+                        "the unmasked payload"
+                    );
                     at += total;
                     assert!(edge.at_message_edge());
                 }
@@ -116,7 +120,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let mut rest = Vec::new();
-        edge.read_to_end(&mut rest).await.expect("an in-memory read");
-        assert_eq!(rest, &wire[at..], "every byte not taken is served again, in order");
+        edge.read_to_end(&mut rest)
+            .await
+            .expect("an in-memory read");
+        assert_eq!(
+            rest,
+            &wire[at..],
+            "every byte not taken is served again, in order"
+        );
     });
 });

@@ -277,10 +277,12 @@ fn decode_body(
 }
 
 /// Turns a `response.create` frame into the body of `POST /responses`: without `type` and
-/// `generate`, with `stream: true`. Returns `None` when the frame is not a JSON object.
-pub fn http_body(frame: &[u8]) -> Option<Vec<u8>> {
+/// `generate`, with `stream: true`. Returns `None` when the frame is not a JSON object. The
+/// frame is text (its UTF-8 checked when it was read): sonic-rs reads a `&str` without checking
+/// it again, where a `&[u8]` would cost a pass over the whole frame first.
+pub fn http_body(frame: &str) -> Option<Vec<u8>> {
     use sonic_rs::JsonValueMutTrait;
-    let mut v: sonic_rs::Value = sonic_rs::from_slice(frame).ok()?;
+    let mut v: sonic_rs::Value = sonic_rs::from_str(frame).ok()?;
     let obj = v.as_object_mut()?;
     obj.remove(&"type");
     obj.remove(&"generate");
@@ -295,7 +297,7 @@ mod tests {
     #[test]
     fn http_body_drops_type_and_generate_and_streams() {
         let body = http_body(
-            br#"{"type":"response.create","model":"m","generate":false,"stream":false,"input":[]}"#,
+            r#"{"type":"response.create","model":"m","generate":false,"stream":false,"input":[]}"#,
         )
         .unwrap();
         let v: sonic_rs::Value = sonic_rs::from_slice(&body).unwrap();
@@ -304,6 +306,6 @@ mod tests {
         assert!(v.get("generate").is_none());
         assert_eq!(v.get("stream").and_then(|s| s.as_bool()), Some(true));
         assert_eq!(v.get("model").and_then(|s| s.as_str()), Some("m"));
-        assert!(http_body(b"[1]").is_none());
+        assert!(http_body("[1]").is_none());
     }
 }

@@ -2,7 +2,8 @@
 //! goes upstream, and where lifecycle events are mapped back on the way down.
 //!
 //! A frame that needs no rewrite is forwarded as the bytes it came in (no copy). A rewrite
-//! happens at most once per frame, by splicing every changed value into one new buffer.
+//! happens at most once per frame, by splicing every changed value into one new buffer: text
+//! into text, so the frame's UTF-8, checked when it was read, needs no second check.
 //!
 //! Two things may change: `model` (per-account model map) and `previous_response_id`, whose
 //! fate is decided by the call/output pairing invariant ([`decide_pairing`]) before anything
@@ -15,7 +16,7 @@ mod pairing;
 use std::collections::HashMap;
 use std::ops::Range;
 
-use bytes::Bytes;
+use async_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::protocol::fields::{fields, plain_str};
 use crate::protocol::lazy::range_of;
@@ -40,42 +41,45 @@ pub enum Rewrite {
     },
 }
 
-/// The single splice: maps the model and applies `previous`, producing the final bytes once.
+/// The single splice: maps the model and applies `previous`, producing the final text once.
 /// Used for every attempt: with the turn's pairing decision, or a recovery replay's (`PreviousId::Set` to align,
 /// `PreviousId::Clear` to replay without the id).
+///
+/// `None` only if a span of `parsed` did not fall between characters of `frame`, which a span
+/// the parser took from this very frame always does (it starts and ends at ASCII delimiters).
 pub fn rewrite(
-    frame: &Bytes,
+    frame: &Utf8Bytes,
     parsed: &ClientFrame<'_>,
     previous: PreviousId<'_>,
     model_map: &HashMap<String, String>,
-) -> (Bytes, Rewrite) {
+) -> Option<(Utf8Bytes, Rewrite)> {
     let mut model_edit = None;
     let mut rw = Rewrite::None;
     if let (Some(model), Some(span)) = (parsed.model.as_deref(), parsed.model_span.clone()) {
         if let Some(mapped) = model_map.get(model) {
-            model_edit = Some((span, json_string(mapped).into_bytes()));
+            model_edit = Some((span, json_string(mapped)));
             rw = Rewrite::ModelMapped {
                 client_model: model.to_string(),
                 upstream_model: mapped.clone(),
             };
         }
     }
-    let previous_edit = previous_edit(frame, parsed, previous);
-    let mut edits: [Option<(Range<usize>, Vec<u8>)>; 2] = [model_edit, previous_edit];
+    let previous_edit = previous_edit(frame.as_bytes(), parsed, previous);
+    let mut edits: [Option<(Range<usize>, String)>; 2] = [model_edit, previous_edit];
     if edits.iter().all(Option::is_none) {
-        return (frame.clone(), rw);
+        return Some((frame.clone(), rw));
     }
     edits.sort_by_key(|e| e.as_ref().map(|(r, _)| r.start));
     let grow: usize = edits.iter().flatten().map(|(_, b)| b.len()).sum();
-    let mut out = Vec::with_capacity(frame.len() + grow);
+    let mut out = String::with_capacity(frame.len() + grow);
     let mut at = 0;
-    for (range, bytes) in edits.iter().flatten() {
-        out.extend_from_slice(&frame[at..range.start]);
-        out.extend_from_slice(bytes);
+    for (range, text) in edits.iter().flatten() {
+        out.push_str(frame.get(at..range.start)?);
+        out.push_str(text);
         at = range.end;
     }
-    out.extend_from_slice(&frame[at..]);
-    (Bytes::from(out), rw)
+    out.push_str(frame.get(at..)?);
+    Some((Utf8Bytes::from(out), rw))
 }
 
 /// The splice that applies `previous`, if any is needed.
@@ -83,12 +87,15 @@ fn previous_edit(
     frame: &[u8],
     parsed: &ClientFrame<'_>,
     previous: PreviousId<'_>,
-) -> Option<(Range<usize>, Vec<u8>)> {
+) -> Option<(Range<usize>, String)> {
     match previous {
         PreviousId::AsSent => None,
         PreviousId::Clear => {
             parsed.previous_response_id.as_ref()?;
-            Some((parsed.previous_response_id_span.clone()?, b"null".to_vec()))
+            Some((
+                parsed.previous_response_id_span.clone()?,
+                "null".to_string(),
+            ))
         }
         PreviousId::Set(id) => {
             if parsed.previous_response_id.as_deref() == Some(id) {
@@ -96,18 +103,18 @@ fn previous_edit(
             }
             let quoted = json_string(id);
             if let Some(span) = parsed.previous_response_id_span.clone() {
-                return Some((span, quoted.into_bytes()));
+                return Some((span, quoted));
             }
             let open = frame.iter().position(|b| *b == b'{')?;
             let rest_empty = frame[open + 1..]
                 .iter()
                 .find(|b| !b.is_ascii_whitespace())
                 .is_some_and(|b| *b == b'}');
-            let mut member = Vec::with_capacity(quoted.len() + 25);
-            member.extend_from_slice(b"\"previous_response_id\":");
-            member.extend_from_slice(quoted.as_bytes());
+            let mut member = String::with_capacity(quoted.len() + 25);
+            member.push_str("\"previous_response_id\":");
+            member.push_str(&quoted);
             if !rest_empty {
-                member.push(b',');
+                member.push(',');
             }
             Some((open + 1..open + 1, member))
         }
@@ -179,6 +186,21 @@ mod tests {
     use super::*;
     use crate::shard::ShardCounters;
 
+    /// A client frame, as the reader hands it on.
+    fn text(frame: &'static [u8]) -> Utf8Bytes {
+        Utf8Bytes::try_from(bytes::Bytes::from_static(frame)).expect("UTF-8")
+    }
+
+    /// [`rewrite`], whose spans come from the frame itself.
+    fn spliced(
+        frame: &Utf8Bytes,
+        parsed: &ClientFrame<'_>,
+        previous: PreviousId<'_>,
+        model_map: &HashMap<String, String>,
+    ) -> (Utf8Bytes, Rewrite) {
+        rewrite(frame, parsed, previous, model_map).expect("spans fall between characters")
+    }
+
     pub(super) fn facts<'a>(
         frame: &'a ClientFrame<'a>,
         last: Option<&'a str>,
@@ -198,25 +220,40 @@ mod tests {
 
     #[test]
     fn unmapped_frames_are_not_copied() {
-        let frame = Bytes::from_static(br#"{"type":"response.create","model":"gpt-5"}"#);
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let (out, rw) = rewrite(&frame, &parsed, PreviousId::AsSent, &HashMap::new());
+        let frame = text(br#"{"type":"response.create","model":"gpt-5"}"#);
+        let parsed = ClientFrame::parse(frame.as_bytes()).unwrap();
+        let (out, rw) = spliced(&frame, &parsed, PreviousId::AsSent, &HashMap::new());
         assert_eq!(rw, Rewrite::None);
         assert_eq!(out.as_ptr(), frame.as_ptr());
         let map = HashMap::from([("other".to_string(), "x".to_string())]);
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::AsSent, &map);
+        let (out, _) = spliced(&frame, &parsed, PreviousId::AsSent, &map);
         assert_eq!(out.as_ptr(), frame.as_ptr());
     }
 
     #[test]
-    fn maps_model_up_and_back() {
-        let frame =
-            Bytes::from_static(br#"{"type":"response.create","model":"gpt-5","input":"hi"}"#);
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let map = HashMap::from([("gpt-5".to_string(), "gpt-5-2026".to_string())]);
-        let (out, rw) = rewrite(&frame, &parsed, PreviousId::AsSent, &map);
+    fn a_rewrite_is_text_and_a_span_inside_a_character_is_refused() {
+        let frame = text(r#"{"model":"é","instructions":"Résumé","input":"ü"}"#.as_bytes());
+        let mut parsed = ClientFrame::parse(frame.as_bytes()).unwrap();
+        let map = HashMap::from([("é".to_string(), "e-2026".to_string())]);
+        let (out, _) = spliced(&frame, &parsed, PreviousId::Set("r1"), &map);
         assert_eq!(
-            &out[..],
+            out,
+            r#"{"previous_response_id":"r1","model":"e-2026","instructions":"Résumé","input":"ü"}"#
+        );
+        // Not a span the parser gives: one that ends inside `é`.
+        let span = parsed.model_span.clone().unwrap();
+        parsed.model_span = Some(span.start..span.start + 2);
+        assert!(rewrite(&frame, &parsed, PreviousId::AsSent, &map).is_none());
+    }
+
+    #[test]
+    fn maps_model_up_and_back() {
+        let frame = text(br#"{"type":"response.create","model":"gpt-5","input":"hi"}"#);
+        let parsed = ClientFrame::parse(frame.as_bytes()).unwrap();
+        let map = HashMap::from([("gpt-5".to_string(), "gpt-5-2026".to_string())]);
+        let (out, rw) = spliced(&frame, &parsed, PreviousId::AsSent, &map);
+        assert_eq!(
+            out.as_bytes(),
             br#"{"type":"response.create","model":"gpt-5-2026","input":"hi"}"#
         );
         let ev = br#"{"type":"response.completed","response":{"id":"r","model":"gpt-5-2026"}}"#;
@@ -257,33 +294,38 @@ mod tests {
 
     #[test]
     fn inject_splices_the_id_after_the_opening_brace() {
-        let frame = Bytes::from_static(OUTPUT_NO_PREV);
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let (out, rw) = rewrite(&frame, &parsed, PreviousId::Set("r9"), &HashMap::new());
+        let frame = text(OUTPUT_NO_PREV);
+        let parsed = ClientFrame::parse(frame.as_bytes()).unwrap();
+        let (out, rw) = spliced(&frame, &parsed, PreviousId::Set("r9"), &HashMap::new());
         assert_eq!(rw, Rewrite::None);
-        let reparsed = ClientFrame::parse(&out).unwrap();
+        let reparsed = ClientFrame::parse(out.as_bytes()).unwrap();
         assert_eq!(reparsed.previous_response_id.as_deref(), Some("r9"));
-        assert!(out.starts_with(br#"{"previous_response_id":"r9","type""#));
-        let empty = Bytes::from_static(b" { } ");
-        let parsed = ClientFrame::parse(&empty).unwrap();
-        let (out, _) = rewrite(&empty, &parsed, PreviousId::Set("r9"), &HashMap::new());
-        assert_eq!(&out[..], br#" {"previous_response_id":"r9" } "#);
+        assert!(out
+            .as_bytes()
+            .starts_with(br#"{"previous_response_id":"r9","type""#));
+        let empty = text(b" { } ");
+        let parsed = ClientFrame::parse(empty.as_bytes()).unwrap();
+        let (out, _) = spliced(&empty, &parsed, PreviousId::Set("r9"), &HashMap::new());
+        assert_eq!(out.as_bytes(), br#" {"previous_response_id":"r9" } "#);
     }
 
     #[test]
     fn set_replaces_a_null_or_other_id_and_clear_sends_null() {
-        let frame = Bytes::from_static(br#"{"previous_response_id":null,"input":"x"}"#);
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::Set("r2"), &HashMap::new());
-        assert_eq!(&out[..], br#"{"previous_response_id":"r2","input":"x"}"#);
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::Clear, &HashMap::new());
+        let frame = text(br#"{"previous_response_id":null,"input":"x"}"#);
+        let parsed = ClientFrame::parse(frame.as_bytes()).unwrap();
+        let (out, _) = spliced(&frame, &parsed, PreviousId::Set("r2"), &HashMap::new());
+        assert_eq!(
+            out.as_bytes(),
+            br#"{"previous_response_id":"r2","input":"x"}"#
+        );
+        let (out, _) = spliced(&frame, &parsed, PreviousId::Clear, &HashMap::new());
         assert_eq!(out.as_ptr(), frame.as_ptr());
-        let frame = Bytes::from_static(OUTPUT_WITH_PREV);
-        let parsed = ClientFrame::parse(&frame).unwrap();
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::Set("r1"), &HashMap::new());
+        let frame = text(OUTPUT_WITH_PREV);
+        let parsed = ClientFrame::parse(frame.as_bytes()).unwrap();
+        let (out, _) = spliced(&frame, &parsed, PreviousId::Set("r1"), &HashMap::new());
         assert_eq!(out.as_ptr(), frame.as_ptr());
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::Clear, &HashMap::new());
-        let reparsed = ClientFrame::parse(&out).unwrap();
+        let (out, _) = spliced(&frame, &parsed, PreviousId::Clear, &HashMap::new());
+        let reparsed = ClientFrame::parse(out.as_bytes()).unwrap();
         assert!(reparsed.previous_response_id.is_none());
         assert_eq!(reparsed.tool_output_call_ids.len(), 1);
     }
@@ -291,16 +333,16 @@ mod tests {
     #[test]
     fn combined_rewrite_maps_the_model_and_injects_in_one_pass() {
         let counters = ShardCounters::default();
-        let frame = Bytes::from_static(OUTPUT_NO_PREV);
-        let parsed = ClientFrame::parse(&frame).unwrap();
+        let frame = text(OUTPUT_NO_PREV);
+        let parsed = ClientFrame::parse(frame.as_bytes()).unwrap();
         let map = HashMap::from([("gpt-5".to_string(), "gpt-5-2026".to_string())]);
         let pairing = pairing_for_turn(
             &counters,
             &facts(&parsed, Some("r9"), Pending::Unknown, Pending::Unknown),
         );
-        let (payload, rw) = rewrite(&frame, &parsed, pairing.previous, &map);
+        let (payload, rw) = spliced(&frame, &parsed, pairing.previous, &map);
         assert_eq!(
-            &payload[..],
+            payload.as_bytes(),
             br#"{"previous_response_id":"r9","type":"response.create","model":"gpt-5-2026","store":false,"input":[{"type":"function_call_output","call_id":"c1","output":"ok"}]}"#
         );
         assert_eq!(pairing.reason, PairingReason::InjectUnverified);
@@ -313,14 +355,14 @@ mod tests {
 
     #[test]
     fn model_mapping_with_a_replaced_id_after_it() {
-        let frame = Bytes::from_static(
+        let frame = text(
             br#"{"model":"a","previous_response_id":"r1","store":false,"input":[{"type":"function_call_output","call_id":"c1"}]}"#,
         );
-        let parsed = ClientFrame::parse(&frame).unwrap();
+        let parsed = ClientFrame::parse(frame.as_bytes()).unwrap();
         let map = HashMap::from([("a".to_string(), "much-longer-model".to_string())]);
-        let (out, _) = rewrite(&frame, &parsed, PreviousId::Set("r22"), &map);
+        let (out, _) = spliced(&frame, &parsed, PreviousId::Set("r22"), &map);
         assert_eq!(
-            &out[..],
+            out.as_bytes(),
             br#"{"model":"much-longer-model","previous_response_id":"r22","store":false,"input":[{"type":"function_call_output","call_id":"c1"}]}"#
         );
     }

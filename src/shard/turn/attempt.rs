@@ -6,7 +6,6 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
-use bytes::Bytes;
 
 use crate::metrics::Hist;
 use crate::protocol::error_body::{ErrorType, GatewayError};
@@ -45,6 +44,18 @@ impl Attempt {
             conn: None,
         }
     }
+}
+
+/// An attempt whose frame the normalizer could not splice (a span off a character boundary:
+/// never, for spans the parser took from the frame itself).
+fn rewrite_failed() -> Attempt {
+    let err = GatewayError::new(
+        500,
+        ErrorType::Server,
+        "rewrite_failed",
+        "the rewritten frame is not valid UTF-8",
+    );
+    Attempt::failed(Failure::local(err), false)
 }
 
 impl Driver {
@@ -105,33 +116,19 @@ impl Driver {
                 false,
             );
         };
-        let frame: &Bytes = text.as_ref();
-        let (payload, rewrite) =
-            normalizer::rewrite(frame, parsed, previous, &pool.account.config.model_map);
+        let model_map = &pool.account.config.model_map;
+        let Some((payload, rewrite)) = normalizer::rewrite(text, parsed, previous, model_map)
+        else {
+            return rewrite_failed();
+        };
         let reused = lease.reused || lease.conn().turns > 0;
         let conn_id = lease.conn().id;
-        let unchanged = payload.as_ptr() == frame.as_ptr() && payload.len() == frame.len();
+        let unchanged = payload.as_ptr() == text.as_ptr() && payload.len() == text.len();
         // An unchanged frame goes as the client masked it, when it came as one frame of it.
         let wire = self
             .client_wire
             .clone()
-            .filter(|w| unchanged && cut_through::carries(w, frame));
-        let payload = if unchanged {
-            text.clone()
-        } else {
-            match Utf8Bytes::try_from(payload) {
-                Ok(t) => t,
-                Err(_) => {
-                    let err = GatewayError::new(
-                        500,
-                        ErrorType::Server,
-                        "rewrite_failed",
-                        "the rewritten frame is not valid UTF-8",
-                    );
-                    return Attempt::failed(Failure::local(err), false);
-                }
-            }
-        };
+            .filter(|w| unchanged && cut_through::carries(w, text.as_bytes()));
         let early = match relay::before_send(sink, &self.shard.counters).await {
             BeforeSend::Go(early) => early,
             BeforeSend::Ended(outcome) => {
@@ -187,7 +184,7 @@ impl Driver {
         &mut self,
         sink: &mut S,
         pool: &Rc<Pool>,
-        frame: &Bytes,
+        frame: &Utf8Bytes,
         parsed: &ClientFrame<'_>,
         previous: PreviousId<'_>,
         fresh: bool,
@@ -195,8 +192,11 @@ impl Driver {
         // A session moving to HTTP gives its WebSocket back.
         self.release();
         let _in_flight = pool.http_request();
-        let (payload, rewrite) =
-            normalizer::rewrite(frame, parsed, previous, &pool.account.config.model_map);
+        let model_map = &pool.account.config.model_map;
+        let Some((payload, rewrite)) = normalizer::rewrite(frame, parsed, previous, model_map)
+        else {
+            return rewrite_failed();
+        };
         let Some(body) = http_body(&payload) else {
             let err = GatewayError::new(
                 400,

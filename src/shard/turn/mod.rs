@@ -317,7 +317,7 @@ impl Driver {
             bump(&self.shard.counters.attempts);
             pool.breaker.begin(now);
             let attempt = if use_http {
-                self.attempt_http(sink, &pool, bytes, &parsed, previous, fresh)
+                self.attempt_http(sink, &pool, &frame, &parsed, previous, fresh)
                     .await
             } else {
                 self.attempt_ws(
