@@ -115,11 +115,12 @@ pub fn answer(id: &str, model: &str) -> [String; 2] {
 
 /// The turn `turn` chained to warm-up `warm`: the warm-up's input first, its other fields
 /// (instructions, tools, …) where the turn has none, and the warm-up's own
-/// `previous_response_id` (if any) instead of the gateway id. Text, as sonic-rs writes it (its
-/// `to_string` checks nothing more), so the turn runs it without a UTF-8 check of its own.
-pub fn merge(warm: &[u8], turn: &[u8]) -> Option<Utf8Bytes> {
+/// `previous_response_id` (if any) instead of the gateway id. The turn is text (its UTF-8
+/// checked when it was read), read by sonic-rs without a second check; so is the result, as
+/// sonic-rs writes it (`to_string` checks nothing more), so the turn runs it unchecked too.
+pub fn merge(warm: &[u8], turn: &str) -> Option<Utf8Bytes> {
     let warm: Value = sonic_rs::from_slice(warm).ok()?;
-    let mut turn: Value = sonic_rs::from_slice(turn).ok()?;
+    let mut turn: Value = sonic_rs::from_str(turn).ok()?;
     let warm = warm.as_object()?;
     let t = turn.as_object_mut()?;
     t.remove(&"previous_response_id");
@@ -140,9 +141,9 @@ pub fn merge(warm: &[u8], turn: &[u8]) -> Option<Utf8Bytes> {
 /// The context a `store=false` turn leaves behind: the request `frame` it was sent as, with the
 /// response's `output` items (a JSON array) appended to its input. Item ids are dropped (upstream
 /// does not persist store=false items) and reasoning items without encrypted content are left
-/// out (they cannot be replayed).
-pub fn continuation(frame: &[u8], output: &str) -> Option<Bytes> {
-    let mut v: Value = sonic_rs::from_slice(frame).ok()?;
+/// out (they cannot be replayed). The frame is text, its UTF-8 checked when it was read.
+pub fn continuation(frame: &str, output: &str) -> Option<Bytes> {
+    let mut v: Value = sonic_rs::from_str(frame).ok()?;
     let out: Value = sonic_rs::from_str(output).ok()?;
     let obj = v.as_object_mut()?;
     let mut input = as_items(obj.get(&"input"));
@@ -194,7 +195,7 @@ mod tests {
     #[test]
     fn merge_prepends_warmup_input_and_fills_missing_fields() {
         let warm = br#"{"type":"response.create","model":"m","generate":false,"instructions":"be brief","tools":[{"type":"function","name":"shell"}],"input":[{"type":"message","role":"user","content":"ctx"}]}"#;
-        let turn = br#"{"type":"response.create","model":"m","previous_response_id":"resp_gw_1","input":"now"}"#;
+        let turn = r#"{"type":"response.create","model":"m","previous_response_id":"resp_gw_1","input":"now"}"#;
         let out = merge(warm, turn).unwrap();
         let v: Value = sonic_rs::from_str(&out).unwrap();
         assert!(v.get("previous_response_id").is_none());
@@ -218,7 +219,7 @@ mod tests {
 
     #[test]
     fn continuation_appends_output_items_without_ids() {
-        let sent = br#"{"type":"response.create","model":"m","store":false,"previous_response_id":"x","input":"hi"}"#;
+        let sent = r#"{"type":"response.create","model":"m","store":false,"previous_response_id":"x","input":"hi"}"#;
         let output = r#"[{"type":"reasoning","id":"rs_1","summary":[]},{"type":"function_call","id":"fc_1","call_id":"call_1","name":"shell","arguments":"{}","status":"completed"}]"#;
         let ctx = continuation(sent, output).unwrap();
         let v: Value = sonic_rs::from_slice(&ctx).unwrap();
@@ -230,7 +231,7 @@ mod tests {
             Some("call_1")
         );
         assert!(input[1].get("id").is_none());
-        let turn = br#"{"type":"response.create","model":"m","store":false,"previous_response_id":"resp_1","input":[{"type":"function_call_output","call_id":"call_1","output":"ok"}]}"#;
+        let turn = r#"{"type":"response.create","model":"m","store":false,"previous_response_id":"resp_1","input":[{"type":"function_call_output","call_id":"call_1","output":"ok"}]}"#;
         let merged = merge(&ctx, turn).unwrap();
         let v: Value = sonic_rs::from_str(&merged).unwrap();
         assert_eq!(v.get("input").and_then(|i| i.as_array()).unwrap().len(), 3);

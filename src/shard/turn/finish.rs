@@ -5,7 +5,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use async_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Hist;
 use crate::protocol::{ClientFrame, TerminalKind, Usage};
@@ -70,7 +70,7 @@ impl Driver {
     pub(super) fn finish_terminal(
         &mut self,
         meta: &TurnMeta<'_>,
-        frame: &Bytes,
+        frame: &Utf8Bytes,
         parsed: &ClientFrame<'_>,
         done: Done,
     ) {

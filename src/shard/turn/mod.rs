@@ -233,7 +233,7 @@ impl Driver {
                 }
             };
             if !expanded {
-                if let Some(merged) = self.expand_warmup_chain(&parsed, frame.as_bytes()) {
+                if let Some(merged) = self.expand_warmup_chain(&parsed, frame.as_str()) {
                     expanded = true;
                     frame = merged;
                     // The frame going upstream is not the one the client sent.
@@ -243,7 +243,6 @@ impl Driver {
             }
             break parsed;
         };
-        let bytes: &Bytes = frame.as_ref();
         if let Err(err) = frame::check_kind(&parsed) {
             bump(&self.shard.counters.client_frame_errors);
             return self.report(sink, &err.into()).await;
@@ -310,7 +309,7 @@ impl Driver {
                 || pool.ws_refused(now);
             if use_http && parsed.is_warmup() {
                 return self
-                    .answer_warmup(sink, bytes, &model, received, &pool)
+                    .answer_warmup(sink, frame.as_ref(), &model, received, &pool)
                     .await;
             }
             attempts += 1;
@@ -364,7 +363,7 @@ impl Driver {
                         conn: attempt.conn.unwrap_or(NO_CONNECTION),
                         over_http: use_http,
                     };
-                    self.finish_terminal(&meta, bytes, &parsed, done);
+                    self.finish_terminal(&meta, &frame, &parsed, done);
                     return TurnEnd::Done;
                 }
                 Outcome::UpstreamErrorEvent => {

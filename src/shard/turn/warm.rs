@@ -31,7 +31,7 @@ impl Driver {
     pub(super) fn expand_warmup_chain(
         &self,
         parsed: &ClientFrame<'_>,
-        frame: &[u8],
+        frame: &str,
     ) -> Option<Utf8Bytes> {
         let id = parsed.previous_response_id.as_deref()?;
         let cache = self.shard.warmups.borrow();
