@@ -16,6 +16,13 @@ pub use glommio::task::JoinHandle;
 /// sockets do not touch it, so we keep it at the minimum and stay under a low `RLIMIT_MEMLOCK`.
 const IO_MEMORY_BYTES: usize = 64 * 1024;
 
+/// Turns off the executor's latency preemption timer (a meaning the patched glommio in
+/// `vendor/glommio` gives `Duration::MAX`). A shard runs one task queue of I/O-bound session
+/// tasks, so the timer preempted nothing, yet arming and cancelling it around every wake cost
+/// about two io_uring_enter calls (`perf/README.md`, "Executor wake-ups"). The throughput timer
+/// still sends the executor back to its rings after every 128 completions.
+const NO_LATENCY_PREEMPTION: Duration = Duration::MAX;
+
 /// The CPUs this process may run on, from `sched_getaffinity` (not the CPUs online), so that a
 /// restricted cgroup or container never pins a shard to a CPU it cannot use.
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
@@ -49,7 +56,8 @@ where
     };
     let builder = glommio::LocalExecutorBuilder::new(placement)
         .name(name)
-        .io_memory(IO_MEMORY_BYTES);
+        .io_memory(IO_MEMORY_BYTES)
+        .preempt_timer(NO_LATENCY_PREEMPTION);
     let name = name.to_string();
     std::thread::Builder::new()
         .name(name.clone())
@@ -311,10 +319,9 @@ mod tests {
         assert_eq!(outcome, (true, 3));
     }
 
-    /// A shard that rested with only a 60 s timer pending, then woken from another thread, fires
-    /// a 20 ms timer asked for afterwards in about 20 ms, not when the earlier-armed one does (a
-    /// reactor that kept its armed timer across wake-ups would break this; perf/README.md,
-    /// "Executor wake-ups").
+    /// The patched reactor keeps a timer in flight across wake-ups (`vendor/glommio/PATCH.md`):
+    /// a shard that rested with only a 60 s timer pending, then woken from another thread, must
+    /// still fire a 20 ms timer asked for afterwards in about 20 ms, not when the kept one does.
     #[test]
     fn a_nearer_timer_replaces_the_farther_one_the_reactor_kept() {
         let waited = spawn_executor("timer-test", None, || async {
@@ -338,9 +345,10 @@ mod tests {
         );
     }
 
-    /// Wakes from another thread reach a sleeping shard (glommio's sleep protocol: a flag, a
-    /// barrier, the remote channels, an eventfd). Each of 20,000 round trips leaves the shard to
-    /// go to sleep again; one lost wake-up would stall the thread's wait for its answer.
+    /// Wakes from another thread reach a sleeping shard: the patched reactor pairs two SeqCst
+    /// fences where glommio issued a sys_membarrier before every sleep
+    /// (`vendor/glommio/PATCH.md`). Each of 20,000 round trips leaves the shard to go to sleep
+    /// again; one lost wake-up would stall the thread's wait for its answer.
     #[test]
     fn wakes_from_another_thread_reach_a_sleeping_shard() {
         const ROUNDS: usize = 20_000;
