@@ -58,6 +58,24 @@ fn codex_frame(target: usize) -> Bytes {
     Bytes::from(s)
 }
 
+/// A frame as `perf/steady.sh` sends it (`src/load/frame.rs`): one user message whose text is
+/// padded with ASCII filler until the frame is `target` bytes, `store: false`, chained by id.
+fn steady_frame(target: usize) -> Bytes {
+    let head = r#"{"type":"response.create","model":"gpt-5","store":false,"input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"Summarise the log below. "#;
+    let tail = r#""}]}],"previous_response_id":"resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e"}"#;
+    let filler = b"the quick brown fox jumps over the lazy dog ";
+    let mut s = String::from(head);
+    s.extend(
+        filler
+            .iter()
+            .cycle()
+            .take(target.saturating_sub(head.len() + tail.len()))
+            .map(|b| char::from(*b)),
+    );
+    s.push_str(tail);
+    Bytes::from(s)
+}
+
 const SMALL_FRAME: &[u8] = br#"{"type":"response.create","model":"gpt-5-codex","store":false,"previous_response_id":"resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"continue"}]}]}"#;
 
 const DELTA_EVENT: &[u8] = br#"{"type":"response.output_text.delta","sequence_number":57,"item_id":"msg_68f0c2a9e1d4819cb1f27a3e5d6c8b90","output_index":1,"content_index":0,"delta":" the","logprobs":[],"obfuscation":"Qm3xT9kLp2"}"#;
@@ -98,6 +116,16 @@ fn client_frame(c: &mut Criterion) {
     report_allocs(&name, || {
         check_depth(black_box(&big), MAX_JSON_DEPTH).unwrap()
     });
+
+    let steady = steady_frame(30_000);
+    let parsed = ClientFrame::parse(&steady).expect("steady frame parses");
+    assert_eq!(parsed.model.as_deref(), Some("gpt-5"));
+    assert!(parsed.previous_response_id.is_some());
+    let name = format!("client_frame/parse_steady_{}k", steady.len() / 1000);
+    c.bench_function(&name, |b| {
+        b.iter(|| ClientFrame::parse(black_box(&steady)).unwrap())
+    });
+    report_allocs(&name, || ClientFrame::parse(black_box(&steady)).unwrap());
 
     let small = ClientFrame::parse(SMALL_FRAME).expect("small frame parses");
     assert!(small.tool_output_call_ids.is_empty());
