@@ -14,6 +14,8 @@ use super::error_body::{ErrorType, GatewayError};
 use super::json_depth::{check_depth, MAX_JSON_DEPTH};
 use super::lazy::{is_null, range_of, str_in};
 
+mod plain;
+
 /// Why a client frame was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientFrameError {
@@ -92,7 +94,7 @@ pub(crate) const TOOL_CALL_TYPES: [&str; 6] = [
 ];
 
 /// The fields of one client frame that routing and the normalizer need.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientFrame<'a> {
     /// The raw `type`, if any.
     pub event_type: Option<Cow<'a, str>>,
@@ -120,11 +122,36 @@ pub struct ClientFrame<'a> {
 }
 
 impl<'a> ClientFrame<'a> {
-    /// Reads the routing fields of `frame` in one pass over its top-level keys.
+    /// Reads the routing fields of `frame`.
     ///
-    /// The frame's nesting is bounded first ([`check_depth`]), so no parser that reads it later
-    /// (this one, the normalizer, the warm-up merge) can recurse past the shard's stack.
+    /// A frame that is strict JSON, valid UTF-8 and nested at most [`MAX_JSON_DEPTH`] levels,
+    /// whose keys and read values have no escapes, is read in one pass ([`Self::read_plain`]);
+    /// any other goes to [`Self::read_reference`], which has the precise error. Either way the
+    /// result is the same, and a frame accepted here nests at most [`MAX_JSON_DEPTH`] levels,
+    /// so no parser that reads it later (the normalizer, the warm-up merge) can recurse past
+    /// the shard's stack.
     pub fn parse(frame: &'a [u8]) -> Result<Self, ClientFrameError> {
+        match Self::read_plain(frame) {
+            Some(read) => Ok(read),
+            None => Self::read_reference(frame),
+        }
+    }
+
+    /// The one-pass reading of a plain frame (see [`Self::parse`]); `None` for any frame it
+    /// leaves to [`Self::read_reference`]. Public so the fuzz target `client_frame` can check it
+    /// against the reference.
+    #[doc(hidden)]
+    pub fn read_plain(frame: &'a [u8]) -> Option<Self> {
+        simdutf8::basic::from_utf8(frame).ok()?;
+        plain::read(frame).ok()
+    }
+
+    /// The reading every frame had before the one-pass one, kept for the frames that one
+    /// leaves alone (invalid, too deep, escaped keys or values): [`check_depth`], then
+    /// sonic-rs's validating object iterator, then the `input` items. Public so the fuzz target
+    /// `client_frame` can check [`Self::read_plain`] against it.
+    #[doc(hidden)]
+    pub fn read_reference(frame: &'a [u8]) -> Result<Self, ClientFrameError> {
         check_depth(frame, MAX_JSON_DEPTH).map_err(|e| ClientFrameError::TooDeep {
             param: e.key_in(frame).map(str::to_owned),
         })?;
@@ -312,6 +339,111 @@ mod tests {
             ClientFrame::parse(br#"{"store":"no"}"#).unwrap_err(),
             ClientFrameError::WrongType("store")
         );
+    }
+
+    /// Frames on both sides of what the one-pass reading takes: it must read each one it
+    /// takes exactly as the reference does, and `parse` must give the reference's answer for
+    /// every one.
+    const EDGES: &[(&[u8], bool)] = &[
+        (br#"{}"#, true),
+        (b" \t\r\n{ } \n", true),
+        (br#"{"type":"response.create","model":"m","input":"hi"}"#, true),
+        // Strings holding brackets, braces, quotes and escapes, outside the fields read.
+        (br#"{"instructions":"[{\"}]\\","model":"m","x":{"a":["]","}"]}}"#, true),
+        // Repeated keys: the last `previous_response_id` and `type`, every `input`.
+        (br#"{"previous_response_id":"r1","previous_response_id":null}"#, true),
+        (br#"{"previous_response_id":null,"previous_response_id":"r2","type":"a","type":"b"}"#, true),
+        (br#"{"input":[{"type":"function_call","call_id":"c1"}],"input":[{"type":"function_call_output","call_id":"c1"}]}"#, true),
+        // A null model or store leaves an earlier one; `stream` reads leniently.
+        (br#"{"model":"m","model":null,"store":false,"store":null,"stream":"yes"}"#, true),
+        // Items: the first `type` and `call_id` count; non-objects and odd types add nothing.
+        (br#"{"input":[{"type":"function_call","type":"message","call_id":"c1","call_id":"c2"},"s",1,null,[{"type":"function_call","call_id":"n"}]]}"#, true),
+        (br#"{"input":[{"call_id":"c0","type":"custom_tool_call_output"},{"type":7,"call_id":"x"},{"type":"function_call","call_id":7},{"type":"function_call"}]}"#, true),
+        (br#"{"input":[{"type":"function_call","call_id":"c","arguments":"{\"a\":[1,{\"type\":\"function_call_output\"}]}","nested":{"type":"function_call_output","call_id":"no"}}]}"#, true),
+        (br#"{"input":{"type":"function_call","call_id":"c"}}"#, true),
+        (br#"{"input":[]}"#, true),
+        // Left to the reference: escaped keys or read values, wrong types, invalid JSON.
+        (br#"{"typ\u0065":"x"}"#, false),
+        (br#"{"model":"gpt\u002d5"}"#, false),
+        (br#"{"input":[{"typ\u0065":"function_call","call_id":"c"}]}"#, false),
+        (br#"{"input":[{"type":"function_call","call_id":"c\u0031"}]}"#, false),
+        (br#"{"store":"no"}"#, false),
+        (br#"{"type":null}"#, false),
+        (br#"{"previous_response_id":5}"#, false),
+        (br#"{"model":"m","x":[1,]}"#, false),
+        (br#"{"model":"m"} trailing"#, false),
+        (br#"{"model":"m"}}"#, false),
+        (b"{\"model\":\"m\x01\"}", false),
+        (b"{\"model\":\"\xff\"}", false),
+        (br#"{"model":"m","#, false),
+        (br#"{"model":"m"#, false),
+        (br#"{"input":[{"type":"function_call","#, false),
+        (b"", false),
+        (b"[1,2]", false),
+        (b"not json", false),
+    ];
+
+    #[test]
+    fn the_one_pass_reading_agrees_with_the_reference() {
+        for (frame, plain) in EDGES {
+            let shown = String::from_utf8_lossy(frame);
+            let reference = ClientFrame::read_reference(frame);
+            assert_eq!(ClientFrame::parse(frame), reference, "{shown}");
+            match ClientFrame::read_plain(frame) {
+                Some(read) => {
+                    assert!(plain, "taken by the one-pass reading: {shown}");
+                    assert_eq!(Ok(read), reference, "{shown}");
+                }
+                None => assert!(!plain, "left to the reference: {shown}"),
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_as_before() {
+        let deep = |levels: usize| {
+            format!(
+                r#"{{"model":"m","metadata":{}1{}}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        let ok = deep(MAX_JSON_DEPTH - 1);
+        assert!(ClientFrame::read_plain(ok.as_bytes()).is_some());
+        let over = deep(MAX_JSON_DEPTH);
+        assert!(ClientFrame::read_plain(over.as_bytes()).is_none());
+        assert_eq!(
+            ClientFrame::parse(over.as_bytes()).unwrap_err(),
+            ClientFrameError::TooDeep {
+                param: Some("metadata".into())
+            }
+        );
+        // Deep inside an input item, where the one-pass reading counts levels itself.
+        let item = format!(
+            r#"{{"input":[{{"type":"function_call","call_id":"c","x":{}{}}}]}}"#,
+            "[".repeat(MAX_JSON_DEPTH - 3),
+            "]".repeat(MAX_JSON_DEPTH - 3)
+        );
+        assert!(ClientFrame::read_plain(item.as_bytes()).is_some());
+        let item = item
+            .replacen("\"x\":", "\"x\":[", 1)
+            .replacen("]}]", "]]}]", 1);
+        assert!(ClientFrame::read_plain(item.as_bytes()).is_none());
+        assert_eq!(
+            ClientFrame::parse(item.as_bytes()).unwrap_err(),
+            ClientFrameError::TooDeep {
+                param: Some("input".into())
+            }
+        );
+    }
+
+    #[test]
+    fn plain_values_and_call_ids_are_borrowed() {
+        let f = br#"{"type":"response.create","model":"m","previous_response_id":"r","input":[{"type":"function_call_output","call_id":"c"}]}"#;
+        let c = ClientFrame::read_plain(f).unwrap();
+        assert!(matches!(c.event_type, Some(Cow::Borrowed(_))));
+        assert!(matches!(c.previous_response_id, Some(Cow::Borrowed(_))));
+        assert!(matches!(c.tool_output_call_ids[..], [Cow::Borrowed("c")]));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod error_body;
 pub(crate) mod fields;
 pub mod http1;
 pub mod json_depth;
+pub(crate) mod json_scan;
 pub(crate) mod lazy;
 pub mod realtime;
 pub mod redact;
