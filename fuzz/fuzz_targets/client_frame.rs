@@ -2,9 +2,13 @@
 //! pairing decision and its one splice (`normalizer::rewrite`), and the model mapped back in
 //! events (`normalizer::map_back`). The first input byte picks the rewrite.
 //!
-//! Invariants: spans point at the values they name (and fall between characters: a rewrite of a
-//! parsed frame never fails); a rewrite of a valid JSON frame is valid JSON and reads back with
-//! the mapped model and the chosen `previous_response_id`; mapping back keeps valid JSON valid.
+//! Invariants: the one-pass reading (`read_plain`) reads every frame it takes exactly as the
+//! reference reading (`read_reference`: depth check, sonic-rs's validating iterator) does, and
+//! takes every frame sonic-rs parses as a whole that has no escape and reads without error;
+//! `parse` answers as the reference does; spans point at the values they name (and fall between
+//! characters: a rewrite of a parsed frame never fails); a rewrite of a valid JSON frame is valid
+//! JSON and reads back with the mapped model and the chosen `previous_response_id`; mapping back
+//! keeps valid JSON valid.
 #![no_main]
 
 use std::collections::HashMap;
@@ -32,7 +36,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // Any bytes: the HTTP front door asks the parser what is wrong with a body that is not UTF-8.
-    let Ok(parsed) = ClientFrame::parse(frame) else {
+    let reference = ClientFrame::read_reference(frame);
+    match ClientFrame::read_plain(frame) {
+        Some(plain) => assert_eq!(Ok(plain), reference, "the one-pass reading differs"),
+        // `is_json` parses recursively: only after the reference bounded the nesting.
+        None => assert!(
+            reference.is_err() || frame.contains(&b'\\') || !is_json(frame),
+            "the one-pass reading left a plain frame to the reference"
+        ),
+    }
+    assert_eq!(ClientFrame::parse(frame), reference);
+    let Ok(parsed) = reference else {
         return;
     };
     let _ = (
