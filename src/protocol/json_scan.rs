@@ -38,9 +38,9 @@ pub(crate) struct Scan<'a> {
     limit: usize,
 }
 
-/// Bytes of a string checked one by one before the rest is searched with memchr: keys, ids
-/// and short values end within them, where memchr's call costs more than the loop.
-const SHORT_STRING: usize = 32;
+/// Bytes of a string checked eight at a time before the rest is searched with memchr: keys,
+/// ids and short values end within them, where memchr's call costs more than the loop.
+const SHORT_STRING: usize = 128;
 
 impl<'a> Scan<'a> {
     /// A cursor at the start of `bytes`; containers may nest at most `limit` levels (128 at
@@ -288,36 +288,57 @@ fn some_digits_end(b: &[u8], i: usize) -> Result<usize, Unhandled> {
 
 /// Index of the closing quote of the string whose contents start at `i`, and whether the
 /// contents hold an escape. Fails on a raw control character, an invalid escape or the end of
-/// the input.
+/// the input. The first [`SHORT_STRING`] bytes are looked at eight at a time ([`special`]);
+/// past them memchr finds the next quote or backslash and one sweep checks the run before it.
 fn string_end(b: &[u8], mut i: usize) -> Result<(usize, bool), Unhandled> {
     let mut escaped = false;
     let short_until = i.saturating_add(SHORT_STRING);
-    while i < short_until {
-        match *b.get(i).ok_or(Unhandled)? {
+    loop {
+        let rest = b.get(i..).ok_or(Unhandled)?;
+        let hit = if i >= short_until {
+            let hit = memchr::memchr2(b'"', b'\\', rest).ok_or(Unhandled)?;
+            // A fold without early exit, which the compiler vectorises.
+            if rest[..hit].iter().fold(u8::MAX, |low, &c| low.min(c)) < 0x20 {
+                return Err(Unhandled);
+            }
+            hit
+        } else if let Some(word) = rest.first_chunk::<8>() {
+            match special(u64::from_le_bytes(*word)) {
+                0 => {
+                    i += 8;
+                    continue;
+                }
+                found => (found.trailing_zeros() / 8) as usize,
+            }
+        } else {
+            rest.iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .ok_or(Unhandled)?
+        };
+        i += hit;
+        match b[i] {
             b'"' => return Ok((i, escaped)),
             b'\\' => {
                 i = escape_end(b, i)?;
                 escaped = true;
             }
-            0..=0x1f => return Err(Unhandled),
-            _ => i += 1,
+            _ => return Err(Unhandled),
         }
     }
-    loop {
-        let rest = b.get(i..).ok_or(Unhandled)?;
-        let hit = memchr::memchr2(b'"', b'\\', rest).ok_or(Unhandled)?;
-        // The run up to the hit holds neither a quote nor a backslash; one vectorisable sweep
-        // finds a control character in it.
-        if rest[..hit].iter().fold(u8::MAX, |low, &c| low.min(c)) < 0x20 {
-            return Err(Unhandled);
-        }
-        i += hit;
-        if b[i] == b'"' {
-            return Ok((i, escaped));
-        }
-        i = escape_end(b, i)?;
-        escaped = true;
-    }
+}
+
+/// Eight string bytes (little-endian): non-zero when one is a quote, a backslash or a control
+/// character, and then the lowest set bit is the top bit of the first such byte. (A byte's
+/// test borrows only from the bytes above it, so the first flag is exact; flags above it may
+/// not be.)
+fn special(word: u64) -> u64 {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
+    let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word;
+    (quote | backslash | control) & TOPS
 }
 
 /// End of the escape whose backslash is at `i`.
@@ -411,7 +432,7 @@ mod tests {
 
     #[test]
     fn control_characters_and_escapes_past_the_short_prefix() {
-        for len in [0, 1, 31, 32, 33, 100] {
+        for len in [0, 1, 7, 8, 9, 63, 64, 127, 128, 129, 300] {
             let pad = "a".repeat(len);
             let ok = format!(r#"["{pad}\"{pad}\n{pad}","{pad}"]"#);
             assert!(whole(ok.as_bytes(), 4).is_ok(), "len {len}");
@@ -422,6 +443,30 @@ mod tests {
             let open = format!("[\"{pad}");
             assert_eq!(whole(open.as_bytes(), 4), Err(Unhandled), "len {len}");
         }
+    }
+
+    #[test]
+    fn every_byte_position_of_a_word_is_checked() {
+        let ok = |c: u8| c >= 0x20 && c != b'"' && c != b'\\';
+        for len in 0..40 {
+            for c in 0..=255u8 {
+                let mut s = vec![b'"'];
+                s.extend(std::iter::repeat_n(b'a', len));
+                s.push(c);
+                s.extend_from_slice(b"z\"");
+                let end = string_end(&s, 1).ok().map(|(end, _)| end);
+                let expected = match c {
+                    b'"' => Some(len + 1),
+                    _ if ok(c) => Some(len + 3),
+                    _ => None,
+                };
+                if c != b'\\' {
+                    assert_eq!(end, expected, "len {len} byte {c:#x}");
+                }
+            }
+        }
+        // Bytes of UTF-8 text and DEL are ordinary string bytes.
+        assert!(whole("[\"é€😀\u{7f}éééééééé\"]".as_bytes(), 2).is_ok());
     }
 
     #[test]
