@@ -6,6 +6,8 @@
 //! meet a JSON parser (client frames, POST bodies, upstream events and SSE data, values read
 //! back from Redis, the mock's requests) first runs [`check_depth`]: one pass that only tracks
 //! strings and brackets, allocates nothing, and jumps over string contents with `memchr`.
+//! (A plain client frame has its nesting bounded by the one pass that also reads it,
+//! `json_scan`; any other still passes [`check_depth`] first.)
 //!
 //! The scan does not validate JSON; it only guarantees that no parser that runs after it
 //! recurses deeper than [`MAX_JSON_DEPTH`].

@@ -1,8 +1,9 @@
 //! The wire vocabulary shared by every thread: what a client frame asks for, what an upstream
 //! event is, how usage is read, and how errors are written back in OpenAI's shape.
 //!
-//! Everything here reads JSON lazily with sonic-rs and borrows from the frame it was given: a
-//! frame that is only relayed is scanned, never copied or fully parsed.
+//! Everything here reads JSON lazily and borrows from the frame it was given: a frame that is
+//! only relayed is scanned, never copied or fully parsed. A client frame is read in one pass
+//! by a strict cursor of our own (`json_scan`); other reads use sonic-rs.
 
 pub mod client_frame;
 pub mod error_body;
