@@ -108,7 +108,17 @@ fn client_frame(c: &mut Criterion) {
     });
     report_allocs(&name, || ClientFrame::parse(black_box(&big)).unwrap());
 
-    // The nesting bound every peer frame passes first (part of `parse` above).
+    // The reading `parse` leaves invalid, too deep or escaped frames to (every frame's, before
+    // the one-pass reading): depth check, sonic-rs's validating iterator, `input` again.
+    let name = format!("client_frame/read_reference_codex_{}k", big.len() / 1024);
+    c.bench_function(&name, |b| {
+        b.iter(|| ClientFrame::read_reference(black_box(&big)).unwrap())
+    });
+    report_allocs(&name, || {
+        ClientFrame::read_reference(black_box(&big)).unwrap()
+    });
+
+    // The nesting bound every frame the one-pass reading leaves alone passes first.
     let name = format!("client_frame/check_depth_codex_{}k", big.len() / 1024);
     c.bench_function(&name, |b| {
         b.iter(|| check_depth(black_box(&big), MAX_JSON_DEPTH).unwrap())
@@ -126,6 +136,16 @@ fn client_frame(c: &mut Criterion) {
         b.iter(|| ClientFrame::parse(black_box(&steady)).unwrap())
     });
     report_allocs(&name, || ClientFrame::parse(black_box(&steady)).unwrap());
+    let name = format!(
+        "client_frame/read_reference_steady_{}k",
+        steady.len() / 1000
+    );
+    c.bench_function(&name, |b| {
+        b.iter(|| ClientFrame::read_reference(black_box(&steady)).unwrap())
+    });
+    report_allocs(&name, || {
+        ClientFrame::read_reference(black_box(&steady)).unwrap()
+    });
 
     let small = ClientFrame::parse(SMALL_FRAME).expect("small frame parses");
     assert!(small.tool_output_call_ids.is_empty());
