@@ -77,7 +77,7 @@ fn read_input<'a>(
             scan.value(INPUT)?;
             continue;
         }
-        let (kind, call_id) = read_item(frame, scan)?;
+        let ItemKeys { kind, call_id } = read_item(frame, scan)?;
         let Some(kind) = kind.map(|span| string(&frame[span])).transpose()?.flatten() else {
             continue;
         };
@@ -99,13 +99,16 @@ fn read_input<'a>(
     Ok(())
 }
 
-/// Walks one input item (an object at the cursor): the spans of its first `type` and first
-/// `call_id` values.
-fn read_item(
-    frame: &[u8],
-    scan: &mut Scan<'_>,
-) -> Result<(Option<Range<usize>>, Option<Range<usize>>), Unhandled> {
-    let (mut kind, mut call_id) = (None, None);
+/// Where an input item's first `type` and first `call_id` values are.
+#[derive(Default)]
+struct ItemKeys {
+    kind: Option<Range<usize>>,
+    call_id: Option<Range<usize>>,
+}
+
+/// Walks one input item (an object at the cursor).
+fn read_item(frame: &[u8], scan: &mut Scan<'_>) -> Result<ItemKeys, Unhandled> {
+    let mut keys = ItemKeys::default();
     scan.open_object(ITEM)?;
     let mut first = true;
     while let Some(key) = scan.next_key(first)? {
@@ -113,12 +116,12 @@ fn read_item(
         let key = key_bytes(frame, key)?;
         let span = scan.value(ITEM)?;
         match key {
-            b"type" if kind.is_none() => kind = Some(span),
-            b"call_id" if call_id.is_none() => call_id = Some(span),
+            b"type" if keys.kind.is_none() => keys.kind = Some(span),
+            b"call_id" if keys.call_id.is_none() => keys.call_id = Some(span),
             _ => {}
         }
     }
-    Ok((kind, call_id))
+    Ok(keys)
 }
 
 /// The bytes of a key without escapes (the reference unescapes keys: `"typ\u0065"` is `type`
