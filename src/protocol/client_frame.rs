@@ -131,9 +131,18 @@ impl<'a> ClientFrame<'a> {
     /// so no parser that reads it later (the normalizer, the warm-up merge) can recurse past
     /// the shard's stack.
     pub fn parse(frame: &'a [u8]) -> Result<Self, ClientFrameError> {
-        match Self::read_plain(frame) {
-            Some(read) => Ok(read),
-            None => Self::read_reference(frame),
+        match simdutf8::basic::from_utf8(frame) {
+            Ok(text) => Self::parse_text(text),
+            Err(_) => Self::read_reference(frame),
+        }
+    }
+
+    /// [`Self::parse`] for a frame already known to be UTF-8 (a client WebSocket frame or a POST
+    /// body, checked once by whoever read it): the one-pass reading skips its UTF-8 pass.
+    pub fn parse_text(frame: &'a str) -> Result<Self, ClientFrameError> {
+        match plain::read(frame.as_bytes()) {
+            Ok(read) => Ok(read),
+            Err(_) => Self::read_reference(frame.as_bytes()),
         }
     }
 
@@ -389,6 +398,9 @@ mod tests {
             let shown = String::from_utf8_lossy(frame);
             let reference = ClientFrame::read_reference(frame);
             assert_eq!(ClientFrame::parse(frame), reference, "{shown}");
+            if let Ok(text) = std::str::from_utf8(frame) {
+                assert_eq!(ClientFrame::parse_text(text), reference, "text: {shown}");
+            }
             match ClientFrame::read_plain(frame) {
                 Some(read) => {
                     assert!(plain, "taken by the one-pass reading: {shown}");

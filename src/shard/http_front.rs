@@ -107,7 +107,7 @@ pub async fn serve(
     // Parsed here, on the bytes the client sent (nesting bounded first): the driver's own check
     // reads the frame built from them, whose positions (line, column, excerpt) the client never
     // wrote.
-    let streaming = match ClientFrame::parse(text.as_bytes()) {
+    let streaming = match ClientFrame::parse_text(text) {
         Ok(parsed) => parsed.stream == Some(true),
         Err(e) => return refuse(shard, stream, &body_error(&e), keep_alive).await,
     };

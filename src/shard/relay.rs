@@ -284,7 +284,7 @@ pub async fn before_send<S: ClientSink>(sink: &mut S, counters: &ShardCounters) 
         ClientSignal::Gone => return BeforeSend::Ended(Outcome::ClientGone),
         ClientSignal::Frame(frame) => frame,
     };
-    if !is_create(frame.as_bytes()) {
+    if !is_create(frame.as_str()) {
         return BeforeSend::Go(Some(frame));
     }
     counters.bump_labeled(PREEMPTIONS, "unsent");
@@ -297,8 +297,8 @@ pub async fn before_send<S: ClientSink>(sink: &mut S, counters: &ShardCounters) 
     }
 }
 
-fn is_create(frame: &[u8]) -> bool {
-    ClientFrame::parse(frame).is_ok_and(|p| p.kind() == ClientEventKind::ResponseCreate)
+fn is_create(frame: &str) -> bool {
+    ClientFrame::parse_text(frame).is_ok_and(|p| p.kind() == ClientEventKind::ResponseCreate)
 }
 
 /// The error event a preempted turn ends with.
@@ -717,7 +717,7 @@ async fn mid_turn_frame<S: ClientSink>(
     sink: &mut S,
     counters: &ShardCounters,
 ) -> MidTurn {
-    match ClientFrame::parse(frame.as_bytes()) {
+    match ClientFrame::parse_text(frame.as_str()) {
         Ok(p) if p.kind() == ClientEventKind::ResponseCreate => MidTurn::Preempt(frame),
         Ok(_) => {
             // Other events (e.g. `response.steer`) belong to the response in flight; an HTTP

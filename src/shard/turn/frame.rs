@@ -12,7 +12,7 @@ use crate::protocol::ClientFrame;
 /// The frame parsed, or the error the client gets for it. Public for `benches/shard.rs`
 /// (`turn_check/`): the read → turn-check path of a client frame.
 pub fn check(frame: &Utf8Bytes) -> Result<ClientFrame<'_>, GatewayError> {
-    ClientFrame::parse(frame.as_bytes()).map_err(|e| e.to_gateway_error())
+    ClientFrame::parse_text(frame.as_str()).map_err(|e| e.to_gateway_error())
 }
 
 /// A turn runs only for `response.create`.
