@@ -393,6 +393,75 @@ fn the_rebuild_does_not_extend_the_idle_timeout() {
     gw.stop();
 }
 
+/// Pings until the gateway closes, answering none of its own; the close code and how long it took
+/// from `since` (`None` when the gateway still had not closed after 8 s).
+fn ping_until_closed(client: &mut Client, since: std::time::Instant) -> Option<(u16, Duration)> {
+    use shardgate::tungstenite::Message;
+    client
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    while since.elapsed() < Duration::from_secs(8) {
+        if client.ws.send(Message::Ping(vec![1].into())).is_err() {
+            return None;
+        }
+        match client.ws.read() {
+            Ok(Message::Close(f)) => {
+                return Some((f.map_or(0, |f| u16::from(f.code)), since.elapsed()))
+            }
+            Ok(_) => {}
+            Err(shardgate::tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn pings_do_not_extend_the_idle_timeout() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = mock();
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        "idle_timeout_secs = 1.2",
+        "",
+    ));
+    let mut client = connect(gw.addr());
+    let turn = client.turn(&create("gpt-5", "one", true, None));
+    assert_eq!(turn.last_type(), "response.completed");
+    let closed = ping_until_closed(&mut client, std::time::Instant::now());
+    // 1.2 s from the end of the turn, pings and the rebuild 1 s in included.
+    assert!(
+        matches!(closed, Some((1000, waited)) if waited < Duration::from_millis(2500)),
+        "{closed:?}"
+    );
+    gw.stop();
+}
+
+#[test]
+fn pings_do_not_extend_the_first_message_timeout() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = mock();
+    let gw = gateway(config_accounts(
+        &[up.base_url()],
+        "first_message_timeout_secs = 0.8",
+        "",
+    ));
+    let since = std::time::Instant::now();
+    let mut client = connect(gw.addr());
+    let closed = ping_until_closed(&mut client, since);
+    assert!(
+        matches!(closed, Some((1008, waited)) if waited < Duration::from_millis(2100)),
+        "{closed:?}"
+    );
+    gw.stop();
+}
+
 #[test]
 fn rest_after_ms_sets_when_a_session_rests() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -76,6 +76,9 @@ pub struct Session {
     tls: bool,
     /// What the session waits for.
     wait: Wait,
+    /// When that wait began: the upgrade (or the hand-in), then the end of each turn. The wait's
+    /// timeouts count from here, so frames that are no message (a ping) do not extend them.
+    waiting_since: Instant,
     /// The key table generation its key was last checked against (see [`Session::key_holds`]).
     keys_seen: u64,
 }
@@ -227,6 +230,7 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
         handed_in: true,
         tls: false,
         wait: Wait::First,
+        waiting_since: Instant::now(),
         keys_seen,
     };
     session.run().await;
@@ -246,6 +250,7 @@ impl Session {
             client,
             handed_in: false,
             wait: Wait::First,
+            waiting_since: Instant::now(),
         }
     }
 
@@ -260,7 +265,7 @@ impl Session {
     pub async fn run(mut self) {
         if !self.handed_in {
             // Until its first frame, too, a session waits on the bare socket.
-            let wait = self.shard.config.server.first_message_timeout;
+            let wait = self.left(self.shard.config.server.first_message_timeout);
             let (client, woke) = Box::pin(bare_wait(&self.shard, self.client, wait)).await;
             self.client = client;
             if !self.woken(woke, CloseReason::FirstMessageTimeout).await {
@@ -280,8 +285,7 @@ impl Session {
                     }
                     Box::pin(self.driver.rest()).await;
                     bump(&self.shard.counters.sessions_rested);
-                    let cfg = &self.shard.config.server;
-                    let idle = cfg.idle_timeout.saturating_sub(cfg.rest_after);
+                    let idle = self.left(self.shard.config.server.idle_timeout);
                     // The connection held between turns is kept alive while the session rests.
                     // One expression: a future bound to a local first would keep a slot in
                     // the session task's state across the await.
@@ -374,6 +378,7 @@ impl Session {
             handed_in: true,
             tls,
             wait: Wait::First,
+            waiting_since: Instant::now(),
         }))
     }
 
@@ -402,7 +407,7 @@ impl Session {
         loop {
             let first = matches!(self.wait, Wait::First);
             let frame = match self.wait {
-                Wait::First => match self.read_frame(first_wait).await {
+                Wait::First => match self.read_frame(self.left(first_wait)).await {
                     Next::Frame(f) => f,
                     Next::TimedOut => {
                         self.close(CloseReason::FirstMessageTimeout).await;
@@ -410,7 +415,7 @@ impl Session {
                     }
                     Next::Over => return Served::Closed,
                 },
-                Wait::AfterTurn => match self.read_frame(rest).await {
+                Wait::AfterTurn => match self.read_frame(self.left(rest)).await {
                     Next::Frame(f) => f,
                     Next::TimedOut => {
                         self.wait = Wait::Idle;
@@ -424,7 +429,7 @@ impl Session {
                     }
                     Next::Over => return Served::Closed,
                 },
-                Wait::Idle => match self.read_frame(idle_wait.saturating_sub(rest)).await {
+                Wait::Idle => match self.read_frame(self.left(idle_wait)).await {
                     Next::Frame(f) => f,
                     Next::TimedOut => {
                         self.close(CloseReason::IdleTimeout).await;
@@ -470,11 +475,17 @@ impl Session {
                     TurnEnd::ClientGone => return Served::Closed,
                 }
             }
+            self.waiting_since = Instant::now();
             if self.shard.is_draining() {
                 self.close(CloseReason::GoingAway).await;
                 return Served::Closed;
             }
         }
+    }
+
+    /// What is left of a wait of `timeout` counted from [`Session::waiting_since`].
+    fn left(&self, timeout: Duration) -> Duration {
+        timeout.saturating_sub(self.waiting_since.elapsed())
     }
 
     /// Ends the session with the close `reason` calls for.
@@ -487,12 +498,15 @@ impl Session {
     ///
     /// At a message edge the frame is read raw ([`client_read`]): when it is one masked text
     /// frame, the driver gets its bytes as they came (it may go upstream without re-masking).
-    /// Anything else goes to tungstenite, which reads it from its first byte. Each message (and
-    /// each control frame before one) has `wait` to arrive, as when tungstenite read them all.
+    /// Anything else goes to tungstenite, which reads it from its first byte. The message has
+    /// `wait` to arrive, control frames before it (a ping, a pong) included: a client that only
+    /// pings is timed out like one that sends nothing.
     async fn read_frame(&mut self, wait: Duration) -> Next {
         let shard = self.shard.clone();
         let limit = u64::try_from(shard.config.server.max_message_bytes).unwrap_or(u64::MAX);
+        let deadline = Instant::now() + wait;
         loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
             let client = &mut self.client;
             let read = futures_lite::future::or(
                 async {
