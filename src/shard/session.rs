@@ -384,11 +384,11 @@ impl Session {
 
     /// The other shard that owns the connection the first frame chains to, when the client
     /// should move there. Otherwise the driver keeps the routing it decided (same account).
-    async fn owner_elsewhere(&mut self, frame: &[u8]) -> Option<usize> {
+    async fn owner_elsewhere(&mut self, frame: &str) -> Option<usize> {
         if self.handed_in || self.shard.handoff.get().is_none() {
             return None;
         }
-        let parsed = ClientFrame::parse(frame).ok()?;
+        let parsed = ClientFrame::parse_text(frame).ok()?;
         let previous = parsed.previous_response_id.as_deref()?;
         match self.driver.route(previous).await {
             Affinity::OtherShard { .. } if self.tls => {
@@ -444,7 +444,7 @@ impl Session {
             }
             if first {
                 // Boxed for the same reason as the turn: a state-store lookup is a large future.
-                if let Some(to) = Box::pin(self.owner_elsewhere(frame.as_bytes())).await {
+                if let Some(to) = Box::pin(self.owner_elsewhere(frame.as_str())).await {
                     return Served::HandOff(to);
                 }
                 // The session stays here: the socket's bytes need not be kept any more.
