@@ -254,21 +254,7 @@ fn plain_text_frames_are_cut_through_as_they_came() {
 
 #[test]
 fn a_fragmented_message_with_a_ping_inside_goes_through_the_codec() {
-    let (events, cut, relayed, up) = one_turn(
-        || {
-            let (first, rest) = DELTA.split_at(20);
-            [
-                text(CREATED),
-                frame(0x01, first.as_bytes()),
-                frame(0x89, b"mid"),
-                frame(0x80, rest.as_bytes()),
-                text(DELTA),
-                text(COMPLETED),
-            ]
-            .concat()
-        },
-        4,
-    );
+    let (events, cut, relayed, up) = one_turn(plain_and_fragmented, 4);
     assert_eq!(
         events,
         [CREATED, DELTA, DELTA, COMPLETED].map(json).to_vec(),
@@ -615,4 +601,71 @@ fn a_client_that_sends_a_header_and_stalls_is_still_bounded_by_the_wait() {
         || labeled_total(admin, "client_closes", "first_message_timeout") == 1,
     );
     assert!(up.sent.lock().unwrap().is_empty(), "nothing went upstream");
+}
+
+/// One `POST /v1/responses` (streaming when `stream`) against an upstream answering with
+/// `script`: the reply, and the events relayed in all.
+fn one_post(script: fn() -> Vec<u8>, stream: bool, relayed: u64) -> (HttpReply, u64) {
+    let up = RawUpstream::start(script);
+    let gw = gateway_over(&up);
+    let admin = gw.admin_addr().expect("admin");
+    let reply =
+        HttpConn::open(gw.addr()).post("/v1/responses", &post_body("gpt-test", "hi", stream));
+    eventually(
+        "the shard shipped its counters",
+        Duration::from_secs(10),
+        || metric_total(admin, "events_relayed") >= relayed,
+    );
+    assert_eq!(
+        metric_total(admin, "events_cut_through"),
+        0,
+        "no frame is written as it came to an HTTP client"
+    );
+    (reply, metric_total(admin, "events_relayed"))
+}
+
+/// Plain frames around a fragmented message with a ping inside.
+fn plain_and_fragmented() -> Vec<u8> {
+    let (first, rest) = DELTA.split_at(20);
+    [
+        text(CREATED),
+        frame(0x01, first.as_bytes()),
+        frame(0x89, b"mid"),
+        frame(0x80, rest.as_bytes()),
+        text(DELTA),
+        text(COMPLETED),
+    ]
+    .concat()
+}
+
+#[test]
+fn an_sse_answer_gets_raw_read_frames_and_codec_messages_in_order() {
+    let (reply, relayed) = one_post(plain_and_fragmented, true, 4);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let events: Vec<(String, String)> = reply
+        .sse()
+        .into_iter()
+        .map(|(name, data)| (name, data.to_string()))
+        .collect();
+    let want: Vec<(String, String)> = [CREATED, DELTA, DELTA, COMPLETED]
+        .iter()
+        .map(|e| {
+            let v: sonic_rs::Value = sonic_rs::from_str(e).unwrap();
+            (event_type(&v), v.to_string())
+        })
+        .collect();
+    assert_eq!(events, want, "every event, named by its type, in order");
+    assert_eq!(relayed, 4);
+}
+
+#[test]
+fn a_json_answer_is_the_terminal_events_response_whichever_way_it_was_read() {
+    let (reply, _) = one_post(plain_and_fragmented, false, 4);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let completed: sonic_rs::Value = sonic_rs::from_str(COMPLETED).unwrap();
+    assert_eq!(
+        reply.json().to_string(),
+        completed["response"].to_string(),
+        "the response object of the terminal event"
+    );
 }

@@ -76,6 +76,15 @@ impl<S: ClientSink> ClientSink for WriteDeadline<'_, S> {
         .await
     }
 
+    async fn feed_view(&mut self, event: &str, event_type: &str) -> Result<(), Gone> {
+        within(
+            self.limit,
+            self.counters,
+            self.inner.feed_view(event, event_type),
+        )
+        .await
+    }
+
     async fn flush(&mut self) -> Result<(), Gone> {
         within(self.limit, self.counters, self.inner.flush()).await
     }

@@ -1,5 +1,5 @@
 //! Upstream events read as raw frames, for a relay that writes them to a client WebSocket as the
-//! bytes they came in.
+//! bytes they came in, or hands their payload to an SSE or JSON answer as a view of its buffer.
 //!
 //! Server frames are unmasked on both hops, so a complete text frame (FIN, no RSV bits, within
 //! the size limit, valid UTF-8) is already the exact bytes the client must receive. The reader
@@ -74,14 +74,11 @@ pub struct CutThrough<'a> {
     /// Largest payload forwarded as it came; larger frames go to the codec, which enforces the
     /// limit (and closes with 1009).
     max_payload: u64,
-    /// Raw frames are read at all (only toward a sink that takes frames).
-    enabled: bool,
 }
 
 impl<'a> CutThrough<'a> {
-    /// A reader over `ws`, reading raw frames only when `enabled` (else every read is
-    /// tungstenite's). The buffer is allocated at the first raw read.
-    pub fn new(ws: &'a mut UpstreamWs, enabled: bool) -> Self {
+    /// A reader over `ws`. The buffer is allocated at the first raw read.
+    pub fn new(ws: &'a mut UpstreamWs) -> Self {
         let config = ws.get_config();
         let limit = config
             .max_frame_size
@@ -93,7 +90,6 @@ impl<'a> CutThrough<'a> {
             start: 0,
             end: 0,
             max_payload: u64::try_from(limit).unwrap_or(u64::MAX),
-            enabled,
         }
     }
 
@@ -110,6 +106,14 @@ impl<'a> CutThrough<'a> {
     /// A frame's payload (valid UTF-8, checked when the frame was handed out).
     pub fn payload(&self, frame: Frame) -> &[u8] {
         &self.buf[frame.payload_at..frame.end]
+    }
+
+    /// A frame's payload as the text it is, for a sink that takes events as text.
+    pub fn text(&self, frame: Frame) -> &str {
+        // SAFETY: a `Frame` is only handed out by `head`, after `ws_frame::cut` checked its
+        // payload is valid UTF-8; the buffer's bytes in its range are not written until the
+        // next read, which needs `&mut self`.
+        unsafe { std::str::from_utf8_unchecked(self.payload(frame)) }
     }
 
     /// The next frame if one is complete in the buffer already; reads nothing, so frames
@@ -146,7 +150,7 @@ impl<'a> CutThrough<'a> {
 
     /// Looks at the start of the buffer; consumes a frame to forward.
     fn head(&mut self) -> Head {
-        if !self.enabled || (self.start == self.end && !self.ws.get_ref().at_message_edge()) {
+        if self.start == self.end && !self.ws.get_ref().at_message_edge() {
             // tungstenite is inside a frame or a fragmented message: it goes on reading.
             return Head::Codec;
         }

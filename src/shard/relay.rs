@@ -120,10 +120,11 @@ enum Item {
 }
 
 impl<'a> Upstream<'a> {
-    /// Reads raw frames from a WebSocket only when `frames` (the sink takes them).
-    fn new(source: Source<'a>, frames: bool) -> Self {
+    /// A WebSocket is read frame by frame whatever the sink: a sink that takes no frames is
+    /// given each payload as a view of the reader's buffer ([`ClientSink::feed_view`]).
+    fn new(source: Source<'a>) -> Self {
         match source {
-            Source::Ws(ws) => Upstream::Ws(CutThrough::new(ws, frames)),
+            Source::Ws(ws) => Upstream::Ws(CutThrough::new(ws)),
             Source::Http(resp) => Upstream::Http(resp),
         }
     }
@@ -156,6 +157,14 @@ impl<'a> Upstream<'a> {
         match self {
             Upstream::Ws(ws) => ws.payload(frame),
             Upstream::Http(_) => &[],
+        }
+    }
+
+    /// A frame's payload as text.
+    fn text(&self, frame: Frame) -> &str {
+        match self {
+            Upstream::Ws(ws) => ws.text(frame),
+            Upstream::Http(_) => "",
         }
     }
 
@@ -229,12 +238,22 @@ fn http_item(r: Result<Option<Bytes>, HttpUpError>) -> Item {
 enum Step {
     /// Relay the text (its `type` at this byte range), ending the turn when `Some`.
     Relay(Utf8Bytes, std::ops::Range<usize>, Option<Outcome>),
-    /// Forward the frame as it came, ending the turn when `Some`.
-    Cut(Frame, Option<Outcome>),
+    /// Forward the frame as it came (its `type` at this byte range of its payload), ending the
+    /// turn when `Some`.
+    Cut(Frame, std::ops::Range<usize>, Option<Outcome>),
     /// Nothing to relay (ping, pong, binary).
     Skip,
     /// The attempt failed (closing the upstream WebSocket with the code, if any).
     Fail(Failure, Option<CloseCode>),
+}
+
+/// The event type at `range` of `text` (see [`type_range`]); `message` when it is not there,
+/// as SSE names an event without a type.
+fn event_type(text: &[u8], range: std::ops::Range<usize>) -> &str {
+    match text.get(range).map(std::str::from_utf8) {
+        Some(Ok(t)) if !t.is_empty() => t,
+        _ => "message",
+    }
 }
 
 /// Where `event_type` sits inside `text`, when it is a slice of it (an unescaped `type`);
@@ -398,7 +417,8 @@ pub async fn relay<S: ClientSink>(
     sent_at: Instant,
     early: Option<Utf8Bytes>,
 ) -> Outcome {
-    let mut source = Upstream::new(source, sink.takes_frames());
+    let mut source = Upstream::new(source);
+    let frames_out = sink.takes_frames();
     if let Some(frame) = early {
         match mid_turn_frame(frame, &mut source, sink, env.counters).await {
             MidTurn::Continue => {}
@@ -450,9 +470,9 @@ pub async fn relay<S: ClientSink>(
                             {
                                 Verdict::Relay {
                                     replaced: None,
+                                    range,
                                     outcome,
-                                    ..
-                                } => Step::Cut(frame, outcome),
+                                } => Step::Cut(frame, range, outcome),
                                 Verdict::Relay {
                                     replaced: Some(text),
                                     range,
@@ -465,7 +485,15 @@ pub async fn relay<S: ClientSink>(
                         Item::Fail(f, code) => Step::Fail(f, code),
                     };
                     let (sent, ends) = match step {
-                        Step::Cut(frame, info) => {
+                        Step::Cut(frame, range, info) if !frames_out => {
+                            let text = source.text(frame);
+                            let et = event_type(text.as_bytes(), range);
+                            if sink.feed_view(text, et).await.is_err() {
+                                return Outcome::ClientGone;
+                            }
+                            (true, info)
+                        }
+                        Step::Cut(frame, _, info) => {
                             bump(&env.counters.events_cut_through);
                             if !pending.push(frame) {
                                 if source.write_pending(&mut pending, sink).await.is_err() {
@@ -479,8 +507,7 @@ pub async fn relay<S: ClientSink>(
                             if source.write_pending(&mut pending, sink).await.is_err() {
                                 return Outcome::ClientGone;
                             }
-                            let et = text.as_str().get(range).unwrap_or("message");
-                            let et: &str = if et.is_empty() { "message" } else { et };
+                            let et = event_type(text.as_bytes(), range);
                             // The sink gets its own handle on the same buffer (no copy).
                             if sink.feed(text.clone(), et).await.is_err() {
                                 return Outcome::ClientGone;

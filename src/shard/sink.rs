@@ -12,6 +12,7 @@ use sonic_rs::JsonValueTrait;
 use crate::net::ClientStream;
 use crate::protocol::lazy::range_of;
 use crate::protocol::sse::write_event;
+use crate::protocol::EventKind;
 
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
@@ -106,6 +107,11 @@ pub trait ClientSink {
     async fn signal(&mut self) -> ClientSignal;
     /// Tells the client its turn failed.
     async fn fail(&mut self, error: &TurnError) -> Result<(), Gone>;
+    /// Queues one event given as a view of the upstream reader's buffer (a frame's payload,
+    /// already checked as UTF-8). A sink copies only what it keeps; this default keeps it all.
+    async fn feed_view(&mut self, event: &str, event_type: &str) -> Result<(), Gone> {
+        self.feed(Utf8Bytes::from(event), event_type).await
+    }
     /// `true` when the sink takes events as the server frames they came in
     /// ([`ClientSink::write_frames`]): a client WebSocket.
     fn takes_frames(&self) -> bool {
@@ -322,6 +328,12 @@ impl SseSink<'_> {
 
 impl ClientSink for SseSink<'_> {
     async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone> {
+        self.feed_view(event.as_str(), event_type).await
+    }
+
+    /// The record is written straight from the view into the pending batch: the one copy an
+    /// SSE event needs.
+    async fn feed_view(&mut self, event: &str, event_type: &str) -> Result<(), Gone> {
         write_event(&mut self.pending, event_type, event.as_bytes());
         if self.pending.len() - CHUNK_ROOM >= SSE_FLUSH_AT {
             return self.write_pending().await;
@@ -409,6 +421,15 @@ impl ClientSink for JsonSink<'_> {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Only an error or a terminal event is kept (copied); every other event is dropped
+    /// unread, as [`JsonSink::feed`] drops it.
+    async fn feed_view(&mut self, event: &str, event_type: &str) -> Result<(), Gone> {
+        if EventKind::of_type(event_type).ends_turn() {
+            return self.feed(Utf8Bytes::from(event), event_type).await;
         }
         Ok(())
     }
