@@ -742,15 +742,21 @@ fn stats_socket_cli_hist_logs_and_metrics_after_load() {
 #[test]
 fn redis_sink_writes_a_replayed_record_once() {
     use shardgate::usage::redis_stream::RedisStreamSink;
-    use shardgate::usage::sink::{Line, Sink};
+    use shardgate::usage::sink::{Batch, Sink};
     let url = &shared_redis_url();
     let stream = unique("dedup");
-    let line = |i: u64| Line {
-        id: format!("resp_dedup_{i}"),
-        json: format!(
-            r#"{{"response_id":"resp_dedup_{i}","key_id":"test-key","request_type":"ws","status":"completed","input_tokens":{i},"output_tokens":1,"total_tokens":{}}}"#,
-            i + 1
-        ),
+    let batch = |ids: &[u64]| {
+        let mut batch = Batch::default();
+        for i in ids {
+            batch.push(
+                &format!("resp_dedup_{i}"),
+                &format!(
+                    r#"{{"response_id":"resp_dedup_{i}","key_id":"test-key","request_type":"ws","status":"completed","input_tokens":{i},"output_tokens":1,"total_tokens":{}}}"#,
+                    i + 1
+                ),
+            );
+        }
+        batch
     };
     let mut sink = RedisStreamSink::new(
         &shardgate::config::Secret::new(url.into()),
@@ -758,9 +764,8 @@ fn redis_sink_writes_a_replayed_record_once() {
         Duration::from_secs(2),
     )
     .expect("sink");
-    sink.write(&[line(1), line(2)]).expect("first batch");
-    sink.write(&[line(2), line(3), line(1)])
-        .expect("replayed batch");
+    sink.write(&batch(&[1, 2])).expect("first batch");
+    sink.write(&batch(&[2, 3, 1])).expect("replayed batch");
     let records = redis_records(url, &stream);
     redis_cleanup(url, &stream, &records);
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();

@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::sink::{Line, Sink, SinkError};
+use super::sink::{Batch, Sink, SinkError};
 
 /// The file sink.
 pub struct FileSink {
@@ -49,14 +49,20 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn write(&mut self, batch: &[Line]) -> Result<(), SinkError> {
-        for line in batch {
-            let len = line.json.len() as u64 + 1;
+    fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        let all = batch.text(0..batch.len());
+        if self.size + all.len() as u64 <= self.rotate_bytes {
+            self.file.write_all(all.as_bytes())?;
+            self.size += all.len() as u64;
+            return Ok(());
+        }
+        for i in 0..batch.len() {
+            let line = batch.text(i..i + 1);
+            let len = line.len() as u64;
             if self.size > 0 && self.size + len > self.rotate_bytes {
                 self.rotate()?;
             }
-            self.file.write_all(line.json.as_bytes())?;
-            self.file.write_all(b"\n")?;
+            self.file.write_all(line.as_bytes())?;
             self.size += len;
         }
         Ok(())
@@ -110,14 +116,16 @@ fn highest_suffix(path: &Path) -> io::Result<u64> {
 mod tests {
     use super::*;
 
-    fn line(i: usize) -> Line {
-        Line {
-            id: format!("resp_{i}"),
-            json: format!(
+    fn lines(range: std::ops::Range<usize>) -> Batch {
+        let mut batch = Batch::default();
+        for i in range {
+            let json = format!(
                 "{{\"response_id\":\"resp_{i}\",\"pad\":\"{}\"}}",
                 "x".repeat(40)
-            ),
+            );
+            batch.push(&format!("resp_{i}"), &json);
         }
+        batch
     }
 
     #[test]
@@ -125,14 +133,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("usage.jsonl");
         let mut sink = FileSink::open(&path, 200).unwrap();
-        let lines: Vec<Line> = (0..10).map(line).collect();
-        sink.write(&lines[..5]).unwrap();
-        sink.write(&lines[5..]).unwrap();
+        sink.write(&lines(0..5)).unwrap();
+        sink.write(&lines(5..10)).unwrap();
         sink.sync().unwrap();
         drop(sink);
         // Reopening continues the numbering instead of overwriting.
         let mut sink = FileSink::open(&path, 200).unwrap();
-        sink.write(&[line(10), line(11), line(12)]).unwrap();
+        sink.write(&lines(10..13)).unwrap();
         sink.sync().unwrap();
 
         let mut files = vec![];

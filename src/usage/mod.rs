@@ -3,6 +3,7 @@
 //! Shards build a [`UsageRecord`] when a turn ends and send it to the control thread, which
 //! writes it to the configured durable sink. The response id is the idempotency key.
 
+pub mod encode;
 pub mod file;
 pub mod redis_stream;
 pub mod sink;

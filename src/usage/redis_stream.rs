@@ -7,9 +7,10 @@
 //! a single Redis (not a cluster). Every call has a deadline (`[state] redis_timeout_ms`), so a
 //! hung Redis stalls the control thread for at most that long per attempt.
 
+use std::ops::Range;
 use std::time::Duration;
 
-use super::sink::{Line, Sink, SinkError};
+use super::sink::{Batch, Sink, SinkError};
 use crate::config::Secret;
 
 /// How long an id stays claimed: replays older than this could duplicate.
@@ -79,7 +80,8 @@ impl RedisStreamSink {
             .ok_or_else(|| SinkError::Redis("not connected".into()))
     }
 
-    fn write_chunk(&mut self, chunk: &[Line]) -> Result<u64, SinkError> {
+    /// Sends records `range` of `batch` in one script call.
+    fn write_chunk(&mut self, batch: &Batch, range: Range<usize>) -> Result<u64, SinkError> {
         let stream = self.stream.clone();
         let prefix = self.seen_prefix.clone();
         let (conn, sha) = self.connection()?;
@@ -89,8 +91,9 @@ impl RedisStreamSink {
             .arg(&stream)
             .arg(SEEN_TTL_SECS)
             .arg(&prefix);
-        for line in chunk {
-            cmd.arg(&line.id).arg(&line.json);
+        for i in range {
+            let line = batch.get(i);
+            cmd.arg(line.id).arg(line.json);
         }
         let added: u64 = cmd.query(conn).map_err(redis_err)?;
         Ok(added)
@@ -98,10 +101,12 @@ impl RedisStreamSink {
 }
 
 impl Sink for RedisStreamSink {
-    fn write(&mut self, batch: &[Line]) -> Result<(), SinkError> {
-        for chunk in batch.chunks(CALL_BATCH) {
-            match self.write_chunk(chunk) {
-                Ok(added) => self.duplicates += chunk.len() as u64 - added.min(chunk.len() as u64),
+    fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        for start in (0..batch.len()).step_by(CALL_BATCH) {
+            let range = start..(start + CALL_BATCH).min(batch.len());
+            let sent = range.len() as u64;
+            match self.write_chunk(batch, range) {
+                Ok(added) => self.duplicates += sent - added.min(sent),
                 Err(e) => {
                     // The connection's state is unknown: start over on the next attempt.
                     self.conn = None;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sonic_rs::JsonValueTrait;
 
-use super::sink::Line;
+use super::sink::Batch;
 
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 1024 * 1024;
@@ -44,7 +44,7 @@ pub struct Spool {
 /// What [`Spool::read`] returns: records in order and the bytes they span.
 pub struct Chunk {
     /// The records.
-    pub lines: Vec<Line>,
+    pub lines: Batch,
     /// Bytes to pass to [`Spool::consume`] once they reached the sink.
     pub bytes: u64,
     /// Lines skipped as unreadable (a torn last write, an unparsable record).
@@ -105,18 +105,16 @@ impl Spool {
 
     /// Appends records in order until the size limit; returns how many were taken (the rest
     /// did not fit).
-    pub fn append(&mut self, lines: &[Line]) -> io::Result<usize> {
+    pub fn append(&mut self, batch: &Batch) -> io::Result<usize> {
         let mut taken = 0;
-        for line in lines {
-            let len = line.json.len() as u64 + 1;
+        for i in 0..batch.len() {
+            let line = batch.text(i..i + 1);
+            let len = line.len() as u64;
             if self.bytes + len > self.max_bytes {
                 break;
             }
             let file = self.tail_for(len)?;
-            let mut buf = Vec::with_capacity(len as usize);
-            buf.extend_from_slice(line.json.as_bytes());
-            buf.push(b'\n');
-            file.write_all(&buf)?;
+            file.write_all(line.as_bytes())?;
             if let Some(seg) = self.segments.back_mut() {
                 seg.size += len;
             }
@@ -173,7 +171,7 @@ impl Spool {
     /// Up to `max` records from the front of the spool (the oldest segment only).
     pub fn read(&mut self, max: usize) -> io::Result<Chunk> {
         let mut chunk = Chunk {
-            lines: Vec::new(),
+            lines: Batch::default(),
             bytes: 0,
             corrupt: 0,
         };
@@ -192,9 +190,8 @@ impl Spool {
                 break;
             }
             chunk.bytes += n as u64;
-            match parse(&buf) {
-                Some(line) => chunk.lines.push(line),
-                None => chunk.corrupt += 1,
+            if !parse_into(&buf, &mut chunk.lines) {
+                chunk.corrupt += 1;
             }
         }
         Ok(chunk)
@@ -220,27 +217,40 @@ impl Spool {
     }
 }
 
-/// A spooled line back into a record; `None` for a torn or foreign line.
-fn parse(raw: &[u8]) -> Option<Line> {
-    let json = std::str::from_utf8(raw.strip_suffix(b"\n")?).ok()?;
-    let id = sonic_rs::get(json, &["response_id"]).ok()?;
-    let id = id.as_str()?.to_string();
-    Some(Line {
-        id,
-        json: json.to_string(),
-    })
+/// Appends a spooled line to `batch` as a record; `false` for a torn or foreign line.
+fn parse_into(raw: &[u8], batch: &mut Batch) -> bool {
+    let Some(json) = raw
+        .strip_suffix(b"\n")
+        .and_then(|line| std::str::from_utf8(line).ok())
+    else {
+        return false;
+    };
+    let Ok(id) = sonic_rs::get(json, &["response_id"]) else {
+        return false;
+    };
+    match id.as_str() {
+        Some(id) => {
+            batch.push(id, json);
+            true
+        }
+        None => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn line(i: usize) -> Line {
-        let id = format!("resp_{i}");
-        Line {
-            json: format!("{{\"response_id\":\"{id}\",\"input_tokens\":{i}}}"),
-            id,
+    fn json(i: usize) -> String {
+        format!("{{\"response_id\":\"resp_{i}\",\"input_tokens\":{i}}}")
+    }
+
+    fn lines(range: std::ops::Range<usize>) -> Batch {
+        let mut batch = Batch::default();
+        for i in range {
+            batch.push(&format!("resp_{i}"), &json(i));
         }
+        batch
     }
 
     fn drain(spool: &mut Spool) -> Vec<String> {
@@ -250,7 +260,7 @@ mod tests {
             if chunk.bytes == 0 {
                 return ids;
             }
-            ids.extend(chunk.lines.into_iter().map(|l| l.id));
+            ids.extend(chunk.lines.iter().map(|l| l.id.to_string()));
             spool.consume(chunk.bytes).unwrap();
         }
     }
@@ -262,16 +272,15 @@ mod tests {
         let mut spool = Spool::open(&spool_dir, 1 << 20).unwrap();
         assert!(spool.is_empty());
         assert!(!spool_dir.exists(), "created only when first used");
-        let lines: Vec<Line> = (0..5).map(line).collect();
-        assert_eq!(spool.append(&lines).unwrap(), 5);
+        assert_eq!(spool.append(&lines(0..5)).unwrap(), 5);
         spool.sync().unwrap();
         // Replay two, then "crash" and reopen: the rest is still there.
         let chunk = spool.read(2).unwrap();
-        assert_eq!(chunk.lines, lines[..2]);
+        assert_eq!(chunk.lines, lines(0..2));
         spool.consume(chunk.bytes).unwrap();
         drop(spool);
         let mut spool = Spool::open(&spool_dir, 1 << 20).unwrap();
-        assert_eq!(spool.append(&[line(5)]).unwrap(), 1);
+        assert_eq!(spool.append(&lines(5..6)).unwrap(), 1);
         let ids = drain(&mut spool);
         // The partly replayed segment comes again from its start (the sink deduplicates by id).
         let want: Vec<String> = (0..6).map(|i| format!("resp_{i}")).collect();
@@ -279,17 +288,16 @@ mod tests {
         assert!(spool.is_empty());
         assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0);
         // Usable again after draining.
-        assert_eq!(spool.append(&[line(6)]).unwrap(), 1);
+        assert_eq!(spool.append(&lines(6..7)).unwrap(), 1);
         assert_eq!(drain(&mut spool), vec!["resp_6".to_string()]);
     }
 
     #[test]
     fn refuses_records_past_the_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let one = line(1).json.len() as u64 + 1;
+        let one = json(1).len() as u64 + 1;
         let mut spool = Spool::open(dir.path(), one * 3).unwrap();
-        let lines: Vec<Line> = (1..6).map(line).collect();
-        assert_eq!(spool.append(&lines).unwrap(), 3);
+        assert_eq!(spool.append(&lines(1..6)).unwrap(), 3);
         assert_eq!(spool.bytes(), one * 3);
     }
 
@@ -297,15 +305,15 @@ mod tests {
     fn skips_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        spool.append(&[line(1)]).unwrap();
+        spool.append(&lines(1..2)).unwrap();
         drop(spool);
         let path = dir.path().join(format!("spool-{:012}.jsonl", 1));
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"response_id\":\"tor").unwrap();
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        spool.append(&[line(2)]).unwrap();
+        spool.append(&lines(2..3)).unwrap();
         let chunk = spool.read(10).unwrap();
-        assert_eq!(chunk.lines, vec![line(1)]);
+        assert_eq!(chunk.lines, lines(1..2));
         assert_eq!(chunk.corrupt, 1);
         spool.consume(chunk.bytes).unwrap();
         assert_eq!(drain(&mut spool), vec!["resp_2".to_string()]);

@@ -12,12 +12,15 @@ use crate::metrics::export::{CounterMap, LabeledMap};
 
 use super::file::FileSink;
 use super::redis_stream::RedisStreamSink;
-use super::sink::{Line, Sink, SinkError};
+use super::encode::write_record;
+use super::sink::{Batch, Sink, SinkError};
 use super::spool::Spool;
 use super::{RequestType, UsageRecord};
 
 /// Records buffered before a write without waiting for the tick.
 const BATCH: usize = 256;
+/// A usual record's line, to size the batch buffer once.
+const LINE_BYTES: usize = 512;
 /// Records replayed from the spool per tick at most (bounds the control loop's time there).
 const REPLAY_PER_TICK: usize = 4096;
 /// First and longest wait before retrying a failed sink.
@@ -63,7 +66,7 @@ pub struct UsageStats {
 pub struct UsageWriter {
     sink: Box<dyn Sink>,
     spool: Spool,
-    pending: Vec<Line>,
+    pending: Batch,
     fsync_interval: Duration,
     last_sync: Instant,
     unsynced: bool,
@@ -111,7 +114,7 @@ impl UsageWriter {
         UsageWriter {
             sink,
             spool,
-            pending: Vec::with_capacity(BATCH),
+            pending: Batch::with_capacity(BATCH, LINE_BYTES),
             fsync_interval,
             last_sync: Instant::now(),
             unsynced: false,
@@ -123,7 +126,8 @@ impl UsageWriter {
         }
     }
 
-    /// Takes one record; writes a batch when enough are buffered.
+    /// Takes one record, encoding it into the pending batch; writes the batch when enough are
+    /// buffered.
     pub fn push(&mut self, rec: UsageRecord) {
         self.stats.records += 1;
         self.stats.attempts += u64::from(rec.attempts);
@@ -134,16 +138,8 @@ impl UsageWriter {
                 self.by_status.insert(rec.status.clone(), 1);
             }
         }
-        match sonic_rs::to_string(&rec) {
-            Ok(json) => self.pending.push(Line {
-                id: rec.response_id,
-                json,
-            }),
-            Err(e) => {
-                self.stats.dropped += 1;
-                crate::error_limited!(error = %e, response_id = %rec.response_id, "usage record cannot be encoded: dropped");
-            }
-        }
+        self.pending
+            .push_with(&rec.response_id, |out| write_record(out, &rec));
         if self.pending.len() >= BATCH {
             self.flush(Instant::now());
         }
@@ -278,7 +274,7 @@ impl UsageWriter {
         }
     }
 
-    fn spool_batch(&mut self, batch: &[Line]) {
+    fn spool_batch(&mut self, batch: &Batch) {
         let taken = match self.spool.append(batch) {
             Ok(n) => n,
             Err(e) => {
@@ -346,14 +342,14 @@ mod tests {
     }
 
     impl Sink for Flaky {
-        fn write(&mut self, batch: &[Line]) -> Result<(), SinkError> {
+        fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
             if *self.down.lock().unwrap() {
                 return Err(SinkError::Redis("down".into()));
             }
             self.got
                 .lock()
                 .unwrap()
-                .extend(batch.iter().map(|l| l.id.clone()));
+                .extend(batch.iter().map(|l| l.id.to_string()));
             Ok(())
         }
         fn sync(&mut self) -> Result<(), SinkError> {

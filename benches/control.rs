@@ -1,0 +1,159 @@
+//! Per-turn bookkeeping after a terminal event, end to end through the public APIs: the usage
+//! writer taking one record (encoding it into the sink's batch), the sticky-state write on the
+//! shard cache and again on the control thread's store, and the shard's interval snapshot.
+//!
+//! Each bench is timed by criterion, then run again under the counting allocator and reported as
+//! one line: `ALLOC <name>: <allocs>/op <bytes> B/op`. See `benches/README.md`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use shardgate::metrics::{Hist, ShardMetrics};
+use shardgate::protocol::Usage;
+use shardgate::state::embedded::{EmbeddedBackend, EmbeddedStore};
+use shardgate::state::{Binding, Keys, SessionKey, StateStats, StateStore, TurnState};
+use shardgate::usage::file::FileSink;
+use shardgate::usage::spool::Spool;
+use shardgate::usage::writer::UsageWriter;
+use shardgate::usage::{RequestType, UsageRecord};
+
+#[path = "alloc_counter.rs"]
+mod alloc_counter;
+
+#[global_allocator]
+static ALLOC: alloc_counter::Counting = alloc_counter::Counting;
+
+use alloc_counter::report_allocs;
+
+fn config() -> Criterion {
+    Criterion::default()
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20)
+}
+
+/// A completed Codex-shaped WebSocket turn's record.
+fn record() -> UsageRecord {
+    UsageRecord {
+        response_id: "resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e5f6a7b8c9d0e1f2a".to_string(),
+        ts_ms: 1_763_900_000_000,
+        group: "default".to_string(),
+        key_id: "team-a".to_string(),
+        account: "acct-0".to_string(),
+        model: "gpt-5-codex".to_string(),
+        request_type: RequestType::Ws,
+        usage: Usage {
+            input_tokens: 28411,
+            cached_tokens: 27648,
+            output_tokens: 412,
+            reasoning_tokens: 256,
+            total_tokens: 28823,
+        },
+        ttft_us: Some(1834),
+        duration_us: 5_210_000,
+        attempts: 1,
+        status: "completed".to_string(),
+        instance: "gw-1".to_string(),
+        shard: 0,
+        realtime: None,
+    }
+}
+
+/// The control thread taking one usage record into a file sink (`/dev/null`): encoding and
+/// batching, a 256-record write every 256 pushes. The record is cloned per push, as the
+/// shard builds a fresh one per turn; `usage/record_clone` is that clone alone.
+fn usage(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = FileSink::open(std::path::Path::new("/dev/null"), u64::MAX).expect("/dev/null");
+    let spool = Spool::open(dir.path(), 1 << 20).expect("spool");
+    let mut writer = UsageWriter::with_sink(Box::new(sink), spool, Duration::from_secs(86_400));
+    let rec = record();
+    let name = "usage/record_clone";
+    c.bench_function(name, |b| b.iter(|| black_box(&rec).clone()));
+    report_allocs(name, || black_box(&rec).clone());
+    let name = "usage/writer_push";
+    c.bench_function(name, |b| b.iter(|| writer.push(black_box(&rec).clone())));
+    report_allocs(name, || writer.push(black_box(&rec).clone()));
+    assert_eq!(writer.stats().dropped, 0);
+}
+
+/// One turn's sticky-state write as a turn makes it: the shard builds the turn's state, puts it
+/// in its cache and sends it; the control thread puts it in its store. Ids are new every turn
+/// (upstream ids never repeat) and sessions cycle, so the stores evict at capacity as a steady
+/// state does.
+fn state(c: &mut Criterion) {
+    let keys = Keys::new("sg");
+    let mut cache = EmbeddedStore::new(keys.clone(), Duration::from_secs(3600), 65_536);
+    let mut store = EmbeddedBackend::new(
+        EmbeddedStore::new(keys, Duration::from_secs(3600), 65_536),
+        Arc::new(StateStats::default()),
+    );
+    let sessions: Vec<SessionKey> = (0..1024)
+        .map(|i| SessionKey::of_client("team-a", &format!("session-{i}")))
+        .collect();
+    let binding = Binding {
+        account: "acct-0".into(),
+        instance: "gw-1".into(),
+        shard: 0,
+        connection: 7,
+    };
+    let (group, prefix) = ("default".to_string(), "resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e5f6a7b8c9d");
+    let mut ids: Vec<String> = (0..200_000u32).map(|i| format!("{prefix}{i:07}")).collect();
+    let mut n = 0usize;
+    let mut turn = move |cache: &mut EmbeddedStore, store: &mut EmbeddedBackend| {
+        n = (n + 1) % ids.len();
+        let state = TurnState {
+            group: group.clone(),
+            response_id: std::mem::take(&mut ids[n]),
+            binding: binding.clone(),
+            session: Some(sessions[n % sessions.len()]),
+            pending: None,
+        };
+        cache.put_turn_at(&state, Instant::now());
+        let sent = Box::new(state);
+        store.put_turn(&sent);
+        ids[n] = sent.response_id;
+    };
+    for _ in 0..70_000 {
+        turn(&mut cache, &mut store);
+    }
+    let name = "state/turn_cache_and_store";
+    c.bench_function(name, |b| b.iter(|| turn(&mut cache, &mut store)));
+    report_allocs(name, || turn(&mut cache, &mut store));
+}
+
+/// The shard's snapshot each stats interval after 400 Codex-shaped turns (16 events each) at
+/// realistic latencies: only the histograms that recorded anything have anything to take.
+fn snapshot(c: &mut Criterion) {
+    let metrics = ShardMetrics::default();
+    let mut us = 1u64;
+    let mut next = move |max: u64| {
+        us = (us * 7 + 13) % max + 1;
+        Duration::from_micros(us)
+    };
+    let mut interval = |metrics: &ShardMetrics| {
+        for _ in 0..400 {
+            metrics.record(Hist::ClientTtft, next(400_000));
+            metrics.record(Hist::UpstreamTtftWs, next(400_000));
+            metrics.record(Hist::TurnDuration, next(5_000_000));
+            metrics.record(Hist::AcquireWait, next(50));
+            metrics.record_n(Hist::EventAddedWs, next(200), 16);
+        }
+        metrics.take_interval()
+    };
+    let name = "metrics/interval_400_turns";
+    c.bench_function(name, |b| b.iter(|| interval(&metrics)));
+    report_allocs(name, || interval(&metrics));
+    let name = "metrics/take_interval_idle";
+    c.bench_function(name, |b| b.iter(|| metrics.take_interval()));
+    report_allocs(name, || metrics.take_interval());
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = usage, state, snapshot
+}
+criterion_main!(benches);

@@ -1,0 +1,204 @@
+//! A usage record's JSON line, written straight into the sink's buffer.
+//!
+//! The bytes are exactly those serde's derive gives through `sonic_rs::to_string` (field order,
+//! flattened token counts, `null` for a missing TTFT, the realtime fields only when present,
+//! the same string escapes), so records written before and after stay one format; a test
+//! checks every field and every escape against that encoding. Writing by hand skips the
+//! flattened map serde builds for this struct and the `String` per record.
+
+use super::{RealtimeUsage, UsageRecord};
+
+/// Appends `rec` as one line of JSON (no newline) to `out`.
+pub fn write_record(out: &mut String, rec: &UsageRecord) {
+    let u = &rec.usage;
+    out.push_str("{\"response_id\":");
+    string(out, &rec.response_id);
+    uint_field(out, "ts_ms", rec.ts_ms);
+    string_field(out, "group", &rec.group);
+    string_field(out, "key_id", &rec.key_id);
+    string_field(out, "account", &rec.account);
+    string_field(out, "model", &rec.model);
+    string_field(out, "request_type", rec.request_type.as_str());
+    uint_field(out, "input_tokens", u.input_tokens);
+    uint_field(out, "cached_tokens", u.cached_tokens);
+    uint_field(out, "output_tokens", u.output_tokens);
+    uint_field(out, "reasoning_tokens", u.reasoning_tokens);
+    uint_field(out, "total_tokens", u.total_tokens);
+    match rec.ttft_us {
+        Some(us) => uint_field(out, "ttft_us", us),
+        None => out.push_str(",\"ttft_us\":null"),
+    }
+    uint_field(out, "duration_us", rec.duration_us);
+    uint_field(out, "attempts", u64::from(rec.attempts));
+    string_field(out, "status", &rec.status);
+    string_field(out, "instance", &rec.instance);
+    uint_field(out, "shard", rec.shard as u64);
+    if let Some(rt) = &rec.realtime {
+        realtime(out, rt);
+    }
+    out.push('}');
+}
+
+fn realtime(out: &mut String, rt: &RealtimeUsage) {
+    string_field(out, "session_id", &rt.session_id);
+    uint_field(out, "input_text_tokens", rt.input_text_tokens);
+    uint_field(out, "input_audio_tokens", rt.input_audio_tokens);
+    uint_field(out, "output_text_tokens", rt.output_text_tokens);
+    uint_field(out, "output_audio_tokens", rt.output_audio_tokens);
+    out.push_str(if rt.estimated {
+        ",\"estimated\":true"
+    } else {
+        ",\"estimated\":false"
+    });
+}
+
+/// `,"name":` (names are plain ASCII constants: nothing to escape).
+fn key(out: &mut String, name: &str) {
+    out.push_str(",\"");
+    out.push_str(name);
+    out.push_str("\":");
+}
+
+fn uint_field(out: &mut String, name: &str, v: u64) {
+    key(out, name);
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+fn string_field(out: &mut String, name: &str, v: &str) {
+    key(out, name);
+    string(out, v);
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `s` as a JSON string: `"` and `\` escaped, control characters as `\b \t \n \f \r` or
+/// `\u00XX`, everything else (non-ASCII included) as it is. Runs without escapes are copied
+/// whole.
+fn string(out: &mut String, s: &str) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x09 => "\\t",
+            0x0a => "\\n",
+            0x0c => "\\f",
+            0x0d => "\\r",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        // Escaped bytes are ASCII, so `i` and `i + 1` are character boundaries.
+        out.push_str(&s[start..i]);
+        if short.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(short);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Usage;
+    use crate::usage::RequestType;
+
+    fn full() -> UsageRecord {
+        UsageRecord {
+            response_id: "resp_\"q\"\\back\u{1}\n\t\u{1f}é✓".into(),
+            ts_ms: 1_763_900_000_123,
+            group: "grp/\u{7f}\u{8}\u{c}\r".into(),
+            key_id: "key-1".into(),
+            account: "acct-0".into(),
+            model: "gpt-5-codex".into(),
+            request_type: RequestType::Realtime,
+            usage: Usage {
+                input_tokens: 28411,
+                cached_tokens: 27648,
+                output_tokens: 412,
+                reasoning_tokens: 256,
+                total_tokens: u64::MAX,
+            },
+            ttft_us: Some(1834),
+            duration_us: 5_210_000,
+            attempts: u32::MAX,
+            status: "completed".into(),
+            instance: "gw-1".into(),
+            shard: 3,
+            realtime: Some(RealtimeUsage {
+                session_id: "sess_1".into(),
+                input_text_tokens: 1,
+                input_audio_tokens: 2,
+                output_text_tokens: 3,
+                output_audio_tokens: 4,
+                estimated: true,
+            }),
+        }
+    }
+
+    fn line(rec: &UsageRecord) -> String {
+        let mut out = String::new();
+        write_record(&mut out, rec);
+        out
+    }
+
+    #[test]
+    fn a_record_with_every_field_is_this_exact_line() {
+        assert_eq!(
+            line(&full()),
+            concat!(
+                r#"{"response_id":"resp_\"q\"\\back\u0001\n\t\u001fé✓","ts_ms":1763900000123,"#,
+                r#""group":"grp/"#,
+                "\u{7f}",
+                r#"\b\f\r","key_id":"key-1","account":"acct-0","model":"gpt-5-codex","#,
+                r#""request_type":"realtime","input_tokens":28411,"cached_tokens":27648,"#,
+                r#""output_tokens":412,"reasoning_tokens":256,"total_tokens":18446744073709551615,"#,
+                r#""ttft_us":1834,"duration_us":5210000,"attempts":4294967295,"status":"completed","#,
+                r#""instance":"gw-1","shard":3,"session_id":"sess_1","input_text_tokens":1,"#,
+                r#""input_audio_tokens":2,"output_text_tokens":3,"output_audio_tokens":4,"#,
+                r#""estimated":true}"#
+            )
+        );
+    }
+
+    #[test]
+    fn matches_the_serde_encoding_for_every_shape_and_character() {
+        let mut recs = vec![full(), UsageRecord::sample("resp_1")];
+        let mut rec = full();
+        rec.ttft_us = None;
+        rec.realtime = None;
+        rec.request_type = RequestType::Stream;
+        recs.push(rec);
+        let mut rec = full();
+        if let Some(rt) = rec.realtime.as_mut() {
+            rt.estimated = false;
+        }
+        rec.request_type = RequestType::Sync;
+        recs.push(rec);
+        // Every ASCII character, alone and between others, in every string field.
+        for c in (0u8..0x80).map(char::from).chain(['é', '\u{2028}', '😀']) {
+            let mut rec = UsageRecord::sample(format!("{c}"));
+            rec.group = format!("a{c}b");
+            rec.key_id = format!("{c}{c}");
+            rec.model = format!("m{c}");
+            rec.status = format!("{c}x");
+            rec.instance = c.to_string();
+            rec.account = format!("{c}acct{c}");
+            recs.push(rec);
+        }
+        for rec in &recs {
+            let want = sonic_rs::to_string(rec).unwrap();
+            assert_eq!(line(rec), want);
+            let back: UsageRecord = sonic_rs::from_str(&line(rec)).unwrap();
+            assert_eq!(&back, rec);
+        }
+    }
+}
