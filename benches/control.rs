@@ -99,22 +99,23 @@ fn state(c: &mut Criterion) {
         shard: 0,
         connection: 7,
     };
-    let (group, prefix) = ("default".to_string(), "resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e5f6a7b8c9d");
-    let mut ids: Vec<String> = (0..200_000u32).map(|i| format!("{prefix}{i:07}")).collect();
+    let group: Arc<str> = Arc::from("default");
+    let prefix = "resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e5f6a7b8c9d";
+    let ids: Vec<String> = (0..200_000u32).map(|i| format!("{prefix}{i:07}")).collect();
     let mut n = 0usize;
+    // As `Driver::remember` builds it: the names are the shard's shared strings, the id is new.
     let mut turn = move |cache: &mut EmbeddedStore, store: &mut EmbeddedBackend| {
         n = (n + 1) % ids.len();
         let state = TurnState {
             group: group.clone(),
-            response_id: std::mem::take(&mut ids[n]),
+            response_id: Arc::from(ids[n].as_str()),
             binding: binding.clone(),
             session: Some(sessions[n % sessions.len()]),
             pending: None,
         };
         cache.put_turn_at(&state, Instant::now());
         let sent = Box::new(state);
-        store.put_turn(&sent);
-        ids[n] = sent.response_id;
+        store.put_turn(*sent);
     };
     for _ in 0..70_000 {
         turn(&mut cache, &mut store);

@@ -156,7 +156,7 @@ fn sticky_cache(c: &mut Criterion) {
         i = (i + 1) % ids.len();
         let state = TurnState {
             group: "default".into(),
-            response_id: ids[i].clone(),
+            response_id: ids[i].as_str().into(),
             binding: binding.clone(),
             session: Some(sessions[i]),
             pending: None,

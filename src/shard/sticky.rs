@@ -10,6 +10,7 @@
 //! `queue_full`, `write_dropped` (the last two also in `control_queue_drops`).
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
@@ -29,6 +30,10 @@ use super::normalizer::{PairingFacts, Pending};
 pub const CACHE_CAPACITY: usize = 65_536;
 /// Longest a lookup waits for the control thread before the turn goes on without it.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Distinct account and group names kept as shared strings at most (they come from the config,
+/// so a shard sees few; past this, names are simply not shared).
+const MAX_NAMES: usize = 256;
 
 /// Labeled-counter family of the cache's outcomes.
 const FAMILY: &str = "sticky";
@@ -78,14 +83,16 @@ impl Affinity {
 pub fn affinity(binding: Option<Binding>, instance: &str, shard: usize) -> Affinity {
     match binding {
         None => Affinity::Unbound,
-        Some(b) if b.instance != instance => Affinity::OtherHost { account: b.account },
+        Some(b) if *b.instance != *instance => Affinity::OtherHost {
+            account: b.account.to_string(),
+        },
         Some(b) if b.shard == shard => Affinity::ThisShard {
-            account: b.account,
+            account: b.account.to_string(),
             connection: b.connection,
         },
         Some(b) => Affinity::OtherShard {
             shard: b.shard,
-            account: b.account,
+            account: b.account.to_string(),
         },
     }
 }
@@ -123,6 +130,10 @@ pub struct Sticky {
     control: ControlHandle,
     cache: RefCell<EmbeddedStore>,
     lookup_timeout: Duration,
+    /// This host's name in bindings (`[state] instance`), shared by every binding.
+    instance: Arc<str>,
+    /// Account and group names seen so far, shared by every turn's state that names them.
+    names: RefCell<Vec<Arc<str>>>,
 }
 
 impl Sticky {
@@ -146,11 +157,33 @@ impl Sticky {
                 capacity,
             )),
             lookup_timeout,
+            instance: Arc::from(cfg.instance.as_str()),
+            names: RefCell::new(Vec::new()),
         }
     }
 
+    /// This host's name, as bindings carry it.
+    pub fn instance(&self) -> Arc<str> {
+        self.instance.clone()
+    }
+
+    /// `name` (an account id or a client group) as a shared string: the same one for every
+    /// turn, so a turn's state copies no names.
+    pub fn name(&self, name: &str) -> Arc<str> {
+        let mut names = self.names.borrow_mut();
+        if let Some(shared) = names.iter().find(|n| ***n == *name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        if names.len() < MAX_NAMES {
+            names.push(shared.clone());
+        }
+        shared
+    }
+
     /// Records what a turn left behind (call when a turn produced a response id): in the cache
-    /// at once, and in the store through one message to the control thread.
+    /// at once, and in the store through one message to the control thread. The cache and the
+    /// message share the turn's strings.
     pub fn remember_turn(&self, counters: &ShardCounters, turn: TurnState) {
         self.cache.borrow_mut().put_turn_at(&turn, Instant::now());
         self.write(counters, StateMsg::Turn(Box::new(turn)));

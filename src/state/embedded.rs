@@ -4,10 +4,19 @@
 //! and as each shard's hot cache. Every entry lives `ttl` from its last write. All entries share
 //! one TTL, so write order is expiry order: a FIFO of `(key, expiry)` finds expired entries in
 //! O(1) and, when the store is full, evicts the entry closest to expiring.
+//!
+//! Every write is on a turn's path (twice: the shard's cache, then the control thread's store),
+//! so each map operation hashes its key once (`entry_ref`, `get_key_value_mut`; a new key twice) with a fast
+//! seeded hasher (aHash; keys are built from upstream ids and hashed session ids, and the
+//! seed is random per store), and values share their strings (`Arc<str>`) instead of copying
+//! them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use hashbrown::hash_map::EntryRef;
+use hashbrown::HashMap;
 
 use super::{add, Binding, Keys, SessionKey, StateStats, StateStore, TurnState};
 
@@ -15,7 +24,7 @@ use super::{add, Binding, Keys, SessionKey, StateStats, StateStore, TurnState};
 #[derive(Debug, Clone)]
 enum Value {
     Binding(Binding),
-    Text(String),
+    Text(Arc<str>),
     Ids(Vec<String>),
 }
 
@@ -31,7 +40,7 @@ pub struct EmbeddedStore {
     keys: Keys,
     ttl: Duration,
     capacity: usize,
-    map: HashMap<Arc<str>, Slot>,
+    map: HashMap<Arc<str>, Slot, ahash::RandomState>,
     /// Write order; an element is stale when the map holds a later expiry for its key. Shares
     /// each key with the map (one allocation per written key, not two).
     order: VecDeque<(Arc<str>, Instant)>,
@@ -50,7 +59,7 @@ impl EmbeddedStore {
             keys,
             ttl,
             capacity: capacity.max(1),
-            map: HashMap::new(),
+            map: HashMap::with_hasher(ahash::RandomState::new()),
             order: VecDeque::new(),
             evictions: 0,
             evictions_reported: 0,
@@ -81,15 +90,41 @@ impl EmbeddedStore {
     }
 
     /// [`StateStore::put_turn`] at a given time: the binding, then the pending calls, then the
-    /// session's last response.
+    /// session's last response. The values share the turn's strings (the shard's cache keeps
+    /// them while the same turn travels to the control thread).
     pub fn put_turn_at(&mut self, turn: &TurnState, now: Instant) {
-        let (group, id) = (turn.group.as_str(), turn.response_id.as_str());
+        let (group, id) = (&*turn.group, &*turn.response_id);
         self.put_binding_at(group, id, &turn.binding, now);
         if let Some(calls) = &turn.pending {
             self.put_pending_at(group, id, calls, now);
         }
         if let Some(session) = &turn.session {
-            self.put_session_last_at(group, session, id, now);
+            self.put_session_text_at(group, session, &turn.response_id, now);
+        }
+    }
+
+    /// [`EmbeddedStore::put_turn_at`] taking the turn: its binding and pending calls move into
+    /// the store instead of being copied (the control thread's write of a turn it was sent).
+    pub fn put_owned_turn_at(&mut self, turn: TurnState, now: Instant) {
+        let TurnState {
+            group,
+            response_id,
+            binding,
+            session,
+            pending,
+        } = turn;
+        let mut key = std::mem::take(&mut self.scratch);
+        if self.keys.response_into(&mut key, &group, &response_id) {
+            self.insert(&key, Value::Binding(binding), now);
+        }
+        if let Some(calls) = pending {
+            if self.keys.pending_into(&mut key, &group, &response_id) {
+                self.insert(&key, Value::Ids(calls), now);
+            }
+        }
+        self.scratch = key;
+        if let Some(session) = &session {
+            self.put_session_text_at(&group, session, &response_id, now);
         }
     }
 
@@ -125,12 +160,23 @@ impl EmbeddedStore {
         id: &str,
         now: Instant,
     ) {
+        self.put_session_text_at(group, session, &Arc::from(id), now);
+    }
+
+    /// [`EmbeddedStore::put_session_last_at`] sharing the id's string.
+    fn put_session_text_at(
+        &mut self,
+        group: &str,
+        session: &SessionKey,
+        id: &Arc<str>,
+        now: Instant,
+    ) {
         if !Keys::is_id(id) {
             return;
         }
         let mut key = std::mem::take(&mut self.scratch);
         self.keys.session_into(&mut key, group, session);
-        self.insert(&key, Value::Text(id.to_string()), now);
+        self.insert(&key, Value::Text(id.clone()), now);
         self.scratch = key;
     }
 
@@ -144,7 +190,7 @@ impl EmbeddedStore {
         let mut key = std::mem::take(&mut self.scratch);
         self.keys.session_into(&mut key, group, session);
         let found = match self.get(&key, now) {
-            Some(Value::Text(t)) => Some(t.clone()),
+            Some(Value::Text(t)) => Some(t.to_string()),
             _ => None,
         };
         self.scratch = key;
@@ -179,34 +225,50 @@ impl EmbeddedStore {
     pub fn expire(&mut self, now: Instant) {
         while self.order.front().is_some_and(|(_, at)| *at <= now) {
             if let Some((key, at)) = self.order.pop_front() {
-                if self.map.get(&key).is_some_and(|s| s.expires == at) {
-                    self.map.remove(&key);
-                }
+                self.remove_if_written_at(&key, at);
             }
+        }
+    }
+
+    /// Removes `key` if its entry is still the one written with expiry `at` (a queue element
+    /// is stale once the key was written again); `true` when it was removed. One hash.
+    fn remove_if_written_at(&mut self, key: &str, at: Instant) -> bool {
+        match self.map.entry_ref(key) {
+            EntryRef::Occupied(e) if e.get().expires == at => {
+                e.remove();
+                true
+            }
+            _ => false,
         }
     }
 
     fn get(&mut self, key: &str, now: Instant) -> Option<&Value> {
-        let expired = self.map.get(key)?.expires <= now;
-        if expired {
-            self.map.remove(key);
-            return None;
+        match self.map.entry_ref(key) {
+            EntryRef::Occupied(e) if e.get().expires <= now => {
+                e.remove();
+                None
+            }
+            EntryRef::Occupied(e) => Some(&e.into_mut().value),
+            EntryRef::Vacant(_) => None,
         }
-        self.map.get(key).map(|s| &s.value)
     }
 
     fn insert(&mut self, key: &str, value: Value, now: Instant) {
         let expires = now + self.ttl;
-        let key = match self.map.get_key_value(key) {
-            Some((shared, _)) => shared.clone(),
+        let key = match self.map.get_key_value_mut(key) {
+            Some((shared, slot)) => {
+                *slot = Slot { value, expires };
+                shared.clone()
+            }
             None => {
                 self.expire(now);
                 while self.map.len() >= self.capacity && self.evict_oldest() {}
-                Arc::from(key)
+                let shared: Arc<str> = Arc::from(key);
+                self.map.insert(shared.clone(), Slot { value, expires });
+                shared
             }
         };
-        self.order.push_back((key.clone(), expires));
-        self.map.insert(key, Slot { value, expires });
+        self.order.push_back((key, expires));
         if self.order.len() > self.capacity.saturating_mul(2) {
             let map = &self.map;
             self.order
@@ -217,8 +279,7 @@ impl EmbeddedStore {
     /// Removes the oldest live entry (skipping stale queue elements); `false` when empty.
     fn evict_oldest(&mut self) -> bool {
         while let Some((key, at)) = self.order.pop_front() {
-            if self.map.get(&key).is_some_and(|s| s.expires == at) {
-                self.map.remove(&key);
+            if self.remove_if_written_at(&key, at) {
                 self.evictions += 1;
                 return true;
             }
@@ -241,8 +302,8 @@ impl EmbeddedBackend {
 }
 
 impl StateStore for EmbeddedBackend {
-    fn put_turn(&mut self, turn: &TurnState) {
-        self.store.put_turn_at(turn, Instant::now());
+    fn put_turn(&mut self, turn: TurnState) {
+        self.store.put_owned_turn_at(turn, Instant::now());
     }
 
     fn binding(&mut self, group: &str, response_id: &str) -> Option<Binding> {
@@ -344,6 +405,37 @@ mod tests {
             Some("resp_1")
         );
         assert_eq!(s.pending_at("g", "resp_2", now), None);
+    }
+
+    #[test]
+    fn a_turn_taken_by_value_is_stored_like_a_borrowed_one() {
+        let t0 = Instant::now();
+        let sess = SessionKey::hash(b"s1");
+        let turn = |id: &str, conn: u64, pending: Option<Vec<String>>| TurnState {
+            group: "g".into(),
+            response_id: id.into(),
+            binding: binding(conn),
+            session: Some(sess),
+            pending,
+        };
+        let (mut borrowed, mut owned) = (store(3), store(3));
+        for (i, id) in ["r1", "r2", "r3"].into_iter().enumerate() {
+            let at = t0 + Duration::from_secs(i as u64);
+            let t = turn(id, i as u64, (i == 1).then(|| vec!["call_a".to_string()]));
+            borrowed.put_turn_at(&t, at);
+            owned.put_owned_turn_at(t, at);
+        }
+        let now = t0 + Duration::from_secs(3);
+        for s in [&mut borrowed, &mut owned] {
+            // Capacity 3: the oldest entries (r1's binding, then r2's) went first.
+            assert_eq!(s.len(), 3);
+            assert_eq!(s.evictions(), 2);
+            assert_eq!(s.binding_at("g", "r1", now), None);
+            assert_eq!(s.pending_at("g", "r2", now), Some(vec!["call_a".into()]));
+            assert_eq!(s.binding_at("g", "r3", now), Some(binding(2)));
+            assert_eq!(s.session_last_at("g", &sess, now).as_deref(), Some("r3"));
+            assert_eq!(s.binding_at("g", "r3", t0 + Duration::from_secs(62)), None);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod service;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -25,15 +26,16 @@ use sha2::{Digest, Sha256};
 /// from a client's `previous_response_id`; anything longer is not an id and is never stored.
 pub const MAX_ID_LEN: usize = 256;
 
-/// Where a response lives: the upstream connection that produced it.
+/// Where a response lives: the upstream connection that produced it. Its names are shared
+/// strings: the shard's cache, the message to the control thread and the store hold one copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
     /// Account id (from the config).
     #[serde(rename = "a")]
-    pub account: String,
+    pub account: Arc<str>,
     /// Gateway host (`[state] instance`).
     #[serde(rename = "i")]
-    pub instance: String,
+    pub instance: Arc<str>,
     /// Shard that owns the upstream connection.
     #[serde(rename = "s")]
     pub shard: usize,
@@ -49,9 +51,9 @@ pub struct Binding {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnState {
     /// Client group.
-    pub group: String,
+    pub group: Arc<str>,
     /// Upstream response id.
-    pub response_id: String,
+    pub response_id: Arc<str>,
     /// Where the response lives.
     pub binding: Binding,
     /// The client session it is now the last response of, if the client named one.
@@ -194,8 +196,8 @@ impl Keys {
 /// error and the gateway keeps serving.
 pub trait StateStore: Send {
     /// Records everything a turn left behind (binding, pending calls, session's last response)
-    /// as one unit.
-    fn put_turn(&mut self, turn: &TurnState);
+    /// as one unit. Takes the turn, so its strings move into the store.
+    fn put_turn(&mut self, turn: TurnState);
     /// Where `response_id` lives, if known.
     fn binding(&mut self, group: &str, response_id: &str) -> Option<Binding>;
     /// The last response of a session, if known.

@@ -217,9 +217,8 @@ impl RedisStore {
 impl StateStore for RedisStore {
     /// One turn's writes go into the pipeline together (a full pipeline is sent after them,
     /// never between them).
-    fn put_turn(&mut self, turn: &TurnState) {
-        self.local.put_turn_at(turn, Instant::now());
-        let (group, id) = (turn.group.as_str(), turn.response_id.as_str());
+    fn put_turn(&mut self, turn: TurnState) {
+        let (group, id) = (&*turn.group, &*turn.response_id);
         if let (Some(key), Ok(value)) = (
             self.keys.response(group, id),
             sonic_rs::to_vec(&turn.binding),
@@ -238,6 +237,7 @@ impl StateStore for RedisStore {
                 self.queue_set(key, id.as_bytes());
             }
         }
+        self.local.put_owned_turn_at(turn, Instant::now());
         if self.pipe.len() >= FLUSH_AT {
             self.send_pipeline();
         }

@@ -91,7 +91,7 @@ impl StateService {
     /// Applies one message; lookups are answered at once.
     pub fn handle(&mut self, msg: StateMsg) {
         match msg {
-            StateMsg::Turn(turn) => self.store.put_turn(&turn),
+            StateMsg::Turn(turn) => self.store.put_turn(*turn),
             StateMsg::LookupBinding {
                 group,
                 response_id,

@@ -3,6 +3,7 @@
 //! record.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Utf8Bytes;
@@ -213,14 +214,15 @@ impl Driver {
         pending_calls: Option<Vec<String>>,
     ) {
         let shard = &self.shard;
-        shard.sticky.remember_turn(
+        let sticky = &shard.sticky;
+        sticky.remember_turn(
             &shard.counters,
             TurnState {
-                group: self.identity.group.clone(),
-                response_id: response_id.to_string(),
+                group: sticky.name(&self.identity.group),
+                response_id: Arc::from(response_id),
                 binding: Binding {
-                    account: pool.account.config.id.clone(),
-                    instance: shard.config.state.instance.clone(),
+                    account: sticky.name(&pool.account.config.id),
+                    instance: sticky.instance(),
                     shard: shard.id,
                     connection,
                 },
