@@ -1,14 +1,16 @@
 //! Latency measurement: per-shard HdrHistograms recorded without locks, shipped to the control
 //! thread as interval snapshots.
 //!
-//! A shard records into plain `RefCell`s it alone touches. Every `[server] stats_interval` it
-//! takes the buckets the interval recorded ([`Sparse`], clearing only the histograms that
-//! recorded something) and its counters, and sends them to the control thread, which merges
-//! them into totals and a rolling window.
+//! A shard records into plain `RefCell`s it alone touches ([`interval::IntervalCounts`]:
+//! HdrHistogram's buckets, a bitmap of the ones in use). Every `[server] stats_interval` it
+//! takes the buckets the interval recorded ([`Sparse`], reading and clearing only those) and
+//! its counters, and sends them to the control thread, which merges them into totals and a
+//! rolling window.
 
 pub mod accounts;
 pub mod aggregate;
 pub mod export;
+pub mod interval;
 pub mod prometheus;
 pub mod window;
 
@@ -16,6 +18,8 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+
+use interval::IntervalCounts;
 
 /// Largest value recorded: one hour in microseconds (larger values are clamped).
 pub const MAX_US: u64 = 3_600_000_000;
@@ -84,15 +88,16 @@ pub fn new_set() -> Vec<Histogram<u64>> {
     Hist::ALL.iter().map(|_| new_histogram()).collect()
 }
 
-/// One shard's histograms. Not `Sync`: only the owning shard records.
+/// One shard's histograms, as this interval's counts. Not `Sync`: only the owning shard
+/// records.
 pub struct ShardMetrics {
-    hists: RefCell<Vec<Histogram<u64>>>,
+    hists: RefCell<Vec<IntervalCounts>>,
 }
 
 impl Default for ShardMetrics {
     fn default() -> Self {
         ShardMetrics {
-            hists: RefCell::new(new_set()),
+            hists: RefCell::new(Hist::ALL.iter().map(|_| IntervalCounts::default()).collect()),
         }
     }
 }
@@ -105,33 +110,23 @@ impl ShardMetrics {
 
     /// Records a value in microseconds (clamped to 1 ..= [`MAX_US`]). No allocation.
     pub fn record_us(&self, hist: Hist, us: u64) {
-        let v = us.clamp(1, MAX_US);
-        // In bounds by the clamp, so this cannot fail.
-        let _ = self.hists.borrow_mut()[hist as usize].record(v);
+        self.hists.borrow_mut()[hist as usize].record_n(us, 1);
     }
 
     /// Records `count` occurrences of one value (a batch of events written together).
     pub fn record_n(&self, hist: Hist, d: Duration, count: u64) {
-        let v = (d.as_micros().min(u128::from(MAX_US)) as u64).max(1);
-        let _ = self.hists.borrow_mut()[hist as usize].record_n(v, count);
+        let us = d.as_micros().min(u128::from(MAX_US)) as u64;
+        self.hists.borrow_mut()[hist as usize].record_n(us, count);
     }
 
     /// Takes this interval's recorded buckets, indexed like [`Hist::ALL`], and empties the
-    /// histograms. Only what was recorded is copied and cleared: a histogram is ~190 KB, so
-    /// cloning all of them every interval cost each shard ~1.7 MB of copying per interval even
-    /// when idle.
+    /// counts. Costs what the interval recorded: a histogram that recorded nothing is skipped,
+    /// one that did has only its used buckets read and cleared.
     pub fn take_interval(&self) -> Vec<Sparse> {
-        let mut hists = self.hists.borrow_mut();
-        hists
+        self.hists
+            .borrow_mut()
             .iter_mut()
-            .map(|h| {
-                if h.is_empty() {
-                    return Sparse::default();
-                }
-                let out = Sparse::of(h);
-                h.reset();
-                out
-            })
+            .map(IntervalCounts::take)
             .collect()
     }
 }
