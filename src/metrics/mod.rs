@@ -97,7 +97,12 @@ pub struct ShardMetrics {
 impl Default for ShardMetrics {
     fn default() -> Self {
         ShardMetrics {
-            hists: RefCell::new(Hist::ALL.iter().map(|_| IntervalCounts::default()).collect()),
+            hists: RefCell::new(
+                Hist::ALL
+                    .iter()
+                    .map(|_| IntervalCounts::default())
+                    .collect(),
+            ),
         }
     }
 }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use crate::config::{UsageConfig, UsageSinkKind};
 use crate::metrics::export::{CounterMap, LabeledMap};
 
+use super::encode::write_record;
 use super::file::FileSink;
 use super::redis_stream::RedisStreamSink;
-use super::encode::write_record;
 use super::sink::{Batch, Sink, SinkError};
 use super::spool::Spool;
 use super::{RequestType, UsageRecord};
