@@ -607,10 +607,15 @@ fn a_client_that_sends_a_header_and_stalls_is_still_bounded_by_the_wait() {
 /// `script`: the reply, and the events relayed in all.
 fn one_post(script: fn() -> Vec<u8>, stream: bool, relayed: u64) -> (HttpReply, u64) {
     let up = RawUpstream::start(script);
-    let gw = gateway_over(&up);
+    post_over(&up, &post_body("gpt-test", "hi", stream), relayed)
+}
+
+/// One `POST /v1/responses` of `body` through a fresh gateway over `up`: the reply, and the
+/// events relayed in all.
+fn post_over(up: &RawUpstream, body: &str, relayed: u64) -> (HttpReply, u64) {
+    let gw = gateway_over(up);
     let admin = gw.admin_addr().expect("admin");
-    let reply =
-        HttpConn::open(gw.addr()).post("/v1/responses", &post_body("gpt-test", "hi", stream));
+    let reply = HttpConn::open(gw.addr()).post("/v1/responses", body);
     eventually(
         "the shard shipped its counters",
         Duration::from_secs(10),
@@ -667,5 +672,35 @@ fn a_json_answer_is_the_terminal_events_response_whichever_way_it_was_read() {
         reply.json().to_string(),
         completed["response"].to_string(),
         "the response object of the terminal event"
+    );
+}
+
+#[test]
+fn a_post_goes_upstream_as_one_masked_text_frame_with_a_fresh_key() {
+    let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
+    let input = "c".repeat(30_000);
+    let body = post_body("gpt-test", &input, true);
+    for _ in 0..2 {
+        let (reply, _) = post_over(&up, &body, 2);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let sent = up.sent.lock().unwrap().clone();
+    let frames: Vec<&Sent> = sent.iter().filter(|s| s.opcode == 1).collect();
+    assert_eq!(frames.len(), 2);
+    let want = format!(r#"{{"type":"response.create",{}"#, &body[1..]);
+    for f in &frames {
+        assert_eq!(f.wire[0], 0x81, "FIN, text");
+        assert_eq!(f.wire[1], 0x80 | 126, "masked, a 16-bit length");
+        assert_eq!(
+            u16::from_be_bytes([f.wire[2], f.wire[3]]) as usize,
+            want.len()
+        );
+        assert_eq!(f.wire.len(), 8 + want.len(), "one frame, nothing else");
+        assert_eq!(String::from_utf8_lossy(&f.payload), want);
+    }
+    assert_ne!(
+        frames[0].wire[4..8],
+        frames[1].wire[4..8],
+        "a fresh key each time"
     );
 }

@@ -127,9 +127,67 @@ pub fn cut(bytes: &[u8], max_payload: u64) -> Cut {
     }
 }
 
+/// One final text frame as a client sends it (RFC 6455 §5.2-5.3): the header, then `payload`
+/// masked with `key` while it is copied, in one buffer for one write. tungstenite copies the
+/// payload into its write buffer and masks it there in a second pass, then drains the buffer
+/// after each partial write.
+pub fn masked_text(payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAX_HEADER + payload.len());
+    out.push(0x80 | OP_TEXT);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut words = payload.chunks_exact(8);
+    for word in &mut words {
+        let word: [u8; 8] = word.try_into().unwrap_or_default();
+        out.extend_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    // The tail starts at a multiple of 8, so at key byte 0.
+    out.extend(
+        words
+            .remainder()
+            .iter()
+            .zip(key.iter().cycle())
+            .map(|(b, k)| b ^ k),
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masked_text_frames_are_what_the_rfc_says_for_every_length_form() {
+        let key = [0x12, 0x9a, 0x00, 0xff];
+        for len in [0usize, 1, 7, 8, 9, 125, 126, 127, 65_535, 65_536, 70_001] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let wire = masked_text(&payload, key);
+            let h = FrameHeader::parse(&wire).expect("a whole header");
+            assert!(h.fin && h.rsv == 0 && h.opcode == OP_TEXT, "len {len}");
+            assert!(h.minimal_len, "len {len}: length in its fewest bytes");
+            assert_eq!((h.mask, h.payload_len), (Some(key), len as u64));
+            assert_eq!(wire.len(), h.len + len);
+            let unmasked: Vec<u8> = wire[h.len..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
+            assert_eq!(unmasked, payload, "len {len}");
+        }
+    }
 
     #[test]
     fn headers_of_every_length_form_parse_and_incomplete_ones_wait() {

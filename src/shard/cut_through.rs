@@ -19,7 +19,7 @@ use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures_lite::AsyncWriteExt;
 use futures_util::{SinkExt, StreamExt};
 
-use crate::net::ws_frame::{cut, Cut, FrameHeader};
+use crate::net::ws_frame::{cut, masked_text, Cut, FrameHeader};
 
 use super::upstream::UpstreamWs;
 
@@ -221,6 +221,13 @@ pub fn carries(wire: &[u8], frame: &[u8]) -> bool {
 pub async fn send_as_it_came(ws: &mut UpstreamWs, wire: &[u8]) -> Result<(), WsError> {
     ws.flush().await?;
     ws.get_mut().write_all(wire).await.map_err(WsError::Io)
+}
+
+/// Sends `text` upstream as one masked text frame built in one pass ([`masked_text`]), after
+/// what tungstenite queued. The masking key comes from the same source as tungstenite's own
+/// (`rand::random`, a CSPRNG), as RFC 6455 §5.3 asks.
+pub async fn send_text(ws: &mut UpstreamWs, text: &str) -> Result<(), WsError> {
+    send_as_it_came(ws, &masked_text(text.as_bytes(), rand::random())).await
 }
 
 /// Frames handed out and not written yet: one stretch of the reader's buffer, written in one

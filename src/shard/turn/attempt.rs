@@ -5,7 +5,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use async_tungstenite::tungstenite::{Message, Utf8Bytes};
+use async_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Hist;
 use crate::protocol::error_body::{ErrorType, GatewayError};
@@ -146,7 +146,7 @@ impl Driver {
         let send = async {
             match &wire {
                 Some(wire) => cut_through::send_as_it_came(ws, wire).await,
-                None => ws.send(Message::Text(payload)).await,
+                None => cut_through::send_text(ws, payload.as_str()).await,
             }
         };
         let sent = runtime::timeout(send_limit, send).await;
