@@ -13,6 +13,7 @@ use shardgate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
 use shardgate::protocol::sse::{write_event, SseParser};
 use shardgate::protocol::{ClientFrame, EventKind, UpstreamEvent};
 use shardgate::shard::normalizer::{map_back, rewrite, PreviousId, Rewrite};
+use shardgate::shard::relay::{judge, Verdict};
 
 #[path = "alloc_counter.rs"]
 mod alloc_counter;
@@ -84,6 +85,9 @@ const DELTA_EVENT: &[u8] = br#"{"type":"response.output_text.delta","sequence_nu
 const LATE_TYPE_DELTA_EVENT: &[u8] = br#"{"content_index":0,"output_index":0,"delta":"ctetur a","logprobs":[],"item_id":"msg_ZLBe2CxEqj0tDCPm","type":"response.output_text.delta","sequence_number":8,"mock_ts_us":1795446651491897}"#;
 
 const COMPLETED_EVENT: &[u8] = br#"{"type":"response.completed","sequence_number":212,"response":{"id":"resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e","object":"response","created_at":1760608929,"status":"completed","background":false,"error":null,"incomplete_details":null,"instructions":null,"max_output_tokens":null,"max_tool_calls":null,"model":"gpt-5-codex-2026-01","output":[{"id":"rs_68f0c2a4f1a0819c8e","type":"reasoning","summary":[]},{"id":"msg_68f0c2a9e1d4819cb1f27a3e5d6c8b90","type":"message","status":"completed","content":[{"type":"output_text","annotations":[],"logprobs":[],"text":"The failing test expected one idle connection after eviction; the pool kept two because the deadline check used <= instead of <. Fixed and re-ran: 42 passed."}],"role":"assistant"}],"parallel_tool_calls":false,"previous_response_id":"resp_68f0c29e7c10819ca4","prompt_cache_key":"0199f3c2-7d1e-7a40-b8f5-3c9a2e6d1f07","reasoning":{"effort":"medium","summary":"auto"},"safety_identifier":null,"service_tier":"default","store":false,"temperature":1.0,"text":{"format":{"type":"text"},"verbosity":"medium"},"tool_choice":"auto","tools":[],"top_logprobs":0,"top_p":1.0,"truncation":"disabled","usage":{"input_tokens":28411,"input_tokens_details":{"cached_tokens":27648},"output_tokens":412,"output_tokens_details":{"reasoning_tokens":256},"total_tokens":28823},"user":null,"metadata":{}}}"#;
+
+/// A `response.created` as upstream sends it: the response object, still without output or usage.
+const CREATED_EVENT: &[u8] = br#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e","object":"response","created_at":1760608929,"status":"in_progress","background":false,"error":null,"incomplete_details":null,"instructions":null,"max_output_tokens":null,"max_tool_calls":null,"model":"gpt-5-codex-2026-01","output":[],"parallel_tool_calls":false,"previous_response_id":"resp_68f0c2a0aa11819c8e2d4f6a7b9c0d1e","prompt_cache_key":"0199f3c2-7d1e-7a40-b8f5-3c9a2e6d1f07","reasoning":{"effort":"medium","summary":"auto"},"safety_identifier":null,"service_tier":"auto","store":false,"temperature":1.0,"text":{"format":{"type":"text"},"verbosity":"medium"},"tool_choice":"auto","tools":[],"top_logprobs":0,"top_p":1.0,"truncation":"disabled","usage":null,"user":null,"metadata":{}}}"#;
 
 fn config() -> Criterion {
     Criterion::default()
@@ -387,9 +391,57 @@ fn sse(c: &mut Criterion) {
     report_allocs(&name, whole);
 }
 
+/// What the relay does to each upstream event ([`judge`]: classify, then, for lifecycle events,
+/// the id, usage, pending tool calls and the model mapped back): a delta (most events of a
+/// turn), a `response.created` and a `response.completed` with usage, in an unmapped session
+/// whose output is not captured.
+fn judge_event(c: &mut Criterion) {
+    let created = UpstreamEvent::classify(CREATED_EVENT).unwrap();
+    assert_eq!(created.kind, EventKind::Created);
+    let name = "upstream/classify_created";
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            UpstreamEvent::classify(black_box(CREATED_EVENT))
+                .unwrap()
+                .kind
+        })
+    });
+    report_allocs(name, || {
+        UpstreamEvent::classify(black_box(CREATED_EVENT))
+            .unwrap()
+            .kind
+    });
+    assert_eq!(
+        created.response_id().as_deref(),
+        Some("resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e")
+    );
+    let name = "upstream/created_response_id";
+    c.bench_function(name, |b| b.iter(|| black_box(&created).response_id()));
+    report_allocs(name, || black_box(&created).response_id());
+
+    for (name, event, ends) in [
+        ("relay/judge_delta", DELTA_EVENT, false),
+        ("relay/judge_created", CREATED_EVENT, false),
+        ("relay/judge_completed", COMPLETED_EVENT, true),
+    ] {
+        let run = || match judge(black_box(event), &Rewrite::None, true, false, &[]) {
+            Verdict::Relay {
+                replaced: None,
+                range,
+                outcome,
+            } => (range.len(), outcome.is_some()),
+            _ => panic!("relayed as it came"),
+        };
+        assert_eq!(run().1, ends, "{name}");
+        assert!(run().0 > 0, "{name}: the type is found");
+        c.bench_function(name, |b| b.iter(run));
+        report_allocs(name, run);
+    }
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = client_frame, upstream_event, normalizer, sse
+    targets = client_frame, upstream_event, judge_event, normalizer, sse
 }
 criterion_main!(benches);

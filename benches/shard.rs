@@ -627,9 +627,56 @@ fn turn_check(c: &mut Criterion) {
     report_allocs(name, check_alone);
 }
 
+/// The labeled counters a turn bumps (`affinity`, `terminal`, `normalizer`, a dial by account),
+/// on a shard whose counters already hold the families and labels a running gateway has.
+fn labeled_counters(c: &mut Criterion) {
+    use shardgate::shard::counters::ShardCounters;
+
+    let counters = ShardCounters::default();
+    for (family, labels) in [
+        (
+            "affinity",
+            &[
+                "new",
+                "connection_reused",
+                "connection_gone",
+                "connection_busy",
+            ][..],
+        ),
+        ("terminal", &["completed", "failed", "incomplete", "error"]),
+        (
+            "normalizer",
+            &["inject_verified", "store_enabled", "unknown_pending_kept"],
+        ),
+        (
+            "sticky",
+            &["hit", "store_hit", "store_miss", "write_dropped"],
+        ),
+        ("dials", &["acct-a", "acct-b", "acct-c", "acct-d"]),
+        ("retries", &["timeout", "5xx", "reset"]),
+        ("client_closes", &["normal", "going_away", "error"]),
+        ("preemptions", &["unsent", "settled", "drained"]),
+        ("handoff", &["received", "sent"]),
+        ("close_codes", &["1000", "1001", "1011"]),
+    ] {
+        for label in labels {
+            counters.bump_labeled(family, label);
+        }
+    }
+    let turn = || {
+        counters.bump_labeled("affinity", "connection_reused");
+        counters.bump_labeled("normalizer", "inject_verified");
+        counters.bump_labeled("terminal", "completed");
+        counters.bump_labeled("dials", "acct-c");
+    };
+    let name = "counters/bump_labeled_4_per_turn";
+    c.bench_function(name, |b| b.iter(turn));
+    report_allocs(name, turn);
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = pool, histograms, sticky_cache, usage_record, relay, client_frame, client_read, turn_check
+    targets = pool, histograms, sticky_cache, usage_record, relay, client_frame, client_read, turn_check, labeled_counters
 }
 criterion_main!(benches);

@@ -622,13 +622,15 @@ fn classify(
     }
 }
 
-/// What to do with one upstream event.
-enum Verdict {
+/// What to do with one upstream event (public for the per-event benches).
+pub enum Verdict {
     /// Relay it (its `type` at `range` of the text relayed), ending the turn when `outcome`.
     Relay {
         /// The text to relay instead (secrets taken out, model mapped back), when it changed.
         replaced: Option<Utf8Bytes>,
+        /// Where the event's `type` sits in the text relayed (empty when unknown).
         range: std::ops::Range<usize>,
+        /// How the turn ends with this event, when it does.
         outcome: Option<Outcome>,
     },
     /// Fail the attempt: a retryable `error` event that no client has seen anything of yet.
@@ -637,8 +639,8 @@ enum Verdict {
 
 /// Judges one upstream event (`text`, valid UTF-8) on a borrowed view: relay it as it is, a
 /// rewritten copy of it, or fail the attempt. Nothing is copied unless the event changes or
-/// ends the turn.
-fn judge(
+/// ends the turn. Public for the per-event benches (`benches/protocol.rs`).
+pub fn judge(
     text: &[u8],
     rewrite: &Rewrite,
     relayed: bool,
