@@ -47,16 +47,14 @@ impl<'a> Fields<'a> {
         self.state == State::Done
     }
 
-    fn stop(&mut self) -> Option<(&'a [u8], &'a [u8])> {
+    fn stop<T>(&mut self) -> Option<T> {
         self.state = State::Stopped;
         None
     }
-}
 
-impl<'a> Iterator for Fields<'a> {
-    type Item = (&'a [u8], &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next key and where its value starts (after the whitespace), without finding where
+    /// the value ends; [`Fields::pass`] moves past the value before the walk goes on.
+    fn next_key(&mut self) -> Option<(&'a [u8], usize)> {
         let raw = self.raw;
         let mut i = skip_ws(raw, self.at);
         match (self.state, raw.get(i)) {
@@ -83,13 +81,44 @@ impl<'a> Iterator for Fields<'a> {
         if raw.get(i) != Some(&b':') {
             return self.stop();
         }
-        let value_start = skip_ws(raw, i + 1);
-        let Some(value_end) = value_end(raw, value_start) else {
+        Some((key, skip_ws(raw, i + 1)))
+    }
+
+    /// Moves past the value that starts at `value_start`; its end (exclusive).
+    fn pass(&mut self, value_start: usize) -> Option<usize> {
+        let Some(end) = value_end(self.raw, value_start) else {
             return self.stop();
         };
-        self.at = value_end;
+        self.at = end;
         self.state = State::Next;
-        Some((key, &raw[value_start..value_end]))
+        Some(end)
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, value_start) = self.next_key()?;
+        let value_end = self.pass(value_start)?;
+        Some((key, &self.raw[value_start..value_end]))
+    }
+}
+
+/// The top-level field `key` of the object `raw`, entered rather than measured: the bytes from
+/// where its value starts to the end of `raw`. The fields before it are walked as [`fields`]
+/// walks them; the value itself is not scanned for its end, so reading into a large object
+/// (`response` of a terminal event, whose `output` can be kilobytes) costs only the bytes read.
+/// A walk into the returned bytes ([`fields`]) stops at the value's own closing brace. `None`
+/// when the walk ends or stops (an escaped key, something it does not handle) before `key`.
+pub(crate) fn enter<'a>(raw: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut walk = fields(raw);
+    loop {
+        let (k, value_start) = walk.next_key()?;
+        if k == key {
+            return raw.get(value_start..);
+        }
+        walk.pass(value_start)?;
     }
 }
 
@@ -249,6 +278,27 @@ mod tests {
         // An escaped key could be any key: the walk stops before it.
         let (f, done) = walk(br#"{"a":1,"typ\u0065":"x","type":"y"}"#);
         assert_eq!((f, done), (pairs(&[("a", "1")]), false));
+    }
+
+    #[test]
+    fn enters_a_field_without_scanning_past_it() {
+        let raw = br#"{"type":"t","n":[1,{"a":"}"}],"response":{"id":"r1","x":[1]},"tail":1}"#;
+        let inner = enter(raw, b"response").unwrap();
+        assert!(inner.starts_with(br#"{"id":"r1""#));
+        let (f, done) = walk(inner);
+        assert_eq!((f, done), (pairs(&[("id", r#""r1""#), ("x", "[1]")]), true));
+        // A value left unterminated after the entered one does not matter.
+        let open = br#"{"type":"t","response":{"id":"r1"},"output":[[[["#;
+        assert_eq!(
+            fields(enter(open, b"response").unwrap()).next(),
+            Some((&b"id"[..], &br#""r1""#[..]))
+        );
+        assert_eq!(enter(raw, b"missing"), None);
+        assert_eq!(
+            enter(br#"{"typ\u0065":1,"response":{}}"#, b"response"),
+            None
+        );
+        assert_eq!(enter(b"[1]", b"response"), None);
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! What an upstream event is, read from its `type` with the least work possible.
 //!
 //! Every relayed event is classified (to find the first token and the terminal event); only
-//! terminal and error events are read further, for usage, ids and error codes.
+//! lifecycle and error events are read further, for usage, ids, models and error codes.
+//!
+//! Nesting: sonic-rs recurses over nested values, so every frame that a parser reads past its
+//! `type` has its depth bounded first ([`check_depth`]). Deltas, most of a turn's events, are
+//! never read past `type`, and the field walk that finds it does not recurse, so they are not
+//! scanned a second time.
 
 use std::borrow::Cow;
 
 use sonic_rs::JsonValueTrait;
 
-use super::fields::{fields, plain_str};
+use super::fields::{enter, fields, plain_str};
 use super::json_depth::{check_depth, MAX_JSON_DEPTH};
 use super::lazy::str_in;
 use super::usage::Usage;
@@ -99,33 +104,49 @@ impl<'a> UpstreamEvent<'a> {
     /// ([`fields`]) stops there. A plain `type` (every event upstream sends, wherever the key
     /// sits) is read without the JSON parser and without allocating; an escaped one goes
     /// through the parser.
+    ///
+    /// The nesting of the frame is bounded ([`check_depth`], a refusal as [`MalformedEvent`])
+    /// only when a parser will read it: before the parser looks for an escaped `type`, and for
+    /// the events read past `type` ([`UpstreamEvent::is_read`]). Any other event (a delta) is
+    /// accepted at any depth: the walk to its `type` counts brackets without recursing, and
+    /// nothing reads it further (the methods that would return `None` for it), so it is relayed
+    /// untouched like any other frame.
     pub fn classify(raw: &'a [u8]) -> Result<Self, MalformedEvent> {
-        // Every later read of this event (id, usage, output items) walks `raw` with sonic-rs,
-        // which recurses: the nesting is bounded once, here.
-        check_depth(raw, MAX_JSON_DEPTH).map_err(|_| MalformedEvent)?;
         let mut walk = fields(raw);
-        match walk.by_ref().find(|(key, _)| *key == b"type") {
-            Some((_, value)) => {
-                if let Some(event_type) = plain_str(value) {
-                    return Ok(UpstreamEvent {
-                        raw,
-                        kind: EventKind::of_type(event_type),
-                        event_type: Cow::Borrowed(event_type),
-                    });
-                }
-            }
+        let event_type = match walk.by_ref().find(|(key, _)| *key == b"type") {
+            Some((_, value)) => plain_str(value),
             None if walk.complete() => return Err(MalformedEvent),
-            None => {}
-        }
-        // An escaped `type`, or an object the walk does not handle: the parser decides.
-        let value = sonic_rs::get_from_slice(raw, ["type"]).map_err(|_| MalformedEvent)?;
-        let event_type = str_in(raw, &value).ok_or(MalformedEvent)?;
-        let kind = EventKind::of_type(&event_type);
-        Ok(UpstreamEvent {
+            None => None,
+        };
+        let Some(event_type) = event_type else {
+            // An escaped `type`, or an object the walk does not handle: the parser decides,
+            // and it recurses.
+            check_depth(raw, MAX_JSON_DEPTH).map_err(|_| MalformedEvent)?;
+            let value = sonic_rs::get_from_slice(raw, ["type"]).map_err(|_| MalformedEvent)?;
+            let event_type = str_in(raw, &value).ok_or(MalformedEvent)?;
+            let kind = EventKind::of_type(&event_type);
+            return Ok(UpstreamEvent {
+                raw,
+                event_type,
+                kind,
+            });
+        };
+        let event = UpstreamEvent {
             raw,
-            event_type,
-            kind,
-        })
+            kind: EventKind::of_type(event_type),
+            event_type: Cow::Borrowed(event_type),
+        };
+        if event.is_read() {
+            check_depth(raw, MAX_JSON_DEPTH).map_err(|_| MalformedEvent)?;
+        }
+        Ok(event)
+    }
+
+    /// `true` for the events whose bytes are read past `type` (by sonic-rs, or by the model
+    /// mapping): the lifecycle events that carry the `response` object and `error` events.
+    /// [`UpstreamEvent::classify`] bounds their nesting; the readers below read nothing else.
+    pub fn is_read(&self) -> bool {
+        self.carries_response() || self.kind == EventKind::Error
     }
 
     /// `true` for lifecycle events that carry the `response` object (and so its `model`).
@@ -134,19 +155,38 @@ impl<'a> UpstreamEvent<'a> {
             || self.event_type == "response.in_progress"
     }
 
-    /// `response.id` (or the top-level `id`) of a created or terminal event. One keyed lookup
-    /// that stops at the id, borrowed from the frame when it has no escapes.
+    /// `response.id` (or the top-level `id`) of an event that is read ([`UpstreamEvent::is_read`];
+    /// `None` for others), borrowed from the frame when it has no escapes. Read by walking into
+    /// the `response` object to its `id` (upstream's first key there) when that is a plain
+    /// string; anything else (no `response`, no or an escaped `id`, escaped keys on the way) is
+    /// left to one keyed lookup by the parser, as before the walk.
     pub fn response_id(&self) -> Option<Cow<'a, str>> {
+        if !self.is_read() {
+            return None;
+        }
+        let walked = enter(self.raw, b"response")
+            .and_then(|response| fields(response).find(|(key, _)| *key == b"id"))
+            .and_then(|(_, id)| plain_str(id));
+        if let Some(id) = walked {
+            return Some(Cow::Borrowed(id));
+        }
         let id = sonic_rs::get_from_slice(self.raw, ["response", "id"])
             .or_else(|_| sonic_rs::get_from_slice(self.raw, ["id"]))
             .ok()?;
         str_in(self.raw, &id)
     }
 
-    /// Usage of a completed response: read from `response.completed` only.
+    /// Usage of a completed response: read from `response.completed` only, by walking into
+    /// `response` to its `usage` (the parser when the walk does not get there).
     pub fn usage(&self) -> Option<Usage> {
         if self.kind != EventKind::Terminal(TerminalKind::Completed) {
             return None;
+        }
+        // Walked to like the id; the parser takes over where the walk does not reach it.
+        let walked = enter(self.raw, b"response")
+            .and_then(|response| fields(response).find(|(key, _)| *key == b"usage"));
+        if let Some((_, usage)) = walked {
+            return Usage::from_raw(usage);
         }
         let usage = sonic_rs::get_from_slice(self.raw, ["response", "usage"]).ok()?;
         Usage::from_raw(usage.as_raw_str().as_bytes())
@@ -359,6 +399,128 @@ mod tests {
         assert_eq!(UpstreamEvent::classify(failed).unwrap().usage(), None);
         let bad = br#"{"type":"response.completed","response":{"usage":{"input_tokens":"1","output_tokens":1}}}"#;
         assert_eq!(UpstreamEvent::classify(bad).unwrap().usage(), None);
+    }
+
+    /// An event of `event_type` whose `extra` field nests `levels` arrays.
+    fn deep_event(event_type: &str, levels: usize) -> String {
+        format!(
+            r#"{{"type":"{event_type}","response":{{"id":"resp_1","extra":{}1{}}},"delta":"x"}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    }
+
+    #[test]
+    fn events_read_past_their_type_are_refused_when_too_deep() {
+        for t in [
+            "response.created",
+            "response.in_progress",
+            "response.completed",
+            "response.failed",
+            "response.incomplete",
+            "response.cancelled",
+            "error",
+        ] {
+            let at_limit = deep_event(t, MAX_JSON_DEPTH - 2);
+            let ev = UpstreamEvent::classify(at_limit.as_bytes()).unwrap();
+            assert!(ev.is_read(), "{t}");
+            let over = deep_event(t, MAX_JSON_DEPTH - 1);
+            assert!(UpstreamEvent::classify(over.as_bytes()).is_err(), "{t}");
+            let far_over = deep_event(t, 100_000);
+            assert!(UpstreamEvent::classify(far_over.as_bytes()).is_err(), "{t}");
+        }
+        // An escaped `type` sends the frame to the parser: bounded first, whatever the type.
+        let escaped = deep_event(r"response.output_text.del\u0074a", 100_000);
+        assert!(UpstreamEvent::classify(escaped.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_deep_delta_is_classified_and_never_read_further() {
+        let deep = deep_event("response.output_text.delta", 100_000);
+        let ev = UpstreamEvent::classify(deep.as_bytes()).unwrap();
+        assert_eq!(ev.kind, EventKind::Token);
+        assert!(matches!(ev.event_type, Cow::Borrowed(_)));
+        assert!(!ev.is_read());
+        assert_eq!(ev.response_id(), None);
+        assert_eq!(ev.usage(), None);
+        assert_eq!(ev.error(), None);
+        let other = deep_event("rate_limits.updated", 100_000);
+        let ev = UpstreamEvent::classify(other.as_bytes()).unwrap();
+        assert_eq!((ev.kind, ev.is_read()), (EventKind::Other, false));
+        assert_eq!(ev.response_id(), None);
+    }
+
+    #[test]
+    fn response_id_and_usage_read_the_same_walked_or_parsed() {
+        let usage = r#"{"input_tokens":3,"output_tokens":2,"total_tokens":5}"#;
+        let expect = Usage::from_raw(usage.as_bytes());
+        assert!(expect.is_some());
+        for (raw, id, borrowed) in [
+            // Where upstream puts them: walked.
+            (
+                format!(
+                    r#"{{"type":"response.completed","response":{{"id":"r1","output":[{{"id":"x","usage":1}}],"usage":{usage}}}}}"#
+                ),
+                Some("r1"),
+                true,
+            ),
+            // `id` after other keys, whitespace everywhere.
+            (
+                format!(
+                    r#" {{ "type" : "response.completed" , "response" : {{ "status" : "completed" , "id" : "r2" , "usage" : {usage} }} }} "#
+                ),
+                Some("r2"),
+                true,
+            ),
+            // An escaped id: the parser unescapes it.
+            (
+                format!(
+                    r#"{{"type":"response.completed","response":{{"id":"r\u0033","usage":{usage}}}}}"#
+                ),
+                Some("r3"),
+                false,
+            ),
+            // An escaped key before them: the walk stops, the parser reads both.
+            (
+                format!(
+                    r#"{{"type":"response.completed","response":{{"st\u0061tus":"x","id":"r4","usage":{usage}}}}}"#
+                ),
+                Some("r4"),
+                true,
+            ),
+            // An escaped `response` key.
+            (
+                format!(
+                    r#"{{"type":"response.completed","r\u0065sponse":{{"id":"r5","usage":{usage}}}}}"#
+                ),
+                Some("r5"),
+                true,
+            ),
+            // No `response.id`: the top-level id.
+            (
+                format!(
+                    r#"{{"type":"response.completed","id":"r6","response":{{"usage":{usage}}}}}"#
+                ),
+                Some("r6"),
+                true,
+            ),
+            // An id that is not a string.
+            (
+                format!(r#"{{"type":"response.completed","response":{{"id":7,"usage":{usage}}}}}"#),
+                None,
+                true,
+            ),
+        ] {
+            let ev = UpstreamEvent::classify(raw.as_bytes()).unwrap();
+            let got = ev.response_id();
+            assert_eq!(got.as_deref(), id, "{raw}");
+            assert_eq!(
+                matches!(got, Some(Cow::Borrowed(_))),
+                borrowed && id.is_some(),
+                "{raw}"
+            );
+            assert_eq!(ev.usage(), expect, "{raw}");
+        }
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Per-shard counters: plain cells, touched only by the shard's own thread.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 
 macro_rules! shard_counters {
     ($($(#[doc = $doc:literal])* $name:ident,)*) => {
@@ -9,10 +8,9 @@ macro_rules! shard_counters {
         #[derive(Debug, Default)]
         pub struct ShardCounters {
             $($(#[doc = $doc])* pub $name: Cell<u64>,)*
-            /// Counters with a label (reason, account, close code): `family → label → count`.
-            /// Bumped at most a few times per turn, never per event; nested so that bumping a
-            /// label seen before allocates nothing.
-            pub labeled: RefCell<HashMap<&'static str, HashMap<String, u64>>>,
+            /// Counters with a label (reason, account, close code), read by
+            /// [`ShardCounters::labeled_values`].
+            labeled: RefCell<Vec<Family>>,
         }
 
         impl ShardCounters {
@@ -135,16 +133,41 @@ pub fn add(c: &Cell<u64>, n: u64) {
     c.set(c.get() + n);
 }
 
+/// One family of labeled counters: each label with its count, in the order first bumped.
+///
+/// A shard has a few dozen families of a handful of labels each (the per-account ones have one
+/// label per account), bumped a few times per turn: a scan of short strings that mostly differ
+/// in length costs less than hashing the family and the label with SipHash, as the nested
+/// `HashMap`s this replaced did on every bump.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    labels: Vec<(Box<str>, u64)>,
+}
+
 impl ShardCounters {
-    /// Adds one to the labeled counter `family{label}` (e.g. `retries{timeout}`).
+    /// Adds one to the labeled counter `family{label}` (e.g. `retries{timeout}`). Allocates
+    /// only the first time a family or a label is seen.
     pub fn bump_labeled(&self, family: &'static str, label: &str) {
-        let mut map = self.labeled.borrow_mut();
-        let labels = map.entry(family).or_default();
-        match labels.get_mut(label) {
-            Some(n) => *n += 1,
+        let mut families = self.labeled.borrow_mut();
+        // Callers name families with constants: the same address, compared before the bytes.
+        let at = families
+            .iter()
+            .position(|f| std::ptr::eq(f.name, family) || f.name == family);
+        let labels = match at {
+            Some(at) => &mut families[at].labels,
             None => {
-                labels.insert(label.to_string(), 1);
+                families.push(Family {
+                    name: family,
+                    labels: Vec::new(),
+                });
+                let last = families.len() - 1;
+                &mut families[last].labels
             }
+        };
+        match labels.iter_mut().find(|(l, _)| **l == *label) {
+            Some((_, n)) => *n += 1,
+            None => labels.push((label.into(), 1)),
         }
     }
 
@@ -153,7 +176,7 @@ impl ShardCounters {
         self.labeled
             .borrow()
             .iter()
-            .flat_map(|(f, labels)| labels.iter().map(|(l, n)| (*f, l.clone(), *n)))
+            .flat_map(|f| f.labels.iter().map(|(l, n)| (f.name, l.to_string(), *n)))
             .collect()
     }
 }
@@ -180,5 +203,23 @@ mod tests {
                 ("retries", "timeout".to_string(), 2)
             ]
         );
+    }
+
+    #[test]
+    fn a_family_is_one_whatever_str_names_it() {
+        let c = ShardCounters::default();
+        let owned: &'static str = Box::leak(String::from("retries").into_boxed_str());
+        c.bump_labeled("retries", "timeout");
+        c.bump_labeled(owned, "timeout");
+        c.bump_labeled("dials", "acct-a");
+        for i in 0..40 {
+            c.bump_labeled("dials", &format!("acct-{i}"));
+        }
+        c.bump_labeled("dials", "acct-a");
+        let values = c.labeled_values();
+        assert_eq!(values.len(), 1 + 41);
+        assert!(values.contains(&("retries", "timeout".to_string(), 2)));
+        assert!(values.contains(&("dials", "acct-a".to_string(), 2)));
+        assert!(values.contains(&("dials", "acct-39".to_string(), 1)));
     }
 }

@@ -26,6 +26,7 @@ use futures_util::FutureExt;
 use crate::metrics::{Hist, ShardMetrics};
 use crate::protocol::client_frame::ClientEventKind;
 use crate::protocol::error_body::{ErrorType, GatewayError};
+use crate::protocol::fields::{fields, plain_str};
 use crate::protocol::redact::redact_secrets;
 use crate::protocol::{ClientFrame, EventKind, TerminalKind, UpstreamEvent, Usage};
 use crate::runtime;
@@ -712,9 +713,12 @@ pub fn judge(
     };
     match mapped {
         Some(m) => {
-            let range = UpstreamEvent::classify(m.as_bytes())
-                .map(|e| type_range(m.as_bytes(), &e.event_type))
-                .unwrap_or(0..0);
+            // Only the `type`'s place in the copy: a walk to it, not a second classification
+            // (whose depth scan of the whole copy the original's already made).
+            let range = fields(m.as_bytes())
+                .find(|(key, _)| *key == b"type")
+                .and_then(|(_, value)| plain_str(value))
+                .map_or(0..0, |t| type_range(m.as_bytes(), t));
             Verdict::Relay {
                 replaced: Some(m),
                 range,
@@ -826,6 +830,61 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// An event of `event_type` whose `extra` field nests `levels` arrays.
+    fn deep(event_type: &str, levels: usize) -> String {
+        format!(
+            r#"{{"type":"{event_type}","response":{{"id":"r1","extra":{}1{}}}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    }
+
+    #[test]
+    fn a_deep_terminal_event_is_relayed_untouched_and_does_not_end_the_turn() {
+        let ev = deep("response.completed", 100_000);
+        match judge(ev.as_bytes(), &Rewrite::None, true, true, &[]) {
+            Verdict::Relay {
+                replaced: None,
+                range,
+                outcome: None,
+            } => assert_eq!(range, 0..0, "not classified: relayed as a plain message"),
+            _ => panic!("relayed as it came, without an outcome"),
+        }
+    }
+
+    #[test]
+    fn a_deep_delta_is_relayed_untouched_under_its_type() {
+        let ev = deep("response.output_text.delta", 100_000);
+        match judge(ev.as_bytes(), &Rewrite::None, true, true, &[]) {
+            Verdict::Relay {
+                replaced: None,
+                range,
+                outcome: None,
+            } => assert_eq!(&ev[range], "response.output_text.delta"),
+            _ => panic!("relayed as it came, without an outcome"),
+        }
+    }
+
+    #[test]
+    fn a_mapped_event_is_relayed_with_its_type_found_in_the_copy() {
+        let rw = Rewrite::ModelMapped {
+            client_model: "gpt-5-a-longer-client-name".into(),
+            upstream_model: "up".into(),
+        };
+        let ev = br#"{"model":"up","type":"response.created","response":{"model":"up","id":"r1"}}"#;
+        match judge(ev, &rw, false, false, &[]) {
+            Verdict::Relay {
+                replaced: Some(text),
+                range,
+                outcome: None,
+            } => {
+                assert!(!text.as_str().contains(r#""up""#), "{}", text.as_str());
+                assert_eq!(&text.as_str()[range], "response.created");
+            }
+            _ => panic!("relayed as a mapped copy"),
+        }
     }
 
     #[test]
