@@ -704,3 +704,76 @@ fn a_post_goes_upstream_as_one_masked_text_frame_with_a_fresh_key() {
         "a fresh key each time"
     );
 }
+
+/// An event of `event_type` nesting 1,000 arrays (past the 128 levels any parser is allowed),
+/// well within the upstream message limit.
+fn deep(event_type: &str) -> String {
+    format!(
+        r#"{{"type":"{event_type}","response":{{"id":"resp_deep"}},"x":{}1{}}}"#,
+        "[".repeat(1000),
+        "]".repeat(1000)
+    )
+}
+
+/// The SSE records of `body` as (event, data) texts, not parsed (a deep one stays unread).
+fn sse_records(body: &str) -> Vec<(String, String)> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let event = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((event.to_string(), data.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_deep_delta_is_relayed_untouched_under_its_type() {
+    let (reply, relayed) = one_post(
+        || {
+            let delta = deep("response.output_text.delta");
+            [text(CREATED), text(&delta), text(COMPLETED)].concat()
+        },
+        true,
+        3,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let delta = deep("response.output_text.delta");
+    assert_eq!(
+        sse_records(&reply.body),
+        [
+            ("response.created", CREATED),
+            ("response.output_text.delta", delta.as_str()),
+            ("response.completed", COMPLETED),
+        ]
+        .map(|(e, d)| (e.to_string(), d.to_string()))
+        .to_vec(),
+        "the deep delta as upstream sent it, named by its type"
+    );
+    assert_eq!(relayed, 3);
+}
+
+#[test]
+fn a_deep_terminal_event_is_relayed_unread_and_does_not_end_the_turn() {
+    let (reply, relayed) = one_post(
+        || {
+            let done = deep("response.completed");
+            [text(CREATED), text(&done), text(COMPLETED)].concat()
+        },
+        true,
+        3,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let done = deep("response.completed");
+    assert_eq!(
+        sse_records(&reply.body),
+        [
+            ("response.created", CREATED),
+            ("message", done.as_str()),
+            ("response.completed", COMPLETED),
+        ]
+        .map(|(e, d)| (e.to_string(), d.to_string()))
+        .to_vec(),
+        "the deep terminal event unread (a plain message); the turn ends at the next one"
+    );
+    assert_eq!(relayed, 3);
+}
