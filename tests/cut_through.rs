@@ -704,3 +704,20 @@ fn a_post_goes_upstream_as_one_masked_text_frame_with_a_fresh_key() {
         "a fresh key each time"
     );
 }
+
+#[test]
+fn a_ping_mid_turn_gets_its_pong_while_upstream_is_silent() {
+    // Upstream starts the response, then sends nothing: the turn waits on it.
+    let up = RawUpstream::start(|| text(CREATED));
+    let gw = gateway_over(&up);
+    let mut c = RawClient::connect(gw.addr());
+    c.s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    c.send(&create("gpt-test", "then silence", true, None));
+    c.read_until("response.created");
+    c.send_split(&masked(0x89, b"mid-turn"), &[]);
+    assert_eq!(
+        c.next_frame(),
+        (0xA, b"mid-turn".to_vec()),
+        "the pong, without waiting for an event to go with"
+    );
+}

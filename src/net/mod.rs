@@ -42,6 +42,7 @@ macro_rules! forward_async_write {
 }
 pub(crate) use forward_async_write;
 
+pub mod buf_pool;
 pub mod client_read;
 pub mod client_stream;
 pub mod frame_edge;
