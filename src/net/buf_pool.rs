@@ -45,8 +45,12 @@ pub struct PooledBuf {
 
 impl PooledBuf {
     /// A buffer of at least `len` bytes (more when the pool's buffer is larger): the most
-    /// recently returned one, extended with zeros if it is shorter, or a new zeroed one.
+    /// recently returned one, extended with zeros if it is shorter, or a new zeroed one. A
+    /// buffer the pool would not keep (over [`MAX_KEPT_LEN`]) is always new.
     pub fn take(len: usize) -> Self {
+        if len > MAX_KEPT_LEN {
+            return PooledBuf { buf: vec![0; len] };
+        }
         let mut buf = POOL
             .try_with(|p| {
                 let mut p = p.borrow_mut();
@@ -199,8 +203,12 @@ mod tests {
 
     #[test]
     fn the_pool_keeps_a_bounded_number_of_bytes_and_no_huge_buffer() {
-        drop(PooledBuf::take(MAX_KEPT_LEN + 1));
-        assert_eq!(kept(), (0, 0), "a huge buffer is freed");
+        drop(PooledBuf::take(100));
+        let huge = PooledBuf::take(MAX_KEPT_LEN + 1);
+        assert_eq!(kept(), (1, 100), "a huge buffer does not take a kept one");
+        drop(huge);
+        assert_eq!(kept(), (1, 100), "and is freed");
+        drop(PooledBuf::take(100));
         let bufs: Vec<_> = (0..KEPT_BYTES / MAX_KEPT_LEN + 3)
             .map(|_| PooledBuf::take(MAX_KEPT_LEN))
             .collect();
