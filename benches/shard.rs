@@ -2,7 +2,9 @@
 //! interval snapshot, the sticky cache's write and lookup, and the serialization of a usage
 //! record; and the per-event relay of an upstream event to a client WebSocket, through the
 //! WebSocket codec (as before the cut-through) and cut through; a client's 30 KB frame read
-//! through the codec with a recording copy (as before the raw read) and read raw.
+//! through the codec with a recording copy (as before the raw read) and read raw; what an
+//! attempt's reader costs beyond its events (its read buffer, fresh or pooled); a poll of a client
+//! that sends nothing, through the codec and by `client_read::readable`.
 //!
 //! Each bench is timed by criterion, then run again under the counting allocator and reported as
 //! one line: `ALLOC <name>: <allocs>/op <bytes> B/op`. See `benches/README.md`.
@@ -326,6 +328,72 @@ fn relay(c: &mut Criterion) {
     let name = "relay/cut_through_8_deltas";
     c.bench_function(name, |b| b.iter(&mut cut_through));
     report_allocs(name, cut_through);
+
+    relay_attempt(c, &wire);
+}
+
+/// What an attempt's reader costs beyond its events: `relay/read_buffer_fresh_16k` is the upstream
+/// read buffer as `CutThrough` made it before the pool (`Vec::new()`, then a 16 KiB zero-filled
+/// resize at the first read); `relay/read_buffer_pooled_16k` takes it from the shard's pool and
+/// gives it back ([`PooledBuf`]). `relay/cut_through_attempt_8_deltas` is a whole attempt's
+/// reader over an upstream WebSocket in memory: `CutThrough::new`, its 8 frames read and
+/// classified on the borrowed payload, the reader dropped.
+///
+/// [`PooledBuf`]: shardgate::net::buf_pool::PooledBuf
+fn relay_attempt(c: &mut Criterion, wire: &[u8]) {
+    use async_tungstenite::tungstenite::protocol::Role;
+    use async_tungstenite::WebSocketStream;
+    use futures_lite::future::block_on;
+    use shardgate::net::buf_pool::PooledBuf;
+    use shardgate::net::FrameEdge;
+    use shardgate::shard::cut_through::{CutThrough, Read};
+
+    let fresh = || {
+        // As CutThrough grew it: an empty Vec resized (allocated, then zero-filled).
+        let mut buf: Vec<u8> = black_box(Vec::new());
+        buf.resize(16 * 1024, 0u8);
+        black_box(&mut buf);
+        buf.len()
+    };
+    let name = "relay/read_buffer_fresh_16k";
+    c.bench_function(name, |b| b.iter(fresh));
+    report_allocs(name, fresh);
+    let pooled = || {
+        let mut buf = PooledBuf::default();
+        buf.ensure(16 * 1024);
+        black_box(&mut buf);
+        buf.len()
+    };
+    let name = "relay/read_buffer_pooled_16k";
+    c.bench_function(name, |b| b.iter(pooled));
+    report_allocs(name, pooled);
+
+    let sock = AsyncLoop {
+        wire: wire.to_vec(),
+        at: 0,
+    };
+    let mut ws = block_on(WebSocketStream::from_raw_socket(
+        FrameEdge::new(sock),
+        Role::Client,
+        None,
+    ));
+    let mut attempt = || {
+        let mut reader = CutThrough::new(&mut ws);
+        let mut bytes = 0;
+        for _ in 0..EVENTS_PER_READ {
+            let Read::Frame(f) = block_on(reader.next()) else {
+                panic!("a frame")
+            };
+            let ev = UpstreamEvent::classify(reader.payload(f)).expect("an event");
+            black_box(ev.kind);
+            bytes += f.range().len();
+        }
+        bytes
+    };
+    assert_eq!(attempt(), wire.len(), "every frame, whole");
+    let name = "relay/cut_through_attempt_8_deltas";
+    c.bench_function(name, |b| b.iter(&mut attempt));
+    report_allocs(name, attempt);
 }
 
 /// A 30 KB client frame going upstream: `relay/client_frame_masked_again_30k` is the path for a
@@ -493,10 +561,11 @@ fn codex_create_30k() -> String {
 /// the raw read (tungstenite in 16 KiB zero-filled chunks, its copy into the message and UTF-8
 /// check, the recording copy of every byte served); `client_read/raw_30k` is [`read_text_frame`]
 /// (header, then exactly the rest of the frame into its buffer, unmasked into the text in one
-/// pass, UTF-8 checked once). Then the two steps of the raw read, each against the alternative:
-/// unmasking in one pass (read, xor and write once into a new buffer, 8 bytes at a time) vs a
-/// copy then an xor in place (also 8 bytes at a time); the UTF-8 check with `simdutf8` vs
-/// `std::str::from_utf8`.
+/// pass, UTF-8 checked once; both buffers from the shard's pool, back in it when the frame
+/// drops). Then the two steps of the raw read, each against the alternative: unmasking in one
+/// pass (read, xor and write once, 8 bytes at a time) vs a copy then an xor in place (also 8
+/// bytes at a time), both into a buffer that exists already; the UTF-8 check with `simdutf8`
+/// vs `std::str::from_utf8`.
 ///
 /// [`FrameEdge`]: shardgate::net::FrameEdge
 /// [`read_text_frame`]: shardgate::net::client_read::read_text_frame
@@ -507,7 +576,7 @@ fn client_read(c: &mut Criterion) {
     use bytes::Bytes;
     use futures_lite::future::block_on;
     use futures_util::StreamExt;
-    use shardgate::net::client_read::{read_text_frame, unmask, RawRead};
+    use shardgate::net::client_read::{read_text_frame, unmask_into, RawRead};
     use shardgate::net::FrameEdge;
 
     const KEY: [u8; 4] = CLIENT_KEY;
@@ -560,9 +629,16 @@ fn client_read(c: &mut Criterion) {
     c.bench_function(name, |b| b.iter(&mut raw));
     report_allocs(name, raw);
 
+    // Both unmask into a buffer that exists already, as the raw read's pooled one does.
     let masked = &wire[8..];
-    let one_pass = || unmask(black_box(masked), KEY);
-    assert_eq!(one_pass(), text.as_bytes());
+    let out = std::cell::RefCell::new(vec![0u8; masked.len()]);
+    let one_pass = || {
+        let mut out = out.borrow_mut();
+        unmask_into(black_box(masked), KEY, &mut out);
+        out[out.len() - 1]
+    };
+    one_pass();
+    assert_eq!(*out.borrow(), text.as_bytes());
     let name = "client_read/unmask_one_pass_30k";
     c.bench_function(name, |b| b.iter(one_pass));
     report_allocs(name, one_pass);
@@ -570,7 +646,8 @@ fn client_read(c: &mut Criterion) {
         let wide = u64::from_ne_bytes([
             KEY[0], KEY[1], KEY[2], KEY[3], KEY[0], KEY[1], KEY[2], KEY[3],
         ]);
-        let mut out = black_box(masked).to_vec();
+        let mut out = out.borrow_mut();
+        out.copy_from_slice(black_box(masked));
         let mut words = out.chunks_exact_mut(8);
         for w in &mut words {
             let x = u64::from_ne_bytes((&*w).try_into().expect("8 bytes")) ^ wide;
@@ -579,9 +656,10 @@ fn client_read(c: &mut Criterion) {
         for (b, k) in words.into_remainder().iter_mut().zip(KEY.iter().cycle()) {
             *b ^= k;
         }
-        out
+        out[out.len() - 1]
     };
-    assert_eq!(copy_then_xor(), text.as_bytes());
+    copy_then_xor();
+    assert_eq!(*out.borrow(), text.as_bytes());
     let name = "client_read/unmask_copy_then_xor_30k";
     c.bench_function(name, |b| b.iter(copy_then_xor));
     report_allocs(name, copy_then_xor);
@@ -594,6 +672,76 @@ fn client_read(c: &mut Criterion) {
     c.bench_function(name, |b| {
         b.iter(|| std::str::from_utf8(black_box(text.as_bytes())).is_ok())
     });
+}
+
+/// A client socket with nothing to read (a client waiting for its events); writes are dropped.
+struct Idle;
+
+impl futures_lite::AsyncRead for Idle {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        _buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl futures_lite::AsyncWrite for Idle {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Watching a client that sends nothing while its turn relays events: the relay polls its
+/// client once per upstream read. `client_watch/codec_poll_idle` is a poll of the client
+/// WebSocket as before (tungstenite zero-fills its 16 KiB read chunk, then the socket has
+/// nothing); `client_watch/readable_poll_idle` is [`readable`] (a read of at most a header
+/// into a stack buffer).
+///
+/// [`readable`]: shardgate::net::client_read::readable
+fn client_watch(c: &mut Criterion) {
+    use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+    use async_tungstenite::WebSocketStream;
+    use futures_lite::future::{block_on, poll_once};
+    use futures_util::StreamExt;
+    use shardgate::net::client_read::readable;
+    use shardgate::net::FrameEdge;
+
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let mut ws = block_on(WebSocketStream::from_raw_socket(
+        FrameEdge::new(Idle),
+        Role::Server,
+        Some(config),
+    ));
+    let mut codec = || block_on(poll_once(ws.next())).is_none();
+    assert!(codec(), "nothing to read");
+    let name = "client_watch/codec_poll_idle";
+    c.bench_function(name, |b| b.iter(&mut codec));
+    report_allocs(name, codec);
+
+    let mut edge = FrameEdge::new(Idle);
+    let mut raw = || block_on(poll_once(readable(&mut edge))).is_none();
+    assert!(raw(), "nothing to read");
+    let name = "client_watch/readable_poll_idle";
+    c.bench_function(name, |b| b.iter(&mut raw));
+    report_allocs(name, raw);
 }
 
 /// A client's 30 KB `response.create` from the socket to the turn's first check, where a turn
@@ -677,6 +825,6 @@ fn labeled_counters(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = pool, histograms, sticky_cache, usage_record, relay, client_frame, client_read, turn_check, labeled_counters
+    targets = pool, histograms, sticky_cache, usage_record, relay, client_frame, client_read, client_watch, turn_check, labeled_counters
 }
 criterion_main!(benches);

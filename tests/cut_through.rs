@@ -777,3 +777,20 @@ fn a_deep_terminal_event_is_relayed_unread_and_does_not_end_the_turn() {
     );
     assert_eq!(relayed, 3);
 }
+
+#[test]
+fn a_ping_mid_turn_gets_its_pong_while_upstream_is_silent() {
+    // Upstream starts the response, then sends nothing: the turn waits on it.
+    let up = RawUpstream::start(|| text(CREATED));
+    let gw = gateway_over(&up);
+    let mut c = RawClient::connect(gw.addr());
+    c.s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    c.send(&create("gpt-test", "then silence", true, None));
+    c.read_until("response.created");
+    c.send_split(&masked(0x89, b"mid-turn"), &[]);
+    assert_eq!(
+        c.next_frame(),
+        (0xA, b"mid-turn".to_vec()),
+        "the pong, without waiting for an event to go with"
+    );
+}

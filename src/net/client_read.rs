@@ -3,13 +3,15 @@
 //! Clients send a `response.create` as one masked text frame. Read through tungstenite it costs a
 //! zero-filled 16 KiB read chunk per read, a copy into the message, a UTF-8 check, and (to send it
 //! upstream as it came) a recording copy of every byte. Here the frame header (at most 14 bytes)
-//! is read into a stack buffer, then exactly the rest of the frame into one buffer sized for it
-//! (up to 64 KiB at first, doubling as it fills: a header alone buys no more): reads never go
-//! past the frame, so nothing is put back, and a read that fills its buffer leaves the runtime
-//! nothing to poll for. That buffer is the frame as it came (masked: it may go
+//! is read into a stack buffer, then exactly the rest of the frame into one buffer of at least
+//! its size (up to 64 KiB at first, doubling as it fills: a header alone buys no more): reads
+//! never go past the frame, so nothing is put back, and a read that fills its buffer leaves the
+//! runtime nothing to poll for. That buffer is the frame as it came (masked: it may go
 //! upstream as it is); the payload is unmasked into the message text in one pass and its UTF-8
 //! checked once, here: the text is handed on as [`Utf8Bytes`], so the turn that reads it never
-//! checks it again.
+//! checks it again. Both buffers come from the shard's pool ([`PooledBuf`]) and go back to it
+//! when the turn drops the frame: in steady state a frame is neither allocated nor zero-filled
+//! before its bytes overwrite it.
 //!
 //! Only a complete text message in one masked frame (FIN, no RSV bits, length in its fewest bytes,
 //! payload within the limit, valid UTF-8) is read so. Anything else (a fragment, a control frame,
@@ -24,6 +26,7 @@ use async_tungstenite::tungstenite::Utf8Bytes;
 use bytes::Bytes;
 use futures_lite::AsyncRead;
 
+use super::buf_pool::PooledBuf;
 use super::frame_edge::FrameEdge;
 use super::ws_frame::{FrameHeader, MAX_HEADER};
 
@@ -89,37 +92,75 @@ pub async fn read_text_frame<S: AsyncRead + Unpin>(
     taken.start_frame(total);
     while taken.filled < total {
         if taken.filled == taken.wire.len() {
-            taken.wire.resize(grown(taken.wire.len(), total), 0);
+            let len = taken.wire.len();
+            taken.wire.ensure(grown(len, total));
         }
-        let (edge, buf) = (&mut *taken.edge, &mut taken.wire[taken.filled..]);
+        // A buffer from the pool may be longer than the frame: reads stop at its end.
+        let end = taken.wire.len().min(total);
+        let (edge, buf) = (&mut *taken.edge, &mut taken.wire[taken.filled..end]);
         match poll_fn(|cx| edge.poll_read_raw(cx, buf)).await {
             Ok(0) | Err(_) => return RawRead::Gone,
             Ok(n) => taken.filled += n,
         }
     }
-    let text = unmask(&taken.wire[header.len..], mask);
+    let masked = &taken.wire[header.len..total];
+    let mut text = PooledBuf::take(masked.len());
+    let text_len = masked.len();
+    unmask_into(masked, mask, &mut text[..text_len]);
     // `simdutf8` checks a 30 KB frame in a fifth of the time `std` takes on non-ASCII text
     // (`cargo bench --bench shard -- client_read/`); `Utf8Bytes::try_from` would check with `std`.
-    if simdutf8::basic::from_utf8(&text).is_err() {
+    if simdutf8::basic::from_utf8(&text[..text_len]).is_err() {
         return taken.codec();
     }
-    // SAFETY: `text` was checked to be valid UTF-8 just above (`simdutf8`), and `Bytes` is
-    // immutable. The one place a client frame's checked bytes become `Utf8Bytes` unchecked.
-    let text = unsafe { Utf8Bytes::from_bytes_unchecked(Bytes::from(text)) };
+    // SAFETY: the first `text_len` bytes of `text` were checked to be valid UTF-8 just above
+    // (`simdutf8`), and the `Bytes` frozen from them show exactly those bytes and are immutable.
+    // The one place a client frame's checked bytes become `Utf8Bytes` unchecked.
+    let text = unsafe { Utf8Bytes::from_bytes_unchecked(text.freeze(text_len)) };
     RawRead::Frame(RawFrame {
         text,
-        wire: Bytes::from(taken.keep()),
+        wire: taken.keep().freeze(total),
     })
 }
 
-/// The payload of a masked frame, unmasked into a new buffer (RFC 6455 §5.3): each byte read
-/// once and written once, eight at a time. Against a copy then an in-place xor, and a
+/// What waiting for a client's next bytes gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Readable {
+    /// Bytes wait to be read (or a frame is under way in the codec): the codec may read now.
+    Ready,
+    /// The client closed the connection or the socket failed.
+    Gone,
+}
+
+/// Waits until the client sent something, without the codec: at a message edge with nothing
+/// held, one read of at most a header's worth, put back in front of the stream at once;
+/// elsewhere (bytes held, or a frame or fragmented message under way in the codec) it answers
+/// [`Readable::Ready`] without reading. A turn watches its client this way between events:
+/// polling tungstenite instead zero-fills its whole read chunk on every poll, and the relay
+/// polls once per upstream event.
+///
+/// Cancel-safe: nothing is held across an await.
+pub async fn readable<S: AsyncRead + Unpin>(edge: &mut FrameEdge<S>) -> Readable {
+    if !edge.at_message_edge() || edge.holds_unread() {
+        return Readable::Ready;
+    }
+    let mut head = [0u8; MAX_HEADER];
+    match poll_fn(|cx| edge.poll_read_raw(cx, &mut head)).await {
+        Ok(0) | Err(_) => Readable::Gone,
+        Ok(n) => {
+            edge.unread(&head[..n]);
+            Readable::Ready
+        }
+    }
+}
+
+/// The payload of a masked frame, unmasked into `out` (as long as `masked`; RFC 6455 §5.3): each
+/// byte read once and written once, eight at a time, into a buffer that needs no zero-filling
+/// first (a [`PooledBuf`] that is reused). Against a copy then an in-place xor, and a
 /// byte-at-a-time loop: `cargo bench --bench shard -- client_read/`.
-pub fn unmask(masked: &[u8], key: [u8; 4]) -> Vec<u8> {
+pub fn unmask_into(masked: &[u8], key: [u8; 4], out: &mut [u8]) {
     let wide = u64::from_ne_bytes([
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
     ]);
-    let mut out = vec![0; masked.len()];
     let mut to = out.chunks_exact_mut(8);
     let mut from = masked.chunks_exact(8);
     for (t, f) in (&mut to).zip(&mut from) {
@@ -131,7 +172,6 @@ pub fn unmask(masked: &[u8], key: [u8; 4]) -> Vec<u8> {
     for ((t, f), k) in tail.zip(key.iter().cycle()) {
         *t = f ^ k;
     }
-    out
 }
 
 /// The buffer a frame is first read into, at most: a client's header alone must not make the
@@ -155,8 +195,9 @@ struct Taken<'a, S> {
     /// The first bytes read, until the header is complete.
     head: [u8; MAX_HEADER],
     head_len: usize,
-    /// The whole frame, once its header is complete: `filled` bytes of it read so far.
-    wire: Vec<u8>,
+    /// The whole frame, once its header is complete: `filled` bytes of it read so far (past
+    /// them, the bytes a buffer's earlier user left).
+    wire: PooledBuf,
     filled: usize,
 }
 
@@ -166,7 +207,7 @@ impl<'a, S> Taken<'a, S> {
             edge,
             head: [0; MAX_HEADER],
             head_len: 0,
-            wire: Vec::new(),
+            wire: PooledBuf::default(),
             filled: 0,
         }
     }
@@ -176,7 +217,7 @@ impl<'a, S> Taken<'a, S> {
     /// read) go back to the stream.
     fn start_frame(&mut self, total: usize) {
         let head = self.head_len.min(total);
-        self.wire = vec![0; grown(0, total)];
+        self.wire = PooledBuf::take(grown(0, total));
         self.wire[..head].copy_from_slice(&self.head[..head]);
         self.filled = head;
         self.edge.unread(&self.head[head..self.head_len]);
@@ -190,7 +231,7 @@ impl<'a, S> Taken<'a, S> {
     }
 
     /// The frame read, kept: nothing goes back.
-    fn keep(mut self) -> Vec<u8> {
+    fn keep(mut self) -> PooledBuf {
         self.filled = 0;
         std::mem::take(&mut self.wire)
     }
@@ -515,7 +556,84 @@ mod tests {
             .enumerate()
             .map(|(i, b)| b ^ KEY[i % 4])
             .collect();
-        assert_eq!(unmask(&masked, KEY), payload);
-        assert!(unmask(&[], KEY).is_empty());
+        let mut out = vec![0xee; payload.len()];
+        unmask_into(&masked, KEY, &mut out);
+        assert_eq!(out, payload);
+        unmask_into(&[], KEY, &mut []);
+    }
+
+    #[test]
+    fn waiting_for_bytes_reads_a_header_at_most_and_puts_it_back() {
+        let wire = text(&[b'r'; 300]);
+        let mut edge = FrameEdge::new(Chunks::new(&[&wire]));
+        assert_eq!(block_on(readable(&mut edge)), Readable::Ready);
+        assert_eq!(edge.get_mut().reads, 1);
+        assert!(edge.holds_unread() && edge.at_message_edge());
+        assert_eq!(
+            block_on(readable(&mut edge)),
+            Readable::Ready,
+            "bytes held: at once"
+        );
+        assert_eq!(edge.get_mut().reads, 1, "without reading again");
+        assert_eq!(rest(&mut edge), wire, "every byte still there, in order");
+
+        let mut edge = FrameEdge::new(Chunks::new(&[]));
+        assert_eq!(
+            block_on(readable(&mut edge)),
+            Readable::Gone,
+            "end of stream"
+        );
+
+        // Nothing sent yet: pending, and dropping the wait loses nothing.
+        let mut edge = FrameEdge::new(Chunks::new(&[]));
+        edge.get_mut().stall = true;
+        {
+            let mut fut = std::pin::pin!(readable(&mut edge));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        }
+        assert!(!edge.holds_unread());
+    }
+
+    #[test]
+    fn off_a_message_edge_waiting_for_bytes_reads_nothing() {
+        let wire = frame(0x01, true, b"frag");
+        let mut edge = FrameEdge::new(Chunks::new(&[&wire, &text(b"x")]));
+        let mut buf = vec![0u8; wire.len()];
+        block_on(edge.read_exact(&mut buf)).unwrap();
+        let reads = edge.get_mut().reads;
+        assert_eq!(block_on(readable(&mut edge)), Readable::Ready);
+        assert_eq!(
+            edge.get_mut().reads,
+            reads,
+            "the codec reads the rest itself"
+        );
+    }
+
+    #[test]
+    fn a_reused_buffer_never_shows_bytes_of_an_earlier_frame() {
+        // A long frame leaves its bytes in the pool's buffers; shorter ones reuse them.
+        let long = vec![b'L'; 40_000];
+        let mut edge = FrameEdge::new(Chunks::new(&[&text(&long)]));
+        let f = frame_of(read(&mut edge));
+        assert_eq!(f.text.as_bytes(), long);
+        drop(f);
+        for len in [30_000usize, 20_000, 5, 0] {
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let wire = text(&payload);
+            let next = text(b"next");
+            let mut edge = FrameEdge::new(Chunks::new(&[&[wire.clone(), next.clone()].concat()]));
+            let f = frame_of(read(&mut edge));
+            assert_eq!(
+                f.text.as_bytes(),
+                payload,
+                "{len}: the text, and nothing after"
+            );
+            assert_eq!(
+                f.wire, wire,
+                "{len}: the frame as it came, and nothing after"
+            );
+            assert_eq!(rest(&mut edge), next, "{len}: no read past the frame");
+        }
     }
 }

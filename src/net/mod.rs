@@ -1,7 +1,8 @@
 //! Transports below WebSocket: plain TCP or TLS streams toward upstream and from clients, the
 //! TLS client configuration built once per account, egress proxy tunnels, the client listener's
 //! TLS configuration, and the read-side wrappers under a WebSocket (frame-end reads, bytes put
-//! back in front), and a client's plain text frames read without the codec.
+//! back in front), a client's plain text frames read without the codec, and the read buffers
+//! both raw reads reuse per shard.
 
 /// Implements `AsyncWrite` for a read-side wrapper `$ty<S>` by handing every call to its `inner`
 /// stream: the wrappers under a WebSocket only change how reads are cut or replayed.
@@ -42,6 +43,7 @@ macro_rules! forward_async_write {
 }
 pub(crate) use forward_async_write;
 
+pub mod buf_pool;
 pub mod client_read;
 pub mod client_stream;
 pub mod frame_edge;

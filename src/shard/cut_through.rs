@@ -4,7 +4,9 @@
 //! Server frames are unmasked on both hops, so a complete text frame (FIN, no RSV bits, within
 //! the size limit, valid UTF-8) is already the exact bytes the client must receive. The reader
 //! takes such frames out of one buffer, reused for the whole attempt, and hands out their
-//! position in it: nothing is copied or allocated per event. Anything else (a fragment, a control
+//! position in it: nothing is copied or allocated per event. The buffer comes from the shard's
+//! pool ([`PooledBuf`]) and goes back to it when the attempt ends, so an attempt does not
+//! allocate and zero-fill a fresh one either. Anything else (a fragment, a control
 //! frame, a close, an oversize or invalid frame, a read error) goes to tungstenite: the bytes not
 //! consumed are put back in front of the stream ([`FrameEdge::unread`]) and the codec reads them
 //! as it always did, so that path behaves exactly as before. When the reader is dropped, what it
@@ -16,10 +18,13 @@
 use std::ops::Range;
 
 use async_tungstenite::tungstenite::{Error as WsError, Message};
-use futures_lite::AsyncWriteExt;
+use async_tungstenite::WebSocketStream;
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_util::{SinkExt, StreamExt};
 
+use crate::net::buf_pool::PooledBuf;
 use crate::net::ws_frame::{cut, masked_text, Cut, FrameHeader};
+use crate::net::{FrameEdge, UpstreamStream};
 
 use super::upstream::UpstreamWs;
 
@@ -64,10 +69,12 @@ enum Head {
     Codec,
 }
 
-/// An upstream WebSocket read frame by frame for the turn being relayed.
-pub struct CutThrough<'a> {
-    ws: &'a mut UpstreamWs,
-    buf: Vec<u8>,
+/// An upstream WebSocket read frame by frame for the turn being relayed (over an upstream
+/// connection's stream; generic for tests and benches over streams in memory).
+pub struct CutThrough<'a, S: AsyncRead + AsyncWrite + Unpin = UpstreamStream> {
+    ws: &'a mut WebSocketStream<FrameEdge<S>>,
+    /// Bytes past `end` are what an earlier user of the pooled buffer left: never read.
+    buf: PooledBuf,
     /// Bytes of `buf` not consumed yet: `start..end`.
     start: usize,
     end: usize,
@@ -76,9 +83,9 @@ pub struct CutThrough<'a> {
     max_payload: u64,
 }
 
-impl<'a> CutThrough<'a> {
-    /// A reader over `ws`. The buffer is allocated at the first raw read.
-    pub fn new(ws: &'a mut UpstreamWs) -> Self {
+impl<'a, S: AsyncRead + AsyncWrite + Unpin> CutThrough<'a, S> {
+    /// A reader over `ws`. The buffer is taken from the pool at the first raw read.
+    pub fn new(ws: &'a mut WebSocketStream<FrameEdge<S>>) -> Self {
         let config = ws.get_config();
         let limit = config
             .max_frame_size
@@ -86,7 +93,7 @@ impl<'a> CutThrough<'a> {
             .min(config.max_message_size.unwrap_or(usize::MAX));
         CutThrough {
             ws,
-            buf: Vec::new(),
+            buf: PooledBuf::default(),
             start: 0,
             end: 0,
             max_payload: u64::try_from(limit).unwrap_or(u64::MAX),
@@ -94,7 +101,7 @@ impl<'a> CutThrough<'a> {
     }
 
     /// The WebSocket, to send on (sending does not touch what is read).
-    pub fn ws(&mut self) -> &mut UpstreamWs {
+    pub fn ws(&mut self) -> &mut WebSocketStream<FrameEdge<S>> {
         self.ws
     }
 
@@ -178,9 +185,7 @@ impl<'a> CutThrough<'a> {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.len() < want {
-            self.buf.resize(want, 0);
-        }
+        self.buf.ensure(want);
     }
 
     /// Puts the bytes not consumed back in front of the stream.
@@ -202,7 +207,7 @@ impl<'a> CutThrough<'a> {
     }
 }
 
-impl Drop for CutThrough<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Drop for CutThrough<'_, S> {
     fn drop(&mut self) {
         if self.start < self.end {
             self.give_back();
@@ -261,6 +266,102 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use async_tungstenite::tungstenite::protocol::Role;
+    use futures_lite::future::block_on;
+
+    /// An upstream socket in memory: serves `wire` in reads of at most `chunk` bytes, then
+    /// ends; writes are dropped.
+    struct Wire {
+        wire: Vec<u8>,
+        at: usize,
+        chunk: usize,
+    }
+
+    impl AsyncRead for Wire {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = &mut *self;
+            let n = buf.len().min(this.chunk).min(this.wire.len() - this.at);
+            buf[..n].copy_from_slice(&this.wire[this.at..this.at + n]);
+            this.at += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Wire {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// An unmasked text frame, as upstream sends it.
+    fn server_frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x81];
+        match payload.len() {
+            n if n < 126 => out.push(n as u8),
+            n => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn upstream(wire: Vec<u8>, chunk: usize) -> WebSocketStream<FrameEdge<Wire>> {
+        let wire = Wire { wire, at: 0, chunk };
+        block_on(WebSocketStream::from_raw_socket(
+            FrameEdge::new(wire),
+            Role::Client,
+            None,
+        ))
+    }
+
+    /// Every payload the reader hands out as a frame, until the stream ends.
+    fn payloads(ws: &mut WebSocketStream<FrameEdge<Wire>>) -> Vec<Vec<u8>> {
+        let mut reader = CutThrough::new(ws);
+        let mut out = Vec::new();
+        while let Read::Frame(f) = block_on(reader.next()) {
+            let (payload, whole) = (reader.payload(f), reader.bytes(f.range()));
+            assert_eq!(whole, server_frame(payload), "the frame as it came");
+            out.push(payload.to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn a_reused_read_buffer_never_shows_bytes_of_an_earlier_attempt() {
+        // An attempt with a large event leaves its bytes in the pooled buffer...
+        let large = vec![b'L'; 20_000];
+        let mut ws = upstream(server_frame(&large), 7_000);
+        assert_eq!(payloads(&mut ws), vec![large]);
+        // ...and later attempts reading short events, whole or split, see only theirs.
+        let events: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!(r#"{{"type":"response.output_text.delta","delta":"{i}"}}"#).into())
+            .collect();
+        let wire: Vec<u8> = events.iter().flat_map(|e| server_frame(e)).collect();
+        for chunk in [1, 13, 100, 1 << 20] {
+            let mut ws = upstream(wire.clone(), chunk);
+            assert_eq!(payloads(&mut ws), events, "reads of {chunk} bytes");
+        }
+    }
 
     fn frame(at: usize, payload_at: usize, end: usize) -> Frame {
         Frame {

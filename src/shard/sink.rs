@@ -9,6 +9,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use futures_util::{SinkExt, StreamExt};
 use sonic_rs::JsonValueTrait;
 
+use crate::net::client_read::{self, Readable};
 use crate::net::ClientStream;
 use crate::protocol::lazy::range_of;
 use crate::protocol::sse::write_event;
@@ -155,9 +156,21 @@ impl ClientSink for WsSink<'_> {
 
     async fn signal(&mut self) -> ClientSignal {
         loop {
+            // tungstenite reads only once the client sent something: each of its polls
+            // zero-fills its read chunk, and the relay polls here once per upstream event.
+            if client_read::readable(self.client.get_mut()).await == Readable::Gone {
+                return ClientSignal::Gone;
+            }
             let reason = match self.client.next().await {
                 Some(Ok(Message::Text(t))) => return ClientSignal::Frame(t),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Ping(_))) => {
+                    // tungstenite queued the pong and sent it with its next read; the next
+                    // read waits for bytes first, so the pong goes now if it can (else with
+                    // the next event).
+                    let _ = futures_lite::future::poll_once(self.client.flush()).await;
+                    continue;
+                }
+                Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
                 None => return ClientSignal::Gone,
                 Some(Ok(Message::Binary(_))) => CloseReason::Unsupported,
                 Some(Ok(Message::Close(_))) => CloseReason::Echo,
