@@ -378,7 +378,7 @@ fn relay_attempt(c: &mut Criterion, wire: &[u8]) {
         None,
     ));
     let mut attempt = || {
-        let mut reader = CutThrough::new(&mut ws);
+        let mut reader = CutThrough::new(&mut ws, true);
         let mut bytes = 0;
         for _ in 0..EVENTS_PER_READ {
             let Read::Frame(f) = block_on(reader.next()) else {

@@ -97,6 +97,10 @@ impl<S: ClientSink> ClientSink for WriteDeadline<'_, S> {
         within(self.limit, self.counters, self.inner.fail(error)).await
     }
 
+    fn takes_views(&self) -> bool {
+        self.inner.takes_views()
+    }
+
     fn takes_frames(&self) -> bool {
         self.inner.takes_frames()
     }

@@ -1,5 +1,5 @@
 //! Upstream events read as raw frames, for a relay that writes them to a client WebSocket as the
-//! bytes they came in, or hands their payload to an SSE or JSON answer as a view of its buffer.
+//! bytes they came in, or hands their payload to an SSE answer as a view of its buffer.
 //!
 //! Server frames are unmasked on both hops, so a complete text frame (FIN, no RSV bits, within
 //! the size limit, valid UTF-8) is already the exact bytes the client must receive. The reader
@@ -81,11 +81,14 @@ pub struct CutThrough<'a, S: AsyncRead + AsyncWrite + Unpin = UpstreamStream> {
     /// Largest payload forwarded as it came; larger frames go to the codec, which enforces the
     /// limit (and closes with 1009).
     max_payload: u64,
+    /// Frames are read raw at all; else every read is tungstenite's.
+    raw: bool,
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> CutThrough<'a, S> {
-    /// A reader over `ws`. The buffer is taken from the pool at the first raw read.
-    pub fn new(ws: &'a mut WebSocketStream<FrameEdge<S>>) -> Self {
+    /// A reader over `ws`, reading frames raw only when `raw` (else every read is
+    /// tungstenite's). The buffer is taken from the pool at the first raw read.
+    pub fn new(ws: &'a mut WebSocketStream<FrameEdge<S>>, raw: bool) -> Self {
         let config = ws.get_config();
         let limit = config
             .max_frame_size
@@ -97,6 +100,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> CutThrough<'a, S> {
             start: 0,
             end: 0,
             max_payload: u64::try_from(limit).unwrap_or(u64::MAX),
+            raw,
         }
     }
 
@@ -157,7 +161,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> CutThrough<'a, S> {
 
     /// Looks at the start of the buffer; consumes a frame to forward.
     fn head(&mut self) -> Head {
-        if self.start == self.end && !self.ws.get_ref().at_message_edge() {
+        if !self.raw || (self.start == self.end && !self.ws.get_ref().at_message_edge()) {
             // tungstenite is inside a frame or a fragmented message: it goes on reading.
             return Head::Codec;
         }
@@ -336,7 +340,7 @@ mod tests {
 
     /// Every payload the reader hands out as a frame, until the stream ends.
     fn payloads(ws: &mut WebSocketStream<FrameEdge<Wire>>) -> Vec<Vec<u8>> {
-        let mut reader = CutThrough::new(ws);
+        let mut reader = CutThrough::new(ws, true);
         let mut out = Vec::new();
         while let Read::Frame(f) = block_on(reader.next()) {
             let (payload, whole) = (reader.payload(f), reader.bytes(f.range()));

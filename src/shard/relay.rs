@@ -121,11 +121,11 @@ enum Item {
 }
 
 impl<'a> Upstream<'a> {
-    /// A WebSocket is read frame by frame whatever the sink: a sink that takes no frames is
-    /// given each payload as a view of the reader's buffer ([`ClientSink::feed_view`]).
-    fn new(source: Source<'a>) -> Self {
+    /// A WebSocket is read frame by frame when `raw` (the sink takes frames, or views of the
+    /// reader's buffer: [`ClientSink::feed_view`]), else through the codec.
+    fn new(source: Source<'a>, raw: bool) -> Self {
         match source {
-            Source::Ws(ws) => Upstream::Ws(CutThrough::new(ws)),
+            Source::Ws(ws) => Upstream::Ws(CutThrough::new(ws, raw)),
             Source::Http(resp) => Upstream::Http(resp),
         }
     }
@@ -418,8 +418,8 @@ pub async fn relay<S: ClientSink>(
     sent_at: Instant,
     early: Option<Utf8Bytes>,
 ) -> Outcome {
-    let mut source = Upstream::new(source);
     let frames_out = sink.takes_frames();
+    let mut source = Upstream::new(source, frames_out || sink.takes_views());
     if let Some(frame) = early {
         match mid_turn_frame(frame, &mut source, sink, env.counters).await {
             MidTurn::Continue => {}

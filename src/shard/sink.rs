@@ -13,7 +13,6 @@ use crate::net::client_read::{self, Readable};
 use crate::net::ClientStream;
 use crate::protocol::lazy::range_of;
 use crate::protocol::sse::write_event;
-use crate::protocol::EventKind;
 
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
@@ -112,6 +111,13 @@ pub trait ClientSink {
     /// already checked as UTF-8). A sink copies only what it keeps; this default keeps it all.
     async fn feed_view(&mut self, event: &str, event_type: &str) -> Result<(), Gone> {
         self.feed(Utf8Bytes::from(event), event_type).await
+    }
+    /// `false` when upstream events must reach the sink as the WebSocket codec's messages, not
+    /// as views of the raw reader's buffer: a sink that keeps a whole event (a JSON answer keeps
+    /// the terminal event, megabytes at times) takes the message without a copy, where a view
+    /// would be copied while the reader's buffer still holds the same bytes.
+    fn takes_views(&self) -> bool {
+        true
     }
     /// `true` when the sink takes events as the server frames they came in
     /// ([`ClientSink::write_frames`]): a client WebSocket.
@@ -249,6 +255,9 @@ pub struct SseSink<'a> {
 
 /// Room kept in front of the pending records for the response head and the chunk header.
 const CHUNK_ROOM: usize = 192;
+/// Bytes an SSE record adds to its event's type and data when the data is one line
+/// (`event: `, `\n`, `data: `, `\n`, `\n`).
+const RECORD_FRAMING: usize = 16;
 /// Pending SSE bytes past which a batch is written before its last event.
 const SSE_FLUSH_AT: usize = 64 * 1024;
 
@@ -347,6 +356,10 @@ impl ClientSink for SseSink<'_> {
     /// The record is written straight from the view into the pending batch: the one copy an
     /// SSE event needs.
     async fn feed_view(&mut self, event: &str, event_type: &str) -> Result<(), Gone> {
+        // Room for the record and the chunk's closing CRLF up front: a large event then takes
+        // a buffer of its size, not one doubled when the CRLF does not fit.
+        self.pending
+            .reserve(event_type.len() + event.len() + RECORD_FRAMING + 2);
         write_event(&mut self.pending, event_type, event.as_bytes());
         if self.pending.len() - CHUNK_ROOM >= SSE_FLUSH_AT {
             return self.write_pending().await;
@@ -438,13 +451,9 @@ impl ClientSink for JsonSink<'_> {
         Ok(())
     }
 
-    /// Only an error or a terminal event is kept (copied); every other event is dropped
-    /// unread, as [`JsonSink::feed`] drops it.
-    async fn feed_view(&mut self, event: &str, event_type: &str) -> Result<(), Gone> {
-        if EventKind::of_type(event_type).ends_turn() {
-            return self.feed(Utf8Bytes::from(event), event_type).await;
-        }
-        Ok(())
+    /// The answer is the terminal event's own buffer: read through the codec.
+    fn takes_views(&self) -> bool {
+        false
     }
 
     async fn flush(&mut self) -> Result<(), Gone> {
