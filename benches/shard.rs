@@ -1,6 +1,6 @@
 //! Per-turn shard costs: pool acquire/release on the idle stack, histogram recording and the
-//! interval snapshot, the sticky cache's write and lookup, and the serialization of a usage
-//! record; and the per-event relay of an upstream event to a client WebSocket, through the
+//! interval snapshot, the sticky cache's write and lookup (a usage record's cost is in
+//! `benches/control.rs`); and the per-event relay of an upstream event to a client WebSocket, through the
 //! WebSocket codec (as before the cut-through) and cut through; a client's 30 KB frame read
 //! through the codec with a recording copy (as before the raw read) and read raw; what an
 //! attempt's reader costs beyond its events (its read buffer, fresh or pooled); a poll of a client
@@ -19,12 +19,10 @@ use shardgate::config::Config;
 use shardgate::metrics::{Hist, ShardMetrics, Sparse};
 use shardgate::net::ws_frame::{cut, masked_text, Cut};
 use shardgate::protocol::UpstreamEvent;
-use shardgate::protocol::Usage;
 use shardgate::shard::account::AccountRuntime;
 use shardgate::shard::pool::Pool;
 use shardgate::state::embedded::EmbeddedStore;
 use shardgate::state::{Binding, Keys, SessionKey, TurnState};
-use shardgate::usage::{RequestType, UsageRecord};
 
 #[path = "alloc_counter.rs"]
 mod alloc_counter;
@@ -181,40 +179,6 @@ fn sticky_cache(c: &mut Criterion) {
     report_allocs(name, || {
         cache.binding_at("default", black_box(id), Instant::now())
     });
-}
-
-fn usage_record(c: &mut Criterion) {
-    let record = UsageRecord {
-        response_id: "resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e".to_string(),
-        ts_ms: 1_763_900_000_000,
-        group: "default".to_string(),
-        key_id: "team-a".to_string(),
-        account: "acct-0".to_string(),
-        model: "gpt-5-codex".to_string(),
-        request_type: RequestType::Ws,
-        usage: Usage {
-            input_tokens: 28411,
-            cached_tokens: 27648,
-            output_tokens: 412,
-            reasoning_tokens: 256,
-            total_tokens: 28823,
-        },
-        ttft_us: Some(1834),
-        duration_us: 5_210_000,
-        attempts: 1,
-        status: "completed".to_string(),
-        instance: "gw-1".to_string(),
-        shard: 0,
-        realtime: None,
-    };
-    let json = sonic_rs::to_vec(&record).expect("usage record serializes");
-    let back: UsageRecord = sonic_rs::from_slice(&json).expect("and parses back");
-    assert_eq!(back, record);
-    let name = "usage/to_vec";
-    c.bench_function(name, |b| {
-        b.iter(|| sonic_rs::to_vec(black_box(&record)).unwrap())
-    });
-    report_allocs(name, || sonic_rs::to_vec(black_box(&record)).unwrap());
 }
 
 /// A delta as upstream sends it (~180 bytes).
@@ -825,6 +789,6 @@ fn labeled_counters(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = pool, histograms, sticky_cache, usage_record, relay, client_frame, client_read, client_watch, turn_check, labeled_counters
+    targets = pool, histograms, sticky_cache, relay, client_frame, client_read, client_watch, turn_check, labeled_counters
 }
 criterion_main!(benches);
