@@ -4,73 +4,27 @@
 # is mostly the socket work both relays share; the difference in user time is the relay's own.
 #   perf/cpu-split.sh [--bin PATH] [--rounds N] [--secs S] [--wire ws|http] [--max-conn-age S]
 #                     -- [shardgate load options]
+# The mock, gateway and nginx are perf/lib.sh's (the same configs as every scenario).
 #   e.g. perf/cpu-split.sh --max-conn-age 3 -- --connections 16 --rate 400 --payload-bytes 8000 --store-false-chain
 # Prints per target and round: turns, user µs/turn, sys µs/turn, TTFT and event p50/p99.
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN="" ROUNDS=1 SECS=6 WIRE=ws AGE=""
+BIN_OPT="" RUNS=1 RUN_SECS=6 SPLIT_WIRE=ws
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --bin) BIN=$2; shift 2 ;;
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --secs) SECS=$2; shift 2 ;;
-    --wire) WIRE=$2; shift 2 ;;
-    --max-conn-age) AGE=$2; shift 2 ;;
+    --bin) BIN_OPT=$2; shift 2 ;;
+    --rounds) RUNS=$2; shift 2 ;;
+    --secs) RUN_SECS=$2; shift 2 ;;
+    --wire) SPLIT_WIRE=$2; shift 2 ;;
+    --max-conn-age) GW_UPSTREAM_EXTRA="max_conn_age_secs = $2"; shift 2 ;;
     --) shift; break ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-if [[ -z $BIN ]]; then
-  (cd "$ROOT" && cargo build --release --quiet)
-  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/shardgate"
-fi
-command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx)" >&2; exit 2; }
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [[ -f $WORK/nginx.pid ]] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-MOCK=$(free_port) GW=$(free_port) ADMIN=$(free_port) NGINX=$(free_port)
-"$BIN" mock-upstream --listen "127.0.0.1:$MOCK" >"$WORK/mock.log" 2>&1 &
-PIDS+=($!)
-cat >"$WORK/gw.toml" <<TOML
-[server]
-listen = "127.0.0.1:$GW"
-shards = 2
-admin_listen = "127.0.0.1:$ADMIN"
-stats_interval_ms = 200
-[upstream]
-queue_per_conn = 64
-${AGE:+max_conn_age_secs = $AGE}
-[[client_keys]]
-key = "sk-perf"
-id = "perf"
-[[accounts]]
-id = "mock"
-base_url = "http://127.0.0.1:$MOCK/v1"
-api_key = "sk-mock"
-max_conns = 4096
-[log]
-level = "warn"
-[usage]
-path = "$WORK/usage.jsonl"
-TOML
-"$BIN" serve --config "$WORK/gw.toml" >"$WORK/gw.log" 2>&1 &
-GW_PID=$!
-PIDS+=("$GW_PID")
-mkdir -p "$WORK"/{body,proxy,fastcgi,uwsgi,scgi}
-sed -e "s#@WORK@#$WORK#g" -e "s#@MOCK_PORT@#$MOCK#g" -e "s#@NGINX_PORT@#$NGINX#g" \
-  "$ROOT/perf/nginx.conf.tmpl" >"$WORK/nginx.conf"
-nginx -c "$WORK/nginx.conf" -p "$WORK"
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$GW/healthz" >/dev/null 2>&1 && [[ -f $WORK/nginx.pid ]] && break
-  sleep 0.1
-done
+PERF_BIN=${BIN_OPT:-${PERF_BIN:-}}
+source "$(dirname "$0")/lib.sh"
+build
+start_mock
+start_gateway
+start_nginx
 # Clock ticks (user, sys) summed over every thread of the given processes.
 ticks() {
   local u=0 s=0 a b
@@ -83,15 +37,14 @@ ticks() {
   echo "$u $s"
 }
 hz=$(getconf CLK_TCK)
-for round in $(seq "$ROUNDS"); do
+for round in $(seq "$RUNS"); do
   for target in nginx shardgate; do
-    if [[ $target == nginx ]]; then port=$NGINX key=sk-mock procs=$(pgrep -f "nginx: worker" | tr '\n' ' ')
-    else port=$GW key=sk-perf procs=$GW_PID; fi
-    url="ws://127.0.0.1:$port/v1/responses"
-    [[ $WIRE == http ]] && url="http://127.0.0.1:$port/v1/responses"
+    if [[ $target == nginx ]]; then url=$NGINX_URL key=sk-mock procs=$(nginx_workers | tr '\n' ' ')
+    else url=$GW_URL key=$KEY procs=$GW_PID; fi
+    [[ $SPLIT_WIRE == http ]] && url=${url/ws:/http:}
     # shellcheck disable=SC2086
     read -r u0 s0 < <(ticks $procs)
-    "$BIN" load --url "$url" --key "$key" --duration-secs "$SECS" "$@" >"$WORK/load.txt" 2>&1
+    "$BIN" load --url "$url" --key "$key" --duration-secs "$RUN_SECS" "$@" >"$WORK/load.txt" 2>&1
     # shellcheck disable=SC2086
     read -r u1 s1 < <(ticks $procs)
     turns=$(grep -oE "turns ok [0-9]+" "$WORK/load.txt" | grep -oE "[0-9]+$")
