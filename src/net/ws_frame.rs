@@ -1,7 +1,10 @@
 //! WebSocket frame headers (RFC 6455 §5.2) read off raw bytes, for the reads that skip the codec
 //! (the relay's cut-through path, a client's plain text frames read raw in
 //! [`super::client_read`]): they need only know where a frame ends and whether it is one to take
-//! without a codec.
+//! without a codec. Also the masking both directions share, and the one frame the gateway builds
+//! itself: a client-role text frame sent upstream.
+
+use super::buf_pool::PooledBuf;
 
 /// Longest frame header: 2 bytes, an 8-byte extended length, a 4-byte mask.
 pub const MAX_HEADER: usize = 14;
@@ -129,42 +132,58 @@ pub fn cut(bytes: &[u8], max_payload: u64) -> Cut {
     }
 }
 
-/// One final text frame as a client sends it (RFC 6455 §5.2-5.3): the header, then `payload`
-/// masked with `key` while it is copied, in one buffer for one write. tungstenite copies the
-/// payload into its write buffer and masks it there in a second pass, then drains the buffer
-/// after each partial write.
-pub fn masked_text(payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAX_HEADER + payload.len());
-    out.push(0x80 | OP_TEXT);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= usize::from(u16::MAX) => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&key);
+/// `src` masked (or unmasked: the same xor) with `key` into `out`, as long as `src` (RFC 6455
+/// §5.3): each byte read once and written once, eight at a time, into a buffer that needs no
+/// zero-filling first (a reused [`PooledBuf`](super::buf_pool::PooledBuf)). Against a copy then
+/// an in-place xor, and a byte-at-a-time loop: `cargo bench --bench shard -- client_read/`.
+pub fn mask_into(src: &[u8], key: [u8; 4], out: &mut [u8]) {
     let wide = u64::from_ne_bytes([
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
     ]);
-    let mut words = payload.chunks_exact(8);
-    for word in &mut words {
-        let word: [u8; 8] = word.try_into().unwrap_or_default();
-        out.extend_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    let mut to = out.chunks_exact_mut(8);
+    let mut from = src.chunks_exact(8);
+    for (t, f) in (&mut to).zip(&mut from) {
+        let f: [u8; 8] = f.try_into().unwrap_or_default();
+        t.copy_from_slice(&(u64::from_ne_bytes(f) ^ wide).to_ne_bytes());
     }
     // The tail starts at a multiple of 8, so at key byte 0.
-    out.extend(
-        words
-            .remainder()
-            .iter()
-            .zip(key.iter().cycle())
-            .map(|(b, k)| b ^ k),
-    );
-    out
+    let tail = to.into_remainder().iter_mut().zip(from.remainder());
+    for ((t, f), k) in tail.zip(key.iter().cycle()) {
+        *t = f ^ k;
+    }
+}
+
+/// One final text frame as a client sends it (RFC 6455 §5.2-5.3), in a buffer from the shard's
+/// pool for one write: the header, then `payload` masked with `key` while it is copied
+/// ([`mask_into`]). Returns the buffer and the frame's length in it. tungstenite copies the
+/// payload into its write buffer and masks it there in a second pass, then drains the buffer
+/// after each partial write.
+pub fn masked_text(payload: &[u8], key: [u8; 4]) -> (PooledBuf, usize) {
+    let mut header = [0u8; MAX_HEADER];
+    header[0] = 0x80 | OP_TEXT;
+    let len_bytes = match payload.len() {
+        n if n < 126 => {
+            header[1] = 0x80 | n as u8;
+            0
+        }
+        n if n <= usize::from(u16::MAX) => {
+            header[1] = 0x80 | 126;
+            header[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+            2
+        }
+        n => {
+            header[1] = 0x80 | 127;
+            header[2..10].copy_from_slice(&(n as u64).to_be_bytes());
+            8
+        }
+    };
+    let header_len = 2 + len_bytes + key.len();
+    header[2 + len_bytes..header_len].copy_from_slice(&key);
+    let total = header_len + payload.len();
+    let mut out = PooledBuf::take(total);
+    out[..header_len].copy_from_slice(&header[..header_len]);
+    mask_into(payload, key, &mut out[header_len..total]);
+    (out, total)
 }
 
 #[cfg(test)]
@@ -172,12 +191,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unmasking_matches_the_rfc_for_every_offset() {
+        const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+        let payload: Vec<u8> = (0..=255u8).cycle().take(1_027).collect();
+        let masked: Vec<u8> = payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ KEY[i % 4])
+            .collect();
+        let mut out = vec![0xee; payload.len()];
+        mask_into(&masked, KEY, &mut out);
+        assert_eq!(out, payload);
+        mask_into(&[], KEY, &mut []);
+    }
+
+    #[test]
     fn masked_text_frames_are_what_the_rfc_says_for_every_length_form() {
         let key = [0x12, 0x9a, 0x00, 0xff];
-        for len in [0usize, 1, 7, 8, 9, 125, 126, 127, 65_535, 65_536, 70_001] {
+        let lens = [0usize, 1, 7, 8, 9, 125, 126, 127, 65_535, 65_536, 70_001];
+        // Longest first too: a pooled buffer longer than the frame, holding an earlier one.
+        for len in lens.into_iter().chain(lens.into_iter().rev()) {
             let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-            let wire = masked_text(&payload, key);
-            let h = FrameHeader::parse(&wire).expect("a whole header");
+            let (buf, wire_len) = masked_text(&payload, key);
+            let wire = &buf[..wire_len];
+            let h = FrameHeader::parse(wire).expect("a whole header");
             assert!(h.fin && h.rsv == 0 && h.opcode == OP_TEXT, "len {len}");
             assert!(h.minimal_len, "len {len}: length in its fewest bytes");
             assert_eq!((h.mask, h.payload_len), (Some(key), len as u64));

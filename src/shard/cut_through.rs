@@ -236,7 +236,8 @@ pub async fn send_as_it_came(ws: &mut UpstreamWs, wire: &[u8]) -> Result<(), WsE
 /// what tungstenite queued. The masking key comes from the same source as tungstenite's own
 /// (`rand::random`, a CSPRNG), as RFC 6455 §5.3 asks.
 pub async fn send_text(ws: &mut UpstreamWs, text: &str) -> Result<(), WsError> {
-    send_as_it_came(ws, &masked_text(text.as_bytes(), rand::random())).await
+    let (frame, len) = masked_text(text.as_bytes(), rand::random());
+    send_as_it_came(ws, &frame[..len]).await
 }
 
 /// Frames handed out and not written yet: one stretch of the reader's buffer, written in one
