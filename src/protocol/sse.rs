@@ -6,10 +6,16 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+/// Bytes [`write_event`] writes for an event whose data is one line (every Responses API event):
+/// `event: `, the type, `\n`, `data: `, the data, `\n`, `\n`.
+pub fn record_len(event_type: &str, data: &[u8]) -> usize {
+    event_type.len() + data.len() + 16
+}
+
 /// Writes one event as `event: <type>\ndata: <json>\n\n`. Data containing line breaks is split
 /// over several `data:` lines, as the SSE format requires.
 pub fn write_event(out: &mut Vec<u8>, event_type: &str, data: &[u8]) {
-    out.reserve(event_type.len() + data.len() + 16);
+    out.reserve(record_len(event_type, data));
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(event_type.as_bytes());
     out.push(b'\n');

@@ -12,7 +12,7 @@ use sonic_rs::JsonValueTrait;
 use crate::net::client_read::{self, Readable};
 use crate::net::ClientStream;
 use crate::protocol::lazy::range_of;
-use crate::protocol::sse::write_event;
+use crate::protocol::sse::{record_len, write_event};
 
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::json_depth::{check_depth, MAX_JSON_DEPTH};
@@ -255,9 +255,6 @@ pub struct SseSink<'a> {
 
 /// Room kept in front of the pending records for the response head and the chunk header.
 const CHUNK_ROOM: usize = 192;
-/// Bytes an SSE record adds to its event's type and data when the data is one line
-/// (`event: `, `\n`, `data: `, `\n`, `\n`).
-const RECORD_FRAMING: usize = 16;
 /// Pending SSE bytes past which a batch is written before its last event.
 const SSE_FLUSH_AT: usize = 64 * 1024;
 
@@ -359,7 +356,7 @@ impl ClientSink for SseSink<'_> {
         // Room for the record and the chunk's closing CRLF up front: a large event then takes
         // a buffer of its size, not one doubled when the CRLF does not fit.
         self.pending
-            .reserve(event_type.len() + event.len() + RECORD_FRAMING + 2);
+            .reserve(record_len(event_type, event.as_bytes()) + 2);
         write_event(&mut self.pending, event_type, event.as_bytes());
         if self.pending.len() - CHUNK_ROOM >= SSE_FLUSH_AT {
             return self.write_pending().await;
