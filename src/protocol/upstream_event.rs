@@ -164,9 +164,7 @@ impl<'a> UpstreamEvent<'a> {
         if !self.is_read() {
             return None;
         }
-        let walked = enter(self.raw, b"response")
-            .and_then(|response| fields(response).find(|(key, _)| *key == b"id"))
-            .and_then(|(_, id)| plain_str(id));
+        let walked = self.walked_response_field(b"id").and_then(plain_str);
         if let Some(id) = walked {
             return Some(Cow::Borrowed(id));
         }
@@ -176,6 +174,13 @@ impl<'a> UpstreamEvent<'a> {
         str_in(self.raw, &id)
     }
 
+    /// The value of `response.<key>`, reached by the field walk ([`enter`], then [`fields`]);
+    /// `None` where the walk stops first (the parser's turn).
+    fn walked_response_field(&self, key: &[u8]) -> Option<&'a [u8]> {
+        let (_, value) = fields(enter(self.raw, b"response")?).find(|(k, _)| *k == key)?;
+        Some(value)
+    }
+
     /// Usage of a completed response: read from `response.completed` only, by walking into
     /// `response` to its `usage` (the parser when the walk does not get there).
     pub fn usage(&self) -> Option<Usage> {
@@ -183,9 +188,7 @@ impl<'a> UpstreamEvent<'a> {
             return None;
         }
         // Walked to like the id; the parser takes over where the walk does not reach it.
-        let walked = enter(self.raw, b"response")
-            .and_then(|response| fields(response).find(|(key, _)| *key == b"usage"));
-        if let Some((_, usage)) = walked {
+        if let Some(usage) = self.walked_response_field(b"usage") {
             return Usage::from_raw(usage);
         }
         let usage = sonic_rs::get_from_slice(self.raw, ["response", "usage"]).ok()?;
