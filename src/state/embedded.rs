@@ -89,22 +89,16 @@ impl EmbeddedStore {
         new
     }
 
-    /// [`StateStore::put_turn`] at a given time: the binding, then the pending calls, then the
-    /// session's last response. The values share the turn's strings (the shard's cache keeps
-    /// them while the same turn travels to the control thread).
+    /// [`EmbeddedStore::put_owned_turn_at`] of a turn the caller keeps (the shard's cache, while
+    /// the same turn travels to the control thread): the clone shares the turn's strings and
+    /// copies only its pending call ids, which the store keeps.
     pub fn put_turn_at(&mut self, turn: &TurnState, now: Instant) {
-        let (group, id) = (&*turn.group, &*turn.response_id);
-        self.put_binding_at(group, id, &turn.binding, now);
-        if let Some(calls) = &turn.pending {
-            self.put_pending_at(group, id, calls, now);
-        }
-        if let Some(session) = &turn.session {
-            self.put_session_text_at(group, session, &turn.response_id, now);
-        }
+        self.put_owned_turn_at(turn.clone(), now);
     }
 
-    /// [`EmbeddedStore::put_turn_at`] taking the turn: its binding and pending calls move into
-    /// the store instead of being copied (the control thread's write of a turn it was sent).
+    /// [`StateStore::put_turn`] at a given time: the binding, then the pending calls, then the
+    /// session's last response, each moved into the store (the control thread's write of a
+    /// turn it was sent).
     pub fn put_owned_turn_at(&mut self, turn: TurnState, now: Instant) {
         let TurnState {
             group,
