@@ -189,12 +189,12 @@ impl ApiError {
             "error": self.object(),
             "sequence_number": sequence_number,
         });
-        sonic_rs::to_string(&event).unwrap_or_default()
+        super::wire_json::to_string(&event)
     }
 
     /// The HTTP body `{"error": {...}}`.
     pub fn body_json(&self) -> String {
-        sonic_rs::to_string(&json!({ "error": self.object() })).unwrap_or_default()
+        super::wire_json::to_string(&json!({ "error": self.object() }))
     }
 }
 

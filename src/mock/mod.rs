@@ -21,6 +21,7 @@
 //! - `oauth`: the OAuth token endpoint and the ChatGPT backend's token check.
 //! - `errors`: OpenAI-style error events and bodies.
 //! - `tls`: the self-signed certificate.
+//! - `wire_json`: JSON with the real API's key order (`type` first).
 //! - `stop`: the cross-thread stop signal.
 //! - `tasks`: a shard's connection tasks, aborted when it stops.
 //! - `cli`: the command line.
@@ -46,6 +47,7 @@ mod stop;
 mod tasks;
 mod tls;
 mod turn;
+mod wire_json;
 mod ws;
 
 pub use cli::{run_cli, MockArgs};

@@ -236,7 +236,7 @@ pub fn plan(req: &CreateRequest, d: &Directives, conn_id: u64, turn: u64) -> Pla
         events: builder.events,
         ending,
         error,
-        final_response: sonic_rs::to_string(&final_response).unwrap_or_default(),
+        final_response: super::wire_json::to_string(&final_response),
         ttft: d.ttft,
         first: d.first,
         delay: d.delay,
@@ -445,7 +445,7 @@ impl Builder {
         }
         self.events.push(Event {
             kind,
-            json: sonic_rs::to_string(&value).unwrap_or_default(),
+            json: super::wire_json::to_string(&value),
             first_delta,
         });
     }
@@ -537,6 +537,13 @@ mod tests {
         );
         assert_eq!(last["response"]["usage"]["output_tokens"].as_u64(), Some(2));
         assert_eq!(plan.ending, Ending::Completed);
+        for event in &plan.events {
+            let first_key = format!(r#"{{"type":"{}","#, event.kind);
+            assert!(event.json.starts_with(&first_key), "{}", event.json);
+        }
+        assert!(plan.events[9]
+            .json
+            .contains(r#""response":{"id":"resp_c4t2_"#));
     }
 
     #[test]
