@@ -10,7 +10,7 @@
 
 use std::cmp::Reverse;
 
-use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
+use sonic_rs::{JsonContainerTrait, Value};
 
 /// Keys written first, in this order, wherever they appear; the others follow alphabetically.
 const LEADING_KEYS: [&str; 5] = ["type", "id", "object", "created_at", "status"];
