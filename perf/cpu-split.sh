@@ -44,7 +44,7 @@ for round in $(seq "$RUNS"); do
     [[ $SPLIT_WIRE == http ]] && url=${url/ws:/http:}
     # shellcheck disable=SC2086
     read -r u0 s0 < <(ticks $procs)
-    "$BIN" load --url "$url" --key "$key" --duration-secs "$RUN_SECS" "$@" >"$WORK/load.txt" 2>&1
+    "$TOOLS" load --url "$url" --key "$key" --duration-secs "$RUN_SECS" "$@" >"$WORK/load.txt" 2>&1
     # shellcheck disable=SC2086
     read -r u1 s1 < <(ticks $procs)
     turns=$(grep -oE "turns ok [0-9]+" "$WORK/load.txt" | grep -oE "[0-9]+$")

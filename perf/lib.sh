@@ -19,10 +19,17 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # PERF_BIN=path (env): run that binary instead of building this tree's (A/B of two builds).
+# PERF_TOOLS_BIN=path (env): take the mock upstream and the load generator from that binary, so
+# that in an A/B only the gateway differs (the mock's event shapes and the load's pacing change
+# between builds too); by default they come from the same binary as the gateway.
 build() {
-  if [[ -n ${PERF_BIN:-} ]]; then BIN=$PERF_BIN; return; fi
-  (cd "$ROOT" && cargo build --release --quiet)
-  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/shardgate"
+  if [[ -n ${PERF_BIN:-} ]]; then
+    BIN=$PERF_BIN
+  else
+    (cd "$ROOT" && cargo build --release --quiet)
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/shardgate"
+  fi
+  TOOLS=${PERF_TOOLS_BIN:-$BIN}
 }
 
 wait_http() { # url
@@ -32,7 +39,7 @@ wait_http() { # url
 
 start_mock() { # extra mock args...
   MOCK_PORT=$(free_port)
-  "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" "$@" >"$WORK/mock.log" 2>&1 &
+  "$TOOLS" mock-upstream --listen "127.0.0.1:$MOCK_PORT" "$@" >"$WORK/mock.log" 2>&1 &
   PIDS+=($!)
   MOCK_PID=$!
   wait_http "http://127.0.0.1:$MOCK_PORT/_mock/stats"
@@ -186,7 +193,7 @@ run_round() { # target round
   cpu0=$(relay_cpu "$name")
   if [[ $name == shardgate ]]; then gw_metrics >"$WORK/gw-before.prom"; else : >"$WORK/gw-before.prom"; fi
   # shellcheck disable=SC2086
-  "$BIN" load --url "$(target_url "$name")" --key "$(target_key "$name")" --connections "$CONNS" \
+  "$TOOLS" load --url "$(target_url "$name")" --key "$(target_key "$name")" --connections "$CONNS" \
     --duration-secs "$SECS" --payload-bytes "$PAYLOAD" ${CHAIN:+--store-false-chain} \
     ${RATE:+--rate "$RATE"} ${WARMUP:+--warmup} $LOAD_EXTRA \
     --json-out "$base.json" --hist-out "$base.csv" >"$base.txt"
@@ -251,7 +258,7 @@ idle_probe() { # target
   local name=$1 before after log="$OUT/idle-$1.txt"
   [[ $IDLE -gt 0 ]] || return 0
   before=$(relay_rss "$name")
-  "$BIN" load --url "$(target_url "$name" | sed 's#^http://#ws://#')" --key "$(target_key "$name")" \
+  "$TOOLS" load --url "$(target_url "$name" | sed 's#^http://#ws://#')" --key "$(target_key "$name")" \
     --idle-sessions "$IDLE" --hold-secs "$HOLD" --idle-turns "$IDLE_TURNS" --payload-bytes "$PAYLOAD" \
     --json-out "$OUT/idle-$name-load.json" >"$log" &
   local pid=$!
