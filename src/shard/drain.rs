@@ -3,7 +3,6 @@
 //! client until the executor stops.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -12,8 +11,45 @@ use std::task::{Context, Poll, Waker};
 #[derive(Default)]
 pub struct Drain {
     draining: Cell<bool>,
-    waiters: RefCell<HashMap<u64, Waker>>,
-    next_id: Cell<u64>,
+    waiters: RefCell<Waiters>,
+}
+
+/// The wakers of pending [`Started`] futures, one slot each. Every session waits on one
+/// between its frames, so registering and forgetting a waker costs a slot, not a hash.
+#[derive(Default)]
+struct Waiters {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl Waiters {
+    /// Stores `waker` in a free slot; its index.
+    fn insert(&mut self, waker: Waker) -> usize {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(waker);
+                slot
+            }
+            None => {
+                self.slots.push(Some(waker));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Frees `slot` (its waker, if still there, is dropped).
+    fn remove(&mut self, slot: usize) {
+        if let Some(waker) = self.slots.get_mut(slot) {
+            *waker = None;
+            self.free.push(slot);
+        }
+    }
+
+    /// Wakers still waiting.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
 }
 
 impl Drain {
@@ -25,39 +61,48 @@ impl Drain {
     /// Starts draining and wakes every waiter.
     pub fn start(&self) {
         self.draining.set(true);
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for waker in waiters.into_values() {
+        let wakers: Vec<Waker> = self
+            .waiters
+            .borrow_mut()
+            .slots
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for waker in wakers {
             waker.wake();
         }
     }
 
     /// Resolves once draining started. Holds one waker while pending; dropping it forgets it.
     pub fn started(&self) -> Started<'_> {
-        let id = self.next_id.get();
-        self.next_id.set(id.wrapping_add(1));
-        Started { drain: self, id }
+        Started {
+            drain: self,
+            slot: None,
+        }
     }
 }
 
 /// The future of [`Drain::started`].
 pub struct Started<'a> {
     drain: &'a Drain,
-    id: u64,
+    slot: Option<usize>,
 }
 
 impl Future for Started<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.drain.draining.get() {
             return Poll::Ready(());
         }
         let mut waiters = self.drain.waiters.borrow_mut();
-        match waiters.get_mut(&self.id) {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            Some(w) => w.clone_from(cx.waker()),
+        match self.slot.and_then(|slot| waiters.slots.get_mut(slot)) {
+            Some(Some(w)) if w.will_wake(cx.waker()) => {}
+            Some(held) => *held = Some(cx.waker().clone()),
             None => {
-                waiters.insert(self.id, cx.waker().clone());
+                let slot = waiters.insert(cx.waker().clone());
+                drop(waiters);
+                self.slot = Some(slot);
             }
         }
         Poll::Pending
@@ -66,7 +111,9 @@ impl Future for Started<'_> {
 
 impl Drop for Started<'_> {
     fn drop(&mut self) {
-        self.drain.waiters.borrow_mut().remove(&self.id);
+        if let Some(slot) = self.slot {
+            self.drain.waiters.borrow_mut().remove(slot);
+        }
     }
 }
 
@@ -103,6 +150,44 @@ mod tests {
         assert!(flag.0.load(Ordering::SeqCst));
         assert!(a.as_mut().poll(&mut cx).is_ready());
         assert!(drain.is_draining());
-        assert!(drain.waiters.borrow().is_empty());
+        assert_eq!(drain.waiters.borrow().len(), 0);
+    }
+
+    #[test]
+    fn a_forgotten_waiters_slot_serves_the_next_and_start_wakes_each_live_one_once() {
+        let drain = Drain::default();
+        let flags: Vec<_> = (0..3)
+            .map(|_| Arc::new(Flag(AtomicBool::new(false))))
+            .collect();
+        let wakers: Vec<_> = flags.iter().map(|f| Waker::from(f.clone())).collect();
+        let mut futures: Vec<_> = (0..2).map(|_| Box::pin(drain.started())).collect();
+        for (fut, waker) in futures.iter_mut().zip(&wakers) {
+            assert!(fut
+                .as_mut()
+                .poll(&mut Context::from_waker(waker))
+                .is_pending());
+        }
+        drop(futures.remove(0));
+        let mut third = Box::pin(drain.started());
+        assert!(third
+            .as_mut()
+            .poll(&mut Context::from_waker(&wakers[2]))
+            .is_pending());
+        assert_eq!(
+            drain.waiters.borrow().slots.len(),
+            2,
+            "the freed slot is reused"
+        );
+        assert_eq!(drain.waiters.borrow().len(), 2);
+        drain.start();
+        let woken: Vec<bool> = flags.iter().map(|f| f.0.load(Ordering::SeqCst)).collect();
+        assert_eq!(
+            woken,
+            [false, true, true],
+            "the forgotten waiter is not woken"
+        );
+        drop(third);
+        drop(futures);
+        assert_eq!(drain.waiters.borrow().len(), 0);
     }
 }
