@@ -438,6 +438,22 @@ impl Reactor {
         source
     }
 
+    /// Arms a read-readiness poll on `fd` in `slot`, reusing the completed poll source already
+    /// there (`Source::reset_completed`) instead of allocating a new one (shardgate patch).
+    /// `slot` only ever holds polls that [`Self::poll_read_ready`] made for the same `fd`.
+    pub(crate) fn rearm_poll_read_ready(&self, slot: &mut Option<Source>, fd: RawFd) {
+        if let Some(source) = slot.as_ref() {
+            if source.reset_completed(
+                self.io_scheduler.requirements(),
+                Some(crate::executor().current_task_queue()),
+            ) {
+                self.sys.poll_ready(source, common_flags() | read_flags());
+                return;
+            }
+        }
+        *slot = Some(self.poll_read_ready(fd));
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

@@ -179,6 +179,25 @@ impl Source {
         }
     }
 
+    /// Readies a source whose operation completed, and whose completion the reactor consumed,
+    /// to be queued again for the same operation, so that a stream polling its socket over and
+    /// over keeps one allocation (shardgate patch; upstream allocated a source per poll).
+    /// `false`, and the source untouched, while the reactor may still hold it.
+    pub(crate) fn reset_completed(
+        &self,
+        ioreq: IoRequirements,
+        task_queue: Option<TaskQueueHandle>,
+    ) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        if inner.enqueued.is_some() || inner.wakers.result.is_none() {
+            return false;
+        }
+        inner.wakers = Wakers::new();
+        inner.io_requirements = ioreq;
+        inner.task_queue = task_queue;
+        true
+    }
+
     pub(crate) fn set_timeout(&self, d: Duration) -> Option<Duration> {
         let mut inner = self.inner.borrow_mut();
         let t = &mut inner.timeout;

@@ -1,0 +1,147 @@
+//! What a wake costs a shard's runtime, and that every wake still arrives: a shard echoing a
+//! loopback socket goes to sleep between the peer's messages and is woken by the socket's
+//! readiness poll, tens of thousands of times. The patched glommio (`vendor/glommio/PATCH.md`,
+//! session 9) reuses the socket's poll source and the ring link it sleeps on, so such a wake
+//! allocates nothing; upstream allocated both on every sleep. A timer asked for afterwards must
+//! still wake the shard through the ring link it kept armed all along.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use shardgate::runtime;
+
+/// Counts the allocations made on threads that asked for it ([`Counted::on`]), so that the
+/// test harness and the peer thread stay out of the reading.
+struct Counted;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Counted {
+    fn on(on: bool) {
+        COUNTING.with(|c| c.set(on));
+    }
+
+    fn count() {
+        if COUNTING.try_with(Cell::get).unwrap_or(false) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; only a counter is added.
+unsafe impl GlobalAlloc for Counted {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Counted::count();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Counted::count();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Counted::count();
+        // SAFETY: `ptr` was allocated by `System` with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counted = Counted;
+
+/// Round trips before the counting starts (pools and queues reach their steady size).
+const WARM_UP: usize = 2_000;
+/// Round trips counted.
+const COUNTED: usize = 20_000;
+/// One message of the echo.
+const MESSAGE: usize = 8;
+
+/// What the shard saw: allocations over the counted round trips, and how long a 20 ms sleep
+/// took after them.
+struct Reading {
+    allocs: u64,
+    slept: Duration,
+}
+
+/// The shard's side: connects, echoes `WARM_UP + COUNTED` messages (reading into a buffer
+/// larger than a message, as a relay does, so every read is partial), then sleeps 20 ms.
+fn echo_shard(addr: SocketAddr) -> std::thread::JoinHandle<Reading> {
+    runtime::spawn_executor("wake-echo", None, move || async move {
+        let mut stream = runtime::connect(addr, Duration::from_secs(5))
+            .await
+            .expect("the peer listens");
+        let mut buf = [0u8; 64];
+        for round in 0..WARM_UP + COUNTED {
+            if round == WARM_UP {
+                ALLOCS.store(0, Ordering::Relaxed);
+                Counted::on(true);
+            }
+            let mut got = 0;
+            while got < MESSAGE {
+                let n = stream.read(&mut buf[got..]).await.expect("the peer sends");
+                assert!(n > 0, "the peer closed at round {round}");
+                got += n;
+            }
+            stream
+                .write_all(&buf[..MESSAGE])
+                .await
+                .expect("the peer reads");
+        }
+        Counted::on(false);
+        let allocs = ALLOCS.load(Ordering::Relaxed);
+        let start = Instant::now();
+        runtime::sleep(Duration::from_millis(20)).await;
+        Reading {
+            allocs,
+            slept: start.elapsed(),
+        }
+    })
+    .expect("executor starts")
+}
+
+#[test]
+fn a_shard_woken_by_its_socket_allocates_nothing_per_wake_and_its_timers_still_fire() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let shard = echo_shard(listener.local_addr().expect("address"));
+    let (mut peer, _) = listener.accept().expect("the shard connects");
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut echo = [0u8; MESSAGE];
+    for round in 0..WARM_UP + COUNTED {
+        let message = (round as u64).to_le_bytes();
+        peer.write_all(&message).expect("the shard reads");
+        peer.read_exact(&mut echo)
+            .unwrap_or_else(|e| panic!("round trip {round} got no echo (a lost wake?): {e}"));
+        assert_eq!(echo, message, "round trip {round}");
+    }
+    let reading = shard.join().expect("the shard ran to the end");
+    // Upstream glommio: 2 allocations per round trip (the readiness poll's source and the ring
+    // link's). A few may come from a queue growing; one per 100 round trips is plenty of room.
+    assert!(
+        reading.allocs < (COUNTED / 10) as u64,
+        "{} allocations over {COUNTED} round trips",
+        reading.allocs
+    );
+    assert!(
+        reading.slept < Duration::from_secs(2),
+        "a 20 ms sleep after the echo took {:?}",
+        reading.slept
+    );
+}
