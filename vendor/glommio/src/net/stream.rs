@@ -264,7 +264,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         let no_pending_poll = self
             .source_rx
             .as_ref()
-            .map(|src| src.result().is_some())
+            .map(Source::has_result)
             .unwrap_or(true);
 
         if no_pending_poll {
@@ -319,7 +319,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         let no_pending_poll = self
             .source_tx
             .as_ref()
-            .map(|src| src.result().is_some())
+            .map(Source::has_result)
             .unwrap_or(true);
 
         if no_pending_poll {

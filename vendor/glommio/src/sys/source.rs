@@ -243,6 +243,13 @@ impl Source {
         })
     }
 
+    /// Whether the operation completed, without building its result nor collecting latency
+    /// stats (shardgate patch: asked on every executor loop of the reactor's timers and on
+    /// every read and write poll of a stream, where `result()` built an `io::Result` to drop).
+    pub(crate) fn has_result(&self) -> bool {
+        self.inner.borrow().wakers.result.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

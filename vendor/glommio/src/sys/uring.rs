@@ -578,6 +578,24 @@ where
     None
 }
 
+/// `false` when `ring` has no completion to collect and none kept aside by the kernel (CQ
+/// overflow, which only a peek flushes): the two things liburing's peek looks at before it
+/// finds nothing. Read here, without the two FFI calls of a peek (shardgate patch: the reactor
+/// peeks each of its three rings several times per executor loop, and almost always finds
+/// nothing).
+fn completion_pending(ring: &iou::IoUring) -> bool {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let raw = ring.raw();
+    // SAFETY: the pointers are the ring's mapped head, tail and flags words, valid for as long
+    // as `ring` lives; the kernel writes the tail and flags (read atomically, as liburing does)
+    // and only this thread writes the head.
+    unsafe {
+        let tail = (*(raw.cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
+        let flags = (*(raw.sq.kflags as *const AtomicU32)).load(Ordering::Relaxed);
+        tail != *raw.cq.khead || flags & uring_sys::IORING_SQ_CQ_OVERFLOW != 0
+    }
+}
+
 type SourceMap = FreeList<Pin<Rc<RefCell<InnerSource>>>>;
 pub(crate) type SourceId = Idx<Pin<Rc<RefCell<InnerSource>>>>;
 fn from_user_data(user_data: u64) -> SourceId {
@@ -849,6 +867,9 @@ impl UringCommon for PollRing {
     }
 
     fn consume_one_event(&mut self) -> Option<bool> {
+        if !completion_pending(&self.ring) {
+            return None;
+        }
         let source_map = self.source_map.clone();
         process_one_event(
             self.ring.peek_for_cqe(),
@@ -866,6 +887,11 @@ impl UringCommon for PollRing {
     }
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
+        // shardgate patch: most calls find the queue empty (the cancellation queue nearly
+        // always); they no longer borrow the source map to find that out.
+        if queue.is_empty() {
+            return Some(false);
+        }
         let source_map = &mut *self.source_map.borrow_mut();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
@@ -1190,6 +1216,9 @@ impl UringCommon for SleepableRing {
     }
 
     fn consume_one_event(&mut self) -> Option<bool> {
+        if !completion_pending(&self.ring) {
+            return None;
+        }
         let source_map = self.source_map.clone();
         process_one_event(
             self.ring.peek_for_cqe(),
@@ -1213,6 +1242,11 @@ impl UringCommon for SleepableRing {
     }
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
+        // shardgate patch: most calls find the queue empty (the cancellation queue nearly
+        // always); they no longer borrow the source map to find that out.
+        if queue.is_empty() {
+            return Some(false);
+        }
         let source_map = &mut *self.source_map.borrow_mut();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
@@ -1315,7 +1349,7 @@ macro_rules! flush_rings {
 /// `true` while the timer in `cell` has been submitted and has not completed (shardgate patch).
 fn in_flight(cell: &Cell<Option<Source>>) -> bool {
     let source = cell.take();
-    let pending = source.as_ref().is_some_and(|s| s.result().is_none());
+    let pending = source.as_ref().is_some_and(|s| !s.has_result());
     cell.set(source);
     pending
 }
@@ -1882,15 +1916,17 @@ impl Reactor {
         // timer can only fire earlier than a fresh one: the task queue yields sooner, or the
         // reactor wakes once with no timer due. A preemption timer of `Duration::MAX` means no
         // latency preemption timer at all (`PATCH.md`); a timer kept then is a user timer.
-        let now = Instant::now();
+        // Read the clock only when a deadline is compared or set (most calls do neither).
+        let clock = std::cell::OnceCell::new();
+        let now = || *clock.get_or_init(Instant::now);
         let preempt = preempt_timer();
         let latency_preempt = preempt.filter(|d| *d != Duration::MAX);
         let keep_latency_timer = in_flight(&self.latency_preemption_timeout_src)
             && match (preempt, latency_preempt, self.latency_preemption_deadline.get()) {
                 // No latency preemption: what is in flight is a user timer, kept until it fires.
                 (Some(_), None, _) => true,
-                (Some(_), Some(d), Some(deadline)) => deadline <= now + d,
-                (None, _, Some(deadline)) => user_timer.is_some_and(|d| deadline <= now + d),
+                (Some(_), Some(d), Some(deadline)) => deadline <= now() + d,
+                (None, _, Some(deadline)) => user_timer.is_some_and(|d| deadline <= now() + d),
                 _ => false,
             };
         if !keep_latency_timer {
@@ -1942,7 +1978,7 @@ impl Reactor {
             if let Some(dur) = user_timer.filter(|_| !keep_latency_timer) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                self.latency_preemption_deadline.set(Some(now + dur));
+                self.latency_preemption_deadline.set(Some(now() + dur));
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1974,7 +2010,7 @@ impl Reactor {
             if let Some(preempt) = latency_preempt.filter(|_| !keep_latency_timer) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-                self.latency_preemption_deadline.set(Some(now + preempt));
+                self.latency_preemption_deadline.set(Some(now() + preempt));
             }
             flush_rings!(lat_ring, main_ring)?;
         }
