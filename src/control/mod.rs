@@ -5,14 +5,23 @@
 //! thread owns the usage sink, the stats aggregation and the sticky-state store
 //! ([`StateService`]); it ticks on a timer to flush and roll windows, and drains everything on
 //! shutdown, and judges the accounts' WebSocket health for the automatic rollback
-//! ([`rollback`]). State lookups are answered through the one-shot sender inside the message; a Redis
+//! ([`rollback`]).
+//!
+//! It sleeps until its next tick unless someone needs it sooner: a state lookup a turn waits
+//! for ([`ControlHandle::ask`]), a queue filling up ([`WAKE_AT`]), shutdown. Each wake drains
+//! the whole queue, so the messages of a tick's worth of turns cost one wake-up, and writes
+//! (usage records, state writes) never wake it: a shard's `try_send` to a thread that is not
+//! blocked on the queue makes no syscall. A lookup still sees every write queued before it
+//! (one FIFO queue, drained in order). State lookups are answered through the one-shot sender inside the message; a Redis
 //! call may hold this thread for at most `[state] redis_timeout_ms`, never a shard.
 
 pub mod rollback;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
@@ -28,16 +37,10 @@ use crate::usage::writer::{UsageWriter, UsageWriterError};
 use crate::usage::UsageRecord;
 use rollback::RollbackGuard;
 
-/// How often the control thread drains its queue while messages arrive. It never blocks on the
-/// queue: a blocked receiver would turn every shard `try_send` into a futex wake-up (a syscall on
-/// the shard's per-turn path, two messages per turn) and a context switch here. Polling costs
-/// one wake-up per interval however many messages arrived, at the price of up to this much delay
-/// for a usage record or a state write. A state lookup, which a turn waits for, wakes the thread
-/// at once ([`ControlHandle::ask`]).
-const BUSY_POLL: Duration = Duration::from_millis(5);
-
-/// The longest poll interval once the queue has been empty for a while.
-const IDLE_POLL: Duration = Duration::from_millis(16);
+/// Queue length past which a shard wakes the control thread before its tick: the thread drains
+/// the queue only on its tick or when woken, and this keeps a burst from filling the queue
+/// between two ticks (a shard's `send` checks it; the wake happens once per drain).
+const WAKE_AT: usize = QUEUE_CAPACITY / 8;
 
 /// Capacity of the shard → control queue.
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -70,20 +73,65 @@ pub enum ControlError {
     Stats(#[from] StatsError),
 }
 
+/// Wakes the control thread before its tick, once per drain however many ask: `pending` is set
+/// by the first waker and cleared by the thread before it drains, so a burst of lookups costs
+/// one `unpark` (a syscall) rather than one each.
+struct Waker {
+    /// The control thread, once spawned (nothing can ask before `ControlThread::start`
+    /// returns the handle).
+    thread: OnceLock<std::thread::Thread>,
+    pending: AtomicBool,
+    /// Times the thread woke (ticks, wakes and spurious returns alike), for `control_wakeups`.
+    wakeups: AtomicU64,
+    /// Times it did its periodic work, for `control_ticks`.
+    ticks: AtomicU64,
+}
+
+impl Waker {
+    fn new() -> Self {
+        Waker {
+            thread: OnceLock::new(),
+            pending: AtomicBool::new(false),
+            wakeups: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+        }
+    }
+
+    /// Wakes the thread unless a wake is already pending. Call after queueing the message the
+    /// wake is for: the thread clears `pending` before it drains, so it sees that message.
+    fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+    }
+
+    /// Called by the thread on waking, before it drains the queue.
+    fn woken(&self) {
+        self.pending.store(false, Ordering::Release);
+        self.wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The shards' side of the control queue. Cheap to clone.
 #[derive(Clone)]
 pub struct ControlHandle {
     tx: Sender<ShardMsg>,
     state_stats: Arc<StateStats>,
-    thread: std::thread::Thread,
+    waker: Arc<Waker>,
 }
 
 impl ControlHandle {
     /// Queues `msg` without waiting; `false` when the queue is full or the control thread is
     /// gone (the caller counts the drop in its shard's `control_queue_drops`). The thread picks
-    /// it up on its next poll.
+    /// it up on its next tick, or sooner once the queue holds [`WAKE_AT`] messages.
     pub fn send(&self, msg: ShardMsg) -> bool {
-        self.tx.try_send(msg).is_ok()
+        let queued = self.tx.try_send(msg).is_ok();
+        if queued && self.tx.len() >= WAKE_AT {
+            self.waker.wake();
+        }
+        queued
     }
 
     /// Queues a usage record without waiting; hands it back when the queue is full, for the
@@ -94,16 +142,20 @@ impl ControlHandle {
             .map_err(|e| match e.into_inner() {
                 ShardMsg::Usage(record) => record,
                 _ => unreachable!("try_send hands back the message it was given"),
-            })
+            })?;
+        if self.tx.len() >= WAKE_AT {
+            self.waker.wake();
+        }
+        Ok(())
     }
 
     /// Queues a message someone waits for (a state lookup) and wakes the control thread so it
-    /// is answered now rather than on the next poll. One wake-up (a syscall) per call: for
+    /// is answered now rather than on its tick. At most one wake-up (a syscall) per drain: for
     /// lookups, which are rare, not for the writes every turn makes.
     pub fn ask(&self, msg: ShardMsg) -> bool {
-        let queued = self.send(msg);
+        let queued = self.tx.try_send(msg).is_ok();
         if queued {
-            self.thread.unpark();
+            self.waker.wake();
         }
         queued
     }
@@ -140,7 +192,9 @@ impl ControlThread {
         let state = StateService::open(&config.state)?;
         let state_stats = state.stats();
         let stats = StatsServices::start(s, &aggregator)?;
+        let waker = Arc::new(Waker::new());
         let mut control = Control {
+            waker: waker.clone(),
             usage,
             aggregator,
             state,
@@ -152,10 +206,11 @@ impl ControlThread {
             .name("control".into())
             .spawn(move || control.run(rx, stop_rx))
             .map_err(ControlError::Thread)?;
+        let _ = waker.thread.set(thread.thread().clone());
         let handle = ControlHandle {
             tx,
             state_stats,
-            thread: thread.thread().clone(),
+            waker,
         };
         Ok((
             handle,
@@ -196,6 +251,7 @@ impl Drop for ControlThread {
 }
 
 struct Control {
+    waker: Arc<Waker>,
     usage: UsageWriter,
     aggregator: SharedAggregator,
     state: StateService,
@@ -207,15 +263,11 @@ struct Control {
 impl Control {
     fn run(&mut self, rx: Receiver<ShardMsg>, stop: Receiver<()>) {
         let mut next_tick = Instant::now() + self.tick;
-        let mut poll = BUSY_POLL;
         'serve: loop {
-            let mut drained = 0usize;
+            self.waker.woken();
             loop {
                 match rx.try_recv() {
-                    Ok(msg) => {
-                        self.handle(msg);
-                        drained += 1;
-                    }
+                    Ok(msg) => self.handle(msg),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => break 'serve,
                 }
@@ -225,18 +277,17 @@ impl Control {
             }
             let now = Instant::now();
             if now >= next_tick {
+                self.waker.ticks.fetch_add(1, Ordering::Relaxed);
                 self.usage.tick(now);
                 self.publish(now);
                 self.state.tick(now);
-                next_tick = now + self.tick;
+                // The next tick keeps its cadence (a late wake does not push every later one
+                // back), but never falls due at once again after a long stall.
+                next_tick = (next_tick + self.tick).max(now + self.tick / 2);
             }
-            poll = if drained > 0 {
-                BUSY_POLL
-            } else {
-                (poll * 2).min(IDLE_POLL)
-            };
-            // Woken early by `ControlHandle::ask` (or spuriously): the loop just drains again.
-            std::thread::park_timeout(poll.min(next_tick.saturating_duration_since(now)));
+            // Until the tick, unless woken: by a lookup, a filling queue or shutdown (or
+            // spuriously: the loop just drains again).
+            std::thread::park_timeout(next_tick.saturating_duration_since(Instant::now()));
         }
         // Whatever the shards queued before they stopped is still written.
         while let Ok(msg) = rx.try_recv() {
@@ -254,6 +305,12 @@ impl Control {
         let mut agg = aggregate::lock(&self.aggregator);
         agg.tick(now);
         let mut counters = self.usage.counters();
+        for (name, a) in [
+            ("control_wakeups", &self.waker.wakeups),
+            ("control_ticks", &self.waker.ticks),
+        ] {
+            counters.insert(name.to_string(), a.load(Ordering::Relaxed));
+        }
         for (name, v) in self.state.stats().values() {
             counters.insert(name.to_string(), v);
         }
@@ -288,15 +345,41 @@ mod tests {
         let handle = ControlHandle {
             tx,
             state_stats: Arc::default(),
-            thread: std::thread::current(),
+            waker: Arc::new(Waker::new()),
         };
         let record = |id: &str| Box::new(UsageRecord::sample(id));
         assert!(handle.offer_usage(record("resp_1")).is_ok());
         let back = handle
             .offer_usage(record("resp_2"))
             .expect_err("queue is full");
-        assert_eq!(back.response_id, "resp_2");
-        assert!(matches!(rx.try_recv(), Ok(ShardMsg::Usage(r)) if r.response_id == "resp_1"));
+        assert_eq!(&*back.response_id, "resp_2");
+        assert!(matches!(rx.try_recv(), Ok(ShardMsg::Usage(r)) if &*r.response_id == "resp_1"));
         assert!(handle.offer_usage(back).is_ok());
+    }
+
+    #[test]
+    fn a_filling_queue_wakes_the_control_thread_once() {
+        let (tx, rx) = bounded(QUEUE_CAPACITY);
+        let handle = ControlHandle {
+            tx,
+            state_stats: Arc::default(),
+            waker: Arc::new(Waker::new()),
+        };
+        let waker = &handle.waker;
+        let usage = |i: usize| Box::new(UsageRecord::sample(format!("resp_{i}")));
+        for i in 0..WAKE_AT - 1 {
+            assert!(handle.offer_usage(usage(i)).is_ok());
+        }
+        assert!(!waker.pending.load(Ordering::Acquire), "woken too early");
+        assert!(handle.send(ShardMsg::Usage(usage(WAKE_AT))));
+        assert!(
+            waker.pending.load(Ordering::Acquire),
+            "not woken at WAKE_AT"
+        );
+        // The thread drains after waking: the next wake is for the next burst.
+        waker.woken();
+        while rx.try_recv().is_ok() {}
+        assert!(handle.offer_usage(usage(0)).is_ok());
+        assert!(!waker.pending.load(Ordering::Acquire));
     }
 }
