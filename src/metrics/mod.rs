@@ -6,6 +6,13 @@
 //! takes the buckets the interval recorded ([`Sparse`], reading and clearing only those) and
 //! its counters, and sends them to the control thread, which merges them into totals and a
 //! rolling window.
+//!
+//! A value is first appended to a short buffer ([`RECENT`] values, one hot cache line or two
+//! per write) and reaches its bucket when the buffer is full or the interval is taken. The
+//! buckets of twelve histograms span ~2 MB, so a bucket a turn records into is usually out of
+//! cache by the next turn: recorded one by one, each value waited for its bucket's cache line
+//! (the one hot spot of `record` in the relay's profile); folded 64 at a time, the loads are
+//! independent and overlap.
 
 pub mod accounts;
 pub mod aggregate;
@@ -88,10 +95,28 @@ pub fn new_set() -> Vec<Histogram<u64>> {
     Hist::ALL.iter().map(|_| new_histogram()).collect()
 }
 
+/// Values a shard buffers before they reach their buckets.
+pub const RECENT: usize = 64;
+
+/// One buffered value: `n` occurrences of `us` in histogram `hist`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Recorded {
+    hist: u8,
+    us: u32,
+    n: u32,
+}
+
+/// The values recorded since the last fold, in order.
+struct Recent {
+    len: usize,
+    values: [Recorded; RECENT],
+}
+
 /// One shard's histograms, as this interval's counts. Not `Sync`: only the owning shard
 /// records.
 pub struct ShardMetrics {
     hists: RefCell<Vec<IntervalCounts>>,
+    recent: RefCell<Recent>,
 }
 
 impl Default for ShardMetrics {
@@ -103,6 +128,10 @@ impl Default for ShardMetrics {
                     .map(|_| IntervalCounts::default())
                     .collect(),
             ),
+            recent: RefCell::new(Recent {
+                len: 0,
+                values: [Recorded::default(); RECENT],
+            }),
         }
     }
 }
@@ -110,30 +139,64 @@ impl Default for ShardMetrics {
 impl ShardMetrics {
     /// Records a duration (clamped to 1 µs ..= [`MAX_US`]). No allocation.
     pub fn record(&self, hist: Hist, d: Duration) {
-        self.record_us(hist, d.as_micros().min(u128::from(MAX_US)) as u64);
+        self.record_us(hist, micros(d));
     }
 
     /// Records a value in microseconds (clamped to 1 ..= [`MAX_US`]). No allocation.
     pub fn record_us(&self, hist: Hist, us: u64) {
-        self.hists.borrow_mut()[hist as usize].record_n(us, 1);
+        self.push(hist, us, 1);
     }
 
     /// Records `count` occurrences of one value (a batch of events written together).
     pub fn record_n(&self, hist: Hist, d: Duration, count: u64) {
-        let us = d.as_micros().min(u128::from(MAX_US)) as u64;
-        self.hists.borrow_mut()[hist as usize].record_n(us, count);
+        self.push(hist, micros(d), count);
     }
 
     /// Takes this interval's recorded buckets, indexed like [`Hist::ALL`], and empties the
     /// counts. Costs what the interval recorded: a histogram that recorded nothing is skipped,
     /// one that did has only its used buckets read and cleared.
     pub fn take_interval(&self) -> Vec<Sparse> {
+        self.fold(&mut self.recent.borrow_mut());
         self.hists
             .borrow_mut()
             .iter_mut()
             .map(IntervalCounts::take)
             .collect()
     }
+
+    /// Buffers a value, folding the buffer into the buckets when it is full. A value or count
+    /// too large for the buffer goes straight to its bucket (clamped there).
+    fn push(&self, hist: Hist, us: u64, n: u64) {
+        let (Ok(us32), Ok(n32)) = (u32::try_from(us), u32::try_from(n)) else {
+            self.hists.borrow_mut()[hist as usize].record_n(us, n);
+            return;
+        };
+        let mut recent = self.recent.borrow_mut();
+        let len = recent.len;
+        recent.values[len] = Recorded {
+            hist: hist as u8,
+            us: us32,
+            n: n32,
+        };
+        recent.len = len + 1;
+        if recent.len == RECENT {
+            self.fold(&mut recent);
+        }
+    }
+
+    /// Adds the buffered values to their buckets and empties the buffer.
+    fn fold(&self, recent: &mut Recent) {
+        let mut hists = self.hists.borrow_mut();
+        for r in &recent.values[..recent.len] {
+            hists[usize::from(r.hist)].record_n(u64::from(r.us), u64::from(r.n));
+        }
+        recent.len = 0;
+    }
+}
+
+/// `d` in whole microseconds, clamped to [`MAX_US`].
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(MAX_US)) as u64
 }
 
 /// The buckets one histogram recorded: `(highest equivalent value, count)`. The form in which
@@ -208,6 +271,26 @@ mod tests {
         let second = m.take_interval();
         assert!(second.iter().all(Sparse::is_empty));
         assert_eq!(Hist::from_name("dial_ws"), Some(Hist::DialWs));
+    }
+
+    #[test]
+    fn buffered_values_reach_the_interval_in_full() {
+        let m = ShardMetrics::default();
+        let mut direct = [IntervalCounts::default(), IntervalCounts::default()];
+        // Past several folds, with batches, zero counts and values too large for the buffer.
+        for i in 0..(RECENT as u64 * 3 + 5) {
+            let (us, n) = (i * 977 % 400_000, i % 4);
+            m.record_n(Hist::EventAddedWs, Duration::from_micros(us), n);
+            direct[0].record_n(us, n);
+            m.record_us(Hist::TurnDuration, us * 10_000);
+            direct[1].record_n(us * 10_000, 1);
+        }
+        m.record_n(Hist::EventAddedWs, Duration::from_micros(5), u64::MAX);
+        direct[0].record_n(5, u64::MAX);
+        let took = m.take_interval();
+        assert_eq!(took[Hist::EventAddedWs as usize], direct[0].take());
+        assert_eq!(took[Hist::TurnDuration as usize], direct[1].take());
+        assert!(m.take_interval().iter().all(Sparse::is_empty));
     }
 
     #[test]
