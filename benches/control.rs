@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use shardgate::metrics::{Hist, ShardMetrics};
 use shardgate::protocol::Usage;
 use shardgate::state::embedded::{EmbeddedBackend, EmbeddedStore};
-use shardgate::state::{Binding, Keys, SessionKey, StateStats, StateStore, TurnState};
+use shardgate::state::{Binding, SessionKey, StateStats, StateStore, TurnState};
 use shardgate::usage::file::FileSink;
 use shardgate::usage::spool::Spool;
 use shardgate::usage::writer::UsageWriter;
@@ -37,12 +37,12 @@ fn config() -> Criterion {
 /// A completed Codex-shaped WebSocket turn's record.
 fn record() -> UsageRecord {
     UsageRecord {
-        response_id: "resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e5f6a7b8c9d0e1f2a".to_string(),
+        response_id: "resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e5f6a7b8c9d0e1f2a".into(),
         ts_ms: 1_763_900_000_000,
-        group: "default".to_string(),
-        key_id: "team-a".to_string(),
-        account: "acct-0".to_string(),
-        model: "gpt-5-codex".to_string(),
+        group: "default".into(),
+        key_id: "team-a".into(),
+        account: "acct-0".into(),
+        model: "gpt-5-codex".into(),
         request_type: RequestType::Ws,
         usage: Usage {
             input_tokens: 28411,
@@ -54,8 +54,8 @@ fn record() -> UsageRecord {
         ttft_us: Some(1834),
         duration_us: 5_210_000,
         attempts: 1,
-        status: "completed".to_string(),
-        instance: "gw-1".to_string(),
+        status: "completed".into(),
+        instance: "gw-1".into(),
         shard: 0,
         realtime: None,
     }
@@ -63,7 +63,9 @@ fn record() -> UsageRecord {
 
 /// The control thread taking one usage record into a file sink (`/dev/null`): encoding and
 /// batching, a 256-record write every 256 pushes. The record is cloned per push, as the
-/// shard builds a fresh one per turn; `usage/record_clone` is that clone alone.
+/// shard builds a fresh one per turn; `usage/record_clone` is that clone alone (its names are
+/// shared strings, as `Driver::record_usage` shares them; the turn's one allocation of its
+/// response id, shared with the sticky state, is in `state/turn_cache_and_store`).
 fn usage(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let sink = FileSink::open(std::path::Path::new("/dev/null"), u64::MAX).expect("/dev/null");
@@ -84,10 +86,9 @@ fn usage(c: &mut Criterion) {
 /// (upstream ids never repeat) and sessions cycle, so the stores evict at capacity as a steady
 /// state does.
 fn state(c: &mut Criterion) {
-    let keys = Keys::new("sg");
-    let mut cache = EmbeddedStore::new(keys.clone(), Duration::from_secs(3600), 65_536);
+    let mut cache = EmbeddedStore::new(Duration::from_secs(3600), 65_536);
     let mut store = EmbeddedBackend::new(
-        EmbeddedStore::new(keys, Duration::from_secs(3600), 65_536),
+        EmbeddedStore::new(Duration::from_secs(3600), 65_536),
         Arc::new(StateStats::default()),
     );
     let sessions: Vec<SessionKey> = (0..1024)

@@ -22,7 +22,7 @@ use shardgate::protocol::UpstreamEvent;
 use shardgate::shard::account::AccountRuntime;
 use shardgate::shard::pool::Pool;
 use shardgate::state::embedded::EmbeddedStore;
-use shardgate::state::{Binding, Keys, SessionKey, TurnState};
+use shardgate::state::{Binding, SessionKey, TurnState};
 
 #[path = "alloc_counter.rs"]
 mod alloc_counter;
@@ -137,8 +137,7 @@ fn histograms(c: &mut Criterion) {
 /// last response), and the lookup the next turn on another connection makes. Ids cycle over a
 /// fixed set, as a steady state of sessions does: the cache is warm and holds each key once.
 fn sticky_cache(c: &mut Criterion) {
-    let keys = Keys::new("sg");
-    let mut cache = EmbeddedStore::new(keys, Duration::from_secs(3600), 65_536);
+    let mut cache = EmbeddedStore::new(Duration::from_secs(3600), 65_536);
     let ids: Vec<String> = (0..1024)
         .map(|i| format!("resp_68f0c2a1b3e4819c9d7a5e2f1b{i:06}"))
         .collect();

@@ -21,7 +21,7 @@ use crate::protocol::ClientFrame;
 use crate::runtime;
 use crate::state::embedded::EmbeddedStore;
 use crate::state::service::StateMsg;
-use crate::state::{Binding, Keys, SessionKey, TurnState};
+use crate::state::{Binding, SessionKey, TurnState};
 
 use super::counters::{bump, ShardCounters};
 use super::normalizer::{PairingFacts, Pending};
@@ -151,11 +151,7 @@ impl Sticky {
     ) -> Self {
         Sticky {
             control,
-            cache: RefCell::new(EmbeddedStore::new(
-                Keys::new(&cfg.key_prefix),
-                cfg.ttl,
-                capacity,
-            )),
+            cache: RefCell::new(EmbeddedStore::new(cfg.ttl, capacity)),
             lookup_timeout,
             instance: Arc::from(cfg.instance.as_str()),
             names: RefCell::new(Vec::new()),

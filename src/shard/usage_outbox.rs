@@ -118,14 +118,14 @@ mod tests {
                 return Err(r);
             }
             room -= 1;
-            sent.push(r.response_id);
+            sent.push(r.response_id.to_string());
             Ok(())
         };
         assert_eq!(outbox.submit(record(5), &mut take), Submitted::Held);
         assert_eq!(sent, ["resp_1", "resp_2"]);
 
         let mut open = |r: Box<UsageRecord>| {
-            sent.push(r.response_id);
+            sent.push(r.response_id.to_string());
             Ok(())
         };
         assert_eq!(outbox.flush(&mut open), 0);

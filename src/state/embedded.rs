@@ -5,18 +5,23 @@
 //! one TTL, so write order is expiry order: a FIFO of `(key, expiry)` finds expired entries in
 //! O(1) and, when the store is full, evicts the entry closest to expiring.
 //!
-//! Every write is on a turn's path (twice: the shard's cache, then the control thread's store),
-//! so each map operation hashes its key once (`entry_ref`, `get_key_value_mut`; a new key twice) with a fast
-//! seeded hasher (aHash; keys are built from upstream ids and hashed session ids, and the
-//! seed is random per store), and values share their strings (`Arc<str>`) instead of copying
-//! them.
+//! Every write is on a turn's path (twice: the shard's cache, then the control thread's store).
+//! Keys are structured ([`StoreKey`]: kind, group, response id or hashed session) and share the
+//! turn's strings, so a write builds and allocates no key: a new key costs two reference
+//! counts, where a `{prefix}:{group}:{kind}:{id}` string cost a copy of the id, a key string and
+//! its allocation (the prefix scopes keys only in a store shared between hosts: Redis, whose keys
+//! `Keys` builds). Lookups hash a borrowed form of the key ([`KeyRef`]); each map operation
+//! hashes once (`entry_ref`, `get_key_value_mut`; a new key twice) with a fast seeded hasher
+//! (aHash; the seed is random per store). Values share their strings (`Arc<str>`, the pending
+//! call ids as one `Arc<[String]>`) instead of copying them.
 
 use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hashbrown::hash_map::EntryRef;
-use hashbrown::HashMap;
+use hashbrown::{Equivalent, HashMap};
 
 use super::{add, Binding, Keys, SessionKey, StateStats, StateStore, TurnState};
 
@@ -25,7 +30,7 @@ use super::{add, Binding, Keys, SessionKey, StateStats, StateStore, TurnState};
 enum Value {
     Binding(Binding),
     Text(Arc<str>),
-    Ids(Vec<String>),
+    Ids(Arc<[String]>),
 }
 
 #[derive(Debug)]
@@ -34,36 +39,79 @@ struct Slot {
     expires: Instant,
 }
 
+/// A store key, owned: the group and the response id are the turn's shared strings.
+#[derive(Debug, Clone)]
+enum StoreKey {
+    /// Response → binding.
+    Response(Arc<str>, Arc<str>),
+    /// Response → pending call ids.
+    Pending(Arc<str>, Arc<str>),
+    /// Session → last response id.
+    Session(Arc<str>, SessionKey),
+}
+
+/// A store key, borrowed: what lookups hash and compare. Hashes like the [`StoreKey`] it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyRef<'a> {
+    Response(&'a str, &'a str),
+    Pending(&'a str, &'a str),
+    Session(&'a str, &'a SessionKey),
+}
+
+impl StoreKey {
+    fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            StoreKey::Response(g, id) => KeyRef::Response(g, id),
+            StoreKey::Pending(g, id) => KeyRef::Pending(g, id),
+            StoreKey::Session(g, s) => KeyRef::Session(g, s),
+        }
+    }
+}
+
+impl Hash for StoreKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state);
+    }
+}
+
+impl PartialEq for StoreKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_ref() == other.as_ref()
+    }
+}
+
+impl Eq for StoreKey {}
+
+impl Equivalent<StoreKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &StoreKey) -> bool {
+        *self == key.as_ref()
+    }
+}
+
 /// Bounded in-memory store with a TTL per entry.
 #[derive(Debug)]
 pub struct EmbeddedStore {
-    keys: Keys,
     ttl: Duration,
     capacity: usize,
-    map: HashMap<Arc<str>, Slot, ahash::RandomState>,
+    map: HashMap<StoreKey, Slot, ahash::RandomState>,
     /// Write order; an element is stale when the map holds a later expiry for its key. Shares
-    /// each key with the map (one allocation per written key, not two).
-    order: VecDeque<(Arc<str>, Instant)>,
+    /// each key's strings with the map.
+    order: VecDeque<(StoreKey, Instant)>,
     evictions: u64,
     /// Evictions already handed to the store's counters ([`EmbeddedStore::new_evictions`]).
     evictions_reported: u64,
-    /// Where keys are built for a write or a lookup, reused: a lookup allocates no key, a
-    /// write one (the shared key it keeps).
-    scratch: String,
 }
 
 impl EmbeddedStore {
     /// An empty store holding at most `capacity` entries (at least 1), each for `ttl`.
-    pub fn new(keys: Keys, ttl: Duration, capacity: usize) -> Self {
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
         EmbeddedStore {
-            keys,
             ttl,
             capacity: capacity.max(1),
             map: HashMap::with_hasher(ahash::RandomState::new()),
             order: VecDeque::new(),
             evictions: 0,
             evictions_reported: 0,
-            scratch: String::new(),
         }
     }
 
@@ -89,17 +137,10 @@ impl EmbeddedStore {
         new
     }
 
-    /// [`EmbeddedStore::put_owned_turn_at`] of a turn the caller keeps (the shard's cache, while
-    /// the same turn travels to the control thread): the clone shares the turn's strings and
-    /// copies only its pending call ids, which the store keeps.
+    /// [`StateStore::put_turn`] of a turn the caller keeps (the shard's cache, while the same
+    /// turn travels to the control thread): the store shares the turn's strings and its pending
+    /// call ids, so this copies nothing.
     pub fn put_turn_at(&mut self, turn: &TurnState, now: Instant) {
-        self.put_owned_turn_at(turn.clone(), now);
-    }
-
-    /// [`StateStore::put_turn`] at a given time: the binding, then the pending calls, then the
-    /// session's last response, each moved into the store (the control thread's write of a
-    /// turn it was sent).
-    pub fn put_owned_turn_at(&mut self, turn: TurnState, now: Instant) {
         let TurnState {
             group,
             response_id,
@@ -107,43 +148,57 @@ impl EmbeddedStore {
             session,
             pending,
         } = turn;
-        let mut key = std::mem::take(&mut self.scratch);
-        if self.keys.response_into(&mut key, &group, &response_id) {
-            self.insert(&key, Value::Binding(binding), now);
+        if !Keys::is_id(response_id) {
+            return;
         }
+        self.insert(
+            KeyRef::Response(group, response_id),
+            || StoreKey::Response(group.clone(), response_id.clone()),
+            Value::Binding(binding.clone()),
+            now,
+        );
         if let Some(calls) = pending {
-            if self.keys.pending_into(&mut key, &group, &response_id) {
-                self.insert(&key, Value::Ids(calls), now);
-            }
+            self.insert(
+                KeyRef::Pending(group, response_id),
+                || StoreKey::Pending(group.clone(), response_id.clone()),
+                Value::Ids(calls.clone()),
+                now,
+            );
         }
-        self.scratch = key;
-        if let Some(session) = &session {
-            self.put_session_text_at(&group, session, &response_id, now);
+        if let Some(session) = session {
+            self.insert(
+                KeyRef::Session(group, session),
+                || StoreKey::Session(group.clone(), *session),
+                Value::Text(response_id.clone()),
+                now,
+            );
         }
+    }
+
+    /// [`StateStore::put_turn`] at a given time: the binding, then the pending calls, then the
+    /// session's last response (the control thread's write of a turn it was sent).
+    pub fn put_owned_turn_at(&mut self, turn: TurnState, now: Instant) {
+        self.put_turn_at(&turn, now);
     }
 
     /// Records where `id` lives at a given time.
     pub fn put_binding_at(&mut self, group: &str, id: &str, binding: &Binding, now: Instant) {
-        let mut key = std::mem::take(&mut self.scratch);
-        if self.keys.response_into(&mut key, group, id) {
-            self.insert(&key, Value::Binding(binding.clone()), now);
+        if Keys::is_id(id) {
+            self.insert(
+                KeyRef::Response(group, id),
+                || StoreKey::Response(group.into(), id.into()),
+                Value::Binding(binding.clone()),
+                now,
+            );
         }
-        self.scratch = key;
     }
 
     /// [`StateStore::binding`] at a given time.
     pub fn binding_at(&mut self, group: &str, id: &str, now: Instant) -> Option<Binding> {
-        let mut key = std::mem::take(&mut self.scratch);
-        let found = if self.keys.response_into(&mut key, group, id) {
-            match self.get(&key, now) {
-                Some(Value::Binding(b)) => Some(b.clone()),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        self.scratch = key;
-        found
+        match self.get(KeyRef::Response(group, id), now) {
+            Some(Value::Binding(b)) => Some(b.clone()),
+            _ => None,
+        }
     }
 
     /// Records a session's last response at a given time.
@@ -154,24 +209,14 @@ impl EmbeddedStore {
         id: &str,
         now: Instant,
     ) {
-        self.put_session_text_at(group, session, &Arc::from(id), now);
-    }
-
-    /// [`EmbeddedStore::put_session_last_at`] sharing the id's string.
-    fn put_session_text_at(
-        &mut self,
-        group: &str,
-        session: &SessionKey,
-        id: &Arc<str>,
-        now: Instant,
-    ) {
-        if !Keys::is_id(id) {
-            return;
+        if Keys::is_id(id) {
+            self.insert(
+                KeyRef::Session(group, session),
+                || StoreKey::Session(group.into(), *session),
+                Value::Text(id.into()),
+                now,
+            );
         }
-        let mut key = std::mem::take(&mut self.scratch);
-        self.keys.session_into(&mut key, group, session);
-        self.insert(&key, Value::Text(id.clone()), now);
-        self.scratch = key;
     }
 
     /// [`StateStore::session_last`] at a given time.
@@ -181,38 +226,30 @@ impl EmbeddedStore {
         session: &SessionKey,
         now: Instant,
     ) -> Option<String> {
-        let mut key = std::mem::take(&mut self.scratch);
-        self.keys.session_into(&mut key, group, session);
-        let found = match self.get(&key, now) {
+        match self.get(KeyRef::Session(group, session), now) {
             Some(Value::Text(t)) => Some(t.to_string()),
             _ => None,
-        };
-        self.scratch = key;
-        found
+        }
     }
 
     /// Records the calls `id` left pending at a given time.
     pub fn put_pending_at(&mut self, group: &str, id: &str, call_ids: &[String], now: Instant) {
-        let mut key = std::mem::take(&mut self.scratch);
-        if self.keys.pending_into(&mut key, group, id) {
-            self.insert(&key, Value::Ids(call_ids.to_vec()), now);
+        if Keys::is_id(id) {
+            self.insert(
+                KeyRef::Pending(group, id),
+                || StoreKey::Pending(group.into(), id.into()),
+                Value::Ids(call_ids.into()),
+                now,
+            );
         }
-        self.scratch = key;
     }
 
     /// [`StateStore::pending`] at a given time.
     pub fn pending_at(&mut self, group: &str, id: &str, now: Instant) -> Option<Vec<String>> {
-        let mut key = std::mem::take(&mut self.scratch);
-        let found = if self.keys.pending_into(&mut key, group, id) {
-            match self.get(&key, now) {
-                Some(Value::Ids(ids)) => Some(ids.clone()),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        self.scratch = key;
-        found
+        match self.get(KeyRef::Pending(group, id), now) {
+            Some(Value::Ids(ids)) => Some(ids.to_vec()),
+            _ => None,
+        }
     }
 
     /// Drops every entry that expired by `now`.
@@ -226,8 +263,8 @@ impl EmbeddedStore {
 
     /// Removes `key` if its entry is still the one written with expiry `at` (a queue element
     /// is stale once the key was written again); `true` when it was removed. One hash.
-    fn remove_if_written_at(&mut self, key: &str, at: Instant) -> bool {
-        match self.map.entry_ref(key) {
+    fn remove_if_written_at(&mut self, key: &StoreKey, at: Instant) -> bool {
+        match self.map.entry_ref(&key.as_ref()) {
             EntryRef::Occupied(e) if e.get().expires == at => {
                 e.remove();
                 true
@@ -236,8 +273,8 @@ impl EmbeddedStore {
         }
     }
 
-    fn get(&mut self, key: &str, now: Instant) -> Option<&Value> {
-        match self.map.entry_ref(key) {
+    fn get(&mut self, key: KeyRef<'_>, now: Instant) -> Option<&Value> {
+        match self.map.entry_ref(&key) {
             EntryRef::Occupied(e) if e.get().expires <= now => {
                 e.remove();
                 None
@@ -247,9 +284,16 @@ impl EmbeddedStore {
         }
     }
 
-    fn insert(&mut self, key: &str, value: Value, now: Instant) {
+    /// Writes `value` under `key`; `owned` makes the key the store keeps when it is new.
+    fn insert(
+        &mut self,
+        key: KeyRef<'_>,
+        owned: impl FnOnce() -> StoreKey,
+        value: Value,
+        now: Instant,
+    ) {
         let expires = now + self.ttl;
-        let key = match self.map.get_key_value_mut(key) {
+        let key = match self.map.get_key_value_mut(&key) {
             Some((shared, slot)) => {
                 *slot = Slot { value, expires };
                 shared.clone()
@@ -257,7 +301,7 @@ impl EmbeddedStore {
             None => {
                 self.expire(now);
                 while self.map.len() >= self.capacity && self.evict_oldest() {}
-                let shared: Arc<str> = Arc::from(key);
+                let shared = owned();
                 self.map.insert(shared.clone(), Slot { value, expires });
                 shared
             }
@@ -334,7 +378,7 @@ mod tests {
     }
 
     fn store(capacity: usize) -> EmbeddedStore {
-        EmbeddedStore::new(Keys::new("sg"), Duration::from_secs(60), capacity)
+        EmbeddedStore::new(Duration::from_secs(60), capacity)
     }
 
     #[test]
@@ -370,7 +414,7 @@ mod tests {
                 response_id: "resp_1".into(),
                 binding: binding(3),
                 session: Some(sess),
-                pending: Some(vec!["call_a".into()]),
+                pending: Some(vec!["call_a".into()].into()),
             },
             now,
         );
@@ -410,7 +454,7 @@ mod tests {
             response_id: id.into(),
             binding: binding(conn),
             session: Some(sess),
-            pending,
+            pending: pending.map(Into::into),
         };
         let (mut borrowed, mut owned) = (store(3), store(3));
         for (i, id) in ["r1", "r2", "r3"].into_iter().enumerate() {

@@ -59,8 +59,9 @@ pub struct TurnState {
     /// The client session it is now the last response of, if the client named one.
     pub session: Option<SessionKey>,
     /// The function calls it left waiting for outputs, when it left any (an empty list says
-    /// "nothing pending", which is not the same as "unknown").
-    pub pending: Option<Vec<String>>,
+    /// "nothing pending", which is not the same as "unknown"). Shared: the shard's cache and
+    /// the control thread's store keep the same list.
+    pub pending: Option<Arc<[String]>>,
 }
 
 /// A client session's identity, SHA-256 hashed so raw session ids never reach a store or a log.
@@ -117,7 +118,8 @@ impl fmt::Debug for SessionKey {
     }
 }
 
-/// Builds the group-scoped store keys. One place, so both backends and the shard cache agree.
+/// Builds the group-scoped Redis keys (the in-memory stores key by kind, group and id without
+/// building a string: `embedded::StoreKey`).
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -150,20 +152,19 @@ impl Keys {
         self.pending_into(&mut key, group, id).then_some(key)
     }
 
-    /// [`Keys::response`] written into `out` (cleared first; a reused buffer allocates
-    /// nothing); `false` for an id that is not one.
-    pub fn response_into(&self, out: &mut String, group: &str, id: &str) -> bool {
+    /// [`Keys::response`] written into `out` (cleared first); `false` for an id that is not one.
+    fn response_into(&self, out: &mut String, group: &str, id: &str) -> bool {
         self.scoped_into(out, group, "resp", id)
     }
 
     /// [`Keys::session`] written into `out` (cleared first).
-    pub fn session_into(&self, out: &mut String, group: &str, session: &SessionKey) {
+    fn session_into(&self, out: &mut String, group: &str, session: &SessionKey) {
         self.start(out, group, "sess");
         session.push_hex(out);
     }
 
     /// [`Keys::pending`] written into `out` (cleared first); `false` for an id that is not one.
-    pub fn pending_into(&self, out: &mut String, group: &str, id: &str) -> bool {
+    fn pending_into(&self, out: &mut String, group: &str, id: &str) -> bool {
         self.scoped_into(out, group, "pend", id)
     }
 

@@ -64,15 +64,14 @@ impl StateService {
     /// serves locally until it is back); a malformed URL is.
     pub fn open(cfg: &StateConfig) -> Result<Self, StateError> {
         let stats = Arc::new(StateStats::default());
-        let keys = Keys::new(&cfg.key_prefix);
-        let local = EmbeddedStore::new(keys.clone(), cfg.ttl, STORE_CAPACITY);
+        let local = EmbeddedStore::new(cfg.ttl, STORE_CAPACITY);
         let store: Box<dyn StateStore> = match cfg.backend {
             StateBackend::Embedded => Box::new(EmbeddedBackend::new(local, stats.clone())),
             StateBackend::Redis => {
                 let url = cfg.redis_url.as_ref().ok_or(StateError::MissingRedisUrl)?;
                 Box::new(RedisStore::open(
                     url.expose(),
-                    keys,
+                    Keys::new(&cfg.key_prefix),
                     cfg.ttl,
                     cfg.redis_timeout,
                     local,

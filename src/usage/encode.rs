@@ -186,12 +186,12 @@ mod tests {
         // Every ASCII character, alone and between others, in every string field.
         for c in (0u8..0x80).map(char::from).chain(['é', '\u{2028}', '😀']) {
             let mut rec = UsageRecord::sample(format!("{c}"));
-            rec.group = format!("a{c}b");
-            rec.key_id = format!("{c}{c}");
-            rec.model = format!("m{c}");
-            rec.status = format!("{c}x");
-            rec.instance = c.to_string();
-            rec.account = format!("{c}acct{c}");
+            rec.group = format!("a{c}b").into();
+            rec.key_id = format!("{c}{c}").into();
+            rec.model = format!("m{c}").into();
+            rec.status = format!("{c}x").into();
+            rec.instance = c.to_string().into();
+            rec.account = format!("{c}acct{c}").into();
             recs.push(rec);
         }
         for rec in &recs {

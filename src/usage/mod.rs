@@ -10,6 +10,9 @@ pub mod sink;
 pub mod spool;
 pub mod writer;
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::Usage;
@@ -41,20 +44,25 @@ impl RequestType {
 }
 
 /// One billed turn. Never carries a key: clients are named by group and key id.
+///
+/// Built on a shard for every turn and moved to the control thread, so its names are shared
+/// strings (`Arc<str>`: the session's group and key id, the shard's account and host names, the
+/// response id the sticky state also keeps) and its status a constant where it can be: building
+/// one copies no string. The JSON line it becomes is the same either way (`encode.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
     /// The upstream response id (idempotency key).
-    pub response_id: String,
+    pub response_id: Arc<str>,
     /// Wall-clock time the turn ended, Unix milliseconds.
     pub ts_ms: u64,
     /// Client group.
-    pub group: String,
+    pub group: Arc<str>,
     /// Client key id (the configured name, never the key).
-    pub key_id: String,
+    pub key_id: Arc<str>,
     /// Upstream account id.
-    pub account: String,
+    pub account: Arc<str>,
     /// Model as the client asked for it.
-    pub model: String,
+    pub model: Arc<str>,
     /// How the client made the request.
     pub request_type: RequestType,
     /// Token counts from `response.completed` (zero when the terminal carried none).
@@ -67,9 +75,9 @@ pub struct UsageRecord {
     /// Upstream attempts the request took.
     pub attempts: u32,
     /// Terminal kind: `completed`, `failed`, `incomplete`, `cancelled`.
-    pub status: String,
+    pub status: Cow<'static, str>,
     /// Gateway host that served the turn.
-    pub instance: String,
+    pub instance: Arc<str>,
     /// Shard that served the turn.
     pub shard: usize,
     /// Realtime responses only: the session and the counts by modality.
@@ -99,7 +107,7 @@ pub struct RealtimeUsage {
 #[cfg(test)]
 impl UsageRecord {
     /// A completed WebSocket turn with id `response_id`, for tests.
-    pub(crate) fn sample(response_id: impl Into<String>) -> UsageRecord {
+    pub(crate) fn sample(response_id: impl Into<Arc<str>>) -> UsageRecord {
         UsageRecord {
             response_id: response_id.into(),
             ts_ms: 0,

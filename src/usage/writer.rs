@@ -132,10 +132,10 @@ impl UsageWriter {
         self.stats.records += 1;
         self.stats.attempts += u64::from(rec.attempts);
         self.by_type[rec.request_type as usize] += 1;
-        match self.by_status.get_mut(rec.status.as_str()) {
+        match self.by_status.get_mut(&*rec.status) {
             Some(n) => *n += 1,
             None => {
-                self.by_status.insert(rec.status.clone(), 1);
+                self.by_status.insert(rec.status.to_string(), 1);
             }
         }
         self.pending

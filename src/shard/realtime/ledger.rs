@@ -185,12 +185,12 @@ impl Ledger {
         let response_id = id.unwrap_or_else(|| format!("{}-gw{}", self.session_id, self.records));
         let b = &self.billing;
         let record = UsageRecord {
-            response_id,
+            response_id: response_id.into(),
             ts_ms: runtime::unix_micros() / 1_000,
-            group: b.identity.group.clone(),
-            key_id: b.identity.key_id.clone(),
-            account: b.account.clone(),
-            model: b.model.clone(),
+            group: b.identity.group.as_str().into(),
+            key_id: b.identity.key_id.as_str().into(),
+            account: b.account.as_str().into(),
+            model: b.model.as_str().into(),
             request_type: RequestType::Realtime,
             usage: Usage {
                 input_tokens: tokens.input_tokens,
@@ -202,8 +202,8 @@ impl Ledger {
             ttft_us: None,
             duration_us: started.elapsed().as_micros() as u64,
             attempts: 1,
-            status: status.to_string(),
-            instance: b.instance.clone(),
+            status: status.to_string().into(),
+            instance: b.instance.as_str().into(),
             shard: b.shard,
             realtime: Some(RealtimeUsage {
                 session_id: self.session_id.clone(),
@@ -288,7 +288,7 @@ mod tests {
         let out = out.borrow();
         assert_eq!(out.len(), 1, "no estimated record after a reported one");
         let r = &out[0];
-        assert_eq!(r.response_id, "resp_1");
+        assert_eq!(&*r.response_id, "resp_1");
         assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (3, 4));
         let rt = r.realtime.as_ref().unwrap();
         assert_eq!(rt.session_id, "sess_up");
@@ -309,7 +309,7 @@ mod tests {
         let out = out.borrow();
         assert_eq!(out.len(), 1);
         let r = &out[0];
-        assert_eq!(r.response_id, "resp_2");
+        assert_eq!(&*r.response_id, "resp_2");
         assert_eq!(r.status, "interrupted");
         let rt = r.realtime.as_ref().unwrap();
         assert!(rt.estimated);

@@ -2,6 +2,7 @@
 //! response), whether the session keeps its connection, the turn's counters, log line and usage
 //! record.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use crate::runtime;
 use crate::state::{Binding, TurnState};
 use crate::usage::{RequestType, UsageRecord};
 
+use super::super::auth::ClientIdentity;
 use super::super::counters::{bump, ShardCounters};
 use super::super::pool::Pool;
 use super::super::relay::Settled;
@@ -56,10 +58,39 @@ pub(super) struct Done {
     pub(super) over_http: bool,
 }
 
+/// The names a turn's state and usage record carry that stay the same turn after turn for one
+/// client, shared once per driver: a turn copies none of them.
+pub(super) struct TurnNames {
+    group: Arc<str>,
+    key_id: Arc<str>,
+    /// The model of the last billed turn (a session asks for the same one turn after turn).
+    model: Option<Arc<str>>,
+}
+
+impl TurnNames {
+    /// The names of `identity`'s turns.
+    pub(super) fn new(identity: &ClientIdentity) -> Self {
+        TurnNames {
+            group: Arc::from(identity.group.as_str()),
+            key_id: Arc::from(identity.key_id.as_str()),
+            model: None,
+        }
+    }
+
+    /// `model` as a shared string: the last turn's when it is the same model.
+    fn model(&mut self, model: &str) -> Arc<str> {
+        match &self.model {
+            Some(last) if **last == *model => last.clone(),
+            _ => self.model.insert(Arc::from(model)).clone(),
+        }
+    }
+}
+
 /// What a usage record says besides the turn's [`TurnMeta`].
-pub(super) struct UsageFacts<'a> {
+pub(super) struct UsageFacts {
     pub(super) kind: TerminalKind,
-    pub(super) response_id: Option<&'a str>,
+    /// Shared with the sticky state the turn left (one copy of the id per turn).
+    pub(super) response_id: Option<Arc<str>>,
     pub(super) usage: Option<Usage>,
     pub(super) ttft: Option<Duration>,
     pub(super) duration: Duration,
@@ -87,6 +118,7 @@ impl Driver {
         } = done;
         let pool = meta.pool;
         pool.breaker.on_success(Instant::now());
+        let response_id = response_id.map(Arc::<str>::from);
         if let (Some(id), Some(output)) = (&response_id, &output) {
             // Upstream keeps no store=false response over HTTP: the gateway keeps the context,
             // so the next turn can chain from it on any transport.
@@ -95,7 +127,7 @@ impl Driver {
                 self.shard
                     .warmups
                     .borrow_mut()
-                    .insert(id.clone(), group, ctx);
+                    .insert(id.to_string(), group, ctx);
             }
         }
         if let Some(id) = &response_id {
@@ -135,7 +167,7 @@ impl Driver {
             meta,
             UsageFacts {
                 kind,
-                response_id: response_id.as_deref(),
+                response_id,
                 usage,
                 ttft,
                 duration,
@@ -176,7 +208,7 @@ impl Driver {
             } => {
                 let facts = UsageFacts {
                     kind,
-                    response_id: response_id.as_deref(),
+                    response_id: response_id.map(Arc::from),
                     usage,
                     ttft: None,
                     duration: meta.received.elapsed(),
@@ -208,7 +240,7 @@ impl Driver {
     /// in the shard cache and, through the control thread, the state store.
     pub(super) fn remember(
         &mut self,
-        response_id: &str,
+        response_id: &Arc<str>,
         pool: &Pool,
         connection: u64,
         pending_calls: Option<Vec<String>>,
@@ -218,8 +250,8 @@ impl Driver {
         sticky.remember_turn(
             &shard.counters,
             TurnState {
-                group: sticky.name(&self.identity.group),
-                response_id: Arc::from(response_id),
+                group: self.names.group.clone(),
+                response_id: response_id.clone(),
                 binding: Binding {
                     account: sticky.name(&pool.account.config.id),
                     instance: sticky.instance(),
@@ -227,18 +259,18 @@ impl Driver {
                     connection,
                 },
                 session: self.session,
-                pending: pending_calls,
+                pending: pending_calls.map(Arc::from),
             },
         );
-        self.last = Some(response_id.to_string());
+        self.last = Some(response_id.clone());
         self.last_at = Some((pool.account.index, connection));
     }
 
     /// Sends the turn's usage record to the control thread (never waits; a full queue is counted).
-    pub(super) fn record_usage(&self, meta: &TurnMeta<'_>, f: UsageFacts<'_>) {
+    pub(super) fn record_usage(&mut self, meta: &TurnMeta<'_>, f: UsageFacts) {
         let shard = &self.shard;
         let response_id = match f.response_id {
-            Some(id) => id.to_string(),
+            Some(id) => id,
             None => {
                 shard
                     .counters
@@ -250,22 +282,23 @@ impl Driver {
                     runtime::unix_micros() / 1_000,
                     shard.counters.turns.get()
                 )
+                .into()
             }
         };
         let record = UsageRecord {
             response_id,
             ts_ms: runtime::unix_micros() / 1_000,
-            group: self.identity.group.clone(),
-            key_id: self.identity.key_id.clone(),
-            account: meta.pool.account.config.id.clone(),
-            model: meta.model.to_string(),
+            group: self.names.group.clone(),
+            key_id: self.names.key_id.clone(),
+            account: shard.sticky.name(&meta.pool.account.config.id),
+            model: self.names.model(meta.model),
             request_type: self.request_type,
             usage: f.usage.unwrap_or_default(),
             ttft_us: f.ttft.map(|d| d.as_micros() as u64),
             duration_us: f.duration.as_micros() as u64,
             attempts: meta.attempts,
-            status: f.kind.as_str().to_string(),
-            instance: shard.config.state.instance.clone(),
+            status: Cow::Borrowed(f.kind.as_str()),
+            instance: shard.sticky.instance(),
             shard: shard.id,
             realtime: None,
         };

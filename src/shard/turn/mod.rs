@@ -28,6 +28,7 @@ mod warm;
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_tungstenite::tungstenite::Utf8Bytes;
@@ -53,7 +54,7 @@ use super::retry::backoff;
 use super::sink::{ClientSink, TurnError};
 use super::{scheduler, Shard};
 
-use finish::{failed_after_retry, Done, TurnMeta};
+use finish::{failed_after_retry, Done, TurnMeta, TurnNames};
 
 /// The connection id a binding carries when no pooled WebSocket holds the response (a turn
 /// over HTTP upstream, a warm-up the gateway answered); pooled connection ids start at 1.
@@ -81,8 +82,9 @@ pub struct Driver {
     session: Option<SessionKey>,
     /// Where the session stands in each account's WebSocket canary, fixed for its life.
     canary: CanarySlot,
-    /// The last response this client got: the head of its chain.
-    last: Option<String>,
+    /// The last response this client got: the head of its chain (shared with the sticky state
+    /// and the usage record of the turn that produced it).
+    last: Option<Arc<str>>,
     /// Where `last` was made: account index and connection id.
     last_at: Option<(usize, u64)>,
     /// Where the current turn should run, from its previous response's binding.
@@ -96,6 +98,8 @@ pub struct Driver {
     /// The next turn's frame as the client masked it, when it came as one frame
     /// ([`Driver::set_client_wire`]).
     client_wire: Option<Bytes>,
+    /// The client's names as its turns' state and usage records carry them.
+    names: TurnNames,
 }
 
 /// An account (and maybe one of its connections) a chained turn should run on.
@@ -122,6 +126,7 @@ impl Driver {
             .as_ref()
             .map_or_else(|| shard.next_canary_slot(), CanarySlot::of_session);
         Driver {
+            names: TurnNames::new(&identity),
             shard,
             identity,
             forward,

@@ -2,6 +2,7 @@
 //! answers them itself, and merges the remembered request into a turn chained to one.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_tungstenite::tungstenite::Utf8Bytes;
@@ -66,7 +67,8 @@ impl Driver {
             .warmups
             .borrow_mut()
             .insert(id.clone(), &self.identity.group, frame.clone());
-        self.remember(&id, pool, NO_CONNECTION, None);
+        let shared: Arc<str> = Arc::from(id.as_str());
+        self.remember(&shared, pool, NO_CONNECTION, None);
         for (i, event) in warmup::answer(&id, model).into_iter().enumerate() {
             let et = if i == 0 {
                 "response.created"
@@ -92,7 +94,7 @@ impl Driver {
         };
         let facts = UsageFacts {
             kind: TerminalKind::Completed,
-            response_id: Some(&id),
+            response_id: Some(shared),
             usage: None,
             ttft: Some(duration),
             duration,
