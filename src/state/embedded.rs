@@ -141,44 +141,61 @@ impl EmbeddedStore {
     /// turn travels to the control thread): the store shares the turn's strings and its pending
     /// call ids, so this copies nothing.
     pub fn put_turn_at(&mut self, turn: &TurnState, now: Instant) {
-        let TurnState {
-            group,
-            response_id,
-            binding,
-            session,
-            pending,
-        } = turn;
-        if !Keys::is_id(response_id) {
+        let t = turn;
+        let (binding, pending) = (t.binding.clone(), t.pending.clone());
+        self.put(&t.group, &t.response_id, binding, t.session, pending, now);
+    }
+
+    /// [`StateStore::put_turn`] at a given time, the turn moved in (the control thread's write
+    /// of a turn it was sent): its binding and pending calls are stored as they came.
+    pub fn put_owned_turn_at(&mut self, turn: TurnState, now: Instant) {
+        let t = turn;
+        self.put(
+            &t.group,
+            &t.response_id,
+            t.binding,
+            t.session,
+            t.pending,
+            now,
+        );
+    }
+
+    /// The binding, then the pending calls, then the session's last response, under keys
+    /// sharing `group` and `id`.
+    fn put(
+        &mut self,
+        group: &Arc<str>,
+        id: &Arc<str>,
+        binding: Binding,
+        session: Option<SessionKey>,
+        pending: Option<Arc<[String]>>,
+        now: Instant,
+    ) {
+        if !Keys::is_id(id) {
             return;
         }
         self.insert(
-            KeyRef::Response(group, response_id),
-            || StoreKey::Response(group.clone(), response_id.clone()),
-            Value::Binding(binding.clone()),
+            KeyRef::Response(group, id),
+            || StoreKey::Response(group.clone(), id.clone()),
+            Value::Binding(binding),
             now,
         );
         if let Some(calls) = pending {
             self.insert(
-                KeyRef::Pending(group, response_id),
-                || StoreKey::Pending(group.clone(), response_id.clone()),
-                Value::Ids(calls.clone()),
+                KeyRef::Pending(group, id),
+                || StoreKey::Pending(group.clone(), id.clone()),
+                Value::Ids(calls),
                 now,
             );
         }
         if let Some(session) = session {
             self.insert(
-                KeyRef::Session(group, session),
-                || StoreKey::Session(group.clone(), *session),
-                Value::Text(response_id.clone()),
+                KeyRef::Session(group, &session),
+                || StoreKey::Session(group.clone(), session),
+                Value::Text(id.clone()),
                 now,
             );
         }
-    }
-
-    /// [`StateStore::put_turn`] at a given time: the binding, then the pending calls, then the
-    /// session's last response (the control thread's write of a turn it was sent).
-    pub fn put_owned_turn_at(&mut self, turn: TurnState, now: Instant) {
-        self.put_turn_at(&turn, now);
     }
 
     /// Records where `id` lives at a given time.
