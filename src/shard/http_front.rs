@@ -98,20 +98,21 @@ pub async fn serve(
             return After::Close;
         }
     };
-    add(&shard.counters.bytes_in, body.len() as u64);
+    add(&shard.counters.bytes_in, body.bytes().len() as u64);
     // The body's UTF-8 is checked here, once: the turn takes the frame built from it as text
     // and never checks it again.
-    let Ok(text) = simdutf8::basic::from_utf8(&body) else {
-        return refuse(shard, stream, &not_utf8(&body), keep_alive).await;
+    let body = match body.checked() {
+        Ok(body) => body,
+        Err(body) => return refuse(shard, stream, &not_utf8(body.bytes()), keep_alive).await,
     };
     // Parsed here, on the bytes the client sent (nesting bounded first): the driver's own check
     // reads the frame built from them, whose positions (line, column, excerpt) the client never
     // wrote.
-    let streaming = match ClientFrame::parse_text(text) {
+    let streaming = match ClientFrame::parse_text(body.text()) {
         Ok(parsed) => parsed.stream == Some(true),
         Err(e) => return refuse(shard, stream, &body_error(&e), keep_alive).await,
     };
-    let frame = to_frame(text);
+    let frame = body.into_frame();
     let request_type = if streaming {
         RequestType::Stream
     } else {
@@ -195,6 +196,56 @@ fn body_error(e: &ClientFrameError) -> GatewayError {
     }
 }
 
+/// The frame's start, where a body's own `{` was: `{"type":"response.create",`.
+const CREATE_OPEN: &str = r#"{"type":"response.create","#;
+
+/// Bytes of room a request body is read behind: [`CREATE_OPEN`] less the body's `{`, which its
+/// last byte overwrites. A body that opens an object at its first byte (every client's) then
+/// becomes its `response.create` frame where it was read, instead of being copied once more.
+const FRAME_ROOM: usize = CREATE_OPEN.len() - 1;
+
+/// A request body as read: [`FRAME_ROOM`] bytes of room, then the body.
+struct Body(Vec<u8>);
+
+impl Body {
+    /// The body's bytes (without the room).
+    fn bytes(&self) -> &[u8] {
+        &self.0[FRAME_ROOM..]
+    }
+
+    /// The body as text, when it is UTF-8 (checked once, here); else the body back.
+    fn checked(self) -> Result<TextBody, Body> {
+        if simdutf8::basic::from_utf8(self.bytes()).is_err() {
+            return Err(self);
+        }
+        // SAFETY: the room is ASCII (spaces) and the rest was just checked as UTF-8.
+        Ok(TextBody(unsafe { String::from_utf8_unchecked(self.0) }))
+    }
+}
+
+/// A request body known to be UTF-8, behind its [`FRAME_ROOM`] bytes of room.
+struct TextBody(String);
+
+impl TextBody {
+    /// The body (without the room).
+    fn text(&self) -> &str {
+        &self.0[FRAME_ROOM..]
+    }
+
+    /// The body as a `response.create` frame: made in place when the body opens a non-empty
+    /// object at its first byte, else copied by [`to_frame`].
+    fn into_frame(mut self) -> Utf8Bytes {
+        let body = self.text();
+        let in_place = body.starts_with('{') && !body[1..].trim_ascii_start().starts_with('}');
+        if !in_place {
+            return to_frame(body);
+        }
+        // Same length replaced: nothing after it moves.
+        self.0.replace_range(..=FRAME_ROOM, CREATE_OPEN);
+        Utf8Bytes::from(self.0)
+    }
+}
+
 /// The POST body as a `response.create` frame (the body with a leading `type`): text built from
 /// text, so it needs no second UTF-8 check.
 fn to_frame(body: &str) -> Utf8Bytes {
@@ -214,16 +265,16 @@ fn to_frame(body: &str) -> Utf8Bytes {
 }
 
 /// Reads a request body framed as the head says (`Content-Length` or chunked), up to `limit`
-/// bytes.
+/// bytes, behind [`FRAME_ROOM`] bytes of room.
 async fn read_body(
     stream: &mut ClientStream,
     buf: &mut Vec<u8>,
     head: &RequestHead,
     limit: usize,
-) -> Result<Vec<u8>, BodyError> {
+) -> Result<Body, BodyError> {
     let mut decoder = BodyDecoder::with_limit(head.body, limit as u64)?;
     if decoder.is_done() {
-        return Ok(Vec::new());
+        return Ok(Body(vec![b' '; FRAME_ROOM]));
     }
     // An HTTP/1.0 client does not know 100 (RFC 9110 §10.1.1): it sends its body anyway.
     if !head.http10 && head.header_has_token("expect", "100-continue") {
@@ -233,25 +284,33 @@ async fn read_body(
             .map_err(|_| BodyError::Closed)?;
     }
     let hint = decoder.declared_len().map_or(0, |n| n as usize);
-    let mut body = Vec::with_capacity(hint);
+    let mut body = Vec::with_capacity(FRAME_ROOM + hint);
+    body.resize(FRAME_ROOM, b' ');
     loop {
         let used = decoder.decode(buf, |part| body.extend_from_slice(part))?;
         buf.drain(..used);
         if decoder.is_done() {
-            return Ok(body);
+            return Ok(Body(body));
         }
         fill(stream, buf).await?;
     }
 }
 
+/// Bytes asked of the socket per read of a request body.
+const BODY_CHUNK: usize = 16 * 1024;
+
+/// Reads more of the body into `buf`, straight into it: a chunk array would be part of the
+/// request's future, which is built, moved and boxed for every request (16 KiB copied each
+/// time). Cut short by the body's timeout, `buf` may keep unfilled bytes: the connection then
+/// closes without reading it again.
 async fn fill(stream: &mut ClientStream, buf: &mut Vec<u8>) -> Result<(), BodyError> {
-    let mut chunk = [0u8; 16 * 1024];
-    match stream.read(&mut chunk).await {
+    let filled = buf.len();
+    buf.resize(filled + BODY_CHUNK, 0);
+    let read = stream.read(&mut buf[filled..]).await;
+    buf.truncate(filled + read.as_ref().map_or(0, |n| *n));
+    match read {
         Ok(0) | Err(_) => Err(BodyError::Closed),
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Ok(())
-        }
+        Ok(_) => Ok(()),
     }
 }
 
@@ -269,6 +328,50 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    /// `body` read behind its room, as [`read_body`] gives it.
+    fn read(body: &str) -> TextBody {
+        let mut bytes = vec![b' '; FRAME_ROOM];
+        bytes.extend_from_slice(body.as_bytes());
+        match Body(bytes).checked() {
+            Ok(text) => text,
+            Err(_) => panic!("{body:?} is UTF-8"),
+        }
+    }
+
+    #[test]
+    fn a_body_read_behind_its_room_becomes_the_same_frame_as_a_copy_would() {
+        for body in [
+            r#"{"model":"m"}"#,
+            r#" {"model":"m"}"#,
+            "{ }",
+            "{}",
+            "[1]",
+            "",
+            r#"{"input":"Résumé"}"#,
+            "{\n \"a\":1}",
+        ] {
+            let text = read(body);
+            assert_eq!(text.text(), body);
+            assert_eq!(text.into_frame(), to_frame(body), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn a_body_that_opens_an_object_becomes_its_frame_without_a_copy() {
+        let text = read(r#"{"model":"m"}"#);
+        let at = text.0.as_ptr();
+        let frame = text.into_frame();
+        assert_eq!(frame, r#"{"type":"response.create","model":"m"}"#);
+        assert_eq!(frame.as_str().as_ptr(), at);
+    }
+
+    #[test]
+    fn a_body_not_utf8_is_refused_by_the_check() {
+        let mut bytes = vec![b' '; FRAME_ROOM];
+        bytes.extend_from_slice(b"{\"a\":\"\xe9\"}");
+        assert!(Body(bytes).checked().is_err());
     }
 
     #[test]

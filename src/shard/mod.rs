@@ -5,6 +5,7 @@
 //! it is `Rc`/`Cell` state touched only by the shard's own thread: no locks on the per-frame path.
 
 pub mod account;
+pub mod armed_timer;
 pub mod auth;
 pub mod breaker;
 pub mod canary;

@@ -31,6 +31,7 @@ use crate::protocol::redact::redact_secrets;
 use crate::protocol::{ClientFrame, EventKind, TerminalKind, UpstreamEvent, Usage};
 use crate::runtime;
 
+use super::armed_timer::ArmedTimer;
 use super::counters::{bump, ShardCounters};
 use super::cut_through::{CutThrough, Frame, Pending, Read};
 use super::failure::{Failure, FailureClass};
@@ -432,7 +433,12 @@ pub async fn relay<S: ClientSink>(
     let mut relayed = false;
     let mut first_event_at: Option<Instant> = None;
     let mut last_activity = Instant::now();
-    let mut timer = Box::pin(runtime::sleep(event_timeout));
+    // On the stack, not boxed: re-armed in place (`set`) when it fires before the silence has
+    // lasted `event_timeout`. Not polled again per batch while armed (`ArmedTimer`).
+    let mut timer = std::pin::pin!(ArmedTimer::new(
+        event_timeout,
+        runtime::sleep(event_timeout)
+    ));
     loop {
         enum Next {
             Up(Item),
@@ -594,7 +600,8 @@ pub async fn relay<S: ClientSink>(
                         failure: Failure::silent(event_timeout),
                     };
                 }
-                timer = Box::pin(runtime::sleep(event_timeout - idle));
+                let left = event_timeout - idle;
+                timer.set(ArmedTimer::new(left, runtime::sleep(left)));
             }
         }
     }

@@ -217,10 +217,16 @@ impl ClientSink for WsSink<'_> {
 /// Most bytes of a pipelined next request kept while a response is in flight.
 const MAX_PIPELINED: usize = 64 * 1024;
 
+/// Bytes a watch of an HTTP client reads at a time. Small on purpose: the relay builds this
+/// watch anew for every batch of events, and its chunk is part of the future it builds and moves
+/// (a 4 KiB chunk made every relay iteration zero and copy 4 KiB). A client sends nothing while
+/// its response streams, except rarely a pipelined next request, which is read in more reads.
+const WATCH_CHUNK: usize = 256;
+
 /// Watches an HTTP client while its request runs: end of stream (or a socket error) means it
 /// left, so the turn stops at once. Bytes of a pipelined next request are kept in `inbuf`.
 async fn watch_client(stream: &mut ClientStream, inbuf: &mut Vec<u8>) -> ClientSignal {
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; WATCH_CHUNK];
     while inbuf.len() < MAX_PIPELINED {
         match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => return ClientSignal::Gone,
@@ -255,8 +261,19 @@ pub struct SseSink<'a> {
 
 /// Room kept in front of the pending records for the response head and the chunk header.
 const CHUNK_ROOM: usize = 192;
+/// Record bytes a response's pending batch has room for from the start: a turn's batches (a
+/// few deltas, a `response.completed` of a few KiB) then fit without the buffer growing, and
+/// copying itself, several times per request as it did from a bare [`CHUNK_ROOM`].
+const BATCH_ROOM: usize = 16 * 1024;
 /// Pending SSE bytes past which a batch is written before its last event.
 const SSE_FLUSH_AT: usize = 64 * 1024;
+
+/// An empty pending batch: [`CHUNK_ROOM`] bytes of room, then [`BATCH_ROOM`] for records.
+fn batch_buffer() -> Vec<u8> {
+    let mut pending = Vec::with_capacity(CHUNK_ROOM + BATCH_ROOM);
+    pending.resize(CHUNK_ROOM, 0);
+    pending
+}
 
 impl SseSink<'_> {
     /// A sink answering on `stream` (`inbuf` keeps a pipelined next request's bytes).
@@ -271,7 +288,7 @@ impl SseSink<'_> {
             stream,
             inbuf,
             counters,
-            pending: vec![0; CHUNK_ROOM],
+            pending: batch_buffer(),
             started: false,
             answered: false,
             keep_alive,
@@ -318,7 +335,7 @@ impl SseSink<'_> {
         self.pending.truncate(CHUNK_ROOM);
         if self.pending.capacity() > 4 * SSE_FLUSH_AT {
             // A huge event grew the buffer: give it back rather than keep it for the stream.
-            self.pending = vec![0; CHUNK_ROOM];
+            self.pending = batch_buffer();
         }
         written.map_err(|_| Gone)?;
         self.stream.flush().await.map_err(|_| Gone)
