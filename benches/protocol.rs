@@ -321,6 +321,20 @@ fn sse(c: &mut Criterion) {
     write_event(&mut out, "response.output_text.delta", DELTA_EVENT);
     assert!(out.starts_with(b"event: response.output_text.delta\ndata: {"));
     assert!(out.ends_with(b"}\n\n"));
+    // A ~2 KB `response.completed`: the framing looks for line breaks in the whole event.
+    let name = "sse/write_event_completed";
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            out.clear();
+            write_event(&mut out, "response.completed", black_box(COMPLETED_EVENT));
+            out.len()
+        })
+    });
+    report_allocs(name, || {
+        out.clear();
+        write_event(&mut out, "response.completed", black_box(COMPLETED_EVENT));
+        out.len()
+    });
     let name = "sse/write_event_delta";
     c.bench_function(name, |b| {
         b.iter(|| {

@@ -739,6 +739,39 @@ fn turn_check(c: &mut Criterion) {
     report_allocs(name, check_alone);
 }
 
+/// The relay's silence timer, polled once per batch of events while it waits: a glommio sleep
+/// polled as it is (the timer takes itself out of the reactor's timer map and puts itself back
+/// on every poll), and the same sleep under `ArmedTimer` (one clock read once armed).
+fn silence_timer(c: &mut Criterion) {
+    use shardgate::shard::armed_timer::ArmedTimer;
+    use std::future::Future;
+    use std::task::Context;
+
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(64 * 1024)
+        .make()
+        .expect("executor starts");
+    executor.run(async {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let hour = Duration::from_secs(3600);
+        let mut sleep = std::pin::pin!(shardgate::runtime::sleep(hour));
+        let mut poll_sleep = || sleep.as_mut().poll(&mut cx).is_pending();
+        assert!(poll_sleep());
+        let name = "relay/silence_timer_poll_glommio";
+        c.bench_function(name, |b| b.iter(&mut poll_sleep));
+        report_allocs(name, &mut poll_sleep);
+
+        let mut cx = Context::from_waker(&waker);
+        let mut armed = std::pin::pin!(ArmedTimer::new(hour, shardgate::runtime::sleep(hour)));
+        let mut poll_armed = || armed.as_mut().poll(&mut cx).is_pending();
+        assert!(poll_armed());
+        let name = "relay/silence_timer_poll_armed";
+        c.bench_function(name, |b| b.iter(&mut poll_armed));
+        report_allocs(name, &mut poll_armed);
+    });
+}
+
 /// The labeled counters a turn bumps (`affinity`, `terminal`, `normalizer`, a dial by account),
 /// on a shard whose counters already hold the families and labels a running gateway has.
 fn labeled_counters(c: &mut Criterion) {
@@ -789,6 +822,6 @@ fn labeled_counters(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = pool, histograms, sticky_cache, relay, client_frame, client_read, client_watch, turn_check, labeled_counters
+    targets = pool, silence_timer, histograms, sticky_cache, relay, client_frame, client_read, client_watch, turn_check, labeled_counters
 }
 criterion_main!(benches);
