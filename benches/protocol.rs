@@ -314,6 +314,36 @@ fn sse_stream(deltas: usize) -> Vec<u8> {
     wire
 }
 
+/// A Codex-shaped `POST /v1/responses` head (the headers Codex sends), as the front door reads it.
+const CODEX_POST_HEAD: &[u8] = b"POST /v1/responses HTTP/1.1\r\n\
+host: gateway.internal:8443\r\n\
+authorization: Bearer sk-gw-0123456789abcdef0123456789abcdef\r\n\
+content-type: application/json\r\n\
+accept: text/event-stream\r\n\
+content-length: 30000\r\n\
+openai-beta: responses=experimental\r\n\
+session-id: 0199f3c2-7d1e-7a40-b8f5-3c9a2e6d1f07\r\n\
+conversation_id: 0199f3c2-7d1e-7a40-b8f5-3c9a2e6d1f07\r\n\
+originator: codex_cli_rs\r\n\
+user-agent: codex_cli_rs/0.46.0 (Ubuntu 24.4.0; x86_64) xterm-256color\r\n\
+x-codex-turn-metadata: {\"turn\":7}\r\n\
+x-client-request-id: 5f0c2a1b-3e48-49c9-d7a5-e2f1b0c3d4e5\r\n\
+accept-encoding: identity\r\n\
+connection: keep-alive\r\n\r\n";
+
+fn http_head(c: &mut Criterion) {
+    use shardgate::protocol::http1::parse_request;
+
+    let (head, used) = parse_request(CODEX_POST_HEAD)
+        .expect("a valid head")
+        .expect("a whole head");
+    assert_eq!((used, head.headers.len()), (CODEX_POST_HEAD.len(), 14));
+    let name = "http/parse_request_codex_post";
+    let parse = || parse_request(black_box(CODEX_POST_HEAD)).is_ok();
+    c.bench_function(name, |b| b.iter(parse));
+    report_allocs(name, parse);
+}
+
 fn sse(c: &mut Criterion) {
     // Framing one delta for an SSE client, into a buffer reused across events (as a writer
     // that flushes and clears its buffer would).
@@ -456,6 +486,6 @@ fn judge_event(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = client_frame, upstream_event, judge_event, normalizer, sse
+    targets = client_frame, upstream_event, judge_event, normalizer, sse, http_head
 }
 criterion_main!(benches);
