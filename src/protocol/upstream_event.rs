@@ -6,7 +6,9 @@
 //! Nesting: sonic-rs recurses over nested values, so every frame that a parser reads past its
 //! `type` has its depth bounded first ([`check_depth`]). Deltas, most of a turn's events, are
 //! never read past `type`, and the field walk that finds it does not recurse, so they are not
-//! scanned a second time.
+//! scanned a second time; nor are `response.created` and `response.in_progress`, which only
+//! field walks read (the model mapping, the response id) unless the walk hands over to the
+//! parser, which checks first.
 
 use std::borrow::Cow;
 
@@ -142,11 +144,13 @@ impl<'a> UpstreamEvent<'a> {
         Ok(event)
     }
 
-    /// `true` for the events whose bytes are read past `type` (by sonic-rs, or by the model
-    /// mapping): the lifecycle events that carry the `response` object and `error` events.
-    /// [`UpstreamEvent::classify`] bounds their nesting; the readers below read nothing else.
+    /// `true` for the events a parser reads past `type`: terminal events (id, usage, output,
+    /// pending calls) and `error` events. [`UpstreamEvent::classify`] bounds their nesting; the
+    /// readers below read nothing else. `response.created` and `response.in_progress` are read
+    /// past `type` only by the model mapping's field walk, which does not recurse, so they are
+    /// not scanned for depth (a third of a turn's bytes on short turns).
     pub fn is_read(&self) -> bool {
-        self.carries_response() || self.kind == EventKind::Error
+        matches!(self.kind, EventKind::Terminal(_) | EventKind::Error)
     }
 
     /// `true` for lifecycle events that carry the `response` object (and so its `model`).
@@ -155,18 +159,22 @@ impl<'a> UpstreamEvent<'a> {
             || self.event_type == "response.in_progress"
     }
 
-    /// `response.id` (or the top-level `id`) of an event that is read ([`UpstreamEvent::is_read`];
-    /// `None` for others), borrowed from the frame when it has no escapes. Read by walking into
+    /// `response.id` (or the top-level `id`) of a lifecycle, terminal or `error` event (`None`
+    /// for others), borrowed from the frame when it has no escapes. Read by walking into
     /// the `response` object to its `id` (upstream's first key there) when that is a plain
     /// string; anything else (no `response`, no or an escaped `id`, escaped keys on the way) is
     /// left to one keyed lookup by the parser, as before the walk.
     pub fn response_id(&self) -> Option<Cow<'a, str>> {
-        if !self.is_read() {
+        if !self.is_read() && !self.carries_response() {
             return None;
         }
         let walked = self.walked_response_field(b"id").and_then(plain_str);
         if let Some(id) = walked {
             return Some(Cow::Borrowed(id));
+        }
+        // A lifecycle event's nesting was not bounded by `classify`: it is before the parser.
+        if !self.is_read() && check_depth(self.raw, MAX_JSON_DEPTH).is_err() {
+            return None;
         }
         let id = sonic_rs::get_from_slice(self.raw, ["response", "id"])
             .or_else(|_| sonic_rs::get_from_slice(self.raw, ["id"]))
@@ -416,8 +424,6 @@ mod tests {
     #[test]
     fn events_read_past_their_type_are_refused_when_too_deep() {
         for t in [
-            "response.created",
-            "response.in_progress",
             "response.completed",
             "response.failed",
             "response.incomplete",
@@ -447,6 +453,19 @@ mod tests {
         assert_eq!(ev.response_id(), None);
         assert_eq!(ev.usage(), None);
         assert_eq!(ev.error(), None);
+        for lifecycle in ["response.created", "response.in_progress"] {
+            let raw = deep_event(lifecycle, 100_000);
+            let ev = UpstreamEvent::classify(raw.as_bytes()).unwrap();
+            assert!(ev.carries_response() && !ev.is_read(), "{lifecycle}");
+            assert_eq!(ev.response_id().as_deref(), Some("resp_1"), "walked to");
+            let escaped_id = raw.replace(r#""id":"resp_1""#, r#""id":"resp\u005f1""#);
+            let ev = UpstreamEvent::classify(escaped_id.as_bytes()).unwrap();
+            assert_eq!(
+                ev.response_id(),
+                None,
+                "too deep for the parser the walk hands over to"
+            );
+        }
         let other = deep_event("rate_limits.updated", 100_000);
         let ev = UpstreamEvent::classify(other.as_bytes()).unwrap();
         assert_eq!((ev.kind, ev.is_read()), (EventKind::Other, false));

@@ -271,6 +271,25 @@ mod tests {
     }
 
     #[test]
+    fn a_deeply_nested_lifecycle_event_is_mapped_back_without_recursing() {
+        let rw = Rewrite::ModelMapped {
+            client_model: "gpt-5".into(),
+            upstream_model: "gpt-5-2026".into(),
+        };
+        let deep = |model: &str| {
+            format!(
+                r#"{{"type":"response.created","response":{{"id":"r","output":{}1{},"model":"{model}"}}}}"#,
+                "[".repeat(200_000),
+                "]".repeat(200_000)
+            )
+        };
+        assert_eq!(
+            map_back(deep("gpt-5-2026").as_bytes(), &rw).unwrap(),
+            deep("gpt-5").into_bytes()
+        );
+    }
+
+    #[test]
     fn map_back_reads_the_structure_not_the_bytes() {
         let rw = Rewrite::ModelMapped {
             client_model: "gpt-5".into(),
