@@ -198,6 +198,36 @@ pub async fn sleep(dur: Duration) {
     glommio::timer::sleep(dur).await
 }
 
+/// A timer on the current shard's timer wheel that is set again ([`Timer::reset`]) rather than
+/// built anew: a task that waits under a deadline over and over (a session between frames)
+/// keeps one timer instead of allocating and registering one per wait. Fires (`Ready`) once
+/// its instant has come; polled before, it registers the polling task's waker.
+pub struct Timer(glommio::timer::Timer);
+
+impl Timer {
+    /// A timer for `after` from now. Must run on a shard's executor.
+    pub fn new(after: Duration) -> Self {
+        Timer(glommio::timer::Timer::new(after))
+    }
+
+    /// Sets the timer to fire `after` from now; a registered waker stays registered (for the
+    /// new instant).
+    pub fn reset(&mut self, after: Duration) {
+        self.0.reset(after);
+    }
+}
+
+impl Future for Timer {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
 /// Runs blocking work (DNS resolution) on the executor's helper thread, off the shard.
 pub async fn blocking<F, R>(f: F) -> R
 where

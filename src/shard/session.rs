@@ -32,6 +32,7 @@ use crate::protocol::ClientFrame;
 use crate::runtime;
 use crate::usage::RequestType;
 
+use super::armed_timer::Deadline;
 use super::auth::ClientIdentity;
 use super::client_close::{close_after_error, close_client, CloseReason};
 use super::client_deadline::WriteDeadline;
@@ -81,6 +82,17 @@ pub struct Session {
     waiting_since: Instant,
     /// The key table generation its key was last checked against (see [`Session::key_holds`]).
     keys_seen: u64,
+    /// The one timer every wait of the session runs under, set again for each wait (a timer
+    /// per frame was an allocation and a timer-map insert and removal per client message).
+    deadline: SessionDeadline,
+}
+
+/// The deadline a session's waits run under.
+type SessionDeadline = Deadline<runtime::Timer>;
+
+/// A session's deadline, built on its shard.
+fn session_deadline() -> SessionDeadline {
+    Deadline::new(runtime::Timer::new(Duration::ZERO))
 }
 
 /// What a session waits for, and for how long.
@@ -129,30 +141,34 @@ enum Woke {
     Draining,
 }
 
-/// Drops `client`'s WebSocket and waits up to `wait` for the client's next bytes on the bare
-/// socket, then builds a fresh WebSocket that reads them again. A session waiting so holds no
+/// Drops `client`'s WebSocket and waits until `deadline` (already set) for the client's next
+/// bytes on the bare socket, then builds a fresh WebSocket that reads them again. A session waiting so holds no
 /// WebSocket read buffer: tungstenite fills its 16 KiB chunk as it allocates it, so a buffer
 /// built before the bytes arrive is resident all along (~16 KiB of RSS per idle session).
-async fn bare_wait(shard: &Shard, client: ClientWs, wait: Duration) -> (ClientWs, Woke) {
+async fn bare_wait(
+    shard: &Shard,
+    client: ClientWs,
+    deadline: &mut SessionDeadline,
+) -> (ClientWs, Woke) {
     let mut stream = client.into_inner();
     let woke = if stream.holds_unread() {
         Woke::Bytes
     } else {
-        wait_for_bytes(shard, stream.get_mut(), wait).await
+        wait_for_bytes(shard, stream.get_mut(), deadline).await
     };
     (ws_over(shard, stream).await, woke)
 }
 
-/// Waits up to `wait` for the client's next bytes on the bare stream, and puts what it read
-/// back in front of the stream.
+/// Waits until `deadline` for the client's next bytes on the bare stream, and puts what it
+/// read back in front of the stream.
 async fn wait_for_bytes(
     shard: &Shard,
     stream: &mut PrefixedStream<ClientStream>,
-    wait: Duration,
+    deadline: &mut SessionDeadline,
 ) -> Woke {
     let mut first = [0u8; 16];
     let read = futures_lite::future::or(
-        async { Some(runtime::timeout(wait, stream.read(&mut first)).await) },
+        async { Some(within(deadline, stream.read(&mut first)).await) },
         async {
             shard.drain.started().await;
             None
@@ -168,6 +184,17 @@ async fn wait_for_bytes(
             Woke::Bytes
         }
     }
+}
+
+/// Runs `fut` until `deadline`; `None` when the deadline came first.
+fn within<'a, F: std::future::Future + 'a>(
+    deadline: &'a mut SessionDeadline,
+    fut: F,
+) -> impl std::future::Future<Output = Option<F::Output>> + 'a {
+    futures_lite::future::or(futures_util::FutureExt::map(fut, Some), async move {
+        deadline.wait().await;
+        None
+    })
 }
 
 /// How serving ended.
@@ -232,6 +259,7 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
         wait: Wait::First,
         waiting_since: Instant::now(),
         keys_seen,
+        deadline: session_deadline(),
     };
     session.run().await;
     shard.close_session(&key_id);
@@ -251,6 +279,7 @@ impl Session {
             handed_in: false,
             wait: Wait::First,
             waiting_since: Instant::now(),
+            deadline: session_deadline(),
         }
     }
 
@@ -265,8 +294,9 @@ impl Session {
     pub async fn run(mut self) {
         if !self.handed_in {
             // Until its first frame, too, a session waits on the bare socket.
-            let wait = self.left(self.shard.config.server.first_message_timeout);
-            let (client, woke) = Box::pin(bare_wait(&self.shard, self.client, wait)).await;
+            self.wait_until(self.shard.config.server.first_message_timeout);
+            let (client, woke) =
+                Box::pin(bare_wait(&self.shard, self.client, &mut self.deadline)).await;
             self.client = client;
             if !self.woken(woke, CloseReason::FirstMessageTimeout).await {
                 return;
@@ -285,12 +315,12 @@ impl Session {
                     }
                     Box::pin(self.driver.rest()).await;
                     bump(&self.shard.counters.sessions_rested);
-                    let idle = self.left(self.shard.config.server.idle_timeout);
+                    self.wait_until(self.shard.config.server.idle_timeout);
                     // The connection held between turns is kept alive while the session rests.
                     // One expression: a future bound to a local first would keep a slot in
                     // the session task's state across the await.
                     let (client, woke) = Box::pin(futures_lite::future::or(
-                        bare_wait(&self.shard, self.client, idle),
+                        bare_wait(&self.shard, self.client, &mut self.deadline),
                         keepalive::or_forever(self.driver.keep_alive()),
                     ))
                     .await;
@@ -336,7 +366,12 @@ impl Session {
             self.handed_in = true;
             return Err(Box::new(self));
         };
-        let Session { client, driver, .. } = self;
+        let Session {
+            client,
+            driver,
+            deadline,
+            ..
+        } = self;
         let meta = HandedSession {
             identity: driver.identity().clone(),
             forward: driver.forward().to_vec(),
@@ -379,6 +414,7 @@ impl Session {
             tls,
             wait: Wait::First,
             waiting_since: Instant::now(),
+            deadline,
         }))
     }
 
@@ -407,7 +443,7 @@ impl Session {
         loop {
             let first = matches!(self.wait, Wait::First);
             let frame = match self.wait {
-                Wait::First => match self.read_frame(self.left(first_wait)).await {
+                Wait::First => match self.read_frame(first_wait).await {
                     Next::Frame(f) => f,
                     Next::TimedOut => {
                         self.close(CloseReason::FirstMessageTimeout).await;
@@ -415,7 +451,7 @@ impl Session {
                     }
                     Next::Over => return Served::Closed,
                 },
-                Wait::AfterTurn => match self.read_frame(self.left(rest)).await {
+                Wait::AfterTurn => match self.read_frame(rest).await {
                     Next::Frame(f) => f,
                     Next::TimedOut => {
                         self.wait = Wait::Idle;
@@ -429,7 +465,7 @@ impl Session {
                     }
                     Next::Over => return Served::Closed,
                 },
-                Wait::Idle => match self.read_frame(self.left(idle_wait)).await {
+                Wait::Idle => match self.read_frame(idle_wait).await {
                     Next::Frame(f) => f,
                     Next::TimedOut => {
                         self.close(CloseReason::IdleTimeout).await;
@@ -483,9 +519,9 @@ impl Session {
         }
     }
 
-    /// What is left of a wait of `timeout` counted from [`Session::waiting_since`].
-    fn left(&self, timeout: Duration) -> Duration {
-        timeout.saturating_sub(self.waiting_since.elapsed())
+    /// Sets the session's deadline to `timeout` after [`Session::waiting_since`] (no clock read).
+    fn wait_until(&mut self, timeout: Duration) {
+        self.deadline.set(self.waiting_since + timeout);
     }
 
     /// Ends the session with the close `reason` calls for.
@@ -493,25 +529,24 @@ impl Session {
         close_client(&mut self.client, &self.shard.counters, reason).await;
     }
 
-    /// The client's next text frame within `wait`. A close is echoed, a binary message refused
+    /// The client's next text frame within `timeout` of [`Session::waiting_since`]. A close is echoed, a binary message refused
     /// (1003) and a protocol violation closed with its code (1002, 1007, 1009).
     ///
     /// At a message edge the frame is read raw ([`client_read`]): when it is one masked text
     /// frame, the driver gets its bytes as they came (it may go upstream without re-masking).
     /// Anything else goes to tungstenite, which reads it from its first byte. The message has
-    /// `wait` to arrive, control frames before it (a ping, a pong) included: a client that only
+    /// until then to arrive, control frames before it (a ping, a pong) included: a client that only
     /// pings is timed out like one that sends nothing.
-    async fn read_frame(&mut self, wait: Duration) -> Next {
+    async fn read_frame(&mut self, timeout: Duration) -> Next {
         let shard = self.shard.clone();
         let limit = u64::try_from(shard.config.server.max_message_bytes).unwrap_or(u64::MAX);
-        let deadline = Instant::now() + wait;
+        self.wait_until(timeout);
         loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let client = &mut self.client;
+            let (client, deadline) = (&mut self.client, &mut self.deadline);
             let read = futures_lite::future::or(
                 async {
                     Some(
-                        runtime::timeout(wait, async {
+                        within(deadline, async {
                             match client_read::read_text_frame(client.get_mut(), limit).await {
                                 RawRead::Frame(f) => Read::Frame(f),
                                 RawRead::Gone => Read::Gone,
