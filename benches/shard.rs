@@ -772,6 +772,78 @@ fn silence_timer(c: &mut Criterion) {
     });
 }
 
+/// A future that is pending at its first poll and ready at its second: a client frame that
+/// arrives after the session began waiting for it.
+struct ArrivesSecond(bool);
+
+impl std::future::Future for ArrivesSecond {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+/// One wait of a session for its client's next frame, from the end of a turn (`waiting_since`
+/// read) to the frame: polled once before the frame arrives and once when it did, then torn
+/// down. Before: what is left of the wait worked out from the clock (three reads) and a glommio
+/// timer built for it under `runtime::timeout` (an allocation, a timer-map insert on the first
+/// poll, a removal on drop). After: the session's one `Deadline` set to `waiting_since +
+/// timeout` (moved later: the registered timer is left alone).
+fn frame_wait(c: &mut Criterion) {
+    use shardgate::shard::armed_timer::Deadline;
+    use std::future::Future;
+    use std::task::Context;
+
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(64 * 1024)
+        .make()
+        .expect("executor starts");
+    executor.run(async {
+        let waker = futures_util::task::noop_waker();
+        let timeout = Duration::from_secs(300);
+        let mut cx = Context::from_waker(&waker);
+        let mut timer_per_frame = || {
+            let waiting_since = Instant::now();
+            let deadline = Instant::now() + timeout.saturating_sub(waiting_since.elapsed());
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let mut read = std::pin::pin!(shardgate::runtime::timeout(wait, ArrivesSecond(false)));
+            assert!(read.as_mut().poll(&mut cx).is_pending());
+            read.as_mut().poll(&mut cx).is_ready()
+        };
+        assert!(timer_per_frame());
+        let name = "session/frame_wait_timer_per_frame";
+        c.bench_function(name, |b| b.iter(&mut timer_per_frame));
+        report_allocs(name, &mut timer_per_frame);
+
+        let mut cx = Context::from_waker(&waker);
+        let mut deadline = Deadline::new(shardgate::runtime::Timer::new(Duration::ZERO));
+        let mut one_timer = || {
+            let waiting_since = Instant::now();
+            deadline.set(waiting_since + timeout);
+            let mut read = std::pin::pin!(futures_lite::future::or(
+                futures_util::FutureExt::map(ArrivesSecond(false), Some),
+                async {
+                    deadline.wait().await;
+                    None
+                }
+            ));
+            assert!(read.as_mut().poll(&mut cx).is_pending());
+            matches!(read.as_mut().poll(&mut cx), std::task::Poll::Ready(Some(())))
+        };
+        assert!(one_timer());
+        let name = "session/frame_wait_one_timer";
+        c.bench_function(name, |b| b.iter(&mut one_timer));
+        report_allocs(name, &mut one_timer);
+    });
+}
+
 /// The labeled counters a turn bumps (`affinity`, `terminal`, `normalizer`, a dial by account),
 /// on a shard whose counters already hold the families and labels a running gateway has.
 fn labeled_counters(c: &mut Criterion) {
@@ -822,6 +894,6 @@ fn labeled_counters(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = pool, silence_timer, histograms, sticky_cache, relay, client_frame, client_read, client_watch, turn_check, labeled_counters
+    targets = pool, silence_timer, frame_wait, histograms, sticky_cache, relay, client_frame, client_read, client_watch, turn_check, labeled_counters
 }
 criterion_main!(benches);
