@@ -835,7 +835,10 @@ fn frame_wait(c: &mut Criterion) {
                 }
             ));
             assert!(read.as_mut().poll(&mut cx).is_pending());
-            matches!(read.as_mut().poll(&mut cx), std::task::Poll::Ready(Some(())))
+            matches!(
+                read.as_mut().poll(&mut cx),
+                std::task::Poll::Ready(Some(()))
+            )
         };
         assert!(one_timer());
         let name = "session/frame_wait_one_timer";
