@@ -8,16 +8,26 @@
 //! (or, once [frozen](PooledBuf::freeze) into [`Bytes`], when the last handle on it drops): in
 //! steady state a turn neither allocates nor zero-fills a read buffer.
 //!
+//! Freezing allocates nothing either: a buffer is a reference-counted [`BytesMut`] (its count
+//! allocated once, with the buffer), the pool keeps a handle on every buffer it hands out, and a
+//! frozen one is taken again once the pool's handle is the last ([`Bytes::is_unique`]). A
+//! `Bytes::from_owner` per freeze boxed a small owner: two allocations per client frame
+//! (`perf/README.md`, session 9).
+//!
 //! Reuse never shows old bytes: a user reads from a buffer only the bytes it wrote itself (each
 //! keeps its own filled length), and a frozen buffer is seen only up to the length given.
 //!
-//! The pool is bounded: it keeps at most [`KEPT_BYTES`] per thread, and never a buffer larger
-//! than [`MAX_KEPT_LEN`] (a rare huge frame's buffer is freed, not kept for the shard's life).
+//! The pool is bounded: it keeps at most [`KEPT_BYTES`] per thread, counting buffers still out
+//! behind `Bytes` (the oldest handle is let go first: that buffer is then freed with its last
+//! `Bytes`), and never a buffer larger than [`MAX_KEPT_LEN`] (a rare huge frame's buffer is freed,
+//! not kept for the shard's life).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{fence, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// Most bytes of buffers kept per thread (a shard): about 64 turns' worth of 32 KiB buffers.
 pub const KEPT_BYTES: usize = 2 * 1024 * 1024;
@@ -25,11 +35,41 @@ pub const KEPT_BYTES: usize = 2 * 1024 * 1024;
 /// Largest buffer kept; larger ones are freed when dropped.
 pub const MAX_KEPT_LEN: usize = 256 * 1024;
 
-/// Buffers kept on this thread and the bytes they hold.
+/// Buffers this thread's pool holds a handle on (whole, oldest first; idle ones and ones still
+/// out behind `Bytes`), and the bytes they hold.
 #[derive(Default)]
 struct Pool {
-    bufs: Vec<Vec<u8>>,
+    bufs: VecDeque<Bytes>,
     bytes: usize,
+}
+
+impl Pool {
+    /// The most recently kept buffer no one else holds, as its own again.
+    fn take_idle(&mut self) -> Option<BytesMut> {
+        let at = self.bufs.iter().rposition(Bytes::is_unique)?;
+        let buf = self.bufs.remove(at)?;
+        self.bytes -= buf.len();
+        // `is_unique` reads the count relaxed: the fence orders this thread's writes to the
+        // buffer after every other handle's release of it (drops on another thread included).
+        fence(Ordering::Acquire);
+        buf.try_into_mut().ok()
+    }
+
+    /// Keeps a handle on `buf` (whole), letting the oldest go while over [`KEPT_BYTES`].
+    fn keep(&mut self, buf: Bytes) {
+        let len = buf.len();
+        if len == 0 || len > MAX_KEPT_LEN {
+            return;
+        }
+        self.bytes += len;
+        self.bufs.push_back(buf);
+        while self.bytes > KEPT_BYTES {
+            match self.bufs.pop_front() {
+                Some(old) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -40,7 +80,7 @@ thread_local! {
 /// are whatever an earlier user left: read only what was written.
 #[derive(Default)]
 pub struct PooledBuf {
-    buf: Vec<u8>,
+    buf: BytesMut,
 }
 
 impl PooledBuf {
@@ -49,18 +89,21 @@ impl PooledBuf {
     /// buffer the pool would not keep (over [`MAX_KEPT_LEN`]) is always new.
     pub fn take(len: usize) -> Self {
         if len > MAX_KEPT_LEN {
-            return PooledBuf { buf: vec![0; len] };
+            return PooledBuf {
+                buf: BytesMut::zeroed(len),
+            };
         }
-        let mut buf = POOL
-            .try_with(|p| {
-                let mut p = p.borrow_mut();
-                let buf = p.bufs.pop()?;
-                p.bytes -= buf.len();
-                Some(buf)
-            })
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let taken = POOL.try_with(|p| p.borrow_mut().take_idle()).ok().flatten();
+        let mut buf = match taken {
+            Some(buf) => buf,
+            None => {
+                let mut buf = BytesMut::zeroed(len);
+                // Splitting makes the buffer reference-counted now (the count's one
+                // allocation): frozen later, it becomes `Bytes` without another.
+                drop(buf.split_to(0));
+                buf
+            }
+        };
         if buf.len() < len {
             buf.resize(len, 0);
         }
@@ -78,16 +121,25 @@ impl PooledBuf {
     }
 
     /// The first `len` bytes (at most the buffer's length) as [`Bytes`]. A view of the buffer,
-    /// which goes back to the pool when the last handle drops, when they fill at least half of
+    /// which the pool takes again once the last handle drops, when they fill at least half of
     /// it; else a copy, and the buffer goes back at once (a small frame never holds a large
     /// buffer).
-    pub fn freeze(self, len: usize) -> Bytes {
+    pub fn freeze(mut self, len: usize) -> Bytes {
         let len = len.min(self.buf.len());
         if len < self.buf.len() / 2 {
             return Bytes::copy_from_slice(&self.buf[..len]);
         }
-        Bytes::from_owner(Frozen { buf: self, len })
+        let whole = std::mem::take(&mut self.buf).freeze();
+        let view = whole.slice(..len);
+        give_back(whole);
+        view
     }
+}
+
+/// Hands a whole buffer's handle to this thread's pool (a thread ending drops its pool first: a
+/// buffer given back after that is freed).
+fn give_back(whole: Bytes) {
+    let _ = POOL.try_with(|p| p.borrow_mut().keep(whole));
 }
 
 impl Deref for PooledBuf {
@@ -110,27 +162,7 @@ impl Drop for PooledBuf {
         if len == 0 || len > MAX_KEPT_LEN {
             return;
         }
-        let buf = std::mem::take(&mut self.buf);
-        // A thread ending drops its pool first: a buffer dropped after that is freed.
-        let _ = POOL.try_with(|p| {
-            let mut p = p.borrow_mut();
-            if p.bytes + len <= KEPT_BYTES {
-                p.bytes += len;
-                p.bufs.push(buf);
-            }
-        });
-    }
-}
-
-/// A pooled buffer behind [`Bytes`]: its first `len` bytes.
-struct Frozen {
-    buf: PooledBuf,
-    len: usize,
-}
-
-impl AsRef<[u8]> for Frozen {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
+        give_back(std::mem::take(&mut self.buf).freeze());
     }
 }
 
@@ -138,12 +170,17 @@ impl AsRef<[u8]> for Frozen {
 mod tests {
     use super::*;
 
-    /// Bytes of buffers this thread's pool keeps (each test runs on its own thread).
+    /// Buffers this thread's pool keeps and their bytes (each test runs on its own thread).
     fn kept() -> (usize, usize) {
         POOL.with(|p| {
             let p = p.borrow();
             (p.bufs.len(), p.bytes)
         })
+    }
+
+    /// Kept buffers no one else holds: the ones a take may hand out.
+    fn idle() -> usize {
+        POOL.with(|p| p.borrow().bufs.iter().filter(|b| b.is_unique()).count())
     }
 
     #[test]
@@ -185,9 +222,39 @@ mod tests {
         assert_eq!(bytes.as_ptr(), at, "a view, not a copy");
         let other = bytes.slice(10..20);
         drop(bytes);
-        assert_eq!(kept(), (0, 0), "a handle is still out");
+        assert_eq!((kept(), idle()), ((1, 64), 0), "a handle is still out");
+        let meanwhile = PooledBuf::take(64);
+        assert_ne!(
+            meanwhile.as_ptr(),
+            at,
+            "a buffer still out is not handed out"
+        );
         drop(other);
-        assert_eq!(kept(), (1, 64));
+        assert_eq!((kept(), idle()), ((1, 64), 1));
+        let again = PooledBuf::take(64);
+        assert_eq!(again.as_ptr(), at, "back once its last handle dropped");
+        let frozen = again.freeze(64);
+        assert_eq!(frozen.as_ptr(), at, "and frozen again");
+        drop(meanwhile);
+    }
+
+    #[test]
+    fn the_oldest_handle_is_let_go_when_the_pool_is_full() {
+        let out = PooledBuf::take(MAX_KEPT_LEN).freeze(MAX_KEPT_LEN);
+        let at = out.as_ptr();
+        let newer: Vec<_> = (0..KEPT_BYTES / MAX_KEPT_LEN)
+            .map(|_| PooledBuf::take(MAX_KEPT_LEN))
+            .collect();
+        assert!(newer.iter().all(|b| b.as_ptr() != at), "it is still out");
+        drop(newer);
+        let full = KEPT_BYTES / MAX_KEPT_LEN;
+        assert_eq!(
+            (kept(), idle()),
+            ((full, KEPT_BYTES), full),
+            "it was let go"
+        );
+        drop(out);
+        assert_eq!(kept(), (full, KEPT_BYTES), "and is freed, not kept");
     }
 
     #[test]

@@ -1,0 +1,120 @@
+//! A client's text frame read raw allocates nothing in steady state: its buffers come from the
+//! shard's pool and become the frame's `Bytes` and `Utf8Bytes` without an owner box each
+//! (`net/buf_pool.rs`), and go back to the pool when the turn drops the frame (issue 12: "0
+//! allocations per relayed event").
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_lite::future::block_on;
+use shardgate::net::client_read::{read_text_frame, RawRead};
+use shardgate::net::FrameEdge;
+
+/// Counts the allocations made on this thread (the test harness's own threads allocate too).
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: `ptr` was allocated by `System` with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// A socket that serves the same bytes over and over.
+struct Repeat {
+    wire: Vec<u8>,
+    at: usize,
+}
+
+impl futures_lite::AsyncRead for Repeat {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let n = buf.len().min(this.wire.len() - this.at);
+        buf[..n].copy_from_slice(&this.wire[this.at..this.at + n]);
+        this.at = (this.at + n) % this.wire.len();
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// An 8 KB `response.create` as a client sends it: one masked text frame.
+fn client_frame() -> (String, Vec<u8>) {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let text = format!(
+        r#"{{"type":"response.create","input":"{}"}}"#,
+        "Résumé the diff. ".repeat(450)
+    );
+    let len = u16::try_from(text.len()).expect("a 16-bit length");
+    let mut wire = vec![0x81, 0x80 | 126];
+    wire.extend_from_slice(&len.to_be_bytes());
+    wire.extend_from_slice(&key);
+    wire.extend(text.bytes().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    (text, wire)
+}
+
+#[test]
+fn a_client_frame_read_raw_allocates_nothing_once_the_pool_is_warm() {
+    let (text, wire) = client_frame();
+    let mut edge = FrameEdge::new(Repeat {
+        wire: wire.clone(),
+        at: 0,
+    });
+    let mut read = || match block_on(read_text_frame(&mut edge, 1 << 20)) {
+        RawRead::Frame(f) => {
+            // A turn holds the text in more than one place (the request, the replay) and the
+            // wire to forward it: every handle drops with the frame.
+            let again = f.text.clone();
+            let wire = f.wire.clone();
+            (f, again, wire)
+        }
+        other => panic!("a raw frame, got {other:?}"),
+    };
+    let (f, again, got_wire) = read();
+    assert_eq!(
+        (f.text.as_str(), again.as_str(), &got_wire[..]),
+        (text.as_str(), text.as_str(), &wire[..])
+    );
+    drop((f, again, got_wire));
+    let before = ALLOCS.with(Cell::get);
+    for _ in 0..200 {
+        drop(read());
+    }
+    let frames_allocs = ALLOCS.with(Cell::get) - before;
+    assert_eq!(frames_allocs, 0, "allocations in 200 frames");
+}
