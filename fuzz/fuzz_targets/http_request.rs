@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         .all(|(name, _)| !name.bytes().any(|b| b.is_ascii_uppercase())));
     let _ = head.keep_alive();
 
-    let count = |name: &str| head.headers.iter().filter(|(n, _)| n == name).count();
+    let count = |name: &str| head.headers.iter().filter(|(n, _)| *n == name).count();
     let (lengths, codings) = (count("content-length"), count("transfer-encoding"));
     assert!(lengths <= 1, "more than one Content-Length accepted");
     assert!(

@@ -50,7 +50,7 @@ pub fn decide(head: &RequestHead, shared: &Shared) -> Handshake {
             Default::default(),
             |mut map: std::collections::BTreeMap<String, String>, (name, value)| {
                 let value = String::from_utf8_lossy(value);
-                map.entry(name.clone())
+                map.entry(name.to_string())
                     .and_modify(|v| {
                         v.push_str(", ");
                         v.push_str(&value);

@@ -5,11 +5,13 @@
 
 mod body;
 mod head;
+mod headers;
 mod request;
 mod response;
 
 pub use body::{BodyDecoder, MAX_CHUNK_LINE, MAX_TRAILERS};
 pub use head::reason;
+pub use headers::Headers;
 pub use request::{parse_request, Refusal, RequestHead, MAX_HEADERS, MAX_HEAD_BYTES};
 pub use response::{parse_head, parse_retry_after, ResponseHead};
 

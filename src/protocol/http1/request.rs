@@ -3,6 +3,7 @@
 //! request boundary than it does.
 
 use super::head::{has_token, tokens};
+use super::headers::Headers;
 use super::Framing;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 
@@ -115,7 +116,7 @@ pub struct RequestHead {
     /// `true` for HTTP/1.0.
     pub http10: bool,
     /// Headers in order, names lower-cased.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     /// How the request body is delimited, checked once against RFC 9112 §6.3:
     /// `Length(0)` when there is none.
     pub body: Framing,
@@ -126,8 +127,8 @@ impl RequestHead {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 
     /// The first value of a header (name lower-case) when it is UTF-8.
@@ -139,7 +140,7 @@ impl RequestHead {
     pub fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers
             .iter()
-            .filter(|(n, _)| n == name)
+            .filter(|(n, _)| *n == name)
             .any(|(_, v)| has_token(v, token))
     }
 
@@ -189,15 +190,23 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal
             path,
             query,
             http10,
-            headers: req
-                .headers
-                .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-                .collect(),
+            headers: headers_of(req.headers),
             body,
         },
         used,
     )))
+}
+
+/// The parsed header lines, copied once into buffers sized for all of them.
+fn headers_of(parsed: &[httparse::Header<'_>]) -> Headers {
+    let (names, values) = parsed
+        .iter()
+        .fold((0, 0), |(n, v), h| (n + h.name.len(), v + h.value.len()));
+    let mut headers = Headers::with_capacity(parsed.len(), names, values);
+    for h in parsed {
+        headers.push(h.name, h.value);
+    }
+    headers
 }
 
 /// `true` when a line of `head` ends in LF without CR. httparse accepts that (RFC 9112 §2.2

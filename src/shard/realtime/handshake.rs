@@ -43,7 +43,7 @@ pub struct RealtimeRequest {
 fn offered(head: &RequestHead) -> Vec<&str> {
     head.headers
         .iter()
-        .filter(|(n, _)| n == "sec-websocket-protocol")
+        .filter(|(n, _)| *n == "sec-websocket-protocol")
         .filter_map(|(_, v)| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -128,10 +128,7 @@ mod tests {
             query: Some("model=gpt-realtime".into()),
             http10: false,
             body: crate::protocol::http1::Framing::Length(0),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect(),
+            headers: headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect(),
         }
     }
 

@@ -1,7 +1,9 @@
-//! A client's text frame read raw allocates nothing in steady state: its buffers come from the
-//! shard's pool and become the frame's `Bytes` and `Utf8Bytes` without an owner box each
-//! (`net/buf_pool.rs`), and go back to the pool when the turn drops the frame (issue 12: "0
-//! allocations per relayed event").
+//! Allocations on per-request and per-frame paths, counted on the test's thread (issue 12: "0
+//! allocations per relayed event"). A client's text frame read raw allocates nothing in steady
+//! state: its buffers come from the shard's pool and become the frame's `Bytes` and `Utf8Bytes`
+//! without an owner box each (`net/buf_pool.rs`), and go back to the pool when the turn drops
+//! the frame. A request head's header lines take three allocations whatever their count
+//! (`protocol/http1/headers.rs`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -12,6 +14,7 @@ use std::task::{Context, Poll};
 use futures_lite::future::block_on;
 use shardgate::net::client_read::{read_text_frame, RawRead};
 use shardgate::net::FrameEdge;
+use shardgate::protocol::http1::parse_request;
 
 /// Counts the allocations made on this thread (the test harness's own threads allocate too).
 struct Counting;
@@ -117,4 +120,38 @@ fn a_client_frame_read_raw_allocates_nothing_once_the_pool_is_warm() {
     }
     let frames_allocs = ALLOCS.with(Cell::get) - before;
     assert_eq!(frames_allocs, 0, "allocations in 200 frames");
+}
+
+/// A Codex-shaped `POST /v1/responses` head: 14 header lines.
+const CODEX_POST_HEAD: &[u8] = b"POST /v1/responses HTTP/1.1\r\n\
+host: gateway.internal:8443\r\n\
+authorization: Bearer sk-gw-0123456789abcdef0123456789abcdef\r\n\
+content-type: application/json\r\n\
+accept: text/event-stream\r\n\
+content-length: 30000\r\n\
+openai-beta: responses=experimental\r\n\
+session-id: 0199f3c2-7d1e-7a40-b8f5-3c9a2e6d1f07\r\n\
+conversation_id: 0199f3c2-7d1e-7a40-b8f5-3c9a2e6d1f07\r\n\
+originator: codex_cli_rs\r\n\
+User-Agent: codex_cli_rs/0.46.0 (Ubuntu 24.4.0; x86_64) xterm-256color\r\n\
+x-codex-turn-metadata: {\"turn\":7}\r\n\
+x-client-request-id: 5f0c2a1b-3e48-49c9-d7a5-e2f1b0c3d4e5\r\n\
+accept-encoding: identity\r\n\
+connection: keep-alive\r\n\r\n";
+
+#[test]
+fn a_request_heads_header_lines_take_three_allocations_whatever_their_count() {
+    let before = ALLOCS.with(Cell::get);
+    let parsed = parse_request(CODEX_POST_HEAD);
+    let allocs = ALLOCS.with(Cell::get) - before;
+    let Ok(Some((head, used))) = parsed else {
+        panic!("a whole valid head")
+    };
+    assert_eq!((used, head.headers.len()), (CODEX_POST_HEAD.len(), 14));
+    assert_eq!(
+        head.header_str("user-agent"),
+        Some("codex_cli_rs/0.46.0 (Ubuntu 24.4.0; x86_64) xterm-256color")
+    );
+    // Method and path, then the names, the values and their spans.
+    assert_eq!(allocs, 5, "allocations to parse a 14-line head");
 }
