@@ -35,6 +35,11 @@ pub const KEPT_BYTES: usize = 2 * 1024 * 1024;
 /// Largest buffer kept; larger ones are freed when dropped.
 pub const MAX_KEPT_LEN: usize = 256 * 1024;
 
+/// Most kept buffers a take looks at, newest first, for one no one else holds: a shard with many
+/// frames out does not look through all of them per frame (an older idle buffer is let go in
+/// its turn, [`KEPT_BYTES`]).
+const SCAN: usize = 64;
+
 /// Buffers this thread's pool holds a handle on (whole, oldest first; idle ones and ones still
 /// out behind `Bytes`), and the bytes they hold.
 #[derive(Default)]
@@ -44,9 +49,11 @@ struct Pool {
 }
 
 impl Pool {
-    /// The most recently kept buffer no one else holds, as its own again.
+    /// The most recently kept buffer no one else holds, among the last [`SCAN`], as its own
+    /// again.
     fn take_idle(&mut self) -> Option<BytesMut> {
-        let at = self.bufs.iter().rposition(Bytes::is_unique)?;
+        let from = self.bufs.len().saturating_sub(SCAN);
+        let at = from + self.bufs.range(from..).rposition(Bytes::is_unique)?;
         let buf = self.bufs.remove(at)?;
         self.bytes -= buf.len();
         // `is_unique` reads the count relaxed: the fence orders this thread's writes to the
@@ -255,6 +262,18 @@ mod tests {
         );
         drop(out);
         assert_eq!(kept(), (full, KEPT_BYTES), "and is freed, not kept");
+    }
+
+    #[test]
+    fn a_take_looks_at_the_newest_buffers_only() {
+        let first = PooledBuf::take(16).freeze(16);
+        let at = first.as_ptr();
+        let out: Vec<_> = (0..SCAN).map(|_| PooledBuf::take(16).freeze(16)).collect();
+        drop(first);
+        assert_eq!(idle(), 1);
+        let taken = PooledBuf::take(16);
+        assert_ne!(taken.as_ptr(), at, "the idle one is past the last {SCAN}");
+        drop(out);
     }
 
     #[test]

@@ -24,9 +24,10 @@ impl Headers {
 
     /// Adds a line, its name lower-cased.
     pub fn push(&mut self, name: &str, value: &[u8]) {
-        let n = span(self.names.len(), name.len());
-        self.names
-            .extend(name.chars().map(|c| c.to_ascii_lowercase()));
+        let start = self.names.len();
+        self.names.push_str(name);
+        self.names[start..].make_ascii_lowercase();
+        let n = span(start, name.len());
         let v = span(self.values.len(), value.len());
         self.values.extend_from_slice(value);
         self.spans.push((n, v));
