@@ -52,10 +52,7 @@ fn pool(c: &mut Criterion) {
         mock.base_url()
     );
     let config = Config::parse(&text, &|_| None).expect("bench config is valid");
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(64 * 1024)
-        .make()
-        .expect("executor starts");
+    let executor = bench_executor();
     executor.run(async {
         let account =
             Rc::new(AccountRuntime::new(0, config.accounts[0].clone()).expect("account is valid"));
@@ -739,6 +736,14 @@ fn turn_check(c: &mut Criterion) {
     report_allocs(name, check_alone);
 }
 
+/// A small glommio executor on this thread, for benches that poll real timers and sockets.
+fn bench_executor() -> glommio::LocalExecutor {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(64 * 1024)
+        .make()
+        .expect("executor starts")
+}
+
 /// The relay's silence timer, polled once per batch of events while it waits: a glommio sleep
 /// polled as it is (the timer takes itself out of the reactor's timer map and puts itself back
 /// on every poll), and the same sleep under `ArmedTimer` (one clock read once armed).
@@ -747,10 +752,7 @@ fn silence_timer(c: &mut Criterion) {
     use std::future::Future;
     use std::task::Context;
 
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(64 * 1024)
-        .make()
-        .expect("executor starts");
+    let executor = bench_executor();
     executor.run(async {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
@@ -801,10 +803,7 @@ fn frame_wait(c: &mut Criterion) {
     use std::future::Future;
     use std::task::Context;
 
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(64 * 1024)
-        .make()
-        .expect("executor starts");
+    let executor = bench_executor();
     executor.run(async {
         let waker = futures_util::task::noop_waker();
         let timeout = Duration::from_secs(300);
