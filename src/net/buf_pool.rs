@@ -50,10 +50,20 @@ struct Pool {
 
 impl Pool {
     /// The most recently kept buffer no one else holds, among the last [`SCAN`], as its own
-    /// again.
-    fn take_idle(&mut self) -> Option<BytesMut> {
+    /// again: preferably one that `want` bytes fit and fill at least half of (no growing, and
+    /// frozen with `want` bytes it is a view, not a copy), else the newest. Without the
+    /// preference a turn's 16 KiB upstream read buffer, given back last, went to the next
+    /// client frame of 8 KB, which was then copied, and the frame's buffer was grown for the
+    /// next turn's upstream reads.
+    fn take_idle(&mut self, want: usize) -> Option<BytesMut> {
         let from = self.bufs.len().saturating_sub(SCAN);
-        let at = from + self.bufs.range(from..).rposition(Bytes::is_unique)?;
+        let mut recent = self.bufs.range(from..);
+        let fits = |b: &Bytes| b.len() >= want && b.len() / 2 <= want && b.is_unique();
+        let found = match recent.clone().rposition(fits) {
+            Some(at) => Some(at),
+            None => recent.rposition(Bytes::is_unique),
+        };
+        let at = from + found?;
         let buf = self.bufs.remove(at)?;
         self.bytes -= buf.len();
         // `is_unique` reads the count relaxed: the fence orders this thread's writes to the
@@ -91,8 +101,8 @@ pub struct PooledBuf {
 }
 
 impl PooledBuf {
-    /// A buffer of at least `len` bytes (more when the pool's buffer is larger): the most
-    /// recently returned one, extended with zeros if it is shorter, or a new zeroed one. A
+    /// A buffer of at least `len` bytes (more when the pool's buffer is larger): a returned one
+    /// ([`Pool::take_idle`]), extended with zeros if it is shorter, or a new zeroed one. A
     /// buffer the pool would not keep (over [`MAX_KEPT_LEN`]) is always new.
     pub fn take(len: usize) -> Self {
         if len > MAX_KEPT_LEN {
@@ -100,7 +110,10 @@ impl PooledBuf {
                 buf: BytesMut::zeroed(len),
             };
         }
-        let taken = POOL.try_with(|p| p.borrow_mut().take_idle()).ok().flatten();
+        let taken = POOL
+            .try_with(|p| p.borrow_mut().take_idle(len))
+            .ok()
+            .flatten();
         let mut buf = match taken {
             Some(buf) => buf,
             None => {
@@ -274,6 +287,35 @@ mod tests {
         let taken = PooledBuf::take(16);
         assert_ne!(taken.as_ptr(), at, "the idle one is past the last {SCAN}");
         drop(out);
+    }
+
+    #[test]
+    fn a_take_prefers_a_buffer_its_length_fits_to_the_newest() {
+        // A turn: the client frame's buffer (8 KB), then the upstream read buffer (16 KiB),
+        // given back in that order.
+        let frame = PooledBuf::take(8_000);
+        let (frame_at, upstream) = (frame.as_ptr(), PooledBuf::take(16_384));
+        let upstream_at = upstream.as_ptr();
+        drop(frame);
+        drop(upstream);
+        let next_frame = PooledBuf::take(8_000);
+        assert_eq!(next_frame.as_ptr(), frame_at, "not the newer 16 KiB buffer");
+        assert_eq!(next_frame.len(), 8_000, "so nothing grew");
+        let bytes = next_frame.freeze(7_990);
+        assert_eq!(
+            bytes.as_ptr(),
+            frame_at,
+            "and the frame is a view, not a copy"
+        );
+        let next_upstream = PooledBuf::take(16_384);
+        assert_eq!(next_upstream.as_ptr(), upstream_at);
+        drop(next_upstream);
+        let small = PooledBuf::take(100);
+        assert_eq!(
+            small.as_ptr(),
+            upstream_at,
+            "with no fit, the newest idle one"
+        );
     }
 
     #[test]
