@@ -14,14 +14,39 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+/// The waker a pending timer last registered: while it is the polling task's and the timer's
+/// instant has not come, a poll answers `Pending` without polling the timer.
+#[derive(Default)]
+struct Armed(Option<Waker>);
+
+impl Armed {
+    /// `true` when the timer is armed for `cx`'s task and `until` has not come (the clock is
+    /// read only then).
+    fn holds(&self, cx: &Context<'_>, until: Instant, now: impl FnOnce() -> Instant) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()) && now() < until)
+    }
+
+    /// Records what polling the timer gave: armed for `cx`'s task while pending, else not.
+    fn record<T>(&mut self, cx: &Context<'_>, polled: Poll<T>) -> Poll<T> {
+        match (&polled, &mut self.0) {
+            (Poll::Ready(_), armed) => *armed = None,
+            (Poll::Pending, Some(waker)) => waker.clone_from(cx.waker()),
+            (Poll::Pending, armed) => *armed = Some(cx.waker().clone()),
+        }
+        polled
+    }
+}
+
 /// `sleep`, a timer for `after` from now, polled only while it is not armed for the polling
 /// task or once its instant has come (why it exists: the module doc).
 pub struct ArmedTimer<F> {
     sleep: F,
     /// When `sleep` fires at the earliest (it reads the clock after this was set).
     when: Instant,
-    /// The waker `sleep` last registered, if it was polled and is pending.
-    armed: Option<Waker>,
+    /// Whether `sleep` is pending for the polling task.
+    armed: Armed,
 }
 
 impl<F: Future> ArmedTimer<F> {
@@ -30,7 +55,7 @@ impl<F: Future> ArmedTimer<F> {
         ArmedTimer {
             sleep,
             when: Instant::now() + after,
-            armed: None,
+            armed: Armed::default(),
         }
     }
 }
@@ -42,26 +67,13 @@ impl<F: Future> Future for ArmedTimer<F> {
         // SAFETY: `sleep` is pinned structurally: it is never moved out of `self`, and
         // `ArmedTimer` has no `Drop` and is `Unpin` only when `F` is.
         let this = unsafe { self.get_unchecked_mut() };
-        if let Some(waker) = &this.armed {
-            if waker.will_wake(cx.waker()) && Instant::now() < this.when {
-                return Poll::Pending;
-            }
+        if this.armed.holds(cx, this.when, Instant::now) {
+            return Poll::Pending;
         }
         // SAFETY: as above.
         let sleep = unsafe { Pin::new_unchecked(&mut this.sleep) };
-        match sleep.poll(cx) {
-            Poll::Ready(out) => {
-                this.armed = None;
-                Poll::Ready(out)
-            }
-            Poll::Pending => {
-                match &mut this.armed {
-                    Some(waker) => waker.clone_from(cx.waker()),
-                    None => this.armed = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-        }
+        let polled = sleep.poll(cx);
+        this.armed.record(cx, polled)
     }
 }
 
@@ -85,8 +97,9 @@ pub struct Deadline<T> {
     when: Instant,
     /// The instant `timer` was last registered for; never after `when` while `armed` is set.
     fires: Instant,
-    /// The waker `timer` registered for `fires`, until a poll finds it may have fired.
-    armed: Option<Waker>,
+    /// Whether `timer` is pending for `fires` for the polling task, until a poll finds it may
+    /// have fired.
+    armed: Armed,
 }
 
 impl<T: Rearm> Deadline<T> {
@@ -97,7 +110,7 @@ impl<T: Rearm> Deadline<T> {
             timer,
             when: now,
             fires: now,
-            armed: None,
+            armed: Armed::default(),
         }
     }
 
@@ -106,7 +119,7 @@ impl<T: Rearm> Deadline<T> {
     pub fn set(&mut self, when: Instant) {
         self.when = when;
         if when < self.fires {
-            self.armed = None;
+            self.armed = Armed::default();
         }
     }
 
@@ -120,26 +133,13 @@ impl<T: Rearm> Deadline<T> {
         if now >= self.when {
             return Poll::Ready(());
         }
-        if let Some(waker) = &self.armed {
-            if waker.will_wake(cx.waker()) && now < self.fires {
-                return Poll::Pending;
-            }
+        if self.armed.holds(cx, self.fires, || now) {
+            return Poll::Pending;
         }
         self.timer.rearm(self.when - now);
         self.fires = self.when;
-        match Pin::new(&mut self.timer).poll(cx) {
-            Poll::Ready(_) => {
-                self.armed = None;
-                Poll::Ready(())
-            }
-            Poll::Pending => {
-                match &mut self.armed {
-                    Some(waker) => waker.clone_from(cx.waker()),
-                    None => self.armed = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-        }
+        let polled = Pin::new(&mut self.timer).poll(cx).map(|_| ());
+        self.armed.record(cx, polled)
     }
 }
 

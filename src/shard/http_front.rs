@@ -254,11 +254,11 @@ fn to_frame(body: &str) -> Utf8Bytes {
         // Not an object: passed on as-is so the driver answers 400.
         return Utf8Bytes::from(body);
     };
-    let empty = rest.trim_ascii_start().starts_with('}');
-    let mut out = String::with_capacity(body.len() + 28);
-    out.push_str(r#"{"type":"response.create""#);
-    if !empty {
-        out.push(',');
+    let mut out = String::with_capacity(CREATE_OPEN.len() + rest.len());
+    out.push_str(CREATE_OPEN);
+    if rest.trim_ascii_start().starts_with('}') {
+        // An empty object: `type` is its only field.
+        out.pop();
     }
     out.push_str(rest);
     Utf8Bytes::from(out)
