@@ -128,8 +128,8 @@ impl ControlHandle {
     /// it up on its next tick, or sooner once the queue holds [`WAKE_AT`] messages.
     pub fn send(&self, msg: ShardMsg) -> bool {
         let queued = self.tx.try_send(msg).is_ok();
-        if queued && self.tx.len() >= WAKE_AT {
-            self.waker.wake();
+        if queued {
+            self.wake_if_filling();
         }
         queued
     }
@@ -143,10 +143,15 @@ impl ControlHandle {
                 ShardMsg::Usage(record) => record,
                 _ => unreachable!("try_send hands back the message it was given"),
             })?;
+        self.wake_if_filling();
+        Ok(())
+    }
+
+    /// Wakes the control thread before its tick once the queue holds [`WAKE_AT`] messages.
+    fn wake_if_filling(&self) {
         if self.tx.len() >= WAKE_AT {
             self.waker.wake();
         }
-        Ok(())
     }
 
     /// Queues a message someone waits for (a state lookup) and wakes the control thread so it
