@@ -5,7 +5,8 @@
 //! read until its instant has come.
 //!
 //! [`Deadline`] goes one step further for a task that waits under a deadline again and again
-//! (a session between client frames): one timer for the task's life, set again for each wait.
+//! (a session between client frames, and each of its turns' upstream send and silence): one
+//! timer for the task's life, set again for each wait.
 //! A wait ending later than the timer is registered for leaves the timer alone; when it fires
 //! early, the next poll registers it for the new instant.
 
@@ -77,6 +78,15 @@ impl<F: Future> Future for ArmedTimer<F> {
     }
 }
 
+/// The deadline a shard task waits under, over one glommio timer ([`shard_deadline`]).
+pub type ShardDeadline = Deadline<crate::runtime::Timer>;
+
+/// A [`ShardDeadline`] for a task of the current shard (built on its executor; one allocation
+/// for the task's life instead of one per wait).
+pub fn shard_deadline() -> ShardDeadline {
+    Deadline::new(crate::runtime::Timer::new(Duration::ZERO))
+}
+
 /// A timer that can be set to fire again, `after` from now (a glommio timer, or a test double).
 pub trait Rearm: Future + Unpin {
     /// Sets the timer to fire `after` from now.
@@ -126,6 +136,17 @@ impl<T: Rearm> Deadline<T> {
     /// Waits until the instant last set has come.
     pub fn wait(&mut self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| self.poll_wait(cx))
+    }
+
+    /// Runs `fut` until the instant last set; `None` when that instant came first.
+    pub fn within<'a, F: Future + 'a>(
+        &'a mut self,
+        fut: F,
+    ) -> impl Future<Output = Option<F::Output>> + 'a {
+        futures_lite::future::or(futures_util::FutureExt::map(fut, Some), async move {
+            self.wait().await;
+            None
+        })
     }
 
     fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {

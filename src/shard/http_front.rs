@@ -18,6 +18,7 @@ use crate::protocol::{ClientFrame, ClientFrameError};
 use crate::runtime;
 use crate::usage::RequestType;
 
+use super::armed_timer::{shard_deadline, ShardDeadline};
 use super::auth::ClientIdentity;
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump};
@@ -65,7 +66,8 @@ pub enum After {
 }
 
 /// Serves one `POST` to a Responses path. `buf` holds the bytes read past the request head and
-/// keeps whatever follows this request's body.
+/// keeps whatever follows this request's body; `timer` is the connection's one timer, built at
+/// its first request and kept for the next ones.
 pub async fn serve(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
@@ -73,6 +75,7 @@ pub async fn serve(
     buf: &mut Vec<u8>,
     identity: ClientIdentity,
     forward: Vec<(HeaderName, HeaderValue)>,
+    timer: &mut Option<ShardDeadline>,
 ) -> After {
     let keep_alive = head.keep_alive();
     let limit = shard.config.server.max_message_bytes;
@@ -119,19 +122,20 @@ pub async fn serve(
         RequestType::Sync
     };
     let mut driver = Driver::new(shard.clone(), identity, forward, request_type);
+    let timer = timer.get_or_insert_with(shard_deadline);
     let received = Instant::now();
     let write_limit = shard.config.server.client_write_timeout;
     let ok = if streaming {
         let sse = SseSink::new(stream, buf, &shard.counters, keep_alive, head.http10);
         let mut sink = WriteDeadline::new(sse, write_limit, &shard.counters);
-        let end = driver.run(&mut sink, frame, received).await;
+        let end = driver.run(&mut sink, frame, received, timer).await;
         let done = matches!(end, TurnEnd::Done);
         runtime::timeout(write_limit, sink.into_inner().finish(done))
             .await
             .unwrap_or(false)
     } else {
         let mut sink = JsonSink::new(stream, buf);
-        let end = driver.run(&mut sink, frame, received).await;
+        let end = driver.run(&mut sink, frame, received, timer).await;
         let (status, body) = sink.result.take().unwrap_or_else(|| {
             let err: TurnError = GatewayError::new(
                 502,

@@ -13,6 +13,7 @@ use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::runtime::TcpStream;
 use crate::usage::RequestType;
 
+use super::armed_timer::ShardDeadline;
 use super::auth::{presented_key, ClientIdentity};
 use super::counters::bump;
 use super::http_front::{self, After};
@@ -102,6 +103,7 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
         return;
     };
     let mut buf = Vec::new();
+    let mut timer = None;
     loop {
         let head = match http_head::read_head(&mut stream, &mut buf, HEAD_TIMEOUT).await {
             Ok(h) => h,
@@ -121,7 +123,7 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
                 return;
             }
         };
-        match route(&shard, &mut stream, head, &mut buf).await {
+        match route(&shard, &mut stream, head, &mut buf, &mut timer).await {
             Routed::KeepAlive => continue,
             Routed::Done => return,
             Routed::Upgrade(driver) => {
@@ -143,11 +145,14 @@ enum Routed {
     Upgrade(Box<Driver>),
 }
 
+/// Serves one request; `timer` is the connection's timer for its `POST` turns (built at the
+/// first, kept for the next).
 async fn route(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
     head: RequestHead,
     buf: &mut Vec<u8>,
+    timer: &mut Option<ShardDeadline>,
 ) -> Routed {
     // A body nobody reads would be parsed as the next request: close after answering instead.
     let keep_alive = head.keep_alive() && head.body == Framing::Length(0);
@@ -193,7 +198,7 @@ async fn route(
             // Boxed: the HTTP turn's future is tens of KiB, and inline it would size every
             // connection task, WebSocket sessions included, for their whole life.
             match Box::pin(http_front::serve(
-                shard, stream, &head, buf, identity, forward,
+                shard, stream, &head, buf, identity, forward, timer,
             ))
             .await
             {

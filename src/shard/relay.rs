@@ -31,7 +31,7 @@ use crate::protocol::redact::redact_secrets;
 use crate::protocol::{ClientFrame, EventKind, TerminalKind, UpstreamEvent, Usage};
 use crate::runtime;
 
-use super::armed_timer::ArmedTimer;
+use super::armed_timer::ShardDeadline;
 use super::counters::{bump, ShardCounters};
 use super::cut_through::{CutThrough, Frame, Pending, Read};
 use super::failure::{Failure, FailureClass};
@@ -341,11 +341,12 @@ async fn preempted<S: ClientSink>(
     source: &mut Upstream<'_>,
     sink: &mut S,
     next: Utf8Bytes,
+    timer: &mut ShardDeadline,
 ) -> Outcome {
     if sink.fail(&preempted_error()).await.is_err() {
         return Outcome::ClientGone;
     }
-    let mut settled = settle(source, None).await;
+    let mut settled = settle(source, None, timer).await;
     let label = if matches!(settled, Settled::Terminal { .. }) {
         "settled"
     } else {
@@ -355,7 +356,7 @@ async fn preempted<S: ClientSink>(
         if discard {
             "discarded"
         } else {
-            settled = settle(source, Some(DRAIN_LIMIT)).await;
+            settled = settle(source, Some(DRAIN_LIMIT), timer).await;
             if matches!(settled, Settled::Terminal { .. }) {
                 "drained"
             } else {
@@ -368,22 +369,26 @@ async fn preempted<S: ClientSink>(
 }
 
 /// Reads the rest of an abandoned response without relaying it, up to its terminal event:
-/// only what is already buffered when `wait` is `None`, else for at most `wait`.
-async fn settle(source: &mut Upstream<'_>, wait: Option<Duration>) -> Settled {
-    let deadline = wait.map(|w| Instant::now() + w);
+/// only what is already buffered when `wait` is `None`, else for at most `wait` (on `timer`,
+/// set once for all the reads).
+async fn settle(
+    source: &mut Upstream<'_>,
+    wait: Option<Duration>,
+    timer: &mut ShardDeadline,
+) -> Settled {
+    if let Some(wait) = wait {
+        timer.set(Instant::now() + wait);
+    }
     loop {
-        let item = match deadline {
+        let item = match wait {
             None => match source.next_ready() {
                 Some(item) => item,
                 None => return Settled::Unknown,
             },
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match runtime::timeout(left, source.next()).await {
-                    Some(item) => item,
-                    None => return Settled::Unknown,
-                }
-            }
+            Some(_) => match timer.within(source.next()).await {
+                Some(item) => item,
+                None => return Settled::Unknown,
+            },
         };
         let text = match &item {
             Item::Event(text) => text.as_bytes(),
@@ -410,7 +415,9 @@ async fn settle(source: &mut Upstream<'_>, wait: Option<Duration>) -> Settled {
 }
 
 /// Relays one attempt's events from `source` to `sink` until the turn ends; `early` is a client
-/// frame read before the request went upstream ([`before_send`]), handled first.
+/// frame read before the request went upstream ([`before_send`]), handled first. Upstream's
+/// silence is timed on `timer`, the client task's one timer, moved to `event_timeout` after
+/// each batch of events read.
 pub async fn relay<S: ClientSink>(
     env: &RelayEnv<'_>,
     source: Source<'_>,
@@ -418,6 +425,7 @@ pub async fn relay<S: ClientSink>(
     rewrite: &Rewrite,
     sent_at: Instant,
     early: Option<Utf8Bytes>,
+    timer: &mut ShardDeadline,
 ) -> Outcome {
     let frames_out = sink.takes_frames();
     let mut source = Upstream::new(source, frames_out || sink.takes_views());
@@ -425,38 +433,32 @@ pub async fn relay<S: ClientSink>(
         match mid_turn_frame(frame, &mut source, sink, env.counters).await {
             MidTurn::Continue => {}
             MidTurn::End(outcome) => return outcome,
-            MidTurn::Preempt(next) => return preempted(env, &mut source, sink, next).await,
+            MidTurn::Preempt(next) => return preempted(env, &mut source, sink, next, timer).await,
         }
     }
     let event_timeout = env.event_timeout;
     let (ttft_hist, added_hist) = source.hists();
     let mut relayed = false;
     let mut first_event_at: Option<Instant> = None;
-    let mut last_activity = Instant::now();
-    // On the stack, not boxed: re-armed in place (`set`) when it fires before the silence has
-    // lasted `event_timeout`. Not polled again per batch while armed (`ArmedTimer`).
-    let mut timer = std::pin::pin!(ArmedTimer::new(
-        event_timeout,
-        runtime::sleep(event_timeout)
-    ));
+    timer.set(Instant::now() + event_timeout);
     loop {
         enum Next {
             Up(Item),
             Client(ClientSignal),
-            Tick,
+            Silent,
         }
         let next = futures_lite::future::or(
             async { Next::Up(source.next().await) },
             futures_lite::future::or(async { Next::Client(sink.signal().await) }, async {
-                timer.as_mut().await;
-                Next::Tick
+                timer.wait().await;
+                Next::Silent
             }),
         )
         .await;
         match next {
             Next::Up(item) => {
                 let read_at = Instant::now();
-                last_activity = read_at;
+                timer.set(read_at + event_timeout);
                 if !relayed {
                     env.metrics.record(ttft_hist, read_at - sent_at);
                 }
@@ -589,19 +591,16 @@ pub async fn relay<S: ClientSink>(
                 match mid_turn_frame(frame, &mut source, sink, env.counters).await {
                     MidTurn::Continue => {}
                     MidTurn::End(outcome) => return outcome,
-                    MidTurn::Preempt(next) => return preempted(env, &mut source, sink, next).await,
+                    MidTurn::Preempt(next) => {
+                        return preempted(env, &mut source, sink, next, timer).await
+                    }
                 }
             }
-            Next::Tick => {
-                let idle = last_activity.elapsed();
-                if idle >= event_timeout {
-                    return Outcome::Failed {
-                        relayed,
-                        failure: Failure::silent(event_timeout),
-                    };
+            Next::Silent => {
+                return Outcome::Failed {
+                    relayed,
+                    failure: Failure::silent(event_timeout),
                 }
-                let left = event_timeout - idle;
-                timer.set(ArmedTimer::new(left, runtime::sleep(left)));
             }
         }
     }

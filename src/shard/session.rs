@@ -29,10 +29,9 @@ use crate::net::client_read::{self, RawFrame, RawRead};
 use crate::net::{ClientStream, FrameEdge};
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::ClientFrame;
-use crate::runtime;
 use crate::usage::RequestType;
 
-use super::armed_timer::Deadline;
+use super::armed_timer::{shard_deadline, ShardDeadline};
 use super::auth::ClientIdentity;
 use super::client_close::{close_after_error, close_client, CloseReason};
 use super::client_deadline::WriteDeadline;
@@ -84,15 +83,7 @@ pub struct Session {
     keys_seen: u64,
     /// The one timer every wait of the session runs under, set again for each wait (a timer
     /// per frame was an allocation and a timer-map insert and removal per client message).
-    deadline: SessionDeadline,
-}
-
-/// The deadline a session's waits run under.
-type SessionDeadline = Deadline<runtime::Timer>;
-
-/// A session's deadline, built on its shard.
-fn session_deadline() -> SessionDeadline {
-    Deadline::new(runtime::Timer::new(Duration::ZERO))
+    deadline: ShardDeadline,
 }
 
 /// What a session waits for, and for how long.
@@ -148,7 +139,7 @@ enum Woke {
 async fn bare_wait(
     shard: &Shard,
     client: ClientWs,
-    deadline: &mut SessionDeadline,
+    deadline: &mut ShardDeadline,
 ) -> (ClientWs, Woke) {
     let mut stream = client.into_inner();
     let woke = if stream.holds_unread() {
@@ -164,11 +155,11 @@ async fn bare_wait(
 async fn wait_for_bytes(
     shard: &Shard,
     stream: &mut PrefixedStream<ClientStream>,
-    deadline: &mut SessionDeadline,
+    deadline: &mut ShardDeadline,
 ) -> Woke {
     let mut first = [0u8; 16];
     let read = futures_lite::future::or(
-        async { Some(within(deadline, stream.read(&mut first)).await) },
+        async { Some(deadline.within(stream.read(&mut first)).await) },
         async {
             shard.drain.started().await;
             None
@@ -184,17 +175,6 @@ async fn wait_for_bytes(
             Woke::Bytes
         }
     }
-}
-
-/// Runs `fut` until `deadline`; `None` when the deadline came first.
-fn within<'a, F: std::future::Future + 'a>(
-    deadline: &'a mut SessionDeadline,
-    fut: F,
-) -> impl std::future::Future<Output = Option<F::Output>> + 'a {
-    futures_lite::future::or(futures_util::FutureExt::map(fut, Some), async move {
-        deadline.wait().await;
-        None
-    })
 }
 
 /// How serving ended.
@@ -259,7 +239,7 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
         wait: Wait::First,
         waiting_since: Instant::now(),
         keys_seen,
-        deadline: session_deadline(),
+        deadline: shard_deadline(),
     };
     session.run().await;
     shard.close_session(&key_id);
@@ -279,7 +259,7 @@ impl Session {
             handed_in: false,
             wait: Wait::First,
             waiting_since: Instant::now(),
-            deadline: session_deadline(),
+            deadline: shard_deadline(),
         }
     }
 
@@ -504,7 +484,8 @@ impl Session {
                 let mut sink = WriteDeadline::new(ws, limit, &self.shard.counters);
                 // Boxed: a turn's future is tens of KiB, and inline it would be part of every
                 // session task for the session's whole life, idle or not (`perf/README.md`).
-                let turn = Box::pin(self.driver.run(&mut sink, frame, Instant::now()));
+                let timer = &mut self.deadline;
+                let turn = Box::pin(self.driver.run(&mut sink, frame, Instant::now(), timer));
                 match turn.await {
                     TurnEnd::Done => {}
                     TurnEnd::Preempted(f) => next = Some(f),
@@ -546,7 +527,7 @@ impl Session {
             let read = futures_lite::future::or(
                 async {
                     Some(
-                        within(deadline, async {
+                        deadline.within(async {
                             match client_read::read_text_frame(client.get_mut(), limit).await {
                                 RawRead::Frame(f) => Read::Frame(f),
                                 RawRead::Gone => Read::Gone,

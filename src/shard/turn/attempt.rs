@@ -10,8 +10,8 @@ use async_tungstenite::tungstenite::Utf8Bytes;
 use crate::metrics::Hist;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::ClientFrame;
-use crate::runtime;
 
+use super::super::armed_timer::ShardDeadline;
 use super::super::counters::bump;
 use super::super::cut_through;
 use super::super::failure::{upstream_failed, Failure};
@@ -70,6 +70,7 @@ impl Driver {
         previous: PreviousId<'_>,
         depends_on_connection: bool,
         fresh: bool,
+        timer: &mut ShardDeadline,
     ) -> Attempt {
         let max_age = self.shard.config.upstream.max_conn_age;
         if let Some(lease) = self.lease.as_mut() {
@@ -149,7 +150,8 @@ impl Driver {
                 None => cut_through::send_text(ws, payload.as_str()).await,
             }
         };
-        let sent = runtime::timeout(send_limit, send).await;
+        timer.set(Instant::now() + send_limit);
+        let sent = timer.within(send).await;
         if !matches!(sent, Some(Ok(()))) {
             return Attempt {
                 conn: Some(conn_id),
@@ -166,7 +168,8 @@ impl Driver {
             secrets: &secrets.list(),
             preempt: &self.preempt,
         };
-        let outcome = relay::relay(&env, Source::Ws(ws), sink, &rewrite, sent_at, early).await;
+        let source = Source::Ws(ws);
+        let outcome = relay::relay(&env, source, sink, &rewrite, sent_at, early, timer).await;
         if ends_clean(&outcome) {
             if let Some(lease) = self.lease.as_mut() {
                 lease.conn().turns += 1;
@@ -180,6 +183,7 @@ impl Driver {
     }
 
     /// One attempt over HTTP/SSE.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt_http<S: ClientSink>(
         &mut self,
         sink: &mut S,
@@ -188,6 +192,7 @@ impl Driver {
         parsed: &ClientFrame<'_>,
         previous: PreviousId<'_>,
         fresh: bool,
+        timer: &mut ShardDeadline,
     ) -> Attempt {
         // A session moving to HTTP gives its WebSocket back.
         self.release();
@@ -255,7 +260,7 @@ impl Driver {
             preempt: &self.preempt,
         };
         let source = Source::Http(&mut resp);
-        let outcome = relay::relay(&env, source, sink, &rewrite, sent_at, early).await;
+        let outcome = relay::relay(&env, source, sink, &rewrite, sent_at, early, timer).await;
         if ends_clean(&outcome) {
             if let Some(conn) = resp.finish().await {
                 pool.http_give_back(conn);

@@ -39,6 +39,7 @@ use crate::runtime;
 use crate::state::SessionKey;
 use crate::usage::RequestType;
 
+use super::armed_timer::ShardDeadline;
 use super::auth::ClientIdentity;
 use super::canary::{self, CanarySlot};
 use super::counters::bump;
@@ -194,14 +195,17 @@ impl Driver {
 
     /// Handles one client `response.create` frame, from receipt to the last event. The frame is
     /// text whose UTF-8 its reader checked (the client WebSocket's, the POST body's): the turn
-    /// never checks it again.
+    /// never checks it again. The upstream send and the relay's silence run under `timer`, the
+    /// client task's one timer (a glommio timer built per turn was an allocation and a timer-map
+    /// insert and removal each, two per turn).
     pub async fn run<S: ClientSink>(
         &mut self,
         sink: &mut S,
         frame: Utf8Bytes,
         received: Instant,
+        timer: &mut ShardDeadline,
     ) -> TurnEnd {
-        let end = self.turn(sink, frame, received).await;
+        let end = self.turn(sink, frame, received, timer).await;
         self.ahead = false;
         self.prefer = None;
         self.routed = false;
@@ -221,6 +225,7 @@ impl Driver {
         sink: &mut S,
         frame: Utf8Bytes,
         received: Instant,
+        timer: &mut ShardDeadline,
     ) -> TurnEnd {
         // Counted as in flight (a graceful shutdown waits for it) until this returns.
         let _in_flight = self.shard.turn_guard();
@@ -321,7 +326,7 @@ impl Driver {
             bump(&self.shard.counters.attempts);
             pool.breaker.begin(now);
             let attempt = if use_http {
-                self.attempt_http(sink, &pool, &frame, &parsed, previous, fresh)
+                self.attempt_http(sink, &pool, &frame, &parsed, previous, fresh, timer)
                     .await
             } else {
                 self.attempt_ws(
@@ -332,6 +337,7 @@ impl Driver {
                     previous,
                     depends_on_connection,
                     fresh,
+                    timer,
                 )
                 .await
             };
