@@ -746,9 +746,10 @@ fn bench_executor() -> glommio::LocalExecutor {
 
 /// The relay's silence timer, polled once per batch of events while it waits: a glommio sleep
 /// polled as it is (the timer takes itself out of the reactor's timer map and puts itself back
-/// on every poll), and the same sleep under `ArmedTimer` (one clock read once armed).
+/// on every poll), and the client task's `Deadline` the relay waits on (one clock read once
+/// armed; set again per batch, no timer built per turn).
 fn silence_timer(c: &mut Criterion) {
-    use shardgate::shard::armed_timer::ArmedTimer;
+    use shardgate::shard::armed_timer::shard_deadline;
     use std::future::Future;
     use std::task::Context;
 
@@ -765,10 +766,11 @@ fn silence_timer(c: &mut Criterion) {
         report_allocs(name, &mut poll_sleep);
 
         let mut cx = Context::from_waker(&waker);
-        let mut armed = std::pin::pin!(ArmedTimer::new(hour, shardgate::runtime::sleep(hour)));
-        let mut poll_armed = || armed.as_mut().poll(&mut cx).is_pending();
+        let mut deadline = shard_deadline();
+        deadline.set(std::time::Instant::now() + hour);
+        let mut poll_armed = || std::pin::pin!(deadline.wait()).poll(&mut cx).is_pending();
         assert!(poll_armed());
-        let name = "relay/silence_timer_poll_armed";
+        let name = "relay/silence_timer_poll_deadline";
         c.bench_function(name, |b| b.iter(&mut poll_armed));
         report_allocs(name, &mut poll_armed);
     });

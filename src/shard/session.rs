@@ -527,14 +527,15 @@ impl Session {
             let read = futures_lite::future::or(
                 async {
                     Some(
-                        deadline.within(async {
-                            match client_read::read_text_frame(client.get_mut(), limit).await {
-                                RawRead::Frame(f) => Read::Frame(f),
-                                RawRead::Gone => Read::Gone,
-                                RawRead::Codec => Read::Codec(client.next().await),
-                            }
-                        })
-                        .await,
+                        deadline
+                            .within(async {
+                                match client_read::read_text_frame(client.get_mut(), limit).await {
+                                    RawRead::Frame(f) => Read::Frame(f),
+                                    RawRead::Gone => Read::Gone,
+                                    RawRead::Codec => Read::Codec(client.next().await),
+                                }
+                            })
+                            .await,
                     )
                 },
                 async {
