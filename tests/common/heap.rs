@@ -23,16 +23,12 @@ fn watch(size: usize) {
     }
 }
 
-/// Allocations (reallocations included) of the whole process so far.
-pub static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
 /// Starts a new peak reading from the current live bytes.
 pub fn reset_peak() {
     PEAK.store(LIVE.load(Ordering::SeqCst), Ordering::SeqCst);
 }
 
 fn grew(by: i64) {
-    ALLOCS.fetch_add(1, Ordering::Relaxed);
     let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
     PEAK.fetch_max(now, Ordering::Relaxed);
 }
