@@ -850,6 +850,56 @@ fn stalled_upstream_times_out_with_error_event() {
     );
 }
 
+/// The relay times upstream silence on the client task's one timer, which the session's waits
+/// and earlier turns moved: a later turn still times out at `event_timeout`, on a WebSocket
+/// session and on a kept-alive HTTP connection alike.
+#[test]
+fn a_later_turn_stalls_out_on_the_timer_its_session_or_connection_reuses() {
+    let up = mock();
+    let gw = gateway(config_for(
+        &[up.base_url()],
+        "rest_after_ms = 20\nadmin_listen = \"127.0.0.1:0\"\nstats_interval_ms = 20\n\
+         [upstream]\nevent_timeout_secs = 0.5",
+    ));
+    let admin = gw.admin_addr().expect("admin listener");
+    let stalled = |started: Instant| {
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_millis(500)..Duration::from_secs(10)).contains(&waited),
+            "timed out after {waited:?}"
+        );
+    };
+    let mut c = connect(gw.addr());
+    for _ in 0..2 {
+        let t = c.turn(&create("gpt-5", "one", true, None));
+        assert_eq!(t.last_type(), "response.completed", "{:?}", t.types());
+    }
+    // The session rests before its next turn: its waits moved the timer.
+    eventually("the session rested", Duration::from_secs(20), || {
+        metric_total(admin, "sessions_rested") >= 1
+    });
+    let started = Instant::now();
+    let t = c.turn(&create("gpt-5", "[[mock:stall,after=2]]", true, None));
+    assert_eq!(
+        t.error_code().as_deref(),
+        Some("upstream_timeout"),
+        "{:?}",
+        t.types()
+    );
+    stalled(started);
+
+    let mut h = HttpConn::open(gw.addr());
+    let reply = h.post("/v1/responses", &post_body("gpt-5", "one", true));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let started = Instant::now();
+    let reply = h.post(
+        "/v1/responses",
+        &post_body("gpt-5", "[[mock:stall,after=2]]", true),
+    );
+    assert!(reply.body.contains("upstream_timeout"), "{}", reply.body);
+    stalled(started);
+}
+
 #[test]
 fn missing_first_message_closes_with_1008() {
     let up = mock();
