@@ -83,6 +83,9 @@ unsafe impl GlobalAlloc for ShardCounting {
 #[global_allocator]
 static ALLOCATOR: ShardCounting = ShardCounting;
 
+/// Taken by every test of this file: the counter takes every gateway's shards.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Turns counted, after [`WARM_TURNS`] that fill the pools and caches.
 const TURNS: u64 = 200;
 const WARM_TURNS: u64 = 20;
@@ -106,15 +109,41 @@ fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Reads an HTTP response head byte by byte into a stack buffer; `true` for a 101.
-fn switched(stream: &mut TcpStream) -> bool {
-    let mut head = [0u8; 1024];
+/// Reads an HTTP response head byte by byte into `head`; its length.
+fn read_head(stream: &mut TcpStream, head: &mut [u8; 1024]) -> usize {
     let mut n = 0;
     while !head[..n].ends_with(b"\r\n\r\n") && n < head.len() {
         stream.read_exact(&mut head[n..n + 1]).expect("read head");
         n += 1;
     }
+    n
+}
+
+/// Reads an HTTP response head; `true` for a 101.
+fn switched(stream: &mut TcpStream) -> bool {
+    let mut head = [0u8; 1024];
+    read_head(stream, &mut head);
     head.starts_with(b"HTTP/1.1 101")
+}
+
+/// Reads one JSON answer (head, then a `content-length` body) through stack buffers.
+fn read_answer(stream: &mut TcpStream) {
+    let mut head = [0u8; 1024];
+    let n = read_head(stream, &mut head);
+    assert!(head.starts_with(b"HTTP/1.1 200"), "not a 200");
+    let text = std::str::from_utf8(&head[..n]).expect("head text");
+    let len: usize = text
+        .split("\r\n")
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+        .expect("content-length");
+    let mut body = [0u8; 64 * 1024];
+    assert!(len <= body.len(), "an answer of {len} bytes");
+    stream.read_exact(&mut body[..len]).expect("body");
 }
 
 /// Reads server frames (unmasked) through a stack buffer until `response.completed`.
@@ -148,6 +177,7 @@ fn read_turn(stream: &mut TcpStream) {
 
 #[test]
 fn a_warm_sessions_turn_makes_a_bounded_number_of_allocations() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let up = MockProcess::start();
     let gw = gateway(config_for(&[up.base_url()], ""));
     let mut s = TcpStream::connect(gw.addr()).expect("connect");
@@ -174,5 +204,39 @@ fn a_warm_sessions_turn_makes_a_bounded_number_of_allocations() {
     assert!(
         per_turn <= MAX_ALLOCS_PER_TURN,
         "{per_turn:.2} allocations per turn (at most {MAX_ALLOCS_PER_TURN})"
+    );
+}
+
+/// Most allocations a `POST` on a kept-alive connection may make on its shard, on average
+/// (JSON answer).
+const MAX_ALLOCS_PER_POST: f64 = 1000.0;
+
+#[test]
+fn a_post_on_a_kept_alive_connection_makes_a_bounded_number_of_allocations() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = MockProcess::start();
+    let gw = gateway(config_for(&[up.base_url()], ""));
+    let mut s = TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let body = post_body("gpt-5", "hello", false);
+    let request = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..WARM_TURNS {
+        s.write_all(request.as_bytes()).expect("send request");
+        read_answer(&mut s);
+    }
+    let before = ALLOCS.load(Ordering::SeqCst);
+    for _ in 0..TURNS {
+        s.write_all(request.as_bytes()).expect("send request");
+        read_answer(&mut s);
+    }
+    let per_post = (ALLOCS.load(Ordering::SeqCst) - before) as f64 / TURNS as f64;
+    println!("allocations per POST: {per_post:.2}");
+    assert!(
+        per_post <= MAX_ALLOCS_PER_POST,
+        "{per_post:.2} allocations per POST (at most {MAX_ALLOCS_PER_POST})"
     );
 }

@@ -266,7 +266,7 @@ impl Driver {
             // Realtime sessions have their own relay and never run a turn.
             RequestType::Realtime => {}
         }
-        let model = parsed.model.as_deref().unwrap_or_default().to_string();
+        let model = parsed.model.as_deref().unwrap_or_default();
         let retry_cfg = self.shard.config.upstream.retry.clone();
         if let Some(previous) = parsed.previous_response_id.as_deref() {
             self.route_chained(previous).await;
@@ -319,7 +319,7 @@ impl Driver {
                 || pool.ws_refused(now);
             if use_http && parsed.is_warmup() {
                 return self
-                    .answer_warmup(sink, frame.as_ref(), &model, received, &pool)
+                    .answer_warmup(sink, frame.as_ref(), model, received, &pool)
                     .await;
             }
             attempts += 1;
@@ -350,7 +350,7 @@ impl Driver {
                 received,
             );
             let meta = TurnMeta {
-                model: &model,
+                model,
                 pool: &pool,
                 received,
                 attempts,
