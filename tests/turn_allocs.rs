@@ -4,8 +4,8 @@
 //! out, as their work comes by time as much as by turn.
 //!
 //! Per turn the relay used to build a glommio timer for upstream's silence (an allocation, a
-//! timer-map insert and removal); it now waits on the session's one timer, as does the
-//! upstream send's timeout.
+//! timer-map insert and removal); it now waits on the session's (or the HTTP connection's) one
+//! timer, as does the upstream send's timeout. The turn no longer copies its model name.
 
 mod common;
 
@@ -90,10 +90,10 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const TURNS: u64 = 200;
 const WARM_TURNS: u64 = 20;
 
-/// Most allocations a turn of a warm session may make on its shard, on average: 7.1-7.6
-/// measured on a loaded machine (8.1-9.4 while the relay built a glommio timer per turn; more
-/// when the machine is slower, as events then come in more reads).
-const MAX_ALLOCS_PER_TURN: f64 = 7.8;
+/// Most allocations a turn of a warm session may make on its shard, on average: 6.1 measured
+/// (up to 0.5 more on a loaded machine, where events come in more reads); 8.1 when the relay
+/// built a glommio timer per turn and the turn copied its model name, 7.1 with either.
+const MAX_ALLOCS_PER_TURN: f64 = 6.6;
 
 /// A masked text frame (zero key) of `payload`, as a client sends it.
 fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
@@ -208,8 +208,9 @@ fn a_warm_sessions_turn_makes_a_bounded_number_of_allocations() {
 }
 
 /// Most allocations a `POST` on a kept-alive connection may make on its shard, on average
-/// (JSON answer).
-const MAX_ALLOCS_PER_POST: f64 = 1000.0;
+/// (JSON answer): 21.1 measured; 23.1 with a glommio timer per request's relay and the model
+/// name copied, 22.1 with either.
+const MAX_ALLOCS_PER_POST: f64 = 21.8;
 
 #[test]
 fn a_post_on_a_kept_alive_connection_makes_a_bounded_number_of_allocations() {
