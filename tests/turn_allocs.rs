@@ -92,7 +92,7 @@ const WARM_TURNS: u64 = 20;
 
 /// Most allocations a turn of a warm session may make on its shard, on average: 6.1 measured
 /// (up to 0.5 more on a loaded machine, where events come in more reads); 8.1 when the relay
-/// built a glommio timer per turn and the turn copied its model name, 7.1 with either.
+/// built a glommio timer per turn and the turn copied its model name, 7.1 with the timer alone.
 const MAX_ALLOCS_PER_TURN: f64 = 6.6;
 
 /// A masked text frame (zero key) of `payload`, as a client sends it.
@@ -209,7 +209,7 @@ fn a_warm_sessions_turn_makes_a_bounded_number_of_allocations() {
 
 /// Most allocations a `POST` on a kept-alive connection may make on its shard, on average
 /// (JSON answer): 21.1 measured; 23.1 with a glommio timer per request's relay and the model
-/// name copied, 22.1 with either.
+/// name copied, 22.1 with the timer alone.
 const MAX_ALLOCS_PER_POST: f64 = 21.8;
 
 #[test]
