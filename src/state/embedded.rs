@@ -1,115 +1,108 @@
-//! The in-memory store: bounded maps with a TTL, no external service.
+//! The in-memory store: bounded tables with a TTL, no external service.
 //!
 //! Used as the default backend (owned by the control thread), as the Redis backend's local copy,
 //! and as each shard's hot cache. Every entry lives `ttl` from its last write. All entries share
-//! one TTL, so write order is expiry order: a FIFO of `(key, expiry)` finds expired entries in
-//! O(1) and, when the store is full, evicts the entry closest to expiring.
+//! one TTL, so write order is expiry order: a FIFO of writes finds expired entries in O(1) and,
+//! when the store is full, evicts the entry closest to expiring.
 //!
-//! Every write is on a turn's path (twice: the shard's cache, then the control thread's store).
-//! Keys are structured ([`StoreKey`]: kind, group, response id or hashed session) and share the
-//! turn's strings, so a write builds and allocates no key: a new key costs two reference
-//! counts, where a `{prefix}:{group}:{kind}:{id}` string cost a copy of the id, a key string and
-//! its allocation (the prefix scopes keys only in a store shared between hosts: Redis, whose keys
-//! `Keys` builds). Lookups hash a borrowed form of the key ([`KeyRef`]); each map operation
-//! hashes once (`entry_ref`, `get_key_value_mut`; a new key twice) with a fast seeded hasher
-//! (aHash; the seed is random per store). Values share their strings (`Arc<str>`, the pending
-//! call ids as one `Arc<[String]>`) instead of copying them.
+//! Every write is on a turn's path (twice: the shard's cache, then the control thread's store),
+//! so a turn costs two entries and two hashes per store: one `Response` entry holding what the
+//! turn left about its response (where it lives and the calls it left pending, written
+//! together), found by a hash of the response id alone (upstream ids are unique; the group is
+//! compared on a match), and one `Session` entry (the session's last response), found by a
+//! hash of the session key's first 8 bytes (already a SHA-256). Each hash is computed once per
+//! operation and kept in the entry, so the table grows without hashing any key again, and the
+//! FIFO names an entry by that hash and a write number, not by its key: it holds no strings and
+//! checks no key. Entries share the turn's strings (`Arc<str>`, the pending call ids as one
+//! `Arc<[String]>`) instead of copying them. The hasher is aHash, seeded at random per store.
 
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hashbrown::hash_map::EntryRef;
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::HashTable;
 
 use super::{add, Binding, Keys, SessionKey, StateStats, StateStore, TurnState};
 
-/// A stored value.
-#[derive(Debug, Clone)]
-enum Value {
-    Binding(Binding),
-    Text(Arc<str>),
-    Ids(Arc<[String]>),
-}
-
-#[derive(Debug)]
-struct Slot {
-    value: Value,
+/// One write of an entry: its key's hash, which write it was, when it expires. Kept in the
+/// entry and in the FIFO; a FIFO element whose entry holds a later write is stale.
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    hash: u64,
+    seq: u64,
     expires: Instant,
 }
 
-/// A store key, owned: the group and the response id are the turn's shared strings.
-#[derive(Debug, Clone)]
-enum StoreKey {
-    /// Response → binding.
-    Response(Arc<str>, Arc<str>),
-    /// Response → pending call ids.
-    Pending(Arc<str>, Arc<str>),
-    /// Session → last response id.
-    Session(Arc<str>, SessionKey),
-}
-
-/// A store key, borrowed: what lookups hash and compare. Hashes like the [`StoreKey`] it names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum KeyRef<'a> {
-    Response(&'a str, &'a str),
-    Pending(&'a str, &'a str),
-    Session(&'a str, &'a SessionKey),
-}
-
-impl StoreKey {
-    fn as_ref(&self) -> KeyRef<'_> {
-        match self {
-            StoreKey::Response(g, id) => KeyRef::Response(g, id),
-            StoreKey::Pending(g, id) => KeyRef::Pending(g, id),
-            StoreKey::Session(g, s) => KeyRef::Session(g, s),
-        }
-    }
-}
-
-impl Hash for StoreKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_ref().hash(state);
-    }
-}
-
-impl PartialEq for StoreKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_ref() == other.as_ref()
-    }
-}
-
-impl Eq for StoreKey {}
-
-impl Equivalent<StoreKey> for KeyRef<'_> {
-    fn equivalent(&self, key: &StoreKey) -> bool {
-        *self == key.as_ref()
-    }
-}
-
-/// Bounded in-memory store with a TTL per entry.
+/// What the store knows about one response. Its facts are written together by a turn (or one
+/// at a time by the Redis backend's local copy of what it read) and expire together, `ttl`
+/// after the last of them was written.
 #[derive(Debug)]
-pub struct EmbeddedStore {
+struct Response {
+    group: Arc<str>,
+    id: Arc<str>,
+    binding: Option<Binding>,
+    pending: Option<Arc<[String]>>,
+    stamp: Stamp,
+}
+
+/// A client session's last response.
+#[derive(Debug)]
+struct Session {
+    group: Arc<str>,
+    key: SessionKey,
+    last: Arc<str>,
+    stamp: Stamp,
+}
+
+/// Which table a FIFO element's entry is in.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Responses,
+    Sessions,
+}
+
+/// Bounded in-memory store with a TTL per entry. `S` hashes the keys (aHash, seeded at random;
+/// tests and benches count hashes through their own).
+#[derive(Debug)]
+pub struct EmbeddedStore<S = ahash::RandomState> {
     ttl: Duration,
     capacity: usize,
-    map: HashMap<StoreKey, Slot, ahash::RandomState>,
-    /// Write order; an element is stale when the map holds a later expiry for its key. Shares
-    /// each key's strings with the map.
-    order: VecDeque<(StoreKey, Instant)>,
+    hasher: S,
+    responses: HashTable<Response>,
+    sessions: HashTable<Session>,
+    /// Write order, oldest first.
+    order: VecDeque<(Table, Stamp)>,
+    /// No entry expires before this (the oldest write's expiry when last looked at): until
+    /// then a write does not look at the FIFO.
+    next_due: Option<Instant>,
+    /// Writes so far; numbers the next one.
+    writes: u64,
     evictions: u64,
     /// Evictions already handed to the store's counters ([`EmbeddedStore::new_evictions`]).
     evictions_reported: u64,
 }
 
 impl EmbeddedStore {
-    /// An empty store holding at most `capacity` entries (at least 1), each for `ttl`.
+    /// An empty store holding at most `capacity` entries (at least 1), each for `ttl`. An entry
+    /// is a response (its binding and pending calls) or a session (its last response).
     pub fn new(ttl: Duration, capacity: usize) -> Self {
+        Self::with_hasher(ttl, capacity, ahash::RandomState::new())
+    }
+}
+
+impl<S: BuildHasher> EmbeddedStore<S> {
+    /// [`EmbeddedStore::new`] hashing with `hasher` (a counting one, to count hashes per turn).
+    pub fn with_hasher(ttl: Duration, capacity: usize, hasher: S) -> Self {
         EmbeddedStore {
             ttl,
             capacity: capacity.max(1),
-            map: HashMap::with_hasher(ahash::RandomState::new()),
+            hasher,
+            responses: HashTable::new(),
+            sessions: HashTable::new(),
             order: VecDeque::new(),
+            next_due: None,
+            writes: 0,
             evictions: 0,
             evictions_reported: 0,
         }
@@ -117,12 +110,12 @@ impl EmbeddedStore {
 
     /// Entries currently held (expired ones included until the next write or tick).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.responses.len() + self.sessions.len()
     }
 
     /// `true` when nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// Entries evicted so far because the store was full.
@@ -160,8 +153,8 @@ impl EmbeddedStore {
         );
     }
 
-    /// The binding, then the pending calls, then the session's last response, under keys
-    /// sharing `group` and `id`.
+    /// The response's entry (binding and pending calls), then the session's, sharing `group`
+    /// and `id`.
     fn put(
         &mut self,
         group: &Arc<str>,
@@ -174,48 +167,24 @@ impl EmbeddedStore {
         if !Keys::is_id(id) {
             return;
         }
-        self.insert(
-            KeyRef::Response(group, id),
-            || StoreKey::Response(group.clone(), id.clone()),
-            Value::Binding(binding),
-            now,
-        );
-        if let Some(calls) = pending {
-            self.insert(
-                KeyRef::Pending(group, id),
-                || StoreKey::Pending(group.clone(), id.clone()),
-                Value::Ids(calls),
-                now,
-            );
-        }
+        let owned = || (group.clone(), id.clone());
+        self.write_response(group, id, owned, Some(binding), pending, now);
         if let Some(session) = session {
-            self.insert(
-                KeyRef::Session(group, &session),
-                || StoreKey::Session(group.clone(), session),
-                Value::Text(id.clone()),
-                now,
-            );
+            self.write_session(group, &session, || group.clone(), id.clone(), now);
         }
     }
 
     /// Records where `id` lives at a given time.
     pub fn put_binding_at(&mut self, group: &str, id: &str, binding: &Binding, now: Instant) {
         if Keys::is_id(id) {
-            self.insert(
-                KeyRef::Response(group, id),
-                || StoreKey::Response(group.into(), id.into()),
-                Value::Binding(binding.clone()),
-                now,
-            );
+            let owned = || (group.into(), id.into());
+            self.write_response(group, id, owned, Some(binding.clone()), None, now);
         }
     }
 
     /// [`StateStore::binding`] at a given time.
     pub fn binding_at(&mut self, group: &str, id: &str, now: Instant) -> Option<Binding> {
-        match self.get(KeyRef::Response(group, id), now) {
-            Some(Value::Binding(b)) => Some(b.clone()),
-            _ => None,
-        }
+        self.response(group, id, now)?.binding.clone()
     }
 
     /// Records a session's last response at a given time.
@@ -227,12 +196,7 @@ impl EmbeddedStore {
         now: Instant,
     ) {
         if Keys::is_id(id) {
-            self.insert(
-                KeyRef::Session(group, session),
-                || StoreKey::Session(group.into(), *session),
-                Value::Text(id.into()),
-                now,
-            );
+            self.write_session(group, session, || group.into(), id.into(), now);
         }
     }
 
@@ -243,98 +207,193 @@ impl EmbeddedStore {
         session: &SessionKey,
         now: Instant,
     ) -> Option<String> {
-        match self.get(KeyRef::Session(group, session), now) {
-            Some(Value::Text(t)) => Some(t.to_string()),
-            _ => None,
+        let hash = self.hasher.hash_one(session.prefix_u64());
+        let found = self
+            .sessions
+            .find_entry(hash, |s| s.key == *session && *s.group == *group);
+        match found {
+            Ok(e) if e.get().stamp.expires <= now => {
+                e.remove();
+                None
+            }
+            Ok(e) => Some(e.get().last.to_string()),
+            Err(_) => None,
         }
     }
 
     /// Records the calls `id` left pending at a given time.
     pub fn put_pending_at(&mut self, group: &str, id: &str, call_ids: &[String], now: Instant) {
         if Keys::is_id(id) {
-            self.insert(
-                KeyRef::Pending(group, id),
-                || StoreKey::Pending(group.into(), id.into()),
-                Value::Ids(call_ids.into()),
-                now,
-            );
+            let owned = || (group.into(), id.into());
+            self.write_response(group, id, owned, None, Some(call_ids.into()), now);
         }
     }
 
     /// [`StateStore::pending`] at a given time.
     pub fn pending_at(&mut self, group: &str, id: &str, now: Instant) -> Option<Vec<String>> {
-        match self.get(KeyRef::Pending(group, id), now) {
-            Some(Value::Ids(ids)) => Some(ids.to_vec()),
-            _ => None,
-        }
+        self.response(group, id, now)?
+            .pending
+            .as_deref()
+            .map(<[String]>::to_vec)
     }
 
     /// Drops every entry that expired by `now`.
     pub fn expire(&mut self, now: Instant) {
-        while self.order.front().is_some_and(|(_, at)| *at <= now) {
-            if let Some((key, at)) = self.order.pop_front() {
-                self.remove_if_written_at(&key, at);
+        if self.next_due.is_some_and(|due| due > now) {
+            return;
+        }
+        while self.order.front().is_some_and(|(_, s)| s.expires <= now) {
+            if let Some((table, stamp)) = self.order.pop_front() {
+                self.remove_if_current(table, stamp);
             }
         }
+        self.next_due = self.order.front().map(|(_, s)| s.expires);
     }
 
-    /// Removes `key` if its entry is still the one written with expiry `at` (a queue element
-    /// is stale once the key was written again); `true` when it was removed. One hash.
-    fn remove_if_written_at(&mut self, key: &StoreKey, at: Instant) -> bool {
-        match self.map.entry_ref(&key.as_ref()) {
-            EntryRef::Occupied(e) if e.get().expires == at => {
-                e.remove();
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn get(&mut self, key: KeyRef<'_>, now: Instant) -> Option<&Value> {
-        match self.map.entry_ref(&key) {
-            EntryRef::Occupied(e) if e.get().expires <= now => {
+    /// The response's entry, unless it expired (then it is dropped).
+    fn response(&mut self, group: &str, id: &str, now: Instant) -> Option<&Response> {
+        let hash = self.hasher.hash_one(id);
+        let found = self
+            .responses
+            .find_entry(hash, |r| *r.id == *id && *r.group == *group);
+        match found {
+            Ok(e) if e.get().stamp.expires <= now => {
                 e.remove();
                 None
             }
-            EntryRef::Occupied(e) => Some(&e.into_mut().value),
-            EntryRef::Vacant(_) => None,
+            Ok(e) => Some(e.into_mut()),
+            Err(_) => None,
         }
     }
 
-    /// Writes `value` under `key`; `owned` makes the key the store keeps when it is new.
-    fn insert(
+    /// Writes what is `Some` of a response's facts (the others stay as they were); `owned`
+    /// makes the entry's key when the response is new.
+    fn write_response(
         &mut self,
-        key: KeyRef<'_>,
-        owned: impl FnOnce() -> StoreKey,
-        value: Value,
+        group: &str,
+        id: &str,
+        owned: impl FnOnce() -> (Arc<str>, Arc<str>),
+        binding: Option<Binding>,
+        pending: Option<Arc<[String]>>,
         now: Instant,
     ) {
-        let expires = now + self.ttl;
-        let key = match self.map.get_key_value_mut(&key) {
-            Some((shared, slot)) => {
-                *slot = Slot { value, expires };
-                shared.clone()
+        let stamp = self.stamp(self.hasher.hash_one(id), now);
+        let found = self
+            .responses
+            .find_mut(stamp.hash, |r| *r.id == *id && *r.group == *group);
+        match found {
+            Some(r) => {
+                if binding.is_some() {
+                    r.binding = binding;
+                }
+                if pending.is_some() {
+                    r.pending = pending;
+                }
+                r.stamp = stamp;
             }
             None => {
-                self.expire(now);
-                while self.map.len() >= self.capacity && self.evict_oldest() {}
-                let shared = owned();
-                self.map.insert(shared.clone(), Slot { value, expires });
-                shared
+                self.make_room(now);
+                let (group, id) = owned();
+                let entry = Response {
+                    group,
+                    id,
+                    binding,
+                    pending,
+                    stamp,
+                };
+                self.responses
+                    .insert_unique(stamp.hash, entry, |r| r.stamp.hash);
             }
-        };
-        self.order.push_back((key, expires));
-        if self.order.len() > self.capacity.saturating_mul(2) {
-            let map = &self.map;
-            self.order
-                .retain(|(k, at)| map.get(k).is_some_and(|s| s.expires == *at));
+        }
+        self.queue(Table::Responses, stamp);
+    }
+
+    /// Makes `last` the session's last response; `group` makes the entry's group when the
+    /// session is new.
+    fn write_session(
+        &mut self,
+        group: &str,
+        key: &SessionKey,
+        owned: impl FnOnce() -> Arc<str>,
+        last: Arc<str>,
+        now: Instant,
+    ) {
+        let stamp = self.stamp(self.hasher.hash_one(key.prefix_u64()), now);
+        let found = self
+            .sessions
+            .find_mut(stamp.hash, |s| s.key == *key && *s.group == *group);
+        match found {
+            Some(s) => {
+                s.last = last;
+                s.stamp = stamp;
+            }
+            None => {
+                self.make_room(now);
+                let entry = Session {
+                    group: owned(),
+                    key: *key,
+                    last,
+                    stamp,
+                };
+                self.sessions
+                    .insert_unique(stamp.hash, entry, |s| s.stamp.hash);
+            }
+        }
+        self.queue(Table::Sessions, stamp);
+    }
+
+    /// The next write's stamp.
+    fn stamp(&mut self, hash: u64, now: Instant) -> Stamp {
+        self.writes += 1;
+        Stamp {
+            hash,
+            seq: self.writes,
+            expires: now + self.ttl,
         }
     }
 
-    /// Removes the oldest live entry (skipping stale queue elements); `false` when empty.
+    /// Drops what expired, then evicts until a new entry fits.
+    fn make_room(&mut self, now: Instant) {
+        self.expire(now);
+        while self.len() >= self.capacity && self.evict_oldest() {}
+    }
+
+    /// Appends a write to the FIFO; drops the stale elements once it holds twice the capacity
+    /// (a key rewritten again and again leaves one behind per write).
+    fn queue(&mut self, table: Table, stamp: Stamp) {
+        if self.next_due.is_none() {
+            self.next_due = Some(stamp.expires);
+        }
+        self.order.push_back((table, stamp));
+        if self.order.len() > self.capacity.saturating_mul(2) {
+            let (responses, sessions) = (&self.responses, &self.sessions);
+            self.order.retain(|(table, s)| match table {
+                Table::Responses => responses.find(s.hash, |r| r.stamp.seq == s.seq).is_some(),
+                Table::Sessions => sessions.find(s.hash, |e| e.stamp.seq == s.seq).is_some(),
+            });
+        }
+    }
+
+    /// Removes the entry `stamp` wrote if no later write replaced it; `true` when it was removed.
+    fn remove_if_current(&mut self, table: Table, stamp: Stamp) -> bool {
+        match table {
+            Table::Responses => self
+                .responses
+                .find_entry(stamp.hash, |r| r.stamp.seq == stamp.seq)
+                .map(|e| e.remove())
+                .is_ok(),
+            Table::Sessions => self
+                .sessions
+                .find_entry(stamp.hash, |s| s.stamp.seq == stamp.seq)
+                .map(|e| e.remove())
+                .is_ok(),
+        }
+    }
+
+    /// Removes the oldest live entry (skipping stale FIFO elements); `false` when empty.
     fn evict_oldest(&mut self) -> bool {
-        while let Some((key, at)) = self.order.pop_front() {
-            if self.remove_if_written_at(&key, at) {
+        while let Some((table, stamp)) = self.order.pop_front() {
+            if self.remove_if_current(table, stamp) {
                 self.evictions += 1;
                 return true;
             }
@@ -454,7 +513,8 @@ mod tests {
             },
             now,
         );
-        assert_eq!(s.len(), 4);
+        // r1 (binding and pending calls), r2, the session.
+        assert_eq!(s.len(), 3);
         assert_eq!(
             s.session_last_at("g", &sess, now).as_deref(),
             Some("resp_1")
@@ -482,9 +542,10 @@ mod tests {
         }
         let now = t0 + Duration::from_secs(3);
         for s in [&mut borrowed, &mut owned] {
-            // Capacity 3: the oldest entries (r1's binding, then r2's) went first.
+            // Capacity 3 (a response with its pending calls is one entry): r1, the oldest,
+            // went for r3.
             assert_eq!(s.len(), 3);
-            assert_eq!(s.evictions(), 2);
+            assert_eq!(s.evictions(), 1);
             assert_eq!(s.binding_at("g", "r1", now), None);
             assert_eq!(s.pending_at("g", "r2", now), Some(vec!["call_a".into()]));
             assert_eq!(s.binding_at("g", "r3", now), Some(binding(2)));
@@ -541,6 +602,69 @@ mod tests {
                 .as_deref(),
             Some("r999")
         );
+    }
+
+    /// aHash, counting the hashes it computes.
+    #[derive(Debug, Default)]
+    struct CountingHasher {
+        inner: ahash::RandomState,
+        hashes: std::cell::Cell<u64>,
+    }
+
+    impl BuildHasher for CountingHasher {
+        type Hasher = ahash::AHasher;
+
+        fn build_hasher(&self) -> ahash::AHasher {
+            self.hashes.set(self.hashes.get() + 1);
+            self.inner.build_hasher()
+        }
+    }
+
+    #[test]
+    fn a_turn_costs_one_hash_per_entry_and_growing_expiring_or_evicting_none() {
+        let t0 = Instant::now();
+        let turn = |i: u64, pending: bool| TurnState {
+            group: "g".into(),
+            response_id: format!("resp_{i}").into(),
+            binding: binding(i),
+            session: Some(SessionKey::hash(&(i % 4).to_le_bytes())),
+            pending: pending.then(|| vec![format!("call_{i}")].into()),
+        };
+        // Room for all: the tables grow from empty, new ids every turn, sessions rewritten.
+        let mut s =
+            EmbeddedStore::with_hasher(Duration::from_secs(60), 1 << 20, CountingHasher::default());
+        for i in 0..10_000 {
+            s.put_turn_at(&turn(i, i % 2 == 0), t0 + Duration::from_micros(i));
+        }
+        assert_eq!(s.hasher.hashes.get(), 2 * 10_000);
+        assert_eq!(s.len(), 10_004);
+        // Everything expires: the FIFO finds each entry by its stored hash.
+        s.expire(t0 + Duration::from_secs(61));
+        assert!(s.is_empty());
+        assert_eq!(s.hasher.hashes.get(), 2 * 10_000);
+        // Full: every new response evicts the oldest entry, again without hashing it.
+        let mut s =
+            EmbeddedStore::with_hasher(Duration::from_secs(60), 64, CountingHasher::default());
+        for i in 0..1_000 {
+            s.put_turn_at(&turn(i, true), t0);
+        }
+        assert_eq!(s.len(), 64);
+        assert_eq!(s.evictions(), 1_000 + 4 - 64);
+        assert_eq!(s.hasher.hashes.get(), 2 * 1_000);
+    }
+
+    #[test]
+    fn a_responses_binding_and_pending_calls_live_from_its_last_write() {
+        let t0 = Instant::now();
+        let mut s = store(16);
+        s.put_binding_at("g", "r1", &binding(1), t0);
+        s.put_pending_at("g", "r1", &["call_a".into()], t0 + Duration::from_secs(30));
+        let t = t0 + Duration::from_secs(61);
+        assert_eq!(s.binding_at("g", "r1", t), Some(binding(1)));
+        assert_eq!(s.pending_at("g", "r1", t), Some(vec!["call_a".into()]));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.binding_at("g", "r1", t0 + Duration::from_secs(91)), None);
+        assert!(s.is_empty());
     }
 
     #[test]
