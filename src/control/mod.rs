@@ -31,7 +31,7 @@ use crate::metrics::ShardSnapshot;
 use crate::oauth::OAuthRegistry;
 use crate::reload::LiveSettings;
 use crate::state::service::{StateMsg, StateService};
-use crate::state::{StateError, StateStats};
+use crate::state::{StateError, StateStats, TurnState};
 use crate::stats::{StatsError, StatsServices};
 use crate::usage::writer::{UsageWriter, UsageWriterError};
 use crate::usage::UsageRecord;
@@ -50,10 +50,24 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 pub enum ShardMsg {
     /// A turn ended: write its usage record.
     Usage(Box<UsageRecord>),
+    /// A turn that produced a response ended: write its usage record and its sticky state.
+    Turn(Box<TurnReport>),
     /// A shard's measurements for the last interval.
     Snapshot(Box<ShardSnapshot>),
     /// A sticky-state write or lookup.
     State(StateMsg),
+}
+
+/// What a turn that produced a response sends the control thread: its usage record and the
+/// sticky state it left, in one message (one allocation and one queue slot per turn instead of
+/// two). The two keep their own rules for a full queue: the record is held by the shard
+/// (`shard::usage_outbox`), the state is dropped and counted.
+#[derive(Debug)]
+pub struct TurnReport {
+    /// The turn's usage record (billing).
+    pub usage: UsageRecord,
+    /// What the turn left for later turns (binding, pending calls, session's last response).
+    pub state: TurnState,
 }
 
 /// Why the control thread could not start.
@@ -137,12 +151,24 @@ impl ControlHandle {
     /// Queues a usage record without waiting; hands it back when the queue is full, for the
     /// shard to hold and offer again (`shard::usage_outbox`): records are billing.
     pub fn offer_usage(&self, record: Box<UsageRecord>) -> Result<(), Box<UsageRecord>> {
-        self.tx
-            .try_send(ShardMsg::Usage(record))
-            .map_err(|e| match e.into_inner() {
-                ShardMsg::Usage(record) => record,
-                _ => unreachable!("try_send hands back the message it was given"),
-            })?;
+        self.offer(ShardMsg::Usage(record), |back| match back {
+            ShardMsg::Usage(record) => record,
+            _ => unreachable!("try_send hands back the message it was given"),
+        })
+    }
+
+    /// Queues a turn's usage record and sticky state as one message without waiting; hands the
+    /// turn back when the queue is full (the shard holds its record, drops its state).
+    pub fn offer_turn(&self, turn: Box<TurnReport>) -> Result<(), Box<TurnReport>> {
+        self.offer(ShardMsg::Turn(turn), |back| match back {
+            ShardMsg::Turn(turn) => turn,
+            _ => unreachable!("try_send hands back the message it was given"),
+        })
+    }
+
+    /// Queues `msg`, or hands what it carries back (`back`) when the queue is full.
+    fn offer<T>(&self, msg: ShardMsg, back: impl FnOnce(ShardMsg) -> T) -> Result<(), T> {
+        self.tx.try_send(msg).map_err(|e| back(e.into_inner()))?;
         self.wake_if_filling();
         Ok(())
     }
@@ -330,6 +356,11 @@ impl Control {
     fn handle(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Usage(rec) => self.usage.push(*rec),
+            ShardMsg::Turn(turn) => {
+                let TurnReport { usage, state } = *turn;
+                self.state.put_turn(state);
+                self.usage.push(usage);
+            }
             ShardMsg::Snapshot(mut snap) => {
                 let accounts = std::mem::take(&mut snap.accounts);
                 self.rollback.add(Instant::now(), accounts);
@@ -360,6 +391,47 @@ mod tests {
         assert_eq!(&*back.response_id, "resp_2");
         assert!(matches!(rx.try_recv(), Ok(ShardMsg::Usage(r)) if &*r.response_id == "resp_1"));
         assert!(handle.offer_usage(back).is_ok());
+    }
+
+    #[test]
+    fn a_turns_record_and_state_take_one_slot_and_come_back_whole_when_full() {
+        let (tx, rx) = bounded(1);
+        let handle = ControlHandle {
+            tx,
+            state_stats: Arc::default(),
+            waker: Arc::new(Waker::new()),
+        };
+        let turn = |id: &str| {
+            Box::new(TurnReport {
+                usage: UsageRecord::sample(id),
+                state: TurnState {
+                    group: "g".into(),
+                    response_id: id.into(),
+                    binding: crate::state::Binding {
+                        account: "acct-1".into(),
+                        instance: "host-a".into(),
+                        shard: 0,
+                        connection: 1,
+                    },
+                    session: None,
+                    pending: None,
+                },
+            })
+        };
+        assert!(handle.offer_turn(turn("resp_1")).is_ok());
+        let back = handle
+            .offer_turn(turn("resp_2"))
+            .expect_err("queue is full");
+        assert_eq!(&*back.usage.response_id, "resp_2");
+        assert_eq!(&*back.state.response_id, "resp_2");
+        match rx.try_recv() {
+            Ok(ShardMsg::Turn(t)) => {
+                assert_eq!(&*t.usage.response_id, "resp_1");
+                assert_eq!(&*t.state.response_id, "resp_1");
+            }
+            other => panic!("expected one turn message, got {other:?}"),
+        }
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]

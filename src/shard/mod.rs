@@ -46,7 +46,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::config::{Config, UpstreamConfig};
-use crate::control::{ControlHandle, ShardMsg};
+use crate::control::{ControlHandle, ShardMsg, TurnReport};
 use crate::metrics::accounts::AccountTallies;
 use crate::metrics::{ShardMetrics, ShardSnapshot};
 use crate::net::tls_server::ShardListenerTls;
@@ -232,10 +232,30 @@ impl Shard {
     /// Sends a usage record to the control thread, or holds it in the outbox while the control
     /// queue is full; only a full outbox loses it (counted and logged).
     pub fn submit_usage(&self, record: Box<UsageRecord>) {
-        match self
+        let submitted = self
             .usage_outbox
-            .submit(record, |r| self.control.offer_usage(r))
-        {
+            .submit(record, |r| self.control.offer_usage(r));
+        self.count_submitted(submitted);
+    }
+
+    /// Sends a turn's usage record and sticky state as one message; when it cannot go, the
+    /// record is held as [`Shard::submit_usage`] holds it and the state is dropped (counted as
+    /// a dropped state write).
+    pub fn submit_turn(&self, turn: Box<TurnReport>) {
+        let (submitted, state_dropped) = self.usage_outbox.submit_turn(
+            turn,
+            |t| self.control.offer_turn(t),
+            |r| self.control.offer_usage(r),
+        );
+        if state_dropped {
+            self.sticky.count_dropped_write(&self.counters);
+        }
+        self.count_submitted(submitted);
+    }
+
+    /// Counts what became of a usage record (held, or lost with the outbox full).
+    fn count_submitted(&self, submitted: Submitted) {
+        match submitted {
             Submitted::Sent => {}
             Submitted::Held => bump(&self.counters.usage_outbox_holds),
             Submitted::Dropped => {

@@ -181,8 +181,20 @@ impl Sticky {
     /// at once, and in the store through one message to the control thread. The cache and the
     /// message share the turn's strings.
     pub fn remember_turn(&self, counters: &ShardCounters, turn: TurnState) {
-        self.cache.borrow_mut().put_turn_at(&turn, Instant::now());
+        self.cache_turn(&turn);
         self.write(counters, StateMsg::Turn(Box::new(turn)));
+    }
+
+    /// Records what a turn left behind in the cache only: the caller sends the same turn to the
+    /// control thread with its usage record (`Shard::submit_turn`).
+    pub fn cache_turn(&self, turn: &TurnState) {
+        self.cache.borrow_mut().put_turn_at(turn, Instant::now());
+    }
+
+    /// Counts a state write the control queue could not take (the cache still has it).
+    pub fn count_dropped_write(&self, counters: &ShardCounters) {
+        bump(&counters.control_queue_drops);
+        counters.bump_labeled(FAMILY, "write_dropped");
     }
 
     /// Where `response_id` lives: this shard's cache, else the store.
@@ -300,8 +312,7 @@ impl Sticky {
 
     fn write(&self, counters: &ShardCounters, msg: StateMsg) {
         if !self.control.send(ShardMsg::State(msg)) {
-            bump(&counters.control_queue_drops);
-            counters.bump_labeled(FAMILY, "write_dropped");
+            self.count_dropped_write(counters);
         }
     }
 

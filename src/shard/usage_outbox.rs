@@ -3,10 +3,15 @@
 //! records. The shard never waits on the queue; it keeps what did not fit, in order, and offers
 //! it again before each new record and on every stats tick. Only when this outbox is full too is
 //! a record dropped (counted and logged by the caller).
+//!
+//! A turn that produced a response sends its record and its sticky state as one message
+//! ([`TurnReport`]); when that message cannot go (records held before it, or the queue full),
+//! the state is dropped, as a full queue drops any state write, and the record is held alone.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
+use crate::control::TurnReport;
 use crate::usage::UsageRecord;
 
 /// Records kept per shard while the control queue is full (at a few hundred bytes each, tens of
@@ -57,6 +62,25 @@ impl UsageOutbox {
         }
     }
 
+    /// [`UsageOutbox::submit`] of a turn's record travelling with the turn's sticky state
+    /// (`offer_turn` queues both, handing the turn back when the queue is full). When the record
+    /// cannot go with it, the state is dropped: the second value says so, for the caller to count.
+    pub fn submit_turn(
+        &self,
+        turn: Box<TurnReport>,
+        offer_turn: impl FnOnce(Box<TurnReport>) -> Result<(), Box<TurnReport>>,
+        offer: impl FnMut(Box<UsageRecord>) -> Result<(), Box<UsageRecord>>,
+    ) -> (Submitted, bool) {
+        let mut turn = turn;
+        if self.flush(offer) == 0 {
+            match offer_turn(turn) {
+                Ok(()) => return (Submitted::Sent, false),
+                Err(back) => turn = back,
+            }
+        }
+        (self.hold(Box::new(turn.usage)), true)
+    }
+
     /// Offers the held records in order until one is handed back; returns how many remain.
     pub fn flush(
         &self,
@@ -95,6 +119,7 @@ impl UsageOutbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{Binding, TurnState};
 
     fn record(n: u64) -> Box<UsageRecord> {
         Box::new(UsageRecord::sample(format!("resp_{n}")))
@@ -132,5 +157,85 @@ mod tests {
         assert!(outbox.is_empty());
         assert_eq!(outbox.submit(record(6), &mut open), Submitted::Sent);
         assert_eq!(sent, ["resp_1", "resp_2", "resp_3", "resp_5", "resp_6"]);
+    }
+
+    fn turn(n: u64) -> Box<TurnReport> {
+        Box::new(TurnReport {
+            usage: *record(n),
+            state: TurnState {
+                group: "g".into(),
+                response_id: format!("resp_{n}").into(),
+                binding: Binding {
+                    account: "acct-1".into(),
+                    instance: "host-a".into(),
+                    shard: 0,
+                    connection: n,
+                },
+                session: None,
+                pending: None,
+            },
+        })
+    }
+
+    #[test]
+    fn a_turns_record_is_held_and_its_state_dropped_when_the_turn_cannot_go() {
+        let outbox = UsageOutbox::new(2);
+        let sent = std::cell::RefCell::new(Vec::new());
+        let turns_sent = std::cell::RefCell::new(Vec::new());
+        let full = |t: Box<TurnReport>| Err(t);
+        let no_room = |r: Box<UsageRecord>| Err(r);
+
+        // Nothing held, room: record and state go together.
+        let send_turn = |t: Box<TurnReport>| {
+            turns_sent
+                .borrow_mut()
+                .push(t.state.response_id.to_string());
+            Ok(())
+        };
+        assert_eq!(
+            outbox.submit_turn(turn(1), send_turn, no_room),
+            (Submitted::Sent, false)
+        );
+        // Queue full: the record is held, the state dropped.
+        assert_eq!(
+            outbox.submit_turn(turn(2), full, no_room),
+            (Submitted::Held, true)
+        );
+        // A record held before it: the turn does not overtake it (record held, state dropped).
+        let send_turn = |t: Box<TurnReport>| {
+            turns_sent
+                .borrow_mut()
+                .push(t.state.response_id.to_string());
+            Ok(())
+        };
+        assert_eq!(
+            outbox.submit_turn(turn(3), send_turn, no_room),
+            (Submitted::Held, true)
+        );
+        // Outbox full too: the record is lost (the caller counts it).
+        assert_eq!(
+            outbox.submit_turn(turn(4), full, no_room),
+            (Submitted::Dropped, true)
+        );
+        assert_eq!(*turns_sent.borrow(), ["resp_1"]);
+
+        // Room again: the held records go first, in order, then the next turn whole.
+        let open = |r: Box<UsageRecord>| {
+            sent.borrow_mut().push(r.response_id.to_string());
+            Ok(())
+        };
+        let send_turn = |t: Box<TurnReport>| {
+            turns_sent
+                .borrow_mut()
+                .push(t.state.response_id.to_string());
+            Ok(())
+        };
+        assert_eq!(
+            outbox.submit_turn(turn(5), send_turn, open),
+            (Submitted::Sent, false)
+        );
+        assert_eq!(*sent.borrow(), ["resp_2", "resp_3"]);
+        assert_eq!(*turns_sent.borrow(), ["resp_1", "resp_5"]);
+        assert!(outbox.is_empty());
     }
 }

@@ -87,10 +87,15 @@ impl StateService {
         self.stats.clone()
     }
 
+    /// Records what a turn left behind (a turn that came with its usage record, unboxed).
+    pub fn put_turn(&mut self, turn: TurnState) {
+        self.store.put_turn(turn);
+    }
+
     /// Applies one message; lookups are answered at once.
     pub fn handle(&mut self, msg: StateMsg) {
         match msg {
-            StateMsg::Turn(turn) => self.store.put_turn(*turn),
+            StateMsg::Turn(turn) => self.put_turn(*turn),
             StateMsg::LookupBinding {
                 group,
                 response_id,

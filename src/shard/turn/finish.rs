@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::control::TurnReport;
 use crate::metrics::Hist;
 use crate::protocol::{ClientFrame, TerminalKind, Usage};
 use crate::runtime;
@@ -19,6 +20,7 @@ use super::super::auth::ClientIdentity;
 use super::super::counters::{bump, ShardCounters};
 use super::super::pool::Pool;
 use super::super::relay::Settled;
+use super::super::sticky::Sticky;
 use super::super::warmup;
 use super::Driver;
 
@@ -65,6 +67,8 @@ pub(super) struct TurnNames {
     key_id: Arc<str>,
     /// The model of the last billed turn (a session asks for the same one turn after turn).
     model: Option<Arc<str>>,
+    /// The account of the last turn (a session's turns stay on theirs).
+    account: Option<Arc<str>>,
 }
 
 impl TurnNames {
@@ -74,6 +78,15 @@ impl TurnNames {
             group: Arc::from(identity.group.as_str()),
             key_id: Arc::from(identity.key_id.as_str()),
             model: None,
+            account: None,
+        }
+    }
+
+    /// The account `id` as the shard's shared string: the last turn's when it is the same.
+    fn account(&mut self, id: &str, sticky: &Sticky) -> Arc<str> {
+        match &self.account {
+            Some(last) if **last == *id => last.clone(),
+            _ => self.account.insert(sticky.name(id)).clone(),
         }
     }
 
@@ -117,7 +130,8 @@ impl Driver {
             over_http,
         } = done;
         let pool = meta.pool;
-        pool.breaker.on_success(Instant::now());
+        let now = Instant::now();
+        pool.breaker.on_success(now);
         let response_id = response_id.map(Arc::<str>::from);
         if let (Some(id), Some(output)) = (&response_id, &output) {
             // Upstream keeps no store=false response over HTTP: the gateway keeps the context,
@@ -130,16 +144,19 @@ impl Driver {
                     .insert(id.to_string(), group, ctx);
             }
         }
-        if let Some(id) = &response_id {
-            self.remember(id, pool, conn, pending_calls);
-        }
+        // Cached now; sent to the control thread with the usage record below.
+        let state = response_id.as_ref().map(|id| {
+            let state = self.turn_state(id, pool, conn, pending_calls);
+            self.shard.sticky.cache_turn(&state);
+            state
+        });
         self.shard.counters.bump_labeled("terminal", kind.as_str());
         if kind == TerminalKind::Completed {
             bump(&self.shard.counters.turns_completed);
         } else {
             bump(&self.shard.counters.turns_other_terminal);
         }
-        let duration = meta.received.elapsed();
+        let duration = now.saturating_duration_since(meta.received);
         let ttft = first_event_at.map(|t| t.duration_since(meta.received));
         let metrics = &self.shard.metrics;
         metrics.record(Hist::TurnDuration, duration);
@@ -163,16 +180,20 @@ impl Driver {
             duration_us = duration.as_micros() as u64,
             "turn"
         );
-        self.record_usage(
-            meta,
-            UsageFacts {
-                kind,
-                response_id,
-                usage,
-                ttft,
-                duration,
-            },
-        );
+        let facts = UsageFacts {
+            kind,
+            response_id,
+            usage,
+            ttft,
+            duration,
+        };
+        let usage = self.usage_record(meta, facts);
+        match state {
+            Some(state) => self
+                .shard
+                .submit_turn(Box::new(TurnReport { usage, state })),
+            None => self.shard.submit_usage(Box::new(usage)),
+        }
         self.keep_or_release(parsed);
     }
 
@@ -245,29 +266,45 @@ impl Driver {
         connection: u64,
         pending_calls: Option<Vec<String>>,
     ) {
+        let state = self.turn_state(response_id, pool, connection, pending_calls);
         let shard = &self.shard;
-        let sticky = &shard.sticky;
-        sticky.remember_turn(
-            &shard.counters,
-            TurnState {
-                group: self.names.group.clone(),
-                response_id: response_id.clone(),
-                binding: Binding {
-                    account: sticky.name(&pool.account.config.id),
-                    instance: sticky.instance(),
-                    shard: shard.id,
-                    connection,
-                },
-                session: self.session,
-                pending: pending_calls.map(Arc::from),
-            },
-        );
+        shard.sticky.remember_turn(&shard.counters, state);
+    }
+
+    /// What a turn that produced `response_id` leaves behind; the session's last response is
+    /// now that one.
+    fn turn_state(
+        &mut self,
+        response_id: &Arc<str>,
+        pool: &Pool,
+        connection: u64,
+        pending_calls: Option<Vec<String>>,
+    ) -> TurnState {
         self.last = Some(response_id.clone());
         self.last_at = Some((pool.account.index, connection));
+        let shard = &self.shard;
+        TurnState {
+            group: self.names.group.clone(),
+            response_id: response_id.clone(),
+            binding: Binding {
+                account: self.names.account(&pool.account.config.id, &shard.sticky),
+                instance: shard.sticky.instance(),
+                shard: shard.id,
+                connection,
+            },
+            session: self.session,
+            pending: pending_calls.map(Arc::from),
+        }
     }
 
     /// Sends the turn's usage record to the control thread (never waits; a full queue is counted).
     pub(super) fn record_usage(&mut self, meta: &TurnMeta<'_>, f: UsageFacts) {
+        let record = self.usage_record(meta, f);
+        self.shard.submit_usage(Box::new(record));
+    }
+
+    /// The turn's usage record.
+    fn usage_record(&mut self, meta: &TurnMeta<'_>, f: UsageFacts) -> UsageRecord {
         let shard = &self.shard;
         let response_id = match f.response_id {
             Some(id) => id,
@@ -285,12 +322,14 @@ impl Driver {
                 .into()
             }
         };
-        let record = UsageRecord {
+        UsageRecord {
             response_id,
             ts_ms: runtime::unix_micros() / 1_000,
             group: self.names.group.clone(),
             key_id: self.names.key_id.clone(),
-            account: shard.sticky.name(&meta.pool.account.config.id),
+            account: self
+                .names
+                .account(&meta.pool.account.config.id, &shard.sticky),
             model: self.names.model(meta.model),
             request_type: self.request_type,
             usage: f.usage.unwrap_or_default(),
@@ -301,7 +340,6 @@ impl Driver {
             instance: shard.sticky.instance(),
             shard: shard.id,
             realtime: None,
-        };
-        shard.submit_usage(Box::new(record));
+        }
     }
 }
