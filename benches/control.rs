@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use shardgate::control::{ShardMsg, TurnReport};
 use shardgate::metrics::{Hist, ShardMetrics};
 use shardgate::protocol::Usage;
 use shardgate::state::embedded::{EmbeddedBackend, EmbeddedStore};
+use shardgate::state::service::StateMsg;
 use shardgate::state::{Binding, SessionKey, StateStats, StateStore, TurnState};
 use shardgate::usage::file::FileSink;
 use shardgate::usage::spool::Spool;
@@ -126,6 +128,84 @@ fn state(c: &mut Criterion) {
     report_allocs(name, || turn(&mut cache, &mut store));
 }
 
+/// A turn's way from the shard to the control thread's store and usage writer, as two messages
+/// (a state write, then the usage record: before session 10) and as one ([`TurnReport`]): the
+/// shard builds the state and the record, puts the state in its cache and sends; the control
+/// thread receives, puts the state in its store and pushes the record to the writer
+/// (`/dev/null`). Same thread, through a bounded crossbeam queue like the control queue. New ids
+/// every turn, stores at capacity as in `state/turn_cache_and_store`.
+fn to_control(c: &mut Criterion) {
+    for merged in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sink = FileSink::open(std::path::Path::new("/dev/null"), u64::MAX).expect("/dev/null");
+        let spool = Spool::open(dir.path(), 1 << 20).expect("spool");
+        let mut writer = UsageWriter::with_sink(Box::new(sink), spool, Duration::from_secs(86_400));
+        let mut cache = EmbeddedStore::new(Duration::from_secs(3600), 65_536);
+        let mut store = EmbeddedBackend::new(
+            EmbeddedStore::new(Duration::from_secs(3600), 65_536),
+            Arc::new(StateStats::default()),
+        );
+        let (tx, rx) = crossbeam_channel::bounded::<ShardMsg>(1024);
+        let sessions: Vec<SessionKey> = (0..1024)
+            .map(|i| SessionKey::of_client("team-a", &format!("session-{i}")))
+            .collect();
+        let binding = Binding {
+            account: "acct-0".into(),
+            instance: "gw-1".into(),
+            shard: 0,
+            connection: 7,
+        };
+        let template = record();
+        let prefix = "resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e5f6a7b8c9d";
+        let ids: Vec<String> = (0..200_000u32).map(|i| format!("{prefix}{i:07}")).collect();
+        let mut n = 0usize;
+        let mut turn = move || {
+            n = (n + 1) % ids.len();
+            let id: Arc<str> = Arc::from(ids[n].as_str());
+            let state = TurnState {
+                group: template.group.clone(),
+                response_id: id.clone(),
+                binding: binding.clone(),
+                session: Some(sessions[n % sessions.len()]),
+                pending: None,
+            };
+            cache.put_turn_at(&state, Instant::now());
+            let mut usage = template.clone();
+            usage.response_id = id;
+            if merged {
+                let sent = tx.try_send(ShardMsg::Turn(Box::new(TurnReport { usage, state })));
+                assert!(sent.is_ok());
+            } else {
+                let sent = tx.try_send(ShardMsg::State(StateMsg::Turn(Box::new(state))));
+                assert!(sent.is_ok());
+                assert!(tx.try_send(ShardMsg::Usage(Box::new(usage))).is_ok());
+            }
+            while let Ok(msg) = rx.try_recv() {
+                match msg {
+                    ShardMsg::Turn(t) => {
+                        let TurnReport { usage, state } = *t;
+                        store.put_turn(state);
+                        writer.push(usage);
+                    }
+                    ShardMsg::State(StateMsg::Turn(t)) => store.put_turn(*t),
+                    ShardMsg::Usage(r) => writer.push(*r),
+                    _ => unreachable!("the bench sends turns only"),
+                }
+            }
+        };
+        for _ in 0..70_000 {
+            turn();
+        }
+        let name = if merged {
+            "turn/to_control_one_message"
+        } else {
+            "turn/to_control_two_messages"
+        };
+        c.bench_function(name, |b| b.iter(&mut turn));
+        report_allocs(name, &mut turn);
+    }
+}
+
 /// The shard's snapshot each stats interval after 400 Codex-shaped turns (16 events each) at
 /// realistic latencies: only the histograms that recorded anything have anything to take.
 fn snapshot(c: &mut Criterion) {
@@ -156,6 +236,6 @@ fn snapshot(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = usage, state, snapshot
+    targets = usage, state, to_control, snapshot
 }
 criterion_main!(benches);
