@@ -1460,6 +1460,17 @@ impl Reactor {
         self.notifier.process_foreign_wakes()
     }
 
+    /// Whether a shared channel or a foreign wake notified this reactor since it last looked
+    /// (`SleepNotifier::take_activity`, shardgate patch).
+    pub(crate) fn take_activity(&self) -> bool {
+        self.notifier.take_activity()
+    }
+
+    /// Makes the reactor look at its shared channels and foreign wakes again next time.
+    pub(crate) fn flag_activity(&self) {
+        self.notifier.flag_activity()
+    }
+
     pub(crate) fn alloc_dma_buffer(&self, size: usize) -> DmaBuffer {
         let mut poll_ring = self.poll_ring.borrow_mut();
         poll_ring.alloc_dma_buffer(size)
