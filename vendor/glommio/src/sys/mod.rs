@@ -85,12 +85,35 @@ pub(crate) fn write_eventfd(eventfd: RawFd) {
     assert_eq!(ret, 8);
 }
 
+// shardgate patch: `send` and `recv` are called through `syscall(2)` (`sendto`/`recvfrom`
+// with no address, what glibc's `send` and `recv` make) instead of glibc's wrappers, which are
+// pthread cancellation points: every call switched asynchronous cancellation on and off, two
+// atomic read-modify-writes on the thread's cancel state, around a call that never blocks
+// (glommio always passes MSG_DONTWAIT here) in a process that never cancels a thread.
 pub(crate) fn send_syscall(fd: RawFd, buf: *const u8, len: usize, flags: i32) -> io::Result<usize> {
-    syscall!(send(fd, buf as _, len, flags)).map(|x| x as usize)
+    syscall!(syscall(
+        libc::SYS_sendto,
+        fd,
+        buf,
+        len,
+        flags,
+        std::ptr::null::<libc::sockaddr>(),
+        0 as libc::socklen_t
+    ))
+    .map(|x| x as usize)
 }
 
 pub(crate) fn recv_syscall(fd: RawFd, buf: *mut u8, len: usize, flags: i32) -> io::Result<usize> {
-    syscall!(recv(fd, buf as _, len, flags)).map(|x| x as usize)
+    syscall!(syscall(
+        libc::SYS_recvfrom,
+        fd,
+        buf,
+        len,
+        flags,
+        std::ptr::null_mut::<libc::sockaddr>(),
+        std::ptr::null_mut::<libc::socklen_t>()
+    ))
+    .map(|x| x as usize)
 }
 
 pub(crate) fn accept_syscall(fd: RawFd) -> io::Result<RawFd> {
