@@ -38,8 +38,7 @@ use crate::{
     io::DmaBuffer,
     parking, reactor,
     sys::{self, blocking::BlockingThreadPool},
-    task,
-    GlommioError, IoRequirements, IoStats, Latency, Reactor, Shares,
+    task, GlommioError, IoRequirements, IoStats, Latency, Reactor, Shares,
 };
 use ahash::AHashMap;
 use futures_lite::pin;
