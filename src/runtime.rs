@@ -399,4 +399,43 @@ mod tests {
             assert_eq!(answer, Ok(n), "round trip {n} of {ROUNDS} got no answer");
         }
     }
+
+    /// Shard channels still deliver to a shard that is asleep or about to be: the patched
+    /// reactor looks at its shard channels only after a peer's `notify` flagged them
+    /// (`vendor/glommio/PATCH.md`, session 10), where glommio looked on every executor loop.
+    /// Two shards play 20,000 rounds of ping-pong over a pair of channels, so each goes to sleep
+    /// between its items, and the other sends sometimes before, sometimes while and sometimes
+    /// after it settles; one item left unseen stalls the game, and the thread's wait fails.
+    #[test]
+    fn shard_channel_items_reach_a_shard_going_to_sleep() {
+        const ROUNDS: usize = 20_000;
+        let (ping_tx, ping_rx) = shard_channel::<usize>(4);
+        let (pong_tx, pong_rx) = shard_channel::<usize>(4);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<usize>();
+        let _ponger = spawn_executor("pong-test", None, move || async move {
+            let rx = connect_receiver(ping_rx).await;
+            let tx = connect_sender(pong_tx).await;
+            while let Some(n) = rx.recv().await {
+                if try_send_to_shard(&tx, n).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("executor starts");
+        let _pinger = spawn_executor("ping-test", None, move || async move {
+            let tx = connect_sender(ping_tx).await;
+            let rx = connect_receiver(pong_rx).await;
+            let mut answered = 0;
+            for n in 0..ROUNDS {
+                if try_send_to_shard(&tx, n).is_err() || rx.recv().await != Some(n) {
+                    break;
+                }
+                answered += 1;
+            }
+            let _ = done_tx.send(answered);
+        })
+        .expect("executor starts");
+        let answered = done_rx.recv_timeout(Duration::from_secs(30));
+        assert_eq!(answered, Ok(ROUNDS), "the ping-pong stalled or broke");
+    }
 }

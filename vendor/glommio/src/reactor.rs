@@ -57,12 +57,16 @@ impl SharedChannels {
         }
     }
 
-    fn process_shared_channels(&mut self) -> usize {
-        let mut woke = self.connection_wakers.len();
+    fn wake_connections(&mut self) -> usize {
+        let woke = self.connection_wakers.len();
         for waker in self.connection_wakers.drain(..) {
             wake!(waker);
         }
+        woke
+    }
 
+    fn process_shared_channels(&mut self) -> usize {
+        let mut woke = 0;
         for (_, (pending, check)) in self.wakers_map.iter_mut() {
             if pending.is_empty() {
                 continue;
@@ -843,10 +847,24 @@ impl Reactor {
         timers.process_timers()
     }
 
+    /// shardgate patch: upstream called every waiting channel's check (a `dyn Fn` reading the
+    /// channel's atomics) and polled the foreign-wake queue on every call, several times per
+    /// executor loop, and almost always found nothing. A peer changes a channel, and a foreign
+    /// thread queues a wake, only through `SleepNotifier::notify`, which flags this reactor, so
+    /// both are looked at only when flagged. A look that woke a task flags again, so the next
+    /// call looks once more, as upstream's would have (a woken task that does not take its
+    /// item leaves it for the next waiter). Tasks waiting for a peer to connect are woken on
+    /// every call as before (connecting does not notify).
     fn process_shared_channels(&self) -> usize {
         let mut channels = self.shared_channels.borrow_mut();
-        let mut processed = channels.process_shared_channels();
-        processed += self.sys.process_foreign_wakes();
+        let mut processed = channels.wake_connections();
+        if self.sys.take_activity() {
+            let woke = channels.process_shared_channels() + self.sys.process_foreign_wakes();
+            if woke > 0 {
+                self.sys.flag_activity();
+            }
+            processed += woke;
+        }
         processed
     }
 
@@ -895,11 +913,11 @@ impl Reactor {
             .sys
             .wait(timeout, next_timer, woke, || self.process_shared_channels())
         {
-            // Don't wait for the next loop to process timers or shared channels
-            Ok(true) => {
-                self.process_external_events();
-                Ok(true)
-            }
+            // shardgate patch: upstream processed timers and shared channels here once more.
+            // Only `park` sleeps, and the executor's next step after it is `poll_io`, whose
+            // `react` does exactly that before anything else runs: the pass here read the
+            // clock and looked at the channels a second time on every wake-up.
+            Ok(true) => Ok(true),
 
             Ok(false) => Ok(false),
 

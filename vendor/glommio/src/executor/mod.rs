@@ -38,8 +38,7 @@ use crate::{
     io::DmaBuffer,
     parking, reactor,
     sys::{self, blocking::BlockingThreadPool},
-    task::{self, waker_fn::dummy_waker},
-    GlommioError, IoRequirements, IoStats, Latency, Reactor, Shares,
+    task, GlommioError, IoRequirements, IoStats, Latency, Reactor, Shares,
 };
 use ahash::AHashMap;
 use futures_lite::pin;
@@ -47,7 +46,7 @@ use latch::{Latch, LatchState};
 use log::warn;
 pub use placement::{CpuSet, Placement, PoolPlacement};
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::{hash_map::Entry, BinaryHeap},
     fmt,
     future::Future,
@@ -57,8 +56,11 @@ use std::{
     ops::{Deref, DerefMut},
     pin::Pin,
     rc::Rc,
-    sync::{Arc, Mutex},
-    task::{Context, Poll},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll, Waker},
     thread::{Builder, JoinHandle},
     time::{Duration, Instant},
 };
@@ -1116,6 +1118,31 @@ pub struct LocalExecutor {
     id: usize,
     reactor: Rc<reactor::Reactor>,
     stall_detector: RefCell<Option<StallDetector>>,
+    /// When the last task queue run by the current `run_task_queues` call stopped (shardgate
+    /// patch): `run` takes it as the loop's end instead of reading the clock again.
+    last_queue_end: Cell<Option<Instant>>,
+}
+
+/// Wakes `run`'s loop when the main task's `JoinHandle` is worth polling again (shardgate
+/// patch): the task notifies its `JoinHandle`'s awaiter when it completes or is closed, so the
+/// loop polls the handle only then, instead of twice per loop.
+struct MainTaskWake(AtomicBool);
+
+impl std::task::Wake for MainTaskWake {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl MainTaskWake {
+    /// Whether the handle was woken since the last call (the first call answers `true`).
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
 }
 
 impl LocalExecutor {
@@ -1177,6 +1204,7 @@ impl LocalExecutor {
                     .map(|x| StallDetector::new(id, x))
                     .transpose()?,
             ),
+            last_queue_end: Cell::new(None),
         })
     }
 
@@ -1329,6 +1357,7 @@ impl LocalExecutor {
     /// throughput timer's eventfd write) left the executor asleep with its woken tasks, their
     /// timers and accepts never re-armed, until some unrelated I/O arrived.
     fn run_task_queues(&self) -> bool {
+        self.last_queue_end.set(None);
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
@@ -1389,7 +1418,11 @@ impl LocalExecutor {
                     break;
                 }
             }
-            let elapsed = time.elapsed();
+            // shardgate patch: the end of the run is kept for `run`, which reads the clock
+            // right after the last queue ran to account the loop's runtime.
+            let end = Instant::now();
+            self.last_queue_end.set(Some(end));
+            let elapsed = end.saturating_duration_since(time);
             drop(guard);
             (elapsed, tasks_executed_this_loop)
         };
@@ -1453,7 +1486,8 @@ impl LocalExecutor {
         let run = |this: &Self| {
             // this waker is never exposed in the public interface and is only used to check
             // whether the task's `JoinHandle` is `Ready`
-            let waker = dummy_waker();
+            let main_woken = Arc::new(MainTaskWake(AtomicBool::new(true)));
+            let waker = Waker::from(main_woken.clone());
             let cx = &mut Context::from_waker(&waker);
 
             let spin_before_park = self.spin_before_park().unwrap_or_default();
@@ -1466,12 +1500,16 @@ impl LocalExecutor {
 
             let mut pre_time = Instant::now();
             loop {
-                if let Poll::Ready(t) = future.as_mut().poll(cx) {
-                    // can't be canceled, and join handle is None only upon
-                    // cancellation or panic. So in case of panic this just propagates
-                    let cur_time = Instant::now();
-                    this.queues.borrow_mut().stats.total_runtime += cur_time - pre_time;
-                    break t.unwrap();
+                // shardgate patch: the handle is polled only when its waker says the main task
+                // completed or closed (and once at the start), not on every loop.
+                if main_woken.take() {
+                    if let Poll::Ready(t) = future.as_mut().poll(cx) {
+                        // can't be canceled, and join handle is None only upon
+                        // cancellation or panic. So in case of panic this just propagates
+                        let cur_time = Instant::now();
+                        this.queues.borrow_mut().stats.total_runtime += cur_time - pre_time;
+                        break t.unwrap();
+                    }
                 }
 
                 // We want to do I/O before we call run_task_queues,
@@ -1486,17 +1524,31 @@ impl LocalExecutor {
                 // run user code
                 let run = this.run_task_queues();
 
-                // account for runtime and poll/sleep if possible
-                let cur_time = Instant::now();
-                this.queues.borrow_mut().stats.total_runtime += cur_time - pre_time;
+                // account for runtime and poll/sleep if possible (shardgate patch: the end of
+                // the last queue's run, read just before, stands for the clock)
+                let cur_time = this.last_queue_end.take().unwrap_or_else(Instant::now);
+                this.queues.borrow_mut().stats.total_runtime +=
+                    cur_time.saturating_duration_since(pre_time);
                 pre_time = cur_time;
                 if !run {
-                    if let Poll::Ready(t) = future.as_mut().poll(cx) {
-                        // It may be that we just became ready now that the task queue
-                        // is exhausted. But if we sleep (park) we'll never know so we
-                        // test again here. We can't test *just* here because the main
-                        // future is probably the one setting up the task queues and etc.
-                        break t.unwrap();
+                    // It may be that we just became ready now that the task queue
+                    // is exhausted. But if we sleep (park) we'll never know so we
+                    // test again here. We can't test *just* here because the main
+                    // future is probably the one setting up the task queues and etc.
+                    if main_woken.take() {
+                        if let Poll::Ready(t) = future.as_mut().poll(cx) {
+                            break t.unwrap();
+                        }
+                    }
+                    if spin_before_park.is_zero() {
+                        // shardgate patch: with no spinning asked for, `park` does all that
+                        // `spin_poll_io` would (its `react` processes timers and channels,
+                        // and `wait` consumes and submits the rings and sleeps only when
+                        // nothing woke), so upstream's spin pass and the clock read after it
+                        // repeated that work before every sleep.
+                        this.parker
+                            .park()
+                            .expect("Failed to park! This is actually pretty bad!");
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
                             if pre_time.elapsed() > spin_before_park {
@@ -1506,9 +1558,9 @@ impl LocalExecutor {
                                 break;
                             }
                         }
-                        // reset the timer for deduct spin loop time
-                        pre_time = Instant::now();
                     }
+                    // reset the timer for deduct spin loop time
+                    pre_time = Instant::now();
                 }
             }
         };

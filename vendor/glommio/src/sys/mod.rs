@@ -85,12 +85,35 @@ pub(crate) fn write_eventfd(eventfd: RawFd) {
     assert_eq!(ret, 8);
 }
 
+// shardgate patch: `send` and `recv` are called through `syscall(2)` (`sendto`/`recvfrom`
+// with no address, what glibc's `send` and `recv` make) instead of glibc's wrappers, which are
+// pthread cancellation points: every call switched asynchronous cancellation on and off, two
+// atomic read-modify-writes on the thread's cancel state, around a call that never blocks
+// (glommio always passes MSG_DONTWAIT here) in a process that never cancels a thread.
 pub(crate) fn send_syscall(fd: RawFd, buf: *const u8, len: usize, flags: i32) -> io::Result<usize> {
-    syscall!(send(fd, buf as _, len, flags)).map(|x| x as usize)
+    syscall!(syscall(
+        libc::SYS_sendto,
+        fd,
+        buf,
+        len,
+        flags,
+        std::ptr::null::<libc::sockaddr>(),
+        0 as libc::socklen_t
+    ))
+    .map(|x| x as usize)
 }
 
 pub(crate) fn recv_syscall(fd: RawFd, buf: *mut u8, len: usize, flags: i32) -> io::Result<usize> {
-    syscall!(recv(fd, buf as _, len, flags)).map(|x| x as usize)
+    syscall!(syscall(
+        libc::SYS_recvfrom,
+        fd,
+        buf,
+        len,
+        flags,
+        std::ptr::null_mut::<libc::sockaddr>(),
+        std::ptr::null_mut::<libc::socklen_t>()
+    ))
+    .map(|x| x as usize)
 }
 
 pub(crate) fn accept_syscall(fd: RawFd) -> io::Result<RawFd> {
@@ -259,6 +282,10 @@ pub(crate) struct SleepNotifier {
     id: usize,
     eventfd: std::fs::File,
     should_notify: AtomicBool,
+    /// Set by every [`Self::notify`]: a shared channel of this reactor's changed or a foreign
+    /// wake was queued since the reactor last looked (shardgate patch: the reactor looks at its
+    /// channels and its foreign-wake queue only then, not on every executor loop).
+    activity: AtomicBool,
     foreign_wakes: crossbeam::channel::Receiver<Waker>,
     waker_sender: crossbeam::channel::Sender<Waker>,
 }
@@ -292,6 +319,7 @@ impl SleepNotifier {
             eventfd,
             id,
             should_notify: AtomicBool::new(false),
+            activity: AtomicBool::new(true),
             waker_sender,
             foreign_wakes,
         }))
@@ -306,9 +334,12 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // shardgate patch: every caller changed something this reactor must look at (a shared
+        // channel's items or room, its peer gone, a foreign wake queued) before calling here.
+        self.activity.store(true, Ordering::Release);
         // shardgate patch: pairs with the fence the sleeper issues after `prepare_to_sleep`
         // (`Reactor::wait`): either this CAS sees the flag set, or the sleeper sees what was
-        // queued before this call.
+        // queued before this call (and the activity flag set above).
         std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
@@ -332,6 +363,18 @@ impl SleepNotifier {
         }
 
         self.notify(force_notify);
+    }
+
+    /// Whether [`Self::notify`] was called since the last call that answered `true`, which
+    /// clears the flag (shardgate patch). A reader that acts on `true` looks at everything a
+    /// notifier may have changed; a `notify` racing with it sets the flag again.
+    pub(crate) fn take_activity(&self) -> bool {
+        self.activity.load(Ordering::Relaxed) && self.activity.swap(false, Ordering::Acquire)
+    }
+
+    /// Makes the next [`Self::take_activity`] answer `true` (shardgate patch).
+    pub(crate) fn flag_activity(&self) {
+        self.activity.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn process_foreign_wakes(&self) -> usize {

@@ -596,6 +596,31 @@ fn completion_pending(ring: &iou::IoUring) -> bool {
     }
 }
 
+/// SQEs prepared and not yet submitted: liburing's `io_uring_sq_ready` for a ring without
+/// SQPOLL (glommio sets none up), read here without the FFI call (shardgate patch: asked
+/// several times per executor loop, before every submit and sleep).
+fn sq_ready(ring: &iou::IoUring) -> usize {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let raw = ring.raw();
+    // SAFETY: `khead` points to the ring's mapped SQ head, valid for as long as `ring` lives;
+    // the kernel moves it only inside this thread's `io_uring_enter` calls.
+    let head = unsafe { (*(raw.sq.khead as *const AtomicU32)).load(Ordering::Relaxed) };
+    raw.sq.sqe_tail.wrapping_sub(head) as usize
+}
+
+/// Completions posted and not yet collected: liburing's `io_uring_cq_ready`, read here without
+/// the FFI call (shardgate patch).
+fn cq_ready(ring: &iou::IoUring) -> usize {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let raw = ring.raw();
+    // SAFETY: as in `completion_pending`: the ring's mapped CQ tail (written by the kernel, read
+    // with acquire as liburing does) and head (written only by this thread).
+    unsafe {
+        let tail = (*(raw.cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
+        tail.wrapping_sub(*raw.cq.khead) as usize
+    }
+}
+
 type SourceMap = FreeList<Pin<Rc<RefCell<InnerSource>>>>;
 pub(crate) type SourceId = Idx<Pin<Rc<RefCell<InnerSource>>>>;
 fn from_user_data(user_data: u64) -> SourceId {
@@ -665,6 +690,8 @@ impl UringQueueState {
 
 pub(crate) trait UringCommon {
     fn submission_queue(&mut self) -> ReactorQueue;
+    /// Whether no cancellation waits to be submitted (shardgate patch).
+    fn cancellations_empty(&self) -> bool;
     fn submit_sqes(&mut self) -> io::Result<usize>;
     fn waiting_kernel_submission(&self) -> usize;
     fn in_kernel(&self) -> usize;
@@ -712,6 +739,11 @@ pub(crate) trait UringCommon {
     /// We will not dispatch the cancellation queue unless we need to.
     /// Dispatches will come from the submission queue.
     fn consume_cancellation_queue(&mut self) -> io::Result<usize> {
+        // shardgate patch: nearly always empty (a cancellation is queued only when a source is
+        // dropped while the kernel has it); checked without cloning the queue's `Rc`.
+        if self.cancellations_empty() {
+            return Ok(0);
+        }
         let q = self.submission_queue();
         let mut queue = q.borrow_mut();
         self.consume_sqe_queue(&mut queue.cancellations, false)
@@ -845,7 +877,7 @@ impl UringCommon for PollRing {
     }
 
     fn waiting_kernel_submission(&self) -> usize {
-        self.ring.sq().ready() as usize
+        sq_ready(&self.ring)
     }
 
     fn in_kernel(&self) -> usize {
@@ -853,11 +885,15 @@ impl UringCommon for PollRing {
     }
 
     fn waiting_kernel_collection(&self) -> usize {
-        self.ring.cq().ready() as usize
+        cq_ready(&self.ring)
     }
 
     fn submission_queue(&mut self) -> ReactorQueue {
         self.submission_queue.clone()
+    }
+
+    fn cancellations_empty(&self) -> bool {
+        self.submission_queue.borrow().cancellations.is_empty()
     }
 
     fn submit_sqes(&mut self) -> io::Result<usize> {
@@ -1194,7 +1230,7 @@ impl UringCommon for SleepableRing {
     }
 
     fn waiting_kernel_submission(&self) -> usize {
-        self.ring.sq().ready() as usize
+        sq_ready(&self.ring)
     }
 
     fn in_kernel(&self) -> usize {
@@ -1202,11 +1238,15 @@ impl UringCommon for SleepableRing {
     }
 
     fn waiting_kernel_collection(&self) -> usize {
-        self.ring.cq().ready() as usize
+        cq_ready(&self.ring)
     }
 
     fn submission_queue(&mut self) -> ReactorQueue {
         self.submission_queue.clone()
+    }
+
+    fn cancellations_empty(&self) -> bool {
+        self.submission_queue.borrow().cancellations.is_empty()
     }
 
     fn submit_sqes(&mut self) -> io::Result<usize> {
@@ -1458,6 +1498,17 @@ impl Reactor {
 
     pub(crate) fn process_foreign_wakes(&self) -> usize {
         self.notifier.process_foreign_wakes()
+    }
+
+    /// Whether a shared channel or a foreign wake notified this reactor since it last looked
+    /// (`SleepNotifier::take_activity`, shardgate patch).
+    pub(crate) fn take_activity(&self) -> bool {
+        self.notifier.take_activity()
+    }
+
+    /// Makes the reactor look at its shared channels and foreign wakes again next time.
+    pub(crate) fn flag_activity(&self) {
+        self.notifier.flag_activity()
     }
 
     pub(crate) fn alloc_dma_buffer(&self, size: usize) -> DmaBuffer {
