@@ -151,6 +151,15 @@ fn client_frame(c: &mut Criterion) {
         ClientFrame::read_reference(black_box(&steady)).unwrap()
     });
 
+    // A long-sessions client frame (`perf/` long-sessions shape: `--payload-bytes 8000`).
+    let long = steady_frame(8_000);
+    assert!(ClientFrame::parse(&long).is_ok());
+    let name = format!("client_frame/parse_long_sessions_{}k", long.len() / 1000);
+    c.bench_function(&name, |b| {
+        b.iter(|| ClientFrame::parse(black_box(&long)).unwrap())
+    });
+    report_allocs(&name, || ClientFrame::parse(black_box(&long)).unwrap());
+
     let small = ClientFrame::parse(SMALL_FRAME).expect("small frame parses");
     assert!(small.tool_output_call_ids.is_empty());
     let name = format!("client_frame/parse_small_{}b", SMALL_FRAME.len());
@@ -331,6 +340,14 @@ x-client-request-id: 5f0c2a1b-3e48-49c9-d7a5-e2f1b0c3d4e5\r\n\
 accept-encoding: identity\r\n\
 connection: keep-alive\r\n\r\n";
 
+/// A `POST /v1/responses` head as the load tool's SSE client sends it (`perf/` http-sse shape).
+const LOAD_POST_HEAD: &[u8] = b"POST /v1/responses HTTP/1.1\r\n\
+Host: 127.0.0.1:8080\r\n\
+Authorization: Bearer sk-gw-0123456789abcdef0123456789abcdef\r\n\
+Content-Type: application/json\r\n\
+Accept: text/event-stream\r\n\
+Content-Length: 8000\r\n\r\n";
+
 fn http_head(c: &mut Criterion) {
     use shardgate::protocol::http1::parse_request;
 
@@ -340,6 +357,15 @@ fn http_head(c: &mut Criterion) {
     assert_eq!((used, head.headers.len()), (CODEX_POST_HEAD.len(), 14));
     let name = "http/parse_request_codex_post";
     let parse = || parse_request(black_box(CODEX_POST_HEAD)).is_ok();
+    c.bench_function(name, |b| b.iter(parse));
+    report_allocs(name, parse);
+
+    let (head, used) = parse_request(LOAD_POST_HEAD)
+        .expect("a valid head")
+        .expect("a whole head");
+    assert_eq!((used, head.headers.len()), (LOAD_POST_HEAD.len(), 5));
+    let name = "http/parse_request_sse_post";
+    let parse = || parse_request(black_box(LOAD_POST_HEAD)).is_ok();
     c.bench_function(name, |b| b.iter(parse));
     report_allocs(name, parse);
 }
@@ -483,9 +509,36 @@ fn judge_event(c: &mut Criterion) {
     }
 }
 
+/// The per-frame WebSocket work: a long-sessions client frame (8 KB) unmasked into a buffer that
+/// exists already (as the raw client read does), and a delta event's frame cut for the relay.
+fn ws_frame(c: &mut Criterion) {
+    use shardgate::net::ws_frame::{cut, mask_into, Cut};
+
+    let payload = steady_frame(8_000);
+    let mut out = vec![0u8; payload.len()];
+    let name = "ws_frame/mask_into_8k";
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            mask_into(
+                black_box(&payload),
+                black_box([0x37, 0xfa, 0x21, 0x3d]),
+                &mut out,
+            )
+        })
+    });
+
+    let len = u16::try_from(DELTA_EVENT.len()).expect("a short event");
+    let mut frame = vec![0x81, 126];
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(DELTA_EVENT);
+    assert!(matches!(cut(&frame, 1 << 20), Cut::Frame { .. }));
+    let name = "ws_frame/cut_delta";
+    c.bench_function(name, |b| b.iter(|| cut(black_box(&frame), 1 << 20)));
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = client_frame, upstream_event, judge_event, normalizer, sse, http_head
+    targets = client_frame, upstream_event, judge_event, normalizer, sse, http_head, ws_frame
 }
 criterion_main!(benches);

@@ -8,6 +8,8 @@
 //! stops (yields nothing more) at anything it does not expect, and [`Fields::complete`] says
 //! whether it reached the object's end, so a caller can fall back to the real parser.
 
+use super::json_skip::{next_structural, string_end};
+
 /// Iterator over `(key, raw value)` of a JSON object's top-level fields, in order. Keys are the
 /// raw bytes between the quotes; a key with an escape ends the walk (not complete), so a caller
 /// never misses a key spelled with escapes.
@@ -70,13 +72,10 @@ impl<'a> Fields<'a> {
             return self.stop();
         }
         let key_start = i + 1;
-        let Some(key_end) = string_end(raw, key_start) else {
+        let Some((key_end, false)) = string_end(raw, key_start) else {
             return self.stop();
         };
         let key = &raw[key_start..key_end];
-        if key.contains(&b'\\') {
-            return self.stop();
-        }
         i = skip_ws(raw, key_end + 1);
         if raw.get(i) != Some(&b':') {
             return self.stop();
@@ -149,49 +148,25 @@ pub(crate) fn skip_ws(raw: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Bytes of a string scanned one by one before the rest is searched with memchr: keys, ids and
-/// text deltas end within them, where memchr's call costs more than the loop.
-const SHORT_STRING: usize = 64;
-
-/// Index of the closing quote of the string whose contents start at `i`. A long string (a
-/// realtime audio delta is 6 KB of base64) is searched with memchr past its first bytes.
-fn string_end(raw: &[u8], mut i: usize) -> Option<usize> {
-    let short_until = i.saturating_add(SHORT_STRING);
-    while i < short_until {
-        match raw.get(i)? {
-            b'"' => return Some(i),
-            b'\\' => i += 2,
-            _ => i += 1,
-        }
-    }
-    loop {
-        let at = i + memchr::memchr2(b'"', b'\\', raw.get(i..)?)?;
-        if raw[at] == b'"' {
-            return Some(at);
-        }
-        i = at + 2;
-    }
-}
-
 /// End (exclusive) of the value starting at `i`: a string, an object or array (by nesting,
 /// strings skipped), or a scalar up to the next `,`, `}` or whitespace.
 fn value_end(raw: &[u8], i: usize) -> Option<usize> {
     match raw.get(i)? {
-        b'"' => string_end(raw, i + 1).map(|e| e + 1),
+        b'"' => string_end(raw, i + 1).map(|(e, _)| e + 1),
         b'{' | b'[' => {
             let mut depth = 0usize;
             let mut j = i;
             loop {
-                match raw.get(j)? {
-                    b'"' => j = string_end(raw, j + 1)?,
+                j = next_structural(raw, j)?;
+                match raw[j] {
+                    b'"' => j = string_end(raw, j + 1)?.0,
                     b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
+                    _ => {
                         depth -= 1;
                         if depth == 0 {
                             return Some(j + 1);
                         }
                     }
-                    _ => {}
                 }
                 j += 1;
             }

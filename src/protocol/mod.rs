@@ -11,6 +11,7 @@ pub(crate) mod fields;
 pub mod http1;
 pub mod json_depth;
 pub(crate) mod json_scan;
+mod json_skip;
 pub(crate) mod lazy;
 pub mod realtime;
 pub mod redact;

@@ -60,8 +60,12 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// Classifies an event by its `type` string.
+    /// Classifies an event by its `type` string. Deltas, most of a turn's events, are told
+    /// first by their suffix, which no named type below has, instead of after comparing each.
     pub fn of_type(t: &str) -> EventKind {
+        if t.ends_with(".delta") {
+            return EventKind::Token;
+        }
         match t {
             "response.created" => EventKind::Created,
             "response.completed" | "response.done" => EventKind::Terminal(TerminalKind::Completed),
@@ -74,7 +78,7 @@ impl EventKind {
             "response.in_progress" | "response.output_item.added" | "response.output_item.done" => {
                 EventKind::Other
             }
-            t if t.ends_with(".delta") || t.starts_with("response.output") => EventKind::Token,
+            t if t.starts_with("response.output") => EventKind::Token,
             _ => EventKind::Other,
         }
     }
