@@ -132,32 +132,23 @@ pub fn cut(bytes: &[u8], max_payload: u64) -> Cut {
     }
 }
 
-/// Bytes masked per step of [`mask_into`]: two 16-byte vectors (SSE2, the baseline x86-64 the
-/// release build targets) or one AVX2 one.
-const MASK_LANES: usize = 32;
-
 /// `src` masked (or unmasked: the same xor) with `key` into `out`, as long as `src` (RFC 6455
-/// §5.3): each byte read once and written once, into a buffer that needs no zero-filling first
-/// (a reused [`PooledBuf`](super::buf_pool::PooledBuf)). The key is repeated over
-/// [`MASK_LANES`] bytes so the compiler turns each step into vector xors: a `u64` per step was
-/// 1.2 % of long-sessions user time (an 8 KB client frame unmasked per turn). Against a copy
-/// then an in-place xor, and a byte-at-a-time loop: `cargo bench --bench shard --
-/// client_read/`; alone: `cargo bench --bench protocol -- ws_frame/mask_into`.
+/// §5.3): each byte read once and written once, eight at a time, into a buffer that needs no
+/// zero-filling first (a reused [`PooledBuf`](super::buf_pool::PooledBuf)). Against a copy then
+/// an in-place xor, and a byte-at-a-time loop: `cargo bench --bench shard -- client_read/`.
 pub fn mask_into(src: &[u8], key: [u8; 4], out: &mut [u8]) {
-    let mut wide = [0u8; MASK_LANES];
-    for (w, k) in wide.iter_mut().zip(key.iter().cycle()) {
-        *w = *k;
-    }
-    let mut to = out.chunks_exact_mut(MASK_LANES);
-    let mut from = src.chunks_exact(MASK_LANES);
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut to = out.chunks_exact_mut(8);
+    let mut from = src.chunks_exact(8);
     for (t, f) in (&mut to).zip(&mut from) {
-        for ((t, f), k) in t.iter_mut().zip(f).zip(&wide) {
-            *t = f ^ k;
-        }
+        let f: [u8; 8] = f.try_into().unwrap_or_default();
+        t.copy_from_slice(&(u64::from_ne_bytes(f) ^ wide).to_ne_bytes());
     }
-    // The tail starts at a multiple of MASK_LANES, so at key byte 0.
+    // The tail starts at a multiple of 8, so at key byte 0.
     let tail = to.into_remainder().iter_mut().zip(from.remainder());
-    for ((t, f), k) in tail.zip(&wide) {
+    for ((t, f), k) in tail.zip(key.iter().cycle()) {
         *t = f ^ k;
     }
 }
@@ -212,12 +203,6 @@ mod tests {
         mask_into(&masked, KEY, &mut out);
         assert_eq!(out, payload);
         mask_into(&[], KEY, &mut []);
-        // Every length around the vector steps: whole steps, a tail, a tail only.
-        for len in 0..=100 {
-            let mut out = vec![0xee; len];
-            mask_into(&masked[..len], KEY, &mut out);
-            assert_eq!(out, payload[..len], "len {len}");
-        }
     }
 
     #[test]

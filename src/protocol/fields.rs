@@ -8,7 +8,7 @@
 //! stops (yields nothing more) at anything it does not expect, and [`Fields::complete`] says
 //! whether it reached the object's end, so a caller can fall back to the real parser.
 
-use super::json_skip::{next_structural, string_end};
+use super::json_skip::string_end;
 
 /// Iterator over `(key, raw value)` of a JSON object's top-level fields, in order. Keys are the
 /// raw bytes between the quotes; a key with an escape ends the walk (not complete), so a caller
@@ -157,16 +157,16 @@ fn value_end(raw: &[u8], i: usize) -> Option<usize> {
             let mut depth = 0usize;
             let mut j = i;
             loop {
-                j = next_structural(raw, j)?;
-                match raw[j] {
+                match raw.get(j)? {
                     b'"' => j = string_end(raw, j + 1)?.0,
                     b'{' | b'[' => depth += 1,
-                    _ => {
+                    b'}' | b']' => {
                         depth -= 1;
                         if depth == 0 {
                             return Some(j + 1);
                         }
                     }
+                    _ => {}
                 }
                 j += 1;
             }
