@@ -5,7 +5,9 @@
 //! the frame. A request head's header lines take three allocations whatever their count
 //! (`protocol/http1/headers.rs`).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "common/counting.rs"]
+mod counting;
+
 use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
@@ -16,45 +18,19 @@ use shardgate::net::client_read::{read_text_frame, RawRead};
 use shardgate::net::FrameEdge;
 use shardgate::protocol::http1::parse_request;
 
-/// Counts the allocations made on this thread (the test harness's own threads allocate too).
-struct Counting;
+use counting::Counting;
 
 thread_local! {
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Counts the allocations made on this thread (the test harness's own threads allocate too).
 fn count() {
     let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
 }
 
-// SAFETY: every call is forwarded unchanged to `System`; only a counter is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: Counting = Counting { count };
 
 /// A socket that serves the same bytes over and over.
 struct Repeat {

@@ -9,13 +9,14 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::counting::Counting;
+use common::raw_ws::{masked_text_frame, read_frame_header};
 use common::*;
 
 /// Allocations (reallocations included) made on shard threads so far.
@@ -51,37 +52,8 @@ fn count() {
     }
 }
 
-/// Counts the allocations of shard threads.
-struct ShardCounting;
-
-// SAFETY: every call is forwarded unchanged to `System`; only a counter is added.
-unsafe impl GlobalAlloc for ShardCounting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: ShardCounting = ShardCounting;
+static ALLOCATOR: Counting = Counting { count };
 
 /// Taken by every test of this file: the counter takes every gateway's shards.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -96,20 +68,6 @@ const WARM_TURNS: u64 = 20;
 /// The bound sits between the last two: on a loaded machine a margin of 0.5 is not enough, and
 /// a bound that fails on a test runner's load would make the suite flaky.
 const MAX_ALLOCS_PER_TURN: f64 = 7.0;
-
-/// A masked text frame (zero key) of `payload`, as a client sends it.
-fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x81u8];
-    if payload.len() < 126 {
-        frame.push(0x80 | payload.len() as u8);
-    } else {
-        frame.push(0x80 | 126);
-        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    frame.extend_from_slice(&[0, 0, 0, 0]);
-    frame.extend_from_slice(payload);
-    frame
-}
 
 /// Reads an HTTP response head byte by byte into `head`; its length.
 fn read_head(stream: &mut TcpStream, head: &mut [u8; 1024]) -> usize {
@@ -152,21 +110,7 @@ fn read_answer(stream: &mut TcpStream) {
 fn read_turn(stream: &mut TcpStream) {
     let mut buf = [0u8; 64 * 1024];
     loop {
-        let mut h = [0u8; 2];
-        stream.read_exact(&mut h).expect("frame header");
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut l = [0u8; 2];
-                stream.read_exact(&mut l).expect("length");
-                u16::from_be_bytes(l) as usize
-            }
-            127 => {
-                let mut l = [0u8; 8];
-                stream.read_exact(&mut l).expect("length");
-                u64::from_be_bytes(l) as usize
-            }
-            n => n as usize,
-        };
+        let len = read_frame_header(stream);
         assert!(len <= buf.len(), "an event of {len} bytes");
         stream.read_exact(&mut buf[..len]).expect("payload");
         let payload = &buf[..len];

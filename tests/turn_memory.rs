@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::heap::{reset_peak, Tracking, LIVE, PEAK};
+use common::raw_ws::{masked_text_frame, read_frame_header};
 use common::*;
 
 #[global_allocator]
@@ -172,21 +173,7 @@ fn a_large_websocket_answer_costs_a_small_multiple_of_its_size() {
             .expect("send frame");
         // Server frames are unmasked: header, then the payload, until response.completed.
         loop {
-            let mut h = [0u8; 2];
-            s.read_exact(&mut h).expect("frame header");
-            let len = match h[1] & 0x7f {
-                126 => {
-                    let mut l = [0u8; 2];
-                    s.read_exact(&mut l).expect("length");
-                    u16::from_be_bytes(l) as usize
-                }
-                127 => {
-                    let mut l = [0u8; 8];
-                    s.read_exact(&mut l).expect("length");
-                    u64::from_be_bytes(l) as usize
-                }
-                n => n as usize,
-            };
+            let len = read_frame_header(&mut s);
             // The mock writes an event's keys in no fixed order: look at the whole payload.
             if skip(&mut s, len, br#""type":"response.completed""#) {
                 break;
@@ -204,18 +191,4 @@ fn read_line(stream: &mut TcpStream) -> String {
         line.push(byte[0]);
     }
     String::from_utf8_lossy(&line).into_owned()
-}
-
-/// A client text frame with a zero mask (the payload goes as is).
-fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x81u8];
-    if payload.len() < 126 {
-        frame.push(0x80 | payload.len() as u8);
-    } else {
-        frame.push(0x80 | 126);
-        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    frame.extend_from_slice(&[0, 0, 0, 0]);
-    frame.extend_from_slice(payload);
-    frame
 }

@@ -186,7 +186,7 @@ mod tests {
         let no_room = |r: Box<UsageRecord>| Err(r);
 
         // Nothing held, room: record and state go together.
-        let send_turn = |t: Box<TurnReport>| {
+        let send_turn = |t: Box<TurnReport>| -> Result<(), Box<TurnReport>> {
             turns_sent
                 .borrow_mut()
                 .push(t.state.response_id.to_string());
@@ -202,12 +202,6 @@ mod tests {
             (Submitted::Held, true)
         );
         // A record held before it: the turn does not overtake it (record held, state dropped).
-        let send_turn = |t: Box<TurnReport>| {
-            turns_sent
-                .borrow_mut()
-                .push(t.state.response_id.to_string());
-            Ok(())
-        };
         assert_eq!(
             outbox.submit_turn(turn(3), send_turn, no_room),
             (Submitted::Held, true)
@@ -222,12 +216,6 @@ mod tests {
         // Room again: the held records go first, in order, then the next turn whole.
         let open = |r: Box<UsageRecord>| {
             sent.borrow_mut().push(r.response_id.to_string());
-            Ok(())
-        };
-        let send_turn = |t: Box<TurnReport>| {
-            turns_sent
-                .borrow_mut()
-                .push(t.state.response_id.to_string());
             Ok(())
         };
         assert_eq!(

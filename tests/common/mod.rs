@@ -2,7 +2,9 @@
 //! blocking WebSocket/HTTP client over real loopback sockets.
 #![allow(dead_code)]
 
+pub mod counting;
 pub mod heap;
+pub mod raw_ws;
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
