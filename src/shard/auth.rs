@@ -26,10 +26,11 @@ impl fmt::Debug for KeyDigest {
 /// Who a client is, once authenticated: safe to log and bill by (never the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
-    /// The key's configured id.
-    pub key_id: String,
-    /// The group whose accounts and state it uses.
-    pub group: String,
+    /// The key's configured id: shared with the key table, so that a request's identity (one
+    /// per HTTP `POST`) copies no name.
+    pub key_id: Arc<str>,
+    /// The group whose accounts and state it uses (shared, as `key_id`).
+    pub group: Arc<str>,
     /// The digest of the key it authenticated with.
     pub key_digest: KeyDigest,
     /// The generation of the key table that accepted it: a session compares it with the table
@@ -50,8 +51,8 @@ impl ClientAuth {
             entries: keys
                 .iter()
                 .map(|k| ClientIdentity {
-                    key_id: k.id.clone(),
-                    group: k.group.clone(),
+                    key_id: Arc::from(k.id.as_str()),
+                    group: Arc::from(k.group.as_str()),
                     key_digest: KeyDigest(Sha256::digest(k.key.expose().as_bytes()).into()),
                     key_table: 0,
                 })
@@ -195,8 +196,8 @@ mod tests {
     #[test]
     fn resolves_keys_to_identities() {
         let t = table();
-        assert_eq!(t.authenticate(b"sk-b").unwrap().group, "g2");
-        assert_eq!(t.authenticate(b"sk-a").unwrap().key_id, "a");
+        assert_eq!(t.authenticate(b"sk-b").unwrap().group, "g2".into());
+        assert_eq!(t.authenticate(b"sk-a").unwrap().key_id, "a".into());
         assert!(t.authenticate(b"sk-").is_none());
         assert!(t.authenticate(b"").is_none());
     }
@@ -213,11 +214,11 @@ mod tests {
             ShardKeys::new(shared.clone()),
             ShardKeys::new(shared.clone()),
         );
-        assert_eq!(one.authenticate(b"sk-a").unwrap().group, "g1");
+        assert_eq!(one.authenticate(b"sk-a").unwrap().group, "g1".into());
         assert!(two.authenticate(b"sk-b").is_none());
         shared.replace(&[key("b", "g2"), key("a", "g3")]);
-        assert_eq!(two.authenticate(b"sk-b").unwrap().key_id, "b");
-        assert_eq!(one.authenticate(b"sk-a").unwrap().group, "g3");
+        assert_eq!(two.authenticate(b"sk-b").unwrap().key_id, "b".into());
+        assert_eq!(one.authenticate(b"sk-a").unwrap().group, "g3".into());
         let a_in_g3 = one.authenticate(b"sk-a").unwrap();
         assert!(one.still_valid(&a_in_g3));
         assert_eq!(

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::error::ProtocolError;
@@ -47,8 +48,9 @@ pub enum Outcome {
     Terminal {
         /// Which terminal event.
         kind: TerminalKind,
-        /// The response id.
-        response_id: Option<String>,
+        /// The response id, shared as the sticky state and usage record of the turn carry it
+        /// (made once, here).
+        response_id: Option<Arc<str>>,
         /// Usage of a completed response.
         usage: Option<Usage>,
         /// The response's `output` items (raw JSON array), when [`RelayEnv::capture_output`].
@@ -87,8 +89,9 @@ pub enum Settled {
     Terminal {
         /// Which terminal event.
         kind: TerminalKind,
-        /// The response id.
-        response_id: Option<String>,
+        /// The response id, shared as the sticky state and usage record of the turn carry it
+        /// (made once, here).
+        response_id: Option<Arc<str>>,
         /// Usage of a completed response (recorded: upstream did the work).
         usage: Option<Usage>,
     },
@@ -403,7 +406,7 @@ async fn settle(
             EventKind::Terminal(kind) => {
                 return Settled::Terminal {
                     kind,
-                    response_id: event.response_id().map(|s| s.into_owned()),
+                    response_id: event.response_id().map(|s| Arc::<str>::from(&*s)),
                     usage: event.usage(),
                 }
             }
@@ -684,7 +687,7 @@ pub fn judge(
     let outcome = match event.kind {
         EventKind::Terminal(t) => Some(Outcome::Terminal {
             kind: t,
-            response_id: event.response_id().map(|s| s.into_owned()),
+            response_id: event.response_id().map(|s| Arc::<str>::from(&*s)),
             usage: event.usage(),
             output: capture_output
                 .then(|| sonic_rs::get_from_slice(text, ["response", "output"]).ok())

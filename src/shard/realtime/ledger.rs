@@ -187,8 +187,8 @@ impl Ledger {
         let record = UsageRecord {
             response_id: response_id.into(),
             ts_ms: runtime::unix_micros() / 1_000,
-            group: b.identity.group.as_str().into(),
-            key_id: b.identity.key_id.as_str().into(),
+            group: b.identity.group.clone(),
+            key_id: b.identity.key_id.clone(),
             account: b.account.as_str().into(),
             model: b.model.as_str().into(),
             request_type: RequestType::Realtime,

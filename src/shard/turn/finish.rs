@@ -48,7 +48,7 @@ pub(super) struct TurnMeta<'a> {
 /// A response that ended with a terminal event relayed to the client.
 pub(super) struct Done {
     pub(super) kind: TerminalKind,
-    pub(super) response_id: Option<String>,
+    pub(super) response_id: Option<Arc<str>>,
     pub(super) usage: Option<Usage>,
     /// The response's `output` items, when captured (a store=false turn over HTTP).
     pub(super) output: Option<String>,
@@ -75,8 +75,8 @@ impl TurnNames {
     /// The names of `identity`'s turns.
     pub(super) fn new(identity: &ClientIdentity) -> Self {
         TurnNames {
-            group: Arc::from(identity.group.as_str()),
-            key_id: Arc::from(identity.key_id.as_str()),
+            group: identity.group.clone(),
+            key_id: identity.key_id.clone(),
             model: None,
             account: None,
         }
@@ -132,7 +132,6 @@ impl Driver {
         let pool = meta.pool;
         let now = Instant::now();
         pool.breaker.on_success(now);
-        let response_id = response_id.map(Arc::<str>::from);
         if let (Some(id), Some(output)) = (&response_id, &output) {
             // Upstream keeps no store=false response over HTTP: the gateway keeps the context,
             // so the next turn can chain from it on any transport.
@@ -229,7 +228,7 @@ impl Driver {
             } => {
                 let facts = UsageFacts {
                     kind,
-                    response_id: response_id.map(Arc::from),
+                    response_id,
                     usage,
                     ttft: None,
                     duration: meta.received.elapsed(),

@@ -98,7 +98,7 @@ impl Driver {
     fn account_index(&self, id: &str) -> Option<usize> {
         self.shard
             .groups
-            .get(&self.identity.group)?
+            .get(&*self.identity.group)?
             .iter()
             .copied()
             .find(|i| self.shard.pools[*i].account.config.id == id)
@@ -164,7 +164,7 @@ impl Driver {
         let has_accounts = self
             .shard
             .groups
-            .get(&self.identity.group)
+            .get(&*self.identity.group)
             .is_some_and(|g| !g.is_empty());
         let message = if has_accounts {
             "every upstream account of this key's group is failing (circuit open); retry later"
