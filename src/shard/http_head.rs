@@ -2,6 +2,7 @@
 //! [`crate::protocol::http1::parse_request`], which refuses every ambiguous framing), and
 //! writing small HTTP responses.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -91,7 +92,16 @@ pub async fn write_json(
     extra_headers: &[(&str, &str)],
     keep_alive: bool,
 ) -> std::io::Result<()> {
-    let mut out = format!(
+    // Sized for the head and an inline body: the answer is built in one allocation.
+    let extra: usize = extra_headers
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 4)
+        .sum();
+    let inline = if body.len() <= INLINE_BODY { body.len() } else { 0 };
+    let mut out = String::with_capacity(JSON_HEAD_ROOM + extra + inline);
+    // Writing into a `String` cannot fail.
+    let _ = write!(
+        out,
         "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: {}\r\n",
         http1::reason(status),
         body.len(),
@@ -117,6 +127,11 @@ pub async fn write_json(
 
 /// Largest body sent in the same write as its head.
 const INLINE_BODY: usize = 16 * 1024;
+
+/// Bytes a JSON answer's head takes at most without extra headers: status line (the longest
+/// reason phrase is 31 bytes), content type, a 20-digit length and `connection: keep-alive`,
+/// and the blank line.
+const JSON_HEAD_ROOM: usize = 160;
 
 /// Ends a connection after an error answer: half-closes it, then reads and discards what the
 /// client still sends (bounded in time and bytes). Closing with unread bytes would reset the
