@@ -26,7 +26,7 @@ where
 {
     let keep_alive = head.keep_alive();
     let endpoint = head.path.strip_prefix(PREFIX).unwrap_or_default();
-    match (head.method.as_str(), endpoint) {
+    match (&*head.method, endpoint) {
         ("GET", "stats") => {
             let json = sonic_rs::to_string(&shared.snapshot()).map_err(io::Error::other)?;
             ok(reader, json, keep_alive).await

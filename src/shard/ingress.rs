@@ -160,7 +160,7 @@ async fn route(
         Ok(()) if keep_alive => Routed::KeepAlive,
         _ => Routed::Done,
     };
-    match (head.method.as_str(), head.path.as_str()) {
+    match (&*head.method, head.path.as_str()) {
         ("GET", "/healthz") => {
             done(http_head::write_json(stream, 200, r#"{"status":"ok"}"#, &[], keep_alive).await)
         }

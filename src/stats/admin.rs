@@ -74,7 +74,7 @@ fn serve(mut stream: TcpStream, agg: &SharedAggregator, ctx: &ConnCtx<'_>) {
     };
     let _busy = ctx.busy();
     let response = match parse_request(&head) {
-        Ok(Some((req, _))) => match (req.method.as_str(), req.path.as_str()) {
+        Ok(Some((req, _))) => match (&*req.method, req.path.as_str()) {
             ("GET", "/metrics") => {
                 let doc = lock(agg).document(Instant::now());
                 reply(

@@ -1,14 +1,15 @@
-//! A request's header lines in two buffers (names, values) and one list of spans: three
+//! A request's header lines in one buffer (names and values) and one list of spans: two
 //! allocations per request whatever its header count, where a `String` and a `Vec` per header
-//! made 31 for a Codex-shaped POST (`perf/README.md`, session 9).
+//! made 31 for a Codex-shaped POST (`perf/README.md`, session 9; three buffers until session
+//! 10).
 
 use std::ops::Range;
 
 /// Header lines in order, names lower-cased.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    names: String,
-    values: Vec<u8>,
+    /// Names (lower-cased, so UTF-8 as pushed) and values, each line's name then its value.
+    bytes: Vec<u8>,
     spans: Vec<(Range<u32>, Range<u32>)>,
 }
 
@@ -16,29 +17,29 @@ impl Headers {
     /// Room for `count` lines of `names` and `values` bytes in all: pushing them allocates no more.
     pub fn with_capacity(count: usize, names: usize, values: usize) -> Self {
         Headers {
-            names: String::with_capacity(names),
-            values: Vec::with_capacity(values),
+            bytes: Vec::with_capacity(names + values),
             spans: Vec::with_capacity(count),
         }
     }
 
     /// Adds a line, its name lower-cased.
     pub fn push(&mut self, name: &str, value: &[u8]) {
-        let start = self.names.len();
-        self.names.push_str(name);
-        self.names[start..].make_ascii_lowercase();
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes[start..].make_ascii_lowercase();
         let n = span(start, name.len());
-        let v = span(self.values.len(), value.len());
-        self.values.extend_from_slice(value);
+        let v = span(self.bytes.len(), value.len());
+        self.bytes.extend_from_slice(value);
         self.spans.push((n, v));
     }
 
     /// The lines in order: lower-case name, value.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         self.spans.iter().map(|(n, v)| {
+            let name = self.bytes.get(usize_range(n)).unwrap_or_default();
             (
-                self.names.get(usize_range(n)).unwrap_or_default(),
-                self.values.get(usize_range(v)).unwrap_or_default(),
+                std::str::from_utf8(name).unwrap_or_default(),
+                self.bytes.get(usize_range(v)).unwrap_or_default(),
             )
         })
     }

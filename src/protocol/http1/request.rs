@@ -2,6 +2,7 @@
 //! form refused (RFC 9112 §6.1/§6.3), so nothing in front of the gateway can read another
 //! request boundary than it does.
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
 use super::head::{has_token, tokens};
@@ -109,8 +110,9 @@ impl Refusal {
 /// A parsed request head. Header names are lower-cased.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
-    /// Method, e.g. `GET`.
-    pub method: String,
+    /// Method, e.g. `GET`: a standard one borrowed from [`METHODS`] (no allocation per request),
+    /// another copied.
+    pub method: Cow<'static, str>,
     /// Path without the query.
     pub path: String,
     /// The query string, if any.
@@ -192,7 +194,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal
     };
     Ok(Some((
         RequestHead {
-            method: req.method.unwrap_or("").to_string(),
+            method: method_of(req.method.unwrap_or("")),
             path,
             query,
             http10,
@@ -201,6 +203,19 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal
         },
         used,
     )))
+}
+
+/// The methods a request names without a copy of its own.
+const METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+/// `method` as stored: a standard one is borrowed (methods are case-sensitive, RFC 9110 §9.1).
+fn method_of(method: &str) -> Cow<'static, str> {
+    match METHODS.iter().find(|m| **m == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(method.to_string()),
+    }
 }
 
 /// The parsed header lines, copied once into buffers sized for all of them.
