@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
@@ -13,6 +13,7 @@ use crate::protocol::error_body::GatewayError;
 use crate::protocol::http1::{self, parse_request, Refusal, RequestHead, MAX_HEAD_BYTES};
 use crate::runtime;
 
+use super::armed_timer::ShardDeadline;
 use super::counters::ShardCounters;
 
 /// Longest a refused connection is drained after its answer.
@@ -54,6 +55,21 @@ pub async fn read_head(
     deadline: Duration,
 ) -> Result<RequestHead, HeadError> {
     runtime::timeout(deadline, read_head_inner(stream, buf))
+        .await
+        .unwrap_or(Err(HeadError::Timeout))
+}
+
+/// As [`read_head`], under the connection's one timer: a kept-alive connection's next head
+/// waits on the timer its `POST` turns use (a timer per head was an allocation per request).
+pub async fn read_head_under(
+    stream: &mut ClientStream,
+    buf: &mut Vec<u8>,
+    timer: &mut ShardDeadline,
+    deadline: Duration,
+) -> Result<RequestHead, HeadError> {
+    timer.set(Instant::now() + deadline);
+    timer
+        .within(read_head_inner(stream, buf))
         .await
         .unwrap_or(Err(HeadError::Timeout))
 }

@@ -105,7 +105,12 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
     let mut buf = Vec::new();
     let mut timer = None;
     loop {
-        let head = match http_head::read_head(&mut stream, &mut buf, HEAD_TIMEOUT).await {
+        // After a POST the connection has its timer: the next head waits on it.
+        let read = match timer.as_mut() {
+            Some(t) => http_head::read_head_under(&mut stream, &mut buf, t, HEAD_TIMEOUT).await,
+            None => http_head::read_head(&mut stream, &mut buf, HEAD_TIMEOUT).await,
+        };
+        let head = match read {
             Ok(h) => h,
             Err(HeadError::Closed | HeadError::Io(_)) => return,
             Err(HeadError::Timeout) => {
