@@ -388,7 +388,10 @@ mod tests {
             shard.authenticate(b"sk-gw").is_none(),
             "the old key is refused"
         );
-        assert_eq!(shard.authenticate(b"sk-gw-rotated").unwrap().key_id, "k".into());
+        assert_eq!(
+            shard.authenticate(b"sk-gw-rotated").unwrap().key_id,
+            "k".into()
+        );
         assert_eq!(shard.authenticate(b"sk-new").unwrap().key_id, "new".into());
 
         let mut fewer = next.clone();

@@ -113,7 +113,11 @@ pub async fn write_json(
         .iter()
         .map(|(n, v)| n.len() + v.len() + 4)
         .sum();
-    let inline = if body.len() <= INLINE_BODY { body.len() } else { 0 };
+    let inline = if body.len() <= INLINE_BODY {
+        body.len()
+    } else {
+        0
+    };
     let mut out = String::with_capacity(JSON_HEAD_ROOM + extra + inline);
     // Writing into a `String` cannot fail.
     let _ = write!(
