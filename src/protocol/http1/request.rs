@@ -110,8 +110,8 @@ impl Refusal {
 /// A parsed request head. Header names are lower-cased.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
-    /// Method, e.g. `GET`: a standard one borrowed from [`METHODS`] (no allocation per request),
-    /// another copied.
+    /// Method, e.g. `GET`: a standard one is a borrowed static string (no allocation per
+    /// request), another a copy.
     pub method: Cow<'static, str>,
     /// Path without the query.
     pub path: String,
@@ -298,6 +298,21 @@ fn parse_length(value: &[u8]) -> Result<u64, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standard_methods_are_borrowed_others_copied() {
+        let method = |raw: &[u8]| parse_request(raw).unwrap().unwrap().0.method;
+        assert!(matches!(
+            method(b"POST / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Cow::Borrowed("POST")
+        ));
+        let other = method(b"PURGE / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(matches!(&other, Cow::Owned(m) if m == "PURGE"));
+        assert!(matches!(
+            method(b"post / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Cow::Owned(_)
+        ));
+    }
 
     #[test]
     fn parses_head_and_leaves_rest() {
