@@ -15,7 +15,7 @@ use shardgate::metrics::{Hist, ShardMetrics};
 use shardgate::protocol::Usage;
 use shardgate::state::embedded::{EmbeddedBackend, EmbeddedStore};
 use shardgate::state::service::StateMsg;
-use shardgate::state::{Binding, SessionKey, StateStats, StateStore, TurnState};
+use shardgate::state::{StateStats, StateStore, TurnState};
 use shardgate::usage::file::FileSink;
 use shardgate::usage::spool::Spool;
 use shardgate::usage::writer::UsageWriter;
@@ -23,6 +23,8 @@ use shardgate::usage::{RequestType, UsageRecord};
 
 #[path = "alloc_counter.rs"]
 mod alloc_counter;
+#[path = "support/sticky.rs"]
+mod sticky;
 
 #[global_allocator]
 static ALLOC: alloc_counter::Counting = alloc_counter::Counting;
@@ -93,15 +95,8 @@ fn state(c: &mut Criterion) {
         EmbeddedStore::new(Duration::from_secs(3600), 65_536),
         Arc::new(StateStats::default()),
     );
-    let sessions: Vec<SessionKey> = (0..1024)
-        .map(|i| SessionKey::of_client("team-a", &format!("session-{i}")))
-        .collect();
-    let binding = Binding {
-        account: "acct-0".into(),
-        instance: "gw-1".into(),
-        shard: 0,
-        connection: 7,
-    };
+    let sessions = sticky::sessions();
+    let binding = sticky::binding();
     let group: Arc<str> = Arc::from("default");
     let prefix = "resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e5f6a7b8c9d";
     let ids: Vec<String> = (0..200_000u32).map(|i| format!("{prefix}{i:07}")).collect();
@@ -146,15 +141,8 @@ fn to_control(c: &mut Criterion) {
             Arc::new(StateStats::default()),
         );
         let (tx, rx) = crossbeam_channel::bounded::<ShardMsg>(1024);
-        let sessions: Vec<SessionKey> = (0..1024)
-            .map(|i| SessionKey::of_client("team-a", &format!("session-{i}")))
-            .collect();
-        let binding = Binding {
-            account: "acct-0".into(),
-            instance: "gw-1".into(),
-            shard: 0,
-            connection: 7,
-        };
+        let sessions = sticky::sessions();
+        let binding = sticky::binding();
         let template = record();
         let prefix = "resp_68f0c2a1b3e4819c9d7a5e2f1b0c3d4e5f6a7b8c9d";
         let ids: Vec<String> = (0..200_000u32).map(|i| format!("{prefix}{i:07}")).collect();

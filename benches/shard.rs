@@ -22,10 +22,12 @@ use shardgate::protocol::UpstreamEvent;
 use shardgate::shard::account::AccountRuntime;
 use shardgate::shard::pool::Pool;
 use shardgate::state::embedded::EmbeddedStore;
-use shardgate::state::{Binding, SessionKey, TurnState};
+use shardgate::state::TurnState;
 
 #[path = "alloc_counter.rs"]
 mod alloc_counter;
+#[path = "support/sticky.rs"]
+mod sticky;
 
 #[global_allocator]
 static ALLOC: alloc_counter::Counting = alloc_counter::Counting;
@@ -138,15 +140,8 @@ fn sticky_cache(c: &mut Criterion) {
     let ids: Vec<String> = (0..1024)
         .map(|i| format!("resp_68f0c2a1b3e4819c9d7a5e2f1b{i:06}"))
         .collect();
-    let sessions: Vec<SessionKey> = (0..1024)
-        .map(|i| SessionKey::of_client("team-a", &format!("session-{i}")))
-        .collect();
-    let binding = Binding {
-        account: "acct-0".into(),
-        instance: "gw-1".into(),
-        shard: 0,
-        connection: 7,
-    };
+    let sessions = sticky::sessions();
+    let binding = sticky::binding();
     let mut i = 0usize;
     let mut turn = move |cache: &mut EmbeddedStore| {
         i = (i + 1) % ids.len();
