@@ -15,31 +15,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// The waker a pending timer last registered: while it is the polling task's and the timer's
-/// instant has not come, a poll answers `Pending` without polling the timer.
-#[derive(Default)]
-struct Armed(Option<Waker>);
-
-impl Armed {
-    /// `true` when the timer is armed for `cx`'s task and `until` has not come (the clock is
-    /// read only then).
-    fn holds(&self, cx: &Context<'_>, until: Instant, now: impl FnOnce() -> Instant) -> bool {
-        self.0
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()) && now() < until)
-    }
-
-    /// Records what polling the timer gave: armed for `cx`'s task while pending, else not.
-    fn record<T>(&mut self, cx: &Context<'_>, polled: Poll<T>) -> Poll<T> {
-        match (&polled, &mut self.0) {
-            (Poll::Ready(_), armed) => *armed = None,
-            (Poll::Pending, Some(waker)) => waker.clone_from(cx.waker()),
-            (Poll::Pending, armed) => *armed = Some(cx.waker().clone()),
-        }
-        polled
-    }
-}
-
 /// The deadline a shard task waits under, over one glommio timer ([`shard_deadline`]).
 pub type ShardDeadline = Deadline<crate::runtime::Timer>;
 
@@ -69,9 +44,9 @@ pub struct Deadline<T> {
     when: Instant,
     /// The instant `timer` was last registered for; never after `when` while `armed` is set.
     fires: Instant,
-    /// Whether `timer` is pending for `fires` for the polling task, until a poll finds it may
-    /// have fired.
-    armed: Armed,
+    /// The waker `timer` last registered while pending for `fires`: while it is the polling
+    /// task's and `fires` has not come, a poll answers `Pending` without polling the timer.
+    armed: Option<Waker>,
 }
 
 impl<T: Rearm> Deadline<T> {
@@ -82,7 +57,7 @@ impl<T: Rearm> Deadline<T> {
             timer,
             when: now,
             fires: now,
-            armed: Armed::default(),
+            armed: None,
         }
     }
 
@@ -91,7 +66,7 @@ impl<T: Rearm> Deadline<T> {
     pub fn set(&mut self, when: Instant) {
         self.when = when;
         if when < self.fires {
-            self.armed = Armed::default();
+            self.armed = None;
         }
     }
 
@@ -116,13 +91,25 @@ impl<T: Rearm> Deadline<T> {
         if now >= self.when {
             return Poll::Ready(());
         }
-        if self.armed.holds(cx, self.fires, || now) {
+        let armed_here = self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if armed_here && now < self.fires {
             return Poll::Pending;
         }
         self.timer.rearm(self.when - now);
         self.fires = self.when;
-        let polled = Pin::new(&mut self.timer).poll(cx).map(|_| ());
-        self.armed.record(cx, polled)
+        match Pin::new(&mut self.timer).poll(cx) {
+            Poll::Ready(_) => {
+                self.armed = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => {
+                match &mut self.armed {
+                    Some(waker) => waker.clone_from(cx.waker()),
+                    None => self.armed = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
