@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::private_redis::{answers_ping, PrivateRedis};
 use common::{eventually, poll_until, shared_redis_url};
 use futures_channel::oneshot;
 use futures_lite::future::block_on;
@@ -290,92 +289,9 @@ fn redis_entries_expire() {
     assert_eq!(get_binding(&mut svc, "g", "resp_t"), None);
 }
 
-/// `true` if the Redis at `url` answers a PING within `timeout`.
-fn answers_ping(url: &str, timeout: Duration) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    let Ok(mut con) = client.get_connection_with_timeout(timeout) else {
-        return false;
-    };
-    if con.set_read_timeout(Some(timeout)).is_err() {
-        return false;
-    }
-    redis::cmd("PING").query::<String>(&mut con).is_ok()
-}
-
-/// A redis-server of this test's own, on a free port, killed and restarted at will.
-struct PrivateRedis {
-    port: u16,
-    extra: &'static [&'static str],
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    fn start_with(extra: &'static [&'static str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = PrivateRedis {
-            port,
-            extra,
-            child: None,
-        };
-        r.restart();
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
-        let port = self.port;
-        eventually(
-            &format!("private redis-server up on port {port}"),
-            Duration::from_secs(20),
-            || answers_ping(&self.url(), Duration::from_millis(200)),
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[test]
 fn redis_killed_mid_run_serves_local_state_then_writes_resume() {
-    let mut server = PrivateRedis::start();
+    let mut server = PrivateRedis::start(&["--appendonly", "no"]);
     let url = server.url();
     let cfg = redis_state(&url, "sg", "redis_timeout_ms = 500");
     let mut svc = StateService::open(&cfg).unwrap();
@@ -464,7 +380,7 @@ fn sticky_cache_serves_its_own_writes_and_asks_the_control_thread_on_a_miss() {
 
 #[test]
 fn gateway_state_survives_redis_dying_and_says_so_in_its_counters() {
-    let mut server = PrivateRedis::start();
+    let mut server = PrivateRedis::start(&["--appendonly", "no"]);
     let url = server.url();
     let prefix = unique_prefix("ctl");
     let config = Arc::new(config(&format!(
@@ -508,7 +424,7 @@ fn gateway_state_survives_redis_dying_and_says_so_in_its_counters() {
 #[test]
 fn slow_redis_is_paused_and_reads_go_local() {
     use std::io::Write;
-    let server = PrivateRedis::start_with(&["--enable-debug-command", "yes"]);
+    let server = PrivateRedis::start(&["--appendonly", "no", "--enable-debug-command", "yes"]);
     let cfg = redis_state(&server.url(), "sg", "");
     let mut svc = StateService::open(&cfg).unwrap();
     let stats = svc.stats();
@@ -516,7 +432,7 @@ fn slow_redis_is_paused_and_reads_go_local() {
     put_turn(&mut svc, "g", "resp_1", binding(1), Some(sess), None);
     svc.tick(Instant::now());
     // Block the server for a while from another connection, then read through the store.
-    let mut blocker = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let mut blocker = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
     blocker.write_all(b"DEBUG SLEEP 0.8\r\n").unwrap();
     // The server is blocked once a PING goes unanswered.
     eventually("the server is blocked", Duration::from_secs(20), || {

@@ -10,9 +10,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::private_redis::PrivateRedis;
 use common::*;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
@@ -213,75 +214,6 @@ fn redis_stream_sink_has_exactly_one_record_per_turn() {
     up.stop();
 }
 
-/// A private redis-server with an append-only file, so a kill and restart keeps what it took.
-struct PrivateRedis {
-    port: u16,
-    dir: PathBuf,
-    child: Child,
-}
-
-impl PrivateRedis {
-    fn start(port: u16, dir: &Path) -> PrivateRedis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        // Listening is not enough: a restarted server answers LOADING while it reads its
-        // append-only file back, and the test's own reads would fail on that.
-        let url = format!("redis://127.0.0.1:{port}/");
-        eventually(
-            "private redis answers PING",
-            Duration::from_secs(20),
-            || {
-                redis::Client::open(url.as_str())
-                    .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                    .is_ok()
-            },
-        );
-        PrivateRedis {
-            port,
-            dir: dir.to_path_buf(),
-            child,
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        *self = PrivateRedis::start(self.port, &self.dir.clone());
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 fn stats_doc(socket: &Path) -> sonic_rs::Value {
     let mut c = StatsClient::connect(socket).expect("stats socket");
     sonic_rs::from_str(&c.stats_json().expect("stats")).expect("stats is JSON")
@@ -291,8 +223,17 @@ fn stats_doc(socket: &Path) -> sonic_rs::Value {
 fn redis_outage_spools_and_replays_without_loss_or_duplicates() {
     let dir = scratch_file("redis");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut redis = PrivateRedis::start(free_port(), &dir);
-    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    // An append-only file, so a kill and restart keeps what the server took.
+    let dir_arg = dir.display().to_string();
+    let mut redis = PrivateRedis::start(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        &dir_arg,
+    ]);
+    let url = redis.url();
     let stream = unique("outage");
     let socket = scratch_file("stats.sock");
     let spool = scratch_file("spool");

@@ -4,6 +4,7 @@
 
 pub mod counting;
 pub mod heap;
+pub mod private_redis;
 pub mod raw_ws;
 
 use std::io::{BufRead, Read, Write};
