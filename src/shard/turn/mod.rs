@@ -278,7 +278,7 @@ impl Driver {
                 &shard.counters,
                 &self.identity.group,
                 self.session,
-                self.last.as_deref(),
+                self.last.as_ref(),
                 &parsed,
             )
             .await;
