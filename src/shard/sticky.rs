@@ -182,14 +182,15 @@ impl Sticky {
     /// at once, and in the store through one message to the control thread. The cache and the
     /// message share the turn's strings.
     pub fn remember_turn(&self, counters: &ShardCounters, turn: TurnState) {
-        self.cache_turn(&turn);
+        self.cache_turn(&turn, Instant::now());
         self.write(counters, StateMsg::Turn(Box::new(turn)));
     }
 
-    /// Records what a turn left behind in the cache only: the caller sends the same turn to the
+    /// Records what a turn left behind in the cache only, as of `now` (the caller's clock
+    /// read for the turn's end: no read of its own): the caller sends the same turn to the
     /// control thread with its usage record (`Shard::submit_turn`).
-    pub fn cache_turn(&self, turn: &TurnState) {
-        self.cache.borrow_mut().put_turn_at(turn, Instant::now());
+    pub fn cache_turn(&self, turn: &TurnState, now: Instant) {
+        self.cache.borrow_mut().put_turn_at(turn, now);
     }
 
     /// Counts a state write the control queue could not take (the cache still has it).

@@ -337,6 +337,7 @@ impl Driver {
                     previous,
                     depends_on_connection,
                     fresh,
+                    now,
                     timer,
                 )
                 .await
