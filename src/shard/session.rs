@@ -183,7 +183,11 @@ async fn wait_for_bytes(
 /// unresumed state is its arguments, a few dozen bytes.
 #[inline(always)]
 fn boxed_in_place<F>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: the slot was written just above (what `Box::write` does, stable only since 1.87,
+    // past this crate's MSRV).
+    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 /// How serving ended.
