@@ -443,7 +443,8 @@ pub async fn relay<S: ClientSink>(
     let (ttft_hist, added_hist) = source.hists();
     let mut relayed = false;
     let mut first_event_at: Option<Instant> = None;
-    timer.set(Instant::now() + event_timeout);
+    // Upstream's silence counts from the send (the caller's clock read, just before this).
+    timer.set(sent_at + event_timeout);
     loop {
         enum Next {
             Up(Item),

@@ -101,8 +101,9 @@ pub fn affinity(binding: Option<Binding>, instance: &str, shard: usize) -> Affin
 /// looked up before the (borrowing) decision is made.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChainInputs {
-    /// The session's last response id.
-    pub session_last: Option<String>,
+    /// The session's last response id: the live session's own (shared, not copied: one
+    /// allocation per turn before), else the store's answer after a reconnect.
+    pub session_last: Option<Arc<str>>,
     /// Pending calls of the frame's `previous_response_id`.
     pub pending_of_previous: Option<Vec<String>>,
     /// Pending calls of `session_last`.
@@ -181,14 +182,15 @@ impl Sticky {
     /// at once, and in the store through one message to the control thread. The cache and the
     /// message share the turn's strings.
     pub fn remember_turn(&self, counters: &ShardCounters, turn: TurnState) {
-        self.cache_turn(&turn);
+        self.cache_turn(&turn, Instant::now());
         self.write(counters, StateMsg::Turn(Box::new(turn)));
     }
 
-    /// Records what a turn left behind in the cache only: the caller sends the same turn to the
+    /// Records what a turn left behind in the cache only, as of `now` (the caller's clock
+    /// read for the turn's end: no read of its own): the caller sends the same turn to the
     /// control thread with its usage record (`Shard::submit_turn`).
-    pub fn cache_turn(&self, turn: &TurnState) {
-        self.cache.borrow_mut().put_turn_at(turn, Instant::now());
+    pub fn cache_turn(&self, turn: &TurnState, now: Instant) {
+        self.cache.borrow_mut().put_turn_at(turn, now);
     }
 
     /// Counts a state write the control queue could not take (the cache still has it).
@@ -276,16 +278,17 @@ impl Sticky {
         counters: &ShardCounters,
         group: &str,
         session: Option<SessionKey>,
-        known_last: Option<&str>,
+        known_last: Option<&Arc<str>>,
         frame: &ClientFrame<'_>,
     ) -> ChainInputs {
         let has_outputs = !frame.tool_output_call_ids.is_empty();
         let previous = frame.previous_response_id.as_deref();
         let session_last = match (known_last, session) {
-            (Some(last), _) => Some(last.to_string()),
-            (None, Some(session)) if has_outputs || previous.is_some() => {
-                self.session_last(counters, group, session).await
-            }
+            (Some(last), _) => Some(Arc::clone(last)),
+            (None, Some(session)) if has_outputs || previous.is_some() => self
+                .session_last(counters, group, session)
+                .await
+                .map(Arc::from),
             _ => None,
         };
         if !has_outputs {

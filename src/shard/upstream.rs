@@ -114,7 +114,12 @@ pub struct UpstreamConn {
 impl UpstreamConn {
     /// `true` when the connection is too old to start another turn on.
     pub fn is_expired(&self, max_age: Duration) -> bool {
-        self.born.elapsed() >= max_age
+        self.is_expired_at(max_age, Instant::now())
+    }
+
+    /// [`UpstreamConn::is_expired`] as of `now` (a turn's attempt reads the clock once).
+    pub fn is_expired_at(&self, max_age: Duration, now: Instant) -> bool {
+        now.saturating_duration_since(self.born) >= max_age
     }
 
     /// Whether resting would give buffers back: the connection carried a turn since its

@@ -59,7 +59,8 @@ fn rewrite_failed() -> Attempt {
 }
 
 impl Driver {
-    /// One attempt over a pooled upstream WebSocket.
+    /// One attempt over a pooled upstream WebSocket, begun at `began` (the attempt loop's clock
+    /// read: the held connection's age and the wait for another count from it).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt_ws<S: ClientSink>(
         &mut self,
@@ -70,6 +71,7 @@ impl Driver {
         previous: PreviousId<'_>,
         depends_on_connection: bool,
         fresh: bool,
+        began: Instant,
         timer: &mut ShardDeadline,
     ) -> Attempt {
         let max_age = self.shard.config.upstream.max_conn_age;
@@ -77,7 +79,8 @@ impl Driver {
             // Retire an old connection before upstream's 60-minute limit, unless this turn's
             // state lives on it (then upstream's limit error tells the client to start over).
             let other_pool = !Rc::ptr_eq(lease.pool(), pool);
-            if other_pool || (lease.conn().is_expired(max_age) && !depends_on_connection) {
+            let expired = lease.conn().is_expired_at(max_age, began);
+            if other_pool || (expired && !depends_on_connection) {
                 if !other_pool {
                     bump(&lease.pool().counters.retired);
                 }
@@ -85,7 +88,7 @@ impl Driver {
             }
         }
         if self.lease.is_none() {
-            let asked = Instant::now();
+            let asked = began;
             let lease = match self.preferred_conn(pool, fresh).await {
                 Some(lease) => Ok(lease),
                 None if fresh => pool.acquire_fresh(&self.forward).await,

@@ -146,7 +146,7 @@ impl Driver {
         // Cached now; sent to the control thread with the usage record below.
         let state = response_id.as_ref().map(|id| {
             let state = self.turn_state(id, pool, conn, pending_calls);
-            self.shard.sticky.cache_turn(&state);
+            self.shard.sticky.cache_turn(&state, now);
             state
         });
         self.shard.counters.bump_labeled("terminal", kind.as_str());

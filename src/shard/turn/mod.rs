@@ -278,7 +278,7 @@ impl Driver {
                 &shard.counters,
                 &self.identity.group,
                 self.session,
-                self.last.as_deref(),
+                self.last.as_ref(),
                 &parsed,
             )
             .await;
@@ -337,6 +337,7 @@ impl Driver {
                     previous,
                     depends_on_connection,
                     fresh,
+                    now,
                     timer,
                 )
                 .await
