@@ -194,3 +194,50 @@ fn a_post_on_a_kept_alive_connection_makes_a_bounded_number_of_allocations() {
         "{per_post:.2} allocations per POST (at most {MAX_ALLOCS_PER_POST})"
     );
 }
+
+/// Reads one chunked SSE answer (head and records) through a stack buffer, to its last chunk.
+fn read_sse_answer(stream: &mut TcpStream) {
+    let mut buf = [0u8; 64 * 1024];
+    let mut n = 0;
+    while !buf[..n].ends_with(b"\r\n0\r\n\r\n") {
+        assert!(n < buf.len(), "an answer over {} bytes", buf.len());
+        let got = stream.read(&mut buf[n..]).expect("read answer");
+        assert!(got > 0, "closed mid-answer");
+        n += got;
+    }
+    assert!(buf.starts_with(b"HTTP/1.1 200"), "not a 200");
+}
+
+/// Most allocations a streaming `POST` (SSE answer) on a kept-alive connection may make on its
+/// shard, on average: MEASURED.
+const MAX_ALLOCS_PER_SSE_POST: f64 = 99.0;
+
+#[test]
+fn a_streaming_post_on_a_kept_alive_connection_makes_a_bounded_number_of_allocations() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = MockProcess::start();
+    let gw = gateway(config_for(&[up.base_url()], ""));
+    let mut s = TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let body = post_body("gpt-5", "hello", true);
+    let request = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {CLIENT_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..WARM_TURNS {
+        s.write_all(request.as_bytes()).expect("send request");
+        read_sse_answer(&mut s);
+    }
+    let before = ALLOCS.load(Ordering::SeqCst);
+    for _ in 0..TURNS {
+        s.write_all(request.as_bytes()).expect("send request");
+        read_sse_answer(&mut s);
+    }
+    let per_post = (ALLOCS.load(Ordering::SeqCst) - before) as f64 / TURNS as f64;
+    println!("allocations per streaming POST: {per_post:.2}");
+    assert!(
+        per_post <= MAX_ALLOCS_PER_SSE_POST,
+        "{per_post:.2} allocations per streaming POST (at most {MAX_ALLOCS_PER_SSE_POST})"
+    );
+}

@@ -97,50 +97,130 @@ fn is_forwarded_header(name: &str) -> bool {
 }
 
 /// Serves one accepted connection until it is closed or upgraded (after the TLS handshake when
-/// the listener speaks TLS).
+/// the listener speaks TLS). Until its first `POST` the connection's task holds no HTTP turn, so
+/// a WebSocket session's task is not sized for one; from that `POST` on, the connection runs in
+/// [`serve_posts`].
 pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
     let Some(mut stream) = tls_accept::open(&shard, tcp, HEAD_TIMEOUT).await else {
         return;
     };
     let mut buf = Vec::new();
-    let mut timer = None;
     loop {
-        // After a POST the connection has its timer: the next head waits on it.
-        let read = match timer.as_mut() {
-            Some(t) => http_head::read_head_under(&mut stream, &mut buf, t, HEAD_TIMEOUT).await,
-            None => http_head::read_head(&mut stream, &mut buf, HEAD_TIMEOUT).await,
+        let Some(head) = next_head(&shard, &mut stream, &mut buf, None).await else {
+            return;
         };
-        let head = match read {
-            Ok(h) => h,
-            Err(HeadError::Closed | HeadError::Io(_)) => return,
-            Err(HeadError::Timeout) => {
-                let err = GatewayError::new(
-                    408,
-                    ErrorType::InvalidRequest,
-                    "request_timeout",
-                    "request head not received in time",
-                );
-                let _ = http_head::write_error(&mut stream, &err, &[], false).await;
-                return;
-            }
-            Err(HeadError::Refused(refusal)) => {
-                refuse_request(&shard, &mut stream, refusal).await;
-                return;
-            }
+        if is_turn_post(&head) {
+            // Boxed once for the connection, not once per request.
+            return Box::pin(serve_posts(shard, stream, buf, head)).await;
+        }
+        match route(&shard, &mut stream, head, &mut buf).await {
+            Routed::KeepAlive => continue,
+            Routed::Done => return,
+            Routed::Upgrade(driver) => return into_session(shard, stream, buf, driver).await,
+        }
+    }
+}
+
+/// A connection from its first `POST` (`first`) on: its HTTP turns run inline, in the state
+/// boxed once for the connection (a turn's future boxed per `POST` was an allocation and a
+/// copy of the whole future, ~7.5 KiB, per request), its other requests as before.
+async fn serve_posts(
+    shard: Rc<Shard>,
+    mut stream: ClientStream,
+    mut buf: Vec<u8>,
+    first: RequestHead,
+) {
+    let mut kept = http_front::Kept::default();
+    let mut next = Some(first);
+    loop {
+        let head = match next.take() {
+            Some(head) => head,
+            // The connection's timer (made at its first turn) times its next head.
+            None => match next_head(&shard, &mut stream, &mut buf, kept.timer.as_mut()).await {
+                Some(head) => head,
+                None => return,
+            },
         };
-        match route(&shard, &mut stream, head, &mut buf, &mut timer).await {
+        let routed = if is_turn_post(&head) {
+            post(&shard, &mut stream, head, &mut buf, &mut kept).await
+        } else {
+            route(&shard, &mut stream, head, &mut buf).await
+        };
+        match routed {
             Routed::KeepAlive => continue,
             Routed::Done => return,
             Routed::Upgrade(driver) => {
-                // Recorded until the first frame says whether the session stays on this shard.
-                let tls = stream.is_tls();
-                let stream = PrefixedStream::recording(buf, stream);
-                let ws = session::upgraded_ws(stream).await;
-                run_session(shard, ws, driver, tls).await;
-                return;
+                // A session has no use for what its connection kept for POSTs.
+                drop(kept);
+                return into_session(shard, stream, buf, driver).await;
             }
         }
     }
+}
+
+/// The connection's next request head, read under `timer` when it has one; `None` once the
+/// connection is over (closed, or its head timed out or was refused: then answered).
+async fn next_head(
+    shard: &Shard,
+    stream: &mut ClientStream,
+    buf: &mut Vec<u8>,
+    timer: Option<&mut ShardDeadline>,
+) -> Option<RequestHead> {
+    let read = match timer {
+        Some(t) => http_head::read_head_under(stream, buf, t, HEAD_TIMEOUT).await,
+        None => http_head::read_head(stream, buf, HEAD_TIMEOUT).await,
+    };
+    match read {
+        Ok(head) => Some(head),
+        Err(HeadError::Closed | HeadError::Io(_)) => None,
+        Err(HeadError::Timeout) => {
+            let err = GatewayError::new(
+                408,
+                ErrorType::InvalidRequest,
+                "request_timeout",
+                "request head not received in time",
+            );
+            let _ = http_head::write_error(stream, &err, &[], false).await;
+            None
+        }
+        Err(HeadError::Refused(refusal)) => {
+            refuse_request(shard, stream, refusal).await;
+            None
+        }
+    }
+}
+
+/// A `POST` to a Responses path: an HTTP turn.
+fn is_turn_post(head: &RequestHead) -> bool {
+    &*head.method == "POST" && is_responses_path(&head.path)
+}
+
+/// Serves an HTTP turn ([`is_turn_post`]); `kept` is what the connection keeps for its turns.
+async fn post(
+    shard: &Rc<Shard>,
+    stream: &mut ClientStream,
+    head: RequestHead,
+    buf: &mut Vec<u8>,
+    kept: &mut http_front::Kept,
+) -> Routed {
+    let identity = match check_client(shard, &head) {
+        Ok(id) => id,
+        Err((err, headers)) => return refuse(stream, &err, headers).await,
+    };
+    let forward = forwarded(&head);
+    match http_front::serve(shard, stream, &head, buf, identity, forward, kept).await {
+        After::KeepAlive => Routed::KeepAlive,
+        After::Close => Routed::Done,
+    }
+}
+
+/// Turns an upgraded connection into a client session.
+async fn into_session(shard: Rc<Shard>, stream: ClientStream, buf: Vec<u8>, driver: Box<Driver>) {
+    // Recorded until the first frame says whether the session stays on this shard.
+    let tls = stream.is_tls();
+    let stream = PrefixedStream::recording(buf, stream);
+    let ws = session::upgraded_ws(stream).await;
+    run_session(shard, ws, driver, tls).await;
 }
 
 enum Routed {
@@ -150,14 +230,12 @@ enum Routed {
     Upgrade(Box<Driver>),
 }
 
-/// Serves one request; `timer` is the connection's timer for its `POST` turns (built at the
-/// first, kept for the next).
+/// Serves one request other than an HTTP turn ([`post`]).
 async fn route(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
     head: RequestHead,
     buf: &mut Vec<u8>,
-    timer: &mut Option<ShardDeadline>,
 ) -> Routed {
     // A body nobody reads would be parsed as the next request: close after answering instead.
     let keep_alive = head.keep_alive() && head.body == Framing::Length(0);
@@ -193,23 +271,6 @@ async fn route(
             // Boxed: a realtime session's future is large and lives only on this path.
             Box::pin(realtime::serve(shard, stream, head, std::mem::take(buf))).await;
             Routed::Done
-        }
-        ("POST", p) if is_responses_path(p) => {
-            let identity = match check_client(shard, &head) {
-                Ok(id) => id,
-                Err((err, headers)) => return refuse(stream, &err, headers).await,
-            };
-            let forward = forwarded(&head);
-            // Boxed: the HTTP turn's future is tens of KiB, and inline it would size every
-            // connection task, WebSocket sessions included, for their whole life.
-            match Box::pin(http_front::serve(
-                shard, stream, &head, buf, identity, forward, timer,
-            ))
-            .await
-            {
-                After::KeepAlive => Routed::KeepAlive,
-                After::Close => Routed::Done,
-            }
         }
         (_, p) if is_responses_path(p) => {
             let err = GatewayError::new(
