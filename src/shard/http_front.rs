@@ -456,7 +456,8 @@ mod tests {
 
     /// The head of a `POST` with a `content-length` of `len`.
     fn post_head(len: usize) -> RequestHead {
-        let raw = format!("POST /v1/responses HTTP/1.1\r\nhost: gw\r\ncontent-length: {len}\r\n\r\n");
+        let raw =
+            format!("POST /v1/responses HTTP/1.1\r\nhost: gw\r\ncontent-length: {len}\r\n\r\n");
         match crate::protocol::http1::parse_request(raw.as_bytes()) {
             Ok(Some((head, _))) => head,
             other => panic!("{other:?}"),

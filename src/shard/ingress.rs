@@ -105,15 +105,16 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
         return;
     };
     let mut buf = Vec::new();
+    let mut head = RequestHead::default();
     loop {
-        let Some(head) = next_head(&shard, &mut stream, &mut buf, None).await else {
+        if !next_head(&shard, &mut stream, &mut buf, None, &mut head).await {
             return;
-        };
+        }
         if is_turn_post(&head) {
             // Boxed once for the connection, not once per request.
             return Box::pin(serve_posts(shard, stream, buf, head)).await;
         }
-        match route(&shard, &mut stream, head, &mut buf).await {
+        match route(&shard, &mut stream, std::mem::take(&mut head), &mut buf).await {
             Routed::KeepAlive => continue,
             Routed::Done => return,
             Routed::Upgrade(driver) => return into_session(shard, stream, buf, driver).await,
@@ -121,33 +122,25 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
     }
 }
 
-/// A connection from its first `POST` (`first`) on: its HTTP turns run inline, in the state
-/// boxed once for the connection (a turn's future boxed per `POST` was an allocation and a
-/// copy of the whole future, ~7.5 KiB, per request), its other requests as before.
+/// A connection from its first `POST` (`head`) on: its HTTP turns run inline, in the state boxed
+/// once for the connection (a turn's future boxed per `POST` was an allocation and a copy of
+/// the whole future, ~7.5 KiB, per request), each next head read into the last one's buffers,
+/// its other requests as before.
 async fn serve_posts(
     shard: Rc<Shard>,
     mut stream: ClientStream,
     mut buf: Vec<u8>,
-    first: RequestHead,
+    mut head: RequestHead,
 ) {
     let mut kept = http_front::Kept::default();
-    let mut next = Some(first);
     loop {
-        let head = match next.take() {
-            Some(head) => head,
-            // The connection's timer (made at its first turn) times its next head.
-            None => match next_head(&shard, &mut stream, &mut buf, kept.timer.as_mut()).await {
-                Some(head) => head,
-                None => return,
-            },
-        };
         let routed = if is_turn_post(&head) {
-            post(&shard, &mut stream, head, &mut buf, &mut kept).await
+            post(&shard, &mut stream, &head, &mut buf, &mut kept).await
         } else {
-            route(&shard, &mut stream, head, &mut buf).await
+            route(&shard, &mut stream, std::mem::take(&mut head), &mut buf).await
         };
         match routed {
-            Routed::KeepAlive => continue,
+            Routed::KeepAlive => {}
             Routed::Done => return,
             Routed::Upgrade(driver) => {
                 // A session has no use for what its connection kept for POSTs.
@@ -155,24 +148,37 @@ async fn serve_posts(
                 return into_session(shard, stream, buf, driver).await;
             }
         }
+        // The connection's timer (made at its first turn) times its next head.
+        if !next_head(
+            &shard,
+            &mut stream,
+            &mut buf,
+            kept.timer.as_mut(),
+            &mut head,
+        )
+        .await
+        {
+            return;
+        }
     }
 }
 
-/// The connection's next request head, read under `timer` when it has one; `None` once the
-/// connection is over (closed, or its head timed out or was refused: then answered).
+/// Reads the connection's next request head into `head`, under `timer` when it has one; `false`
+/// once the connection is over (closed, or its head timed out or was refused: then answered).
 async fn next_head(
     shard: &Shard,
     stream: &mut ClientStream,
     buf: &mut Vec<u8>,
     timer: Option<&mut ShardDeadline>,
-) -> Option<RequestHead> {
+    head: &mut RequestHead,
+) -> bool {
     let read = match timer {
-        Some(t) => http_head::read_head_under(stream, buf, t, HEAD_TIMEOUT).await,
-        None => http_head::read_head(stream, buf, HEAD_TIMEOUT).await,
+        Some(t) => http_head::read_head_under(stream, buf, t, HEAD_TIMEOUT, head).await,
+        None => http_head::read_head(stream, buf, HEAD_TIMEOUT, head).await,
     };
     match read {
-        Ok(head) => Some(head),
-        Err(HeadError::Closed | HeadError::Io(_)) => None,
+        Ok(()) => true,
+        Err(HeadError::Closed | HeadError::Io(_)) => false,
         Err(HeadError::Timeout) => {
             let err = GatewayError::new(
                 408,
@@ -181,11 +187,11 @@ async fn next_head(
                 "request head not received in time",
             );
             let _ = http_head::write_error(stream, &err, &[], false).await;
-            None
+            false
         }
         Err(HeadError::Refused(refusal)) => {
             refuse_request(shard, stream, refusal).await;
-            None
+            false
         }
     }
 }
@@ -199,16 +205,16 @@ fn is_turn_post(head: &RequestHead) -> bool {
 async fn post(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
-    head: RequestHead,
+    head: &RequestHead,
     buf: &mut Vec<u8>,
     kept: &mut http_front::Kept,
 ) -> Routed {
-    let identity = match check_client(shard, &head) {
+    let identity = match check_client(shard, head) {
         Ok(id) => id,
         Err((err, headers)) => return refuse(stream, &err, headers).await,
     };
-    let forward = forwarded(&head);
-    match http_front::serve(shard, stream, &head, buf, identity, forward, kept).await {
+    let forward = forwarded(head);
+    match http_front::serve(shard, stream, head, buf, identity, forward, kept).await {
         After::KeepAlive => Routed::KeepAlive,
         After::Close => Routed::Done,
     }
