@@ -269,6 +269,16 @@ const BATCH_ROOM: usize = 16 * 1024;
 /// Pending SSE bytes past which a batch is written before its last event.
 const SSE_FLUSH_AT: usize = 64 * 1024;
 
+/// Makes a connection's batch buffer ready for a request: made at its first, then kept, less
+/// what a request that ended early left in it (a buffer a huge event grew is made anew).
+fn ready_batch(batch: &mut Vec<u8>) {
+    if batch.capacity() == 0 || batch.capacity() > 4 * SSE_FLUSH_AT {
+        *batch = batch_buffer();
+    } else {
+        batch.resize(CHUNK_ROOM, 0);
+    }
+}
+
 /// An empty pending batch: [`CHUNK_ROOM`] bytes of room, then [`BATCH_ROOM`] for records.
 fn batch_buffer() -> Vec<u8> {
     let mut pending = Vec::with_capacity(CHUNK_ROOM + BATCH_ROOM);
@@ -288,12 +298,7 @@ impl SseSink<'_> {
         keep_alive: bool,
         close_delimited: bool,
     ) -> SseSink<'a> {
-        if batch.capacity() == 0 || batch.capacity() > 4 * SSE_FLUSH_AT {
-            *batch = batch_buffer();
-        } else {
-            // A request that ended early may have left records: they are not this one's.
-            batch.resize(CHUNK_ROOM, 0);
-        }
+        ready_batch(batch);
         SseSink {
             stream,
             inbuf,
@@ -497,6 +502,25 @@ impl ClientSink for JsonSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connections_batch_buffer_is_made_once_and_kept_for_its_next_requests() {
+        let mut batch = Vec::new();
+        ready_batch(&mut batch);
+        assert_eq!(
+            (batch.len(), batch.capacity()),
+            (CHUNK_ROOM, CHUNK_ROOM + BATCH_ROOM)
+        );
+        let at = batch.as_ptr();
+        // A request that stopped with records pending.
+        write_event(&mut batch, "response.created", b"{}");
+        ready_batch(&mut batch);
+        assert_eq!((batch.len(), batch.as_ptr()), (CHUNK_ROOM, at));
+        // A huge event grew it: not kept.
+        batch.reserve(8 * SSE_FLUSH_AT);
+        ready_batch(&mut batch);
+        assert_eq!(batch.capacity(), CHUNK_ROOM + BATCH_ROOM);
+    }
 
     #[test]
     fn upstream_error_bodies_pass_through() {
