@@ -105,8 +105,8 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
         return;
     };
     let mut buf = Vec::new();
-    let mut head = RequestHead::default();
     loop {
+        let mut head = RequestHead::default();
         if !next_head(&shard, &mut stream, &mut buf, None, &mut head).await {
             return;
         }
@@ -114,10 +114,18 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
             // Boxed once for the connection, not once per request.
             return Box::pin(serve_posts(shard, stream, buf, head)).await;
         }
-        match route(&shard, &mut stream, std::mem::take(&mut head), &mut buf).await {
+        match route(&shard, &mut stream, head, &mut buf).await {
             Routed::KeepAlive => continue,
             Routed::Done => return,
-            Routed::Upgrade(driver) => return into_session(shard, stream, buf, driver).await,
+            Routed::Upgrade(driver) => {
+                // As [`into_session`], inline: that call's future would hold a second copy of
+                // the stream in every session's task.
+                let tls = stream.is_tls();
+                let stream = PrefixedStream::recording(buf, stream);
+                let ws = session::upgraded_ws(stream).await;
+                run_session(shard, ws, driver, tls).await;
+                return;
+            }
         }
     }
 }
@@ -220,7 +228,8 @@ async fn post(
     }
 }
 
-/// Turns an upgraded connection into a client session.
+/// Turns an upgraded connection into a client session (after a `POST`, in [`serve_posts`]'s
+/// boxed state).
 async fn into_session(shard: Rc<Shard>, stream: ClientStream, buf: Vec<u8>, driver: Box<Driver>) {
     // Recorded until the first frame says whether the session stays on this shard.
     let tls = stream.is_tls();
