@@ -5,6 +5,7 @@
 use std::rc::Rc;
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use http::{HeaderName, HeaderValue};
 
@@ -81,19 +82,27 @@ async fn list_models(
     }
 }
 
-/// Client headers passed on to upstream: session and Codex metadata, never credentials.
-fn is_forwarded_header(name: &str) -> bool {
-    matches!(
-        name,
-        "session-id"
-            | "session_id"
-            | "thread-id"
-            | "conversation_id"
-            | "x-client-request-id"
-            | "originator"
-            | "user-agent"
-            | "accept-language"
-    ) || name.starts_with("x-codex-")
+/// Client headers passed on to upstream (session and Codex metadata, never credentials), besides
+/// every `x-codex-*` one.
+const FORWARDED: [&str; 8] = [
+    "session-id",
+    "session_id",
+    "thread-id",
+    "conversation_id",
+    "x-client-request-id",
+    "originator",
+    "user-agent",
+    "accept-language",
+];
+
+/// The name a client header is passed on to upstream under, when it is passed on: a static one
+/// for [`FORWARDED`] (its name is not copied per request), a copy for `x-codex-*`.
+fn forwarded_name(name: &str) -> Option<HeaderName> {
+    match FORWARDED.iter().find(|n| **n == name) {
+        Some(known) => Some(HeaderName::from_static(known)),
+        None if name.starts_with("x-codex-") => HeaderName::from_bytes(name.as_bytes()).ok(),
+        None => None,
+    }
 }
 
 /// Serves one accepted connection until it is closed or upgraded (after the TLS handshake when
@@ -359,18 +368,33 @@ pub(super) fn check_client_key(
     }
 }
 
-/// The client headers passed on to upstream.
+/// The client headers passed on to upstream. Their values are views of one copy of them all,
+/// not a copy each (a Codex-shaped request passes on six).
 pub(super) fn forwarded(head: &RequestHead) -> Vec<(HeaderName, HeaderValue)> {
-    head.headers
-        .iter()
-        .filter(|(n, _)| is_forwarded_header(n))
-        .filter_map(|(n, v)| {
-            Some((
-                HeaderName::from_bytes(n.as_bytes()).ok()?,
-                HeaderValue::from_bytes(v).ok()?,
-            ))
-        })
-        .collect()
+    let lines = || {
+        head.headers
+            .iter()
+            .filter_map(|(n, v)| Some((forwarded_name(n)?, v)))
+    };
+    let (count, bytes) = lines().fold((0, 0), |(c, b), (_, v)| (c + 1, b + v.len()));
+    if count == 0 {
+        return Vec::new();
+    }
+    let mut values = Vec::with_capacity(bytes);
+    for (_, v) in lines() {
+        values.extend_from_slice(v);
+    }
+    let values = Bytes::from(values);
+    let mut at = 0;
+    let mut out = Vec::with_capacity(count);
+    for (name, v) in lines() {
+        let value = values.slice(at..at + v.len());
+        at += v.len();
+        if let Ok(value) = HeaderValue::from_maybe_shared(value) {
+            out.push((name, value));
+        }
+    }
+    out
 }
 
 /// Why a WebSocket upgrade request cannot be one: over HTTP/1.0, or with a body.
@@ -504,4 +528,55 @@ async fn run_session(shard: Rc<Shard>, ws: ClientWs, driver: Box<Driver>, tls: b
     };
     Session::new(shard.clone(), ws, driver, tls).run().await;
     shard.close_session(&key_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::http1::parse_request;
+
+    #[test]
+    fn forwarded_headers_are_the_metadata_ones_in_order_with_their_values() {
+        let raw = b"POST /v1/responses HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-x\r\n\
+                    Session-Id: s1\r\nUser-Agent: codex/1\r\nX-Codex-Turn-Metadata: {\"t\":7}\r\n\
+                    conversation_id: c1\r\nx-api-key: sk-y\r\n\
+                    originator: codex_cli_rs\r\nthread-id: \r\n\r\n";
+        let Ok(Some((head, _))) = parse_request(raw) else {
+            panic!("a whole valid head");
+        };
+        let got: Vec<(String, Vec<u8>)> = forwarded(&head)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let want: Vec<(String, Vec<u8>)> = [
+            ("session-id", &b"s1"[..]),
+            ("user-agent", b"codex/1"),
+            ("x-codex-turn-metadata", br#"{"t":7}"#),
+            ("conversation_id", b"c1"),
+            ("originator", b"codex_cli_rs"),
+            ("thread-id", b""),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_vec()))
+        .collect();
+        assert_eq!(got, want);
+        assert!(forwarded(
+            &parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .0
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn every_forwarded_name_is_a_valid_static_header_name() {
+        for name in FORWARDED {
+            assert_eq!(
+                forwarded_name(name).map(|n| n.to_string()),
+                Some(name.to_string())
+            );
+        }
+        assert_eq!(forwarded_name("authorization"), None);
+    }
 }
