@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use futures_lite::future::block_on;
 use shardgate::net::client_read::{read_text_frame, RawRead};
 use shardgate::net::FrameEdge;
-use shardgate::protocol::http1::parse_request;
+use shardgate::protocol::http1::{parse_request, parse_request_into};
 
 use counting::Counting;
 
@@ -130,4 +130,18 @@ fn a_request_heads_header_lines_take_two_allocations_whatever_their_count() {
     );
     // The path, then the names and values (one buffer) and their spans; `POST` is borrowed.
     assert_eq!(allocs, 3, "allocations to parse a 14-line head");
+}
+
+#[test]
+fn a_head_parsed_into_the_last_ones_buffers_allocates_nothing() {
+    let Ok(Some((mut head, _))) = parse_request(CODEX_POST_HEAD) else {
+        panic!("a whole valid head")
+    };
+    let before = ALLOCS.with(Cell::get);
+    let parsed = parse_request_into(CODEX_POST_HEAD, &mut head);
+    let allocs = ALLOCS.with(Cell::get) - before;
+    assert_eq!(parsed, Ok(Some(CODEX_POST_HEAD.len())));
+    assert_eq!(head.headers.len(), 14);
+    // A kept-alive connection's next head: its path, lines and spans fit the last one's.
+    assert_eq!(allocs, 0, "allocations to parse a head into the last one");
 }

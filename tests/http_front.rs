@@ -631,3 +631,34 @@ fn a_body_that_is_not_utf8_is_400_and_the_connection_stays() {
         "only the valid request went upstream"
     );
 }
+
+/// After its first `POST` a connection runs on in a state of its own (`serve_posts`): its other
+/// requests, an upgrade to a WebSocket session included, are served there as before.
+#[test]
+fn a_connection_that_posted_serves_other_requests_and_can_become_a_session() {
+    use shardgate::tungstenite::client::IntoClientRequest;
+
+    let up = mock();
+    let gw = gateway(config_for(&[up.base_url()], ""));
+    let mut c = HttpConn::open(gw.addr());
+    let streamed = c.post("/v1/responses", &post_body("gpt-5", "one", true));
+    assert_eq!(streamed.sse().last().unwrap().0, "response.completed");
+    let health = c.raw(b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n");
+    assert_eq!(health.status, 200, "{}", health.body);
+    let json = c.post("/v1/responses", &post_body("gpt-5", "two", false));
+    assert_eq!(json.json()["status"].as_str(), Some("completed"));
+    let mut req = format!("ws://{}/v1/responses", gw.addr())
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {CLIENT_KEY}").parse().expect("header"),
+    );
+    let Ok((ws, _)) = shardgate::tungstenite::client::client(req, c.stream) else {
+        panic!("the upgrade after two POSTs was refused");
+    };
+    let mut session = Client { ws };
+    let turn = session.turn(&create("gpt-5", "three", true, None));
+    assert_eq!(turn.last_type(), "response.completed");
+    assert_eq!(up.stats().ws_turns_total, 3);
+}

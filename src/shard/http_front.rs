@@ -8,14 +8,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Utf8Bytes;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use http::{HeaderName, HeaderValue};
 
+use crate::net::buf_pool::{PooledBuf, MAX_KEPT_LEN};
 use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::http1::{BodyDecoder, Http1Error};
 use crate::protocol::{ClientFrame, ClientFrameError};
-use crate::runtime;
 use crate::usage::RequestType;
 
 use super::armed_timer::{shard_deadline, ShardDeadline};
@@ -65,9 +65,18 @@ pub enum After {
     Close,
 }
 
+/// What a connection keeps from one `POST` to the next.
+#[derive(Default)]
+pub struct Kept {
+    /// The connection's one timer, built at its first request.
+    pub timer: Option<ShardDeadline>,
+    /// An SSE answer's batch buffer, made at the first streaming request ([`SseSink::new`]).
+    pub batch: Vec<u8>,
+}
+
 /// Serves one `POST` to a Responses path. `buf` holds the bytes read past the request head and
-/// keeps whatever follows this request's body; `timer` is the connection's one timer, built at
-/// its first request and kept for the next ones.
+/// keeps whatever follows this request's body; `kept` is what the connection keeps for its next
+/// requests.
 pub async fn serve(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
@@ -75,11 +84,15 @@ pub async fn serve(
     buf: &mut Vec<u8>,
     identity: ClientIdentity,
     forward: Vec<(HeaderName, HeaderValue)>,
-    timer: &mut Option<ShardDeadline>,
+    kept: &mut Kept,
 ) -> After {
     let keep_alive = head.keep_alive();
     let limit = shard.config.server.max_message_bytes;
-    let body = match runtime::timeout(BODY_TIMEOUT, read_body(stream, buf, head, limit)).await {
+    // The body, the turn and the answer's last write all wait under the connection's one timer
+    // (a timer built per wait was a timer-map insert and removal each).
+    let timer = kept.timer.get_or_insert_with(shard_deadline);
+    timer.set(Instant::now() + BODY_TIMEOUT);
+    let body = match timer.within(read_body(stream, buf, head, limit)).await {
         Some(Ok(b)) => b,
         Some(Err(BodyError::Closed)) => return After::Close,
         outcome => {
@@ -122,15 +135,23 @@ pub async fn serve(
         RequestType::Sync
     };
     let mut driver = Driver::new(shard.clone(), identity, forward, request_type);
-    let timer = timer.get_or_insert_with(shard_deadline);
     let received = Instant::now();
     let write_limit = shard.config.server.client_write_timeout;
     let ok = if streaming {
-        let sse = SseSink::new(stream, buf, &shard.counters, keep_alive, head.http10);
+        let sse = SseSink::new(
+            stream,
+            buf,
+            &mut kept.batch,
+            &shard.counters,
+            keep_alive,
+            head.http10,
+        );
         let mut sink = WriteDeadline::new(sse, write_limit, &shard.counters);
         let end = driver.run(&mut sink, frame, received, timer).await;
         let done = matches!(end, TurnEnd::Done);
-        runtime::timeout(write_limit, sink.into_inner().finish(done))
+        timer.set(Instant::now() + write_limit);
+        timer
+            .within(sink.into_inner().finish(done))
             .await
             .unwrap_or(false)
     } else {
@@ -148,8 +169,8 @@ pub async fn serve(
         });
         add(&shard.counters.bytes_out, body.len() as u64);
         let answer = http_head::write_json(sink.stream, status, body.as_str(), &[], keep_alive);
-        matches!(end, TurnEnd::Done)
-            && matches!(runtime::timeout(write_limit, answer).await, Some(Ok(())))
+        timer.set(Instant::now() + write_limit);
+        matches!(end, TurnEnd::Done) && matches!(timer.within(answer).await, Some(Ok(())))
     };
     if ok && keep_alive {
         After::KeepAlive
@@ -208,13 +229,58 @@ const CREATE_OPEN: &str = r#"{"type":"response.create","#;
 /// becomes its `response.create` frame where it was read, instead of being copied once more.
 const FRAME_ROOM: usize = CREATE_OPEN.len() - 1;
 
-/// A request body as read: [`FRAME_ROOM`] bytes of room, then the body.
-struct Body(Vec<u8>);
+/// A request body as read: [`FRAME_ROOM`] bytes of room, then the body, in a buffer of the
+/// shard's pool ([`PooledBuf`]): a POST neither allocates nor zero-fills its body's buffer, and
+/// its frame is frozen out of it already shared (the turn's clones of it allocate nothing).
+struct Body {
+    buf: PooledBuf,
+    /// The room and the body's bytes so far: the buffer's bytes past it are an earlier user's.
+    len: usize,
+}
 
 impl Body {
+    /// An empty body with room for `hint` body bytes (at most a pooled buffer's worth: a larger
+    /// body's buffer grows as its bytes come, see [`Body::read_rest`]).
+    fn with_room(hint: usize) -> Body {
+        Body {
+            buf: PooledBuf::take(FRAME_ROOM + hint.min(MAX_KEPT_LEN)),
+            len: FRAME_ROOM,
+        }
+    }
+
     /// The body's bytes (without the room).
     fn bytes(&self) -> &[u8] {
-        &self.0[FRAME_ROOM..]
+        &self.buf[FRAME_ROOM..self.len]
+    }
+
+    /// Appends decoded body bytes, growing the buffer when they do not fit.
+    fn push(&mut self, part: &[u8]) {
+        let end = self.len + part.len();
+        self.buf.ensure(end);
+        self.buf[self.len..end].copy_from_slice(part);
+        self.len = end;
+    }
+
+    /// Reads the body's last `left` bytes from `stream` straight into the buffer, asking for no
+    /// byte past them (a pipelined next request stays in the socket for the head reader).
+    async fn read_rest<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        left: usize,
+    ) -> Result<(), BodyError> {
+        let end = self.len + left;
+        while self.len < end {
+            // Grown at most twofold per read: a client that declares a large body and sends
+            // little of it commits no more memory than it sent.
+            let room = (self.len * 2).max(self.len + BODY_CHUNK);
+            let upto = end.min(room.max(self.buf.len()));
+            self.buf.ensure(upto);
+            match stream.read(&mut self.buf[self.len..upto]).await {
+                Ok(0) | Err(_) => return Err(BodyError::Closed),
+                Ok(n) => self.len += n,
+            }
+        }
+        Ok(())
     }
 
     /// The body as text, when it is UTF-8 (checked once, here); else the body back.
@@ -222,31 +288,34 @@ impl Body {
         if simdutf8::basic::from_utf8(self.bytes()).is_err() {
             return Err(self);
         }
-        // SAFETY: the room is ASCII (spaces) and the rest was just checked as UTF-8.
-        Ok(TextBody(unsafe { String::from_utf8_unchecked(self.0) }))
+        Ok(TextBody(self))
     }
 }
 
 /// A request body known to be UTF-8, behind its [`FRAME_ROOM`] bytes of room.
-struct TextBody(String);
+struct TextBody(Body);
 
 impl TextBody {
     /// The body (without the room).
     fn text(&self) -> &str {
-        &self.0[FRAME_ROOM..]
+        // SAFETY: `Body::checked` checked these bytes as UTF-8, and nothing writes them since.
+        unsafe { std::str::from_utf8_unchecked(self.0.bytes()) }
     }
 
     /// The body as a `response.create` frame: made in place when the body opens a non-empty
     /// object at its first byte, else copied by [`to_frame`].
-    fn into_frame(mut self) -> Utf8Bytes {
+    fn into_frame(self) -> Utf8Bytes {
         let body = self.text();
         let in_place = body.starts_with('{') && !body[1..].trim_ascii_start().starts_with('}');
         if !in_place {
             return to_frame(body);
         }
-        // Same length replaced: nothing after it moves.
-        self.0.replace_range(..=FRAME_ROOM, CREATE_OPEN);
-        Utf8Bytes::from(self.0)
+        let Body { mut buf, len } = self.0;
+        // The room and the body's `{`, same length: nothing after it moves.
+        buf[..=FRAME_ROOM].copy_from_slice(CREATE_OPEN.as_bytes());
+        // SAFETY: ASCII in front of the body's bytes after its `{`, which were checked as
+        // UTF-8 (`Body::checked`): the frame is UTF-8.
+        unsafe { Utf8Bytes::from_bytes_unchecked(buf.freeze(len)) }
     }
 }
 
@@ -269,16 +338,19 @@ fn to_frame(body: &str) -> Utf8Bytes {
 }
 
 /// Reads a request body framed as the head says (`Content-Length` or chunked), up to `limit`
-/// bytes, behind [`FRAME_ROOM`] bytes of room.
-async fn read_body(
-    stream: &mut ClientStream,
+/// bytes, behind [`FRAME_ROOM`] bytes of room. A `Content-Length` body's bytes past those read
+/// with the head go from the socket straight into the body's buffer.
+async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     head: &RequestHead,
     limit: usize,
 ) -> Result<Body, BodyError> {
     let mut decoder = BodyDecoder::with_limit(head.body, limit as u64)?;
+    let hint = decoder.declared_len().map_or(0, |n| n as usize);
+    let mut body = Body::with_room(hint);
     if decoder.is_done() {
-        return Ok(Body(vec![b' '; FRAME_ROOM]));
+        return Ok(body);
     }
     // An HTTP/1.0 client does not know 100 (RFC 9110 §10.1.1): it sends its body anyway.
     if !head.http10 && head.header_has_token("expect", "100-continue") {
@@ -287,14 +359,15 @@ async fn read_body(
             .await
             .map_err(|_| BodyError::Closed)?;
     }
-    let hint = decoder.declared_len().map_or(0, |n| n as usize);
-    let mut body = Vec::with_capacity(FRAME_ROOM + hint);
-    body.resize(FRAME_ROOM, b' ');
     loop {
-        let used = decoder.decode(buf, |part| body.extend_from_slice(part))?;
+        let used = decoder.decode(buf, |part| body.push(part))?;
         buf.drain(..used);
         if decoder.is_done() {
-            return Ok(Body(body));
+            return Ok(body);
+        }
+        if let Some(left) = decoder.declared_len() {
+            body.read_rest(stream, left as usize).await?;
+            return Ok(body);
         }
         fill(stream, buf).await?;
     }
@@ -307,7 +380,7 @@ const BODY_CHUNK: usize = 16 * 1024;
 /// request's future, which is built, moved and boxed for every request (16 KiB copied each
 /// time). Cut short by the body's timeout, `buf` may keep unfilled bytes: the connection then
 /// closes without reading it again.
-async fn fill(stream: &mut ClientStream, buf: &mut Vec<u8>) -> Result<(), BodyError> {
+async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Result<(), BodyError> {
     let filled = buf.len();
     buf.resize(filled + BODY_CHUNK, 0);
     let read = stream.read(&mut buf[filled..]).await;
@@ -334,11 +407,16 @@ mod tests {
         );
     }
 
-    /// `body` read behind its room, as [`read_body`] gives it.
+    /// `bytes` read behind their room, as [`read_body`] gives them.
+    fn body_of(bytes: &[u8]) -> Body {
+        let mut body = Body::with_room(bytes.len());
+        body.push(bytes);
+        body
+    }
+
+    /// `body` read behind its room, checked as UTF-8.
     fn read(body: &str) -> TextBody {
-        let mut bytes = vec![b' '; FRAME_ROOM];
-        bytes.extend_from_slice(body.as_bytes());
-        match Body(bytes).checked() {
+        match body_of(body.as_bytes()).checked() {
             Ok(text) => text,
             Err(_) => panic!("{body:?} is UTF-8"),
         }
@@ -365,7 +443,7 @@ mod tests {
     #[test]
     fn a_body_that_opens_an_object_becomes_its_frame_without_a_copy() {
         let text = read(r#"{"model":"m"}"#);
-        let at = text.0.as_ptr();
+        let at = text.0.buf.as_ptr();
         let frame = text.into_frame();
         assert_eq!(frame, r#"{"type":"response.create","model":"m"}"#);
         assert_eq!(frame.as_str().as_ptr(), at);
@@ -373,9 +451,48 @@ mod tests {
 
     #[test]
     fn a_body_not_utf8_is_refused_by_the_check() {
-        let mut bytes = vec![b' '; FRAME_ROOM];
-        bytes.extend_from_slice(b"{\"a\":\"\xe9\"}");
-        assert!(Body(bytes).checked().is_err());
+        assert!(body_of(b"{\"a\":\"\xe9\"}").checked().is_err());
+    }
+
+    /// The head of a `POST` with a `content-length` of `len`.
+    fn post_head(len: usize) -> RequestHead {
+        let raw =
+            format!("POST /v1/responses HTTP/1.1\r\nhost: gw\r\ncontent-length: {len}\r\n\r\n");
+        match crate::protocol::http1::parse_request(raw.as_bytes()) {
+            Ok(Some((head, _))) => head,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_content_length_body_is_read_into_its_buffer_and_no_further() {
+        let body = format!(r#"{{"model":"m","input":"{}"}}"#, "x".repeat(40_000));
+        let next = "GET /healthz HTTP/1.1\r\n\r\n";
+        // The head's read brought the body's first bytes; the rest and a pipelined next
+        // request wait in the socket.
+        let mut buf = body.as_bytes()[..100].to_vec();
+        let mut socket =
+            futures_lite::io::Cursor::new(format!("{}{next}", &body[100..]).into_bytes());
+        let head = post_head(body.len());
+        let read = futures_lite::future::block_on(read_body(&mut socket, &mut buf, &head, 1 << 20));
+        let Ok(read) = read else {
+            panic!("the body is read");
+        };
+        assert_eq!(read.bytes(), body.as_bytes());
+        assert!(buf.is_empty());
+        // Read straight into the body's buffer: nothing past the body was asked of the socket.
+        assert_eq!(socket.position() as usize, body.len() - 100);
+    }
+
+    #[test]
+    fn a_large_declared_body_grows_its_buffer_as_its_bytes_come() {
+        let declared = 8 << 20;
+        let mut body = Body::with_room(declared);
+        let mut socket = futures_lite::io::Cursor::new(vec![b'x'; 1000]);
+        let read = futures_lite::future::block_on(body.read_rest(&mut socket, declared));
+        assert!(matches!(read, Err(BodyError::Closed)));
+        assert_eq!(body.bytes().len(), 1000);
+        assert!(body.buf.len() <= 2 * MAX_KEPT_LEN, "{}", body.buf.len());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::ClientStream;
 use crate::protocol::error_body::GatewayError;
-use crate::protocol::http1::{self, parse_request, Refusal, RequestHead, MAX_HEAD_BYTES};
+use crate::protocol::http1::{self, parse_request_into, Refusal, RequestHead, MAX_HEAD_BYTES};
 use crate::runtime;
 
 use super::armed_timer::ShardDeadline;
@@ -47,14 +47,16 @@ pub fn note_refusal(counters: &ShardCounters, reason: &'static str, peer: Option
     crate::warn_limited!(reason, peer = ?peer, "refused an HTTP request and closed its connection");
 }
 
-/// Reads one request head. `buf` carries bytes already read (pipelining, keep-alive); on success
-/// it holds whatever followed the head.
+/// Reads one request head into `head` (its buffers reused: see [`http1::parse_request_into`]).
+/// `buf` carries bytes already read (pipelining, keep-alive); on success it holds whatever
+/// followed the head.
 pub async fn read_head(
     stream: &mut ClientStream,
     buf: &mut Vec<u8>,
     deadline: Duration,
-) -> Result<RequestHead, HeadError> {
-    runtime::timeout(deadline, read_head_inner(stream, buf))
+    head: &mut RequestHead,
+) -> Result<(), HeadError> {
+    runtime::timeout(deadline, read_head_inner(stream, buf, head))
         .await
         .unwrap_or(Err(HeadError::Timeout))
 }
@@ -66,10 +68,11 @@ pub async fn read_head_under(
     buf: &mut Vec<u8>,
     timer: &mut ShardDeadline,
     deadline: Duration,
-) -> Result<RequestHead, HeadError> {
+    head: &mut RequestHead,
+) -> Result<(), HeadError> {
     timer.set(Instant::now() + deadline);
     timer
-        .within(read_head_inner(stream, buf))
+        .within(read_head_inner(stream, buf, head))
         .await
         .unwrap_or(Err(HeadError::Timeout))
 }
@@ -77,12 +80,13 @@ pub async fn read_head_under(
 async fn read_head_inner(
     stream: &mut ClientStream,
     buf: &mut Vec<u8>,
-) -> Result<RequestHead, HeadError> {
+    head: &mut RequestHead,
+) -> Result<(), HeadError> {
     loop {
         if !buf.is_empty() {
-            if let Some((head, used)) = parse_request(buf)? {
+            if let Some(used) = parse_request_into(buf, head)? {
                 buf.drain(..used);
-                return Ok(head);
+                return Ok(());
             }
         }
         if buf.len() >= MAX_HEAD_BYTES {

@@ -5,6 +5,7 @@
 use std::rc::Rc;
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use http::{HeaderName, HeaderValue};
 
@@ -81,58 +82,53 @@ async fn list_models(
     }
 }
 
-/// Client headers passed on to upstream: session and Codex metadata, never credentials.
-fn is_forwarded_header(name: &str) -> bool {
-    matches!(
-        name,
-        "session-id"
-            | "session_id"
-            | "thread-id"
-            | "conversation_id"
-            | "x-client-request-id"
-            | "originator"
-            | "user-agent"
-            | "accept-language"
-    ) || name.starts_with("x-codex-")
+/// Client headers passed on to upstream (session and Codex metadata, never credentials), besides
+/// every `x-codex-*` one.
+const FORWARDED: [&str; 8] = [
+    "session-id",
+    "session_id",
+    "thread-id",
+    "conversation_id",
+    "x-client-request-id",
+    "originator",
+    "user-agent",
+    "accept-language",
+];
+
+/// The name a client header is passed on to upstream under, when it is passed on: a static one
+/// for [`FORWARDED`] (its name is not copied per request), a copy for `x-codex-*`.
+fn forwarded_name(name: &str) -> Option<HeaderName> {
+    match FORWARDED.iter().find(|n| **n == name) {
+        Some(known) => Some(HeaderName::from_static(known)),
+        None if name.starts_with("x-codex-") => HeaderName::from_bytes(name.as_bytes()).ok(),
+        None => None,
+    }
 }
 
 /// Serves one accepted connection until it is closed or upgraded (after the TLS handshake when
-/// the listener speaks TLS).
+/// the listener speaks TLS). Until its first `POST` the connection's task holds no HTTP turn, so
+/// a WebSocket session's task is not sized for one; from that `POST` on, the connection runs in
+/// [`serve_posts`].
 pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
     let Some(mut stream) = tls_accept::open(&shard, tcp, HEAD_TIMEOUT).await else {
         return;
     };
     let mut buf = Vec::new();
-    let mut timer = None;
     loop {
-        // After a POST the connection has its timer: the next head waits on it.
-        let read = match timer.as_mut() {
-            Some(t) => http_head::read_head_under(&mut stream, &mut buf, t, HEAD_TIMEOUT).await,
-            None => http_head::read_head(&mut stream, &mut buf, HEAD_TIMEOUT).await,
-        };
-        let head = match read {
-            Ok(h) => h,
-            Err(HeadError::Closed | HeadError::Io(_)) => return,
-            Err(HeadError::Timeout) => {
-                let err = GatewayError::new(
-                    408,
-                    ErrorType::InvalidRequest,
-                    "request_timeout",
-                    "request head not received in time",
-                );
-                let _ = http_head::write_error(&mut stream, &err, &[], false).await;
-                return;
-            }
-            Err(HeadError::Refused(refusal)) => {
-                refuse_request(&shard, &mut stream, refusal).await;
-                return;
-            }
-        };
-        match route(&shard, &mut stream, head, &mut buf, &mut timer).await {
+        let mut head = RequestHead::default();
+        if !next_head(&shard, &mut stream, &mut buf, None, &mut head).await {
+            return;
+        }
+        if is_turn_post(&head) {
+            // Boxed once for the connection, not once per request.
+            return Box::pin(serve_posts(shard, stream, buf, head)).await;
+        }
+        match route(&shard, &mut stream, head, &mut buf).await {
             Routed::KeepAlive => continue,
             Routed::Done => return,
             Routed::Upgrade(driver) => {
-                // Recorded until the first frame says whether the session stays on this shard.
+                // As [`into_session`], inline: that call's future would hold a second copy of
+                // the stream in every session's task.
                 let tls = stream.is_tls();
                 let stream = PrefixedStream::recording(buf, stream);
                 let ws = session::upgraded_ws(stream).await;
@@ -143,6 +139,114 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
     }
 }
 
+/// A connection from its first `POST` (`head`) on: its HTTP turns run inline, in the state boxed
+/// once for the connection (a turn's future boxed per `POST` was an allocation and a copy of
+/// the whole future, ~7.5 KiB, per request), each next head read into the last one's buffers,
+/// its other requests as before.
+async fn serve_posts(
+    shard: Rc<Shard>,
+    mut stream: ClientStream,
+    mut buf: Vec<u8>,
+    mut head: RequestHead,
+) {
+    let mut kept = http_front::Kept::default();
+    loop {
+        let routed = if is_turn_post(&head) {
+            post(&shard, &mut stream, &head, &mut buf, &mut kept).await
+        } else {
+            route(&shard, &mut stream, std::mem::take(&mut head), &mut buf).await
+        };
+        match routed {
+            Routed::KeepAlive => {}
+            Routed::Done => return,
+            Routed::Upgrade(driver) => {
+                // A session has no use for what its connection kept for POSTs.
+                drop(kept);
+                return into_session(shard, stream, buf, driver).await;
+            }
+        }
+        // The connection's timer (made at its first turn) times its next head.
+        if !next_head(
+            &shard,
+            &mut stream,
+            &mut buf,
+            kept.timer.as_mut(),
+            &mut head,
+        )
+        .await
+        {
+            return;
+        }
+    }
+}
+
+/// Reads the connection's next request head into `head`, under `timer` when it has one; `false`
+/// once the connection is over (closed, or its head timed out or was refused: then answered).
+async fn next_head(
+    shard: &Shard,
+    stream: &mut ClientStream,
+    buf: &mut Vec<u8>,
+    timer: Option<&mut ShardDeadline>,
+    head: &mut RequestHead,
+) -> bool {
+    let read = match timer {
+        Some(t) => http_head::read_head_under(stream, buf, t, HEAD_TIMEOUT, head).await,
+        None => http_head::read_head(stream, buf, HEAD_TIMEOUT, head).await,
+    };
+    match read {
+        Ok(()) => true,
+        Err(HeadError::Closed | HeadError::Io(_)) => false,
+        Err(HeadError::Timeout) => {
+            let err = GatewayError::new(
+                408,
+                ErrorType::InvalidRequest,
+                "request_timeout",
+                "request head not received in time",
+            );
+            let _ = http_head::write_error(stream, &err, &[], false).await;
+            false
+        }
+        Err(HeadError::Refused(refusal)) => {
+            refuse_request(shard, stream, refusal).await;
+            false
+        }
+    }
+}
+
+/// A `POST` to a Responses path: an HTTP turn.
+fn is_turn_post(head: &RequestHead) -> bool {
+    &*head.method == "POST" && is_responses_path(&head.path)
+}
+
+/// Serves an HTTP turn ([`is_turn_post`]); `kept` is what the connection keeps for its turns.
+async fn post(
+    shard: &Rc<Shard>,
+    stream: &mut ClientStream,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+    kept: &mut http_front::Kept,
+) -> Routed {
+    let identity = match check_client(shard, head) {
+        Ok(id) => id,
+        Err((err, headers)) => return refuse(stream, &err, headers).await,
+    };
+    let forward = forwarded(head);
+    match http_front::serve(shard, stream, head, buf, identity, forward, kept).await {
+        After::KeepAlive => Routed::KeepAlive,
+        After::Close => Routed::Done,
+    }
+}
+
+/// Turns an upgraded connection into a client session (after a `POST`, in [`serve_posts`]'s
+/// boxed state).
+async fn into_session(shard: Rc<Shard>, stream: ClientStream, buf: Vec<u8>, driver: Box<Driver>) {
+    // Recorded until the first frame says whether the session stays on this shard.
+    let tls = stream.is_tls();
+    let stream = PrefixedStream::recording(buf, stream);
+    let ws = session::upgraded_ws(stream).await;
+    run_session(shard, ws, driver, tls).await;
+}
+
 enum Routed {
     KeepAlive,
     Done,
@@ -150,14 +254,12 @@ enum Routed {
     Upgrade(Box<Driver>),
 }
 
-/// Serves one request; `timer` is the connection's timer for its `POST` turns (built at the
-/// first, kept for the next).
+/// Serves one request other than an HTTP turn ([`post`]).
 async fn route(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
     head: RequestHead,
     buf: &mut Vec<u8>,
-    timer: &mut Option<ShardDeadline>,
 ) -> Routed {
     // A body nobody reads would be parsed as the next request: close after answering instead.
     let keep_alive = head.keep_alive() && head.body == Framing::Length(0);
@@ -193,23 +295,6 @@ async fn route(
             // Boxed: a realtime session's future is large and lives only on this path.
             Box::pin(realtime::serve(shard, stream, head, std::mem::take(buf))).await;
             Routed::Done
-        }
-        ("POST", p) if is_responses_path(p) => {
-            let identity = match check_client(shard, &head) {
-                Ok(id) => id,
-                Err((err, headers)) => return refuse(stream, &err, headers).await,
-            };
-            let forward = forwarded(&head);
-            // Boxed: the HTTP turn's future is tens of KiB, and inline it would size every
-            // connection task, WebSocket sessions included, for their whole life.
-            match Box::pin(http_front::serve(
-                shard, stream, &head, buf, identity, forward, timer,
-            ))
-            .await
-            {
-                After::KeepAlive => Routed::KeepAlive,
-                After::Close => Routed::Done,
-            }
         }
         (_, p) if is_responses_path(p) => {
             let err = GatewayError::new(
@@ -283,18 +368,33 @@ pub(super) fn check_client_key(
     }
 }
 
-/// The client headers passed on to upstream.
+/// The client headers passed on to upstream. Their values are views of one copy of them all,
+/// not a copy each (a Codex-shaped request passes on six).
 pub(super) fn forwarded(head: &RequestHead) -> Vec<(HeaderName, HeaderValue)> {
-    head.headers
-        .iter()
-        .filter(|(n, _)| is_forwarded_header(n))
-        .filter_map(|(n, v)| {
-            Some((
-                HeaderName::from_bytes(n.as_bytes()).ok()?,
-                HeaderValue::from_bytes(v).ok()?,
-            ))
-        })
-        .collect()
+    let lines = || {
+        head.headers
+            .iter()
+            .filter_map(|(n, v)| Some((forwarded_name(n)?, v)))
+    };
+    let (count, bytes) = lines().fold((0, 0), |(c, b), (_, v)| (c + 1, b + v.len()));
+    if count == 0 {
+        return Vec::new();
+    }
+    let mut values = Vec::with_capacity(bytes);
+    for (_, v) in lines() {
+        values.extend_from_slice(v);
+    }
+    let values = Bytes::from(values);
+    let mut at = 0;
+    let mut out = Vec::with_capacity(count);
+    for (name, v) in lines() {
+        let value = values.slice(at..at + v.len());
+        at += v.len();
+        if let Ok(value) = HeaderValue::from_maybe_shared(value) {
+            out.push((name, value));
+        }
+    }
+    out
 }
 
 /// Why a WebSocket upgrade request cannot be one: over HTTP/1.0, or with a body.
@@ -428,4 +528,55 @@ async fn run_session(shard: Rc<Shard>, ws: ClientWs, driver: Box<Driver>, tls: b
     };
     Session::new(shard.clone(), ws, driver, tls).run().await;
     shard.close_session(&key_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::http1::parse_request;
+
+    #[test]
+    fn forwarded_headers_are_the_metadata_ones_in_order_with_their_values() {
+        let raw = b"POST /v1/responses HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-x\r\n\
+                    Session-Id: s1\r\nUser-Agent: codex/1\r\nX-Codex-Turn-Metadata: {\"t\":7}\r\n\
+                    conversation_id: c1\r\nx-api-key: sk-y\r\n\
+                    originator: codex_cli_rs\r\nthread-id: \r\n\r\n";
+        let Ok(Some((head, _))) = parse_request(raw) else {
+            panic!("a whole valid head");
+        };
+        let got: Vec<(String, Vec<u8>)> = forwarded(&head)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let want: Vec<(String, Vec<u8>)> = [
+            ("session-id", &b"s1"[..]),
+            ("user-agent", b"codex/1"),
+            ("x-codex-turn-metadata", br#"{"t":7}"#),
+            ("conversation_id", b"c1"),
+            ("originator", b"codex_cli_rs"),
+            ("thread-id", b""),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_vec()))
+        .collect();
+        assert_eq!(got, want);
+        assert!(forwarded(
+            &parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .0
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn every_forwarded_name_is_a_valid_static_header_name() {
+        for name in FORWARDED {
+            assert_eq!(
+                forwarded_name(name).map(|n| n.to_string()),
+                Some(name.to_string())
+            );
+        }
+        assert_eq!(forwarded_name("authorization"), None);
+    }
 }

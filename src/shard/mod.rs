@@ -72,8 +72,9 @@ pub struct Shard {
     pub auth: ShardKeys,
     /// One pool per account, indexed like `config.accounts`.
     pub pools: Vec<Rc<Pool>>,
-    /// Group name → indices of its accounts.
-    pub groups: HashMap<String, Vec<usize>>,
+    /// Group name → indices of its accounts. Looked up per turn ([`scheduler::pick`]): hashed
+    /// with ahash, as SipHash was a visible share of a turn's pick.
+    pub groups: HashMap<String, Vec<usize>, ahash::RandomState>,
     /// Counters.
     pub counters: ShardCounters,
     /// Latency histograms.
@@ -134,7 +135,7 @@ impl Shard {
         let upstream: Rc<UpstreamConfig> = Rc::new(config.upstream.clone());
         let next_conn_id = Rc::new(Cell::new((id as u64) << 48));
         let mut pools = Vec::with_capacity(config.accounts.len());
-        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut groups: HashMap<String, Vec<usize>, ahash::RandomState> = HashMap::default();
         for (i, account) in config.accounts.iter().enumerate() {
             let runtime =
                 Rc::new(AccountRuntime::new(i, account.clone())?.with_token(live.oauth.token(i)));

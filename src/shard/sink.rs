@@ -250,8 +250,9 @@ pub struct SseSink<'a> {
     stream: &'a mut ClientStream,
     inbuf: &'a mut Vec<u8>,
     counters: &'a ShardCounters,
-    /// [`CHUNK_ROOM`] bytes of room, then the SSE records not yet written.
-    pending: Vec<u8>,
+    /// [`CHUNK_ROOM`] bytes of room, then the SSE records not yet written: the connection's
+    /// batch buffer, kept from one streaming request to the next.
+    pending: &'a mut Vec<u8>,
     started: bool,
     answered: bool,
     keep_alive: bool,
@@ -268,6 +269,16 @@ const BATCH_ROOM: usize = 16 * 1024;
 /// Pending SSE bytes past which a batch is written before its last event.
 const SSE_FLUSH_AT: usize = 64 * 1024;
 
+/// Makes a connection's batch buffer ready for a request: made at its first, then kept, less
+/// what a request that ended early left in it (a buffer a huge event grew is made anew).
+fn ready_batch(batch: &mut Vec<u8>) {
+    if batch.capacity() == 0 || batch.capacity() > 4 * SSE_FLUSH_AT {
+        *batch = batch_buffer();
+    } else {
+        batch.resize(CHUNK_ROOM, 0);
+    }
+}
+
 /// An empty pending batch: [`CHUNK_ROOM`] bytes of room, then [`BATCH_ROOM`] for records.
 fn batch_buffer() -> Vec<u8> {
     let mut pending = Vec::with_capacity(CHUNK_ROOM + BATCH_ROOM);
@@ -276,19 +287,23 @@ fn batch_buffer() -> Vec<u8> {
 }
 
 impl SseSink<'_> {
-    /// A sink answering on `stream` (`inbuf` keeps a pipelined next request's bytes).
+    /// A sink answering on `stream` (`inbuf` keeps a pipelined next request's bytes), its
+    /// records batched in `batch`: the connection's, empty until its first streaming request
+    /// (made then) and kept for the next, instead of a 16 KiB buffer allocated per request.
     pub fn new<'a>(
         stream: &'a mut ClientStream,
         inbuf: &'a mut Vec<u8>,
+        batch: &'a mut Vec<u8>,
         counters: &'a ShardCounters,
         keep_alive: bool,
         close_delimited: bool,
     ) -> SseSink<'a> {
+        ready_batch(batch);
         SseSink {
             stream,
             inbuf,
             counters,
-            pending: batch_buffer(),
+            pending: batch,
             started: false,
             answered: false,
             keep_alive,
@@ -335,7 +350,7 @@ impl SseSink<'_> {
         self.pending.truncate(CHUNK_ROOM);
         if self.pending.capacity() > 4 * SSE_FLUSH_AT {
             // A huge event grew the buffer: give it back rather than keep it for the stream.
-            self.pending = batch_buffer();
+            *self.pending = batch_buffer();
         }
         written.map_err(|_| Gone)?;
         self.stream.flush().await.map_err(|_| Gone)
@@ -374,7 +389,7 @@ impl ClientSink for SseSink<'_> {
         // a buffer of its size, not one doubled when the CRLF does not fit.
         self.pending
             .reserve(record_len(event_type, event.as_bytes()) + 2);
-        write_event(&mut self.pending, event_type, event.as_bytes());
+        write_event(self.pending, event_type, event.as_bytes());
         if self.pending.len() - CHUNK_ROOM >= SSE_FLUSH_AT {
             return self.write_pending().await;
         }
@@ -391,7 +406,7 @@ impl ClientSink for SseSink<'_> {
 
     async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
         if self.started {
-            write_event(&mut self.pending, "error", error.event.as_bytes());
+            write_event(self.pending, "error", error.event.as_bytes());
             return self.write_pending().await;
         }
         self.answered = true;
@@ -487,6 +502,25 @@ impl ClientSink for JsonSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connections_batch_buffer_is_made_once_and_kept_for_its_next_requests() {
+        let mut batch = Vec::new();
+        ready_batch(&mut batch);
+        assert_eq!(
+            (batch.len(), batch.capacity()),
+            (CHUNK_ROOM, CHUNK_ROOM + BATCH_ROOM)
+        );
+        let at = batch.as_ptr();
+        // A request that stopped with records pending.
+        write_event(&mut batch, "response.created", b"{}");
+        ready_batch(&mut batch);
+        assert_eq!((batch.len(), batch.as_ptr()), (CHUNK_ROOM, at));
+        // A huge event grew it: not kept.
+        batch.reserve(8 * SSE_FLUSH_AT);
+        ready_batch(&mut batch);
+        assert_eq!(batch.capacity(), CHUNK_ROOM + BATCH_ROOM);
+    }
 
     #[test]
     fn upstream_error_bodies_pass_through() {

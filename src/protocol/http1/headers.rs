@@ -14,12 +14,16 @@ pub struct Headers {
 }
 
 impl Headers {
-    /// Room for `count` lines of `names` and `values` bytes in all: pushing them allocates no more.
-    pub fn with_capacity(count: usize, names: usize, values: usize) -> Self {
-        Headers {
-            bytes: Vec::with_capacity(names + values),
-            spans: Vec::with_capacity(count),
-        }
+    /// Empties it for the next request's lines, keeping both buffers.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    /// Room for `count` more lines of `names` and `values` bytes in all.
+    pub fn reserve(&mut self, count: usize, names: usize, values: usize) {
+        self.bytes.reserve(names + values);
+        self.spans.reserve(count);
     }
 
     /// Adds a line, its name lower-cased.
@@ -37,10 +41,12 @@ impl Headers {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         self.spans.iter().map(|(n, v)| {
             let name = self.bytes.get(usize_range(n)).unwrap_or_default();
-            (
-                std::str::from_utf8(name).unwrap_or_default(),
-                self.bytes.get(usize_range(v)).unwrap_or_default(),
-            )
+            // SAFETY: a name's bytes are a `&str` pushed by `push`, ASCII lower-cased (which
+            // keeps UTF-8 UTF-8), at a span `push` recorded: whole characters of UTF-8. Checked
+            // again here, this was a visible share of a header lookup, made for every line a
+            // lookup passes (`perf/README.md`, session 11).
+            let name = unsafe { std::str::from_utf8_unchecked(name) };
+            (name, self.bytes.get(usize_range(v)).unwrap_or_default())
         })
     }
 
@@ -90,5 +96,17 @@ mod tests {
             [("host", &b"a"[..]), ("x-key", b"V\xff"), ("host", b"")]
         );
         assert_eq!((h.len(), h.is_empty()), (3, false));
+    }
+
+    #[test]
+    fn cleared_lines_leave_their_buffers_for_the_next_ones() {
+        let mut h: Headers = [("Host", &b"a"[..]), ("X-Key", b"v")].into_iter().collect();
+        let kept = (h.bytes.capacity(), h.spans.capacity());
+        h.clear();
+        assert!(h.is_empty());
+        h.reserve(1, 4, 1);
+        h.push("Host", b"b");
+        assert_eq!(h.iter().collect::<Vec<_>>(), [("host", &b"b"[..])]);
+        assert_eq!((h.bytes.capacity(), h.spans.capacity()), kept);
     }
 }

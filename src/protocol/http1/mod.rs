@@ -12,7 +12,9 @@ mod response;
 pub use body::{BodyDecoder, MAX_CHUNK_LINE, MAX_TRAILERS};
 pub use head::reason;
 pub use headers::Headers;
-pub use request::{parse_request, Refusal, RequestHead, MAX_HEADERS, MAX_HEAD_BYTES};
+pub use request::{
+    parse_request, parse_request_into, Refusal, RequestHead, MAX_HEADERS, MAX_HEAD_BYTES,
+};
 pub use response::{parse_head, parse_retry_after, ResponseHead};
 
 /// Why a response could not be read.
@@ -35,7 +37,7 @@ pub enum Http1Error {
     TooLarge(u64),
 }
 
-/// How the body of a message is delimited.
+/// How the body of a message is delimited (by default, no body: `Length(0)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     /// `Transfer-Encoding: chunked`.
@@ -44,4 +46,10 @@ pub enum Framing {
     Length(u64),
     /// Neither: the body runs to the end of the connection.
     UntilClose,
+}
+
+impl Default for Framing {
+    fn default() -> Framing {
+        Framing::Length(0)
+    }
 }

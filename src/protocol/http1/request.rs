@@ -107,8 +107,9 @@ impl Refusal {
     }
 }
 
-/// A parsed request head. Header names are lower-cased.
-#[derive(Debug, Clone)]
+/// A parsed request head. Header names are lower-cased. The default is an empty head to parse
+/// into ([`parse_request_into`]).
+#[derive(Debug, Clone, Default)]
 pub struct RequestHead {
     /// Method, e.g. `GET`: a standard one is a borrowed static string (no allocation per
     /// request), another a copy.
@@ -166,6 +167,14 @@ impl RequestHead {
 /// headers (3 KiB) written on every call, whatever the head holds (five lines from the load
 /// tool's SSE client).
 pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal> {
+    let mut head = RequestHead::default();
+    Ok(parse_request_into(buf, &mut head)?.map(|used| (head, used)))
+}
+
+/// As [`parse_request`], into `head`: a complete head replaces it, reusing its buffers (path,
+/// header lines), so a kept-alive connection's next request allocates none; `head` is left as it
+/// was when the head is incomplete or refused.
+pub fn parse_request_into(buf: &[u8], head: &mut RequestHead) -> Result<Option<usize>, Refusal> {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let used = match req.parse_with_uninit_headers(buf, &mut headers) {
@@ -189,20 +198,17 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal
     let body = body_framing(http10, req.headers)?;
     let target = req.path.unwrap_or("/");
     let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
     };
-    Ok(Some((
-        RequestHead {
-            method: method_of(req.method.unwrap_or("")),
-            path,
-            query,
-            http10,
-            headers: headers_of(req.headers),
-            body,
-        },
-        used,
-    )))
+    head.method = method_of(req.method.unwrap_or(""));
+    head.path.clear();
+    head.path.push_str(path);
+    head.query = query.map(str::to_string);
+    head.http10 = http10;
+    headers_into(&mut head.headers, req.headers);
+    head.body = body;
+    Ok(Some(used))
 }
 
 /// The methods a request names without a copy of its own.
@@ -218,16 +224,16 @@ fn method_of(method: &str) -> Cow<'static, str> {
     }
 }
 
-/// The parsed header lines, copied once into buffers sized for all of them.
-fn headers_of(parsed: &[httparse::Header<'_>]) -> Headers {
+/// The parsed header lines, copied once into `headers` (emptied first), grown at most once.
+fn headers_into(headers: &mut Headers, parsed: &[httparse::Header<'_>]) {
     let (names, values) = parsed
         .iter()
         .fold((0, 0), |(n, v), h| (n + h.name.len(), v + h.value.len()));
-    let mut headers = Headers::with_capacity(parsed.len(), names, values);
+    headers.clear();
+    headers.reserve(parsed.len(), names, values);
     for h in parsed {
         headers.push(h.name, h.value);
     }
-    headers
 }
 
 /// `true` when a line of `head` ends in LF without CR. httparse accepts that (RFC 9112 §2.2
@@ -327,6 +333,47 @@ mod tests {
         assert!(parse_request(b"GET / HTTP/1.1\r\nHost").unwrap().is_none());
         assert!(parse_request(b"\x00\x01 garbage\r\n\r\n").is_err());
         assert_eq!(head.body, Framing::Length(0));
+    }
+
+    #[test]
+    fn a_head_parsed_into_another_replaces_it_in_its_buffers() {
+        let first = b"POST /v1/responses?a=1 HTTP/1.0\r\nHost: a\r\nContent-Length: 5\r\nX-Long: 0123456789\r\n\r\n";
+        let (mut head, _) = parse_request(first).unwrap().unwrap();
+        let path_at = head.path.as_ptr();
+        // Incomplete, then refused: the head stays as it was.
+        assert_eq!(
+            parse_request_into(b"GET / HTTP/1.1\r\nHo", &mut head),
+            Ok(None)
+        );
+        assert!(parse_request_into(b"GET / HTTP/1.1\r\n\r\n", &mut head).is_err());
+        assert_eq!(
+            (head.path.as_str(), head.body),
+            ("/v1/responses", Framing::Length(5))
+        );
+        let next = b"GET /v1/models HTTP/1.1\r\nhost: b\r\n\r\nrest";
+        assert_eq!(
+            parse_request_into(next, &mut head),
+            Ok(Some(next.len() - 4))
+        );
+        let fresh = parse_request(next).unwrap().unwrap().0;
+        assert_eq!(
+            (
+                &*head.method,
+                head.path.as_str(),
+                head.query.as_deref(),
+                head.http10,
+                head.body
+            ),
+            (
+                &*fresh.method,
+                fresh.path.as_str(),
+                None,
+                false,
+                Framing::Length(0)
+            )
+        );
+        assert_eq!(head.headers, fresh.headers);
+        assert_eq!(head.path.as_ptr(), path_at, "the path's buffer was reused");
     }
 
     #[test]
