@@ -23,8 +23,8 @@ use super::auth::ClientIdentity;
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump};
 use super::http_head;
-use super::sink::{JsonSink, SseSink, TurnError};
-use super::turn::{Driver, TurnEnd};
+use super::sink::{ClientSink, JsonSink, SseSink, TurnError};
+use super::turn::{frame as turn_frame, Driver, TurnEnd};
 use super::Shard;
 use crate::protocol::http1::RequestHead;
 
@@ -121,14 +121,29 @@ pub async fn serve(
         Ok(body) => body,
         Err(body) => return refuse(shard, stream, &not_utf8(body.bytes()), keep_alive).await,
     };
-    // Parsed here, on the bytes the client sent (nesting bounded first): the driver's own check
-    // reads the frame built from them, whose positions (line, column, excerpt) the client never
-    // wrote.
-    let streaming = match ClientFrame::parse_text(body.text()) {
-        Ok(parsed) => parsed.stream == Some(true),
-        Err(e) => return refuse(shard, stream, &body_error(&e), keep_alive).await,
+    // Parsed once, as the frame the turn runs, and the turn takes this parse. A frame that does
+    // not parse is answered in the client's terms, from its body as sent (the frame's positions,
+    // line, column and excerpt, are not what the client wrote); a body made into its frame by a
+    // copy (not an object, or an empty one) is parsed as sent first, as the turn never sees it.
+    let copied_streaming = if body.frame_in_place() {
+        None
+    } else {
+        match ClientFrame::parse_text(body.text()) {
+            Ok(parsed) => Some(parsed.stream == Some(true)),
+            Err(e) => return refuse(shard, stream, &body_error(&e), keep_alive).await,
+        }
     };
     let frame = body.into_frame();
+    let parsed = turn_frame::check(&frame).ok();
+    let streaming = match (&parsed, copied_streaming) {
+        (_, Some(streaming)) => streaming,
+        (Some(parsed), None) => parsed.stream == Some(true),
+        // The turn reports what is wrong with the frame when the body as sent is fine.
+        (None, None) => match ClientFrame::parse_text(&sent_body(&frame)) {
+            Ok(body) => body.stream == Some(true),
+            Err(e) => return refuse(shard, stream, &body_error(&e), keep_alive).await,
+        },
+    };
     let request_type = if streaming {
         RequestType::Stream
     } else {
@@ -147,7 +162,7 @@ pub async fn serve(
             head.http10,
         );
         let mut sink = WriteDeadline::new(sse, write_limit, &shard.counters);
-        let end = driver.run(&mut sink, frame, received, timer).await;
+        let end = run_turn(&mut driver, &mut sink, &frame, parsed, received, timer).await;
         let done = matches!(end, TurnEnd::Done);
         timer.set(Instant::now() + write_limit);
         timer
@@ -156,7 +171,7 @@ pub async fn serve(
             .unwrap_or(false)
     } else {
         let mut sink = JsonSink::new(stream, buf);
-        let end = driver.run(&mut sink, frame, received, timer).await;
+        let end = run_turn(&mut driver, &mut sink, &frame, parsed, received, timer).await;
         let (status, body) = sink.result.take().unwrap_or_else(|| {
             let err: TurnError = GatewayError::new(
                 502,
@@ -190,6 +205,26 @@ async fn refuse(
     match http_head::write_error(stream, err, &[], keep_alive).await {
         Ok(()) if keep_alive => After::KeepAlive,
         _ => After::Close,
+    }
+}
+
+/// The turn of a POST: on the front's parse of its frame, or parsing it itself (and telling
+/// the client what is wrong with it) where that parse failed.
+async fn run_turn<S: ClientSink>(
+    driver: &mut Driver,
+    sink: &mut S,
+    frame: &Utf8Bytes,
+    parsed: Option<ClientFrame<'_>>,
+    received: Instant,
+    timer: &mut ShardDeadline,
+) -> TurnEnd {
+    match parsed {
+        Some(parsed) => {
+            driver
+                .run_parsed(sink, frame, parsed, received, timer)
+                .await
+        }
+        None => driver.run(sink, frame.clone(), received, timer).await,
     }
 }
 
@@ -302,13 +337,18 @@ impl TextBody {
         unsafe { std::str::from_utf8_unchecked(self.0.bytes()) }
     }
 
+    /// `true` when [`TextBody::into_frame`] makes the frame in place: the body opens a
+    /// non-empty object at its first byte.
+    fn frame_in_place(&self) -> bool {
+        let body = self.text();
+        body.starts_with('{') && !body[1..].trim_ascii_start().starts_with('}')
+    }
+
     /// The body as a `response.create` frame: made in place when the body opens a non-empty
     /// object at its first byte, else copied by [`to_frame`].
     fn into_frame(self) -> Utf8Bytes {
-        let body = self.text();
-        let in_place = body.starts_with('{') && !body[1..].trim_ascii_start().starts_with('}');
-        if !in_place {
-            return to_frame(body);
+        if !self.frame_in_place() {
+            return to_frame(self.text());
         }
         let Body { mut buf, len } = self.0;
         // The room and the body's `{`, same length: nothing after it moves.
@@ -317,6 +357,15 @@ impl TextBody {
         // UTF-8 (`Body::checked`): the frame is UTF-8.
         unsafe { Utf8Bytes::from_bytes_unchecked(buf.freeze(len)) }
     }
+}
+
+/// The body as the client sent it, back from the frame [`TextBody::into_frame`] made of it in
+/// place (its `{` is the frame's `type` field's comma): for an error in the client's terms.
+fn sent_body(frame: &str) -> String {
+    let mut body = String::with_capacity(frame.len() - FRAME_ROOM);
+    body.push('{');
+    body.push_str(&frame[CREATE_OPEN.len()..]);
+    body
 }
 
 /// The POST body as a `response.create` frame (the body with a leading `type`): text built from
@@ -419,6 +468,22 @@ mod tests {
         match body_of(body.as_bytes()).checked() {
             Ok(text) => text,
             Err(_) => panic!("{body:?} is UTF-8"),
+        }
+    }
+
+    #[test]
+    fn a_frame_made_in_place_gives_back_the_body_the_client_sent() {
+        for body in [
+            r#"{"model":"m"}"#,
+            "{\n \"input\": [1,\n}",
+            r#"{"input":"Résumé","#,
+        ] {
+            let text = read(body);
+            assert!(text.frame_in_place(), "{body:?}");
+            assert_eq!(sent_body(&text.into_frame()), body);
+        }
+        for body in [" {\"model\":\"m\"}", "{ }", "[1]", ""] {
+            assert!(!read(body).frame_in_place(), "{body:?}");
         }
     }
 

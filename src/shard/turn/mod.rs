@@ -35,6 +35,7 @@ use async_tungstenite::tungstenite::Utf8Bytes;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
+use crate::protocol::ClientFrame;
 use crate::runtime;
 use crate::state::SessionKey;
 use crate::usage::RequestType;
@@ -206,11 +207,42 @@ impl Driver {
         timer: &mut ShardDeadline,
     ) -> TurnEnd {
         let end = self.turn(sink, frame, received, timer).await;
+        self.reset_after_turn();
+        end
+    }
+
+    /// [`Driver::run`] for a frame its caller has already parsed with [`frame::check`]: an HTTP
+    /// front parses a POST's frame to learn how to answer it (`stream`), and the turn takes that
+    /// parse instead of making its own (a 30 KB body is read once, not twice).
+    pub async fn run_parsed<S: ClientSink>(
+        &mut self,
+        sink: &mut S,
+        frame: &Utf8Bytes,
+        parsed: ClientFrame<'_>,
+        received: Instant,
+        timer: &mut ShardDeadline,
+    ) -> TurnEnd {
+        let _in_flight = self.shard.turn_guard();
+        let end = match self.expand_warmup_chain(&parsed, frame.as_str()) {
+            Some(merged) => {
+                self.client_wire = None;
+                self.expanded_turn(sink, merged, received, timer).await
+            }
+            None => {
+                self.checked_turn(sink, frame, parsed, received, timer)
+                    .await
+            }
+        };
+        self.reset_after_turn();
+        end
+    }
+
+    /// What a turn leaves behind for the next: nothing.
+    fn reset_after_turn(&mut self) {
         self.ahead = false;
         self.prefer = None;
         self.routed = false;
         self.client_wire = None;
-        end
     }
 
     /// The next [`Driver::run`]'s frame as the client put it on the wire (one masked text
@@ -232,27 +264,55 @@ impl Driver {
         // Validated once here, before any lease: a bad frame never costs the session its
         // connection, and an unrewritten frame goes upstream as this very buffer. A turn chained
         // to a warm-up the gateway answered is expanded once, then validated again.
-        let mut frame = frame;
-        let mut expanded = false;
-        let parsed = loop {
-            let parsed = match frame::check(&frame) {
-                Ok(p) => p,
-                Err(err) => {
-                    bump(&self.shard.counters.client_frame_errors);
-                    return self.report(sink, &err.into()).await;
-                }
-            };
-            if !expanded {
-                if let Some(merged) = self.expand_warmup_chain(&parsed, frame.as_str()) {
-                    expanded = true;
-                    frame = merged;
-                    // The frame going upstream is not the one the client sent.
-                    self.client_wire = None;
-                    continue;
-                }
+        let parsed = match frame::check(&frame) {
+            Ok(p) => p,
+            Err(err) => {
+                bump(&self.shard.counters.client_frame_errors);
+                return self.report(sink, &err.into()).await;
             }
-            break parsed;
         };
+        match self.expand_warmup_chain(&parsed, frame.as_str()) {
+            Some(merged) => {
+                // The frame going upstream is not the one the client sent.
+                self.client_wire = None;
+                self.expanded_turn(sink, merged, received, timer).await
+            }
+            None => {
+                self.checked_turn(sink, &frame, parsed, received, timer)
+                    .await
+            }
+        }
+    }
+
+    /// A turn on a frame expanded from a warm-up chain: validated again, never expanded twice.
+    async fn expanded_turn<S: ClientSink>(
+        &mut self,
+        sink: &mut S,
+        frame: Utf8Bytes,
+        received: Instant,
+        timer: &mut ShardDeadline,
+    ) -> TurnEnd {
+        match frame::check(&frame) {
+            Ok(parsed) => {
+                self.checked_turn(sink, &frame, parsed, received, timer)
+                    .await
+            }
+            Err(err) => {
+                bump(&self.shard.counters.client_frame_errors);
+                self.report(sink, &err.into()).await
+            }
+        }
+    }
+
+    /// The turn of a parsed frame (expanded already, when it chains to a warm-up).
+    async fn checked_turn<S: ClientSink>(
+        &mut self,
+        sink: &mut S,
+        frame: &Utf8Bytes,
+        parsed: ClientFrame<'_>,
+        received: Instant,
+        timer: &mut ShardDeadline,
+    ) -> TurnEnd {
         if let Err(err) = frame::check_kind(&parsed) {
             bump(&self.shard.counters.client_frame_errors);
             return self.report(sink, &err.into()).await;
@@ -326,13 +386,13 @@ impl Driver {
             bump(&self.shard.counters.attempts);
             pool.breaker.begin(now);
             let attempt = if use_http {
-                self.attempt_http(sink, &pool, &frame, &parsed, previous, fresh, timer)
+                self.attempt_http(sink, &pool, frame, &parsed, previous, fresh, timer)
                     .await
             } else {
                 self.attempt_ws(
                     sink,
                     &pool,
-                    &frame,
+                    frame,
                     &parsed,
                     previous,
                     depends_on_connection,
@@ -375,7 +435,7 @@ impl Driver {
                         conn: attempt.conn.unwrap_or(NO_CONNECTION),
                         over_http: use_http,
                     };
-                    self.finish_terminal(&meta, &frame, &parsed, done);
+                    self.finish_terminal(&meta, frame, &parsed, done);
                     return TurnEnd::Done;
                 }
                 Outcome::UpstreamErrorEvent => {
