@@ -133,25 +133,35 @@ pub fn cut(bytes: &[u8], max_payload: u64) -> Cut {
 }
 
 /// `src` masked (or unmasked: the same xor) with `key` into `out`, as long as `src` (RFC 6455
-/// §5.3): each byte read once and written once, eight at a time, into a buffer that needs no
+/// §5.3): each byte read once and written once, 32 at a time, into a buffer that needs no
 /// zero-filling first (a reused [`PooledBuf`](super::buf_pool::PooledBuf)). Against a copy then
 /// an in-place xor, and a byte-at-a-time loop: `cargo bench --bench shard -- client_read/`.
 pub fn mask_into(src: &[u8], key: [u8; 4], out: &mut [u8]) {
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    let mut to = out.chunks_exact_mut(8);
-    let mut from = src.chunks_exact(8);
-    for (t, f) in (&mut to).zip(&mut from) {
-        let f: [u8; 8] = f.try_into().unwrap_or_default();
-        t.copy_from_slice(&(u64::from_ne_bytes(f) ^ wide).to_ne_bytes());
+    // Fixed-size arrays, which the compiler turns into vector XORs (two SSE2 ones on the
+    // baseline target); a `u64` a step took ~2.3 instructions per 8 bytes.
+    let mut wide = [0u8; WIDE];
+    for (w, k) in wide.iter_mut().zip(key.iter().cycle()) {
+        *w = *k;
     }
-    // The tail starts at a multiple of 8, so at key byte 0.
+    let mut to = out.chunks_exact_mut(WIDE);
+    let mut from = src.chunks_exact(WIDE);
+    for (t, f) in (&mut to).zip(&mut from) {
+        let mut block = [0u8; WIDE];
+        block.copy_from_slice(f);
+        for (b, w) in block.iter_mut().zip(wide.iter()) {
+            *b ^= *w;
+        }
+        t.copy_from_slice(&block);
+    }
+    // The tail starts at a multiple of 32, so at key byte 0.
     let tail = to.into_remainder().iter_mut().zip(from.remainder());
     for ((t, f), k) in tail.zip(key.iter().cycle()) {
         *t = f ^ k;
     }
 }
+
+/// Bytes [`mask_into`] masks per step: a multiple of the key's 4.
+const WIDE: usize = 32;
 
 /// One final text frame as a client sends it (RFC 6455 §5.2-5.3), in a buffer from the shard's
 /// pool for one write: the header, then `payload` masked with `key` while it is copied
