@@ -621,6 +621,23 @@ fn cq_ready(ring: &iou::IoUring) -> usize {
     }
 }
 
+thread_local! {
+    /// The `io_uring_enter` calls this thread's rings made to submit or to wait (shardgate
+    /// patch: read through [`crate::ring_enters`], so that shardgate's tests count the calls a
+    /// wake costs).
+    static RING_ENTERS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts one `io_uring_enter` call of this thread's rings (shardgate patch).
+fn count_enter() {
+    RING_ENTERS.with(|n| n.set(n.get() + 1));
+}
+
+/// The `io_uring_enter` calls this thread's rings have made so far (shardgate patch).
+pub(crate) fn ring_enters() -> u64 {
+    RING_ENTERS.with(Cell::get)
+}
+
 type SourceMap = FreeList<Pin<Rc<RefCell<InnerSource>>>>;
 pub(crate) type SourceId = Idx<Pin<Rc<RefCell<InnerSource>>>>;
 fn from_user_data(user_data: u64) -> SourceId {
@@ -897,6 +914,7 @@ impl UringCommon for PollRing {
     }
 
     fn submit_sqes(&mut self) -> io::Result<usize> {
+        count_enter();
         let x = self.ring.submit_sqes()? as usize;
         self.in_kernel += x;
         Ok(x)
@@ -1117,29 +1135,39 @@ impl SleepableRing {
         }
     }
 
-    /// Sleeps on a ring link that an earlier [`Self::sleep`] armed and that has not fired yet:
-    /// nothing to submit, only the wait (shardgate patch).
+    /// Sleeps on a ring link that an earlier [`Self::sleep`] armed and that has not fired yet
+    /// (shardgate patch): only the wait, or, when SQEs wait to be submitted
+    /// ([`Reactor::wait`] leaves the main ring's for the sleep), their submission and the wait
+    /// in one `io_uring_enter`. The kernel submits before it waits, and a submission that
+    /// completes at once (a socket already readable) ends the wait at once.
     fn sleep_on_armed_link(&mut self) -> io::Result<usize> {
-        assert_eq!(
-            self.waiting_kernel_submission(),
-            0,
-            "sleeping with pending SQEs"
-        );
-        self.ring
-            .cq()
-            .wait(1)
-            .map(|_| 1)
+        count_enter();
+        if self.waiting_kernel_submission() == 0 {
+            return self
+                .ring
+                .cq()
+                .wait(1)
+                .map(|_| 1)
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok);
+        }
+        let submitted = self
+            .ring
+            .submit_sqes_and_wait(1)
+            .map(|n| n as usize)
             .or_else(Reactor::busy_ok)
             .or_else(Reactor::again_ok)
-            .or_else(Reactor::intr_ok)
+            .or_else(Reactor::intr_ok)?;
+        self.in_kernel += submitted;
+        Ok(1)
     }
 
+    /// Arms `link` (a poll on the latency ring's fd) and sleeps until a completion arrives, in
+    /// one `io_uring_enter` that also submits the SQEs waiting before it (shardgate patch: see
+    /// [`Self::sleep_on_armed_link`]).
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
-        assert_eq!(
-            self.waiting_kernel_submission(),
-            0,
-            "sleeping with pending SQEs"
-        );
+        let pending = self.waiting_kernel_submission();
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
             let op = UringDescriptor {
@@ -1163,8 +1191,9 @@ impl SleepableRing {
             // it successfully to be able to safely sleep.
 
             // shardgate patch: submitted and waited for in one io_uring_enter (upstream made
-            // two). The kernel waits only once the SQE is submitted, and reports it submitted
-            // even when a signal cuts the wait short.
+            // two). The kernel waits only once the SQEs are submitted, and reports them
+            // submitted even when a signal cuts the wait short.
+            count_enter();
             let submitted = self
                 .ring
                 .submit_sqes_and_wait(1)
@@ -1173,10 +1202,10 @@ impl SleepableRing {
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)?;
             self.in_kernel += submitted;
-            if submitted != 1 {
-                // We failed to submit the `SQE` that links the rings. Just can't sleep.
-                // Waiting here is unsafe because we could end up waiting much longer than
-                // needed.
+            if submitted != pending + 1 {
+                // We failed to submit the `SQE` that links the rings (the last one). Just
+                // can't sleep. Waiting here is unsafe because we could end up waiting much
+                // longer than needed.
                 // We make the SQE a no-op and return
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
@@ -1193,6 +1222,21 @@ impl SleepableRing {
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)
         }
+    }
+
+    /// Moves the queued submissions into SQEs without entering the kernel unless the SQ ring
+    /// is full (shardgate patch): [`Reactor::wait`] leaves them for the sleep's
+    /// `io_uring_enter` when it may sleep.
+    fn prepare_submissions(&mut self) -> io::Result<usize> {
+        let q = self.submission_queue();
+        let mut queue = q.borrow_mut();
+        self.consume_sqe_queue(&mut queue.submissions, false)
+    }
+
+    /// [`UringCommon::can_sleep`], but with SQEs prepared and not submitted allowed: the sleep
+    /// submits them (shardgate patch).
+    fn can_sleep_submitting(&self) -> bool {
+        self.submission_queue.borrow().is_empty() && self.waiting_kernel_collection() == 0
     }
 }
 
@@ -1250,6 +1294,7 @@ impl UringCommon for SleepableRing {
     }
 
     fn submit_sqes(&mut self) -> io::Result<usize> {
+        count_enter();
         let x = self.ring.submit_sqes()? as usize;
         self.in_kernel += x;
         Ok(x)
@@ -2002,12 +2047,28 @@ impl Reactor {
             ));
         }
 
+        // shardgate patch: a call that may sleep (`park`'s, with no preemption timer) leaves the
+        // main ring's new SQEs (mostly sockets' readiness polls, re-armed by the tasks that
+        // just ran) for the sleep's `io_uring_enter`, which submits them and waits in one call;
+        // upstream submitted them here, then entered again to sleep: two calls per wake. Not
+        // with cancellations on the main ring: their completions would end the sleep at once.
+        let defer_main = preempt_timer().is_none() && main_ring.cancellations_empty();
+
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
         flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
         // ... which happens right here. If you ever reorder this code just
         // be careful about this dependency.
-        flush_rings!(lat_ring, poll_ring, main_ring)?;
+        if defer_main {
+            flush_rings!(lat_ring, poll_ring)?;
+            main_ring
+                .prepare_submissions()
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok)?;
+        } else {
+            flush_rings!(lat_ring, poll_ring, main_ring)?;
+        }
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
@@ -2020,7 +2081,11 @@ impl Reactor {
         let should_sleep = preempt_timer().is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
-            && main_ring.can_sleep()
+            && if defer_main {
+                main_ring.can_sleep_submitting()
+            } else {
+                main_ring.can_sleep()
+            }
             && lat_ring.can_sleep();
 
         if should_sleep {
@@ -2055,6 +2120,10 @@ impl Reactor {
                 // Woke up, so no need to notify us anymore.
                 self.notifier.wake_up();
             }
+        }
+        // shardgate patch: SQEs left for a sleep that did not happen are submitted now.
+        if defer_main {
+            flush_rings!(main_ring)?;
         }
 
         if preempt_timer().is_some() {
