@@ -795,6 +795,13 @@ pub(crate) trait UringCommon {
     /// But before the cancellation is run fd 3 gets closed and another file
     /// is opened with the same fd.
     fn flush_cancellations(&mut self, woke: &mut usize) {
+        // shardgate patch: with no cancellation queued there is nothing to flush and nothing
+        // of its to pick up; upstream collected the ring's completions twice here anyway, on
+        // every ring and every call, right after `wait` had collected them. A completion that
+        // arrived since is collected by `wait`'s next pass, before it decides to sleep.
+        if self.cancellations_empty() {
+            return;
+        }
         let mut cnt = 0;
         loop {
             if self.consume_cancellation_queue().is_ok() {
@@ -921,7 +928,10 @@ impl UringCommon for PollRing {
     }
 
     fn consume_one_event(&mut self) -> Option<bool> {
-        if !completion_pending(&self.ring) {
+        // shardgate patch: a ring with nothing submitted has nothing to complete (only storage
+        // DMA uses the poll ring; a network shard never does), so its mapped completion ring is
+        // not read on every pass.
+        if self.in_kernel == 0 || !completion_pending(&self.ring) {
             return None;
         }
         let source_map = self.source_map.clone();
@@ -2088,6 +2098,7 @@ impl Reactor {
             }
             && lat_ring.can_sleep();
 
+        let mut slept = false;
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
@@ -2110,29 +2121,34 @@ impl Reactor {
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
+                    // shardgate patch: upstream flushed cancellations, submitted and collected
+                    // all three rings here, right after waking. Only `park` sleeps, and the
+                    // executor's next step is `poll_io`, whose `wait` does all of it before any
+                    // task runs: the pass here walked the rings twice per wake.
                     self.link_rings_and_sleep(&mut main_ring)
                         .expect("some error");
-                    // May have new cancellations related to the link ring fd.
-                    flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
-                    flush_rings!(lat_ring, poll_ring, main_ring)?;
-                    consume_rings!(into &mut 0; lat_ring, poll_ring, main_ring);
+                    slept = true;
                 }
                 // Woke up, so no need to notify us anymore.
                 self.notifier.wake_up();
             }
         }
         // shardgate patch: SQEs left for a sleep that did not happen are submitted now.
-        if defer_main {
+        if defer_main && !slept {
             flush_rings!(main_ring)?;
         }
 
+        // shardgate patch: upstream flushed the latency and main rings here on every call
+        // with a preemption timer, though only a timer prepared just now can be waiting: the
+        // rings were flushed above, and nothing since queues I/O (waking a task only schedules
+        // it).
         if preempt_timer().is_some() {
             if let Some(preempt) = latency_preempt.filter(|_| !keep_latency_timer) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
                 self.latency_preemption_deadline.set(Some(now() + preempt));
+                flush_rings!(lat_ring)?;
             }
-            flush_rings!(lat_ring, main_ring)?;
         }
 
         // A Note about `need_preempt`:
