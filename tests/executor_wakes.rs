@@ -5,7 +5,9 @@
 //! allocates nothing; upstream allocated both on every sleep. A timer asked for afterwards must
 //! still wake the shard through the ring link it kept armed all along. A shard that sleeps
 //! between messages submits its socket's re-armed readiness poll in the same `io_uring_enter`
-//! that sleeps (session 11); upstream made one call to submit and another to sleep.
+//! that sleeps (session 11); upstream made one call to submit and another to sleep. When
+//! something else wakes the shard before it can sleep (here a timer already due), the poll
+//! waits for the next sleep's call instead of a call of its own.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -158,6 +160,9 @@ fn a_shard_woken_by_its_socket_allocates_nothing_per_wake_and_its_timers_still_f
 /// Round trips of the sleeping echo, each with the shard asleep before the peer sends.
 const SLEEPING_ROUNDS: usize = 2_000;
 
+/// The timer of the nudged sleeping echo (see [`sleeping_echo_shard`]).
+const NUDGE: Duration = Duration::from_micros(50);
+
 /// What the sleeping echo's shard saw over its counted round trips.
 struct SleepReading {
     enters: u64,
@@ -188,9 +193,13 @@ fn asleep(tid: i32) -> bool {
 
 /// The echoing shard of the sleeping echo: publishes its thread id in `tid`, then counts its
 /// `io_uring_enter` calls and its sleeps over [`SLEEPING_ROUNDS`] after one warm-up message.
+/// With `nudge`, each echo also spawns a task waiting on a timer and a task that keeps the shard
+/// busy until the timer is due, so that the shard, when it runs out of work, finds a task to
+/// wake instead of sleeping, and runs once more first.
 fn sleeping_echo_shard(
     addr: SocketAddr,
     tid: Arc<AtomicI32>,
+    nudge: bool,
 ) -> std::thread::JoinHandle<SleepReading> {
     runtime::spawn_executor("wake-sleep", None, move || async move {
         // SAFETY: gettid takes no argument and cannot fail.
@@ -215,6 +224,15 @@ fn sleeping_echo_shard(
                 .write_all(&buf[..MESSAGE])
                 .await
                 .expect("the peer reads");
+            if nudge {
+                runtime::spawn_local(runtime::sleep(NUDGE));
+                runtime::spawn_local(async {
+                    let due = Instant::now() + 2 * NUDGE;
+                    while Instant::now() < due {
+                        std::hint::spin_loop();
+                    }
+                });
+            }
         }
         SleepReading {
             enters: runtime::ring_enters() - enters,
@@ -224,11 +242,11 @@ fn sleeping_echo_shard(
     .expect("executor starts")
 }
 
-#[test]
-fn a_shard_that_sleeps_between_messages_rearms_its_read_and_sleeps_in_one_io_uring_enter() {
+/// Runs the sleeping echo; the peer sends each message once the shard is asleep.
+fn sleeping_echo(nudge: bool) -> SleepReading {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let tid = Arc::new(AtomicI32::new(0));
-    let shard = sleeping_echo_shard(listener.local_addr().expect("address"), tid.clone());
+    let shard = sleeping_echo_shard(listener.local_addr().expect("address"), tid.clone(), nudge);
     let (mut peer, _) = listener.accept().expect("the shard connects");
     peer.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -249,7 +267,7 @@ fn a_shard_that_sleeps_between_messages_rearms_its_read_and_sleeps_in_one_io_uri
     }
     let reading = shard.join().expect("the shard ran to the end");
     eprintln!(
-        "{} io_uring_enter calls and {} sleeps over {SLEEPING_ROUNDS} round trips",
+        "nudge {nudge}: {} io_uring_enter calls and {} sleeps over {SLEEPING_ROUNDS} round trips",
         reading.enters, reading.sleeps
     );
     // Every round trip sleeps once (a few more: a preemption, a page fault's wait).
@@ -258,11 +276,25 @@ fn a_shard_that_sleeps_between_messages_rearms_its_read_and_sleeps_in_one_io_uri
         "the shard slept {} times over {SLEEPING_ROUNDS} round trips",
         reading.sleeps
     );
-    // One call per round trip submits the re-armed poll and sleeps; upstream made two. The
-    // throughput timer's re-arm and the odd interrupted wait stay well under a tenth more.
+    reading
+}
+
+/// One call per round trip submits the re-armed poll and sleeps; upstream made two. The
+/// throughput timer's re-arm and the odd interrupted wait stay well under a tenth more.
+fn assert_one_enter_per_round_trip(reading: &SleepReading) {
     assert!(
         reading.enters < (SLEEPING_ROUNDS + SLEEPING_ROUNDS / 10) as u64,
         "{} io_uring_enter calls over {SLEEPING_ROUNDS} round trips",
         reading.enters
     );
+}
+
+#[test]
+fn a_shard_that_sleeps_between_messages_rearms_its_read_and_sleeps_in_one_io_uring_enter() {
+    assert_one_enter_per_round_trip(&sleeping_echo(false));
+}
+
+#[test]
+fn a_shard_woken_again_before_it_sleeps_still_submits_its_read_with_the_sleep() {
+    assert_one_enter_per_round_trip(&sleeping_echo(true));
 }

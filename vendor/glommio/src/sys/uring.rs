@@ -1243,10 +1243,22 @@ impl SleepableRing {
         self.consume_sqe_queue(&mut queue.submissions, false)
     }
 
-    /// [`UringCommon::can_sleep`], but with SQEs prepared and not submitted allowed: the sleep
-    /// submits them (shardgate patch).
-    fn can_sleep_submitting(&self) -> bool {
-        self.submission_queue.borrow().is_empty() && self.waiting_kernel_collection() == 0
+    /// Whether nothing waits in the submission queue (shardgate patch).
+    fn submissions_empty(&self) -> bool {
+        self.submission_queue.borrow().submissions.is_empty()
+    }
+
+    /// Whether what waits to be submitted is only readiness polls, all still in the queue
+    /// (none prepared in the SQ ring), so that they may wait for the next sleep (shardgate
+    /// patch: see [`Reactor::wait`]). A poll linked to a timeout is not one of them.
+    fn only_polls_queued(&self) -> bool {
+        let queue = self.submission_queue.borrow();
+        !queue.submissions.is_empty()
+            && sq_ready(&self.ring) == 0
+            && queue
+                .submissions
+                .iter()
+                .all(|d| matches!(d.args, UringOpDescriptor::PollAdd(_)))
     }
 }
 
@@ -1387,6 +1399,9 @@ pub(crate) struct Reactor {
     /// The main ring's poll on the latency ring's fd from the last sleep, kept so that the next
     /// sleep reuses it while it has not fired (shardgate patch).
     link_rings_src: Cell<Option<Source>>,
+    /// Where readiness polls left queued for the next sleep are (shardgate patch: see
+    /// [`Reactor::wait`]).
+    polls_left: Cell<PollsLeft>,
 
     // This keeps the `eventfd` alive. Drop will close it when we're done
     notifier: Arc<sys::SleepNotifier>,
@@ -1439,6 +1454,18 @@ macro_rules! flush_rings {
         )*
         io::Result::Ok(ret)
     }}
+}
+
+/// Readiness polls left in the main ring's queue for the next sleep (shardgate patch: see
+/// [`Reactor::wait`]): they wait through one run of the task queues at most.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PollsLeft {
+    /// Nothing left.
+    No,
+    /// Left by a `park` that did not sleep; the next `poll_io` leaves them too.
+    ByPark,
+    /// Left by that `poll_io` too: the next call submits them, asleep or not.
+    ThroughRun,
 }
 
 /// `true` while the timer in `cell` has been submitted and has not completed (shardgate patch).
@@ -1528,6 +1555,7 @@ impl Reactor {
             blocking_thread,
             link_fd,
             link_rings_src: Cell::new(None),
+            polls_left: Cell::new(PollsLeft::No),
             notifier,
             eventfd_src,
             source_map,
@@ -2058,10 +2086,22 @@ impl Reactor {
         }
 
         // shardgate patch: a call that may sleep (`park`'s, with no preemption timer) leaves the
-        // main ring's new SQEs (mostly sockets' readiness polls, re-armed by the tasks that
-        // just ran) for the sleep's `io_uring_enter`, which submits them and waits in one call;
-        // upstream submitted them here, then entered again to sleep: two calls per wake. Not
-        // with cancellations on the main ring: their completions would end the sleep at once.
+        // main ring's queued submissions (mostly sockets' readiness polls, re-armed by the tasks
+        // that just ran) for the sleep's `io_uring_enter`, which submits them and waits in one
+        // call; upstream submitted them here, then entered again to sleep: two calls per wake.
+        // Not with cancellations on the main ring: their completions would end the sleep at
+        // once. A `park` that does not sleep (something woke a task) leaves readiness polls,
+        // and only those, queued for the next sleep, through one more run of the task queues:
+        // the `poll_io` right after it does not submit them (`skip_main`). A poll submitted
+        // later finds a socket that became ready meanwhile ready at once; the task waiting on
+        // it could not have run before that run ends anyway, unless its socket was ready
+        // already when the poll was queued, and it then runs one run later. The next `park`
+        // submits whatever is queued, asleep or not, and so does any later `poll_io`.
+        let polls_left = self.polls_left.replace(PollsLeft::No);
+        let skip_main = preempt_timer().is_some() && polls_left == PollsLeft::ByPark;
+        if skip_main {
+            self.polls_left.set(PollsLeft::ThroughRun);
+        }
         let defer_main = preempt_timer().is_none() && main_ring.cancellations_empty();
 
         // This will only dispatch if we run out of sqes. Which means until
@@ -2069,13 +2109,8 @@ impl Reactor {
         flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
         // ... which happens right here. If you ever reorder this code just
         // be careful about this dependency.
-        if defer_main {
+        if defer_main || skip_main {
             flush_rings!(lat_ring, poll_ring)?;
-            main_ring
-                .prepare_submissions()
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)?;
         } else {
             flush_rings!(lat_ring, poll_ring, main_ring)?;
         }
@@ -2092,7 +2127,7 @@ impl Reactor {
             && (woke == 0)
             && poll_ring.can_sleep()
             && if defer_main {
-                main_ring.can_sleep_submitting()
+                main_ring.waiting_kernel_collection() == 0
             } else {
                 main_ring.can_sleep()
             }
@@ -2120,7 +2155,17 @@ impl Reactor {
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
-                if self.eventfd_src.is_installed().unwrap() {
+                // shardgate patch: the queued submissions go into the sleep's SQEs; a queue
+                // longer than the SQ ring cannot all go, and then the reactor does not sleep.
+                let all_prepared = !defer_main || {
+                    main_ring
+                        .prepare_submissions()
+                        .or_else(Reactor::busy_ok)
+                        .or_else(Reactor::again_ok)
+                        .or_else(Reactor::intr_ok)?;
+                    main_ring.submissions_empty()
+                };
+                if all_prepared && self.eventfd_src.is_installed().unwrap() {
                     // shardgate patch: upstream flushed cancellations, submitted and collected
                     // all three rings here, right after waking. Only `park` sleeps, and the
                     // executor's next step is `poll_io`, whose `wait` does all of it before any
@@ -2133,9 +2178,14 @@ impl Reactor {
                 self.notifier.wake_up();
             }
         }
-        // shardgate patch: SQEs left for a sleep that did not happen are submitted now.
+        // shardgate patch: what was left for a sleep that did not happen is submitted now,
+        // but readiness polls queued by the last run (see `skip_main` above).
         if defer_main && !slept {
-            flush_rings!(main_ring)?;
+            if polls_left == PollsLeft::No && main_ring.only_polls_queued() {
+                self.polls_left.set(PollsLeft::ByPark);
+            } else {
+                flush_rings!(main_ring)?;
+            }
         }
 
         // shardgate patch: upstream flushed the latency and main rings here on every call
