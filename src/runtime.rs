@@ -69,6 +69,12 @@ where
         })
 }
 
+/// The `io_uring_enter` calls the calling shard's runtime has made so far, to submit I/O or to
+/// sleep: what a wake costs in system calls, counted by the tests that keep it low.
+pub fn ring_enters() -> u64 {
+    glommio::ring_enters()
+}
+
 /// Hands the pages this thread freed back to the OS. mimalloc purges freed pages lazily, on
 /// the thread's next allocations, so a shard gone quiet after a burst (thousands of sessions
 /// that ran a turn and now rest) kept the burst's pages resident for as long as it stayed

@@ -457,6 +457,12 @@ pub use crate::{
     sys::hardware_topology::CpuLocation,
 };
 pub use enclose::enclose;
+
+/// The `io_uring_enter` calls the calling thread's executor has made so far to submit to its
+/// rings or to sleep on them (shardgate patch: lets shardgate's tests count what a wake costs).
+pub fn ring_enters() -> u64 {
+    sys::ring_enters()
+}
 pub use scopeguard::defer;
 use sketches_ddsketch::DDSketch;
 use std::{

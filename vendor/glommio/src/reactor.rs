@@ -130,24 +130,20 @@ impl Timers {
 
         // Wake the timers due before `now`, earliest first. Popping them one by one (instead of
         // splitting the map in two) allocates nothing when no timer is due, which is what almost
-        // every call finds: this runs on every executor loop.
+        // every call finds: this runs on every executor loop. The first timer not due is the
+        // next one (shardgate patch: upstream walked the map again to find it).
         let mut woke = 0;
-        while let Some(entry) = self.timers.first_entry() {
+        loop {
+            let Some(entry) = self.timers.first_entry() else {
+                return (None, woke);
+            };
             if entry.key().0 >= now {
-                break;
+                return (Some(entry.key().0.saturating_duration_since(now)), woke);
             }
             let waker = entry.remove();
             woke += 1;
             wake!(waker);
         }
-
-        // Calculate the duration until the next event.
-        let next = self
-            .timers
-            .keys()
-            .next()
-            .map(|(when, _)| when.saturating_duration_since(now));
-        (next, woke)
     }
 }
 

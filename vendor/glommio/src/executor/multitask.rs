@@ -151,11 +151,17 @@ impl LocalExecutor {
             let tq = tq.upgrade();
 
             if let Some(tq) = tq {
-                {
+                // shardgate patch: a queue already active is left alone; upstream took the
+                // executor's thread-local and borrowed its queue set on every wake to find that
+                // out (`maybe_activate` checks the same flag).
+                let active = {
                     let queue = tq.borrow();
                     queue.ex.local_queue.push(runnable);
+                    queue.is_active()
+                };
+                if !active {
+                    maybe_activate(tq);
                 }
-                maybe_activate(tq);
             }
         };
 

@@ -621,6 +621,23 @@ fn cq_ready(ring: &iou::IoUring) -> usize {
     }
 }
 
+thread_local! {
+    /// The `io_uring_enter` calls this thread's rings made to submit or to wait (shardgate
+    /// patch: read through [`crate::ring_enters`], so that shardgate's tests count the calls a
+    /// wake costs).
+    static RING_ENTERS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts one `io_uring_enter` call of this thread's rings (shardgate patch).
+fn count_enter() {
+    RING_ENTERS.with(|n| n.set(n.get() + 1));
+}
+
+/// The `io_uring_enter` calls this thread's rings have made so far (shardgate patch).
+pub(crate) fn ring_enters() -> u64 {
+    RING_ENTERS.with(Cell::get)
+}
+
 type SourceMap = FreeList<Pin<Rc<RefCell<InnerSource>>>>;
 pub(crate) type SourceId = Idx<Pin<Rc<RefCell<InnerSource>>>>;
 fn from_user_data(user_data: u64) -> SourceId {
@@ -778,6 +795,13 @@ pub(crate) trait UringCommon {
     /// But before the cancellation is run fd 3 gets closed and another file
     /// is opened with the same fd.
     fn flush_cancellations(&mut self, woke: &mut usize) {
+        // shardgate patch: with no cancellation queued there is nothing to flush and nothing
+        // of its to pick up; upstream collected the ring's completions twice here anyway, on
+        // every ring and every call, right after `wait` had collected them. A completion that
+        // arrived since is collected by `wait`'s next pass, before it decides to sleep.
+        if self.cancellations_empty() {
+            return;
+        }
         let mut cnt = 0;
         loop {
             if self.consume_cancellation_queue().is_ok() {
@@ -897,13 +921,17 @@ impl UringCommon for PollRing {
     }
 
     fn submit_sqes(&mut self) -> io::Result<usize> {
+        count_enter();
         let x = self.ring.submit_sqes()? as usize;
         self.in_kernel += x;
         Ok(x)
     }
 
     fn consume_one_event(&mut self) -> Option<bool> {
-        if !completion_pending(&self.ring) {
+        // shardgate patch: a ring with nothing submitted has nothing to complete (only storage
+        // DMA uses the poll ring; a network shard never does), so its mapped completion ring is
+        // not read on every pass.
+        if self.in_kernel == 0 || !completion_pending(&self.ring) {
             return None;
         }
         let source_map = self.source_map.clone();
@@ -1117,29 +1145,39 @@ impl SleepableRing {
         }
     }
 
-    /// Sleeps on a ring link that an earlier [`Self::sleep`] armed and that has not fired yet:
-    /// nothing to submit, only the wait (shardgate patch).
+    /// Sleeps on a ring link that an earlier [`Self::sleep`] armed and that has not fired yet
+    /// (shardgate patch): only the wait, or, when SQEs wait to be submitted
+    /// ([`Reactor::wait`] leaves the main ring's for the sleep), their submission and the wait
+    /// in one `io_uring_enter`. The kernel submits before it waits, and a submission that
+    /// completes at once (a socket already readable) ends the wait at once.
     fn sleep_on_armed_link(&mut self) -> io::Result<usize> {
-        assert_eq!(
-            self.waiting_kernel_submission(),
-            0,
-            "sleeping with pending SQEs"
-        );
-        self.ring
-            .cq()
-            .wait(1)
-            .map(|_| 1)
+        count_enter();
+        if self.waiting_kernel_submission() == 0 {
+            return self
+                .ring
+                .cq()
+                .wait(1)
+                .map(|_| 1)
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok);
+        }
+        let submitted = self
+            .ring
+            .submit_sqes_and_wait(1)
+            .map(|n| n as usize)
             .or_else(Reactor::busy_ok)
             .or_else(Reactor::again_ok)
-            .or_else(Reactor::intr_ok)
+            .or_else(Reactor::intr_ok)?;
+        self.in_kernel += submitted;
+        Ok(1)
     }
 
+    /// Arms `link` (a poll on the latency ring's fd) and sleeps until a completion arrives, in
+    /// one `io_uring_enter` that also submits the SQEs waiting before it (shardgate patch: see
+    /// [`Self::sleep_on_armed_link`]).
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
-        assert_eq!(
-            self.waiting_kernel_submission(),
-            0,
-            "sleeping with pending SQEs"
-        );
+        let pending = self.waiting_kernel_submission();
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
             let op = UringDescriptor {
@@ -1163,8 +1201,9 @@ impl SleepableRing {
             // it successfully to be able to safely sleep.
 
             // shardgate patch: submitted and waited for in one io_uring_enter (upstream made
-            // two). The kernel waits only once the SQE is submitted, and reports it submitted
-            // even when a signal cuts the wait short.
+            // two). The kernel waits only once the SQEs are submitted, and reports them
+            // submitted even when a signal cuts the wait short.
+            count_enter();
             let submitted = self
                 .ring
                 .submit_sqes_and_wait(1)
@@ -1173,10 +1212,10 @@ impl SleepableRing {
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)?;
             self.in_kernel += submitted;
-            if submitted != 1 {
-                // We failed to submit the `SQE` that links the rings. Just can't sleep.
-                // Waiting here is unsafe because we could end up waiting much longer than
-                // needed.
+            if submitted != pending + 1 {
+                // We failed to submit the `SQE` that links the rings (the last one). Just
+                // can't sleep. Waiting here is unsafe because we could end up waiting much
+                // longer than needed.
                 // We make the SQE a no-op and return
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
@@ -1193,6 +1232,33 @@ impl SleepableRing {
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)
         }
+    }
+
+    /// Moves the queued submissions into SQEs without entering the kernel unless the SQ ring
+    /// is full (shardgate patch): [`Reactor::wait`] leaves them for the sleep's
+    /// `io_uring_enter` when it may sleep.
+    fn prepare_submissions(&mut self) -> io::Result<usize> {
+        let q = self.submission_queue();
+        let mut queue = q.borrow_mut();
+        self.consume_sqe_queue(&mut queue.submissions, false)
+    }
+
+    /// Whether nothing waits in the submission queue (shardgate patch).
+    fn submissions_empty(&self) -> bool {
+        self.submission_queue.borrow().submissions.is_empty()
+    }
+
+    /// Whether what waits to be submitted is only readiness polls, all still in the queue
+    /// (none prepared in the SQ ring), so that they may wait for the next sleep (shardgate
+    /// patch: see [`Reactor::wait`]). A poll linked to a timeout is not one of them.
+    fn only_polls_queued(&self) -> bool {
+        let queue = self.submission_queue.borrow();
+        !queue.submissions.is_empty()
+            && sq_ready(&self.ring) == 0
+            && queue
+                .submissions
+                .iter()
+                .all(|d| matches!(d.args, UringOpDescriptor::PollAdd(_)))
     }
 }
 
@@ -1250,6 +1316,7 @@ impl UringCommon for SleepableRing {
     }
 
     fn submit_sqes(&mut self) -> io::Result<usize> {
+        count_enter();
         let x = self.ring.submit_sqes()? as usize;
         self.in_kernel += x;
         Ok(x)
@@ -1332,6 +1399,9 @@ pub(crate) struct Reactor {
     /// The main ring's poll on the latency ring's fd from the last sleep, kept so that the next
     /// sleep reuses it while it has not fired (shardgate patch).
     link_rings_src: Cell<Option<Source>>,
+    /// Where readiness polls left queued for the next sleep are (shardgate patch: see
+    /// [`Reactor::wait`]).
+    polls_left: Cell<PollsLeft>,
 
     // This keeps the `eventfd` alive. Drop will close it when we're done
     notifier: Arc<sys::SleepNotifier>,
@@ -1384,6 +1454,18 @@ macro_rules! flush_rings {
         )*
         io::Result::Ok(ret)
     }}
+}
+
+/// Readiness polls left in the main ring's queue for the next sleep (shardgate patch: see
+/// [`Reactor::wait`]): they wait through one run of the task queues at most.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PollsLeft {
+    /// Nothing left.
+    No,
+    /// Left by a `park` that did not sleep; the next `poll_io` leaves them too.
+    ByPark,
+    /// Left by that `poll_io` too: the next call submits them, asleep or not.
+    ThroughRun,
 }
 
 /// `true` while the timer in `cell` has been submitted and has not completed (shardgate patch).
@@ -1473,6 +1555,7 @@ impl Reactor {
             blocking_thread,
             link_fd,
             link_rings_src: Cell::new(None),
+            polls_left: Cell::new(PollsLeft::No),
             notifier,
             eventfd_src,
             source_map,
@@ -2002,12 +2085,35 @@ impl Reactor {
             ));
         }
 
+        // shardgate patch: a call that may sleep (`park`'s, with no preemption timer) leaves the
+        // main ring's queued submissions (mostly sockets' readiness polls, re-armed by the tasks
+        // that just ran) for the sleep's `io_uring_enter`, which submits them and waits in one
+        // call; upstream submitted them here, then entered again to sleep: two calls per wake.
+        // Not with cancellations on the main ring: their completions would end the sleep at
+        // once. A `park` that does not sleep (something woke a task) leaves readiness polls,
+        // and only those, queued for the next sleep, through one more run of the task queues:
+        // the `poll_io` right after it does not submit them (`skip_main`). A poll submitted
+        // later finds a socket that became ready meanwhile ready at once; the task waiting on
+        // it could not have run before that run ends anyway, unless its socket was ready
+        // already when the poll was queued, and it then runs one run later. The next `park`
+        // submits whatever is queued, asleep or not, and so does any later `poll_io`.
+        let polls_left = self.polls_left.replace(PollsLeft::No);
+        let skip_main = preempt_timer().is_some() && polls_left == PollsLeft::ByPark;
+        if skip_main {
+            self.polls_left.set(PollsLeft::ThroughRun);
+        }
+        let defer_main = preempt_timer().is_none() && main_ring.cancellations_empty();
+
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
         flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
         // ... which happens right here. If you ever reorder this code just
         // be careful about this dependency.
-        flush_rings!(lat_ring, poll_ring, main_ring)?;
+        if defer_main || skip_main {
+            flush_rings!(lat_ring, poll_ring)?;
+        } else {
+            flush_rings!(lat_ring, poll_ring, main_ring)?;
+        }
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
@@ -2020,9 +2126,14 @@ impl Reactor {
         let should_sleep = preempt_timer().is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
-            && main_ring.can_sleep()
+            && if defer_main {
+                main_ring.waiting_kernel_collection() == 0
+            } else {
+                main_ring.can_sleep()
+            }
             && lat_ring.can_sleep();
 
+        let mut slept = false;
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
@@ -2044,26 +2155,50 @@ impl Reactor {
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
-                if self.eventfd_src.is_installed().unwrap() {
+                // shardgate patch: the queued submissions go into the sleep's SQEs; a queue
+                // longer than the SQ ring cannot all go, and then the reactor does not sleep.
+                let all_prepared = !defer_main || {
+                    main_ring
+                        .prepare_submissions()
+                        .or_else(Reactor::busy_ok)
+                        .or_else(Reactor::again_ok)
+                        .or_else(Reactor::intr_ok)?;
+                    main_ring.submissions_empty()
+                };
+                if all_prepared && self.eventfd_src.is_installed().unwrap() {
+                    // shardgate patch: upstream flushed cancellations, submitted and collected
+                    // all three rings here, right after waking. Only `park` sleeps, and the
+                    // executor's next step is `poll_io`, whose `wait` does all of it before any
+                    // task runs: the pass here walked the rings twice per wake.
                     self.link_rings_and_sleep(&mut main_ring)
                         .expect("some error");
-                    // May have new cancellations related to the link ring fd.
-                    flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
-                    flush_rings!(lat_ring, poll_ring, main_ring)?;
-                    consume_rings!(into &mut 0; lat_ring, poll_ring, main_ring);
+                    slept = true;
                 }
                 // Woke up, so no need to notify us anymore.
                 self.notifier.wake_up();
             }
         }
+        // shardgate patch: what was left for a sleep that did not happen is submitted now,
+        // but readiness polls queued by the last run (see `skip_main` above).
+        if defer_main && !slept {
+            if polls_left == PollsLeft::No && main_ring.only_polls_queued() {
+                self.polls_left.set(PollsLeft::ByPark);
+            } else {
+                flush_rings!(main_ring)?;
+            }
+        }
 
+        // shardgate patch: upstream flushed the latency and main rings here on every call
+        // with a preemption timer, though only a timer prepared just now can be waiting: the
+        // rings were flushed above, and nothing since queues I/O (waking a task only schedules
+        // it).
         if preempt_timer().is_some() {
             if let Some(preempt) = latency_preempt.filter(|_| !keep_latency_timer) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
                 self.latency_preemption_deadline.set(Some(now() + preempt));
+                flush_rings!(lat_ring)?;
             }
-            flush_rings!(lat_ring, main_ring)?;
         }
 
         // A Note about `need_preempt`:
