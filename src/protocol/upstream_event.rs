@@ -162,10 +162,11 @@ impl<'a> UpstreamEvent<'a> {
         };
         if event.is_read() {
             // One walk bounds the event and finds what the readers read; an event it leaves
-            // (not strict JSON, or too deep) gets the nesting check alone, as before.
-            match locate(raw) {
-                Ok(located) => event.located = Some(located),
-                Err(_) => check_depth(raw, MAX_JSON_DEPTH).map_err(|_| MalformedEvent)?,
+            // (one it does not walk cleanly, or too deep) gets the nesting check alone, as
+            // before.
+            event.located = locate(raw);
+            if event.located.is_none() {
+                check_depth(raw, MAX_JSON_DEPTH).map_err(|_| MalformedEvent)?;
             }
         }
         Ok(event)
@@ -648,7 +649,7 @@ mod tests {
     fn terminal_events_are_bounded_and_located_in_one_walk() {
         let usage = r#"{"input_tokens":3,"output_tokens":2,"total_tokens":5}"#;
         for (raw, located) in [
-            // Strict JSON: the walk that bounds the nesting found id and usage.
+            // Walked cleanly: the walk that bounds the nesting found id and usage.
             (
                 format!(
                     r#"{{"type":"response.completed","response":{{"id":"r1","output":[{{"id":"x"}}],"usage":{usage}}}}}"#
@@ -677,7 +678,7 @@ mod tests {
                 r#"{"type":"error","status":400,"error":{"type":"invalid_request_error"}}"#.into(),
                 true,
             ),
-            // Not strict JSON: the nesting check alone, the readers walk as before.
+            // Not walked cleanly: the nesting check alone, the readers walk as before.
             (
                 format!(
                     r#"{{"type":"response.completed","response":{{"id":"r5" "usage":{usage}}}}}"#
@@ -692,7 +693,7 @@ mod tests {
             ),
             (
                 format!(
-                    r#"{{"type":"response.completed","response":{{"id":"r7","usage":{usage},"n":01}}}}"#
+                    r#"{{"type":"response.completed","response":{{"id":"r7","usage":{usage},"n":1"x"}}}}"#
                 ),
                 false,
             ),
