@@ -15,7 +15,7 @@
 use std::ops::Range;
 
 use crate::protocol::fields::skip_ws;
-use crate::protocol::json_depth::MAX_JSON_DEPTH;
+use crate::protocol::json_depth::{jump_string, MAX_JSON_DEPTH};
 use crate::protocol::json_skip::string_end;
 
 /// Nesting levels: the event's object, its `response` object.
@@ -162,16 +162,17 @@ impl Members {
 /// End (exclusive) of the value starting at `i` inside `level` open objects, as the field walk
 /// ends it, when it holds no bracket or quote a nesting scan would count differently: a string;
 /// an object or array, brackets counted (strings jumped) and refused past [`MAX_JSON_DEPTH`]; a
-/// scalar up to the next `,`, `}`, `]` or whitespace, without `{`, `[` or `"` in it.
+/// scalar up to the next `,`, `}`, `]` or whitespace, without `{`, `[` or `"` in it. Strings
+/// in values are jumped with `memchr2`, as `check_depth` jumps them.
 fn skip_value(raw: &[u8], i: usize, level: usize) -> Option<usize> {
     match raw.get(i)? {
-        b'"' => string_end(raw, i + 1).map(|(end, _)| end + 1),
+        b'"' => jump_string(raw, i + 1).map(|end| end + 1),
         b'{' | b'[' => {
             let mut depth = level;
             let mut j = i;
             loop {
                 match raw.get(j)? {
-                    b'"' => j = string_end(raw, j + 1)?.0,
+                    b'"' => j = jump_string(raw, j + 1)?,
                     b'{' | b'[' => {
                         depth += 1;
                         if depth > MAX_JSON_DEPTH {
