@@ -78,7 +78,12 @@ pub(super) fn locate(raw: &[u8]) -> Option<Located> {
     let mut members = Members::open(raw, skip_ws(raw, 0))?;
     // The field walk reads keys until the first escaped one, and enters the first `response`.
     let mut walking = true;
-    while let Some((key, escaped, value)) = members.next(raw)? {
+    while let Some(Member {
+        key,
+        escaped,
+        value,
+    }) = members.next(raw)?
+    {
         walking &= !escaped;
         let end = if walking && key == b"response" {
             walking = false;
@@ -99,7 +104,12 @@ pub(super) fn locate(raw: &[u8]) -> Option<Located> {
 fn read_response(raw: &[u8], at: usize, out: &mut Located) -> Option<usize> {
     let mut members = Members::open(raw, at)?;
     let mut walking = true;
-    while let Some((key, escaped, value)) = members.next(raw)? {
+    while let Some(Member {
+        key,
+        escaped,
+        value,
+    }) = members.next(raw)?
+    {
         walking &= !escaped;
         let end = skip_value(raw, value, RESPONSE)?;
         members.at = end;
@@ -113,6 +123,16 @@ fn read_response(raw: &[u8], at: usize, out: &mut Located) -> Option<usize> {
         }
     }
     Some(members.at)
+}
+
+/// One member of an object, up to where its value starts.
+struct Member<'a> {
+    /// The key's raw bytes (between the quotes).
+    key: &'a [u8],
+    /// Whether the key holds an escape (the field walk stops at such a key).
+    escaped: bool,
+    /// Where the value starts.
+    value: usize,
 }
 
 /// The members of one object, stepped as the field walk (`fields::Fields`) steps them.
@@ -130,11 +150,9 @@ impl Members {
         })
     }
 
-    /// The next key (its raw bytes, whether it holds an escape) and where its value starts;
-    /// `Some(None)` once the closing `}` is taken (`at` is then past it); `None` at anything
-    /// else.
-    #[allow(clippy::type_complexity)]
-    fn next<'a>(&mut self, raw: &'a [u8]) -> Option<Option<(&'a [u8], bool, usize)>> {
+    /// The next member; `Some(None)` once the closing `}` is taken (`at` is then past it);
+    /// `None` at anything else.
+    fn next<'a>(&mut self, raw: &'a [u8]) -> Option<Option<Member<'a>>> {
         let mut i = skip_ws(raw, self.at);
         match (raw.get(i)?, self.first) {
             (b'}', _) => {
@@ -155,7 +173,11 @@ impl Members {
         if raw.get(colon) != Some(&b':') {
             return None;
         }
-        Some(Some((key, escaped, skip_ws(raw, colon + 1))))
+        Some(Some(Member {
+            key,
+            escaped,
+            value: skip_ws(raw, colon + 1),
+        }))
     }
 }
 
