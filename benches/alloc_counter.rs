@@ -72,7 +72,14 @@ const REPORT_ITERS: u64 = 10_000;
 
 /// Measures `f`'s allocations and prints them as `ALLOC <name>: <allocs>/op <bytes> B/op`, the
 /// line `benches/README.md` collects.
+///
+/// With `ALLOC_ONLY` set, only the benches whose name contains it are measured: under
+/// `valgrind --tool=callgrind` with a criterion filter that matches nothing, a function's
+/// instructions then come from that one bench's calls (see `benches/README.md`).
 pub fn report_allocs<R>(name: &str, f: impl FnMut() -> R) {
+    if std::env::var("ALLOC_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
     let (allocs, bytes) = measure(REPORT_ITERS, f);
     println!("ALLOC {name}: {allocs}/op {bytes} B/op");
 }

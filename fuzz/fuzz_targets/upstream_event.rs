@@ -2,7 +2,8 @@
 //! parser behind it) and what is read from classified events: response id, usage
 //! (`Usage::from_raw`), error and its classification, pending tool calls.
 //!
-//! Invariants: nothing panics; for valid JSON, what is read does not depend on how the JSON is
+//! Invariants: nothing panics; the id and usage `classify` located in the walk that bounds the
+//! event are the ones the readers' own walk finds (`unlocated`); for valid JSON, what is read does not depend on how the JSON is
 //! written: the same document re-serialized compactly (which drops whitespace and escapes in
 //! keys, and so moves the read between the walk and the parser) classifies the same and reads
 //! the same usage.
@@ -25,6 +26,9 @@ struct Read {
 
 fn read(raw: &[u8]) -> Option<Read> {
     let ev = UpstreamEvent::classify(raw).ok()?;
+    let walked = ev.clone().unlocated();
+    assert_eq!(ev.response_id(), walked.response_id(), "located id");
+    assert_eq!(ev.usage(), walked.usage(), "located usage");
     Some(Read {
         event_type: ev.event_type.to_string(),
         carries_response: ev.carries_response(),

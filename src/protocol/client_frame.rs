@@ -140,7 +140,7 @@ impl<'a> ClientFrame<'a> {
     /// [`Self::parse`] for a frame already known to be UTF-8 (a client WebSocket frame or a POST
     /// body, checked once by whoever read it): the one-pass reading skips its UTF-8 pass.
     pub fn parse_text(frame: &'a str) -> Result<Self, ClientFrameError> {
-        match plain::read(frame.as_bytes()) {
+        match plain::read(frame) {
             Ok(read) => Ok(read),
             Err(_) => Self::read_reference(frame.as_bytes()),
         }
@@ -151,8 +151,7 @@ impl<'a> ClientFrame<'a> {
     /// against the reference.
     #[doc(hidden)]
     pub fn read_plain(frame: &'a [u8]) -> Option<Self> {
-        simdutf8::basic::from_utf8(frame).ok()?;
-        plain::read(frame).ok()
+        plain::read(simdutf8::basic::from_utf8(frame).ok()?).ok()
     }
 
     /// The reading every frame had before the one-pass one, kept for the frames that one

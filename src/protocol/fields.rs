@@ -130,12 +130,16 @@ pub(crate) fn plain_str(raw: &[u8]) -> Option<&str> {
     std::str::from_utf8(inner).ok()
 }
 
-/// A JSON number value that is a non-negative integer.
+/// A JSON number value that is a non-negative integer: digits only, accumulated as they are
+/// read (what `str::parse` gives for them, without a UTF-8 check and a second pass).
 pub(crate) fn plain_u64(raw: &[u8]) -> Option<u64> {
-    if raw.is_empty() || !raw.iter().all(u8::is_ascii_digit) {
+    if raw.is_empty() {
         return None;
     }
-    std::str::from_utf8(raw).ok()?.parse().ok()
+    raw.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 pub(crate) fn skip_ws(raw: &[u8], mut i: usize) -> usize {
@@ -282,8 +286,13 @@ mod tests {
         assert_eq!(plain_str(br#""a\"b""#), None);
         assert_eq!(plain_str(b"12"), None);
         assert_eq!(plain_u64(b"28411"), Some(28411));
-        for bad in [&b""[..], b"-1", b"1.0", b"1e3", b"\"1\"", b"null"] {
+        for bad in [&b""[..], b"-1", b"+1", b"1.0", b"1e3", b"\"1\"", b"null"] {
             assert_eq!(plain_u64(bad), None);
         }
+        // As `str::parse` reads them: leading zeros, the largest value, one past it.
+        assert_eq!(plain_u64(b"007"), Some(7));
+        assert_eq!(plain_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(plain_u64(b"18446744073709551616"), None);
+        assert_eq!(plain_u64(b"99999999999999999999"), None);
     }
 }

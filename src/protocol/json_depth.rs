@@ -50,7 +50,7 @@ pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), TooDeep> {
         match byte {
             b'"' => {
                 let start = at + 1;
-                let Some(end) = string_end(bytes, start) else {
+                let Some(end) = jump_string(bytes, start) else {
                     return Ok(());
                 };
                 at = end + 1;
@@ -80,8 +80,9 @@ pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), TooDeep> {
 /// Index of the closing quote of the string whose contents start at `from`; `None` when the
 /// input ends first. Not the field walk's `string_end`: that one steps through a string's
 /// first 64 bytes one by one (keys and short values of upstream events end sooner), which made
-/// this scan of a 30 KiB Codex frame, whose tool descriptions are long, 11.0 -> 17.5 us.
-fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
+/// this scan of a 30 KiB Codex frame, whose tool descriptions are long, 11.0 -> 17.5 us. Also
+/// what the walk that locates a terminal event's fields jumps the strings inside values with.
+pub(crate) fn jump_string(bytes: &[u8], mut from: usize) -> Option<usize> {
     loop {
         let rest = bytes.get(from..)?;
         let hit = memchr::memchr2(b'"', b'\\', rest)?;

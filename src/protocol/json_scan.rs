@@ -31,6 +31,15 @@ pub(crate) struct Str {
     pub(crate) escaped: bool,
 }
 
+/// A value skipped by [`Scan::value_read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Value {
+    /// Byte range of the value (quotes included for a string), without surrounding whitespace.
+    pub(crate) span: Range<usize>,
+    /// `true` when the value is a string holding an escape (`\`).
+    pub(crate) escaped: bool,
+}
+
 /// A cursor over `bytes`, always at a byte boundary between tokens.
 pub(crate) struct Scan<'a> {
     bytes: &'a [u8],
@@ -173,6 +182,23 @@ impl<'a> Scan<'a> {
                 }
             }
         }
+    }
+
+    /// [`Scan::value`] for a value the caller reads: a string also says whether it holds an
+    /// escape, found by the one sweep that ends it (the caller need not look for `\` again).
+    pub(crate) fn value_read(&mut self, level: usize) -> Result<Value, Unhandled> {
+        if self.peek() == Some(b'"') {
+            let start = self.at;
+            let Str { escaped, .. } = self.string()?;
+            return Ok(Value {
+                span: start..self.at,
+                escaped,
+            });
+        }
+        Ok(Value {
+            span: self.value(level)?,
+            escaped: false,
+        })
     }
 
     /// Requires that only whitespace is left.

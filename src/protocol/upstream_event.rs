@@ -16,8 +16,13 @@ use sonic_rs::JsonValueTrait;
 
 use super::fields::{enter, fields, plain_str};
 use super::json_depth::{check_depth, MAX_JSON_DEPTH};
+use super::json_skip::string_end;
 use super::lazy::str_in;
 use super::usage::Usage;
+
+mod located;
+
+use located::{locate, Located};
 
 /// How a turn ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,24 +66,27 @@ pub enum EventKind {
 
 impl EventKind {
     /// Classifies an event by its `type` string. Deltas, most of a turn's events, are told
-    /// first by their suffix, which no named type below has, instead of after comparing each.
+    /// first by their suffix, which no named type below has; the others by what follows
+    /// `response.` (compared once), instead of comparing the whole type against each name.
     pub fn of_type(t: &str) -> EventKind {
-        if t.ends_with(".delta") {
+        let t = t.as_bytes();
+        if t.ends_with(b".delta") {
             return EventKind::Token;
         }
-        match t {
-            "response.created" => EventKind::Created,
-            "response.completed" | "response.done" => EventKind::Terminal(TerminalKind::Completed),
-            "response.failed" => EventKind::Terminal(TerminalKind::Failed),
-            "response.incomplete" => EventKind::Terminal(TerminalKind::Incomplete),
-            "response.cancelled" | "response.canceled" => {
-                EventKind::Terminal(TerminalKind::Cancelled)
-            }
-            "error" => EventKind::Error,
-            "response.in_progress" | "response.output_item.added" | "response.output_item.done" => {
-                EventKind::Other
-            }
-            t if t.starts_with("response.output") => EventKind::Token,
+        let Some(name) = t.strip_prefix(b"response.") else {
+            return match t {
+                b"error" => EventKind::Error,
+                _ => EventKind::Other,
+            };
+        };
+        match name {
+            b"created" => EventKind::Created,
+            b"completed" | b"done" => EventKind::Terminal(TerminalKind::Completed),
+            b"failed" => EventKind::Terminal(TerminalKind::Failed),
+            b"incomplete" => EventKind::Terminal(TerminalKind::Incomplete),
+            b"cancelled" | b"canceled" => EventKind::Terminal(TerminalKind::Cancelled),
+            b"in_progress" | b"output_item.added" | b"output_item.done" => EventKind::Other,
+            n if n.starts_with(b"output") => EventKind::Token,
             _ => EventKind::Other,
         }
     }
@@ -98,6 +106,9 @@ pub struct UpstreamEvent<'a> {
     pub event_type: Cow<'a, str>,
     /// Its role in the turn.
     pub kind: EventKind,
+    /// Where `response.id` and `response.usage` are, when one strict walk bounded the event
+    /// ([`located`]); `None` for events not read past `type`, or ones the walk left alone.
+    located: Option<Located>,
 }
 
 /// Why an upstream frame could not be classified.
@@ -118,11 +129,16 @@ impl<'a> UpstreamEvent<'a> {
     /// nothing reads it further (the methods that would return `None` for it), so it is relayed
     /// untouched like any other frame.
     pub fn classify(raw: &'a [u8]) -> Result<Self, MalformedEvent> {
-        let mut walk = fields(raw);
-        let event_type = match walk.by_ref().find(|(key, _)| *key == b"type") {
-            Some((_, value)) => plain_str(value),
-            None if walk.complete() => return Err(MalformedEvent),
-            None => None,
+        let event_type = match leading_type(raw) {
+            Some(event_type) => Some(event_type),
+            None => {
+                let mut walk = fields(raw);
+                match walk.by_ref().find(|(key, _)| *key == b"type") {
+                    Some((_, value)) => plain_str(value),
+                    None if walk.complete() => return Err(MalformedEvent),
+                    None => None,
+                }
+            }
         };
         let Some(event_type) = event_type else {
             // An escaped `type`, or an object the walk does not handle: the parser decides,
@@ -135,17 +151,34 @@ impl<'a> UpstreamEvent<'a> {
                 raw,
                 event_type,
                 kind,
+                located: None,
             });
         };
-        let event = UpstreamEvent {
+        let mut event = UpstreamEvent {
             raw,
             kind: EventKind::of_type(event_type),
             event_type: Cow::Borrowed(event_type),
+            located: None,
         };
         if event.is_read() {
-            check_depth(raw, MAX_JSON_DEPTH).map_err(|_| MalformedEvent)?;
+            // One walk bounds the event and finds what the readers read; an event it leaves
+            // (one it does not walk cleanly, or too deep) gets the nesting check alone, as
+            // before.
+            event.located = locate(raw);
+            if event.located.is_none() {
+                check_depth(raw, MAX_JSON_DEPTH).map_err(|_| MalformedEvent)?;
+            }
         }
         Ok(event)
+    }
+
+    /// The event as if [`classify`](Self::classify) had not located its fields: the readers
+    /// walk to them themselves, as before that walk. Public so the fuzz target
+    /// `upstream_event` can check that both give the same answers.
+    #[doc(hidden)]
+    pub fn unlocated(mut self) -> Self {
+        self.located = None;
+        self
     }
 
     /// `true` for the events a parser reads past `type`: terminal events (id, usage, output,
@@ -172,7 +205,9 @@ impl<'a> UpstreamEvent<'a> {
         if !self.is_read() && !self.carries_response() {
             return None;
         }
-        let walked = self.walked_response_field(b"id").and_then(plain_str);
+        let walked = self
+            .walked_response_field(ResponseKey::Id)
+            .and_then(plain_str);
         if let Some(id) = walked {
             return Some(Cow::Borrowed(id));
         }
@@ -186,10 +221,21 @@ impl<'a> UpstreamEvent<'a> {
         str_in(self.raw, &id)
     }
 
-    /// The value of `response.<key>`, reached by the field walk ([`enter`], then [`fields`]);
+    /// The value of `response.<key>`, reached by the field walk ([`enter`], then [`fields`]),
+    /// or where [`classify`](Self::classify)'s walk found it (the same value);
     /// `None` where the walk stops first (the parser's turn).
-    fn walked_response_field(&self, key: &[u8]) -> Option<&'a [u8]> {
-        let (_, value) = fields(enter(self.raw, b"response")?).find(|(k, _)| *k == key)?;
+    fn walked_response_field(&self, key: ResponseKey) -> Option<&'a [u8]> {
+        if let Some(located) = self.located {
+            return match key {
+                ResponseKey::Id => located.id(self.raw),
+                ResponseKey::Usage => located.usage(self.raw),
+            };
+        }
+        let name: &[u8] = match key {
+            ResponseKey::Id => b"id",
+            ResponseKey::Usage => b"usage",
+        };
+        let (_, value) = fields(enter(self.raw, b"response")?).find(|(k, _)| *k == name)?;
         Some(value)
     }
 
@@ -200,7 +246,7 @@ impl<'a> UpstreamEvent<'a> {
             return None;
         }
         // Walked to like the id; the parser takes over where the walk does not reach it.
-        if let Some(usage) = self.walked_response_field(b"usage") {
+        if let Some(usage) = self.walked_response_field(ResponseKey::Usage) {
             return Usage::from_raw(usage);
         }
         let usage = sonic_rs::get_from_slice(self.raw, ["response", "usage"]).ok()?;
@@ -239,6 +285,25 @@ impl<'a> UpstreamEvent<'a> {
         }
         Some(e)
     }
+}
+
+/// The `type` of an event that starts with it, as upstream writes every event
+/// (`{"type":"`, no whitespace), when it has no escape: what the field walk would find, read
+/// without it (its state, the whitespace between tokens, the search for a backslash after the
+/// end is found). `None` sends the event to the walk.
+fn leading_type(raw: &[u8]) -> Option<&str> {
+    let rest = raw.strip_prefix(b"{\"type\":\"")?;
+    match string_end(rest, 0)? {
+        (end, false) => std::str::from_utf8(&rest[..end]).ok(),
+        (_, true) => None,
+    }
+}
+
+/// The fields of `response` read by the walk.
+#[derive(Clone, Copy)]
+enum ResponseKey {
+    Id,
+    Usage,
 }
 
 /// An error reported by upstream inside an event.
@@ -546,6 +611,98 @@ mod tests {
                 "{raw}"
             );
             assert_eq!(ev.usage(), expect, "{raw}");
+        }
+    }
+
+    #[test]
+    fn the_leading_type_is_read_as_the_walk_reads_it() {
+        fn walked(raw: &[u8]) -> Option<&str> {
+            fields(raw)
+                .find(|(key, _)| *key == b"type")
+                .and_then(|(_, value)| plain_str(value))
+        }
+        for (raw, leading) in [
+            (
+                &br#"{"type":"response.output_text.delta","delta":"x"}"#[..],
+                true,
+            ),
+            (br#"{"type":"","x":1}"#, true),
+            (br#"{"type":"error"}"#, true),
+            (br#"{"type":"response.created"#, false),
+            (br#"{"type":"resp\"onse","x":1}"#, false),
+            (br#"{"type":"response.output_text.del\u0074a"}"#, false),
+            (b"{\"type\":\"\xff\",\"x\":1}", false),
+            (br#"{ "type":"error"}"#, false),
+            (br#"{"type": "error"}"#, false),
+            (br#"{"types":"error"}"#, false),
+            (br#"{"delta":"x","type":"error"}"#, false),
+        ] {
+            let shown = String::from_utf8_lossy(raw);
+            assert_eq!(leading_type(raw).is_some(), leading, "{shown}");
+            if leading {
+                assert_eq!(leading_type(raw), walked(raw), "{shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_events_are_bounded_and_located_in_one_walk() {
+        let usage = r#"{"input_tokens":3,"output_tokens":2,"total_tokens":5}"#;
+        for (raw, located) in [
+            // Walked cleanly: the walk that bounds the nesting found id and usage.
+            (
+                format!(
+                    r#"{{"type":"response.completed","response":{{"id":"r1","output":[{{"id":"x"}}],"usage":{usage}}}}}"#
+                ),
+                true,
+            ),
+            (
+                format!(
+                    r#"{{"type":"response.completed","r\u0065sponse":{{"id":"r2","usage":{usage}}},"id":"top"}}"#
+                ),
+                true,
+            ),
+            (
+                format!(
+                    r#"{{"type":"response.completed","response":{{"st\u0061tus":"x","id":"r3","usage":{usage}}}}}"#
+                ),
+                true,
+            ),
+            (
+                format!(
+                    r#"{{"type":"response.completed","response":{{"id":"r\u0034","usage":{usage},"usage":1}}}}"#
+                ),
+                true,
+            ),
+            (
+                r#"{"type":"error","status":400,"error":{"type":"invalid_request_error"}}"#.into(),
+                true,
+            ),
+            // Not walked cleanly: the nesting check alone, the readers walk as before.
+            (
+                format!(
+                    r#"{{"type":"response.completed","response":{{"id":"r5" "usage":{usage}}}}}"#
+                ),
+                false,
+            ),
+            (
+                format!(
+                    r#"{{"type":"response.completed","response":{{"id":"r6","usage":{usage}}}}} trailing"#
+                ),
+                false,
+            ),
+            (
+                format!(
+                    r#"{{"type":"response.completed","response":{{"id":"r7","usage":{usage},"n":1"x"}}}}"#
+                ),
+                false,
+            ),
+        ] {
+            let ev = UpstreamEvent::classify(raw.as_bytes()).unwrap();
+            assert_eq!(ev.located.is_some(), located, "{raw}");
+            let walked = ev.clone().unlocated();
+            assert_eq!(ev.response_id(), walked.response_id(), "{raw}");
+            assert_eq!(ev.usage(), walked.usage(), "{raw}");
         }
     }
 

@@ -6,23 +6,25 @@
 //! [`ClientFrame::read_reference`] reads them, in the same order (so a repeated key behaves the
 //! same): that reading unescapes keys and strings and names wrong types, so anything that
 //! needs either (an escaped key at a level read here, an escaped string value that is read, a
-//! field of the wrong type) is [`Unhandled`] and left to it. The caller has checked UTF-8.
+//! field of the wrong type) is [`Unhandled`] and left to it. The frame is text (the caller has
+//! checked its UTF-8), so a string value read is borrowed by slicing it, without a second
+//! UTF-8 pass, and the sweep that found its end already said whether it holds an escape.
 
 use std::borrow::Cow;
 use std::ops::Range;
 
 use super::{ClientFrame, TOOL_CALL_TYPES, TOOL_OUTPUT_TYPES};
 use crate::protocol::json_depth::MAX_JSON_DEPTH;
-use crate::protocol::json_scan::{Scan, Str, Unhandled};
+use crate::protocol::json_scan::{Scan, Str, Unhandled, Value};
 
 /// Nesting levels: the frame's object, its `input` array, an input item.
 const FRAME: usize = 1;
 const INPUT: usize = 2;
 const ITEM: usize = 3;
 
-/// Reads `frame` (valid UTF-8) in one pass.
-pub(super) fn read(frame: &[u8]) -> Result<ClientFrame<'_>, Unhandled> {
-    let mut scan = Scan::new(frame, MAX_JSON_DEPTH);
+/// Reads `frame` in one pass.
+pub(super) fn read(frame: &str) -> Result<ClientFrame<'_>, Unhandled> {
+    let mut scan = Scan::new(frame.as_bytes(), MAX_JSON_DEPTH);
     let mut out = ClientFrame::default();
     scan.open_object(FRAME)?;
     let mut first = true;
@@ -33,20 +35,20 @@ pub(super) fn read(frame: &[u8]) -> Result<ClientFrame<'_>, Unhandled> {
             read_input(frame, &mut scan, &mut out)?;
             continue;
         }
-        let span = scan.value(FRAME)?;
-        let raw = &frame[span.clone()];
+        let value = scan.value_read(FRAME)?;
+        let raw = frame.as_bytes().get(value.span.clone()).ok_or(Unhandled)?;
         match key {
-            b"type" => out.event_type = Some(string(raw)?.ok_or(Unhandled)?),
+            b"type" => out.event_type = Some(string(frame, &value)?.ok_or(Unhandled)?),
             b"model" if raw != b"null" => {
-                out.model = Some(string(raw)?.ok_or(Unhandled)?);
-                out.model_span = Some(span);
+                out.model = Some(string(frame, &value)?.ok_or(Unhandled)?);
+                out.model_span = Some(value.span);
             }
             b"previous_response_id" => {
                 out.previous_response_id = match raw {
                     b"null" => None,
-                    _ => Some(string(raw)?.ok_or(Unhandled)?),
+                    _ => Some(string(frame, &value)?.ok_or(Unhandled)?),
                 };
-                out.previous_response_id_span = Some(span);
+                out.previous_response_id_span = Some(value.span);
             }
             b"store" if raw != b"null" => out.store = Some(boolean(raw).ok_or(Unhandled)?),
             b"stream" => out.stream = boolean(raw),
@@ -65,7 +67,7 @@ pub(super) fn read(frame: &[u8]) -> Result<ClientFrame<'_>, Unhandled> {
 /// occurrence of each key; an item that is not an object, or whose `type` or `call_id` is
 /// not a string, adds nothing).
 fn read_input<'a>(
-    frame: &'a [u8],
+    frame: &'a str,
     scan: &mut Scan<'a>,
     out: &mut ClientFrame<'a>,
 ) -> Result<(), Unhandled> {
@@ -78,7 +80,7 @@ fn read_input<'a>(
             continue;
         }
         let ItemKeys { kind, call_id } = read_item(frame, scan)?;
-        let Some(kind) = kind.map(|span| string(&frame[span])).transpose()?.flatten() else {
+        let Some(kind) = kind.map(|v| string(frame, &v)).transpose()?.flatten() else {
             continue;
         };
         let list = if TOOL_OUTPUT_TYPES.contains(&&*kind) {
@@ -88,11 +90,7 @@ fn read_input<'a>(
         } else {
             continue;
         };
-        if let Some(id) = call_id
-            .map(|span| string(&frame[span]))
-            .transpose()?
-            .flatten()
-        {
+        if let Some(id) = call_id.map(|v| string(frame, &v)).transpose()?.flatten() {
             list.push(id);
         }
     }
@@ -102,22 +100,22 @@ fn read_input<'a>(
 /// Where an input item's first `type` and first `call_id` values are.
 #[derive(Default)]
 struct ItemKeys {
-    kind: Option<Range<usize>>,
-    call_id: Option<Range<usize>>,
+    kind: Option<Value>,
+    call_id: Option<Value>,
 }
 
 /// Walks one input item (an object at the cursor).
-fn read_item(frame: &[u8], scan: &mut Scan<'_>) -> Result<ItemKeys, Unhandled> {
+fn read_item(frame: &str, scan: &mut Scan<'_>) -> Result<ItemKeys, Unhandled> {
     let mut keys = ItemKeys::default();
     scan.open_object(ITEM)?;
     let mut first = true;
     while let Some(key) = scan.next_key(first)? {
         first = false;
         let key = key_bytes(frame, key)?;
-        let span = scan.value(ITEM)?;
+        let value = scan.value_read(ITEM)?;
         match key {
-            b"type" if keys.kind.is_none() => keys.kind = Some(span),
-            b"call_id" if keys.call_id.is_none() => keys.call_id = Some(span),
+            b"type" if keys.kind.is_none() => keys.kind = Some(value),
+            b"call_id" if keys.call_id.is_none() => keys.call_id = Some(value),
             _ => {}
         }
     }
@@ -126,25 +124,28 @@ fn read_item(frame: &[u8], scan: &mut Scan<'_>) -> Result<ItemKeys, Unhandled> {
 
 /// The bytes of a key without escapes (the reference unescapes keys: `"typ\u0065"` is `type`
 /// to it, so an escaped key is left to it).
-fn key_bytes(frame: &[u8], key: Str) -> Result<&[u8], Unhandled> {
+fn key_bytes(frame: &str, key: Str) -> Result<&[u8], Unhandled> {
     if key.escaped {
         return Err(Unhandled);
     }
-    Ok(&frame[key.inner])
+    frame.as_bytes().get(key.inner).ok_or(Unhandled)
 }
 
-/// The text of the string value `raw` (quotes included) borrowed from the frame; `Ok(None)`
-/// when `raw` is not a string, [`Unhandled`] when it holds an escape (the reference unescapes).
-fn string(raw: &[u8]) -> Result<Option<Cow<'_, str>>, Unhandled> {
-    let Some(inner) = raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\"")) else {
+/// The text of the string `value` borrowed from the frame; `Ok(None)` when it is not a string,
+/// [`Unhandled`] when it holds an escape (the reference unescapes).
+fn string<'a>(frame: &'a str, value: &Value) -> Result<Option<Cow<'a, str>>, Unhandled> {
+    let Range { start, end } = value.span;
+    if frame.as_bytes().get(start) != Some(&b'"') {
         return Ok(None);
-    };
-    if inner.contains(&b'\\') {
+    }
+    if value.escaped {
         return Err(Unhandled);
     }
-    std::str::from_utf8(inner)
+    // Between the quotes, which are characters of their own: always a slice of the text.
+    frame
+        .get(start + 1..end - 1)
         .map(|s| Some(Cow::Borrowed(s)))
-        .map_err(|_| Unhandled)
+        .ok_or(Unhandled)
 }
 
 /// `true` / `false`; `None` for any other value.
