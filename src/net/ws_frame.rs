@@ -137,23 +137,15 @@ pub fn cut(bytes: &[u8], max_payload: u64) -> Cut {
 /// zero-filling first (a reused [`PooledBuf`](super::buf_pool::PooledBuf)). Against a copy then
 /// an in-place xor, and a byte-at-a-time loop: `cargo bench --bench shard -- client_read/`.
 pub fn mask_into(src: &[u8], key: [u8; 4], out: &mut [u8]) {
-    // Fixed-size arrays, which the compiler turns into vector XORs (two SSE2 ones on the
-    // baseline target); a `u64` a step took ~2.3 instructions per 8 bytes.
-    let mut wide = [0u8; WIDE];
-    for (w, k) in wide.iter_mut().zip(key.iter().cycle()) {
-        *w = *k;
-    }
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
     let mut to = out.chunks_exact_mut(WIDE);
     let mut from = src.chunks_exact(WIDE);
     for (t, f) in (&mut to).zip(&mut from) {
-        let mut block = [0u8; WIDE];
-        block.copy_from_slice(f);
-        for (b, w) in block.iter_mut().zip(wide.iter()) {
-            *b ^= *w;
-        }
-        t.copy_from_slice(&block);
+        mask_block(f, wide, t);
     }
-    // The tail starts at a multiple of 32, so at key byte 0.
+    // The tail starts at a multiple of `WIDE`, so at key byte 0.
     let tail = to.into_remainder().iter_mut().zip(from.remainder());
     for ((t, f), k) in tail.zip(key.iter().cycle()) {
         *t = f ^ k;
@@ -162,6 +154,36 @@ pub fn mask_into(src: &[u8], key: [u8; 4], out: &mut [u8]) {
 
 /// Bytes [`mask_into`] masks per step: a multiple of the key's 4.
 const WIDE: usize = 32;
+
+/// One `WIDE`-byte block of [`mask_into`], in two 16-byte vector XORs: SSE2 is part of every
+/// x86-64 CPU, and a `u64` a step took ~2.3 instructions per 8 bytes (8.6k per 30 KB body).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn mask_block(src: &[u8], wide: u64, out: &mut [u8]) {
+    use std::arch::x86_64::{
+        __m128i, _mm_loadu_si128, _mm_set1_epi64x, _mm_storeu_si128, _mm_xor_si128,
+    };
+    debug_assert!(src.len() == WIDE && out.len() == WIDE);
+    let s = src.as_ptr().cast::<__m128i>();
+    let o = out.as_mut_ptr().cast::<__m128i>();
+    // SAFETY: SSE2 is baseline on x86-64; `src` and `out` are `WIDE` (32) bytes each (chunks of
+    // exactly that size), so both 16-byte loads and stores are in bounds; unaligned forms.
+    unsafe {
+        let k = _mm_set1_epi64x(wide as i64);
+        _mm_storeu_si128(o, _mm_xor_si128(_mm_loadu_si128(s), k));
+        _mm_storeu_si128(o.add(1), _mm_xor_si128(_mm_loadu_si128(s.add(1)), k));
+    }
+}
+
+/// One `WIDE`-byte block of [`mask_into`], a `u64` at a time.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn mask_block(src: &[u8], wide: u64, out: &mut [u8]) {
+    for (t, f) in out.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+        let f: [u8; 8] = f.try_into().unwrap_or_default();
+        t.copy_from_slice(&(u64::from_ne_bytes(f) ^ wide).to_ne_bytes());
+    }
+}
 
 /// One final text frame as a client sends it (RFC 6455 §5.2-5.3), in a buffer from the shard's
 /// pool for one write: the header, then `payload` masked with `key` while it is copied
