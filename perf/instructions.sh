@@ -64,26 +64,7 @@ for target in $TARGETS; do
     shardgate)
       GW_PORT=$(free_port)
       ADMIN_PORT=$(free_port)
-      cat >"$WORK/gw.toml" <<TOML
-[server]
-listen = "127.0.0.1:$GW_PORT"
-shards = $SHARDS
-admin_listen = "127.0.0.1:$ADMIN_PORT"
-[upstream]
-queue_per_conn = 64
-[[client_keys]]
-key = "sk-perf"
-id = "perf"
-[[accounts]]
-id = "mock"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-api_key = "sk-mock"
-max_conns = 4096
-[log]
-level = "warn"
-[usage]
-path = "$WORK/usage.jsonl"
-TOML
+      gateway_toml "$SHARDS" >"$WORK/gw.toml"
       "${CG[@]}" --callgrind-out-file="$OUT/shardgate.%p.cg" "$BIN" serve --config "$WORK/gw.toml" \
         >"$WORK/gw.log" 2>&1 &
       pid=$!

@@ -48,14 +48,13 @@ start_mock() { # extra mock args...
   MOCK_BASE="http://127.0.0.1:$MOCK_PORT"
 }
 
-start_gateway() { # shards; extra [upstream] keys in $GW_UPSTREAM_EXTRA, [server] in $GW_SERVER_EXTRA
-  GW_PORT=$(free_port)
-  ADMIN_PORT=$(free_port)
-  KEY=sk-perf
-  cat >"$WORK/gw.toml" <<TOML
+# The gateway's config for a run, on stdout: listens on $GW_PORT, admin on $ADMIN_PORT, the mock at
+# $MOCK_PORT, client key sk-perf; $1 shards.
+gateway_toml() {
+  cat <<TOML
 [server]
 listen = "127.0.0.1:$GW_PORT"
-shards = ${1:-2}
+shards = $1
 admin_listen = "127.0.0.1:$ADMIN_PORT"
 stats_interval_ms = ${STATS_MS:-200}
 ${GW_SERVER_EXTRA:-}
@@ -63,7 +62,7 @@ ${GW_SERVER_EXTRA:-}
 queue_per_conn = 64
 ${GW_UPSTREAM_EXTRA:-}
 [[client_keys]]
-key = "$KEY"
+key = "sk-perf"
 id = "perf"
 [[accounts]]
 id = "mock"
@@ -75,6 +74,13 @@ level = "warn"
 [usage]
 path = "$WORK/usage.jsonl"
 TOML
+}
+
+start_gateway() { # shards; extra [upstream] keys in $GW_UPSTREAM_EXTRA, [server] in $GW_SERVER_EXTRA
+  GW_PORT=$(free_port)
+  ADMIN_PORT=$(free_port)
+  KEY=sk-perf
+  gateway_toml "${1:-2}" >"$WORK/gw.toml"
   "$BIN" serve --config "$WORK/gw.toml" >"$WORK/gw.log" 2>&1 &
   PIDS+=($!)
   GW_PID=$!

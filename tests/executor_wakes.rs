@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use shardgate::runtime;
 
 /// Counts the allocations made on threads that asked for it ([`Counted::on`]), so that the
@@ -86,6 +86,20 @@ struct Reading {
     slept: Duration,
 }
 
+/// Reads one `MESSAGE`-byte message (in as many reads as it takes) and writes it back.
+async fn echo_one<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, buf: &mut [u8], round: usize) {
+    let mut got = 0;
+    while got < MESSAGE {
+        let n = stream.read(&mut buf[got..]).await.expect("the peer sends");
+        assert!(n > 0, "the peer closed at round {round}");
+        got += n;
+    }
+    stream
+        .write_all(&buf[..MESSAGE])
+        .await
+        .expect("the peer reads");
+}
+
 /// The shard's side: connects, echoes `WARM_UP + COUNTED` messages (reading into a buffer
 /// larger than a message, as a relay does, so every read is partial), then sleeps 20 ms.
 fn echo_shard(addr: SocketAddr) -> std::thread::JoinHandle<Reading> {
@@ -101,16 +115,7 @@ fn echo_shard(addr: SocketAddr) -> std::thread::JoinHandle<Reading> {
                 Counted::on(true);
                 enters_before = runtime::ring_enters();
             }
-            let mut got = 0;
-            while got < MESSAGE {
-                let n = stream.read(&mut buf[got..]).await.expect("the peer sends");
-                assert!(n > 0, "the peer closed at round {round}");
-                got += n;
-            }
-            stream
-                .write_all(&buf[..MESSAGE])
-                .await
-                .expect("the peer reads");
+            echo_one(&mut stream, &mut buf, round).await;
         }
         Counted::on(false);
         let allocs = ALLOCS.load(Ordering::Relaxed);
@@ -225,16 +230,7 @@ fn sleeping_echo_shard(
                 enters = runtime::ring_enters();
                 sleeps = voluntary_switches();
             }
-            let mut got = 0;
-            while got < MESSAGE {
-                let n = stream.read(&mut buf[got..]).await.expect("the peer sends");
-                assert!(n > 0, "the peer closed at round {round}");
-                got += n;
-            }
-            stream
-                .write_all(&buf[..MESSAGE])
-                .await
-                .expect("the peer reads");
+            echo_one(&mut stream, &mut buf, round).await;
             match extra {
                 Extra::Nothing => {}
                 Extra::Nudge => {
