@@ -35,6 +35,7 @@ use async_tungstenite::tungstenite::Utf8Bytes;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
+use crate::protocol::error_body::GatewayError;
 use crate::protocol::ClientFrame;
 use crate::runtime;
 use crate::state::SessionKey;
@@ -223,16 +224,7 @@ impl Driver {
         timer: &mut ShardDeadline,
     ) -> TurnEnd {
         let _in_flight = self.shard.turn_guard();
-        let end = match self.expand_warmup_chain(&parsed, frame.as_str()) {
-            Some(merged) => {
-                self.client_wire = None;
-                self.expanded_turn(sink, merged, received, timer).await
-            }
-            None => {
-                self.checked_turn(sink, frame, parsed, received, timer)
-                    .await
-            }
-        };
+        let end = self.parsed_turn(sink, frame, parsed, received, timer).await;
         self.reset_after_turn();
         end
     }
@@ -262,46 +254,46 @@ impl Driver {
         // Counted as in flight (a graceful shutdown waits for it) until this returns.
         let _in_flight = self.shard.turn_guard();
         // Validated once here, before any lease: a bad frame never costs the session its
-        // connection, and an unrewritten frame goes upstream as this very buffer. A turn chained
-        // to a warm-up the gateway answered is expanded once, then validated again.
-        let parsed = match frame::check(&frame) {
-            Ok(p) => p,
-            Err(err) => {
-                bump(&self.shard.counters.client_frame_errors);
-                return self.report(sink, &err.into()).await;
-            }
-        };
-        match self.expand_warmup_chain(&parsed, frame.as_str()) {
-            Some(merged) => {
-                // The frame going upstream is not the one the client sent.
-                self.client_wire = None;
-                self.expanded_turn(sink, merged, received, timer).await
-            }
-            None => {
-                self.checked_turn(sink, &frame, parsed, received, timer)
+        // connection, and an unrewritten frame goes upstream as this very buffer.
+        match frame::check(&frame) {
+            Ok(parsed) => {
+                self.parsed_turn(sink, &frame, parsed, received, timer)
                     .await
             }
+            Err(err) => self.refuse_frame(sink, err).await,
         }
     }
 
-    /// A turn on a frame expanded from a warm-up chain: validated again, never expanded twice.
-    async fn expanded_turn<S: ClientSink>(
+    /// The turn of a parsed frame. A frame chained to a warm-up the gateway answered is
+    /// expanded once, then validated again.
+    async fn parsed_turn<S: ClientSink>(
         &mut self,
         sink: &mut S,
-        frame: Utf8Bytes,
+        frame: &Utf8Bytes,
+        parsed: ClientFrame<'_>,
         received: Instant,
         timer: &mut ShardDeadline,
     ) -> TurnEnd {
-        match frame::check(&frame) {
+        let Some(merged) = self.expand_warmup_chain(&parsed, frame.as_str()) else {
+            return self
+                .checked_turn(sink, frame, parsed, received, timer)
+                .await;
+        };
+        // The frame going upstream is not the one the client sent.
+        self.client_wire = None;
+        match frame::check(&merged) {
             Ok(parsed) => {
-                self.checked_turn(sink, &frame, parsed, received, timer)
+                self.checked_turn(sink, &merged, parsed, received, timer)
                     .await
             }
-            Err(err) => {
-                bump(&self.shard.counters.client_frame_errors);
-                self.report(sink, &err.into()).await
-            }
+            Err(err) => self.refuse_frame(sink, err).await,
         }
+    }
+
+    /// Answers a frame that is not a turn's: counted, and the client told why.
+    async fn refuse_frame<S: ClientSink>(&mut self, sink: &mut S, err: GatewayError) -> TurnEnd {
+        bump(&self.shard.counters.client_frame_errors);
+        self.report(sink, &err.into()).await
     }
 
     /// The turn of a parsed frame (expanded already, when it chains to a warm-up).
@@ -314,8 +306,7 @@ impl Driver {
         timer: &mut ShardDeadline,
     ) -> TurnEnd {
         if let Err(err) = frame::check_kind(&parsed) {
-            bump(&self.shard.counters.client_frame_errors);
-            return self.report(sink, &err.into()).await;
+            return self.refuse_frame(sink, err).await;
         }
         let counters = &self.shard.counters;
         bump(&counters.turns);
