@@ -41,7 +41,8 @@ impl AdminServer {
         }
         let server = Server::spawn(
             "stats-admin",
-            move || listener.accept().map(|(s, _)| s),
+            listener,
+            |l: &TcpListener| l.accept().map(|(s, _)| s),
             move |stream, ctx: &ConnCtx<'_>| serve(stream, &agg, ctx),
         )
         .map_err(StatsError::Thread)?;

@@ -48,7 +48,8 @@ impl StatsSocket {
         let ino = std::fs::metadata(path).map_err(sock_err)?.ino();
         let server = Server::spawn(
             "stats-socket",
-            move || listener.accept().map(|(s, _)| s),
+            listener,
+            |l: &UnixListener| l.accept().map(|(s, _)| s),
             move |stream, ctx: &ConnCtx<'_>| serve(stream, &agg, ctx),
         )
         .map_err(StatsError::Thread)?;
