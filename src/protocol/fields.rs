@@ -9,6 +9,7 @@
 //! whether it reached the object's end, so a caller can fall back to the real parser.
 
 use super::json_skip::string_end;
+use super::short_str::short_str;
 
 /// Iterator over `(key, raw value)` of a JSON object's top-level fields, in order. Keys are the
 /// raw bytes between the quotes; a key with an escape ends the walk (not complete), so a caller
@@ -127,7 +128,7 @@ pub(crate) fn plain_str(raw: &[u8]) -> Option<&str> {
     if inner.contains(&b'\\') {
         return None;
     }
-    std::str::from_utf8(inner).ok()
+    short_str(inner)
 }
 
 /// A JSON number value that is a non-negative integer: digits only, accumulated as they are

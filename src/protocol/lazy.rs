@@ -4,6 +4,8 @@ use std::borrow::Cow;
 
 use sonic_rs::{JsonType, JsonValueTrait, LazyValue};
 
+use super::short_str::short_str;
+
 /// The string value of `v`, borrowed from `input` when it has no escapes (the common case for
 /// ids, types and model names), unescaped into an owned string otherwise.
 pub(crate) fn str_in<'a>(input: &'a [u8], v: &LazyValue<'_>) -> Option<Cow<'a, str>> {
@@ -14,7 +16,7 @@ pub(crate) fn str_in<'a>(input: &'a [u8], v: &LazyValue<'_>) -> Option<Cow<'a, s
     if !raw.contains(&b'\\') {
         if let Some(inner) = subslice_of(input, raw) {
             let inner = &inner[1..inner.len() - 1];
-            return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+            return short_str(inner).map(Cow::Borrowed);
         }
     }
     v.as_str().map(|s| Cow::Owned(s.to_owned()))

@@ -15,6 +15,7 @@ mod json_skip;
 pub(crate) mod lazy;
 pub mod realtime;
 pub mod redact;
+mod short_str;
 pub mod sse;
 pub mod upstream_event;
 pub mod usage;

@@ -18,6 +18,7 @@ use super::fields::{enter, fields, plain_str};
 use super::json_depth::{check_depth, MAX_JSON_DEPTH};
 use super::json_skip::string_end;
 use super::lazy::str_in;
+use super::short_str::short_str;
 use super::usage::Usage;
 
 mod located;
@@ -294,7 +295,7 @@ impl<'a> UpstreamEvent<'a> {
 fn leading_type(raw: &[u8]) -> Option<&str> {
     let rest = raw.strip_prefix(b"{\"type\":\"")?;
     match string_end(rest, 0)? {
-        (end, false) => std::str::from_utf8(&rest[..end]).ok(),
+        (end, false) => short_str(&rest[..end]),
         (_, true) => None,
     }
 }
