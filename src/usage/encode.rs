@@ -115,7 +115,10 @@ fn string(out: &mut String, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if let Some(word) = bytes.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+        if let Some(word) = bytes
+            .get(i..i + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        {
             if !word_escapes(u64::from_ne_bytes(word)) {
                 i += 8;
                 continue;
@@ -302,7 +305,11 @@ mod tests {
                     let mut word = [filler; 8];
                     word[at] = b;
                     let want = escape(b).is_some() || escape(filler).is_some();
-                    assert_eq!(word_escapes(u64::from_ne_bytes(word)), want, "{b:#x} at {at}");
+                    assert_eq!(
+                        word_escapes(u64::from_ne_bytes(word)),
+                        want,
+                        "{b:#x} at {at}"
+                    );
                 }
             }
         }
