@@ -494,13 +494,22 @@ fn judge_event(c: &mut Criterion) {
         ("relay/judge_created", CREATED_EVENT, false),
         ("relay/judge_completed", COMPLETED_EVENT, true),
     ] {
-        let run = || match judge(black_box(event), &Rewrite::None, true, false, &[]) {
-            Verdict::Relay {
-                replaced: None,
-                range,
-                outcome,
-            } => (range.len(), outcome.is_some()),
-            _ => panic!("relayed as it came"),
+        let run = || {
+            let mut ends = None;
+            match judge(
+                black_box(event),
+                &Rewrite::None,
+                true,
+                false,
+                &[],
+                &mut ends,
+            ) {
+                Verdict::Relay {
+                    replaced: None,
+                    range,
+                } => (range.len(), ends.is_some()),
+                _ => panic!("relayed as it came"),
+            }
         };
         assert_eq!(run().1, ends, "{name}");
         assert!(run().0 > 0, "{name}: the type is found");

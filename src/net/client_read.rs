@@ -3,10 +3,12 @@
 //! Clients send a `response.create` as one masked text frame. Read through tungstenite it costs a
 //! zero-filled 16 KiB read chunk per read, a copy into the message, a UTF-8 check, and (to send it
 //! upstream as it came) a recording copy of every byte. Here the frame header (at most 14 bytes)
-//! is read into a stack buffer, then exactly the rest of the frame into one buffer of at least
-//! its size (up to 64 KiB at first, doubling as it fills: a header alone buys no more): reads
-//! never go past the frame, so nothing is put back, and a read that fills its buffer leaves the
-//! runtime nothing to poll for. That buffer is the frame as it came (masked: it may go
+//! is read into a stack buffer, then the rest of the frame into one buffer of at least its size
+//! (up to 64 KiB at first, doubling as it fills: a header alone buys no more). Reads go at most
+//! one byte past the frame ([`PAST_END`]): a read that stops at the frame's end leaves the
+//! runtime polling the socket, so the turn's next look at the client costs no `recv`, and a
+//! byte read past the frame (rare: a client that sent its next frame at once) is put back.
+//! That buffer is the frame as it came (masked: it may go
 //! upstream as it is); the payload is unmasked into the message text in one pass and its UTF-8
 //! checked once, here: the text is handed on as [`Utf8Bytes`], so the turn that reads it never
 //! checks it again. Both buffers come from the shard's pool ([`PooledBuf`]) and go back to it
@@ -89,20 +91,23 @@ pub async fn read_text_frame<S: AsyncRead + Unpin>(
     else {
         return taken.codec();
     };
-    taken.start_frame(total);
+    // Reads may take one byte past the frame ([`PAST_END`]); it goes back after the loop.
+    let room = total.saturating_add(PAST_END);
+    taken.start_frame(total, room);
     while taken.filled < total {
         if taken.filled == taken.wire.len() {
             let len = taken.wire.len();
-            taken.wire.ensure(grown(len, total));
+            taken.wire.ensure(grown(len, room));
         }
-        // A buffer from the pool may be longer than the frame: reads stop at its end.
-        let end = taken.wire.len().min(total);
+        // A buffer from the pool may be longer than the frame: reads stop at `room`.
+        let end = taken.wire.len().min(room);
         let (edge, buf) = (&mut *taken.edge, &mut taken.wire[taken.filled..end]);
         match poll_fn(|cx| edge.poll_read_raw(cx, buf)).await {
             Ok(0) | Err(_) => return RawRead::Gone,
             Ok(n) => taken.filled += n,
         }
     }
+    taken.give_back_past(total);
     let masked = &taken.wire[header.len..total];
     let mut text = PooledBuf::take(masked.len());
     let text_len = masked.len();
@@ -153,6 +158,14 @@ pub async fn readable<S: AsyncRead + Unpin>(edge: &mut FrameEdge<S>) -> Readable
     }
 }
 
+/// Bytes a frame's reads may take past its end. A read that stops at the frame's end then
+/// leaves part of its buffer empty, glommio's sign to arm the socket's readiness poll at once;
+/// a read that filled its buffer armed none, and the turn's look at the client just before its
+/// frame goes upstream (`relay::before_send`) paid a `recv` that found nothing, once per turn.
+/// A byte the client sent past the frame (a next frame already there) goes back in front of
+/// the stream, where that look finds it without reading.
+const PAST_END: usize = 1;
+
 /// The buffer a frame is first read into, at most: a client's header alone must not make the
 /// gateway hold more than this (a frame's length is the client's word until its bytes come).
 /// A Codex `response.create` (~30 KB) fits; a larger frame's buffer doubles as it fills.
@@ -191,16 +204,24 @@ impl<'a, S> Taken<'a, S> {
         }
     }
 
-    /// Moves the head bytes into the frame's buffer (sized for the whole `total`-byte frame, up
-    /// to [`FIRST_BUFFER`]); bytes read past the frame's end (a frame shorter than a header
-    /// read) go back to the stream.
-    fn start_frame(&mut self, total: usize) {
+    /// Moves the head bytes into the frame's buffer (sized for `room`: the whole `total`-byte
+    /// frame and [`PAST_END`], up to [`FIRST_BUFFER`]); bytes read past the frame's end (a
+    /// frame shorter than a header read) go back to the stream.
+    fn start_frame(&mut self, total: usize, room: usize) {
         let head = self.head_len.min(total);
-        self.wire = PooledBuf::take(grown(0, total));
+        self.wire = PooledBuf::take(grown(0, room));
         self.wire[..head].copy_from_slice(&self.head[..head]);
         self.filled = head;
         self.edge.unread(&self.head[head..self.head_len]);
         self.head_len = 0;
+    }
+
+    /// Bytes read past the `total`-byte frame go back to the stream.
+    fn give_back_past(&mut self, total: usize) {
+        if self.filled > total {
+            self.edge.unread(&self.wire[total..self.filled]);
+            self.filled = total;
+        }
     }
 
     /// Everything read goes back for the codec.
@@ -281,6 +302,9 @@ mod tests {
     struct Chunks {
         chunks: VecDeque<Vec<u8>>,
         reads: usize,
+        /// The buffer length the last read was offered, and the bytes it got.
+        last_room: usize,
+        last_got: usize,
         pending_once: bool,
         /// Once the chunks are served: wait for more instead of ending.
         stall: bool,
@@ -291,6 +315,8 @@ mod tests {
             Chunks {
                 chunks: chunks.iter().map(|c| c.to_vec()).collect(),
                 reads: 0,
+                last_room: 0,
+                last_got: 0,
                 pending_once: false,
                 stall: false,
             }
@@ -317,7 +343,9 @@ mod tests {
                 };
             };
             this.reads += 1;
+            this.last_room = buf.len();
             let n = buf.len().min(chunk.len());
+            this.last_got = n;
             buf[..n].copy_from_slice(&chunk[..n]);
             chunk.drain(..n);
             if chunk.is_empty() {
@@ -356,7 +384,7 @@ mod tests {
             assert_eq!(f.text.as_bytes(), payload, "{len}");
             assert_eq!(f.wire, wire, "{len}: the frame as it came");
             assert!(edge.at_message_edge());
-            assert_eq!(rest(&mut edge), next, "{len}: nothing past the frame taken");
+            assert_eq!(rest(&mut edge), next, "{len}: the next frame, whole");
         }
     }
 
@@ -381,18 +409,55 @@ mod tests {
     }
 
     #[test]
-    fn reads_never_go_past_the_frame_and_fill_their_buffers() {
+    fn reads_go_one_byte_past_the_frame_at_most_and_put_it_back() {
         let wire = text(&[b'y'; 30_000]);
         let next = text(b"after");
         let mut edge = FrameEdge::new(Chunks::new(&[&[wire.clone(), next.clone()].concat()]));
         frame_of(read(&mut edge));
-        assert_eq!(edge.get_mut().reads, 2, "the header, then the rest exactly");
-        assert!(!edge.holds_unread(), "nothing read past the frame");
+        assert_eq!(edge.get_mut().reads, 2, "the header, then the rest");
+        assert!(edge.holds_unread(), "one byte of the next frame, put back");
+        assert_eq!(rest(&mut edge), next);
         let short = text(b"hi");
         let mut edge = FrameEdge::new(Chunks::new(&[&[short.clone(), next.clone()].concat()]));
         assert_eq!(frame_of(read(&mut edge)).text, "hi");
         assert!(edge.holds_unread(), "a frame shorter than a header read");
         assert_eq!(rest(&mut edge), next);
+    }
+
+    #[test]
+    fn a_read_that_ends_the_frame_leaves_room_in_its_buffer() {
+        // glommio arms the socket's readiness poll after a read that did not fill its buffer:
+        // the frame's last read must not fill it when nothing follows the frame.
+        for len in (0..=64).chain([125, 126, 300, 8_000, 30_000, 70_000]) {
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let wire = text(&payload);
+            for cut in [0, 1, 6, 13, 14, wire.len() / 2, wire.len() - 1] {
+                if cut == 0 || cut >= wire.len() {
+                    continue;
+                }
+                let mut edge = FrameEdge::new(Chunks::new(&[&wire[..cut], &wire[cut..]]));
+                let f = frame_of(read(&mut edge));
+                assert_eq!((f.text.as_bytes(), &f.wire[..]), (&payload[..], &wire[..]));
+                // A frame no longer than a header read may end in that read, which it fills.
+                let socket = edge.get_mut();
+                if wire.len() > MAX_HEADER {
+                    assert!(
+                        socket.last_room > socket.last_got,
+                        "{len} cut at {cut}: the last read filled its buffer"
+                    );
+                }
+                assert!(!edge.holds_unread(), "{len} cut at {cut}");
+            }
+            // The next frame right behind: whatever was read past the frame goes back.
+            for next in [text(b""), text(b"n"), text(&[b'n'; 200])] {
+                let all = [wire.clone(), next.clone()].concat();
+                let mut edge = FrameEdge::new(Chunks::new(&[&all]));
+                let f = frame_of(read(&mut edge));
+                assert_eq!((f.text.as_bytes(), &f.wire[..]), (&payload[..], &wire[..]));
+                assert!(edge.at_message_edge());
+                assert_eq!(rest(&mut edge), next, "{len}: the next frame, whole");
+            }
+        }
     }
 
     #[test]
@@ -598,7 +663,7 @@ mod tests {
                 f.wire, wire,
                 "{len}: the frame as it came, and nothing after"
             );
-            assert_eq!(rest(&mut edge), next, "{len}: no read past the frame");
+            assert_eq!(rest(&mut edge), next, "{len}: the next frame, whole");
         }
     }
 }

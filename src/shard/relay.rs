@@ -239,13 +239,12 @@ fn http_item(r: Result<Option<Bytes>, HttpUpError>) -> Item {
     }
 }
 
-/// What to do with one event.
+/// What to do with one event (the turn ends after it when [`judge`] set its outcome).
 enum Step {
-    /// Relay the text (its `type` at this byte range), ending the turn when `Some`.
-    Relay(Utf8Bytes, std::ops::Range<usize>, Option<Outcome>),
-    /// Forward the frame as it came (its `type` at this byte range of its payload), ending the
-    /// turn when `Some`.
-    Cut(Frame, std::ops::Range<usize>, Option<Outcome>),
+    /// Relay the text (its `type` at this byte range).
+    Relay(Utf8Bytes, std::ops::Range<usize>),
+    /// Forward the frame as it came (its `type` at this byte range of its payload).
+    Cut(Frame, std::ops::Range<usize>),
     /// Nothing to relay (ping, pong, binary).
     Skip,
     /// The attempt failed (closing the upstream WebSocket with the code, if any).
@@ -471,42 +470,42 @@ pub async fn relay<S: ClientSink>(
                 // Frames forwarded as they came, written together: every frame one read
                 // brought in goes out in one write unless one of them is rewritten.
                 let mut pending = Pending::default();
+                // Set by the event that ends the turn (see `judge`).
+                let mut ends: Option<Outcome> = None;
                 // Relay this event and every event already buffered, then flush once.
                 loop {
+                    let (capture, secrets) = (env.capture_output, env.secrets);
                     let step = match item {
                         Item::Event(text) => {
-                            classify(text, rewrite, relayed, env.capture_output, env.secrets)
+                            classify(text, rewrite, relayed, capture, secrets, &mut ends)
                         }
                         Item::Frame(frame) => {
                             let payload = source.payload(frame);
-                            match judge(payload, rewrite, relayed, env.capture_output, env.secrets)
-                            {
+                            match judge(payload, rewrite, relayed, capture, secrets, &mut ends) {
                                 Verdict::Relay {
                                     replaced: None,
                                     range,
-                                    outcome,
-                                } => Step::Cut(frame, range, outcome),
+                                } => Step::Cut(frame, range),
                                 Verdict::Relay {
                                     replaced: Some(text),
                                     range,
-                                    outcome,
-                                } => Step::Relay(text, range, outcome),
+                                } => Step::Relay(text, range),
                                 Verdict::Fail(failure) => Step::Fail(failure, None),
                             }
                         }
                         Item::Skip => Step::Skip,
                         Item::Fail(f, code) => Step::Fail(f, code),
                     };
-                    let (sent, ends) = match step {
-                        Step::Cut(frame, range, info) if !frames_out => {
+                    let sent = match step {
+                        Step::Cut(frame, range) if !frames_out => {
                             let text = source.text(frame);
                             let et = event_type(text.as_bytes(), range);
                             if sink.feed_view(text, et).await.is_err() {
                                 return Outcome::ClientGone;
                             }
-                            (true, info)
+                            true
                         }
-                        Step::Cut(frame, _, info) => {
+                        Step::Cut(frame, _) => {
                             bump(&env.counters.events_cut_through);
                             if !pending.push(frame) {
                                 if source.write_pending(&mut pending, sink).await.is_err() {
@@ -514,9 +513,9 @@ pub async fn relay<S: ClientSink>(
                                 }
                                 pending.push(frame);
                             }
-                            (true, info)
+                            true
                         }
-                        Step::Relay(text, range, info) => {
+                        Step::Relay(text, range) => {
                             if source.write_pending(&mut pending, sink).await.is_err() {
                                 return Outcome::ClientGone;
                             }
@@ -525,9 +524,9 @@ pub async fn relay<S: ClientSink>(
                             if sink.feed(text.clone(), et).await.is_err() {
                                 return Outcome::ClientGone;
                             }
-                            (true, info)
+                            true
                         }
-                        Step::Skip => (false, None),
+                        Step::Skip => false,
                         Step::Fail(failure, close) => {
                             let _ = source.write_pending(&mut pending, sink).await;
                             let _ = sink.flush().await;
@@ -550,7 +549,7 @@ pub async fn relay<S: ClientSink>(
                         relayed = true;
                         batch += 1;
                     }
-                    if let Some(mut outcome) = ends {
+                    if let Some(mut outcome) = ends.take() {
                         if source.write_pending(&mut pending, sink).await.is_err()
                             || sink.flush().await.is_err()
                         {
@@ -610,39 +609,44 @@ pub async fn relay<S: ClientSink>(
     }
 }
 
-/// Classifies one upstream event read as a message (see [`judge`]).
+/// Classifies one upstream event read as a message (see [`judge`], which sets `ends`).
 fn classify(
     text: Utf8Bytes,
     rewrite: &Rewrite,
     relayed: bool,
     capture_output: bool,
     secrets: &[&str],
+    ends: &mut Option<Outcome>,
 ) -> Step {
-    match judge(text.as_bytes(), rewrite, relayed, capture_output, secrets) {
+    match judge(
+        text.as_bytes(),
+        rewrite,
+        relayed,
+        capture_output,
+        secrets,
+        ends,
+    ) {
         Verdict::Relay {
             replaced: Some(new),
             range,
-            outcome,
-        } => Step::Relay(new, range, outcome),
+        } => Step::Relay(new, range),
         Verdict::Relay {
             replaced: None,
             range,
-            outcome,
-        } => Step::Relay(text, range, outcome),
+        } => Step::Relay(text, range),
         Verdict::Fail(failure) => Step::Fail(failure, None),
     }
 }
 
-/// What to do with one upstream event (public for the per-event benches).
+/// What to do with one upstream event (public for the per-event benches). How the turn ends,
+/// when the event ends it, is not part of it: [`judge`] writes that where the relay keeps it.
 pub enum Verdict {
-    /// Relay it (its `type` at `range` of the text relayed), ending the turn when `outcome`.
+    /// Relay it (its `type` at `range` of the text relayed).
     Relay {
         /// The text to relay instead (secrets taken out, model mapped back), when it changed.
         replaced: Option<Utf8Bytes>,
         /// Where the event's `type` sits in the text relayed (empty when unknown).
         range: std::ops::Range<usize>,
-        /// How the turn ends with this event, when it does.
-        outcome: Option<Outcome>,
     },
     /// Fail the attempt: a retryable `error` event that no client has seen anything of yet.
     Fail(Failure),
@@ -650,20 +654,23 @@ pub enum Verdict {
 
 /// Judges one upstream event (`text`, valid UTF-8) on a borrowed view: relay it as it is, a
 /// rewritten copy of it, or fail the attempt. Nothing is copied unless the event changes or
-/// ends the turn. Public for the per-event benches (`benches/protocol.rs`).
+/// ends the turn. When it ends the turn (and is relayed), how is written into `ends` (left as
+/// it was otherwise): an [`Outcome`] is 136 bytes, and carried in every event's verdict it was
+/// copied (`memcpy`) three times per event on its way through the relay. Public for the
+/// per-event benches (`benches/protocol.rs`).
 pub fn judge(
     text: &[u8],
     rewrite: &Rewrite,
     relayed: bool,
     capture_output: bool,
     secrets: &[&str],
+    ends: &mut Option<Outcome>,
 ) -> Verdict {
     let Ok(event) = UpstreamEvent::classify(text) else {
         // Not ours to judge: relay it untouched.
         return Verdict::Relay {
             replaced: None,
             range: 0..0,
-            outcome: None,
         };
     };
     if matches!(
@@ -671,34 +678,38 @@ pub fn judge(
         EventKind::Error | EventKind::Terminal(TerminalKind::Failed)
     ) {
         if let Cow::Owned(clean) = redact_secrets(&String::from_utf8_lossy(text), secrets) {
-            return match judge(clean.as_bytes(), rewrite, relayed, capture_output, secrets) {
-                Verdict::Relay {
-                    replaced,
-                    range,
-                    outcome,
-                } => Verdict::Relay {
+            return match judge(
+                clean.as_bytes(),
+                rewrite,
+                relayed,
+                capture_output,
+                secrets,
+                ends,
+            ) {
+                Verdict::Relay { replaced, range } => Verdict::Relay {
                     replaced: replaced.or_else(|| Some(Utf8Bytes::from(clean))),
                     range,
-                    outcome,
                 },
                 fail => fail,
             };
         }
     }
-    let outcome = match event.kind {
-        EventKind::Terminal(t) => Some(Outcome::Terminal {
-            kind: t,
-            response_id: event.response_id().map(|s| Arc::<str>::from(&*s)),
-            usage: event.usage(),
-            output: capture_output
-                .then(|| sonic_rs::get_from_slice(text, ["response", "output"]).ok())
-                .flatten()
-                .map(|v| v.as_raw_str().to_string()),
-            pending_calls: memchr::memmem::find(text, b"\"call_id\"")
-                .map(|_| normalizer::pending_calls(text))
-                .filter(|calls| !calls.is_empty()),
-            first_event_at: None,
-        }),
+    match event.kind {
+        EventKind::Terminal(t) => {
+            *ends = Some(Outcome::Terminal {
+                kind: t,
+                response_id: event.response_id().map(|s| Arc::<str>::from(&*s)),
+                usage: event.usage(),
+                output: capture_output
+                    .then(|| sonic_rs::get_from_slice(text, ["response", "output"]).ok())
+                    .flatten()
+                    .map(|v| v.as_raw_str().to_string()),
+                pending_calls: memchr::memmem::find(text, b"\"call_id\"")
+                    .map(|_| normalizer::pending_calls(text))
+                    .filter(|calls| !calls.is_empty()),
+                first_event_at: None,
+            })
+        }
         EventKind::Error => {
             let err = if relayed { None } else { event.error() };
             if let Some(err) = err {
@@ -712,10 +723,10 @@ pub fn judge(
                     return Verdict::Fail(failure);
                 }
             }
-            Some(Outcome::UpstreamErrorEvent)
+            *ends = Some(Outcome::UpstreamErrorEvent);
         }
-        _ => None,
-    };
+        _ => {}
+    }
     let mapped = if event.carries_response() {
         normalizer::map_back(text, rewrite).and_then(|m| Utf8Bytes::try_from(Bytes::from(m)).ok())
     } else {
@@ -732,13 +743,11 @@ pub fn judge(
             Verdict::Relay {
                 replaced: Some(m),
                 range,
-                outcome,
             }
         }
         None => Verdict::Relay {
             replaced: None,
             range: type_range(text, &event.event_type),
-            outcome,
         },
     }
 }
@@ -792,13 +801,32 @@ mod tests {
     use super::*;
     use crate::shard::failure::ChainError;
 
+    /// `classify` of `ev` (no rewrite, no capture, no secrets), and the outcome it set.
+    fn classified(ev: Utf8Bytes, relayed: bool) -> (Step, Option<Outcome>) {
+        let mut ends = None;
+        let step = classify(ev, &Rewrite::None, relayed, false, &[], &mut ends);
+        (step, ends)
+    }
+
+    /// `judge` of `ev` (no secrets), and the outcome it set.
+    fn judged(
+        ev: &[u8],
+        rewrite: &Rewrite,
+        relayed: bool,
+        capture: bool,
+    ) -> (Verdict, Option<Outcome>) {
+        let mut ends = None;
+        let verdict = judge(ev, rewrite, relayed, capture, &[], &mut ends);
+        (verdict, ends)
+    }
+
     #[test]
     fn chain_error_before_any_relay_goes_to_the_recovery_matrix() {
         let ev = Utf8Bytes::from_static(
             r#"{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"Previous response with id 'r1' not found."}}"#,
         );
-        match classify(ev.clone(), &Rewrite::None, false, false, &[]) {
-            Step::Fail(f, _) => {
+        match classified(ev.clone(), false) {
+            (Step::Fail(f, _), None) => {
                 assert_eq!(
                     f.class,
                     FailureClass::Chain {
@@ -811,21 +839,15 @@ mod tests {
             _ => panic!("not a failed attempt"),
         }
         assert!(matches!(
-            classify(ev, &Rewrite::None, true, false, &[]),
-            Step::Relay(_, _, Some(Outcome::UpstreamErrorEvent))
+            classified(ev, true),
+            (Step::Relay(_, _), Some(Outcome::UpstreamErrorEvent))
         ));
     }
 
     #[test]
     fn terminal_events_carry_their_pending_tool_calls() {
-        let pending = |ev: &'static str| match classify(
-            Utf8Bytes::from_static(ev),
-            &Rewrite::None,
-            true,
-            false,
-            &[],
-        ) {
-            Step::Relay(_, _, Some(Outcome::Terminal { pending_calls, .. })) => pending_calls,
+        let pending = |ev: &'static str| match classified(Utf8Bytes::from_static(ev), true) {
+            (Step::Relay(_, _), Some(Outcome::Terminal { pending_calls, .. })) => pending_calls,
             _ => panic!("not a terminal event"),
         };
         assert_eq!(
@@ -854,12 +876,14 @@ mod tests {
     #[test]
     fn a_deep_terminal_event_is_relayed_untouched_and_does_not_end_the_turn() {
         let ev = deep("response.completed", 100_000);
-        match judge(ev.as_bytes(), &Rewrite::None, true, true, &[]) {
-            Verdict::Relay {
-                replaced: None,
-                range,
-                outcome: None,
-            } => assert_eq!(range, 0..0, "not classified: relayed as a plain message"),
+        match judged(ev.as_bytes(), &Rewrite::None, true, true) {
+            (
+                Verdict::Relay {
+                    replaced: None,
+                    range,
+                },
+                None,
+            ) => assert_eq!(range, 0..0, "not classified: relayed as a plain message"),
             _ => panic!("relayed as it came, without an outcome"),
         }
     }
@@ -867,12 +891,14 @@ mod tests {
     #[test]
     fn a_deep_delta_is_relayed_untouched_under_its_type() {
         let ev = deep("response.output_text.delta", 100_000);
-        match judge(ev.as_bytes(), &Rewrite::None, true, true, &[]) {
-            Verdict::Relay {
-                replaced: None,
-                range,
-                outcome: None,
-            } => assert_eq!(&ev[range], "response.output_text.delta"),
+        match judged(ev.as_bytes(), &Rewrite::None, true, true) {
+            (
+                Verdict::Relay {
+                    replaced: None,
+                    range,
+                },
+                None,
+            ) => assert_eq!(&ev[range], "response.output_text.delta"),
             _ => panic!("relayed as it came, without an outcome"),
         }
     }
@@ -884,12 +910,14 @@ mod tests {
             upstream_model: "up".into(),
         };
         let ev = br#"{"model":"up","type":"response.created","response":{"model":"up","id":"r1"}}"#;
-        match judge(ev, &rw, false, false, &[]) {
-            Verdict::Relay {
-                replaced: Some(text),
-                range,
-                outcome: None,
-            } => {
+        match judged(ev, &rw, false, false) {
+            (
+                Verdict::Relay {
+                    replaced: Some(text),
+                    range,
+                },
+                None,
+            ) => {
                 assert!(!text.as_str().contains(r#""up""#), "{}", text.as_str());
                 assert_eq!(&text.as_str()[range], "response.created");
             }
@@ -903,18 +931,21 @@ mod tests {
             r#"{"type":"error","status":500,"error":{"type":"server_error","code":"server_error","message":"x"}}"#,
         );
         assert!(matches!(
-            classify(ev.clone(), &Rewrite::None, false, false, &[]),
-            Step::Fail(
-                Failure {
-                    class: FailureClass::Retryable { reason: "5xx", .. },
-                    ..
-                },
+            classified(ev.clone(), false),
+            (
+                Step::Fail(
+                    Failure {
+                        class: FailureClass::Retryable { reason: "5xx", .. },
+                        ..
+                    },
+                    None
+                ),
                 None
             )
         ));
         assert!(matches!(
-            classify(ev, &Rewrite::None, true, false, &[]),
-            Step::Relay(_, _, Some(Outcome::UpstreamErrorEvent))
+            classified(ev, true),
+            (Step::Relay(_, _), Some(Outcome::UpstreamErrorEvent))
         ));
     }
 }

@@ -8,31 +8,39 @@
 
 use super::{RealtimeUsage, UsageRecord};
 
+/// `,"name":` as one constant (names are plain ASCII: nothing to escape), so that a field's
+/// key is one append.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
 /// Appends `rec` as one line of JSON (no newline) to `out`.
 pub fn write_record(out: &mut String, rec: &UsageRecord) {
     let u = &rec.usage;
     out.push_str("{\"response_id\":");
     string(out, &rec.response_id);
-    uint_field(out, "ts_ms", rec.ts_ms);
-    string_field(out, "group", &rec.group);
-    string_field(out, "key_id", &rec.key_id);
-    string_field(out, "account", &rec.account);
-    string_field(out, "model", &rec.model);
-    string_field(out, "request_type", rec.request_type.as_str());
-    uint_field(out, "input_tokens", u.input_tokens);
-    uint_field(out, "cached_tokens", u.cached_tokens);
-    uint_field(out, "output_tokens", u.output_tokens);
-    uint_field(out, "reasoning_tokens", u.reasoning_tokens);
-    uint_field(out, "total_tokens", u.total_tokens);
+    uint_field(out, key!("ts_ms"), rec.ts_ms);
+    string_field(out, key!("group"), &rec.group);
+    string_field(out, key!("key_id"), &rec.key_id);
+    string_field(out, key!("account"), &rec.account);
+    string_field(out, key!("model"), &rec.model);
+    string_field(out, key!("request_type"), rec.request_type.as_str());
+    uint_field(out, key!("input_tokens"), u.input_tokens);
+    uint_field(out, key!("cached_tokens"), u.cached_tokens);
+    uint_field(out, key!("output_tokens"), u.output_tokens);
+    uint_field(out, key!("reasoning_tokens"), u.reasoning_tokens);
+    uint_field(out, key!("total_tokens"), u.total_tokens);
     match rec.ttft_us {
-        Some(us) => uint_field(out, "ttft_us", us),
-        None => out.push_str(",\"ttft_us\":null"),
+        Some(us) => uint_field(out, key!("ttft_us"), us),
+        None => out.push_str(concat!(key!("ttft_us"), "null")),
     }
-    uint_field(out, "duration_us", rec.duration_us);
-    uint_field(out, "attempts", u64::from(rec.attempts));
-    string_field(out, "status", &rec.status);
-    string_field(out, "instance", &rec.instance);
-    uint_field(out, "shard", rec.shard as u64);
+    uint_field(out, key!("duration_us"), rec.duration_us);
+    uint_field(out, key!("attempts"), u64::from(rec.attempts));
+    string_field(out, key!("status"), &rec.status);
+    string_field(out, key!("instance"), &rec.instance);
+    uint_field(out, key!("shard"), rec.shard as u64);
     if let Some(rt) = &rec.realtime {
         realtime(out, rt);
     }
@@ -40,66 +48,96 @@ pub fn write_record(out: &mut String, rec: &UsageRecord) {
 }
 
 fn realtime(out: &mut String, rt: &RealtimeUsage) {
-    string_field(out, "session_id", &rt.session_id);
-    uint_field(out, "input_text_tokens", rt.input_text_tokens);
-    uint_field(out, "input_audio_tokens", rt.input_audio_tokens);
-    uint_field(out, "output_text_tokens", rt.output_text_tokens);
-    uint_field(out, "output_audio_tokens", rt.output_audio_tokens);
+    string_field(out, key!("session_id"), &rt.session_id);
+    uint_field(out, key!("input_text_tokens"), rt.input_text_tokens);
+    uint_field(out, key!("input_audio_tokens"), rt.input_audio_tokens);
+    uint_field(out, key!("output_text_tokens"), rt.output_text_tokens);
+    uint_field(out, key!("output_audio_tokens"), rt.output_audio_tokens);
     out.push_str(if rt.estimated {
-        ",\"estimated\":true"
+        concat!(key!("estimated"), "true")
     } else {
-        ",\"estimated\":false"
+        concat!(key!("estimated"), "false")
     });
 }
 
-/// `,"name":` (names are plain ASCII constants: nothing to escape).
-fn key(out: &mut String, name: &str) {
-    out.push_str(",\"");
-    out.push_str(name);
-    out.push_str("\":");
-}
-
-fn uint_field(out: &mut String, name: &str, v: u64) {
-    key(out, name);
+/// `key` (from [`key!`]) and the number.
+fn uint_field(out: &mut String, key: &str, v: u64) {
+    out.push_str(key);
     out.push_str(itoa::Buffer::new().format(v));
 }
 
-fn string_field(out: &mut String, name: &str, v: &str) {
-    key(out, name);
+/// `key` (from [`key!`]) and the string.
+fn string_field(out: &mut String, key: &str, v: &str) {
+    out.push_str(key);
     string(out, v);
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Every byte of a word set to `b`.
+const fn splat(b: u8) -> u64 {
+    u64::from_ne_bytes([b; 8])
+}
+
+/// `true` when one of the eight bytes of `word` is escaped in a JSON string: `"`, `\` or a
+/// control character (below 0x20). Exact for the word as a whole (the bit tricks may misplace
+/// which byte, never whether one is there): a zero byte of `x` sets the high bit of
+/// `(x - 0x01..) & !x & 0x80..`, and so does a byte below 0x20 with `0x20..` subtracted.
+fn word_escapes(word: u64) -> bool {
+    let high = splat(0x80);
+    let has_zero = |x: u64| x.wrapping_sub(splat(1)) & !x & high != 0;
+    let below_space = word.wrapping_sub(splat(0x20)) & !word & high != 0;
+    below_space || has_zero(word ^ splat(b'"')) || has_zero(word ^ splat(b'\\'))
+}
+
+/// The escape of byte `b` in a JSON string: a short one (`\"`, `\n`, ...), `""` for a control
+/// character written as `\u00XX`; `None` when `b` goes as it is.
+fn escape(b: u8) -> Option<&'static str> {
+    Some(match b {
+        b'"' => "\\\"",
+        b'\\' => "\\\\",
+        0x08 => "\\b",
+        0x09 => "\\t",
+        0x0a => "\\n",
+        0x0c => "\\f",
+        0x0d => "\\r",
+        0x00..=0x1f => "",
+        _ => return None,
+    })
+}
+
 /// `s` as a JSON string: `"` and `\` escaped, control characters as `\b \t \n \f \r` or
 /// `\u00XX`, everything else (non-ASCII included) as it is. Runs without escapes are copied
-/// whole.
+/// whole; they are found eight bytes at a time ([`word_escapes`]).
 fn string(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let short = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            0x08 => "\\b",
-            0x09 => "\\t",
-            0x0a => "\\n",
-            0x0c => "\\f",
-            0x0d => "\\r",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        // Escaped bytes are ASCII, so `i` and `i + 1` are character boundaries.
-        out.push_str(&s[start..i]);
-        if short.is_empty() {
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        } else {
-            out.push_str(short);
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(word) = bytes
+            .get(i..i + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        {
+            if !word_escapes(u64::from_ne_bytes(word)) {
+                i += 8;
+                continue;
+            }
         }
-        start = i + 1;
+        let b = bytes[i];
+        if let Some(short) = escape(b) {
+            // Escaped bytes are ASCII, so `i` and `i + 1` are character boundaries.
+            out.push_str(&s[start..i]);
+            if short.is_empty() {
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
+            } else {
+                out.push_str(short);
+            }
+            start = i + 1;
+        }
+        i += 1;
     }
     out.push_str(&s[start..]);
     out.push('"');
@@ -199,6 +237,81 @@ mod tests {
             assert_eq!(line(rec), want);
             let back: UsageRecord = sonic_rs::from_str(&line(rec)).unwrap();
             assert_eq!(&back, rec);
+        }
+    }
+
+    /// Serde's encoding of `s` as a JSON string, the reference.
+    fn reference(s: &str) -> String {
+        sonic_rs::to_string(s).unwrap()
+    }
+
+    fn encoded(s: &str) -> String {
+        let mut out = String::new();
+        string(&mut out, s);
+        out
+    }
+
+    #[test]
+    fn every_character_at_every_offset_of_every_length_is_escaped_as_serde_does() {
+        // Word by word scanning: each character alone in a run of plain ones, at every offset
+        // of strings up to five words long, in runs of plain characters near the edges of
+        // the escaped range (space, tilde) and of non-ASCII ones.
+        let chars: Vec<char> = (0u8..0x80)
+            .map(char::from)
+            .chain(['é', '\u{80}', '\u{7ff}', '\u{2028}', '😀'])
+            .collect();
+        for plain in ['a', ' ', '~', '!', '#', '[', ']', 'ÿ'] {
+            for len in 0..=40 {
+                let background: Vec<char> = std::iter::repeat_n(plain, len).collect();
+                assert_eq!(
+                    encoded(&background.iter().collect::<String>()),
+                    reference(&background.iter().collect::<String>())
+                );
+                for at in 0..len {
+                    for &c in &chars {
+                        let mut text = background.clone();
+                        text[at] = c;
+                        let text: String = text.into_iter().collect();
+                        assert_eq!(encoded(&text), reference(&text), "{c:?} at {at} of {len}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_escapes_in_one_word_or_across_words_are_both_written() {
+        for len in 2..=24 {
+            for a in 0..len {
+                for b in a + 1..len {
+                    for (x, y) in [('"', '\\'), ('\n', '\u{1}'), ('\u{1f}', '"')] {
+                        let mut text: Vec<char> = std::iter::repeat_n('k', len).collect();
+                        text[a] = x;
+                        text[b] = y;
+                        let text: String = text.into_iter().collect();
+                        assert_eq!(encoded(&text), reference(&text), "{a} {b} of {len}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_word_is_flagged_exactly_when_one_of_its_bytes_is_escaped() {
+        // Every byte value alone in a word of each plain filler, at each of the eight places.
+        for filler in [b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xc3, 0xff] {
+            for at in 0..8 {
+                for b in 0..=255u8 {
+                    let mut word = [filler; 8];
+                    word[at] = b;
+                    let want = escape(b).is_some() || escape(filler).is_some();
+                    assert_eq!(
+                        word_escapes(u64::from_ne_bytes(word)),
+                        want,
+                        "{b:#x} at {at}"
+                    );
+                }
+            }
         }
     }
 }
