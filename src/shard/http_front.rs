@@ -19,7 +19,7 @@ use crate::protocol::{ClientFrame, ClientFrameError};
 use crate::usage::RequestType;
 
 use super::armed_timer::{shard_deadline, ShardDeadline};
-use super::auth::ClientIdentity;
+use super::auth::{ClientIdentity, KeptKey};
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump};
 use super::http_head;
@@ -72,6 +72,8 @@ pub struct Kept {
     pub timer: Option<ShardDeadline>,
     /// An SSE answer's batch buffer, made at the first streaming request ([`SseSink::new`]).
     pub batch: Vec<u8>,
+    /// The client key the connection's last request was accepted with.
+    pub key: KeptKey,
 }
 
 /// Serves one `POST` to a Responses path. `buf` holds the bytes read past the request head and
@@ -125,7 +127,8 @@ pub async fn serve(
     // not parse is answered in the client's terms, from its body as sent (the frame's positions,
     // line, column and excerpt, are not what the client wrote); a body made into its frame by a
     // copy (not an object, or an empty one) is parsed as sent first, as the turn never sees it.
-    let copied_streaming = if body.frame_in_place() {
+    let in_place = body.frame_in_place();
+    let copied_streaming = if in_place {
         None
     } else {
         match ClientFrame::parse_text(body.text()) {
@@ -133,7 +136,7 @@ pub async fn serve(
             Err(e) => return refuse(shard, stream, &body_error(&e), keep_alive).await,
         }
     };
-    let frame = body.into_frame();
+    let frame = body.into_frame(in_place);
     let parsed = turn_frame::check(&frame).ok();
     let streaming = match (&parsed, copied_streaming) {
         (_, Some(streaming)) => streaming,
@@ -337,17 +340,19 @@ impl TextBody {
         unsafe { std::str::from_utf8_unchecked(self.0.bytes()) }
     }
 
-    /// `true` when [`TextBody::into_frame`] makes the frame in place: the body opens a
+    /// `true` when the frame can be made in place ([`TextBody::into_frame`]): the body opens a
     /// non-empty object at its first byte.
     fn frame_in_place(&self) -> bool {
         let body = self.text();
         body.starts_with('{') && !body[1..].trim_ascii_start().starts_with('}')
     }
 
-    /// The body as a `response.create` frame: made in place when the body opens a non-empty
-    /// object at its first byte, else copied by [`to_frame`].
-    fn into_frame(self) -> Utf8Bytes {
-        if !self.frame_in_place() {
+    /// The body as a `response.create` frame: made in place when `in_place` (what
+    /// [`TextBody::frame_in_place`] said of this body, asked once per request), else copied by
+    /// [`to_frame`].
+    fn into_frame(self, in_place: bool) -> Utf8Bytes {
+        debug_assert_eq!(in_place, self.frame_in_place());
+        if !in_place {
             return to_frame(self.text());
         }
         let Body { mut buf, len } = self.0;
@@ -480,7 +485,7 @@ mod tests {
         ] {
             let text = read(body);
             assert!(text.frame_in_place(), "{body:?}");
-            assert_eq!(sent_body(&text.into_frame()), body);
+            assert_eq!(sent_body(&text.into_frame(true)), body);
         }
         for body in [" {\"model\":\"m\"}", "{ }", "[1]", ""] {
             assert!(!read(body).frame_in_place(), "{body:?}");
@@ -501,7 +506,8 @@ mod tests {
         ] {
             let text = read(body);
             assert_eq!(text.text(), body);
-            assert_eq!(text.into_frame(), to_frame(body), "{body:?}");
+            let in_place = text.frame_in_place();
+            assert_eq!(text.into_frame(in_place), to_frame(body), "{body:?}");
         }
     }
 
@@ -509,7 +515,7 @@ mod tests {
     fn a_body_that_opens_an_object_becomes_its_frame_without_a_copy() {
         let text = read(r#"{"model":"m"}"#);
         let at = text.0.buf.as_ptr();
-        let frame = text.into_frame();
+        let frame = text.into_frame(true);
         assert_eq!(frame, r#"{"type":"response.create","model":"m"}"#);
         assert_eq!(frame.as_str().as_ptr(), at);
     }

@@ -15,7 +15,7 @@ use crate::runtime::TcpStream;
 use crate::usage::RequestType;
 
 use super::armed_timer::ShardDeadline;
-use super::auth::{presented_key, ClientIdentity};
+use super::auth::{presented_key, ClientIdentity, KeptKey};
 use super::counters::bump;
 use super::http_front::{self, After};
 use super::http_head::{self, HeadError};
@@ -82,27 +82,25 @@ async fn list_models(
     }
 }
 
-/// Client headers passed on to upstream (session and Codex metadata, never credentials), besides
-/// every `x-codex-*` one.
-const FORWARDED: [&str; 8] = [
-    "session-id",
-    "session_id",
-    "thread-id",
-    "conversation_id",
-    "x-client-request-id",
-    "originator",
-    "user-agent",
-    "accept-language",
-];
-
-/// The name a client header is passed on to upstream under, when it is passed on: a static one
-/// for [`FORWARDED`] (its name is not copied per request), a copy for `x-codex-*`.
+/// The name a client header is passed on to upstream under, when it is passed on (session and
+/// Codex metadata, never credentials): a static one for the named headers (its name is not
+/// copied per request), a copy for every `x-codex-*` one. One
+/// `match`, which compares a name's length before its bytes (a search of a list of names
+/// compared every name with every header line, three times per request in [`forwarded`]).
 fn forwarded_name(name: &str) -> Option<HeaderName> {
-    match FORWARDED.iter().find(|n| **n == name) {
-        Some(known) => Some(HeaderName::from_static(known)),
-        None if name.starts_with("x-codex-") => HeaderName::from_bytes(name.as_bytes()).ok(),
-        None => None,
-    }
+    let known = match name {
+        "session-id" => "session-id",
+        "session_id" => "session_id",
+        "thread-id" => "thread-id",
+        "conversation_id" => "conversation_id",
+        "x-client-request-id" => "x-client-request-id",
+        "originator" => "originator",
+        "user-agent" => "user-agent",
+        "accept-language" => "accept-language",
+        _ if name.starts_with("x-codex-") => return HeaderName::from_bytes(name.as_bytes()).ok(),
+        _ => return None,
+    };
+    Some(HeaderName::from_static(known))
 }
 
 /// Serves one accepted connection until it is closed or upgraded (after the TLS handshake when
@@ -226,7 +224,7 @@ async fn post(
     buf: &mut Vec<u8>,
     kept: &mut http_front::Kept,
 ) -> Routed {
-    let identity = match check_client(shard, head) {
+    let identity = match check_client(shard, head, Some(&mut kept.key)) {
         Ok(id) => id,
         Err((err, headers)) => return refuse(stream, &err, headers).await,
     };
@@ -273,7 +271,7 @@ async fn route(
         }
         ("GET", p) if is_responses_path(p) => upgrade(shard, stream, head).await,
         ("GET", p) if models_path(p).is_some() => {
-            let identity = match check_client(shard, &head) {
+            let identity = match check_client(shard, &head, None) {
                 Ok(id) => id,
                 Err((err, headers)) => return refuse(stream, &err, headers).await,
             };
@@ -325,10 +323,14 @@ async fn route(
 pub(super) type Refusal = (GatewayError, &'static [(&'static str, &'static str)]);
 
 /// Checks the client key (and refuses keys in the query string); the error and its extra headers
-/// otherwise.
-fn check_client(shard: &Shard, head: &RequestHead) -> Result<ClientIdentity, Refusal> {
+/// otherwise. `kept`: the connection's last accepted key, for its `POST`s ([`KeptKey`]).
+fn check_client(
+    shard: &Shard,
+    head: &RequestHead,
+    kept: Option<&mut KeptKey>,
+) -> Result<ClientIdentity, Refusal> {
     let key = presented_key(head.header("authorization"), head.header("x-api-key"));
-    check_client_key(shard, head, key)
+    check_client_key(shard, head, key, kept)
 }
 
 /// As [`check_client`], with the key already taken from the request (a realtime client may
@@ -337,6 +339,7 @@ pub(super) fn check_client_key(
     shard: &Shard,
     head: &RequestHead,
     key: Option<&[u8]>,
+    kept: Option<&mut KeptKey>,
 ) -> Result<ClientIdentity, Refusal> {
     if let Some(q) = &head.query {
         if q.split('&').any(|kv| {
@@ -353,7 +356,11 @@ pub(super) fn check_client_key(
             return Err((err, &[]));
         }
     }
-    match key.and_then(|k| shard.auth.authenticate(k)) {
+    let identity = key.and_then(|k| match kept {
+        Some(kept) => shard.auth.authenticate_kept(k, kept),
+        None => shard.auth.authenticate(k),
+    });
+    match identity {
         Some(id) => Ok(id),
         None => {
             bump(&shard.counters.auth_failures);
@@ -412,7 +419,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut ClientStream, head: RequestHead
     if let Some(refusal) = upgrade_framing(&head) {
         return refuse_request(shard, stream, refusal).await;
     }
-    let identity = match check_client(shard, &head) {
+    let identity = match check_client(shard, &head, None) {
         Ok(id) => id,
         Err((err, headers)) => return refuse(stream, &err, headers).await,
     };
@@ -571,12 +578,34 @@ mod tests {
 
     #[test]
     fn every_forwarded_name_is_a_valid_static_header_name() {
-        for name in FORWARDED {
+        for name in [
+            "session-id",
+            "session_id",
+            "thread-id",
+            "conversation_id",
+            "x-client-request-id",
+            "originator",
+            "user-agent",
+            "accept-language",
+        ] {
             assert_eq!(
                 forwarded_name(name).map(|n| n.to_string()),
                 Some(name.to_string())
             );
         }
-        assert_eq!(forwarded_name("authorization"), None);
+        for name in [
+            "authorization",
+            "x-api-key",
+            "session",
+            "session-idx",
+            "x-codex",
+            "host",
+        ] {
+            assert_eq!(forwarded_name(name), None, "{name}");
+        }
+        assert_eq!(
+            forwarded_name("x-codex-turn-metadata").map(|n| n.to_string()),
+            Some("x-codex-turn-metadata".to_string())
+        );
     }
 }
