@@ -12,6 +12,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use http::{HeaderName, HeaderValue};
 
 use crate::net::buf_pool::{PooledBuf, MAX_KEPT_LEN};
+use crate::net::read_buf::ReadBuf;
 use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::http1::{BodyDecoder, Http1Error};
@@ -83,7 +84,7 @@ pub async fn serve(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
     head: &RequestHead,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     identity: ClientIdentity,
     forward: Vec<(HeaderName, HeaderValue)>,
     kept: &mut Kept,
@@ -396,7 +397,7 @@ fn to_frame(body: &str) -> Utf8Bytes {
 /// with the head go from the socket straight into the body's buffer.
 async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     head: &RequestHead,
     limit: usize,
 ) -> Result<Body, BodyError> {
@@ -414,8 +415,8 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(|_| BodyError::Closed)?;
     }
     loop {
-        let used = decoder.decode(buf, |part| body.push(part))?;
-        buf.drain(..used);
+        let used = decoder.decode(buf.data(), |part| body.push(part))?;
+        buf.consume(used);
         if decoder.is_done() {
             return Ok(body);
         }
@@ -423,27 +424,17 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
             body.read_rest(stream, left as usize).await?;
             return Ok(body);
         }
-        fill(stream, buf).await?;
+        match buf.fill_with_room(stream, BODY_CHUNK).await {
+            Ok(0) | Err(_) => return Err(BodyError::Closed),
+            Ok(_) => {}
+        }
     }
 }
 
-/// Bytes asked of the socket per read of a request body.
+/// Bytes asked of the socket per read of a request body (a chunked one's: a `Content-Length`
+/// body's rest is read straight into its own buffer), into the connection's read buffer (a
+/// chunk array would be part of the request's future, built and moved per request).
 const BODY_CHUNK: usize = 16 * 1024;
-
-/// Reads more of the body into `buf`, straight into it: a chunk array would be part of the
-/// request's future, which is built, moved and boxed for every request (16 KiB copied each
-/// time). Cut short by the body's timeout, `buf` may keep unfilled bytes: the connection then
-/// closes without reading it again.
-async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Result<(), BodyError> {
-    let filled = buf.len();
-    buf.resize(filled + BODY_CHUNK, 0);
-    let read = stream.read(&mut buf[filled..]).await;
-    buf.truncate(filled + read.as_ref().map_or(0, |n| *n));
-    match read {
-        Ok(0) | Err(_) => Err(BodyError::Closed),
-        Ok(_) => Ok(()),
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -541,7 +532,10 @@ mod tests {
         let next = "GET /healthz HTTP/1.1\r\n\r\n";
         // The head's read brought the body's first bytes; the rest and a pipelined next
         // request wait in the socket.
-        let mut buf = body.as_bytes()[..100].to_vec();
+        let mut buf = ReadBuf::new(4096);
+        let mut first = &body.as_bytes()[..100];
+        let filled = futures_lite::future::block_on(buf.fill(&mut first));
+        assert_eq!(filled.ok(), Some(100));
         let mut socket =
             futures_lite::io::Cursor::new(format!("{}{next}", &body[100..]).into_bytes());
         let head = post_head(body.len());
@@ -550,7 +544,7 @@ mod tests {
             panic!("the body is read");
         };
         assert_eq!(read.bytes(), body.as_bytes());
-        assert!(buf.is_empty());
+        assert!(buf.data().is_empty());
         // Read straight into the body's buffer: nothing past the body was asked of the socket.
         assert_eq!(socket.position() as usize, body.len() - 100);
     }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use http::{HeaderName, HeaderValue};
 
+use crate::net::read_buf::ReadBuf;
 use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::runtime::TcpStream;
@@ -111,7 +112,7 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
     let Some(mut stream) = tls_accept::open(&shard, tcp, HEAD_TIMEOUT).await else {
         return;
     };
-    let mut buf = Vec::new();
+    let mut buf = http_head::conn_buf();
     loop {
         let mut head = RequestHead::default();
         if !next_head(&shard, &mut stream, &mut buf, None, &mut head).await {
@@ -128,7 +129,7 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
                 // As [`into_session`], inline: that call's future would hold a second copy of
                 // the stream in every session's task.
                 let tls = stream.is_tls();
-                let stream = PrefixedStream::recording(buf, stream);
+                let stream = PrefixedStream::recording(buf.into_rest(), stream);
                 let ws = session::upgraded_ws(stream).await;
                 run_session(shard, ws, driver, tls).await;
                 return;
@@ -144,7 +145,7 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
 async fn serve_posts(
     shard: Rc<Shard>,
     mut stream: ClientStream,
-    mut buf: Vec<u8>,
+    mut buf: ReadBuf,
     mut head: RequestHead,
 ) {
     let mut kept = http_front::Kept::default();
@@ -183,7 +184,7 @@ async fn serve_posts(
 async fn next_head(
     shard: &Shard,
     stream: &mut ClientStream,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     timer: Option<&mut ShardDeadline>,
     head: &mut RequestHead,
 ) -> bool {
@@ -221,7 +222,7 @@ async fn post(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
     head: &RequestHead,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     kept: &mut http_front::Kept,
 ) -> Routed {
     let identity = match check_client(shard, head, Some(&mut kept.key)) {
@@ -237,10 +238,10 @@ async fn post(
 
 /// Turns an upgraded connection into a client session (after a `POST`, in [`serve_posts`]'s
 /// boxed state).
-async fn into_session(shard: Rc<Shard>, stream: ClientStream, buf: Vec<u8>, driver: Box<Driver>) {
+async fn into_session(shard: Rc<Shard>, stream: ClientStream, buf: ReadBuf, driver: Box<Driver>) {
     // Recorded until the first frame says whether the session stays on this shard.
     let tls = stream.is_tls();
-    let stream = PrefixedStream::recording(buf, stream);
+    let stream = PrefixedStream::recording(buf.into_rest(), stream);
     let ws = session::upgraded_ws(stream).await;
     run_session(shard, ws, driver, tls).await;
 }
@@ -257,7 +258,7 @@ async fn route(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
     head: RequestHead,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
 ) -> Routed {
     // A body nobody reads would be parsed as the next request: close after answering instead.
     let keep_alive = head.keep_alive() && head.body == Framing::Length(0);
@@ -291,7 +292,7 @@ async fn route(
                 return refuse_request(shard, stream, refusal).await;
             }
             // Boxed: a realtime session's future is large and lives only on this path.
-            Box::pin(realtime::serve(shard, stream, head, std::mem::take(buf))).await;
+            Box::pin(realtime::serve(shard, stream, head, buf.take_rest())).await;
             Routed::Done
         }
         (_, p) if is_responses_path(p) => {

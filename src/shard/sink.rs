@@ -5,11 +5,12 @@
 
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use bytes::Bytes;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use futures_util::{SinkExt, StreamExt};
 use sonic_rs::JsonValueTrait;
 
 use crate::net::client_read::{self, Readable};
+use crate::net::read_buf::ReadBuf;
 use crate::net::ClientStream;
 use crate::protocol::lazy::range_of;
 use crate::protocol::sse::{record_len, write_event};
@@ -217,20 +218,15 @@ impl ClientSink for WsSink<'_> {
 /// Most bytes of a pipelined next request kept while a response is in flight.
 const MAX_PIPELINED: usize = 64 * 1024;
 
-/// Bytes a watch of an HTTP client reads at a time. Small on purpose: the relay builds this
-/// watch anew for every batch of events, and its chunk is part of the future it builds and moves
-/// (a 4 KiB chunk made every relay iteration zero and copy 4 KiB). A client sends nothing while
-/// its response streams, except rarely a pipelined next request, which is read in more reads.
-const WATCH_CHUNK: usize = 256;
-
 /// Watches an HTTP client while its request runs: end of stream (or a socket error) means it
-/// left, so the turn stops at once. Bytes of a pipelined next request are kept in `inbuf`.
-async fn watch_client(stream: &mut ClientStream, inbuf: &mut Vec<u8>) -> ClientSignal {
-    let mut chunk = [0u8; WATCH_CHUNK];
-    while inbuf.len() < MAX_PIPELINED {
-        match stream.read(&mut chunk).await {
+/// left, so the turn stops at once. Bytes of a pipelined next request are read into `inbuf`,
+/// the connection's read buffer, straight: the relay builds this watch anew for every batch of
+/// events, and a chunk array in it was zero-filled and moved with it each time.
+async fn watch_client(stream: &mut ClientStream, inbuf: &mut ReadBuf) -> ClientSignal {
+    while inbuf.data().len() < MAX_PIPELINED {
+        match inbuf.fill(stream).await {
             Ok(0) | Err(_) => return ClientSignal::Gone,
-            Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
     futures_lite::future::pending().await
@@ -248,7 +244,7 @@ async fn watch_client(stream: &mut ClientStream, inbuf: &mut Vec<u8>) -> ClientS
 /// and the stream ends when the connection closes.
 pub struct SseSink<'a> {
     stream: &'a mut ClientStream,
-    inbuf: &'a mut Vec<u8>,
+    inbuf: &'a mut ReadBuf,
     counters: &'a ShardCounters,
     /// [`CHUNK_ROOM`] bytes of room, then the SSE records not yet written: the connection's
     /// batch buffer, kept from one streaming request to the next.
@@ -319,7 +315,7 @@ impl SseSink<'_> {
     /// (made then) and kept for the next, instead of a 16 KiB buffer allocated per request.
     pub fn new<'a>(
         stream: &'a mut ClientStream,
-        inbuf: &'a mut Vec<u8>,
+        inbuf: &'a mut ReadBuf,
         batch: &'a mut Vec<u8>,
         counters: &'a ShardCounters,
         keep_alive: bool,
@@ -458,14 +454,14 @@ impl ClientSink for SseSink<'_> {
 pub struct JsonSink<'a> {
     /// The client's connection, where the answer goes once the turn is over.
     pub stream: &'a mut ClientStream,
-    inbuf: &'a mut Vec<u8>,
+    inbuf: &'a mut ReadBuf,
     /// The answer's status and body; a response object stays in the event it came in.
     pub result: Option<(u16, Utf8Bytes)>,
 }
 
 impl<'a> JsonSink<'a> {
     /// A collector for a request on `stream` (`inbuf` keeps a pipelined next request's bytes).
-    pub fn new(stream: &'a mut ClientStream, inbuf: &'a mut Vec<u8>) -> Self {
+    pub fn new(stream: &'a mut ClientStream, inbuf: &'a mut ReadBuf) -> Self {
         JsonSink {
             stream,
             inbuf,
