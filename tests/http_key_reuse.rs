@@ -5,29 +5,57 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::*;
+use shardgate::mock::MockHandle;
 
-/// The second key, in a group without accounts: a request under it is accepted and then
-/// answered with an error, which tells its identity from the test key's.
+/// A second client key.
 const OTHER_KEY: &str = "sk-gw-other";
-/// Both keys, each in its group.
-const BOTH: [(&str, &str); 2] = [(CLIENT_KEY, "default"), (OTHER_KEY, "empty")];
 
-/// A config with one account and `keys` (key, group), each key's id its key.
-fn config(url: &str, keys: &[(&str, &str)]) -> shardgate::config::Config {
-    let mut text =
-        "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\ndrain_timeout_secs = 5\n".to_string();
-    for (key, group) in keys {
-        text.push_str(&format!(
-            "[[client_keys]]\nkey = \"{key}\"\nid = \"{key}\"\ngroup = \"{group}\"\n"
-        ));
+/// Two mock upstreams: account `acct-0` on `a` serves group `default`, `acct-1` on `b` group
+/// `other`, so which one a turn reached tells the identity it ran under.
+struct Ups {
+    a: MockHandle,
+    b: MockHandle,
+}
+
+impl Ups {
+    fn start() -> Ups {
+        Ups {
+            a: mock(),
+            b: mock(),
+        }
     }
-    text.push_str(&format!(
-        "[[accounts]]\nid = \"acct-0\"\nbase_url = \"{url}\"\napi_key = \"{ACCOUNT_KEY}\"\nmax_conns = 8\n"
-    ));
-    parse_config(&text)
+
+    /// A config with both accounts and `keys` (key, group), each key's id its key.
+    fn config(&self, keys: &[(&str, &str)]) -> shardgate::config::Config {
+        let mut text =
+            "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\ndrain_timeout_secs = 5\n".to_string();
+        for (key, group) in keys {
+            text.push_str(&format!(
+                "[[client_keys]]\nkey = \"{key}\"\nid = \"{key}\"\ngroup = \"{group}\"\n"
+            ));
+        }
+        for (i, (up, group)) in [(&self.a, "default"), (&self.b, "other")]
+            .iter()
+            .enumerate()
+        {
+            text.push_str(&format!(
+                "[[accounts]]\nid = \"acct-{i}\"\nbase_url = \"{}\"\napi_key = \"{ACCOUNT_KEY}\"\ngroup = \"{group}\"\nmax_conns = 8\n",
+                up.base_url()
+            ));
+        }
+        parse_config(&text)
+    }
+
+    /// Turns each upstream has served.
+    fn turns(&self) -> (u64, u64) {
+        (self.a.stats().ws_turns_total, self.b.stats().ws_turns_total)
+    }
+
+    fn stop(self) {
+        self.a.stop();
+        self.b.stop();
+    }
 }
 
 /// `POST /v1/responses` under `key` on `conn`.
@@ -40,82 +68,68 @@ fn post_as(conn: &mut HttpConn, key: &str) -> HttpReply {
     conn.raw(raw.as_bytes())
 }
 
-fn open(addr: SocketAddr) -> HttpConn {
-    HttpConn::open(addr)
-}
-
 #[test]
 fn a_key_revoked_by_a_reload_is_refused_on_a_connection_that_used_it() {
-    let up = mock();
-    let url = up.base_url();
-    let gw = gateway(config(&url, &BOTH));
-    let mut conn = open(gw.addr());
+    let ups = Ups::start();
+    let gw = gateway(ups.config(&[(CLIENT_KEY, "default"), (OTHER_KEY, "default")]));
+    let mut conn = HttpConn::open(gw.addr());
     for _ in 0..3 {
         let r = post_as(&mut conn, CLIENT_KEY);
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    gw.reload(&config(&url, &[(OTHER_KEY, "default")]))
+    gw.reload(&ups.config(&[(OTHER_KEY, "default")]))
         .expect("reload applies");
     let r = post_as(&mut conn, CLIENT_KEY);
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("invalid_api_key"), "{}", r.body);
-    let r = post_as(&mut open(gw.addr()), OTHER_KEY);
-    assert_ne!(
-        r.status, 401,
-        "the key the reload put in is accepted: {}",
-        r.body
-    );
-    up.stop();
+    let r = post_as(&mut HttpConn::open(gw.addr()), OTHER_KEY);
+    assert_eq!(r.status, 200, "the key left in is accepted: {}", r.body);
+    assert_eq!(ups.turns(), (4, 0));
+    ups.stop();
 }
 
 #[test]
 fn a_key_moved_by_a_reload_gives_its_new_identity_on_a_kept_connection() {
-    let up = mock();
-    let url = up.base_url();
-    let gw = gateway(config(&url, &[(CLIENT_KEY, "default")]));
-    let mut conn = open(gw.addr());
+    let ups = Ups::start();
+    let gw = gateway(ups.config(&[(CLIENT_KEY, "default")]));
+    let mut conn = HttpConn::open(gw.addr());
     assert_eq!(post_as(&mut conn, CLIENT_KEY).status, 200);
-    gw.reload(&config(&url, &[(CLIENT_KEY, "empty")]))
+    assert_eq!(ups.turns(), (1, 0));
+    gw.reload(&ups.config(&[(CLIENT_KEY, "other")]))
         .expect("reload applies");
     let r = post_as(&mut conn, CLIENT_KEY);
-    assert!(
-        r.status != 200 && r.status != 401,
-        "accepted, in the group without accounts: {} {}",
-        r.status,
-        r.body
-    );
-    up.stop();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ups.turns(), (1, 1), "the turn ran in the key's new group");
+    ups.stop();
 }
 
 #[test]
 fn another_key_on_the_same_connection_is_checked_afresh() {
-    let up = mock();
-    let gw = gateway(config(&up.base_url(), &BOTH));
-    let mut conn = open(gw.addr());
+    let ups = Ups::start();
+    let gw = gateway(ups.config(&[(CLIENT_KEY, "default"), (OTHER_KEY, "other")]));
+    let mut conn = HttpConn::open(gw.addr());
     assert_eq!(post_as(&mut conn, CLIENT_KEY).status, 200);
-    let r = post_as(&mut conn, OTHER_KEY);
-    assert!(
-        r.status != 200 && r.status != 401,
-        "the other key's identity, not the kept one's: {} {}",
-        r.status,
-        r.body
+    assert_eq!(post_as(&mut conn, OTHER_KEY).status, 200);
+    assert_eq!(post_as(&mut conn, CLIENT_KEY).status, 200);
+    assert_eq!(
+        ups.turns(),
+        (2, 1),
+        "each request ran under its own key's identity"
     );
-    let mut conn = open(gw.addr());
-    assert_eq!(post_as(&mut conn, CLIENT_KEY).status, 200);
-    for wrong in ["sk-gw-tes", "sk-gw-testx", "sk-gw-tesT"] {
-        let mut conn = open(gw.addr());
+    for wrong in ["sk-gw-tes", "sk-gw-testx", "sk-gw-tesT", ""] {
+        let mut conn = HttpConn::open(gw.addr());
         assert_eq!(post_as(&mut conn, CLIENT_KEY).status, 200);
         let r = post_as(&mut conn, wrong);
-        assert_eq!(r.status, 401, "{wrong}: {}", r.body);
+        assert_eq!(r.status, 401, "{wrong:?}: {}", r.body);
     }
-    up.stop();
+    ups.stop();
 }
 
 #[test]
 fn a_websocket_upgrade_after_posts_checks_its_own_key() {
-    let up = mock();
-    let gw = gateway(config(&up.base_url(), &[(CLIENT_KEY, "default")]));
-    let mut conn = open(gw.addr());
+    let ups = Ups::start();
+    let gw = gateway(ups.config(&[(CLIENT_KEY, "default")]));
+    let mut conn = HttpConn::open(gw.addr());
     assert_eq!(post_as(&mut conn, CLIENT_KEY).status, 200);
     let r = conn.raw(
         b"GET /v1/responses HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
@@ -123,5 +137,5 @@ fn a_websocket_upgrade_after_posts_checks_its_own_key() {
           authorization: Bearer sk-gw-tesT\r\n\r\n",
     );
     assert_eq!(r.status, 401, "{}", r.body);
-    up.stop();
+    ups.stop();
 }
