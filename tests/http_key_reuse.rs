@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use shardgate::gateway::Gateway;
 use shardgate::mock::MockHandle;
 
 /// A second client key.
@@ -68,12 +69,21 @@ fn post_as(conn: &mut HttpConn, key: &str) -> HttpReply {
     conn.raw(raw.as_bytes())
 }
 
+/// A gateway over `ups` with `keys`, and a connection that has carried one `POST` under the
+/// test key.
+fn after_one_post(ups: &Ups, keys: &[(&str, &str)]) -> (Gateway, HttpConn) {
+    let gw = gateway(ups.config(keys));
+    let mut conn = HttpConn::open(gw.addr());
+    let r = post_as(&mut conn, CLIENT_KEY);
+    assert_eq!(r.status, 200, "{}", r.body);
+    (gw, conn)
+}
+
 #[test]
 fn a_key_revoked_by_a_reload_is_refused_on_a_connection_that_used_it() {
     let ups = Ups::start();
-    let gw = gateway(ups.config(&[(CLIENT_KEY, "default"), (OTHER_KEY, "default")]));
-    let mut conn = HttpConn::open(gw.addr());
-    for _ in 0..3 {
+    let (gw, mut conn) = after_one_post(&ups, &[(CLIENT_KEY, "default"), (OTHER_KEY, "default")]);
+    for _ in 0..2 {
         let r = post_as(&mut conn, CLIENT_KEY);
         assert_eq!(r.status, 200, "{}", r.body);
     }
@@ -91,9 +101,7 @@ fn a_key_revoked_by_a_reload_is_refused_on_a_connection_that_used_it() {
 #[test]
 fn a_key_moved_by_a_reload_gives_its_new_identity_on_a_kept_connection() {
     let ups = Ups::start();
-    let gw = gateway(ups.config(&[(CLIENT_KEY, "default")]));
-    let mut conn = HttpConn::open(gw.addr());
-    assert_eq!(post_as(&mut conn, CLIENT_KEY).status, 200);
+    let (gw, mut conn) = after_one_post(&ups, &[(CLIENT_KEY, "default")]);
     assert_eq!(ups.turns(), (1, 0));
     gw.reload(&ups.config(&[(CLIENT_KEY, "other")]))
         .expect("reload applies");
@@ -106,9 +114,7 @@ fn a_key_moved_by_a_reload_gives_its_new_identity_on_a_kept_connection() {
 #[test]
 fn another_key_on_the_same_connection_is_checked_afresh() {
     let ups = Ups::start();
-    let gw = gateway(ups.config(&[(CLIENT_KEY, "default"), (OTHER_KEY, "other")]));
-    let mut conn = HttpConn::open(gw.addr());
-    assert_eq!(post_as(&mut conn, CLIENT_KEY).status, 200);
+    let (gw, mut conn) = after_one_post(&ups, &[(CLIENT_KEY, "default"), (OTHER_KEY, "other")]);
     assert_eq!(post_as(&mut conn, OTHER_KEY).status, 200);
     assert_eq!(post_as(&mut conn, CLIENT_KEY).status, 200);
     assert_eq!(
@@ -128,9 +134,7 @@ fn another_key_on_the_same_connection_is_checked_afresh() {
 #[test]
 fn a_websocket_upgrade_after_posts_checks_its_own_key() {
     let ups = Ups::start();
-    let gw = gateway(ups.config(&[(CLIENT_KEY, "default")]));
-    let mut conn = HttpConn::open(gw.addr());
-    assert_eq!(post_as(&mut conn, CLIENT_KEY).status, 200);
+    let (_gw, mut conn) = after_one_post(&ups, &[(CLIENT_KEY, "default")]);
     let r = conn.raw(
         b"GET /v1/responses HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
           sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\

@@ -256,13 +256,17 @@ mod tests {
         assert!(t.authenticate(b"").is_none());
     }
 
-    #[test]
-    fn a_replaced_table_is_seen_by_every_shard_view() {
-        let key = |id: &str, group: &str| ClientKey {
+    /// The key `sk-<id>`, named `id`, in `group`.
+    fn key(id: &str, group: &str) -> ClientKey {
+        ClientKey {
             id: id.into(),
             key: Secret::new(format!("sk-{id}")),
             group: group.into(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_replaced_table_is_seen_by_every_shard_view() {
         let shared = Arc::new(SharedKeys::new(&[key("a", "g1")]));
         let (one, two) = (
             ShardKeys::new(shared.clone()),
@@ -308,11 +312,6 @@ mod tests {
 
     #[test]
     fn a_kept_key_is_reused_only_for_the_same_bytes_under_the_same_table() {
-        let key = |id: &str, group: &str| ClientKey {
-            id: id.into(),
-            key: Secret::new(format!("sk-{id}")),
-            group: group.into(),
-        };
         let shared = Arc::new(SharedKeys::new(&[key("a", "g1"), key("b", "g2")]));
         let shard = ShardKeys::new(shared.clone());
         let mut kept = KeptKey::default();
