@@ -12,6 +12,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use http::{HeaderName, HeaderValue};
 
 use crate::net::buf_pool::{PooledBuf, MAX_KEPT_LEN};
+use crate::net::read_buf::ReadBuf;
 use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::http1::{BodyDecoder, Http1Error};
@@ -19,7 +20,7 @@ use crate::protocol::{ClientFrame, ClientFrameError};
 use crate::usage::RequestType;
 
 use super::armed_timer::{shard_deadline, ShardDeadline};
-use super::auth::ClientIdentity;
+use super::auth::{ClientIdentity, KeptKey};
 use super::client_deadline::WriteDeadline;
 use super::counters::{add, bump};
 use super::http_head;
@@ -72,6 +73,8 @@ pub struct Kept {
     pub timer: Option<ShardDeadline>,
     /// An SSE answer's batch buffer, made at the first streaming request ([`SseSink::new`]).
     pub batch: Vec<u8>,
+    /// The client key the connection's last request was accepted with.
+    pub key: KeptKey,
 }
 
 /// Serves one `POST` to a Responses path. `buf` holds the bytes read past the request head and
@@ -81,7 +84,7 @@ pub async fn serve(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
     head: &RequestHead,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     identity: ClientIdentity,
     forward: Vec<(HeaderName, HeaderValue)>,
     kept: &mut Kept,
@@ -125,7 +128,8 @@ pub async fn serve(
     // not parse is answered in the client's terms, from its body as sent (the frame's positions,
     // line, column and excerpt, are not what the client wrote); a body made into its frame by a
     // copy (not an object, or an empty one) is parsed as sent first, as the turn never sees it.
-    let copied_streaming = if body.frame_in_place() {
+    let in_place = body.frame_in_place();
+    let copied_streaming = if in_place {
         None
     } else {
         match ClientFrame::parse_text(body.text()) {
@@ -133,7 +137,7 @@ pub async fn serve(
             Err(e) => return refuse(shard, stream, &body_error(&e), keep_alive).await,
         }
     };
-    let frame = body.into_frame();
+    let frame = body.into_frame(in_place);
     let parsed = turn_frame::check(&frame).ok();
     let streaming = match (&parsed, copied_streaming) {
         (_, Some(streaming)) => streaming,
@@ -337,17 +341,19 @@ impl TextBody {
         unsafe { std::str::from_utf8_unchecked(self.0.bytes()) }
     }
 
-    /// `true` when [`TextBody::into_frame`] makes the frame in place: the body opens a
+    /// `true` when the frame can be made in place ([`TextBody::into_frame`]): the body opens a
     /// non-empty object at its first byte.
     fn frame_in_place(&self) -> bool {
         let body = self.text();
         body.starts_with('{') && !body[1..].trim_ascii_start().starts_with('}')
     }
 
-    /// The body as a `response.create` frame: made in place when the body opens a non-empty
-    /// object at its first byte, else copied by [`to_frame`].
-    fn into_frame(self) -> Utf8Bytes {
-        if !self.frame_in_place() {
+    /// The body as a `response.create` frame: made in place when `in_place` (what
+    /// [`TextBody::frame_in_place`] said of this body, asked once per request), else copied by
+    /// [`to_frame`].
+    fn into_frame(self, in_place: bool) -> Utf8Bytes {
+        debug_assert_eq!(in_place, self.frame_in_place());
+        if !in_place {
             return to_frame(self.text());
         }
         let Body { mut buf, len } = self.0;
@@ -391,7 +397,7 @@ fn to_frame(body: &str) -> Utf8Bytes {
 /// with the head go from the socket straight into the body's buffer.
 async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     head: &RequestHead,
     limit: usize,
 ) -> Result<Body, BodyError> {
@@ -409,8 +415,8 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(|_| BodyError::Closed)?;
     }
     loop {
-        let used = decoder.decode(buf, |part| body.push(part))?;
-        buf.drain(..used);
+        let used = decoder.decode(buf.data(), |part| body.push(part))?;
+        buf.consume(used);
         if decoder.is_done() {
             return Ok(body);
         }
@@ -418,27 +424,17 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
             body.read_rest(stream, left as usize).await?;
             return Ok(body);
         }
-        fill(stream, buf).await?;
+        match buf.fill_with_room(stream, BODY_CHUNK).await {
+            Ok(0) | Err(_) => return Err(BodyError::Closed),
+            Ok(_) => {}
+        }
     }
 }
 
-/// Bytes asked of the socket per read of a request body.
+/// Bytes asked of the socket per read of a request body (a chunked one's: a `Content-Length`
+/// body's rest is read straight into its own buffer), into the connection's read buffer (a
+/// chunk array would be part of the request's future, built and moved per request).
 const BODY_CHUNK: usize = 16 * 1024;
-
-/// Reads more of the body into `buf`, straight into it: a chunk array would be part of the
-/// request's future, which is built, moved and boxed for every request (16 KiB copied each
-/// time). Cut short by the body's timeout, `buf` may keep unfilled bytes: the connection then
-/// closes without reading it again.
-async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Result<(), BodyError> {
-    let filled = buf.len();
-    buf.resize(filled + BODY_CHUNK, 0);
-    let read = stream.read(&mut buf[filled..]).await;
-    buf.truncate(filled + read.as_ref().map_or(0, |n| *n));
-    match read {
-        Ok(0) | Err(_) => Err(BodyError::Closed),
-        Ok(_) => Ok(()),
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -480,7 +476,7 @@ mod tests {
         ] {
             let text = read(body);
             assert!(text.frame_in_place(), "{body:?}");
-            assert_eq!(sent_body(&text.into_frame()), body);
+            assert_eq!(sent_body(&text.into_frame(true)), body);
         }
         for body in [" {\"model\":\"m\"}", "{ }", "[1]", ""] {
             assert!(!read(body).frame_in_place(), "{body:?}");
@@ -501,7 +497,8 @@ mod tests {
         ] {
             let text = read(body);
             assert_eq!(text.text(), body);
-            assert_eq!(text.into_frame(), to_frame(body), "{body:?}");
+            let in_place = text.frame_in_place();
+            assert_eq!(text.into_frame(in_place), to_frame(body), "{body:?}");
         }
     }
 
@@ -509,7 +506,7 @@ mod tests {
     fn a_body_that_opens_an_object_becomes_its_frame_without_a_copy() {
         let text = read(r#"{"model":"m"}"#);
         let at = text.0.buf.as_ptr();
-        let frame = text.into_frame();
+        let frame = text.into_frame(true);
         assert_eq!(frame, r#"{"type":"response.create","model":"m"}"#);
         assert_eq!(frame.as_str().as_ptr(), at);
     }
@@ -535,7 +532,10 @@ mod tests {
         let next = "GET /healthz HTTP/1.1\r\n\r\n";
         // The head's read brought the body's first bytes; the rest and a pipelined next
         // request wait in the socket.
-        let mut buf = body.as_bytes()[..100].to_vec();
+        let mut buf = ReadBuf::new(4096);
+        let mut first = &body.as_bytes()[..100];
+        let filled = futures_lite::future::block_on(buf.fill(&mut first));
+        assert_eq!(filled.ok(), Some(100));
         let mut socket =
             futures_lite::io::Cursor::new(format!("{}{next}", &body[100..]).into_bytes());
         let head = post_head(body.len());
@@ -544,7 +544,7 @@ mod tests {
             panic!("the body is read");
         };
         assert_eq!(read.bytes(), body.as_bytes());
-        assert!(buf.is_empty());
+        assert!(buf.data().is_empty());
         // Read straight into the body's buffer: nothing past the body was asked of the socket.
         assert_eq!(socket.position() as usize, body.len() - 100);
     }

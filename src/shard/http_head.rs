@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
+use crate::net::read_buf::ReadBuf;
 use crate::net::ClientStream;
 use crate::protocol::error_body::GatewayError;
 use crate::protocol::http1::{self, parse_request_into, Refusal, RequestHead, MAX_HEAD_BYTES};
@@ -20,8 +21,15 @@ use super::counters::ShardCounters;
 const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes drained from a refused connection.
 const LINGER_BYTES: usize = 256 * 1024;
-/// Bytes read per `read` call while a head is incomplete.
+/// Bytes read per `read` call while a head is incomplete (and a client connection's read
+/// buffer's size, [`conn_buf`]).
 const READ_CHUNK: usize = 4096;
+
+/// A client connection's read buffer: its request heads, the bodies' first bytes and a
+/// pipelined next request's are read into it, zero-filled once, not per read.
+pub fn conn_buf() -> ReadBuf {
+    ReadBuf::new(READ_CHUNK)
+}
 
 /// Why no request head could be read.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +60,7 @@ pub fn note_refusal(counters: &ShardCounters, reason: &'static str, peer: Option
 /// followed the head.
 pub async fn read_head(
     stream: &mut ClientStream,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     deadline: Duration,
     head: &mut RequestHead,
 ) -> Result<(), HeadError> {
@@ -65,7 +73,7 @@ pub async fn read_head(
 /// waits on the timer its `POST` turns use (a timer per head was an allocation per request).
 pub async fn read_head_under(
     stream: &mut ClientStream,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     timer: &mut ShardDeadline,
     deadline: Duration,
     head: &mut RequestHead,
@@ -79,26 +87,22 @@ pub async fn read_head_under(
 
 async fn read_head_inner(
     stream: &mut ClientStream,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     head: &mut RequestHead,
 ) -> Result<(), HeadError> {
     loop {
-        if !buf.is_empty() {
-            if let Some(used) = parse_request_into(buf, head)? {
-                buf.drain(..used);
+        if !buf.data().is_empty() {
+            if let Some(used) = parse_request_into(buf.data(), head)? {
+                buf.consume(used);
                 return Ok(());
             }
         }
-        if buf.len() >= MAX_HEAD_BYTES {
+        if buf.data().len() >= MAX_HEAD_BYTES {
             return Err(Refusal::HeadTooLarge.into());
         }
         // Read straight into `buf`: a chunk array here would sit in the connection task's
         // future (and so in every session's) for the connection's whole life.
-        let filled = buf.len();
-        buf.resize(filled + READ_CHUNK, 0);
-        let read = stream.read(&mut buf[filled..]).await;
-        buf.truncate(filled + read.as_ref().map_or(0, |n| *n));
-        if read? == 0 {
+        if buf.fill(stream).await? == 0 {
             return Err(HeadError::Closed);
         }
     }

@@ -9,13 +9,14 @@ use bytes::Bytes;
 use futures_lite::AsyncWriteExt;
 use http::{HeaderName, HeaderValue};
 
+use crate::net::read_buf::ReadBuf;
 use crate::net::ClientStream;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::runtime::TcpStream;
 use crate::usage::RequestType;
 
 use super::armed_timer::ShardDeadline;
-use super::auth::{presented_key, ClientIdentity};
+use super::auth::{presented_key, ClientIdentity, KeptKey};
 use super::counters::bump;
 use super::http_front::{self, After};
 use super::http_head::{self, HeadError};
@@ -113,7 +114,7 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
     let Some(mut stream) = tls_accept::open(&shard, tcp, HEAD_TIMEOUT).await else {
         return;
     };
-    let mut buf = Vec::new();
+    let mut buf = http_head::conn_buf();
     loop {
         let mut head = RequestHead::default();
         if !next_head(&shard, &mut stream, &mut buf, None, &mut head).await {
@@ -130,7 +131,7 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
                 // As [`into_session`], inline: that call's future would hold a second copy of
                 // the stream in every session's task.
                 let tls = stream.is_tls();
-                let stream = PrefixedStream::recording(buf, stream);
+                let stream = PrefixedStream::recording(buf.into_rest(), stream);
                 let ws = session::upgraded_ws(stream).await;
                 run_session(shard, ws, driver, tls).await;
                 return;
@@ -146,7 +147,7 @@ pub async fn serve_connection(shard: Rc<Shard>, tcp: TcpStream) {
 async fn serve_posts(
     shard: Rc<Shard>,
     mut stream: ClientStream,
-    mut buf: Vec<u8>,
+    mut buf: ReadBuf,
     mut head: RequestHead,
 ) {
     let mut kept = http_front::Kept::default();
@@ -185,7 +186,7 @@ async fn serve_posts(
 async fn next_head(
     shard: &Shard,
     stream: &mut ClientStream,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     timer: Option<&mut ShardDeadline>,
     head: &mut RequestHead,
 ) -> bool {
@@ -223,10 +224,10 @@ async fn post(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
     head: &RequestHead,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     kept: &mut http_front::Kept,
 ) -> Routed {
-    let identity = match check_client(shard, head) {
+    let identity = match check_client(shard, head, Some(&mut kept.key)) {
         Ok(id) => id,
         Err((err, headers)) => return refuse(stream, &err, headers).await,
     };
@@ -239,10 +240,10 @@ async fn post(
 
 /// Turns an upgraded connection into a client session (after a `POST`, in [`serve_posts`]'s
 /// boxed state).
-async fn into_session(shard: Rc<Shard>, stream: ClientStream, buf: Vec<u8>, driver: Box<Driver>) {
+async fn into_session(shard: Rc<Shard>, stream: ClientStream, buf: ReadBuf, driver: Box<Driver>) {
     // Recorded until the first frame says whether the session stays on this shard.
     let tls = stream.is_tls();
-    let stream = PrefixedStream::recording(buf, stream);
+    let stream = PrefixedStream::recording(buf.into_rest(), stream);
     let ws = session::upgraded_ws(stream).await;
     run_session(shard, ws, driver, tls).await;
 }
@@ -259,7 +260,7 @@ async fn route(
     shard: &Rc<Shard>,
     stream: &mut ClientStream,
     head: RequestHead,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
 ) -> Routed {
     // A body nobody reads would be parsed as the next request: close after answering instead.
     let keep_alive = head.keep_alive() && head.body == Framing::Length(0);
@@ -273,7 +274,7 @@ async fn route(
         }
         ("GET", p) if is_responses_path(p) => upgrade(shard, stream, head).await,
         ("GET", p) if models_path(p).is_some() => {
-            let identity = match check_client(shard, &head) {
+            let identity = match check_client(shard, &head, None) {
                 Ok(id) => id,
                 Err((err, headers)) => return refuse(stream, &err, headers).await,
             };
@@ -293,7 +294,7 @@ async fn route(
                 return refuse_request(shard, stream, refusal).await;
             }
             // Boxed: a realtime session's future is large and lives only on this path.
-            Box::pin(realtime::serve(shard, stream, head, std::mem::take(buf))).await;
+            Box::pin(realtime::serve(shard, stream, head, buf.take_rest())).await;
             Routed::Done
         }
         (_, p) if is_responses_path(p) => {
@@ -325,10 +326,14 @@ async fn route(
 pub(super) type Refusal = (GatewayError, &'static [(&'static str, &'static str)]);
 
 /// Checks the client key (and refuses keys in the query string); the error and its extra headers
-/// otherwise.
-fn check_client(shard: &Shard, head: &RequestHead) -> Result<ClientIdentity, Refusal> {
+/// otherwise. `kept`: the connection's last accepted key, for its `POST`s ([`KeptKey`]).
+fn check_client(
+    shard: &Shard,
+    head: &RequestHead,
+    kept: Option<&mut KeptKey>,
+) -> Result<ClientIdentity, Refusal> {
     let key = presented_key(head.header("authorization"), head.header("x-api-key"));
-    check_client_key(shard, head, key)
+    check_client_key(shard, head, key, kept)
 }
 
 /// As [`check_client`], with the key already taken from the request (a realtime client may
@@ -337,6 +342,7 @@ pub(super) fn check_client_key(
     shard: &Shard,
     head: &RequestHead,
     key: Option<&[u8]>,
+    kept: Option<&mut KeptKey>,
 ) -> Result<ClientIdentity, Refusal> {
     if let Some(q) = &head.query {
         if q.split('&').any(|kv| {
@@ -353,7 +359,11 @@ pub(super) fn check_client_key(
             return Err((err, &[]));
         }
     }
-    match key.and_then(|k| shard.auth.authenticate(k)) {
+    let identity = key.and_then(|k| match kept {
+        Some(kept) => shard.auth.authenticate_kept(k, kept),
+        None => shard.auth.authenticate(k),
+    });
+    match identity {
         Some(id) => Ok(id),
         None => {
             bump(&shard.counters.auth_failures);
@@ -412,7 +422,7 @@ async fn upgrade(shard: &Rc<Shard>, stream: &mut ClientStream, head: RequestHead
     if let Some(refusal) = upgrade_framing(&head) {
         return refuse_request(shard, stream, refusal).await;
     }
-    let identity = match check_client(shard, &head) {
+    let identity = match check_client(shard, &head, None) {
         Ok(id) => id,
         Err((err, headers)) => return refuse(stream, &err, headers).await,
     };

@@ -5,11 +5,12 @@
 
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use bytes::Bytes;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use futures_util::{SinkExt, StreamExt};
 use sonic_rs::JsonValueTrait;
 
 use crate::net::client_read::{self, Readable};
+use crate::net::read_buf::ReadBuf;
 use crate::net::ClientStream;
 use crate::protocol::lazy::range_of;
 use crate::protocol::sse::{record_len, write_event};
@@ -217,20 +218,15 @@ impl ClientSink for WsSink<'_> {
 /// Most bytes of a pipelined next request kept while a response is in flight.
 const MAX_PIPELINED: usize = 64 * 1024;
 
-/// Bytes a watch of an HTTP client reads at a time. Small on purpose: the relay builds this
-/// watch anew for every batch of events, and its chunk is part of the future it builds and moves
-/// (a 4 KiB chunk made every relay iteration zero and copy 4 KiB). A client sends nothing while
-/// its response streams, except rarely a pipelined next request, which is read in more reads.
-const WATCH_CHUNK: usize = 256;
-
 /// Watches an HTTP client while its request runs: end of stream (or a socket error) means it
-/// left, so the turn stops at once. Bytes of a pipelined next request are kept in `inbuf`.
-async fn watch_client(stream: &mut ClientStream, inbuf: &mut Vec<u8>) -> ClientSignal {
-    let mut chunk = [0u8; WATCH_CHUNK];
-    while inbuf.len() < MAX_PIPELINED {
-        match stream.read(&mut chunk).await {
+/// left, so the turn stops at once. Bytes of a pipelined next request are read into `inbuf`,
+/// the connection's read buffer, straight: the relay builds this watch anew for every batch of
+/// events, and a chunk array in it was zero-filled and moved with it each time.
+async fn watch_client(stream: &mut ClientStream, inbuf: &mut ReadBuf) -> ClientSignal {
+    while inbuf.data().len() < MAX_PIPELINED {
+        match inbuf.fill(stream).await {
             Ok(0) | Err(_) => return ClientSignal::Gone,
-            Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
     futures_lite::future::pending().await
@@ -248,7 +244,7 @@ async fn watch_client(stream: &mut ClientStream, inbuf: &mut Vec<u8>) -> ClientS
 /// and the stream ends when the connection closes.
 pub struct SseSink<'a> {
     stream: &'a mut ClientStream,
-    inbuf: &'a mut Vec<u8>,
+    inbuf: &'a mut ReadBuf,
     counters: &'a ShardCounters,
     /// [`CHUNK_ROOM`] bytes of room, then the SSE records not yet written: the connection's
     /// batch buffer, kept from one streaming request to the next.
@@ -269,10 +265,37 @@ const BATCH_ROOM: usize = 16 * 1024;
 /// Pending SSE bytes past which a batch is written before its last event.
 const SSE_FLUSH_AT: usize = 64 * 1024;
 
+/// Longest chunk size line: a `usize` in hex and CRLF.
+const SIZE_LINE: usize = 2 * std::mem::size_of::<usize>() + 2;
+
+/// `n` in lower-case hex, without leading zeros, and CRLF: a chunk's size line (RFC 9112
+/// §7.1), written into `out` (`format!` took the formatting machinery per flush).
+fn size_line(n: usize, out: &mut [u8; SIZE_LINE]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = ((usize::BITS - n.leading_zeros()) as usize)
+        .div_ceil(4)
+        .max(1);
+    for (i, digit) in out[..digits].iter_mut().rev().enumerate() {
+        *digit = HEX[(n >> (4 * i)) & 0xf];
+    }
+    out[digits..digits + 2].copy_from_slice(b"\r\n");
+    &out[..digits + 2]
+}
+
 /// Makes a connection's batch buffer ready for a request: made at its first, then kept, less
 /// what a request that ended early left in it (a buffer a huge event grew is made anew).
 fn ready_batch(batch: &mut Vec<u8>) {
-    if batch.capacity() == 0 || batch.capacity() > 4 * SSE_FLUSH_AT {
+    if batch.capacity() == 0 {
+        *batch = batch_buffer();
+    } else {
+        empty_batch(batch);
+    }
+}
+
+/// Empties a batch buffer (its room stays), or makes it anew when a huge event grew it: a
+/// stream, or the connection, does not keep that size.
+fn empty_batch(batch: &mut Vec<u8>) {
+    if batch.capacity() > 4 * SSE_FLUSH_AT {
         *batch = batch_buffer();
     } else {
         batch.resize(CHUNK_ROOM, 0);
@@ -292,7 +315,7 @@ impl SseSink<'_> {
     /// (made then) and kept for the next, instead of a 16 KiB buffer allocated per request.
     pub fn new<'a>(
         stream: &'a mut ClientStream,
-        inbuf: &'a mut Vec<u8>,
+        inbuf: &'a mut ReadBuf,
         batch: &'a mut Vec<u8>,
         counters: &'a ShardCounters,
         keep_alive: bool,
@@ -311,10 +334,26 @@ impl SseSink<'_> {
         }
     }
 
+    /// Writes the pending records as one chunk (after the response head, the first time).
     async fn write_pending(&mut self) -> Result<(), Gone> {
+        let Some(start) = self.frame_pending() else {
+            return Ok(());
+        };
+        let written = self.stream.write_all(&self.pending[start..]).await;
+        empty_batch(self.pending);
+        written.map_err(|_| Gone)?;
+        self.stream.flush().await.map_err(|_| Gone)
+    }
+
+    /// Puts the response head (the first time) and the chunk's size line in the room in front
+    /// of the pending records and the chunk's CRLF after them; where the bytes to write start,
+    /// `None` when no record is pending. Not part of [`SseSink::write_pending`]'s future: the
+    /// room's bytes are built on the stack, and every event's future (moved several times per
+    /// event on its way through the write deadline) would carry them.
+    fn frame_pending(&mut self) -> Option<usize> {
         let records = self.pending.len() - CHUNK_ROOM;
         if records == 0 {
-            return Ok(());
+            return None;
         }
         let mut front = [0u8; CHUNK_ROOM];
         let mut at = 0;
@@ -334,11 +373,7 @@ impl SseSink<'_> {
             self.started = true;
         }
         if !self.close_delimited {
-            let mut size = [0u8; 18];
-            let mut cursor = std::io::Cursor::new(&mut size[..]);
-            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{records:x}\r\n"));
-            let size_len = cursor.position() as usize;
-            put(&size[..size_len]);
+            put(size_line(records, &mut [0; SIZE_LINE]));
         }
         let start = CHUNK_ROOM - at;
         self.pending[start..CHUNK_ROOM].copy_from_slice(&front[..at]);
@@ -346,14 +381,7 @@ impl SseSink<'_> {
             self.pending.extend_from_slice(b"\r\n");
         }
         add(&self.counters.bytes_out, records as u64);
-        let written = self.stream.write_all(&self.pending[start..]).await;
-        self.pending.truncate(CHUNK_ROOM);
-        if self.pending.capacity() > 4 * SSE_FLUSH_AT {
-            // A huge event grew the buffer: give it back rather than keep it for the stream.
-            *self.pending = batch_buffer();
-        }
-        written.map_err(|_| Gone)?;
-        self.stream.flush().await.map_err(|_| Gone)
+        Some(start)
     }
 
     /// Ends the response of a request that is over (`done`, not preempted or left);
@@ -426,14 +454,14 @@ impl ClientSink for SseSink<'_> {
 pub struct JsonSink<'a> {
     /// The client's connection, where the answer goes once the turn is over.
     pub stream: &'a mut ClientStream,
-    inbuf: &'a mut Vec<u8>,
+    inbuf: &'a mut ReadBuf,
     /// The answer's status and body; a response object stays in the event it came in.
     pub result: Option<(u16, Utf8Bytes)>,
 }
 
 impl<'a> JsonSink<'a> {
     /// A collector for a request on `stream` (`inbuf` keeps a pipelined next request's bytes).
-    pub fn new(stream: &'a mut ClientStream, inbuf: &'a mut Vec<u8>) -> Self {
+    pub fn new(stream: &'a mut ClientStream, inbuf: &'a mut ReadBuf) -> Self {
         JsonSink {
             stream,
             inbuf,
@@ -520,6 +548,24 @@ mod tests {
         batch.reserve(8 * SSE_FLUSH_AT);
         ready_batch(&mut batch);
         assert_eq!(batch.capacity(), CHUNK_ROOM + BATCH_ROOM);
+    }
+
+    #[test]
+    fn a_size_line_is_the_length_in_hex_and_crlf() {
+        let mut sizes: Vec<usize> = (0..=4096).collect();
+        for shift in 0..usize::BITS {
+            let p = 1usize << shift;
+            sizes.extend([p - 1, p, p + 1, p.wrapping_mul(15), !0 >> shift]);
+        }
+        sizes.push(usize::MAX);
+        for n in sizes {
+            let mut out = [0xAA; SIZE_LINE];
+            assert_eq!(
+                size_line(n, &mut out),
+                format!("{n:x}\r\n").as_bytes(),
+                "{n}"
+            );
+        }
     }
 
     #[test]

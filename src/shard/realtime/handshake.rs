@@ -61,7 +61,7 @@ pub fn admit(shard: &Shard, head: &RequestHead) -> Result<RealtimeRequest, Refus
             .find_map(|p| p.strip_prefix(KEY_PROTOCOL))
             .map(str::as_bytes)
     });
-    let identity = check_client_key(shard, head, key)?;
+    let identity = check_client_key(shard, head, key, None)?;
     let is_upgrade = head.header_has_token("connection", "upgrade")
         && head
             .header("upgrade")
