@@ -1,58 +1,40 @@
 //! Where a string ends, for the field walk over upstream events ([`fields`](super::fields)).
 //!
-//! A string's first [`SHORT_STRING`] bytes are looked at eight per step (one `u64`, no
-//! `unsafe`) instead of one by one: a terminal event's `response` walked to its `usage` crosses
-//! every string of its `output` this way (callgrind, `usage()` in
-//! `upstream/completed_classify_usage_id`: 24.3k -> 17.2k instructions per call). Past them the
-//! string is searched with `memchr2`, whose setup costs more than the words on keys, ids and
-//! short values but wins on long text.
+//! A string is looked at a [`BLOCK`] of bytes per step ([`quote_or_backslash`]), keys and ids
+//! as long text: a terminal event's `response` walked to its `usage` crosses every string of its
+//! `output` this way.
 //!
 //! Tried and left out: finding the next quote or bracket outside strings a word at a time too
 //! (bit 5 folds `[` onto `{`). Between two such bytes JSON has one or two others (`:`, `,`), so
 //! the word costs more than the bytes: `classify` of a terminal event (its `check_depth`) took
 //! 4.3k -> 6.3k instructions.
 
-/// Bytes of a string looked at a word at a time before the rest is searched with `memchr2`.
-const SHORT_STRING: usize = 64;
-
-const ONES: u64 = u64::from_le_bytes([1; 8]);
-const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
-
-/// The top bit of each byte of `word` equal to `byte`. The lowest flag is exact (the borrow of
-/// the subtraction only runs upwards from a matching byte); flags above it may not be, so
-/// callers only ever use the lowest one (also of an OR of such masks: each mask's own false
-/// flags lie above its first true one).
-fn equal(word: u64, byte: u8) -> u64 {
-    let x = word ^ (ONES * u64::from(byte));
-    x.wrapping_sub(ONES) & !x & TOPS
-}
-
-/// Index of the byte the lowest flag of `flags` (non-zero) marks.
-fn first(flags: u64) -> usize {
-    (flags.trailing_zeros() / 8) as usize
-}
+use super::string_block::{plain_runs_end, quote_or_backslash, BLOCK, WIDE};
 
 /// Index of the closing quote of the string whose contents start at `i`, and whether the
 /// contents hold an escape (a backslash takes the byte after it, whatever it is); `None` when
-/// the input ends first. Nothing else is checked: this is for walks that do not validate.
+/// the input ends first. Nothing else is checked: this is for walks that do not validate. The
+/// contents are looked at a [`BLOCK`] at a time; after [`WIDE`] bytes of blocks without a stop,
+/// plain [`WIDE`] runs are skipped ([`plain_runs_end`]) and the blocks find the stop in the run
+/// after them. The last bytes of the input, fewer than a block, are looked at one by one.
 pub(crate) fn string_end(raw: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
-    let short_until = i.saturating_add(SHORT_STRING);
+    let mut wide_from = i.saturating_add(WIDE);
     loop {
         let rest = raw.get(i..)?;
-        let hit = if i >= short_until {
-            memchr::memchr2(b'"', b'\\', rest)?
-        } else if let Some(word) = rest.first_chunk::<8>() {
-            let word = u64::from_le_bytes(*word);
-            match equal(word, b'"') | equal(word, b'\\') {
+        let hit = match rest.first_chunk::<BLOCK>() {
+            Some(block) => match quote_or_backslash(block) {
                 0 => {
-                    i += 8;
+                    i += BLOCK;
+                    if i >= wide_from {
+                        i = plain_runs_end(raw, i);
+                        wide_from = i.saturating_add(WIDE);
+                    }
                     continue;
                 }
-                flags => first(flags),
-            }
-        } else {
-            rest.iter().position(|&c| c == b'"' || c == b'\\')?
+                found => found.trailing_zeros() as usize,
+            },
+            None => rest.iter().position(|&c| c == b'"' || c == b'\\')?,
         };
         i += hit;
         if raw[i] == b'"' {
@@ -83,26 +65,55 @@ mod tests {
     }
 
     #[test]
-    fn every_byte_at_every_word_position_is_found_as_one_by_one() {
+    fn every_byte_at_every_block_position_is_found_as_one_by_one() {
+        // The byte in every position of the first blocks, with the input ending right after
+        // the string (its last bytes looked at one by one) or a block and more later.
         for len in 0..80 {
             for c in 0..=255u8 {
-                let mut s = vec![b'a'; len];
-                s.push(c);
-                s.extend_from_slice(b"z\"x");
-                assert_eq!(
-                    string_end(&s, 0),
-                    string_end_reference(&s, 0),
-                    "len {len} byte {c:#x}"
-                );
+                for after in [&b""[..], b"]}                  "] {
+                    let mut s = vec![b'a'; len];
+                    s.push(c);
+                    s.extend_from_slice(b"z\"x");
+                    s.extend_from_slice(after);
+                    assert_eq!(
+                        string_end(&s, 0),
+                        string_end_reference(&s, 0),
+                        "len {len} byte {c:#x} after {}",
+                        after.len()
+                    );
+                }
             }
         }
     }
 
     #[test]
-    fn escapes_at_word_and_memchr_boundaries() {
-        // A backslash as the last byte of a word, of the short prefix, of the input; runs of
-        // `\"` and `\\` across those boundaries.
-        for len in [0, 6, 7, 8, 9, 15, 62, 63, 64, 65, 70, 127, 128, 129] {
+    fn every_stop_at_every_position_of_a_long_string_is_found_as_one_by_one() {
+        // Past the first blocks the string is skipped in wide runs: a stop at every position
+        // of the first runs, with the input ending right after the string or a run later.
+        for len in 0..260 {
+            for c in [b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff] {
+                for after in [0, 70] {
+                    let mut s = vec![b'a'; len];
+                    s.push(c);
+                    s.extend_from_slice(b"z\"");
+                    s.extend(std::iter::repeat_n(b' ', after));
+                    for from in [0, 1, 15, 17] {
+                        assert_eq!(
+                            string_end(&s, from),
+                            string_end_reference(&s, from),
+                            "len {len} byte {c:#x} after {after} from {from}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn escapes_across_block_boundaries_and_the_end_of_the_input() {
+        // A backslash as the last byte of a block or of the input; runs of `\"` and `\\`
+        // across those boundaries.
+        for len in (0..40).chain(60..140) {
             for tail in [
                 &br#"\"x""#[..],
                 br#"\\""#,
@@ -113,15 +124,18 @@ mod tests {
                 b"\\\"",
                 b"",
             ] {
-                let mut s = vec![b'a'; len];
-                s.extend_from_slice(tail);
-                for from in [0, len.saturating_sub(1), len] {
-                    assert_eq!(
-                        string_end(&s, from),
-                        string_end_reference(&s, from),
-                        "len {len} from {from} tail {:?}",
-                        String::from_utf8_lossy(tail)
-                    );
+                for pad in [0, 20] {
+                    let mut s = vec![b'a'; len];
+                    s.extend_from_slice(tail);
+                    s.extend(std::iter::repeat_n(b' ', pad));
+                    for from in [0, len.saturating_sub(1), len] {
+                        assert_eq!(
+                            string_end(&s, from),
+                            string_end_reference(&s, from),
+                            "len {len} from {from} pad {pad} tail {:?}",
+                            String::from_utf8_lossy(tail)
+                        );
+                    }
                 }
             }
         }
