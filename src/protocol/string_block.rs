@@ -44,21 +44,10 @@ pub(crate) fn quote_backslash_or_control(block: &[u8; BLOCK]) -> u32 {
     }
 }
 
-/// Where the [`WIDE`] runs from `i` on that hold no `"` or `\` end: at a run that holds one,
-/// or where fewer than [`WIDE`] bytes are left.
+/// Where the [`WIDE`] runs from `i` on that hold no `"`, `\` or control character (below
+/// 0x20) end: at a run that holds one, or where fewer than [`WIDE`] bytes are left.
 #[inline(always)]
-pub(crate) fn plain_runs_end(bytes: &[u8], i: usize) -> usize {
-    runs_end(bytes, i, false)
-}
-
-/// [`plain_runs_end`] that also stops at a run holding a control character (below 0x20).
-#[inline(always)]
-pub(crate) fn plain_strict_runs_end(bytes: &[u8], i: usize) -> usize {
-    runs_end(bytes, i, true)
-}
-
-#[inline(always)]
-fn runs_end(bytes: &[u8], mut i: usize, control: bool) -> usize {
+pub(crate) fn plain_strict_runs_end(bytes: &[u8], mut i: usize) -> usize {
     let Some(last) = bytes.len().checked_sub(WIDE) else {
         return i;
     };
@@ -66,7 +55,7 @@ fn runs_end(bytes: &[u8], mut i: usize, control: bool) -> usize {
         let Some(wide) = bytes[i..].first_chunk::<WIDE>() else {
             break;
         };
-        if !plain_wide(wide, control) {
+        if !plain_wide(wide) {
             break;
         }
         i += WIDE;
@@ -84,7 +73,7 @@ use words::plain_wide;
 mod sse2 {
     use std::arch::x86_64::{
         __m128i, _mm_adds_epu8, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_min_epu8,
-        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128, _mm_xor_si128,
+        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_xor_si128,
     };
 
     use super::{BLOCK, WIDE};
@@ -117,39 +106,30 @@ mod sse2 {
         }
     }
 
-    /// `true` when no byte of `wide` is `"` or `\`, nor (with `control`) below 0x20. Each byte
-    /// is XORed twice, so that a stop becomes a small value once, and the unsigned minimum of
-    /// each over all blocks is tested once (no compare per block): with `control`, `x ^ 2` (as
-    /// in [`quote_backslash_or_control`], `<= 0x20` at a quote or control byte) then `^ 0x5e`
-    /// (`x ^ 0x5c`, zero at a backslash); without, `x ^ '"'` then `^ ('"' ^ '\\')`, zero at a
-    /// quote or at a backslash.
+    /// `true` when no byte of `wide` is `"`, `\` or below 0x20. Each byte is XORed twice so
+    /// that a stop becomes a small value once, and the unsigned minimum of each over all
+    /// blocks is tested once (no compare per block): `x ^ 2` (as in
+    /// [`quote_backslash_or_control`], `<= 0x20` at a quote or control byte), then `^ 0x5e`
+    /// (`x ^ 0x5c`, zero at a backslash).
     #[inline(always)]
-    pub(super) fn plain_wide(wide: &[u8; WIDE], control: bool) -> bool {
+    pub(super) fn plain_wide(wide: &[u8; WIDE]) -> bool {
         let p = wide.as_ptr().cast::<__m128i>();
-        let (first, second) = match control {
-            true => (2, 2 ^ b'\\'),
-            false => (b'"', b'"' ^ b'\\'),
-        };
         // SAFETY: SSE2 is baseline on x86-64; `wide` is `WIDE / 16` blocks of 16 bytes, so each
         // unaligned 16-byte load at `p + k` for `k < WIDE / 16` is in bounds.
         unsafe {
-            let (first, second) = (_mm_set1_epi8(first as i8), _mm_set1_epi8(second as i8));
-            let mut low_first = _mm_set1_epi8(-1);
-            let mut low_second = _mm_set1_epi8(-1);
+            let two = _mm_set1_epi8(2);
+            let to_backslash = _mm_set1_epi8((2 ^ b'\\') as i8);
+            let mut low_quote_control = _mm_set1_epi8(-1);
+            let mut low_backslash = _mm_set1_epi8(-1);
             for k in 0..WIDE / BLOCK {
-                let x = _mm_xor_si128(_mm_loadu_si128(p.add(k)), first);
-                low_first = _mm_min_epu8(low_first, x);
-                low_second = _mm_min_epu8(low_second, _mm_xor_si128(x, second));
+                let x = _mm_xor_si128(_mm_loadu_si128(p.add(k)), two);
+                low_quote_control = _mm_min_epu8(low_quote_control, x);
+                low_backslash = _mm_min_epu8(low_backslash, _mm_xor_si128(x, to_backslash));
             }
-            let found = if control {
-                // A backslash's 0 becomes 0x20, anything else more: one `<= 0x20` for all.
-                let limit = _mm_set1_epi8(0x20);
-                let low = _mm_min_epu8(low_first, _mm_adds_epu8(low_second, limit));
-                _mm_cmpeq_epi8(_mm_max_epu8(low, limit), limit)
-            } else {
-                _mm_cmpeq_epi8(_mm_min_epu8(low_first, low_second), _mm_setzero_si128())
-            };
-            _mm_movemask_epi8(found) == 0
+            // A backslash's 0 becomes 0x20, anything else more: one `<= 0x20` for all.
+            let limit = _mm_set1_epi8(0x20);
+            let low = _mm_min_epu8(low_quote_control, _mm_adds_epu8(low_backslash, limit));
+            _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(low, limit), limit)) == 0
         }
     }
 }
@@ -200,15 +180,11 @@ mod words {
         })
     }
 
-    /// `true` when no byte of `wide` is `"` or `\`, nor (with `control`) below 0x20.
-    pub(super) fn plain_wide(wide: &[u8; WIDE], control: bool) -> bool {
-        let search = match control {
-            true => quote_backslash_or_control,
-            false => quote_or_backslash,
-        };
+    /// `true` when no byte of `wide` is `"`, `\` or below 0x20.
+    pub(super) fn plain_wide(wide: &[u8; WIDE]) -> bool {
         wide.chunks_exact(BLOCK).all(|block| {
             let block: &[u8; BLOCK] = block.try_into().unwrap_or(&[0; BLOCK]);
-            search(block) == 0
+            quote_backslash_or_control(block) == 0
         })
     }
 }
@@ -307,8 +283,8 @@ mod tests {
         }
     }
 
-    /// Every form of the wide test, with the byte test it must agree with.
-    const WIDE_TESTS: [(&str, fn(&[u8; WIDE], bool) -> bool); 2] = [
+    /// Every form of the wide test.
+    const WIDE_TESTS: [(&str, fn(&[u8; WIDE]) -> bool); 2] = [
         ("plain_wide", plain_wide),
         ("words::plain_wide", words::plain_wide),
     ];
@@ -316,23 +292,19 @@ mod tests {
     #[test]
     fn a_wide_run_is_plain_only_without_any_stop() {
         for (name, plain) in WIDE_TESTS {
-            for control in [false, true] {
-                let stop = if control { is_strict_end } else { is_end };
-                for background in [b'a', 0x20, 0x21, 0x23, 0x5d, 0x7f, 0x80, 0xa2, 0xdc, 0xff] {
-                    assert!(
-                        plain(&[background; WIDE], control),
-                        "{name} {background:#x}"
-                    );
-                    for at in 0..WIDE {
-                        for c in 0..=255u8 {
-                            let mut wide = [background; WIDE];
-                            wide[at] = c;
-                            assert_eq!(
-                                plain(&wide, control),
-                                !stop(c),
-                                "{name} control {control}: {c:#x} at {at} among {background:#x}"
-                            );
-                        }
+            for background in [
+                b'a', 0x20, 0x21, 0x23, 0x5d, 0x7e, 0x7f, 0x80, 0xa2, 0xdc, 0xff,
+            ] {
+                assert!(plain(&[background; WIDE]), "{name} {background:#x}");
+                for at in 0..WIDE {
+                    for c in 0..=255u8 {
+                        let mut wide = [background; WIDE];
+                        wide[at] = c;
+                        assert_eq!(
+                            plain(&wide),
+                            !is_strict_end(c),
+                            "{name}: {c:#x} at {at} among {background:#x}"
+                        );
                     }
                 }
             }
@@ -341,34 +313,26 @@ mod tests {
 
     #[test]
     fn runs_end_at_the_first_run_with_a_stop_or_the_last_whole_run() {
-        for len in 0..4 * WIDE {
+        for len in 0..3 * WIDE {
             let plain = vec![b'a'; len];
             for from in 0..=len.min(70) {
                 let whole_runs = (len - from) / WIDE;
-                assert_eq!(plain_runs_end(&plain, from), from + whole_runs * WIDE);
                 assert_eq!(
                     plain_strict_runs_end(&plain, from),
                     from + whole_runs * WIDE
                 );
             }
             for at in 0..len {
-                for (c, strict_only) in [(b'"', false), (b'\\', false), (0x1f, true)] {
+                for c in [b'"', b'\\', 0x00, 0x1f] {
                     let mut s = plain.clone();
                     s[at] = c;
                     // From 0: the run holding `at` stops it, unless it is not whole.
-                    let whole_runs = len / WIDE;
-                    let expected = (at / WIDE).min(whole_runs) * WIDE;
+                    let expected = (at / WIDE).min(len / WIDE) * WIDE;
                     assert_eq!(
                         plain_strict_runs_end(&s, 0),
                         expected,
                         "len {len} {c:#x} at {at}"
                     );
-                    let loose = if strict_only {
-                        whole_runs * WIDE
-                    } else {
-                        expected
-                    };
-                    assert_eq!(plain_runs_end(&s, 0), loose, "len {len} {c:#x} at {at}");
                 }
             }
         }
