@@ -369,6 +369,7 @@ fn escape_end(b: &[u8], i: usize) -> Result<usize, Unhandled> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::string_block::cases;
 
     /// Skips one value of `json` at level 0 and requires the end of the input after it.
     fn whole(json: &[u8], limit: usize) -> Result<Range<usize>, Unhandled> {
@@ -471,86 +472,16 @@ mod tests {
     }
 
     #[test]
-    fn every_byte_at_every_block_position_is_found_as_one_by_one() {
-        // The byte in every position of the first blocks, with the input ending right after
-        // the string (its last bytes looked at one by one) or a block and more later.
-        for len in 0..80 {
-            for c in 0..=255u8 {
-                for after in [&b""[..], b"]}                  "] {
-                    let mut s = vec![b'a'; len];
-                    s.push(c);
-                    s.extend_from_slice(b"z\"");
-                    s.extend_from_slice(after);
-                    assert_eq!(
-                        string_end(&s, 0),
-                        string_end_reference(&s, 0),
-                        "len {len} byte {c:#x} after {}",
-                        after.len()
-                    );
-                }
-            }
-        }
-        // Bytes of UTF-8 text and DEL are ordinary string bytes.
-        assert!(whole("[\"é€😀\u{7f}éééééééé\"]".as_bytes(), 2).is_ok());
-    }
-
-    #[test]
-    fn every_stop_at_every_position_of_a_long_string_is_found_as_one_by_one() {
-        // Past the first blocks the string is skipped in wide runs: a stop at every position
-        // of the first runs, with the input ending right after the string or a run later.
-        for len in 0..260 {
-            for c in [b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff] {
-                for after in [0, 70] {
-                    let mut s = vec![b'a'; len];
-                    s.push(c);
-                    s.extend_from_slice(b"z\"");
-                    s.extend(std::iter::repeat_n(b' ', after));
-                    for from in [0, 1, 15, 17] {
-                        assert_eq!(
-                            string_end(&s, from),
-                            string_end_reference(&s, from),
-                            "len {len} byte {c:#x} after {after} from {from}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn escapes_across_block_boundaries_and_the_end_of_the_input() {
-        for len in (0..40).chain(60..140) {
-            for tail in [
-                &br#"\"x""#[..],
-                br#"\\""#,
-                br#"\\\"""#,
-                br#"\u00e9""#,
-                br#"\uD83D\uDE00x""#,
-                br#"\"\"\"\"\"\"\"\"\"\"""#,
-                br#"\\\\\\\\\\\\\\\\\\\""x"#,
-                br#"\q""#,
-                br#"\u12g4""#,
-                br#"\u12""#,
-                b"\\u00e",
-                b"\\",
-                b"\\\"",
-                b"",
-                b"\n\x01\"",
-            ] {
-                for pad in [0, 20] {
-                    let mut s = vec![b'a'; len];
-                    s.extend_from_slice(tail);
-                    s.extend(std::iter::repeat_n(b' ', pad));
-                    for from in [0, len.saturating_sub(1), len] {
-                        assert_eq!(
-                            string_end(&s, from),
-                            string_end_reference(&s, from),
-                            "len {len} from {from} pad {pad} tail {:?}",
-                            String::from_utf8_lossy(tail)
-                        );
-                    }
-                }
-            }
+    fn every_case_is_found_as_one_by_one() {
+        let all = cases::every_byte_in_the_first_blocks()
+            .chain(cases::every_stop_in_long_strings())
+            .chain(cases::escapes_across_blocks());
+        for (s, from, what) in all {
+            assert_eq!(
+                string_end(&s, from),
+                string_end_reference(&s, from),
+                "{what}"
+            );
         }
     }
 
@@ -566,6 +497,8 @@ mod tests {
                 "at {i}"
             );
         }
+        // Bytes of UTF-8 text and DEL are ordinary string bytes.
+        assert!(whole("[\"é€😀\u{7f}éééééééé\"]".as_bytes(), 2).is_ok());
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub(crate) fn string_end(raw: &[u8], mut i: usize) -> Option<(usize, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::string_block::cases;
 
     /// What the search must answer, a byte at a time.
     fn string_end_reference(raw: &[u8], mut i: usize) -> Option<(usize, bool)> {
@@ -69,79 +70,16 @@ mod tests {
     }
 
     #[test]
-    fn every_byte_at_every_block_position_is_found_as_one_by_one() {
-        // The byte in every position of the first blocks, with the input ending right after
-        // the string (its last bytes looked at one by one) or a block and more later.
-        for len in 0..80 {
-            for c in 0..=255u8 {
-                for after in [&b""[..], b"]}                  "] {
-                    let mut s = vec![b'a'; len];
-                    s.push(c);
-                    s.extend_from_slice(b"z\"x");
-                    s.extend_from_slice(after);
-                    assert_eq!(
-                        string_end(&s, 0),
-                        string_end_reference(&s, 0),
-                        "len {len} byte {c:#x} after {}",
-                        after.len()
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn every_stop_at_every_position_of_a_long_string_is_found_as_one_by_one() {
-        // Past the first blocks the string is searched with `memchr2`: a stop at every position
-        // on both sides, with the input ending right after the string or later.
-        for len in 0..260 {
-            for c in [b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff] {
-                for after in [0, 70] {
-                    let mut s = vec![b'a'; len];
-                    s.push(c);
-                    s.extend_from_slice(b"z\"");
-                    s.extend(std::iter::repeat_n(b' ', after));
-                    for from in [0, 1, 15, 17] {
-                        assert_eq!(
-                            string_end(&s, from),
-                            string_end_reference(&s, from),
-                            "len {len} byte {c:#x} after {after} from {from}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn escapes_across_block_boundaries_and_the_end_of_the_input() {
-        // A backslash as the last byte of a block or of the input; runs of `\"` and `\\`
-        // across those boundaries.
-        for len in (0..40).chain(60..140) {
-            for tail in [
-                &br#"\"x""#[..],
-                br#"\\""#,
-                br#"\\\"""#,
-                br#"\"\"\"\"\"\"\"\"\"\"""#,
-                br#"\\\\\\\\\\\\\\\\\\\""x"#,
-                b"\\",
-                b"\\\"",
-                b"",
-            ] {
-                for pad in [0, 20] {
-                    let mut s = vec![b'a'; len];
-                    s.extend_from_slice(tail);
-                    s.extend(std::iter::repeat_n(b' ', pad));
-                    for from in [0, len.saturating_sub(1), len] {
-                        assert_eq!(
-                            string_end(&s, from),
-                            string_end_reference(&s, from),
-                            "len {len} from {from} pad {pad} tail {:?}",
-                            String::from_utf8_lossy(tail)
-                        );
-                    }
-                }
-            }
+    fn every_case_is_found_as_one_by_one() {
+        let all = cases::every_byte_in_the_first_blocks()
+            .chain(cases::every_stop_in_long_strings())
+            .chain(cases::escapes_across_blocks());
+        for (s, from, what) in all {
+            assert_eq!(
+                string_end(&s, from),
+                string_end_reference(&s, from),
+                "{what}"
+            );
         }
     }
 

@@ -189,6 +189,87 @@ mod words {
     }
 }
 
+/// Inputs on which a string walk (`json_scan`'s, `json_skip`'s) must agree with its
+/// byte-by-byte reference, for their tests: the input, where the string's contents start, and
+/// what the case is.
+#[cfg(test)]
+pub(crate) mod cases {
+    /// One case: the input, where the contents start, a description for the failure message.
+    pub(crate) type Case = (Vec<u8>, usize, String);
+
+    /// Every byte value at every position of the first blocks, with the input ending right
+    /// after the string (its last bytes looked at one by one) or a block and more later.
+    pub(crate) fn every_byte_in_the_first_blocks() -> impl Iterator<Item = Case> {
+        (0..80).flat_map(|len| {
+            (0..=255u8).flat_map(move |c| {
+                [0, 20].map(|after| {
+                    let mut s = vec![b'a'; len];
+                    s.push(c);
+                    s.extend_from_slice(b"z\"x");
+                    s.extend(std::iter::repeat_n(b' ', after));
+                    (s, 0, format!("len {len} byte {c:#x} after {after}"))
+                })
+            })
+        })
+    }
+
+    /// A stop (and bytes that are none) at every position of strings up to 260 bytes, past
+    /// the first blocks, from a few starts.
+    pub(crate) fn every_stop_in_long_strings() -> impl Iterator<Item = Case> {
+        (0..260).flat_map(|len| {
+            [b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff]
+                .into_iter()
+                .flat_map(move |c| {
+                    [0, 70].into_iter().flat_map(move |after| {
+                        let mut s = vec![b'a'; len];
+                        s.push(c);
+                        s.extend_from_slice(b"z\"");
+                        s.extend(std::iter::repeat_n(b' ', after));
+                        [0, 1, 15, 17].map(|from| {
+                            let what = format!("len {len} byte {c:#x} after {after} from {from}");
+                            (s.clone(), from, what)
+                        })
+                    })
+                })
+        })
+    }
+
+    /// Escapes (valid, invalid, cut off by the end of the input) across block boundaries.
+    pub(crate) fn escapes_across_blocks() -> impl Iterator<Item = Case> {
+        const TAILS: [&[u8]; 15] = [
+            br#"\"x""#,
+            br#"\\""#,
+            br#"\\\"""#,
+            br#"\u00e9""#,
+            br#"\uD83D\uDE00x""#,
+            br#"\"\"\"\"\"\"\"\"\"\"""#,
+            br#"\\\\\\\\\\\\\\\\\\\""x"#,
+            br#"\q""#,
+            br#"\u12g4""#,
+            br#"\u12""#,
+            b"\\u00e",
+            b"\\",
+            b"\\\"",
+            b"",
+            b"\n\x01\"",
+        ];
+        (0..40).chain(60..140).flat_map(|len| {
+            TAILS.into_iter().flat_map(move |tail| {
+                [0, 20].into_iter().flat_map(move |pad| {
+                    let mut s = vec![b'a'; len];
+                    s.extend_from_slice(tail);
+                    s.extend(std::iter::repeat_n(b' ', pad));
+                    [0, len.saturating_sub(1), len].map(|from| {
+                        let tail = String::from_utf8_lossy(tail);
+                        let what = format!("len {len} from {from} pad {pad} tail {tail:?}");
+                        (s.clone(), from, what)
+                    })
+                })
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
