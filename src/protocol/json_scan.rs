@@ -390,6 +390,8 @@ mod tests {
             b"-0",
             b"\"x\"",
             b"\t\r\n[1]\n",
+            // Bytes of UTF-8 text and DEL are ordinary string bytes.
+            "[\"é€😀\u{7f}éééééééé\"]".as_bytes(),
         ] {
             assert!(whole(ok, 128).is_ok(), "{:?}", String::from_utf8_lossy(ok));
         }
@@ -473,32 +475,7 @@ mod tests {
 
     #[test]
     fn every_case_is_found_as_one_by_one() {
-        let all = cases::every_byte_in_the_first_blocks()
-            .chain(cases::every_stop_in_long_strings())
-            .chain(cases::escapes_across_blocks());
-        for (s, from, what) in all {
-            assert_eq!(
-                string_end(&s, from),
-                string_end_reference(&s, from),
-                "{what}"
-            );
-        }
-    }
-
-    #[test]
-    fn agrees_on_json_shaped_input_from_every_offset() {
-        let json = br#"{"a":[1,{"b":"x\"}]"},"\\"],"c":"\u0022[","d":{"e":[[[]]]}, "long":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\\\"{","#;
-        // UTF-8 text, and a string the input ends in.
-        let json = [&json[..], "\"é€\":\"\\t\"}, \"a".as_bytes()].concat();
-        for i in 0..=json.len() + 1 {
-            assert_eq!(
-                string_end(&json, i),
-                string_end_reference(&json, i),
-                "at {i}"
-            );
-        }
-        // Bytes of UTF-8 text and DEL are ordinary string bytes.
-        assert!(whole("[\"é€😀\u{7f}éééééééé\"]".as_bytes(), 2).is_ok());
+        cases::check(string_end, string_end_reference);
     }
 
     #[test]

@@ -71,23 +71,6 @@ mod tests {
 
     #[test]
     fn every_case_is_found_as_one_by_one() {
-        let all = cases::every_byte_in_the_first_blocks()
-            .chain(cases::every_stop_in_long_strings())
-            .chain(cases::escapes_across_blocks());
-        for (s, from, what) in all {
-            assert_eq!(
-                string_end(&s, from),
-                string_end_reference(&s, from),
-                "{what}"
-            );
-        }
-    }
-
-    #[test]
-    fn agrees_on_json_shaped_input_from_every_offset() {
-        let json = br#"{"a":[1,{"b":"x\"}]"},"\\"],"c":"\u0022[","d":{"e":[[[]]]}, "long":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\\\"{"}"#;
-        for i in 0..=json.len() + 1 {
-            assert_eq!(string_end(json, i), string_end_reference(json, i), "at {i}");
-        }
+        cases::check(string_end, string_end_reference);
     }
 }

@@ -194,12 +194,28 @@ mod words {
 /// what the case is.
 #[cfg(test)]
 pub(crate) mod cases {
+    use std::fmt::Debug;
+
     /// One case: the input, where the contents start, a description for the failure message.
-    pub(crate) type Case = (Vec<u8>, usize, String);
+    type Case = (Vec<u8>, usize, String);
+
+    /// Requires that `walk` answers as `reference` on every case.
+    pub(crate) fn check<T: PartialEq + Debug>(
+        walk: impl Fn(&[u8], usize) -> T,
+        reference: impl Fn(&[u8], usize) -> T,
+    ) {
+        let all = every_byte_in_the_first_blocks()
+            .chain(every_stop_in_long_strings())
+            .chain(escapes_across_blocks())
+            .chain(json_from_every_offset());
+        for (s, from, what) in all {
+            assert_eq!(walk(&s, from), reference(&s, from), "{what}");
+        }
+    }
 
     /// Every byte value at every position of the first blocks, with the input ending right
     /// after the string (its last bytes looked at one by one) or a block and more later.
-    pub(crate) fn every_byte_in_the_first_blocks() -> impl Iterator<Item = Case> {
+    fn every_byte_in_the_first_blocks() -> impl Iterator<Item = Case> {
         (0..80).flat_map(|len| {
             (0..=255u8).flat_map(move |c| {
                 [0, 20].map(|after| {
@@ -215,7 +231,7 @@ pub(crate) mod cases {
 
     /// A stop (and bytes that are none) at every position of strings up to 260 bytes, past
     /// the first blocks, from a few starts.
-    pub(crate) fn every_stop_in_long_strings() -> impl Iterator<Item = Case> {
+    fn every_stop_in_long_strings() -> impl Iterator<Item = Case> {
         (0..260).flat_map(|len| {
             [b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff]
                 .into_iter()
@@ -234,8 +250,21 @@ pub(crate) mod cases {
         })
     }
 
+    /// JSON with strings holding brackets, quotes and escapes, UTF-8 text and a string the
+    /// input ends in, from every offset.
+    fn json_from_every_offset() -> impl Iterator<Item = Case> {
+        let json = [
+            &br#"{"a":[1,{"b":"x\"}]"},"\\"],"c":"\u0022[","d":{"e":[[[]]]}, "long":"#[..],
+            &[b'a'; 75],
+            br#"\\\"{","#,
+            "\"é€\":\"\\t\"}, \"a".as_bytes(),
+        ]
+        .concat();
+        (0..=json.len() + 1).map(move |i| (json.clone(), i, format!("at {i}")))
+    }
+
     /// Escapes (valid, invalid, cut off by the end of the input) across block boundaries.
-    pub(crate) fn escapes_across_blocks() -> impl Iterator<Item = Case> {
+    fn escapes_across_blocks() -> impl Iterator<Item = Case> {
         const TAILS: [&[u8]; 15] = [
             br#"\"x""#,
             br#"\\""#,
@@ -291,10 +320,11 @@ mod tests {
         (mask != 0).then(|| mask.trailing_zeros() as usize)
     }
 
-    type Search = fn(&[u8; BLOCK]) -> u32;
+    /// A block search, named, with the byte test it must agree with.
+    type Form = (&'static str, fn(&[u8; BLOCK]) -> u32, fn(u8) -> bool);
 
-    /// Every search form with the byte test it must agree with.
-    const SEARCHES: [(&str, Search, fn(u8) -> bool); 4] = [
+    /// Every search form.
+    const SEARCHES: [Form; 4] = [
         ("quote_or_backslash", quote_or_backslash, is_end),
         (
             "quote_backslash_or_control",
@@ -364,8 +394,11 @@ mod tests {
         }
     }
 
+    /// A wide test, named.
+    type WideForm = (&'static str, fn(&[u8; WIDE]) -> bool);
+
     /// Every form of the wide test.
-    const WIDE_TESTS: [(&str, fn(&[u8; WIDE]) -> bool); 2] = [
+    const WIDE_TESTS: [WideForm; 2] = [
         ("plain_wide", plain_wide),
         ("words::plain_wide", words::plain_wide),
     ];
