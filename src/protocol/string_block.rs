@@ -170,10 +170,12 @@ mod words {
         0
     }
 
+    /// The bit of the first `"` or `\` in `block`, or 0.
     pub(super) fn quote_or_backslash(block: &[u8; BLOCK]) -> u32 {
         first(block, quote_or_backslash_word)
     }
 
+    /// The bit of the first `"`, `\` or byte below 0x20 in `block`, or 0.
     pub(super) fn quote_backslash_or_control(block: &[u8; BLOCK]) -> u32 {
         first(block, |word| {
             quote_or_backslash_word(word) | control_word(word)
