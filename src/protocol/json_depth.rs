@@ -5,7 +5,7 @@
 //! levels overflows a shard's stack and aborts the process. Every entry point where peer bytes
 //! meet a JSON parser (client frames, POST bodies, upstream events and SSE data, values read
 //! back from Redis, the mock's requests) first runs [`check_depth`]: one pass that only tracks
-//! strings and brackets, allocates nothing, and jumps over string contents with `memchr`.
+//! strings and brackets, allocates nothing, and jumps over string contents in SSE2 steps.
 //! (A plain client frame has its nesting bounded by the one pass that also reads it,
 //! `json_scan`; any other still passes [`check_depth`] first.)
 //!
@@ -15,6 +15,7 @@
 use std::ops::Range;
 
 use super::fields::skip_ws;
+use super::json_skip::string_end;
 
 /// The deepest nesting accepted from a peer (objects and arrays together). serde_json's
 /// default; real requests (tool schemas included) stay far below it.
@@ -78,19 +79,12 @@ pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), TooDeep> {
 }
 
 /// Index of the closing quote of the string whose contents start at `from`; `None` when the
-/// input ends first. Not the field walk's `string_end`: that one steps through a string's
-/// first 64 bytes one by one (keys and short values of upstream events end sooner), which made
-/// this scan of a 30 KiB Codex frame, whose tool descriptions are long, 11.0 -> 17.5 us. Also
-/// what the walk that locates a terminal event's fields jumps the strings inside values with.
-pub(crate) fn jump_string(bytes: &[u8], mut from: usize) -> Option<usize> {
-    loop {
-        let rest = bytes.get(from..)?;
-        let hit = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[hit] == b'"' {
-            return Some(from + hit);
-        }
-        from += hit + 2;
-    }
+/// input ends first. The field walk's [`string_end`] without its escape flag: since it steps
+/// through a string in SSE2 blocks and wide runs, it costs less than the `memchr2` this used on
+/// short strings and no more on long ones. Also what the walk that locates a terminal event's
+/// fields jumps the strings inside values with.
+pub(crate) fn jump_string(bytes: &[u8], from: usize) -> Option<usize> {
+    string_end(bytes, from).map(|(end, _)| end)
 }
 
 #[cfg(test)]

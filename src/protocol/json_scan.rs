@@ -17,6 +17,8 @@
 
 use std::ops::Range;
 
+use super::string_block::{plain_strict_runs_end, quote_backslash_or_control, BLOCK, WIDE};
+
 /// The input is not plain, strict JSON within the nesting limit (or uses something the caller
 /// left to the full reading, such as an escaped key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +48,6 @@ pub(crate) struct Scan<'a> {
     at: usize,
     limit: usize,
 }
-
-/// Bytes of a string checked eight at a time before the rest is searched with memchr: keys,
-/// ids and short values end within them, where memchr's call costs more than the loop.
-const SHORT_STRING: usize = 128;
 
 impl<'a> Scan<'a> {
     /// A cursor at the start of `bytes`; containers may nest at most `limit` levels (128 at
@@ -314,32 +312,31 @@ fn some_digits_end(b: &[u8], i: usize) -> Result<usize, Unhandled> {
 
 /// Index of the closing quote of the string whose contents start at `i`, and whether the
 /// contents hold an escape. Fails on a raw control character, an invalid escape or the end of
-/// the input. The first [`SHORT_STRING`] bytes are looked at eight at a time ([`special`]);
-/// past them memchr finds the next quote or backslash and one sweep checks the run before it.
+/// the input. The contents are looked at a [`BLOCK`] at a time
+/// ([`quote_backslash_or_control`]); after [`WIDE`] bytes of blocks without a stop, plain
+/// [`WIDE`] runs are skipped ([`plain_strict_runs_end`]) and the blocks find the stop in the
+/// run after them. The last bytes of the input, fewer than a block, are looked at one by one.
 fn string_end(b: &[u8], mut i: usize) -> Result<(usize, bool), Unhandled> {
     let mut escaped = false;
-    let short_until = i.saturating_add(SHORT_STRING);
+    let mut wide_from = i.saturating_add(WIDE);
     loop {
         let rest = b.get(i..).ok_or(Unhandled)?;
-        let hit = if i >= short_until {
-            let hit = memchr::memchr2(b'"', b'\\', rest).ok_or(Unhandled)?;
-            // A fold without early exit, which the compiler vectorises.
-            if rest[..hit].iter().fold(u8::MAX, |low, &c| low.min(c)) < 0x20 {
-                return Err(Unhandled);
-            }
-            hit
-        } else if let Some(word) = rest.first_chunk::<8>() {
-            match special(u64::from_le_bytes(*word)) {
+        let hit = match rest.first_chunk::<BLOCK>() {
+            Some(block) => match quote_backslash_or_control(block) {
                 0 => {
-                    i += 8;
+                    i += BLOCK;
+                    if i >= wide_from {
+                        i = plain_strict_runs_end(b, i);
+                        wide_from = i.saturating_add(WIDE);
+                    }
                     continue;
                 }
-                found => (found.trailing_zeros() / 8) as usize,
-            }
-        } else {
-            rest.iter()
+                found => found.trailing_zeros() as usize,
+            },
+            None => rest
+                .iter()
                 .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                .ok_or(Unhandled)?
+                .ok_or(Unhandled)?,
         };
         i += hit;
         match b[i] {
@@ -351,20 +348,6 @@ fn string_end(b: &[u8], mut i: usize) -> Result<(usize, bool), Unhandled> {
             _ => return Err(Unhandled),
         }
     }
-}
-
-/// Eight string bytes (little-endian): non-zero when one is a quote, a backslash or a control
-/// character, and then the lowest set bit is the top bit of the first such byte. (A byte's
-/// test borrows only from the bytes above it, so the first flag is exact; flags above it may
-/// not be.)
-fn special(word: u64) -> u64 {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
-    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
-    let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
-    let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
-    let control = word.wrapping_sub(ONES * 0x20) & !word;
-    (quote | backslash | control) & TOPS
 }
 
 /// End of the escape whose backslash is at `i`.
@@ -386,6 +369,7 @@ fn escape_end(b: &[u8], i: usize) -> Result<usize, Unhandled> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::string_block::cases;
 
     /// Skips one value of `json` at level 0 and requires the end of the input after it.
     fn whole(json: &[u8], limit: usize) -> Result<Range<usize>, Unhandled> {
@@ -406,6 +390,8 @@ mod tests {
             b"-0",
             b"\"x\"",
             b"\t\r\n[1]\n",
+            // Bytes of UTF-8 text and DEL are ordinary string bytes.
+            "[\"é€😀\u{7f}éééééééé\"]".as_bytes(),
         ] {
             assert!(whole(ok, 128).is_ok(), "{:?}", String::from_utf8_lossy(ok));
         }
@@ -457,7 +443,7 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_and_escapes_past_the_short_prefix() {
+    fn control_characters_and_escapes_in_long_strings() {
         for len in [0, 1, 7, 8, 9, 63, 64, 127, 128, 129, 300] {
             let pad = "a".repeat(len);
             let ok = format!(r#"["{pad}\"{pad}\n{pad}","{pad}"]"#);
@@ -471,28 +457,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_byte_position_of_a_word_is_checked() {
-        let ok = |c: u8| c >= 0x20 && c != b'"' && c != b'\\';
-        for len in 0..40 {
-            for c in 0..=255u8 {
-                let mut s = vec![b'"'];
-                s.extend(std::iter::repeat_n(b'a', len));
-                s.push(c);
-                s.extend_from_slice(b"z\"");
-                let end = string_end(&s, 1).ok().map(|(end, _)| end);
-                let expected = match c {
-                    b'"' => Some(len + 1),
-                    _ if ok(c) => Some(len + 3),
-                    _ => None,
-                };
-                if c != b'\\' {
-                    assert_eq!(end, expected, "len {len} byte {c:#x}");
+    /// What [`string_end`] must answer, a byte at a time.
+    fn string_end_reference(b: &[u8], mut i: usize) -> Result<(usize, bool), Unhandled> {
+        let mut escaped = false;
+        loop {
+            match *b.get(i).ok_or(Unhandled)? {
+                b'"' => return Ok((i, escaped)),
+                b'\\' => {
+                    i = escape_end(b, i)?;
+                    escaped = true;
                 }
+                c if c < 0x20 => return Err(Unhandled),
+                _ => i += 1,
             }
         }
-        // Bytes of UTF-8 text and DEL are ordinary string bytes.
-        assert!(whole("[\"é€😀\u{7f}éééééééé\"]".as_bytes(), 2).is_ok());
+    }
+
+    #[test]
+    fn every_case_is_found_as_one_by_one() {
+        cases::check(string_end, string_end_reference);
     }
 
     #[test]
