@@ -17,7 +17,7 @@ pub mod realtime;
 pub mod redact;
 mod short_str;
 pub mod sse;
-mod string_block;
+pub(crate) mod string_block;
 pub mod upstream_event;
 pub mod usage;
 

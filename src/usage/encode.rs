@@ -7,6 +7,7 @@
 //! flattened map serde builds for this struct and the `String` per record.
 
 use super::{RealtimeUsage, UsageRecord};
+use crate::protocol::string_block::{quote_backslash_or_control, BLOCK};
 
 /// `,"name":` as one constant (names are plain ASCII: nothing to escape), so that a field's
 /// key is one append.
@@ -74,22 +75,6 @@ fn string_field(out: &mut String, key: &str, v: &str) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Every byte of a word set to `b`.
-const fn splat(b: u8) -> u64 {
-    u64::from_ne_bytes([b; 8])
-}
-
-/// `true` when one of the eight bytes of `word` is escaped in a JSON string: `"`, `\` or a
-/// control character (below 0x20). Exact for the word as a whole (the bit tricks may misplace
-/// which byte, never whether one is there): a zero byte of `x` sets the high bit of
-/// `(x - 0x01..) & !x & 0x80..`, and so does a byte below 0x20 with `0x20..` subtracted.
-fn word_escapes(word: u64) -> bool {
-    let high = splat(0x80);
-    let has_zero = |x: u64| x.wrapping_sub(splat(1)) & !x & high != 0;
-    let below_space = word.wrapping_sub(splat(0x20)) & !word & high != 0;
-    below_space || has_zero(word ^ splat(b'"')) || has_zero(word ^ splat(b'\\'))
-}
-
 /// The escape of byte `b` in a JSON string: a short one (`\"`, `\n`, ...), `""` for a control
 /// character written as `\u00XX`; `None` when `b` goes as it is.
 fn escape(b: u8) -> Option<&'static str> {
@@ -108,20 +93,22 @@ fn escape(b: u8) -> Option<&'static str> {
 
 /// `s` as a JSON string: `"` and `\` escaped, control characters as `\b \t \n \f \r` or
 /// `\u00XX`, everything else (non-ASCII included) as it is. Runs without escapes are copied
-/// whole; they are found eight bytes at a time ([`word_escapes`]).
+/// whole; they are found a block at a time by the JSON scan's own search
+/// ([`quote_backslash_or_control`]: the bytes a JSON string must escape are the bytes a strict
+/// scan stops at).
 fn string(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if let Some(word) = bytes
-            .get(i..i + 8)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok())
-        {
-            if !word_escapes(u64::from_ne_bytes(word)) {
-                i += 8;
-                continue;
+        if let Some(block) = bytes.get(i..).and_then(|b| b.first_chunk::<BLOCK>()) {
+            match quote_backslash_or_control(block) {
+                0 => {
+                    i += BLOCK;
+                    continue;
+                }
+                stops => i += stops.trailing_zeros() as usize,
             }
         }
         let b = bytes[i];
@@ -291,25 +278,6 @@ mod tests {
                         let text: String = text.into_iter().collect();
                         assert_eq!(encoded(&text), reference(&text), "{a} {b} of {len}");
                     }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_word_is_flagged_exactly_when_one_of_its_bytes_is_escaped() {
-        // Every byte value alone in a word of each plain filler, at each of the eight places.
-        for filler in [b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xc3, 0xff] {
-            for at in 0..8 {
-                for b in 0..=255u8 {
-                    let mut word = [filler; 8];
-                    word[at] = b;
-                    let want = escape(b).is_some() || escape(filler).is_some();
-                    assert_eq!(
-                        word_escapes(u64::from_ne_bytes(word)),
-                        want,
-                        "{b:#x} at {at}"
-                    );
                 }
             }
         }
