@@ -532,7 +532,7 @@ fn client_read(c: &mut Criterion) {
     use futures_lite::future::block_on;
     use futures_util::StreamExt;
     use shardgate::net::client_read::{read_text_frame, RawRead};
-    use shardgate::net::ws_frame::mask_into;
+    use shardgate::net::ws_frame::{mask_into, unmask_into_ascii};
     use shardgate::net::FrameEdge;
 
     const KEY: [u8; 4] = CLIENT_KEY;
@@ -598,6 +598,17 @@ fn client_read(c: &mut Criterion) {
     let name = "client_read/unmask_one_pass_30k";
     c.bench_function(name, |b| b.iter(one_pass));
     report_allocs(name, one_pass);
+    // The raw read's unmask: the same pass, telling all-ASCII text apart (which then needs no
+    // UTF-8 check: against `unmask_one_pass_30k` plus `utf8_simdutf8_30k` below).
+    let ascii_pass = || {
+        let mut out = out.borrow_mut();
+        unmask_into_ascii(black_box(masked), KEY, &mut out)
+    };
+    assert!(ascii_pass());
+    assert_eq!(*out.borrow(), text.as_bytes());
+    let name = "client_read/unmask_ascii_one_pass_30k";
+    c.bench_function(name, |b| b.iter(ascii_pass));
+    report_allocs(name, ascii_pass);
     let copy_then_xor = || {
         let wide = u64::from_ne_bytes([
             KEY[0], KEY[1], KEY[2], KEY[3], KEY[0], KEY[1], KEY[2], KEY[3],
