@@ -5,6 +5,7 @@
 //! itself: a client-role text frame sent upstream.
 
 use super::buf_pool::PooledBuf;
+use super::text_check::is_utf8;
 
 /// Longest frame header: 2 bytes, an 8-byte extended length, a 4-byte mask.
 pub const MAX_HEADER: usize = 14;
@@ -121,9 +122,10 @@ pub fn cut(bytes: &[u8], max_payload: u64) -> Cut {
     if bytes.len() < total {
         return Cut::Need(total);
     }
-    // `simdutf8`, as for client frames: a large terminal event (a response's whole output,
-    // non-ASCII text) is checked in a fraction of `std`'s time; the same answer on any input.
-    if simdutf8::basic::from_utf8(&bytes[h.len..total]).is_err() {
+    // An ASCII test for short events, else `simdutf8`, as for client frames: a large terminal
+    // event (a response's whole output, non-ASCII text) is checked in a fraction of `std`'s
+    // time; the same answer on any input.
+    if !is_utf8(&bytes[h.len..total]) {
         return Cut::Codec;
     }
     Cut::Frame {
