@@ -551,7 +551,10 @@ pub async fn relay<S: ClientSink>(
                         relayed = true;
                         batch += 1;
                     }
-                    if let Some(mut outcome) = ends.take() {
+                    // Looked at before it is taken: `take` moves the whole `Option<Outcome>`
+                    // (a `memcpy` call), which every event paid.
+                    let ended = if ends.is_some() { ends.take() } else { None };
+                    if let Some(mut outcome) = ended {
                         if source.write_pending(&mut pending, sink).await.is_err()
                             || sink.flush().await.is_err()
                         {
