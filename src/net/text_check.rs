@@ -22,10 +22,13 @@ pub fn is_utf8(payload: &[u8]) -> bool {
 /// `true` when no byte of `bytes` has its high bit set: the words ORed together, the bytes past
 /// the last whole word taken as the input's last 8 bytes (again) when it has 8, else one by one.
 fn is_ascii(bytes: &[u8]) -> bool {
-    let (words, tail) = bytes.as_chunks::<8>();
-    let mut any = words
-        .iter()
-        .fold(0u64, |any, word| any | u64::from_ne_bytes(*word));
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder();
+    let mut any = words.fold(0u64, |any, word| {
+        any | word
+            .first_chunk::<8>()
+            .map_or(0, |w| u64::from_ne_bytes(*w))
+    });
     match bytes.last_chunk::<8>() {
         Some(last) => any |= u64::from_ne_bytes(*last),
         None => any |= tail.iter().fold(0u64, |any, &b| any | u64::from(b)),

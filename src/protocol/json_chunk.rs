@@ -134,7 +134,15 @@ mod tests {
 
     #[test]
     fn prefix_xor_is_the_running_parity() {
-        for bits in [0u64, 1, 1 << 63, 0b1001, u64::MAX, 0x8000_0000_0000_0001, 0x5555] {
+        for bits in [
+            0u64,
+            1,
+            1 << 63,
+            0b1001,
+            u64::MAX,
+            0x8000_0000_0000_0001,
+            0x5555,
+        ] {
             let mut parity = 0u64;
             let mut want = 0u64;
             for k in 0..64 {

@@ -337,7 +337,11 @@ fn text_delta(raw: &[u8]) -> Option<&str> {
     let start = raw.first_chunk::<{ TEXT_DELTA.len() }>()?;
     // Three 16-byte words (the last two overlap), compared inline: as slices or arrays the
     // bytes went through a `memcmp` call (~22 instructions more per delta).
-    let word = |at: usize| start[at..].first_chunk::<16>().map(|w| u128::from_ne_bytes(*w));
+    let word = |at: usize| {
+        start[at..]
+            .first_chunk::<16>()
+            .map(|w| u128::from_ne_bytes(*w))
+    };
     let differ = [0, 16, TEXT_DELTA.len() - 16]
         .iter()
         .zip(TEXT_DELTA_WORDS)
@@ -714,7 +718,11 @@ mod tests {
         let delta = br#"{"type":"response.output_text.delta","item_id":"msg_1","delta":"hi"}"#;
         let fast = text_delta(delta);
         assert_eq!(fast, Some("response.output_text.delta"));
-        assert_eq!(fast.map(str::as_ptr), Some(delta[TYPE_AT..].as_ptr()), "borrowed");
+        assert_eq!(
+            fast.map(str::as_ptr),
+            Some(delta[TYPE_AT..].as_ptr()),
+            "borrowed"
+        );
         let same = |raw: &[u8]| {
             let shown = String::from_utf8_lossy(raw).into_owned();
             let (got, want) = (

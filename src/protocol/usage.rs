@@ -59,8 +59,10 @@ fn compact(raw: &[u8]) -> Option<Usage> {
     let input_tokens = count_after(&mut rest, b"{\"input_tokens\":")?;
     let cached_tokens = count_after(&mut rest, b",\"input_tokens_details\":{\"cached_tokens\":")?;
     let output_tokens = count_after(&mut rest, b"},\"output_tokens\":")?;
-    let reasoning_tokens =
-        count_after(&mut rest, b",\"output_tokens_details\":{\"reasoning_tokens\":")?;
+    let reasoning_tokens = count_after(
+        &mut rest,
+        b",\"output_tokens_details\":{\"reasoning_tokens\":",
+    )?;
     let total_tokens = count_after(&mut rest, b"},\"total_tokens\":")?;
     (rest == b"}").then_some(Usage {
         input_tokens,
@@ -202,7 +204,12 @@ mod tests {
                 raw[at] = b;
                 if let Some(usage) = compact(&raw) {
                     answered += 1;
-                    assert_eq!(Some(usage), walked(&raw), "{}", String::from_utf8_lossy(&raw));
+                    assert_eq!(
+                        Some(usage),
+                        walked(&raw),
+                        "{}",
+                        String::from_utf8_lossy(&raw)
+                    );
                 }
             }
             let mut raw = upstream.to_vec();
@@ -216,7 +223,13 @@ mod tests {
         }
         assert!(answered > 0);
         // Counts of every width, leading zeros, one past u64, empty.
-        for count in ["0", "007", "18446744073709551615", "18446744073709551616", ""] {
+        for count in [
+            "0",
+            "007",
+            "18446744073709551615",
+            "18446744073709551616",
+            "",
+        ] {
             for slot in 0..5 {
                 let mut counts = ["1", "2", "3", "4", "5"];
                 counts[slot] = count;
@@ -226,7 +239,11 @@ mod tests {
                 );
                 let fits = !count.is_empty() && count.parse::<u64>().is_ok();
                 assert_eq!(compact(raw.as_bytes()).is_some(), fits, "{raw}");
-                assert_eq!(Usage::from_raw(raw.as_bytes()), walked(raw.as_bytes()), "{raw}");
+                assert_eq!(
+                    Usage::from_raw(raw.as_bytes()),
+                    walked(raw.as_bytes()),
+                    "{raw}"
+                );
             }
         }
     }

@@ -333,7 +333,9 @@ mod tests {
         for pad in 0..80 {
             let fill = "x".repeat(pad);
             let texts = [
-                format!(r#"[{{"type":"message","id":"{fill}","content":[{{"text":"a]}}[{{b"}}],"n":null}}]"#),
+                format!(
+                    r#"[{{"type":"message","id":"{fill}","content":[{{"text":"a]}}[{{b"}}],"n":null}}]"#
+                ),
                 format!(r#"{{"{fill}":{{"x":[[],{{}},"]","["]}},"s":"q\"]{fill}\\","t":[1,2]}}"#),
                 format!(r#"{{"a":"{fill}","b":"{fill}{fill}","c":{{"d":"{fill}"}},"e":"\\"}}"#),
                 format!(r#"[{fill:?},{{"k":"{fill}}}]"}}]"#),
@@ -341,7 +343,12 @@ mod tests {
             ];
             out.extend(texts.map(String::into_bytes));
         }
-        for levels in [MAX_JSON_DEPTH - 3, MAX_JSON_DEPTH - 2, MAX_JSON_DEPTH - 1, 200] {
+        for levels in [
+            MAX_JSON_DEPTH - 3,
+            MAX_JSON_DEPTH - 2,
+            MAX_JSON_DEPTH - 1,
+            200,
+        ] {
             for pad in [0, 30, 61] {
                 out.push(
                     format!(
