@@ -36,6 +36,21 @@ fn is_ascii(bytes: &[u8]) -> bool {
     any & HIGH_BITS == 0
 }
 
+/// Valid and invalid UTF-8 around and between ASCII runs in the tests of the checks (this
+/// module's and `ws_frame::cut`'s): none, whole characters, a cut one, an overlong form, a
+/// surrogate, one past U+10FFFF, a byte never in UTF-8, the last ASCII byte.
+#[cfg(test)]
+pub(crate) const UTF8_EDGES: [&[u8]; 8] = [
+    b"",
+    "é€😀 and on".as_bytes(),
+    b"\xf0\x9f\x98",
+    b"\xc0\xaf",
+    b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80",
+    b"\xff",
+    b"\x7f",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,19 +74,9 @@ mod tests {
 
     #[test]
     fn agrees_with_std_on_both_sides_of_the_ascii_bound() {
-        let tails: [&[u8]; 8] = [
-            b"",
-            "é€😀 and on".as_bytes(),
-            b"\xf0\x9f\x98",
-            b"\xc0\xaf",
-            b"\xed\xa0\x80",
-            b"\xf4\x90\x80\x80",
-            b"\xff",
-            b"\x7f",
-        ];
         let mut lengths: Vec<usize> = (0..70).collect();
         lengths.extend(ASCII_FIRST - 20..ASCII_FIRST + 20);
-        for tail in tails {
+        for tail in UTF8_EDGES {
             for &len in &lengths {
                 let head = b"x".repeat(len);
                 for payload in [

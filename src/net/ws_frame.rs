@@ -395,16 +395,8 @@ mod tests {
             ]
             .concat()
         };
-        let tails: [&[u8]; 6] = [
-            "é€😀 and on".as_bytes(),
-            b"\xf0\x9f\x98",
-            b"\xc0\xaf",
-            b"\xed\xa0\x80",
-            b"\xf4\x90\x80\x80",
-            b"\xff",
-        ];
         // Past 64 bytes too: the SIMD check works in blocks.
-        for tail in tails {
+        for tail in crate::net::text_check::UTF8_EDGES {
             for at in 130..200 {
                 let payload = [&b"a".repeat(at)[..], tail, b"}"].concat();
                 let valid = std::str::from_utf8(&payload).is_ok();
