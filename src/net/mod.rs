@@ -52,6 +52,7 @@ pub mod proxy;
 pub mod read_buf;
 mod replay;
 pub mod stream;
+pub mod text_check;
 pub mod tls;
 pub mod tls_server;
 pub mod ws_frame;

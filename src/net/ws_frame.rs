@@ -5,6 +5,7 @@
 //! itself: a client-role text frame sent upstream.
 
 use super::buf_pool::PooledBuf;
+use super::text_check::is_utf8;
 
 /// Longest frame header: 2 bytes, an 8-byte extended length, a 4-byte mask.
 pub const MAX_HEADER: usize = 14;
@@ -121,9 +122,10 @@ pub fn cut(bytes: &[u8], max_payload: u64) -> Cut {
     if bytes.len() < total {
         return Cut::Need(total);
     }
-    // `simdutf8`, as for client frames: a large terminal event (a response's whole output,
-    // non-ASCII text) is checked in a fraction of `std`'s time; the same answer on any input.
-    if simdutf8::basic::from_utf8(&bytes[h.len..total]).is_err() {
+    // An ASCII test for short events, else `simdutf8`, as for client frames: a large terminal
+    // event (a response's whole output, non-ASCII text) is checked in a fraction of `std`'s
+    // time; the same answer on any input.
+    if !is_utf8(&bytes[h.len..total]) {
         return Cut::Codec;
     }
     Cut::Frame {
@@ -520,16 +522,8 @@ mod tests {
             ]
             .concat()
         };
-        let tails: [&[u8]; 6] = [
-            "é€😀 and on".as_bytes(),
-            b"\xf0\x9f\x98",
-            b"\xc0\xaf",
-            b"\xed\xa0\x80",
-            b"\xf4\x90\x80\x80",
-            b"\xff",
-        ];
         // Past 64 bytes too: the SIMD check works in blocks.
-        for tail in tails {
+        for tail in crate::net::text_check::UTF8_EDGES {
             for at in 130..200 {
                 let payload = [&b"a".repeat(at)[..], tail, b"}"].concat();
                 let valid = std::str::from_utf8(&payload).is_ok();

@@ -9,6 +9,7 @@ pub mod client_frame;
 pub mod error_body;
 pub(crate) mod fields;
 pub mod http1;
+pub(crate) mod json_chunk;
 pub mod json_depth;
 pub(crate) mod json_scan;
 mod json_skip;

@@ -15,6 +15,7 @@
 use std::ops::Range;
 
 use crate::protocol::fields::skip_ws;
+use crate::protocol::json_chunk::{masks, prefix_xor, CHUNK};
 use crate::protocol::json_depth::{jump_string, MAX_JSON_DEPTH};
 use crate::protocol::json_skip::string_end;
 
@@ -189,29 +190,7 @@ impl Members {
 fn skip_value(raw: &[u8], i: usize, level: usize) -> Option<usize> {
     match raw.get(i)? {
         b'"' => jump_string(raw, i + 1).map(|end| end + 1),
-        b'{' | b'[' => {
-            let mut depth = level;
-            let mut j = i;
-            loop {
-                match raw.get(j)? {
-                    b'"' => j = jump_string(raw, j + 1)?,
-                    b'{' | b'[' => {
-                        depth += 1;
-                        if depth > MAX_JSON_DEPTH {
-                            return None;
-                        }
-                    }
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == level {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-        }
+        b'{' | b'[' => container_end(raw, i, level),
         b',' | b'}' | b']' | b':' => None,
         _ => {
             let rest = raw.get(i..)?;
@@ -226,6 +205,72 @@ fn skip_value(raw: &[u8], i: usize, level: usize) -> Option<usize> {
                 _ => Some(i + len),
             }
         }
+    }
+}
+
+/// End (exclusive) of the object or array at `i` inside `level` open objects: brackets counted
+/// (strings jumped) and refused past [`MAX_JSON_DEPTH`]. The 64-byte chunks from `i` that hold
+/// no backslash are stepped by their masks ([`json_chunk`](crate::protocol::json_chunk)): the
+/// quotes' running parity marks the bytes inside strings, and only the brackets outside them
+/// are visited, in order. From the first chunk with a backslash (or the last bytes, fewer than
+/// a chunk) on, the walk goes byte by byte ([`brackets_end`]), as it did for the whole value
+/// (callgrind: a terminal event's `output` and `usage` were ~1.3k instructions a turn).
+fn container_end(raw: &[u8], i: usize, level: usize) -> Option<usize> {
+    let mut depth = level;
+    let mut j = i;
+    // All ones while the chunk at `j` starts inside a string.
+    let mut in_string = 0u64;
+    while let Some(chunk) = raw.get(j..).and_then(<[u8]>::first_chunk::<CHUNK>) {
+        let Some(m) = masks(chunk).filter(|m| m.backslash == 0) else {
+            break;
+        };
+        let inside = prefix_xor(m.quote) ^ in_string;
+        let mut brackets = (m.open | m.close) & !inside;
+        while brackets != 0 {
+            let k = brackets.trailing_zeros() as usize;
+            brackets &= brackets - 1;
+            if m.open >> k & 1 == 1 {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return None;
+                }
+            } else {
+                depth -= 1;
+                if depth == level {
+                    return Some(j + k + 1);
+                }
+            }
+        }
+        in_string = 0u64.wrapping_sub(inside >> 63);
+        j += CHUNK;
+    }
+    if in_string != 0 {
+        // The chunk before held no backslash: `j` is not an escaped byte.
+        j = jump_string(raw, j)? + 1;
+    }
+    brackets_end(raw, j, depth, level)
+}
+
+/// [`container_end`] byte by byte from `j` (outside a string) with `depth` levels open.
+fn brackets_end(raw: &[u8], mut j: usize, mut depth: usize, level: usize) -> Option<usize> {
+    loop {
+        match raw.get(j)? {
+            b'"' => j = jump_string(raw, j + 1)?,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return None;
+                }
+            }
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == level {
+                    return Some(j + 1);
+                }
+            }
+            _ => {}
+        }
+        j += 1;
     }
 }
 
@@ -279,6 +324,71 @@ mod tests {
             assert_eq!(at.id(raw), walked(raw, b"id"), "{shown}");
             assert_eq!(at.usage(raw), walked(raw, b"usage"), "{shown}");
             assert!(check_depth(raw, MAX_JSON_DEPTH).is_ok(), "{shown}");
+        }
+    }
+
+    /// Values whose strings, escapes and brackets fall at every offset of a chunk.
+    fn containers() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for pad in 0..80 {
+            let fill = "x".repeat(pad);
+            let texts = [
+                format!(
+                    r#"[{{"type":"message","id":"{fill}","content":[{{"text":"a]}}[{{b"}}],"n":null}}]"#
+                ),
+                format!(r#"{{"{fill}":{{"x":[[],{{}},"]","["]}},"s":"q\"]{fill}\\","t":[1,2]}}"#),
+                format!(r#"{{"a":"{fill}","b":"{fill}{fill}","c":{{"d":"{fill}"}},"e":"\\"}}"#),
+                format!(r#"[{fill:?},{{"k":"{fill}}}]"}}]"#),
+                format!(r#"{{"long":"{}","after":[{{}}]}}"#, "y".repeat(pad * 3)),
+            ];
+            out.extend(texts.map(String::into_bytes));
+        }
+        for levels in [
+            MAX_JSON_DEPTH - 3,
+            MAX_JSON_DEPTH - 2,
+            MAX_JSON_DEPTH - 1,
+            200,
+        ] {
+            for pad in [0, 30, 61] {
+                out.push(
+                    format!(
+                        r#"{{"p":"{}","d":{}"s"{}}}"#,
+                        "z".repeat(pad),
+                        "[".repeat(levels),
+                        "]".repeat(levels)
+                    )
+                    .into_bytes(),
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn containers_end_where_the_byte_walk_ends_them() {
+        for value in containers() {
+            for level in [EVENT, RESPONSE] {
+                for end in 0..=value.len() {
+                    let raw = &value[..end];
+                    assert_eq!(
+                        container_end(raw, 0, level),
+                        brackets_end(raw, 0, level, level),
+                        "{} at level {level}",
+                        String::from_utf8_lossy(raw)
+                    );
+                }
+                // A backslash at every position (escaping what follows it).
+                for at in 1..value.len() {
+                    let mut raw = value.clone();
+                    raw[at] = b'\\';
+                    assert_eq!(
+                        container_end(&raw, 0, level),
+                        brackets_end(&raw, 0, level, level),
+                        "{}",
+                        String::from_utf8_lossy(&raw)
+                    );
+                }
+            }
         }
     }
 
