@@ -111,14 +111,11 @@ pub async fn read_text_frame<S: AsyncRead + WaitReadable + Unpin>(
     let at_once = first.len().filter(|_| edge.can_wait_readable());
     let mut taken = Taken::new(edge);
     let header = match at_once {
-        Some(len) => match taken.read_head_into_frame(len).await {
-            Some(h) => h,
-            None => return RawRead::Gone,
-        },
-        None => match taken.read_head_on_stack().await {
-            Some(h) => h,
-            None => return RawRead::Gone,
-        },
+        Some(len) => taken.read_at_once(len).await,
+        None => taken.read_head_on_stack().await,
+    };
+    let Some(header) = header else {
+        return RawRead::Gone;
     };
     let Some(mask) = header.mask.filter(|_| takes(&header, max_payload)) else {
         return taken.codec();
@@ -131,7 +128,8 @@ pub async fn read_text_frame<S: AsyncRead + WaitReadable + Unpin>(
     };
     // Reads may take one byte past the frame ([`PAST_END`]); it goes back after the loop.
     let room = total.saturating_add(PAST_END);
-    if at_once.is_none() {
+    // A header read on the stack: the frame's buffer is taken now.
+    if taken.head_len > 0 {
         taken.start_frame(total, room);
     }
     while taken.filled < total {
@@ -264,9 +262,11 @@ impl<'a, S> Taken<'a, S> {
     }
 
     /// Waits for bytes holding no buffer, then reads into a `len`-byte one (at least a
-    /// header's) from the pool, the frame's, until a whole header is there; `None` when the
-    /// client is gone. A read that finds nothing gives the buffer back before waiting again.
-    async fn read_head_into_frame(&mut self, len: usize) -> Option<FrameHeader>
+    /// header's) from the pool, the frame's; `None` when the client is gone. A read that finds
+    /// nothing gives the buffer back before waiting again; so does one that brought less than
+    /// a header (a client that stalls there must not hold a frame's buffer, [`FIRST_BUFFER`]):
+    /// its bytes move to the stack and the header is read there.
+    async fn read_at_once(&mut self, len: usize) -> Option<FrameHeader>
     where
         S: AsyncRead + WaitReadable + Unpin,
     {
@@ -283,17 +283,15 @@ impl<'a, S> Taken<'a, S> {
                 Poll::Ready(Ok(n)) => self.filled = n,
             }
         }
-        loop {
-            if let Some(h) = FrameHeader::parse(&self.wire[..self.filled]) {
-                return Some(h);
-            }
-            // Short of a header: the buffer (at least a header long) has room for the rest.
-            let (edge, buf) = (&mut *self.edge, &mut self.wire[self.filled..]);
-            match poll_fn(|cx| edge.poll_read_raw(cx, buf)).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.filled += n,
-            }
+        if let Some(h) = FrameHeader::parse(&self.wire[..self.filled]) {
+            return Some(h);
         }
+        // Short of a header, so shorter than the stack buffer.
+        let short = self.filled;
+        self.head[..short].copy_from_slice(&self.wire[..short]);
+        (self.head_len, self.filled) = (short, 0);
+        self.wire = PooledBuf::default();
+        self.read_head_on_stack().await
     }
 
     /// Moves the head bytes into the frame's buffer (sized for `room`: the whole `total`-byte
@@ -402,8 +400,10 @@ mod tests {
         stall: bool,
         /// Answers [`WaitReadable::can_wait_readable`].
         can_wait: bool,
-        /// Every `poll_read` call, the ones answered `Pending` included.
+        /// Every `poll_read` call, the ones answered `Pending` included, and the buffer
+        /// length the last one was offered.
         polls: usize,
+        polled_room: usize,
     }
 
     impl Chunks {
@@ -417,6 +417,7 @@ mod tests {
                 stall: false,
                 can_wait: true,
                 polls: 0,
+                polled_room: 0,
             }
         }
     }
@@ -443,6 +444,7 @@ mod tests {
             buf: &mut [u8],
         ) -> Poll<io::Result<usize>> {
             self.polls += 1;
+            self.polled_room = buf.len();
             if self.pending_once {
                 self.pending_once = false;
                 cx.waker().wake_by_ref();
@@ -485,6 +487,26 @@ mod tests {
         block_on(read_text_frame(edge, 1 << 20, &mut first))
     }
 
+    /// Reads `wire` (the frame of `payload`) with `next` right behind it in one chunk: the
+    /// frame, its text and nothing after, then the next frame left whole for the stream.
+    fn read_whole_then(wire: &[u8], payload: &[u8], next: &[u8], first: FirstRead) {
+        let mut edge = FrameEdge::new(Chunks::new(&[&[wire, next].concat()]));
+        let f = frame_of(read_first(&mut edge, first));
+        let len = payload.len();
+        let got = (f.text.as_bytes(), &f.wire[..]);
+        assert_eq!(
+            got,
+            (payload, wire),
+            "{len} {first:?}: the frame, nothing after"
+        );
+        assert!(edge.at_message_edge());
+        assert_eq!(
+            rest(&mut edge),
+            next,
+            "{len} {first:?}: the next frame, whole"
+        );
+    }
+
     /// Every way a `total`-byte frame is read: header first (no frame size known yet), and at
     /// once into a buffer of a header's length (too short for any frame with a payload), of
     /// the frame's own size and [`PAST_END`] (the steady state), and of [`FIRST_BUFFER`].
@@ -511,17 +533,7 @@ mod tests {
             let wire = text(&payload);
             let next = text(b"next");
             for first in firsts(wire.len()) {
-                let all = [wire.clone(), next.clone()].concat();
-                let mut edge = FrameEdge::new(Chunks::new(&[&all]));
-                let f = frame_of(read_first(&mut edge, first));
-                assert_eq!(f.text.as_bytes(), payload, "{len} {first:?}");
-                assert_eq!(f.wire, wire, "{len} {first:?}: the frame as it came");
-                assert!(edge.at_message_edge());
-                assert_eq!(
-                    rest(&mut edge),
-                    next,
-                    "{len} {first:?}: the next frame, whole"
-                );
+                read_whole_then(&wire, &payload, &next, first);
             }
         }
     }
@@ -596,16 +608,7 @@ mod tests {
             // The next frame right behind: whatever was read past the frame goes back.
             for next in [text(b""), text(b"n"), text(&[b'n'; 200])] {
                 for first in firsts(wire.len()) {
-                    let all = [wire.clone(), next.clone()].concat();
-                    let mut edge = FrameEdge::new(Chunks::new(&[&all]));
-                    let f = frame_of(read_first(&mut edge, first));
-                    assert_eq!((f.text.as_bytes(), &f.wire[..]), (&payload[..], &wire[..]));
-                    assert!(edge.at_message_edge());
-                    assert_eq!(
-                        rest(&mut edge),
-                        next,
-                        "{len} {first:?}: the next frame, whole"
-                    );
+                    read_whole_then(&wire, &payload, &next, first);
                 }
             }
         }
@@ -711,6 +714,32 @@ mod tests {
             }
             assert_eq!(edge.get_mut().polls, polls, "can wait: {can_wait}");
             assert!(!edge.holds_unread());
+        }
+    }
+
+    #[test]
+    fn a_client_stalled_short_of_a_header_holds_no_frame_buffer() {
+        let wire = text(&[b's'; 30_000]);
+        for cut in 1..4 {
+            let mut edge = FrameEdge::new(Chunks::new(&[&wire[..cut]]));
+            edge.get_mut().stall = true;
+            let mut first = FirstRead(wire.len() + PAST_END);
+            {
+                let mut fut = std::pin::pin!(read_text_frame(&mut edge, 1 << 20, &mut first));
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                assert!(fut.as_mut().poll(&mut cx).is_pending());
+            }
+            let socket = edge.get_mut();
+            assert_eq!(
+                socket.last_room,
+                FIRST_BUFFER.min(wire.len() + PAST_END),
+                "at once"
+            );
+            assert_eq!(
+                socket.polled_room,
+                MAX_HEADER - cut,
+                "cut at {cut}: the rest of the header is waited for on the stack"
+            );
         }
     }
 
@@ -924,20 +953,7 @@ mod tests {
             let wire = text(&payload);
             let next = text(b"next");
             for first in firsts(wire.len()) {
-                let all = [wire.clone(), next.clone()].concat();
-                let mut edge = FrameEdge::new(Chunks::new(&[&all]));
-                let f = frame_of(read_first(&mut edge, first));
-                let got = (f.text.as_bytes(), &f.wire[..]);
-                assert_eq!(
-                    got,
-                    (&payload[..], &wire[..]),
-                    "{len} {first:?}: nothing after"
-                );
-                assert_eq!(
-                    rest(&mut edge),
-                    next,
-                    "{len} {first:?}: the next frame, whole"
-                );
+                read_whole_then(&wire, &payload, &next, first);
             }
         }
     }
