@@ -422,6 +422,20 @@ impl futures_lite::AsyncRead for AsyncLoop {
     }
 }
 
+/// Always readable: its bytes never run out.
+impl shardgate::net::WaitReadable for AsyncLoop {
+    fn can_wait_readable(&self) -> bool {
+        true
+    }
+
+    fn poll_readable(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 impl futures_lite::AsyncWrite for AsyncLoop {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
@@ -515,9 +529,9 @@ fn codex_create_30k() -> String {
 /// came (`Bytes`, to forward unchanged): `client_read/codec_recording_30k` is the path before
 /// the raw read (tungstenite in 16 KiB zero-filled chunks, its copy into the message and UTF-8
 /// check, the recording copy of every byte served); `client_read/raw_30k` is [`read_text_frame`]
-/// (header, then exactly the rest of the frame into its buffer, unmasked into the text in one
-/// pass, UTF-8 checked once; both buffers from the shard's pool, back in it when the frame
-/// drops). Then the two steps of the raw read, each against the alternative: unmasking in one
+/// (the first frame: header, then exactly the rest of the frame into its buffer; the next ones
+/// in one read into a buffer of the last one's size; unmasked into the text in one pass, UTF-8
+/// checked once; both buffers from the shard's pool, back in it when the frame drops). Then the two steps of the raw read, each against the alternative: unmasking in one
 /// pass (read, xor and write once, 8 bytes at a time) vs a copy then an xor in place (also 8
 /// bytes at a time), both into a buffer that exists already; the UTF-8 check with `simdutf8`
 /// vs `std::str::from_utf8`.
@@ -531,7 +545,7 @@ fn client_read(c: &mut Criterion) {
     use bytes::Bytes;
     use futures_lite::future::block_on;
     use futures_util::StreamExt;
-    use shardgate::net::client_read::{read_text_frame, RawRead};
+    use shardgate::net::client_read::{read_text_frame, FirstRead, RawRead};
     use shardgate::net::ws_frame::{mask_into, unmask_into_ascii};
     use shardgate::net::FrameEdge;
 
@@ -572,7 +586,8 @@ fn client_read(c: &mut Criterion) {
     report_allocs(name, codec);
 
     let mut edge = FrameEdge::new(sock());
-    let mut raw = || match block_on(read_text_frame(&mut edge, limit as u64)) {
+    let mut first = FirstRead::default();
+    let mut raw = || match block_on(read_text_frame(&mut edge, limit as u64, &mut first)) {
         RawRead::Frame(f) => (f.text, f.wire),
         _ => panic!("a raw frame"),
     };
@@ -719,13 +734,14 @@ fn client_watch(c: &mut Criterion) {
 /// [`read_text_frame`]: shardgate::net::client_read::read_text_frame
 fn turn_check(c: &mut Criterion) {
     use futures_lite::future::block_on;
-    use shardgate::net::client_read::{read_text_frame, RawRead};
+    use shardgate::net::client_read::{read_text_frame, FirstRead, RawRead};
     use shardgate::net::FrameEdge;
     use shardgate::shard::turn::frame::check;
 
     let wire = client_text_frame(codex_create_30k().as_bytes(), CLIENT_KEY);
     let mut edge = FrameEdge::new(AsyncLoop { wire, at: 0 });
-    let mut read = move || match block_on(read_text_frame(&mut edge, 1 << 24)) {
+    let mut first = FirstRead::default();
+    let mut read = move || match block_on(read_text_frame(&mut edge, 1 << 24, &mut first)) {
         RawRead::Frame(f) => f.text,
         _ => panic!("a raw frame"),
     };

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_lite::future::block_on;
-use shardgate::net::client_read::{read_text_frame, RawRead};
+use shardgate::net::client_read::{read_text_frame, FirstRead, RawRead};
 use shardgate::net::FrameEdge;
 use shardgate::protocol::http1::{parse_request, parse_request_into};
 
@@ -36,6 +36,20 @@ static ALLOC: Counting = Counting { count };
 struct Repeat {
     wire: Vec<u8>,
     at: usize,
+}
+
+/// Always readable: its bytes never run out.
+impl shardgate::net::WaitReadable for Repeat {
+    fn can_wait_readable(&self) -> bool {
+        true
+    }
+
+    fn poll_readable(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 impl futures_lite::AsyncRead for Repeat {
@@ -74,7 +88,9 @@ fn a_client_frame_read_raw_allocates_nothing_once_the_pool_is_warm() {
         wire: wire.clone(),
         at: 0,
     });
-    let mut read = || match block_on(read_text_frame(&mut edge, 1 << 20)) {
+    // The first frame tells the frame size: the others are read at once, header and payload.
+    let mut first = FirstRead::default();
+    let mut read = || match block_on(read_text_frame(&mut edge, 1 << 20, &mut first)) {
         RawRead::Frame(f) => {
             // A turn holds the text in more than one place (the request, the replay) and the
             // wire to forward it: every handle drops with the frame.

@@ -509,6 +509,48 @@ fn client_frames_split_over_writes_are_read_raw_and_go_upstream_as_they_came() {
 }
 
 #[test]
+fn a_frame_with_another_right_behind_it_is_read_raw_and_the_next_one_kept() {
+    let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
+    let gw = gateway_over(&up);
+    let admin = gw.admin_addr().expect("admin");
+    let mut c = RawClient::connect(gw.addr());
+    let frame = |fill: &str| {
+        masked(
+            0x81,
+            create("gpt-test", &fill.repeat(8_000), true, None).as_bytes(),
+        )
+    };
+    // The first turn tells the gateway the session's frame size: the next frames are read at
+    // once, header and payload, with whatever follows them in the same read.
+    let (a, b, c_frame) = (frame("a"), frame("b"), frame("c"));
+    c.send_split(&a, &[]);
+    c.read_until("response.completed");
+    c.send_split(&[b.clone(), masked(0x89, b"beat")].concat(), &[]);
+    let (mut pong, mut completed) = (false, false);
+    while !(pong && completed) {
+        let (opcode, payload) = c.next_frame();
+        pong |= (opcode, &payload[..]) == (0xA, &b"beat"[..]);
+        completed |=
+            opcode == 1 && String::from_utf8_lossy(&payload).contains("response.completed");
+    }
+    c.send_split(&c_frame, &[]);
+    c.read_until("response.completed");
+    let sent = up.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 3, "three turns went upstream");
+    for (i, wire) in [a, b, c_frame].iter().enumerate() {
+        assert!(
+            sent[i].wire == *wire,
+            "turn {i}: upstream got other bytes than the client sent"
+        );
+    }
+    eventually(
+        "the three frames were read raw",
+        Duration::from_secs(10),
+        || metric_total(admin, "client_frames_raw") == 3,
+    );
+}
+
+#[test]
 fn a_ping_before_a_client_frame_gets_its_pong_and_the_frame_still_goes_as_it_came() {
     let up = RawUpstream::start(|| [text(CREATED), text(COMPLETED)].concat());
     let gw = gateway_over(&up);

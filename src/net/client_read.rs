@@ -15,6 +15,13 @@
 //! when the turn drops the frame: in steady state a frame is neither allocated nor zero-filled
 //! before its bytes overwrite it.
 //!
+//! That is two `recv`s per frame, the header's and the rest's. Once a session's frame size is
+//! known ([`FirstRead`]: its last frame's) and its stream can wait for bytes without reading
+//! ([`WaitReadable`]: plain TCP, not TLS), the read waits holding no buffer, then reads into
+//! one of that size at once: header and payload in one `recv` when the frame came whole. Bytes
+//! that read took past the frame (a next frame sent right behind) go back in front of the
+//! stream; a frame larger than the buffer grows it as above.
+//!
 //! Only a complete text message in one masked frame (FIN, no RSV bits, length in its fewest bytes,
 //! payload within the limit, valid UTF-8) is read so. Anything else (a fragment, a control frame,
 //! a binary or unmasked frame, an oversize one, decided on its header alone, invalid UTF-8) is
@@ -23,6 +30,7 @@
 //! dropped half way (a timeout, a drain) gives its bytes back the same way.
 
 use std::future::poll_fn;
+use std::task::Poll;
 
 use async_tungstenite::tungstenite::Utf8Bytes;
 use bytes::Bytes;
@@ -30,6 +38,7 @@ use futures_lite::AsyncRead;
 
 use super::buf_pool::PooledBuf;
 use super::frame_edge::FrameEdge;
+use super::wait_readable::WaitReadable;
 use super::ws_frame::{unmask_into_ascii, FrameHeader, MAX_HEADER};
 
 /// What reading the client's next message raw gave.
@@ -59,28 +68,54 @@ pub fn takes(h: &FrameHeader, max_payload: u64) -> bool {
     h.is_whole_plain_text() && h.mask.is_some() && h.payload_len <= max_payload
 }
 
+/// The size a session's next frame is first read into: its last raw frame's (a client's
+/// frames are alike: a Codex session sends one `response.create` shape), so that frame's bytes
+/// and [`PAST_END`] fit the one read. Unknown before the session's first raw frame.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FirstRead(usize);
+
+impl FirstRead {
+    /// The buffer to read the next frame into at once, if a frame was read before: never
+    /// shorter than a header, never longer than [`FIRST_BUFFER`].
+    fn len(self) -> Option<usize> {
+        (self.0 > 0).then(|| self.0.clamp(MAX_HEADER, FIRST_BUFFER))
+    }
+
+    /// Remembers a `total`-byte frame's size for the next read.
+    fn remember(&mut self, total: usize) {
+        self.0 = total.saturating_add(PAST_END);
+    }
+}
+
 /// Reads the client's next message when it is one plain masked text frame of at most
 /// `max_payload` bytes ([`takes`]). Only at a message edge ([`FrameEdge::at_message_edge`]);
 /// elsewhere it reads nothing and answers [`RawRead::Codec`].
 ///
+/// On a stream that can wait for bytes without reading ([`WaitReadable`]), once `first` knows a
+/// frame size, it waits holding no buffer, then reads header and payload into one buffer of
+/// that size at once: one `recv` per frame when the frame came whole and fits. Elsewhere (TLS,
+/// a session's first frame) the header is read into a stack buffer first, then the rest. A
+/// frame read so remembers its size in `first`. A frame that ends exactly where a buffer
+/// shorter than it ends (read before its header told its size) leaves no poll armed
+/// ([`PAST_END`]): the next wait then costs one `recv` that finds nothing.
+///
 /// Cancel-safe: dropped before it returns, it puts back every byte it read.
-pub async fn read_text_frame<S: AsyncRead + Unpin>(
+pub async fn read_text_frame<S: AsyncRead + WaitReadable + Unpin>(
     edge: &mut FrameEdge<S>,
     max_payload: u64,
+    first: &mut FirstRead,
 ) -> RawRead {
     if !edge.at_message_edge() {
         return RawRead::Codec;
     }
+    let at_once = first.len().filter(|_| edge.can_wait_readable());
     let mut taken = Taken::new(edge);
-    let header = loop {
-        if let Some(h) = FrameHeader::parse(&taken.head[..taken.head_len]) {
-            break h;
-        }
-        let (edge, buf) = (&mut *taken.edge, &mut taken.head[taken.head_len..]);
-        match poll_fn(|cx| edge.poll_read_raw(cx, buf)).await {
-            Ok(0) | Err(_) => return RawRead::Gone,
-            Ok(n) => taken.head_len += n,
-        }
+    let header = match at_once {
+        Some(len) => taken.read_at_once(len).await,
+        None => taken.read_head_on_stack().await,
+    };
+    let Some(header) = header else {
+        return RawRead::Gone;
     };
     let Some(mask) = header.mask.filter(|_| takes(&header, max_payload)) else {
         return taken.codec();
@@ -93,7 +128,10 @@ pub async fn read_text_frame<S: AsyncRead + Unpin>(
     };
     // Reads may take one byte past the frame ([`PAST_END`]); it goes back after the loop.
     let room = total.saturating_add(PAST_END);
-    taken.start_frame(total, room);
+    // A header read on the stack: the frame's buffer is taken now.
+    if taken.head_len > 0 {
+        taken.start_frame(total, room);
+    }
     while taken.filled < total {
         if taken.filled == taken.wire.len() {
             let len = taken.wire.len();
@@ -123,6 +161,7 @@ pub async fn read_text_frame<S: AsyncRead + Unpin>(
     // frozen from them show exactly those bytes and are immutable.
     // The one place a client frame's checked bytes become `Utf8Bytes` unchecked.
     let text = unsafe { Utf8Bytes::from_bytes_unchecked(text.freeze(text_len)) };
+    first.remember(total);
     RawRead::Frame(RawFrame {
         text,
         wire: taken.keep().freeze(total),
@@ -204,6 +243,57 @@ impl<'a, S> Taken<'a, S> {
             wire: PooledBuf::default(),
             filled: 0,
         }
+    }
+
+    /// Reads until a whole header is there, into the stack buffer; `None` when the client is
+    /// gone.
+    async fn read_head_on_stack(&mut self) -> Option<FrameHeader>
+    where
+        S: AsyncRead + Unpin,
+    {
+        loop {
+            if let Some(h) = FrameHeader::parse(&self.head[..self.head_len]) {
+                return Some(h);
+            }
+            let (edge, buf) = (&mut *self.edge, &mut self.head[self.head_len..]);
+            match poll_fn(|cx| edge.poll_read_raw(cx, buf)).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.head_len += n,
+            }
+        }
+    }
+
+    /// Waits for bytes holding no buffer, then reads into a `len`-byte one (at least a
+    /// header's) from the pool, the frame's; `None` when the client is gone. A read that finds
+    /// nothing gives the buffer back before waiting again; so does one that brought less than
+    /// a header (a client that stalls there must not hold a frame's buffer, [`FIRST_BUFFER`]):
+    /// its bytes move to the stack and the header is read there.
+    async fn read_at_once(&mut self, len: usize) -> Option<FrameHeader>
+    where
+        S: AsyncRead + WaitReadable + Unpin,
+    {
+        while self.filled == 0 {
+            let edge = &mut *self.edge;
+            if poll_fn(|cx| edge.poll_readable(cx)).await.is_err() {
+                return None;
+            }
+            self.wire = PooledBuf::take(len);
+            let (edge, buf) = (&mut *self.edge, &mut self.wire[..]);
+            match poll_fn(|cx| Poll::Ready(edge.poll_read_raw(cx, buf))).await {
+                Poll::Pending => self.wire = PooledBuf::default(),
+                Poll::Ready(Ok(0) | Err(_)) => return None,
+                Poll::Ready(Ok(n)) => self.filled = n,
+            }
+        }
+        if let Some(h) = FrameHeader::parse(&self.wire[..self.filled]) {
+            return Some(h);
+        }
+        // Short of a header, so shorter than the stack buffer.
+        let short = self.filled;
+        self.head[..short].copy_from_slice(&self.wire[..short]);
+        (self.head_len, self.filled) = (short, 0);
+        self.wire = PooledBuf::default();
+        self.read_head_on_stack().await
     }
 
     /// Moves the head bytes into the frame's buffer (sized for `room`: the whole `total`-byte
@@ -310,6 +400,12 @@ mod tests {
         pending_once: bool,
         /// Once the chunks are served: wait for more instead of ending.
         stall: bool,
+        /// Answers [`WaitReadable::can_wait_readable`].
+        can_wait: bool,
+        /// Every `poll_read` call, the ones answered `Pending` included, and the buffer
+        /// length the last one was offered.
+        polls: usize,
+        polled_room: usize,
     }
 
     impl Chunks {
@@ -321,7 +417,25 @@ mod tests {
                 last_got: 0,
                 pending_once: false,
                 stall: false,
+                can_wait: true,
+                polls: 0,
+                polled_room: 0,
             }
+        }
+    }
+
+    /// Readable while chunks are left, or at the end of the stream; with `stall`, pending once
+    /// they are served.
+    impl WaitReadable for Chunks {
+        fn can_wait_readable(&self) -> bool {
+            self.can_wait
+        }
+
+        fn poll_readable(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.can_wait && self.chunks.is_empty() && self.stall {
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
         }
     }
 
@@ -331,6 +445,8 @@ mod tests {
             cx: &mut Context<'_>,
             buf: &mut [u8],
         ) -> Poll<io::Result<usize>> {
+            self.polls += 1;
+            self.polled_room = buf.len();
             if self.pending_once {
                 self.pending_once = false;
                 cx.waker().wake_by_ref();
@@ -365,7 +481,44 @@ mod tests {
     }
 
     fn read(edge: &mut FrameEdge<Chunks>) -> RawRead {
-        block_on(read_text_frame(edge, 1 << 20))
+        read_first(edge, FirstRead::default())
+    }
+
+    /// Reads with `first` as the size the frame is first read into.
+    fn read_first(edge: &mut FrameEdge<Chunks>, mut first: FirstRead) -> RawRead {
+        block_on(read_text_frame(edge, 1 << 20, &mut first))
+    }
+
+    /// Reads `wire` (the frame of `payload`) with `next` right behind it in one chunk: the
+    /// frame, its text and nothing after, then the next frame left whole for the stream.
+    fn read_whole_then(wire: &[u8], payload: &[u8], next: &[u8], first: FirstRead) {
+        let mut edge = FrameEdge::new(Chunks::new(&[&[wire, next].concat()]));
+        let f = frame_of(read_first(&mut edge, first));
+        let len = payload.len();
+        let got = (f.text.as_bytes(), &f.wire[..]);
+        assert_eq!(
+            got,
+            (payload, wire),
+            "{len} {first:?}: the frame, nothing after"
+        );
+        assert!(edge.at_message_edge());
+        assert_eq!(
+            rest(&mut edge),
+            next,
+            "{len} {first:?}: the next frame, whole"
+        );
+    }
+
+    /// Every way a `total`-byte frame is read: header first (no frame size known yet), and at
+    /// once into a buffer of a header's length (too short for any frame with a payload), of
+    /// the frame's own size and [`PAST_END`] (the steady state), and of [`FIRST_BUFFER`].
+    fn firsts(total: usize) -> [FirstRead; 4] {
+        [
+            FirstRead::default(),
+            FirstRead(MAX_HEADER),
+            FirstRead(total + PAST_END),
+            FirstRead(FIRST_BUFFER),
+        ]
     }
 
     fn frame_of(read: RawRead) -> RawFrame {
@@ -381,12 +534,9 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
             let wire = text(&payload);
             let next = text(b"next");
-            let mut edge = FrameEdge::new(Chunks::new(&[&[wire.clone(), next.clone()].concat()]));
-            let f = frame_of(read(&mut edge));
-            assert_eq!(f.text.as_bytes(), payload, "{len}");
-            assert_eq!(f.wire, wire, "{len}: the frame as it came");
-            assert!(edge.at_message_edge());
-            assert_eq!(rest(&mut edge), next, "{len}: the next frame, whole");
+            for first in firsts(wire.len()) {
+                read_whole_then(&wire, &payload, &next, first);
+            }
         }
     }
 
@@ -403,10 +553,13 @@ mod tests {
                 at = c;
             }
             chunks.push(&wire[at..]);
-            let mut edge = FrameEdge::new(Chunks::new(&chunks));
-            edge.get_mut().pending_once = true;
-            let f = frame_of(read(&mut edge));
-            assert_eq!((f.text.len(), &f.wire[..]), (30_000, &wire[..]), "{cuts:?}");
+            for first in firsts(wire.len()) {
+                let mut edge = FrameEdge::new(Chunks::new(&chunks));
+                edge.get_mut().pending_once = true;
+                let f = frame_of(read_first(&mut edge, first));
+                let got = (f.text.len(), &f.wire[..]);
+                assert_eq!(got, (30_000, &wire[..]), "{cuts:?} {first:?}");
+            }
         }
     }
 
@@ -437,28 +590,158 @@ mod tests {
                 if cut == 0 || cut >= wire.len() {
                     continue;
                 }
-                let mut edge = FrameEdge::new(Chunks::new(&[&wire[..cut], &wire[cut..]]));
-                let f = frame_of(read(&mut edge));
-                assert_eq!((f.text.as_bytes(), &f.wire[..]), (&payload[..], &wire[..]));
-                // A frame no longer than a header read may end in that read, which it fills.
-                let socket = edge.get_mut();
-                if wire.len() > MAX_HEADER {
-                    assert!(
-                        socket.last_room > socket.last_got,
-                        "{len} cut at {cut}: the last read filled its buffer"
-                    );
+                for first in firsts(wire.len()) {
+                    let mut edge = FrameEdge::new(Chunks::new(&[&wire[..cut], &wire[cut..]]));
+                    let f = frame_of(read_first(&mut edge, first));
+                    assert_eq!((f.text.as_bytes(), &f.wire[..]), (&payload[..], &wire[..]));
+                    // A frame no longer than a header read may end in that read, which it
+                    // fills; so may one read at once into a buffer shorter than it, when its
+                    // end falls on the buffer's (nothing tells that more is not coming).
+                    let socket = edge.get_mut();
+                    if wire.len() > MAX_HEADER && first != FirstRead(MAX_HEADER) {
+                        assert!(
+                            socket.last_room > socket.last_got,
+                            "{len} cut at {cut} {first:?}: the last read filled its buffer"
+                        );
+                    }
+                    assert!(!edge.holds_unread(), "{len} cut at {cut} {first:?}");
                 }
-                assert!(!edge.holds_unread(), "{len} cut at {cut}");
             }
             // The next frame right behind: whatever was read past the frame goes back.
             for next in [text(b""), text(b"n"), text(&[b'n'; 200])] {
-                let all = [wire.clone(), next.clone()].concat();
-                let mut edge = FrameEdge::new(Chunks::new(&[&all]));
-                let f = frame_of(read(&mut edge));
-                assert_eq!((f.text.as_bytes(), &f.wire[..]), (&payload[..], &wire[..]));
-                assert!(edge.at_message_edge());
-                assert_eq!(rest(&mut edge), next, "{len}: the next frame, whole");
+                for first in firsts(wire.len()) {
+                    read_whole_then(&wire, &payload, &next, first);
+                }
             }
+        }
+    }
+
+    #[test]
+    fn once_a_frame_size_is_known_header_and_payload_come_in_one_read() {
+        for len in (0..=64).chain([125, 126, 300, 8_000, 30_000, 65_000]) {
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let wire = text(&payload);
+            let mut first = FirstRead::default();
+            let mut edge = FrameEdge::new(Chunks::new(&[&wire, &wire, &wire]));
+            for n in 0..3 {
+                let reads = edge.get_mut().reads;
+                let f = frame_of(block_on(read_text_frame(&mut edge, 1 << 20, &mut first)));
+                assert_eq!((f.text.as_bytes(), &f.wire[..]), (&payload[..], &wire[..]));
+                assert_eq!(first, FirstRead(wire.len() + PAST_END), "{len}: remembered");
+                let socket = edge.get_mut();
+                if n > 0 {
+                    assert_eq!(socket.reads - reads, 1, "{len}, frame {n}: one read");
+                }
+                // The read left room in its buffer: glommio arms the socket's readiness poll.
+                if n > 0 || wire.len() > MAX_HEADER {
+                    assert!(socket.last_room > socket.last_got, "{len}, frame {n}");
+                }
+                assert!(!edge.holds_unread() && edge.at_message_edge());
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_sent_right_behind_one_read_at_once_is_kept_for_the_next_read() {
+        let wire = text(&[b'a'; 8_000]);
+        for next in [
+            text(b""),
+            text(b"n"),
+            text(&[b'n'; 8_000]),
+            text(&[b'n'; 70_000]),
+        ] {
+            for after in [vec![], text(b"after"), vec![0x81]] {
+                let all = [wire.clone(), next.clone(), after.clone()].concat();
+                let mut edge = FrameEdge::new(Chunks::new(&[&all]));
+                let mut first = FirstRead(wire.len() + PAST_END);
+                let f = frame_of(block_on(read_text_frame(&mut edge, 1 << 20, &mut first)));
+                assert_eq!(f.wire, wire);
+                assert_eq!(edge.get_mut().reads, 1, "{}: one read", next.len());
+                assert!(edge.holds_unread() && edge.at_message_edge());
+                let f = frame_of(block_on(read_text_frame(&mut edge, 1 << 20, &mut first)));
+                assert_eq!(f.wire, next, "{}: the second frame, whole", next.len());
+                assert_eq!(first, FirstRead(next.len() + PAST_END));
+                assert!(edge.at_message_edge());
+                assert_eq!(rest(&mut edge), after, "{}: the rest, whole", next.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_larger_than_its_first_read_grows_its_buffer_as_bytes_come() {
+        assert_eq!(FirstRead::default().len(), None, "no frame read yet");
+        assert_eq!(FirstRead(3).len(), Some(MAX_HEADER));
+        assert_eq!(FirstRead(30_009).len(), Some(30_009));
+        assert_eq!(FirstRead(16 << 20).len(), Some(FIRST_BUFFER));
+        for len in [200usize, 30_000, 70_000, 3 * FIRST_BUFFER + 5] {
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let wire = text(&payload);
+            let small = text(b"small");
+            for chunks in [vec![&wire[..]], wire.chunks(10_000).collect()] {
+                let mut edge = FrameEdge::new(Chunks::new(&[&[&small[..]], &chunks[..]].concat()));
+                let mut first = FirstRead::default();
+                let f = frame_of(block_on(read_text_frame(&mut edge, 1 << 22, &mut first)));
+                assert_eq!(f.wire, small);
+                let f = frame_of(block_on(read_text_frame(&mut edge, 1 << 22, &mut first)));
+                let got = (f.text.as_bytes(), &f.wire[..]);
+                assert_eq!(got, (&payload[..], &wire[..]), "{len}");
+                assert_eq!(first, FirstRead(wire.len() + PAST_END));
+                assert!(!edge.holds_unread());
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_that_cannot_wait_for_bytes_reads_the_header_first() {
+        let wire = text(&[b'w'; 8_000]);
+        let mut edge = FrameEdge::new(Chunks::new(&[&wire]));
+        edge.get_mut().can_wait = false;
+        let f = frame_of(read_first(&mut edge, FirstRead(wire.len() + PAST_END)));
+        assert_eq!(f.wire, wire);
+        assert_eq!(edge.get_mut().reads, 2, "the header, then the rest");
+    }
+
+    #[test]
+    fn waiting_for_a_frame_reads_nothing_until_bytes_come() {
+        let wire = text(&[b'i'; 8_000]);
+        for (can_wait, polls) in [(true, 0), (false, 1)] {
+            let mut edge = FrameEdge::new(Chunks::new(&[]));
+            let socket = edge.get_mut();
+            (socket.stall, socket.can_wait) = (true, can_wait);
+            let mut first = FirstRead(wire.len() + PAST_END);
+            {
+                let mut fut = std::pin::pin!(read_text_frame(&mut edge, 1 << 20, &mut first));
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                assert!(fut.as_mut().poll(&mut cx).is_pending());
+            }
+            assert_eq!(edge.get_mut().polls, polls, "can wait: {can_wait}");
+            assert!(!edge.holds_unread());
+        }
+    }
+
+    #[test]
+    fn a_client_stalled_short_of_a_header_holds_no_frame_buffer() {
+        let wire = text(&[b's'; 30_000]);
+        for cut in 1..4 {
+            let mut edge = FrameEdge::new(Chunks::new(&[&wire[..cut]]));
+            edge.get_mut().stall = true;
+            let mut first = FirstRead(wire.len() + PAST_END);
+            {
+                let mut fut = std::pin::pin!(read_text_frame(&mut edge, 1 << 20, &mut first));
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                assert!(fut.as_mut().poll(&mut cx).is_pending());
+            }
+            let socket = edge.get_mut();
+            assert_eq!(
+                socket.last_room,
+                FIRST_BUFFER.min(wire.len() + PAST_END),
+                "at once"
+            );
+            assert_eq!(
+                socket.polled_room,
+                MAX_HEADER - cut,
+                "cut at {cut}: the rest of the header is waited for on the stack"
+            );
         }
     }
 
@@ -492,16 +775,18 @@ mod tests {
             let all = [wire.clone(), after.clone()].concat();
             // Split in one-byte reads too: put back across the header and the payload reads.
             for chunks in [vec![all.clone()], all.iter().map(|b| vec![*b]).collect()] {
-                let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-                let mut edge = FrameEdge::new(Chunks::new(&refs));
-                let got = block_on(read_text_frame(&mut edge, 1_000));
-                assert_eq!(got, RawRead::Codec, "{name}");
-                assert!(edge.at_message_edge(), "{name}");
-                assert_eq!(
-                    rest(&mut edge),
-                    all,
-                    "{name}: every byte put back, in order"
-                );
+                for mut first in firsts(wire.len()) {
+                    let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+                    let mut edge = FrameEdge::new(Chunks::new(&refs));
+                    let got = block_on(read_text_frame(&mut edge, 1_000, &mut first));
+                    assert_eq!(got, RawRead::Codec, "{name} {first:?}");
+                    assert!(edge.at_message_edge(), "{name} {first:?}");
+                    assert_eq!(
+                        rest(&mut edge),
+                        all,
+                        "{name} {first:?}: every byte put back, in order"
+                    );
+                }
             }
         }
     }
@@ -529,21 +814,31 @@ mod tests {
     #[test]
     fn an_oversize_frame_is_refused_on_its_header_without_reading_its_payload() {
         let header = &text(&vec![b'o'; 5_000])[..8];
-        let mut edge = FrameEdge::new(Chunks::new(&[header]));
-        assert_eq!(block_on(read_text_frame(&mut edge, 4_999)), RawRead::Codec);
-        assert_eq!(edge.get_mut().reads, 1, "only the header was asked for");
-        assert_eq!(rest(&mut edge), header);
+        for mut first in firsts(5_009) {
+            let mut edge = FrameEdge::new(Chunks::new(&[header]));
+            let got = block_on(read_text_frame(&mut edge, 4_999, &mut first));
+            assert_eq!(got, RawRead::Codec);
+            assert_eq!(
+                edge.get_mut().reads,
+                1,
+                "{first:?}: only the header was asked for"
+            );
+            assert_eq!(rest(&mut edge), header);
+        }
     }
 
     #[test]
     fn a_read_dropped_half_way_puts_back_what_it_took() {
         let wire = text(&[b'q'; 1_000]);
-        for cut in [1, 5, 8, 500] {
+        for (cut, mut first) in [1, 5, 8, 500]
+            .into_iter()
+            .flat_map(|cut| firsts(wire.len()).map(|first| (cut, first)))
+        {
             let mut edge = FrameEdge::new(Chunks::new(&[&wire[..cut]]));
             // The socket then waits for more: the read is dropped there.
             edge.get_mut().stall = true;
             {
-                let mut fut = std::pin::pin!(read_text_frame(&mut edge, 1 << 20));
+                let mut fut = std::pin::pin!(read_text_frame(&mut edge, 1 << 20, &mut first));
                 let waker = std::task::Waker::noop();
                 let mut cx = Context::from_waker(waker);
                 let polled = fut.as_mut().poll(&mut cx);
@@ -552,7 +847,7 @@ mod tests {
             assert!(edge.at_message_edge());
             let mut back = vec![0u8; cut];
             block_on(edge.read_exact(&mut back)).unwrap();
-            assert_eq!(back, &wire[..cut], "cut at {cut}");
+            assert_eq!(back, &wire[..cut], "cut at {cut} {first:?}");
             assert!(!edge.holds_unread(), "and nothing more");
         }
     }
@@ -561,8 +856,11 @@ mod tests {
     fn a_client_gone_mid_frame_or_before_one_is_gone() {
         let wire = text(b"hello there");
         for cut in [0, 1, 7, 10] {
-            let mut edge = FrameEdge::new(Chunks::new(&[&wire[..cut]]));
-            assert_eq!(read(&mut edge), RawRead::Gone, "cut at {cut}");
+            for first in firsts(wire.len()) {
+                let mut edge = FrameEdge::new(Chunks::new(&[&wire[..cut]]));
+                let got = read_first(&mut edge, first);
+                assert_eq!(got, RawRead::Gone, "cut at {cut} {first:?}");
+            }
         }
     }
 
@@ -591,9 +889,11 @@ mod tests {
         let payload = vec![b'g'; 3 * FIRST_BUFFER + 5];
         let wire = text(&payload);
         let cuts: Vec<&[u8]> = wire.chunks(10_000).collect();
-        let mut edge = FrameEdge::new(Chunks::new(&cuts));
-        let f = frame_of(block_on(read_text_frame(&mut edge, 1 << 22)));
-        assert_eq!((f.text.as_bytes(), &f.wire[..]), (&payload[..], &wire[..]));
+        for mut first in firsts(wire.len()) {
+            let mut edge = FrameEdge::new(Chunks::new(&cuts));
+            let f = frame_of(block_on(read_text_frame(&mut edge, 1 << 22, &mut first)));
+            assert_eq!((f.text.as_bytes(), &f.wire[..]), (&payload[..], &wire[..]));
+        }
     }
 
     #[test]
@@ -656,18 +956,9 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
             let wire = text(&payload);
             let next = text(b"next");
-            let mut edge = FrameEdge::new(Chunks::new(&[&[wire.clone(), next.clone()].concat()]));
-            let f = frame_of(read(&mut edge));
-            assert_eq!(
-                f.text.as_bytes(),
-                payload,
-                "{len}: the text, and nothing after"
-            );
-            assert_eq!(
-                f.wire, wire,
-                "{len}: the frame as it came, and nothing after"
-            );
-            assert_eq!(rest(&mut edge), next, "{len}: the next frame, whole");
+            for first in firsts(wire.len()) {
+                read_whole_then(&wire, &payload, &next, first);
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::WaitReadable;
 use crate::runtime::TcpStream;
 
 /// An accepted client connection.
@@ -44,6 +45,21 @@ impl ClientStream {
                 let tcp = s.get_ref().0;
                 tcp.shutdown(Shutdown::Write).await.map_err(io::Error::from)
             }
+        }
+    }
+}
+
+/// Plain TCP waits for bytes on its socket; TLS cannot wait without reading (bytes on the
+/// socket need not make a record, and the TLS reader may hold plaintext already).
+impl WaitReadable for ClientStream {
+    fn can_wait_readable(&self) -> bool {
+        matches!(self, ClientStream::Plain(_))
+    }
+
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            ClientStream::Plain(s) => s.poll_readable(cx),
+            ClientStream::Tls(_) => Poll::Ready(Ok(())),
         }
     }
 }

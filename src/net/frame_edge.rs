@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use futures_lite::AsyncRead;
 
 use super::replay::Replay;
+use super::WaitReadable;
 
 /// A stream whose reads stop at every WebSocket frame end; writes go straight through.
 pub struct FrameEdge<S> {
@@ -167,6 +168,20 @@ impl<S: AsyncRead + Unpin> FrameEdge<S> {
             return Poll::Ready(Ok(self.held.serve(buf, |rest| rest.len())));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// Bytes held past a frame end are there to read at once.
+impl<S: WaitReadable> WaitReadable for FrameEdge<S> {
+    fn can_wait_readable(&self) -> bool {
+        self.inner.can_wait_readable()
+    }
+
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.held.has_pending() {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.poll_readable(cx)
     }
 }
 

@@ -1,8 +1,8 @@
 //! Transports below WebSocket: plain TCP or TLS streams toward upstream and from clients, the
 //! TLS client configuration built once per account, egress proxy tunnels, the client listener's
 //! TLS configuration, and the read-side wrappers under a WebSocket (frame-end reads, bytes put
-//! back in front), a client's plain text frames read without the codec, and the read buffers
-//! both raw reads reuse per shard.
+//! back in front), a client's plain text frames read without the codec (waiting for them without a buffer where
+//! the stream can), and the read buffers both raw reads reuse per shard.
 
 /// Implements `AsyncWrite` for a read-side wrapper `$ty<S>` by handing every call to its `inner`
 /// stream: the wrappers under a WebSocket only change how reads are cut or replayed.
@@ -55,9 +55,11 @@ pub mod stream;
 pub mod text_check;
 pub mod tls;
 pub mod tls_server;
+pub mod wait_readable;
 pub mod ws_frame;
 
 pub use client_stream::ClientStream;
 pub use frame_edge::FrameEdge;
 pub use prefixed::PrefixedStream;
 pub use stream::UpstreamStream;
+pub use wait_readable::WaitReadable;

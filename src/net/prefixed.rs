@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use futures_lite::AsyncRead;
 
 use super::replay::Replay;
+use super::WaitReadable;
 
 /// A stream that yields `prefix` before reading `inner`; writes go straight to `inner`.
 ///
@@ -95,6 +96,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for PrefixedStream<S> {
             record.extend_from_slice(&buf[..*n]);
         }
         read
+    }
+}
+
+/// Prefix bytes not served yet are there to read at once.
+impl<S: WaitReadable> WaitReadable for PrefixedStream<S> {
+    fn can_wait_readable(&self) -> bool {
+        self.inner.can_wait_readable()
+    }
+
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.prefix.has_pending() {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.poll_readable(cx)
     }
 }
 

@@ -25,7 +25,7 @@ use futures_lite::AsyncReadExt;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 
-use crate::net::client_read::{self, RawFrame, RawRead};
+use crate::net::client_read::{self, FirstRead, RawFrame, RawRead};
 use crate::net::{ClientStream, FrameEdge};
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::ClientFrame;
@@ -84,6 +84,8 @@ pub struct Session {
     /// The one timer every wait of the session runs under, set again for each wait (a timer
     /// per frame was an allocation and a timer-map insert and removal per client message).
     deadline: ShardDeadline,
+    /// The size its next raw frame is first read into (its last raw frame's).
+    first_read: FirstRead,
 }
 
 /// What a session waits for, and for how long.
@@ -253,6 +255,7 @@ pub async fn serve_handed(shard: Rc<Shard>, conn: HandedConn<HandedSession>) {
         waiting_since: Instant::now(),
         keys_seen,
         deadline: shard_deadline(),
+        first_read: FirstRead::default(),
     };
     session.run().await;
     shard.close_session(&key_id);
@@ -273,6 +276,7 @@ impl Session {
             wait: Wait::First,
             waiting_since: Instant::now(),
             deadline: shard_deadline(),
+            first_read: FirstRead::default(),
         }
     }
 
@@ -411,6 +415,7 @@ impl Session {
             wait: Wait::First,
             waiting_since: Instant::now(),
             deadline,
+            first_read: FirstRead::default(),
         }))
     }
 
@@ -543,13 +548,16 @@ impl Session {
         let limit = u64::try_from(shard.config.server.max_message_bytes).unwrap_or(u64::MAX);
         self.wait_until(timeout);
         loop {
-            let (client, deadline) = (&mut self.client, &mut self.deadline);
+            let (client, deadline, first) =
+                (&mut self.client, &mut self.deadline, &mut self.first_read);
             let read = futures_lite::future::or(
                 async {
                     Some(
                         deadline
                             .within(async {
-                                match client_read::read_text_frame(client.get_mut(), limit).await {
+                                match client_read::read_text_frame(client.get_mut(), limit, first)
+                                    .await
+                                {
                                     RawRead::Frame(f) => Read::Frame(f),
                                     RawRead::Gone => Read::Gone,
                                     RawRead::Codec => Read::Codec(client.next().await),

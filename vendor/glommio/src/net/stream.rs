@@ -300,6 +300,23 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Poll::Pending
     }
 
+    /// shardgate patch: `Ready` once a read may find bytes (or the end, or an error), without
+    /// reading any: while the readiness poll a read armed (`poll_read` arms one after a read
+    /// that did not fill its buffer, or that found nothing) has not completed, `Pending`, woken
+    /// when it completes. With no poll armed, or a completed one, a read is the way to know:
+    /// `Ready`. A reader waits here with no buffer, then reads into one it takes just then.
+    pub(crate) fn poll_readable(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        let Some(source) = self.source_rx.as_ref().filter(|s| !s.has_result()) else {
+            return Poll::Ready(Ok(()));
+        };
+        let reactor = self.reactor.upgrade().unwrap();
+        let reactor = reactor.as_ref();
+        poll_err!(self.read_timeout.check(reactor));
+        source.add_waiter_single(cx.waker());
+        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        Poll::Pending
+    }
+
     pub(crate) fn poll_write(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // On the write path, we always start with calling `yolo_send`, because
         // it is very likely to success. It could be a waste if it already timed
@@ -448,6 +465,16 @@ impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
             }
         }
         Poll::Ready(Ok(self.rx_buf.read(buf)))
+    }
+
+    /// shardgate patch: `Ready` once a read may find bytes, without reading any
+    /// ([`NonBufferedStream::poll_readable`]); at once while the receive buffer holds some or
+    /// the stream ended.
+    pub(crate) fn poll_readable(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        if !self.rx_buf.is_empty() || self.rx_done.get() {
+            return Poll::Ready(Ok(()));
+        }
+        self.stream.poll_readable(cx)
     }
 
     fn poll_replenish_buffer(&mut self, cx: &Context<'_>) -> Poll<io::Result<usize>> {

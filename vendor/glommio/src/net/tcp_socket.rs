@@ -498,6 +498,15 @@ impl TcpStream {
 }
 
 impl<B: RxBuf> TcpStream<B> {
+    /// Waits until a read may find bytes (or the end of the stream, or an error) without
+    /// reading any (shardgate patch): `Pending` while the readiness poll an earlier read armed
+    /// has not completed (the waker is woken when it does), `Ready` otherwise, when only a
+    /// read can tell. A reader can so wait without holding a buffer, and take one only to
+    /// read. A read may still find nothing (it then arms the poll and answers `Pending`).
+    pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream.poll_readable(cx)
+    }
+
     /// Sets the read timeout to the timeout specified.
     ///
     /// If the value specified is [`None`], then read calls will block
