@@ -16,14 +16,14 @@ use super::{Sparse, MAX_US};
 /// `sub_bucket_half_count`'s magnitude for `digits` significant digits, as HdrHistogram
 /// computes it: `2 × 10^digits` sub-buckets rounded up to a power of two, halved (3 digits:
 /// 2000 → 2048, 1024 per half; 1 digit: 20 → 32, 16 per half).
-const fn half_magnitude(digits: u32) -> u32 {
-    let needed = 2 * 10u64.pow(digits);
+const fn half_magnitude(digits: u8) -> u32 {
+    let needed = 2 * 10u64.pow(digits as u32);
     u64::BITS - (needed - 1).leading_zeros() - 1
 }
 
 /// One histogram's interval counts, in the buckets of an HdrHistogram with bounds
 /// 1 ..= [`MAX_US`] and `DIGITS` significant digits.
-pub struct IntervalCounts<const DIGITS: u32 = 3> {
+pub struct IntervalCounts<const DIGITS: u8 = 3> {
     counts: Box<[u64]>,
     /// Bit `i` set: `counts[i]` is not zero.
     touched: Box<[u64]>,
@@ -33,7 +33,7 @@ pub struct IntervalCounts<const DIGITS: u32 = 3> {
     recorded: u64,
 }
 
-impl<const DIGITS: u32> IntervalCounts<DIGITS> {
+impl<const DIGITS: u8> IntervalCounts<DIGITS> {
     const HALF_MAGNITUDE: u32 = half_magnitude(DIGITS);
     const HALF_COUNT: usize = 1 << Self::HALF_MAGNITUDE;
     /// Values below twice the half count are their own bucket.
@@ -113,7 +113,7 @@ impl<const DIGITS: u32> IntervalCounts<DIGITS> {
     }
 }
 
-impl<const DIGITS: u32> Default for IntervalCounts<DIGITS> {
+impl<const DIGITS: u8> Default for IntervalCounts<DIGITS> {
     fn default() -> Self {
         IntervalCounts {
             counts: vec![0; Self::LEN].into_boxed_slice(),
@@ -146,7 +146,7 @@ mod tests {
         vs
     }
 
-    fn buckets_match<const D: u32>(h: &Histogram<u64>) {
+    fn buckets_match<const D: u8>(h: &Histogram<u64>) {
         assert!(IntervalCounts::<D>::LEN <= h.distinct_values());
         for v in sweep(h) {
             let i = IntervalCounts::<D>::index(v);
@@ -167,11 +167,11 @@ mod tests {
     }
 
     /// Every array of `c` is zero again.
-    fn all_clear<const D: u32>(c: &IntervalCounts<D>) -> bool {
+    fn all_clear<const D: u8>(c: &IntervalCounts<D>) -> bool {
         c.counts.iter().chain(&*c.touched).chain(&*c.words).all(|&x| x == 0) && c.is_empty()
     }
 
-    fn takes_like<const D: u32>(fresh: fn() -> Histogram<u64>) {
+    fn takes_like<const D: u8>(fresh: fn() -> Histogram<u64>) {
         let mut ours = IntervalCounts::<D>::default();
         let mut theirs = fresh();
         for (k, v) in sweep(&theirs).into_iter().enumerate() {
@@ -201,8 +201,8 @@ mod tests {
     /// A few buckets at a time, at and around every boundary of the two bitmaps (a bucket at
     /// each end of a `touched` word, a word at each end of a `words` word): each take gives
     /// exactly those buckets and leaves nothing behind.
-    fn sparse_takes_like<const D: u32>(fresh: fn() -> Histogram<u64>) {
-        type C<const D: u32> = IntervalCounts<D>;
+    fn sparse_takes_like<const D: u8>(fresh: fn() -> Histogram<u64>) {
+        type C<const D: u8> = IntervalCounts<D>;
         let mut ours = C::<D>::default();
         let mut indexes: Vec<usize> = Vec::new();
         for edge in (0..C::<D>::LEN).step_by(64) {
