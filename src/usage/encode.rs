@@ -139,13 +139,30 @@ fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
             let block = bytes[last..].first_chunk::<BLOCK>()?;
             quote_backslash_or_control(block) >> (i - last)
         }
-        None => {
-            let mut block = [b' '; BLOCK];
-            block[..rest.len()].copy_from_slice(rest);
-            quote_backslash_or_control(&block)
-        }
+        None => quote_backslash_or_control(&padded(rest)),
     };
     (stops != 0).then(|| i + stops.trailing_zeros() as usize)
+}
+
+/// `rest` (fewer than [`BLOCK`] bytes) at the start of a block of spaces. Copied as two
+/// overlapping pieces of a fixed size (8, 4 or 1 bytes), not by a `memcpy` call of any length.
+fn padded(rest: &[u8]) -> [u8; BLOCK] {
+    let mut block = [b' '; BLOCK];
+    let n = rest.len().min(BLOCK);
+    let mut copy = |size: usize| {
+        block[..size].copy_from_slice(&rest[..size]);
+        block[n - size..n].copy_from_slice(&rest[n - size..n]);
+    };
+    match n {
+        8.. => copy(8),
+        4.. => copy(4),
+        _ => {
+            for (b, &r) in block.iter_mut().zip(rest) {
+                *b = r;
+            }
+        }
+    }
+    block
 }
 
 #[cfg(test)]
