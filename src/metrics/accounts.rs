@@ -213,7 +213,21 @@ mod tests {
     fn ttfts_ship_as_the_histogram_would_hold_them() {
         let t = AccountTallies::new(1);
         let (mut ws, mut http) = (ttft_histogram(), ttft_histogram());
-        let us = [0, 1, 9, 10, 17, 31, 32, 33, 999, 40_000, 123_456, MAX_US, u64::MAX];
+        let us = [
+            0,
+            1,
+            9,
+            10,
+            17,
+            31,
+            32,
+            33,
+            999,
+            40_000,
+            123_456,
+            MAX_US,
+            u64::MAX,
+        ];
         for (k, &v) in us.iter().enumerate() {
             let d = Duration::from_micros(v);
             let h = if k % 2 == 0 { &mut ws } else { &mut http };
@@ -235,6 +249,10 @@ mod tests {
         t.record_http_ttft(0, Duration::from_micros(7));
         let mut h = ttft_histogram();
         h.record(7).unwrap();
-        assert_eq!(t.take_interval(1)[0].http_ttft, Sparse::of(&h), "nothing left over");
+        assert_eq!(
+            t.take_interval(1)[0].http_ttft,
+            Sparse::of(&h),
+            "nothing left over"
+        );
     }
 }

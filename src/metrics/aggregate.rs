@@ -286,7 +286,11 @@ mod tests {
         type Labels = Vec<(&'static str, u64)>;
         type Shape = (Labels, Vec<(&'static str, Labels)>);
         let base: Shape = (
-            vec![("usage_records", 4), ("usage_attempts", 6), ("control_ticks", 1)],
+            vec![
+                ("usage_records", 4),
+                ("usage_attempts", 6),
+                ("control_ticks", 1),
+            ],
             vec![
                 ("usage_by_status", vec![("completed", 4)]),
                 ("rollbacks", vec![]),

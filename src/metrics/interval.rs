@@ -60,7 +60,10 @@ impl<const DIGITS: u8> IntervalCounts<DIGITS> {
     /// `value_iterated_to`).
     fn highest_value(index: usize) -> u64 {
         let (b, sub) = match (index >> Self::HALF_MAGNITUDE).checked_sub(1) {
-            Some(b) => (b as u32, (index & (Self::HALF_COUNT - 1)) + Self::HALF_COUNT),
+            Some(b) => (
+                b as u32,
+                (index & (Self::HALF_COUNT - 1)) + Self::HALF_COUNT,
+            ),
             None => (0, index & (Self::HALF_COUNT - 1)),
         };
         let lowest = (sub as u64) << b;
@@ -102,10 +105,7 @@ impl<const DIGITS: u8> IntervalCounts<DIGITS> {
                 while bits != 0 {
                     let i = w * 64 + bits.trailing_zeros() as usize;
                     bits &= bits - 1;
-                    out.push((
-                        Self::highest_value(i),
-                        std::mem::take(&mut self.counts[i]),
-                    ));
+                    out.push((Self::highest_value(i), std::mem::take(&mut self.counts[i])));
                 }
             }
         }
@@ -168,7 +168,12 @@ mod tests {
 
     /// Every array of `c` is zero again.
     fn all_clear<const D: u8>(c: &IntervalCounts<D>) -> bool {
-        c.counts.iter().chain(&*c.touched).chain(&*c.words).all(|&x| x == 0) && c.is_empty()
+        c.counts
+            .iter()
+            .chain(&*c.touched)
+            .chain(&*c.words)
+            .all(|&x| x == 0)
+            && c.is_empty()
     }
 
     fn takes_like<const D: u8>(fresh: fn() -> Histogram<u64>) {
