@@ -95,7 +95,7 @@ impl<const DIGITS: u8> IntervalCounts<DIGITS> {
             return Sparse::default();
         }
         self.recorded = 0;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.buckets());
         for (ww, summary) in self.words.iter_mut().enumerate() {
             let mut words = std::mem::take(summary);
             while words != 0 {
@@ -110,6 +110,22 @@ impl<const DIGITS: u8> IntervalCounts<DIGITS> {
             }
         }
         Sparse(out)
+    }
+}
+
+impl<const DIGITS: u8> IntervalCounts<DIGITS> {
+    /// How many buckets are set (what a take returns), from the words in use: the take's
+    /// vector is sized once instead of growing.
+    fn buckets(&self) -> usize {
+        let mut n = 0;
+        for (ww, &summary) in self.words.iter().enumerate() {
+            let mut words = summary;
+            while words != 0 {
+                n += self.touched[ww * 64 + words.trailing_zeros() as usize].count_ones() as usize;
+                words &= words - 1;
+            }
+        }
+        n
     }
 }
 
@@ -184,7 +200,10 @@ mod tests {
             ours.record_n(v, n);
             theirs.record_n(v, n).unwrap();
         }
-        assert_eq!(ours.take(), Sparse::of(&theirs));
+        let buckets = ours.buckets();
+        let took = ours.take();
+        assert_eq!(took.0.len(), buckets);
+        assert_eq!(took, Sparse::of(&theirs));
         assert!(ours.take().is_empty());
         assert!(all_clear(&ours));
         ours.record_n(0, 1);
@@ -223,6 +242,7 @@ mod tests {
                 ours.record_n(value(i), n);
                 theirs.record_n(value(i), n).unwrap();
             }
+            assert_eq!(ours.buckets(), pair.len(), "buckets {pair:?}");
             assert_eq!(ours.take(), Sparse::of(&theirs), "buckets {pair:?}");
             assert!(all_clear(&ours), "buckets {pair:?}");
         }
