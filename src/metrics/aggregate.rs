@@ -43,7 +43,7 @@ pub struct Aggregator {
     started: Instant,
     started_wall: SystemTime,
     totals: Vec<Vec<Histogram<u64>>>,
-    latest: Vec<CounterSet>,
+    latest: Vec<Arc<CounterSet>>,
     window: Window,
     control: Section,
 }
@@ -56,7 +56,7 @@ impl Aggregator {
             started: now,
             started_wall: SystemTime::now(),
             totals: (0..shards).map(|_| new_set()).collect(),
-            latest: vec![CounterSet::default(); shards],
+            latest: vec![Arc::default(); shards],
             window: Window::new(shards, interval, window, now),
             control: Section::default(),
         }
@@ -75,10 +75,10 @@ impl Aggregator {
         for (t, sparse) in totals.iter_mut().zip(&snap.hists) {
             sparse.add_to(t);
         }
-        let counters = CounterSet {
+        let counters = Arc::new(CounterSet {
             plain: snap.counters,
             labeled: snap.labeled,
-        };
+        });
         self.window.add(snap.shard, snap.hists, &counters, now);
         self.latest[snap.shard] = counters;
     }
