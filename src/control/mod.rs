@@ -335,22 +335,20 @@ impl Control {
         self.rollback.tick(now);
         let mut agg = aggregate::lock(&self.aggregator);
         agg.tick(now);
-        let mut counters = self.usage.counters();
-        for (name, a) in [
-            ("control_wakeups", &self.waker.wakeups),
-            ("control_ticks", &self.waker.ticks),
-        ] {
-            counters.insert(name.to_string(), a.load(Ordering::Relaxed));
-        }
-        for (name, v) in self.state.stats().values() {
-            counters.insert(name.to_string(), v);
-        }
-        let mut labeled = self.usage.labeled();
-        let (oauth_counters, oauth_labeled) = self.oauth.counters();
-        counters.extend(oauth_counters);
-        labeled.extend(oauth_labeled);
-        labeled.extend(self.rollback.labeled());
-        agg.set_control(counters, labeled);
+        agg.write_control(|out| {
+            self.usage.write_counters(out);
+            for (name, a) in [
+                ("control_wakeups", &self.waker.wakeups),
+                ("control_ticks", &self.waker.ticks),
+            ] {
+                out.counter(name, a.load(Ordering::Relaxed));
+            }
+            for (name, v) in self.state.stats().values() {
+                out.counter(name, v);
+            }
+            self.oauth.write_counters(out);
+            self.rollback.write_labeled(out);
+        });
     }
 
     fn handle(&mut self, msg: ShardMsg) {

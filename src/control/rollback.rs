@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 
 use crate::config::{Config, RollbackConfig};
 use crate::metrics::accounts::{ttft_histogram, AccountInterval};
-use crate::metrics::export::LabeledMap;
+use crate::metrics::export::InPlace;
 use crate::reload::LiveSettings;
 
 /// A threshold that tripped, with what was measured.
@@ -222,19 +222,20 @@ impl RollbackGuard {
             .or_default() += 1;
     }
 
-    /// `rollbacks{account/reason}` and the gauge `account_ws_percent{account}` (the share of
-    /// the account's sessions that take WebSocket now: 0 while it is on HTTP).
-    pub fn labeled(&self) -> LabeledMap {
-        let mut out = LabeledMap::new();
-        out.insert("rollbacks".into(), self.rollbacks.clone());
-        let percent = self
-            .accounts
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.clone(), u64::from(self.live.effective_ws_percent(i))))
-            .collect();
-        out.insert("account_ws_percent".into(), percent);
-        out
+    /// Writes `rollbacks{account/reason}` and the gauge `account_ws_percent{account}` (the share
+    /// of the account's sessions that take WebSocket now: 0 while it is on HTTP).
+    pub fn write_labeled(&self, out: &mut InPlace<'_>) {
+        out.family(
+            "rollbacks",
+            self.rollbacks.iter().map(|(k, &v)| (k.as_str(), v)),
+        );
+        out.family(
+            "account_ws_percent",
+            self.accounts
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.as_str(), u64::from(self.live.effective_ws_percent(i)))),
+        );
     }
 }
 
@@ -353,7 +354,8 @@ mod tests {
         assert!(!live.rolled_back(0) && live.rolled_back(1));
         guard.add(t, vec![interval(1, 10, 10, &[])]);
         guard.tick(t);
-        let labeled = guard.labeled();
+        let (mut counters, mut labeled) = Default::default();
+        guard.write_labeled(&mut InPlace::new(&mut counters, &mut labeled));
         assert_eq!(labeled["rollbacks"]["a1/ws_error_rate"], 1, "once");
         assert_eq!(labeled["account_ws_percent"]["a0"], 100);
         assert_eq!(labeled["account_ws_percent"]["a1"], 0);

@@ -3,13 +3,16 @@
 //!
 //! A shard records into plain cells it alone touches ([`AccountTallies`]); the control thread
 //! sums the shards' intervals over `[rollback] window_secs`. Nothing here is shared between
-//! threads while it is recorded.
+//! threads while it is recorded. The TTFTs are counted in the buckets of [`ttft_histogram`]
+//! ([`IntervalCounts`] at one significant digit), so an interval's take reads and clears only
+//! the buckets it used.
 
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::interval::IntervalCounts;
 use super::{Sparse, MAX_US};
 
 /// One account's WebSocket attempts over one interval of one shard.
@@ -64,15 +67,19 @@ pub enum WsResult {
 
 /// A histogram of TTFTs at one significant digit: ~3.7 KB, enough for a p99 threshold.
 pub fn ttft_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_US, 1).expect("constant histogram bounds are valid")
+    Histogram::new_with_bounds(1, MAX_US, TTFT_DIGITS).expect("constant histogram bounds are valid")
 }
 
+/// The significant digits of [`ttft_histogram`].
+const TTFT_DIGITS: u8 = 1;
+
+#[derive(Default)]
 struct Tally {
     ws_attempts: u64,
     ws_errors: u64,
     ws_fallbacks: u64,
-    ws_ttft: Histogram<u64>,
-    http_ttft: Histogram<u64>,
+    ws_ttft: IntervalCounts<TTFT_DIGITS>,
+    http_ttft: IntervalCounts<TTFT_DIGITS>,
 }
 
 /// One shard's per-account tallies for the current interval. Not `Sync`: only the owning
@@ -87,17 +94,7 @@ impl AccountTallies {
     /// Tallies for `accounts` accounts, all empty.
     pub fn new(accounts: usize) -> Self {
         AccountTallies {
-            tallies: RefCell::new(
-                (0..accounts)
-                    .map(|_| Tally {
-                        ws_attempts: 0,
-                        ws_errors: 0,
-                        ws_fallbacks: 0,
-                        ws_ttft: ttft_histogram(),
-                        http_ttft: ttft_histogram(),
-                    })
-                    .collect(),
-            ),
+            tallies: RefCell::new((0..accounts).map(|_| Tally::default()).collect()),
             reloads: Cell::new(0),
         }
     }
@@ -148,25 +145,24 @@ impl AccountTallies {
                     ws_attempts: t.ws_attempts,
                     ws_errors: t.ws_errors,
                     ws_fallbacks: t.ws_fallbacks,
-                    ws_ttft: Sparse::of(&t.ws_ttft),
-                    http_ttft: Sparse::of(&t.http_ttft),
+                    ws_ttft: t.ws_ttft.take(),
+                    http_ttft: t.http_ttft.take(),
                 });
+            } else {
+                t.ws_ttft.take();
+                t.http_ttft.take();
             }
             t.ws_attempts = 0;
             t.ws_errors = 0;
             t.ws_fallbacks = 0;
-            t.ws_ttft.reset();
-            t.http_ttft.reset();
         }
         out
     }
 }
 
 /// Records `d` in microseconds, clamped to the histogram's bounds.
-fn record_ttft(h: &mut Histogram<u64>, d: Duration) {
-    let us = (d.as_micros().min(u128::from(MAX_US)) as u64).max(1);
-    // In bounds by the clamp, so this cannot fail.
-    let _ = h.record(us);
+fn record_ttft(h: &mut IntervalCounts<TTFT_DIGITS>, d: Duration) {
+    h.record_n(d.as_micros().min(u128::from(MAX_US)) as u64, 1);
 }
 
 #[cfg(test)]
@@ -211,5 +207,52 @@ mod tests {
         );
         t.record_ws(2, WsResult::Error);
         assert_eq!(t.take_interval(1)[0].reloads, 1);
+    }
+
+    #[test]
+    fn ttfts_ship_as_the_histogram_would_hold_them() {
+        let t = AccountTallies::new(1);
+        let (mut ws, mut http) = (ttft_histogram(), ttft_histogram());
+        let us = [
+            0,
+            1,
+            9,
+            10,
+            17,
+            31,
+            32,
+            33,
+            999,
+            40_000,
+            123_456,
+            MAX_US,
+            u64::MAX,
+        ];
+        for (k, &v) in us.iter().enumerate() {
+            let d = Duration::from_micros(v);
+            let h = if k % 2 == 0 { &mut ws } else { &mut http };
+            h.record(v.clamp(1, MAX_US)).unwrap();
+            h.record(v.clamp(1, MAX_US)).unwrap();
+            for _ in 0..2 {
+                if k % 2 == 0 {
+                    t.record_ws(0, WsResult::Answered { ttft: Some(d) });
+                } else {
+                    t.record_http_ttft(0, d);
+                }
+            }
+        }
+        let taken = t.take_interval(0);
+        assert_eq!(taken[0].ws_ttft, Sparse::of(&ws));
+        assert_eq!(taken[0].http_ttft, Sparse::of(&http));
+        t.record_http_ttft(0, Duration::from_micros(5));
+        assert_eq!(t.take_interval(1), [], "dropped after a reload");
+        t.record_http_ttft(0, Duration::from_micros(7));
+        let mut h = ttft_histogram();
+        h.record(7).unwrap();
+        assert_eq!(
+            t.take_interval(1)[0].http_ttft,
+            Sparse::of(&h),
+            "nothing left over"
+        );
     }
 }

@@ -12,7 +12,9 @@ use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 
-use super::export::{add_into, delta, totals, CounterMap, LabeledMap, Scope, Section, StatsDoc};
+use super::export::{
+    add_into, delta, derived, totals, CounterMap, InPlace, LabeledMap, Scope, Section, StatsDoc,
+};
 use super::window::{CounterSet, Window};
 use super::{new_histogram, new_set, Hist, ShardSnapshot};
 
@@ -41,7 +43,7 @@ pub struct Aggregator {
     started: Instant,
     started_wall: SystemTime,
     totals: Vec<Vec<Histogram<u64>>>,
-    latest: Vec<CounterSet>,
+    latest: Vec<Arc<CounterSet>>,
     window: Window,
     control: Section,
 }
@@ -54,7 +56,7 @@ impl Aggregator {
             started: now,
             started_wall: SystemTime::now(),
             totals: (0..shards).map(|_| new_set()).collect(),
-            latest: vec![CounterSet::default(); shards],
+            latest: vec![Arc::default(); shards],
             window: Window::new(shards, interval, window, now),
             control: Section::default(),
         }
@@ -73,10 +75,10 @@ impl Aggregator {
         for (t, sparse) in totals.iter_mut().zip(&snap.hists) {
             sparse.add_to(t);
         }
-        let counters = CounterSet {
+        let counters = Arc::new(CounterSet {
             plain: snap.counters,
             labeled: snap.labeled,
-        };
+        });
         self.window.add(snap.shard, snap.hists, &counters, now);
         self.latest[snap.shard] = counters;
     }
@@ -91,9 +93,20 @@ impl Aggregator {
         self.window.reset(&self.latest, now);
     }
 
-    /// Replaces the control thread's own counters.
-    pub fn set_control(&mut self, counters: CounterMap, labeled: LabeledMap) {
-        self.control = Section::new(&[], counters, labeled);
+    /// Replaces the control thread's own counters with what `write` writes, in place (each
+    /// tick writes the same names: no allocation). When a name written before is not written
+    /// this time, `write` runs again onto empty maps, so the section holds exactly what it
+    /// wrote.
+    pub fn write_control(&mut self, write: impl Fn(&mut InPlace<'_>)) {
+        let c = &mut self.control;
+        let mut values = InPlace::new(&mut c.counters, &mut c.labeled);
+        write(&mut values);
+        if !values.exact() {
+            c.counters.clear();
+            c.labeled.clear();
+            write(&mut InPlace::new(&mut c.counters, &mut c.labeled));
+        }
+        c.derived = derived(&c.counters);
     }
 
     /// The stats document as of `now`.
@@ -264,5 +277,75 @@ mod tests {
             a.hist_log("nope", false, t),
             Err(HistLogError::Unknown(_))
         ));
+    }
+
+    /// The control section written in place over a sequence of shapes (values changed, names
+    /// added, dropped, repeated) always equals the one written afresh by the same writes.
+    #[test]
+    fn control_counters_written_in_place_equal_fresh_ones() {
+        type Labels = Vec<(&'static str, u64)>;
+        type Shape = (Labels, Vec<(&'static str, Labels)>);
+        let base: Shape = (
+            vec![
+                ("usage_records", 4),
+                ("usage_attempts", 6),
+                ("control_ticks", 1),
+            ],
+            vec![
+                ("usage_by_status", vec![("completed", 4)]),
+                ("rollbacks", vec![]),
+                ("account_ws_percent", vec![("a0", 100), ("a1", 0)]),
+            ],
+        );
+        let mut shapes = vec![base.clone()];
+        let mut next = base.clone();
+        next.0[0].1 = 9;
+        next.1[2].1[1].1 = 50;
+        shapes.push(next.clone());
+        next.0.push(("oauth_accounts_failed", 0));
+        next.1[0].1.push(("failed", 1));
+        next.1[1].1.push(("a1/ws_error_rate", 1));
+        shapes.push(next.clone());
+        next.0.remove(1);
+        shapes.push(next.clone());
+        next.1[2].1.remove(0);
+        shapes.push(next.clone());
+        next.1.remove(1);
+        shapes.push(next.clone());
+        next.0.push(("usage_records", 11));
+        next.1[0].1.push(("completed", 7));
+        shapes.push(next.clone());
+        shapes.push(base.clone());
+        shapes.push((vec![], vec![]));
+        shapes.push(base);
+
+        fn write(shape: &Shape) -> impl Fn(&mut InPlace<'_>) + '_ {
+            move |out| {
+                for &(name, v) in &shape.0 {
+                    out.counter(name, v);
+                }
+                for (family, labels) in &shape.1 {
+                    out.family(family, labels.iter().copied());
+                }
+            }
+        }
+        let interval = Duration::from_millis(200);
+        let mut kept = Aggregator::new(1, interval, interval * 10);
+        for (k, shape) in shapes.iter().enumerate() {
+            kept.write_control(write(shape));
+            let mut fresh = Aggregator::new(1, interval, interval * 10);
+            fresh.write_control(write(shape));
+            assert_eq!(kept.control, fresh.control, "shape {k}");
+            let mut built = CounterMap::new();
+            built.extend(shape.0.iter().map(|&(n, v)| (n.to_string(), v)));
+            assert_eq!(kept.control.counters, built, "shape {k}");
+            let families: std::collections::BTreeSet<_> = shape.1.iter().map(|f| f.0).collect();
+            assert_eq!(kept.control.labeled.len(), families.len(), "shape {k}");
+            for (family, labels) in &shape.1 {
+                let labels: std::collections::BTreeMap<String, u64> =
+                    labels.iter().map(|&(l, v)| (l.to_string(), v)).collect();
+                assert_eq!(kept.control.labeled[*family], labels, "shape {k}");
+            }
+        }
     }
 }

@@ -17,6 +17,73 @@ pub type CounterMap = BTreeMap<String, u64>;
 /// Labeled counters: family → label → value.
 pub type LabeledMap = BTreeMap<String, BTreeMap<String, u64>>;
 
+/// The control thread's counters, rewritten each tick into the maps of its stats section in
+/// place: a counter or label written before keeps its entry (no allocation, no insert), a new
+/// one is inserted. One left from an earlier write and not written this time is still there;
+/// [`InPlace::exact`] says whether the maps hold exactly what was written (then they equal
+/// maps built afresh from the same writes; otherwise the caller clears them and writes again).
+pub struct InPlace<'m> {
+    counters: &'m mut CounterMap,
+    labeled: &'m mut LabeledMap,
+    counters_written: usize,
+    families_written: usize,
+    labels_exact: bool,
+}
+
+impl<'m> InPlace<'m> {
+    /// Writes into `counters` and `labeled`, over what they hold.
+    pub fn new(counters: &'m mut CounterMap, labeled: &'m mut LabeledMap) -> Self {
+        InPlace {
+            counters,
+            labeled,
+            counters_written: 0,
+            families_written: 0,
+            labels_exact: true,
+        }
+    }
+
+    /// Sets a plain counter.
+    pub fn counter(&mut self, name: &str, value: u64) {
+        set(self.counters, name, value);
+        self.counters_written += 1;
+    }
+
+    /// Sets a labeled family to `labels` (the family is present even when `labels` is empty).
+    pub fn family<'a>(&mut self, family: &str, labels: impl IntoIterator<Item = (&'a str, u64)>) {
+        if !self.labeled.contains_key(family) {
+            self.labeled.insert(family.to_string(), BTreeMap::new());
+        }
+        let Some(inner) = self.labeled.get_mut(family) else {
+            return;
+        };
+        let mut written = 0;
+        for (label, value) in labels {
+            set(inner, label, value);
+            written += 1;
+        }
+        self.labels_exact &= written == inner.len();
+        self.families_written += 1;
+    }
+
+    /// `true` when every counter, family and label in the maps was written once since
+    /// [`InPlace::new`]: nothing is left from before.
+    pub fn exact(&self) -> bool {
+        self.labels_exact
+            && self.counters_written == self.counters.len()
+            && self.families_written == self.labeled.len()
+    }
+}
+
+/// `map[key] = value`, allocating the key only when it is new.
+fn set(map: &mut BTreeMap<String, u64>, key: &str, value: u64) {
+    match map.get_mut(key) {
+        Some(v) => *v = value,
+        None => {
+            map.insert(key.to_string(), value);
+        }
+    }
+}
+
 /// Whether a shipped counter is a gauge (a level, not a running total): such values are shown
 /// as they are in the window instead of as a difference.
 pub fn is_gauge(name: &str) -> bool {

@@ -125,7 +125,7 @@ impl Default for ShardMetrics {
             hists: RefCell::new(
                 Hist::ALL
                     .iter()
-                    .map(|_| IntervalCounts::default())
+                    .map(|_| IntervalCounts::<3>::default())
                     .collect(),
             ),
             recent: RefCell::new(Recent {
@@ -276,7 +276,7 @@ mod tests {
     #[test]
     fn buffered_values_reach_the_interval_in_full() {
         let m = ShardMetrics::default();
-        let mut direct = [IntervalCounts::default(), IntervalCounts::default()];
+        let mut direct: [IntervalCounts; 2] = Default::default();
         // Past several folds, with batches, zero counts and values too large for the buffer.
         for i in 0..(RECENT as u64 * 3 + 5) {
             let (us, n) = (i * 977 % 400_000, i % 4);

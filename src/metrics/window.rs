@@ -6,6 +6,7 @@
 //! a per-shard baseline: the totals at the end of the newest slot that left the window.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -25,8 +26,9 @@ pub struct CounterSet {
 #[derive(Debug, Clone, Default)]
 struct ShardSlot {
     hists: Vec<Sparse>,
-    /// The shard's totals as of its last snapshot in this slot.
-    end: Option<CounterSet>,
+    /// The shard's totals as of its last snapshot in this slot (shared with the aggregator's
+    /// latest totals: kept without a copy).
+    end: Option<Arc<CounterSet>>,
 }
 
 /// One `slot_len` of time.
@@ -44,7 +46,7 @@ pub struct Window {
     slot_len: Duration,
     capacity: usize,
     ring: VecDeque<Slot>,
-    baseline: Vec<CounterSet>,
+    baseline: Vec<Arc<CounterSet>>,
     /// When the window last started empty (start or `reset`).
     since: Instant,
 }
@@ -59,7 +61,7 @@ impl Window {
             slot_len,
             capacity,
             ring: VecDeque::with_capacity(capacity + 1),
-            baseline: vec![CounterSet::default(); shards],
+            baseline: vec![Arc::default(); shards],
             since: now,
         }
     }
@@ -93,7 +95,7 @@ impl Window {
         &mut self,
         shard: usize,
         mut hists: Vec<Sparse>,
-        counters: &CounterSet,
+        counters: &Arc<CounterSet>,
         now: Instant,
     ) {
         if shard >= self.baseline.len() {
@@ -122,7 +124,7 @@ impl Window {
     }
 
     /// Empties the window; counters restart from `latest`.
-    pub fn reset(&mut self, latest: &[CounterSet], now: Instant) {
+    pub fn reset(&mut self, latest: &[Arc<CounterSet>], now: Instant) {
         self.ring.clear();
         self.baseline = latest.to_vec();
         self.since = now;
@@ -130,7 +132,7 @@ impl Window {
 
     /// The baseline counters of `shard` (what the window's counters are measured from).
     pub fn baseline(&self, shard: usize) -> Option<&CounterSet> {
-        self.baseline.get(shard)
+        self.baseline.get(shard).map(|b| &**b)
     }
 
     /// Full histograms of `shard` over the window, indexed like [`Hist::ALL`].
@@ -203,11 +205,11 @@ mod tests {
         hs
     }
 
-    fn counters(turns: u64) -> CounterSet {
-        CounterSet {
+    fn counters(turns: u64) -> Arc<CounterSet> {
+        Arc::new(CounterSet {
             plain: vec![("turns", turns)],
             labeled: vec![],
-        }
+        })
     }
 
     #[test]
@@ -231,8 +233,8 @@ mod tests {
         w.advance(t0 + sec * 3);
         assert_eq!(w.shard_hists(0)[Hist::ClientTtft as usize].len(), 1);
         assert_eq!(w.shard_hists(1)[Hist::ClientTtft as usize].len(), 0);
-        assert_eq!(w.baseline(0), Some(&counters(1)));
-        assert_eq!(w.baseline(1), Some(&counters(4)));
+        assert_eq!(w.baseline(0), Some(&*counters(1)));
+        assert_eq!(w.baseline(1), Some(&*counters(4)));
         assert_eq!(w.covered(t0 + sec * 3), sec * 3);
     }
 
@@ -243,7 +245,7 @@ mod tests {
         w.add(0, hists_with(Hist::DialWs, &[10]), &counters(3), t0);
         w.reset(&[counters(3)], t0 + Duration::from_millis(500));
         assert!(w.shard_hists(0)[Hist::DialWs as usize].is_empty());
-        assert_eq!(w.baseline(0), Some(&counters(3)));
+        assert_eq!(w.baseline(0), Some(&*counters(3)));
         assert_eq!(
             w.covered(t0 + Duration::from_millis(700)),
             Duration::from_millis(200)

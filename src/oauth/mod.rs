@@ -16,7 +16,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use futures_channel::oneshot;
 
 use crate::config::Config;
-use crate::metrics::export::{CounterMap, LabeledMap};
+use crate::metrics::export::InPlace;
 use token::{AccountToken, Credential};
 
 /// Refresh requests queued at most; a shard whose request does not fit treats it as refused.
@@ -99,36 +99,35 @@ impl OAuthRegistry {
             .take()
     }
 
-    /// The counters for stats and `/metrics`: `oauth_accounts_failed` (accounts out of rotation
-    /// now), `oauth_state_write_failures`, and per account `oauth_refreshes{account}` and
+    /// Writes the counters for stats and `/metrics` (none without OAuth accounts):
+    /// `oauth_accounts_failed` (accounts out of rotation now), `oauth_state_write_failures`, and
+    /// per account `oauth_refreshes{account}` and
     /// `oauth_refresh_failures{account}`.
-    pub fn counters(&self) -> (CounterMap, LabeledMap) {
-        let mut counters = CounterMap::new();
-        let mut labeled = LabeledMap::new();
-        let accounts = self
-            .tokens
-            .iter()
-            .zip(self.ids.iter())
-            .filter_map(|(t, id)| t.as_ref().map(|t| (t, id)));
+    pub fn write_counters(&self, out: &mut InPlace<'_>) {
+        let accounts = || {
+            self.tokens
+                .iter()
+                .zip(self.ids.iter())
+                .filter_map(|(t, id)| t.as_ref().map(|t| (t, id.as_str())))
+        };
+        if accounts().next().is_none() {
+            return;
+        }
         let (mut failed, mut write_failures) = (0, 0);
-        for (token, id) in accounts {
+        for (token, _) in accounts() {
             failed += u64::from(token.is_failed());
             write_failures += token.state_write_failures.load(Ordering::Relaxed);
-            for (family, v) in [
-                ("oauth_refreshes", &token.refreshes),
-                ("oauth_refresh_failures", &token.refresh_failures),
-            ] {
-                labeled
-                    .entry(family.to_string())
-                    .or_default()
-                    .insert(id.clone(), v.load(Ordering::Relaxed));
-            }
         }
-        if !labeled.is_empty() {
-            counters.insert("oauth_accounts_failed".into(), failed);
-            counters.insert("oauth_state_write_failures".into(), write_failures);
-        }
-        (counters, labeled)
+        out.counter("oauth_accounts_failed", failed);
+        out.counter("oauth_state_write_failures", write_failures);
+        out.family(
+            "oauth_refreshes",
+            accounts().map(|(t, id)| (id, t.refreshes.load(Ordering::Relaxed))),
+        );
+        out.family(
+            "oauth_refresh_failures",
+            accounts().map(|(t, id)| (id, t.refresh_failures.load(Ordering::Relaxed))),
+        );
     }
 
     fn stop(&self) {

@@ -291,11 +291,13 @@ impl Shard {
     /// Ships this interval's histograms and the counter totals to the control thread.
     pub fn ship_snapshot(&self) {
         let mut counters = self.counters.values();
+        counters.reserve_exact(3);
         counters.push(("turns_in_flight", self.in_flight.get() as u64));
         counters.push(("usage_outbox_len", self.usage_outbox.len() as u64));
         let waiting: usize = self.pools.iter().map(|p| p.waiting()).sum();
         counters.push(("acquire_waiters_len", waiting as u64));
         let mut labeled = self.counters.labeled_values();
+        labeled.reserve_exact(3 + 4 * self.pools.len());
         let pings = |of: fn(&PoolCounters) -> u64| -> u64 {
             self.pools.iter().map(|p| of(&p.counters)).sum()
         };

@@ -93,24 +93,12 @@ fn escape(b: u8) -> Option<&'static str> {
 
 /// `s` as a JSON string: `"` and `\` escaped, control characters as `\b \t \n \f \r` or
 /// `\u00XX`, everything else (non-ASCII included) as it is. Runs without escapes are copied
-/// whole; they are found a block at a time by the JSON scan's own search
-/// ([`quote_backslash_or_control`]: the bytes a JSON string must escape are the bytes a strict
-/// scan stops at).
+/// whole; they end where [`next_escape`] finds a byte to escape.
 fn string(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if let Some(block) = bytes.get(i..).and_then(|b| b.first_chunk::<BLOCK>()) {
-            match quote_backslash_or_control(block) {
-                0 => {
-                    i += BLOCK;
-                    continue;
-                }
-                stops => i += stops.trailing_zeros() as usize,
-            }
-        }
+    let (mut start, mut from) = (0, 0);
+    while let Some(i) = next_escape(bytes, from) {
         let b = bytes[i];
         if let Some(short) = escape(b) {
             // Escaped bytes are ASCII, so `i` and `i + 1` are character boundaries.
@@ -124,10 +112,57 @@ fn string(out: &mut String, s: &str) {
             }
             start = i + 1;
         }
-        i += 1;
+        from = i + 1;
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// The first byte at or after `from` that a JSON string must escape (`"`, `\`, below 0x20),
+/// found a block at a time by the JSON scan's own search ([`quote_backslash_or_control`]: the
+/// bytes a JSON string must escape are the bytes a strict scan stops at). The last bytes, fewer
+/// than a block, are looked at as one block too: the block that ends with them when the string
+/// is that long (its bytes before `from` shifted out), else a copy padded with spaces (never an
+/// escape), so no byte is looked at alone.
+fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(block) = bytes.get(i..).and_then(|b| b.first_chunk::<BLOCK>()) {
+        let stops = quote_backslash_or_control(block);
+        if stops != 0 {
+            return Some(i + stops.trailing_zeros() as usize);
+        }
+        i += BLOCK;
+    }
+    let rest = bytes.get(i..).filter(|rest| !rest.is_empty())?;
+    let stops = match bytes.len().checked_sub(BLOCK) {
+        Some(last) => {
+            let block = bytes[last..].first_chunk::<BLOCK>()?;
+            quote_backslash_or_control(block) >> (i - last)
+        }
+        None => quote_backslash_or_control(&padded(rest)),
+    };
+    (stops != 0).then(|| i + stops.trailing_zeros() as usize)
+}
+
+/// `rest` (fewer than [`BLOCK`] bytes) at the start of a block of spaces. Copied as two
+/// overlapping pieces of a fixed size (8, 4 or 1 bytes), not by a `memcpy` call of any length.
+fn padded(rest: &[u8]) -> [u8; BLOCK] {
+    let mut block = [b' '; BLOCK];
+    let n = rest.len().min(BLOCK);
+    let mut copy = |size: usize| {
+        block[..size].copy_from_slice(&rest[..size]);
+        block[n - size..n].copy_from_slice(&rest[n - size..n]);
+    };
+    match n {
+        8.. => copy(8),
+        4.. => copy(4),
+        _ => {
+            for (b, &r) in block.iter_mut().zip(rest) {
+                *b = r;
+            }
+        }
+    }
+    block
 }
 
 #[cfg(test)]
@@ -240,15 +275,16 @@ mod tests {
 
     #[test]
     fn every_character_at_every_offset_of_every_length_is_escaped_as_serde_does() {
-        // Word by word scanning: each character alone in a run of plain ones, at every offset
-        // of strings up to five words long, in runs of plain characters near the edges of
+        // Block by block scanning: each character alone in a run of plain ones, at every offset
+        // of strings up to three blocks long (the last bytes looked at in a padded copy or in
+        // the block that ends the string), in runs of plain characters near the edges of
         // the escaped range (space, tilde) and of non-ASCII ones.
         let chars: Vec<char> = (0u8..0x80)
             .map(char::from)
             .chain(['é', '\u{80}', '\u{7ff}', '\u{2028}', '😀'])
             .collect();
         for plain in ['a', ' ', '~', '!', '#', '[', ']', 'ÿ'] {
-            for len in 0..=40 {
+            for len in 0..=48 {
                 let background: Vec<char> = std::iter::repeat_n(plain, len).collect();
                 assert_eq!(
                     encoded(&background.iter().collect::<String>()),
@@ -268,7 +304,7 @@ mod tests {
 
     #[test]
     fn two_escapes_in_one_word_or_across_words_are_both_written() {
-        for len in 2..=24 {
+        for len in 2..=48 {
             for a in 0..len {
                 for b in a + 1..len {
                     for (x, y) in [('"', '\\'), ('\n', '\u{1}'), ('\u{1f}', '"')] {

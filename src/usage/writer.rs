@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::{UsageConfig, UsageSinkKind};
-use crate::metrics::export::{CounterMap, LabeledMap};
+use crate::metrics::export::InPlace;
 
 use super::encode::write_record;
 use super::file::FileSink;
@@ -173,10 +173,11 @@ impl UsageWriter {
         self.stats
     }
 
-    /// The counters as named in the stats document.
-    pub fn counters(&self) -> CounterMap {
+    /// Writes the counters as named in the stats document, and the records by request type
+    /// (`usage_by_type`) and terminal status (`usage_by_status`).
+    pub fn write_counters(&self, out: &mut InPlace<'_>) {
         let s = self.stats;
-        [
+        for (name, v) in [
             ("usage_records", s.records),
             ("usage_attempts", s.attempts),
             ("usage_written", s.written),
@@ -184,27 +185,23 @@ impl UsageWriter {
             ("usage_replayed", s.replayed),
             ("usage_dropped", s.dropped),
             ("usage_sink_errors", s.sink_errors),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
-
-    /// Records by request type (`usage_by_type`) and terminal status (`usage_by_status`).
-    pub fn labeled(&self) -> LabeledMap {
+        ] {
+            out.counter(name, v);
+        }
         let types = [
             RequestType::Ws,
             RequestType::Stream,
             RequestType::Sync,
             RequestType::Realtime,
-        ]
-        .into_iter()
-        .map(|t| (t.as_str().to_string(), self.by_type[t as usize]))
-        .collect();
-        let mut out = LabeledMap::new();
-        out.insert("usage_by_type".into(), types);
-        out.insert("usage_by_status".into(), self.by_status.clone());
-        out
+        ];
+        out.family(
+            "usage_by_type",
+            types.map(|t| (t.as_str(), self.by_type[t as usize])),
+        );
+        out.family(
+            "usage_by_status",
+            self.by_status.iter().map(|(k, &v)| (k.as_str(), v)),
+        );
     }
 
     fn flush(&mut self, now: Instant) {
