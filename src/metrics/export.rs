@@ -22,6 +22,10 @@ pub type LabeledMap = BTreeMap<String, BTreeMap<String, u64>>;
 /// one is inserted. One left from an earlier write and not written this time is still there;
 /// [`InPlace::exact`] says whether the maps hold exactly what was written (then they equal
 /// maps built afresh from the same writes; otherwise the caller clears them and writes again).
+///
+/// It counts writes, so it holds only while each counter, family and label is written at most
+/// once per pass: a name written twice could hide one left from before. The control thread's
+/// writers meet that (fixed names, map keys, account ids, which the config keeps unique).
 pub struct InPlace<'m> {
     counters: &'m mut CounterMap,
     labeled: &'m mut LabeledMap,

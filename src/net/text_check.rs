@@ -21,6 +21,8 @@ pub fn is_utf8(payload: &[u8]) -> bool {
 
 /// `true` when no byte of `bytes` has its high bit set: the words ORed together, the bytes past
 /// the last whole word taken as the input's last 8 bytes (again) when it has 8, else one by one.
+/// Not `<[u8]>::is_ascii`: its cost moved a lot with length and alignment here, often above
+/// `simdutf8`'s (perf/README.md, "Session 13: per-event cost").
 fn is_ascii(bytes: &[u8]) -> bool {
     let words = bytes.chunks_exact(8);
     let tail = words.remainder();
