@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::control::{ControlHandle, ControlThread};
 use crate::listen_lock::{ListenLock, ListenLockError};
 use crate::oauth::refresher::Refresher;
+use crate::process_memory;
 use crate::reload::{self, LiveSettings, ReloadError, ReloadReport};
 use crate::runtime;
 use crate::shard::handoff::{self, CHANNEL_CAPACITY};
@@ -76,6 +77,15 @@ impl Gateway {
             if let Some(proxy) = &a.proxy {
                 // Display shows the proxy without its credentials.
                 tracing::info!(account = %a.id, %proxy, "account goes through an egress proxy");
+            }
+        }
+        if !config.server.transparent_huge_pages {
+            match process_memory::disable_transparent_huge_pages() {
+                Ok(()) => tracing::debug!("transparent huge pages off for this process"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not turn transparent huge pages off; the heap may use them"
+                ),
             }
         }
         let live = Arc::new(LiveSettings::new(&config)?);

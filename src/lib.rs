@@ -17,6 +17,7 @@
 //! - [`stats`]: the stats socket, the admin `/metrics` listener and the `shardgate stats` client.
 //! - [`error_chain`]: an error and its causes as one line, each cause once.
 //! - [`logging`]: log setup and rate-limited error lines.
+//! - [`process_memory`]: process-wide memory settings made at start (transparent huge pages).
 //! - [`state`]: sticky state (response → connection, session → last response, pending calls),
 //!   embedded or in Redis, owned by the control thread.
 //! - [`load`]: the load generator (`shardgate load`): client sessions measured with HdrHistogram.
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod mock;
 pub mod net;
 pub mod oauth;
+pub mod process_memory;
 pub mod protocol;
 pub mod reload;
 pub mod runtime;

@@ -45,6 +45,12 @@ pub struct ServerConfig {
     /// `x-codex-turn-state` of that connection's handshake in the client's 101 (costs a lease,
     /// maybe a dial, per upgrade). `echo_turn_state`, default off.
     pub echo_turn_state: bool,
+    /// Let the kernel back the heap with transparent huge pages. Off by default: the gateway
+    /// then calls `PR_SET_THP_DISABLE` at start, because the allocator asks for huge pages on
+    /// its arenas and each first touch of one (also after it gave memory back) zeroes 2 MiB on
+    /// a shard thread, a stall for every session of that shard, and a sparse heap holds twice
+    /// the memory. `transparent_huge_pages`, read at start only.
+    pub transparent_huge_pages: bool,
 }
 
 /// The PEM files of the client listener's TLS certificate chain and private key. Read at start
@@ -76,6 +82,7 @@ pub(super) struct RawServer {
     tls_key: Option<PathBuf>,
     rest_after_ms: Option<u64>,
     echo_turn_state: Option<bool>,
+    transparent_huge_pages: Option<bool>,
 }
 
 impl RawServer {
@@ -136,6 +143,7 @@ impl RawServer {
             },
             rest_after: millis("server.rest_after_ms", s.rest_after_ms, 1_000)?,
             echo_turn_state: s.echo_turn_state.unwrap_or(false),
+            transparent_huge_pages: s.transparent_huge_pages.unwrap_or(false),
         };
         Ok(server)
     }
@@ -146,6 +154,19 @@ mod tests {
     use super::*;
     use crate::config::tests::{no_env, MINIMAL};
     use crate::config::Config;
+    #[test]
+    fn transparent_huge_pages_default_off() {
+        let c = Config::parse(MINIMAL, &no_env).unwrap();
+        assert!(!c.server.transparent_huge_pages);
+        let on = format!("[server]\ntransparent_huge_pages = true\n{MINIMAL}");
+        assert!(
+            Config::parse(&on, &no_env)
+                .unwrap()
+                .server
+                .transparent_huge_pages
+        );
+    }
+
     #[test]
     fn listener_tls_needs_both_files() {
         assert_eq!(Config::parse(MINIMAL, &no_env).unwrap().server.tls, None);
