@@ -6,7 +6,7 @@
 //!
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::BTreeMap,
     ffi::CString,
     fmt,
@@ -125,8 +125,7 @@ impl Timers {
 
     /// Return the duration until next event and the number of
     /// ready and woke timers.
-    fn process_timers(&mut self) -> (Option<Duration>, usize) {
-        let now = Instant::now();
+    fn process_timers(&mut self, now: Instant) -> (Option<Duration>, usize) {
 
         // Wake the timers due before `now`, earliest first. Popping them one by one (instead of
         // splitting the map in two) allocates nothing when no timer is due, which is what almost
@@ -161,6 +160,10 @@ pub(crate) struct Reactor {
 
     timers: RefCell<Timers>,
 
+    /// shardgate patch: a clock reading the executor lends to the next timer pass, taken once
+    /// (`lend_clock`).
+    lent_clock: Cell<Option<Instant>>,
+
     shared_channels: RefCell<SharedChannels>,
 
     io_scheduler: Rc<IoScheduler>,
@@ -193,6 +196,7 @@ impl Reactor {
         Ok(Reactor {
             sys,
             timers: RefCell::new(Timers::new()),
+            lent_clock: Cell::new(None),
             shared_channels: RefCell::new(SharedChannels::new()),
             io_scheduler: Rc::new(IoScheduler::new()),
             record_io_latencies,
@@ -839,8 +843,18 @@ impl Reactor {
     ///
     /// Returns the duration until the next timer
     fn process_timers(&self) -> (Option<Duration>, usize) {
+        let now = self.lent_clock.take().unwrap_or_else(Instant::now);
         let mut timers = self.timers.borrow_mut();
-        timers.process_timers()
+        timers.process_timers(now)
+    }
+
+    /// shardgate patch: the executor read the clock with no task run since, right before
+    /// `poll_io` or `park`, whose timer pass (the first thing either does) takes this reading
+    /// instead of reading the clock again. The reading is older than a fresh one by executor
+    /// bookkeeping only, never by a task's run: a timer due in between is woken by the next
+    /// pass, and a sleep's timeout is that much longer (sub-microsecond), never shorter.
+    pub(crate) fn lend_clock(&self, now: Instant) {
+        self.lent_clock.set(Some(now));
     }
 
     /// shardgate patch: upstream called every waiting channel's check (a `dyn Fn` reading the
