@@ -123,9 +123,13 @@ impl Timers {
         self.timers.insert((when, id), waker);
     }
 
-    /// Return the duration until next event and the number of
+    /// Return when the next timer is due and the number of
     /// ready and woke timers.
-    fn process_timers(&mut self, now: Instant) -> (Option<Duration>, usize) {
+    ///
+    /// shardgate patch: the next timer's deadline, not the time left until it (upstream
+    /// subtracted `now` on every call); only a sleep that arms it needs the duration, and
+    /// reads the clock then.
+    fn process_timers(&mut self, now: Instant) -> (Option<Instant>, usize) {
 
         // Wake the timers due before `now`, earliest first. Popping them one by one (instead of
         // splitting the map in two) allocates nothing when no timer is due, which is what almost
@@ -137,7 +141,7 @@ impl Timers {
                 return (None, woke);
             };
             if entry.key().0 >= now {
-                return (Some(entry.key().0.saturating_duration_since(now)), woke);
+                return (Some(entry.key().0), woke);
             }
             let waker = entry.remove();
             woke += 1;
@@ -841,8 +845,8 @@ impl Reactor {
 
     /// Processes ready timers and extends the list of wakers to wake.
     ///
-    /// Returns the duration until the next timer
-    fn process_timers(&self) -> (Option<Duration>, usize) {
+    /// Returns when the next timer is due
+    fn process_timers(&self) -> (Option<Instant>, usize) {
         let now = self.lent_clock.take().unwrap_or_else(Instant::now);
         let mut timers = self.timers.borrow_mut();
         timers.process_timers(now)
@@ -907,7 +911,7 @@ impl Reactor {
         Ok(woke > 0)
     }
 
-    fn process_external_events(&self) -> (Option<Duration>, usize) {
+    fn process_external_events(&self) -> (Option<Instant>, usize) {
         let (next_timer, mut woke) = self.process_timers();
         woke += self.process_shared_channels();
         (next_timer, woke)
