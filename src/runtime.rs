@@ -381,6 +381,54 @@ mod tests {
         );
     }
 
+    /// The patched executor reads the clock once after each sleep and once at the end of each
+    /// task queue's run, and lends that reading to the timer pass that follows
+    /// (`vendor/glommio/PATCH.md`, session 14). A reading lent from before a sleep or before a
+    /// task's run would be stale by that long: due timers would wait for one more timeout, and a
+    /// sleep would last about twice what was asked. Sleeps of 4 ms in a row, and a 15 ms timer
+    /// due while a task holds the shard for 20 ms (it fires when the task lets go, not 15 ms
+    /// later), must each end on time (medians, so that one slow wake-up on a busy machine does
+    /// not fail the test).
+    #[test]
+    fn timers_fire_on_time_with_the_clock_read_once_per_loop() {
+        use std::time::Instant;
+        fn median(mut v: Vec<Duration>) -> Duration {
+            v.sort();
+            v[v.len() / 2]
+        }
+        let (sleeps, after_busy) = spawn_executor("clock-test", None, || async {
+            let mut sleeps = Vec::new();
+            for _ in 0..30 {
+                let start = Instant::now();
+                sleep(Duration::from_millis(4)).await;
+                sleeps.push(start.elapsed());
+            }
+            let mut after_busy = Vec::new();
+            for _ in 0..5 {
+                let start = Instant::now();
+                let timer = spawn_local_handle(sleep(Duration::from_millis(15)));
+                spawn_local(async {
+                    let busy = Instant::now();
+                    while busy.elapsed() < Duration::from_millis(20) {}
+                });
+                timer.await;
+                after_busy.push(start.elapsed());
+            }
+            (median(sleeps), median(after_busy))
+        })
+        .expect("executor starts")
+        .join()
+        .expect("the executor ran to the end");
+        assert!(
+            sleeps < Duration::from_millis(7),
+            "4 ms sleeps took {sleeps:?} (median)"
+        );
+        assert!(
+            after_busy < Duration::from_millis(28),
+            "a 15 ms timer behind a 20 ms run took {after_busy:?} (median)"
+        );
+    }
+
     /// Wakes from another thread reach a sleeping shard: the patched reactor pairs two SeqCst
     /// fences where glommio issued a sys_membarrier before every sleep
     /// (`vendor/glommio/PATCH.md`). Each of 20,000 round trips leaves the shard to go to sleep

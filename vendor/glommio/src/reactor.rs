@@ -6,7 +6,7 @@
 //!
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::BTreeMap,
     ffi::CString,
     fmt,
@@ -123,10 +123,13 @@ impl Timers {
         self.timers.insert((when, id), waker);
     }
 
-    /// Return the duration until next event and the number of
+    /// Return when the next timer is due and the number of
     /// ready and woke timers.
-    fn process_timers(&mut self) -> (Option<Duration>, usize) {
-        let now = Instant::now();
+    ///
+    /// shardgate patch: the next timer's deadline, not the time left until it (upstream
+    /// subtracted `now` on every call); only a sleep that arms it needs the duration, and
+    /// reads the clock then.
+    fn process_timers(&mut self, now: Instant) -> (Option<Instant>, usize) {
 
         // Wake the timers due before `now`, earliest first. Popping them one by one (instead of
         // splitting the map in two) allocates nothing when no timer is due, which is what almost
@@ -138,7 +141,7 @@ impl Timers {
                 return (None, woke);
             };
             if entry.key().0 >= now {
-                return (Some(entry.key().0.saturating_duration_since(now)), woke);
+                return (Some(entry.key().0), woke);
             }
             let waker = entry.remove();
             woke += 1;
@@ -160,6 +163,10 @@ pub(crate) struct Reactor {
     pub(crate) sys: sys::Reactor,
 
     timers: RefCell<Timers>,
+
+    /// shardgate patch: a clock reading the executor lends to the next timer pass, taken once
+    /// (`lend_clock`).
+    lent_clock: Cell<Option<Instant>>,
 
     shared_channels: RefCell<SharedChannels>,
 
@@ -193,6 +200,7 @@ impl Reactor {
         Ok(Reactor {
             sys,
             timers: RefCell::new(Timers::new()),
+            lent_clock: Cell::new(None),
             shared_channels: RefCell::new(SharedChannels::new()),
             io_scheduler: Rc::new(IoScheduler::new()),
             record_io_latencies,
@@ -837,10 +845,20 @@ impl Reactor {
 
     /// Processes ready timers and extends the list of wakers to wake.
     ///
-    /// Returns the duration until the next timer
-    fn process_timers(&self) -> (Option<Duration>, usize) {
+    /// Returns when the next timer is due
+    fn process_timers(&self) -> (Option<Instant>, usize) {
+        let now = self.lent_clock.take().unwrap_or_else(Instant::now);
         let mut timers = self.timers.borrow_mut();
-        timers.process_timers()
+        timers.process_timers(now)
+    }
+
+    /// shardgate patch: the executor read the clock with no task run since, right before
+    /// `poll_io` or `park`, whose timer pass (the first thing either does) takes this reading
+    /// instead of reading the clock again. The reading is older than a fresh one by executor
+    /// bookkeeping only, never by a task's run: a timer due in between is woken by the next
+    /// pass, and a sleep's timeout is that much longer (sub-microsecond), never shorter.
+    pub(crate) fn lend_clock(&self, now: Instant) {
+        self.lent_clock.set(Some(now));
     }
 
     /// shardgate patch: upstream called every waiting channel's check (a `dyn Fn` reading the
@@ -893,7 +911,7 @@ impl Reactor {
         Ok(woke > 0)
     }
 
-    fn process_external_events(&self) -> (Option<Duration>, usize) {
+    fn process_external_events(&self) -> (Option<Instant>, usize) {
         let (next_timer, mut woke) = self.process_timers();
         woke += self.process_shared_channels();
         (next_timer, woke)

@@ -1996,7 +1996,8 @@ impl Reactor {
     ///   executor runtime.
     ///
     /// * The second is the user timer. It is installed per a user request when
-    ///   the user creates a `Timer` (or `TimerAction`).
+    ///   the user creates a `Timer` (or `TimerAction`). (shardgate patch: passed as the
+    ///   next timer's deadline, not the time left until it.)
     ///
     /// At some level, those are both just timers and can be coalesced. And they
     /// certainly are: if there is a user timer that needs to fire in 1ms, and
@@ -2027,7 +2028,7 @@ impl Reactor {
     pub(crate) fn wait<Preempt, F>(
         &self,
         preempt_timer: Preempt,
-        user_timer: Option<Duration>,
+        user_timer: Option<Instant>,
         mut woke: usize,
         process_remote_channels: F,
     ) -> io::Result<bool>
@@ -2060,7 +2061,9 @@ impl Reactor {
                 // No latency preemption: what is in flight is a user timer, kept until it fires.
                 (Some(_), None, _) => true,
                 (Some(_), Some(d), Some(deadline)) => deadline <= now() + d,
-                (None, _, Some(deadline)) => user_timer.is_some_and(|d| deadline <= now() + d),
+                // shardgate patch: `user_timer` is the next timer's deadline, compared as is
+                // (upstream passed the time left until it, which took a clock read here).
+                (None, _, Some(deadline)) => user_timer.is_some_and(|due| deadline <= due),
                 _ => false,
             };
         if !keep_latency_timer {
@@ -2137,7 +2140,8 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer.filter(|_| !keep_latency_timer) {
+            if let Some(due) = user_timer.filter(|_| !keep_latency_timer) {
+                let dur = due.saturating_duration_since(now());
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                 self.latency_preemption_deadline.set(Some(now() + dur));
