@@ -150,9 +150,11 @@ impl Sticky {
         capacity: usize,
         lookup_timeout: Duration,
     ) -> Self {
+        let mut cache = EmbeddedStore::new(cfg.ttl, capacity);
+        cache.reserve_full();
         Sticky {
             control,
-            cache: RefCell::new(EmbeddedStore::new(cfg.ttl, capacity)),
+            cache: RefCell::new(cache),
             lookup_timeout,
             instance: Arc::from(cfg.instance.as_str()),
             names: RefCell::new(Vec::new()),
