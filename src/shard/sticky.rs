@@ -150,11 +150,9 @@ impl Sticky {
         capacity: usize,
         lookup_timeout: Duration,
     ) -> Self {
-        let mut cache = EmbeddedStore::new(cfg.ttl, capacity);
-        cache.reserve_full();
         Sticky {
             control,
-            cache: RefCell::new(cache),
+            cache: RefCell::new(EmbeddedStore::new(cfg.ttl, capacity)),
             lookup_timeout,
             instance: Arc::from(cfg.instance.as_str()),
             names: RefCell::new(Vec::new()),

@@ -108,21 +108,6 @@ impl<S: BuildHasher> EmbeddedStore<S> {
         }
     }
 
-    /// Allocates both tables for `capacity` entries each and the FIFO for its most, now: a
-    /// store that fills never rehashes a table or moves the FIFO (a shard's cache: each
-    /// rehash of a young cache moved every entry into freshly faulted pages while the shard's
-    /// sessions waited). The allocations are address space until written: an empty store
-    /// touches only the tables' control bytes (one per bucket), a full one what a grown one
-    /// holds, without the moment a grown one holds its old and new table at once.
-    pub fn reserve_full(&mut self) {
-        let responses = self.capacity.saturating_sub(self.responses.len());
-        self.responses.reserve(responses, |r| r.stamp.hash);
-        let sessions = self.capacity.saturating_sub(self.sessions.len());
-        self.sessions.reserve(sessions, |s| s.stamp.hash);
-        let order = fifo_limit(self.capacity).saturating_sub(self.order.len());
-        self.order.reserve(order);
-    }
-
     /// Entries currently held (expired ones included until the next write or tick).
     pub fn len(&self) -> usize {
         self.responses.len() + self.sessions.len()
@@ -417,12 +402,6 @@ impl<S: BuildHasher> EmbeddedStore<S> {
     }
 }
 
-/// Most elements the FIFO of a store of `capacity` entries holds: twice the capacity of
-/// writes, and the one that makes it drop its stale elements ([`EmbeddedStore::queue`]).
-fn fifo_limit(capacity: usize) -> usize {
-    capacity.saturating_mul(2).saturating_add(1)
-}
-
 /// The embedded backend: an [`EmbeddedStore`] that reports evictions to the stats.
 pub struct EmbeddedBackend {
     store: EmbeddedStore,
@@ -607,32 +586,6 @@ mod tests {
         assert_eq!(s.binding_at("g", "r2", now), None);
         assert_eq!(s.binding_at("g", "r1", now), Some(binding(11)));
         assert_eq!(s.binding_at("g", "r3", now), Some(binding(3)));
-    }
-
-    #[test]
-    fn a_reserved_store_fills_and_evicts_without_growing_anything() {
-        let t0 = Instant::now();
-        let mut s = store(64);
-        s.reserve_full();
-        let sizes = |s: &EmbeddedStore| {
-            (
-                s.responses.capacity(),
-                s.sessions.capacity(),
-                s.order.capacity(),
-            )
-        };
-        let reserved = sizes(&s);
-        assert!(reserved.0 >= 64 && reserved.1 >= 64 && reserved.2 > 128);
-        for i in 0..1000u64 {
-            let now = t0 + Duration::from_millis(i);
-            let sess = SessionKey::hash(format!("s{}", i % 40).as_bytes());
-            s.put_binding_at("g", &format!("r{i}"), &binding(i), now);
-            s.put_session_last_at("g", &sess, &format!("r{i}"), now);
-            assert_eq!(sizes(&s), reserved, "write {i}");
-        }
-        assert_eq!(s.len(), 64);
-        let now = t0 + Duration::from_secs(1);
-        assert_eq!(s.binding_at("g", "r999", now), Some(binding(999)));
     }
 
     #[test]
