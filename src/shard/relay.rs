@@ -30,6 +30,7 @@ use crate::protocol::client_frame::ClientEventKind;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::fields::{fields, plain_str};
 use crate::protocol::redact::redact_secrets;
+use crate::protocol::upstream_event::text_delta_type;
 use crate::protocol::{ClientFrame, EventKind, TerminalKind, UpstreamEvent, Usage};
 use crate::runtime;
 
@@ -674,7 +675,30 @@ pub enum Verdict {
 /// it was otherwise): an [`Outcome`] is 136 bytes, and carried in every event's verdict it was
 /// copied (`memcpy`) three times per event on its way through the relay. Public for the
 /// per-event benches (`benches/protocol.rs`).
+///
+/// A text delta as upstream starts it ([`text_delta_type`]), most of a turn's events, is
+/// relayed as it came under its type without the classification: it ends nothing, carries no
+/// response to map back and no secret is looked for in it, which is what the rest of the judge
+/// finds for it ([`judge_classified`]).
 pub fn judge(
+    text: &[u8],
+    rewrite: &Rewrite,
+    relayed: bool,
+    capture_output: bool,
+    secrets: &[&str],
+    ends: &mut Option<Outcome>,
+) -> Verdict {
+    if let Some(range) = text_delta_type(text) {
+        return Verdict::Relay {
+            replaced: None,
+            range,
+        };
+    }
+    judge_classified(text, rewrite, relayed, capture_output, secrets, ends)
+}
+
+/// [`judge`] of an event by its classification ([`UpstreamEvent::classify`]).
+fn judge_classified(
     text: &[u8],
     rewrite: &Rewrite,
     relayed: bool,
@@ -855,6 +879,49 @@ mod tests {
                 assert_eq!(event_type(text, start..end), want, "{start}..{end}");
             }
         }
+    }
+
+    /// `judge` and `judge_classified` of `ev` give the same verdict and outcome.
+    fn judged_alike(ev: &[u8]) {
+        let shown = String::from_utf8_lossy(ev).into_owned();
+        let (mut fast_ends, mut slow_ends) = (None, None);
+        let fast = judge(ev, &Rewrite::None, true, false, &[], &mut fast_ends);
+        let slow = judge_classified(ev, &Rewrite::None, true, false, &[], &mut slow_ends);
+        match (fast, slow) {
+            (
+                Verdict::Relay {
+                    replaced: f,
+                    range: fr,
+                },
+                Verdict::Relay {
+                    replaced: s,
+                    range: sr,
+                },
+            ) => {
+                assert_eq!(f, s, "{shown}");
+                assert_eq!(fr, sr, "{shown}");
+            }
+            (Verdict::Fail(_), Verdict::Fail(_)) => {}
+            _ => panic!("verdicts differ: {shown}"),
+        }
+        assert_eq!(fast_ends.is_some(), slow_ends.is_some(), "{shown}");
+    }
+
+    #[test]
+    fn a_text_delta_is_judged_as_its_classification_judges_it() {
+        let delta = br#"{"type":"response.output_text.delta","item_id":"msg_1","delta":"hi"}"#;
+        assert!(text_delta_type(delta).is_some());
+        for end in 0..=delta.len() {
+            judged_alike(&delta[..end]);
+        }
+        for at in 0..delta.len() {
+            for b in [b' ', b'"', b'\\', b'x', b'.', b'}', b'{'] {
+                let mut raw = delta.to_vec();
+                raw[at] = b;
+                judged_alike(&raw);
+            }
+        }
+        judged_alike(br#"{"type":"response.output_text.delta","response":{"id":"r"}}"#);
     }
 
     #[test]
