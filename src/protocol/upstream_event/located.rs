@@ -153,6 +153,7 @@ impl Members {
 
     /// The next member; `Some(None)` once the closing `}` is taken (`at` is then past it);
     /// `None` at anything else.
+    #[inline]
     fn next<'a>(&mut self, raw: &'a [u8]) -> Option<Option<Member<'a>>> {
         let mut i = skip_ws(raw, self.at);
         match (raw.get(i)?, self.first) {
