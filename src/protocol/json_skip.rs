@@ -22,7 +22,6 @@ const SHORT_STRING: usize = 4 * BLOCK;
 /// contents hold an escape (a backslash takes the byte after it, whatever it is); `None` when
 /// the input ends first. Nothing else is checked: this is for walks that do not validate. The
 /// last bytes of the input, fewer than a block, are looked at one by one.
-#[inline]
 pub(crate) fn string_end(raw: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     let short_until = i.saturating_add(SHORT_STRING);
