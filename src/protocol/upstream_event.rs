@@ -355,6 +355,14 @@ fn text_delta(raw: &[u8]) -> Option<&str> {
     Some(unsafe { std::str::from_utf8_unchecked(event_type) })
 }
 
+/// Where the `type` of a text delta as upstream starts it ([`TEXT_DELTA`]) sits in `raw`, when
+/// `raw` is one: what [`UpstreamEvent::classify`] tells of it (an [`EventKind::Token`] whose
+/// type is borrowed from this range), told without building the event, for the relay's judge of
+/// the event most of a turn's are.
+pub fn text_delta_type(raw: &[u8]) -> Option<std::ops::Range<usize>> {
+    text_delta(raw).map(|_| TYPE_AT..TEXT_DELTA.len() - 1)
+}
+
 /// The `type` of an event that starts with it, as upstream writes every event
 /// (`{"type":"`, no whitespace), when it has no escape: what the field walk would find, read
 /// without it (its state, the whitespace between tokens, the search for a backslash after the

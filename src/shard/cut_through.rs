@@ -181,10 +181,15 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> CutThrough<'a, S> {
     }
 
     /// Makes room after `start` for `total` bytes and a read chunk, moving the bytes not
-    /// consumed to the front of the buffer (frames handed out before are overwritten).
+    /// consumed to the front of the buffer (frames handed out before are overwritten). With
+    /// every byte consumed (a read that ended on a frame's end, as upstream's reads do) there
+    /// is nothing to move: the buffer starts over without the `memmove` call.
     fn make_room(&mut self, total: usize) {
         let want = total.max(READ_CHUNK);
-        if self.buf.len() - self.start < want || self.start == self.end {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.start < want {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;

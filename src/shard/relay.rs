@@ -30,6 +30,7 @@ use crate::protocol::client_frame::ClientEventKind;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::fields::{fields, plain_str};
 use crate::protocol::redact::redact_secrets;
+use crate::protocol::upstream_event::text_delta_type;
 use crate::protocol::{ClientFrame, EventKind, TerminalKind, UpstreamEvent, Usage};
 use crate::runtime;
 
@@ -122,7 +123,10 @@ enum Item {
     Frame(Frame),
     Skip,
     /// The attempt failed; the upstream WebSocket is to be closed with the code, if any.
-    Fail(Failure, Option<CloseCode>),
+    /// Boxed, as in [`Step::Fail`]: a [`Failure`] was most of the enum's size, and every
+    /// event's item and step were moved at that size for a variant an attempt meets once at
+    /// most (callgrind: the relay loop's own instructions 2.84k -> 2.28k a turn).
+    Fail(Box<Failure>, Option<CloseCode>),
 }
 
 impl<'a> Upstream<'a> {
@@ -210,22 +214,25 @@ fn ws_item(msg: Option<Result<Message, WsError>>) -> Item {
         Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
             Item::Skip
         }
-        Some(Ok(Message::Close(frame))) => {
-            Item::Fail(Failure::ws_closed(frame.map(|f| u16::from(f.code))), None)
-        }
+        Some(Ok(Message::Close(frame))) => Item::Fail(
+            Box::new(Failure::ws_closed(frame.map(|f| u16::from(f.code)))),
+            None,
+        ),
         None | Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
-            Item::Fail(Failure::reset(), None)
+            Item::Fail(Box::new(Failure::reset()), None)
         }
-        Some(Err(WsError::Capacity(_))) => Item::Fail(Failure::ws_too_big(), Some(CloseCode::Size)),
+        Some(Err(WsError::Capacity(_))) => {
+            Item::Fail(Box::new(Failure::ws_too_big()), Some(CloseCode::Size))
+        }
         Some(Err(e @ (WsError::Protocol(_) | WsError::Utf8(_)))) => {
             let code = if matches!(e, WsError::Utf8(_)) {
                 CloseCode::Invalid
             } else {
                 CloseCode::Protocol
             };
-            Item::Fail(Failure::ws_protocol(), Some(code))
+            Item::Fail(Box::new(Failure::ws_protocol()), Some(code))
         }
-        Some(Err(_)) => Item::Fail(Failure::broken(), None),
+        Some(Err(_)) => Item::Fail(Box::new(Failure::broken()), None),
     }
 }
 
@@ -233,10 +240,10 @@ fn http_item(r: Result<Option<Bytes>, HttpUpError>) -> Item {
     match r {
         Ok(Some(data)) => match Utf8Bytes::try_from(data) {
             Ok(t) => Item::Event(t),
-            Err(_) => Item::Fail(Failure::event_not_utf8(), None),
+            Err(_) => Item::Fail(Box::new(Failure::event_not_utf8()), None),
         },
-        Ok(None) => Item::Fail(Failure::ended_early(), None),
-        Err(e) => Item::Fail(Failure::http(&e), None),
+        Ok(None) => Item::Fail(Box::new(Failure::ended_early()), None),
+        Err(e) => Item::Fail(Box::new(Failure::http(&e)), None),
     }
 }
 
@@ -248,8 +255,9 @@ enum Step {
     Cut(Frame, std::ops::Range<usize>),
     /// Nothing to relay (ping, pong, binary).
     Skip,
-    /// The attempt failed (closing the upstream WebSocket with the code, if any).
-    Fail(Failure, Option<CloseCode>),
+    /// The attempt failed (closing the upstream WebSocket with the code, if any). Boxed: see
+    /// [`Item::Fail`].
+    Fail(Box<Failure>, Option<CloseCode>),
 }
 
 /// The event type at `range` of `text` (see [`type_range`]); `message` when it is not there,
@@ -493,7 +501,7 @@ pub async fn relay<S: ClientSink>(
                                     replaced: Some(text),
                                     range,
                                 } => Step::Relay(text, range),
-                                Verdict::Fail(failure) => Step::Fail(failure, None),
+                                Verdict::Fail(failure) => Step::Fail(Box::new(failure), None),
                             }
                         }
                         Item::Skip => Step::Skip,
@@ -544,7 +552,10 @@ pub async fn relay<S: ClientSink>(
                                 let closing = ws.ws().close(Some(frame));
                                 let _ = runtime::timeout(Duration::from_secs(1), closing).await;
                             }
-                            return Outcome::Failed { relayed, failure };
+                            return Outcome::Failed {
+                                relayed,
+                                failure: *failure,
+                            };
                         }
                     };
                     if sent {
@@ -640,7 +651,7 @@ fn classify(
             replaced: None,
             range,
         } => Step::Relay(text, range),
-        Verdict::Fail(failure) => Step::Fail(failure, None),
+        Verdict::Fail(failure) => Step::Fail(Box::new(failure), None),
     }
 }
 
@@ -664,6 +675,11 @@ pub enum Verdict {
 /// it was otherwise): an [`Outcome`] is 136 bytes, and carried in every event's verdict it was
 /// copied (`memcpy`) three times per event on its way through the relay. Public for the
 /// per-event benches (`benches/protocol.rs`).
+///
+/// A text delta as upstream starts it ([`text_delta_type`]), most of a turn's events, is
+/// relayed as it came under its type without the classification: it ends nothing, carries no
+/// response to map back and no secret is looked for in it, which is what the rest of the judge
+/// finds for the [`EventKind::Token`] that [`UpstreamEvent::classify`] makes of it.
 pub fn judge(
     text: &[u8],
     rewrite: &Rewrite,
@@ -672,6 +688,12 @@ pub fn judge(
     secrets: &[&str],
     ends: &mut Option<Outcome>,
 ) -> Verdict {
+    if let Some(range) = text_delta_type(text) {
+        return Verdict::Relay {
+            replaced: None,
+            range,
+        };
+    }
     let Ok(event) = UpstreamEvent::classify(text) else {
         // Not ours to judge: relay it untouched.
         return Verdict::Relay {
@@ -847,6 +869,51 @@ mod tests {
         }
     }
 
+    /// What `judge` makes of `ev` (no rewrite, no secrets) is what its classification makes of
+    /// it, when it takes `ev` for a text delta: a token relayed as it came, under the type the
+    /// classification borrows, ending nothing.
+    fn judged_as_classified(ev: &[u8]) {
+        let shown = String::from_utf8_lossy(ev).into_owned();
+        let Some(range) = text_delta_type(ev) else {
+            return;
+        };
+        let event = UpstreamEvent::classify(ev).expect(&shown);
+        assert_eq!(event.kind, EventKind::Token, "{shown}");
+        assert!(!event.carries_response(), "{shown}");
+        assert_eq!(type_range(ev, &event.event_type), range, "{shown}");
+        match judged(ev, &Rewrite::None, true, true) {
+            (
+                Verdict::Relay {
+                    replaced: None,
+                    range: judged,
+                },
+                None,
+            ) => assert_eq!(judged, range, "{shown}"),
+            _ => panic!("not relayed as it came: {shown}"),
+        }
+    }
+
+    #[test]
+    fn a_text_delta_is_judged_as_its_classification_judges_it() {
+        let delta = br#"{"type":"response.output_text.delta","item_id":"msg_1","delta":"hi"}"#;
+        assert_eq!(text_delta_type(delta), Some(9..35));
+        for end in 0..=delta.len() {
+            judged_as_classified(&delta[..end]);
+        }
+        for at in 0..delta.len() {
+            for b in [b' ', b'"', b'\\', b'x', b'.', b'}', b'{'] {
+                if delta[at] == b {
+                    continue;
+                }
+                let mut raw = delta.to_vec();
+                raw[at] = b;
+                assert_eq!(text_delta_type(&raw).is_some(), at >= 36, "{at} {b}");
+                judged_as_classified(&raw);
+            }
+        }
+        judged_as_classified(br#"{"type":"response.output_text.delta","response":{"id":"r"}}"#);
+    }
+
     #[test]
     fn chain_error_before_any_relay_goes_to_the_recovery_matrix() {
         let ev = Utf8Bytes::from_static(
@@ -960,15 +1027,9 @@ mod tests {
         assert!(matches!(
             classified(ev.clone(), false),
             (
-                Step::Fail(
-                    Failure {
-                        class: FailureClass::Retryable { reason: "5xx", .. },
-                        ..
-                    },
-                    None
-                ),
+                Step::Fail(f, None),
                 None
-            )
+            ) if matches!(f.class, FailureClass::Retryable { reason: "5xx", .. })
         ));
         assert!(matches!(
             classified(ev, true),
