@@ -363,6 +363,18 @@ pub fn text_delta_type(raw: &[u8]) -> Option<std::ops::Range<usize>> {
     text_delta(raw).map(|_| TYPE_AT..TEXT_DELTA.len() - 1)
 }
 
+/// How upstream starts the event that completes a response.
+const COMPLETED: &[u8; 28] = b"{\"type\":\"response.completed\"";
+
+/// `true` when `raw` starts as upstream starts a completed response ([`COMPLETED`]): an event
+/// whose type [`UpstreamEvent::classify`] reads as `response.completed` (the first key, no
+/// escape), so [`EventKind::Terminal`] of [`TerminalKind::Completed`] when the event walks
+/// cleanly, and an event relayed untouched otherwise. Byte 18 first: it tells the text deltas
+/// (`o`) and most other events apart before a compare.
+pub fn completed_as_upstream_starts_it(raw: &[u8]) -> bool {
+    raw.get(18) == Some(&b'c') && raw.starts_with(COMPLETED)
+}
+
 /// The `type` of an event that starts with it, as upstream writes every event
 /// (`{"type":"`, no whitespace), when it has no escape: what the field walk would find, read
 /// without it (its state, the whitespace between tokens, the search for a backslash after the

@@ -30,7 +30,7 @@ use crate::protocol::client_frame::ClientEventKind;
 use crate::protocol::error_body::{ErrorType, GatewayError};
 use crate::protocol::fields::{fields, plain_str};
 use crate::protocol::redact::redact_secrets;
-use crate::protocol::upstream_event::text_delta_type;
+use crate::protocol::upstream_event::{completed_as_upstream_starts_it, text_delta_type};
 use crate::protocol::{ClientFrame, EventKind, TerminalKind, UpstreamEvent, Usage};
 use crate::runtime;
 
@@ -253,6 +253,9 @@ enum Step {
     Relay(Utf8Bytes, std::ops::Range<usize>),
     /// Forward the frame as it came (its `type` at this byte range of its payload).
     Cut(Frame, std::ops::Range<usize>),
+    /// Forward the frame as it came with every frame held, flush, and only then judge it
+    /// ([`relays_before_judging`]).
+    CutThenJudge(Frame),
     /// Nothing to relay (ping, pong, binary).
     Skip,
     /// The attempt failed (closing the upstream WebSocket with the code, if any). Boxed: see
@@ -483,12 +486,21 @@ pub async fn relay<S: ClientSink>(
                 let mut pending = Pending::default();
                 // Set by the event that ends the turn (see `judge`).
                 let mut ends: Option<Outcome> = None;
+                // When the frames read so far went out before the last one was judged
+                // (`Step::CutThenJudge`): nothing is held, and the write is done.
+                let mut flushed_at: Option<Instant> = None;
                 // Relay this event and every event already buffered, then flush once.
                 loop {
                     let (capture, secrets) = (env.capture_output, env.secrets);
                     let step = match item {
                         Item::Event(text) => {
                             classify(text, rewrite, relayed, capture, secrets, &mut ends)
+                        }
+                        Item::Frame(frame)
+                            if frames_out
+                                && relays_before_judging(source.payload(frame), rewrite) =>
+                        {
+                            Step::CutThenJudge(frame)
                         }
                         Item::Frame(frame) => {
                             let payload = source.payload(frame);
@@ -524,6 +536,26 @@ pub async fn relay<S: ClientSink>(
                                 }
                                 pending.push(frame);
                             }
+                            true
+                        }
+                        Step::CutThenJudge(frame) => {
+                            bump(&env.counters.events_cut_through);
+                            if !pending.push(frame) {
+                                if source.write_pending(&mut pending, sink).await.is_err() {
+                                    return Outcome::ClientGone;
+                                }
+                                pending.push(frame);
+                            }
+                            if source.write_pending(&mut pending, sink).await.is_err()
+                                || sink.flush().await.is_err()
+                            {
+                                return Outcome::ClientGone;
+                            }
+                            flushed_at = Some(Instant::now());
+                            let payload = source.payload(frame);
+                            let verdict =
+                                judge(payload, rewrite, relayed, capture, secrets, &mut ends);
+                            debug_assert!(matches!(verdict, Verdict::Relay { replaced: None, .. }));
                             true
                         }
                         Step::Relay(text, range) => {
@@ -567,12 +599,17 @@ pub async fn relay<S: ClientSink>(
                     // (a `memcpy` call), which every event paid.
                     let ended = if ends.is_some() { ends.take() } else { None };
                     if let Some(mut outcome) = ended {
-                        if source.write_pending(&mut pending, sink).await.is_err()
-                            || sink.flush().await.is_err()
-                        {
-                            return Outcome::ClientGone;
-                        }
-                        let done = Instant::now();
+                        let done = match flushed_at {
+                            Some(at) => at,
+                            None => {
+                                if source.write_pending(&mut pending, sink).await.is_err()
+                                    || sink.flush().await.is_err()
+                                {
+                                    return Outcome::ClientGone;
+                                }
+                                Instant::now()
+                            }
+                        };
                         env.metrics.record_n(added_hist, done - read_at, batch);
                         if let Outcome::Terminal {
                             first_event_at: first,
@@ -781,6 +818,18 @@ pub fn judge(
     }
 }
 
+/// `true` when the event `payload` is to be relayed as it came, with the frames read before it,
+/// before it is judged: a completed response as upstream starts it
+/// ([`completed_as_upstream_starts_it`]) on a turn whose model is not mapped. [`judge`] relays
+/// such an event untouched whatever it finds (it is no error, so nothing is redacted and
+/// nothing fails; nothing maps back), so judging it first only delayed the batch: its walk to
+/// the response's id and usage, the longest of a turn's events, was in the wait of every event
+/// read with it. Judged after the flush, it still ends the turn as before, or, when it does not
+/// walk cleanly, is one more event relayed.
+fn relays_before_judging(payload: &[u8], rewrite: &Rewrite) -> bool {
+    !matches!(rewrite, Rewrite::ModelMapped { .. }) && completed_as_upstream_starts_it(payload)
+}
+
 /// The search for a `call_id` key in a terminal event (only an event that has one can leave
 /// calls pending), built once: `memmem::find` built its searcher on every call (~190
 /// instructions of the ~480 per turn, callgrind).
@@ -912,6 +961,83 @@ mod tests {
             }
         }
         judged_as_classified(br#"{"type":"response.output_text.delta","response":{"id":"r"}}"#);
+    }
+
+    /// What the relay counts on when it flushes an event before judging it
+    /// ([`relays_before_judging`]): the judge then relays it as it came, under its type; and it
+    /// ends the turn as a completed response exactly when the classification says so.
+    fn judged_after_the_flush(ev: &[u8]) {
+        let shown = String::from_utf8_lossy(ev).into_owned();
+        if !relays_before_judging(ev, &Rewrite::None) {
+            return;
+        }
+        let mut ends = None;
+        let secrets = ["sk-secret", "response"];
+        match judge(ev, &Rewrite::None, true, false, &secrets, &mut ends) {
+            Verdict::Relay {
+                replaced: None,
+                range,
+            } => assert!(range == (9..27) || range == (0..0), "{shown}"),
+            _ => panic!("judged otherwise than relayed as it came: {shown}"),
+        }
+        let classified = UpstreamEvent::classify(ev).ok().map(|e| e.kind);
+        match (classified, ends) {
+            (
+                Some(EventKind::Terminal(TerminalKind::Completed)),
+                Some(Outcome::Terminal {
+                    kind: TerminalKind::Completed,
+                    ..
+                }),
+            )
+            | (None, None) => {}
+            (kind, _) => panic!("classified as {kind:?}, judged otherwise: {shown}"),
+        }
+    }
+
+    #[test]
+    fn a_completed_response_as_upstream_starts_it_is_relayed_before_it_is_judged() {
+        let ev = br#"{"type":"response.completed","sequence_number":9,"response":{"id":"resp_1","usage":{"input_tokens":3,"output_tokens":2,"total_tokens":5}}}"#;
+        assert!(relays_before_judging(ev, &Rewrite::None));
+        let mapped = Rewrite::ModelMapped {
+            client_model: "a".into(),
+            upstream_model: "b".into(),
+        };
+        assert!(
+            !relays_before_judging(ev, &mapped),
+            "a mapped model is put back first"
+        );
+        for other in [
+            &br#"{"type":"response.completed_x","response":{}}"#[..],
+            br#"{"type":"response.created","response":{}}"#,
+            br#"{"type":"response.failed","response":{}}"#,
+            br#"{ "type":"response.completed","response":{}}"#,
+            br#"{"type":"error","error":{"message":"response.completed"}}"#,
+        ] {
+            assert!(!relays_before_judging(other, &Rewrite::None));
+        }
+        match judged(ev, &Rewrite::None, true, false) {
+            (
+                Verdict::Relay { replaced: None, .. },
+                Some(Outcome::Terminal {
+                    kind: TerminalKind::Completed,
+                    response_id: Some(id),
+                    usage: Some(usage),
+                    ..
+                }),
+            ) => assert_eq!((&*id, usage.total_tokens), ("resp_1", 5)),
+            _ => panic!("not a completed turn"),
+        }
+        for end in 0..=ev.len() {
+            judged_after_the_flush(&ev[..end]);
+        }
+        for at in 0..ev.len() {
+            for b in [b' ', b'"', b'\\', b'x', b'.', b'}', b'{', b'[', 0x80] {
+                let mut raw = ev.to_vec();
+                raw[at] = b;
+                judged_after_the_flush(&raw);
+            }
+        }
+        judged_after_the_flush(deep("response.completed", 100_000).as_bytes());
     }
 
     #[test]
