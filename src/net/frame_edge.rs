@@ -94,6 +94,11 @@ impl<S> FrameEdge<S> {
         }
     }
 
+    /// The wrapped stream, to look at it.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// The wrapped stream, to change it.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner

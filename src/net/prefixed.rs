@@ -81,18 +81,36 @@ impl<S> PrefixedStream<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for PrefixedStream<S> {
+    /// Straight to `inner` once the prefix is served and nothing records (every read of a
+    /// session's life but its first): inlined into the reader, no frame of its own.
+    #[inline]
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let read = if this.prefix.has_pending() {
-            Poll::Ready(Ok(this.prefix.serve(buf, <[u8]>::len)))
+        if this.prefix.has_pending() || this.record.is_some() {
+            return this.poll_read_prefixed(cx, buf);
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + Unpin> PrefixedStream<S> {
+    /// A read while prefix bytes wait or the stream records.
+    #[inline(never)]
+    fn poll_read_prefixed(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let read = if self.prefix.has_pending() {
+            Poll::Ready(Ok(self.prefix.serve(buf, <[u8]>::len)))
         } else {
-            Pin::new(&mut this.inner).poll_read(cx, buf)
+            Pin::new(&mut self.inner).poll_read(cx, buf)
         };
-        if let (Some(record), Poll::Ready(Ok(n))) = (this.record.as_mut(), &read) {
+        if let (Some(record), Poll::Ready(Ok(n))) = (self.record.as_mut(), &read) {
             record.extend_from_slice(&buf[..*n]);
         }
         read

@@ -86,7 +86,14 @@ impl<S: ClientSink> ClientSink for WriteDeadline<'_, S> {
     }
 
     async fn flush(&mut self) -> Result<(), Gone> {
+        if self.inner.flushed() {
+            return Ok(());
+        }
         within(self.limit, self.counters, self.inner.flush()).await
+    }
+
+    fn flushed(&self) -> bool {
+        self.inner.flushed()
     }
 
     async fn signal(&mut self) -> ClientSignal {

@@ -104,6 +104,11 @@ pub trait ClientSink {
     async fn feed(&mut self, event: Utf8Bytes, event_type: &str) -> Result<(), Gone>;
     /// Writes what was queued.
     async fn flush(&mut self) -> Result<(), Gone>;
+    /// `true` when [`ClientSink::flush`] surely has nothing to write (it would answer `Ok` at
+    /// once): a wrapper skips its own work around the flush then.
+    fn flushed(&self) -> bool {
+        false
+    }
     /// The client's next frame while a turn runs; never resolves for clients that send none.
     async fn signal(&mut self) -> ClientSignal;
     /// Tells the client its turn failed.
@@ -139,18 +144,51 @@ pub trait ClientSink {
 pub struct WsSink<'a> {
     client: &'a mut ClientWs,
     counters: &'a ShardCounters,
+    unflushed: Unflushed,
+}
+
+/// What a [`WsSink`]'s next flush has to push out. A flush through tungstenite costs its waker
+/// bookkeeping even with nothing queued (~190 instructions), and a turn whose events all go as
+/// frames ([`ClientSink::write_frames`]) flushed it twice with nothing in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unflushed {
+    /// tungstenite may hold bytes: events fed through it, a pong or close reply it queued while
+    /// reading, or anything from before this sink (the state it starts in).
+    Codec,
+    /// Only frames written straight to a TLS stream since the last flush: it may hold them,
+    /// tungstenite holds nothing. (A plain TCP stream holds nothing: its flush does nothing.)
+    Stream,
+    /// Everything was flushed.
+    Nothing,
 }
 
 impl<'a> WsSink<'a> {
     /// A sink writing to `client`, counting bytes out in `counters`.
     pub fn new(client: &'a mut ClientWs, counters: &'a ShardCounters) -> Self {
-        WsSink { client, counters }
+        WsSink {
+            client,
+            counters,
+            unflushed: Unflushed::Codec,
+        }
+    }
+
+    /// Flushes what [`Unflushed`] says may be held: through tungstenite (which flushes the
+    /// stream too), the stream alone, or nothing.
+    async fn flush_held(&mut self) -> Result<(), Gone> {
+        match self.unflushed {
+            Unflushed::Codec => self.client.flush().await.map_err(|_| Gone)?,
+            Unflushed::Stream => self.client.get_mut().flush().await.map_err(|_| Gone)?,
+            Unflushed::Nothing => {}
+        }
+        self.unflushed = Unflushed::Nothing;
+        Ok(())
     }
 }
 
 impl ClientSink for WsSink<'_> {
     async fn feed(&mut self, event: Utf8Bytes, _event_type: &str) -> Result<(), Gone> {
         add(&self.counters.bytes_out, event.len() as u64);
+        self.unflushed = Unflushed::Codec;
         self.client
             .feed(Message::Text(event))
             .await
@@ -158,7 +196,11 @@ impl ClientSink for WsSink<'_> {
     }
 
     async fn flush(&mut self) -> Result<(), Gone> {
-        self.client.flush().await.map_err(|_| Gone)
+        self.flush_held().await
+    }
+
+    fn flushed(&self) -> bool {
+        self.unflushed == Unflushed::Nothing
     }
 
     async fn signal(&mut self) -> ClientSignal {
@@ -168,6 +210,8 @@ impl ClientSink for WsSink<'_> {
             if client_read::readable(self.client.get_mut()).await == Readable::Gone {
                 return ClientSignal::Gone;
             }
+            // A read may queue a pong or a close reply.
+            self.unflushed = Unflushed::Codec;
             let reason = match self.client.next().await {
                 Some(Ok(Message::Text(t))) => return ClientSignal::Frame(t),
                 Some(Ok(Message::Ping(_))) => {
@@ -192,6 +236,7 @@ impl ClientSink for WsSink<'_> {
     }
 
     async fn fail(&mut self, error: &TurnError) -> Result<(), Gone> {
+        self.unflushed = Unflushed::Codec;
         self.client
             .send(Message::text(error.event.clone()))
             .await
@@ -206,7 +251,12 @@ impl ClientSink for WsSink<'_> {
         add(&self.counters.bytes_out, payload_bytes);
         // What tungstenite queued (events fed through it, a pong) goes out first; the frames
         // then go under it, straight to the socket (server frames are unmasked on both hops).
-        self.client.flush().await.map_err(|_| Gone)?;
+        if self.unflushed == Unflushed::Codec {
+            self.flush_held().await?;
+        }
+        if self.client.get_ref().get_ref().inner().is_tls() {
+            self.unflushed = Unflushed::Stream;
+        }
         self.client
             .get_mut()
             .write_all(frames)
@@ -530,6 +580,73 @@ impl ClientSink for JsonSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server text frame as it goes on the wire (unmasked, payload under 126 bytes).
+    fn server_frame(text: &str) -> Vec<u8> {
+        let mut frame = vec![0x81, u8::try_from(text.len()).expect("a short payload")];
+        frame.extend_from_slice(text.as_bytes());
+        frame
+    }
+
+    /// Over a real socket: a WebSocket sink flushes through tungstenite only while tungstenite
+    /// may hold bytes (from before the sink, or fed), so what was fed still goes out before
+    /// the frames written under it, and a flush after frames alone (plain TCP) has nothing to
+    /// do. The client reads every message in the order the sink took them.
+    #[test]
+    fn a_ws_sink_flushes_tungstenite_only_when_it_may_hold_bytes_and_keeps_the_order() {
+        use async_tungstenite::tungstenite::protocol::Role;
+        use async_tungstenite::WebSocketStream;
+
+        use crate::net::frame_edge::FrameEdge;
+        use crate::net::PrefixedStream;
+        use crate::runtime::{spawn_executor, BoundListener};
+
+        let listener =
+            BoundListener::bind("127.0.0.1:0".parse().expect("an address")).expect("a listener");
+        let addr = listener.local_addr().expect("its address");
+        let peer = std::thread::spawn(move || {
+            let s = std::net::TcpStream::connect(addr).expect("connect");
+            let mut ws =
+                async_tungstenite::tungstenite::WebSocket::from_raw_socket(s, Role::Client, None);
+            (0..5)
+                .map(|_| ws.read().expect("a message").into_text().expect("text"))
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+        });
+        let states = spawn_executor("ws-sink-test", None, move || async move {
+            let listener = crate::runtime::adopt_listener(listener);
+            let s = crate::runtime::accept(&listener).await.expect("accept");
+            let stream = FrameEdge::new(PrefixedStream::new(Vec::new(), ClientStream::Plain(s)));
+            let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+            let counters = ShardCounters::default();
+            let mut sink = WsSink::new(&mut ws, &counters);
+            let mut states = vec![sink.flushed()];
+            sink.feed("a".into(), "t").await.expect("fed");
+            states.push(sink.flushed());
+            let b = server_frame("b");
+            sink.write_frames(&b, 1).await.expect("written");
+            states.push(sink.flushed());
+            sink.flush().await.expect("flushed");
+            states.push(sink.flushed());
+            let c = server_frame("c");
+            sink.write_frames(&c, 1).await.expect("written");
+            sink.feed_view("d", "t").await.expect("fed");
+            states.push(sink.flushed());
+            let e = server_frame("e");
+            sink.write_frames(&e, 1).await.expect("written");
+            sink.flush().await.expect("flushed");
+            states.push(sink.flushed());
+            states
+        })
+        .expect("executor starts")
+        .join()
+        .expect("executor runs");
+        assert_eq!(states, [false, false, true, true, false, true]);
+        assert_eq!(
+            peer.join().expect("the peer ran"),
+            ["a", "b", "c", "d", "e"]
+        );
+    }
 
     #[test]
     fn a_connections_batch_buffer_is_made_once_and_kept_for_its_next_requests() {
