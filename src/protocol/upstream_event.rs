@@ -144,8 +144,10 @@ impl<'a> UpstreamEvent<'a> {
     }
 
     /// [`classify`](Self::classify) past its text delta comparison: the type read from the
-    /// event's start ([`leading_type`]), else by the field walk, else by the parser.
-    fn classify_walked(raw: &'a [u8]) -> Result<Self, MalformedEvent> {
+    /// event's start ([`leading_type`]), else by the field walk, else by the parser. For a
+    /// caller that has ruled the text delta out already ([`text_delta_type`]), so that the
+    /// comparison is not made twice.
+    pub(crate) fn classify_walked(raw: &'a [u8]) -> Result<Self, MalformedEvent> {
         let event_type = match leading_type(raw) {
             Some(event_type) => Some(event_type),
             None => {

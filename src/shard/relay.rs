@@ -731,7 +731,8 @@ pub fn judge(
             range,
         };
     }
-    let Ok(event) = UpstreamEvent::classify(text) else {
+    // Not a text delta (just ruled out): classified without comparing again.
+    let Ok(event) = UpstreamEvent::classify_walked(text) else {
         // Not ours to judge: relay it untouched.
         return Verdict::Relay {
             replaced: None,
