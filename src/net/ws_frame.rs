@@ -556,6 +556,25 @@ mod tests {
                 assert_eq!(matches!(got, Cut::Frame { .. }), valid, "{tail:?} at {at}");
             }
         }
+        // An invalid byte at every offset of every payload length up to 200 (around the ASCII
+        // test's 8-, 32- and 64-byte steps) and around the length where `simdutf8` takes over:
+        // such a frame goes to the codec, its all-ASCII form is cut.
+        let frame = |payload: &[u8]| match u8::try_from(payload.len()) {
+            Ok(short) if short < 126 => [&[0x81u8, short][..], payload].concat(),
+            _ => frame(payload),
+        };
+        for len in (0..=200).chain(509..=515) {
+            let plain = vec![b'a'; len];
+            assert!(
+                matches!(cut(&frame(&plain), 1 << 20), Cut::Frame { .. }),
+                "{len}"
+            );
+            for at in 0..len {
+                let mut payload = plain.clone();
+                payload[at] = 0xff;
+                assert_eq!(cut(&frame(&payload), 1 << 20), Cut::Codec, "{len} {at}");
+            }
+        }
     }
 
     #[test]
