@@ -153,7 +153,6 @@ impl<T> Slots<T> {
         value
     }
 
-    #[inline]
     /// Slots made so far, free ones included (tests: freed slots are reused before new ones).
     #[cfg(test)]
     pub fn made(&self) -> usize {
