@@ -3,8 +3,9 @@
 # load: every syscall by name (`strace -f -c`, attached for the middle of the run; failed calls,
 # such as a recv answering EAGAIN, counted apart) and context switches per turn (voluntary and
 # not, every thread, from /proc). strace slows the relay it is attached to, so the load is
-# open-loop (--rate) and the counts, not the times, are the result; the context switches come
-# from a second run without strace.
+# open-loop (--rate) and the counts, not the times, are the result; the context switches and
+# minor page faults (a first touch of a fresh page; `minflt`, field 10 of every thread's stat)
+# come from a second run without strace, the relay's first (a young gateway).
 #   perf/syscalls.sh [--wire ws|http] [--rate N] [--secs S] [--connections N] [--payload BYTES]
 #                    [--shards N] [--max-conn-age S] [-- more `shardgate load` options]
 # Defaults: the long-sessions shape (16 sessions, 400 turns/s, 8 KB frames, chained turns).
@@ -48,6 +49,15 @@ switches() {
   done
   echo "$t"
 }
+# Minor page faults so far, every thread of the given processes (a thread that exited since is
+# not counted; the relays keep theirs).
+minor_faults() {
+  local p t=0
+  for p in "$@"; do
+    t=$((t + $(cat /proc/"$p"/task/*/stat | sed 's/.*) //' | awk '{s += $8} END {print s}')))
+  done
+  echo "$t"
+}
 
 window=$((SC_SECS - 3))
 echo "load: $SC_CONNS sessions over $SC_WIRE, $SC_RATE turns/s, $SC_PAYLOAD B frames; strace for ${window} s"
@@ -57,10 +67,14 @@ for target in nginx shardgate; do
   [[ $SC_WIRE == http ]] && url=${url/ws:/http:}
   # shellcheck disable=SC2086
   c0=$(switches $pids)
+  # shellcheck disable=SC2086
+  f0=$(minor_faults $pids)
   drive "$url" "$key"
   wait "$LOAD_PID" || true
   # shellcheck disable=SC2086
   c1=$(switches $pids)
+  # shellcheck disable=SC2086
+  f1=$(minor_faults $pids)
   turns=$(grep -oE "turns ok [0-9]+" "$WORK/load.txt" | grep -oE "[0-9]+$")
   drive "$url" "$key"
   sleep 1
@@ -68,9 +82,9 @@ for target in nginx shardgate; do
   for p in $pids; do attach+=(-p "$p"); done
   timeout -s INT "$window" strace -f -c -o "$WORK/strace-$target.txt" "${attach[@]}" 2>/dev/null || true
   wait "$LOAD_PID" || true
-  python3 - "$target" "$WORK/strace-$target.txt" "$((SC_RATE * window))" "$turns" "$((c1 - c0))" <<'PY'
+  python3 - "$target" "$WORK/strace-$target.txt" "$((SC_RATE * window))" "$turns" "$((c1 - c0))" "$((f1 - f0))" <<'PY'
 import sys
-target, path, window_turns, turns, switches = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+target, path, window_turns, turns, switches, faults = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 rows = []
 for line in open(path):
     f = line.split()
@@ -80,7 +94,9 @@ for line in open(path):
     rows.append((calls / window_turns, errors / window_turns, f[-1]))
 rows.sort(reverse=True)
 total = sum(r[0] for r in rows)
-print(f"\n{target}: {total:.2f} syscalls per turn, {switches / max(turns, 1):.2f} context switches per turn")
+per_turn = lambda n: n / max(turns, 1)
+print(f"\n{target}: {total:.2f} syscalls per turn, {per_turn(switches):.2f} context switches per turn, "
+      f"{per_turn(faults):.3f} minor faults per turn")
 for calls, errors, name in rows:
     if calls >= 0.005:
         failed = f"  ({errors:.2f} failed)" if errors else ""

@@ -2,8 +2,9 @@
 //!
 //! Used as the default backend (owned by the control thread), as the Redis backend's local copy,
 //! and as each shard's hot cache. Every entry lives `ttl` from its last write. All entries share
-//! one TTL, so write order is expiry order: a FIFO of writes finds expired entries in O(1) and,
-//! when the store is full, evicts the entry closest to expiring.
+//! one TTL, so write order is expiry order: the entries are kept in write order (a rewrite moves
+//! its entry to the back), which finds expired entries in O(1) and, when the store is full,
+//! evicts the entry closest to expiring.
 //!
 //! Every write is on a turn's path (twice: the shard's cache, then the control thread's store),
 //! so a turn costs two entries and two hashes per store: one `Response` entry holding what the
@@ -11,28 +12,21 @@
 //! together), found by a hash of the response id alone (upstream ids are unique; the group is
 //! compared on a match), and one `Session` entry (the session's last response), found by a
 //! hash of the session key's first 8 bytes (already a SHA-256). Each hash is computed once per
-//! operation and kept in the entry, so the table grows without hashing any key again, and the
-//! FIFO names an entry by that hash and a write number, not by its key: it holds no strings and
-//! checks no key. Entries share the turn's strings (`Arc<str>`, the pending call ids as one
-//! `Arc<[String]>`) instead of copying them. The hasher is aHash, seeded at random per store.
+//! operation and kept with the entry, so the tables grow without hashing any key again.
+//! The entries sit in slots that never move ([`super::slots::Slots`]) and the hash tables hold
+//! their 4-byte slot numbers, so a young store, which only grows, touches little fresh memory
+//! per write (each fresh page is a page fault). Entries share the turn's strings (`Arc<str>`,
+//! the pending call ids as one `Arc<[String]>`) instead of copying them. The hasher is aHash,
+//! seeded at random per store.
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
 
+use super::slots::Slots;
 use super::{add, Binding, Keys, SessionKey, StateStats, StateStore, TurnState};
-
-/// One write of an entry: its key's hash, which write it was, when it expires. Kept in the
-/// entry and in the FIFO; a FIFO element whose entry holds a later write is stale.
-#[derive(Debug, Clone, Copy)]
-struct Stamp {
-    hash: u64,
-    seq: u64,
-    expires: Instant,
-}
 
 /// What the store knows about one response. Its facts are written together by a turn (or one
 /// at a time by the Redis backend's local copy of what it read) and expire together, `ttl`
@@ -43,7 +37,6 @@ struct Response {
     id: Arc<str>,
     binding: Option<Binding>,
     pending: Option<Arc<[String]>>,
-    stamp: Stamp,
 }
 
 /// A client session's last response.
@@ -52,14 +45,13 @@ struct Session {
     group: Arc<str>,
     key: SessionKey,
     last: Arc<str>,
-    stamp: Stamp,
 }
 
-/// Which table a FIFO element's entry is in.
-#[derive(Debug, Clone, Copy)]
-enum Table {
-    Responses,
-    Sessions,
+/// One entry: a response or a session, both in one write order.
+#[derive(Debug)]
+enum Entry {
+    Response(Response),
+    Session(Session),
 }
 
 /// Bounded in-memory store with a TTL per entry. `S` hashes the keys (aHash, seeded at random;
@@ -69,15 +61,11 @@ pub struct EmbeddedStore<S = ahash::RandomState> {
     ttl: Duration,
     capacity: usize,
     hasher: S,
-    responses: HashTable<Response>,
-    sessions: HashTable<Session>,
-    /// Write order, oldest first.
-    order: VecDeque<(Table, Stamp)>,
-    /// No entry expires before this (the oldest write's expiry when last looked at): until
-    /// then a write does not look at the FIFO.
-    next_due: Option<Instant>,
-    /// Writes so far; numbers the next one.
-    writes: u64,
+    /// Every entry with its key's hash and expiry, in write order (oldest first).
+    order: Slots<Entry>,
+    /// Slot numbers of the responses and of the sessions, by key hash.
+    responses: HashTable<u32>,
+    sessions: HashTable<u32>,
     evictions: u64,
     /// Evictions already handed to the store's counters ([`EmbeddedStore::new_evictions`]).
     evictions_reported: u64,
@@ -93,16 +81,15 @@ impl EmbeddedStore {
 
 impl<S: BuildHasher> EmbeddedStore<S> {
     /// [`EmbeddedStore::new`] hashing with `hasher` (a counting one, to count hashes per turn).
+    /// The capacity is also capped below `u32::MAX` (entries are numbered by `u32`).
     pub fn with_hasher(ttl: Duration, capacity: usize, hasher: S) -> Self {
         EmbeddedStore {
             ttl,
-            capacity: capacity.max(1),
+            capacity: capacity.clamp(1, u32::MAX as usize - 1),
             hasher,
+            order: Slots::default(),
             responses: HashTable::new(),
             sessions: HashTable::new(),
-            order: VecDeque::new(),
-            next_due: None,
-            writes: 0,
             evictions: 0,
             evictions_reported: 0,
         }
@@ -110,7 +97,7 @@ impl<S: BuildHasher> EmbeddedStore<S> {
 
     /// Entries currently held (expired ones included until the next write or tick).
     pub fn len(&self) -> usize {
-        self.responses.len() + self.sessions.len()
+        self.order.len()
     }
 
     /// `true` when nothing is held.
@@ -208,16 +195,13 @@ impl<S: BuildHasher> EmbeddedStore<S> {
         now: Instant,
     ) -> Option<String> {
         let hash = self.hasher.hash_one(session.prefix_u64());
-        let found = self
-            .sessions
-            .find_entry(hash, |s| s.key == *session && *s.group == *group);
-        match found {
-            Ok(e) if e.get().stamp.expires <= now => {
-                e.remove();
+        let i = self.find_session(hash, group, session)?;
+        match self.order.get(i) {
+            Some(Entry::Session(s)) if !self.expired(i, now) => Some(s.last.to_string()),
+            _ => {
+                self.remove(i);
                 None
             }
-            Ok(e) => Some(e.get().last.to_string()),
-            Err(_) => None,
         }
     }
 
@@ -239,30 +223,40 @@ impl<S: BuildHasher> EmbeddedStore<S> {
 
     /// Drops every entry that expired by `now`.
     pub fn expire(&mut self, now: Instant) {
-        if self.next_due.is_some_and(|due| due > now) {
-            return;
+        while let Some(i) = self.order.oldest_expired(now) {
+            self.remove(i);
         }
-        while self.order.front().is_some_and(|(_, s)| s.expires <= now) {
-            if let Some((table, stamp)) = self.order.pop_front() {
-                self.remove_if_current(table, stamp);
-            }
-        }
-        self.next_due = self.order.front().map(|(_, s)| s.expires);
+    }
+
+    /// `true` when the entry in slot `i` expired by `now` (or is gone).
+    fn expired(&self, i: u32, now: Instant) -> bool {
+        self.order.expires(i).is_none_or(|e| e <= now)
+    }
+
+    /// The slot of the response `id` of `group`.
+    fn find_response(&self, hash: u64, group: &str, id: &str) -> Option<u32> {
+        let order = &self.order;
+        let is = |&i: &u32| matches!(order.get(i), Some(Entry::Response(r)) if *r.id == *id && *r.group == *group);
+        self.responses.find(hash, is).copied()
+    }
+
+    /// The slot of the session `key` of `group`.
+    fn find_session(&self, hash: u64, group: &str, key: &SessionKey) -> Option<u32> {
+        let order = &self.order;
+        let is = |&i: &u32| matches!(order.get(i), Some(Entry::Session(s)) if s.key == *key && *s.group == *group);
+        self.sessions.find(hash, is).copied()
     }
 
     /// The response's entry, unless it expired (then it is dropped).
     fn response(&mut self, group: &str, id: &str, now: Instant) -> Option<&Response> {
-        let hash = self.hasher.hash_one(id);
-        let found = self
-            .responses
-            .find_entry(hash, |r| *r.id == *id && *r.group == *group);
-        match found {
-            Ok(e) if e.get().stamp.expires <= now => {
-                e.remove();
-                None
-            }
-            Ok(e) => Some(e.into_mut()),
-            Err(_) => None,
+        let i = self.find_response(self.hasher.hash_one(id), group, id)?;
+        if self.expired(i, now) {
+            self.remove(i);
+            return None;
+        }
+        match self.order.get(i) {
+            Some(Entry::Response(r)) => Some(r),
+            _ => None,
         }
     }
 
@@ -277,35 +271,30 @@ impl<S: BuildHasher> EmbeddedStore<S> {
         pending: Option<Arc<[String]>>,
         now: Instant,
     ) {
-        let stamp = self.stamp(self.hasher.hash_one(id), now);
-        let found = self
-            .responses
-            .find_mut(stamp.hash, |r| *r.id == *id && *r.group == *group);
-        match found {
-            Some(r) => {
+        let hash = self.hasher.hash_one(id);
+        let expires = now + self.ttl;
+        if let Some(i) = self.find_response(hash, group, id) {
+            if let Some(Entry::Response(r)) = self.order.rewrite(i, expires) {
                 if binding.is_some() {
                     r.binding = binding;
                 }
                 if pending.is_some() {
                     r.pending = pending;
                 }
-                r.stamp = stamp;
             }
-            None => {
-                self.make_room(now);
-                let (group, id) = owned();
-                let entry = Response {
-                    group,
-                    id,
-                    binding,
-                    pending,
-                    stamp,
-                };
-                self.responses
-                    .insert_unique(stamp.hash, entry, |r| r.stamp.hash);
-            }
+            return;
         }
-        self.queue(Table::Responses, stamp);
+        self.make_room(now);
+        let (group, id) = owned();
+        let entry = Entry::Response(Response {
+            group,
+            id,
+            binding,
+            pending,
+        });
+        let i = self.order.insert(hash, expires, entry);
+        let order = &self.order;
+        self.responses.insert_unique(hash, i, |&j| order.hash(j));
     }
 
     /// Makes `last` the session's last response; `group` makes the entry's group when the
@@ -318,87 +307,47 @@ impl<S: BuildHasher> EmbeddedStore<S> {
         last: Arc<str>,
         now: Instant,
     ) {
-        let stamp = self.stamp(self.hasher.hash_one(key.prefix_u64()), now);
-        let found = self
-            .sessions
-            .find_mut(stamp.hash, |s| s.key == *key && *s.group == *group);
-        match found {
-            Some(s) => {
+        let hash = self.hasher.hash_one(key.prefix_u64());
+        let expires = now + self.ttl;
+        if let Some(i) = self.find_session(hash, group, key) {
+            if let Some(Entry::Session(s)) = self.order.rewrite(i, expires) {
                 s.last = last;
-                s.stamp = stamp;
             }
-            None => {
-                self.make_room(now);
-                let entry = Session {
-                    group: owned(),
-                    key: *key,
-                    last,
-                    stamp,
-                };
-                self.sessions
-                    .insert_unique(stamp.hash, entry, |s| s.stamp.hash);
-            }
+            return;
         }
-        self.queue(Table::Sessions, stamp);
+        self.make_room(now);
+        let entry = Entry::Session(Session {
+            group: owned(),
+            key: *key,
+            last,
+        });
+        let i = self.order.insert(hash, expires, entry);
+        let order = &self.order;
+        self.sessions.insert_unique(hash, i, |&j| order.hash(j));
     }
 
-    /// The next write's stamp.
-    fn stamp(&mut self, hash: u64, now: Instant) -> Stamp {
-        self.writes += 1;
-        Stamp {
-            hash,
-            seq: self.writes,
-            expires: now + self.ttl,
-        }
-    }
-
-    /// Drops what expired, then evicts until a new entry fits.
+    /// Drops what expired, then evicts the oldest entries until a new one fits.
     fn make_room(&mut self, now: Instant) {
         self.expire(now);
-        while self.len() >= self.capacity && self.evict_oldest() {}
-    }
-
-    /// Appends a write to the FIFO; drops the stale elements once it holds twice the capacity
-    /// (a key rewritten again and again leaves one behind per write).
-    fn queue(&mut self, table: Table, stamp: Stamp) {
-        if self.next_due.is_none() {
-            self.next_due = Some(stamp.expires);
-        }
-        self.order.push_back((table, stamp));
-        if self.order.len() > self.capacity.saturating_mul(2) {
-            let (responses, sessions) = (&self.responses, &self.sessions);
-            self.order.retain(|(table, s)| match table {
-                Table::Responses => responses.find(s.hash, |r| r.stamp.seq == s.seq).is_some(),
-                Table::Sessions => sessions.find(s.hash, |e| e.stamp.seq == s.seq).is_some(),
-            });
+        while self.len() >= self.capacity {
+            let Some(i) = self.order.oldest() else { break };
+            self.remove(i);
+            self.evictions += 1;
         }
     }
 
-    /// Removes the entry `stamp` wrote if no later write replaced it; `true` when it was removed.
-    fn remove_if_current(&mut self, table: Table, stamp: Stamp) -> bool {
-        match table {
-            Table::Responses => self
-                .responses
-                .find_entry(stamp.hash, |r| r.stamp.seq == stamp.seq)
-                .map(|e| e.remove())
-                .is_ok(),
-            Table::Sessions => self
-                .sessions
-                .find_entry(stamp.hash, |s| s.stamp.seq == stamp.seq)
-                .map(|e| e.remove())
-                .is_ok(),
+    /// Removes the entry in slot `i` from its table and frees the slot.
+    fn remove(&mut self, i: u32) {
+        let hash = self.order.hash(i);
+        let table = match self.order.get(i) {
+            Some(Entry::Response(_)) => &mut self.responses,
+            Some(Entry::Session(_)) => &mut self.sessions,
+            None => return,
+        };
+        if let Ok(e) = table.find_entry(hash, |&j| j == i) {
+            e.remove();
         }
-    }
-
-    /// Removes the oldest live entry (skipping stale FIFO elements); `false` when empty.
-    fn evict_oldest(&mut self) -> bool {
-        while let Some((table, stamp)) = self.order.pop_front() {
-            if self.remove_if_current(table, stamp) {
-                self.evictions += 1;
-                return true;
-            }
-        }
-        false
+        self.order.remove(i);
     }
 }
 
@@ -665,6 +614,49 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!(s.binding_at("g", "r1", t0 + Duration::from_secs(91)), None);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn entries_are_found_after_many_growths_and_expired_slots_are_reused() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let turn = |i: u64| TurnState {
+            group: "g".into(),
+            response_id: format!("resp_{i}").into(),
+            binding: binding(i),
+            session: Some(SessionKey::hash(&(i % 7).to_le_bytes())),
+            pending: None,
+        };
+        let mut s = store(1 << 20);
+        for i in 0..5_000 {
+            s.put_turn_at(&turn(i), at(i));
+        }
+        let made = s.order.made();
+        assert_eq!(made, 5_007);
+        for i in 0..5_000 {
+            assert_eq!(
+                s.binding_at("g", &format!("resp_{i}"), at(5_000)),
+                Some(binding(i))
+            );
+        }
+        // The first 2,501 responses expire; the sessions were rewritten since.
+        let later = at(62_500);
+        s.expire(later);
+        assert_eq!(s.len(), 5_007 - 2_501);
+        for i in 5_000..7_000 {
+            s.put_turn_at(&turn(i), later);
+        }
+        assert_eq!(s.order.made(), made);
+        assert_eq!(s.len(), 5_007 - 2_501 + 2_000);
+        for i in 0..7_000 {
+            let want = (i > 2_500).then(|| binding(i));
+            assert_eq!(s.binding_at("g", &format!("resp_{i}"), later), want);
+        }
+        assert_eq!(
+            s.session_last_at("g", &SessionKey::hash(&(6_999u64 % 7).to_le_bytes()), later)
+                .as_deref(),
+            Some("resp_6999")
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod embedded;
 pub mod redis;
 pub mod service;
+mod slots;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
