@@ -149,11 +149,14 @@ fn string_body(out: &mut String, s: &str) {
 /// `true` when no byte of `bytes` needs an escape: every whole block and the last bytes (as
 /// [`next_escape`] looks at them) searched, their stops or-ed, one branch at the end.
 fn plain(bytes: &[u8]) -> bool {
-    let (blocks, rest) = bytes.as_chunks::<BLOCK>();
+    let mut blocks = bytes.chunks_exact(BLOCK);
     let mut stops = 0;
-    for block in blocks {
-        stops |= quote_backslash_or_control(block);
+    for block in blocks.by_ref() {
+        stops |= block
+            .first_chunk::<BLOCK>()
+            .map_or(1, quote_backslash_or_control);
     }
+    let rest = blocks.remainder();
     if !rest.is_empty() {
         stops |= match bytes.len().checked_sub(BLOCK) {
             Some(last) => bytes[last..]
