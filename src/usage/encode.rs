@@ -6,7 +6,7 @@
 //! checks every field and every escape against that encoding. Writing by hand skips the
 //! flattened map serde builds for this struct and the `String` per record.
 
-use super::{RealtimeUsage, UsageRecord};
+use super::{RealtimeUsage, RequestType, UsageRecord};
 use crate::protocol::string_block::{quote_backslash_or_control, BLOCK};
 
 /// `,"name":` as one constant (names are plain ASCII: nothing to escape), so that a field's
@@ -17,17 +17,25 @@ macro_rules! key {
     };
 }
 
+/// `,"name":"`: a string field's key and its value's opening quote, one append.
+macro_rules! string_key {
+    ($name:literal) => {
+        concat!(key!($name), "\"")
+    };
+}
+
 /// Appends `rec` as one line of JSON (no newline) to `out`.
 pub fn write_record(out: &mut String, rec: &UsageRecord) {
     let u = &rec.usage;
-    out.push_str("{\"response_id\":");
-    string(out, &rec.response_id);
+    out.push_str("{\"response_id\":\"");
+    string_body(out, &rec.response_id);
+    out.push('"');
     uint_field(out, key!("ts_ms"), rec.ts_ms);
-    string_field(out, key!("group"), &rec.group);
-    string_field(out, key!("key_id"), &rec.key_id);
-    string_field(out, key!("account"), &rec.account);
-    string_field(out, key!("model"), &rec.model);
-    string_field(out, key!("request_type"), rec.request_type.as_str());
+    string_field(out, string_key!("group"), &rec.group);
+    string_field(out, string_key!("key_id"), &rec.key_id);
+    string_field(out, string_key!("account"), &rec.account);
+    string_field(out, string_key!("model"), &rec.model);
+    out.push_str(request_type(rec.request_type));
     uint_field(out, key!("input_tokens"), u.input_tokens);
     uint_field(out, key!("cached_tokens"), u.cached_tokens);
     uint_field(out, key!("output_tokens"), u.output_tokens);
@@ -39,8 +47,8 @@ pub fn write_record(out: &mut String, rec: &UsageRecord) {
     }
     uint_field(out, key!("duration_us"), rec.duration_us);
     uint_field(out, key!("attempts"), u64::from(rec.attempts));
-    string_field(out, key!("status"), &rec.status);
-    string_field(out, key!("instance"), &rec.instance);
+    string_field(out, string_key!("status"), &rec.status);
+    string_field(out, string_key!("instance"), &rec.instance);
     uint_field(out, key!("shard"), rec.shard as u64);
     if let Some(rt) = &rec.realtime {
         realtime(out, rt);
@@ -48,8 +56,23 @@ pub fn write_record(out: &mut String, rec: &UsageRecord) {
     out.push('}');
 }
 
+/// The `request_type` field as one constant: its values are plain ASCII names.
+fn request_type(t: RequestType) -> &'static str {
+    macro_rules! field {
+        ($value:literal) => {
+            concat!(string_key!("request_type"), $value, "\"")
+        };
+    }
+    match t {
+        RequestType::Ws => field!("ws"),
+        RequestType::Stream => field!("stream"),
+        RequestType::Sync => field!("sync"),
+        RequestType::Realtime => field!("realtime"),
+    }
+}
+
 fn realtime(out: &mut String, rt: &RealtimeUsage) {
-    string_field(out, key!("session_id"), &rt.session_id);
+    string_field(out, string_key!("session_id"), &rt.session_id);
     uint_field(out, key!("input_text_tokens"), rt.input_text_tokens);
     uint_field(out, key!("input_audio_tokens"), rt.input_audio_tokens);
     uint_field(out, key!("output_text_tokens"), rt.output_text_tokens);
@@ -67,10 +90,11 @@ fn uint_field(out: &mut String, key: &str, v: u64) {
     out.push_str(itoa::Buffer::new().format(v));
 }
 
-/// `key` (from [`key!`]) and the string.
+/// `key` (from [`string_key!`], the opening quote included), the string and its closing quote.
 fn string_field(out: &mut String, key: &str, v: &str) {
     out.push_str(key);
-    string(out, v);
+    string_body(out, v);
+    out.push('"');
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -91,11 +115,16 @@ fn escape(b: u8) -> Option<&'static str> {
     })
 }
 
-/// `s` as a JSON string: `"` and `\` escaped, control characters as `\b \t \n \f \r` or
-/// `\u00XX`, everything else (non-ASCII included) as it is. Runs without escapes are copied
-/// whole; they end where [`next_escape`] finds a byte to escape.
-fn string(out: &mut String, s: &str) {
-    out.push('"');
+/// `s` as the inside of a JSON string (no quotes): `"` and `\` escaped, control characters as
+/// `\b \t \n \f \r` or `\u00XX`, everything else (non-ASCII included) as it is. A string
+/// with nothing to escape (ids, names: almost every one) is one look at its blocks
+/// ([`plain`]) and one append; else runs without escapes are copied whole; they end where
+/// [`next_escape`] finds a byte to escape.
+fn string_body(out: &mut String, s: &str) {
+    if plain(s.as_bytes()) {
+        out.push_str(s);
+        return;
+    }
     let bytes = s.as_bytes();
     let (mut start, mut from) = (0, 0);
     while let Some(i) = next_escape(bytes, from) {
@@ -115,7 +144,28 @@ fn string(out: &mut String, s: &str) {
         from = i + 1;
     }
     out.push_str(&s[start..]);
-    out.push('"');
+}
+
+/// `true` when no byte of `bytes` needs an escape: every whole block and the last bytes (as
+/// [`next_escape`] looks at them) searched, their stops or-ed, one branch at the end.
+fn plain(bytes: &[u8]) -> bool {
+    let mut blocks = bytes.chunks_exact(BLOCK);
+    let mut stops = 0;
+    for block in blocks.by_ref() {
+        stops |= block
+            .first_chunk::<BLOCK>()
+            .map_or(1, quote_backslash_or_control);
+    }
+    let rest = blocks.remainder();
+    if !rest.is_empty() {
+        stops |= match bytes.len().checked_sub(BLOCK) {
+            Some(last) => bytes[last..]
+                .first_chunk::<BLOCK>()
+                .map_or(1, quote_backslash_or_control),
+            None => quote_backslash_or_control(&padded(rest)),
+        };
+    }
+    stops == 0
 }
 
 /// The first byte at or after `from` that a JSON string must escape (`"`, `\`, below 0x20),
@@ -145,7 +195,7 @@ fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
 }
 
 /// `rest` (fewer than [`BLOCK`] bytes) at the start of a block of spaces. Copied as two
-/// overlapping pieces of a fixed size (8, 4 or 1 bytes), not by a `memcpy` call of any length.
+/// overlapping pieces of a fixed size (8, 4, 2 or 1 bytes), not by a `memcpy` call of any length.
 fn padded(rest: &[u8]) -> [u8; BLOCK] {
     let mut block = [b' '; BLOCK];
     let n = rest.len().min(BLOCK);
@@ -156,11 +206,9 @@ fn padded(rest: &[u8]) -> [u8; BLOCK] {
     match n {
         8.. => copy(8),
         4.. => copy(4),
-        _ => {
-            for (b, &r) in block.iter_mut().zip(rest) {
-                *b = r;
-            }
-        }
+        2.. => copy(2),
+        1 => copy(1),
+        0 => {}
     }
     block
 }
@@ -268,15 +316,37 @@ mod tests {
     }
 
     fn encoded(s: &str) -> String {
-        let mut out = String::new();
-        string(&mut out, s);
+        let mut out = String::from('"');
+        string_body(&mut out, s);
+        out.push('"');
         out
+    }
+
+    #[test]
+    fn plain_is_true_exactly_when_no_byte_needs_an_escape() {
+        // Every byte value at every offset of strings of 0..64 bytes (whole blocks, the
+        // block that ends the string, the padded copy of a short one), in a background of
+        // plain bytes near the escaped range's edges.
+        for background in [b'a', b' ', b'~', b'!', b'#', 0x7f, 0xc3] {
+            for len in 0..=64 {
+                let base = vec![background; len];
+                assert!(plain(&base), "{background} x {len}");
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut bytes = base.clone();
+                        bytes[at] = b;
+                        let want = escape(b).is_none();
+                        assert_eq!(plain(&bytes), want, "{b:#x} at {at} of {len}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
     fn every_character_at_every_offset_of_every_length_is_escaped_as_serde_does() {
         // Block by block scanning: each character alone in a run of plain ones, at every offset
-        // of strings up to three blocks long (the last bytes looked at in a padded copy or in
+        // of strings up to four blocks long (the last bytes looked at in a padded copy or in
         // the block that ends the string), in runs of plain characters near the edges of
         // the escaped range (space, tilde) and of non-ASCII ones.
         let chars: Vec<char> = (0u8..0x80)
@@ -284,7 +354,7 @@ mod tests {
             .chain(['é', '\u{80}', '\u{7ff}', '\u{2028}', '😀'])
             .collect();
         for plain in ['a', ' ', '~', '!', '#', '[', ']', 'ÿ'] {
-            for len in 0..=48 {
+            for len in 0..=64 {
                 let background: Vec<char> = std::iter::repeat_n(plain, len).collect();
                 assert_eq!(
                     encoded(&background.iter().collect::<String>()),

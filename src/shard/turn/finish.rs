@@ -186,7 +186,15 @@ impl Driver {
             ttft,
             duration,
         };
-        let usage = self.usage_record(meta, facts);
+        // The turn's state holds the account's shared name already: the record takes it
+        // instead of comparing the account's id with the last one again.
+        let account = match &state {
+            Some(state) => state.binding.account.clone(),
+            None => self
+                .names
+                .account(&pool.account.config.id, &self.shard.sticky),
+        };
+        let usage = self.usage_record(meta, facts, account);
         match state {
             Some(state) => self
                 .shard
@@ -298,12 +306,20 @@ impl Driver {
 
     /// Sends the turn's usage record to the control thread (never waits; a full queue is counted).
     pub(super) fn record_usage(&mut self, meta: &TurnMeta<'_>, f: UsageFacts) {
-        let record = self.usage_record(meta, f);
+        let account = self
+            .names
+            .account(&meta.pool.account.config.id, &self.shard.sticky);
+        let record = self.usage_record(meta, f, account);
         self.shard.submit_usage(Box::new(record));
     }
 
-    /// The turn's usage record.
-    fn usage_record(&mut self, meta: &TurnMeta<'_>, f: UsageFacts) -> UsageRecord {
+    /// The turn's usage record; `account` is the shared name of the account that served it.
+    fn usage_record(
+        &mut self,
+        meta: &TurnMeta<'_>,
+        f: UsageFacts,
+        account: Arc<str>,
+    ) -> UsageRecord {
         let shard = &self.shard;
         let response_id = match f.response_id {
             Some(id) => id,
@@ -326,9 +342,7 @@ impl Driver {
             ts_ms: runtime::unix_micros() / 1_000,
             group: self.names.group.clone(),
             key_id: self.names.key_id.clone(),
-            account: self
-                .names
-                .account(&meta.pool.account.config.id, &shard.sticky),
+            account,
             model: self.names.model(meta.model),
             request_type: self.request_type,
             usage: f.usage.unwrap_or_default(),
