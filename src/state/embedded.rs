@@ -587,7 +587,7 @@ mod tests {
         }
         assert_eq!(s.hasher.hashes.get(), 2 * 10_000);
         assert_eq!(s.len(), 10_004);
-        // Everything expires: the FIFO finds each entry by its stored hash.
+        // Everything expires: the write-order list finds each entry by its stored hash.
         s.expire(t0 + Duration::from_secs(61));
         assert!(s.is_empty());
         assert_eq!(s.hasher.hashes.get(), 2 * 10_000);
