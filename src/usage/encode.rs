@@ -146,8 +146,8 @@ fn string_body(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
 }
 
-/// `true` when no byte of `bytes` needs an escape: every whole block and the last bytes (as
-/// [`next_escape`] looks at them) searched, their stops or-ed, one branch at the end.
+/// `true` when no byte of `bytes` needs an escape: every whole block and the last bytes
+/// ([`last_stops`]) searched, their stops or-ed, one branch at the end.
 fn plain(bytes: &[u8]) -> bool {
     let mut blocks = bytes.chunks_exact(BLOCK);
     let mut stops = 0;
@@ -158,22 +158,15 @@ fn plain(bytes: &[u8]) -> bool {
     }
     let rest = blocks.remainder();
     if !rest.is_empty() {
-        stops |= match bytes.len().checked_sub(BLOCK) {
-            Some(last) => bytes[last..]
-                .first_chunk::<BLOCK>()
-                .map_or(1, quote_backslash_or_control),
-            None => quote_backslash_or_control(&padded(rest)),
-        };
+        stops |= last_stops(bytes, bytes.len() - rest.len());
     }
     stops == 0
 }
 
 /// The first byte at or after `from` that a JSON string must escape (`"`, `\`, below 0x20),
 /// found a block at a time by the JSON scan's own search ([`quote_backslash_or_control`]: the
-/// bytes a JSON string must escape are the bytes a strict scan stops at). The last bytes, fewer
-/// than a block, are looked at as one block too: the block that ends with them when the string
-/// is that long (its bytes before `from` shifted out), else a copy padded with spaces (never an
-/// escape), so no byte is looked at alone.
+/// bytes a JSON string must escape are the bytes a strict scan stops at); the last bytes, fewer
+/// than a block, as one block too ([`last_stops`]).
 fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(block) = bytes.get(i..).and_then(|b| b.first_chunk::<BLOCK>()) {
@@ -183,15 +176,22 @@ fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
         }
         i += BLOCK;
     }
-    let rest = bytes.get(i..).filter(|rest| !rest.is_empty())?;
-    let stops = match bytes.len().checked_sub(BLOCK) {
-        Some(last) => {
-            let block = bytes[last..].first_chunk::<BLOCK>()?;
-            quote_backslash_or_control(block) >> (i - last)
-        }
-        None => quote_backslash_or_control(&padded(rest)),
-    };
+    bytes.get(i..).filter(|rest| !rest.is_empty())?;
+    let stops = last_stops(bytes, i);
     (stops != 0).then(|| i + stops.trailing_zeros() as usize)
+}
+
+/// The stops ([`quote_backslash_or_control`]) of the last bytes of `bytes`, from `from` (fewer
+/// than a block), bit 0 for the byte at `from`: looked at as the block that ends with them when
+/// `bytes` is that long (the bytes before `from` shifted out), else as a copy padded with
+/// spaces (never an escape), so no byte is looked at alone.
+fn last_stops(bytes: &[u8], from: usize) -> u32 {
+    match bytes.len().checked_sub(BLOCK) {
+        Some(last) => bytes[last..].first_chunk::<BLOCK>().map_or(1, |block| {
+            quote_backslash_or_control(block) >> (from - last)
+        }),
+        None => quote_backslash_or_control(&padded(&bytes[from..])),
+    }
 }
 
 /// `rest` (fewer than [`BLOCK`] bytes) at the start of a block of spaces. Copied as two
