@@ -93,6 +93,13 @@ impl Gateway {
         let config = Arc::new(config);
         let shards = config.server.shards;
         let cpus = runtime::allowed_cpus().unwrap_or_default();
+        if config.server.pin_shards && shards > cpus.len() {
+            tracing::warn!(
+                shards,
+                cpus = cpus.len(),
+                "pin_shards is on but there are more shards than CPUs: the shards run unpinned"
+            );
+        }
         // Claimed before binding, so a second gateway never joins this one's SO_REUSEPORT group;
         // port 0 is claimed once resolved (a fresh port is nobody else's).
         let listen = config.server.listen;
@@ -137,7 +144,7 @@ impl Gateway {
             let shard_live = live.clone();
             let to_control = handle.clone();
             let ready = ready_tx.clone();
-            let cpu = (shards <= cpus.len()).then(|| cpus[id]);
+            let cpu = (config.server.pin_shards && shards <= cpus.len()).then(|| cpus[id]);
             let handle = runtime::spawn_executor(&format!("shard-{id}"), cpu, move || async move {
                 let listener = runtime::adopt_listener(listener);
                 let shard = match Shard::new(id, cfg, shard_live, to_control) {

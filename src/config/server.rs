@@ -15,6 +15,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Number of shards (one per CPU of the affinity mask by default).
     pub shards: usize,
+    /// Pin shard `i` to the `i`-th CPU of the affinity mask (when there are no more shards
+    /// than CPUs). Off by default: an unpinned shard is woken on the CPU that woke it when that
+    /// suits the scheduler, while a pinned one on another CPU must be woken there, which on a
+    /// VM whose idle vCPU halts costs ~20-30 us a wake (perf/README.md, "Session 16").
+    /// `pin_shards`, read at start only.
+    pub pin_shards: bool,
     /// Largest WebSocket message or HTTP body accepted from a client.
     pub max_message_bytes: usize,
     /// How long a new WebSocket session may wait before its first `response.create`.
@@ -68,6 +74,7 @@ pub struct ListenerTls {
 pub(super) struct RawServer {
     listen: Option<String>,
     shards: Option<usize>,
+    pin_shards: Option<bool>,
     max_message_bytes: Option<usize>,
     first_message_timeout_secs: Option<f64>,
     idle_timeout_secs: Option<f64>,
@@ -108,6 +115,7 @@ impl RawServer {
         let server = ServerConfig {
             listen,
             shards,
+            pin_shards: s.pin_shards.unwrap_or(false),
             max_message_bytes,
             first_message_timeout: secs(
                 "server.first_message_timeout_secs",
@@ -165,6 +173,16 @@ mod tests {
                 .server
                 .transparent_huge_pages
         );
+    }
+
+    #[test]
+    fn shards_are_unpinned_unless_asked() {
+        assert!(!Config::parse(MINIMAL, &no_env).unwrap().server.pin_shards);
+        let on = format!("[server]\npin_shards = true\n{MINIMAL}");
+        assert!(Config::parse(&on, &no_env).unwrap().server.pin_shards);
+        let wrong = format!("[server]\npin_shards = \"yes\"\n{MINIMAL}");
+        let err = Config::parse(&wrong, &no_env).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("boolean"), "{err}");
     }
 
     #[test]
