@@ -5,10 +5,9 @@ exits, scheduler switches and wakeups, every CPU) and follows each turn through 
   load sends the request -> relay has read it -> relay sends it on -> mock has read it ->
   mock sends the answer -> relay has read it -> relay sends it on -> load has read it
 
-printing each hop's latency (p25/p50/p75/mean, microseconds), the whole chain, and how often the
-relay read the request on the CPU the client sent it from (a wake on the same CPU) or on the other
-one (a cross-CPU wake: on a VM whose idle vCPU halts, an inter-processor interrupt the host must
-deliver), with the request hop's latency for each.
+printing each hop's latency (p25/p50/p75/mean, microseconds), the whole chain, and for each hop how often its two ends
+ran on the same CPU or on different ones (a cross-CPU wake: on a VM whose idle vCPU halts, an
+inter-processor interrupt the host must deliver), with the hop's p50 for each.
 
   perf/wake_chain.py SCRIPT_TEXT MIN_REQUEST_BYTES
 """
@@ -38,6 +37,10 @@ def quantiles(xs):
         xs[n // 4], xs[n // 2], xs[3 * n // 4], sum(xs) / n)
 
 
+def p50(xs):
+    return "%6.1f" % sorted(xs)[len(xs) // 2] if xs else "     -"
+
+
 def events(path):
     out = []
     for line in open(path, errors="replace"):
@@ -65,8 +68,8 @@ def main():
     want = [("relay", "read"), ("relay", "sent"), ("mock", "read"), ("mock", "sent"),
             ("relay", "read"), ("relay", "sent"), ("load", "read")]
     hops = {h: [] for h in HOPS}
+    split = {h: ([], []) for h in HOPS}
     chains = []
-    request_hop = {"same CPU": [], "cross-CPU": []}
     for i, (t, r, cpu, what, n) in enumerate(evs):
         if not (r == "load" and what == "sent" and n >= min_request):
             continue
@@ -81,16 +84,17 @@ def main():
             continue
         for h, (a, b) in zip(HOPS, zip(seq, seq[1:])):
             hops[h].append(b[0] - a[0])
+            split[h][a[1] != b[1]].append(b[0] - a[0])
         chains.append(seq[-1][0] - seq[0][0])
-        kind = "same CPU" if seq[1][1] == seq[0][1] else "cross-CPU"
-        request_hop[kind].append(seq[1][0] - seq[0][0])
     print("  turns followed: %d" % len(chains))
     print("  %-14s %s" % ("whole chain", quantiles(chains)))
     for h in HOPS:
-        print("  -> %-11s %s" % (h, quantiles(hops[h])))
-    for kind, xs in request_hop.items():
-        print("  relay read the request on the %-9s as the client sent it: %4d turns, hop %s"
-              % (kind, len(xs), quantiles(xs)))
+        print("  -> %-12s %s" % (h, quantiles(hops[h])))
+    print("  each hop on the same CPU / across CPUs: turns, p50")
+    for h in HOPS:
+        same, cross = split[h]
+        print("  -> %-12s same %4d  %s | cross %4d  %s" % (
+            h, len(same), p50(same), len(cross), p50(cross)))
 
 
 if __name__ == "__main__":
