@@ -56,7 +56,7 @@ gateway_toml() {
 listen = "127.0.0.1:$GW_PORT"
 shards = $1
 admin_listen = "127.0.0.1:$ADMIN_PORT"
-stats_interval_ms = ${STATS_MS:-200}
+stats_interval_ms = ${STATS_MS:-1000}
 ${GW_SERVER_EXTRA:-}
 [upstream]
 queue_per_conn = 64
@@ -123,10 +123,11 @@ mock_reset() { curl -fsS -X POST "$MOCK_BASE/_mock/reset" >/dev/null; }
 mock_script() { curl -fsS -X POST -H 'content-type: application/json' --data-binary "$1" "$MOCK_BASE/_mock/script" >/dev/null; }
 mock_stats() { curl -fsS "$MOCK_BASE/_mock/stats"; }
 # The gateway's own counters (Prometheus text from the admin listener). Shards ship their
-# counters every stats_interval_ms ($STATS_MS, default 200), so wait 2.5 intervals (at least
+# counters every stats_interval_ms ($STATS_MS, default 1000 as in the product), so wait 2.5
+# intervals (at least
 # 0.5 s) for the last snapshot.
 gw_metrics() {
-  sleep "$(awk -v ms="${STATS_MS:-200}" 'BEGIN { s = 2.5 * ms / 1000; print (s < 0.5 ? 0.5 : s) }')"
+  sleep "$(awk -v ms="${STATS_MS:-1000}" 'BEGIN { s = 2.5 * ms / 1000; print (s < 0.5 ? 0.5 : s) }')"
   curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics"
 }
 
@@ -140,7 +141,7 @@ ROUNDS=${ROUNDS:-3} CONNS=${CONNS:-32} SECS=${SECS:-5} PAYLOAD=${PAYLOAD:-30000}
 RATE=${RATE:-} WARMUP=${WARMUP:-} CHAIN=${CHAIN-1} WIRE=${WIRE:-ws} NAME=${NAME:-steady}
 IDLE=${IDLE:-1000} HOLD=${HOLD:-3} IDLE_TURNS=${IDLE_TURNS:-0} LOAD_EXTRA=${LOAD_EXTRA:-} TARGETS=${TARGETS:-"direct nginx shardgate"}
 MOCK_ARGS=${MOCK_ARGS:-}
-# STATS_MS (env only): the gateway's stats_interval_ms, default 200 (see gw_metrics).
+# STATS_MS (env only): the gateway's stats_interval_ms, default 1000, the product's (see gw_metrics).
 mock_round_script() { :; }
 
 common_usage() {
