@@ -124,8 +124,7 @@ mock_script() { curl -fsS -X POST -H 'content-type: application/json' --data-bin
 mock_stats() { curl -fsS "$MOCK_BASE/_mock/stats"; }
 # The gateway's own counters (Prometheus text from the admin listener). Shards ship their
 # counters every stats_interval_ms ($STATS_MS, default 1000 as in the product), so wait 2.5
-# intervals (at least
-# 0.5 s) for the last snapshot.
+# intervals (at least 0.5 s) for the last snapshot.
 gw_metrics() {
   sleep "$(awk -v ms="${STATS_MS:-1000}" 'BEGIN { s = 2.5 * ms / 1000; print (s < 0.5 ? 0.5 : s) }')"
   curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics"
