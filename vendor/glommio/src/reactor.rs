@@ -58,6 +58,10 @@ impl SharedChannels {
     }
 
     fn wake_connections(&mut self) -> usize {
+        // shardgate patch: nearly always empty (called on every reactor pass); no drain then.
+        if self.connection_wakers.is_empty() {
+            return 0;
+        }
         let woke = self.connection_wakers.len();
         for waker in self.connection_wakers.drain(..) {
             wake!(waker);
