@@ -1742,6 +1742,11 @@ impl Reactor {
         self.notifier.take_activity()
     }
 
+    /// Whether [`Self::take_activity`] would answer `true` (shardgate patch).
+    pub(crate) fn has_activity(&self) -> bool {
+        self.notifier.has_activity()
+    }
+
     /// Makes the reactor look at its shared channels and foreign wakes again next time.
     pub(crate) fn flag_activity(&self) {
         self.notifier.flag_activity()
