@@ -893,8 +893,7 @@ impl Reactor {
     /// function's frame cost more than the checks, three or more calls per executor loop).
     #[inline(always)]
     fn process_shared_channels(&self) -> usize {
-        if !self.sys.has_activity() && self.shared_channels.borrow().connection_wakers.is_empty()
-        {
+        if !self.sys.has_activity() && self.shared_channels.borrow().connection_wakers.is_empty() {
             return 0;
         }
         self.look_at_shared_channels()

@@ -636,7 +636,8 @@ fn next_cqe(ring: &mut iou::IoUring) -> Option<iou::CQE> {
                     cqe.res,
                     iou::cqe::CompletionFlags::from_bits_truncate(cqe.flags),
                 );
-                (*(raw.cq.khead as *const AtomicU32)).store(head.wrapping_add(1), Ordering::Release);
+                (*(raw.cq.khead as *const AtomicU32))
+                    .store(head.wrapping_add(1), Ordering::Release);
                 return Some(next);
             }
         }
@@ -1347,7 +1348,6 @@ impl SleepableRing {
         let mut queue = q.borrow_mut();
         self.consume_sqe_queue(&mut queue.submissions, false)
     }
-
 
     /// Whether what waits to be submitted is only readiness polls, all still in the queue
     /// (none prepared in the SQ ring), so that they may wait for the next sleep (shardgate
