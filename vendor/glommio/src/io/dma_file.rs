@@ -780,7 +780,7 @@ pub(crate) mod test {
     };
     use futures::join;
     use futures_lite::{stream, StreamExt};
-    use rand::{seq::SliceRandom, thread_rng};
+    use rand::{rng, seq::SliceRandom};
     use std::{cell::RefCell, convert::TryInto, path::PathBuf, time::Duration};
 
     macro_rules! dma_file_test {
@@ -1190,7 +1190,7 @@ pub(crate) mod test {
         let last_read = Rc::new(RefCell::new(-1));
 
         let mut iovs: Vec<(u64, usize)> = (0..512).map(|x| (x * 8, 8)).collect();
-        iovs.shuffle(&mut thread_rng());
+        iovs.shuffle(&mut rng());
         new_file
             .read_many(
                 stream::iter(iovs.into_iter()),
@@ -1224,7 +1224,7 @@ pub(crate) mod test {
         let last_read = Rc::new(RefCell::new(-1));
 
         let mut iovs: Vec<(u64, usize)> = (0..511).map(|x| (x * 8 + 1, 7)).collect();
-        iovs.shuffle(&mut thread_rng());
+        iovs.shuffle(&mut rng());
         new_file
             .read_many(
                 stream::iter(iovs.into_iter()),

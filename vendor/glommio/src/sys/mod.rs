@@ -372,6 +372,12 @@ impl SleepNotifier {
         self.activity.load(Ordering::Relaxed) && self.activity.swap(false, Ordering::Acquire)
     }
 
+    /// Whether the next [`Self::take_activity`] would answer `true`, without clearing the flag
+    /// (shardgate patch: its first load, for a caller that skips its look when it is `false`).
+    pub(crate) fn has_activity(&self) -> bool {
+        self.activity.load(Ordering::Relaxed)
+    }
+
     /// Makes the next [`Self::take_activity`] answer `true` (shardgate patch).
     pub(crate) fn flag_activity(&self) {
         self.activity.store(true, Ordering::Relaxed);

@@ -500,10 +500,7 @@ fn peek_one_chain(queue: &VecDeque<UringDescriptor>, ring_size: usize) -> Option
     let chain = queue
         .iter()
         .take(ring_size)
-        .position(|sqe| {
-            !sqe.flags
-                .intersects(SubmissionFlags::IO_LINK | SubmissionFlags::IO_HARDLINK)
-        })
+        .position(|sqe| !is_linked(sqe))
         .expect("Unterminated SQE link chain or submission queue overflow");
     Some(0..chain + 1)
 }
@@ -517,31 +514,44 @@ fn extract_one_chain(
 ) -> SmallVec<[UringDescriptor; 1]> {
     queue
         .drain(chain)
-        .filter(move |op| {
-            if op.user_data > 0 {
-                let id = from_user_data(op.user_data);
-                let status = source_map.peek_source_mut(from_user_data(op.user_data), |mut x| {
-                    if records_latency(&x) {
-                        x.wakers.submitted_at = Some(Instant::now());
-                    }
-                    let current = x.enqueued.as_mut().expect("bug");
-                    match current.status {
-                        EnqueuedStatus::Enqueued => {
-                            current.status = EnqueuedStatus::Dispatched;
-                            EnqueuedStatus::Dispatched
-                        }
-                        EnqueuedStatus::Canceled => EnqueuedStatus::Canceled,
-                        _ => unreachable!(),
-                    }
-                });
-                if status == EnqueuedStatus::Canceled {
-                    source_map.consume_source(id);
-                    return false;
-                }
-            }
-            true
-        })
+        .filter(move |op| mark_dispatched(source_map, op))
         .collect()
+}
+
+/// Marks the source of `op`, just taken from a submission queue, dispatched and answers `true`,
+/// or, when it was cancelled while queued, drops it from `source_map` and answers `false` (no
+/// SQE is to be filled for it). An `op` with no source (a cancellation) is always dispatched.
+#[inline]
+fn mark_dispatched(source_map: &mut SourceMap, op: &UringDescriptor) -> bool {
+    if op.user_data == 0 {
+        return true;
+    }
+    let id = from_user_data(op.user_data);
+    let status = source_map.peek_source_mut(id, |mut x| {
+        if records_latency(&x) {
+            x.wakers.submitted_at = Some(Instant::now());
+        }
+        let current = x.enqueued.as_mut().expect("bug");
+        match current.status {
+            EnqueuedStatus::Enqueued => {
+                current.status = EnqueuedStatus::Dispatched;
+                EnqueuedStatus::Dispatched
+            }
+            EnqueuedStatus::Canceled => EnqueuedStatus::Canceled,
+            _ => unreachable!(),
+        }
+    });
+    if status == EnqueuedStatus::Canceled {
+        source_map.consume_source(id);
+        return false;
+    }
+    true
+}
+
+/// Whether `op` is linked to the descriptor after it (the two go in as one chain).
+fn is_linked(op: &UringDescriptor) -> bool {
+    op.flags
+        .intersects(SubmissionFlags::IO_LINK | SubmissionFlags::IO_HARDLINK)
 }
 
 fn process_one_event<F, R>(
@@ -596,6 +606,45 @@ fn completion_pending(ring: &iou::IoUring) -> bool {
     }
 }
 
+/// `IORING_FEAT_EXT_ARG` (Linux 5.11): waits with a timeout pass it to `io_uring_enter`, so
+/// liburing never posts completions of its own (`LIBURING_UDATA_TIMEOUT`) that a peek must
+/// skip.
+const IORING_FEAT_EXT_ARG: u32 = 1 << 8;
+
+/// The next completion of `ring`, marked seen: liburing's `io_uring_peek_cqe` and
+/// `io_uring_cqe_seen`, read here from the mapped ring without their FFI calls when a
+/// completion is posted (shardgate patch: two per completion, the peek through three C
+/// functions). A ring with none posted, a completion queue overflow to flush, or a kernel
+/// without `IORING_FEAT_EXT_ARG` goes through liburing's peek as before.
+fn next_cqe(ring: &mut iou::IoUring) -> Option<iou::CQE> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let raw = ring.raw();
+    if raw.features & IORING_FEAT_EXT_ARG != 0 {
+        // SAFETY: the pointers are the ring's mapped CQ head, tail, mask and entries, valid for
+        // as long as `ring` lives. The kernel writes the tail (read with acquire, as liburing
+        // does, so the entry below is read after the kernel wrote it) and only this thread
+        // writes the head, released after the entry is read (liburing's `io_uring_cq_advance`)
+        // so that the kernel does not reuse the slot before. `head & mask` is below the ring's
+        // size, so the entry read is inside the mapped array.
+        unsafe {
+            let tail = (*(raw.cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
+            let head = *raw.cq.khead;
+            if tail != head {
+                let cqe = &*raw.cq.cqes.add((head & *raw.cq.kring_mask) as usize);
+                let next = iou::CQE::from_raw_parts(
+                    cqe.user_data,
+                    cqe.res,
+                    iou::cqe::CompletionFlags::from_bits_truncate(cqe.flags),
+                );
+                (*(raw.cq.khead as *const AtomicU32))
+                    .store(head.wrapping_add(1), Ordering::Release);
+                return Some(next);
+            }
+        }
+    }
+    ring.peek_for_cqe()
+}
+
 /// SQEs prepared and not yet submitted: liburing's `io_uring_sq_ready` for a ring without
 /// SQPOLL (glommio sets none up), read here without the FFI call (shardgate patch: asked
 /// several times per executor loop, before every submit and sleep).
@@ -606,6 +655,16 @@ fn sq_ready(ring: &iou::IoUring) -> usize {
     // the kernel moves it only inside this thread's `io_uring_enter` calls.
     let head = unsafe { (*(raw.sq.khead as *const AtomicU32)).load(Ordering::Relaxed) };
     raw.sq.sqe_tail.wrapping_sub(head) as usize
+}
+
+/// Free SQEs: liburing's `io_uring_sq_space_left`, read here without the FFI call (shardgate
+/// patch: asked before each single submission, see `SleepableRing::submit_one_event`).
+fn sq_space_left(ring: &iou::IoUring) -> usize {
+    let raw = ring.raw();
+    // SAFETY: `kring_entries` points to the ring's mapped SQ size, set by the kernel when the
+    // ring was set up and never changed, valid for as long as `ring` lives.
+    let entries = unsafe { *raw.sq.kring_entries } as usize;
+    entries - sq_ready(ring)
 }
 
 /// Completions posted and not yet collected: liburing's `io_uring_cq_ready`, read here without
@@ -709,6 +768,8 @@ pub(crate) trait UringCommon {
     fn submission_queue(&mut self) -> ReactorQueue;
     /// Whether no cancellation waits to be submitted (shardgate patch).
     fn cancellations_empty(&self) -> bool;
+    /// Whether nothing waits in the submission queue (shardgate patch).
+    fn submissions_empty(&self) -> bool;
     fn submit_sqes(&mut self) -> io::Result<usize>;
     fn waiting_kernel_submission(&self) -> usize;
     fn in_kernel(&self) -> usize;
@@ -766,7 +827,21 @@ pub(crate) trait UringCommon {
         self.consume_sqe_queue(&mut queue.cancellations, false)
     }
 
+    /// shardgate patch: most calls find nothing queued and nothing to enter the kernel for;
+    /// they return here without cloning the queue's `Rc`, setting up the submission's frame, or
+    /// calling [`Self::submit_one_event`] to find that out (what the full path would do with
+    /// them: nothing).
+    #[inline(always)]
     fn consume_submission_queue(&mut self) -> io::Result<usize> {
+        if self.submissions_empty() && !self.needs_kernel_enter() {
+            return Ok(0);
+        }
+        self.consume_queued_submissions()
+    }
+
+    /// [`Self::consume_submission_queue`] with something queued or prepared.
+    #[inline(never)]
+    fn consume_queued_submissions(&mut self) -> io::Result<usize> {
         let q = self.submission_queue();
         let mut queue = q.borrow_mut();
         self.consume_sqe_queue(&mut queue.submissions, true)
@@ -794,14 +869,23 @@ pub(crate) trait UringCommon {
     /// Imagine that you have a write request to fd 3 and wants to cancel it.
     /// But before the cancellation is run fd 3 gets closed and another file
     /// is opened with the same fd.
+    ///
+    /// shardgate patch: with no cancellation queued there is nothing to flush and nothing of
+    /// its to pick up; upstream collected the ring's completions twice here anyway, on every
+    /// ring and every call, right after `wait` had collected them. A completion that arrived
+    /// since is collected by `wait`'s next pass, before it decides to sleep. The check is
+    /// inlined into the caller and the flush is out of line, so that a call finding nothing
+    /// does not set up the flush's frame (three calls per `wait`).
+    #[inline(always)]
     fn flush_cancellations(&mut self, woke: &mut usize) {
-        // shardgate patch: with no cancellation queued there is nothing to flush and nothing
-        // of its to pick up; upstream collected the ring's completions twice here anyway, on
-        // every ring and every call, right after `wait` had collected them. A completion that
-        // arrived since is collected by `wait`'s next pass, before it decides to sleep.
-        if self.cancellations_empty() {
-            return;
+        if !self.cancellations_empty() {
+            self.flush_queued_cancellations(woke);
         }
+    }
+
+    /// [`Self::flush_cancellations`] with a cancellation queued.
+    #[inline(never)]
+    fn flush_queued_cancellations(&mut self, woke: &mut usize) {
         let mut cnt = 0;
         loop {
             if self.consume_cancellation_queue().is_ok() {
@@ -920,6 +1004,10 @@ impl UringCommon for PollRing {
         self.submission_queue.borrow().cancellations.is_empty()
     }
 
+    fn submissions_empty(&self) -> bool {
+        self.submission_queue.borrow().submissions.is_empty()
+    }
+
     fn submit_sqes(&mut self) -> io::Result<usize> {
         count_enter();
         let x = self.ring.submit_sqes()? as usize;
@@ -927,16 +1015,37 @@ impl UringCommon for PollRing {
         Ok(x)
     }
 
+    // shardgate patch: a ring with nothing submitted has nothing to complete (only storage DMA
+    // uses the poll ring; a network shard never does), so its mapped completion ring is not
+    // read on every pass. The checks are inlined into the caller, the collection is out of
+    // line (see `SleepableRing::consume_one_event`).
+    #[inline(always)]
     fn consume_one_event(&mut self) -> Option<bool> {
-        // shardgate patch: a ring with nothing submitted has nothing to complete (only storage
-        // DMA uses the poll ring; a network shard never does), so its mapped completion ring is
-        // not read on every pass.
         if self.in_kernel == 0 || !completion_pending(&self.ring) {
             return None;
         }
+        self.consume_pending_event()
+    }
+
+    #[inline(always)]
+    fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
+        // shardgate patch: most calls find the queue empty (the cancellation queue nearly
+        // always); they no longer borrow the source map, nor set up the submission's frame, to
+        // find that out.
+        if queue.is_empty() {
+            return Some(false);
+        }
+        self.submit_queued_event(queue)
+    }
+}
+
+impl PollRing {
+    /// [`UringCommon::consume_one_event`] with a completion posted (shardgate patch).
+    #[inline(never)]
+    fn consume_pending_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
         process_one_event(
-            self.ring.peek_for_cqe(),
+            next_cqe(&mut self.ring),
             |_| None,
             |mut src, res| {
                 record_stats(self, &mut src, &res);
@@ -950,12 +1059,9 @@ impl UringCommon for PollRing {
         })
     }
 
-    fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
-        // shardgate patch: most calls find the queue empty (the cancellation queue nearly
-        // always); they no longer borrow the source map to find that out.
-        if queue.is_empty() {
-            return Some(false);
-        }
+    /// [`UringCommon::submit_one_event`] with something queued (shardgate patch).
+    #[inline(never)]
+    fn submit_queued_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
@@ -1243,11 +1349,6 @@ impl SleepableRing {
         self.consume_sqe_queue(&mut queue.submissions, false)
     }
 
-    /// Whether nothing waits in the submission queue (shardgate patch).
-    fn submissions_empty(&self) -> bool {
-        self.submission_queue.borrow().submissions.is_empty()
-    }
-
     /// Whether what waits to be submitted is only readiness polls, all still in the queue
     /// (none prepared in the SQ ring), so that they may wait for the next sleep (shardgate
     /// patch: see [`Reactor::wait`]). A poll linked to a timeout is not one of them.
@@ -1315,6 +1416,10 @@ impl UringCommon for SleepableRing {
         self.submission_queue.borrow().cancellations.is_empty()
     }
 
+    fn submissions_empty(&self) -> bool {
+        self.submission_queue.borrow().submissions.is_empty()
+    }
+
     fn submit_sqes(&mut self) -> io::Result<usize> {
         count_enter();
         let x = self.ring.submit_sqes()? as usize;
@@ -1322,13 +1427,37 @@ impl UringCommon for SleepableRing {
         Ok(x)
     }
 
+    // shardgate patch: the check that finds nothing posted (most calls: every pass over the
+    // rings ends with one) is inlined into the caller and the collection is out of line; the
+    // whole function took ~35 instructions of frame set-up and tear-down per call, more than
+    // the check.
+    #[inline(always)]
     fn consume_one_event(&mut self) -> Option<bool> {
         if !completion_pending(&self.ring) {
             return None;
         }
+        self.consume_pending_event()
+    }
+
+    #[inline(always)]
+    fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
+        // shardgate patch: most calls find the queue empty (the cancellation queue nearly
+        // always); they no longer borrow the source map, nor set up the submission's frame, to
+        // find that out.
+        if queue.is_empty() {
+            return Some(false);
+        }
+        self.submit_queued_event(queue)
+    }
+}
+
+impl SleepableRing {
+    /// [`UringCommon::consume_one_event`] with a completion posted (shardgate patch).
+    #[inline(never)]
+    fn consume_pending_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
         process_one_event(
-            self.ring.peek_for_cqe(),
+            next_cqe(&mut self.ring),
             |source| match source.source_type {
                 SourceType::LinkRings => Some(()),
                 _ => None,
@@ -1348,13 +1477,37 @@ impl UringCommon for SleepableRing {
         })
     }
 
-    fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
-        // shardgate patch: most calls find the queue empty (the cancellation queue nearly
-        // always); they no longer borrow the source map to find that out.
-        if queue.is_empty() {
-            return Some(false);
-        }
+    /// [`UringCommon::submit_one_event`] with something queued (shardgate patch).
+    #[inline(never)]
+    fn submit_queued_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
+
+        // shardgate patch: a descriptor linked to none (every readiness poll, nearly all of what
+        // is submitted) goes into one SQE straight from the queue; the chain path below walked
+        // the queue to find the chain's end, drained it into a `SmallVec` and zipped that with
+        // an SQE iterator, about as much again as the SQE itself. Same order and checks: with
+        // no free SQE it stays queued, and a source cancelled while queued takes no SQE.
+        while let Some(op) = queue.front() {
+            if is_linked(op) {
+                break;
+            }
+            if sq_space_left(&self.ring) == 0 {
+                return None;
+            }
+            let Some(op) = queue.pop_front() else {
+                break;
+            };
+            if !mark_dispatched(source_map, &op) {
+                continue;
+            }
+            let mut sq = self.ring.sq();
+            let mut sqe = sq
+                .prepare_sqe()
+                .expect("a free SQE was counted just before");
+            let allocator = &self.allocator;
+            fill_sqe(&mut sqe, &op, |size| allocator.new_buffer(size), source_map);
+            return Some(true);
+        }
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
@@ -1587,6 +1740,11 @@ impl Reactor {
     /// (`SleepNotifier::take_activity`, shardgate patch).
     pub(crate) fn take_activity(&self) -> bool {
         self.notifier.take_activity()
+    }
+
+    /// Whether [`Self::take_activity`] would answer `true` (shardgate patch).
+    pub(crate) fn has_activity(&self) -> bool {
+        self.notifier.has_activity()
     }
 
     /// Makes the reactor look at its shared channels and foreign wakes again next time.
@@ -2420,6 +2578,54 @@ mod tests {
         reactor.wait(|| None, None, 0, || 0).unwrap();
         let elapsed_ms = start.elapsed().as_millis();
         assert!((300..350).contains(&elapsed_ms));
+    }
+
+    /// `next_cqe` (the mapped ring read directly) against liburing's peek: NOPs submitted in
+    /// batches of 1 to 4 on a 4-entry ring (8 completion slots) wrap the completion ring many
+    /// times; every completion comes out once and in order, taken in turn by `next_cqe` and by
+    /// liburing's peek (each sees where the other left the head), and an emptied ring gives
+    /// none through either.
+    #[test]
+    fn next_cqe_takes_every_completion_once_in_order_across_the_ring_wrap() {
+        let mut ring = iou::IoUring::new(4).unwrap();
+        assert!(next_cqe(&mut ring).is_none());
+        let mut queued = 1u64;
+        let mut expected = 1u64;
+        for batch in 0..64 {
+            let n = batch % 4 + 1;
+            for _ in 0..n {
+                let mut sq = ring.sq();
+                let mut sqe = sq.prepare_sqe().unwrap();
+                // SAFETY: a NOP reads no memory; its user data is only echoed back.
+                unsafe {
+                    sqe.prep_nop();
+                    sqe.set_user_data(queued);
+                }
+                queued += 1;
+            }
+            // NOPs complete during their submission.
+            assert_eq!(ring.sq().submit().unwrap(), n);
+            for i in 0..n {
+                let cqe = if (batch + i) % 2 == 0 {
+                    next_cqe(&mut ring)
+                } else {
+                    ring.peek_for_cqe()
+                }
+                .expect("a posted completion");
+                assert_eq!(cqe.user_data(), expected);
+                assert_eq!(cqe.result().unwrap(), 0);
+                expected += 1;
+            }
+            assert!(next_cqe(&mut ring).is_none());
+            assert!(ring.peek_for_cqe().is_none());
+            assert!(!completion_pending(&ring));
+        }
+        assert_eq!(expected, queued);
+        assert_ne!(
+            ring.raw().features & IORING_FEAT_EXT_ARG,
+            0,
+            "this kernel takes liburing's path only"
+        );
     }
 
     #[test]
