@@ -113,7 +113,9 @@ cpu_secs() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{t += $1} END {p
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 # RSS now, in KiB.
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-nginx_workers() { pgrep -f "nginx: worker process" || true; }
+# This run's nginx workers: the children of its master (the pid file of $WORK), not every nginx
+# worker on the machine (a stray nginx from another run added its workers' RSS to the column).
+nginx_workers() { pgrep -P "$(cat "$WORK/nginx.pid" 2>/dev/null || echo 0)" -f "nginx: worker process" || true; }
 nginx_cpu() { local t=0; for p in $(nginx_workers); do t=$(awk -v t="$t" -v c="$(cpu_secs "$p")" 'BEGIN {printf "%.6f\n", t + c}'); done; echo "$t"; }
 nginx_rss_kib() { local t=0; for p in $(nginx_workers); do t=$((t + $(rss_kib "$p"))); done; echo "$t"; }
 nginx_peak_rss_kib() { local t=0; for p in $(nginx_workers); do t=$((t + $(peak_rss_kib "$p"))); done; echo "$t"; }
