@@ -779,7 +779,18 @@ pub(crate) trait UringCommon {
     /// None if it wasn't possible to acquire an `sqe`. `Some(true)` if it was
     /// possible and there was something to dispatch. `Some(false)` if there
     /// was nothing to dispatch
-    fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool>;
+    #[inline(always)]
+    fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
+        // shardgate patch: most calls find the queue empty (the cancellation queue nearly
+        // always); they no longer borrow the source map, nor set up the submission's frame, to
+        // find that out.
+        if queue.is_empty() {
+            return Some(false);
+        }
+        self.submit_queued_event(queue)
+    }
+    /// [`Self::submit_one_event`] with something queued (shardgate patch).
+    fn submit_queued_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool>;
     /// Return `None` if no event is completed, `Some(true)` for a task is woken
     /// up and `Some(false)` for not.
     fn consume_one_event(&mut self) -> Option<bool>;
@@ -1027,39 +1038,6 @@ impl UringCommon for PollRing {
         self.consume_pending_event()
     }
 
-    #[inline(always)]
-    fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
-        // shardgate patch: most calls find the queue empty (the cancellation queue nearly
-        // always); they no longer borrow the source map, nor set up the submission's frame, to
-        // find that out.
-        if queue.is_empty() {
-            return Some(false);
-        }
-        self.submit_queued_event(queue)
-    }
-}
-
-impl PollRing {
-    /// [`UringCommon::consume_one_event`] with a completion posted (shardgate patch).
-    #[inline(never)]
-    fn consume_pending_event(&mut self) -> Option<bool> {
-        let source_map = self.source_map.clone();
-        process_one_event(
-            next_cqe(&mut self.ring),
-            |_| None,
-            |mut src, res| {
-                record_stats(self, &mut src, &res);
-                res
-            },
-            source_map,
-        )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
-        })
-    }
-
-    /// [`UringCommon::submit_one_event`] with something queued (shardgate patch).
     #[inline(never)]
     fn submit_queued_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
@@ -1087,6 +1065,27 @@ impl PollRing {
             };
         }
         Some(false)
+    }
+}
+
+impl PollRing {
+    /// [`UringCommon::consume_one_event`] with a completion posted (shardgate patch).
+    #[inline(never)]
+    fn consume_pending_event(&mut self) -> Option<bool> {
+        let source_map = self.source_map.clone();
+        process_one_event(
+            next_cqe(&mut self.ring),
+            |_| None,
+            |mut src, res| {
+                record_stats(self, &mut src, &res);
+                res
+            },
+            source_map,
+        )
+        .map(|x| {
+            self.in_kernel -= 1;
+            x
+        })
     }
 }
 
@@ -1439,45 +1438,6 @@ impl UringCommon for SleepableRing {
         self.consume_pending_event()
     }
 
-    #[inline(always)]
-    fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
-        // shardgate patch: most calls find the queue empty (the cancellation queue nearly
-        // always); they no longer borrow the source map, nor set up the submission's frame, to
-        // find that out.
-        if queue.is_empty() {
-            return Some(false);
-        }
-        self.submit_queued_event(queue)
-    }
-}
-
-impl SleepableRing {
-    /// [`UringCommon::consume_one_event`] with a completion posted (shardgate patch).
-    #[inline(never)]
-    fn consume_pending_event(&mut self) -> Option<bool> {
-        let source_map = self.source_map.clone();
-        process_one_event(
-            next_cqe(&mut self.ring),
-            |source| match source.source_type {
-                SourceType::LinkRings => Some(()),
-                _ => None,
-            },
-            |mut src, res| {
-                record_stats(self, &mut src, &res);
-                if let SourceType::ForeignNotifier(_, installed) = &mut src.source_type {
-                    *installed = false;
-                }
-                res
-            },
-            source_map,
-        )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
-        })
-    }
-
-    /// [`UringCommon::submit_one_event`] with something queued (shardgate patch).
     #[inline(never)]
     fn submit_queued_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
@@ -1532,6 +1492,33 @@ impl SleepableRing {
             };
         }
         Some(false)
+    }
+}
+
+impl SleepableRing {
+    /// [`UringCommon::consume_one_event`] with a completion posted (shardgate patch).
+    #[inline(never)]
+    fn consume_pending_event(&mut self) -> Option<bool> {
+        let source_map = self.source_map.clone();
+        process_one_event(
+            next_cqe(&mut self.ring),
+            |source| match source.source_type {
+                SourceType::LinkRings => Some(()),
+                _ => None,
+            },
+            |mut src, res| {
+                record_stats(self, &mut src, &res);
+                if let SourceType::ForeignNotifier(_, installed) = &mut src.source_type {
+                    *installed = false;
+                }
+                res
+            },
+            source_map,
+        )
+        .map(|x| {
+            self.in_kernel -= 1;
+            x
+        })
     }
 }
 
