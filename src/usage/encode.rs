@@ -176,7 +176,9 @@ fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
         }
         i += BLOCK;
     }
-    bytes.get(i..).filter(|rest| !rest.is_empty())?;
+    if i >= bytes.len() {
+        return None;
+    }
     let stops = last_stops(bytes, i);
     (stops != 0).then(|| i + stops.trailing_zeros() as usize)
 }
