@@ -32,8 +32,8 @@ build() {
   TOOLS=${PERF_TOOLS_BIN:-$BIN}
 }
 
-wait_http() { # url
-  for _ in $(seq 1 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+wait_http() { # url [more curl options]
+  for _ in $(seq 1 100); do curl -fsS "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "did not come up: $1" >&2; return 1
 }
 
@@ -49,7 +49,8 @@ start_mock() { # extra mock args...
 }
 
 # The gateway's config for a run, on stdout: listens on $GW_PORT, admin on $ADMIN_PORT, the mock at
-# $MOCK_PORT, client key sk-perf; $1 shards.
+# $MOCK_PORT ($MOCK_SCHEME, default http; more lines for the account in $GW_ACCOUNT_EXTRA), client
+# key sk-perf; $1 shards.
 gateway_toml() {
   cat <<TOML
 [server]
@@ -66,9 +67,10 @@ key = "sk-perf"
 id = "perf"
 [[accounts]]
 id = "mock"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+base_url = "${MOCK_SCHEME:-http}://127.0.0.1:$MOCK_PORT/v1"
 api_key = "sk-mock"
 max_conns = 4096
+${GW_ACCOUNT_EXTRA:-}
 [log]
 level = "warn"
 [usage]
