@@ -7,7 +7,11 @@ exits, scheduler switches and wakeups, every CPU) and follows each turn through 
 
 printing each hop's latency (p25/p50/p75/mean, microseconds), the whole chain, and for each hop how often its two ends
 ran on the same CPU or on different ones (a cross-CPU wake: on a VM whose idle vCPU halts, an
-inter-processor interrupt the host must deliver), with the hop's p50 for each.
+inter-processor interrupt the host must deliver), with the hop's p50 for each. The two hops that end in the relay's read are then split at the
+scheduler's events: the send until the relay's thread is woken (the kernel's socket and wakeup
+path: epoll's callback for nginx, io_uring's poll completion for shardgate), until it is on a
+CPU (and whether it got there by preempting the sender or after the sender slept), and until
+its read returns.
 
   perf/wake_chain.py SCRIPT_TEXT MIN_REQUEST_BYTES
 """
@@ -15,6 +19,8 @@ import re
 import sys
 
 LINE = re.compile(r"^\s*(.+?)\s+(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$")
+WAKEUP = re.compile(r"comm=(\S+) pid=(\d+)")
+SWITCH = re.compile(r"prev_comm=(\S+) prev_pid=(\d+) .*prev_state=(\S+) ==> next_comm=(\S+) next_pid=(\d+)")
 HOPS = ["relay read", "relay sent", "mock read", "mock sent", "relay read 2", "relay sent 2", "load read"]
 
 
@@ -48,6 +54,17 @@ def events(path):
         if not m:
             continue
         comm, _tid, cpu, ts, ev, rest = m.groups()
+        if ev == "sched:sched_wakeup":
+            w = WAKEUP.search(rest)
+            if w and role(w.group(1)) == "relay":
+                out.append((float(ts) * 1e6, "relay", int(cpu), "woken", w.group(2)))
+            continue
+        if ev == "sched:sched_switch":
+            sw = SWITCH.search(rest)
+            if sw and role(sw.group(4)) == "relay":
+                out.append((float(ts) * 1e6, "relay", int(cpu), "on cpu",
+                            (sw.group(5), role(sw.group(1)), sw.group(3))))
+            continue
         r = role(comm)
         if r is None:
             continue
@@ -68,20 +85,26 @@ def main():
     want = [("relay", "read"), ("relay", "sent"), ("mock", "read"), ("mock", "sent"),
             ("relay", "read"), ("relay", "sent"), ("load", "read")]
     hops = {h: [] for h in HOPS}
+    woke = {"relay read": [], "relay read 2": []}
     split = {h: ([], []) for h in HOPS}
     chains = []
     for i, (t, r, cpu, what, n) in enumerate(evs):
         if not (r == "load" and what == "sent" and n >= min_request):
             continue
-        seq = [(t, cpu)]
+        seq = [(t, cpu, i)]
         k = i + 1
         while len(seq) <= len(want) and k < len(evs) and evs[k][0] - t < 5000:
             tk, rk, cpuk, wk, _ = evs[k]
             if (rk, wk) == want[len(seq) - 1]:
-                seq.append((tk, cpuk))
+                seq.append((tk, cpuk, k))
             k += 1
         if len(seq) != len(want) + 1:
             continue
+        for h, sender, (a, b) in (("relay read", "load", (seq[0], seq[1])),
+                                  ("relay read 2", "mock", (seq[4], seq[5]))):
+            parts = wake_parts(evs, a, b, sender)
+            if parts:
+                woke[h].append(parts)
         for h, (a, b) in zip(HOPS, zip(seq, seq[1:])):
             hops[h].append(b[0] - a[0])
             split[h][a[1] != b[1]].append(b[0] - a[0])
@@ -95,6 +118,34 @@ def main():
         same, cross = split[h]
         print("  -> %-12s same %4d  %s | cross %4d  %s" % (
             h, len(same), p50(same), len(cross), p50(cross)))
+    print("  the relay's reads split at its wakeup and its switch onto a CPU: p50 (turns)")
+    for h, parts in woke.items():
+        if not parts:
+            continue
+        col = lambda j: [p[j] for p in parts]
+        preempted = [p for p in parts if p[3]]
+        print("  -> %-12s sent->woken %s  woken->on cpu %s  on cpu->read %s | preempted the "
+              "sender in %d of %d (hop p50 %s), after it slept %s" % (
+                  h, p50(col(0)), p50(col(1)), p50(col(2)), len(preempted), len(parts),
+                  p50([sum(p[:3]) for p in preempted]).strip(),
+                  p50([sum(p[:3]) for p in parts if not p[3]]).strip()))
+
+
+def wake_parts(evs, a, b, sender):
+    """The hop from a send (a) to the relay's read (b), split at the first wakeup of a relay
+    thread after the send and that thread's switch onto a CPU before the read: (sent->woken,
+    woken->on cpu, on cpu->read, whether the switch preempted the sender)."""
+    woken = on = None
+    for k in range(a[2] + 1, b[2]):
+        tk, _r, _cpu, wk, x = evs[k]
+        if wk == "woken" and woken is None:
+            woken = (tk, x)
+        elif wk == "on cpu" and woken is not None and x[0] == woken[1]:
+            on = (tk, x)
+            break
+    if on is None:
+        return None
+    return (woken[0] - a[0], on[0] - woken[0], b[0] - on[0], on[1][1] == sender and on[1][2] == "R")
 
 
 if __name__ == "__main__":
