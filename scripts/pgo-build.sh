@@ -6,7 +6,8 @@
 #      scenarios: chained WebSocket turns at a low rate (8 KB frames, upstream connections
 #      rotated), 30 KB frames at a high rate, many sessions at once, connection churn, HTTP + SSE,
 #      and WebSocket turns to a TLS upstream. Only the gateway's profile is kept;
-#   3. the release build again with the merged profile (target/pgo).
+#   3. the release build again with the merged profile (target/pgo), then a few seconds of
+#      WebSocket and HTTP turns through it.
 # The profile steers inlining and code layout only: the binary behaves as the plain release
 # build does, and code the training did not run is compiled as it would be without a profile.
 # Needs llvm-profdata of the LLVM version rustc is built on: rustup's llvm-tools component if
@@ -48,7 +49,7 @@ export LLVM_PROFILE_FILE=$WORK/discard/%p.profraw
 GW_PROFILE=$PROFILES/gateway-%p.profraw
 start_mock
 LLVM_PROFILE_FILE=$GW_PROFILE GW_UPSTREAM_EXTRA="max_conn_age_secs = 3" start_gateway 2
-train() { # url key load options...
+run_load() { # url key load options...
   local url=$1 key=$2
   shift 2
   "$TOOLS" load --url "$url" --key "$key" "$@" >"$WORK/load.txt" 2>&1 || true
@@ -56,16 +57,16 @@ train() { # url key load options...
   ok=$(grep -oE "turns ok [0-9]+" "$WORK/load.txt" | grep -oE "[0-9]+$" || echo 0)
   if [[ $ok -eq 0 ]]; then
     cat "$WORK/load.txt" >&2
-    echo "training load ran no turn: $*" >&2
+    echo "load ran no turn: $*" >&2
     exit 1
   fi
   echo "   $ok turns: ${url%%:*} $*"
 }
-train "$GW_URL" "$KEY" --duration-secs 8 --connections 16 --rate 400 --payload-bytes 8000 --store-false-chain
-train "$GW_URL" "$KEY" --duration-secs 4 --connections 16 --rate 2000 --payload-bytes 30000
-train "$GW_URL" "$KEY" --duration-secs 4 --connections 64 --payload-bytes 30000
-train "$GW_URL" "$KEY" --duration-secs 3 --connections 32 --reconnect-every 1
-train "$GW_HTTP_URL" "$KEY" --duration-secs 4 --connections 32 --payload-bytes 30000
+run_load "$GW_URL" "$KEY" --duration-secs 8 --connections 16 --rate 400 --payload-bytes 8000 --store-false-chain
+run_load "$GW_URL" "$KEY" --duration-secs 4 --connections 16 --rate 2000 --payload-bytes 30000
+run_load "$GW_URL" "$KEY" --duration-secs 4 --connections 64 --payload-bytes 30000
+run_load "$GW_URL" "$KEY" --duration-secs 3 --connections 32 --reconnect-every 1
+run_load "$GW_HTTP_URL" "$KEY" --duration-secs 4 --connections 32 --payload-bytes 30000
 
 # The same gateway binary behind a TLS upstream (every real account is one).
 TLS_PORT=$(free_port)
@@ -76,7 +77,7 @@ wait_http "https://127.0.0.1:$TLS_PORT/_mock/stats" --cacert "$WORK/ca.pem"
 PLAIN_GW_PID=$GW_PID
 MOCK_PORT=$TLS_PORT MOCK_SCHEME=https GW_ACCOUNT_EXTRA="ca_file = \"$WORK/ca.pem\"" \
   LLVM_PROFILE_FILE=$GW_PROFILE start_gateway 2
-train "$GW_URL" "$KEY" --duration-secs 4 --connections 16 --rate 1000 --payload-bytes 8000 --store-false-chain
+run_load "$GW_URL" "$KEY" --duration-secs 4 --connections 16 --rate 1000 --payload-bytes 8000 --store-false-chain
 
 # A gateway writes its profile when it exits: stop both and wait for them.
 for pid in "$PLAIN_GW_PID" "$GW_PID"; do
@@ -88,4 +89,10 @@ done
 echo "== 3/3 release build with the profile ($OUT_DIR)"
 RUSTFLAGS="-Cprofile-use=$PROFILES/shardgate.profdata" CARGO_TARGET_DIR=$OUT_DIR \
   cargo build --release --quiet --bin shardgate
-echo "built $OUT_DIR/release/shardgate"
+
+echo "== the built binary serves turns"
+BIN=$OUT_DIR/release/shardgate
+start_gateway 2
+run_load "$GW_URL" "$KEY" --duration-secs 2 --connections 8 --rate 200 --payload-bytes 8000 --store-false-chain
+run_load "$GW_HTTP_URL" "$KEY" --duration-secs 1 --connections 4 --rate 100
+echo "built $BIN"
