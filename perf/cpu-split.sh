@@ -2,6 +2,10 @@
 # cpu-split: where a relay's CPU per turn goes, user space against kernel, for nginx and
 # shardgate over the same load (per-thread utime/stime from /proc, no perf needed). Kernel time
 # is mostly the socket work both relays share; the difference in user time is the relay's own.
+# The kernel keeps the sum exact (each thread's run time) but splits it by the timer ticks that
+# landed in user or kernel mode: at a few thousand turns per round, one tick is several µs per
+# turn and a round can show a relay's time all on one side. Read the split over long rounds
+# (--secs 30 and more) and the sum from any.
 #   perf/cpu-split.sh [--bin PATH] [--rounds N] [--secs S] [--wire ws|http] [--max-conn-age S]
 #                     -- [shardgate load options]
 # The mock, gateway and nginx are perf/lib.sh's (the same configs as every scenario).
