@@ -11,7 +11,8 @@ inter-processor interrupt the host must deliver), with the hop's p50 for each. T
 scheduler's events: the send until the relay's thread is woken (the kernel's socket and wakeup
 path: epoll's callback for nginx, io_uring's poll completion for shardgate), until it is on a
 CPU (and whether it got there by preempting the sender or after the sender slept), and until
-its read returns.
+its read returns; with `--kernel-path` recordings, the way to the wakeup is split again at the
+receiving socket's packet and (shardgate) at io_uring's task work for it.
 
   perf/wake_chain.py SCRIPT_TEXT MIN_REQUEST_BYTES
 """
@@ -21,6 +22,9 @@ import sys
 LINE = re.compile(r"^\s*(.+?)\s+(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$")
 WAKEUP = re.compile(r"comm=(\S+) pid=(\d+)")
 SWITCH = re.compile(r"prev_comm=(\S+) prev_pid=(\d+) .*prev_state=(\S+) ==> next_comm=(\S+) next_pid=(\d+)")
+# Recorded with `perf/wakeups.sh --kernel-path`: the receiving socket's packet, and io_uring's
+# task work queued for the relay (shardgate only; nginx is woken from epoll's callback).
+KERNEL_MARKS = {"net:netif_receive_skb": "skb", "io_uring:io_uring_task_add": "task_add"}
 HOPS = ["relay read", "relay sent", "mock read", "mock sent", "relay read 2", "relay sent 2", "load read"]
 
 
@@ -58,6 +62,9 @@ def events(path):
             w = WAKEUP.search(rest)
             if w and role(w.group(1)) == "relay":
                 out.append((float(ts) * 1e6, "relay", int(cpu), "woken", w.group(2)))
+            continue
+        if ev in KERNEL_MARKS:
+            out.append((float(ts) * 1e6, "kernel", int(cpu), KERNEL_MARKS[ev], None))
             continue
         if ev == "sched:sched_switch":
             sw = SWITCH.search(rest)
@@ -129,23 +136,37 @@ def main():
                   h, p50(col(0)), p50(col(1)), p50(col(2)), len(preempted), len(parts),
                   p50([sum(p[:3]) for p in preempted]).strip(),
                   p50([sum(p[:3]) for p in parts if not p[3]]).strip()))
+        skb = [p for p in parts if p[4] is not None]
+        if skb:
+            tw = [p for p in skb if p[5] is not None]
+            print("     %-12s sent->packet received %s  packet->woken %s%s" % (
+                "", p50([p[4] for p in skb]), p50([p[0] - p[4] for p in skb]),
+                "  (packet->io_uring task work %s, task work->woken %s, in %d)" % (
+                    p50([p[5] for p in tw]), p50([p[0] - p[4] - p[5] for p in tw]), len(tw))
+                if tw else ""))
 
 
 def wake_parts(evs, a, b, sender):
     """The hop from a send (a) to the relay's read (b), split at the first wakeup of a relay
     thread after the send and that thread's switch onto a CPU before the read: (sent->woken,
-    woken->on cpu, on cpu->read, whether the switch preempted the sender)."""
-    woken = on = None
+    woken->on cpu, on cpu->read, whether the switch preempted the sender, sent->packet received
+    and packet->task work queued when those were recorded, else None)."""
+    woken = on = skb = task_add = None
     for k in range(a[2] + 1, b[2]):
         tk, _r, _cpu, wk, x = evs[k]
-        if wk == "woken" and woken is None:
+        if wk == "skb" and skb is None and woken is None:
+            skb = tk
+        elif wk == "task_add" and skb is not None and task_add is None and woken is None:
+            task_add = tk
+        elif wk == "woken" and woken is None:
             woken = (tk, x)
         elif wk == "on cpu" and woken is not None and x[0] == woken[1]:
             on = (tk, x)
             break
     if on is None:
         return None
-    return (woken[0] - a[0], on[0] - woken[0], b[0] - on[0], on[1][1] == sender and on[1][2] == "R")
+    return (woken[0] - a[0], on[0] - woken[0], b[0] - on[0], on[1][1] == sender and on[1][2] == "R",
+            None if skb is None else skb - a[0], None if task_add is None else task_add - skb)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@
 # Turns are told apart by time only (the load is open-loop and sparse), so a hop now and then
 # belongs to a neighbouring session's turn.
 #   perf/wakeups.sh [--rate N] [--connections N] [--payload BYTES] [--secs S] [--shards N]
-#                   [--max-conn-age S] [--pin] [--targets "nginx shardgate"]
+#                   [--max-conn-age S] [--pin] [--targets "nginx shardgate"] [--kernel-path]
 # Defaults: the long-sessions shape (16 sessions, 400 turns/s, 8 KB frames, chained turns,
-# max_conn_age 3 s); --pin sets `[server] pin_shards = true`. PERF_BIN / PERF_TOOLS_BIN as in
+# max_conn_age 3 s); --pin sets `[server] pin_shards = true`; --kernel-path splits the way to
+# the relay's wakeup at the packet and at io_uring's task work. PERF_BIN / PERF_TOOLS_BIN as in
 # lib.sh. Needs perf (Debian's linux-perf is installed if missing).
 set -euo pipefail
 WK_RATE=400 WK_CONNS=16 WK_PAYLOAD=8000 WK_SECS=2 WK_SHARDS=2 WK_TARGETS="nginx shardgate"
@@ -29,6 +30,7 @@ while [[ $# -gt 0 ]]; do
     --max-conn-age) GW_UPSTREAM_EXTRA="max_conn_age_secs = $2"; shift 2 ;;
     --pin) GW_SERVER_EXTRA="pin_shards = true"; shift ;;
     --targets) WK_TARGETS=$2; shift 2 ;;
+    --kernel-path) WK_KERNEL_PATH=1; shift ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -39,6 +41,9 @@ start_mock
 start_gateway "$WK_SHARDS"
 start_nginx
 EVENTS="syscalls:sys_enter_sendto,syscalls:sys_exit_recvfrom,sched:sched_switch,sched:sched_wakeup"
+# --kernel-path: also the receiving socket's packet and io_uring's task work queued for it, to
+# split the way to a relay's wakeup (one more tracepoint on shardgate's path than on nginx's).
+if [[ -n ${WK_KERNEL_PATH:-} ]]; then EVENTS+=",net:netif_receive_skb,io_uring:io_uring_task_add"; fi
 
 # Runs the load against a URL, long enough to trace its middle; its pid in LOAD_PID.
 drive() { # url key
