@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# pgo-build: the release binary built with profile-guided optimisation, the build to ship and
-# the one perf/ measures (perf/README.md, "Session 17"). Three steps:
+# pgo-build: the release binary built with profile-guided optimisation, the build to ship
+# (README "The build to ship"; measured against the plain release build in perf/README.md,
+# "Session 17"; `PERF_BIN=target/pgo/release/shardgate` runs a perf scenario on it). Three steps:
 #   1. an instrumented release build (target/pgo-generate);
 #   2. a training run of it behind the bundled mock upstream, in the shapes of the perf
 #      scenarios: chained WebSocket turns at a low rate (8 KB frames, upstream connections
