@@ -5,14 +5,15 @@ exits, scheduler switches and wakeups, every CPU) and follows each turn through 
   load sends the request -> relay has read it -> relay sends it on -> mock has read it ->
   mock sends the answer -> relay has read it -> relay sends it on -> load has read it
 
-printing each hop's latency (p25/p50/p75/mean, microseconds), the whole chain, and for each hop how often its two ends
-ran on the same CPU or on different ones (a cross-CPU wake: on a VM whose idle vCPU halts, an
-inter-processor interrupt the host must deliver), with the hop's p50 for each. The two hops that end in the relay's read are then split at the
-scheduler's events: the send until the relay's thread is woken (the kernel's socket and wakeup
-path: epoll's callback for nginx, io_uring's poll completion for shardgate), until it is on a
-CPU (and whether it got there by preempting the sender or after the sender slept), and until
-its read returns; with `--kernel-path` recordings, the way to the wakeup is split again at the
-receiving socket's packet and (shardgate) at io_uring's task work for it.
+printing each hop's latency (p25/p50/p75/mean, microseconds), the whole chain, and for each
+hop how often its two ends ran on the same CPU or on different ones (a cross-CPU wake: on a VM
+whose idle vCPU halts, an inter-processor interrupt the host must deliver), with the hop's p50
+for each. The two hops that end in the relay's read are then split at the scheduler's events:
+the send until the relay's thread is woken (the kernel's socket and wakeup path: epoll's
+callback for nginx, io_uring's poll completion for shardgate), until it is on a CPU (and
+whether it got there by preempting the sender or after the sender slept), and until its read
+returns; with `--kernel-path` recordings, the way to the wakeup is split again at the receiving
+socket's packet and (shardgate) at io_uring's task work for it.
 
   perf/wake_chain.py SCRIPT_TEXT MIN_REQUEST_BYTES
 """
@@ -25,6 +26,8 @@ SWITCH = re.compile(r"prev_comm=(\S+) prev_pid=(\d+) .*prev_state=(\S+) ==> next
 # Recorded with `perf/wakeups.sh --kernel-path`: the receiving socket's packet, and io_uring's
 # task work queued for the relay (shardgate only; nginx is woken from epoll's callback).
 KERNEL_MARKS = {"net:netif_receive_skb": "skb", "io_uring:io_uring_task_add": "task_add"}
+# The hops that end in the relay's read, and who sent what it reads.
+RELAY_READS = (("relay read", "load"), ("relay read 2", "mock"))
 HOPS = ["relay read", "relay sent", "mock read", "mock sent", "relay read 2", "relay sent 2", "load read"]
 
 
@@ -58,19 +61,19 @@ def events(path):
         if not m:
             continue
         comm, _tid, cpu, ts, ev, rest = m.groups()
+        t, cpu = float(ts) * 1e6, int(cpu)
         if ev == "sched:sched_wakeup":
             w = WAKEUP.search(rest)
             if w and role(w.group(1)) == "relay":
-                out.append((float(ts) * 1e6, "relay", int(cpu), "woken", w.group(2)))
+                out.append((t, "relay", cpu, "woken", w.group(2)))
             continue
         if ev in KERNEL_MARKS:
-            out.append((float(ts) * 1e6, "kernel", int(cpu), KERNEL_MARKS[ev], None))
+            out.append((t, "kernel", cpu, KERNEL_MARKS[ev], None))
             continue
         if ev == "sched:sched_switch":
             sw = SWITCH.search(rest)
             if sw and role(sw.group(4)) == "relay":
-                out.append((float(ts) * 1e6, "relay", int(cpu), "on cpu",
-                            (sw.group(5), role(sw.group(1)), sw.group(3))))
+                out.append((t, "relay", cpu, "on cpu", (sw.group(5), role(sw.group(1)), sw.group(3))))
             continue
         r = role(comm)
         if r is None:
@@ -79,10 +82,10 @@ def events(path):
             ret = int(rest, 16) if rest.startswith("0x") else int(rest)
             if ret <= 0 or ret >= 1 << 62:
                 continue
-            out.append((float(ts) * 1e6, r, int(cpu), "read", ret))
+            out.append((t, r, cpu, "read", ret))
         elif ev == "syscalls:sys_enter_sendto":
             ln = re.search(r"len: (0x[0-9a-f]+)", rest)
-            out.append((float(ts) * 1e6, r, int(cpu), "sent", int(ln.group(1), 16) if ln else 0))
+            out.append((t, r, cpu, "sent", int(ln.group(1), 16) if ln else 0))
     return out
 
 
@@ -92,7 +95,7 @@ def main():
     want = [("relay", "read"), ("relay", "sent"), ("mock", "read"), ("mock", "sent"),
             ("relay", "read"), ("relay", "sent"), ("load", "read")]
     hops = {h: [] for h in HOPS}
-    woke = {"relay read": [], "relay read 2": []}
+    woke = {h: [] for h, _ in RELAY_READS}
     split = {h: ([], []) for h in HOPS}
     chains = []
     for i, (t, r, cpu, what, n) in enumerate(evs):
@@ -107,9 +110,9 @@ def main():
             k += 1
         if len(seq) != len(want) + 1:
             continue
-        for h, sender, (a, b) in (("relay read", "load", (seq[0], seq[1])),
-                                  ("relay read 2", "mock", (seq[4], seq[5]))):
-            parts = wake_parts(evs, a, b, sender)
+        for h, sender in RELAY_READS:
+            j = HOPS.index(h)
+            parts = wake_parts(evs, seq[j], seq[j + 1], sender)
             if parts:
                 woke[h].append(parts)
         for h, (a, b) in zip(HOPS, zip(seq, seq[1:])):
