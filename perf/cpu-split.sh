@@ -51,7 +51,7 @@ for round in $(seq "$RUNS"); do
     "$TOOLS" load --url "$url" --key "$key" --duration-secs "$RUN_SECS" "$@" >"$WORK/load.txt" 2>&1
     # shellcheck disable=SC2086
     read -r u1 s1 < <(ticks $procs)
-    turns=$(grep -oE "turns ok [0-9]+" "$WORK/load.txt" | grep -oE "[0-9]+$")
+    turns=$(turns_ok "$WORK/load.txt")
     lat=$(awk '$1 == "ttft" {printf "ttft p50 %s p99 %s  ", $3, $6}
       $1 == "event" {printf "event p50 %s p99 %s", $4, $7}' "$WORK/load.txt")
     awk -v t="$target" -v r="$round" -v n="$turns" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v hz="$hz" -v l="$lat" \

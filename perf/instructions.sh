@@ -39,7 +39,7 @@ start_mock
 drive() { # url key secs
   "$TOOLS" load --url "$1" --key "$2" --connections "$CONNS" --duration-secs "$3" \
     --payload-bytes "$PAYLOAD" --rate "$RATE" ${LOAD_ARGS[@]+"${LOAD_ARGS[@]}"} >"$WORK/load.txt" 2>&1
-  grep -oE "turns ok [0-9]+" "$WORK/load.txt" | grep -oE "[0-9]+"
+  turns_ok "$WORK/load.txt"
 }
 
 # Warms a target up, zeroes its counters, drives the measured load, dumps: `$OUT/<target>.cg`.

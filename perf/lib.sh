@@ -32,6 +32,9 @@ build() {
   TOOLS=${PERF_TOOLS_BIN:-$BIN}
 }
 
+# The turns a `shardgate load` run completed, from its report (fails when the report has none).
+turns_ok() { grep -oE "turns ok [0-9]+" "$1" | grep -oE "[0-9]+$"; }
+
 wait_http() { # url [more curl options]
   for _ in $(seq 1 100); do curl -fsS "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "did not come up: $1" >&2; return 1

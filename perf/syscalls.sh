@@ -75,7 +75,7 @@ for target in nginx shardgate; do
   c1=$(switches $pids)
   # shellcheck disable=SC2086
   f1=$(minor_faults $pids)
-  turns=$(grep -oE "turns ok [0-9]+" "$WORK/load.txt" | grep -oE "[0-9]+$")
+  turns=$(turns_ok "$WORK/load.txt")
   drive "$url" "$key"
   sleep 1
   attach=()

@@ -55,7 +55,7 @@ run_load() { # url key load options...
   shift 2
   "$TOOLS" load --url "$url" --key "$key" "$@" >"$WORK/load.txt" 2>&1 || true
   local ok
-  ok=$(grep -oE "turns ok [0-9]+" "$WORK/load.txt" | grep -oE "[0-9]+$" || echo 0)
+  ok=$(turns_ok "$WORK/load.txt" || echo 0)
   if [[ $ok -eq 0 ]]; then
     cat "$WORK/load.txt" >&2
     echo "load ran no turn: $*" >&2
