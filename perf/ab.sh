@@ -4,19 +4,24 @@
 # table of shardgate/nginx ratios per scenario and build (each scenario's own side-by-side run
 # against nginx and direct). The way every session's start-against-end figures in README.md
 # were made.
-#   perf/ab.sh --bins "/path/a /path/b" [--tools /path] [--iters N] [--scenarios "steady ..."]
-# --tools defaults to the last build. Scenario arguments are the A/B set below (short rounds, open
-# loop where nginx and shardgate both keep up); results stay under perf/out/<scenario>-*/, and the
-# list of runs in perf/out/ab-<time>.log (re-print its table with `perf/ab_summary.py LOG`).
+#   perf/ab.sh --bins "/path/a /path/b" [--tools /path] [--iters N] [--scenarios "steady ..."] [--aa]
+# --tools defaults to the last build. --aa adds a second nginx of the same configuration to every
+# round (target nginx-b in lib.sh): its nginx-b/nginx row is what the same ratios read for two
+# identical relays, the run's noise floor to hold each build's row against. Scenario arguments
+# are the A/B set below (short rounds, open loop where nginx and shardgate both keep up); results
+# stay under perf/out/<scenario>-*/, and the list of runs in perf/out/ab-<time>.log (re-print its
+# table with `perf/ab_summary.py LOG`).
 set -euo pipefail
 PERF_DIR=$(cd "$(dirname "$0")" && pwd)
 ITERS=1 BINS="" TOOLS="" SCENARIOS="steady codex-shaped http-sse connect-storm long-sessions"
+TARGETS="direct nginx shardgate"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --bins) BINS=$2; shift 2 ;;
     --tools) TOOLS=$2; shift 2 ;;
     --iters) ITERS=$2; shift 2 ;;
     --scenarios) SCENARIOS=$2; shift 2 ;;
+    --aa) TARGETS="direct nginx nginx-b shardgate"; shift ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -38,7 +43,7 @@ for it in $(seq "$ITERS"); do
   for scenario in $SCENARIOS; do
     for bin in "${bins[@]}"; do
       # shellcheck disable=SC2046
-      PERF_TOOLS_BIN=$TOOLS PERF_BIN=$bin "$PERF_DIR/$scenario.sh" $(args_of "$scenario") \
+      TARGETS=$TARGETS PERF_TOOLS_BIN=$TOOLS PERF_BIN=$bin "$PERF_DIR/$scenario.sh" $(args_of "$scenario") \
         >"$PERF_DIR/out/ab-last.txt" 2>&1 || { echo "$scenario failed with $bin:" >&2; tail -5 "$PERF_DIR/out/ab-last.txt" >&2; continue; }
       dir=$(ls -td "$PERF_DIR/out/$scenario"-* | head -1)
       echo "$it $scenario $bin $dir" >>"$LOG"

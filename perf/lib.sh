@@ -10,7 +10,9 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  if [[ -f "$WORK/nginx.pid" ]]; then kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; fi
+  for f in "$WORK/nginx.pid" "$WORK/nginx-b/nginx.pid"; do
+    if [[ -f $f ]]; then kill "$(cat "$f")" 2>/dev/null || true; fi
+  done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -95,18 +97,31 @@ start_gateway() { # shards; extra [upstream] keys in $GW_UPSTREAM_EXTRA, [server
   GW_HTTP_URL="http://127.0.0.1:$GW_PORT/v1/responses"
 }
 
-start_nginx() {
+# Starts nginx as configured by nginx.conf.tmpl. With the argument `nginx-b`, a second instance
+# of the same configuration in $WORK/nginx-b (its own port, pid file and workers, URLs in
+# NGINX_B_URL / NGINX_B_HTTP_URL): the A/A target, which measures the noise floor of a ratio to
+# nginx (see `--targets` below).
+start_nginx() { # [nginx-b]
   if ! command -v nginx >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx) >&2
   fi
-  NGINX_PORT=$(free_port)
-  mkdir -p "$WORK"/{body,proxy,fastcgi,uwsgi,scgi}
-  sed -e "s#@WORK@#$WORK#g" -e "s#@MOCK_PORT@#$MOCK_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" \
-    "$PERF_DIR/nginx.conf.tmpl" >"$WORK/nginx.conf"
-  nginx -c "$WORK/nginx.conf" -p "$WORK"
-  for _ in $(seq 1 50); do [[ -f "$WORK/nginx.pid" ]] && break; sleep 0.1; done
-  NGINX_URL="ws://127.0.0.1:$NGINX_PORT/v1/responses"
-  NGINX_HTTP_URL="http://127.0.0.1:$NGINX_PORT/v1/responses"
+  local dir=$WORK port
+  [[ ${1:-nginx} == nginx ]] || dir=$WORK/$1
+  port=$(free_port)
+  mkdir -p "$dir"/{body,proxy,fastcgi,uwsgi,scgi}
+  sed -e "s#@WORK@#$dir#g" -e "s#@MOCK_PORT@#$MOCK_PORT#g" -e "s#@NGINX_PORT@#$port#g" \
+    "$PERF_DIR/nginx.conf.tmpl" >"$dir/nginx.conf"
+  nginx -c "$dir/nginx.conf" -p "$dir"
+  for _ in $(seq 1 50); do [[ -f "$dir/nginx.pid" ]] && break; sleep 0.1; done
+  if [[ ${1:-nginx} == nginx ]]; then
+    NGINX_PORT=$port
+    NGINX_URL="ws://127.0.0.1:$port/v1/responses"
+    NGINX_HTTP_URL="http://127.0.0.1:$port/v1/responses"
+  else
+    NGINX_B_PORT=$port
+    NGINX_B_URL="ws://127.0.0.1:$port/v1/responses"
+    NGINX_B_HTTP_URL="http://127.0.0.1:$port/v1/responses"
+  fi
 }
 
 # CPU seconds a process has used so far: the run time of each of its threads in nanoseconds
@@ -118,12 +133,17 @@ cpu_secs() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{t += $1} END {p
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 # RSS now, in KiB.
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-# This run's nginx workers: the children of its master (the pid file of $WORK), not every nginx
-# worker on the machine (a stray nginx from another run added its workers' RSS to the column).
-nginx_workers() { pgrep -P "$(cat "$WORK/nginx.pid" 2>/dev/null || echo 0)" -f "nginx: worker process" || true; }
-nginx_cpu() { local t=0; for p in $(nginx_workers); do t=$(awk -v t="$t" -v c="$(cpu_secs "$p")" 'BEGIN {printf "%.6f\n", t + c}'); done; echo "$t"; }
-nginx_rss_kib() { local t=0; for p in $(nginx_workers); do t=$((t + $(rss_kib "$p"))); done; echo "$t"; }
-nginx_peak_rss_kib() { local t=0; for p in $(nginx_workers); do t=$((t + $(peak_rss_kib "$p"))); done; echo "$t"; }
+# This run's nginx workers: the children of its master (the pid file of $WORK, or of
+# $WORK/nginx-b for `nginx_workers nginx-b`), not every nginx worker on the machine (a stray nginx
+# from another run added its workers' RSS to the column).
+nginx_workers() { # [nginx-b]
+  local pidfile=$WORK/nginx.pid
+  [[ ${1:-nginx} == nginx ]] || pidfile=$WORK/$1/nginx.pid
+  pgrep -P "$(cat "$pidfile" 2>/dev/null || echo 0)" -f "nginx: worker process" || true
+}
+nginx_cpu() { local t=0; for p in $(nginx_workers "$@"); do t=$(awk -v t="$t" -v c="$(cpu_secs "$p")" 'BEGIN {printf "%.6f\n", t + c}'); done; echo "$t"; }
+nginx_rss_kib() { local t=0; for p in $(nginx_workers "$@"); do t=$((t + $(rss_kib "$p"))); done; echo "$t"; }
+nginx_peak_rss_kib() { local t=0; for p in $(nginx_workers "$@"); do t=$((t + $(peak_rss_kib "$p"))); done; echo "$t"; }
 
 # Mock control: reset its counters and script queue; append a script (JSON); read its counters.
 mock_reset() { curl -fsS -X POST "$MOCK_BASE/_mock/reset" >/dev/null; }
@@ -141,7 +161,9 @@ gw_metrics() {
 # Scenario knobs (set before parse_common; options override): ROUNDS CONNS SECS PAYLOAD SHARDS RATE
 # WARMUP CHAIN WIRE (ws|http|realtime) NAME IDLE (idle sessions for the RSS probe, 0: skip) HOLD
 # IDLE_TURNS (turns each probe session runs before it idles), LOAD_EXTRA
-# (more `shardgate load` options), TARGETS (subset of "direct nginx shardgate"), and the hook
+# (more `shardgate load` options), TARGETS (subset of "direct nginx nginx-b shardgate"; nginx-b is
+# a second nginx of the same configuration, left out by default: with it, the summary prints
+# nginx-b/nginx beside shardgate/nginx, the spread an identical relay shows), and the hook
 # `mock_round_script` (prints a mock script JSON to post after each reset, or nothing).
 ROUNDS=${ROUNDS:-3} CONNS=${CONNS:-32} SECS=${SECS:-5} PAYLOAD=${PAYLOAD:-30000} SHARDS=${SHARDS:-2}
 RATE=${RATE:-} WARMUP=${WARMUP:-} CHAIN=${CHAIN-1} WIRE=${WIRE:-ws} NAME=${NAME:-steady}
@@ -156,7 +178,7 @@ options: [--rounds N] [--connections N] [--secs S] [--payload BYTES] [--shards N
          [--rate TURNS_PER_SEC] (open-loop cap; without it the load is closed-loop)
          [--warmup] [--no-chain] [--idle-sessions N] (0 skips the idle RSS probe) [--hold-secs S]
          [--idle-turns N] (turns each probe session runs, with --payload frames, before it idles)
-         [--targets "direct nginx shardgate"] [--name NAME]
+         [--targets "direct nginx shardgate"] (add nginx-b for an A/A baseline) [--name NAME]
 USAGE
 }
 
@@ -188,16 +210,18 @@ target_url() {
   case "$1:$WIRE" in
     direct:realtime) echo "ws://127.0.0.1:$MOCK_PORT$realtime" ;;
     nginx:realtime) echo "ws://127.0.0.1:$NGINX_PORT$realtime" ;;
+    nginx-b:realtime) echo "ws://127.0.0.1:$NGINX_B_PORT$realtime" ;;
     shardgate:realtime) echo "ws://127.0.0.1:$GW_PORT$realtime" ;;
     direct:ws) echo "$MOCK_URL" ;; direct:http) echo "$MOCK_HTTP_URL" ;;
     nginx:ws) echo "$NGINX_URL" ;; nginx:http) echo "$NGINX_HTTP_URL" ;;
+    nginx-b:ws) echo "$NGINX_B_URL" ;; nginx-b:http) echo "$NGINX_B_HTTP_URL" ;;
     shardgate:ws) echo "$GW_URL" ;; shardgate:http) echo "$GW_HTTP_URL" ;;
   esac
 }
 target_key() { if [[ $1 == shardgate ]]; then echo "$KEY"; else echo sk-mock; fi; }
-relay_cpu() { case "$1" in shardgate) cpu_secs "$GW_PID" ;; nginx) nginx_cpu ;; *) echo 0 ;; esac; }
-relay_peak_rss() { case "$1" in shardgate) peak_rss_kib "$GW_PID" ;; nginx) nginx_peak_rss_kib ;; *) echo 0 ;; esac; }
-relay_rss() { case "$1" in shardgate) rss_kib "$GW_PID" ;; nginx) nginx_rss_kib ;; *) echo 0 ;; esac; }
+relay_cpu() { case "$1" in shardgate) cpu_secs "$GW_PID" ;; nginx*) nginx_cpu "$1" ;; *) echo 0 ;; esac; }
+relay_peak_rss() { case "$1" in shardgate) peak_rss_kib "$GW_PID" ;; nginx*) nginx_peak_rss_kib "$1" ;; *) echo 0 ;; esac; }
+relay_rss() { case "$1" in shardgate) rss_kib "$GW_PID" ;; nginx*) nginx_rss_kib "$1" ;; *) echo 0 ;; esac; }
 
 # One round against one target: reset the mock (and post the round's script), run the load, add
 # the relay's CPU and the mock's counters to the JSON, plot its percentile distribution.
@@ -357,6 +381,7 @@ compare_main() {
   start_mock --shards 1 $MOCK_ARGS
   start_gateway "$SHARDS"
   start_nginx
+  if [[ " $TARGETS " == *" nginx-b "* ]]; then start_nginx nginx-b; fi
   OUT="$ROOT/perf/out/$NAME-$(date +%Y%m%dT%H%M%S)"
   mkdir -p "$OUT"
   local round t

@@ -14,7 +14,7 @@ import statistics as st
 import sys
 
 out, rounds, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-names = [n for n in ("direct", "nginx", "shardgate") if os.path.exists(f"{out}/{n}-1.json")]
+names = [n for n in ("direct", "nginx", "nginx-b", "shardgate") if os.path.exists(f"{out}/{n}-1.json")]
 runs = {n: [json.load(open(f"{out}/{n}-{i}.json")) for i in range(1, rounds + 1)] for n in names}
 
 
@@ -184,26 +184,33 @@ if "shardgate" in names and all("gateway" in r for r in runs["shardgate"]):
 if "direct" in summary["targets"] and len(names) > 1:
     d = summary["targets"]["direct"]
     others = [n for n in names if n != "direct"]
-    print(f"\nadded over direct (µs){' and ratio shardgate/nginx' if len(others) == 2 else ''}:")
+    # Each relay's ratio to nginx: shardgate's ("ratio"), and nginx-b's when it ran ("A/A"): a
+    # second nginx of the same configuration, so its ratio is the noise floor of the run.
+    versus = [n for n in ("shardgate", "nginx-b") if n in others and "nginx" in others]
+    tag = {"shardgate": "ratio", "nginx-b": "A/A"}
+    heading = ", ".join(f"{tag[n]} {n}/nginx" for n in versus)
+    print(f"\nadded over direct (µs){' and ' + heading if heading else ''}:")
     for k, label in [("ttft_p50", "TTFT p50"), ("ttft_p95", "TTFT p95"), ("ttft_p99", "TTFT p99"),
                      ("ttft_p999", "TTFT p99.9"), ("evt_p50", "event p50"), ("evt_p95", "event p95"), ("evt_p99", "event p99"),
                      ("evt_p999", "event p99.9")]:
         added = {n: summary["targets"][n][k] - d[k] for n in others}
         line = "  ".join(f"{n} +{added[n]:>6}" for n in others)
-        if len(others) == 2:
-            ng, sg = added["nginx"], added["shardgate"]
-            line += f"  ratio {sg / ng:.2f}" if ng > 0 and sg > 0 else "  ratio n/a"
+        for n in versus:
+            ng, x = added["nginx"], added[n]
+            line += f"  {tag[n]} {x / ng:.2f}" if ng > 0 and x > 0 else f"  {tag[n]} n/a"
         print(f"  {label:<11} {line}")
     summary["added_over_direct"] = {n: {k: summary["targets"][n][k] - d[k] for k in ("ttft_p50", "ttft_p99", "evt_p50", "evt_p99")} for n in others}
-    if len(others) == 2:
-        ng, sg = summary["targets"]["nginx"]["cpu_per_1k"], summary["targets"]["shardgate"]["cpu_per_1k"]
-        ratio = f"{sg / ng:.2f}" if ng else "n/a"
-        print(f"  relay CPU s per 1000 turns: nginx {ng:.3f}  shardgate {sg:.3f}  ratio {ratio}")
+    if versus:
+        cpu = {n: summary["targets"][n]["cpu_per_1k"] for n in others}
+        line = "  ".join(f"{n} {cpu[n]:.3f}" for n in others)
+        for n in versus:
+            line += f"  {tag[n]} {cpu[n] / cpu['nginx']:.2f}" if cpu["nginx"] else f"  {tag[n]} n/a"
+        print(f"  relay CPU s per 1000 turns: {line}")
 
 for n in names:
     if n != "direct" and summary["targets"][n]["peak_rss_kib"]:
         print(f"  {n} peak RSS: {summary['targets'][n]['peak_rss_kib'] / 1024:.1f} MiB")
-for n in ("nginx", "shardgate"):
+for n in ("nginx", "nginx-b", "shardgate"):
     path = f"{out}/idle-{n}.json"
     if os.path.exists(path):
         idle = json.load(open(path))
