@@ -10,10 +10,13 @@
 # identical relays, the run's noise floor to hold each build's row against. Scenario arguments
 # are the A/B set below (short rounds, open loop where nginx and shardgate both keep up); results
 # stay under perf/out/<scenario>-*/, and the list of runs in perf/out/ab-<time>.log (re-print its
-# table with `perf/ab_summary.py LOG`).
+# table with `perf/ab_summary.py LOG`). A scenario written NAME@RATE runs NAME open-loop at RATE
+# turns a second: `connect-storm` is closed-loop, which finds each relay's capacity (its turns/s
+# column), but then the faster relay's latencies are taken under more load than the slower one's;
+# `connect-storm@5000` compares the latencies at one rate that both sustain.
 set -euo pipefail
 PERF_DIR=$(cd "$(dirname "$0")" && pwd)
-ITERS=1 BINS="" TOOLS="" SCENARIOS="steady codex-shaped http-sse connect-storm long-sessions"
+ITERS=1 BINS="" TOOLS="" SCENARIOS="steady codex-shaped http-sse connect-storm connect-storm@5000 long-sessions"
 TARGETS="direct nginx shardgate"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -28,7 +31,8 @@ done
 [[ -n $BINS ]] || { echo "--bins is required" >&2; exit 2; }
 read -r -a bins <<<"$BINS"
 TOOLS=${TOOLS:-${bins[-1]}}
-args_of() {
+args_of() { # scenario[@rate]
+  if [[ $1 == *@* ]]; then echo "$(args_of "${1%@*}") --rate ${1#*@}"; return; fi
   case $1 in
     steady) echo "--rounds 2 --connections 16 --secs 3 --rate 2000 --idle-sessions 0" ;;
     codex-shaped) echo "--rounds 2 --connections 16 --secs 3 --rate 1000 --idle-sessions 0" ;;
@@ -43,9 +47,9 @@ for it in $(seq "$ITERS"); do
   for scenario in $SCENARIOS; do
     for bin in "${bins[@]}"; do
       # shellcheck disable=SC2046
-      TARGETS=$TARGETS PERF_TOOLS_BIN=$TOOLS PERF_BIN=$bin "$PERF_DIR/$scenario.sh" $(args_of "$scenario") \
+      TARGETS=$TARGETS PERF_TOOLS_BIN=$TOOLS PERF_BIN=$bin "$PERF_DIR/${scenario%@*}.sh" $(args_of "$scenario") \
         >"$PERF_DIR/out/ab-last.txt" 2>&1 || { echo "$scenario failed with $bin:" >&2; tail -5 "$PERF_DIR/out/ab-last.txt" >&2; continue; }
-      dir=$(ls -td "$PERF_DIR/out/$scenario"-* | head -1)
+      dir=$(ls -td "$PERF_DIR/out/${scenario%@*}"-* | head -1)
       echo "$it $scenario $bin $dir" >>"$LOG"
       echo "iteration $it: $scenario with $bin done ($dir)"
     done

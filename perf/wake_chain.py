@@ -8,12 +8,14 @@ exits, scheduler switches and wakeups, every CPU) and follows each turn through 
 printing each hop's latency (p25/p50/p75/mean, microseconds), the whole chain, and for each
 hop how often its two ends ran on the same CPU or on different ones (a cross-CPU wake: on a VM
 whose idle vCPU halts, an inter-processor interrupt the host must deliver), with the hop's p50
-for each. The two hops that end in the relay's read are then split at the scheduler's events:
-the send until the relay's thread is woken (the kernel's socket and wakeup path: epoll's
-callback for nginx, io_uring's poll completion for shardgate), until it is on a CPU (and
-whether it got there by preempting the sender or after the sender slept), and until its read
-returns; with `--kernel-path` recordings, the way to the wakeup is split again at the receiving
-socket's packet and (shardgate) at io_uring's task work for it.
+for each. The four hops that end in a read by another process (relay, mock, relay, load) are
+then split at the scheduler's events: the send until the reader's thread is woken (the
+kernel's socket and wakeup path: epoll's callback for nginx, io_uring's poll completion for
+shardgate and for the mock and load, which run on the same runtime), until it is on a CPU (and
+whether it got there by preempting the sender, or otherwise: after the sender slept, or on
+another CPU), and until its read returns; with `--kernel-path` recordings, the way to the wakeup is split again at the receiving
+socket's packet and at io_uring's task work for it. Last, how the relay's reads spread over its
+threads (nginx's workers, shardgate's shards).
 
   perf/wake_chain.py SCRIPT_TEXT MIN_REQUEST_BYTES
 """
@@ -24,10 +26,11 @@ LINE = re.compile(r"^\s*(.+?)\s+(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$")
 WAKEUP = re.compile(r"comm=(\S+) pid=(\d+)")
 SWITCH = re.compile(r"prev_comm=(\S+) prev_pid=(\d+) .*prev_state=(\S+) ==> next_comm=(\S+) next_pid=(\d+)")
 # Recorded with `perf/wakeups.sh --kernel-path`: the receiving socket's packet, and io_uring's
-# task work queued for the relay (shardgate only; nginx is woken from epoll's callback).
+# task work queued for the reader (not for nginx, which is woken from epoll's callback).
 KERNEL_MARKS = {"net:netif_receive_skb": "skb", "io_uring:io_uring_task_add": "task_add"}
-# The hops that end in the relay's read, and who sent what it reads.
-RELAY_READS = (("relay read", "load"), ("relay read 2", "mock"))
+# The hops that end in a process's read: the hop, who sent what is read, who reads it.
+READS = (("relay read", "load", "relay"), ("mock read", "relay", "mock"),
+         ("relay read 2", "mock", "relay"), ("load read", "relay", "load"))
 HOPS = ["relay read", "relay sent", "mock read", "mock sent", "relay read 2", "relay sent 2", "load read"]
 
 
@@ -55,25 +58,27 @@ def p50(xs):
 
 
 def events(path):
-    out = []
+    """The recording's events in order, as (µs, role, cpu, what, detail), and the relay's reads
+    counted by thread ("comm pid")."""
+    out, relay_reads = [], {}
     for line in open(path, errors="replace"):
         m = LINE.match(line)
         if not m:
             continue
-        comm, _tid, cpu, ts, ev, rest = m.groups()
+        comm, tid, cpu, ts, ev, rest = m.groups()
         t, cpu = float(ts) * 1e6, int(cpu)
         if ev == "sched:sched_wakeup":
             w = WAKEUP.search(rest)
-            if w and role(w.group(1)) == "relay":
-                out.append((t, "relay", cpu, "woken", w.group(2)))
+            if w and role(w.group(1)):
+                out.append((t, role(w.group(1)), cpu, "woken", w.group(2)))
             continue
         if ev in KERNEL_MARKS:
             out.append((t, "kernel", cpu, KERNEL_MARKS[ev], None))
             continue
         if ev == "sched:sched_switch":
             sw = SWITCH.search(rest)
-            if sw and role(sw.group(4)) == "relay":
-                out.append((t, "relay", cpu, "on cpu", (sw.group(5), role(sw.group(1)), sw.group(3))))
+            if sw and role(sw.group(4)):
+                out.append((t, role(sw.group(4)), cpu, "on cpu", (sw.group(5), role(sw.group(1)), sw.group(3))))
             continue
         r = role(comm)
         if r is None:
@@ -83,19 +88,22 @@ def events(path):
             if ret <= 0 or ret >= 1 << 62:
                 continue
             out.append((t, r, cpu, "read", ret))
+            if r == "relay":
+                thread = "%s %s" % (comm, tid)
+                relay_reads[thread] = relay_reads.get(thread, 0) + 1
         elif ev == "syscalls:sys_enter_sendto":
             ln = re.search(r"len: (0x[0-9a-f]+)", rest)
             out.append((t, r, cpu, "sent", int(ln.group(1), 16) if ln else 0))
-    return out
+    return out, relay_reads
 
 
 def main():
     path, min_request = sys.argv[1], int(sys.argv[2])
-    evs = events(path)
+    evs, relay_reads = events(path)
     want = [("relay", "read"), ("relay", "sent"), ("mock", "read"), ("mock", "sent"),
             ("relay", "read"), ("relay", "sent"), ("load", "read")]
     hops = {h: [] for h in HOPS}
-    woke = {h: [] for h, _ in RELAY_READS}
+    woke = {h: [] for h, _, _ in READS}
     split = {h: ([], []) for h in HOPS}
     chains = []
     for i, (t, r, cpu, what, n) in enumerate(evs):
@@ -110,9 +118,9 @@ def main():
             k += 1
         if len(seq) != len(want) + 1:
             continue
-        for h, sender in RELAY_READS:
+        for h, sender, reader in READS:
             j = HOPS.index(h)
-            parts = wake_parts(evs, seq[j], seq[j + 1], sender)
+            parts = wake_parts(evs, seq[j], seq[j + 1], sender, reader)
             if parts:
                 woke[h].append(parts)
         for h, (a, b) in zip(HOPS, zip(seq, seq[1:])):
@@ -128,14 +136,14 @@ def main():
         same, cross = split[h]
         print("  -> %-12s same %4d  %s | cross %4d  %s" % (
             h, len(same), p50(same), len(cross), p50(cross)))
-    print("  the relay's reads split at its wakeup and its switch onto a CPU: p50 (turns)")
+    print("  the reads split at the reader's wakeup and its switch onto a CPU: p50 (turns)")
     for h, parts in woke.items():
         if not parts:
             continue
         col = lambda j: [p[j] for p in parts]
         preempted = [p for p in parts if p[3]]
         print("  -> %-12s sent->woken %s  woken->on cpu %s  on cpu->read %s | preempted the "
-              "sender in %d of %d (hop p50 %s), after it slept %s" % (
+              "sender in %d of %d (hop p50 %s), otherwise %s" % (
                   h, p50(col(0)), p50(col(1)), p50(col(2)), len(preempted), len(parts),
                   p50([sum(p[:3]) for p in preempted]).strip(),
                   p50([sum(p[:3]) for p in parts if not p[3]]).strip()))
@@ -147,23 +155,28 @@ def main():
                 "  (packet->io_uring task work %s, task work->woken %s, in %d)" % (
                     p50([p[5] for p in tw]), p50([p[0] - p[4] - p[5] for p in tw]), len(tw))
                 if tw else ""))
+    total = sum(relay_reads.values())
+    if total:
+        print("  the relay's reads by thread: " + ", ".join(
+            "%s %.0f %%" % (thread, 100 * n / total)
+            for thread, n in sorted(relay_reads.items(), key=lambda kv: -kv[1])))
 
 
-def wake_parts(evs, a, b, sender):
-    """The hop from a send (a) to the relay's read (b), split at the first wakeup of a relay
-    thread after the send and that thread's switch onto a CPU before the read: (sent->woken,
+def wake_parts(evs, a, b, sender, reader):
+    """The hop from a send (a) to the reader's read (b), split at the first wakeup of a thread of
+    the reader after the send and that thread's switch onto a CPU before the read: (sent->woken,
     woken->on cpu, on cpu->read, whether the switch preempted the sender, sent->packet received
     and packet->task work queued when those were recorded, else None)."""
     woken = on = skb = task_add = None
     for k in range(a[2] + 1, b[2]):
-        tk, _r, _cpu, wk, x = evs[k]
+        tk, rk, _cpu, wk, x = evs[k]
         if wk == "skb" and skb is None and woken is None:
             skb = tk
         elif wk == "task_add" and skb is not None and task_add is None and woken is None:
             task_add = tk
-        elif wk == "woken" and woken is None:
+        elif wk == "woken" and rk == reader and woken is None:
             woken = (tk, x)
-        elif wk == "on cpu" and woken is not None and x[0] == woken[1]:
+        elif wk == "on cpu" and rk == reader and woken is not None and x[0] == woken[1]:
             on = (tk, x)
             break
     if on is None:
