@@ -13,9 +13,9 @@ then split at the scheduler's events: the send until the reader's thread is woke
 kernel's socket and wakeup path: epoll's callback for nginx, io_uring's poll completion for
 shardgate and for the mock and load, which run on the same runtime), until it is on a CPU (and
 whether it got there by preempting the sender, or otherwise: after the sender slept, or on
-another CPU), and until its read returns; with `--kernel-path` recordings, the way to the wakeup is split again at the receiving
-socket's packet and at io_uring's task work for it. Last, how the relay's reads spread over its
-threads (nginx's workers, shardgate's shards).
+another CPU), and until its read returns; with `--kernel-path` recordings, the way to the
+wakeup is split again at the receiving socket's packet and at io_uring's task work for it.
+Last, how the relay's reads spread over its threads (nginx's workers, shardgate's shards).
 
   perf/wake_chain.py SCRIPT_TEXT MIN_REQUEST_BYTES
 """
