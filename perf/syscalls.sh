@@ -8,7 +8,8 @@
 # come from a second run without strace, the relay's first (a young gateway).
 #   perf/syscalls.sh [--wire ws|http] [--rate N] [--secs S] [--connections N] [--payload BYTES]
 #                    [--shards N] [--max-conn-age S] [-- more `shardgate load` options]
-# Defaults: the long-sessions shape (16 sessions, 400 turns/s, 8 KB frames, chained turns).
+# Defaults: the long-sessions shape (16 sessions, 400 turns/s, 8 KB frames, chained turns),
+# --secs 8 (at least 4).
 # PERF_BIN / PERF_TOOLS_BIN as in lib.sh. Needs strace (Debian's package is installed if missing).
 set -euo pipefail
 SC_WIRE=ws SC_RATE=400 SC_SECS=8 SC_CONNS=16 SC_PAYLOAD=8000 SC_SHARDS=2
@@ -27,6 +28,11 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
+# strace attaches 1 s into the second run and detaches 2 s before its end.
+if ! [[ $SC_SECS =~ ^[0-9]+$ ]] || ((SC_SECS < 4)); then
+  echo "--secs must be a whole number of seconds, at least 4 (strace runs for secs - 3)" >&2
+  exit 2
+fi
 [[ $SC_WIRE == http ]] && LOAD_ARGS=()
 command -v strace >/dev/null ||
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace) >&2
