@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Summarizes one perf run: the per-round JSON reports of `shardgate load` (augmented by lib.sh
 with relay CPU and mock counters) for each target, medians over rounds, the added latency and CPU
-of nginx and shardgate over direct, pool reuse, attempts per request, error share, idle RSS, and
-shardgate's own counters (attempts per request, retry-exhausted share, retries by reason).
+of nginx and shardgate over direct (and of nginx-b, the A/A second nginx, when it ran), their
+ratios to nginx, pool reuse, attempts per request, error share, idle RSS, and shardgate's own
+counters (attempts per request, retry-exhausted share, retries by reason).
 
     summarize.py OUT_DIR ROUNDS SCENARIO
 
