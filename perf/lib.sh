@@ -10,8 +10,10 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in "$WORK/nginx.pid" "$WORK/nginx-b/nginx.pid"; do
-    if [[ -f $f ]]; then kill "$(cat "$f")" 2>/dev/null || true; fi
+  local n pidfile
+  for n in nginx nginx-b; do
+    pidfile=$(nginx_dir "$n")/nginx.pid
+    if [[ -f $pidfile ]]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
   done
   wait 2>/dev/null || true
   rm -rf "$WORK"
@@ -97,6 +99,10 @@ start_gateway() { # shards; extra [upstream] keys in $GW_UPSTREAM_EXTRA, [server
   GW_HTTP_URL="http://127.0.0.1:$GW_PORT/v1/responses"
 }
 
+# Where an nginx instance keeps its config, pid file and temp dirs: $WORK for nginx, $WORK/nginx-b
+# for the A/A second one.
+nginx_dir() { if [[ $1 == nginx ]]; then echo "$WORK"; else echo "$WORK/$1"; fi; }
+
 # Starts nginx as configured by nginx.conf.tmpl. With the argument `nginx-b`, a second instance
 # of the same configuration in $WORK/nginx-b (its own port, pid file and workers, URLs in
 # NGINX_B_URL / NGINX_B_HTTP_URL): the A/A target, which measures the noise floor of a ratio to
@@ -105,8 +111,8 @@ start_nginx() { # [nginx-b]
   if ! command -v nginx >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx) >&2
   fi
-  local dir=$WORK port
-  [[ ${1:-nginx} == nginx ]] || dir=$WORK/$1
+  local dir port
+  dir=$(nginx_dir "${1:-nginx}")
   port=$(free_port)
   mkdir -p "$dir"/{body,proxy,fastcgi,uwsgi,scgi}
   sed -e "s#@WORK@#$dir#g" -e "s#@MOCK_PORT@#$MOCK_PORT#g" -e "s#@NGINX_PORT@#$port#g" \
@@ -137,9 +143,7 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 # $WORK/nginx-b for `nginx_workers nginx-b`), not every nginx worker on the machine (a stray nginx
 # from another run added its workers' RSS to the column).
 nginx_workers() { # [nginx-b]
-  local pidfile=$WORK/nginx.pid
-  [[ ${1:-nginx} == nginx ]] || pidfile=$WORK/$1/nginx.pid
-  pgrep -P "$(cat "$pidfile" 2>/dev/null || echo 0)" -f "nginx: worker process" || true
+  pgrep -P "$(cat "$(nginx_dir "${1:-nginx}")/nginx.pid" 2>/dev/null || echo 0)" -f "nginx: worker process" || true
 }
 nginx_cpu() { local t=0; for p in $(nginx_workers "$@"); do t=$(awk -v t="$t" -v c="$(cpu_secs "$p")" 'BEGIN {printf "%.6f\n", t + c}'); done; echo "$t"; }
 nginx_rss_kib() { local t=0; for p in $(nginx_workers "$@"); do t=$((t + $(rss_kib "$p"))); done; echo "$t"; }
