@@ -69,16 +69,16 @@ def events(path):
         t, cpu = float(ts) * 1e6, int(cpu)
         if ev == "sched:sched_wakeup":
             w = WAKEUP.search(rest)
-            if w and role(w.group(1)):
-                out.append((t, role(w.group(1)), cpu, "woken", w.group(2)))
+            if w and (woken := role(w.group(1))):
+                out.append((t, woken, cpu, "woken", w.group(2)))
             continue
         if ev in KERNEL_MARKS:
             out.append((t, "kernel", cpu, KERNEL_MARKS[ev], None))
             continue
         if ev == "sched:sched_switch":
             sw = SWITCH.search(rest)
-            if sw and role(sw.group(4)):
-                out.append((t, role(sw.group(4)), cpu, "on cpu", (sw.group(5), role(sw.group(1)), sw.group(3))))
+            if sw and (next_role := role(sw.group(4))):
+                out.append((t, next_role, cpu, "on cpu", (sw.group(5), role(sw.group(1)), sw.group(3))))
             continue
         r = role(comm)
         if r is None:
