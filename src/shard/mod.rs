@@ -16,6 +16,7 @@ pub mod cut_through;
 pub mod drain;
 pub mod failure;
 pub mod handoff;
+pub mod http_context;
 pub mod http_front;
 pub mod http_head;
 pub mod http_upstream;
@@ -38,7 +39,6 @@ pub mod tls_accept;
 pub mod turn;
 pub mod upstream;
 pub mod usage_outbox;
-pub mod warmup;
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
@@ -84,7 +84,7 @@ pub struct Shard {
     /// The queue to the control thread.
     pub control: ControlHandle,
     /// Warm-ups answered by the gateway (HTTP upstream), by gateway-issued response id.
-    pub warmups: RefCell<warmup::WarmupCache>,
+    pub warmups: RefCell<http_context::WarmupCache>,
     /// Hot cache of sticky state, write-through to the control thread.
     pub sticky: sticky::Sticky,
     /// Settings a config reload may change while running (transport switches).
@@ -162,7 +162,7 @@ impl Shard {
             live,
             control,
             handoff: OnceCell::new(),
-            warmups: RefCell::new(warmup::WarmupCache::default()),
+            warmups: RefCell::new(http_context::WarmupCache::default()),
             sessions_per_key: RefCell::new(HashMap::new()),
             rr: Cell::new(0),
             canary_seq: Cell::new(0),

@@ -18,10 +18,10 @@ use crate::usage::{RequestType, UsageRecord};
 
 use super::super::auth::ClientIdentity;
 use super::super::counters::{bump, ShardCounters};
+use super::super::http_context;
 use super::super::pool::Pool;
 use super::super::relay::Settled;
 use super::super::sticky::Sticky;
-use super::super::warmup;
 use super::Driver;
 
 /// Counts a request that ended in an error after more than one attempt: the failures retries
@@ -135,7 +135,7 @@ impl Driver {
         if let (Some(id), Some(output)) = (&response_id, &output) {
             // Upstream keeps no store=false response over HTTP: the gateway keeps the context,
             // so the next turn can chain from it on any transport.
-            if let Some(ctx) = warmup::continuation(frame, output) {
+            if let Some(ctx) = http_context::continuation(frame, output) {
                 let group = &self.identity.group;
                 self.shard
                     .warmups

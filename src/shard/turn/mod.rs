@@ -18,13 +18,13 @@
 //! The driver's other jobs live in one file each: `frame` (the checks a client frame passes
 //! first), `route` (where a turn runs: affinity, the account and connection it prefers),
 //! `attempt` (one attempt over each transport), `finish` (end-of-turn bookkeeping: bindings,
-//! counters, the turn log line, the usage record) and `warm` (warm-ups the gateway answers).
+//! counters, the turn log line, the usage record) and `http_warmup` (warm-ups the gateway answers).
 
 mod attempt;
 mod finish;
 pub mod frame;
+mod http_warmup;
 mod route;
-mod warm;
 
 use std::cell::Cell;
 use std::rc::Rc;

@@ -12,9 +12,9 @@ use crate::metrics::Hist;
 use crate::protocol::{ClientFrame, TerminalKind};
 
 use super::super::counters::bump;
+use super::super::http_context;
 use super::super::pool::Pool;
 use super::super::sink::ClientSink;
-use super::super::warmup;
 use super::finish::{TurnMeta, UsageFacts};
 use super::{Driver, TurnEnd, NO_CONNECTION};
 
@@ -41,7 +41,7 @@ impl Driver {
         }
         let warm = cache.get(id, &self.identity.group)?;
         drop(cache);
-        let merged = warmup::merge(&warm, frame)?;
+        let merged = http_context::merge(&warm, frame)?;
         bump(&self.shard.counters.warmup_chains_merged);
         Some(merged)
     }
@@ -56,7 +56,7 @@ impl Driver {
         pool: &Rc<Pool>,
     ) -> TurnEnd {
         bump(&self.shard.counters.warmups_answered);
-        let id = warmup::new_id();
+        let id = http_context::new_id();
         tracing::info!(
             key_id = %self.identity.key_id,
             account = %pool.account.config.id,
@@ -69,7 +69,7 @@ impl Driver {
             .insert(id.clone(), &self.identity.group, frame.clone());
         let shared: Arc<str> = Arc::from(id.as_str());
         self.remember(&shared, pool, NO_CONNECTION, None);
-        for (i, event) in warmup::answer(&id, model).into_iter().enumerate() {
+        for (i, event) in http_context::answer(&id, model).into_iter().enumerate() {
             let et = if i == 0 {
                 "response.created"
             } else {
