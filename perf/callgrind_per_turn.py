@@ -5,7 +5,9 @@
 
 Reads OUT_DIR/<target>.<pid>.cg.1 (the dump taken right after the measured load) and
 OUT_DIR/<target>.turns, and prints instructions per turn per target, the shardgate/nginx ratio,
-and shardgate's top functions by their own (exclusive) instructions per turn.
+and shardgate's top functions by their own (exclusive) instructions per turn. When the dump was
+taken with the cache simulation on, each target's line also gives its first-level
+instruction-cache misses per turn.
 """
 import collections
 import glob
@@ -51,6 +53,21 @@ def self_costs(path):
     return costs
 
 
+def i1_misses(path):
+    """First-level instruction-cache misses of one callgrind file, from its `events:` and
+    `summary:`/`totals:` lines; None when the cache simulation was off."""
+    events, totals = [], []
+    with open(path) as f:
+        for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith(("summary:", "totals:")):
+                totals = [int(v) for v in line.split()[1:]]
+    if "I1mr" not in events or len(totals) != len(events):
+        return None
+    return totals[events.index("I1mr")]
+
+
 def main():
     out, top, targets = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     per_turn = {}
@@ -65,7 +82,11 @@ def main():
         total = sum(costs.values())
         per_turn[target] = total / max(turns, 1)
         profiles[target] = (costs, turns)
-        print(f"{target:10} turns {turns:6}  instructions {total:>13,}  per turn {per_turn[target]:>10,.0f}")
+        line = f"{target:10} turns {turns:6}  instructions {total:>13,}  per turn {per_turn[target]:>10,.0f}"
+        misses = i1_misses(dumps[0])
+        if misses is not None:
+            line += f"  I1 misses per turn {misses / max(turns, 1):>8,.0f}"
+        print(line)
     if "nginx" in per_turn and "shardgate" in per_turn and per_turn["nginx"]:
         print(f"ratio shardgate/nginx (instructions per turn): {per_turn['shardgate'] / per_turn['nginx']:.2f}")
     if "shardgate" in profiles:

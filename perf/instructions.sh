@@ -5,14 +5,19 @@
 # noisy 2-core box; they do not see cache misses, which is what a cold wake pays on top.
 #   perf/instructions.sh [--wire ws|http] [--rate N] [--secs S] [--connections N]
 #                        [--payload BYTES] [--shards N] [--targets "nginx shardgate"] [--top N]
+#                        [--cache-sim]
 #                        [-- more `shardgate load` options]
 # PERF_BIN / PERF_TOOLS_BIN as in lib.sh. Needs valgrind (Debian's package is installed if missing).
 # Prints instructions per turn per target, the shardgate/nginx ratio, and the top functions by
 # their own instructions per turn; the raw callgrind files stay in the output directory.
+# --cache-sim also simulates the caches (callgrind's model of this CPU's, the traced process
+# alone in them) and prints first-level instruction-cache misses per turn: how much code a turn
+# touches beyond what stays cached, which is what code layout changes.
 set -euo pipefail
 NAME=instructions WIRE=ws RATE=40 SECS=10 CONNS=16 PAYLOAD=8000 SHARDS=1 TOP=30
 TARGETS="nginx shardgate"
 LOAD_ARGS=()
+CACHE_SIM=no
 source "$(dirname "$0")/lib.sh"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -24,6 +29,7 @@ while [[ $# -gt 0 ]]; do
     --shards) SHARDS=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
     --top) TOP=$2; shift 2 ;;
+    --cache-sim) CACHE_SIM=yes; shift ;;
     --) shift; LOAD_ARGS=("$@"); break ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
@@ -56,7 +62,7 @@ measure() { # target pid url key
   echo "$turns" >"$OUT/$target.turns"
 }
 
-CG=(valgrind --tool=callgrind --dump-instr=no --separate-threads=no)
+CG=(valgrind --tool=callgrind --dump-instr=no --separate-threads=no --cache-sim=$CACHE_SIM)
 scheme=ws
 [[ $WIRE == http ]] && scheme=http
 for target in $TARGETS; do
