@@ -17,12 +17,14 @@ import sys
 NAME_REF = re.compile(r"\((\d+)\)(?: (.*))?")
 
 
-def self_costs(path):
-    """Exclusive instruction count per function of one callgrind file (name compression aware)."""
+def self_costs(path, event="Ir"):
+    """Exclusive count of one event (instructions by default) per function of one callgrind
+    file (name compression aware; a cost line may leave its trailing zero columns out)."""
     names = {}
     costs = collections.Counter()
     current = None
     call_line_next = False
+    column = 1
 
     def name(field):
         m = NAME_REF.match(field)
@@ -35,7 +37,9 @@ def self_costs(path):
     with open(path) as f:
         for line in f:
             line = line.rstrip("\n")
-            if line.startswith("fn="):
+            if line.startswith("events:"):
+                column = 1 + line.split()[1:].index(event)
+            elif line.startswith("fn="):
                 current = name(line[3:])
             elif line.startswith("cfn="):
                 name(line[4:])
@@ -43,13 +47,12 @@ def self_costs(path):
                 call_line_next = True
             elif line[:1].isdigit() or line[:1] in "+-*":
                 parts = line.split()
-                if len(parts) < 2:
-                    continue
                 if call_line_next:
                     # The line after `calls=` is the callee's inclusive cost, not ours.
                     call_line_next = False
                     continue
-                costs[current] += int(parts[1])
+                if len(parts) > column:
+                    costs[current] += int(parts[column])
     return costs
 
 
@@ -95,6 +98,13 @@ def main():
         print(f"\nshardgate: top {top} functions by own instructions per turn")
         for fn, c in costs.most_common(top):
             print(f"  {c / max(turns, 1):9,.0f}  {100 * c / total:5.1f}%  {fn[:120]}")
+        dump = sorted(glob.glob(f"{out}/shardgate.*.cg.1"))[0]
+        if i1_misses(dump) is not None:
+            misses = self_costs(dump, "I1mr")
+            total = sum(misses.values())
+            print(f"\nshardgate: top {top} functions by first-level instruction-cache misses per turn")
+            for fn, c in misses.most_common(top):
+                print(f"  {c / max(turns, 1):9,.1f}  {100 * c / max(total, 1):5.1f}%  {fn[:120]}")
 
 
 if __name__ == "__main__":
