@@ -84,22 +84,21 @@ def main():
         costs = self_costs(dumps[0])
         total = sum(costs.values())
         per_turn[target] = total / max(turns, 1)
-        profiles[target] = (costs, turns)
-        line = f"{target:10} turns {turns:6}  instructions {total:>13,}  per turn {per_turn[target]:>10,.0f}"
         misses = i1_misses(dumps[0])
+        profiles[target] = (costs, turns, dumps[0], misses)
+        line = f"{target:10} turns {turns:6}  instructions {total:>13,}  per turn {per_turn[target]:>10,.0f}"
         if misses is not None:
             line += f"  I1 misses per turn {misses / max(turns, 1):>8,.0f}"
         print(line)
     if "nginx" in per_turn and "shardgate" in per_turn and per_turn["nginx"]:
         print(f"ratio shardgate/nginx (instructions per turn): {per_turn['shardgate'] / per_turn['nginx']:.2f}")
     if "shardgate" in profiles:
-        costs, turns = profiles["shardgate"]
+        costs, turns, dump, misses = profiles["shardgate"]
         total = sum(costs.values())
         print(f"\nshardgate: top {top} functions by own instructions per turn")
         for fn, c in costs.most_common(top):
             print(f"  {c / max(turns, 1):9,.0f}  {100 * c / total:5.1f}%  {fn[:120]}")
-        dump = sorted(glob.glob(f"{out}/shardgate.*.cg.1"))[0]
-        if i1_misses(dump) is not None:
+        if misses is not None:
             misses = self_costs(dump, "I1mr")
             total = sum(misses.values())
             print(f"\nshardgate: top {top} functions by first-level instruction-cache misses per turn")

@@ -17,7 +17,7 @@
 # Both profiles steer code layout (and, for the compiler's, inlining) only: the binary behaves as
 # the plain release build does. Needs llvm-profdata of the LLVM version rustc is built on
 # (rustup's llvm-tools component if installed, else Debian's llvm-<major>) and Debian's
-# bolt-<major>; either is installed if missing. About 10 minutes on 2 cores.
+# bolt-<major>; either is installed if missing. About 11 minutes on 2 cores.
 #   scripts/pgo-build.sh     →  target/pgo/release/shardgate
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -143,7 +143,7 @@ fi
 unset LLVM_PROFILE_FILE
 BIN=$WORK/shardgate.bolt-instrumented
 TOOLS=$PGO_BIN
-GW_PROFILE=/dev/null
+GW_PROFILE=/dev/null # BOLT's instrumentation writes $PROFILES/bolt.<pid>.fdata; no LLVM profile
 train
 "$BOLT_DIR/merge-fdata" "$PROFILES"/bolt.*.fdata >"$PROFILES/bolt.fdata"
 
