@@ -17,14 +17,16 @@ import sys
 NAME_REF = re.compile(r"\((\d+)\)(?: (.*))?")
 
 
-def self_costs(path, event="Ir"):
-    """Exclusive count of one event (instructions by default) per function of one callgrind
-    file (name compression aware; a cost line may leave its trailing zero columns out)."""
+def self_costs(path):
+    """Exclusive count of every recorded event (`Ir`, instructions; with the cache simulation
+    also `I1mr` and the others) per function of one callgrind file, in one pass: event name ->
+    Counter by function. Name compression aware; a cost line may leave its trailing zero
+    columns out."""
     names = {}
-    costs = collections.Counter()
+    events = []
+    costs = {}
     current = None
     call_line_next = False
-    column = 1
 
     def name(field):
         m = NAME_REF.match(field)
@@ -38,7 +40,8 @@ def self_costs(path, event="Ir"):
         for line in f:
             line = line.rstrip("\n")
             if line.startswith("events:"):
-                column = 1 + line.split()[1:].index(event)
+                events = line.split()[1:]
+                costs = {e: collections.Counter() for e in events}
             elif line.startswith("fn="):
                 current = name(line[3:])
             elif line.startswith("cfn="):
@@ -46,29 +49,21 @@ def self_costs(path, event="Ir"):
             elif line.startswith("calls="):
                 call_line_next = True
             elif line[:1].isdigit() or line[:1] in "+-*":
-                parts = line.split()
                 if call_line_next:
                     # The line after `calls=` is the callee's inclusive cost, not ours.
                     call_line_next = False
                     continue
-                if len(parts) > column:
-                    costs[current] += int(parts[column])
+                for event, value in zip(events, line.split()[1:]):
+                    costs[event][current] += int(value)
     return costs
 
 
-def i1_misses(path):
-    """First-level instruction-cache misses of one callgrind file, from its `events:` and
-    `summary:`/`totals:` lines; None when the cache simulation was off."""
-    events, totals = [], []
-    with open(path) as f:
-        for line in f:
-            if line.startswith("events:"):
-                events = line.split()[1:]
-            elif line.startswith(("summary:", "totals:")):
-                totals = [int(v) for v in line.split()[1:]]
-    if "I1mr" not in events or len(totals) != len(events):
-        return None
-    return totals[events.index("I1mr")]
+def print_top(title, costs, turns, top, digits):
+    """shardgate's top functions by one event's own count per turn."""
+    total = sum(costs.values())
+    print(f"\nshardgate: top {top} functions by {title} per turn")
+    for fn, c in costs.most_common(top):
+        print(f"  {c / max(turns, 1):9,.{digits}f}  {100 * c / max(total, 1):5.1f}%  {fn[:120]}")
 
 
 def main():
@@ -82,28 +77,20 @@ def main():
             continue
         turns = int(open(f"{out}/{target}.turns").read().strip() or 0)
         costs = self_costs(dumps[0])
-        total = sum(costs.values())
+        total = sum(costs["Ir"].values())
         per_turn[target] = total / max(turns, 1)
-        misses = i1_misses(dumps[0])
-        profiles[target] = (costs, turns, dumps[0], misses)
+        profiles[target] = (costs, turns)
         line = f"{target:10} turns {turns:6}  instructions {total:>13,}  per turn {per_turn[target]:>10,.0f}"
-        if misses is not None:
-            line += f"  I1 misses per turn {misses / max(turns, 1):>8,.0f}"
+        if "I1mr" in costs:
+            line += f"  I1 misses per turn {sum(costs['I1mr'].values()) / max(turns, 1):>8,.0f}"
         print(line)
     if "nginx" in per_turn and "shardgate" in per_turn and per_turn["nginx"]:
         print(f"ratio shardgate/nginx (instructions per turn): {per_turn['shardgate'] / per_turn['nginx']:.2f}")
     if "shardgate" in profiles:
-        costs, turns, dump, misses = profiles["shardgate"]
-        total = sum(costs.values())
-        print(f"\nshardgate: top {top} functions by own instructions per turn")
-        for fn, c in costs.most_common(top):
-            print(f"  {c / max(turns, 1):9,.0f}  {100 * c / total:5.1f}%  {fn[:120]}")
-        if misses is not None:
-            misses = self_costs(dump, "I1mr")
-            total = sum(misses.values())
-            print(f"\nshardgate: top {top} functions by first-level instruction-cache misses per turn")
-            for fn, c in misses.most_common(top):
-                print(f"  {c / max(turns, 1):9,.1f}  {100 * c / max(total, 1):5.1f}%  {fn[:120]}")
+        costs, turns = profiles["shardgate"]
+        print_top("own instructions", costs["Ir"], turns, top, 0)
+        if "I1mr" in costs:
+            print_top("first-level instruction-cache misses", costs["I1mr"], turns, top, 1)
 
 
 if __name__ == "__main__":
