@@ -7,7 +7,7 @@ Reads OUT_DIR/<target>.<pid>.cg.1 (the dump taken right after the measured load)
 OUT_DIR/<target>.turns, and prints instructions per turn per target, the shardgate/nginx ratio,
 and shardgate's top functions by their own (exclusive) instructions per turn. When the dump was
 taken with the cache simulation on, each target's line also gives its first-level
-instruction-cache misses per turn.
+instruction-cache misses per turn, and shardgate's functions are listed by those misses too.
 """
 import collections
 import glob
