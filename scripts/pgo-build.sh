@@ -148,12 +148,12 @@ train
 "$BOLT_DIR/merge-fdata" "$PROFILES"/bolt.*.fdata >"$PROFILES/bolt.fdata"
 
 echo "== 5/5 laid out by BOLT"
-BIN=$OUT_DIR/shardgate
-"$BOLT_DIR/llvm-bolt" "$PGO_BIN" -o "$BIN" --data="$PROFILES/bolt.fdata" \
+laid_out=$OUT_DIR/shardgate.bolt
+"$BOLT_DIR/llvm-bolt" "$PGO_BIN" -o "$laid_out" --data="$PROFILES/bolt.fdata" \
   --reorder-blocks=ext-tsp --reorder-functions=cdsort --split-functions --split-all-cold \
   --split-eh --update-debug-sections --dyno-stats >"$WORK/bolt.log" 2>&1 || { cat "$WORK/bolt.log" >&2; exit 1; }
 grep -E 'BOLT-INFO: (processing|[0-9]+ out of)|taken branches|executed instructions' "$WORK/bolt.log" || true
-mv "$BIN" "$PGO_BIN"
+mv "$laid_out" "$PGO_BIN"
 BIN=$PGO_BIN
 
 echo "== the built binary serves turns"
