@@ -85,7 +85,7 @@ for target in $TARGETS; do
       mkdir -p "$WORK"/{body,proxy,fastcgi,uwsgi,scgi}
       # One process in the foreground (no master, no daemon), so callgrind follows the worker.
       { echo "daemon off; master_process off;"
-        sed -e "s#@WORK@#$WORK#g" -e "s#@MOCK_PORT@#$MOCK_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" \
+        sed -e "s#@WORK@#$WORK#g" -e "s#@MOCK_PORT@#$MOCK_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" -e "s#@WORKERS@#1#g" \
           "$PERF_DIR/nginx.conf.tmpl"; } >"$WORK/nginx.conf"
       "${CG[@]}" --callgrind-out-file="$OUT/nginx.%p.cg" nginx -c "$WORK/nginx.conf" -p "$WORK" \
         >"$WORK/nginx.log" 2>&1 &

@@ -20,6 +20,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# RELAY_CPUS / PEER_CPUS (env, taskset lists such as `0` or `0-3`): run the relays (the gateway,
+# nginx, nginx-b) on the first CPUs and their peers (the mock, the load generator) on the second,
+# as on a host where the relay has cores of its own; without them everything shares every CPU,
+# which on a 2-vCPU VM makes part of a relay's latency how it shares the CPUs with its peers.
+# With RELAY_CPUS set, shards and nginx workers default to its CPU count (SHARDS overrides both).
+# Command prefixes (arrays, not functions: a function run in the background is a subshell, and
+# `$!` would be its pid, not the gateway's).
+ON_RELAY_CPUS=() ON_PEER_CPUS=()
+if [[ -n ${RELAY_CPUS:-} ]]; then ON_RELAY_CPUS=(taskset -c "$RELAY_CPUS"); fi
+if [[ -n ${PEER_CPUS:-} ]]; then ON_PEER_CPUS=(taskset -c "$PEER_CPUS"); fi
+relay_cpu_count() { if [[ -n ${RELAY_CPUS:-} ]]; then taskset -c "$RELAY_CPUS" nproc; else echo 2; fi; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # PERF_BIN=path (env): run that binary instead of building this tree's (A/B of two builds).
@@ -46,7 +58,7 @@ wait_http() { # url [more curl options]
 
 start_mock() { # extra mock args...
   MOCK_PORT=$(free_port)
-  "$TOOLS" mock-upstream --listen "127.0.0.1:$MOCK_PORT" "$@" >"$WORK/mock.log" 2>&1 &
+  "${ON_PEER_CPUS[@]}" "$TOOLS" mock-upstream --listen "127.0.0.1:$MOCK_PORT" "$@" >"$WORK/mock.log" 2>&1 &
   PIDS+=($!)
   MOCK_PID=$!
   wait_http "http://127.0.0.1:$MOCK_PORT/_mock/stats"
@@ -90,7 +102,7 @@ start_gateway() { # shards; extra [upstream] keys in $GW_UPSTREAM_EXTRA, [server
   ADMIN_PORT=$(free_port)
   KEY=sk-perf
   gateway_toml "${1:-2}" >"$WORK/gw.toml"
-  "$BIN" serve --config "$WORK/gw.toml" >"$WORK/gw.log" 2>&1 &
+  "${ON_RELAY_CPUS[@]}" "$BIN" serve --config "$WORK/gw.toml" >"$WORK/gw.log" 2>&1 &
   PIDS+=($!)
   GW_PID=$!
   wait_http "http://127.0.0.1:$GW_PORT/healthz"
@@ -116,8 +128,8 @@ start_nginx() { # [nginx-b]
   port=$(free_port)
   mkdir -p "$dir"/{body,proxy,fastcgi,uwsgi,scgi}
   sed -e "s#@WORK@#$dir#g" -e "s#@MOCK_PORT@#$MOCK_PORT#g" -e "s#@NGINX_PORT@#$port#g" \
-    "$PERF_DIR/nginx.conf.tmpl" >"$dir/nginx.conf"
-  nginx -c "$dir/nginx.conf" -p "$dir"
+    -e "s#@WORKERS@#$SHARDS#g" "$PERF_DIR/nginx.conf.tmpl" >"$dir/nginx.conf"
+  "${ON_RELAY_CPUS[@]}" nginx -c "$dir/nginx.conf" -p "$dir"
   for _ in $(seq 1 50); do [[ -f "$dir/nginx.pid" ]] && break; sleep 0.1; done
   if [[ ${1:-nginx} == nginx ]]; then
     NGINX_PORT=$port
@@ -169,7 +181,7 @@ gw_metrics() {
 # a second nginx of the same configuration, left out by default: with it, the summary prints
 # nginx-b/nginx beside shardgate/nginx, the spread an identical relay shows), and the hook
 # `mock_round_script` (prints a mock script JSON to post after each reset, or nothing).
-ROUNDS=${ROUNDS:-3} CONNS=${CONNS:-32} SECS=${SECS:-5} PAYLOAD=${PAYLOAD:-30000} SHARDS=${SHARDS:-2}
+ROUNDS=${ROUNDS:-3} CONNS=${CONNS:-32} SECS=${SECS:-5} PAYLOAD=${PAYLOAD:-30000} SHARDS=${SHARDS:-$(relay_cpu_count)}
 RATE=${RATE:-} WARMUP=${WARMUP:-} CHAIN=${CHAIN-1} WIRE=${WIRE:-ws} NAME=${NAME:-steady}
 IDLE=${IDLE:-1000} HOLD=${HOLD:-3} IDLE_TURNS=${IDLE_TURNS:-0} LOAD_EXTRA=${LOAD_EXTRA:-} TARGETS=${TARGETS:-"direct nginx shardgate"}
 MOCK_ARGS=${MOCK_ARGS:-}
@@ -240,7 +252,7 @@ run_round() { # target round
   if [[ $name == shardgate ]]; then gw_metrics >"$WORK/gw-before.prom"; else : >"$WORK/gw-before.prom"; fi
   cpu0=$(relay_cpu "$name")
   # shellcheck disable=SC2086
-  "$TOOLS" load --url "$(target_url "$name")" --key "$(target_key "$name")" --connections "$CONNS" \
+  "${ON_PEER_CPUS[@]}" "$TOOLS" load --url "$(target_url "$name")" --key "$(target_key "$name")" --connections "$CONNS" \
     --duration-secs "$SECS" --payload-bytes "$PAYLOAD" ${CHAIN:+--store-false-chain} \
     ${RATE:+--rate "$RATE"} ${WARMUP:+--warmup} $LOAD_EXTRA \
     --json-out "$base.json" --hist-out "$base.csv" >"$base.txt"
@@ -305,7 +317,7 @@ idle_probe() { # target
   local name=$1 before after log="$OUT/idle-$1.txt"
   [[ $IDLE -gt 0 ]] || return 0
   before=$(relay_rss "$name")
-  "$TOOLS" load --url "$(target_url "$name" | sed 's#^http://#ws://#')" --key "$(target_key "$name")" \
+  "${ON_PEER_CPUS[@]}" "$TOOLS" load --url "$(target_url "$name" | sed 's#^http://#ws://#')" --key "$(target_key "$name")" \
     --idle-sessions "$IDLE" --hold-secs "$HOLD" --idle-turns "$IDLE_TURNS" --payload-bytes "$PAYLOAD" \
     --json-out "$OUT/idle-$name-load.json" >"$log" &
   local pid=$!
