@@ -10,6 +10,7 @@
 # microseconds a turn themselves, the same for both relays: compare, do not read absolutes.
 # Turns are told apart by time only (the load is open-loop and sparse), so a hop now and then
 # belongs to a neighbouring session's turn.
+# RELAY_CPUS / PEER_CPUS place the processes as in lib.sh.
 #   perf/wakeups.sh [--rate N] [--connections N] [--payload BYTES] [--secs S] [--shards N]
 #                   [--max-conn-age S] [--pin] [--targets "nginx shardgate"] [--kernel-path]
 # Defaults: the long-sessions shape (16 sessions, 400 turns/s, 8 KB frames, chained turns,
@@ -17,7 +18,7 @@
 # the relay's wakeup at the packet and at io_uring's task work. PERF_BIN / PERF_TOOLS_BIN as in
 # lib.sh. Needs perf (Debian's linux-perf is installed if missing).
 set -euo pipefail
-WK_RATE=400 WK_CONNS=16 WK_PAYLOAD=8000 WK_SECS=2 WK_SHARDS=2 WK_TARGETS="nginx shardgate"
+WK_RATE=400 WK_CONNS=16 WK_PAYLOAD=8000 WK_SECS=2 WK_SHARDS="" WK_TARGETS="nginx shardgate"
 GW_UPSTREAM_EXTRA="max_conn_age_secs = 3"
 source "$(dirname "$0")/lib.sh"
 while [[ $# -gt 0 ]]; do
@@ -34,6 +35,8 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
+# Two shards, or one per CPU of RELAY_CPUS (lib.sh), as nginx's workers.
+WK_SHARDS=${WK_SHARDS:-$SHARDS}
 command -v perf >/dev/null ||
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf) >&2
 build
@@ -47,7 +50,7 @@ if [[ -n ${WK_KERNEL_PATH:-} ]]; then EVENTS+=",net:netif_receive_skb,io_uring:i
 
 # Runs the load against a URL, long enough to trace its middle; its pid in LOAD_PID.
 drive() { # url key
-  "$TOOLS" load --url "$1" --key "$2" --connections "$WK_CONNS" --duration-secs $((WK_SECS + 4)) \
+  "${ON_PEER_CPUS[@]}" "$TOOLS" load --url "$1" --key "$2" --connections "$WK_CONNS" --duration-secs $((WK_SECS + 4)) \
     --payload-bytes "$WK_PAYLOAD" --rate "$WK_RATE" --store-false-chain >"$WORK/load.txt" 2>&1 &
   LOAD_PID=$!
 }
