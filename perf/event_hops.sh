@@ -47,6 +47,5 @@ for target in $EH_TARGETS; do
   wait "$load_pid" || true
   perf script -i "$WORK/$target.data" >"$WORK/$target.txt" 2>/dev/null
   echo "== $target ($(grep -E '^event' "$WORK/load.txt" | awk '{print "load event p50 " $4 " us"}'))"
-  if [[ $target == shardgate ]]; then comm=shard-; else comm=nginx; fi
-  python3 "$PERF_DIR/event_hops.py" "$WORK/$target.txt" "$comm"
+  python3 "$PERF_DIR/event_hops.py" "$WORK/$target.txt"
 done

@@ -91,8 +91,10 @@ def events(path):
             if r == "relay":
                 thread = "%s %s" % (comm, tid)
                 relay_reads[thread] = relay_reads.get(thread, 0) + 1
-        elif ev == "syscalls:sys_enter_sendto":
-            ln = re.search(r"len: (0x[0-9a-f]+)", rest)
+        elif ev in ("syscalls:sys_enter_sendto", "syscalls:sys_enter_writev"):
+            # A writev (nginx's HTTP answers; perf/event_hops.sh records it) is a send of
+            # unknown length here.
+            ln = re.search(r"\blen: (0x[0-9a-f]+)", rest)
             out.append((t, r, cpu, "sent", int(ln.group(1), 16) if ln else 0))
     return out, relay_reads
 
